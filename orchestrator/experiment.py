@@ -241,8 +241,11 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
         else:
             merged.add_points(image_id, query, cfg.data.height, width)
 
-    rank_pool(checkpoint, cfg_dict, pool_size, store.labeled_coordinates(), consume, round_index=round_index,
-              budget_pixels=budget_pixels, progress=progress)
+    stats = rank_pool(checkpoint, cfg_dict, pool_size, store.labeled_coordinates(), consume, round_index=round_index,
+                      budget_pixels=budget_pixels, progress=progress)
+    progress(f"round {round_index}: ranked {stats.images} images with {stats.actors} actor(s) in "
+             f"{stats.startup_s + stats.ranking_s:.1f} s ({stats.startup_s:.1f} s actor start-up, "
+             f"{stats.images_per_s:.1f} images/s after)")
     if merged is None:
         labeled = [oracle.reveal(i, q.ys, q.xs) for i, q in sorted(per_image, key=lambda item: item[0])]
         return labeled, sum(q.shortfall for _, q in per_image)

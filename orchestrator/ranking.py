@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -90,13 +91,37 @@ def shard_ids(image_ids: list[int], shard_size: int) -> list[list[int]]:
     return [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
 
 
+@dataclass(frozen=True)
+class RankingStats:
+    """How one pass over the pool went: images ranked, and where the wall time went.
+
+    ``startup_s`` runs from the call to the first actor ready (process start, imports, loading the
+    checkpoint and the pool); ``ranking_s`` from then to the last query. Start-up does not depend
+    on the pool size, so ``images / ranking_s`` is the throughput a large pool sees.
+    """
+
+    images: int
+    actors: int
+    startup_s: float
+    ranking_s: float
+    actors_replaced: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / max(self.ranking_s, 1e-9)
+
+
 def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int, tuple[np.ndarray, np.ndarray]],
               consume: Callable[[int, PointQuery | RegionQuery], None], round_index: int = 1, budget_pixels: int = 0,
-              progress: Callable[[str], None] | None = None) -> None:
+              progress: Callable[[str], None] | None = None) -> RankingStats:
     """Rank the ``pool_size`` target pool images with ``ranking.num_actors`` actors.
 
     Each image's query is handed to ``consume(image_id, query)`` as soon as its shard comes back
     (in completion order), so the driver can merge a global budget without holding the pool.
+
+    Actors live for one call: between rounds the trial's CPUs (or GPUs) go to the Ray Train
+    workers, and an idle actor would hold them. Their start-up is paid once per round and reported
+    apart from the ranking itself (``RankingStats``).
     """
     rk = cfg["ranking"]
     shards = shard_ids(list(range(pool_size)), rk["images_per_shard"])
@@ -116,7 +141,8 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
     # before the others finish, and a shard waiting on such an actor would wait forever.
     waiting_to_start = {actor.ready.remote(): actor for actor in actors}
     working: dict = {}  # result ref -> (actor, shard)
-    started = time.perf_counter()
+    called = time.perf_counter()
+    first_ready = None
     try:
         while queue or working:
             done, _ = ray.wait(list(working) + list(waiting_to_start), num_returns=1)
@@ -142,12 +168,14 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
                 actors.append(replacement)
                 waiting_to_start[replacement.ready.remote()] = replacement
                 continue
+            if first_ready is None:
+                first_ready = time.perf_counter()
             if not starting:
                 for image_id, query in results:
                     consume(image_id, query)
                     ranked += 1
                 if progress is not None:
-                    elapsed = time.perf_counter() - started
+                    elapsed = time.perf_counter() - first_ready
                     progress(f"ranked {ranked}/{pool_size} target images ({ranked / max(elapsed, 1e-9):.1f} images/s)")
             if queue:
                 shard = queue.pop(0)
@@ -156,6 +184,10 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
     finally:
         for actor in actors:
             ray.kill(actor)
+    finished = time.perf_counter()
+    first_ready = finished if first_ready is None else first_ready
+    return RankingStats(images=ranked, actors=num_actors, startup_s=first_ready - called,
+                        ranking_s=finished - first_ready, actors_replaced=replaced)
 
 
 def _subset(labeled: dict, ids: list[int]) -> dict:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import PointQuery, RegionQuery, allocate_evenly, check_head_probs, take_regions, unlabeled_mask
+from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, predicted_class, take_regions,
+                   unlabeled_mask)
 from .regions import components, ranked_query
 
 
@@ -24,7 +25,7 @@ def inconsistency_mask(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     """
     if p1.shape != p2.shape:
         raise ValueError(f"head outputs differ in shape: {tuple(p1.shape)} vs {tuple(p2.shape)}")
-    return p1.argmax(dim=0) != p2.argmax(dim=0)
+    return predicted_class(p1) != predicted_class(p2)
 
 
 def head_discrepancy(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -60,23 +61,29 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
     free = unlabeled_mask(labeled, height, width, device=p1.device).flatten()
     candidates_mask = inconsistency_mask(p1, p2).flatten() & free
 
-    mean_probs = ((p1 + p2) / 2).reshape(num_classes, -1).T  # (H*W, K)
-    predicted = mean_probs.argmax(dim=1)
+    mean_probs = (p1 + p2) / 2
+    predicted = predicted_class(mean_probs).flatten()
     candidates = candidates_mask.nonzero().squeeze(1)  # ascending flat index
     candidate_class = predicted[candidates]
-    counts = torch.bincount(candidate_class, minlength=num_classes).tolist()
-    allocation = allocate_evenly(counts, num_points)
+    counts = torch.bincount(candidate_class, minlength=num_classes)
+    allocation = allocate_evenly(counts.tolist(), num_points)
 
-    chosen, scores = [], []
-    for k, take in enumerate(allocation):
-        if take == 0:
-            continue
-        members = candidates[candidate_class == k]
-        vectors = mean_probs[members]
-        distance = (vectors - vectors.mean(dim=0, keepdim=True)).norm(dim=1)
-        order = torch.sort(distance, stable=True).indices[:take]
-        chosen.append(members[order])
-        scores.append(1.0 / (1.0 + distance[order]))
+    # All classes at once: prototypes by a scatter-sum, then one stable sort of the candidates by
+    # (class, distance) -- ties stay in flat-index order -- keeping the first allocation[k] of each
+    # class. Class-major (K, N) layout: contiguous along the candidates, which the reductions run over.
+    vectors = mean_probs.reshape(num_classes, -1)[:, candidates].to(torch.float64)  # (K, N)
+    sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=vectors.device)
+    sums.index_add_(1, candidate_class, vectors)
+    prototypes = sums / counts.clamp_min(1).to(torch.float64)  # column k: mu_k
+    distance = (vectors - prototypes[:, candidate_class]).square().sum(dim=0).sqrt()
+    # distance <= sqrt(2) < 2 between probability vectors, so class * 2 + distance orders by class first.
+    order = torch.sort(candidate_class.to(torch.float64) * 2.0 + distance, stable=True).indices
+    class_of = candidate_class[order]
+    first_of_class = torch.cumsum(counts, 0) - counts
+    rank_in_class = torch.arange(order.numel(), device=order.device) - first_of_class[class_of]
+    keep = order[rank_in_class < torch.as_tensor(allocation, device=order.device)[class_of]]
+    chosen = [candidates[keep]]
+    scores = [1.0 / (1.0 + distance[keep])]
 
     missing = num_points - sum(allocation)
     if missing > 0:

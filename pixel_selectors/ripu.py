@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import PointQuery, RegionQuery, check_head_probs, unlabeled_mask
+from .base import PointQuery, RegionQuery, check_head_probs, predicted_class, unlabeled_mask
 from .regions import check_window, greedy_spread, greedy_squares
 
 
@@ -44,7 +44,7 @@ def ripu_maps(probs: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tens
     probs = probs.detach().to(torch.float64).cpu()
     scale = math.log(num_classes) if num_classes > 1 else 1.0
     uncertainty = -(probs * probs.clamp_min(1e-12).log()).sum(dim=0) / scale
-    predicted = probs.argmax(dim=0)
+    predicted = predicted_class(probs)
     impurity = torch.zeros_like(uncertainty)
     # One class at a time: memory stays at a few (H, W) maps, not a (K, H, W) one-hot.
     for c in torch.unique(predicted).tolist():

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,10 @@ class ConfigError(ValueError):
         self.key = key
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}" if key else problem)
+
+
+# selection.selector value for adaptation without any target labels (unsupervised adaptation rows).
+NO_SELECTION = "none"
 
 
 def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -133,7 +138,8 @@ class AdaptConfig:
 
 @dataclass
 class SelectionConfig:
-    selector: str = _opt("labor_ppl", "pixel selection strategy", choices=SELECTORS)
+    selector: str = _opt("labor_ppl", "pixel selection strategy ('none': no target labels, i.e. unsupervised "
+                                      "adaptation)", choices={**SELECTORS, NO_SELECTION: None})
     points_per_image: int = _opt(10, "points per target image per round (point selectors, budget_fraction 0)",
                                  min=1)
     budget_fraction: float = _opt(0.0, "pixels per round as a fraction of all pool pixels, spent across the pool "
@@ -144,6 +150,9 @@ class SelectionConfig:
     oracle: str = _opt("simulated", "who labels: 'simulated' (ground truth) or 'human' (export queries, import "
                                     "answers with python -m orchestrator.annotate, then --resume)",
                        choices={"simulated": None, "human": None})
+    unlabeled_classes: list = _opt([], "class names the oracle never labels (selected pixels of these classes "
+                                       "stay unlabeled): Tzeng et al.'s semi-supervised case, where soft labels "
+                                       "must carry those classes")
 
 
 @dataclass
@@ -242,6 +251,10 @@ SMOKE_OVERRIDES: dict[str, Any] = {
 }
 
 SEARCH_SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
+# A search-space axis whose values are bundles of config keys set together, e.g.
+# cases: {grid: [{selection.selector: labor_spl, selection.budget_fraction: 0.022}, ...]}:
+# for sweeps that are not a cross product (each selector with its own kind of budget).
+CASES_AXIS = "cases"
 
 
 # --- loading, overriding, validating ---------------------------------------------------------
@@ -301,7 +314,17 @@ def from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> ExperimentConfig:
-    """A new validated config with ``{"section.sub.key": value}`` applied (dict-valued keys replaced whole)."""
+    """A new validated config with ``{"section.sub.key": value}`` applied (dict-valued keys replaced whole).
+
+    A ``cases`` entry (a sampled value of the ``CASES_AXIS`` search-space axis) is a mapping of such
+    keys; they are applied first, then the other pairs.
+    """
+    pairs = dict(pairs)
+    case = pairs.pop(CASES_AXIS, None)
+    if case is not None:
+        if not isinstance(case, Mapping):
+            raise ConfigError(CASES_AXIS, f"a case must be a mapping of config keys, got {case!r}")
+        pairs = {**case, **pairs}
     data = cfg.to_dict()
     for key, value in pairs.items():
         parts = key.split(".")
@@ -377,6 +400,10 @@ def _coerce(key: str, value: Any, ftype: type) -> Any:
         if isinstance(value, dict):
             return value
         raise ConfigError(key, f"must be a mapping, got {value!r}")
+    if ftype is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(key, f"must be a list of strings, got {value!r}")
     raise TypeError(f"unsupported config type {ftype} for {key}")  # a bug in this module, not input
 
 
@@ -433,7 +460,7 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.augment.scale_min", f"must be <= data.augment.scale_max "
                                                    f"({cfg.data.augment.scale_max:g}), got {cfg.data.augment.scale_min:g}")
     pixels = cfg.data.height * cfg.data.width
-    if SELECTOR_KIND[cfg.selection.selector] == "regions" and cfg.selection.budget_fraction <= 0:
+    if SELECTOR_KIND.get(cfg.selection.selector) == "regions" and cfg.selection.budget_fraction <= 0:
         raise ConfigError("selection.budget_fraction", f"region selector '{cfg.selection.selector}' spends a pixel "
                                                        f"budget: set it > 0 (LabOR SPL used 0.022)")
     if cfg.selection.budget_fraction * cfg.selection.rounds > 1:
@@ -446,6 +473,13 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("selection.points_per_image",
                           f"{cfg.selection.points_per_image} points x {cfg.selection.rounds} rounds exceed "
                           f"the {pixels} pixels of a {cfg.data.height}x{cfg.data.width} image")
+    classes = CLASS_SETS[cfg.data.class_set]
+    for name in cfg.selection.unlabeled_classes:
+        if name not in classes:
+            raise ConfigError("selection.unlabeled_classes", f"unknown class '{name}' in class set "
+                                                             f"'{cfg.data.class_set}'; choose from: {', '.join(classes)}")
+    if len(set(cfg.selection.unlabeled_classes)) == len(classes):
+        raise ConfigError("selection.unlabeled_classes", "withholds every class: nothing could ever be labeled")
     validate_search_space(cfg)
     if cfg.sweep.scheduler == "pbt" and all(next(iter(spec)) == "grid" for spec in cfg.sweep.search_space.values()):
         raise ConfigError("sweep.scheduler", "pbt mutates hyperparameters: give sweep.search_space at least one "
@@ -458,6 +492,9 @@ def validate_search_space(cfg: ExperimentConfig) -> None:
     meta = _field_meta(cfg)
     for key, spec in space.items():
         where = f"sweep.search_space.{key}"
+        if key == CASES_AXIS:
+            _validate_cases(cfg, spec, where)
+            continue
         if key.startswith("sweep.") or key not in meta:
             raise ConfigError(where, "not a tunable config key (use 'section.name' outside 'sweep')")
         if not isinstance(spec, Mapping) or len(spec) != 1:
@@ -485,6 +522,29 @@ def validate_search_space(cfg: ExperimentConfig) -> None:
                 with_overrides(_without_space(cfg), {key: sample})
             except ConfigError as err:
                 raise ConfigError(where, f"value {sample!r} is invalid: {err.problem}") from None
+
+
+def _validate_cases(cfg: ExperimentConfig, spec: Any, where: str) -> None:
+    """``cases: {grid|choice: [{key: value, ...}, ...]}``: every case a valid set of tunable keys."""
+    if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in ("grid", "choice"):
+        raise ConfigError(where, f"must be {{grid: [cases]}} or {{choice: [cases]}}, got {spec!r}")
+    (_, cases), = spec.items()
+    if not isinstance(cases, list) or not cases:
+        raise ConfigError(where, f"needs a non-empty list of cases, got {cases!r}")
+    meta = _field_meta(cfg)
+    other_axes = set(cfg.sweep.search_space) - {CASES_AXIS}
+    for number, case in enumerate(cases, start=1):
+        if not isinstance(case, Mapping) or not case:
+            raise ConfigError(where, f"case {number} must be a non-empty mapping of config keys, got {case!r}")
+        for key in case:
+            if key.startswith("sweep.") or key not in meta:
+                raise ConfigError(where, f"case {number}: '{key}' is not a tunable config key")
+            if key in other_axes:
+                raise ConfigError(where, f"case {number}: '{key}' is also its own search-space axis")
+        try:
+            with_overrides(_without_space(cfg), case)
+        except ConfigError as err:
+            raise ConfigError(where, f"case {number} is invalid: {err.key}: {err.problem}") from None
 
 
 def _without_space(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -26,7 +26,7 @@ from pixel_selectors.cost import clicks_for_points, clicks_for_region
 from trainers.data import build_domains
 from trainers.train_loop import run_training
 
-from .config import ExperimentConfig, from_dict, with_overrides
+from .config import NO_SELECTION, ExperimentConfig, from_dict, with_overrides
 from .annotate import AwaitingAnnotation, export_queries, queries_path
 from .labels import LabeledPixels, LabelStore, Oracle
 from .ranking import rank_pool
@@ -122,7 +122,7 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
     cfg_dict = cfg.to_dict()
     store = LabelStore(trial_dir / "labels")
     domains = build_domains(cfg_dict["data"])
-    oracle = Oracle(domains.target_pool)
+    oracle = Oracle(domains.target_pool, [domains.classes.index(name) for name in cfg.selection.unlabeled_classes])
     pool_pixels = len(domains.target_pool) * cfg.data.height * cfg.data.width
     tags = {"selector": cfg.selection.selector, "points_per_image": cfg.selection.points_per_image,
             "budget_fraction": cfg.selection.budget_fraction}
@@ -139,6 +139,8 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
         shortfall = 0
         if round_index in store.rounds():
             progress(f"round {round_index}: labels already bought, not ranking again")
+        elif cfg.selection.selector == NO_SELECTION:
+            store.append_round(round_index, NO_SELECTION, [])  # unsupervised adaptation: no labels bought
         elif cfg.selection.oracle == "human":
             wait_for_annotators(checkpoint, cfg, domains, store, trial_dir, round_index, pool_pixels, progress)
         else:

@@ -163,10 +163,16 @@ class LabelStore:
 
 
 class Oracle:
-    """Reveals the ground truth of a dataset, exactly at the queried pixels and nowhere else."""
+    """Reveals the ground truth of a dataset, exactly at the queried pixels and nowhere else.
 
-    def __init__(self, dataset):
+    ``withheld_classes`` (class ids) are never revealed: a queried pixel of such a class is recorded
+    with label 255 (ignored by training), so it is paid for, never queried again, and teaches
+    nothing -- the semi-supervised setting where some classes have no target labels at all.
+    """
+
+    def __init__(self, dataset, withheld_classes: Iterable[int] = ()):
         self.dataset = dataset
+        self.withheld = np.asarray(sorted(set(int(c) for c in withheld_classes)), dtype=np.uint8)
 
     def reveal(self, image_id: int, ys: np.ndarray, xs: np.ndarray, clicks: float | None = None,
                regions: bool = False) -> LabeledPixels:
@@ -177,6 +183,8 @@ class Oracle:
         if len(ys) and (ys.min() < 0 or xs.min() < 0 or ys.max() >= height or xs.max() >= width):
             raise ValueError(f"query outside image {image_id} ({height}x{width})")
         labels = truth[ys, xs].numpy().astype(np.uint8)
+        if len(self.withheld):
+            labels[np.isin(labels, self.withheld)] = 255
         return LabeledPixels(image_id=int(image_id), ys=ys.astype(np.int32), xs=xs.astype(np.int32), labels=labels,
                              height=int(height), width=int(width),
                              clicks=float(len(ys) if clicks is None else clicks), regions=regions)

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import (ConfigError, ExperimentConfig, describe_keys, from_dict, load_config, with_absolute_paths,
-                     with_overrides)
+from .config import (NO_SELECTION, ConfigError, ExperimentConfig, describe_keys, from_dict, load_config,
+                     with_absolute_paths, with_overrides)
 from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
 EXIT_BAD_INPUT = 2
@@ -279,6 +279,8 @@ def round_rows(results, cfg: ExperimentConfig) -> "pd.DataFrame":
 
 
 def budget_label(cfg: ExperimentConfig) -> str:
+    if cfg.selection.selector == NO_SELECTION:
+        return "no labels"
     if cfg.selection.budget_fraction > 0:
         return f"{100 * cfg.selection.budget_fraction:g}% of pixels/round"
     return f"{cfg.selection.points_per_image} points/image/round"

@@ -86,6 +86,17 @@ def test_oracle_reveals_exactly_the_queried_pixels():
         Oracle(_Truth()).reveal(2, np.array([3]), np.array([0]))
 
 
+def test_a_withheld_class_is_paid_for_but_never_revealed(tmp_path):
+    oracle = Oracle(_Truth(), withheld_classes=[23, 25])
+    revealed = oracle.reveal(2, np.array([0, 0, 2]), np.array([3, 2, 1]))
+    assert revealed.labels.tolist() == [255, 22, 29]
+    assert revealed.clicks == 3  # the annotator was asked about all three pixels
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_ppl", [revealed])
+    assert store.labeled_coordinates()[2][0].tolist() == [0, 0, 2]  # never queried again
+    assert store.sparse_labels()[2][2].tolist() == [255, 22, 29]  # 255: ignored by training
+
+
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 

@@ -35,6 +35,38 @@ def test_budget_labels():
     assert budget_label(ExperimentConfig()) == "10 points/image/round"
     cfg = with_overrides(ExperimentConfig(), {"selection.selector": "labor_spl", "selection.budget_fraction": 0.022})
     assert budget_label(cfg) == "2.2% of pixels/round"
+    assert budget_label(with_overrides(ExperimentConfig(), {"selection.selector": "none"})) == "no labels"
+
+
+CASES = {"cases": {"grid": [{"selection.selector": "labor_spl", "selection.budget_fraction": 0.022},
+                            {"selection.selector": "random", "selection.points_per_image": 40},
+                            {"selection.selector": "none", "adapt.confusion_weight": 0.0}]}}
+
+
+def test_cases_axis_sets_several_keys_per_trial():
+    cfg = with_overrides(ExperimentConfig(), {"sweep.search_space": CASES})
+    space = build_param_space(cfg.sweep.search_space)
+    assert space["cases"] == {"grid_search": CASES["cases"]["grid"]}
+    spl = with_overrides(cfg, {"cases": CASES["cases"]["grid"][0]})
+    assert (spl.selection.selector, spl.selection.budget_fraction) == ("labor_spl", 0.022)
+    unsupervised = with_overrides(cfg, {"cases": CASES["cases"]["grid"][2], "seed": 3})
+    assert (unsupervised.selection.selector, unsupervised.adapt.confusion_weight, unsupervised.seed) == ("none", 0.0, 3)
+
+
+@pytest.mark.parametrize("space, problem", [
+    ({"cases": {"uniform": [0, 1]}}, "must be {grid: [cases]}"),
+    ({"cases": {"grid": []}}, "non-empty list of cases"),
+    ({"cases": {"grid": [{}]}}, "case 1 must be a non-empty mapping"),
+    ({"cases": {"grid": [{"selection.selectr": "random"}]}}, "case 1: 'selection.selectr' is not a tunable"),
+    ({"cases": {"grid": [{"sweep.name": "x"}]}}, "is not a tunable"),
+    ({"cases": {"grid": [{"selection.points_per_image": 5}, {"selection.selector": "labor_spl"}]}},
+     "case 2 is invalid: selection.budget_fraction"),
+    ({"cases": {"grid": [{"seed": 1}]}, "seed": {"grid": [1, 2]}}, "'seed' is also its own search-space axis"),
+])
+def test_bad_cases_are_refused_naming_the_case(space, problem):
+    with pytest.raises(ConfigError, match="sweep.search_space.cases") as err:
+        with_overrides(ExperimentConfig(), {"sweep.search_space": space})
+    assert problem in str(err.value)
 
 
 def test_resume_refuses_changed_settings_but_not_resources(tmp_path):

@@ -196,6 +196,26 @@ class TrackingConfig:
 
 
 @dataclass
+class StorageConfig:
+    uri: str = _opt("", "cluster-wide storage of checkpoints, Tune state, label stores and model caches: "
+                        "s3://bucket/prefix ('': output_dir, which a cluster must mount on every node)")
+    endpoint: str = _opt("", "S3-compatible server for storage.uri, e.g. http://10.0.0.5:9000 ('': AWS S3)")
+    region: str = _opt("", "region of the storage.uri bucket ('': looked up from the bucket)")
+
+
+S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?P<prefix>(/[^/?#\s]+)*)/?$")
+S3_ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?/?$")
+AWS_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+
+
+def storage_uri_problem(uri: str) -> str | None:
+    """Why ``uri`` is not a usable ``storage.uri`` (None when it is)."""
+    if uri == "" or S3_URI.match(uri):
+        return None
+    return f"must be s3://bucket/prefix ('' keeps everything under output_dir), got {uri!r}"
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = _opt(0, "seed of training and selection", min=0)
     output_dir: str = _opt("runs", "where checkpoints, label stores and Ray results go")
@@ -208,6 +228,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     # --- conversions -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -480,10 +501,27 @@ def validate(cfg: ExperimentConfig) -> None:
                                                              f"'{cfg.data.class_set}'; choose from: {', '.join(classes)}")
     if len(set(cfg.selection.unlabeled_classes)) == len(classes):
         raise ConfigError("selection.unlabeled_classes", "withholds every class: nothing could ever be labeled")
+    validate_storage(cfg)
     validate_search_space(cfg)
     if cfg.sweep.scheduler == "pbt" and all(next(iter(spec)) == "grid" for spec in cfg.sweep.search_space.values()):
         raise ConfigError("sweep.scheduler", "pbt mutates hyperparameters: give sweep.search_space at least one "
                                              "choice, uniform, loguniform or randint axis")
+
+
+def validate_storage(cfg: ExperimentConfig) -> None:
+    """The form of the storage keys; whether the bucket can be reached is ``storage.check_storage``."""
+    problem = storage_uri_problem(cfg.storage.uri)
+    if problem:
+        raise ConfigError("storage.uri", problem)
+    if cfg.storage.endpoint and not S3_ENDPOINT.match(cfg.storage.endpoint):
+        raise ConfigError("storage.endpoint", f"must be http(s)://host[:port] of an S3-compatible server "
+                                              f"('': AWS S3), got {cfg.storage.endpoint!r}")
+    if cfg.storage.region and not AWS_REGION.match(cfg.storage.region):
+        raise ConfigError("storage.region", f"must be a region name such as 'eu-west-1' ('': the bucket's own), "
+                                            f"got {cfg.storage.region!r}")
+    for key in ("endpoint", "region"):
+        if getattr(cfg.storage, key) and not cfg.storage.uri:
+            raise ConfigError(f"storage.{key}", "is set but storage.uri is empty (give s3://bucket/prefix)")
 
 
 def validate_search_space(cfg: ExperimentConfig) -> None:

@@ -86,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.data import DatasetError, check_domains
 
     from .cluster import ClusterConfigError
+    from .storage import check_storage
 
     bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError)
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         check_tracking_uri(uri)
+        check_storage(cfg)
         check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
@@ -111,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
 SWEEP_STATE = "sweep.json"
 # Sections that may differ when a sweep is resumed: where and how fast it runs, not what it computes.
-RESUMABLE_DIFFERENCES = ("train.", "ranking.", "sweep.max_concurrent", "tracking.")
+RESUMABLE_DIFFERENCES = ("train.", "ranking.", "sweep.max_concurrent", "tracking.", "storage.endpoint",
+                         "storage.region")
 
 
 def load_sweep_state(sweep_dir: Path, cfg: ExperimentConfig) -> dict:
@@ -149,8 +152,12 @@ def build_scheduler(cfg: ExperimentConfig):
 def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = None, num_cpus: int | None = None,
               quiet: bool = False, resume: bool = False, node_types: list[dict] | None = None) -> int:
     from .raysession import start_ray
+    from .storage import open_storage
 
     sweep_dir = Path(cfg.output_dir).resolve() / cfg.sweep.name
+    storage = open_storage(cfg)
+    if resume:  # the sweep may have been started from another machine sharing storage.uri
+        storage.pull(sweep_dir / SWEEP_STATE)
     state = load_sweep_state(sweep_dir, cfg) if resume else None
     # A remote tracking server that goes away must cost seconds per call, not minutes of retries:
     # the trial logger buffers what it cannot send.
@@ -191,6 +198,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                                  | {f"oracle/{k}": v for k, v in oracle_metrics.items()}, step=0,
                                  context="source model")
             _write_json(sweep_dir / SWEEP_STATE, {"parent_run_id": parent, "config": cfg.to_dict()})
+            storage.push(sweep_dir / SWEEP_STATE)
         else:
             parent = state["parent_run_id"]
             tracking.client.update_run(parent, status="RUNNING")
@@ -207,10 +215,12 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         trainable = tune.with_parameters(tune_trial, base=base, source_checkpoint=source_checkpoint,
                                          source_metrics=source_metrics, sweep_dir=str(sweep_dir))
         trainable = tune.with_resources(trainable, plan.trial_resources)
-        tune_path = sweep_dir / "tune"
-        if state is not None and tune.Tuner.can_restore(str(tune_path)):
-            tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
+        # Tune keeps its experiment state and trial checkpoints in cluster-wide storage: a trial that
+        # moves to another node restores from there.
+        tune_path = storage.fs_path(storage.location(sweep_dir / "tune"))
+        if state is not None and tune.Tuner.can_restore(tune_path, storage_filesystem=storage.ray_filesystem):
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, storage_filesystem=storage.ray_filesystem)
         else:
             reporter = tune.CLIReporter(
                 metric_columns={"round": "round", "budget/labeled_pixels": "labeled px", "target/miou": "mIoU"},
@@ -221,7 +231,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                 tune_config=tune.TuneConfig(num_samples=cfg.sweep.num_samples, max_concurrent_trials=plan.max_concurrent,
                                             metric="target/miou", mode="max", scheduler=build_scheduler(cfg)),
                 run_config=tune.RunConfig(
-                    name="tune", storage_path=str(sweep_dir), verbose=0 if quiet else 1,
+                    name="tune", storage_path=storage.fs_path(storage.location(sweep_dir)),
+                    storage_filesystem=storage.ray_filesystem, verbose=0 if quiet else 1,
                     callbacks=[MlflowTrialLogger(tracking_uri, cfg.sweep.name, parent, trial_params,
                                                  trial_dir=functools.partial(_trial_dir, sweep_dir),
                                                  unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))],
@@ -235,12 +246,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         failed = sum(1 for r in rows if r["status"] != "ok")
         report_dir = write_sweep_report(results, cfg, sweep_dir, source_metrics.get("target/miou"),
                                         oracle_metrics.get("target/miou"), say)
-        try:
-            if report_dir is not None:
-                tracking.client.log_artifacts(parent, str(report_dir), artifact_path="report")
-            tracking.end(parent, "FAILED" if failed else "FINISHED")
-        except Exception as err:  # the results are on disk; say where instead of failing the sweep
-            log.warning("could not finish the sweep's MLflow run (%s); the report is in %s", err, report_dir)
+        tracking.finish_sweep(parent, "FAILED" if failed else "FINISHED", report_dir,
+                              unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))
         print(format_table(rows, source_metrics, oracle_metrics))
         print(f"[activeda] {len(rows)} trial(s), {failed} failed, in {time.perf_counter() - started:.0f} s; "
               f"MLflow: {tracking_uri} (experiment '{cfg.sweep.name}')")

@@ -31,3 +31,40 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 600, env: dict 
 def data_cache(tmp_path_factory):
     """One cache of generated synthetic domains for the whole test session."""
     return tmp_path_factory.mktemp("synthetic-cache")
+
+
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               # no instance-metadata lookups for credentials or region on a machine that is not EC2
+               "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3 server (moto) on 127.0.0.1 with an empty bucket 'activeda-test'; yields its endpoint URL.
+
+    The fake credentials go into this process's environment too: Ray workers started by the tests
+    inherit it, like instance-role credentials on a real cluster.
+    """
+    import logging
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one log line per request otherwise
+    saved = {key: os.environ.get(key) for key in S3_TEST_ENV}
+    os.environ.update(S3_TEST_ENV)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1",
+                      allow_bucket_creation=True).create_dir("activeda-test")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -37,6 +37,11 @@ def train_loop_per_worker(job: dict) -> dict | None:
     threads = cfg["train"]["torch_threads"] or max(1, int(cfg["train"]["cpus_per_worker"]))
     torch.set_num_threads(threads)
 
+    if isinstance(job.get("init_checkpoint"), ray.train.Checkpoint):
+        # On shared storage (S3): every worker fetches the start checkpoint onto its own node.
+        with job["init_checkpoint"].as_directory() as directory:
+            return train_loop_per_worker({**job, "init_checkpoint": directory})
+
     resume_state = None
     restored = ray.train.get_checkpoint()
     if restored is not None:
@@ -88,14 +93,25 @@ class TrainingResult:
     seconds: float
 
 
-def run_training(job: dict, storage_path: str | Path, name: str) -> TrainingResult:
+def run_training(job: dict, storage_path: str | Path, name: str,
+                 filesystem: "pyarrow.fs.FileSystem | None" = None) -> TrainingResult:
     """Run one job on Ray Train (``TorchTrainer``) and return its metrics and checkpoint directory.
 
     ``job["config"]`` is the experiment config as a plain dict; its ``train`` section gives the
-    scaling (workers, GPU, CPUs per worker).
+    scaling (workers, GPU, CPUs per worker). With ``filesystem`` (e.g. an S3 filesystem),
+    ``storage_path`` and ``job["init_checkpoint"]`` are URIs on it (``s3://bucket/key``) and the
+    returned checkpoint directory is one too; otherwise all three are local paths.
     """
-    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    if filesystem is not None:
+        scheme = str(storage_path).partition("://")[0] if "://" in str(storage_path) else ""
+        ray_storage_path = _without_scheme(str(storage_path))
+        if job.get("init_checkpoint"):
+            job = {**job, "init_checkpoint": Checkpoint(_without_scheme(job["init_checkpoint"]), filesystem)}
+    else:
+        scheme, ray_storage_path = "", str(Path(storage_path).resolve())
 
     train_cfg = job["config"]["train"]
     resources = {"CPU": float(train_cfg["cpus_per_worker"])}
@@ -108,7 +124,7 @@ def run_training(job: dict, storage_path: str | Path, name: str) -> TrainingResu
                                      resources_per_worker=resources),
         # A run name that exists in storage resumes that run (Ray Train's own snapshot): names are
         # per job (source hash, trial and round), so an interrupted round continues where it stopped.
-        run_config=RunConfig(storage_path=str(Path(storage_path).resolve()), name=name,
+        run_config=RunConfig(storage_path=ray_storage_path, storage_filesystem=filesystem, name=name,
                              failure_config=FailureConfig(max_failures=int(train_cfg["max_failures"]),
                                                           controller_failure_limit=3),
                              logging_config=LoggingConfig(log_level="WARNING")),
@@ -117,6 +133,13 @@ def run_training(job: dict, storage_path: str | Path, name: str) -> TrainingResu
     result = trainer.fit()  # raises ray.train.TrainingFailedError when the job fails for good
     if job["mode"] != "evaluate" and result.checkpoint is None:
         raise RuntimeError(f"training job '{name}' finished without a checkpoint")
-    return TrainingResult(metrics=dict(result.return_value or result.metrics),
-                          checkpoint_dir=result.checkpoint.path if result.checkpoint is not None else None,
+    checkpoint_dir = None
+    if result.checkpoint is not None:
+        checkpoint_dir = f"{scheme}://{result.checkpoint.path}" if scheme else result.checkpoint.path
+    return TrainingResult(metrics=dict(result.return_value or result.metrics), checkpoint_dir=checkpoint_dir,
                           seconds=time.perf_counter() - started)
+
+
+def _without_scheme(uri: str) -> str:
+    """``s3://bucket/key`` -> ``bucket/key``: Ray wants paths without the scheme with a custom filesystem."""
+    return uri.partition("://")[2] if "://" in uri else uri

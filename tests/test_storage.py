@@ -1,0 +1,183 @@
+"""Cluster-wide storage (orchestrator/storage.py): the same helpers on a local folder and on S3 (moto)."""
+
+import os
+import socket
+
+import pyarrow.fs as pafs
+import pytest
+
+from conftest import run_cli
+from orchestrator.config import ConfigError, load_config
+from orchestrator.storage import Storage, check_storage, local_checkpoint, open_storage
+
+BUCKET = "activeda-test"
+
+
+@pytest.mark.parametrize("key, value, problem", [
+    ("storage.uri", "activeda-test/runs", "must be s3://bucket/prefix"),
+    ("storage.uri", "gs://activeda-test/runs", "must be s3://bucket/prefix"),
+    ("storage.uri", "s3://", "must be s3://bucket/prefix"),
+    ("storage.uri", "s3://Upper_Case/runs", "must be s3://bucket/prefix"),
+    ("storage.uri", "s3://bucket/runs?endpoint_override=x", "must be s3://bucket/prefix"),
+    ("storage.endpoint", "127.0.0.1:9000", "must be http(s)://host[:port]"),
+    ("storage.region", "moon", "must be a region name"),
+])
+def test_malformed_storage_keys_are_refused_naming_the_key(key, value, problem):
+    others = {"storage.uri": f"s3://{BUCKET}/runs"} if key != "storage.uri" else {}
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {**others, key: value})
+    assert str(err.value).startswith(f"config key '{key}': {problem}")
+    assert "\n" not in str(err.value)
+
+
+def test_endpoint_without_uri_is_refused():
+    with pytest.raises(ConfigError, match=r"^config key 'storage.endpoint': is set but storage.uri is empty"):
+        load_config(None, {"storage.endpoint": "http://127.0.0.1:9000"})
+
+
+def test_well_formed_uris_are_accepted():
+    for uri in (f"s3://{BUCKET}", f"s3://{BUCKET}/", f"s3://{BUCKET}/team/runs", "s3://my.bucket-1/a/b/c"):
+        assert load_config(None, {"storage.uri": uri}).storage.uri == uri
+
+
+def _cfg(tmp_path, endpoint="", prefix="runs", bucket=BUCKET):
+    pairs = {"output_dir": str(tmp_path / "out")}
+    if endpoint:
+        pairs |= {"storage.uri": f"s3://{bucket}/{prefix}", "storage.endpoint": endpoint}
+    return load_config(None, pairs)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_check_storage_accepts_a_writable_bucket_and_leaves_nothing(s3_server, tmp_path):
+    check_storage(_cfg(tmp_path, s3_server, prefix="checked"))
+    fs = open_storage(_cfg(tmp_path, s3_server)).filesystem
+    assert fs.get_file_info(pafs.FileSelector(f"{BUCKET}/checked", allow_not_found=True, recursive=True)) == []
+
+
+def test_check_storage_names_a_missing_bucket(s3_server, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        check_storage(_cfg(tmp_path, s3_server, bucket="no-such-bucket"))
+    assert str(err.value).startswith("config key 'storage.uri': bucket 'no-such-bucket' does not exist")
+
+
+def test_check_storage_names_an_unreachable_endpoint(s3_server, tmp_path):
+    endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    with pytest.raises(ConfigError) as err:
+        check_storage(_cfg(tmp_path, endpoint))
+    assert str(err.value).startswith(f"config key 'storage.endpoint': cannot reach 's3://{BUCKET}/runs' at {endpoint}")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--set", "storage.uri=bucket-without-scheme"], "config key 'storage.uri': must be s3://bucket/prefix"),
+    (["--set", "storage.uri=s3://no-such-bucket/runs"], "config key 'storage.uri': bucket 'no-such-bucket' does not exist"),
+])
+def test_sweep_refuses_bad_storage_in_one_line_before_anything(s3_server, tmp_path, args, line):
+    result = run_cli("orchestrator.sweep", "--smoke", "--set", f"storage.endpoint={s3_server}", *args,
+                     cwd=tmp_path, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and line in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(params=["local", "s3"])
+def cfg(request, tmp_path):
+    if request.param == "local":
+        return _cfg(tmp_path)
+    return _cfg(tmp_path, request.getfixturevalue("s3_server"), prefix=f"unit-{tmp_path.name}")
+
+
+@pytest.fixture
+def storage(cfg):
+    return open_storage(cfg)
+
+
+def test_locations_mirror_paths_under_output_dir(storage, tmp_path):
+    path = tmp_path / "out" / "smoke" / "trials" / "t1" / "labels"
+    location = storage.location(path)
+    if storage.remote:
+        assert location == f"{storage.uri}/smoke/trials/t1/labels"
+        assert storage.fs_path(location) == location[len("s3://"):]
+    else:
+        assert location == str(path)
+    with pytest.raises(ValueError):
+        storage.location(tmp_path / "elsewhere")
+
+
+def test_text_files_round_trip(storage, tmp_path):
+    location = storage.location(tmp_path / "out" / "a" / "b.json")
+    assert storage.read_text(location) is None and not storage.exists(location)
+    storage.write_text(location, "{\"x\": 1}")
+    storage.write_text(location, "{\"x\": 2}")
+    assert storage.read_text(location) == "{\"x\": 2}" and storage.exists(location)
+
+
+def test_push_and_pull_give_a_new_node_the_files_it_lacks(storage, tmp_path):
+    labels = tmp_path / "out" / "smoke" / "trials" / "t1" / "labels"
+    labels.mkdir(parents=True)
+    for r in (1, 2):
+        (labels / f"round-000{r}.parquet").write_bytes(bytes([r]) * 100)
+    (labels / ".round-0003.parquet.tmp-1").write_bytes(b"half")  # an unfinished write is never published
+    storage.push_folder(labels, "round-*.parquet")
+    if not storage.remote:  # output_dir is the shared storage itself: nothing to copy
+        assert storage.pull_folder(labels) == [] and not storage.pull(labels / "missing.json")
+        return
+    assert storage.listdir(storage.location(labels)) == ["round-0001.parquet", "round-0002.parquet"]
+    for path in labels.iterdir():  # the node is gone; another one starts the trial
+        path.unlink()
+    assert storage.pull_folder(labels, "round-*.parquet") == ["round-0001.parquet", "round-0002.parquet"]
+    assert (labels / "round-0002.parquet").read_bytes() == bytes([2]) * 100
+    assert sorted(p.name for p in labels.iterdir()) == ["round-0001.parquet", "round-0002.parquet"]
+
+    record = labels.parent / "progress.json"
+    record.write_text("{\"round\": 2}")
+    storage.push(record)
+    record.unlink()
+    assert storage.pull(record) and record.read_text() == "{\"round\": 2}"
+    assert not storage.pull(labels.parent / "never-written.json")
+
+
+def _checkpoint_dir(storage, tmp_path, name="ckpt") -> str:
+    """A folder holding one file, at a location of this storage (as Ray Train leaves a checkpoint)."""
+    local = tmp_path / "out" / "ray" / name
+    local.mkdir(parents=True)
+    (local / "state.pt").write_bytes(b"weights" * 10)
+    if storage.remote:
+        storage.upload_file(local / "state.pt", storage.location(local / "state.pt"))
+    return storage.location(local)
+
+
+def test_publish_entry_writes_the_marker_last(storage, cfg, tmp_path, monkeypatch):
+    source = _checkpoint_dir(storage, tmp_path)
+    entry = tmp_path / "out" / "source-models" / "abc"
+    marker = storage.join(storage.location(entry), "metrics.json")
+
+    real_write = Storage.write_text
+
+    def crash_on_marker(self, location, text):
+        if location.endswith("metrics.json"):
+            raise OSError("node lost")
+        return real_write(self, location, text)
+
+    monkeypatch.setattr(Storage, "write_text", crash_on_marker)
+    if storage.remote:
+        with pytest.raises(OSError):
+            storage.publish_entry(entry, {"checkpoint": source}, {"metrics.json": "{}"}, marker="metrics.json")
+        assert storage.read_text(marker) is None  # readers see no entry, although the checkpoint was copied
+    monkeypatch.setattr(Storage, "write_text", real_write)
+
+    published = storage.publish_entry(entry, {"checkpoint": source}, {"metrics.json": "{\"miou\": 1}"},
+                                      marker="metrics.json")
+    assert published == storage.location(entry)
+    assert storage.read_text(marker) == "{\"miou\": 1}"
+    with local_checkpoint(storage.join(published, "checkpoint"), cfg.to_dict()) as folder:
+        assert open(os.path.join(folder, "state.pt"), "rb").read() == b"weights" * 10
+        fetched = folder
+    if storage.remote:
+        assert not os.path.exists(fetched)  # the download is temporary
+

@@ -11,8 +11,6 @@ round costs. Goal (issue 4): Ray Train throughput / in-process throughput >= 0.9
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -20,29 +18,20 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import ConfigError, load_config, with_absolute_paths
+from benchmarks.common import benchmark_config, machine_line
+from orchestrator.config import ExperimentConfig, with_overrides
 from trainers.checkpoint import save_checkpoint
 from trainers.data import domain_roots
 from trainers.engine import run_job
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60, help="adaptation steps per measurement (default 60)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
-    try:
-        cfg = with_absolute_paths(load_config(None, [*args.overrides, f"adapt.steps={args.steps}",
-                                                     "source.steps=5"]))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def measure_training(cfg: ExperimentConfig, steps: int) -> dict[str, float]:
+    """Images/s in the loop and job wall time, in-process and on Ray Train (1 worker), side by side."""
+    cfg = with_overrides(cfg, {"adapt.steps": steps, "source.steps": 5})
     config = cfg.to_dict()
     domain_roots(config["data"])
     workdir = Path(tempfile.mkdtemp(prefix="activeda-overhead-"))
-    threads = cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker))
-    torch.set_num_threads(threads)
+    torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
     source = run_job({"mode": "source", "config": config})
     save_checkpoint(workdir / "source", source.state)
     job = {"mode": "adapt", "config": config, "init_checkpoint": str(workdir / "source"), "round": 1,
@@ -57,14 +46,29 @@ def main(argv: list[str] | None = None) -> int:
 
     start_ray(quiet=True)
     ray_result = run_training(job, storage_path=workdir / "ray", name="overhead")
-    ratio = ray_result.metrics["train/images_per_s"] / plain["train/images_per_s"]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {threads}, "
-          f"{'CUDA' if cfg.train.use_gpu else 'CPU'}; {args.steps} adaptation steps, batch {cfg.adapt.batch_size}+"
-          f"{cfg.adapt.batch_size}, {cfg.data.height}x{cfg.data.width}")
-    print(f"| loop | images/s in the loop | wall time of the job |")
-    print(f"|---|---|---|")
-    print(f"| in-process (plain PyTorch) | {plain['train/images_per_s']:.1f} | {plain_wall:.1f} s |")
-    print(f"| Ray Train, 1 worker | {ray_result.metrics['train/images_per_s']:.1f} | {ray_result.seconds:.1f} s |")
+    return {"plain_images_per_s": plain["train/images_per_s"], "plain_wall_s": plain_wall,
+            "ray_images_per_s": ray_result.metrics["train/images_per_s"], "ray_wall_s": ray_result.seconds,
+            "ratio": ray_result.metrics["train/images_per_s"] / plain["train/images_per_s"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_overhead", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60, help="adaptation steps per measurement (default 60)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    cfg = benchmark_config(args.overrides)
+    if cfg is None:
+        return 2
+    figures = measure_training(cfg, args.steps)
+    threads = cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker))
+    print(f"machine: {machine_line()}; torch threads {threads}; {args.steps} adaptation steps, batch "
+          f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, {cfg.data.height}x{cfg.data.width}")
+    print("| loop | images/s in the loop | wall time of the job |")
+    print("|---|---|---|")
+    print(f"| in-process (plain PyTorch) | {figures['plain_images_per_s']:.1f} | {figures['plain_wall_s']:.1f} s |")
+    print(f"| Ray Train, 1 worker | {figures['ray_images_per_s']:.1f} | {figures['ray_wall_s']:.1f} s |")
+    ratio = figures["ratio"]
     print(f"throughput ratio Ray Train / in-process = {ratio:.2f} (goal >= 0.9: {'ok' if ratio >= 0.9 else 'MISSED'})")
     return 0
 

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import (NO_SELECTION, ConfigError, ExperimentConfig, describe_keys, from_dict, load_config,
-                     with_absolute_paths, with_overrides)
+from .config import (CASES_AXIS, NO_SELECTION, ConfigError, ExperimentConfig, describe_keys, from_dict,
+                     load_config, with_absolute_paths, with_overrides)
 from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
 EXIT_BAD_INPUT = 2
@@ -224,7 +224,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         else:
             reporter = tune.CLIReporter(
                 metric_columns={"round": "round", "budget/labeled_pixels": "labeled px", "target/miou": "mIoU"},
-                parameter_columns=list(cfg.sweep.search_space), max_report_frequency=30)
+                parameter_columns=parameter_columns(cfg.sweep.search_space), max_report_frequency=30)
             tuner = tune.Tuner(
                 trainable,
                 param_space=build_param_space(cfg.sweep.search_space),
@@ -315,6 +315,15 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
+
+
+def parameter_columns(search_space: dict[str, dict]) -> list[str]:
+    """Columns of Tune's progress table: each axis, and each key a ``cases`` axis sets (Tune flattens
+    a sampled case to ``cases/<key>``), rather than one column holding whole dicts."""
+    columns = [key for key in search_space if key != CASES_AXIS]
+    for spec in search_space.get(CASES_AXIS, {}).values():
+        columns += [f"{CASES_AXIS}/{key}" for key in dict.fromkeys(k for case in spec for k in case)]
+    return columns
 
 
 def build_param_space(search_space: dict[str, dict]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from ray import tune
 
 from orchestrator.config import ConfigError, ExperimentConfig, with_overrides
 from orchestrator.sweep import (SWEEP_STATE, budget_label, build_param_space, build_scheduler,
-                                load_sweep_state)
+                                load_sweep_state, parameter_columns)
 
 
 def test_param_space_kinds():
@@ -51,6 +51,9 @@ def test_cases_axis_sets_several_keys_per_trial():
     assert (spl.selection.selector, spl.selection.budget_fraction) == ("labor_spl", 0.022)
     unsupervised = with_overrides(cfg, {"cases": CASES["cases"]["grid"][2], "seed": 3})
     assert (unsupervised.selection.selector, unsupervised.adapt.confusion_weight, unsupervised.seed) == ("none", 0.0, 3)
+    assert parameter_columns({"seed": {"grid": [1, 2]}, **CASES}) == [
+        "seed", "cases/selection.selector", "cases/selection.budget_fraction", "cases/selection.points_per_image",
+        "cases/adapt.confusion_weight"]
 
 
 @pytest.mark.parametrize("space, problem", [

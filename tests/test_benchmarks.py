@@ -1,0 +1,120 @@
+"""The quality benchmark's plan, its reading of finished sweeps, its goal checks and its report.
+
+The sweeps themselves are the product's own path (tested elsewhere); here a finished sweep is laid
+out on disk by hand, with known figures, and the benchmark must find every trial's row and compute
+gap closed, mean and spread exactly.
+"""
+
+import json
+import statistics
+
+import pytest
+
+from benchmarks import quality
+from benchmarks.quality import FULL, QUICK, Plan, collect, goal_checks, plan_rows, render_markdown, sweep_config
+from orchestrator.config import with_overrides
+from orchestrator.experiment import ORACLE_CACHE_SECTIONS, PROGRESS_FILE, source_cache_key
+
+SMALL_DATA = ["data.height=32", "data.width=64", "data.synthetic.source_images=8",
+              "data.synthetic.target_train_images=8", "data.synthetic.target_val_images=4"]
+
+
+def test_full_plan_runs_every_selector_on_every_seed_and_the_ablation_on_one():
+    rows = {seed: plan_rows(FULL, seed) for seed in FULL.seeds}
+    assert [len(rows[s]) for s in FULL.seeds] == [21, 13, 13]
+    for seed_rows in rows.values():
+        cases = [json.dumps(r.keys, sort_keys=True) for r in seed_rows]
+        assert len(cases) == len(set(cases))  # a trial is never run twice for one seed
+        main = {(r.keys["selection.selector"], r.budget) for r in seed_rows
+                if r.table == "main" and r.keys["selection.selector"] != "none"}
+        assert main == {(s, f"{b} pts/img") for s in quality.POINT_SELECTORS for b in FULL.point_budgets} | \
+            {(s, "2.2%") for s in quality.REGION_SELECTORS}
+    assert {r.table for r in rows[0]} == {"main", "confusion", "temperature", "semi"}
+    assert {r.table for r in rows[1]} == {"main"}
+    assert not any(r.keys["selection.selector"] == "none" for r in rows[1])
+
+
+def test_every_case_is_a_valid_config(tmp_path):
+    for plan in (FULL, QUICK):
+        for seed in plan.seeds:
+            cfg = sweep_config(plan, seed, tmp_path, [])  # validates every case of the cases axis
+            assert cfg.seed == seed and cfg.output_dir == str(tmp_path / f"seed-{seed}")
+            assert len(cfg.sweep.search_space["cases"]["grid"]) == len(plan_rows(plan, seed))
+
+
+def _finished_sweep(plan, seed, root, data_cache, mious, source, oracle):
+    """Lay out what a finished benchmark sweep leaves on disk, with the given final mIoUs per row label."""
+    cfg = sweep_config(plan, seed, root, [*SMALL_DATA, f"data.cache_dir={data_cache}"])
+    out = root / f"seed-{seed}"
+    for folder, metrics in ((out / "source-models" / source_cache_key(cfg), source),
+                            (out / "oracle-references" / cfg.hash(*ORACLE_CACHE_SECTIONS), oracle)):
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    for number, row in enumerate(plan_rows(plan, seed)):
+        if (row.label, row.budget) not in mious:
+            continue
+        trial = out / "quality" / "trials" / f"trial{number:03d}"
+        trial.mkdir(parents=True)
+        (trial / "config.json").write_text(json.dumps(with_overrides(cfg, {"cases": row.case()}).to_dict()))
+        metrics = {"target/miou": mious[(row.label, row.budget)], "budget/labeled_fraction": 0.01,
+                   "budget/clicks": 80.0, "target/iou/pole": 0.1, "target/iou/traffic_sign": 0.2,
+                   "target/iou/person": 0.3}
+        (trial / PROGRESS_FILE).write_text(json.dumps({"progress": {"round": 1, "model_checkpoint": "x",
+                                                                     "trial_id": trial.name},
+                                                       "metrics": metrics}))
+    return cfg
+
+
+PLAN = Plan(seeds=(0, 1), point_budgets=(40,), pixel_budgets=(0.022,), point_selectors=("random", "labor_ppl"),
+            region_selectors=("random_regions", "labor_spl"), ablation_seeds=(0,), confusion_weights=(0.0,),
+            temperatures=(8.0,))
+
+
+def test_collect_computes_gap_closed_per_seed_and_checks_the_goals(tmp_path, data_cache):
+    source = {"target/miou": 0.1, "target/iou/pole": 0.0, "target/iou/traffic_sign": 0.0, "target/iou/person": 0.0}
+    oracle = {"target/miou": 0.5, "target/iou/pole": 0.3, "target/iou/traffic_sign": 0.3, "target/iou/person": 0.3}
+    per_seed = {
+        0: {("labor_ppl", "40 pts/img"): 0.46, ("random", "40 pts/img"): 0.38, ("labor_spl", "2.2%"): 0.44,
+            ("random_regions", "2.2%"): 0.43, ("confusion weight 0", "10 pts/img"): 0.30},
+        1: {("labor_ppl", "40 pts/img"): 0.45, ("random", "40 pts/img"): 0.41, ("labor_spl", "2.2%"): 0.47,
+            ("random_regions", "2.2%"): 0.46},
+    }
+    configs = {seed: _finished_sweep(PLAN, seed, tmp_path, data_cache, per_seed[seed], source, oracle)
+               for seed in PLAN.seeds}
+    measured, references = collect(PLAN, configs)
+    by_key = {(m.row.label, m.row.budget): m for m in measured}
+
+    ppl = by_key[("labor_ppl", "40 pts/img")]
+    assert ppl.gap == pytest.approx([0.9, 0.875])  # (0.46 - 0.1) / 0.4, (0.45 - 0.1) / 0.4
+    assert statistics.stdev(ppl.gap) == pytest.approx(0.0176777, abs=1e-6)
+    assert ppl.clicks_per_image == [10.0, 10.0]  # 80 clicks over the 8 pool images
+    assert ppl.withheld_miou == pytest.approx([0.2, 0.2])
+    assert by_key[("confusion weight 0", "10 pts/img")].miou == [0.30]  # ablation: seed 0 only
+    assert references["source"] == [0.1, 0.1] and references["oracle_withheld"] == pytest.approx([0.3, 0.3])
+
+    checks = {c.text.split(" (")[0].split(" by ")[0]: c.met for c in goal_checks(PLAN, measured)}
+    assert checks == {
+        "labor_ppl at 40 pts/img closes 0.89 of the gap": True,   # mean 0.8875 >= 0.85
+        "labor_ppl beats random at 40 pts/img": True,             # +0.15 > spread 0.053 (random's)
+        "labor_spl at 2.2% closes 0.89 of the gap": False,        # mean 0.8875 < 0.90
+        "labor_spl beats random_regions at 2.2%": False,          # +0.025 < spread 0.053
+    }
+
+    text = render_markdown(PLAN, False, measured, references, goal_checks(PLAN, measured), configs[0], 12.0,
+                           "curve.png", "python -m benchmarks.quality")
+    assert "| labor_ppl | 40 pts/img | 1% | 10.0 | 0.455 ± 0.007 | 0.89 ± 0.02 |" in text
+    assert "| random | 40 pts/img | 1% | 10.0 | 0.395 ± 0.021 | 0.74 ± 0.05 |" in text
+    assert "| 0 | 0.300 | 0.50 |" in text  # the confusion-weight table, one seed: no spread
+    assert "- MISSED: labor_spl at 2.2% closes 0.89 of the gap (goal >= 0.90)" in text
+    assert "![budget curve](curve.png)" in text
+
+
+def test_budget_curve_is_drawn(tmp_path, data_cache):
+    source = {"target/miou": 0.1}
+    oracle = {"target/miou": 0.5}
+    configs = {0: _finished_sweep(PLAN, 0, tmp_path, data_cache, {("labor_ppl", "40 pts/img"): 0.4,
+                                                                 ("labor_spl", "2.2%"): 0.45}, source, oracle)}
+    measured, references = collect(Plan(**{**PLAN.__dict__, "seeds": (0,)}), configs)
+    image = tmp_path / "curve.png"
+    quality.write_budget_curve(PLAN, measured, references, image)
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 10_000

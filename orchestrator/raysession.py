@@ -45,9 +45,13 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
     common = dict(log_to_driver=not quiet, runtime_env=runtime_env,
                   logging_config=ray.LoggingConfig(log_level="ERROR"))
+    # The ERROR level is meant for Ray's workers, but ray.init also sets it on this process's root
+    # logger, which would silence the driver's own warnings (an MLflow outage, dropped metrics).
+    driver_level = logging.getLogger().level
     if address:
         ray.init(address=address, **common)
     else:
         ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
                  resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS}, **common)
+    logging.getLogger().setLevel(driver_level)
 

@@ -6,10 +6,12 @@ callback, which runs in the driver) turns each report into MLflow metrics with `
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -87,7 +89,7 @@ class SweepTracking:
     def __init__(self, uri: str, experiment_name: str):
         from mlflow.tracking import MlflowClient
 
-        self.uri = uri
+        self.uri, self.experiment_name = uri, experiment_name
         self.client = MlflowClient(tracking_uri=uri)
         experiment = self.client.get_experiment_by_name(experiment_name)
         self.experiment_id = (experiment.experiment_id if experiment is not None
@@ -111,6 +113,32 @@ class SweepTracking:
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def finish_sweep(self, parent_run_id: str, status: str, report_dir: Path | None, unsent_path: str) -> None:
+        """Log the sweep's report and close its run; if MLflow is away, keep both for ``replay``."""
+        try:
+            if report_dir is not None:
+                self.client.log_artifacts(parent_run_id, str(report_dir), artifact_path="report")
+            self.end(parent_run_id, status)
+        except Exception as err:  # the results are on disk; say where instead of failing the sweep
+            append_unsent(unsent_path, [{"action": "sweep-end", "experiment": self.experiment_name,
+                                         "parent_run_id": parent_run_id, "status": status,
+                                         "report": str(report_dir) if report_dir is not None else None}])
+            log.warning("could not finish the sweep's MLflow run (%s); the report is in %s; to log it later: %s",
+                        type(err).__name__, report_dir, replay_hint(unsent_path, self.uri))
+
+
+def replay_hint(unsent_path: str, uri: str) -> str:
+    return f"python -m orchestrator.tracking replay {unsent_path} --tracking-uri {uri}"
+
+
+def append_unsent(path: str, records: list[dict]) -> None:
+    """Append records (one JSON object a line) to a sweep's unsent file; appended whole, then synced."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+        handle.flush()
+        os.fsync(handle.fileno())
+
 
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
     from mlflow.entities import Param
@@ -128,7 +156,8 @@ class MlflowTrialLogger(Callback):
 
     If the tracking server goes away, training goes on: every MLflow operation waits in an outbox,
     in order, and is retried at the next event; a warning says how much is waiting. What is still
-    unsent when the sweep ends is written to ``unsent_path`` (JSON lines), so nothing is lost.
+    unsent when the sweep ends is written to ``unsent_path`` (JSON lines, each naming its experiment,
+    parent run and trial folder), and ``python -m orchestrator.tracking replay`` sends it later.
     """
 
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str, trial_params,
@@ -177,13 +206,14 @@ class MlflowTrialLogger(Callback):
     def on_experiment_end(self, trials, **info):
         self._flush()
         if self._outbox and self.unsent_path:
-            Path(self.unsent_path).parent.mkdir(parents=True, exist_ok=True)
-            with open(self.unsent_path, "a", encoding="utf-8") as handle:
-                for action in self._outbox:
-                    handle.write(json.dumps({"action": action[0], "trial_id": action[1], "trial": action[2],
-                                             "data": action[3:]}, default=str) + "\n")
-            log.warning("MLflow at %s stayed unreachable: %d operations written to %s", self.uri,
-                        len(self._outbox), self.unsent_path)
+            append_unsent(self.unsent_path, [
+                {"action": action[0], "trial_id": action[1], "trial": action[2], "data": action[3:],
+                 "experiment": self.experiment_name, "parent_run_id": self.parent_run_id,
+                 "trial_dir": str(self.trial_dir(action[1])) if self.trial_dir is not None else None}
+                for action in self._outbox])
+            log.warning("MLflow at %s stayed unreachable: %d operations written to %s; to send them later: %s",
+                        self.uri, len(self._outbox), self.unsent_path, replay_hint(self.unsent_path, self.uri))
+            self._outbox = []  # they are in the file now: a restored logger must not send them a second time
 
     # -- the outbox ---------------------------------------------------------------------------
     def _send(self, action: tuple) -> None:
@@ -206,25 +236,31 @@ class MlflowTrialLogger(Callback):
                 log.warning("MLflow at %s is back; everything buffered has been logged", self.uri)
                 self._failing = False
 
+    def _existing_run(self, trial_id: str) -> str | None:
+        """The trial's run under this sweep's parent, if MLflow has one already."""
+        existing = self.tracking.client.search_runs(
+            [self.tracking.experiment_id],
+            f"tags.`activeda.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
+        if existing:
+            self._runs[trial_id] = existing[0].info.run_id
+        return self._runs.get(trial_id)
+
     def _perform(self, action: tuple) -> None:
         kind, trial_id = action[0], action[1]
         if kind == "create":
             _, _, name, params, tags = action
             client = self.tracking.client
             # A resumed sweep restarts its unfinished trials: they continue their own runs.
-            existing = client.search_runs(
-                [self.tracking.experiment_id],
-                f"tags.`activeda.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
-            if existing:
-                self._runs[trial_id] = existing[0].info.run_id
-                client.update_run(existing[0].info.run_id, status="RUNNING")
+            run_id = self._existing_run(trial_id)
+            if run_id is not None:
+                client.update_run(run_id, status="RUNNING")
                 return
             run = client.create_run(self.tracking.experiment_id, run_name=name,
                                     tags={"mlflow.parentRunId": self.parent_run_id, "activeda.kind": "trial",
                                           "activeda.trial_id": trial_id, **tags})
             self._runs[trial_id] = run.info.run_id
             log_params(client, run.info.run_id, params)
-        elif trial_id not in self._runs:
+        elif trial_id not in self._runs and self._existing_run(trial_id) is None:
             return  # the trial's run was never created (its start came before this logger existed)
         elif kind == "metrics":
             _, _, name, metrics, step = action
@@ -236,8 +272,9 @@ class MlflowTrialLogger(Callback):
             self.tracking.log_metrics(run_id, metrics, step=step, context=name)
         elif kind == "end":
             run_id = self._runs[trial_id]
-            if self.trial_dir is not None:
-                log_trial_artifacts(self.tracking.client, run_id, Path(self.trial_dir(trial_id)))
+            folder = self.trial_dir(trial_id) if self.trial_dir is not None else None
+            if folder is not None:
+                log_trial_artifacts(self.tracking.client, run_id, Path(folder))
             self.tracking.end(run_id, action[3])
 
 
@@ -251,3 +288,88 @@ def log_trial_artifacts(client, run_id: str, trial_dir: Path) -> None:
                 client.log_artifacts(run_id, str(path), artifact_path=name)
     except Exception as err:  # artifacts must never fail a finished trial; say so instead
         log.warning("could not log the artifacts of %s to MLflow: %s", trial_dir.name, err)
+
+
+UNSENT_ACTIONS = ("create", "metrics", "end", "sweep-end")
+
+
+def replay_unsent(path: str | Path, uri: str) -> tuple[int, int]:
+    """Send what an outage left in a sweep's unsent file, in order; returns (sent, still unsent).
+
+    Sending is idempotent (a trial's existing run is continued, a round already logged is skipped),
+    so a replay that is interrupted, or run twice, logs nothing twice. What could not be sent stays in
+    the file; the file is removed once everything is in MLflow.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrackingError(f"unsent-metrics file '{path}' does not exist")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = {}
+        if record is None:
+            continue
+        # Records written before they named their sweep cannot be sent to the right runs.
+        if not (isinstance(record, dict) and record.get("action") in UNSENT_ACTIONS
+                and record.get("experiment") and record.get("parent_run_id")):
+            raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record")
+        records.append(record)
+    check_tracking_uri(uri)
+    folders = {r["trial_id"]: r.get("trial_dir") for r in records if "trial_id" in r}
+    loggers: dict[tuple[str, str], MlflowTrialLogger] = {}
+    sent = 0
+    for record in records:
+        key = (record["experiment"], record["parent_run_id"])
+        logger = loggers.setdefault(key, MlflowTrialLogger(uri, *key, trial_params=None, trial_dir=folders.get))
+        try:
+            if record["action"] == "sweep-end":
+                report = record.get("report")
+                if report and Path(report).is_dir():
+                    logger.tracking.client.log_artifacts(key[1], report, artifact_path="report")
+                logger.tracking.end(key[1], record["status"])
+            else:
+                logger._perform((record["action"], record["trial_id"], record["trial"], *record["data"]))
+        except Exception as err:  # stop at the first failure: what follows may depend on it
+            log.warning("MLflow at %s failed on record %d of '%s' (%s: %s)", uri, sent + 1, path,
+                        type(err).__name__, err)
+            break
+        sent += 1
+    left = records[sent:]
+    if left:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in left), encoding="utf-8")
+        os.replace(tmp, path)
+    else:
+        path.unlink()
+    return sent, len(left)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.tracking",
+        description="Send the MLflow operations a sweep could not send while the tracking server was away "
+                    "(runs/<sweep>/mlflow-unsent.jsonl) once it is back.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    replay = sub.add_parser("replay", help="send an unsent-metrics file; removes it once everything is sent")
+    replay.add_argument("file", help="the sweep's mlflow-unsent.jsonl")
+    replay.add_argument("--tracking-uri", metavar="URI",
+                        help="the MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    uri = resolve_tracking_uri(args.tracking_uri, "")
+    try:
+        sent, left = replay_unsent(args.file, uri)
+    except TrackingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if left:
+        print(f"sent {sent} MLflow operations to {uri}; {left} still unsent, kept in {args.file}", file=sys.stderr)
+        return 1
+    print(f"sent {sent} MLflow operations to {uri}; removed {args.file}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

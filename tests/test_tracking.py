@@ -4,9 +4,11 @@ import json
 import math
 from types import SimpleNamespace
 
+import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import MlflowTrialLogger, finite_metrics, resolve_tracking_uri
+from orchestrator.tracking import (MlflowTrialLogger, SweepTracking, TrackingError, finite_metrics, replay_unsent,
+                                   resolve_tracking_uri)
 
 
 def test_non_finite_metrics_are_dropped(caplog):
@@ -62,3 +64,101 @@ def test_a_restarted_trial_continues_its_own_run(tmp_path):
     again.on_trial_start(0, [], trial)
     assert again._runs["t1"] == first._runs["t1"]
     assert len(client.search_runs([client.get_experiment_by_name("s").experiment_id])) == 2  # parent + 1 trial
+
+
+def go_away(monkeypatch):
+    """Every MLflow call the driver makes fails, as while the tracking server is down."""
+    def down(*args, **kwargs):
+        raise ConnectionError("down")
+
+    for name in ("get_experiment_by_name", "create_run", "search_runs", "log_batch", "get_metric_history",
+                 "set_terminated", "update_run", "log_artifact", "log_artifacts"):
+        monkeypatch.setattr(MlflowClient, name, down)
+
+
+def test_unsent_operations_are_replayed_in_order_once_the_store_is_back(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    tracking = SweepTracking(uri, "s")
+    parent = tracking.start_parent("sweep", {}, {})
+    folders = {"t1": tmp_path / "t1", "t2": tmp_path / "t2"}
+    (folders["t1"] / "labels").mkdir(parents=True)
+    (folders["t1"] / "labels" / "round-0001.parquet").write_bytes(b"PAR1")
+    unsent = tmp_path / "sweep" / "mlflow-unsent.jsonl"
+    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({"p": cfg["p"]}, {"selector": "x"}),
+                               trial_dir=folders.get, unsent_path=str(unsent))
+    first, second = SimpleNamespace(trial_id="t1", config={"p": 1}), SimpleNamespace(trial_id="t2", config={"p": 2})
+    logger.on_trial_start(0, [], first)
+    logger.on_trial_result(0, [], first, {"round": 0, "target/miou": 0.1})
+
+    go_away(monkeypatch)  # for the rest of the sweep: a trial's later rounds and a whole second trial
+    logger.on_trial_result(0, [], first, {"round": 1, "target/miou": 0.2})
+    logger.on_trial_start(0, [], second)
+    logger.on_trial_result(0, [], second, {"round": 0, "target/miou": 0.3})
+    logger.on_trial_complete(0, [], first)
+    logger.on_trial_result(0, [], second, {"round": 1, "target/miou": 0.4})
+    logger.on_trial_complete(0, [], second)
+    logger.on_experiment_end([])
+    tracking.finish_sweep(parent, "FINISHED", None, str(unsent))
+    assert logger._outbox == []  # in the file now, not also waiting to be sent again
+    actions = [(r["action"], r.get("trial_id")) for r in map(json.loads, unsent.read_text().splitlines())]
+    assert actions == [("metrics", "t1"), ("create", "t2"), ("metrics", "t2"), ("end", "t1"), ("metrics", "t2"),
+                       ("end", "t2"), ("sweep-end", None)]
+
+    monkeypatch.undo()  # the server is back
+    assert replay_unsent(unsent, uri) == (7, 0)
+    assert not unsent.exists()
+    runs = {r.data.tags["activeda.trial_id"]: r
+            for r in client.search_runs([tracking.experiment_id], "tags.`activeda.kind` = 'trial'")}
+    assert sorted(runs) == ["t1", "t2"] and runs["t2"].data.params == {"p": "2"}
+    for trial_id, values in (("t1", [0.1, 0.2]), ("t2", [0.3, 0.4])):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(runs[trial_id].info.run_id, "target/miou"))
+        assert history == list(enumerate(values))
+        assert runs[trial_id].info.status == "FINISHED"
+    assert [f.path for f in client.list_artifacts(runs["t1"].info.run_id, "labels")] == ["labels/round-0001.parquet"]
+    assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_replay_keeps_what_it_could_not_send_and_never_logs_twice(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    unsent = tmp_path / "mlflow-unsent.jsonl"
+    record = {"experiment": "s", "parent_run_id": parent, "trial_id": "t1", "trial": "t1", "trial_dir": None}
+    lines = [dict(record, action="create", data=[{}, {}]),
+             dict(record, action="metrics", data=[{"target/miou": 0.5}, 1]),
+             dict(record, action="end", data=["FINISHED"])]
+    unsent.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
+    assert replay_unsent(unsent, uri) == (2, 1)
+    assert [json.loads(line)["action"] for line in unsent.read_text().splitlines()] == ["end"]
+    monkeypatch.undo()
+
+    unsent.write_text("".join(json.dumps(r) + "\n" for r in lines))  # everything again, as after a lost rename
+    assert replay_unsent(unsent, uri) == (3, 0)
+    run = client.search_runs([client.get_experiment_by_name("s").experiment_id], "tags.`activeda.kind` = 'trial'")
+    assert len(run) == 1 and run[0].info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(run[0].info.run_id, "target/miou")] == [(1, 0.5)]
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"action": "metrics"}\n', "line 1 is not an activeda unsent-metrics record"),  # written before v2: no sweep
+    ('\n{"action": "metrics", "experiment": "s", "parent_run_id": "p"}\nnot json\n', "line 3 is not"),
+    ('{"action": "delete", "experiment": "s", "parent_run_id": "p"}\n', "line 1 is not"),
+])
+def test_replay_refuses_a_file_it_cannot_read_and_leaves_it(tmp_path, content, message):
+    unsent = tmp_path / "mlflow-unsent.jsonl"
+    unsent.write_text(content)
+    with pytest.raises(TrackingError, match=message):
+        replay_unsent(unsent, f"sqlite:///{tmp_path}/m.db")
+    assert unsent.read_text() == content and not (tmp_path / "m.db").exists()
+
+
+def test_replay_cli_is_one_line(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("orchestrator.tracking", "replay", str(tmp_path / "missing.jsonl"), "--tracking-uri",
+                     f"sqlite:///{tmp_path}/m.db", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: unsent-metrics file '{tmp_path / 'missing.jsonl'}' does not exist"

@@ -2,12 +2,14 @@
 
 Issue 5's goals: 2 actors rank at least 1.8x as fast as 1 on 2 cores, and ranking (forward pass +
 selector) costs at most 1.25x a bare forward pass of the same network over the same images.
-Measured side by side in one run on the default config's images (the model weights do not matter
-much for speed, so the models are freshly initialised; an untrained pair of heads disagrees almost
-everywhere, which is the selector's worst case).
+Measured side by side in one run on the default config's images, with a model after a short
+source training (``--source-steps``, in-process): LabOR's selectors work on the pixels where the two
+heads disagree, and how many there are depends on training. ``--source-steps 0`` measures freshly
+initialised heads, which disagree almost everywhere: the selectors' worst case.
 
-Actor throughput counts from the first actor ready to the last query: actor start-up (process,
-imports, checkpoint and pool loading: a few seconds, whatever the pool size) is printed apart.
+Actor throughput counts from the moment every actor has started to the last query (all actors
+working at once); actor start-up (process, imports, checkpoint and pool loading: seconds, whatever
+the pool size) and the wall time of the whole pass are printed beside it.
 
     python -m benchmarks.selection_speed [--images N] [--set key=value ...]
 """
@@ -30,13 +32,31 @@ from trainers.data import build_domains, domain_roots
 from trainers.engine import build_adaptation_models, model_identity
 
 
-def fresh_checkpoint(config: dict, num_classes: int, folder: Path) -> str:
-    """A checkpoint of freshly initialised segmenter and selector, as the actors load one."""
+def fresh_checkpoint(config: dict, num_classes: int, folder: Path, source_steps: int = 0) -> str:
+    """A checkpoint as the actors load one: freshly initialised segmenter and selector, or after
+    ``source_steps`` steps of source training in this process."""
+    if source_steps:
+        from trainers.engine import run_job
+
+        trained = run_job({"mode": "source", "config": {**config, "source": {**config["source"], "steps": source_steps}}})
+        save_checkpoint(folder, trained.state)
+        return str(folder)
     models = build_adaptation_models(config, num_classes)
     save_checkpoint(folder, {"model": model_identity(config, num_classes),
                              "modules": {"segmenter": models.segmenter.state_dict(),
                                          "selector": models.selector.state_dict()}})
     return str(folder)
+
+
+def inconsistent_share(ranker: Ranker, shards: list[list[int]]) -> float:
+    """Share of pool pixels where the two selector heads disagree (LabOR's inconsistency mask)."""
+    disagree = total = 0
+    with torch.no_grad():
+        for shard in shards:
+            first, second = ranker.network(torch.stack([ranker.pool[i][0] for i in shard]))[:2]
+            disagree += int((first.max(dim=1).indices != second.max(dim=1).indices).sum())
+            total += first[:, 0].numel()
+    return disagree / total
 
 
 def pool_config(cfg: ExperimentConfig, images: int) -> dict:
@@ -46,11 +66,13 @@ def pool_config(cfg: ExperimentConfig, images: int) -> dict:
     return config
 
 
-def measure_selection(cfg: ExperimentConfig, images: int) -> dict[str, float]:
+def measure_selection(cfg: ExperimentConfig, images: int, source_steps: int = 100) -> dict[str, float]:
     """Forward vs selection in-process (1 thread), then ranking with 1 and 2 actors, side by side."""
     config = pool_config(cfg, images)
     domains = build_domains(config["data"])
-    checkpoint = fresh_checkpoint(config, len(domains.classes), Path(tempfile.mkdtemp(prefix="activeda-speed-")) / "ckpt")
+    torch.set_num_threads(1)
+    checkpoint = fresh_checkpoint(config, len(domains.classes), Path(tempfile.mkdtemp(prefix="activeda-speed-")) / "ckpt",
+                                  source_steps)
     pool_size = len(domains.target_pool)
     shards = shard_ids(list(range(pool_size)), cfg.ranking.images_per_shard)
     points = cfg.selection.points_per_image
@@ -72,13 +94,15 @@ def measure_selection(cfg: ExperimentConfig, images: int) -> dict[str, float]:
     from orchestrator.raysession import start_ray
 
     start_ray(quiet=True)
-    figures = {"images": pool_size, "forward_images_per_s": pool_size / forward_s,
+    figures = {"images": pool_size, "source_steps": source_steps, "inconsistent_share": inconsistent_share(ranker, shards),
+               "forward_images_per_s": pool_size / forward_s,
                "select_images_per_s": pool_size / select_s, "select_over_forward": select_s / forward_s}
     for actors in (1, 2):
         run_cfg = with_overrides(cfg, {"data.synthetic.target_train_images": images, "ranking.num_actors": actors,
                                        "ranking.cpus_per_actor": 1.0}).to_dict()
         stats = rank_pool(checkpoint, run_cfg, pool_size, {}, lambda *_: None)
-        figures[f"actors{actors}_images_per_s"] = stats.images_per_s
+        figures[f"actors{actors}_images_per_s"] = stats.steady_images_per_s
+        figures[f"actors{actors}_steady_images"] = stats.steady_images
         figures[f"actors{actors}_startup_s"] = stats.startup_s
         figures[f"actors{actors}_wall_s"] = stats.startup_s + stats.ranking_s
     figures["speedup_2_vs_1"] = figures["actors2_images_per_s"] / figures["actors1_images_per_s"]
@@ -87,13 +111,15 @@ def measure_selection(cfg: ExperimentConfig, images: int) -> dict[str, float]:
 
 def print_selection(cfg: ExperimentConfig, figures: dict[str, float]) -> None:
     n = int(figures["images"])
+    print(f"| model | after {figures['source_steps']:.0f} source steps; heads disagree on "
+          f"{100 * figures['inconsistent_share']:.0f}% of pool pixels |")
     print(f"| bare forward pass of S + softmax (1 thread) | {figures['forward_images_per_s']:.1f} images/s |")
     print(f"| ranking in-process (forward + {cfg.selection.selector}, 1 thread) | "
           f"{figures['select_images_per_s']:.1f} images/s |")
     for actors in (1, 2):
-        print(f"| ranking with {actors} actor(s), after start-up | {figures[f'actors{actors}_images_per_s']:.1f} "
-              f"images/s ({figures[f'actors{actors}_startup_s']:.1f} s start-up; {n} images in "
-              f"{figures[f'actors{actors}_wall_s']:.1f} s) |")
+        print(f"| ranking with {actors} actor(s), all started | {figures[f'actors{actors}_images_per_s']:.1f} "
+              f"images/s over the last {figures[f'actors{actors}_steady_images']:.0f} images (all {n} in "
+              f"{figures[f'actors{actors}_wall_s']:.1f} s, {figures[f'actors{actors}_startup_s']:.1f} s of it start-up) |")
 
 
 def selection_goals(figures: dict[str, float]) -> list[str]:
@@ -106,12 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.selection_speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512, help="pool images to rank (default 512)")
+    parser.add_argument("--source-steps", type=int, default=100,
+                        help="source training of the ranked model (default 100; 0: fresh weights, the worst case)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     cfg = benchmark_config(args.overrides)
     if cfg is None:
         return 2
-    figures = measure_selection(cfg, args.images)
+    if args.images < 1 or args.source_steps < 0:
+        print("error: --images must be >= 1 and --source-steps >= 0", file=sys.stderr)
+        return 2
+    figures = measure_selection(cfg, args.images, args.source_steps)
     print(f"machine: {machine_line()}; {int(figures['images'])} images of {cfg.data.height}x{cfg.data.width}, "
           f"selector {cfg.selection.selector}, model {cfg.model.name}")
     print("| measurement | figure |\n|---|---|")

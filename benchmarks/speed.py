@@ -98,19 +98,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-images", type=int, default=96,
                         help="smaller pool of the memory figure; the larger is 10x (default 96)")
     parser.add_argument("--steps", type=int, default=60, help="adaptation steps of the training figures (default 60)")
+    parser.add_argument("--source-steps", type=int, default=100,
+                        help="source training of the model that ranks (default 100; 0: fresh weights, the worst case)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     cfg = benchmark_config(args.overrides)
     if cfg is None:
         return 2
-    if min(args.images, args.memory_images, args.steps) < 1:
-        print("error: --images, --memory-images and --steps must be >= 1", file=sys.stderr)
+    if min(args.images, args.memory_images, args.steps) < 1 or args.source_steps < 0:
+        print("error: --images, --memory-images and --steps must be >= 1, --source-steps >= 0", file=sys.stderr)
         return 2
     started = time.perf_counter()
     print("[speed] 1/4 training: plain loop, then Ray Train", flush=True)
     training = measure_training(cfg, args.steps)
     print("[speed] 2/4 selection: forward vs selection, then 1 and 2 ranking actors", flush=True)
-    selection = measure_selection(cfg, args.images)
+    selection = measure_selection(cfg, args.images, args.source_steps)
     print(f"[speed] 3/4 driver memory: {args.memory_images} then {10 * args.memory_images} pool images", flush=True)
     memory = measure_driver_memory(cfg, args.memory_images)
     print("[speed] 4/4 a 2-trial, 2-round sweep for its scheduling overhead", flush=True)

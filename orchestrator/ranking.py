@@ -98,6 +98,8 @@ class RankingStats:
     ``startup_s`` runs from the call to the first actor ready (process start, imports, loading the
     checkpoint and the pool); ``ranking_s`` from then to the last query. Start-up does not depend
     on the pool size, so ``images / ranking_s`` is the throughput a large pool sees.
+    ``steady_images`` were ranked in the last ``steady_s`` seconds, once every actor had started:
+    the rate of all actors working at once (0 when the pool ran out first).
     """
 
     images: int
@@ -105,10 +107,16 @@ class RankingStats:
     startup_s: float
     ranking_s: float
     actors_replaced: int
+    steady_images: int = 0
+    steady_s: float = 0.0
 
     @property
     def images_per_s(self) -> float:
         return self.images / max(self.ranking_s, 1e-9)
+
+    @property
+    def steady_images_per_s(self) -> float:
+        return self.steady_images / self.steady_s if self.steady_images and self.steady_s > 0 else float("nan")
 
 
 def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int, tuple[np.ndarray, np.ndarray]],
@@ -142,7 +150,8 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
     waiting_to_start = {actor.ready.remote(): actor for actor in actors}
     working: dict = {}  # result ref -> (actor, shard)
     called = time.perf_counter()
-    first_ready = None
+    first_ready = all_ready = None
+    started_actors, ranked_when_all_ready = 0, 0
     try:
         while queue or working:
             done, _ = ray.wait(list(working) + list(waiting_to_start), num_returns=1)
@@ -170,7 +179,11 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
                 continue
             if first_ready is None:
                 first_ready = time.perf_counter()
-            if not starting:
+            if starting:
+                started_actors += 1
+                if started_actors == num_actors and all_ready is None:
+                    all_ready, ranked_when_all_ready = time.perf_counter(), ranked
+            else:
                 for image_id, query in results:
                     consume(image_id, query)
                     ranked += 1
@@ -186,8 +199,10 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
             ray.kill(actor)
     finished = time.perf_counter()
     first_ready = finished if first_ready is None else first_ready
+    all_ready = finished if all_ready is None else all_ready
     return RankingStats(images=ranked, actors=num_actors, startup_s=first_ready - called,
-                        ranking_s=finished - first_ready, actors_replaced=replaced)
+                        ranking_s=finished - first_ready, actors_replaced=replaced,
+                        steady_images=ranked - ranked_when_all_ready, steady_s=finished - all_ready)
 
 
 def _subset(labeled: dict, ids: list[int]) -> dict:

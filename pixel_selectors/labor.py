@@ -61,17 +61,17 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
     free = unlabeled_mask(labeled, height, width, device=p1.device).flatten()
     candidates_mask = inconsistency_mask(p1, p2).flatten() & free
 
-    mean_probs = (p1 + p2) / 2
-    predicted = predicted_class(mean_probs).flatten()
     candidates = candidates_mask.nonzero().squeeze(1)  # ascending flat index
-    candidate_class = predicted[candidates]
+    # Only the candidates' mean probabilities are needed (M is a small part of a trained model's
+    # image). Class-major (K, N) layout: contiguous along the candidates, which reductions run over.
+    vectors = ((p1.reshape(num_classes, -1)[:, candidates] + p2.reshape(num_classes, -1)[:, candidates]) / 2
+               ).to(torch.float64)  # (K, N)
+    candidate_class = predicted_class(vectors)
     counts = torch.bincount(candidate_class, minlength=num_classes)
     allocation = allocate_evenly(counts.tolist(), num_points)
 
     # All classes at once: prototypes by a scatter-sum, then one stable sort of the candidates by
-    # (class, distance) -- ties stay in flat-index order -- keeping the first allocation[k] of each
-    # class. Class-major (K, N) layout: contiguous along the candidates, which the reductions run over.
-    vectors = mean_probs.reshape(num_classes, -1)[:, candidates].to(torch.float64)  # (K, N)
+    # (class, distance) -- ties stay in flat-index order -- keeping the first allocation[k] of each class.
     sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=vectors.device)
     sums.index_add_(1, candidate_class, vectors)
     prototypes = sums / counts.clamp_min(1).to(torch.float64)  # column k: mu_k

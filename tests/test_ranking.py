@@ -33,8 +33,13 @@ def test_shards_do_not_depend_on_actor_count():
 def test_one_and_two_actors_agree(setup, ray_local):
     ckpt, cfg = setup
     one, two = {}, {}
-    rank_pool(ckpt, cfg(**{"ranking.num_actors": 1}), 10, {}, one.__setitem__)
-    rank_pool(ckpt, cfg(**{"ranking.num_actors": 2}), 10, {}, two.__setitem__)
+    stats_one = rank_pool(ckpt, cfg(**{"ranking.num_actors": 1}), 10, {}, one.__setitem__)
+    stats_two = rank_pool(ckpt, cfg(**{"ranking.num_actors": 2}), 10, {}, two.__setitem__)
+    for stats, actors in ((stats_one, 1), (stats_two, 2)):
+        assert (stats.images, stats.actors, stats.actors_replaced) == (10, actors, 0)
+        assert stats.startup_s > 0 and stats.ranking_s > 0 and 0 <= stats.steady_images <= 10
+    # With one actor, "every actor started" is the first actor ready: every image is ranked after it.
+    assert stats_one.steady_images == 10 and stats_one.steady_images_per_s > 0
     one, two = sorted(one.items()), sorted(two.items())
     assert [i for i, _ in one] == list(range(10))
     for (i, a), (j, b) in zip(one, two):

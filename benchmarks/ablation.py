@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from benchmarks.calibrate_domains import selected_labels, trainer
-from orchestrator.config import ConfigError, load_config, with_absolute_paths
+from benchmarks.common import benchmark_config
+from orchestrator.config import with_overrides
 from trainers.data import build_domains, domain_roots
 
 OFF = {"adapt.adversarial_weight": 0.0, "adapt.confusion_weight": 0.0, "adapt.soft_label_weight": 0.0,
@@ -42,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--in-process", action="store_true", help="run the engine here instead of on Ray Train")
     args = parser.parse_args(argv)
-    try:
-        base = with_absolute_paths(load_config(None, args.overrides))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    base = benchmark_config(args.overrides)
+    if base is None:
         return 2
     defaults = base.flat()
     domain_roots(base.to_dict()["data"])
@@ -59,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     switched_on: dict = {}
     for name, turn_on in STEPS:
         switched_on.update({key: defaults[key] for key in turn_on})
-        cfg = load_config(None, {**defaults, **OFF, **switched_on}).to_dict()
+        cfg = with_overrides(base, {**OFF, **switched_on}).to_dict()
         job = {"mode": "adapt", "config": cfg, "init_checkpoint": source_ckpt, "sparse_labels": labels, "round": 1}
         metrics, _ = train(job, f"ablation-{len(rows)}")
         rows.append((name, metrics))

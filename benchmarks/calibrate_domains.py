@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from orchestrator.config import ConfigError, load_config, with_absolute_paths
+from benchmarks.common import benchmark_config
 from orchestrator.labels import Oracle
 from orchestrator.ranking import Ranker
 from trainers.checkpoint import save_checkpoint
@@ -88,10 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--in-process", action="store_true", help="run the engine here instead of on Ray Train")
     args = parser.parse_args(argv)
-    try:
-        cfg = with_absolute_paths(load_config(args.config, args.overrides))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+    cfg = benchmark_config(args.overrides, args.config)
+    if cfg is None:
         return 2
     cfg_dict = cfg.to_dict()
     domain_roots(cfg_dict["data"], progress=print)

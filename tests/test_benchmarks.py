@@ -118,3 +118,19 @@ def test_budget_curve_is_drawn(tmp_path, data_cache):
     image = tmp_path / "curve.png"
     quality.write_budget_curve(PLAN, measured, references, image)
     assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("module", ["quality", "speed", "selection_speed", "train_overhead", "ablation",
+                                    "calibrate_domains"])
+def test_every_benchmark_refuses_a_bad_key_in_one_line_before_running(module, capsys):
+    import importlib
+
+    main = importlib.import_module(f"benchmarks.{module}").main
+    assert main(["--set", "adapt.lrr=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and err[0].startswith("error: config key 'adapt.lrr': unknown key")
+
+
+def test_quality_refuses_a_bad_seed_count(capsys):
+    assert quality.main(["--seeds", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --seeds must be >= 1"

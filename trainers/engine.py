@@ -113,22 +113,6 @@ def _restore_modules(models: AdaptationModels, state: dict) -> None:
             module.load_state_dict(module_state)
 
 
-class FullyLabeledTarget(torch.utils.data.Dataset):
-    """The target pool with every pixel labeled: the oracle reference of a sweep."""
-
-    def __init__(self, pool, hflip: bool = False):
-        self.pool, self.hflip = pool, hflip
-
-    def __len__(self) -> int:
-        return len(self.pool)
-
-    def __getitem__(self, index: int):
-        image, label = self.pool[index]
-        if self.hflip and torch.rand(()) < 0.5:
-            image, label = image.flip(-1), label.flip(-1)
-        return image, label
-
-
 @dataclass
 class JobResult:
     metrics: dict[str, Any]
@@ -184,11 +168,10 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     all_reduce = (lambda t: dist.all_reduce(t)) if distributed else None
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_gpu)
     target_data = None
-    if mode == "adapt" and job.get("full_target_labels"):
-        target_data = FullyLabeledTarget(domains.target_pool, hflip=cfg["data"]["augment"]["hflip"])
-    elif mode == "adapt":
-        target_data = SparseTargetDataset(domains.target_pool, job.get("sparse_labels") or {},
-                                          hflip=cfg["data"]["augment"]["hflip"])
+    if mode == "adapt":
+        # The oracle reference labels every pool pixel (None: the pool's own label maps).
+        labels = None if job.get("full_target_labels") else job.get("sparse_labels") or {}
+        target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg["data"]["augment"]["hflip"])
 
     def state() -> dict[str, Any]:
         return {"model": model_identity(cfg, num_classes), "modules": _module_states(models),

@@ -255,15 +255,16 @@ def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[tor
 class SparseTargetDataset(Dataset):
     """The whole target pool as (image, sparse label map): 255 except where the oracle revealed a class.
 
-    ``sparse_labels`` maps image id -> (ys, xs, classes) arrays. Unlabeled images are included:
+    ``sparse_labels`` maps image id -> (ys, xs, classes) arrays; ``None`` means every pixel is
+    revealed (the pool's own label maps: the oracle reference). Unlabeled images are included:
     the adversarial, confusion and pseudo-label losses use every target image. ``hflip`` flips the
     image and its sparse map together (the only augmentation that never invents labeled pixels).
     """
 
-    def __init__(self, pool: Dataset, sparse_labels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    def __init__(self, pool: Dataset, sparse_labels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None,
                  hflip: bool = False):
         self.pool = pool
-        self.sparse_labels = {int(k): v for k, v in sparse_labels.items()}
+        self.sparse_labels = None if sparse_labels is None else {int(k): v for k, v in sparse_labels.items()}
         self.hflip = hflip
 
     def __len__(self) -> int:
@@ -271,11 +272,14 @@ class SparseTargetDataset(Dataset):
 
     def __getitem__(self, index: int):
         image, truth = self.pool[index]
-        sparse = torch.full(truth.shape, IGNORE_INDEX, dtype=torch.int64)
-        if index in self.sparse_labels:
-            ys, xs, classes = (np.asarray(a) for a in self.sparse_labels[index])
-            sparse[torch.from_numpy(ys.astype(np.int64)), torch.from_numpy(xs.astype(np.int64))] = \
-                torch.from_numpy(classes.astype(np.int64))
+        if self.sparse_labels is None:
+            sparse = truth.to(torch.int64)
+        else:
+            sparse = torch.full(truth.shape, IGNORE_INDEX, dtype=torch.int64)
+            if index in self.sparse_labels:
+                ys, xs, classes = (np.asarray(a) for a in self.sparse_labels[index])
+                sparse[torch.from_numpy(ys.astype(np.int64)), torch.from_numpy(xs.astype(np.int64))] = \
+                    torch.from_numpy(classes.astype(np.int64))
         if self.hflip and torch.rand(()) < 0.5:
             image, sparse = image.flip(-1), sparse.flip(-1)
         return image, sparse

@@ -86,19 +86,28 @@ def _read(path: Path) -> dict:
     return document
 
 
-def import_answers(answers_path: Path, queries_file: Path, store: LabelStore) -> int:
+def import_answers(answers_path: Path, queries_file: Path, store: LabelStore, expected_round: int | None = None) -> int:
     """Check the answers against the exported queries and record them as that round; returns the round."""
     answers, queries = _read(answers_path), _read(queries_file)
-    round_index, num_classes = int(queries["round"]), len(queries["classes"])
+    round_index, num_classes = queries.get("round"), len(queries["classes"])
+    # The round names the label-store file it is recorded in (round-NNNN.parquet): a positive integer only.
+    if isinstance(round_index, bool) or not isinstance(round_index, int) or round_index < 1 or (
+            expected_round is not None and round_index != expected_round):
+        raise AnnotationError(f"'{queries_file}' holds the queries of round {round_index!r}, not of round "
+                              f"{expected_round if expected_round is not None else '>= 1'}")
     if answers.get("round") != round_index:
         raise AnnotationError(f"'{answers_path}' answers round {answers.get('round')}, the queries are of round "
                               f"{round_index}")
     asked = {entry["image_id"]: entry for entry in queries["images"]}
     given = {}
-    for entry in answers.get("images") or []:
+    entries = answers.get("images") or []
+    if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+        raise AnnotationError(f"'{answers_path}': 'images' must be a list of objects")
+    for entry in entries:
         image_id = entry.get("image_id")
-        where = f"'{answers_path}', image {image_id}"
-        if image_id not in asked:
+        where = f"'{answers_path}', image {image_id!r}"
+        # Only the exported integer ids count (True or 2.0 would otherwise match images 1 and 2).
+        if isinstance(image_id, bool) or not isinstance(image_id, int) or image_id not in asked:
             raise AnnotationError(f"{where}: not among the queried images")
         if image_id in given:
             raise AnnotationError(f"{where}: answered twice")
@@ -143,10 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--answers", required=True, help="the queries file with every image's labels filled in")
     imp.add_argument("--round", type=int, required=True, help="the round the answers are for")
     args = parser.parse_args(argv)
+    if args.round < 1:
+        print(f"error: --round must be >= 1, got {args.round}", file=sys.stderr)
+        return 2
     trial_dir = Path(args.trial_dir)
     try:
         round_index = import_answers(Path(args.answers), queries_path(trial_dir, args.round),
-                                     LabelStore(trial_dir / "labels"))
+                                     LabelStore(trial_dir / "labels"), expected_round=args.round)
     except (AnnotationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ import yaml
 
 from pixel_selectors import SELECTOR_KIND, SELECTORS
 from trainers.data import CLASS_SETS, SOURCE_FORMATS, TARGET_FORMATS
+from trainers.data.cityscapes import CITYSCAPES_SPLITS
 from trainers.models import MODELS
 
 
@@ -63,8 +64,8 @@ class DomainConfig:
 class TargetDomainConfig:
     format: str = _opt("cityscapes", "on-disk layout of this domain", choices=TARGET_FORMATS)
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)")
-    pool_split: str = _opt("train", "split whose images form the unlabeled pool")
-    val_split: str = _opt("val", "split on which target mIoU is measured")
+    pool_split: str = _opt("train", "split whose images form the unlabeled pool", choices=CITYSCAPES_SPLITS)
+    val_split: str = _opt("val", "split on which target mIoU is measured", choices=CITYSCAPES_SPLITS)
 
 
 @dataclass
@@ -468,11 +469,15 @@ def validate(cfg: ExperimentConfig) -> None:
         choices = meta.get("choices")
         if choices is not None and value not in choices:
             noun = key.split(".")[-1]
-            noun = {"name": "model", "format": "format", "selector": "selector", "class_set": "class set"}.get(noun, noun)
+            noun = {"name": "model", "format": "format", "selector": "selector", "class_set": "class set",
+                    "pool_split": "split", "val_split": "split"}.get(noun, noun)
             raise ConfigError(key, f"unknown {noun} '{value}'; choose one of: {', '.join(sorted(choices))}")
-    if not cfg.sweep.name or any(c in cfg.sweep.name for c in "/\\") or cfg.sweep.name.startswith("."):
-        raise ConfigError("sweep.name", f"must be a plain folder name (no '/', not starting with '.'), "
-                                        f"got {cfg.sweep.name!r}")
+    # sweep.name becomes a folder under output_dir: it must not climb out of it or hide control characters.
+    sweep_name = cfg.sweep.name
+    if (not sweep_name or any(c in sweep_name for c in "/\\") or sweep_name.startswith(".")
+            or not sweep_name.isprintable()):
+        raise ConfigError("sweep.name", f"must be a plain folder name (printable, no '/' or '\\', not starting "
+                                        f"with '.'), got {sweep_name!r}")
     if not cfg.output_dir:
         raise ConfigError("output_dir", "must not be empty")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():

@@ -55,6 +55,10 @@ def test_round_trip(exported, tmp_path):
     (lambda d: d["images"].append(dict(d["images"][0], image_id=99)), "not among the queried images"),
     (lambda d: d.__setitem__("round", 2), "answers round 2"),
     (lambda d: d.__setitem__("format", "pickle"), "is not an activeda-queries file"),
+    # Image ids are the exported integers only: not a path, not a float or bool that equals one.
+    (lambda d: d["images"][0].__setitem__("image_id", "../../etc/passwd"), "image '../../etc/passwd': not among"),
+    (lambda d: d["images"][0].__setitem__("image_id", 2.0), "image 2.0: not among the queried images"),
+    (lambda d: d["images"].append("../x.png"), "'images' must be a list of objects"),
 ])
 def test_tampered_answers_are_refused_and_nothing_is_written(exported, tmp_path, edit, message):
     path, document = exported
@@ -70,3 +74,39 @@ def test_cli_reports_one_line(tmp_path):
     result = run_cli("orchestrator.annotate", "import", "--trial-dir", str(tmp_path), "--round", "1",
                      "--answers", str(tmp_path / "missing.json"), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: '") and "does not exist" in result.stderr
+
+
+def test_an_image_path_in_the_answers_is_never_used(exported, tmp_path):
+    path, document = exported
+    untampered = LabelStore(tmp_path / "reference")
+    import_answers(answer(document, tmp_path), path, untampered)
+    moved = answer(document, tmp_path, lambda d: [e.__setitem__("image", "../../../etc/shadow") for e in d["images"]])
+    store = LabelStore(tmp_path / "labels")
+    import_answers(moved, path, store)
+    assert store.table().equals(untampered.table())
+    assert [f.name for f in store.table().schema if str(f.type) == "string"] == ["strategy"]  # no path is stored
+
+
+@pytest.mark.parametrize("round_value, expected, message", [
+    (-1, None, "holds the queries of round -1, not of round >= 1"),
+    ("../1", None, "holds the queries of round '../1'"),
+    (2, 1, "holds the queries of round 2, not of round 1"),
+])
+def test_a_queries_file_of_another_or_impossible_round_is_refused(exported, tmp_path, round_value, expected, message):
+    path, document = exported
+    answers = answer(document, tmp_path, lambda d: d.__setitem__("round", round_value))
+    document["round"] = round_value
+    path.write_text(json.dumps(document))
+    store = LabelStore(tmp_path / "labels")
+    with pytest.raises(AnnotationError, match=message.replace(".", r"\.")):
+        import_answers(answers, path, store, expected_round=expected)
+    assert not (tmp_path / "labels").exists()
+
+
+def test_cli_refuses_a_round_below_one(tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("orchestrator.annotate", "import", "--trial-dir", str(tmp_path), "--round", "0",
+                     "--answers", str(tmp_path / "a.json"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == "error: --round must be >= 1, got 0"
+    assert list(tmp_path.iterdir()) == []

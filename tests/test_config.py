@@ -49,6 +49,15 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     (["adapt.lr=.nan"], "config key 'adapt.lr': must be a finite number"),
     (["selection.points_per_image=100000"], "exceed the 8192 pixels of a 64x128 image"),
     (["sweep.name=../escape"], "config key 'sweep.name': must be a plain folder name"),
+    # Paths from the config stay under their roots: sweep.name is one folder under output_dir, and the
+    # target splits are folders the dataset layout names, never a path of their own.
+    (["sweep.name=.."], "config key 'sweep.name': must be a plain folder name"),
+    (["sweep.name=/tmp/elsewhere"], "config key 'sweep.name': must be a plain folder name"),
+    (["sweep.name=runs\\..\\x"], "config key 'sweep.name': must be a plain folder name"),
+    (['sweep.name="a\tb"'], "config key 'sweep.name': must be a plain folder name (printable"),
+    (["data.target.pool_split=../../etc"], "config key 'data.target.pool_split': unknown split '../../etc'; "
+                                          "choose one of: test, train, val"),
+    (["data.target.val_split=/etc"], "config key 'data.target.val_split': unknown split '/etc'"),
     (["noequals"], "--set expects key=value, got 'noequals'"),
 ])
 def test_bad_values_name_the_key(overrides, message):

@@ -6,6 +6,7 @@ the SYNTHIA-RAND-CITYSCAPES README table), not computed with the code under test
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -461,6 +462,42 @@ def test_stray_entries_are_refused_not_skipped(tmp_path):
     (tmp_path / "cs" / "leftImg8bit" / "val" / "README").write_text("x")
     with pytest.raises(DatasetError, match=r"unexpected file '.*leftImg8bit/val/README'"):
         CityscapesSegmentation(tmp_path / "cs", "val")
+
+
+def _link_out(inside: Path, outside: Path, relative: bool = False) -> None:
+    """Move ``inside`` to ``outside`` and leave a symlink to it in its place."""
+    outside.parent.mkdir(parents=True, exist_ok=True)
+    inside.rename(outside)
+    inside.symlink_to(Path(os.path.relpath(outside, inside.parent)) if relative else outside)
+
+
+def test_files_that_resolve_outside_the_root_are_refused(tmp_path):
+    outside = tmp_path / "outside"
+    gta = make_gta5(tmp_path / "gta", {"00001.png": np.full((2, 3), 7)})
+    _link_out(gta / "labels" / "00001.png", outside / "label.png")  # a readable label, but not the dataset's
+    with pytest.raises(DatasetError, match=r"GTA5 file '.*gta/labels/00001.png' resolves to '.*outside/label.png', "
+                                           r"outside the dataset root '.*gta'"):
+        GTA5Segmentation(gta)
+
+    cityscapes = make_cityscapes(tmp_path / "cs", {("aachen", 0): np.full((2, 3), 7)})
+    _link_out(cityscapes / "gtFine" / "val" / "aachen", outside / "aachen")  # a whole city folder
+    with pytest.raises(DatasetError, match=r"Cityscapes file '.*aachen_000000_000000_gtFine_labelIds.png' "
+                                           r"resolves to '.*outside/aachen/.*outside the dataset root"):
+        CityscapesSegmentation(cityscapes, "val")
+
+    synthia = make_synthia(tmp_path / "syn", {"0000000.png": np.full((2, 3), 3)})
+    _link_out(synthia / "RGB" / "0000000.png", outside / "image.png", relative=True)  # ../../outside/image.png
+    with pytest.raises(DatasetError, match=r"SYNTHIA file '.*RGB/0000000.png' resolves to .* outside the dataset"):
+        SynthiaSegmentation(synthia)
+
+
+def test_a_symlinked_root_and_links_that_stay_inside_are_accepted(tmp_path):
+    real = make_gta5(tmp_path / "real", {"00001.png": np.full((2, 3), 7), "00002.png": np.full((2, 3), 8)})
+    (real / "labels" / "00002.png").unlink()
+    (real / "labels" / "00002.png").symlink_to("00001.png")  # one label shared by two images, inside the root
+    (tmp_path / "link").symlink_to(real)
+    dataset = GTA5Segmentation(tmp_path / "link")
+    assert len(dataset) == 2 and torch.equal(dataset.label(0), dataset.label(1))
 
 
 def test_corrupt_files_are_named_at_read_time(tmp_path):

@@ -21,6 +21,10 @@ def test_help_documents_options_and_config_keys(tmp_path):
     (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
     (["--tracking-uri", "sqlite:////nonexistent/dir/m.db"], "folder '/nonexistent/dir' does not exist"),
     (["--tracking-uri", "http://127.0.0.1:9/"], "MLflow server 'http://127.0.0.1:9/' cannot be reached"),
+    # Names from the command line never become a path outside output_dir or the dataset root.
+    (["--name", "../escape"], "config key 'sweep.name': must be a plain folder name"),
+    (["--set", "sweep.name=/tmp/elsewhere"], "config key 'sweep.name': must be a plain folder name"),
+    (["--set", "data.target.pool_split=../../etc"], "config key 'data.target.pool_split': unknown split"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, key):
     result = run_cli("orchestrator.sweep", "--smoke", *args, cwd=tmp_path, timeout=120)
@@ -42,6 +46,8 @@ def _real_layout_roots(tmp_path):
     ("empty_root", "does not exist"),
     ("missing_label", "has no label"),
     ("corrupt_image", "cannot read image"),
+    ("label_links_out", "outside the dataset root"),
+    ("city_links_out", "outside the dataset root"),
 ])
 def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
     source, target = _real_layout_roots(tmp_path)
@@ -52,6 +58,14 @@ def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
         source.mkdir()
     elif damage == "missing_label":
         next((source / "labels").iterdir()).unlink()
+    elif damage == "label_links_out":  # a valid label, but one that lives outside the dataset root
+        label = next((source / "labels").iterdir())
+        label.rename(tmp_path / "outside.png")
+        label.symlink_to(tmp_path / "outside.png")
+    elif damage == "city_links_out":
+        city = target / "leftImg8bit" / "train" / "synthtown"
+        city.rename(tmp_path / "elsewhere")
+        city.symlink_to(tmp_path / "elsewhere")
     else:
         next((target / "leftImg8bit" / "train" / "synthtown").iterdir()).write_bytes(b"not a png")
     run_dir = tmp_path / "run"

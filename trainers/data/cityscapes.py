@@ -21,7 +21,7 @@ from torchvision.datasets import Cityscapes
 
 from .errors import DatasetError
 from .labelmaps import cityscapes_mapping
-from .segmentation_pairs import PairedSegmentationDataset, check_folder, check_root
+from .segmentation_pairs import PairedSegmentationDataset, check_folder, check_root, inside_root
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
 _IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -72,4 +72,5 @@ class CityscapesSegmentation(PairedSegmentationDataset):
         mapping = cityscapes_mapping(class_set)
         self.root = check_root(root)
         self.split = split
-        super().__init__(list_cityscapes_pairs(self.root, split), mapping, size=size, augment=augment)
+        files = inside_root(self.root, list_cityscapes_pairs(self.root, split), "Cityscapes")
+        super().__init__(files, mapping, size=size, augment=augment)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 
 from .labelmaps import cityscapes_mapping
-from .segmentation_pairs import PairedSegmentationDataset, check_root, list_flat_pairs
+from .segmentation_pairs import PairedSegmentationDataset, check_root, inside_root, list_flat_pairs
 
 
 class GTA5Segmentation(PairedSegmentationDataset):
@@ -31,5 +31,5 @@ class GTA5Segmentation(PairedSegmentationDataset):
                  size: tuple[int, int] | None = None, augment: Callable | None = None) -> None:
         mapping = cityscapes_mapping(class_set)
         self.root = check_root(root)
-        files = list_flat_pairs(self.root / "images", self.root / "labels", "GTA5")
+        files = inside_root(self.root, list_flat_pairs(self.root / "images", self.root / "labels", "GTA5"), "GTA5")
         super().__init__(files, mapping, size=size, augment=augment)

@@ -50,6 +50,22 @@ def check_folder(folder: Path, what: str) -> Path:
     return folder
 
 
+def inside_root(root: Path, files: list[tuple[str, str]], dataset_name: str) -> list[tuple[str, str]]:
+    """``files`` unchanged if every one resolves inside ``root``; ``DatasetError`` naming the first that does not.
+
+    The root itself may be a symlink (it is resolved first); a symlink *inside* it that leads out of it
+    (say a label linked to /etc/shadow, or a city folder linked elsewhere) is refused, so a dataset is
+    exactly the tree the config names.
+    """
+    real_root = Path(root).resolve()
+    for pair in files:
+        for path in pair:
+            if not Path(path).resolve().is_relative_to(real_root):
+                raise DatasetError(f"{dataset_name} file '{path}' resolves to '{Path(path).resolve()}', outside the "
+                                   f"dataset root '{root}' (symlinks inside a dataset root must stay inside it)")
+    return files
+
+
 def list_flat_pairs(image_dir: Path, label_dir: Path, dataset_name: str) -> list[tuple[str, str]]:
     """Pairs ``image_dir/NAME.png`` with ``label_dir/NAME.png`` (GTA5 and SYNTHIA layouts), sorted.
 

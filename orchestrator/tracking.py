@@ -315,6 +315,11 @@ def replay_unsent(path: str | Path, uri: str) -> tuple[int, int]:
         if not (isinstance(record, dict) and record.get("action") in UNSENT_ACTIONS
                 and record.get("experiment") and record.get("parent_run_id")):
             raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record")
+        # Folders whose files get uploaded: only the sweep's own (the file lives in the sweep folder).
+        for key in ("trial_dir", "report"):
+            if record.get(key) and not Path(record[key]).resolve().is_relative_to(path.parent.resolve()):
+                raise TrackingError(f"'{path}' line {number}: '{key}' {record[key]!r} is outside the sweep folder "
+                                    f"'{path.parent}'")
         records.append(record)
     check_tracking_uri(uri)
     folders = {r["trial_id"]: r.get("trial_dir") for r in records if "trial_id" in r}

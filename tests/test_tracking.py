@@ -81,7 +81,7 @@ def test_unsent_operations_are_replayed_in_order_once_the_store_is_back(tmp_path
     client = MlflowClient(uri)
     tracking = SweepTracking(uri, "s")
     parent = tracking.start_parent("sweep", {}, {})
-    folders = {"t1": tmp_path / "t1", "t2": tmp_path / "t2"}
+    folders = {"t1": tmp_path / "sweep" / "trials" / "t1", "t2": tmp_path / "sweep" / "trials" / "t2"}
     (folders["t1"] / "labels").mkdir(parents=True)
     (folders["t1"] / "labels" / "round-0001.parquet").write_bytes(b"PAR1")
     unsent = tmp_path / "sweep" / "mlflow-unsent.jsonl"
@@ -146,6 +146,11 @@ def test_replay_keeps_what_it_could_not_send_and_never_logs_twice(tmp_path, monk
     ('{"action": "metrics"}\n', "line 1 is not an activeda unsent-metrics record"),  # written before v2: no sweep
     ('\n{"action": "metrics", "experiment": "s", "parent_run_id": "p"}\nnot json\n', "line 3 is not"),
     ('{"action": "delete", "experiment": "s", "parent_run_id": "p"}\n', "line 1 is not"),
+    # Replay uploads a trial's folder as artifacts: never one outside the sweep's own folder.
+    ('{"action": "end", "experiment": "s", "parent_run_id": "p", "trial_dir": "/home"}\n',
+     "line 1: 'trial_dir' '/home' is outside the sweep folder"),
+    ('{"action": "sweep-end", "experiment": "s", "parent_run_id": "p", "report": "../../x"}\n',
+     "line 1: 'report' '../../x' is outside the sweep folder"),
 ])
 def test_replay_refuses_a_file_it_cannot_read_and_leaves_it(tmp_path, content, message):
     unsent = tmp_path / "mlflow-unsent.jsonl"

@@ -48,6 +48,9 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     (["adapt.steps=many"], "config key 'adapt.steps': must be an integer, got 'many'"),
     (["adapt.lr=.nan"], "config key 'adapt.lr': must be a finite number"),
     (["selection.points_per_image=100000"], "exceed the 8192 pixels of a 64x128 image"),
+    (["selection.budget_fraction=-0.1"], "config key 'selection.budget_fraction': must be >= 0, got -0.1"),
+    (["adapt.soft_label_temperature=0"], "config key 'adapt.soft_label_temperature': must be > 0, got 0.0"),
+    (["data.class_set=cityscapes20"], "config key 'data.class_set': unknown class set 'cityscapes20'"),
     (["sweep.name=../escape"], "config key 'sweep.name': must be a plain folder name"),
     # Paths from the config stay under their roots: sweep.name is one folder under output_dir, and the
     # target splits are folders the dataset layout names, never a path of their own.

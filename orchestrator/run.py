@@ -14,20 +14,15 @@ import time
 from pathlib import Path
 
 from .config import ConfigError
-from .sweep import EXIT_BAD_INPUT, build_parser as build_sweep_parser, resolve_config
+from .sweep import EXIT_BAD_INPUT, add_trial_arguments, build_parser as build_sweep_parser, resolve_config
 from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
 
 def build_parser() -> argparse.ArgumentParser:
-    sweep_parser = build_sweep_parser()
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.run", description=__doc__, epilog=sweep_parser.epilog,
+        prog="python -m orchestrator.run", description=__doc__, epilog=build_sweep_parser().epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    keep = {"--config", "--set", "--smoke", "--tracking-uri", "--address", "--num-cpus", "--output-dir", "--name",
-            "--quiet"}
-    for action in sweep_parser._actions:  # the same options as the sweep, minus the sweep-only ones
-        if set(action.option_strings) & keep:
-            parser._add_action(action)
+    add_trial_arguments(parser)  # the sweep's options, minus the sweep-only ones
     return parser
 
 
@@ -37,10 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from trainers.data import DatasetError, check_domains
 
+    from .storage import check_storage
+
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         check_tracking_uri(uri)
+        check_storage(cfg)
         check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
     except (ConfigError, TrackingError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)

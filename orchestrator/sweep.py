@@ -28,6 +28,26 @@ EXIT_TRIALS_FAILED = 1
 log = logging.getLogger("activeda")
 
 
+def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that set up trials, shared by ``orchestrator.sweep`` and ``orchestrator.run``."""
+    parser.add_argument("--config", metavar="YAML", help="experiment config (default: built-in defaults, "
+                        "the same as configs/default.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set adapt.lr=0.0005 (repeatable; values are YAML)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny images, few steps, two trials: the whole distributed path in about 2 minutes")
+    parser.add_argument("--tracking-uri", metavar="URI",
+                        help="MLflow tracking URI (default: tracking.uri, then $MLFLOW_TRACKING_URI, "
+                             "then sqlite:///mlflow.db in the working directory)")
+    parser.add_argument("--address", metavar="ADDR",
+                        help="Ray cluster to join ('auto' for the running one); default: start a local Ray")
+    parser.add_argument("--num-cpus", type=int, metavar="N",
+                        help="CPUs of the local Ray (default: all of this machine's); ignored with --address")
+    parser.add_argument("--output-dir", metavar="DIR", help="shortcut for --set output_dir=DIR")
+    parser.add_argument("--name", metavar="NAME", help="shortcut for --set sweep.name=NAME")
+    parser.add_argument("-q", "--quiet", action="store_true", help="less progress output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.sweep",
@@ -41,31 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
                  "  python -m orchestrator.sweep --set 'sweep.search_space={selection.points_per_image: "
                  "{grid: [10, 40]}}'\n",
     )
-    parser.add_argument("--config", metavar="YAML", help="experiment config (default: built-in defaults, "
-                        "the same as configs/default.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set adapt.lr=0.0005 (repeatable; values are YAML)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny images, few steps, two trials: the whole distributed path in about 2 minutes")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: tracking.uri, then $MLFLOW_TRACKING_URI, "
-                             "then sqlite:///mlflow.db in the working directory)")
-    parser.add_argument("--address", metavar="ADDR",
-                        help="Ray cluster to join ('auto' for the running one); default: start a local Ray")
+    add_trial_arguments(parser)
     parser.add_argument("--cluster-config", metavar="YAML",
                         help="the cluster's `ray up` file: its autoscaling node types count as available "
                              "resources (e.g. GPU workers that start on demand)")
-    parser.add_argument("--num-cpus", type=int, metavar="N",
-                        help="CPUs of the local Ray (default: all of this machine's); ignored with --address")
     parser.add_argument("--num-samples", type=int, metavar="N", help="shortcut for --set sweep.num_samples=N")
     parser.add_argument("--max-concurrent", type=int, metavar="N",
                         help="shortcut for --set sweep.max_concurrent=N (default: derived from the cluster)")
-    parser.add_argument("--output-dir", metavar="DIR", help="shortcut for --set output_dir=DIR")
-    parser.add_argument("--name", metavar="NAME", help="shortcut for --set sweep.name=NAME")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted sweep of the same name and output dir: finished trials are "
                              "kept, unfinished ones continue after their last finished round")
-    parser.add_argument("-q", "--quiet", action="store_true", help="less progress output")
     return parser
 
 

@@ -323,11 +323,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def parameter_columns(search_space: dict[str, dict]) -> list[str]:
-    """Columns of Tune's progress table: each axis, and each key a ``cases`` axis sets (Tune flattens
-    a sampled case to ``cases/<key>``), rather than one column holding whole dicts."""
+    """Columns of Tune's progress table: each axis, and for a ``cases`` axis each key that *every*
+    case sets (Tune flattens a sampled case to ``cases/<key>``; its best-trial line looks every
+    column up in the best trial's config and fails on a missing key), else the cases whole."""
     columns = [key for key in search_space if key != CASES_AXIS]
     for spec in search_space.get(CASES_AXIS, {}).values():
-        columns += [f"{CASES_AXIS}/{key}" for key in dict.fromkeys(k for case in spec for k in case)]
+        common = [key for key in spec[0] if all(key in case for case in spec)]
+        columns += [f"{CASES_AXIS}/{key}" for key in common] or [CASES_AXIS]
     return columns
 
 

@@ -236,14 +236,15 @@ class MlflowTrialLogger(Callback):
                 log.warning("MLflow at %s is back; everything buffered has been logged", self.uri)
                 self._failing = False
 
-    def _existing_run(self, trial_id: str) -> str | None:
-        """The trial's run under this sweep's parent, if MLflow has one already."""
+    def _existing_run(self, trial_id: str):
+        """The trial's run under this sweep's parent, if MLflow has one already (else None)."""
         existing = self.tracking.client.search_runs(
             [self.tracking.experiment_id],
             f"tags.`activeda.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
-        if existing:
-            self._runs[trial_id] = existing[0].info.run_id
-        return self._runs.get(trial_id)
+        if not existing:
+            return None
+        self._runs[trial_id] = existing[0].info.run_id
+        return existing[0]
 
     def _perform(self, action: tuple) -> None:
         kind, trial_id = action[0], action[1]
@@ -251,9 +252,11 @@ class MlflowTrialLogger(Callback):
             _, _, name, params, tags = action
             client = self.tracking.client
             # A resumed sweep restarts its unfinished trials: they continue their own runs.
-            run_id = self._existing_run(trial_id)
-            if run_id is not None:
-                client.update_run(run_id, status="RUNNING")
+            existing = self._existing_run(trial_id)
+            if existing is not None:
+                client.update_run(existing.info.run_id, status="RUNNING")
+                if not existing.data.params:  # the run was created, then MLflow went away before its params
+                    log_params(client, existing.info.run_id, params)
                 return
             run = client.create_run(self.tracking.experiment_id, run_name=name,
                                     tags={"mlflow.parentRunId": self.parent_run_id, "activeda.kind": "trial",

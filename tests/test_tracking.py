@@ -66,6 +66,22 @@ def test_a_restarted_trial_continues_its_own_run(tmp_path):
     assert len(client.search_runs([client.get_experiment_by_name("s").experiment_id])) == 2  # parent + 1 trial
 
 
+def test_a_run_created_just_before_an_outage_gets_its_params_once_it_is_over(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({"p": 1}, {}))
+    trial = SimpleNamespace(trial_id="t1", config={})
+    # The run is created, then the server goes away before the params are logged.
+    monkeypatch.setattr(MlflowClient, "log_batch", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("down")))
+    logger.on_trial_start(0, [], trial)
+    assert len(logger._outbox) == 1
+    monkeypatch.undo()
+    logger.on_trial_result(0, [], trial, {"round": 0, "target/miou": 0.1})
+    runs = client.search_runs([client.get_experiment_by_name("s").experiment_id], "tags.`activeda.kind` = 'trial'")
+    assert len(runs) == 1 and runs[0].data.params == {"p": "1"} and runs[0].data.metrics == {"target/miou": 0.1}
+
+
 def go_away(monkeypatch):
     """Every MLflow call the driver makes fails, as while the tracking server is down."""
     def down(*args, **kwargs):

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from .config import NO_SELECTION, ExperimentConfig, from_dict, with_overrides
 from .annotate import AwaitingAnnotation, export_queries, queries_path
 from .labels import LabeledPixels, LabelStore, Oracle
 from .ranking import rank_pool
+from .storage import open_storage
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +42,29 @@ def source_cache_key(cfg: ExperimentConfig) -> str:
 
 
 def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> tuple[str, dict]:
-    """Train the source-only model once per cache key; returns (checkpoint dir, its target metrics).
+    """Train the source-only model once per cache key; returns (checkpoint location, its target metrics).
 
-    The cache entry is moved into place only when complete, so an interrupted run leaves nothing
-    that a later run could mistake for a trained model.
+    The cache entry lives in the sweep's storage (``storage.uri`` or ``output_dir``) and counts only
+    once its ``metrics.json`` is written, last, so an interrupted run leaves nothing that a later
+    run could mistake for a trained model.
     """
+    storage = open_storage(cfg)
     cache_root = Path(cfg.output_dir).resolve() / "source-models"
     entry = cache_root / source_cache_key(cfg)
-    metrics_file = entry / "metrics.json"
-    if metrics_file.is_file():
-        progress(f"source model: reusing {entry}")
-        return str(entry / "checkpoint"), json.loads(metrics_file.read_text())
+    entry_location = storage.location(entry)
+    cached = storage.read_text(storage.join(entry_location, "metrics.json"))
+    if cached is not None:
+        progress(f"source model: reusing {entry_location}")
+        return storage.join(entry_location, "checkpoint"), json.loads(cached)
 
     progress(f"source model: training {cfg.source.steps} steps ({cfg.train.num_workers} Train worker(s))")
     job = {"mode": "source", "config": cfg.to_dict(), "init_checkpoint": None, "round": 0}
-    result = run_training(job, storage_path=cache_root / "ray", name=f"source-{entry.name}")
-    staging = cache_root / f".{entry.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(result.checkpoint_dir, staging / "checkpoint")
+    result = run_training(job, name=f"source-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = _round_metrics(result.metrics)
-    (staging / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    os.replace(staging, entry)
+    storage.publish_entry(entry, {"checkpoint": result.checkpoint_dir},
+                          {"metrics.json": json.dumps(metrics, indent=1, sort_keys=True)}, marker="metrics.json")
     progress(f"source model: target mIoU {metrics['target/miou']:.3f} ({result.seconds:.0f} s)")
-    return str(entry / "checkpoint"), metrics
+    return storage.join(entry_location, "checkpoint"), metrics
 
 
 ORACLE_CACHE_SECTIONS = ("seed", "data", "model", "source", "adapt")
@@ -77,21 +77,20 @@ def ensure_oracle_reference(cfg: ExperimentConfig, source_checkpoint: str,
     Cached like the source model (by seed, data, model, source and adaptation settings). The job
     reads the pool's full label maps itself, so nothing of size "all pixels" crosses Ray.
     """
+    storage = open_storage(cfg)
     cache_root = Path(cfg.output_dir).resolve() / "oracle-references"
     entry = cache_root / cfg.hash(*ORACLE_CACHE_SECTIONS)
-    metrics_file = entry / "metrics.json"
-    if metrics_file.is_file():
-        progress(f"oracle reference: reusing {entry}")
-        return json.loads(metrics_file.read_text())
+    metrics_location = storage.join(storage.location(entry), "metrics.json")
+    cached = storage.read_text(metrics_location)
+    if cached is not None:
+        progress(f"oracle reference: reusing {storage.location(entry)}")
+        return json.loads(cached)
     progress(f"oracle reference: adapting with every pool pixel labeled ({cfg.adapt.steps} steps)")
     job = {"mode": "adapt", "config": cfg.to_dict(), "init_checkpoint": source_checkpoint, "round": 1,
            "full_target_labels": True}
-    result = run_training(job, storage_path=cache_root / "ray", name=f"oracle-{entry.name}")
+    result = run_training(job, name=f"oracle-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = _round_metrics(result.metrics)
-    entry.mkdir(parents=True, exist_ok=True)
-    tmp = entry / f".metrics.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
-    os.replace(tmp, metrics_file)
+    storage.write_text(metrics_location, json.dumps(metrics, indent=1, sort_keys=True))
     progress(f"oracle reference: target mIoU {metrics['target/miou']:.3f} ({result.seconds:.0f} s)")
     return metrics
 
@@ -121,6 +120,7 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
     """
     cfg_dict = cfg.to_dict()
     store = LabelStore(trial_dir / "labels")
+    storage = open_storage(cfg)
     domains = build_domains(cfg_dict["data"])
     oracle = Oracle(domains.target_pool, [domains.classes.index(name) for name in cfg.selection.unlabeled_classes])
     pool_pixels = len(domains.target_pool) * cfg.data.height * cfg.data.width
@@ -152,9 +152,10 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
             store.append_round(round_index, cfg.selection.selector, labeled)
         select_s = time.perf_counter() - started
 
+        storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
         job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": checkpoint,
                "sparse_labels": store.sparse_labels(upto_round=round_index), "round": round_index}
-        result = run_training(job, storage_path=trial_dir / "ray", name=f"round-{round_index:03d}")
+        result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = _round_metrics(result.metrics)
         write_round_artifacts(trial_dir / "artifacts" / f"round-{round_index:03d}", domains, store, round_index,
@@ -286,14 +287,23 @@ def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics
     trial_dir = Path(sweep_dir) / "trials" / trial_id
     trial_dir.mkdir(parents=True, exist_ok=True)
     (trial_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, sort_keys=True))
+    # A trial restarted on another node finds its label store and progress record in shared storage.
+    storage = open_storage(cfg)
+    storage.pull_folder(trial_dir / "labels", "round-*.parquet")
+    storage.pull(trial_dir / PROGRESS_FILE)
 
     resume = None
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
             resume = TrialProgress(**json.loads((Path(directory) / PROGRESS_FILE).read_text())["progress"])
+            saved = LabelStore(Path(directory) / "labels")
             if resume.trial_id != trial_id:  # a PBT clone: take over the other trial's labels
-                LabelStore(Path(directory) / "labels").copy_to(trial_dir / "labels", upto_round=resume.round)
+                saved.copy_to(trial_dir / "labels", upto_round=resume.round)
+            elif not set(saved.rounds()) <= set(LabelStore(trial_dir / "labels").rounds()):
+                # This node lacks the trial's folder (and no copy was in shared storage): the labels
+                # come with the checkpoint.
+                saved.copy_to(trial_dir / "labels", upto_round=resume.round)
     # Tune snapshots its experiment state every few seconds; a driver killed in between restores a
     # trial from an older round than the trial itself finished. The trial's own record is newer then.
     own_file = trial_dir / PROGRESS_FILE
@@ -311,6 +321,7 @@ def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics
         staging = own_file.with_name(f".{PROGRESS_FILE}.tmp-{os.getpid()}")
         staging.write_text(record)
         os.replace(staging, own_file)
+        storage.push(own_file)
 
     if resume is not None and own is not None and resume.round >= cfg.selection.rounds:
         # Every round was done before the interruption: hand Tune the final result, train nothing.

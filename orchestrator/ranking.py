@@ -25,6 +25,8 @@ from pixel_selectors.budget import points_per_image
 from trainers.data import build_domains
 from trainers.train_loop import load_models
 
+from .storage import local_checkpoint
+
 log = logging.getLogger(__name__)
 
 
@@ -37,7 +39,8 @@ class Ranker:
         domains = build_domains(cfg["data"])
         self.pool = domains.target_pool
         self.device = torch.device("cuda" if cfg["ranking"]["gpus_per_actor"] > 0 and torch.cuda.is_available() else "cpu")
-        models, _ = load_models(checkpoint_dir, cfg, len(domains.classes))
+        with local_checkpoint(checkpoint_dir, cfg) as directory:  # a checkpoint on S3 is fetched to this node
+            models, _ = load_models(directory, cfg, len(domains.classes))
         name = cfg["selection"]["selector"]
         self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
         self.select = SELECTORS[name]

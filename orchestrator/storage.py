@@ -36,6 +36,7 @@ import pyarrow.fs as pafs
 
 from .config import S3_URI, ConfigError, storage_uri_problem
 
+
 def _plain(cfg: Any) -> dict:
     return cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
 
@@ -77,6 +78,10 @@ class Storage:
     def ray_filesystem(self) -> pafs.FileSystem | None:
         """What Ray's ``storage_filesystem`` gets: None locally, so Ray resolves plain paths itself."""
         return self.filesystem if self.remote else None
+
+    def train_storage(self, local_dir: str | Path) -> dict[str, Any]:
+        """``run_training``'s storage arguments for the runs kept under ``local_dir``'s location."""
+        return {"storage_path": self.location(local_dir), "filesystem": self.ray_filesystem}
 
     # --- locations ------------------------------------------------------------------------------
     def location(self, local_path: str | Path) -> str:

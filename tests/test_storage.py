@@ -181,3 +181,42 @@ def test_publish_entry_writes_the_marker_last(storage, cfg, tmp_path, monkeypatc
     if storage.remote:
         assert not os.path.exists(fetched)  # the download is temporary
 
+
+
+def test_a_trial_on_a_node_without_its_folder_takes_its_labels_from_its_tune_checkpoint(tmp_path, monkeypatch):
+    """storage.uri empty and output_dir not shared: the Tune checkpoint is the only copy of the labels."""
+    import json
+
+    import numpy as np
+    import ray.tune
+
+    from orchestrator import experiment
+    from orchestrator.labels import LabeledPixels, LabelStore
+
+    checkpoint = tmp_path / "tune-checkpoint"
+    LabelStore(checkpoint / "labels").append_round(1, "labor_ppl", [
+        LabeledPixels(0, np.array([1, 2]), np.array([3, 4]), np.array([0, 1]), 32, 64, 2.0)])
+    (checkpoint / experiment.PROGRESS_FILE).write_text(json.dumps(
+        {"progress": {"round": 1, "model_checkpoint": "/elsewhere/round-001", "trial_id": "t1"},
+         "metrics": {"round": 1}}))
+
+    class Context:
+        def get_trial_id(self):
+            return "t1"
+
+        def get_trial_name(self):
+            return "tune_trial_t1"
+
+    seen = {}
+
+    def run_experiment(cfg, trial_dir, *args, resume=None, **kwargs):
+        seen.update(resume=resume, rounds=LabelStore(trial_dir / "labels").rounds())
+
+    monkeypatch.setattr(ray.tune, "get_context", Context)
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: ray.tune.Checkpoint.from_directory(str(checkpoint)))
+    monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+    base = load_config(None, {"output_dir": str(tmp_path / "out"), "selection.rounds": 2}, smoke=True).to_dict()
+    base["sweep"]["search_space"] = {}
+    experiment.tune_trial({}, base, "/elsewhere/source", {}, sweep_dir=str(tmp_path / "out" / "smoke"))
+    assert seen["resume"].round == 1 and seen["resume"].trial_id == "t1"
+    assert seen["rounds"] == [1]  # round 1's labels, not bought again in a new round 1

@@ -51,7 +51,24 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS}, **common)
+        # Ray Train's placement-group cleaner (in a worker) finds "its" cluster by address, and with
+        # two local Rays on one machine (two sweeps at once) it cannot tell which one and dies with a
+        # traceback. So the local GCS gets a port chosen here, and the workers are told the address.
+        port = _free_port()
+        runtime_env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                     resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS}, **common)
+        finally:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
     logging.getLogger().setLevel(driver_level)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 

@@ -139,6 +139,9 @@ def main_table_reference(plan: Plan) -> dict:
 
 def sweep_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str]) -> ExperimentConfig:
     cfg = load_config(None, overrides)
+    if cfg.storage.uri:
+        raise ConfigError("storage.uri", "the quality benchmark reads its sweeps' results from output_dir on this "
+                                         "machine; run it without storage.uri")
     cfg = with_overrides(cfg, {**SWEEP_SETTINGS, "seed": seed, "output_dir": str(output_dir / f"seed-{seed}"),
                                "sweep.search_space": {"cases": {"grid": [row.case() for row in plan_rows(plan, seed)]}}})
     return with_absolute_paths(cfg)

@@ -134,3 +134,10 @@ def test_every_benchmark_refuses_a_bad_key_in_one_line_before_running(module, ca
 def test_quality_refuses_a_bad_seed_count(capsys):
     assert quality.main(["--seeds", "0"]) == 2
     assert capsys.readouterr().err.strip() == "error: --seeds must be >= 1"
+
+
+def test_quality_refuses_remote_storage(capsys):
+    assert quality.main(["--set", "storage.uri=s3://bucket/prefix"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: config key 'storage.uri': the quality benchmark reads its "
+                                               "sweeps' results from output_dir on this machine; run it without "
+                                               "storage.uri")

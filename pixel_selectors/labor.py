@@ -70,14 +70,15 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
     counts = torch.bincount(candidate_class, minlength=num_classes)
     allocation = allocate_evenly(counts.tolist(), num_points)
 
-    # All classes at once: prototypes by a scatter-sum, then one stable sort of the candidates by
-    # (class, distance) -- ties stay in flat-index order -- keeping the first allocation[k] of each class.
+    # All classes at once: prototypes by a scatter-sum, then the candidates ordered by (class,
+    # distance) -- two stable sorts, so ties stay in flat-index order -- keeping the first
+    # allocation[k] of each class. A NaN distance (a diverged model) sorts last within its class.
     sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=vectors.device)
     sums.index_add_(1, candidate_class, vectors)
     prototypes = sums / counts.clamp_min(1).to(torch.float64)  # column k: mu_k
     distance = (vectors - prototypes[:, candidate_class]).square().sum(dim=0).sqrt()
-    # distance <= sqrt(2) < 2 between probability vectors, so class * 2 + distance orders by class first.
-    order = torch.sort(candidate_class.to(torch.float64) * 2.0 + distance, stable=True).indices
+    order = torch.sort(torch.nan_to_num(distance, nan=float("inf")), stable=True).indices
+    order = order[torch.sort(candidate_class[order], stable=True).indices]
     class_of = candidate_class[order]
     first_of_class = torch.cumsum(counts, 0) - counts
     rank_in_class = torch.arange(order.numel(), device=order.device) - first_of_class[class_of]

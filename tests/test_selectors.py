@@ -82,6 +82,29 @@ def test_ppl_is_deterministic_and_exact_on_random_maps():
     assert len(set(zip(a.ys.tolist(), a.xs.tolist()))) == 40
 
 
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(classes=st.integers(1, 6), height=st.integers(1, 9), width=st.integers(1, 9), points=st.integers(0, 90),
+       seed=st.integers(0, 10_000), nan_pixels=st.integers(0, 3), as_logits=st.booleans())
+def test_ppl_spends_exactly_the_budget_on_any_input(classes, height, width, points, seed, nan_pixels, as_logits):
+    """Exact spending and no repeats for any map: probabilities or raw logits (distances above 2),
+    and NaN pixels (a diverged model) -- a NaN once made PPL return more points than asked."""
+    generator = torch.Generator().manual_seed(seed)
+    maps = [torch.randn(classes, height, width, generator=generator) * 3 for _ in range(2)]
+    if not as_logits:
+        maps = [m.softmax(0) for m in maps]
+    for n in range(min(nan_pixels, height * width)):
+        maps[n % 2][:, n // width, n % width] = float("nan")
+    labeled = torch.rand(height, width, generator=generator) < 0.2
+    query = labor_ppl(maps, points, labeled=labeled)
+    free = int((~labeled).sum())
+    assert len(query) == min(points, free) and query.shortfall == points - len(query)
+    picked = set(zip(query.ys.tolist(), query.xs.tolist()))
+    assert len(picked) == len(query) and not any(labeled[y, x] for y, x in picked)
+
+
 def test_ppl_rejects_wrong_head_count():
     p1, _ = heads()
     with pytest.raises(ValueError, match="expected 2 heads"):

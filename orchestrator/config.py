@@ -506,6 +506,9 @@ def validate(cfg: ExperimentConfig) -> None:
                                                              f"'{cfg.data.class_set}'; choose from: {', '.join(classes)}")
     if len(set(cfg.selection.unlabeled_classes)) == len(classes):
         raise ConfigError("selection.unlabeled_classes", "withholds every class: nothing could ever be labeled")
+    if cfg.selection.unlabeled_classes and cfg.selection.oracle == "human":
+        raise ConfigError("selection.unlabeled_classes", "withholds classes from the simulated oracle only; with "
+                                                         "selection.oracle=human, people label what they are shown")
     validate_storage(cfg)
     validate_search_space(cfg)
     if cfg.sweep.scheduler == "pbt" and all(next(iter(spec)) == "grid" for spec in cfg.sweep.search_space.values()):
@@ -584,10 +587,23 @@ def _validate_cases(cfg: ExperimentConfig, spec: Any, where: str) -> None:
                 raise ConfigError(where, f"case {number}: '{key}' is not a tunable config key")
             if key in other_axes:
                 raise ConfigError(where, f"case {number}: '{key}' is also its own search-space axis")
-        try:
-            with_overrides(_without_space(cfg), case)
-        except ConfigError as err:
-            raise ConfigError(where, f"case {number} is invalid: {err.key}: {err.problem}") from None
+        # Each case with every combination of the other grid/choice axes (a case may be valid alone
+        # and not beside another axis' value, e.g. a budget fraction times more rounds).
+        for combination in _axis_combinations(cfg):
+            try:
+                with_overrides(_without_space(cfg), {**case, **combination})
+            except ConfigError as err:
+                beside = f" with {', '.join(f'{k}={v!r}' for k, v in combination.items())}" if combination else ""
+                raise ConfigError(where, f"case {number}{beside} is invalid: {err.key}: {err.problem}") from None
+
+
+def _axis_combinations(cfg: ExperimentConfig) -> list[dict]:
+    """Every combination of the values of the grid and choice axes besides ``cases`` ([{}] if none)."""
+    import itertools
+
+    axes = {key: spec[next(iter(spec))] for key, spec in cfg.sweep.search_space.items()
+            if key != CASES_AXIS and next(iter(spec)) in ("grid", "choice")}
+    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
 def _without_space(cfg: ExperimentConfig) -> ExperimentConfig:

@@ -38,6 +38,8 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     (["selection.selector=labor_pp"], "config key 'selection.selector': unknown selector 'labor_pp'; choose one of: entropy, labor_ppl"),
     (["selection.unlabeled_classes=[pole, polo]"], "config key 'selection.unlabeled_classes': unknown class 'polo'"),
     (["selection.unlabeled_classes=pole"], "config key 'selection.unlabeled_classes': must be a list of strings"),
+    (["selection.unlabeled_classes=[pole]", "selection.oracle=human"],
+     "config key 'selection.unlabeled_classes': withholds classes from the simulated oracle only"),
     (["selection.unlabeled_classes=[road, sidewalk, building, pole, traffic_sign, vegetation, sky, person, car]"],
      "config key 'selection.unlabeled_classes': withholds every class"),
     (["model.name=resnet"], "config key 'model.name': unknown model 'resnet'"),

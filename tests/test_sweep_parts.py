@@ -79,6 +79,9 @@ def test_tunes_best_trial_line_finds_every_column_of_every_case():
     ({"cases": {"grid": [{"selection.points_per_image": 5}, {"selection.selector": "labor_spl"}]}},
      "case 2 is invalid: selection.budget_fraction"),
     ({"cases": {"grid": [{"seed": 1}]}, "seed": {"grid": [1, 2]}}, "'seed' is also its own search-space axis"),
+    ({"cases": {"grid": [{"selection.selector": "labor_spl", "selection.budget_fraction": 0.3}]},
+      "selection.rounds": {"grid": [2, 5]}},
+     "case 1 with selection.rounds=5 is invalid: selection.budget_fraction: 0.3 x 5 rounds"),
 ])
 def test_bad_cases_are_refused_naming_the_case(space, problem):
     with pytest.raises(ConfigError, match="sweep.search_space.cases") as err:

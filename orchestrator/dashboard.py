@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
+from .raysession import free_port
 from .tracking import resolve_tracking_uri
 
 EXIT_BAD_INPUT = 2
@@ -50,13 +51,6 @@ class DashboardError(RuntimeError):
 
 class ServerError(DashboardError):
     """The MLflow server exited or did not answer in time."""
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _port_in_use(port: int, host: str = HOST) -> bool:

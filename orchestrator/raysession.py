@@ -54,7 +54,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         # Ray Train's placement-group cleaner (in a worker) finds "its" cluster by address, and with
         # two local Rays on one machine (two sweeps at once) it cannot tell which one and dies with a
         # traceback. So the local GCS gets a port chosen here, and the workers are told the address.
-        port = _free_port()
+        port = free_port()
         runtime_env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
         try:
@@ -65,10 +65,11 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     logging.getLogger().setLevel(driver_level)
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 

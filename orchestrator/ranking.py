@@ -102,7 +102,9 @@ class RankingStats:
     checkpoint and the pool); ``ranking_s`` from then to the last query. Start-up does not depend
     on the pool size, so ``images / ranking_s`` is the throughput a large pool sees.
     ``steady_images`` were ranked in the last ``steady_s`` seconds, once every actor had started:
-    the rate of all actors working at once (0 when the pool ran out first).
+    the rate of all actors working at once. Shards already handed out at that moment are not
+    counted (part of their work came before), so the rate errs low; it is NaN when no shard was
+    handed out after every actor had started (a pool too small to tell).
     """
 
     images: int
@@ -154,7 +156,7 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
     working: dict = {}  # result ref -> (actor, shard)
     called = time.perf_counter()
     first_ready = all_ready = None
-    started_actors, ranked_when_all_ready = 0, 0
+    originals, started_originals, counted_before_all_ready = set(actors), set(), 0
     try:
         while queue or working:
             done, _ = ray.wait(list(working) + list(waiting_to_start), num_returns=1)
@@ -183,9 +185,11 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
             if first_ready is None:
                 first_ready = time.perf_counter()
             if starting:
-                started_actors += 1
-                if started_actors == num_actors and all_ready is None:
-                    all_ready, ranked_when_all_ready = time.perf_counter(), ranked
+                if actor in originals:  # a replacement's start does not make the pool "all started"
+                    started_originals.add(actor)
+                if len(started_originals) == num_actors and all_ready is None:
+                    in_flight = sum(len(s) for _, s in working.values())
+                    all_ready, counted_before_all_ready = time.perf_counter(), ranked + in_flight
             else:
                 for image_id, query in results:
                     consume(image_id, query)
@@ -205,7 +209,7 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
     all_ready = finished if all_ready is None else all_ready
     return RankingStats(images=ranked, actors=num_actors, startup_s=first_ready - called,
                         ranking_s=finished - first_ready, actors_replaced=replaced,
-                        steady_images=ranked - ranked_when_all_ready, steady_s=finished - all_ready)
+                        steady_images=max(0, ranked - counted_before_all_ready), steady_s=finished - all_ready)
 
 
 def _subset(labeled: dict, ids: list[int]) -> dict:

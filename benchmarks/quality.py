@@ -25,13 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.common import machine_line
 from orchestrator.config import ConfigError, ExperimentConfig, load_config, with_absolute_paths, with_overrides
 from trainers.data import CLASS_SETS
 
@@ -199,6 +199,9 @@ def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Meas
     for seed, cfg in configs.items():
         source, oracle = reference_metrics(cfg)
         low, high = source["target/miou"], oracle["target/miou"]
+        if high <= low:
+            print(f"[quality] seed {seed}: the oracle ({high:.3f}) is not above source-only ({low:.3f}); "
+                  f"gap closed is undefined for this seed", file=sys.stderr)
         references["source"].append(low)
         references["oracle"].append(high)
         references["source_withheld"].append(_class_mean(source, WITHHELD_CLASSES))
@@ -211,7 +214,7 @@ def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Meas
                 continue
             m = measured[id(row)]
             m.miou.append(metrics["target/miou"])
-            m.gap.append((metrics["target/miou"] - low) / max(high - low, 1e-9))
+            m.gap.append((metrics["target/miou"] - low) / (high - low) if high > low else float("nan"))
             m.labeled_fraction.append(metrics["budget/labeled_fraction"])
             pool_images = pool_images or _pool_images(cfg)
             m.clicks_per_image.append(metrics["budget/clicks"] / pool_images)
@@ -331,8 +334,8 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
     lines = [
         "# Benchmarks: quality on the bundled synthetic domains",
         "",
-        f"Written by `{command}` on {time.strftime('%Y-%m-%d')} ({platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs, no GPU) in {minutes:.0f} minutes. {'A quick run: one seed, a few rows; ' if quick else ''}"
+        f"Written by `{command}` on {time.strftime('%Y-%m-%d')} ({machine_line()}); the sweeps took "
+        f"{minutes:.0f} minutes. {'A quick run: one seed, a few rows; ' if quick else ''}"
         f"seeds {', '.join(map(str, plan.seeds))}; figures are mean ± sample standard deviation over seeds.",
         "",
         "## What ran",
@@ -430,7 +433,7 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one seed, a few rows, fewer steps (about 10 minutes)")
+    parser.add_argument("--quick", action="store_true", help="one seed, four rows (about 10 minutes)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, quick: 1)")
     parser.add_argument("--output-dir", default="runs/benchmarks", help="sweeps go here (default runs/benchmarks)")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where BENCHMARKS.md and the image go")
@@ -462,10 +465,21 @@ def main(argv: list[str] | None = None) -> int:
     except TrackingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not args.report_only:
+        from trainers.data import DatasetError, check_domains
+
+        try:
+            check_domains(configs[plan.seeds[0]].to_dict()["data"], progress=print)
+        except DatasetError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    timing = output_dir / RUN_RECORD
     started = time.perf_counter()
     if not args.report_only:
         from orchestrator.sweep import run_sweep
 
+        output_dir.mkdir(parents=True, exist_ok=True)
+        timing.write_text(json.dumps({"started": time.time()}))
         for number, (seed, cfg) in enumerate(configs.items(), start=1):
             print(f"[quality] seed {seed} ({number}/{len(configs)}): {len(plan_rows(plan, seed))} trials, "
                   f"{cfg.adapt.steps} adaptation steps each, into {cfg.output_dir}", flush=True)
@@ -476,9 +490,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[quality] seed {seed}: the sweep exited with {code}; rows of failed trials show n/a",
                       file=sys.stderr)
             print(f"[quality] seed {seed} done at {(time.perf_counter() - started) / 60:.1f} min", flush=True)
-    minutes = (time.perf_counter() - started) / 60
+        timing.write_text(json.dumps({**json.loads(timing.read_text()), "finished": time.time()}))
+    minutes = run_minutes(output_dir)
 
-    measured, references = collect(plan, configs)
+    try:
+        measured, references = collect(plan, configs)
+    except FileNotFoundError as err:
+        print(f"error: no finished benchmark sweep under '{output_dir}' ({Path(err.filename).name} missing); "
+              f"run it without --report-only first", file=sys.stderr)
+        return 2
     runs_on = [plan_rows(plan, seed) for seed in plan.seeds]
     missing = [f"{m.row.label} @ {m.row.budget}" for m in measured
                if len(m.miou) < sum(m.row in rows for rows in runs_on)]
@@ -503,14 +523,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not missing else 1
 
 
+RUN_RECORD = "benchmark-run.json"
+
+
+def run_minutes(output_dir: Path) -> float:
+    """Wall time of the benchmark run that produced the sweeps under ``output_dir``: from its own
+    record, else from the files it wrote (first written to last trial result); NaN if unknown."""
+    record = output_dir / RUN_RECORD
+    if record.is_file():
+        times = json.loads(record.read_text())
+        if "finished" in times:
+            return (times["finished"] - times["started"]) / 60
+    written = [f.stat().st_mtime for f in output_dir.glob("seed-*/**/*") if f.is_file()]
+    return (max(written) - min(written)) / 60 if written else float("nan")
+
+
 def _log_to_mlflow(tracking_uri: str, report: Path, image: Path, measured: list[Measured], plan: Plan) -> None:
-    """The report and the curve as artifacts of one run, and each row's mean gap closed as a metric."""
+    """The report and the curve as artifacts of one run, and each row's mean gap closed as a metric.
+    MLflow being away costs a warning, not the report (it is on disk already)."""
+    try:
+        _log_report(tracking_uri, report, image, measured, plan)
+    except Exception as err:  # noqa: BLE001 -- any client or server failure
+        print(f"[quality] could not log to MLflow ({type(err).__name__}: {err}); the report is in {report}",
+              file=sys.stderr)
+
+
+def _log_report(tracking_uri: str, report: Path, image: Path, measured: list[Measured], plan: Plan) -> None:
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("quality") or client.get_experiment(client.create_experiment("quality"))
     run = client.create_run(experiment.experiment_id, run_name=f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}",
                             tags={"activeda.benchmark": "quality", "seeds": ",".join(map(str, plan.seeds))})
+    status = "FAILED"
     try:
         for m in measured:
             if m.gap:
@@ -519,10 +564,9 @@ def _log_to_mlflow(tracking_uri: str, report: Path, image: Path, measured: list[
                 client.log_metric(run.info.run_id, key[:250], statistics.fmean(m.gap))
         client.log_artifact(run.info.run_id, str(report))
         client.log_artifact(run.info.run_id, str(image))
-        client.set_terminated(run.info.run_id, "FINISHED")
-    except Exception as err:  # the report is on disk either way
-        client.set_terminated(run.info.run_id, "FAILED")
-        print(f"[quality] could not log to MLflow ({err}); the report is in {report}", file=sys.stderr)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run.info.run_id, status)
 
 
 if __name__ == "__main__":

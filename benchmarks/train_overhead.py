@@ -27,10 +27,14 @@ from trainers.engine import run_job
 
 def measure_training(cfg: ExperimentConfig, steps: int) -> dict[str, float]:
     """Images/s in the loop and job wall time, in-process and on Ray Train (1 worker), side by side."""
+    with tempfile.TemporaryDirectory(prefix="activeda-overhead-") as scratch:
+        return _measure_training(cfg, steps, Path(scratch))
+
+
+def _measure_training(cfg: ExperimentConfig, steps: int, workdir: Path) -> dict[str, float]:
     cfg = with_overrides(cfg, {"adapt.steps": steps, "source.steps": 5})
     config = cfg.to_dict()
     domain_roots(config["data"])
-    workdir = Path(tempfile.mkdtemp(prefix="activeda-overhead-"))
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
     source = run_job({"mode": "source", "config": config})
     save_checkpoint(workdir / "source", source.state)
@@ -59,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = benchmark_config(args.overrides)
     if cfg is None:
+        return 2
+    if args.steps < 1:
+        print("error: --steps must be >= 1", file=sys.stderr)
         return 2
     figures = measure_training(cfg, args.steps)
     threads = cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker))

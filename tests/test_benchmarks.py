@@ -141,3 +141,57 @@ def test_quality_refuses_remote_storage(capsys):
     assert capsys.readouterr().err.strip() == ("error: config key 'storage.uri': the quality benchmark reads its "
                                                "sweeps' results from output_dir on this machine; run it without "
                                                "storage.uri")
+
+
+@pytest.mark.parametrize("module, argv, line", [
+    ("speed", ["--images", "0"], "error: --images must be >= 1 and --source-steps >= 0"),
+    ("speed", ["--source-steps", "-1"], "error: --images must be >= 1 and --source-steps >= 0"),
+    ("speed", ["--steps", "0"], "error: --memory-images and --steps must be >= 1"),
+    ("speed", ["--set", "storage.uri=s3://bucket/prefix"],
+     "error: config key 'storage.uri': the speed benchmark reads its sweep's results from a local folder; run it "
+     "without storage.uri"),
+    ("selection_speed", ["--images", "0"], "error: --images must be >= 1 and --source-steps >= 0"),
+    ("train_overhead", ["--steps", "0"], "error: --steps must be >= 1"),
+])
+def test_speed_benchmarks_refuse_bad_arguments_in_one_line(module, argv, line, capsys):
+    import importlib
+
+    assert importlib.import_module(f"benchmarks.{module}").main(argv) == 2
+    assert capsys.readouterr().err.strip() == line
+
+
+def test_a_goal_that_cannot_be_measured_is_neither_met_nor_missed():
+    from benchmarks.common import Goal
+    from benchmarks.selection_speed import selection_goals
+
+    goals = selection_goals({"select_over_forward": 1.1, "speedup_2_vs_1": float("nan")})
+    assert [g.verdict for g in goals] == ["ok", "n/a"]
+    assert goals[1].text == "2 actors / 1 actor = not measurable (too few images per actor)"
+    assert Goal("x", "< 1", 2.0, False).verdict == "MISSED"
+
+
+def test_report_only_without_finished_sweeps_is_one_line(tmp_path, capsys):
+    assert quality.main(["--report-only", "--output-dir", str(tmp_path), "--docs", str(tmp_path / "docs"),
+                         "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: no finished benchmark sweep under '{tmp_path / 'full'}'") and "\n" not in err
+    assert not (tmp_path / "docs").exists()
+
+
+def test_gap_closed_is_undefined_when_the_oracle_is_not_above_source_only(tmp_path, data_cache, capsys):
+    configs = {0: _finished_sweep(PLAN, 0, tmp_path, data_cache, {("labor_ppl", "40 pts/img"): 0.4},
+                                  {"target/miou": 0.5}, {"target/miou": 0.5})}
+    measured, _ = collect(Plan(**{**PLAN.__dict__, "seeds": (0,)}), configs)
+    ppl = next(m for m in measured if m.row.label == "labor_ppl")
+    assert ppl.miou == [0.4] and len(ppl.gap) == 1 and ppl.gap[0] != ppl.gap[0]  # NaN, not a huge number
+    assert "gap closed is undefined for this seed" in capsys.readouterr().err
+
+
+def test_mlflow_away_at_the_end_costs_a_warning_not_the_report(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # a refused connection fails at once
+    report, image = tmp_path / "BENCHMARKS.md", tmp_path / "curve.png"
+    report.write_text("# report")
+    image.write_bytes(b"png")
+    quality._log_to_mlflow("http://127.0.0.1:9", report, image, [], PLAN)  # nothing listens on port 9
+    assert "could not log to MLflow" in capsys.readouterr().err
+    assert report.read_text() == "# report"

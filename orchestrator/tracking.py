@@ -269,8 +269,10 @@ class MlflowTrialLogger(Callback):
             _, _, name, metrics, step = action
             run_id = self._runs[trial_id]
             # Idempotent: a round replayed after a resume (or a retried send) is not logged twice.
-            history = self.tracking.client.get_metric_history(run_id, "target/miou")
-            if any(m.step == step for m in history):
+            # Any key of the batch tells, not target/miou alone: a NaN mIoU is dropped, the rest is logged.
+            client = self.tracking.client
+            keys = sorted(metrics, key=lambda key: key != "target/miou")  # the usual answer first
+            if any(m.step == step for key in keys for m in client.get_metric_history(run_id, key)):
                 return
             self.tracking.log_metrics(run_id, metrics, step=step, context=name)
         elif kind == "end":
@@ -307,7 +309,12 @@ def replay_unsent(path: str | Path, uri: str) -> tuple[int, int]:
     if not path.is_file():
         raise TrackingError(f"unsent-metrics file '{path}' does not exist")
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record "
+                                f"(not UTF-8 text)") from None
         try:
             record = json.loads(line) if line.strip() else None
         except json.JSONDecodeError:

@@ -183,3 +183,37 @@ def test_replay_cli_is_one_line(tmp_path):
                      f"sqlite:///{tmp_path}/m.db", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: unsent-metrics file '{tmp_path / 'missing.jsonl'}' does not exist"
+
+
+def test_replay_never_logs_a_round_twice_even_when_its_miou_was_dropped(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    unsent = tmp_path / "mlflow-unsent.jsonl"
+    record = {"experiment": "s", "parent_run_id": parent, "trial_id": "t1", "trial": "t1", "trial_dir": None}
+    lines = [dict(record, action="create", data=[{}, {}]),
+             dict(record, action="metrics", data=[{"target/miou": math.nan, "budget/clicks": 5.0}, 1])]
+    for _ in range(2):  # the same file twice, as after a lost rename
+        unsent.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        assert replay_unsent(unsent, uri) == (2, 0)
+    run_id = client.search_runs([client.get_experiment_by_name("s").experiment_id],
+                                "tags.`activeda.kind` = 'trial'")[0].info.run_id
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "budget/clicks")] == [(1, 5.0)]
+    assert client.get_metric_history(run_id, "target/miou") == []
+
+
+def test_replay_refuses_a_file_that_is_not_utf8_in_one_line_and_leaves_it(tmp_path):
+    from conftest import run_cli
+
+    unsent = tmp_path / "mlflow-unsent.jsonl"
+    content = (b'{"action": "end", "experiment": "s", "parent_run_id": "p", "trial_id": "t1", "data": ["FINISHED"]}\n'
+               b'{"action": "end", "experiment": "s", "parent_run_id": "p", "trial_id": "t\xff"}\n')
+    unsent.write_bytes(content)
+    message = f"'{unsent}' line 2 is not an activeda unsent-metrics record (not UTF-8 text)"
+    with pytest.raises(TrackingError) as err:
+        replay_unsent(unsent, f"sqlite:///{tmp_path}/m.db")
+    assert str(err.value) == message
+    result = run_cli("orchestrator.tracking", "replay", str(unsent), "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr
+    assert unsent.read_bytes() == content and not (tmp_path / "m.db").exists()

@@ -272,6 +272,19 @@ def _budget(store: LabelStore, pool_pixels: int, upto_round: int | None = None) 
 PROGRESS_FILE = "progress.json"
 
 
+def _own_progress(storage, path: Path, trial_id: str) -> dict | None:
+    """The trial's own progress record with the highest round: this node's copy or the one in storage.uri.
+
+    Both are read: a node keeps its copy when the trial moves on to another node, so a trial that
+    comes back to it (Tune restores trials wherever there is room) finds that copy out of date.
+    """
+    texts = [path.read_text()] if path.is_file() else []
+    if storage.remote:
+        texts.append(storage.read_text(storage.location(path)))
+    records = [r for r in map(json.loads, filter(None, texts)) if r["progress"]["trial_id"] == trial_id]
+    return max(records, key=lambda r: r["progress"]["round"], default=None)
+
+
 def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics: dict, sweep_dir: str) -> None:
     """Ray Tune function trainable: one trial with the sampled keys applied to the base config.
 
@@ -290,13 +303,13 @@ def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics
     # A trial restarted on another node finds its label store and progress record in shared storage.
     storage = open_storage(cfg)
     storage.pull_folder(trial_dir / "labels", "round-*.parquet")
-    storage.pull(trial_dir / PROGRESS_FILE)
 
-    resume = None
+    resume, resume_record = None, None  # where the trial stands, and the progress record (with its metrics) saying so
     restored = tune.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as directory:
-            resume = TrialProgress(**json.loads((Path(directory) / PROGRESS_FILE).read_text())["progress"])
+            resume_record = json.loads((Path(directory) / PROGRESS_FILE).read_text())
+            resume = TrialProgress(**resume_record["progress"])
             saved = LabelStore(Path(directory) / "labels")
             if resume.trial_id != trial_id:  # a PBT clone: take over the other trial's labels
                 saved.copy_to(trial_dir / "labels", upto_round=resume.round)
@@ -307,10 +320,9 @@ def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics
     # Tune snapshots its experiment state every few seconds; a driver killed in between restores a
     # trial from an older round than the trial itself finished. The trial's own record is newer then.
     own_file = trial_dir / PROGRESS_FILE
-    own = json.loads(own_file.read_text()) if own_file.is_file() else None
-    if own is not None and own["progress"]["trial_id"] == trial_id and (
-            resume is None or own["progress"]["round"] > resume.round):
-        resume = TrialProgress(**own["progress"])
+    own = _own_progress(storage, own_file, trial_id)
+    if own is not None and (resume is None or own["progress"]["round"] > resume.round):
+        resume, resume_record = TrialProgress(**own["progress"]), own
 
     def report(metrics: dict, state: TrialProgress) -> None:
         record = json.dumps({"progress": dataclasses.asdict(state), "metrics": metrics}, default=float)
@@ -323,9 +335,9 @@ def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics
         os.replace(staging, own_file)
         storage.push(own_file)
 
-    if resume is not None and own is not None and resume.round >= cfg.selection.rounds:
+    if resume_record is not None and resume.round >= cfg.selection.rounds:
         # Every round was done before the interruption: hand Tune the final result, train nothing.
-        report(own["metrics"], resume)
+        report(resume_record["metrics"], resume)  # the metrics of resume.round, whichever record it came from
         return
     run_experiment(cfg, trial_dir, source_checkpoint, source_metrics, report=report, resume=resume,
                    trial_id=trial_id, progress=lambda msg: print(f"[{context.get_trial_name()}] {msg}", flush=True))

@@ -169,7 +169,11 @@ class Storage:
             self.upload_file(local_file, self.location(local_file))
 
     def pull(self, local_file: str | Path) -> bool:
-        """Fetch a file this node lacks from its cluster-wide location; True when the file is there now."""
+        """Fetch a file this node lacks from its cluster-wide location; True when the file is there now.
+
+        For write-once files: a local copy is kept as it is, even when the cluster-wide file has
+        changed since. A file rewritten in place (a trial's progress.json) is read from both places.
+        """
         local_file = Path(local_file)
         if local_file.is_file():
             return True

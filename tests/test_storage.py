@@ -220,3 +220,63 @@ def test_a_trial_on_a_node_without_its_folder_takes_its_labels_from_its_tune_che
     experiment.tune_trial({}, base, "/elsewhere/source", {}, sweep_dir=str(tmp_path / "out" / "smoke"))
     assert seen["resume"].round == 1 and seen["resume"].trial_id == "t1"
     assert seen["rounds"] == [1]  # round 1's labels, not bought again in a new round 1
+
+
+def _progress_record(round_index: int, trial_id: str = "t1") -> dict:
+    return {"progress": {"round": round_index, "model_checkpoint": f"/ray/round-{round_index:03d}",
+                         "trial_id": trial_id},
+            "metrics": {"round": round_index, "target/miou": round_index / 10}}
+
+
+@pytest.mark.parametrize("where, node_round, storage_round, checkpoint_round", [
+    # rounds 1-2 ran on this node, round 3 on another, and Tune restores the trial here from round 3
+    ("local", 2, None, 3),  # output_dir not shared: only the Tune checkpoint knows round 3
+    ("s3", 2, 3, 3),
+    # ... from round 2 (the driver died before Tune saved its state): only storage.uri knows round 3
+    ("s3", 2, 3, 2),
+])
+def test_a_finished_trial_restored_on_a_node_with_a_stale_record_reports_its_last_round(
+        tmp_path, monkeypatch, request, where, node_round, storage_round, checkpoint_round):
+    import json
+
+    import numpy as np
+    import ray.tune
+
+    from orchestrator import experiment
+    from orchestrator.labels import LabeledPixels, LabelStore
+
+    cfg = _cfg(tmp_path, request.getfixturevalue("s3_server") if where == "s3" else "",
+               prefix=f"unit-{tmp_path.name}")
+    trial_dir = tmp_path / "out" / "smoke" / "trials" / "t1"
+    checkpoint = tmp_path / "tune-checkpoint"
+    for r in range(1, checkpoint_round + 1):
+        LabelStore(checkpoint / "labels").append_round(r, "labor_ppl", [
+            LabeledPixels(0, np.array([r]), np.array([r]), np.array([0]), 32, 64, 1.0)])
+    (checkpoint / experiment.PROGRESS_FILE).write_text(json.dumps(_progress_record(checkpoint_round)))
+    trial_dir.mkdir(parents=True)
+    (trial_dir / experiment.PROGRESS_FILE).write_text(json.dumps(_progress_record(node_round)))
+    if storage_round is not None:
+        storage = open_storage(cfg)
+        storage.write_text(storage.location(trial_dir / experiment.PROGRESS_FILE),
+                           json.dumps(_progress_record(storage_round)))
+
+    class Context:
+        def get_trial_id(self):
+            return "t1"
+
+        def get_trial_name(self):
+            return "tune_trial_t1"
+
+    reported = []
+
+    def run_experiment(*args, resume=None, **kwargs):
+        reported.append(("trained after round", resume.round))
+
+    monkeypatch.setattr(ray.tune, "get_context", Context)
+    monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: ray.tune.Checkpoint.from_directory(str(checkpoint)))
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
+    monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+    base = cfg.to_dict() | {"selection": {**cfg.to_dict()["selection"], "rounds": 3}}
+    experiment.tune_trial({}, base, "/ray/source", {}, sweep_dir=str(tmp_path / "out" / "smoke"))
+    assert reported == [{"round": 3, "target/miou": 0.3}]  # round 3's result, nothing trained again
+    assert json.loads((trial_dir / experiment.PROGRESS_FILE).read_text()) == _progress_record(3)

@@ -2,6 +2,7 @@
 
 import os
 import socket
+from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
@@ -117,16 +118,39 @@ def test_text_files_round_trip(storage, tmp_path):
     assert storage.read_text(location) == "{\"x\": 2}" and storage.exists(location)
 
 
-def test_push_and_pull_give_a_new_node_the_files_it_lacks(storage, tmp_path):
+def test_push_publishes_finished_files_and_pull_fetches_only_what_the_node_lacks(storage, tmp_path):
     labels = tmp_path / "out" / "smoke" / "trials" / "t1" / "labels"
     labels.mkdir(parents=True)
     for r in (1, 2):
         (labels / f"round-000{r}.parquet").write_bytes(bytes([r]) * 100)
     (labels / ".round-0003.parquet.tmp-1").write_bytes(b"half")  # an unfinished write is never published
     storage.push_folder(labels, "round-*.parquet")
-    if not storage.remote:  # output_dir is the shared storage itself: nothing to copy
-        assert storage.pull_folder(labels) == [] and not storage.pull(labels / "missing.json")
-        return
+    published = ["round-0001.parquet", "round-0002.parquet"]
+    # Locally the cluster-wide location is this very folder, unfinished file included.
+    expected = published if storage.remote else [".round-0003.parquet.tmp-1", *published]
+    assert storage.listdir(storage.location(labels)) == expected
+    assert storage.pull(labels / "round-0002.parquet")  # the node has it: kept as it is
+    assert (labels / "round-0002.parquet").read_bytes() == bytes([2]) * 100
+    assert not storage.pull(labels / "missing.json") and not (labels / "missing.json").exists()
+
+    (labels / "round-0001.parquet").unlink()  # lost on this node
+    fetched = storage.pull_folder(labels, "round-*.parquet")
+    if storage.remote:  # the cluster-wide copy brings it back; what the node has is not fetched again
+        assert fetched == ["round-0001.parquet"]
+        assert (labels / "round-0001.parquet").read_bytes() == bytes([1]) * 100
+    else:  # the node's folder is the storage itself: the file is gone everywhere, there is nothing to fetch
+        assert fetched == []
+        assert storage.listdir(storage.location(labels)) == [".round-0003.parquet.tmp-1", "round-0002.parquet"]
+
+
+def test_push_and_pull_give_a_new_node_the_files_it_lacks(s3_server, tmp_path):
+    storage = open_storage(_cfg(tmp_path, s3_server, prefix=f"unit-{tmp_path.name}"))
+    labels = tmp_path / "out" / "smoke" / "trials" / "t1" / "labels"
+    labels.mkdir(parents=True)
+    for r in (1, 2):
+        (labels / f"round-000{r}.parquet").write_bytes(bytes([r]) * 100)
+    (labels / ".round-0003.parquet.tmp-1").write_bytes(b"half")  # an unfinished write is never published
+    storage.push_folder(labels, "round-*.parquet")
     assert storage.listdir(storage.location(labels)) == ["round-0001.parquet", "round-0002.parquet"]
     for path in labels.iterdir():  # the node is gone; another one starts the trial
         path.unlink()
@@ -152,29 +176,35 @@ def _checkpoint_dir(storage, tmp_path, name="ckpt") -> str:
     return storage.location(local)
 
 
-def test_publish_entry_writes_the_marker_last(storage, cfg, tmp_path, monkeypatch):
+@pytest.mark.parametrize("crash_on", ["metrics.json", "config.json"])  # the marker, or a file before it
+def test_publish_entry_writes_the_marker_last(storage, cfg, tmp_path, monkeypatch, crash_on):
     source = _checkpoint_dir(storage, tmp_path)
     entry = tmp_path / "out" / "source-models" / "abc"
     marker = storage.join(storage.location(entry), "metrics.json")
 
-    real_write = Storage.write_text
+    def node_lost(*args, **kwargs):
+        raise OSError("node lost")
 
-    def crash_on_marker(self, location, text):
-        if location.endswith("metrics.json"):
-            raise OSError("node lost")
-        return real_write(self, location, text)
+    real_storage_write, real_path_write = Storage.write_text, Path.write_text
+    with monkeypatch.context() as patch:  # the node dies while writing `crash_on`, on S3 or locally
+        patch.setattr(Storage, "write_text", lambda self, location, text: (
+            node_lost() if location.endswith(crash_on) else real_storage_write(self, location, text)))
+        patch.setattr(Path, "write_text", lambda self, *a, **k: (
+            node_lost() if self.name == crash_on else real_path_write(self, *a, **k)))
+        with pytest.raises(OSError, match="node lost"):  # the marker comes first in `files`, yet is written last
+            storage.publish_entry(entry, {"checkpoint": source}, {"metrics.json": "{}", "config.json": "{}"},
+                                  marker="metrics.json")
+    assert storage.read_text(marker) is None  # readers see no entry
+    if storage.remote:  # although the checkpoint was copied
+        assert storage.exists(storage.join(storage.location(entry), "checkpoint", "state.pt"))
+    else:  # nothing at all: the entry is assembled aside and renamed into place
+        assert not entry.exists()
 
-    monkeypatch.setattr(Storage, "write_text", crash_on_marker)
-    if storage.remote:
-        with pytest.raises(OSError):
-            storage.publish_entry(entry, {"checkpoint": source}, {"metrics.json": "{}"}, marker="metrics.json")
-        assert storage.read_text(marker) is None  # readers see no entry, although the checkpoint was copied
-    monkeypatch.setattr(Storage, "write_text", real_write)
-
-    published = storage.publish_entry(entry, {"checkpoint": source}, {"metrics.json": "{\"miou\": 1}"},
-                                      marker="metrics.json")
+    published = storage.publish_entry(entry, {"checkpoint": source},
+                                      {"metrics.json": "{\"miou\": 1}", "config.json": "{}"}, marker="metrics.json")
     assert published == storage.location(entry)
     assert storage.read_text(marker) == "{\"miou\": 1}"
+    assert storage.read_text(storage.join(published, "config.json")) == "{}"
     with local_checkpoint(storage.join(published, "checkpoint"), cfg.to_dict()) as folder:
         assert open(os.path.join(folder, "state.pt"), "rb").read() == b"weights" * 10
         fetched = folder

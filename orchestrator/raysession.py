@@ -38,9 +38,13 @@ def apply_ray_environment() -> None:
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False) -> None:
-    """Join ``address`` or start a local Ray sized to this machine (or ``num_cpus``)."""
+    """Join ``address`` or start a local Ray sized to this machine (or ``num_cpus``); a no-op when
+    this process is already connected (the speed benchmark measures several phases in one process)."""
     apply_ray_environment()
     import ray
+
+    if ray.is_initialized():
+        return
 
     runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
     common = dict(log_to_driver=not quiet, runtime_env=runtime_env,

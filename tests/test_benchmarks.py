@@ -195,3 +195,15 @@ def test_mlflow_away_at_the_end_costs_a_warning_not_the_report(tmp_path, capsys,
     quality._log_to_mlflow("http://127.0.0.1:9", report, image, [], PLAN)  # nothing listens on port 9
     assert "could not log to MLflow" in capsys.readouterr().err
     assert report.read_text() == "# report"
+
+
+def test_one_seed_cannot_judge_a_margin_against_random(tmp_path, data_cache):
+    one_seed = Plan(**{**PLAN.__dict__, "seeds": (0,)})
+    configs = {0: _finished_sweep(one_seed, 0, tmp_path, data_cache, {("labor_ppl", "40 pts/img"): 0.46,
+                                                                     ("random", "40 pts/img"): 0.38},
+                                  {"target/miou": 0.1}, {"target/miou": 0.5})}
+    measured, _ = collect(one_seed, configs)
+    checks = goal_checks(one_seed, measured)
+    assert [c.met for c in checks] == [True, None]
+    assert checks[1].text == "labor_ppl beats random at 40 pts/img by +0.20 of the gap (one seed: no spread to judge " \
+                             "the margin by)"

@@ -10,6 +10,7 @@ import os, ray
 from orchestrator.raysession import start_ray
 
 start_ray(num_cpus=1, quiet=True)
+start_ray(num_cpus=1, quiet=True)  # already connected: a no-op, not "ray.init twice"
 
 @ray.remote(num_cpus=0)
 def worker_address():

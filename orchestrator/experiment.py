@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow.compute as pc
 
-from pixel_selectors import SELECTOR_KIND, PointQuery
+from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, PointQuery
 from pixel_selectors.budget import GlobalBudget
 from pixel_selectors.cost import clicks_for_points, clicks_for_region
 from trainers.data import build_domains
@@ -87,12 +87,25 @@ def ensure_oracle_reference(cfg: ExperimentConfig, source_checkpoint: str,
         return json.loads(cached)
     progress(f"oracle reference: adapting with every pool pixel labeled ({cfg.adapt.steps} steps)")
     job = {"mode": "adapt", "config": cfg.to_dict(), "init_checkpoint": source_checkpoint, "round": 1,
-           "full_target_labels": True}
+           "full_target_labels": True, "train_selector": False}
     result = run_training(job, name=f"oracle-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = _round_metrics(result.metrics)
     storage.write_text(metrics_location, json.dumps(metrics, indent=1, sort_keys=True))
     progress(f"oracle reference: target mIoU {metrics['target/miou']:.3f} ({result.seconds:.0f} s)")
     return metrics
+
+
+def selector_trains(cfg: ExperimentConfig, round_index: int) -> bool:
+    """Whether round ``round_index``'s adaptation updates LabOR's pixel selector S.
+
+    S does nothing but rank pixels for a later round, and its three updates are about 60% of an
+    adaptation step on the CPU (``python -m benchmarks.speed``). So S trains only when a later round
+    of this trial ranks with it: not in the last round, and not for selectors that read G -- unless
+    PBT may switch a trial's selector between rounds.
+    """
+    if round_index >= cfg.selection.rounds:
+        return False
+    return SELECTOR_INPUTS.get(cfg.selection.selector) == "selector" or cfg.sweep.scheduler == "pbt"
 
 
 def _round_metrics(train_metrics: dict) -> dict[str, float]:
@@ -154,7 +167,8 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
 
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
         job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": checkpoint,
-               "sparse_labels": store.sparse_labels(upto_round=round_index), "round": round_index}
+               "sparse_labels": store.sparse_labels(upto_round=round_index), "round": round_index,
+               "train_selector": selector_trains(cfg, round_index)}
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = _round_metrics(result.metrics)

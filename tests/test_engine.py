@@ -102,3 +102,15 @@ def test_oracle_job_trains_on_every_pool_pixel(cfg, source_checkpoint):
     result = run_job(job)
     assert result.metrics["train/loss/target_ce"] > 0  # a dense target loss, not the sparse one
     assert result.state["job_step"] == cfg["adapt"]["steps"]
+
+
+def test_adapt_job_can_carry_the_selector_over_untrained(cfg, source_checkpoint):
+    start = source_checkpoint[1].state["modules"]["selector"]
+    frozen = run_job({**adapt_job(cfg, source_checkpoint[0]), "train_selector": False})
+    assert all(torch.equal(start[k], v) for k, v in frozen.state["modules"]["selector"].items())
+    assert not any(name.startswith("train/loss/selector") for name in frozen.metrics)
+    trained = run_job(adapt_job(cfg, source_checkpoint[0]))
+    assert any(not torch.equal(start[k], v) for k, v in trained.state["modules"]["selector"].items())
+    # G's trajectory does not depend on S: same batches, same G either way.
+    g_frozen, g_trained = frozen.state["modules"]["segmenter"], trained.state["modules"]["segmenter"]
+    assert all(torch.allclose(g_frozen[k].float(), g_trained[k].float()) for k in g_frozen)

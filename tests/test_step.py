@@ -164,3 +164,19 @@ def test_batch_indices_are_a_function_of_the_step():
     assert not set(ranks[0]) & set(ranks[1])
     with pytest.raises(ValueError, match="cannot be sharded"):
         batch_indices(1, 2, 0, seed=0, world=2)
+
+
+def test_step_without_selector_training_leaves_the_selector_untouched(setup):
+    models, opt = setup
+    source, target = batches()
+    before = snapshot(models)
+    losses = adaptation_step(models, opt, source, target, ALL_ON, train_selector=False)
+    after = snapshot(models)
+    assert not changed(before, after, "selector")
+    assert changed(before, after, "segmenter") and changed(before, after, "discriminator")
+    assert not any(name.startswith("selector") for name in losses)
+    assert {"target_ce", "adversarial", "confusion", "soft_label"} <= set(losses)
+
+    adaptation_step(models, opt, source, target, ALL_ON)  # the default trains S, heads and backbone
+    trained = snapshot(models)
+    assert changed(after, trained, "selector", is_head) and changed(after, trained, "selector", lambda k: not is_head(k))

@@ -95,3 +95,19 @@ def test_resume_refuses_changed_settings_but_not_resources(tmp_path):
     assert load_sweep_state(tmp_path, with_overrides(cfg, {"ranking.num_actors": 1}))["parent_run_id"] == "x"
     with pytest.raises(ConfigError, match=r"different settings \(adapt.lr\)"):
         load_sweep_state(tmp_path, with_overrides(cfg, {"adapt.lr": 0.5}))
+
+
+@pytest.mark.parametrize("selector, scheduler, rounds, trains", [
+    ("labor_ppl", "fifo", 3, [True, True, False]),   # S ranks rounds 2 and 3; nothing ranks after round 3
+    ("labor_spl", "asha", 2, [True, False]),
+    ("random", "fifo", 3, [False, False, False]),    # random, entropy, ... rank with G: S is never read
+    ("entropy", "pbt", 3, [True, True, False]),      # PBT may switch the selector to LabOR between rounds
+    ("none", "fifo", 2, [False, False]),
+])
+def test_selector_trains_only_when_a_later_round_ranks_with_it(selector, scheduler, rounds, trains):
+    from orchestrator.experiment import selector_trains
+
+    cfg = with_overrides(ExperimentConfig(), {"selection.selector": selector, "sweep.scheduler": scheduler,
+                                              "selection.rounds": rounds, "selection.budget_fraction": 0.01,
+                                              "sweep.search_space": {"adapt.confusion_weight": {"choice": [0.1, 1.0]}}})
+    assert [selector_trains(cfg, r) for r in range(1, rounds + 1)] == trains

@@ -4,7 +4,9 @@
 DDP wrapping and reporting), and what tests and benchmarks call in-process. Jobs:
 
 - ``"source"``: source-only training of G and the selector heads (and the soft-label estimate);
-- ``"adapt"``: one round of adaptation on source + the target pool's revealed pixels;
+- ``"adapt"``: one round of adaptation on source + the target pool's revealed pixels; with
+  ``job["train_selector"] = False`` the selector S is carried over untrained (no later round ranks
+  with it), which makes a step about 2.4x cheaper on the CPU;
 - ``"evaluate"``: target validation mIoU of a checkpoint, no training.
 
 Everything that decides the trajectory (models, optimizers, the soft-label estimate, the global
@@ -179,6 +181,7 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
                 "round": int(job.get("round", 0)), "global_step": global_step, "job_step": job_step,
                 "rng": torch.get_rng_state()}
 
+    train_selector = mode == "source" or bool(job.get("train_selector", True))
     sums: dict[str, float] = {}
     started = time.perf_counter()
     steps = section["steps"] if mode != "evaluate" else 0
@@ -195,7 +198,8 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
                                                            global_step, seed + 1, rank, world))
             target = tuple(t.to(device) for t in target)
         with autocast:
-            losses = adaptation_step(models, optimizers, source, target, weights, all_reduce=all_reduce)
+            losses = adaptation_step(models, optimizers, source, target, weights, all_reduce=all_reduce,
+                                     train_selector=train_selector)
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value
         global_step += 1

@@ -232,8 +232,12 @@ def selector_backbone_update(models: AdaptationModels, opt: Optimizers, target, 
 
 def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[torch.Tensor, torch.Tensor],
                     target: tuple[torch.Tensor, torch.Tensor] | None, w: LossWeights,
-                    all_reduce: Callable | None = None) -> dict[str, float]:
-    """One step of every update whose weight is non-zero; returns all losses by name."""
+                    all_reduce: Callable | None = None, train_selector: bool = True) -> dict[str, float]:
+    """One step of every update whose weight is non-zero; returns all losses by name.
+
+    ``train_selector=False`` skips LabOR's selector updates (A, B, C): S only ranks pixels, so they
+    are wasted when nothing ranks with S after this job (they are most of a step's cost).
+    """
     losses, outputs = segmenter_update(models, opt, source, target, w)
     if models.soft_labels is not None:
         models.soft_labels.update(outputs.source_logits, source[1], w.soft_label_temperature,
@@ -242,6 +246,8 @@ def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[tor
         losses.update(discriminator_update(models, opt, outputs))
     if target is not None and models.domain_classifier is not None:
         losses.update(domain_classifier_update(models, opt, outputs))
+    if not train_selector:
+        return losses
     pseudo = None
     if outputs.target_probs is not None and w.pseudo_label > 0:
         pseudo = class_balanced_pseudo_labels(outputs.target_probs, portion=w.pseudo_label_portion)

@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| adaptation, plain PyTorch loop (1 thread) | {training['plain_images_per_s']:.1f} images/s |")
     print(f"| adaptation, Ray Train (1 worker, 1 CPU) | {training['ray_images_per_s']:.1f} images/s "
           f"(job wall {training['ray_wall_s']:.1f} s vs {training['plain_wall_s']:.1f} s in-process) |")
+    print(f"| adaptation, plain loop, a trial's last round (selector S not trained) "
+          f"| {training['last_round_images_per_s']:.1f} images/s ({training['last_round_speedup']:.2f}x) |")
     print_selection(cfg, selection)
     print(f"| driver peak heap, ranking {memory['small_images']:.0f} images, budget {memory['budget_pixels']:.0f} px "
           f"| {memory['small_peak_bytes'] / 1e6:.2f} MB |")

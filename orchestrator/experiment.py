@@ -98,8 +98,8 @@ def ensure_oracle_reference(cfg: ExperimentConfig, source_checkpoint: str,
 def selector_trains(cfg: ExperimentConfig, round_index: int) -> bool:
     """Whether round ``round_index``'s adaptation updates LabOR's pixel selector S.
 
-    S does nothing but rank pixels for a later round, and its three updates are about 60% of an
-    adaptation step on the CPU (``python -m benchmarks.speed``). So S trains only when a later round
+    S does nothing but rank pixels for a later round, and its three updates make an adaptation step
+    2.4x as slow on the CPU (``python -m benchmarks.train_overhead``). So S trains only when a later round
     of this trial ranks with it: not in the last round, and not for selectors that read G -- unless
     PBT may switch a trial's selector between rounds.
     """

@@ -40,6 +40,8 @@ POINT_SELECTORS = ("random", "entropy", "margin", "region_impurity", "labor_ppl"
 REGION_SELECTORS = ("random_regions", "region_impurity_regions", "labor_spl")
 # What each selector is compared against at the same budget.
 RANDOM_OF_KIND = {"points": "random", "regions": "random_regions"}
+# The goals' pairs (LabOR against random at the same budget): their budget curves get extra budgets.
+CURVE_SELECTORS = ("random", "labor_ppl", "random_regions", "labor_spl")
 # Never labeled in the semi-supervised rows: thin or small things (the classes soft labels help most
 # in Tzeng et al.'s Office experiments are the ones without target labels; here, a third of them).
 WITHHELD_CLASSES = ("pole", "traffic_sign", "person")
@@ -59,12 +61,23 @@ class Plan:
     confusion_weights: tuple[float, ...] = (0.0, 1.0)   # besides the default 0.1
     temperatures: tuple[float, ...] = (1.0, 8.0)        # besides the default 2
     ablation_points: int = 10
+    two_round_points: int = 0   # > 0: random and LabOR PPL in 2 rounds of this many points (ablation seeds)
+    curve_point_budgets: tuple[int, ...] = ()      # extra point budgets of CURVE_SELECTORS
+    curve_pixel_budgets: tuple[float, ...] = ()    # extra pixel budgets of CURVE_SELECTORS
+
+    def budgets_of(self, selector: str) -> list:
+        """The budgets ``selector`` runs at: points per image, or fractions of the pool's pixels."""
+        kind_budgets, extra = ((self.point_budgets, self.curve_point_budgets) if selector in self.point_selectors
+                               else (self.pixel_budgets, self.curve_pixel_budgets))
+        return sorted({*kind_budgets, *(extra if selector in CURVE_SELECTORS else ())})
 
 
-# Sized for 2 CPUs: every row is one adaptation job of the default 300 steps (about 75 CPU-seconds
-# here, two at a time), and fewer steps would not do -- with 100 steps even random points closed
-# 0.91-0.98 of the gap (README, Calibration), leaving selection nothing to show.
-FULL = Plan(seeds=(0, 1, 2), point_budgets=(10, 40), pixel_budgets=(0.022,))
+# Sized for 2 CPUs: every row is one adaptation job of the default 300 steps (about 45 s of wall time
+# here, two at a time, as a last round does not train the selector), and fewer steps would not do --
+# with 100 steps even random points closed 0.91-0.98 of the gap (README, Calibration), leaving
+# selection nothing to show. The goals' pairs get a third budget each for their curves.
+FULL = Plan(seeds=(0, 1, 2), point_budgets=(10, 40), pixel_budgets=(0.022,), curve_point_budgets=(20,),
+            curve_pixel_budgets=(0.01,), two_round_points=20)
 QUICK = Plan(seeds=(0,), point_budgets=(10,), pixel_budgets=(0.022,), point_selectors=("random", "labor_ppl"),
              region_selectors=("random_regions", "labor_spl"), unsupervised=False, ablation_seeds=())
 
@@ -105,11 +118,11 @@ def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
                 {"selection.selector": "none", "adapt.adversarial_weight": 0.0, "adapt.soft_label_weight": 0.0}),
         ]
     for selector in plan.point_selectors:
-        for points in plan.point_budgets:
+        for points in plan.budgets_of(selector):
             rows.append(Row("main", selector, f"{points} pts/img",
                             {"selection.selector": selector, "selection.points_per_image": points}))
     for selector in plan.region_selectors:
-        for fraction in plan.pixel_budgets:
+        for fraction in plan.budgets_of(selector):
             rows.append(Row("main", selector, f"{100 * fraction:g}%",
                             {"selection.selector": selector, "selection.budget_fraction": fraction}))
     ppl = {"selection.selector": "labor_ppl", "selection.points_per_image": plan.ablation_points}
@@ -122,6 +135,12 @@ def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
     for soft in (0.0, 0.1) if ablation else ():
         rows.append(Row("semi", f"soft labels {'on (0.1)' if soft else 'off'}", f"{plan.ablation_points} pts/img",
                         {**ppl, "selection.unlabeled_classes": list(WITHHELD_CLASSES), "adapt.soft_label_weight": soft}))
+    # LabOR's selector learns the target between rounds (pseudo labels from G, MCD); the second round
+    # ranks with it. Random points in the same two rounds are its rival.
+    for selector in ("random", "labor_ppl") if ablation and plan.two_round_points else ():
+        rows.append(Row("rounds", selector, f"2 x {plan.two_round_points} pts/img",
+                        {"selection.selector": selector, "selection.points_per_image": plan.two_round_points,
+                         "selection.rounds": 2}))
     # The default-valued ablation points are the main table's PPL row at the same budget; run once.
     unique, seen = [], set()
     for row in rows:
@@ -156,10 +175,10 @@ def trial_results(cfg: ExperimentConfig) -> list[tuple[dict, dict]]:
         progress, config = trial / PROGRESS_FILE, trial / "config.json"
         if not (progress.is_file() and config.is_file()):
             continue
-        record = json.loads(progress.read_text())
-        if record["progress"]["round"] != cfg.selection.rounds:
-            continue
-        out.append((json.loads(config.read_text()), record["metrics"]))
+        record, trial_config = json.loads(progress.read_text()), json.loads(config.read_text())
+        if record["progress"]["round"] != trial_config["selection"]["rounds"]:
+            continue  # unfinished
+        out.append((trial_config, record["metrics"]))
     return out
 
 
@@ -225,7 +244,7 @@ def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Meas
 def _is_default_elsewhere(config: dict, row: Row, cfg: ExperimentConfig) -> bool:
     """A trial belongs to a row only if the keys other rows vary are at their defaults for it."""
     varied = {"adapt.confusion_weight", "adapt.soft_label_temperature", "adapt.soft_label_weight",
-              "adapt.adversarial_weight", "selection.unlabeled_classes"}
+              "adapt.adversarial_weight", "selection.unlabeled_classes", "selection.rounds"}
     return all(flat_value(config, key) == flat_value(cfg.to_dict(), key) for key in varied - set(row.keys))
 
 
@@ -339,6 +358,12 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
     os.replace(tmp, path)
 
 
+def _curve_note(plan: Plan) -> str:
+    extra = [*(f"{b} pts/img" for b in plan.curve_point_budgets), *(f"{100 * b:g}%" for b in plan.curve_pixel_budgets)]
+    pairs = [s for s in CURVE_SELECTORS if s in (*plan.point_selectors, *plan.region_selectors)]
+    return f" ({', '.join(pairs)} also at {', '.join(extra)})" if extra and pairs else ""
+
+
 def render_markdown(plan: Plan, quick: bool, measured: list[Measured], references: dict, checks: list[GoalCheck],
                     cfg: ExperimentConfig, minutes: float, image_name: str, command: str) -> str:
     height, width = cfg.data.height, cfg.data.width
@@ -362,8 +387,9 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         f"Tune sweep per seed, Ray actors ranking, Ray Train adapting, MLflow experiment `quality`.",
         f"- Losses of every labeled row: source CE + labeled-target CE + AdaptSeg adversarial "
         f"({cfg.adapt.adversarial_weight:g}) + Tzeng confusion ({cfg.adapt.confusion_weight:g}) + soft labels "
-        f"({cfg.adapt.soft_label_weight:g}, T={cfg.adapt.soft_label_temperature:g}); the LabOR selector heads "
-        f"train with pseudo labels and the MCD discrepancy.",
+        f"({cfg.adapt.soft_label_weight:g}, T={cfg.adapt.soft_label_temperature:g}). LabOR's selector S ranks "
+        f"with the source model's heads: its target losses (pseudo labels, MCD) train it for a later round, "
+        f"and with one round nothing ranks after, so they are skipped (the segmenter is the same either way).",
         f"- Budgets: points per image for point selectors; a fraction of all pool pixels, spent across the "
         f"pool, for region selectors. A {height}x{width} image has {height * width} pixels, so 40 points are "
         f"{100 * 40 / (height * width):.2f}% of it; on LabOR's 1280x640 Cityscapes crops 40 points are 0.005%. "
@@ -421,6 +447,22 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         for m in semi:
             lines.append(f"| {m.row.label.removeprefix('soft labels ')} | {fmt(m.miou)} | {fmt(m.withheld_miou)} |")
         lines += [f"| oracle (every class labeled) | {ora} | {fmt(references['oracle_withheld'])} |", ""]
+    two_rounds = [m for m in measured if m.row.table == "rounds"]
+    if two_rounds:
+        single = {m.row.label: m for m in measured if m.row.table == "main"
+                  and m.row.budget == f"{2 * plan.two_round_points} pts/img"}
+        lines += ["## LabOR with a selector trained on the target: two rounds", "",
+                  f"Round 1 ranks with the source model's selector, as in the main table; its adaptation also "
+                  f"trains the selector S on the target (pseudo labels from G, the MCD discrepancy), and round 2 "
+                  f"ranks with that S -- LabOR's own setting. Each round adapts {cfg.adapt.steps} steps, so these "
+                  f"rows train twice as long as the main table's one-round rows at the same total budget.", "",
+                  "| selector | budget | target mIoU | gap closed | one round of the same total budget (gap closed) |",
+                  "|---|---|---|---|---|"]
+        for m in two_rounds:
+            reference = single.get(m.row.label)
+            lines.append(f"| {m.row.label} | {m.row.budget} | {fmt(m.miou)} | {fmt(m.gap, 2)} | "
+                         f"{fmt(reference.gap, 2) if reference else 'n/a'} |")
+        lines.append("")
     lines += [
         "## What these figures do and do not show",
         "",
@@ -431,9 +473,10 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         f"- Every row, and the oracle, trains {cfg.adapt.steps} adaptation steps (fewer would not do: with 100 "
         f"steps even random points closed 0.91-0.98 of the gap). For 2 CPUs the grid is small: point budgets "
         f"{', '.join(map(str, plan.point_budgets))} per image, pixel budgets "
-        f"{', '.join(f'{100 * b:g}%' for b in plan.pixel_budgets)}, and the unsupervised rows and the Tzeng "
+        f"{', '.join(f'{100 * b:g}%' for b in plan.pixel_budgets)}{_curve_note(plan)}, and the unsupervised rows and the Tzeng "
         f"ablation on seed(s) {', '.join(map(str, plan.ablation_seeds)) or '(none)'} only (no spread there).",
-        "- One round of selection from the source model: no multi-round active learning here.",
+        "- The main table is one round of selection from the source model; only the two-round table (if "
+        "present) lets LabOR's selector learn the target first.",
         "- Spread is over seeds (each seed: its own source model, training and selection draws; the generated "
         "domains are the same, `data.synthetic.seed`), with only " + (f"{len(plan.seeds)} seeds: " if len(plan.seeds) > 1 else "one seed: no ")
         + "spread" + (" estimates are rough." if len(plan.seeds) > 1 else " estimate at all."),

@@ -21,15 +21,16 @@ SMALL_DATA = ["data.height=32", "data.width=64", "data.synthetic.source_images=8
 
 def test_full_plan_runs_every_selector_on_every_seed_and_the_ablation_on_one():
     rows = {seed: plan_rows(FULL, seed) for seed in FULL.seeds}
-    assert [len(rows[s]) for s in FULL.seeds] == [21, 13, 13]
+    assert [len(rows[s]) for s in FULL.seeds] == [27, 17, 17]
     for seed_rows in rows.values():
         cases = [json.dumps(r.keys, sort_keys=True) for r in seed_rows]
         assert len(cases) == len(set(cases))  # a trial is never run twice for one seed
         main = {(r.keys["selection.selector"], r.budget) for r in seed_rows
                 if r.table == "main" and r.keys["selection.selector"] != "none"}
         assert main == {(s, f"{b} pts/img") for s in quality.POINT_SELECTORS for b in FULL.point_budgets} | \
-            {(s, "2.2%") for s in quality.REGION_SELECTORS}
-    assert {r.table for r in rows[0]} == {"main", "confusion", "temperature", "semi"}
+            {(s, "2.2%") for s in quality.REGION_SELECTORS} | \
+            {("random", "20 pts/img"), ("labor_ppl", "20 pts/img"), ("random_regions", "1%"), ("labor_spl", "1%")}
+    assert {r.table for r in rows[0]} == {"main", "confusion", "temperature", "semi", "rounds"}
     assert {r.table for r in rows[1]} == {"main"}
     assert not any(r.keys["selection.selector"] == "none" for r in rows[1])
 
@@ -42,7 +43,7 @@ def test_every_case_is_a_valid_config(tmp_path):
             assert len(cfg.sweep.search_space["cases"]["grid"]) == len(plan_rows(plan, seed))
 
 
-def _finished_sweep(plan, seed, root, data_cache, mious, source, oracle):
+def _finished_sweep(plan, seed, root, data_cache, mious, source, oracle, unfinished=()):
     """Lay out what a finished benchmark sweep leaves on disk, with the given final mIoUs per row label."""
     cfg = sweep_config(plan, seed, root, [*SMALL_DATA, f"data.cache_dir={data_cache}"])
     out = root / f"seed-{seed}"
@@ -59,7 +60,8 @@ def _finished_sweep(plan, seed, root, data_cache, mious, source, oracle):
         metrics = {"target/miou": mious[(row.label, row.budget)], "budget/labeled_fraction": 0.01,
                    "budget/clicks": 80.0, "target/iou/pole": 0.1, "target/iou/traffic_sign": 0.2,
                    "target/iou/person": 0.3}
-        (trial / PROGRESS_FILE).write_text(json.dumps({"progress": {"round": 1, "model_checkpoint": "x",
+        rounds = row.keys.get("selection.rounds", 1) - ((row.label, row.budget) in unfinished)
+        (trial / PROGRESS_FILE).write_text(json.dumps({"progress": {"round": rounds, "model_checkpoint": "x",
                                                                      "trial_id": trial.name},
                                                        "metrics": metrics}))
     return cfg
@@ -207,3 +209,22 @@ def test_one_seed_cannot_judge_a_margin_against_random(tmp_path, data_cache):
     assert [c.met for c in checks] == [True, None]
     assert checks[1].text == "labor_ppl beats random at 40 pts/img by +0.20 of the gap (one seed: no spread to judge " \
                              "the margin by)"
+
+
+def test_two_round_rows_are_read_at_their_own_last_round_and_set_beside_one_round(tmp_path, data_cache):
+    plan = Plan(**{**PLAN.__dict__, "seeds": (0,), "point_budgets": (40,), "two_round_points": 20})
+    rows = [(r.table, r.label, r.budget, r.keys.get("selection.rounds")) for r in plan_rows(plan, 0)]
+    assert ("rounds", "labor_ppl", "2 x 20 pts/img", 2) in rows and ("rounds", "random", "2 x 20 pts/img", 2) in rows
+    assert not any(r.table == "rounds" for r in plan_rows(plan, 1))  # ablation seeds only
+    mious = {("labor_ppl", "40 pts/img"): 0.40, ("random", "40 pts/img"): 0.42,
+             ("labor_ppl", "2 x 20 pts/img"): 0.46, ("random", "2 x 20 pts/img"): 0.30}
+    configs = {0: _finished_sweep(plan, 0, tmp_path, data_cache, mious, {"target/miou": 0.1}, {"target/miou": 0.5},
+                                  unfinished={("random", "2 x 20 pts/img")})}
+    measured, references = collect(plan, configs)
+    by_key = {(m.row.label, m.row.budget): m for m in measured}
+    assert by_key[("labor_ppl", "2 x 20 pts/img")].gap == pytest.approx([0.9])  # finished its round 2
+    assert by_key[("random", "2 x 20 pts/img")].miou == []  # stopped after round 1 of 2: not a result
+    text = render_markdown(plan, False, measured, references, [], configs[0], 1.0, "c.png", "cmd")
+    assert "## LabOR with a selector trained on the target: two rounds" in text
+    assert "| labor_ppl | 2 x 20 pts/img | 0.460 | 0.90 | 0.75 |" in text  # beside one round of 40 points
+    assert "| random | 2 x 20 pts/img | n/a | n/a | 0.80 |" in text

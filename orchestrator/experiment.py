@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pyarrow.compute as pc
 
 from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, PointQuery
 from pixel_selectors.budget import GlobalBudget
@@ -220,16 +219,11 @@ def write_round_artifacts(folder: Path, domains, store: LabelStore, round_index:
     from .report import selection_overlay, write_iou_csv
 
     folder.mkdir(parents=True, exist_ok=True)
-    table = store.table(upto_round=round_index)
-    bought = set(table.filter(pc.equal(table["round"], round_index))["image_id"].to_pylist())
-    labels = store.sparse_labels(upto_round=round_index)
-    previous = store.sparse_labels(upto_round=round_index - 1)
+    bought = store.sparse_labels(only_round=round_index)  # this round's pixels only: one file read
     for image_id in sorted(bought)[:OVERLAY_IMAGES]:
-        ys, xs, classes = labels[image_id]
-        skip = len(previous.get(image_id, ((),))[0])  # only this round's pixels
+        ys, xs, classes = bought[image_id]
         image = denormalize(domains.target_pool[image_id][0]).permute(1, 2, 0).numpy()
-        selection_overlay(image, ys[skip:], xs[skip:], folder / f"selected-image{image_id:05d}.png",
-                          labels=classes[skip:])
+        selection_overlay(image, ys, xs, folder / f"selected-image{image_id:05d}.png", labels=classes)
     per_class = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("target/iou/")}
     write_iou_csv(per_class, folder / "iou.csv")
 

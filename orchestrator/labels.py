@@ -117,17 +117,21 @@ class LabelStore:
         os.replace(tmp, final)
         return final
 
-    def table(self, upto_round: int | None = None) -> pa.Table:
-        """All rounds (or rounds <= ``upto_round``) as one table; empty with the schema when none."""
-        paths = [self._round_path(r) for r in self.rounds() if upto_round is None or r <= upto_round]
+    def table(self, upto_round: int | None = None, only_round: int | None = None) -> pa.Table:
+        """All rounds (or rounds <= ``upto_round``, or just ``only_round``) as one table; empty with
+        the schema when none."""
+        paths = [self._round_path(r) for r in self.rounds()
+                 if (upto_round is None or r <= upto_round) and (only_round is None or r == only_round)]
         if not paths:
             return SCHEMA.empty_table()
         return pa.concat_tables(pq.read_table(p, schema=SCHEMA) for p in paths)
 
-    def sparse_labels(self, upto_round: int | None = None) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """image id -> (ys, xs, labels) over all rounds (or up to one): what training may see of the pool."""
+    def sparse_labels(self, upto_round: int | None = None, only_round: int | None = None
+                      ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """image id -> (ys, xs, labels) over all rounds (or up to one, or of one): what training may
+        see of the pool."""
         out: dict[int, list[list[np.ndarray]]] = {}
-        table = self.table(upto_round)
+        table = self.table(upto_round, only_round)
         columns = {name: table[name].to_numpy(zero_copy_only=False)
                    for name in ("image_id", "height", "width", "ys", "xs", "mask_rle", "labels")}
         for i in range(table.num_rows):

@@ -48,6 +48,10 @@ def test_rounds_can_be_read_up_to_one_and_copied(tmp_path):
     assert store.totals(upto_round=1)["labeled_pixels"] == 1
     store.copy_to(tmp_path / "b", upto_round=1)
     assert LabelStore(tmp_path / "b").rounds() == [1]
+    store.append_round(3, "labor_ppl", [points(4, [(2, 3)], [5])])
+    only = store.sparse_labels(only_round=2)  # one round's pixels, not the ones before or after
+    assert list(only) == [0] and [a.tolist() for a in only[0]] == [[1], [1], [2]]
+    assert store.sparse_labels(only_round=9) == {}
 
 
 def test_an_image_twice_in_a_round_is_refused(tmp_path):

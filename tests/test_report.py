@@ -149,3 +149,29 @@ def test_iou_table_and_csv(tmp_path):
     back = pd.read_csv(path, keep_default_na=True)
     assert list(back["class"]) == ["road", "pole", "traffic_sign", "a|b"]
     assert back["iou"].iloc[0] == pytest.approx(0.91234) and math.isnan(back["iou"].iloc[1])
+
+
+def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import torch
+
+    from orchestrator import experiment, report
+    from orchestrator.labels import LabeledPixels, LabelStore
+
+    drawn = {}
+    monkeypatch.setattr(report, "selection_overlay", lambda image, ys, xs, path, labels=None: drawn.__setitem__(
+        Path(path).name, (list(ys), list(xs), list(labels))))
+
+    def pixels(image_id, y, x, label):
+        return LabeledPixels(image_id, np.array([y], np.int32), np.array([x], np.int32), np.array([label], np.uint8),
+                             height=8, width=8, clicks=1.0, regions=False)
+
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_ppl", [pixels(0, 0, 0, 1)])
+    store.append_round(2, "labor_ppl", [pixels(0, 1, 1, 2), pixels(2, 3, 3, 4)])
+    domains = SimpleNamespace(target_pool=[(torch.zeros(3, 8, 8), None)] * 3)
+    experiment.write_round_artifacts(tmp_path / "round-002", domains, store, 2, {"target/iou/road": 0.5})
+    assert drawn == {"selected-image00000.png": ([1], [1], [2]), "selected-image00002.png": ([3], [3], [4])}
+    assert (tmp_path / "round-002" / "iou.csv").is_file()

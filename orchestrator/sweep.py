@@ -356,7 +356,8 @@ def summarize(results, cfg: ExperimentConfig, source_metrics: dict) -> list[dict
     for result in results:
         metrics = result.metrics or {}
         trial_cfg = with_overrides(cfg, {k: v for k, v in (result.config or {}).items()})
-        ok = result.error is None and metrics.get("round") == cfg.selection.rounds
+        # A trial is done at its own last round: a search space or case may set selection.rounds.
+        ok = result.error is None and metrics.get("round") == trial_cfg.selection.rounds
         rows.append({
             "trial": metrics.get("trial_id", "?"),
             "selector": trial_cfg.selection.selector,

@@ -111,3 +111,18 @@ def test_selector_trains_only_when_a_later_round_ranks_with_it(selector, schedul
                                               "selection.rounds": rounds, "selection.budget_fraction": 0.01,
                                               "sweep.search_space": {"adapt.confusion_weight": {"choice": [0.1, 1.0]}}})
     assert [selector_trains(cfg, r) for r in range(1, rounds + 1)] == trains
+
+
+def test_a_trial_is_finished_at_its_own_number_of_rounds():
+    from types import SimpleNamespace
+
+    from orchestrator.sweep import summarize
+
+    cfg = with_overrides(ExperimentConfig(), {"selection.rounds": 1})
+    done_in_two = SimpleNamespace(error=None, config={"cases": {"selection.rounds": 2}},
+                                  metrics={"round": 2, "trial_id": "a", "target/miou": 0.5})
+    stopped_at_one_of_two = SimpleNamespace(error=None, config={"selection.rounds": 2},
+                                            metrics={"round": 1, "trial_id": "b", "target/miou": 0.4})
+    done_in_one = SimpleNamespace(error=None, config={}, metrics={"round": 1, "trial_id": "c", "target/miou": 0.3})
+    status = {row["trial"]: row["status"] for row in summarize([done_in_two, stopped_at_one_of_two, done_in_one], cfg, {})}
+    assert status == {"a": "ok", "b": "failed: incomplete", "c": "ok"}

@@ -511,6 +511,12 @@ def validate(cfg: ExperimentConfig) -> None:
                                                          "selection.oracle=human, people label what they are shown")
     validate_storage(cfg)
     validate_search_space(cfg)
+    cases = next(iter(cfg.sweep.search_space[CASES_AXIS].values())) if CASES_AXIS in cfg.sweep.search_space else []
+    varies_rounds = "selection.rounds" in cfg.sweep.search_space or any("selection.rounds" in c for c in cases)
+    if cfg.sweep.scheduler != "fifo" and varies_rounds:
+        raise ConfigError("sweep.scheduler", f"{cfg.sweep.scheduler} compares trials round by round up to "
+                                             f"selection.rounds: keep selection.rounds out of sweep.search_space "
+                                             f"(or use sweep.scheduler=fifo)")
     if cfg.sweep.scheduler == "pbt" and all(next(iter(spec)) == "grid" for spec in cfg.sweep.search_space.values()):
         raise ConfigError("sweep.scheduler", "pbt mutates hyperparameters: give sweep.search_space at least one "
                                              "choice, uniform, loguniform or randint axis")

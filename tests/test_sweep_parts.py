@@ -126,3 +126,15 @@ def test_a_trial_is_finished_at_its_own_number_of_rounds():
     done_in_one = SimpleNamespace(error=None, config={}, metrics={"round": 1, "trial_id": "c", "target/miou": 0.3})
     status = {row["trial"]: row["status"] for row in summarize([done_in_two, stopped_at_one_of_two, done_in_one], cfg, {})}
     assert status == {"a": "ok", "b": "failed: incomplete", "c": "ok"}
+
+
+@pytest.mark.parametrize("space", [
+    {"selection.rounds": {"grid": [1, 2]}},
+    {"cases": {"choice": [{"selection.rounds": 2}, {"selection.points_per_image": 5}]},
+     "adapt.confusion_weight": {"uniform": [0.0, 1.0]}},
+])
+@pytest.mark.parametrize("scheduler", ["asha", "pbt"])
+def test_round_by_round_schedulers_refuse_trials_of_different_lengths(space, scheduler):
+    with pytest.raises(ConfigError, match=f"sweep.scheduler.*{scheduler} compares trials round by round"):
+        with_overrides(ExperimentConfig(), {"sweep.scheduler": scheduler, "sweep.search_space": space})
+    with_overrides(ExperimentConfig(), {"sweep.scheduler": "fifo", "sweep.search_space": space})  # fine without

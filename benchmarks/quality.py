@@ -57,11 +57,11 @@ class Plan:
     point_selectors: tuple[str, ...] = POINT_SELECTORS
     region_selectors: tuple[str, ...] = REGION_SELECTORS
     unsupervised: bool = True
-    ablation_seeds: tuple[int, ...] = (0,)  # the Tzeng ablation and two-round rows run on these seeds only
+    ablation_seeds: tuple[int, ...] = (0,)  # the Tzeng ablation runs on these seeds only
     confusion_weights: tuple[float, ...] = (0.0, 1.0)   # besides the default 0.1
     temperatures: tuple[float, ...] = (1.0, 8.0)        # besides the default 2
     ablation_points: int = 10
-    two_round_points: int = 0   # > 0: random and LabOR PPL in 2 rounds of this many points (ablation seeds)
+    two_round_points: int = 0   # > 0: random and LabOR PPL in 2 rounds of this many points (every seed)
     curve_point_budgets: tuple[int, ...] = ()      # extra point budgets of CURVE_SELECTORS
     curve_pixel_budgets: tuple[float, ...] = ()    # extra pixel budgets of CURVE_SELECTORS
 
@@ -76,9 +76,10 @@ class Plan:
 # here, two at a time, as a last round does not train the selector), and fewer steps would not do --
 # with 100 steps even random points closed 0.91-0.98 of the gap (README, Calibration), leaving
 # selection nothing to show. To fit an hour, the uncertainty baselines run at 40 points only (they
-# trailed random at 10 and 40 points alike in the first full run) and random and LabOR PPL, the
-# goal's pair, get a curve of 10, 20, 40 points.
-FULL = Plan(seeds=(0, 1, 2), point_budgets=(40,), pixel_budgets=(0.022,), curve_point_budgets=(10, 20),
+# trailed random at 10 and 40 points alike in the first full run), random and LabOR PPL at 10 and 40,
+# and the two-round pair (a two-round trial costs about three one-round trials: its first round
+# trains the selector) on every seed, since it is where LabOR's selector has learned the target.
+FULL = Plan(seeds=(0, 1, 2), point_budgets=(40,), pixel_budgets=(0.022,), curve_point_budgets=(10,),
             two_round_points=20)
 QUICK = Plan(seeds=(0,), point_budgets=(10,), pixel_budgets=(0.022,), point_selectors=("random", "labor_ppl"),
              region_selectors=("random_regions", "labor_spl"), unsupervised=False, ablation_seeds=())
@@ -139,7 +140,7 @@ def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
                         {**ppl, "selection.unlabeled_classes": list(WITHHELD_CLASSES), "adapt.soft_label_weight": soft}))
     # LabOR's selector learns the target between rounds (pseudo labels from G, MCD); the second round
     # ranks with it. Random points in the same two rounds are its rival.
-    for selector in ("random", "labor_ppl") if ablation and plan.two_round_points else ():
+    for selector in ("random", "labor_ppl") if plan.two_round_points else ():
         rows.append(Row("rounds", selector, f"2 x {plan.two_round_points} pts/img",
                         {"selection.selector": selector, "selection.points_per_image": plan.two_round_points,
                          "selection.rounds": 2}))
@@ -281,15 +282,18 @@ class GoalCheck:
 
 
 def goal_checks(plan: Plan, measured: list[Measured]) -> list[GoalCheck]:
-    """Issue 9's goals: PPL at the largest point budget >= 0.85 of the gap, SPL at 2.2% >= 0.90, each
-    beating random selection at the same budget by more than the seed spread."""
+    """Issue 9's goals: PPL at the largest point budget >= 0.85 of the gap (in one round, and in two
+    rounds of half the points when the plan has them), SPL at 2.2% >= 0.90, each beating random
+    selection at the same budget (and rounds) by more than the seed spread."""
     def find(selector, budget):
-        return next((m for m in measured if m.row.table == "main" and m.row.keys.get("selection.selector") == selector
-                     and m.row.budget == budget), None)
+        return next((m for m in measured if m.row.table in ("main", "rounds")
+                     and m.row.keys.get("selection.selector") == selector and m.row.budget == budget), None)
 
     checks = []
-    for selector, budget, goal in (("labor_ppl", f"{max(plan.point_budgets)} pts/img", 0.85),
-                                   ("labor_spl", "2.2%", 0.90)):
+    goals = [("labor_ppl", f"{max(plan.point_budgets)} pts/img", 0.85), ("labor_spl", "2.2%", 0.90)]
+    if plan.two_round_points:  # the same goal for LabOR's own setting: its selector trained on the target
+        goals.insert(1, ("labor_ppl", f"2 x {plan.two_round_points} pts/img", 0.85))
+    for selector, budget, goal in goals:
         ours = find(selector, budget)
         if ours is None or not ours.gap:
             continue
@@ -475,8 +479,7 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         f"- Every row, and the oracle, trains {cfg.adapt.steps} adaptation steps (fewer would not do: with 100 "
         f"steps even random points closed 0.91-0.98 of the gap). For 2 CPUs the grid is small: point budgets "
         f"{', '.join(map(str, plan.point_budgets))} per image, pixel budgets "
-        f"{', '.join(f'{100 * b:g}%' for b in plan.pixel_budgets)}{_curve_note(plan)}, and the Tzeng ablation and "
-        f"two-round rows on seed(s) {', '.join(map(str, plan.ablation_seeds)) or '(none)'} only (no spread there).",
+        f"{', '.join(f'{100 * b:g}%' for b in plan.pixel_budgets)}{_curve_note(plan)}, and the Tzeng ablation on seed(s) {', '.join(map(str, plan.ablation_seeds)) or '(none)'} only (no spread there).",
         "- The main table is one round of selection from the source model; only the two-round table (if "
         "present) lets LabOR's selector learn the target first.",
         "- Spread is over seeds (each seed: its own source model, training and selection draws; the generated "

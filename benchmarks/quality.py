@@ -315,8 +315,9 @@ def goal_checks(plan: Plan, measured: list[Measured]) -> list[GoalCheck]:
     return checks
 
 
-def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, path: Path) -> None:
-    """Gap closed against labeled pixels (% of the pool), one line per selector, error bars = spread."""
+def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, path: Path) -> list[str]:
+    """Gap closed against labeled pixels (% of the pool), one line per selector, error bars = spread.
+    Returns the legend's labels (the series drawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,6 +335,14 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
         xs, ys, spreads = zip(*points)
         style = "-o" if selector in plan.point_selectors else "--s"
         axis.errorbar(xs, ys, yerr=spreads, fmt=style, color=colours(index), capsize=3, label=selector)
+    # Two-round rows: one point each, in their selector's colour, with a hollow marker.
+    for m in measured:
+        selector = m.row.keys.get("selection.selector")
+        if m.row.table == "rounds" and m.gap and selector in selectors:
+            mean, spread = mean_spread(m.gap)
+            axis.errorbar([statistics.fmean(m.labeled_fraction) * 100], [mean], yerr=[spread], fmt="D",
+                          mfc="white", color=colours(selectors.index(selector)), capsize=3,
+                          label=f"{selector}, {m.row.budget.replace(' pts/img', '')} (2 rounds)")
     # Horizontal references, labeled at the left edge (x in axes coordinates, y in data coordinates).
     at_left = axis.get_yaxis_transform()
     for m in measured:
@@ -360,8 +369,10 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     figure.savefig(tmp)
+    labels = axis.get_legend_handles_labels()[1]
     plt.close(figure)
     os.replace(tmp, path)
+    return labels
 
 
 def _curve_note(plan: Plan) -> str:

@@ -227,6 +227,9 @@ def test_two_round_rows_are_read_at_their_own_last_round_and_set_beside_one_roun
     assert by_key[("random", "2 x 20 pts/img")].miou == []  # stopped after round 1 of 2: not a result
     checks = {c.text.split(" (")[0]: c.met for c in goal_checks(plan, measured)}
     assert checks["labor_ppl at 2 x 20 pts/img closes 0.90 of the gap"] is True  # LabOR's own setting, checked too
+    drawn = quality.write_budget_curve(plan, measured, references, tmp_path / "curve.png")
+    assert "labor_ppl, 2 x 20 (2 rounds)" in drawn and "labor_ppl" in drawn  # beside its one-round line
+    assert not any(label.startswith("random, 2 x") for label in drawn)  # unfinished: nothing to draw
     text = render_markdown(plan, False, measured, references, [], configs[0], 1.0, "c.png", "cmd")
     assert "## LabOR with a selector trained on the target: two rounds" in text
     assert "| labor_ppl | 2 x 20 pts/img | 0.460 | 0.90 | 0.75 |" in text  # beside one round of 40 points

@@ -375,15 +375,12 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
     return labels
 
 
-def _curve_note(plan: Plan) -> str:
-    """" (random, labor_ppl also at 10 pts/img)": the extra budgets of the goals' pairs, if any."""
-    notes = []
-    for selectors, budgets in ((plan.point_selectors, [f"{b} pts/img" for b in plan.curve_point_budgets]),
-                               (plan.region_selectors, [f"{100 * b:g}%" for b in plan.curve_pixel_budgets])):
-        pairs = [s for s in CURVE_SELECTORS if s in selectors]
-        if pairs and budgets:
-            notes.append(f"{', '.join(pairs)} also at {', '.join(budgets)}")
-    return f" ({'; '.join(notes)})" if notes else ""
+def _curve_note(plan: Plan, kind: str) -> str:
+    """" (random, labor_ppl also at 10)": the extra budgets of the goals' pair of one kind, if any."""
+    selectors, budgets = ((plan.point_selectors, [str(b) for b in plan.curve_point_budgets]) if kind == "points"
+                          else (plan.region_selectors, [f"{100 * b:g}%" for b in plan.curve_pixel_budgets]))
+    pairs = [s for s in CURVE_SELECTORS if s in selectors]
+    return f" ({', '.join(pairs)} also at {', '.join(budgets)})" if pairs and budgets else ""
 
 
 def render_markdown(plan: Plan, quick: bool, measured: list[Measured], references: dict, checks: list[GoalCheck],
@@ -494,8 +491,8 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         "against source-only 36.6 and an oracle of 70.5) and the region-impurity method about 0.97 (69.6).",
         f"- Every row, and the oracle, trains {cfg.adapt.steps} adaptation steps (fewer would not do: with 100 "
         f"steps even random points closed 0.91-0.98 of the gap). For 2 CPUs the grid is small: point budgets "
-        f"{', '.join(map(str, plan.point_budgets))} per image, pixel budgets "
-        f"{', '.join(f'{100 * b:g}%' for b in plan.pixel_budgets)}{_curve_note(plan)}, and the Tzeng "
+        f"{', '.join(map(str, plan.point_budgets))} per image{_curve_note(plan, 'points')}, pixel budgets "
+        f"{', '.join(f'{100 * b:g}%' for b in plan.pixel_budgets)}{_curve_note(plan, 'regions')}, and the Tzeng "
         f"ablation on seed(s) {', '.join(map(str, plan.ablation_seeds)) or '(none)'} only (no spread there).",
         "- The main table is one round of selection from the source model; only the two-round table (if "
         "present) lets LabOR's selector learn the target first.",

@@ -239,6 +239,7 @@ def test_two_round_rows_are_read_at_their_own_last_round_and_set_beside_one_roun
 def test_the_report_names_the_extra_budgets_of_each_kind():
     both = Plan(seeds=(0,), point_budgets=(40,), pixel_budgets=(0.022,), curve_point_budgets=(10,),
                 curve_pixel_budgets=(0.01,))
-    assert quality._curve_note(both) == " (random, labor_ppl also at 10 pts/img; random_regions, labor_spl also at 1%)"
-    assert quality._curve_note(QUICK) == ""
+    assert quality._curve_note(both, "points") == " (random, labor_ppl also at 10)"
+    assert quality._curve_note(both, "regions") == " (random_regions, labor_spl also at 1%)"
+    assert quality._curve_note(QUICK, "points") == ""
     assert both.budgets_of("labor_spl") == [0.01, 0.022] and both.budgets_of("entropy") == [40]

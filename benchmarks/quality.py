@@ -77,8 +77,9 @@ class Plan:
 # with 100 steps even random points closed 0.91-0.98 of the gap (README, Calibration), leaving
 # selection nothing to show. To fit an hour, the uncertainty baselines run at 40 points only (they
 # trailed random at 10 and 40 points alike in the first full run), random and LabOR PPL at 10 and 40,
-# and the two-round pair (a two-round trial costs about three one-round trials: its first round
-# trains the selector) on every seed, since it is where LabOR's selector has learned the target.
+# and the two-round pair on every seed, since it is where LabOR's selector has learned the target
+# (LabOR's two-round trial costs about three one-round trials: its first round trains the selector;
+# random's about two).
 FULL = Plan(seeds=(0, 1, 2), point_budgets=(40,), pixel_budgets=(0.022,), curve_point_budgets=(10,),
             two_round_points=20)
 QUICK = Plan(seeds=(0,), point_budgets=(10,), pixel_budgets=(0.022,), point_selectors=("random", "labor_ppl"),

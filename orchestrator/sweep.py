@@ -361,7 +361,7 @@ def summarize(results, cfg: ExperimentConfig, source_metrics: dict) -> list[dict
         rows.append({
             "trial": metrics.get("trial_id", "?"),
             "selector": trial_cfg.selection.selector,
-            "points/img": trial_cfg.selection.points_per_image,
+            "budget": budget_label(trial_cfg),  # points for point selectors, a pixel share for regions
             "rounds": metrics.get("round", 0),
             "labeled px": int(metrics.get("budget/labeled_pixels", 0)),
             "labeled %": 100 * metrics.get("budget/labeled_fraction", 0.0),
@@ -374,7 +374,7 @@ def summarize(results, cfg: ExperimentConfig, source_metrics: dict) -> list[dict
 
 
 def format_table(rows: list[dict[str, Any]], source_metrics: dict, oracle_metrics: dict | None = None) -> str:
-    header = f"{'trial':<12} {'selector':<10} {'points/img':>10} {'rounds':>6} {'labeled px':>10} " \
+    header = f"{'trial':<12} {'selector':<23} {'budget':<21} {'rounds':>6} {'labeled px':>10} " \
              f"{'labeled %':>9} {'mIoU':>7} {'gain':>7} {'gap closed':>10}  status"
     base = source_metrics.get("target/miou", math.nan)
     ceiling = (oracle_metrics or {}).get("target/miou", math.nan)
@@ -384,7 +384,7 @@ def format_table(rows: list[dict[str, Any]], source_metrics: dict, oracle_metric
     lines += [header, "-" * len(header)]
     for r in rows:
         closed = (r["mIoU"] - base) / (ceiling - base) if ceiling == ceiling and ceiling != base else math.nan
-        lines.append(f"{r['trial']:<12} {r['selector']:<10} {r['points/img']:>10} {r['rounds']:>6} "
+        lines.append(f"{r['trial']:<12} {r['selector']:<23} {r['budget']:<21} {r['rounds']:>6} "
                      f"{r['labeled px']:>10} {r['labeled %']:>9.3f} {r['mIoU']:>7.4f} {r['mIoU'] - base:>+7.4f} "
                      f"{closed:>10.2f}  {r['status']}")
     return "\n".join(lines)

@@ -128,6 +128,22 @@ def test_a_trial_is_finished_at_its_own_number_of_rounds():
     assert status == {"a": "ok", "b": "failed: incomplete", "c": "ok"}
 
 
+def test_the_summary_shows_each_trial_its_own_kind_of_budget():
+    from types import SimpleNamespace
+
+    from orchestrator.sweep import format_table, summarize
+
+    cfg = with_overrides(ExperimentConfig(), {"selection.points_per_image": 40})
+    region_trial = SimpleNamespace(error=None, config={"cases": {"selection.selector": "labor_spl",
+                                                                 "selection.budget_fraction": 0.022}},
+                                   metrics={"round": 1, "trial_id": "r", "target/miou": 0.4})
+    point_trial = SimpleNamespace(error=None, config={}, metrics={"round": 1, "trial_id": "p", "target/miou": 0.3})
+    rows = summarize([region_trial, point_trial], cfg, {})
+    assert {row["trial"]: row["budget"] for row in rows} == {"r": "2.2% of pixels/round", "p": "40 points/image/round"}
+    table = format_table(rows, {"target/miou": 0.1})
+    assert "labor_spl               2.2% of pixels/round" in table  # not the unused points_per_image
+
+
 @pytest.mark.parametrize("space", [
     {"selection.rounds": {"grid": [1, 2]}},
     {"cases": {"choice": [{"selection.rounds": 2}, {"selection.points_per_image": 5}]},

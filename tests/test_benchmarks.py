@@ -110,6 +110,10 @@ def test_collect_computes_gap_closed_per_seed_and_checks_the_goals(tmp_path, dat
     assert "| random | 40 pts/img | 1% | 10.0 | 0.395 ± 0.021 | 0.74 ± 0.05 |" in text
     assert "| 0 | 0.300 | 0.50 |" in text  # the confusion-weight table, one seed: no spread
     assert "- MISSED: labor_spl at 2.2% closes 0.89 of the gap (goal >= 0.90)" in text
+    # The margin per seed, paired: seed 0 (0.46 - 0.38) / 0.4, seed 1 (0.45 - 0.41) / 0.4.
+    assert ppl.seeds == [0, 1]
+    assert "labor_ppl beats random at 40 pts/img by +0.15 of the gap (goal: more than the seed spread, 0.05; " \
+           "per seed +0.20, +0.10)" in text
     assert "![budget curve](curve.png)" in text
 
 
@@ -243,3 +247,13 @@ def test_the_report_names_the_extra_budgets_of_each_kind():
     assert quality._curve_note(both, "regions") == " (random_regions, labor_spl also at 1%)"
     assert quality._curve_note(QUICK, "points") == ""
     assert both.budgets_of("labor_spl") == [0.01, 0.022] and both.budgets_of("entropy") == [40]
+
+
+def test_paired_margins_compare_only_the_seeds_both_rows_ran():
+    from benchmarks.quality import Measured, Row, paired_margins
+
+    row = Row("main", "x", "1 pts/img", {})
+    ours = Measured(row, seeds=[0, 1, 2], gap=[0.9, 0.8, 0.7])
+    rival = Measured(row, seeds=[2, 0], gap=[0.75, 0.5])  # seed 1's rival trial failed
+    assert paired_margins(ours, rival) == "per seed +0.40, -0.05"
+    assert paired_margins(ours, Measured(row, seeds=[5], gap=[0.1])) == "no seed in common"

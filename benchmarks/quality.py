@@ -64,6 +64,7 @@ class Plan:
     two_round_points: int = 0   # > 0: random and LabOR PPL in 2 rounds of this many points (every seed)
     curve_point_budgets: tuple[int, ...] = ()      # extra point budgets of CURVE_SELECTORS
     curve_pixel_budgets: tuple[float, ...] = ()    # extra pixel budgets of CURVE_SELECTORS
+    score_spread_rows: bool = False  # LabOR SPL also with selection.region_spread=score, beside the default share
 
     def budgets_of(self, selector: str) -> list:
         """The budgets ``selector`` runs at: points per image, or fractions of the pool's pixels."""
@@ -81,7 +82,7 @@ class Plan:
 # (LabOR's two-round trial costs about three one-round trials: its first round trains the selector;
 # random's about two).
 FULL = Plan(seeds=(0, 1, 2), point_budgets=(40,), pixel_budgets=(0.022,), curve_point_budgets=(10,),
-            two_round_points=20)
+            two_round_points=20, score_spread_rows=True)
 QUICK = Plan(seeds=(0,), point_budgets=(10,), pixel_budgets=(0.022,), point_selectors=("random", "labor_ppl"),
              region_selectors=("random_regions", "labor_spl"), unsupervised=False, ablation_seeds=())
 
@@ -129,6 +130,10 @@ def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
         for fraction in plan.budgets_of(selector):
             rows.append(Row("main", selector, f"{100 * fraction:g}%",
                             {"selection.selector": selector, "selection.budget_fraction": fraction}))
+            if selector == "labor_spl" and plan.score_spread_rows:  # the budget where SPL's scores send it
+                rows.append(Row("main", f"{selector}, spread by score", f"{100 * fraction:g}%",
+                                {"selection.selector": selector, "selection.budget_fraction": fraction,
+                                 "selection.region_spread": "score"}))
     ppl = {"selection.selector": "labor_ppl", "selection.points_per_image": plan.ablation_points}
     for weight in plan.confusion_weights if ablation else ():
         rows.append(Row("confusion", f"confusion weight {weight:g}", f"{plan.ablation_points} pts/img",
@@ -250,7 +255,8 @@ def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Meas
 def _is_default_elsewhere(config: dict, row: Row, cfg: ExperimentConfig) -> bool:
     """A trial belongs to a row only if the keys other rows vary are at their defaults for it."""
     varied = {"adapt.confusion_weight", "adapt.soft_label_temperature", "adapt.soft_label_weight",
-              "adapt.adversarial_weight", "selection.unlabeled_classes", "selection.rounds"}
+              "adapt.adversarial_weight", "selection.unlabeled_classes", "selection.rounds",
+              "selection.region_spread"}
     return all(flat_value(config, key) == flat_value(cfg.to_dict(), key) for key in varied - set(row.keys))
 
 
@@ -341,7 +347,7 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
     colours = plt.get_cmap("tab10")
     for index, selector in enumerate(selectors):
         points = sorted(((statistics.fmean(m.labeled_fraction) * 100, *mean_spread(m.gap)) for m in measured
-                         if m.row.table == "main" and m.row.keys.get("selection.selector") == selector and m.gap))
+                         if m.row.table == "main" and m.row.label == selector and m.gap))
         if not points:
             continue
         xs, ys, spreads = zip(*points)
@@ -395,6 +401,11 @@ def _curve_note(plan: Plan, kind: str) -> str:
     return f" ({', '.join(pairs)} also at {', '.join(budgets)})" if pairs and budgets else ""
 
 
+SPREAD_WORDS = {"share": "every image gets the same share of its own candidates, e.g. of its inconsistency mask "
+                          "for LabOR SPL, as the paper labels the mask of every image",
+                "score": "the best-scored regions of the pool, wherever they are"}
+
+
 def render_markdown(plan: Plan, quick: bool, measured: list[Measured], references: dict, checks: list[GoalCheck],
                     cfg: ExperimentConfig, minutes: float, image_name: str, command: str) -> str:
     height, width = cfg.data.height, cfg.data.width
@@ -422,7 +433,8 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         f"with the source model's heads: its target losses (pseudo labels, MCD) train it for a later round, "
         f"and with one round nothing ranks after, so they are skipped (the segmenter is the same either way).",
         f"- Budgets: points per image for point selectors; a fraction of all pool pixels, spent across the "
-        f"pool, for region selectors. A {height}x{width} image has {height * width} pixels, so 40 points are "
+        f"pool, for region selectors (`selection.region_spread={cfg.selection.region_spread}`: "
+        f"{SPREAD_WORDS[cfg.selection.region_spread]}). A {height}x{width} image has {height * width} pixels, so 40 points are "
         f"{100 * 40 / (height * width):.2f}% of it; on LabOR's 1280x640 Cityscapes crops 40 points are 0.005%. "
         f"The bundled images are 100x smaller, so a point here is worth 100x more of the image.",
         f"- Gap closed = (mIoU - source-only) / (oracle - source-only), per seed. Source-only {src}, oracle "

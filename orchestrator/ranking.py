@@ -21,7 +21,7 @@ import ray
 import torch
 
 from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, PointQuery, RegionQuery
-from pixel_selectors.budget import points_per_image
+from pixel_selectors.budget import points_per_image, share_of_candidates
 from trainers.data import build_domains
 from trainers.train_loop import load_models
 
@@ -46,6 +46,7 @@ class Ranker:
         self.select = SELECTORS[name]
         self.kind = SELECTOR_KIND[name]
         self.params = {"k": cfg["selection"]["region_size"]} if name in REGION_SIZED else {}
+        self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
 
     @torch.no_grad()
@@ -69,7 +70,10 @@ class Ranker:
             seed = (self.seed * 1_000_003 + round_index) * 1_000_003 + image_id
             probs = [p[n] for p in head_probs]
             if self.kind == "regions":
-                query = self.select(probs, labeled=mask, seed=seed, **self.params).head(budget_pixels)
+                query = self.select(probs, labeled=mask, seed=seed, **self.params)
+                if self.region_spread == "share":
+                    query = share_of_candidates(query)  # needs all of the image's candidates, so before head
+                query = query.head(budget_pixels)
             else:
                 wanted = points_per_image(budget_pixels, height, width) if budget_pixels else num_points
                 query = self.select(probs, wanted, labeled=mask, seed=seed, **self.params)

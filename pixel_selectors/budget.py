@@ -16,6 +16,10 @@ it. So after every ``add`` the kept pixels are fewer than ``budget_pixels`` + th
 kept region (<= budget + the largest region). The kept set is always the shortest best-first prefix
 of everything seen so far, so the result does not depend on arrival order.
 
+How the budget spreads over images is the scores' business: a selector's own scores (comparable
+across images) send it where they are highest, wherever that is; ``share_of_candidates`` rescores
+each image's query so that every image gets the same share of its own candidates.
+
 Cost: per ``add``, one vectorised sort of that image's regions plus a heap push per region that
 survives the filters (O(log kept) each). Image ids are integers, each added at most once.
 """
@@ -157,6 +161,33 @@ class GlobalBudget:
         spent = self.budget_pixels - remaining
         return BudgetResult(budget_pixels=self.budget_pixels, picks=tuple(picks), spent_pixels=spent,
                             shortfall=remaining, offered_pixels=self._offered)
+
+
+REGION_SPREADS = ("score", "share")
+
+
+def share_of_candidates(query: RegionQuery) -> RegionQuery:
+    """The query rescored so that a pool-wide merge gives every image the same share of its own candidates.
+
+    Regions keep the selector's ranked order inside the image (its score decides which of the
+    image's regions come first); region j's new score is minus the share of the image's candidate
+    pixels at its middle, -(s_1 + ... + s_(j-1) + s_j / 2) / (s_1 + ... + s_R), in (-1, 0). The merge
+    (score desc) then always takes next the region whose middle leaves its image with the smallest
+    share: water filling, so every image ends with about the same fraction of its candidates (a
+    region is taken whole or not at all, hence "about"; the middle, not the end, keeps an image
+    whose only candidate is one big region from always coming last).
+
+    For LabOR SPL, whose candidates are the inconsistency mask M, this is the paper's rule scaled to
+    a budget: a budget equal to all masks' pixels labels every M whole, a smaller one the same
+    share of each image's M. For selectors whose candidates tile the image (random or RIPU squares)
+    every image gets about the same number of pixels. Empty queries are returned as they are.
+    """
+    ranked = query.ranked()
+    sizes = ranked.sizes.astype(np.float64)
+    if len(sizes) == 0:
+        return ranked
+    middle = np.cumsum(sizes) - sizes / 2
+    return RegionQuery(ranked.height, ranked.width, ranked.indices, ranked.offsets, -middle / sizes.sum())
 
 
 def _image_id(image_id) -> int:

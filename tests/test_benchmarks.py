@@ -21,7 +21,7 @@ SMALL_DATA = ["data.height=32", "data.width=64", "data.synthetic.source_images=8
 
 def test_full_plan_runs_every_selector_on_every_seed_and_the_ablation_on_one():
     rows = {seed: plan_rows(FULL, seed) for seed in FULL.seeds}
-    assert [len(rows[s]) for s in FULL.seeds] == [20, 14, 14]
+    assert [len(rows[s]) for s in FULL.seeds] == [21, 15, 15]
     for seed_rows in rows.values():
         cases = [json.dumps(r.keys, sort_keys=True) for r in seed_rows]
         assert len(cases) == len(set(cases))  # a trial is never run twice for one seed
@@ -35,6 +35,8 @@ def test_full_plan_runs_every_selector_on_every_seed_and_the_ablation_on_one():
     assert {r.table for r in rows[0]} == {"main", "confusion", "temperature", "semi", "rounds"}
     assert {r.table for r in rows[1]} == {"main", "rounds"}
     assert sum(r.keys["selection.selector"] == "none" for r in rows[1]) == 2  # unsupervised rows: every seed
+    by_score = [r for r in rows[2] if r.keys.get("selection.region_spread") == "score"]
+    assert [(r.label, r.budget) for r in by_score] == [("labor_spl, spread by score", "2.2%")]  # every seed
 
 
 def test_every_case_is_a_valid_config(tmp_path):
@@ -257,3 +259,17 @@ def test_paired_margins_compare_only_the_seeds_both_rows_ran():
     rival = Measured(row, seeds=[2, 0], gap=[0.75, 0.5])  # seed 1's rival trial failed
     assert paired_margins(ours, rival) == "per seed +0.40, -0.05"
     assert paired_margins(ours, Measured(row, seeds=[5], gap=[0.1])) == "no seed in common"
+
+
+def test_spl_spread_by_score_is_its_own_row_and_not_mixed_into_the_default_one(tmp_path, data_cache):
+    plan = Plan(**{**PLAN.__dict__, "seeds": (0,), "score_spread_rows": True})
+    mious = {("labor_spl", "2.2%"): 0.42, ("labor_spl, spread by score", "2.2%"): 0.30}
+    configs = {0: _finished_sweep(plan, 0, tmp_path, data_cache, mious, {"target/miou": 0.1}, {"target/miou": 0.5})}
+    measured, references = collect(plan, configs)
+    by_key = {(m.row.label, m.row.budget): m for m in measured}
+    assert by_key[("labor_spl", "2.2%")].miou == [0.42]  # share, the default spread
+    assert by_key[("labor_spl, spread by score", "2.2%")].miou == [0.30]
+    checks = {c.text.split(" (")[0]: c.met for c in goal_checks(plan, measured)}
+    assert checks["labor_spl at 2.2% closes 0.80 of the gap"] is False  # the goal reads the default row
+    text = render_markdown(plan, False, measured, references, [], configs[0], 1.0, "c.png", "cmd")
+    assert "| labor_spl, spread by score | 2.2% |" in text and "`selection.region_spread=share`" in text

@@ -200,3 +200,32 @@ else:  # pragma: no cover
     @pytest.mark.skip(reason="hypothesis is not installed")
     def test_merge_properties():
         pass
+
+
+def test_share_of_candidates_gives_every_image_the_same_share_of_its_own_candidates():
+    from pixel_selectors.budget import share_of_candidates
+
+    # Image 1: a 16-pixel mask in 4 regions of 4 (the selector's scores are high); image 2: a 4-pixel
+    # mask in 4 regions of 1 (low scores). By score, a 10-pixel budget all goes to image 1.
+    big = rq([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]], [.9, .8, .7, .6], 4, 8)
+    small = rq([[16], [17], [18], [19]], [.4, .3, .2, .1], 4, 8)
+    by_score = merge_regions([(1, big), (2, small)], budget_pixels=10).by_image()
+    assert list(by_score) == [1] and len(by_score[1]) == 10  # its best three regions, the third cut to 2 px
+    shared = share_of_candidates(big)
+    assert shared.scores.tolist() == [-2 / 16, -6 / 16, -10 / 16, -14 / 16]  # minus the share at each middle
+    assert [shared.region(r).tolist() for r in range(4)] == [big.region(r).tolist() for r in range(4)]
+    result = merge_regions([(1, shared), (2, share_of_candidates(small))], budget_pixels=10).by_image()
+    # Half of each mask: 8 of image 1's 16 pixels (its two best regions), 2 of image 2's 4.
+    assert result[1].tolist() == list(range(8)) and result[2].tolist() == [16, 17]
+
+
+def test_share_of_candidates_of_a_whole_budget_takes_every_candidate_and_keeps_the_ranked_order():
+    from pixel_selectors.budget import share_of_candidates
+
+    query = rq([[3], [0, 1, 2], [5, 6]], [.1, .9, .5])  # stored out of rank order
+    shared = share_of_candidates(query)
+    assert [shared.region(r).tolist() for r in range(3)] == [[0, 1, 2], [5, 6], [3]]
+    assert np.all(np.diff(shared.scores) < 0) and -1 < shared.scores.min() and shared.scores.max() < 0
+    assert merge_regions([(0, shared)], budget_pixels=6).spent_pixels == 6
+    empty = rq([], [])
+    assert len(share_of_candidates(empty)) == 0

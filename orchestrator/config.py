@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import yaml
 
 from pixel_selectors import SELECTOR_KIND, SELECTORS
+from pixel_selectors.budget import REGION_SPREADS
 from trainers.data import CLASS_SETS, SOURCE_FORMATS, TARGET_FORMATS
 from trainers.data.cityscapes import CITYSCAPES_SPLITS
 from trainers.models import MODELS
@@ -150,7 +151,7 @@ class SelectionConfig:
     region_spread: str = _opt("share", "how a region selector's pixel budget spreads over the pool: 'share' (every "
                                        "image the same share of its own candidates, best first; LabOR SPL: of its "
                                        "inconsistency mask) or 'score' (the best-scored regions wherever they are)",
-                              choices={"score": None, "share": None})
+                              choices=dict.fromkeys(REGION_SPREADS))
     rounds: int = _opt(1, "rank -> label -> adapt -> evaluate rounds per trial", min=1)
     oracle: str = _opt("simulated", "who labels: 'simulated' (ground truth) or 'human' (export queries, import "
                                     "answers with python -m orchestrator.annotate, then --resume)",

@@ -43,6 +43,8 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     (["selection.unlabeled_classes=[road, sidewalk, building, pole, traffic_sign, vegetation, sky, person, car]"],
      "config key 'selection.unlabeled_classes': withholds every class"),
     (["model.name=resnet"], "config key 'model.name': unknown model 'resnet'"),
+    (["selection.region_spread=even"],
+     "config key 'selection.region_spread': unknown region_spread 'even'; choose one of: score, share"),
     (["selection.points_per_image=0"], "config key 'selection.points_per_image': must be >= 1, got 0"),
     (["selection.points_per_image=-3"], "must be >= 1, got -3"),
     (["adapt.lr=0"], "config key 'adapt.lr': must be > 0, got 0.0"),

@@ -66,8 +66,7 @@ class Ranker:
                 ys, xs = labeled[image_id]
                 mask = torch.zeros(height, width, dtype=torch.bool)
                 mask[torch.as_tensor(ys, dtype=torch.int64), torch.as_tensor(xs, dtype=torch.int64)] = True
-            # A per-image seed: the same image gets the same draw whichever actor ranks it.
-            seed = (self.seed * 1_000_003 + round_index) * 1_000_003 + image_id
+            seed = image_seed(self.seed, round_index, image_id)
             probs = [p[n] for p in head_probs]
             if self.kind == "regions":
                 query = self.select(probs, labeled=mask, seed=seed, **self.params)
@@ -79,6 +78,12 @@ class Ranker:
                 query = self.select(probs, wanted, labeled=mask, seed=seed, **self.params)
             out.append((image_id, query))
         return out
+
+
+def image_seed(seed: int, round_index: int, image_id: int) -> int:
+    """The seed a selector gets for one image in one round: the same image gets the same draw
+    whichever actor ranks it, and a new one each round."""
+    return (seed * 1_000_003 + round_index) * 1_000_003 + image_id
 
 
 # Selectors that take the region side ``k`` (selection.region_size).

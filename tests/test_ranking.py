@@ -89,6 +89,7 @@ def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
 
 
 def test_share_spread_rescores_an_images_whole_candidate_list_before_its_head(setup):
+    from orchestrator.ranking import image_seed
     from pixel_selectors import random_regions
     from pixel_selectors.budget import share_of_candidates
 
@@ -100,9 +101,9 @@ def test_share_spread_rescores_an_images_whole_candidate_list_before_its_head(se
     by_share = dict(shared.rank([0, 1, 2], {}, 0, budget_pixels=40))
     for image_id in (0, 1, 2):
         # The share is of all the image's candidates (not of the head the actor sends): recompute it.
-        seed = (config["seed"] * 1_000_003 + 1) * 1_000_003 + image_id
         probs = [torch.zeros(9, config["data"]["height"], config["data"]["width"])]
-        squares = random_regions(probs, seed=seed, k=config["selection"]["region_size"])
+        squares = random_regions(probs, seed=image_seed(config["seed"], 1, image_id),
+                                 k=config["selection"]["region_size"])
         assert squares.num_pixels > by_share[image_id].num_pixels  # the head is a part: its shares would differ
         whole = share_of_candidates(squares).head(40)
         assert np.array_equal(by_share[image_id].scores, whole.scores)

@@ -21,7 +21,7 @@ SMALL_DATA = ["data.height=32", "data.width=64", "data.synthetic.source_images=8
 
 def test_full_plan_runs_every_selector_on_every_seed_and_the_ablation_on_one():
     rows = {seed: plan_rows(FULL, seed) for seed in FULL.seeds}
-    assert [len(rows[s]) for s in FULL.seeds] == [21, 15, 15]
+    assert [len(rows[s]) for s in FULL.seeds] == [22, 16, 16]
     for seed_rows in rows.values():
         cases = [json.dumps(r.keys, sort_keys=True) for r in seed_rows]
         assert len(cases) == len(set(cases))  # a trial is never run twice for one seed
@@ -31,12 +31,20 @@ def test_full_plan_runs_every_selector_on_every_seed_and_the_ablation_on_one():
             {(s, "2.2%") for s in quality.REGION_SELECTORS} | \
             {(s, "10 pts/img") for s in ("random", "labor_ppl")}
         assert {(r.label, r.budget) for r in seed_rows if r.table == "rounds"} == \
-            {("random", "2 x 20 pts/img"), ("labor_ppl", "2 x 20 pts/img")}  # every seed
+            {("random", "2 x 20 pts/img"), ("labor_ppl", "2 x 20 pts/img"),
+             ("random_regions", "2 x 1.1%"), ("labor_spl", "2 x 1.1%")}  # every seed
     assert {r.table for r in rows[0]} == {"main", "confusion", "temperature", "semi", "rounds"}
     assert {r.table for r in rows[1]} == {"main", "rounds"}
     assert sum(r.keys["selection.selector"] == "none" for r in rows[1]) == 2  # unsupervised rows: every seed
-    by_score = [r for r in rows[2] if r.keys.get("selection.region_spread") == "score"]
-    assert [(r.label, r.budget) for r in by_score] == [("labor_spl, spread by score", "2.2%")]  # every seed
+    assert not any("selection.region_spread" in r.keys for r in rows[2])  # made way for the two-round regions
+
+
+def test_sweeps_start_the_longest_trials_first(tmp_path):
+    cases = sweep_config(FULL, 1, tmp_path, []).sweep.search_space["cases"]["grid"]
+    rounds = [case.get("selection.rounds", 1) for case in cases]
+    assert rounds == sorted(rounds, reverse=True) and rounds[:4] == [2, 2, 2, 2]
+    assert sorted(json.dumps(c, sort_keys=True) for c in cases) == \
+        sorted(json.dumps(r.case(), sort_keys=True) for r in plan_rows(FULL, 1))  # the same trials, reordered
 
 
 def test_every_case_is_a_valid_config(tmp_path):
@@ -242,6 +250,31 @@ def test_two_round_rows_are_read_at_their_own_last_round_and_set_beside_one_roun
     assert "| random | 2 x 20 pts/img | n/a | n/a | 0.80 |" in text
 
 
+def test_two_round_regions_are_checked_against_spl_goal_and_set_beside_one_round_of_their_total(tmp_path, data_cache):
+    plan = Plan(**{**PLAN.__dict__, "seeds": (0, 1), "two_round_pixel_budget": 0.011})
+    rows = {(r.table, r.label, r.budget): r.keys for r in plan_rows(plan, 0)}
+    assert rows[("rounds", "labor_spl", "2 x 1.1%")] == {"selection.selector": "labor_spl",
+                                                       "selection.budget_fraction": 0.011, "selection.rounds": 2}
+    assert ("rounds", "random_regions", "2 x 1.1%") in rows
+    per_seed = [{("labor_spl", "2.2%"): 0.400, ("random_regions", "2.2%"): 0.44,
+                 ("labor_spl", "2 x 1.1%"): 0.484, ("random_regions", "2 x 1.1%"): 0.420},
+                {("labor_spl", "2.2%"): 0.424, ("random_regions", "2.2%"): 0.46,
+                 ("labor_spl", "2 x 1.1%"): 0.468, ("random_regions", "2 x 1.1%"): 0.436}]
+    configs = {seed: _finished_sweep(plan, seed, tmp_path, data_cache, mious, {"target/miou": 0.1},
+                                     {"target/miou": 0.5}) for seed, mious in enumerate(per_seed)}
+    measured, references = collect(plan, configs)
+    checks = [(c.text, c.met) for c in goal_checks(plan, measured)]
+    # gap closed: SPL in two rounds 0.96, 0.92 (mean 0.94, spread 0.028); random squares 0.80, 0.84 (0.82)
+    assert ("labor_spl at 2 x 1.1% closes 0.94 of the gap (goal >= 0.90)", True) in checks
+    assert ("labor_spl beats random_regions at 2 x 1.1% by +0.12 of the gap (goal: more than the seed spread, "
+            "0.03; per seed +0.16, +0.08)", True) in checks
+    assert ("labor_spl at 2.2% closes 0.78 of the gap (goal >= 0.90)", False) in checks  # one round: its own goal
+    text = render_markdown(plan, False, measured, references, [], configs[0], 1.0, "c.png", "cmd")
+    assert "| labor_spl | 2 x 1.1% | 0.476 ± 0.011 | 0.94 ± 0.03 | 0.78 ± 0.04 |" in text  # beside one round of 2.2%
+    drawn = quality.write_budget_curve(plan, measured, references, tmp_path / "curve.png")
+    assert "labor_spl, 2 x 1.1% (2 rounds)" in drawn and "random_regions, 2 x 1.1% (2 rounds)" in drawn
+
+
 def test_the_report_names_the_extra_budgets_of_each_kind():
     both = Plan(seeds=(0,), point_budgets=(40,), pixel_budgets=(0.022,), curve_point_budgets=(10,),
                 curve_pixel_budgets=(0.01,))
@@ -249,6 +282,14 @@ def test_the_report_names_the_extra_budgets_of_each_kind():
     assert quality._curve_note(both, "regions") == " (random_regions, labor_spl also at 1%)"
     assert quality._curve_note(QUICK, "points") == ""
     assert both.budgets_of("labor_spl") == [0.01, 0.022] and both.budgets_of("entropy") == [40]
+
+
+def test_an_undefined_figure_on_any_seed_makes_the_mean_undefined_not_a_crash():
+    from benchmarks.quality import fmt, mean_spread
+
+    nan = float("nan")
+    assert all(x != x for x in mean_spread([0.5, nan, 0.7]))
+    assert fmt([nan, nan]) == "n/a" and fmt([0.5, 0.7]) == "0.600 ± 0.141"
 
 
 def test_paired_margins_compare_only_the_seeds_both_rows_ran():

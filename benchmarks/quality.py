@@ -427,6 +427,13 @@ SPREAD_WORDS = {"share": "every image gets the same share of its own candidates,
                 "score": "the best-scored regions of the pool, wherever they are"}
 
 
+def _cost_cells(m: Measured) -> str:
+    """A row's annotation cost as two table cells: labeled share of the pool's pixels, clicks per image."""
+    fraction = f"{100 * statistics.fmean(m.labeled_fraction):.3g}%" if m.labeled_fraction else "n/a"
+    clicks = f"{statistics.fmean(m.clicks_per_image):.1f}" if m.clicks_per_image else "n/a"
+    return f"{fraction} | {clicks}"
+
+
 def render_markdown(plan: Plan, quick: bool, measured: list[Measured], references: dict, checks: list[GoalCheck],
                     cfg: ExperimentConfig, minutes: float, image_name: str, command: str) -> str:
     height, width = cfg.data.height, cfg.data.width
@@ -477,11 +484,8 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         f"| source only | 0 | 0% | 0 | {src} | 0 |",
     ]
     for m in measured:
-        if m.row.table != "main":
-            continue
-        fraction = f"{100 * statistics.fmean(m.labeled_fraction):.3g}%" if m.labeled_fraction else "n/a"
-        clicks = f"{statistics.fmean(m.clicks_per_image):.1f}" if m.clicks_per_image else "n/a"
-        lines.append(f"| {m.row.label} | {m.row.budget} | {fraction} | {clicks} | {fmt(m.miou)} | {fmt(m.gap, 2)} |")
+        if m.row.table == "main":
+            lines.append(f"| {m.row.label} | {m.row.budget} | {_cost_cells(m)} | {fmt(m.miou)} | {fmt(m.gap, 2)} |")
     lines += [f"| oracle | every pool pixel | 100% | - | {ora} | 1 |", ""]
 
     reference = next((m for m in measured if m.row.keys == main_table_reference(plan)), None)
@@ -519,11 +523,11 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
                   f"trains the selector S on the target (pseudo labels from G, the MCD discrepancy), and round 2 "
                   f"ranks with that S -- LabOR's own setting. Each round adapts {cfg.adapt.steps} steps, so these "
                   f"rows train twice as long as the main table's one-round rows at the same total budget.", "",
-                  "| selector | budget | target mIoU | gap closed | one round of the same total budget (gap closed) |",
-                  "|---|---|---|---|---|"]
+                  "| selector | budget | labeled pixels | clicks per image | target mIoU | gap closed | "
+                  "one round of the same total budget (gap closed) |", "|---|---|---|---|---|---|---|"]
         for m in two_rounds:
             reference = single.get((m.row.label, m.row.one_round_budget()))
-            lines.append(f"| {m.row.label} | {m.row.budget} | {fmt(m.miou)} | {fmt(m.gap, 2)} | "
+            lines.append(f"| {m.row.label} | {m.row.budget} | {_cost_cells(m)} | {fmt(m.miou)} | {fmt(m.gap, 2)} | "
                          f"{fmt(reference.gap, 2) if reference else 'n/a'} |")
         lines.append("")
     lines += [

@@ -246,8 +246,8 @@ def test_two_round_rows_are_read_at_their_own_last_round_and_set_beside_one_roun
     assert not any(label.startswith("random, 2 x") for label in drawn)  # unfinished: nothing to draw
     text = render_markdown(plan, False, measured, references, [], configs[0], 1.0, "c.png", "cmd")
     assert "## LabOR with a selector trained on the target: two rounds" in text
-    assert "| labor_ppl | 2 x 20 pts/img | 0.460 | 0.90 | 0.75 |" in text  # beside one round of 40 points
-    assert "| random | 2 x 20 pts/img | n/a | n/a | 0.80 |" in text
+    assert "| labor_ppl | 2 x 20 pts/img | 1% | 10.0 | 0.460 | 0.90 | 0.75 |" in text  # beside one round of 40 points
+    assert "| random | 2 x 20 pts/img | n/a | n/a | n/a | n/a | 0.80 |" in text
 
 
 def test_two_round_regions_are_checked_against_spl_goal_and_set_beside_one_round_of_their_total(tmp_path, data_cache):
@@ -270,7 +270,7 @@ def test_two_round_regions_are_checked_against_spl_goal_and_set_beside_one_round
             "0.03; per seed +0.16, +0.08)", True) in checks
     assert ("labor_spl at 2.2% closes 0.78 of the gap (goal >= 0.90)", False) in checks  # one round: its own goal
     text = render_markdown(plan, False, measured, references, [], configs[0], 1.0, "c.png", "cmd")
-    assert "| labor_spl | 2 x 1.1% | 0.476 ± 0.011 | 0.94 ± 0.03 | 0.78 ± 0.04 |" in text  # beside one round of 2.2%
+    assert "| labor_spl | 2 x 1.1% | 1% | 10.0 | 0.476 ± 0.011 | 0.94 ± 0.03 | 0.78 ± 0.04 |" in text  # one round of 2.2%
     drawn = quality.write_budget_curve(plan, measured, references, tmp_path / "curve.png")
     assert "labor_spl, 2 x 1.1% (2 rounds)" in drawn and "random_regions, 2 x 1.1% (2 rounds)" in drawn
 

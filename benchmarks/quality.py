@@ -99,6 +99,12 @@ SWEEP_SETTINGS = {
 }
 
 
+def budget_label(points: int | None = None, fraction: float | None = None, rounds: int = 1) -> str:
+    """How a budget reads in the tables and goals: "40 pts/img", "2.2%", per round "2 x 20 pts/img"."""
+    per_round = f"{points} pts/img" if points is not None else f"{100 * fraction:g}%"
+    return f"{rounds} x {per_round}" if rounds > 1 else per_round
+
+
 @dataclass(frozen=True)
 class Row:
     """One row of a table: a label, the config keys of its trial, and where it is reported."""
@@ -116,8 +122,8 @@ class Row:
         """The budget label of one round that buys what all of this row's rounds buy together."""
         rounds = self.keys.get("selection.rounds", 1)
         if "selection.points_per_image" in self.keys:
-            return f"{rounds * self.keys['selection.points_per_image']} pts/img"
-        return f"{100 * rounds * self.keys['selection.budget_fraction']:g}%"
+            return budget_label(points=rounds * self.keys["selection.points_per_image"])
+        return budget_label(fraction=rounds * self.keys["selection.budget_fraction"])
 
 
 def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
@@ -133,34 +139,35 @@ def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
         ]
     for selector in plan.point_selectors:
         for points in plan.budgets_of(selector):
-            rows.append(Row("main", selector, f"{points} pts/img",
+            rows.append(Row("main", selector, budget_label(points=points),
                             {"selection.selector": selector, "selection.points_per_image": points}))
     for selector in plan.region_selectors:
         for fraction in plan.budgets_of(selector):
-            rows.append(Row("main", selector, f"{100 * fraction:g}%",
+            rows.append(Row("main", selector, budget_label(fraction=fraction),
                             {"selection.selector": selector, "selection.budget_fraction": fraction}))
             if selector == "labor_spl" and plan.score_spread_rows:  # the budget where SPL's scores send it
-                rows.append(Row("main", f"{selector}, spread by score", f"{100 * fraction:g}%",
+                rows.append(Row("main", f"{selector}, spread by score", budget_label(fraction=fraction),
                                 {"selection.selector": selector, "selection.budget_fraction": fraction,
                                  "selection.region_spread": "score"}))
     ppl = {"selection.selector": "labor_ppl", "selection.points_per_image": plan.ablation_points}
+    ablation_budget = budget_label(points=plan.ablation_points)
     for weight in plan.confusion_weights if ablation else ():
-        rows.append(Row("confusion", f"confusion weight {weight:g}", f"{plan.ablation_points} pts/img",
+        rows.append(Row("confusion", f"confusion weight {weight:g}", ablation_budget,
                         {**ppl, "adapt.confusion_weight": weight}, weight))
     for temperature in plan.temperatures if ablation else ():
-        rows.append(Row("temperature", f"temperature {temperature:g}", f"{plan.ablation_points} pts/img",
+        rows.append(Row("temperature", f"temperature {temperature:g}", ablation_budget,
                         {**ppl, "adapt.soft_label_temperature": temperature}, temperature))
     for soft in (0.0, 0.1) if ablation else ():
-        rows.append(Row("semi", f"soft labels {'on (0.1)' if soft else 'off'}", f"{plan.ablation_points} pts/img",
+        rows.append(Row("semi", f"soft labels {'on (0.1)' if soft else 'off'}", ablation_budget,
                         {**ppl, "selection.unlabeled_classes": list(WITHHELD_CLASSES), "adapt.soft_label_weight": soft}))
     # LabOR's selector learns the target between rounds (pseudo labels from G, MCD); the second round
     # ranks with it. Random points (squares) in the same two rounds are its rival.
     for selector in ("random", "labor_ppl") if plan.two_round_points else ():
-        rows.append(Row("rounds", selector, f"2 x {plan.two_round_points} pts/img",
+        rows.append(Row("rounds", selector, budget_label(points=plan.two_round_points, rounds=2),
                         {"selection.selector": selector, "selection.points_per_image": plan.two_round_points,
                          "selection.rounds": 2}))
     for selector in ("random_regions", "labor_spl") if plan.two_round_pixel_budget else ():
-        rows.append(Row("rounds", selector, f"2 x {100 * plan.two_round_pixel_budget:g}%",
+        rows.append(Row("rounds", selector, budget_label(fraction=plan.two_round_pixel_budget, rounds=2),
                         {"selection.selector": selector, "selection.budget_fraction": plan.two_round_pixel_budget,
                          "selection.rounds": 2}))
     # The default-valued ablation points are the main table's PPL row at the same budget; run once.
@@ -325,12 +332,13 @@ def goal_checks(plan: Plan, measured: list[Measured]) -> list[GoalCheck]:
                      and m.row.keys.get("selection.selector") == selector and m.row.budget == budget), None)
 
     checks = []
-    goals = [("labor_ppl", f"{max(plan.point_budgets)} pts/img", 0.85), ("labor_spl", "2.2%", 0.90)]
+    goals = [("labor_ppl", budget_label(points=max(plan.point_budgets)), 0.85),
+             ("labor_spl", budget_label(fraction=0.022), 0.90)]
     # The same goals for LabOR's own setting, its selector trained on the target, at the same total budget.
     if plan.two_round_points:
-        goals.insert(1, ("labor_ppl", f"2 x {plan.two_round_points} pts/img", 0.85))
+        goals.insert(1, ("labor_ppl", budget_label(points=plan.two_round_points, rounds=2), 0.85))
     if plan.two_round_pixel_budget:
-        goals.append(("labor_spl", f"2 x {100 * plan.two_round_pixel_budget:g}%", 0.90))
+        goals.append(("labor_spl", budget_label(fraction=plan.two_round_pixel_budget, rounds=2), 0.90))
     for selector, budget, goal in goals:
         ours = find(selector, budget)
         if ours is None or not ours.gap:
@@ -417,7 +425,7 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
 def _curve_note(plan: Plan, kind: str) -> str:
     """" (random, labor_ppl also at 10)": the extra budgets of the goals' pair of one kind, if any."""
     selectors, budgets = ((plan.point_selectors, [str(b) for b in plan.curve_point_budgets]) if kind == "points"
-                          else (plan.region_selectors, [f"{100 * b:g}%" for b in plan.curve_pixel_budgets]))
+                          else (plan.region_selectors, [budget_label(fraction=b) for b in plan.curve_pixel_budgets]))
     pairs = [s for s in CURVE_SELECTORS if s in selectors]
     return f" ({', '.join(pairs)} also at {', '.join(budgets)})" if pairs and budgets else ""
 

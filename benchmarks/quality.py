@@ -65,7 +65,6 @@ class Plan:
     two_round_pixel_budget: float = 0.0  # > 0: random squares and LabOR SPL in 2 rounds of this pixel fraction each
     curve_point_budgets: tuple[int, ...] = ()      # extra point budgets of CURVE_SELECTORS
     curve_pixel_budgets: tuple[float, ...] = ()    # extra pixel budgets of CURVE_SELECTORS
-    score_spread_rows: bool = False  # LabOR SPL also with selection.region_spread=score, beside the default share
 
     def budgets_of(self, selector: str) -> list:
         """The budgets ``selector`` runs at: points per image, or fractions of the pool's pixels."""
@@ -81,8 +80,8 @@ class Plan:
 # trailed random at 10 and 40 points alike in the first full run), random and LabOR PPL at 10 and 40,
 # and the two-round pairs (points and regions) on every seed, since they are where LabOR's selector
 # has learned the target (LabOR's two-round trial costs about three one-round trials: its first round
-# trains the selector; random's about two). The SPL row spread by score (``score_spread_rows``) made
-# way for the region pair: ``--set selection.region_spread=score`` reruns every region row that way.
+# trains the selector; random's about two). ``--set selection.region_spread=score`` reruns every region
+# row with the budget spread by score instead of per-image shares.
 FULL = Plan(seeds=(0, 1, 2), point_budgets=(40,), pixel_budgets=(0.022,), curve_point_budgets=(10,),
             two_round_points=20, two_round_pixel_budget=0.011)
 QUICK = Plan(seeds=(0,), point_budgets=(10,), pixel_budgets=(0.022,), point_selectors=("random", "labor_ppl"),
@@ -145,10 +144,6 @@ def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
         for fraction in plan.budgets_of(selector):
             rows.append(Row("main", selector, budget_label(fraction=fraction),
                             {"selection.selector": selector, "selection.budget_fraction": fraction}))
-            if selector == "labor_spl" and plan.score_spread_rows:  # the budget where SPL's scores send it
-                rows.append(Row("main", f"{selector}, spread by score", budget_label(fraction=fraction),
-                                {"selection.selector": selector, "selection.budget_fraction": fraction,
-                                 "selection.region_spread": "score"}))
     ppl = {"selection.selector": "labor_ppl", "selection.points_per_image": plan.ablation_points}
     ablation_budget = budget_label(points=plan.ablation_points)
     for weight in plan.confusion_weights if ablation else ():

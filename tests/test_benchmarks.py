@@ -302,15 +302,23 @@ def test_paired_margins_compare_only_the_seeds_both_rows_ran():
     assert paired_margins(ours, Measured(row, seeds=[5], gap=[0.1])) == "no seed in common"
 
 
-def test_spl_spread_by_score_is_its_own_row_and_not_mixed_into_the_default_one(tmp_path, data_cache):
-    plan = Plan(**{**PLAN.__dict__, "seeds": (0,), "score_spread_rows": True})
-    mious = {("labor_spl", "2.2%"): 0.42, ("labor_spl, spread by score", "2.2%"): 0.30}
-    configs = {0: _finished_sweep(plan, 0, tmp_path, data_cache, mious, {"target/miou": 0.1}, {"target/miou": 0.5})}
+def test_a_trial_spread_by_score_is_not_mixed_into_the_default_spl_row(tmp_path, data_cache):
+    plan = Plan(**{**PLAN.__dict__, "seeds": (0,)})
+    configs = {0: _finished_sweep(plan, 0, tmp_path, data_cache, {("labor_spl", "2.2%"): 0.42},
+                                  {"target/miou": 0.1}, {"target/miou": 0.5})}
+    # A stray finished trial of the same selector and budget, but spread by score (e.g. from an
+    # earlier run in the same folder): it belongs to no row of this plan.
+    cfg, stray = configs[0], tmp_path / "seed-0" / "quality" / "trials" / "stray"
+    stray.mkdir(parents=True)
+    case = {"selection.selector": "labor_spl", "selection.budget_fraction": 0.022, "selection.region_spread": "score"}
+    (stray / "config.json").write_text(json.dumps(with_overrides(cfg, {"cases": case}).to_dict()))
+    (stray / PROGRESS_FILE).write_text(json.dumps({"progress": {"round": 1, "model_checkpoint": "x", "trial_id": "s"},
+                                                   "metrics": {"target/miou": 0.30, "budget/labeled_fraction": 0.022,
+                                                               "budget/clicks": 80.0}}))
     measured, references = collect(plan, configs)
     by_key = {(m.row.label, m.row.budget): m for m in measured}
-    assert by_key[("labor_spl", "2.2%")].miou == [0.42]  # share, the default spread
-    assert by_key[("labor_spl, spread by score", "2.2%")].miou == [0.30]
+    assert by_key[("labor_spl", "2.2%")].miou == [0.42]  # share, the default spread, only
     checks = {c.text.split(" (")[0]: c.met for c in goal_checks(plan, measured)}
     assert checks["labor_spl at 2.2% closes 0.80 of the gap"] is False  # the goal reads the default row
     text = render_markdown(plan, False, measured, references, [], configs[0], 1.0, "c.png", "cmd")
-    assert "| labor_spl, spread by score | 2.2% |" in text and "`selection.region_spread=share`" in text
+    assert "`selection.region_spread=share`" in text

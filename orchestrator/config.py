@@ -30,7 +30,7 @@ from pixel_selectors import SELECTOR_KIND, SELECTORS
 from pixel_selectors.budget import REGION_SPREADS
 from trainers.data import CLASS_SETS, SOURCE_FORMATS, TARGET_FORMATS
 from trainers.data.cityscapes import CITYSCAPES_SPLITS
-from trainers.models import MODELS
+from trainers.models import DEEPLABV2_STYLES, MIN_BATCH_SIZE, MODELS
 
 
 class ConfigError(ValueError):
@@ -105,20 +105,53 @@ class ModelConfig:
     name: str = _opt("small_segnet", "segmentation network", choices=MODELS)
     width: int = _opt(16, "base channel width of small_segnet (ignored by the DeepLab models)", min=4)
     pretrained: str = _opt("", "ImageNet backbone weights for DeepLab models ('': torch hub's cache if present)")
+    deeplabv2_style: str = _opt("ripu", "deeplabv2_resnet101's layout: 'ripu' (torchvision ResNet-101, ImageNet RGB "
+                                        "input, 4 ASPP branches) or 'adaptsegnet' (AdaptSegNet's released code: "
+                                        "Caffe BGR input, 2 ASPP branches summed; for its checkpoints)",
+                                choices=dict.fromkeys(DEEPLABV2_STYLES))
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def _optimizer_keys(section: str) -> dict:
+    """The optimizer keys shared by ``source`` and ``adapt`` (``trainers.engine.build_optimizers``)."""
+    return {
+        "optimizer": _opt("adam", f"optimizer of G and the selector in {section} training: 'adam' or 'sgd' (SGD with "
+                                  f"momentum, as AdaptSegNet and RIPU)", choices=dict.fromkeys(OPTIMIZERS)),
+        "momentum": _opt(0.9, "SGD momentum (optimizer: sgd)", min=0.0, max=1.0),
+        "weight_decay": _opt(0.0, "L2 weight decay of G and the selector (the references: 5e-4)", min=0.0),
+        "lr_power": _opt(0.0, "polynomial learning-rate decay: lr x (1 - step / planned steps) ^ lr_power, on every "
+                              "optimizer of the stage (0: constant; the references: 0.9)", min=0.0),
+        "head_lr_factor": _opt(1.0, "learning rate of the pixel classifiers (heads) over the backbone's (the "
+                                    "references: 10)", min=0.0, min_exclusive=True),
+    }
 
 
 @dataclass
 class SourceTrainingConfig:
     steps: int = _opt(400, "optimizer steps of source-only training (once per sweep, cached)", min=1)
     batch_size: int = _opt(8, "images per step per Train worker", min=1)
-    lr: float = _opt(2e-3, "Adam learning rate", min=0.0, min_exclusive=True)
+    lr: float = _opt(2e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    optimizer: str = _optimizer_keys("source")["optimizer"]
+    momentum: float = _optimizer_keys("source")["momentum"]
+    weight_decay: float = _optimizer_keys("source")["weight_decay"]
+    lr_power: float = _optimizer_keys("source")["lr_power"]
+    head_lr_factor: float = _optimizer_keys("source")["head_lr_factor"]
+    checkpoint: str = _opt("", "model file (a plain state dict; key mapping in docs/protocol.md) to use as the source "
+                               "model G instead of training one ('': train it)")
 
 
 @dataclass
 class AdaptConfig:
     steps: int = _opt(300, "optimizer steps of adaptation training per round", min=1)
     batch_size: int = _opt(4, "source images, and as many target images, per step per Train worker", min=1)
-    lr: float = _opt(1e-3, "Adam learning rate of G and the selector", min=0.0, min_exclusive=True)
+    lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    optimizer: str = _optimizer_keys("adapt")["optimizer"]
+    momentum: float = _optimizer_keys("adapt")["momentum"]
+    weight_decay: float = _optimizer_keys("adapt")["weight_decay"]
+    lr_power: float = _optimizer_keys("adapt")["lr_power"]
+    head_lr_factor: float = _optimizer_keys("adapt")["head_lr_factor"]
     target_ce_weight: float = _opt(1.0, "weight of the sparse labeled-target cross-entropy", min=0.0)
     adversarial_weight: float = _opt(0.001, "AdaptSeg output-space adversarial loss weight (0: off)", min=0.0)
     discriminator_lr: float = _opt(1e-4, "Adam learning rate of the output-space discriminator", min=0.0,
@@ -487,6 +520,15 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("output_dir", "must not be empty")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError("model.pretrained", f"file '{cfg.model.pretrained}' does not exist")
+    if cfg.source.checkpoint and not Path(cfg.source.checkpoint).is_file():
+        raise ConfigError("source.checkpoint", f"file '{cfg.source.checkpoint}' does not exist")
+    min_batch = MIN_BATCH_SIZE.get(cfg.model.name, 1)
+    for section in ("source", "adapt"):
+        if getattr(cfg, section).batch_size < min_batch:
+            raise ConfigError(f"{section}.batch_size", f"model '{cfg.model.name}' normalises with batch statistics and "
+                                                       f"needs >= {min_batch} images per step per Train worker; for "
+                                                       f"batch size 1 use deeplabv2_resnet101 (frozen batch norm) or "
+                                                       f"small_segnet")
     if cfg.data.augment.scale_min > cfg.data.augment.scale_max:
         raise ConfigError("data.augment.scale_min", f"must be <= data.augment.scale_max "
                                                    f"({cfg.data.augment.scale_max:g}), got {cfg.data.augment.scale_min:g}")
@@ -632,7 +674,8 @@ def with_absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -
     """
     base = Path(base or Path.cwd())
     pairs = {}
-    for key in ("output_dir", "data.cache_dir", "data.source.root", "data.target.root"):
+    for key in ("output_dir", "data.cache_dir", "data.source.root", "data.target.root", "model.pretrained",
+                "source.checkpoint"):
         value = _get(cfg, key)
         if value and not Path(value).is_absolute():
             pairs[key] = str((base / value).resolve())

@@ -7,6 +7,7 @@ rank (Ray actors) -> label (oracle -> label store) -> adapt (Ray Train) -> evalu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -36,8 +37,17 @@ SOURCE_CACHE_SECTIONS = ("seed", "data", "model", "source")
 
 
 def source_cache_key(cfg: ExperimentConfig) -> str:
-    """Everything that changes the source model (not resources, not selection, not adaptation)."""
-    return cfg.hash(*SOURCE_CACHE_SECTIONS)
+    """Everything that changes the source model (not resources, not selection, not adaptation), and
+    the content of ``source.checkpoint`` when the source model is given (a file replaced under the
+    same name is a new model)."""
+    key = cfg.hash(*SOURCE_CACHE_SECTIONS)
+    if cfg.source.checkpoint:
+        digest = hashlib.sha256(key.encode())
+        with open(cfg.source.checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        key = digest.hexdigest()[:16]
+    return key
 
 
 def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> tuple[str, dict]:
@@ -56,7 +66,11 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
         progress(f"source model: reusing {entry_location}")
         return storage.join(entry_location, "checkpoint"), json.loads(cached)
 
-    progress(f"source model: training {cfg.source.steps} steps ({cfg.train.num_workers} Train worker(s))")
+    if cfg.source.checkpoint:
+        progress(f"source model: G from {cfg.source.checkpoint} (not trained); the selector S gets its backbone "
+                 f"and fresh heads, which LabOR's selection needs trained first")
+    else:
+        progress(f"source model: training {cfg.source.steps} steps ({cfg.train.num_workers} Train worker(s))")
     job = {"mode": "source", "config": cfg.to_dict(), "init_checkpoint": None, "round": 0}
     result = run_training(job, name=f"source-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = _round_metrics(result.metrics)

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from trainers.data import DatasetError, check_domains
+    from trainers.engine import check_given_source_model
+    from trainers.models import StartCheckpointError
 
     from .storage import check_storage
 
@@ -39,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         check_tracking_uri(uri)
         check_storage(cfg)
-        check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
-    except (ConfigError, TrackingError, DatasetError) as err:
+        domains = check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
+        check_given_source_model(cfg.to_dict(), len(domains.classes))
+    except (ConfigError, TrackingError, DatasetError, StartCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

@@ -89,17 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # table-creation notices on a new store
     from trainers.checkpoint import CheckpointError
     from trainers.data import DatasetError, check_domains
+    from trainers.engine import check_given_source_model
+    from trainers.models import StartCheckpointError
 
     from .cluster import ClusterConfigError
     from .storage import check_storage
 
-    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError)
+    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError, StartCheckpointError)
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         check_tracking_uri(uri)
         check_storage(cfg)
-        check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
+        domains = check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
+        check_given_source_model(cfg.to_dict(), len(domains.classes))
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

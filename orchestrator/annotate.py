@@ -8,15 +8,22 @@ trains on them and goes on.
 
 File format (JSON, UTF-8; no pickle anywhere)::
 
-    {"format": "activeda-queries", "version": 1, "round": 1, "strategy": "labor_ppl",
+    {"format": "activeda-queries", "version": 2, "round": 1, "strategy": "labor_ppl",
      "classes": ["road", ...],
      "images": [{"image_id": 3, "image": "<path of the pool image, for the annotation tool>",
-                 "height": 64, "width": 128,
+                 "height": 1024, "width": 2048,   # the original image's size
                  "points": [[y, x], ...]          # point selectors, in selection order
                  or "mask_rle": [start, length, ...],  # region selectors: run-length mask
                  "clicks": 4.0,
+                 "grid": {"height": 512, "width": 1024, "points" or "mask_rle": ...},
                  "labels": [...]}]}               # the answer: one class index per point, or per mask
                                                   # pixel in ascending row-major order; 255 = unsure
+
+Coordinates (``points``, ``mask_rle``) are in the original image, the file ``image`` names: each is
+the original pixel under a selected pixel's centre on the selection grid
+(``trainers.data.coordinates.label_coordinates``). ``grid`` keeps the selection-grid coordinates
+the import records (read from the exported queries, never from the answers). Version 1 files,
+written before the grid existed, have grid coordinates only and are still read.
 
 The import never reads a path from the file and refuses anything that does not match the exported
 queries pixel for pixel, so an answer file can neither move the budget nor point outside the pool.
@@ -33,10 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from pixel_selectors.encoding import rle_decode, rle_encode
+from trainers.data.coordinates import label_coordinates, label_flat_indices
 
 from .labels import LabeledPixels, LabelStore
 
-FORMAT, VERSION = "activeda-queries", 1
+FORMAT, VERSION = "activeda-queries", 2
+READABLE_VERSIONS = (1, 2)
 IGNORE = 255
 
 
@@ -54,17 +63,24 @@ def queries_path(trial_dir: Path, round_index: int) -> Path:
 
 def export_queries(path: Path, round_index: int, strategy: str, classes: tuple[str, ...],
                    queries: list[LabeledPixels], image_paths: dict[int, str]) -> Path:
-    """Write a round's queries (``LabeledPixels`` whose labels are not known yet) atomically."""
+    """Write a round's queries (``LabeledPixels`` whose labels are not known yet) atomically, in the
+    original image's coordinates (and the grid's, for the import)."""
     images = []
     for q in sorted(queries, key=lambda q: q.image_id):
-        entry = {"image_id": int(q.image_id), "image": image_paths.get(q.image_id, ""), "height": q.height,
-                 "width": q.width, "clicks": float(q.clicks), "labels": None}
+        grid_size, label_size = (q.height, q.width), q.label_size
+        entry = {"image_id": int(q.image_id), "image": image_paths.get(q.image_id, ""), "height": label_size[0],
+                 "width": label_size[1], "clicks": float(q.clicks)}
+        grid = {"height": q.height, "width": q.width}
         if q.regions:
             flat = np.sort(np.asarray(q.ys, np.int64) * q.width + np.asarray(q.xs, np.int64))
-            entry["mask_rle"] = rle_encode(flat, q.height * q.width).tolist()
+            grid["mask_rle"] = rle_encode(flat, q.height * q.width).tolist()
+            original = np.unique(label_flat_indices(flat, grid_size, label_size))
+            entry["mask_rle"] = rle_encode(original, label_size[0] * label_size[1]).tolist()
         else:
-            entry["points"] = [[int(y), int(x)] for y, x in zip(q.ys, q.xs)]
-        images.append(entry)
+            grid["points"] = [[int(y), int(x)] for y, x in zip(q.ys, q.xs)]
+            label_ys, label_xs = label_coordinates(q.ys, q.xs, grid_size, label_size)
+            entry["points"] = [[int(y), int(x)] for y, x in zip(label_ys, label_xs)]
+        images.append({**entry, "grid": grid, "labels": None})
     document = {"format": FORMAT, "version": VERSION, "round": round_index, "strategy": strategy,
                 "classes": list(classes), "images": images}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,6 +90,25 @@ def export_queries(path: Path, round_index: int, strategy: str, classes: tuple[s
     return path
 
 
+def _grid_pixels(query: dict, labels: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """The selection-grid pixels of one exported query and each one's answer: (ys, xs, labels, H, W).
+
+    A point's answer is its own; a region pixel's is the answer at the original pixel it maps to
+    (several grid pixels share one original pixel when the label is smaller than the grid).
+    """
+    grid = query.get("grid") or {key: query[key] for key in ("height", "width", "points", "mask_rle") if key in query}
+    height, width = grid["height"], grid["width"]
+    if "points" in grid:
+        ys, xs = (np.asarray([p[i] for p in grid["points"]], np.int32) for i in (0, 1))
+        return ys, xs, np.asarray(labels, np.uint8), height, width
+    flat = rle_decode(np.asarray(grid["mask_rle"]), height * width)
+    label_size = (query["height"], query["width"])
+    original = rle_decode(np.asarray(query["mask_rle"]), label_size[0] * label_size[1])
+    mapped = label_flat_indices(flat, (height, width), label_size)
+    answers = np.asarray(labels, np.uint8)[np.searchsorted(original, mapped)]
+    return (flat // width).astype(np.int32), (flat % width).astype(np.int32), answers, height, width
+
+
 def _read(path: Path) -> dict:
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -81,7 +116,8 @@ def _read(path: Path) -> dict:
         raise AnnotationError(f"'{path}' does not exist") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise AnnotationError(f"'{path}' is not a JSON document: {err}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT or document.get("version") != VERSION:
+    if (not isinstance(document, dict) or document.get("format") != FORMAT
+            or document.get("version") not in READABLE_VERSIONS):
         raise AnnotationError(f"'{path}' is not an {FORMAT} file of version {VERSION}")
     return document
 
@@ -130,15 +166,11 @@ def import_answers(answers_path: Path, queries_file: Path, store: LabelStore, ex
                               f"have no answer")
     labeled = []
     for image_id, entry in sorted(given.items()):
-        height, width = entry["height"], entry["width"]
-        if "points" in entry:
-            ys, xs = (np.asarray([p[i] for p in entry["points"]], np.int32) for i in (0, 1))
-        else:
-            flat = rle_decode(np.asarray(entry["mask_rle"]), height * width)
-            ys, xs = (flat // width).astype(np.int32), (flat % width).astype(np.int32)
-        labeled.append(LabeledPixels(image_id=int(image_id), ys=ys, xs=xs, labels=np.asarray(entry["labels"], np.uint8),
-                                     height=height, width=width, clicks=float(entry["clicks"]),
-                                     regions="mask_rle" in entry))
+        query = asked[image_id]  # coordinates come from the exported queries, only the labels from the answers
+        ys, xs, labels, height, width = _grid_pixels(query, entry["labels"])
+        labeled.append(LabeledPixels(image_id=int(image_id), ys=ys, xs=xs, labels=labels, height=height, width=width,
+                                     clicks=float(query["clicks"]), regions="mask_rle" in query,
+                                     label_height=query["height"], label_width=query["width"]))
     store.append_round(round_index, str(queries["strategy"]), labeled)
     return round_index
 

@@ -28,7 +28,7 @@ import yaml
 
 from pixel_selectors import SELECTOR_KIND, SELECTORS
 from pixel_selectors.budget import REGION_SPREADS
-from trainers.data import CLASS_SETS, SOURCE_FORMATS, TARGET_FORMATS
+from trainers.data import CLASS_SETS, EVAL_RESOLUTIONS, SOURCE_FORMATS, TARGET_FORMATS
 from trainers.data.cityscapes import CITYSCAPES_SPLITS
 from trainers.models import DEEPLABV2_STYLES, MIN_BATCH_SIZE, MODELS
 
@@ -59,6 +59,10 @@ def _opt(default: Any, help: str, *, min: float | None = None, max: float | None
 class DomainConfig:
     format: str = _opt("gta5", "on-disk layout of this domain", choices=SOURCE_FORMATS)
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)")
+    height: int = _opt(0, "source images are resized to this height, then cropped to data.height x data.width "
+                          "(0 with width set: each image's aspect ratio; both 0: data.height x data.width)", min=0)
+    width: int = _opt(0, "source images are resized to this width (0 with height set: each image's aspect ratio; "
+                         "AdaptSegNet and RIPU: GTA5 at 1280x720)", min=0)
 
 
 @dataclass
@@ -89,12 +93,19 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     class_set: str = _opt("synthetic", "classes every dataset is mapped into", choices=CLASS_SETS)
-    height: int = _opt(64, "image height used for training and selection (images are resized)", min=16)
-    width: int = _opt(128, "image width used for training and selection", min=16)
+    height: int = _opt(64, "target image height for training, selection and evaluation input (images are "
+                           "resized; source images are cropped to it)", min=16)
+    width: int = _opt(128, "target image width for training, selection and evaluation input", min=16)
     source: DomainConfig = field(default_factory=DomainConfig)
     target: TargetDomainConfig = field(default_factory=TargetDomainConfig)
-    pool_images: int = _opt(0, "use only the first N target pool images (0: all)", min=0)
-    val_images: int = _opt(0, "use only the first N target validation images (0: all)", min=0)
+    pool_images: int = _opt(0, "use N target pool images drawn across the whole split with data.subset_seed "
+                               "(0: all)", min=0)
+    val_images: int = _opt(0, "use N target validation images drawn across the whole split (0: all)", min=0)
+    eval_resolution: str = _opt("native", "where target mIoU is scored: 'native' (each label at its own size, the "
+                                          "prediction upsampled: the papers' protocol) or 'input' (labels resized to "
+                                          "data.height x data.width)", choices=dict.fromkeys(EVAL_RESOLUTIONS))
+    subset_seed: int = _opt(0, "seed of the pool_images / val_images draw (the same subset for every trial seed)",
+                            min=0)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str = _opt("data", "where generated synthetic domains are cached")
@@ -209,6 +220,9 @@ class TrainConfig:
     use_gpu: bool = _opt(False, "train on CUDA (one GPU per worker, bf16 autocast)")
     cpus_per_worker: float = _opt(1.0, "CPUs reserved by each Train worker", min=0.0, min_exclusive=True)
     torch_threads: int = _opt(0, "intra-op threads per Train worker (0: one per reserved CPU)", min=0)
+    loader_workers: int = _opt(0, "DataLoader worker processes of each Train worker's source, target and evaluation "
+                                  "loaders, each (0: load in the training process; with a GPU, leave a few CPUs "
+                                  "per worker for them)", min=0)
     max_failures: int = _opt(2, "worker-group failures a training job survives (restarting from its checkpoint)",
                              min=0)
 

@@ -27,7 +27,7 @@ from trainers.train_loop import run_training
 
 from .config import NO_SELECTION, ExperimentConfig, from_dict, with_overrides
 from .annotate import AwaitingAnnotation, export_queries, queries_path
-from .labels import LabeledPixels, LabelStore, Oracle
+from .labels import LabeledPixels, LabelStore, Oracle, grid_and_label_size
 from .ranking import rank_pool
 from .storage import open_storage
 
@@ -205,10 +205,11 @@ class PendingOracle:
         self.dataset = dataset
 
     def reveal(self, image_id, ys, xs, clicks=None, regions=False) -> LabeledPixels:
-        height, width = self.dataset.label(image_id).shape
+        (height, width), (label_height, label_width) = grid_and_label_size(self.dataset, image_id)
         ys, xs = np.asarray(ys, np.int32), np.asarray(xs, np.int32)
         return LabeledPixels(int(image_id), ys, xs, np.full(len(ys), 255, np.uint8), int(height), int(width),
-                             float(len(ys) if clicks is None else clicks), regions)
+                             float(len(ys) if clicks is None else clicks), regions, int(label_height),
+                             int(label_width))
 
 
 def wait_for_annotators(checkpoint: str, cfg: ExperimentConfig, domains, store: LabelStore, trial_dir: Path,
@@ -218,9 +219,9 @@ def wait_for_annotators(checkpoint: str, cfg: ExperimentConfig, domains, store: 
     if not path.is_file():
         queries, _ = select_round(checkpoint, cfg, len(domains.target_pool), store,
                                   PendingOracle(domains.target_pool), round_index, pool_pixels, progress)
-        files = getattr(getattr(domains.target_pool, "dataset", domains.target_pool), "files", [])
+        files = getattr(domains.target_pool, "files", [])
         export_queries(path, round_index, cfg.selection.selector, domains.classes, queries,
-                       {i: files[i][0] for i in range(min(len(files), len(domains.target_pool)))})
+                       {i: files[i][0] for i in range(len(files))})
     raise AwaitingAnnotation(f"round {round_index} waits for annotations: label the pixels in '{path}', then "
                              f"python -m orchestrator.annotate import --trial-dir {trial_dir} --round {round_index} "
                              f"--answers FILE, and resume the sweep")

@@ -28,8 +28,8 @@ from .discriminators import DomainClassifier, OutputSpaceDiscriminator
 from .losses import SoftLabels
 from .metrics import iou_per_class, mean_iou
 from .models import build_model, load_start_checkpoint
-from .step import (AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step, batch_indices,
-                   load_batch, predict_confusion)
+from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
+from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step, predict_confusion
 
 SELECTOR_HEADS = 2
 MODES = ("source", "adapt", "evaluate")
@@ -277,17 +277,19 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     started = time.perf_counter()
     steps = 0 if mode == "evaluate" or given_source else section["steps"]
     seed = cfg["seed"]
-    while job_step < steps:
-        # Augmentation randomness is a function of the step too, so resuming reproduces it.
+    workers, pin = int(cfg["train"]["loader_workers"]), use_gpu
+    remaining = max(0, steps - job_step)
+    source_batches = (training_loader(domains.source, section["batch_size"], global_step, remaining, seed,
+                                      SOURCE_STREAM, rank, world, workers, pin) if remaining else [])
+    target_batches = (training_loader(target_data, section["batch_size"], global_step, remaining, seed,
+                                      TARGET_STREAM, rank, world, workers, pin)
+                      if target_data is not None and remaining else [None] * remaining)
+    for source, target in zip(source_batches, target_batches):
+        source = tuple(t.to(device, non_blocking=True) for t in source)
+        if target is not None:
+            target = tuple(t.to(device, non_blocking=True) for t in target)
+        # Whatever the step itself draws is a function of the step too, so resuming reproduces it.
         torch.manual_seed(seed * 7919 + global_step * 31 + rank)
-        source = load_batch(domains.source, batch_indices(len(domains.source), section["batch_size"],
-                                                          global_step, seed, rank, world))
-        source = tuple(t.to(device) for t in source)
-        target = None
-        if target_data is not None:
-            target = load_batch(target_data, batch_indices(len(target_data), section["batch_size"],
-                                                           global_step, seed + 1, rank, world))
-            target = tuple(t.to(device) for t in target)
         apply_lr_schedule(optimizers, base_lrs, poly_lr_factor(global_step, schedule_first, schedule_planned,
                                                                section["lr_power"]))
         with autocast:
@@ -306,7 +308,7 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     val_ids = list(range(rank, len(domains.target_val), world))
     with autocast:
         confusion = predict_confusion(segmenter, domains.target_val, val_ids, num_classes,
-                                      batch_size=max(1, section["batch_size"]), device=device)
+                                      batch_size=max(1, section["batch_size"]), device=device, workers=workers)
     if distributed:
         dist.all_reduce(confusion)
     confusion = confusion.cpu()

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainers.data import DatasetError, check_domains
     from trainers.engine import check_given_source_model
     from trainers.models import StartCheckpointError
+    from trainers.train_loop import TrainingJobError
 
     from .storage import check_storage
 
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingJobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     finally:
         ray.shutdown()
 

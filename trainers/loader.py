@@ -15,6 +15,7 @@ RNG is left as it was, so the training step's randomness does not depend on how 
 
 from __future__ import annotations
 
+import concurrent.futures
 from typing import Iterator
 
 import torch
@@ -93,3 +94,12 @@ def evaluation_loader(dataset: Dataset, indices: list[int], batch_size: int, wor
     return DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False,
                       num_workers=workers, pin_memory=pin_memory, collate_fn=collate_evaluation,
                       generator=torch.Generator())
+
+
+def load_images(dataset: Dataset, indices: list[int], pool: "concurrent.futures.Executor | None" = None,
+                pin_memory: bool = False) -> torch.Tensor:
+    """The images of ``dataset[indices]`` stacked (N, 3, H, W), decoded concurrently on ``pool``'s threads
+    (PNG decoding and resizing release the GIL), pinned for an asynchronous copy to a GPU if asked."""
+    items = pool.map(dataset.__getitem__, indices) if pool is not None else map(dataset.__getitem__, indices)
+    images = torch.stack([image for image, _ in items])
+    return images.pin_memory() if pin_memory else images

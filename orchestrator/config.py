@@ -136,6 +136,9 @@ def _optimizer_keys(section: str) -> dict:
                               "optimizer of the stage (0: constant; the references: 0.9)", min=0.0),
         "head_lr_factor": _opt(1.0, "learning rate of the pixel classifiers (heads) over the backbone's (the "
                                     "references: 10)", min=0.0, min_exclusive=True),
+        "lr_decay_steps": _opt(0, "steps the polynomial decay spans (0: the stage's planned steps; the references "
+                                  "decay over more than they train: AdaptSegNet 250000 for 150000, RIPU 62500 for "
+                                  "40000)", min=0),
     }
 
 
@@ -149,6 +152,7 @@ class SourceTrainingConfig:
     weight_decay: float = _optimizer_keys("source")["weight_decay"]
     lr_power: float = _optimizer_keys("source")["lr_power"]
     head_lr_factor: float = _optimizer_keys("source")["head_lr_factor"]
+    lr_decay_steps: int = _optimizer_keys("source")["lr_decay_steps"]
     checkpoint: str = _opt("", "model file (a plain state dict; key mapping in docs/protocol.md) to use as the source "
                                "model G instead of training one ('': train it)")
 
@@ -163,6 +167,7 @@ class AdaptConfig:
     weight_decay: float = _optimizer_keys("adapt")["weight_decay"]
     lr_power: float = _optimizer_keys("adapt")["lr_power"]
     head_lr_factor: float = _optimizer_keys("adapt")["head_lr_factor"]
+    lr_decay_steps: int = _optimizer_keys("adapt")["lr_decay_steps"]
     target_ce_weight: float = _opt(1.0, "weight of the sparse labeled-target cross-entropy", min=0.0)
     adversarial_weight: float = _opt(0.001, "AdaptSeg output-space adversarial loss weight (0: off)", min=0.0)
     discriminator_lr: float = _opt(1e-4, "Adam learning rate of the output-space discriminator", min=0.0,

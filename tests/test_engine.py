@@ -149,6 +149,8 @@ def test_sgd_with_polynomial_decay_follows_the_global_step_and_resumes_exactly(c
     assert (first, planned) == (cfg["source"]["steps"], cfg["selection"]["rounds"] * cfg["adapt"]["steps"])
     assert poly_lr_factor(first, first, planned, 0.9) == 1.0
     assert poly_lr_factor(first + planned // 2, first, planned, 0.9) == pytest.approx(0.5 ** 0.9)
+    longer = dict(sgd, adapt=dict(sgd["adapt"], lr_decay_steps=250000))  # AdaptSegNet's horizon
+    assert lr_schedule_span(longer, "adapt") == (first, 250000)
     full = run_job(adapt_job(sgd, source_checkpoint[0]))
     last_step = full.state["global_step"] - 1  # the rate of the last update
     groups = full.state["optimizers"]["segmenter"]["param_groups"]

@@ -119,17 +119,20 @@ def build_optimizers(models: AdaptationModels, cfg: dict, mode: str) -> Optimize
 
 
 def lr_schedule_span(cfg: dict, mode: str) -> tuple[int, int]:
-    """(first global step, planned steps) of the training stage whose learning rates decay together.
+    """(first global step, steps the decay spans) of the training stage whose learning rates decay together.
 
     Source training is one stage (``source.steps``, none when ``source.checkpoint`` gives the model);
     adaptation is the other, over all rounds: it starts where source training ended and is planned
     for ``selection.rounds`` x ``adapt.steps`` steps (the references decay over one run of training
-    that acquires labels in between). This is the one place where a new stage must be counted.
+    that acquires labels in between). ``lr_decay_steps`` > 0 replaces the planned length, as the
+    references decay over more steps than they train. This is the one place where a new stage must
+    be counted.
     """
     source_steps = 0 if cfg["source"]["checkpoint"] else cfg["source"]["steps"]
-    if mode == "source":
-        return 0, source_steps
-    return source_steps, cfg["selection"]["rounds"] * cfg["adapt"]["steps"]
+    section = cfg["source" if mode == "source" else "adapt"]
+    planned = source_steps if mode == "source" else cfg["selection"]["rounds"] * cfg["adapt"]["steps"]
+    first = 0 if mode == "source" else source_steps
+    return first, section["lr_decay_steps"] or planned
 
 
 def poly_lr_factor(global_step: int, first: int, planned: int, power: float) -> float:

@@ -125,49 +125,41 @@ class ModelConfig:
 OPTIMIZERS = ("adam", "sgd")
 
 
-def _optimizer_keys(section: str) -> dict:
-    """The optimizer keys shared by ``source`` and ``adapt`` (``trainers.engine.build_optimizers``)."""
-    return {
-        "optimizer": _opt("adam", f"optimizer of G and the selector in {section} training: 'adam' or 'sgd' (SGD with "
-                                  f"momentum, as AdaptSegNet and RIPU)", choices=dict.fromkeys(OPTIMIZERS)),
-        "momentum": _opt(0.9, "SGD momentum (optimizer: sgd)", min=0.0, max=1.0),
-        "weight_decay": _opt(0.0, "L2 weight decay of G and the selector (the references: 5e-4)", min=0.0),
-        "lr_power": _opt(0.0, "polynomial learning-rate decay: lr x (1 - step / planned steps) ^ lr_power, on every "
-                              "optimizer of the stage (0: constant; the references: 0.9)", min=0.0),
-        "head_lr_factor": _opt(1.0, "learning rate of the pixel classifiers (heads) over the backbone's (the "
-                                    "references: 10)", min=0.0, min_exclusive=True),
-        "lr_decay_steps": _opt(0, "steps the polynomial decay spans (0: the stage's planned steps; the references "
+@dataclass
+class TrainingStageConfig:
+    """What ``source`` and ``adapt`` share: steps, batch and the optimizer of G and the selector
+    (``trainers.engine.build_optimizers``); each section redefines the first three with its defaults."""
+
+    steps: int = _opt(1, "optimizer steps", min=1)
+    batch_size: int = _opt(1, "images per step per Train worker", min=1)
+    lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    optimizer: str = _opt("adam", "optimizer of G and the selector: 'adam' or 'sgd' (SGD with momentum, as "
+                                  "AdaptSegNet and RIPU)", choices=dict.fromkeys(OPTIMIZERS))
+    momentum: float = _opt(0.9, "SGD momentum (optimizer: sgd)", min=0.0, max=1.0)
+    weight_decay: float = _opt(0.0, "L2 weight decay of G and the selector (the references: 5e-4)", min=0.0)
+    lr_power: float = _opt(0.0, "polynomial learning-rate decay: lr x (1 - step / planned steps) ^ lr_power, on "
+                                "every optimizer of the stage (0: constant; the references: 0.9)", min=0.0)
+    head_lr_factor: float = _opt(1.0, "learning rate of the pixel classifiers (heads) over the backbone's (the "
+                                      "references: 10)", min=0.0, min_exclusive=True)
+    lr_decay_steps: int = _opt(0, "steps the polynomial decay spans (0: the stage's planned steps; the references "
                                   "decay over more than they train: AdaptSegNet 250000 for 150000, RIPU 62500 for "
-                                  "40000)", min=0),
-    }
+                                  "40000)", min=0)
 
 
 @dataclass
-class SourceTrainingConfig:
+class SourceTrainingConfig(TrainingStageConfig):
     steps: int = _opt(400, "optimizer steps of source-only training (once per sweep, cached)", min=1)
     batch_size: int = _opt(8, "images per step per Train worker", min=1)
     lr: float = _opt(2e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
-    optimizer: str = _optimizer_keys("source")["optimizer"]
-    momentum: float = _optimizer_keys("source")["momentum"]
-    weight_decay: float = _optimizer_keys("source")["weight_decay"]
-    lr_power: float = _optimizer_keys("source")["lr_power"]
-    head_lr_factor: float = _optimizer_keys("source")["head_lr_factor"]
-    lr_decay_steps: int = _optimizer_keys("source")["lr_decay_steps"]
     checkpoint: str = _opt("", "model file (a plain state dict; key mapping in docs/protocol.md) to use as the source "
                                "model G instead of training one ('': train it)")
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(TrainingStageConfig):
     steps: int = _opt(300, "optimizer steps of adaptation training per round", min=1)
     batch_size: int = _opt(4, "source images, and as many target images, per step per Train worker", min=1)
     lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
-    optimizer: str = _optimizer_keys("adapt")["optimizer"]
-    momentum: float = _optimizer_keys("adapt")["momentum"]
-    weight_decay: float = _optimizer_keys("adapt")["weight_decay"]
-    lr_power: float = _optimizer_keys("adapt")["lr_power"]
-    head_lr_factor: float = _optimizer_keys("adapt")["head_lr_factor"]
-    lr_decay_steps: int = _optimizer_keys("adapt")["lr_decay_steps"]
     target_ce_weight: float = _opt(1.0, "weight of the sparse labeled-target cross-entropy", min=0.0)
     adversarial_weight: float = _opt(0.001, "AdaptSeg output-space adversarial loss weight (0: off)", min=0.0)
     discriminator_lr: float = _opt(1e-4, "Adam learning rate of the output-space discriminator", min=0.0,

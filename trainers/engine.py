@@ -25,10 +25,10 @@ import torch.distributed as dist
 from .checkpoint import load_checkpoint
 from .data import build_domains
 from .discriminators import DomainClassifier, OutputSpaceDiscriminator
+from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
 from .losses import SoftLabels
 from .metrics import iou_per_class, mean_iou
 from .models import build_model, load_start_checkpoint
-from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
 from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step, predict_confusion
 
 SELECTOR_HEADS = 2

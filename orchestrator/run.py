@@ -13,26 +13,27 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import add_trial_arguments, config_epilog, parse_args, resolve_config
 from .config import ConfigError
-from .sweep import EXIT_BAD_INPUT, add_trial_arguments, build_parser as build_sweep_parser, resolve_config
-from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+from .sweep import EXIT_BAD_INPUT
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.run", description=__doc__, epilog=build_sweep_parser().epilog,
+        prog="python -m orchestrator.run", description=__doc__, epilog=config_epilog("python -m orchestrator.run"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_trial_arguments(parser)  # the sweep's options, minus the sweep-only ones
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from trainers.data import DatasetError, check_domains
 
     from .storage import check_storage
+    from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
     try:
         cfg = resolve_config(args)

@@ -18,34 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import (CASES_AXIS, NO_SELECTION, ConfigError, ExperimentConfig, describe_keys, from_dict,
-                     load_config, with_absolute_paths, with_overrides)
-from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+from .cli import add_trial_arguments, config_epilog, parse_args, resolve_config
+from .config import CASES_AXIS, NO_SELECTION, ConfigError, ExperimentConfig, from_dict, with_overrides
 
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
 
 log = logging.getLogger("activeda")
-
-
-def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that set up trials, shared by ``orchestrator.sweep`` and ``orchestrator.run``."""
-    parser.add_argument("--config", metavar="YAML", help="experiment config (default: built-in defaults, "
-                        "the same as configs/default.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set adapt.lr=0.0005 (repeatable; values are YAML)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny images, few steps, two trials: the whole distributed path in about 2 minutes")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: tracking.uri, then $MLFLOW_TRACKING_URI, "
-                             "then sqlite:///mlflow.db in the working directory)")
-    parser.add_argument("--address", metavar="ADDR",
-                        help="Ray cluster to join ('auto' for the running one); default: start a local Ray")
-    parser.add_argument("--num-cpus", type=int, metavar="N",
-                        help="CPUs of the local Ray (default: all of this machine's); ignored with --address")
-    parser.add_argument("--output-dir", metavar="DIR", help="shortcut for --set output_dir=DIR")
-    parser.add_argument("--name", metavar="NAME", help="shortcut for --set sweep.name=NAME")
-    parser.add_argument("-q", "--quiet", action="store_true", help="less progress output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,12 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a Ray Tune sweep of active domain-adaptation trials (LabOR pixel selection, "
                     "Ray Train adaptation) and log every trial to MLflow.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (section.name, default, meaning) for --set and YAML files:\n" + describe_keys()
-               + "\n\nexamples:\n"
-                 "  python -m orchestrator.sweep --smoke\n"
-                 "  python -m orchestrator.sweep --config configs/default.yaml --set adapt.steps=200\n"
-                 "  python -m orchestrator.sweep --set 'sweep.search_space={selection.points_per_image: "
-                 "{grid: [10, 40]}}'\n",
+        epilog=config_epilog("python -m orchestrator.sweep"),
     )
     add_trial_arguments(parser)
     parser.add_argument("--cluster-config", metavar="YAML",
@@ -74,17 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
-    cfg = load_config(args.config, args.overrides, smoke=args.smoke)
-    shortcuts = {"sweep.num_samples": getattr(args, "num_samples", None),
-                 "sweep.max_concurrent": getattr(args, "max_concurrent", None),
-                 "output_dir": args.output_dir, "sweep.name": args.name}
-    shortcuts = {k: v for k, v in shortcuts.items() if v is not None}
-    return with_absolute_paths(with_overrides(cfg, shortcuts) if shortcuts else cfg)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # table-creation notices on a new store
     from trainers.checkpoint import CheckpointError
@@ -92,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .cluster import ClusterConfigError
     from .storage import check_storage
+    from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
     bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError)
     try:

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from .experiment import ensure_source_model, run_experiment
     from .raysession import start_ray
     from .resources import plan_resources
-    from .tracking import SweepTracking, log_params
+    from .tracking import CHECKPOINT_TAG, SweepTracking, display_uri, log_params, provenance_tags
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
     start_ray(args.address, args.num_cpus, args.quiet)
@@ -61,12 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         tracking = SweepTracking(uri, cfg.sweep.name)
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
         run = tracking.client.create_run(tracking.experiment_id, run_name=f"run-{run_dir.name}",
-                                         tags={"activeda.kind": "run", "selector": cfg.selection.selector})
+                                         tags={"activeda.kind": "run", "selector": cfg.selection.selector,
+                                               **provenance_tags()})
         run_id = run.info.run_id
         log_params(tracking.client, run_id, cfg.flat())
 
         def report(metrics, progress_state) -> None:
             tracking.log_metrics(run_id, metrics, step=int(metrics["round"]), context="run")
+            tracking.client.set_tag(run_id, CHECKPOINT_TAG, progress_state.model_checkpoint)  # the latest round's
             if metrics["round"] == 0:  # later rounds are announced by the experiment loop itself
                 say(f"round 0 (source only): target mIoU {metrics['target/miou']:.4f}")
 
@@ -77,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             status = "FINISHED"
         finally:
             tracking.end(run_id, status)
-        say(f"done: {run_dir}; MLflow run {run_id} in {uri}")
+        say(f"done: {run_dir}; MLflow run {run_id} in {display_uri(uri)}")
         return 0
     except (ConfigError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -144,7 +144,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
 
     from .experiment import ensure_oracle_reference, ensure_source_model, tune_trial
     from .resources import plan_resources, with_node_types
-    from .tracking import MlflowTrialLogger, SweepTracking
+    from .tracking import MlflowTrialLogger, SweepTracking, display_uri, provenance_tags
 
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
     try:
@@ -162,9 +162,11 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         say(pretrained_status(cfg.model.name, cfg.model.pretrained))
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
         oracle_metrics = ensure_oracle_reference(cfg, source_checkpoint, progress=say) if cfg.sweep.oracle_reference else {}
+        provenance = provenance_tags()  # git commit and user, on the sweep's run and every trial's
         if state is None:
             parent = tracking.start_parent(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", cfg.flat(),
-                                           {"activeda.sweep": cfg.sweep.name})
+                                           {"activeda.sweep": cfg.sweep.name, **provenance,
+                                            "activeda.source_checkpoint": source_checkpoint})
             tracking.log_metrics(parent, {f"source_only/{k}": v for k, v in source_metrics.items()}
                                  | {f"oracle/{k}": v for k, v in oracle_metrics.items()}, step=0,
                                  context="source model")
@@ -177,7 +179,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
 
         def trial_params(sampled: dict) -> tuple[dict, dict]:
             trial_cfg = with_overrides(cfg, sampled)
-            tags = {"selector": trial_cfg.selection.selector,
+            tags = {**provenance, "selector": trial_cfg.selection.selector,
                     "budget": f"{budget_label(trial_cfg)} x {trial_cfg.selection.rounds} rounds"}
             return trial_cfg.flat(), tags
 
@@ -221,7 +223,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                               unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))
         print(format_table(rows, source_metrics, oracle_metrics))
         print(f"[activeda] {len(rows)} trial(s), {failed} failed, in {time.perf_counter() - started:.0f} s; "
-              f"MLflow: {tracking_uri} (experiment '{cfg.sweep.name}')")
+              f"MLflow: {display_uri(tracking_uri)} (experiment '{cfg.sweep.name}')")
         return EXIT_TRIALS_FAILED if failed else 0
     finally:
         ray.shutdown()

@@ -39,6 +39,9 @@ def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster to join ('auto' for the running one); default: start a local Ray")
     parser.add_argument("--num-cpus", type=int, metavar="N",
                         help="CPUs of the local Ray (default: all of this machine's); ignored with --address")
+    parser.add_argument("--no-dashboard", action="store_true",
+                        help="start the local Ray without its dashboard (default: on, at http://127.0.0.1:8265, "
+                             "unless $ACTIVEDA_RAY_DASHBOARD=0)")
     parser.add_argument("--output-dir", metavar="DIR", help="shortcut for output_dir=DIR")
     parser.add_argument("--name", metavar="NAME", help="shortcut for sweep.name=NAME")
     parser.add_argument("-q", "--quiet", action="store_true", help="less progress output")

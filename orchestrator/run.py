@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from .tracking import CHECKPOINT_TAG, SweepTracking, display_uri, log_params, provenance_tags
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
-    start_ray(args.address, args.num_cpus, args.quiet)
+    start_ray(args.address, args.num_cpus, args.quiet, dashboard=False if args.no_dashboard else None)
     import ray
 
     try:

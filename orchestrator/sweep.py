@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
             shapes = node_shapes(validate_cluster_file(args.cluster_config))
         return run_sweep(cfg, uri, address=args.address, num_cpus=args.num_cpus, quiet=args.quiet, resume=args.resume,
-                         node_types=shapes)
+                         node_types=shapes, dashboard=False if args.no_dashboard else None)
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -121,7 +121,8 @@ def build_scheduler(cfg: ExperimentConfig):
 
 
 def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = None, num_cpus: int | None = None,
-              quiet: bool = False, resume: bool = False, node_types: list[dict] | None = None) -> int:
+              quiet: bool = False, resume: bool = False, node_types: list[dict] | None = None,
+              dashboard: bool | None = None) -> int:
     from .raysession import start_ray
     from .storage import open_storage
 
@@ -135,7 +136,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     started = time.perf_counter()
-    start_ray(address, num_cpus, quiet)
+    start_ray(address, num_cpus, quiet, dashboard=dashboard)
     import ray
     from ray import tune
 

@@ -182,6 +182,8 @@ class TrainConfig:
     torch_threads: int = _opt(0, "intra-op threads per Train worker (0: one per reserved CPU)", min=0)
     max_failures: int = _opt(2, "worker-group failures a training job survives (restarting from its checkpoint)",
                              min=0)
+    progress_every_s: float = _opt(30.0, "print steps, losses, images/s and the time left of a training job every N "
+                                         "seconds, from its first Train worker (0: off)", min=0.0)
 
 
 @dataclass

@@ -167,7 +167,7 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
         job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": checkpoint,
                "sparse_labels": store.sparse_labels(upto_round=round_index), "round": round_index,
-               "train_selector": selector_trains(cfg, round_index)}
+               "train_selector": selector_trains(cfg, round_index), "trial": trial_id}
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = _round_metrics(result.metrics)

@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     from .experiment import ensure_source_model, run_experiment
     from .raysession import start_ray
     from .resources import plan_resources
-    from .tracking import CHECKPOINT_TAG, SweepTracking, display_uri, log_params, provenance_tags
+    from .tracking import (CHECKPOINT_TAG, SweepTracking, display_uri, log_params, log_round_images,
+                           provenance_tags)
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
     start_ray(args.address, args.num_cpus, args.quiet, dashboard=False if args.no_dashboard else None)
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         def report(metrics, progress_state) -> None:
             tracking.log_metrics(run_id, metrics, step=int(metrics["round"]), context="run")
             tracking.client.set_tag(run_id, CHECKPOINT_TAG, progress_state.model_checkpoint)  # the latest round's
+            log_round_images(tracking.client, run_id, run_dir, int(metrics["round"]))
             if metrics["round"] == 0:  # later rounds are announced by the experiment loop itself
                 say(f"round 0 (source only): target mIoU {metrics['target/miou']:.4f}")
 

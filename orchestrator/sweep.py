@@ -247,16 +247,34 @@ def round_rows(results, cfg: ExperimentConfig) -> "pd.DataFrame":
         frames.append(pd.DataFrame({
             "trial_id": str((result.metrics or {}).get("trial_id", Path(result.path).name)),
             "selector": trial_cfg.selection.selector,
+            "setting": trial_setting(result.config or {}),
             "budget": budget_label(trial_cfg),
             "round": history["round"].astype(int),
             "labeled_pixels": history["budget/labeled_pixels"],
             "labeled_fraction": history["budget/labeled_fraction"],
             "clicks": history["budget/clicks"],
             "miou": history["target/miou"],
+            # Per-class IoU, for the report's table of every trial side by side.
+            **{f"iou/{c[len('target/iou/'):]}": history[c] for c in history.columns if c.startswith("target/iou/")},
         }))
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True).drop_duplicates(["trial_id", "round"], keep="last")
+
+
+# Keys that make a trial's point on its method's curve, not its own curve: the method and the budget
+# (the x axis), and the seed (averaged over).
+NOT_A_SETTING = ("selection.selector", "selection.points_per_image", "selection.budget_fraction", "seed")
+
+
+def trial_setting(sampled: dict) -> str:
+    """The swept keys of a trial that set its curve apart from others of the same selector, e.g.
+    ``confusion_weight=0.1, rounds=2`` ('' when the sweep varies nothing else)."""
+    flat = {}
+    for key, value in sampled.items():
+        flat.update(value if key == CASES_AXIS and isinstance(value, dict) else {key: value})
+    return ", ".join(f"{key.rpartition('.')[2]}={value}" for key, value in sorted(flat.items())
+                     if key not in NOT_A_SETTING)
 
 
 def budget_label(cfg: ExperimentConfig) -> str:
@@ -269,19 +287,29 @@ def budget_label(cfg: ExperimentConfig) -> str:
 
 def write_sweep_report(results, cfg: ExperimentConfig, sweep_dir: Path, source_only: float | None,
                        oracle: float | None, say) -> Path | None:
-    """Budget curve (PNG + interactive HTML) and the summary table (CSV + parquet) of a sweep."""
-    from .report import budget_curve, summary_table, write_summary
+    """The sweep's report folder: ``report.html`` (interactive: curves per method and setting, Pareto
+    front in clicks, per-class IoU table), ``method_curves.png``, the per-trial budget curve (PNG +
+    HTML), and the tables ``summary``, ``class_iou``, ``curves`` and ``pareto`` (CSV + parquet)."""
+    from .report import (budget_curve, class_iou_table, method_curves, method_curves_png, pareto_front, report_page,
+                         summary_table, write_summary, write_table)
 
     rows = round_rows(results, cfg)
     if rows.empty:
         return None
     out = sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    png, html = budget_curve(rows, out / "budget_curve.png", out / "budget_curve.html", source_only=source_only,
-                             oracle=oracle, title=f"{cfg.sweep.name}: target mIoU against the annotation budget")
+    title = f"{cfg.sweep.name}: target mIoU against the annotation budget"
+    budget_curve(rows, out / "budget_curve.png", out / "budget_curve.html", source_only=source_only, oracle=oracle,
+                 title=f"{cfg.sweep.name}: every trial, round by round")
+    curves = method_curves(rows)
+    method_curves_png(curves, out / "method_curves.png", source_only=source_only, oracle=oracle, title=title)
+    page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
     write_summary(summary_table(rows, source_only=source_only, oracle=oracle), out)
+    write_table(class_iou_table(rows), out, "class_iou")
+    write_table(curves, out, "curves")
+    write_table(pareto_front(curves), out, "pareto")
     rows.to_csv(out / "rounds.csv", index=False)
-    say(f"report: {html} (budget curve), {out / 'summary.csv'}")
+    say(f"report: {page} (curves, Pareto front, per-class IoU), {out / 'summary.csv'}")
     return out
 
 

@@ -398,6 +398,8 @@ class MlflowTrialLogger(Callback):
             if any(m.step == step for key in keys for m in client.get_metric_history(run_id, key)):
                 return
             self.tracking.log_metrics(run_id, metrics, step=step, context=name)
+            if self.trial_dir is not None:
+                log_round_images(self.tracking.client, run_id, Path(self.trial_dir(trial_id)), step)
         elif kind == "end":
             run_id = self._runs[trial_id]
             folder = self.trial_dir(trial_id) if self.trial_dir is not None else None
@@ -419,6 +421,25 @@ def log_trial_artifacts(client, run_id: str, trial_dir: Path) -> None:
                 client.log_artifacts(run_id, str(path), artifact_path=name)
     except Exception as err:  # artifacts must never fail a finished trial; say so instead
         log.warning("could not log the artifacts of %s to MLflow: %s", trial_dir.name, err)
+
+
+def log_round_images(client, run_id: str, trial_dir: Path, round_index: int) -> int:
+    """The round's selection overlays as MLflow images at ``step=round`` (MLflow's per-step image view,
+    key ``selection/image<id>``); returns how many. Never fails a trial: a problem is one warning."""
+    folder = trial_dir / "artifacts" / f"round-{round_index:03d}"
+    logged = 0
+    try:
+        from PIL import Image
+
+        for path in sorted(folder.glob("selected-image*.png")):
+            with Image.open(path) as image:
+                client.log_image(run_id, image.convert("RGB"), key=f"selection/{path.stem[len('selected-'):]}",
+                                 step=round_index)
+            logged += 1
+    except Exception as err:  # the overlays stay on disk and among the run's artifacts
+        log.warning("could not log the selection images of %s round %d to MLflow: %s", trial_dir.name,
+                    round_index, err)
+    return logged
 
 
 UNSENT_ACTIONS = ("create", "metrics", "end", "sweep-end")

@@ -71,3 +71,27 @@ def test_schemes_mlflow_has_no_store_for_are_refused_naming_the_ones_it_has():
     check_tracking_uri("databricks")  # MLflow's own; its credentials are MLflow's business
     assert display_uri("http://u:pw@127.0.0.1:5000") == "http://u:***@127.0.0.1:5000"
     assert display_uri("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+
+
+def test_selection_overlays_go_to_mlflows_per_step_image_view(tmp_path):
+    from PIL import Image
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = client.create_run(client.create_experiment("s")).info.run_id
+    rounds = tmp_path / "trials" / "t1" / "artifacts"
+    for round_index in (1, 2):
+        (rounds / f"round-{round_index:03d}").mkdir(parents=True)
+        Image.new("RGB", (8, 6), (0, 0, 142)).save(rounds / f"round-{round_index:03d}" / "selected-image00003.png")
+    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({}, {}), trial_dir=lambda t: tmp_path / "trials" / t)
+    trial = SimpleNamespace(trial_id="t1", config={}, __str__=lambda self: "t1")
+    logger.on_trial_start(0, [], trial)
+    for round_index in (0, 1, 2, 2):  # round 2 twice (a resumed sweep): logged once
+        logger.on_trial_result(0, [], trial, {"round": round_index, "target/miou": 0.1 * round_index})
+    run_id = logger._runs["t1"]
+    images = [a.path for a in client.list_artifacts(run_id, "images")]
+    pngs = sorted(p for p in images if p.endswith(".png") and "compressed" not in p)
+    assert len(pngs) == 2, images
+    # MLflow's file names: key (with '/' encoded), then the step.
+    assert all(p.startswith("images/selection~image00003+step+") for p in pngs), pngs
+    assert {p.split("+step+")[1].split("+")[0] for p in pngs} == {"1", "2"}

@@ -146,6 +146,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
     from .experiment import ensure_oracle_reference, ensure_source_model, tune_trial
     from .resources import plan_resources, with_node_types
     from .tracking import MlflowTrialLogger, SweepTracking, display_uri, provenance_tags
+    from .tensorboard_rounds import RoundTensorBoard
 
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
     try:
@@ -209,7 +210,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                     storage_filesystem=storage.ray_filesystem, verbose=0 if quiet else 1,
                     callbacks=[MlflowTrialLogger(tracking_uri, cfg.sweep.name, parent, trial_params,
                                                  trial_dir=functools.partial(_trial_dir, sweep_dir),
-                                                 unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))],
+                                                 unsent_path=str(sweep_dir / "mlflow-unsent.jsonl")),
+                               RoundTensorBoard()],  # TensorBoard files with step = round
                     progress_reporter=reporter,
                     # Round checkpoints are small (a JSON file and the label store); keep them all.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),

@@ -45,16 +45,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    try:
+        run_trial(cfg, uri, address=args.address, num_cpus=args.num_cpus, quiet=args.quiet,
+                  dashboard=False if args.no_dashboard else None)
+        return 0
+    except (ConfigError, TrackingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None = None, quiet: bool = False,
+              dashboard: bool | None = None) -> tuple[Path, list[dict]]:
+    """One trial of a checked config (``cli.resolve_config``), logged to one MLflow run at ``uri``:
+    returns its folder and every round's metrics (round 0: the source-only model)."""
     from .experiment import ensure_source_model, run_experiment
     from .raysession import start_ray
     from .resources import plan_resources
     from .tracking import (CHECKPOINT_TAG, SweepTracking, display_uri, log_params, log_round_images,
                            provenance_tags)
 
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
-    start_ray(args.address, args.num_cpus, args.quiet, dashboard=False if args.no_dashboard else None)
+    say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
+    start_ray(address, num_cpus, quiet, dashboard=dashboard)
     import ray
 
+    rounds: list[dict] = []
     try:
         plan_resources(cfg, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         run_dir = Path(cfg.output_dir) / cfg.sweep.name / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -68,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         log_params(tracking.client, run_id, cfg.flat())
 
         def report(metrics, progress_state) -> None:
+            rounds.append(dict(metrics))
             tracking.log_metrics(run_id, metrics, step=int(metrics["round"]), context="run")
             tracking.client.set_tag(run_id, CHECKPOINT_TAG, progress_state.model_checkpoint)  # the latest round's
             log_round_images(tracking.client, run_id, run_dir, int(metrics["round"]))
@@ -82,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             tracking.end(run_id, status)
         say(f"done: {run_dir}; MLflow run {run_id} in {display_uri(uri)}")
-        return 0
-    except (ConfigError, TrackingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return run_dir, rounds
     finally:
         ray.shutdown()
 

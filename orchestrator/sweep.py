@@ -240,28 +240,34 @@ def round_rows(results, cfg: ExperimentConfig) -> "pd.DataFrame":
     """One row per (trial, round) from every trial's reports: what the budget curve draws."""
     import pandas as pd
 
-    frames = []
-    for result in results:
-        history = result.metrics_dataframe
-        if history is None or history.empty or "round" not in history:
-            continue
-        trial_cfg = with_overrides(cfg, dict(result.config or {}))
-        frames.append(pd.DataFrame({
-            "trial_id": str((result.metrics or {}).get("trial_id", Path(result.path).name)),
-            "selector": trial_cfg.selection.selector,
-            "setting": trial_setting(result.config or {}),
-            "budget": budget_label(trial_cfg),
-            "round": history["round"].astype(int),
-            "labeled_pixels": history["budget/labeled_pixels"],
-            "labeled_fraction": history["budget/labeled_fraction"],
-            "clicks": history["budget/clicks"],
-            "miou": history["target/miou"],
-            # Per-class IoU, for the report's table of every trial side by side.
-            **{f"iou/{c[len('target/iou/'):]}": history[c] for c in history.columns if c.startswith("target/iou/")},
-        }))
+    frames = [trial_round_rows(str((result.metrics or {}).get("trial_id", Path(result.path).name)),
+                               dict(result.config or {}), result.metrics_dataframe, cfg) for result in results]
+    frames = [frame for frame in frames if frame is not None]
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True).drop_duplicates(["trial_id", "round"], keep="last")
+
+
+def trial_round_rows(trial_id: str, sampled: dict, history, cfg: ExperimentConfig):
+    """One trial's reports (Tune's metrics history) as rows of the report; None without a round."""
+    import pandas as pd
+
+    if history is None or history.empty or "round" not in history:
+        return None
+    trial_cfg = with_overrides(cfg, sampled)
+    return pd.DataFrame({
+        "trial_id": trial_id,
+        "selector": trial_cfg.selection.selector,
+        "setting": trial_setting(sampled),
+        "budget": budget_label(trial_cfg),
+        "round": history["round"].astype(int),
+        "labeled_pixels": history["budget/labeled_pixels"],
+        "labeled_fraction": history["budget/labeled_fraction"],
+        "clicks": history["budget/clicks"],
+        "miou": history["target/miou"],
+        # Per-class IoU, for the report's table of every trial side by side.
+        **{f"iou/{c[len('target/iou/'):]}": history[c] for c in history.columns if c.startswith("target/iou/")},
+    })
 
 
 # Keys that make a trial's point on its method's curve, not its own curve: the method and the budget

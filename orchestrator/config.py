@@ -708,3 +708,28 @@ def describe_keys() -> str:
             text += f" (one of: {', '.join(choices)})"
         lines.append(f"  {key:<28} {shown:<14} {text}")
     return "\n".join(lines)
+
+
+def markdown_reference() -> str:
+    """Every config key as a Markdown table (key, default as YAML, allowed values, meaning): the
+    reference in docs/configuration.md, which a test keeps identical to this."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for key, (f, value) in _field_meta(ExperimentConfig()).items():
+        meta = f.metadata
+        shown = "see below" if key == "sweep.search_space" else yaml_value(value)
+        allowed = []
+        if meta.get("choices") is not None:
+            allowed.append(", ".join(f"`{c}`" for c in meta["choices"]))
+        if meta.get("min") is not None:
+            allowed.append(f"{'>' if meta.get('min_exclusive') else '>='} {meta['min']:g}")
+        if meta.get("max") is not None:
+            allowed.append(f"<= {meta['max']:g}")
+        if meta.get("path"):
+            allowed.append("a path (relative: to where the command runs)")
+        text = meta.get("help", "").replace("|", "\\|")
+        rows.append(f"| `{key}` | `{shown}` | {'; '.join(allowed) or '-'} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m orchestrator.config: print the key reference of docs/configuration.md
+    print(markdown_reference(), end="")

@@ -93,3 +93,13 @@ def test_every_path_key_is_resolved_against_where_the_command_ran(tmp_path, monk
         for part in key.split("."):
             node = getattr(node, part)
         assert node == "" or Path(node).is_absolute(), key
+
+
+def test_the_docs_list_every_key():
+    from orchestrator.config import markdown_reference
+
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    start, end = "<!-- config-keys:start -->\n", "<!-- config-keys:end -->"
+    documented = text[text.index(start) + len(start):text.index(end)]
+    assert documented == markdown_reference(), (
+        "docs/configuration.md's key table is out of date: replace it with `python -m orchestrator.config`")

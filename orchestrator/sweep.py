@@ -311,7 +311,11 @@ def write_sweep_report(results, cfg: ExperimentConfig, sweep_dir: Path, source_o
                  title=f"{cfg.sweep.name}: every trial, round by round")
     curves = method_curves(rows)
     method_curves_png(curves, out / "method_curves.png", source_only=source_only, oracle=oracle, title=title)
-    page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
+    try:
+        page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
+    except ImportError as err:  # plotly is a dependency; an environment without it still gets the rest
+        page = out / "method_curves.png"
+        say(f"report.html skipped: {err} (pip install plotly)")
     write_summary(summary_table(rows, source_only=source_only, oracle=oracle), out)
     write_table(class_iou_table(rows), out, "class_iou")
     write_table(curves, out, "curves")

@@ -437,19 +437,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
 
 def write_summary(df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``summary.csv`` and ``summary.parquet`` into ``out_dir`` (created); returns both paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, parquet_path = out_dir / "summary.csv", out_dir / "summary.parquet"
-    _atomic_write_bytes(csv_path, df.to_csv(index=False).encode("utf-8"))
-    fd, tmp = tempfile.mkstemp(prefix=".summary.parquet.", dir=out_dir)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return csv_path, parquet_path
+    return write_table(df, out_dir, "summary")
 
 
 # -------------------------------------------------------------------------------- selection overlay

@@ -47,5 +47,7 @@ def test_workers_are_told_the_address_of_their_own_local_ray():
     assert ports[0] != ports[1]
     # The local Ray's dashboard is on when asked for, and serves on 127.0.0.1 only; off when not.
     dashboard = [line.split() for line in runs[0].stderr.splitlines() if line.startswith("DASHBOARD")]
-    assert dashboard and dashboard[0][1].startswith("127.0.0.1:") and dashboard[0][2] == "200", runs[0].stderr[-2000:]
+    assert dashboard, ("no Ray dashboard: are Ray's dashboard packages installed (pip install 'ray[default]', a "
+                       "dependency in pyproject.toml)?\n" + runs[0].stderr[-2000:])
+    assert dashboard[0][1].startswith("127.0.0.1:") and dashboard[0][2] == "200", runs[0].stderr[-2000:]
     assert "DASHBOARD" not in runs[1].stderr

@@ -398,8 +398,9 @@ class MlflowTrialLogger(Callback):
             if any(m.step == step for key in keys for m in client.get_metric_history(run_id, key)):
                 return
             self.tracking.log_metrics(run_id, metrics, step=step, context=name)
-            if self.trial_dir is not None:
-                log_round_images(self.tracking.client, run_id, Path(self.trial_dir(trial_id)), step)
+            folder = self.trial_dir(trial_id) if self.trial_dir is not None else None
+            if folder is not None:  # a replayed record may name no folder
+                log_round_images(self.tracking.client, run_id, Path(folder), step)
         elif kind == "end":
             run_id = self._runs[trial_id]
             folder = self.trial_dir(trial_id) if self.trial_dir is not None else None

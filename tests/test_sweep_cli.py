@@ -1,5 +1,7 @@
 """The sweep's command line: help, bad input refused at once, and the smoke sweep end to end."""
 
+import re
+
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -94,6 +96,10 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "source-only target mIoU" in result.stdout
     assert "2 trial(s), 0 failed" in result.stdout
+    # Training progress from the first Train worker of each job (at least its last step).
+    output = result.stdout + result.stderr
+    assert "[source model] step 20/20 (100%) | loss: " in output
+    assert re.search(r"round 1\] step 10/10 \(100%\) \| loss: .*source_ce [0-9.]+.* \| [0-9.]+ images/s \| 0 s left", output)
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     experiment = client.get_experiment_by_name("smoke")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.annotate import export_queries, import_answers
+from orchestrator.annotate import export_queries, import_tool_answers, queries_path
+from orchestrator.annotation_formats import grid_to_original
 from orchestrator.experiment import PendingOracle
 from orchestrator.labels import LabelStore, Oracle
 from trainers.data import SeededSubset
@@ -60,39 +61,34 @@ def test_the_oracle_reveals_the_original_pixel_under_each_grid_pixel(tmp_path, n
     assert store.sparse_labels()[0][0].max() == grid[0] - 1  # the store keeps grid coordinates
 
 
-def test_exports_give_original_coordinates_and_the_import_maps_answers_back(tmp_path):
+def test_exports_give_original_coordinates_and_answers_come_back_from_the_original_image(tmp_path):
+    """What a person is shown is the original pixel the oracle reads; labeling the original image there
+    records exactly what the simulated oracle would have revealed."""
     classes = random_classes(8, 16, seed=3)
     write_scene(tmp_path / "city", "bonn", 0, np.asarray(TRAIN_IDS)[classes])
     pool = CityscapesSegmentation(tmp_path / "city", "train", size=(4, 8))
     pending = PendingOracle(pool)
-    points = pending.reveal(0, np.array([0, 3]), np.array([0, 5]))
-    square = pending.reveal(0, np.array([1, 1, 2, 2]), np.array([1, 2, 1, 2]), regions=True)
-    path = export_queries(tmp_path / "q.json", 1, "random", tuple(str(c) for c in range(19)), [points],
-                          {0: pool.files[0][0]})
-    entry = json.loads(path.read_text())["images"][0]
-    assert (entry["height"], entry["width"]) == (8, 16) and entry["points"] == [[1, 1], [7, 11]]
-    assert entry["grid"] == {"height": 4, "width": 8, "points": [[0, 0], [3, 5]]}
-    document = json.loads(path.read_text())
-    document["images"][0]["labels"] = [int(classes[1, 1]), int(classes[7, 11])]  # what a person reads off the image
-    (tmp_path / "a.json").write_text(json.dumps(document))
-    store = LabelStore(tmp_path / "labels")
-    import_answers(tmp_path / "a.json", path, store)
-    ys, xs, labels = store.sparse_labels()[0]
-    assert (ys.tolist(), xs.tolist()) == ([0, 3], [0, 5])
-    assert labels.tolist() == Oracle(pool).reveal(0, ys, xs).labels.tolist()
-
-    region_path = export_queries(tmp_path / "r.json", 2, "random_regions", tuple(str(c) for c in range(19)),
-                                 [square], {0: pool.files[0][0]})
-    document = json.loads(region_path.read_text())
-    region = document["images"][0]
-    original = [(int(f) // 16, int(f) % 16) for start, length in zip(region["mask_rle"][::2], region["mask_rle"][1::2])
-                for f in range(start, start + length)]
-    assert original == [(3, 3), (3, 5), (5, 3), (5, 5)]
-    region["labels"] = [int(classes[y, x]) for y, x in original]
-    (tmp_path / "b.json").write_text(json.dumps(document))
-    import_answers(tmp_path / "b.json", region_path, store)
-    ys, xs, labels = store.sparse_labels(only_round=2)[0]
-    assert labels.tolist() == Oracle(pool).reveal(0, ys, xs).labels.tolist()
+    names = tuple(str(c) for c in range(19))
+    for round_index, query in ((1, pending.reveal(0, np.array([0, 3]), np.array([0, 5]))),
+                               (2, pending.reveal(0, np.array([1, 1, 2, 2]), np.array([1, 2, 1, 2]), regions=True))):
+        path = export_queries(queries_path(tmp_path / "trial", round_index), round_index, "random", names, [query],
+                              {0: pool.files[0][0]})
+        entry = json.loads(path.read_text())["images"][0]
+        assert (entry["height"], entry["width"], entry["original_height"], entry["original_width"]) == (4, 8, 8, 16)
+        if round_index == 1:
+            assert grid_to_original([0, 3], [0, 5], (4, 8), (8, 16))[0].tolist() == [1, 7]  # rows by hand:
+            assert grid_to_original([0, 3], [0, 5], (4, 8), (8, 16))[1].tolist() == [1, 11]  # floor((y+.5)*2)
+        # A person labels the original image (here: its truth) and hands in label maps at its size.
+        answers = tmp_path / f"maps-{round_index}"
+        answers.mkdir()
+        Image.fromarray(classes.astype(np.uint8), mode="L").save(answers / "00000.png")
+        import_tool_answers("png", answers, tmp_path / "trial", round_index)
+    store = LabelStore(tmp_path / "trial" / "labels")
+    for round_index in (1, 2):
+        ys, xs, labels = store.sparse_labels(only_round=round_index)[0]
+        assert labels.tolist() == Oracle(pool).reveal(0, ys, xs).labels.tolist()
+    table = store.table()
+    assert table["label_height"].to_pylist() == [8, 8] and table["label_width"].to_pylist() == [16, 16]
 
 
 def test_subsets_are_drawn_across_the_split_with_a_seed(tmp_path):

@@ -7,6 +7,7 @@ rank (Ray actors) -> label (oracle -> label store) -> adapt (Ray Train) -> evalu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from trainers.train_loop import run_training
 
 from .config import NO_SELECTION, ExperimentConfig, from_dict, with_overrides
 from .annotate import AwaitingAnnotation, export_queries, queries_path
-from .labels import LabeledPixels, LabelStore, Oracle
+from .labels import LabeledPixels, LabelStore, Oracle, grid_and_label_size
 from .ranking import rank_pool
 from .storage import open_storage
 
@@ -36,8 +37,17 @@ SOURCE_CACHE_SECTIONS = ("seed", "data", "model", "source")
 
 
 def source_cache_key(cfg: ExperimentConfig) -> str:
-    """Everything that changes the source model (not resources, not selection, not adaptation)."""
-    return cfg.hash(*SOURCE_CACHE_SECTIONS)
+    """Everything that changes the source model (not resources, not selection, not adaptation), and
+    the content of ``source.checkpoint`` when the source model is given (a file replaced under the
+    same name is a new model)."""
+    key = cfg.hash(*SOURCE_CACHE_SECTIONS)
+    if cfg.source.checkpoint:
+        digest = hashlib.sha256(key.encode())
+        with open(cfg.source.checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        key = digest.hexdigest()[:16]
+    return key
 
 
 def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> tuple[str, dict]:
@@ -56,7 +66,11 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
         progress(f"source model: reusing {entry_location}")
         return storage.join(entry_location, "checkpoint"), json.loads(cached)
 
-    progress(f"source model: training {cfg.source.steps} steps ({cfg.train.num_workers} Train worker(s))")
+    if cfg.source.checkpoint:
+        progress(f"source model: G from {cfg.source.checkpoint} (not trained); the selector S gets its backbone "
+                 f"and fresh heads, which LabOR's selection needs trained first")
+    else:
+        progress(f"source model: training {cfg.source.steps} steps ({cfg.train.num_workers} Train worker(s))")
     job = {"mode": "source", "config": cfg.to_dict(), "init_checkpoint": None, "round": 0}
     result = run_training(job, name=f"source-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = _round_metrics(result.metrics)
@@ -191,10 +205,11 @@ class PendingOracle:
         self.dataset = dataset
 
     def reveal(self, image_id, ys, xs, clicks=None, regions=False) -> LabeledPixels:
-        height, width = self.dataset.label(image_id).shape
+        (height, width), (label_height, label_width) = grid_and_label_size(self.dataset, image_id)
         ys, xs = np.asarray(ys, np.int32), np.asarray(xs, np.int32)
         return LabeledPixels(int(image_id), ys, xs, np.full(len(ys), 255, np.uint8), int(height), int(width),
-                             float(len(ys) if clicks is None else clicks), regions)
+                             float(len(ys) if clicks is None else clicks), regions, int(label_height),
+                             int(label_width))
 
 
 def wait_for_annotators(checkpoint: str, cfg: ExperimentConfig, domains, store: LabelStore, trial_dir: Path,
@@ -204,9 +219,9 @@ def wait_for_annotators(checkpoint: str, cfg: ExperimentConfig, domains, store: 
     if not path.is_file():
         queries, _ = select_round(checkpoint, cfg, len(domains.target_pool), store,
                                   PendingOracle(domains.target_pool), round_index, pool_pixels, progress)
-        files = getattr(getattr(domains.target_pool, "dataset", domains.target_pool), "files", [])
+        files = getattr(domains.target_pool, "files", [])
         export_queries(path, round_index, cfg.selection.selector, domains.classes, queries,
-                       {i: files[i][0] for i in range(min(len(files), len(domains.target_pool)))})
+                       {i: files[i][0] for i in range(len(files))})
     raise AwaitingAnnotation(f"round {round_index} waits for annotations: label the pixels in '{path}', then "
                              f"python -m orchestrator.annotate import --trial-dir {trial_dir} --round {round_index} "
                              f"--answers FILE, and resume the sweep")

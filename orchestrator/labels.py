@@ -2,10 +2,16 @@
 
 Layout: one directory per trial holding one parquet file per round, ``round-0001.parquet``, with a
 row per labeled image: ``image_id, round, strategy, height, width, ys, xs, mask_rle, labels,
-num_pixels, clicks``. Points are coordinate lists (``ys``, ``xs``); regions are a run-length mask
-(``mask_rle``: start, length pairs over the row-major image; see ``pixel_selectors.encoding``) and
-``labels`` follow the pixels in ascending flat order. Both stay compact on disk and are never
-Python objects in bulk on the driver.
+num_pixels, clicks, label_height, label_width``. Points are coordinate lists (``ys``, ``xs``);
+regions are a run-length mask (``mask_rle``: start, length pairs over the row-major image; see
+``pixel_selectors.encoding``) and ``labels`` follow the pixels in ascending flat order. Both stay
+compact on disk and are never Python objects in bulk on the driver.
+
+Coordinates are on the selection grid (``height x width``, the image as training sees it);
+``label_height x label_width`` is the original label's size, so the scale is on record: grid
+pixel (y, x) stands for the original pixel ``trainers.data.coordinates.label_coordinates`` gives,
+which is where the oracle read its class (rounds written before these columns existed read back
+with the grid size there).
 
 A round is written once, atomically (temporary file, fsync, rename): a crash leaves either the
 whole round or nothing, and writing a round that exists is refused, so budget is never spent twice.
@@ -25,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pixel_selectors.encoding import rle_decode, rle_encode
+from trainers.data.coordinates import label_coordinates
 
 SCHEMA = pa.schema([
     ("image_id", pa.int64()),
@@ -38,6 +45,8 @@ SCHEMA = pa.schema([
     ("labels", pa.list_(pa.uint8())),
     ("num_pixels", pa.int64()),
     ("clicks", pa.float64()),
+    ("label_height", pa.int32()),
+    ("label_width", pa.int32()),
 ])
 
 
@@ -52,6 +61,8 @@ class LabeledPixels:
     ``regions=True`` stores them as a run-length mask (labels then follow ascending flat order);
     otherwise as a point list in selection order. ``clicks`` is the annotation cost
     (``pixel_selectors.cost``: a point is one click, a region the clicks of its outline).
+    ``ys, xs`` are on the ``height x width`` grid; ``label_height x label_width`` is the original
+    label's size (0: the grid's).
     """
 
     image_id: int
@@ -62,6 +73,12 @@ class LabeledPixels:
     width: int
     clicks: float
     regions: bool = False
+    label_height: int = 0
+    label_width: int = 0
+
+    @property
+    def label_size(self) -> tuple[int, int]:
+        return self.label_height or self.height, self.label_width or self.width
 
 
 def _row(p: LabeledPixels) -> dict:
@@ -108,6 +125,8 @@ class LabelStore:
                for key in ("ys", "xs", "mask_rle", "labels")},
             "num_pixels": pa.array([len(p.ys) for p in rows], pa.int64()),
             "clicks": pa.array([p.clicks for p in rows], pa.float64()),
+            "label_height": pa.array([p.label_size[0] for p in rows], pa.int32()),
+            "label_width": pa.array([p.label_size[1] for p in rows], pa.int32()),
         }, schema=SCHEMA)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
@@ -124,7 +143,11 @@ class LabelStore:
                  if (upto_round is None or r <= upto_round) and (only_round is None or r == only_round)]
         if not paths:
             return SCHEMA.empty_table()
-        return pa.concat_tables(pq.read_table(p, schema=SCHEMA) for p in paths)
+        table = pa.concat_tables(pq.read_table(p, schema=SCHEMA) for p in paths)
+        for label_key, grid_key in (("label_height", "height"), ("label_width", "width")):
+            column = pc.coalesce(table[label_key], table[grid_key])  # rounds written before the column
+            table = table.set_column(table.schema.get_field_index(label_key), label_key, column)
+        return table
 
     def sparse_labels(self, upto_round: int | None = None, only_round: int | None = None
                       ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -180,15 +203,35 @@ class Oracle:
 
     def reveal(self, image_id: int, ys: np.ndarray, xs: np.ndarray, clicks: float | None = None,
                regions: bool = False) -> LabeledPixels:
-        """The truth at (ys, xs) of one image; ``clicks`` defaults to one per pixel (points)."""
-        truth = self.dataset.label(image_id)
-        height, width = truth.shape
+        """The truth at grid pixels (ys, xs) of one image, read from its original label at the pixels
+        ``label_coordinates`` maps them to; ``clicks`` defaults to one per pixel (points)."""
+        truth, grid = original_truth(self.dataset, image_id)
+        height, width = grid
         ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
         if len(ys) and (ys.min() < 0 or xs.min() < 0 or ys.max() >= height or xs.max() >= width):
             raise ValueError(f"query outside image {image_id} ({height}x{width})")
-        labels = truth[ys, xs].numpy().astype(np.uint8)
+        label_ys, label_xs = label_coordinates(ys, xs, grid, tuple(truth.shape))
+        labels = truth[label_ys, label_xs].numpy().astype(np.uint8)
         if len(self.withheld):
             labels[np.isin(labels, self.withheld)] = 255
         return LabeledPixels(image_id=int(image_id), ys=ys.astype(np.int32), xs=xs.astype(np.int32), labels=labels,
                              height=int(height), width=int(width),
-                             clicks=float(len(ys) if clicks is None else clicks), regions=regions)
+                             clicks=float(len(ys) if clicks is None else clicks), regions=regions,
+                             label_height=int(truth.shape[0]), label_width=int(truth.shape[1]))
+
+
+def original_truth(dataset, image_id: int):
+    """(the original label of one image, its selection-grid size). A dataset without ``native_label``
+    (a label already at grid size) is its own original."""
+    if hasattr(dataset, "native_label"):
+        return dataset.native_label(image_id), tuple(dataset.grid_size(image_id))
+    truth = dataset.label(image_id)
+    return truth, tuple(truth.shape)
+
+
+def grid_and_label_size(dataset, image_id: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(selection-grid size, original label size) of one image, from file headers where the dataset can."""
+    if hasattr(dataset, "native_size"):
+        return tuple(dataset.grid_size(image_id)), tuple(dataset.native_size(image_id))
+    shape = tuple(dataset.label(image_id).shape)
+    return shape, shape

@@ -309,23 +309,29 @@ def batch_indices(num_items: int, batch_size: int, step: int, seed: int, rank: i
     return shard[position * batch:(position + 1) * batch].tolist()
 
 
-def load_batch(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [dataset[i] for i in indices]
-    return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
-
-
 @torch.no_grad()
 def predict_confusion(model: nn.Module, dataset: Dataset, indices: list[int], num_classes: int,
-                      batch_size: int, device: torch.device) -> torch.Tensor:
-    """Confusion matrix (K, K) of head 0 of ``model`` over ``dataset[indices]``."""
+                      batch_size: int, device: torch.device, workers: int = 0) -> torch.Tensor:
+    """Confusion matrix (K, K) of head 0 of ``model`` over ``dataset[indices]``.
+
+    A label larger (or smaller) than the input is scored at its own size: the logits are upsampled
+    bilinearly to it, then the argmax is taken (AdaptSegNet's and RIPU's evaluation; the Cityscapes
+    benchmark scores 2048x1024). One image at a time, so memory holds one full-size logit map.
+    """
+    from .loader import evaluation_loader
     from .metrics import confusion_matrix
 
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for start in range(0, len(indices), batch_size):
-        images, labels = load_batch(dataset, indices[start:start + batch_size])
-        pred = model(images.to(device))[0].argmax(dim=1)
-        confusion += confusion_matrix(pred, labels.to(device), num_classes)
+    loader = evaluation_loader(dataset, indices, batch_size, workers=workers, pin_memory=device.type == "cuda")
+    for images, labels in loader:
+        logits = model(images.to(device, non_blocking=True))[0]
+        for item, label in zip(logits, labels):
+            label = label.to(device, non_blocking=True)
+            if tuple(label.shape) != tuple(item.shape[-2:]):
+                item = F.interpolate(item[None].float(), size=tuple(label.shape), mode="bilinear",
+                                     align_corners=False)[0]
+            confusion += confusion_matrix(item.argmax(dim=0), label, num_classes)
     model.train(was_training)
     return confusion

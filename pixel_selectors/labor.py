@@ -14,7 +14,7 @@ import torch
 
 from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, predicted_class, take_regions,
                    unlabeled_mask)
-from .regions import components, ranked_query
+from .regions import connected_components, ranked_query
 
 
 def inconsistency_mask(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -133,15 +133,18 @@ def labor_spl(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
     _, height, width = check_head_probs(head_probs, expected_heads=2)
     p1, p2 = head_probs[0], head_probs[1]
     free = unlabeled_mask(labeled, height, width, device=p1.device)
-    mask = (inconsistency_mask(p1, p2) & free).cpu().numpy()
-    indices, offsets = components(mask)
-    sizes = np.diff(offsets)
-    discrepancy = head_discrepancy(p1, p2).reshape(-1).to(torch.float64).cpu().numpy()
-    region_of_pixel = np.repeat(np.arange(len(sizes)), sizes)
-    total = np.bincount(region_of_pixel, weights=discrepancy[indices], minlength=len(sizes))
-    scores = {"mean_discrepancy": lambda: total / np.maximum(sizes, 1),
-              "size": lambda: sizes.astype(np.float64),
+    # On the maps' device: the mask, its pieces and their scores; only the query leaves it.
+    indices, offsets = connected_components(inconsistency_mask(p1, p2) & free)
+    sizes = offsets[1:] - offsets[:-1]
+    discrepancy = head_discrepancy(p1, p2).reshape(-1).to(torch.float64)
+    region_of_pixel = torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes)
+    total = torch.zeros(len(sizes), dtype=torch.float64, device=sizes.device).index_add_(
+        0, region_of_pixel, discrepancy[indices])
+    scores = {"mean_discrepancy": lambda: total / sizes.clamp_min(1),
+              "size": lambda: sizes.to(torch.float64),
               "sum_discrepancy": lambda: total}[score]()
+    indices, offsets = indices.cpu().numpy(), offsets.cpu().numpy()
+    scores, sizes = scores.cpu().numpy(), sizes.cpu().numpy()
     keep = np.flatnonzero(sizes >= min_pixels)
     if len(keep) < len(sizes):
         indices, offsets = take_regions(indices, offsets, keep)

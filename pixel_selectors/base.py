@@ -77,6 +77,14 @@ def unlabeled_mask(labeled: torch.Tensor | None, height: int, width: int, device
     return ~labeled.to(torch.bool)
 
 
+def labeled_mask(ys, xs, height: int, width: int, device=None) -> torch.Tensor:
+    """Boolean (H, W) mask, on ``device``, of the labeled pixels given as row/column coordinates."""
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(np.asarray(ys), dtype=torch.int64, device=device),
+         torch.as_tensor(np.asarray(xs), dtype=torch.int64, device=device)] = True
+    return mask
+
+
 def allocate_evenly(capacities: list[int], total: int) -> list[int]:
     """Split ``total`` points over groups as evenly as their capacities allow (water-filling).
 

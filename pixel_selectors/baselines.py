@@ -46,11 +46,18 @@ def random_points(head_probs, num_points: int, labeled: torch.Tensor | None = No
     return _top_points(_seeded_scores(seed, height * width, device), free, num_points, width)
 
 
+def _mean_head(head_probs) -> torch.Tensor:
+    """(K, H*W): the mean of the heads' probabilities (one head: itself, no copy)."""
+    num_classes = head_probs[0].shape[0]
+    mean = head_probs[0] if len(head_probs) == 1 else torch.stack(list(head_probs)).mean(dim=0)
+    return mean.reshape(num_classes, -1)
+
+
 def entropy_points(head_probs, num_points: int, labeled: torch.Tensor | None = None, seed: int = 0) -> PointQuery:
     """Pixels of highest predictive entropy H(p) = -sum_k p_k log p_k of the mean head prediction."""
-    num_classes, height, width = check_head_probs(head_probs)
-    probs = torch.stack(list(head_probs)).mean(dim=0).reshape(num_classes, -1)
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=0)
+    _, height, width = check_head_probs(head_probs)
+    probs = _mean_head(head_probs)
+    entropy = torch.special.entr(probs.clamp_min(0)).sum(dim=0)
     return _top_points(entropy, unlabeled_mask(labeled, height, width, device=probs.device).flatten(), num_points,
                        width)
 
@@ -58,9 +65,15 @@ def entropy_points(head_probs, num_points: int, labeled: torch.Tensor | None = N
 def margin_points(head_probs, num_points: int, labeled: torch.Tensor | None = None, seed: int = 0) -> PointQuery:
     """Pixels of smallest margin between the two most probable classes (score = -margin)."""
     num_classes, height, width = check_head_probs(head_probs)
-    probs = torch.stack(list(head_probs)).mean(dim=0).reshape(num_classes, -1)
-    top2 = probs.topk(min(2, num_classes), dim=0).values
-    margin = top2[0] - (top2[1] if num_classes > 1 else 0)
+    probs = _mean_head(head_probs)
+    best = probs.max(dim=0)
+    if num_classes > 1:
+        # The runner-up: the maximum once the best class is set aside (topk along the class axis
+        # is several times slower on the CPU).
+        runner_up = probs.scatter(0, best.indices[None], -float("inf")).max(dim=0).values
+        margin = best.values - runner_up
+    else:
+        margin = best.values
     return _top_points(-margin, unlabeled_mask(labeled, height, width, device=probs.device).flatten(), num_points,
                        width)
 

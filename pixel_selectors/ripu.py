@@ -38,10 +38,19 @@ def _window_mean(values: torch.Tensor, k: int) -> torch.Tensor:
 
 def _window_sums(counts: torch.Tensor, radius: int) -> torch.Tensor:
     """Sum of integer (..., H, W) ``counts`` over each (2r+1)^2 window clipped to the image; exact
-    integers (int32). Running sums along each axis, so any window costs the same: RIPU's point
-    window is 65 x 65 at 2048 x 1024."""
+    integers (int32), one axis at a time. A small window adds its shifted copies (on the CPU a
+    running sum along the row axis is slow); a large one (RIPU's point window is 65 x 65 at
+    2048 x 1024) subtracts running sums, which costs the same for any window."""
+    counts = counts.to(torch.int32)
     for dim in (-2, -1):
         size = counts.shape[dim]
+        if radius <= SHIFTED_SUM_MAX_RADIUS:
+            total = counts.clone()
+            for shift in range(1, min(radius, size - 1) + 1):
+                total.narrow(dim, 0, size - shift).add_(counts.narrow(dim, shift, size - shift))
+                total.narrow(dim, shift, size - shift).add_(counts.narrow(dim, 0, size - shift))
+            counts = total
+            continue
         running = torch.cumsum(counts, dim=dim, dtype=torch.int32)
         running = torch.cat([torch.zeros_like(running.narrow(dim, 0, 1)), running], dim=dim)  # running[i] = sum of [0, i)
         position = torch.arange(size, device=counts.device)
@@ -49,6 +58,10 @@ def _window_sums(counts: torch.Tensor, radius: int) -> torch.Tensor:
         lower = (position - radius).clamp_min(0)
         counts = running.index_select(dim, upper) - running.index_select(dim, lower)
     return counts
+
+
+# Up to this radius window sums add shifted copies (2r adds per axis); beyond, running sums.
+SHIFTED_SUM_MAX_RADIUS = 4
 
 
 def window_impurity(predicted: torch.Tensor, num_classes: int, k: int) -> torch.Tensor:
@@ -68,7 +81,8 @@ def window_impurity(predicted: torch.Tensor, num_classes: int, k: int) -> torch.
     in_image = counts.sum(dim=0)  # n: the window's in-image pixels
     table = torch.arange(k * k + 1, dtype=torch.float64, device=predicted.device)
     table = torch.special.xlogy(table, table)  # m log m, with 0 log 0 = 0
-    entropy = (table[in_image.long()] - table[counts.long()].sum(dim=0)) / in_image.to(torch.float64)
+    class_terms = table.index_select(0, counts.reshape(-1)).reshape(counts.shape)  # int32 indices: no int64 copy
+    entropy = (table[in_image.long()] - class_terms.sum(dim=0)) / in_image.to(torch.float64)
     scale = math.log(num_classes) if num_classes > 1 else 1.0
     return entropy.clamp_min(0.0) / scale
 
@@ -90,7 +104,7 @@ def ripu_maps(probs: torch.Tensor, k: int = 3, window_uncertainty: bool = True
 
 def _mean_probs(head_probs) -> tuple[torch.Tensor, int, int]:
     _, height, width = check_head_probs(head_probs)
-    if len(head_probs) == 1:
+    if len(head_probs) == 1:  # the segmenter's one head: no copy
         return head_probs[0].detach(), height, width
     return torch.stack([p.detach() for p in head_probs]).mean(dim=0), height, width
 

@@ -114,3 +114,20 @@ def test_adapt_job_can_carry_the_selector_over_untrained(cfg, source_checkpoint)
     # G's trajectory does not depend on S: same batches, same G either way.
     g_frozen, g_trained = frozen.state["modules"]["segmenter"], trained.state["modules"]["segmenter"]
     assert all(torch.equal(g_frozen[k], g_trained[k]) for k in g_frozen)
+
+
+
+def test_the_target_dataset_reads_labels_by_reference_as_it_reads_them_from_a_dict(cfg, tmp_path):
+    from orchestrator.labels import LabeledPixels, LabelStore
+    from trainers.data import build_domains
+    from trainers.step import SparseTargetDataset
+
+    pool = build_domains(cfg["data"]).target_pool
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_ppl", [LabeledPixels(i, ys.astype(np.int32), xs.astype(np.int32), c.astype(np.uint8),
+                                                      cfg["data"]["height"], cfg["data"]["width"], float(len(ys)))
+                                        for i, (ys, xs, c) in sparse_labels().items()])
+    by_reference, from_dict = SparseTargetDataset(pool, store.reader()), SparseTargetDataset(pool, sparse_labels())
+    for index in (0, 1, 3):
+        assert torch.equal(by_reference[index][1], from_dict[index][1])
+    assert int((by_reference[3][1] != 255).sum()) == 1 and by_reference[3][1][5, 6] == 2

@@ -231,7 +231,7 @@ def write_round_artifacts(folder: Path, domains, store: LabelStore, round_index:
 
 
 def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: LabelStore, oracle: Oracle,
-                 round_index: int, pool_pixels: int, progress: Callable[[str], None]
+                 round_index: int, pool_pixels: int, progress: Callable[[str], None], ranker: type | None = None
                  ) -> tuple[list[LabeledPixels], int]:
     """Rank the pool, spend the round's budget, and reveal the chosen pixels: (labels, shortfall).
 
@@ -259,7 +259,7 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
     open_storage(cfg).push_folder(store.root, "round-*.parquet")
     labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg_dict))
     stats = rank_pool(checkpoint, cfg_dict, pool_size, labeled, consume, round_index=round_index,
-                      budget_pixels=budget_pixels, progress=progress)
+                      budget_pixels=budget_pixels, progress=progress, ranker=ranker)
     progress(f"round {round_index}: ranked {stats.images} images with {stats.actors} actor(s) in "
              f"{stats.startup_s + stats.ranking_s:.1f} s ({stats.startup_s:.1f} s actor start-up, "
              f"{stats.images_per_s:.1f} images/s after)")

@@ -88,6 +88,32 @@ def _row(p: LabeledPixels) -> dict:
             "labels": np.asarray(p.labels, np.uint8)[order]}
 
 
+def _chunks(items: Iterable, size: int):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _rows_table(rows: list[LabeledPixels], round_index: int, strategy: str) -> pa.Table:
+    encoded = [_row(p) for p in rows]
+    return pa.table({
+        "image_id": pa.array([p.image_id for p in rows], pa.int64()),
+        "round": pa.array([round_index] * len(rows), pa.int32()),
+        "strategy": pa.array([strategy] * len(rows), pa.string()),
+        "height": pa.array([p.height for p in rows], pa.int32()),
+        "width": pa.array([p.width for p in rows], pa.int32()),
+        **{key: pa.array([e[key] for e in encoded], SCHEMA.field(key).type)
+           for key in ("ys", "xs", "mask_rle", "labels")},
+        "num_pixels": pa.array([len(p.ys) for p in rows], pa.int64()),
+        "clicks": pa.array([p.clicks for p in rows], pa.float64()),
+    }, schema=SCHEMA)
+
+
 class LabelStore:
     """Append-only, round-by-round store of labeled target pixels for one trial."""
 
@@ -103,30 +129,35 @@ class LabelStore:
         return sorted(int(p.stem.split("-")[1]) for p in self.root.glob("round-*.parquet"))
 
     def append_round(self, round_index: int, strategy: str, labeled: Iterable[LabeledPixels]) -> Path:
-        """Record one round's labels atomically; refuses a round that is already recorded."""
+        """Record one round's labels atomically; refuses a round that is already recorded.
+
+        ``labeled``: a list (sorted here by image id), or any other iterable that yields images in
+        ascending id order (a generator: rows are then encoded and written ``ROWS_PER_GROUP`` at a
+        time, so a large round never sits in memory whole). An image named twice, or a stream out of
+        order, is refused and nothing is written.
+        """
         final = self._round_path(round_index)
         if final.exists():
             raise LabelStoreError(f"round {round_index} is already in the label store at '{self.root}'")
-        rows = sorted(labeled, key=lambda p: p.image_id)
-        if len({p.image_id for p in rows}) != len(rows):
-            raise LabelStoreError(f"round {round_index} names an image twice")
-        encoded = [_row(p) for p in rows]
-        table = pa.table({
-            "image_id": pa.array([p.image_id for p in rows], pa.int64()),
-            "round": pa.array([round_index] * len(rows), pa.int32()),
-            "strategy": pa.array([strategy] * len(rows), pa.string()),
-            "height": pa.array([p.height for p in rows], pa.int32()),
-            "width": pa.array([p.width for p in rows], pa.int32()),
-            **{key: pa.array([e[key] for e in encoded], SCHEMA.field(key).type)
-               for key in ("ys", "xs", "mask_rle", "labels")},
-            "num_pixels": pa.array([len(p.ys) for p in rows], pa.int64()),
-            "clicks": pa.array([p.clicks for p in rows], pa.float64()),
-        }, schema=SCHEMA)
+        if isinstance(labeled, (list, tuple)):
+            labeled = sorted(labeled, key=lambda p: p.image_id)
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
-        pq.write_table(table, tmp, row_group_size=ROWS_PER_GROUP)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        try:
+            with pq.ParquetWriter(tmp, SCHEMA) as writer:
+                previous = None
+                for chunk in _chunks(labeled, ROWS_PER_GROUP):
+                    for p in chunk:
+                        if previous is not None and p.image_id <= previous:
+                            raise LabelStoreError(f"round {round_index} names an image twice" if p.image_id == previous
+                                                  else f"round {round_index}: images must come in ascending id order")
+                        previous = p.image_id
+                    writer.write_table(_rows_table(chunk, round_index, strategy), row_group_size=ROWS_PER_GROUP)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, final)
         return final
 

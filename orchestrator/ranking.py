@@ -130,13 +130,13 @@ REGION_SIZED = ("region_impurity", "region_impurity_regions", "random_regions")
 
 
 @functools.cache
-def ranking_actor_class():
-    """``Ranker`` as a Ray actor class (made on first use, so this module imports without Ray);
-    resources are set by the caller with ``.options``."""
+def ranking_actor_class(base: type | None = None):
+    """``Ranker`` (or a subclass: the scale benchmark's generated pool) as a Ray actor class, made on
+    first use so that this module imports without Ray; resources are set by the caller with ``.options``."""
     import ray
 
     @ray.remote
-    class RankingActor(Ranker):
+    class RankingActor(base or Ranker):
         def ready(self) -> bool:
             return True
 
@@ -182,8 +182,9 @@ class RankingStats:
 
 def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
               consume: Callable[[int, PointQuery | RegionQuery], None], round_index: int = 1, budget_pixels: int = 0,
-              progress: Callable[[str], None] | None = None) -> RankingStats:
-    """Rank the ``pool_size`` target pool images with ``ranking.num_actors`` actors.
+              progress: Callable[[str], None] | None = None, ranker: type | None = None) -> RankingStats:
+    """Rank the ``pool_size`` target pool images with ``ranking.num_actors`` actors (``ranker``: the
+    actors' class, ``Ranker`` unless a benchmark brings its own pool and network).
 
     Each image's query is handed to ``consume(image_id, query)`` as soon as its shard comes back
     (in completion order), so the driver can merge a global budget without holding the pool.
@@ -197,7 +198,7 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
     """
     import ray
 
-    ranking_actor = ranking_actor_class()
+    ranking_actor = ranking_actor_class(ranker)
     rk = cfg["ranking"]
     shards = shard_ids(list(range(pool_size)), rk["images_per_shard"])
     num_actors = min(rk["num_actors"], len(shards))

@@ -191,3 +191,13 @@ def test_totals_and_image_ids_read_single_columns(tmp_path):
     store.append_round(1, "labor_spl", _many_images(1, 20, 3))
     assert store.totals() == {"labeled_pixels": 60.0, "clicks": 80.0}
     assert store.image_ids(1).tolist() == list(range(20)) and store.image_ids(5).tolist() == []
+
+
+def test_a_streamed_round_is_written_a_row_group_at_a_time_and_refused_out_of_order(tmp_path):
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_spl", (p for p in _many_images(1, 40, 3)))  # a generator, ids ascending
+    assert store.totals()["labeled_pixels"] == 120 and store.image_ids(1).tolist() == list(range(40))
+    backwards = (p for p in reversed(_many_images(2, 40, 3)))
+    with pytest.raises(LabelStoreError, match="ascending id order"):
+        store.append_round(2, "labor_spl", backwards)
+    assert store.rounds() == [1] and sorted(p.name for p in store.root.iterdir()) == ["round-0001.parquet"]

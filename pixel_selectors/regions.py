@@ -52,11 +52,8 @@ def connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """8-connected components of a bool (H, W) tensor, in CSR form on the tensor's device.
 
     The same numbering and order as ``components`` (which the CPU uses): components in raster order
-    of their first pixel, each component's pixels in ascending flat index. On a CUDA device the
-    labels are found by label propagation: every mask pixel starts with its own flat index, takes
-    the smallest label of its 3 x 3 neighbourhood, then jumps to the label of the pixel its label
-    names (pointer jumping, so long components converge in few passes), until nothing changes. Each
-    component ends labelled with its smallest flat index, i.e. its first pixel in raster order.
+    of their first pixel, each component's pixels in ascending flat index. On other devices the
+    labels come from ``components_by_propagation``.
     """
     if mask.device.type == "cpu":
         indices, offsets = components(mask.numpy())
@@ -65,23 +62,41 @@ def connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def components_by_propagation(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``connected_components`` by label propagation, on any device (what a GPU runs)."""
+    """``connected_components`` as tensor operations, on any device (what a GPU runs).
+
+    Every mask pixel starts labelled with its own flat index; each pass, every pixel finds the
+    smallest label in its 3 x 3 neighbourhood, hands it to the pixel its own label names (a
+    scatter-min: the root of its tree adopts the smaller label, so a whole tree moves at once),
+    takes it itself, and jumps twice to the label of the pixel its label names (pointer jumping).
+    Labels only decrease and stay inside the component, so passes end with every pixel labelled by
+    its component's smallest flat index -- its first pixel in raster order. A few passes suffice
+    (5 for a LabOR mask at 1024 x 2048, 12 for a snake winding through the whole image), against
+    one pass per pixel of the component's length for propagation alone. A minimum is the same
+    whatever order the scatter applies it in, so the result is deterministic on a GPU.
+    """
     height, width = mask.shape
     # Labels are flat indices, exact in float32 below 2**24 pixels (max_pool2d wants floating point).
     dtype = torch.float32 if height * width < 2 ** 24 else torch.float64
     none = float(height * width)  # larger than every label: what non-mask pixels hold
-    flat_index = torch.arange(height * width, device=mask.device, dtype=dtype).reshape(height, width)
-    labels = torch.where(mask, flat_index, torch.full_like(flat_index, none))
+    inside = mask.reshape(-1)
+    index = torch.arange(height * width, device=mask.device, dtype=dtype)
+    labels = torch.where(inside, index, torch.full_like(index, none))
+
+    def named(values: torch.Tensor) -> torch.Tensor:  # the pixel each label names (non-mask: any pixel)
+        return values.clamp_max(none - 1).long()
+
     while True:
-        smallest = -F.max_pool2d(-labels[None, None], kernel_size=3, stride=1, padding=1)[0, 0]
-        smallest = torch.where(mask, smallest, labels)
-        jumped = smallest.reshape(-1)[smallest.reshape(-1).clamp_max(none - 1).long()].reshape(height, width)
-        updated = torch.where(mask, torch.minimum(smallest, jumped), labels)
+        smallest = -F.max_pool2d(-labels.reshape(1, 1, height, width), kernel_size=3, stride=1, padding=1)
+        smallest = torch.where(inside, smallest.reshape(-1), labels)
+        hooked = labels.clone().scatter_reduce_(0, named(labels)[inside], smallest[inside], reduce="amin")
+        updated = torch.minimum(hooked, smallest)
+        for _ in range(2):
+            updated = torch.where(inside, updated[named(updated)], updated)
         if torch.equal(updated, labels):
             break
         labels = updated
-    pixels = mask.reshape(-1).nonzero().squeeze(1)  # ascending flat index
-    component_label = labels.reshape(-1)[pixels]
+    pixels = inside.nonzero().squeeze(1)  # ascending flat index
+    component_label = labels[pixels]
     order = torch.sort(component_label, stable=True).indices  # by component, pixels ascending inside
     _, sizes = torch.unique_consecutive(component_label[order], return_counts=True)
     offsets = torch.zeros(len(sizes) + 1, dtype=torch.int64, device=mask.device)
@@ -99,6 +114,10 @@ def _pool_extreme(values: torch.Tensor, reach: int, smallest: bool) -> torch.Ten
     x = F.max_pool2d(x[None, None], kernel_size=(size, 1), stride=1, padding=(reach, 0))
     x = F.max_pool2d(x, kernel_size=(1, size), stride=1, padding=(0, reach))[0, 0]
     return -x if smallest else x
+
+
+# Rounds between two checks for the end of ``greedy_spread_rounds`` (each check waits for the device).
+ROUNDS_PER_CHECK = 4
 
 
 def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: int,
@@ -127,11 +146,15 @@ def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: in
     rank = rank.reshape(height, width)
     remaining = rank < unranked
     taken = torch.zeros_like(remaining)
+    rounds = 0
     while True:
         current = torch.where(remaining, rank, torch.full_like(rank, unranked))
         take = remaining & (current == _pool_extreme(current, reach, smallest=True))
         taken |= take
         remaining &= ~(_pool_extreme(take.to(dtype), reach, smallest=False) > 0)
+        rounds += 1
+        if rounds % ROUNDS_PER_CHECK:
+            continue  # a round after the last one changes nothing; checking costs a device sync
         if limit is None:
             if not bool(remaining.any()):
                 break

@@ -104,16 +104,14 @@ def components_by_propagation(mask: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return pixels[order], offsets
 
 
-def _pool_extreme(values: torch.Tensor, reach: int, smallest: bool) -> torch.Tensor:
-    """Max (or min) of (H, W) ``values`` over each (2 reach + 1)^2 window clipped to the image.
-
-    Separable (one pass per axis), so a large window costs its side, not its area.
-    """
+def _window_max(values: torch.Tensor, reach: int) -> torch.Tensor:
+    """Max of (H, W) ``values`` over each (2 reach + 1)^2 window clipped to the image: one pooling
+    for a small window, one per axis for a large one (its cost then grows with the side, not the area)."""
     size = 2 * reach + 1
-    x = -values if smallest else values
-    x = F.max_pool2d(x[None, None], kernel_size=(size, 1), stride=1, padding=(reach, 0))
-    x = F.max_pool2d(x, kernel_size=(1, size), stride=1, padding=(0, reach))[0, 0]
-    return -x if smallest else x
+    if reach <= 3:
+        return F.max_pool2d(values[None, None], kernel_size=size, stride=1, padding=reach)[0, 0]
+    x = F.max_pool2d(values[None, None], kernel_size=(size, 1), stride=1, padding=(reach, 0))
+    return F.max_pool2d(x, kernel_size=(1, size), stride=1, padding=(0, reach))[0, 0]
 
 
 # Rounds between two checks for the end of ``greedy_spread_rounds`` (each check waits for the device).
@@ -130,8 +128,9 @@ def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: in
     priority among the remaining candidates of its window, then drop every candidate within reach of
     a pick" produce: a candidate that is best in its window has no better candidate left near it,
     so the sequential pass would take it too. The global best remaining candidate is taken in every
-    round, so the rounds end. Smooth score maps make long chains (each pick waits for a better
-    neighbour to be decided), hence rounds rather than one pass.
+    round, so the rounds end. Smooth score maps and plateaus of equal scores (ties go in raster
+    order) make long chains, each pick waiting for a better neighbour to be decided: hence rounds,
+    a few hundred for RIPU's squares at 1024 x 2048, each a handful of element-wise operations.
 
     ``limit`` stops once the first ``limit`` picks in priority order are settled: every pick better
     than the best candidate still undecided can no longer change. Returns the picks' flat indices in
@@ -139,19 +138,19 @@ def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: in
     """
     device = order.device
     count = height * width
-    dtype = torch.float32 if count < 2 ** 24 else torch.float64  # ranks exact in the pooling dtype
-    unranked = float(count)
-    rank = torch.full((count,), unranked, dtype=dtype, device=device)
-    rank[order] = torch.arange(len(order), dtype=dtype, device=device)
-    rank = rank.reshape(height, width)
-    remaining = rank < unranked
+    dtype = torch.float32 if count < 2 ** 24 else torch.float64  # priorities exact in the pooling dtype
+    # Priority: len(order) for the best candidate down to 1 for the last, 0 for non-candidates.
+    priority = torch.zeros(count, dtype=dtype, device=device)
+    priority[order] = torch.arange(len(order), 0, -1, dtype=dtype, device=device)
+    priority = priority.reshape(height, width)
+    remaining = priority > 0
     taken = torch.zeros_like(remaining)
     rounds = 0
     while True:
-        current = torch.where(remaining, rank, torch.full_like(rank, unranked))
-        take = remaining & (current == _pool_extreme(current, reach, smallest=True))
+        current = priority * remaining  # 0 once decided: below every remaining candidate
+        take = remaining & (current == _window_max(current, reach))
         taken |= take
-        remaining &= ~(_pool_extreme(take.to(dtype), reach, smallest=False) > 0)
+        remaining &= _window_max(take.to(dtype), reach) == 0
         rounds += 1
         if rounds % ROUNDS_PER_CHECK:
             continue  # a round after the last one changes nothing; checking costs a device sync
@@ -159,12 +158,12 @@ def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: in
             if not bool(remaining.any()):
                 break
             continue
-        best_undecided = torch.where(remaining, rank, torch.full_like(rank, unranked)).min()
-        settled, undecided = torch.stack([(taken & (rank < best_undecided)).sum(), remaining.sum()]).tolist()
+        best_undecided = (priority * remaining).max()
+        settled, undecided = torch.stack([(taken & (priority > best_undecided)).sum(), remaining.sum()]).tolist()
         if settled >= limit or undecided == 0:
             break
     picks = taken.reshape(-1).nonzero().squeeze(1)
-    picks = picks[torch.sort(rank.reshape(-1)[picks]).indices]
+    picks = picks[torch.sort(priority.reshape(-1)[picks], descending=True).indices]
     return picks if limit is None else picks[:limit]
 
 

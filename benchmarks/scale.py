@@ -209,7 +209,7 @@ def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, bu
     store = LabelStore(store_root)
     before = store.totals()
     start_ray(num_cpus=max(2, args.actors), quiet=True)
-    stats, totals = [], {}
+    stats, merge, reveal, clicks = [], {}, {}, {}
     original_rank_pool = experiment.rank_pool
 
     def capture_stats(*a, **k):
@@ -220,7 +220,8 @@ def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, bu
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        with timed_calls(GlobalBudget, ("add", "add_points", "result"), totals):
+        with timed_calls(GlobalBudget, ("add", "add_points", "result"), merge), \
+                timed_calls(Oracle, ("reveal",), reveal), timed_calls(experiment, ("clicks_for_region",), clicks):
             labeled, shortfall = experiment.select_round(
                 "generated", cfg, pool_size, store, Oracle(pool), round_index=2,
                 pool_pixels=pool_size * args.height * args.width, progress=lambda line: print(f"  {line}", flush=True),
@@ -260,7 +261,8 @@ def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, bu
         "actor_peak_rss_bytes": ranking.actor_peak_rss_bytes, "train_job_bytes": job_bytes,
         "labels_in_job_bytes_before": int(9 * after["labeled_pixels"]),  # ys, xs int32 + labels uint8 a pixel
         "select_round_s": selected_s, "ranking_startup_s": ranking.startup_s, "ranking_s": ranking.ranking_s,
-        "merge_s": sum(totals.values()), "write_round_s": write_s,
+        "merge_s": sum(merge.values()), "reveal_s": sum(reveal.values()), "clicks_s": sum(clicks.values()),
+        "write_round_s": write_s,
         "worker_label_read_s": read_s, "worker_labeled_pixels_per_image": labeled_read / len(sample),
         "worker_item_s": item_s,
     }
@@ -315,14 +317,15 @@ def report(args: argparse.Namespace, rounds: list[dict], selectors: dict | None)
              f"{args.actors} ranking actor(s), budget {rounds[0]['budget_pixels']:,} pixels a round", "",
              "| pool | labeled pixels in the store | store on disk | driver peak (traced) | driver peak RSS "
              "| actor peak RSS | job sent to a Train worker | labels that job carried before | merge | "
-             "select round | worker: one image's labels |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "oracle + click costs | select round | worker: one image's labels |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rounds:
         lines.append(
             f"| {r['pool_images']:,} | {r['store_labeled_pixels']:,.0f} | {_mib(r['store_bytes'])} | "
             f"{_mib(r['driver_traced_peak_bytes'])} | {_mib(r['driver_peak_rss_bytes'])} | "
             f"{_mib(r['actor_peak_rss_bytes'])} | {r['train_job_bytes']:,} B | {_mib(r['labels_in_job_bytes_before'])} | "
-            f"{r['merge_s']:.2f} s | {r['select_round_s']:.1f} s | {1000 * r['worker_label_read_s']:.1f} ms |")
+            f"{r['merge_s']:.2f} s | {r['reveal_s']:.1f} + {r['clicks_s']:.1f} s | {r['select_round_s']:.1f} s | "
+            f"{1000 * r['worker_label_read_s']:.1f} ms |")
     first, last = rounds[0], rounds[-1]
     memory = last["driver_traced_peak_bytes"] / max(first["driver_traced_peak_bytes"], 1)
     lines += ["", f"- driver peak memory (traced) at {last['pool_images']:,} images / {first['pool_images']:,}: "
@@ -357,8 +360,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--selector", default="labor_spl", choices=sorted(SELECTORS),
                         help="the selector of the ranking round (default labor_spl)")
     parser.add_argument("--actors", type=int, default=2, help="ranking actors (default 2)")
-    parser.add_argument("--images-per-shard", type=int, default=4,
-                        help="images an actor forwards at once (default 4; memory grows with it)")
+    parser.add_argument("--images-per-shard", type=int, default=2,
+                        help="images an actor forwards at once (default 2; its memory grows with it)")
     parser.add_argument("--budget-pixels", type=int, default=0,
                         help="pixels bought by the round at every pool size (default: 2.2%% of the smallest pool)")
     parser.add_argument("--worker-items", type=int, default=16, help="images whose labels a Train worker reads (16)")

@@ -48,8 +48,10 @@ SCHEMA = pa.schema([
 
 
 # Images per parquet row group: the unit a reader fetches. Small, so that a Train worker reading
-# one image's labels reads a few images' worth; the footer grows by one entry per group.
-ROWS_PER_GROUP = 16
+# one image's labels reads a few images' worth. Measured on 1024 x 2048 images with about 2% of
+# their pixels labeled: one image read in 69 ms with groups of 16, 7 ms with 4, 4.5 ms with 1; the
+# file grows by a third from 16 to 4 (less to compress at once) and the footer by one entry a group.
+ROWS_PER_GROUP = 4
 
 LABEL_COLUMNS = ("image_id", "height", "width", "ys", "xs", "mask_rle", "labels")
 

@@ -54,7 +54,7 @@ def test_the_report_judges_each_goal():
     args.work_dir = ""
     row = {"pool_images": 8, "store_labeled_pixels": 1000, "store_bytes": 2 ** 20, "driver_traced_peak_bytes": 100,
            "driver_peak_rss_bytes": 1000, "actor_peak_rss_bytes": 10, "train_job_bytes": 1800,
-           "labels_in_job_bytes_before": 9000, "merge_s": 0.1, "select_round_s": 1.0, "worker_label_read_s": 0.001,
+           "labels_in_job_bytes_before": 9000, "merge_s": 0.1, "reveal_s": 0.5, "clicks_s": 2.0, "select_round_s": 1.0, "worker_label_read_s": 0.001,
            "budget_pixels": 500}
     met = scale.report(args, [row, {**row, "pool_images": 128, "driver_traced_peak_bytes": 109,
                                     "store_labeled_pixels": 16000, "train_job_bytes": 1802}], None)

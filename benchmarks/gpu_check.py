@@ -142,6 +142,16 @@ def autocast(device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def inference_network(model_name: str, classes: int, heads: int, device):
+    """A freshly initialised network in eval mode on ``device`` (channels_last on a GPU, as the actors run it)."""
+    import torch
+
+    from trainers.models import build_model
+
+    network = build_model(model_name, classes, 16, heads).to(device).eval()
+    return network.to(memory_format=torch.channels_last) if device.type == "cuda" else network
+
+
 def environment(device, progress) -> dict:
     import torch
 
@@ -159,7 +169,6 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
     from benchmarks.scale_scene import CITYSCAPES_CLASSES, CheapSegmenter, GeneratedPool, time_selectors
     from orchestrator.ranking import rank_images
     from pixel_selectors import SELECTORS
-    from trainers.models import build_model
 
     height, width = args.rank_size
     classes = CITYSCAPES_CLASSES
@@ -167,9 +176,7 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
     images = torch.stack([pool[i][0] for i in range(len(pool))]).to(device)
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
-    network = build_model(model_name, classes, 16, 2).to(device).eval()
-    if device.type == "cuda":
-        network = network.to(memory_format=torch.channels_last)
+    network = inference_network(model_name, classes, 2, device)
     reset_peak(device)
 
     def forward(batch):
@@ -299,14 +306,11 @@ def check_evaluation(args, device, model_name: str, progress) -> dict:
 
     from benchmarks.scale_scene import CITYSCAPES_CLASSES, GeneratedPool
     from trainers.metrics import mean_iou
-    from trainers.models import build_model
 
     height, width = args.label_size
     pool = GeneratedPool(args.eval_images, height, width, CITYSCAPES_CLASSES, seed=5)
     items = [pool[i] for i in range(len(pool))]
-    segmenter = build_model(model_name, CITYSCAPES_CLASSES, 16, 1).to(device).eval()
-    if device.type == "cuda":
-        segmenter = segmenter.to(memory_format=torch.channels_last)
+    segmenter = inference_network(model_name, CITYSCAPES_CLASSES, 1, device)
     reset_peak(device)
     evaluate_native(segmenter, items[:1], args.train_size, CITYSCAPES_CLASSES, device)  # warm-up
     synchronize(device)

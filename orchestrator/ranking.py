@@ -35,13 +35,10 @@ from .storage import local_checkpoint
 
 log = logging.getLogger(__name__)
 
-# What a ranking call gets for the already-labeled pixels: a LabelReader (the product: each actor
-# reads its own images) or a dict image id -> (ys, xs) (tests and benchmarks).
-Labeled = "LabelReader | Mapping[int, tuple[np.ndarray, np.ndarray]]"
-
-
 def labeled_coordinates(labeled, image_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """image id -> (ys, xs) already labeled, for the given images only."""
+    """image id -> (ys, xs) already labeled, for the given images only. ``labeled``: a ``LabelReader``
+    (the product: each actor reads its own images from the store), a dict image id -> (ys, xs)
+    (tests and benchmarks), or None."""
     if labeled is None:
         return {}
     if hasattr(labeled, "coordinates"):

@@ -126,7 +126,7 @@ def test_store_round_trip_property(tmp_path_factory, height, width, data):
 
 import pickle  # noqa: E402
 
-from orchestrator.labels import ROWS_PER_GROUP, LabelReader  # noqa: E402
+from orchestrator.labels import ROWS_PER_GROUP  # noqa: E402
 
 
 def _many_images(round_index, count, pixels_each, width=64):

@@ -239,7 +239,8 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
 
     Per-image point budgets take each image's points as they are. A global pixel budget
     (``selection.budget_fraction``) is met by merging every image's candidates on the driver
-    (``GlobalBudget``: memory grows with the budget, not the pool), best score first.
+    (``GlobalBudget``: memory grows with the budget, not the pool), best score first. ``ranker``:
+    the ranking actors' class (``Ranker`` unless a benchmark brings its own pool and network).
     """
     cfg_dict = cfg.to_dict()
     width = cfg.data.width

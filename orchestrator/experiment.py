@@ -27,7 +27,7 @@ from trainers.train_loop import run_training
 
 from .config import NO_SELECTION, ExperimentConfig, from_dict, with_overrides
 from .annotate import AwaitingAnnotation, export_queries, queries_path
-from .labels import LabeledPixels, LabelStore, Oracle, grid_and_label_size
+from .labels import LabeledPixels, LabelStore, Oracle, grid_and_label_size, storage_settings
 from .ranking import rank_pool
 from .storage import open_storage
 
@@ -179,9 +179,10 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
         select_s = time.perf_counter() - started
 
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
+        # The labels go by reference: each Train worker reads the images it trains on itself.
         job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": checkpoint,
-               "sparse_labels": store.sparse_labels(upto_round=round_index), "round": round_index,
-               "train_selector": selector_trains(cfg, round_index), "trial": trial_id}
+               "label_reader": store.reader(upto_round=round_index, storage=storage_settings(cfg_dict)),
+               "round": round_index, "train_selector": selector_trains(cfg, round_index), "trial": trial_id}
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = _round_metrics(result.metrics)
@@ -234,9 +235,10 @@ def write_round_artifacts(folder: Path, domains, store: LabelStore, round_index:
     from .report import class_palette, selection_overlay, write_iou_csv
 
     folder.mkdir(parents=True, exist_ok=True)
-    bought = store.sparse_labels(only_round=round_index)  # this round's pixels only: one file read
+    shown = np.sort(store.image_ids(round_index))[:OVERLAY_IMAGES]
+    bought = store.reader(only_round=round_index).read(shown)  # these images' pixels of this round only
     palette = class_palette(domains.classes)  # Cityscapes colours, with a legend of the classes drawn
-    for image_id in sorted(bought)[:OVERLAY_IMAGES]:
+    for image_id in sorted(bought):
         ys, xs, classes = bought[image_id]
         image = denormalize(domains.target_pool[image_id][0]).permute(1, 2, 0).numpy()
         selection_overlay(image, ys, xs, folder / f"selected-image{image_id:05d}.png", labels=classes,
@@ -246,13 +248,14 @@ def write_round_artifacts(folder: Path, domains, store: LabelStore, round_index:
 
 
 def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: LabelStore, oracle: Oracle,
-                 round_index: int, pool_pixels: int, progress: Callable[[str], None]
+                 round_index: int, pool_pixels: int, progress: Callable[[str], None], ranker: type | None = None
                  ) -> tuple[list[LabeledPixels], int]:
     """Rank the pool, spend the round's budget, and reveal the chosen pixels: (labels, shortfall).
 
     Per-image point budgets take each image's points as they are. A global pixel budget
     (``selection.budget_fraction``) is met by merging every image's candidates on the driver
-    (``GlobalBudget``: memory grows with the budget, not the pool), best score first.
+    (``GlobalBudget``: memory grows with the budget, not the pool), best score first. ``ranker``:
+    the ranking actors' class (``Ranker`` unless a benchmark brings its own pool and network).
     """
     cfg_dict = cfg.to_dict()
     width = cfg.data.width
@@ -269,8 +272,12 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
         else:
             merged.add_points(image_id, query, cfg.data.height, width)
 
-    stats = rank_pool(checkpoint, cfg_dict, pool_size, store.labeled_coordinates(), consume, round_index=round_index,
-                      budget_pixels=budget_pixels, progress=progress)
+    # Actors read the labeled pixels of their own images from the store (pushed to storage.uri first,
+    # so an actor on another node finds every earlier round).
+    open_storage(cfg).push_folder(store.root, "round-*.parquet")
+    labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg_dict))
+    stats = rank_pool(checkpoint, cfg_dict, pool_size, labeled, consume, round_index=round_index,
+                      budget_pixels=budget_pixels, progress=progress, ranker=ranker)
     progress(f"round {round_index}: ranked {stats.images} images with {stats.actors} actor(s) in "
              f"{stats.startup_s + stats.ranking_s:.1f} s ({stats.startup_s:.1f} s actor start-up, "
              f"{stats.images_per_s:.1f} images/s after)")

@@ -177,3 +177,19 @@ def test_sgd_with_polynomial_decay_follows_the_global_step_and_resumes_exactly(c
     resumed = run_job(adapt_job(sgd, source_checkpoint[0]), resume_state=saved["state"])
     for key, value in full.state["modules"]["segmenter"].items():
         assert torch.equal(value, resumed.state["modules"]["segmenter"][key]), key
+
+
+def test_the_target_dataset_reads_labels_by_reference_as_it_reads_them_from_a_dict(cfg, tmp_path):
+    from orchestrator.labels import LabeledPixels, LabelStore
+    from trainers.data import build_domains
+    from trainers.step import SparseTargetDataset
+
+    pool = build_domains(cfg["data"]).target_pool
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_ppl", [LabeledPixels(i, ys.astype(np.int32), xs.astype(np.int32), c.astype(np.uint8),
+                                                      cfg["data"]["height"], cfg["data"]["width"], float(len(ys)))
+                                        for i, (ys, xs, c) in sparse_labels().items()])
+    by_reference, from_dict = SparseTargetDataset(pool, store.reader()), SparseTargetDataset(pool, sparse_labels())
+    for index in (0, 1, 3):
+        assert torch.equal(by_reference[index][1], from_dict[index][1])
+    assert int((by_reference[3][1] != 255).sum()) == 1 and by_reference[3][1][5, 6] == 2

@@ -266,8 +266,11 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_gpu)
     target_data = None
     if mode == "adapt":
-        # The oracle reference labels every pool pixel (None: the pool's own label maps).
-        labels = None if job.get("full_target_labels") else job.get("sparse_labels") or {}
+        # The oracle reference labels every pool pixel (None: the pool's own label maps). A round's
+        # labels come by reference (``label_reader``: read here, image by image) or, in tests and
+        # benchmarks, as a dict (``sparse_labels``).
+        labels = (None if job.get("full_target_labels")
+                  else job.get("label_reader") or job.get("sparse_labels") or {})
         target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg["data"]["augment"]["hflip"])
 
     def state() -> dict[str, Any]:

@@ -261,16 +261,20 @@ def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[tor
 class SparseTargetDataset(Dataset):
     """The whole target pool as (image, sparse label map): 255 except where the oracle revealed a class.
 
-    ``sparse_labels`` maps image id -> (ys, xs, classes) arrays; ``None`` means every pixel is
-    revealed (the pool's own label maps: the oracle reference). Unlabeled images are included:
-    the adversarial, confusion and pseudo-label losses use every target image. ``hflip`` flips the
-    image and its sparse map together (the only augmentation that never invents labeled pixels).
+    ``sparse_labels`` gives image id -> (ys, xs, classes) arrays through ``.get(image_id)``: a dict,
+    or a reader of the label store (``orchestrator.labels.LabelReader``, handed over by reference)
+    that reads each image's labels when the image is loaded, so a Train worker reads only the
+    images it trains on. ``None`` means every pixel is revealed (the pool's own label maps: the
+    oracle reference). Unlabeled images are included: the adversarial, confusion and pseudo-label
+    losses use every target image. ``hflip`` flips the image and its sparse map together (the only
+    augmentation that never invents labeled pixels).
     """
 
-    def __init__(self, pool: Dataset, sparse_labels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None,
-                 hflip: bool = False):
+    def __init__(self, pool: Dataset, sparse_labels, hflip: bool = False):
         self.pool = pool
-        self.sparse_labels = None if sparse_labels is None else {int(k): v for k, v in sparse_labels.items()}
+        if isinstance(sparse_labels, dict):
+            sparse_labels = {int(k): v for k, v in sparse_labels.items()}
+        self.sparse_labels = sparse_labels
         self.hflip = hflip
 
     def __len__(self) -> int:
@@ -282,8 +286,9 @@ class SparseTargetDataset(Dataset):
             sparse = truth.to(torch.int64)
         else:
             sparse = torch.full(truth.shape, IGNORE_INDEX, dtype=torch.int64)
-            if index in self.sparse_labels:
-                ys, xs, classes = (np.asarray(a) for a in self.sparse_labels[index])
+            revealed = self.sparse_labels.get(int(index))
+            if revealed is not None:
+                ys, xs, classes = (np.asarray(a) for a in revealed)
                 sparse[torch.from_numpy(ys.astype(np.int64)), torch.from_numpy(xs.astype(np.int64))] = \
                     torch.from_numpy(classes.astype(np.int64))
         if self.hflip and torch.rand(()) < 0.5:

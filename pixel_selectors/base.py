@@ -77,16 +77,6 @@ def unlabeled_mask(labeled: torch.Tensor | None, height: int, width: int, device
     return ~labeled.to(torch.bool)
 
 
-def segment_sums(values: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """Sums of consecutive segments of ``values`` along dim 0 (segment j: the next ``sizes[j]``
-    rows); (S, ...). Each segment is summed in order, on any device, so equal inputs give equal bits
-    on every run and every device (``index_add_`` on a GPU adds in whatever order its atomics land,
-    and a selector must not depend on that)."""
-    if values.shape[0] == 0:
-        return torch.zeros((len(sizes), *values.shape[1:]), dtype=values.dtype, device=values.device)
-    return torch.segment_reduce(values, "sum", lengths=sizes.to(values.device), axis=0)
-
-
 def labeled_mask(ys, xs, height: int, width: int, device=None) -> torch.Tensor:
     """Boolean (H, W) mask, on ``device``, of the labeled pixels given as row/column coordinates."""
     mask = torch.zeros(height, width, dtype=torch.bool, device=device)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, predicted_class, segment_sums,
-                   take_regions, unlabeled_mask)
+from .base import PointQuery, RegionQuery, allocate_evenly, check_head_probs, predicted_class, take_regions, unlabeled_mask
+from .exact import segment_sums
 from .regions import connected_components, ranked_query
 
 
@@ -74,7 +74,7 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
     # candidates ordered by (class, distance) -- two stable sorts, so ties stay in flat-index order --
     # keeping the first allocation[k] of each class. A NaN distance (a diverged model) sorts last within its class.
     by_class = torch.sort(candidate_class, stable=True).indices
-    sums = segment_sums(vectors[:, by_class].T, counts).T  # column k: the sum over D(k)
+    sums = segment_sums(vectors[:, by_class], counts)  # column k: the sum over D(k)
     prototypes = sums / counts.clamp_min(1).to(torch.float64)  # column k: mu_k
     distance = (vectors - prototypes[:, candidate_class]).square().sum(dim=0).sqrt()
     order = torch.sort(torch.nan_to_num(distance, nan=float("inf")), stable=True).indices

@@ -1,0 +1,76 @@
+"""Device-independent arithmetic of the selectors (pixel_selectors/exact.py)."""
+
+import numpy as np
+import pytest
+import torch
+
+from pixel_selectors import random_points
+from pixel_selectors.exact import fixed_point_bits, seeded_uniform, segment_sums, splitmix64
+
+
+def lowbias32_reference(seed: int, count: int) -> np.ndarray:
+    """The hash in numpy's uint32, whose arithmetic is defined to wrap modulo 2**32."""
+    key = splitmix64(seed)
+
+    def mix(x):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+    x = mix(np.arange(count, dtype=np.uint32) ^ np.uint32(key & 0xFFFFFFFF))
+    return mix(x ^ np.uint32(key >> 32)).astype(np.float64) / 2 ** 32
+
+
+@pytest.mark.parametrize("seed", [0, 5, 2 ** 40 + 7, -3])
+def test_seeded_draws_are_the_unsigned_hash_of_seed_and_index(seed):
+    """torch's int32 arithmetic gives exactly the unsigned 32-bit hash (the bits any device computes)."""
+    draws = seeded_uniform(seed, 20_001)
+    assert draws.dtype == torch.float64
+    assert np.array_equal(draws.numpy(), lowbias32_reference(seed & (2 ** 64 - 1), 20_001))
+    assert 0 <= float(draws.min()) and float(draws.max()) < 1
+    assert len(torch.unique(draws)) == len(draws)  # a bijection of the indices: no ties
+    assert torch.equal(draws, seeded_uniform(seed, 20_001))
+
+
+def test_seeded_draws_are_uniform_and_independent_across_seeds():
+    count = 1 << 16
+    first, second = seeded_uniform(1, count), seeded_uniform(2, count)
+    histogram = torch.histc(first, bins=16, min=0, max=1)
+    chi_square = float(((histogram - count / 16) ** 2 / (count / 16)).sum())
+    assert chi_square < 40  # 15 degrees of freedom: p < 0.001 above 37.7
+    assert abs(float(torch.corrcoef(torch.stack([first, second]))[0, 1])) < 0.02
+    # Neighbouring pixels are not correlated either (the draws of index i and i + 1).
+    assert abs(float(torch.corrcoef(torch.stack([first[:-1], first[1:]]))[0, 1])) < 0.02
+    probs = (torch.full((3, 64, 128), 1 / 3),)
+    picks = [set(zip(q.ys.tolist(), q.xs.tolist())) for q in (random_points(probs, 200, seed=s) for s in (1, 2))]
+    assert len(picks[0] & picks[1]) < 10  # 200 of 8192 pixels twice: about 5 in common by chance
+
+
+def test_segment_sums_are_exact_in_fixed_point_whatever_the_order():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(3, 1000, generator=generator, dtype=torch.float64)
+    sizes = torch.tensor([1, 10, 0, 989])
+    got = segment_sums(values, sizes)
+    expected = torch.stack([values[:, :1].sum(1), values[:, 1:11].sum(1), torch.zeros(3), values[:, 11:].sum(1)], 1)
+    assert got.shape == (3, 4) and torch.allclose(got, expected, atol=1e-9, rtol=0)
+    # Any order inside a segment gives the same bits: the fixed-point terms add exactly.
+    shuffled = values.clone()
+    shuffled[:, 11:] = values[:, 11:][:, torch.randperm(989, generator=generator)]
+    assert torch.equal(segment_sums(shuffled, sizes), got)
+    assert torch.equal(segment_sums(values[1], sizes), got[1])  # one row: the same sums
+
+
+def test_segment_sums_mark_non_finite_segments_and_handle_empty_input():
+    values = torch.tensor([1.0, float("nan"), 2.0, 3.0, float("inf")])
+    got = segment_sums(values, torch.tensor([1, 2, 1, 1]))
+    assert got[0] == 1.0 and got[2] == 3.0 and torch.isnan(got[1]) and torch.isnan(got[3])
+    assert segment_sums(torch.empty(0), torch.empty(0, dtype=torch.int64)).shape == (0,)
+    assert segment_sums(torch.empty(2, 0), torch.zeros(3, dtype=torch.int64)).tolist() == [[0.0] * 3] * 2
+
+
+def test_fixed_point_leaves_room_for_every_partial_sum():
+    assert fixed_point_bits(1.0, 1) == 40
+    bits = fixed_point_bits(50.0, 19 * 2 ** 21)  # raw logits over a whole 1024 x 2048 image
+    assert 2 ** bits * 50.0 * 19 * 2 ** 21 < 2 ** 62 and bits > 20

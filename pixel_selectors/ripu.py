@@ -21,27 +21,33 @@ Both lie in [0, 1] (K = 1 gives 0). RIPU's two acquisition modes:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .base import PointQuery, RegionQuery, check_head_probs, predicted_class, unlabeled_mask
+from .exact import to_fixed_point
 from .regions import check_window, greedy_order_picks, greedy_squares, priority_order
 
 
-def _window_mean(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean of (H, W) ``values`` over each k x k window, counting only in-image pixels."""
-    pooled = F.avg_pool2d(values[None, None], kernel_size=k, stride=1, padding=(k - 1) // 2, count_include_pad=False)
-    return pooled[0, 0]
+def _window_mean(units: torch.Tensor, radius: int, bits: int) -> torch.Tensor:
+    """Mean of (H, W) fixed-point ``units`` (int64, in units of 2**-bits) over each (2r+1)^2 window
+    clipped to the image, only in-image pixels counted; float64. The sums are exact integers, so equal
+    windows give equal means on every device, whatever order a device would add in."""
+    height, width = units.shape
+    sums = _window_sums(units[None], radius, dtype=torch.int64)[0]
+    rows, cols = (_window_sums(torch.ones(1, n, 1, dtype=torch.int32, device=units.device), radius)[0, :, 0]
+                  for n in (height, width))  # in-image pixels of each window: (rows in it) x (columns in it)
+    return sums.to(torch.float64) * 2.0 ** -bits / (rows[:, None] * cols[None, :]).to(torch.float64)
 
 
-def _window_sums(counts: torch.Tensor, radius: int) -> torch.Tensor:
+def _window_sums(counts: torch.Tensor, radius: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
     """Sum of integer (..., H, W) ``counts`` over each (2r+1)^2 window clipped to the image; exact
-    integers (int32), one axis at a time. A small window adds its shifted copies (on the CPU a
+    integers (``dtype``), one axis at a time. A small window adds its shifted copies (on the CPU a
     running sum along the row axis is slow); a large one (RIPU's point window is 65 x 65 at
     2048 x 1024) subtracts running sums, which costs the same for any window."""
-    counts = counts.to(torch.int32)
+    counts = counts.to(dtype)
     for dim in (-2, -1):
         size = counts.shape[dim]
         if radius <= SHIFTED_SUM_MAX_RADIUS:
@@ -51,7 +57,7 @@ def _window_sums(counts: torch.Tensor, radius: int) -> torch.Tensor:
                 total.narrow(dim, shift, size - shift).add_(counts.narrow(dim, 0, size - shift))
             counts = total
             continue
-        running = torch.cumsum(counts, dim=dim, dtype=torch.int32)
+        running = torch.cumsum(counts, dim=dim, dtype=dtype)
         running = torch.cat([torch.zeros_like(running.narrow(dim, 0, 1)), running], dim=dim)  # running[i] = sum of [0, i)
         position = torch.arange(size, device=counts.device)
         upper = (position + radius + 1).clamp_max(size)
@@ -64,14 +70,30 @@ def _window_sums(counts: torch.Tensor, radius: int) -> torch.Tensor:
 SHIFTED_SUM_MAX_RADIUS = 4
 
 
+# Fixed-point steps (exact.py): m log m in RIPU's impurity in units of 2**-40; the per-pixel
+# uncertainty in units of 2**-24, about the float32 probabilities' own resolution and far above the
+# few-ulp differences between two devices' float64 logarithms, so that a device's rounding almost
+# never moves a pixel to another unit (a mathematically equal window must stay exactly equal).
+IMPURITY_BITS = 40
+UNCERTAINTY_BITS = 24
+
+
+@functools.cache
+def _xlogx_units(size: int) -> tuple[int, ...]:
+    """round(m ln m * 2**IMPURITY_BITS) for m = 0..size-1, computed once on the host (Python floats):
+    the same integers whatever device reads them."""
+    return tuple(round(m * math.log(m) * 2 ** IMPURITY_BITS) if m > 1 else 0 for m in range(size))
+
+
 def window_impurity(predicted: torch.Tensor, num_classes: int, k: int) -> torch.Tensor:
     """RIPU's region impurity: the entropy of the predicted-class histogram in each k x k window
     (clipped to the image; only in-image pixels counted), divided by log K; float64 (H, W).
 
     predicted: int64 (H, W) class map. Exact class counts per window (integer running sums over a
     (K, H, W) one-hot, one tensor operation for all classes), then
-    H = (n log n - sum_c n_c log n_c) / n, with m log m read from one float64 table, so equal
-    windows score exactly equal on any device and a window of one class scores exactly 0.
+    H = (n log n - sum_c n_c log n_c) / n with m log m from a fixed-point table made on the host and
+    the sum over classes in int64: exact, so equal windows score exactly equal on any device (a float
+    sum over classes would round by the device's order) and a window of one class scores exactly 0.
     """
     radius = check_window(k)
     height, width = predicted.shape
@@ -79,27 +101,47 @@ def window_impurity(predicted: torch.Tensor, num_classes: int, k: int) -> torch.
     one_hot.scatter_(0, predicted[None], 1)
     counts = _window_sums(one_hot, radius)  # (K, H, W) int32, each <= k * k
     in_image = counts.sum(dim=0)  # n: the window's in-image pixels
-    table = torch.arange(k * k + 1, dtype=torch.float64, device=predicted.device)
-    table = torch.special.xlogy(table, table)  # m log m, with 0 log 0 = 0
+    table = torch.tensor(_xlogx_units(k * k + 1), dtype=torch.int64, device=predicted.device)
     class_terms = table.index_select(0, counts.reshape(-1)).reshape(counts.shape)  # int32 indices: no int64 copy
-    entropy = (table[in_image.long()] - class_terms.sum(dim=0)) / in_image.to(torch.float64)
+    entropy = (table[in_image.long()] - class_terms.sum(dim=0)).clamp_min(0)  # n H, in units of 2**-40
     scale = math.log(num_classes) if num_classes > 1 else 1.0
-    return entropy.clamp_min(0.0) / scale
+    return entropy.to(torch.float64) * 2.0 ** -IMPURITY_BITS / in_image.to(torch.float64) / scale
+
+
+def uncertainty_units(probs: torch.Tensor) -> torch.Tensor:
+    """RIPU's prediction uncertainty U = -sum_c p_c log p_c / log K of a (K, H, W) softmax, in units
+    of 2**-UNCERTAINTY_BITS (int64 (H, W)).
+
+    Each class's -p log p in float64, added class after class in a fixed order, then rounded to the
+    fixed-point unit: two devices' logarithms differ in the last bits of a float64, far below the
+    unit, so they give the same units (a float32 sum differs by device in its last bits, about the
+    size of the differences between neighbouring windows of an upsampled softmax, and reorders them).
+    One (H, W) float64 buffer: no (K, H, W) float64 copy.
+    """
+    num_classes = probs.shape[0]
+    scale = math.log(num_classes) if num_classes > 1 else 1.0
+    total = torch.zeros(probs.shape[1:], dtype=torch.float64, device=probs.device)
+    term = torch.empty_like(total)
+    for c in range(num_classes):
+        term.copy_(probs[c]).clamp_min_(0.0)
+        total += torch.special.entr(term, out=term)
+    return to_fixed_point(total / scale, UNCERTAINTY_BITS)
 
 
 def ripu_maps(probs: torch.Tensor, k: int = 3, window_uncertainty: bool = True
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(impurity P, uncertainty U, window-mean uncertainty) as float64 (H, W) maps of a (K, H, W)
-    softmax, on the softmax's device. ``window_uncertainty=False`` skips the third (None): only
-    RIPU's regions read it."""
-    check_window(k)
+    softmax, on the softmax's device, the same bits on every device (see ``window_impurity`` and
+    ``uncertainty_units``). ``window_uncertainty=False`` skips the third (None): only RIPU's regions
+    read it."""
+    radius = check_window(k)
     num_classes = probs.shape[0]
     probs = probs.detach()
-    scale = math.log(num_classes) if num_classes > 1 else 1.0
-    # -p log p per class in the input's precision, summed in float64: no (K, H, W) float64 copy.
-    uncertainty = torch.special.entr(probs.clamp_min(0)).sum(dim=0, dtype=torch.float64) / scale
+    units = uncertainty_units(probs)
+    uncertainty = units.to(torch.float64) * 2.0 ** -UNCERTAINTY_BITS
     impurity = window_impurity(predicted_class(probs), num_classes, k)
-    return impurity, uncertainty, _window_mean(uncertainty, k) if window_uncertainty else None
+    window_mean = _window_mean(units, radius, UNCERTAINTY_BITS) if window_uncertainty else None
+    return impurity, uncertainty, window_mean
 
 
 def _mean_probs(head_probs) -> tuple[torch.Tensor, int, int]:

@@ -74,3 +74,42 @@ def test_fixed_point_leaves_room_for_every_partial_sum():
     assert fixed_point_bits(1.0, 1) == 40
     bits = fixed_point_bits(50.0, 19 * 2 ** 21)  # raw logits over a whole 1024 x 2048 image
     assert 2 ** bits * 50.0 * 19 * 2 ** 21 < 2 ** 62 and bits > 20
+
+
+def upsampled_softmax(seed, classes=19, height=96, width=160, levels=0):
+    """A softmax upsampled 8x bilinearly, as a segmentation network's: many windows whose scores are
+    mathematically equal; ``levels`` > 0 quantizes the logits (plateaus)."""
+    generator = torch.Generator().manual_seed(seed)
+    low = torch.randn(1, classes, height // 8, width // 8, generator=generator) * 4
+    logits = torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)[0]
+    return (logits * levels).round() / levels if levels else logits
+
+
+@pytest.mark.parametrize("levels", [0, 2])
+@pytest.mark.parametrize("name, settings", [("region_impurity_regions", {"budget_pixels": 600, "params": {"k": 3}}),
+                                            ("region_impurity", {"num_points": 40, "params": {"k": 9}})])
+def test_ripu_queries_do_not_move_with_a_devices_rounding(monkeypatch, name, settings, levels):
+    """A GPU's logarithm differs from the CPU's in the last bits of a float64: RIPU's scores must not
+    reorder for that (the greedy squares then diverged from the first differing pick on, and with them
+    every share score of the image). Simulated here: every -p log p off by up to 2 ulps of its dtype."""
+    from pixel_selectors import select_image
+
+    probs = [upsampled_softmax(7, levels=levels).softmax(0)]
+    labeled = torch.zeros(96, 160, dtype=torch.bool)
+    labeled[10:20, 30:90] = True
+    exact = select_image(name, probs, labeled=labeled, seed=5, **settings)
+    real_entr, generator = torch.special.entr, torch.Generator().manual_seed(levels)
+
+    def entr_off_by_ulps(x, out=None):
+        result = real_entr(x, out=out)
+        ulps = torch.randint(-2, 3, result.shape, generator=generator).to(result.dtype)
+        return result.mul_(1 + ulps * torch.finfo(result.dtype).eps)
+
+    monkeypatch.setattr(torch.special, "entr", entr_off_by_ulps)
+    for _ in range(3):
+        moved = select_image(name, probs, labeled=labeled, seed=5, **settings)
+        if name == "region_impurity":
+            assert np.array_equal(moved.ys, exact.ys) and np.array_equal(moved.xs, exact.xs)
+            assert np.array_equal(moved.scores, exact.scores)
+        else:
+            assert np.array_equal(moved.indices, exact.indices) and np.array_equal(moved.scores, exact.scores)

@@ -101,16 +101,16 @@ class ScaleRanker(Ranker):
         self.seed = int(cfg["seed"])
         self._queries: dict = {}
 
-    def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0):
+    def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0, max_share=None):
         coordinates = labeled_coordinates(labeled, image_ids)  # from the store, as every actor reads it
-        keys = {i: self._key(i, coordinates.get(i), round_index) for i in image_ids}
+        keys = {i: (self._key(i, coordinates.get(i), round_index), max_share) for i in image_ids}
         first_of = {}
         for i in image_ids:
             if keys[i] not in self._queries:
                 first_of.setdefault(keys[i], i)
         if first_of:
             for image_id, query in super().rank(list(first_of.values()), coordinates, num_points, round_index,
-                                                budget_pixels):
+                                                budget_pixels, max_share):
                 self._queries[keys[image_id]] = query
         return [(i, self._queries[keys[i]]) for i in image_ids]
 

@@ -20,7 +20,8 @@ from typing import Any, Callable
 import numpy as np
 
 from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, PointQuery
-from pixel_selectors.budget import GlobalBudget
+from pixel_selectors import TILING_SELECTORS
+from pixel_selectors.budget import GlobalBudget, share_cap, within_share_cap
 from pixel_selectors.cost import clicks_for_points, clicks_for_region
 from trainers.data import build_domains
 from trainers.train_loop import run_training
@@ -276,15 +277,29 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
     # so an actor on another node finds every earlier round).
     open_storage(cfg).push_folder(store.root, "round-*.parquet")
     labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg_dict))
+    # Squares that tile an image, spread by share: each image ranks only about the share the merge can
+    # take (budget / the pool's free pixels, with a margin), not every square of the image.
+    max_share = None
+    if (merged is not None and regions and cfg.selection.region_spread == "share"
+            and cfg.selection.selector in TILING_SELECTORS):
+        labeled_before = int(store.totals(upto_round=round_index - 1)["labeled_pixels"])
+        max_share = share_cap(budget_pixels, pool_pixels - labeled_before)
     stats = rank_pool(checkpoint, cfg_dict, pool_size, labeled, consume, round_index=round_index,
-                      budget_pixels=budget_pixels, progress=progress, ranker=ranker)
+                      budget_pixels=budget_pixels, progress=progress, ranker=ranker, max_share=max_share)
+    result = merged.result() if merged is not None else None
+    if max_share is not None and not within_share_cap(result, max_share):
+        progress(f"round {round_index}: the budget needs more than {max_share:.2%} of some images' free pixels; "
+                 f"ranking again with every square")
+        merged = GlobalBudget(budget_pixels)
+        stats = rank_pool(checkpoint, cfg_dict, pool_size, labeled, consume, round_index=round_index,
+                          budget_pixels=budget_pixels, progress=progress, ranker=ranker)
+        result = merged.result()
     progress(f"round {round_index}: ranked {stats.images} images with {stats.actors} actor(s) in "
              f"{stats.startup_s + stats.ranking_s:.1f} s ({stats.startup_s:.1f} s actor start-up, "
              f"{stats.images_per_s:.1f} images/s after)")
     if merged is None:
         labeled = [oracle.reveal(i, q.ys, q.xs) for i, q in sorted(per_image, key=lambda item: item[0])]
         return labeled, sum(q.shortfall for _, q in per_image)
-    result = merged.result()
     labeled = []
     for image_id, pieces in result.regions_by_image().items():
         flat = np.concatenate(pieces)

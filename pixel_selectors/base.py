@@ -119,18 +119,38 @@ def _as_readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def take_regions(indices: np.ndarray, offsets: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def take_regions(indices, offsets, order):
     """Reorder (or subset) regions held as CSR ``indices``/``offsets``; returns the new pair.
 
     Region ``order[j]`` becomes region ``j``; each region keeps its own pixel order. Vectorized:
-    no Python loop over regions.
+    no Python loop over regions. numpy arrays, or torch tensors (then on their device).
     """
+    if isinstance(indices, torch.Tensor):
+        order = torch.as_tensor(order, dtype=torch.int64, device=indices.device)
+        sizes = (offsets[1:] - offsets[:-1])[order]
+        new_offsets = torch.zeros(len(order) + 1, dtype=torch.int64, device=indices.device)
+        torch.cumsum(sizes, 0, out=new_offsets[1:])
+        shift = torch.repeat_interleave(offsets[:-1][order] - new_offsets[:-1], sizes)
+        return indices[torch.arange(len(shift), device=indices.device) + shift], new_offsets
     order = np.asarray(order, dtype=np.int64)
     sizes = (offsets[1:] - offsets[:-1])[order]
     new_offsets = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(sizes, out=new_offsets[1:])
     shift = np.repeat(offsets[:-1][order] - new_offsets[:-1], sizes)
     return indices[np.arange(new_offsets[-1], dtype=np.int64) + shift], new_offsets
+
+
+def head_length(sizes, max_pixels: int) -> int:
+    """How many regions the fewest first ones of ``sizes`` (ranked order; a numpy array or a tensor)
+    that hold at least ``max_pixels`` pixels are; all of them when they hold fewer."""
+    if max_pixels <= 0:
+        return 0
+    if isinstance(sizes, torch.Tensor):
+        wanted = torch.tensor([int(max_pixels)], dtype=sizes.dtype, device=sizes.device)
+        last = int(torch.searchsorted(torch.cumsum(sizes, 0), wanted, side="left"))
+    else:
+        last = int(np.searchsorted(np.cumsum(sizes), int(max_pixels), side="left"))
+    return min(len(sizes), last + 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -258,10 +278,7 @@ class RegionQuery:
         image is the ranked order, which this keeps).
         """
         ranked = self.ranked()
-        if max_pixels <= 0:
-            return ranked._subset(np.empty(0, dtype=np.int64))
-        last = int(np.searchsorted(np.cumsum(ranked.sizes), int(max_pixels), side="left"))
-        return ranked._subset(np.arange(min(len(ranked), last + 1)))
+        return ranked._subset(np.arange(head_length(ranked.sizes, max_pixels)))
 
     def _subset(self, order: np.ndarray) -> "RegionQuery":
         indices, offsets = take_regions(self.indices, self.offsets, order)

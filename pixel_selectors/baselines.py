@@ -75,19 +75,22 @@ def margin_points(head_probs, num_points: int, labeled: torch.Tensor | None = No
                        width)
 
 
-def random_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *, k: int = 3) -> RegionQuery:
+def random_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *, k: int = 3,
+                   max_pixels: int | None = None, spread: str = "score") -> RegionQuery:
     """Random non-overlapping k x k squares: the region-budget baseline.
 
     Every unlabeled pixel draws a uniform score from (``seed``, its flat index) (the same draw as
-    ``random_points``: ``exact.seeded_uniform``); squares are then placed greedily by that score exactly as RIPU's regions
-    are (centre within Chebyshev distance k - 1 of a taken centre is skipped; clipped to the image;
-    labeled pixels removed; raster order). A region's score is its centre's draw, so the global
-    merge picks uniformly random squares across the pool.
+    ``random_points``: ``exact.seeded_uniform``); squares are then placed greedily by that score
+    exactly as RIPU's regions are (centre within Chebyshev distance k - 1 of a taken centre is
+    skipped; clipped to the image; labeled pixels removed; raster order). A region's score is its centre's draw, so the global
+    merge picks uniformly random squares across the pool. ``max_pixels``: stop after the best squares
+    that hold that many pixels; ``spread="share"``: score them by their share of the free pixels
+    (both: ``greedy_squares``).
     """
     radius = check_window(k)
     _, height, width = check_head_probs(head_probs)
     device = head_probs[0].device
     score = seeded_uniform(seed, height * width, device)
     free = unlabeled_mask(labeled, height, width, device=device)
-    indices, offsets, scores = greedy_squares(score, free, radius)
+    indices, offsets, scores = greedy_squares(score, free, radius, max_pixels, spread)
     return RegionQuery(height, width, indices, offsets, scores)

@@ -188,7 +188,7 @@ def region_impurity(head_probs, num_points: int, labeled: torch.Tensor | None = 
 
 
 def region_impurity_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
-                            k: int = 3) -> RegionQuery:
+                            k: int = 3, max_pixels: int | None = None, spread: str = "score") -> RegionQuery:
     """RIPU regions: non-overlapping k x k squares ranked by P(i) * mean U over the square.
 
     Every unlabeled pixel i is a candidate centre with score P(i) * mean_{j in N_k(i)} U(j) (RIPU's
@@ -196,14 +196,17 @@ def region_impurity_regions(head_probs, labeled: torch.Tensor | None = None, see
     P * U). Centres are taken greedily by (score desc, flat index asc), skipping any centre within
     Chebyshev distance k - 1 of one already taken, so squares never overlap (RIPU masks the same
     2r-neighbourhood after each pick). Each region is its square clipped to the image minus the
-    labeled pixels, in raster order; regions come ranked. The greedy pass covers the whole image
-    (there is no per-image budget): the global merge decides how many regions each image gives.
-    ``seed`` is unused. Runs on the maps' device.
+    labeled pixels, in raster order; regions come ranked. The global merge decides how many regions
+    each image gives: the greedy pass covers the whole image, or with ``max_pixels`` stops after the
+    best squares that hold that many pixels (what the merge can take from this image; RIPU itself
+    takes a fixed number of squares per image). ``spread="share"`` scores each square by its share
+    of the image's free pixels instead (``greedy_squares``). ``seed`` is unused. Runs on the maps'
+    device.
     """
     radius = check_window(k)
     probs, height, width = _mean_probs(head_probs)
     impurity, _, window_uncertainty = ripu_maps(probs, k)
     center_score = (impurity * window_uncertainty).reshape(-1)
     free = unlabeled_mask(labeled, height, width, device=probs.device)
-    indices, offsets, scores = greedy_squares(center_score, free, radius)
+    indices, offsets, scores = greedy_squares(center_score, free, radius, max_pixels, spread)
     return RegionQuery(height, width, indices, offsets, scores)

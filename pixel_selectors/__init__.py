@@ -20,6 +20,8 @@ pool-wide budget too: ask each image for ``budget.points_per_image(...)`` points
 
 import math
 
+from torch.profiler import record_function
+
 from .base import PointQuery, RegionQuery, allocate_evenly, labeled_mask
 from .baselines import entropy_points, margin_points, random_points, random_regions
 from .budget import (BudgetResult, GlobalBudget, Pick, merge_points, merge_regions, points_per_image,
@@ -87,16 +89,17 @@ def select_image(name: str, head_probs, *, num_points: int = 0, budget_pixels: i
     pass past what it sends.
     """
     select, params = SELECTORS[name], params or {}
-    if SELECTOR_KIND[name] == "regions":
-        cap = budget_pixels
-        if max_share is not None and name in TILING_SELECTORS and region_spread == "share":
-            height, width = head_probs[0].shape[-2:]
-            free = height * width - (0 if labeled is None else int(labeled.sum()))
-            cap = min(cap, math.ceil(max_share * free))
-        return select(head_probs, labeled=labeled, seed=seed, max_pixels=cap, spread=region_spread, **params)
-    height, width = head_probs[0].shape[-2:]
-    wanted = points_per_image(budget_pixels, height, width) if budget_pixels else num_points
-    return select(head_probs, wanted, labeled=labeled, seed=seed, **params)
+    with record_function(f"select:{name}"):  # a row of its own in a profile (benchmarks.profile_selectors)
+        if SELECTOR_KIND[name] == "regions":
+            cap = budget_pixels
+            if max_share is not None and name in TILING_SELECTORS and region_spread == "share":
+                height, width = head_probs[0].shape[-2:]
+                free = height * width - (0 if labeled is None else int(labeled.sum()))
+                cap = min(cap, math.ceil(max_share * free))
+            return select(head_probs, labeled=labeled, seed=seed, max_pixels=cap, spread=region_spread, **params)
+        height, width = head_probs[0].shape[-2:]
+        wanted = points_per_image(budget_pixels, height, width) if budget_pixels else num_points
+        return select(head_probs, wanted, labeled=labeled, seed=seed, **params)
 
 
 __all__ = ["SELECTORS", "SELECTOR_INPUTS", "SELECTOR_KIND", "TILING_SELECTORS", "BudgetResult", "GlobalBudget", "Pick", "PointQuery",

@@ -14,7 +14,7 @@ import torch
 from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, head_length, predicted_class,
                    take_regions, unlabeled_mask)
 from .budget import check_spread, share_scores
-from .exact import segment_sums
+from .exact import group_sums, segment_sums
 from .regions import connected_components
 
 
@@ -71,11 +71,10 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
     counts = torch.bincount(candidate_class, minlength=num_classes)
     allocation = allocate_evenly(counts.tolist(), num_points)
 
-    # All classes at once: prototypes by segment sums over the candidates grouped by class, then the
+    # All classes at once: prototypes by exact sums over the candidates grouped by class, then the
     # candidates ordered by (class, distance) -- two stable sorts, so ties stay in flat-index order --
     # keeping the first allocation[k] of each class. A NaN distance (a diverged model) sorts last within its class.
-    by_class = torch.sort(candidate_class, stable=True).indices
-    sums = segment_sums(vectors[:, by_class], counts)  # column k: the sum over D(k)
+    sums = group_sums(vectors, candidate_class, num_classes)  # column k: the sum over D(k)
     prototypes = sums / counts.clamp_min(1).to(torch.float64)  # column k: mu_k
     distance = (vectors - prototypes[:, candidate_class]).square().sum(dim=0).sqrt()
     order = torch.sort(torch.nan_to_num(distance, nan=float("inf")), stable=True).indices

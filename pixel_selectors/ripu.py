@@ -58,11 +58,12 @@ def _window_sums(counts: torch.Tensor, radius: int, dtype: torch.dtype = torch.i
             counts = total
             continue
         running = torch.cumsum(counts, dim=dim, dtype=dtype)
-        running = torch.cat([torch.zeros_like(running.narrow(dim, 0, 1)), running], dim=dim)  # running[i] = sum of [0, i)
-        position = torch.arange(size, device=counts.device)
-        upper = (position + radius + 1).clamp_max(size)
-        lower = (position - radius).clamp_min(0)
-        counts = running.index_select(dim, upper) - running.index_select(dim, lower)
+        # Padded so that window i is padded[i + 2r + 1] - padded[i]: r + 1 zeros in front (running
+        # sums before the image), r copies of the total behind: two slices, no gather.
+        before = torch.zeros_like(running.narrow(dim, 0, 1)).repeat_interleave(radius + 1, dim=dim)
+        behind = running.narrow(dim, size - 1, 1).repeat_interleave(radius, dim=dim)
+        padded = torch.cat([before, running, behind], dim=dim)
+        counts = padded.narrow(dim, 2 * radius + 1, size) - padded.narrow(dim, 0, size)
     return counts
 
 

@@ -9,18 +9,15 @@ from pixel_selectors.exact import fixed_point_bits, seeded_uniform, segment_sums
 
 
 def lowbias32_reference(seed: int, count: int) -> np.ndarray:
-    """The hash in numpy's uint32, whose arithmetic is defined to wrap modulo 2**32."""
+    """The draws in numpy's uint32, whose arithmetic is defined to wrap modulo 2**32."""
     key = splitmix64(seed)
-
-    def mix(x):
-        x = x ^ (x >> np.uint32(16))
-        x = x * np.uint32(0x7FEB352D)
-        x = x ^ (x >> np.uint32(15))
-        x = x * np.uint32(0x846CA68B)
-        return x ^ (x >> np.uint32(16))
-
-    x = mix(np.arange(count, dtype=np.uint32) ^ np.uint32(key & 0xFFFFFFFF))
-    return mix(x ^ np.uint32(key >> 32)).astype(np.float64) / 2 ** 32
+    x = np.arange(count, dtype=np.uint32) * np.uint32((key | 1) & 0xFFFFFFFF) + np.uint32(key >> 32)
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x7FEB352D)
+    x = x ^ (x >> np.uint32(15))
+    x = x * np.uint32(0x846CA68B)
+    x = x ^ (x >> np.uint32(16))
+    return x.view(np.int32).astype(np.float64) / 2 ** 32 + 0.5
 
 
 @pytest.mark.parametrize("seed", [0, 5, 2 ** 40 + 7, -3])
@@ -113,3 +110,20 @@ def test_ripu_queries_do_not_move_with_a_devices_rounding(monkeypatch, name, set
             assert np.array_equal(moved.scores, exact.scores)
         else:
             assert np.array_equal(moved.indices, exact.indices) and np.array_equal(moved.scores, exact.scores)
+
+
+def test_group_sums_give_a_gpus_sort_and_scan_bits_with_a_cpus_index_add():
+    """The CPU adds each value into its group, a GPU sorts by group and scans: the same bits."""
+    from pixel_selectors.exact import group_sums
+
+    generator = torch.Generator().manual_seed(1)
+    values = torch.rand(19, 5000, generator=generator, dtype=torch.float64)
+    groups = torch.randint(0, 7, (5000,), generator=generator)
+    groups[groups == 3] = 2  # an empty group
+    got = group_sums(values, groups, 7)
+    by_group = torch.sort(groups, stable=True).indices
+    assert torch.equal(got, segment_sums(values[:, by_group], torch.bincount(groups, minlength=7)))
+    assert torch.allclose(got[:, 2], values[:, groups == 2].sum(1), atol=1e-9) and not got[:, 3].any()
+    values[4, 10] = float("nan")
+    flagged = group_sums(values, groups, 7)
+    assert torch.isnan(flagged[4, groups[10]]) and int(torch.isnan(flagged).sum()) == 1

@@ -23,9 +23,14 @@ def lowbias32_reference(seed: int, count: int) -> np.ndarray:
 @pytest.mark.parametrize("seed", [0, 5, 2 ** 40 + 7, -3])
 def test_seeded_draws_are_the_unsigned_hash_of_seed_and_index(seed):
     """torch's int32 arithmetic gives exactly the unsigned 32-bit hash (the bits any device computes)."""
+    from pixel_selectors.exact import _hash_on_device, _hash_on_host
+
     draws = seeded_uniform(seed, 20_001)
     assert draws.dtype == torch.float64
     assert np.array_equal(draws.numpy(), lowbias32_reference(seed & (2 ** 64 - 1), 20_001))
+    key = splitmix64(seed & (2 ** 64 - 1))  # what a GPU runs: torch's int32, here on the CPU
+    assert np.array_equal(_hash_on_device(20_001, key | 1, key >> 32, "cpu").numpy(),
+                          _hash_on_host(20_001, key | 1, key >> 32))
     assert 0 <= float(draws.min()) and float(draws.max()) < 1
     assert len(torch.unique(draws)) == len(draws)  # a bijection of the indices: no ties
     assert torch.equal(draws, seeded_uniform(seed, 20_001))

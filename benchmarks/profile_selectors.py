@@ -13,7 +13,7 @@ untimed call, then ``--repeats`` calls timed (wall clock, device synchronised) a
 
 Writes to ``--out``: ``profile-<maps>-<selector>.txt`` (the tables, by device time and by host
 time) and ``profile.json`` (per selector: wall ms, the profiled call's host and device ms, kernel
-launches, synchronisations, host-device copies and their bytes, greedy rounds).
+launches, synchronisations, host-device copies, greedy rounds).
 
     python -m benchmarks.profile_selectors --device cuda --out DIR
     python -m benchmarks.profile_selectors --device cpu --size 256x512 --maps-from noise --out DIR
@@ -57,14 +57,17 @@ def _maps(kind: str, args, device, classes: int):
     return tuple(head[0].float().softmax(dim=0) for head in heads)
 
 
-def _summary(events, device_type: str) -> dict:
-    """Totals of one profile: host and device time, launches, synchronisations, copies, rounds."""
+def _summary(events, name: str) -> dict:
+    """Totals of one profile: the selector's own scope (host ms, with everything it called), host and
+    device time of all operations, launches, synchronisations, copies, greedy rounds."""
     def count(*names):
         return sum(e.count for e in events if e.key in names)
 
+    scope = [e for e in events if e.key == f"select:{name}"]
     device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
     copies = [e for e in events if e.key.startswith("Memcpy")]
-    return {"host_ms": sum(e.self_cpu_time_total for e in events) / 1000, "device_ms": device_us / 1000,
+    return {"select_host_ms": scope[0].cpu_time_total / 1000 if scope else None,
+            "host_ms": sum(e.self_cpu_time_total for e in events) / 1000, "device_ms": device_us / 1000,
             "kernel_launches": count("cudaLaunchKernel", "cudaLaunchKernelExC"),
             "synchronisations": count("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy"),
             "copies": {e.key: e.count for e in copies}, "greedy_rounds": count("greedy round")}
@@ -110,7 +113,7 @@ def profile_selectors(args, progress=print) -> dict:
                 run(1)
                 synchronize()
             events = prof.key_averages()
-            summary = {"wall_ms": wall_ms, "query": len(query), **_summary(events, device.type)}
+            summary = {"wall_ms": wall_ms, "query": len(query), **_summary(events, name)}
             figures["selectors"].setdefault(kind, {})[name] = summary
             tables = [f"{kind} {name}: {wall_ms:.2f} ms a call (wall, mean of {args.repeats}); "
                       f"profiled call: {json.dumps(summary)}",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, select_image
+from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, select_image, share_cap
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 CITYSCAPES_SIZE = (1024, 2048)
@@ -141,15 +141,20 @@ class SelectorTiming:
 
 
 def selector_settings(name: str, height: int, width: int) -> dict:
-    """How each selector is asked to select in one image of the benchmark: LabOR's budgets
-    (40 points; 2.2% of the pixels for regions, spread by share) and RIPU's windows."""
+    """How a ranking actor asks each selector to select in one image of a Cityscapes-sized pool,
+    with LabOR's budgets and RIPU's windows: 40 points; for regions, 2.2% of the pool's pixels
+    spread by share, so an image sends what the merge could take from it (LabOR SPL: its whole
+    inconsistency mask; squares: the first ones covering ``share_cap`` of its free pixels, 1.5 x 2.2%)."""
     params = {}
     if name == "region_impurity":
         params["k"] = ripu_point_window(width)
     elif name in ("region_impurity_regions", "random_regions"):
         params["k"] = RIPU_REGION_WINDOW
-    return {"num_points": PPL_POINTS, "budget_pixels": 0 if SELECTOR_KIND[name] == "points"
-            else int(SPL_FRACTION * height * width), "params": params}
+    if SELECTOR_KIND[name] == "points":
+        return {"num_points": PPL_POINTS, "budget_pixels": 0, "params": params}
+    pool_pixels = CITYSCAPES_TRAIN_IMAGES * height * width
+    budget = int(SPL_FRACTION * pool_pixels)
+    return {"budget_pixels": budget, "max_share": share_cap(budget, pool_pixels), "params": params}
 
 
 def _synchronize(device: torch.device) -> None:

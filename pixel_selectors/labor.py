@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, head_length, predicted_class,
-                   take_regions, unlabeled_mask)
+                   take_regions, to_host, unlabeled_mask)
 from .budget import check_spread, share_scores
 from .exact import group_sums, segment_sums
 from .regions import connected_components
@@ -157,4 +157,4 @@ def labor_spl(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
     scores = share_scores(sizes.to(torch.float64), sizes.sum()) if spread == "share" else scores[ranked]
     count = len(ranked) if max_pixels is None else head_length(sizes, max_pixels)
     indices, offsets = take_regions(indices, offsets, ranked[:count])
-    return RegionQuery(height, width, indices.cpu().numpy(), offsets.cpu().numpy(), scores[:count].cpu().numpy())
+    return RegionQuery(height, width, *to_host(indices, offsets, scores[:count]))

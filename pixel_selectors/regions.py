@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.profiler import record_function
 from scipy import ndimage
 
-from .base import head_length
+from .base import head_length, to_host
 from .budget import check_spread, share_scores
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -267,4 +267,4 @@ def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int, 
     torch.cumsum(keep.sum(dim=1), 0, out=offsets[1:])
     sizes = (offsets[1:] - offsets[:-1]).to(torch.float64)
     scores = share_scores(sizes, free.sum()) if spread == "share" else center_score[centers].to(torch.float64)
-    return (ys * width + xs)[keep].cpu().numpy(), offsets.cpu().numpy(), scores.cpu().numpy()
+    return tuple(to_host((ys * width + xs)[keep], offsets, scores))

@@ -195,7 +195,8 @@ class SelectionConfig:
     region_size: int = _opt(3, "side of the square regions of region_impurity(_regions) and random_regions", min=1)
     region_spread: str = _opt("share", "how a region selector's pixel budget spreads over the pool: 'share' (every "
                                        "image the same share of its own candidates, best first; LabOR SPL: of its "
-                                       "inconsistency mask) or 'score' (the best-scored regions wherever they are)",
+                                       "inconsistency mask; squares: of its unlabeled pixels) or 'score' (the "
+                                       "best-scored regions wherever they are)",
                               choices=REGION_SPREADS)
     rounds: int = _opt(1, "rank -> label -> adapt -> evaluate rounds per trial", min=1)
     oracle: str = _opt("simulated", "who labels: 'simulated' (ground truth) or 'human' (export queries, import "

@@ -120,3 +120,50 @@ def test_spl_ranks_shares_and_cuts_on_the_device_as_the_query_would(spread, budg
     assert len(whole) > 3 and (budget < whole.num_pixels) == (got.num_pixels < whole.num_pixels)
     assert np.array_equal(got.indices, expected.indices) and np.array_equal(got.offsets, expected.offsets)
     assert np.array_equal(got.scores, expected.scores)
+
+
+class _BlankTruth:
+    def label(self, index):
+        return torch.zeros(24, 40, dtype=torch.long)
+
+
+def test_a_round_ranks_again_without_the_cut_when_the_merge_needed_more(monkeypatch, tmp_path):
+    """select_round asks tiling selectors for a share of each image; a share too small for the
+    budget is caught after the merge and the round is ranked again without the cut."""
+    from orchestrator import experiment
+    from orchestrator.config import load_config
+    from orchestrator.labels import LabelStore, Oracle
+    from orchestrator.ranking import RankingStats
+
+    cfg = load_config(None, {"selection.selector": "random_regions", "selection.budget_fraction": 0.05,
+                             "selection.region_size": 3, "data.height": 24, "data.width": 40,
+                             "output_dir": str(tmp_path)})
+    asked = []
+
+    def rank_in_process(checkpoint, cfg_dict, pool_size, labeled, consume, round_index, budget_pixels, progress,
+                        ranker, max_share=None):  # the actors' select_image, without Ray
+        asked.append(max_share)
+        for image_id in range(pool_size):
+            consume(image_id, select_image("random_regions", [torch.zeros(2, 24, 40)], budget_pixels=budget_pixels,
+                                           seed=image_id, params={"k": 3}, max_share=max_share))
+        return RankingStats(images=pool_size, actors=1, startup_s=0.0, ranking_s=1.0, actors_replaced=0)
+
+    def run(tag, cap):
+        monkeypatch.setattr(experiment, "share_cap", cap)
+        lines, store = [], LabelStore(tmp_path / tag)
+        labels, shortfall = experiment.select_round("unused", cfg, 8, store, Oracle(_BlankTruth()), 1, 8 * 24 * 40,
+                                                    lines.append, None)
+        return {(p.image_id, tuple(p.ys), tuple(p.xs)) for p in labels}, shortfall, lines
+
+    monkeypatch.setattr(experiment, "rank_pool", rank_in_process)
+    budget = round(0.05 * 8 * 24 * 40)
+    whole, _, _ = run("whole", lambda *args: None)
+    assert asked == [None] and sum(len(ys) for _, ys, _ in whole) == budget
+    asked.clear()
+    cut, shortfall, lines = run("cut", share_cap)
+    assert asked == [pytest.approx(SHARE_CAP_MARGIN * 0.05)] and cut == whole and shortfall == 0
+    assert not any("ranking again" in line for line in lines)
+    asked.clear()
+    tight, shortfall, lines = run("tight", lambda budget, free: share_cap(budget, free) / 4)
+    assert asked == [pytest.approx(SHARE_CAP_MARGIN * 0.05 / 4), None] and tight == whole and shortfall == 0
+    assert any("ranking again with every square" in line for line in lines)

@@ -15,6 +15,7 @@ step that seeds each batch, RNG state) is in the checkpoint, so a resumed job co
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,7 +26,7 @@ import torch.distributed as dist
 from .checkpoint import load_checkpoint
 from .data import build_domains
 from .discriminators import DomainClassifier, OutputSpaceDiscriminator
-from .losses import SoftLabels
+from .losses import IASTPseudoLabels, SoftLabels
 from .metrics import iou_per_class, mean_iou
 from .models import build_model
 from .step import (AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step, batch_indices,
@@ -33,6 +34,9 @@ from .step import (AdaptationModels, LossWeights, Optimizers, SparseTargetDatase
 
 SELECTOR_HEADS = 2
 MODES = ("source", "adapt", "evaluate")
+# Every module a checkpoint may hold; the last two are state (buffers), not networks.
+MODULES = ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels", "pseudo_labeler")
+STATE_MODULES = ("soft_labels", "pseudo_labeler")
 
 
 def model_identity(cfg: dict, num_classes: int) -> dict[str, Any]:
@@ -40,18 +44,30 @@ def model_identity(cfg: dict, num_classes: int) -> dict[str, Any]:
     return {"name": cfg["model"]["name"], "width": cfg["model"]["width"], "num_classes": num_classes}
 
 
-def loss_weights(cfg: dict, mode: str) -> LossWeights:
-    """The adaptation losses in force; source-only training uses none of the target terms."""
+def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
+    """The adaptation losses in force; source-only training uses none of the target terms.
+
+    ``stage="warmup"`` (an adapt job before round 1, no target label): G adapts with the losses of
+    ``warmup.losses`` only, and LabOR's selector with all of its target losses. The soft-label
+    estimate is kept (it is carried into round 1) although no labeled pixel uses it yet.
+    """
     a = cfg["adapt"]
     if mode != "adapt":
         return LossWeights(target_ce=0.0, soft_label=a["soft_label_weight"],
                            soft_label_temperature=a["soft_label_temperature"],
                            soft_label_momentum=a["soft_label_momentum"])
-    return LossWeights(target_ce=a["target_ce_weight"], adversarial=a["adversarial_weight"],
-                       confusion=a["confusion_weight"], soft_label=a["soft_label_weight"],
-                       soft_label_temperature=a["soft_label_temperature"],
-                       soft_label_momentum=a["soft_label_momentum"], pseudo_label=a["pseudo_label_weight"],
-                       pseudo_label_portion=a["pseudo_label_portion"], discrepancy=a["discrepancy_weight"])
+    weights = LossWeights(target_ce=a["target_ce_weight"], adversarial=a["adversarial_weight"],
+                          confusion=a["confusion_weight"], soft_label=a["soft_label_weight"],
+                          soft_label_temperature=a["soft_label_temperature"],
+                          soft_label_momentum=a["soft_label_momentum"], pseudo_label=a["pseudo_label_weight"],
+                          pseudo_label_portion=a["pseudo_label_portion"], discrepancy=a["discrepancy_weight"],
+                          num_k=a["num_k"], pseudo_label_rule=a["pseudo_label_rule"],
+                          soft_label_estimate=a["soft_label_estimate"])
+    if stage == "warmup":
+        used = set(cfg["warmup"]["losses"])
+        weights = dataclasses.replace(weights, adversarial=weights.adversarial if "adversarial" in used else 0.0,
+                                      confusion=weights.confusion if "confusion" in used else 0.0)
+    return weights
 
 
 def build_adaptation_models(cfg: dict, num_classes: int, weights: LossWeights | None = None) -> AdaptationModels:
@@ -69,6 +85,9 @@ def build_adaptation_models(cfg: dict, num_classes: int, weights: LossWeights | 
                                                     width=adv["domain_classifier_width"])
     if weights.soft_label > 0:
         models.soft_labels = SoftLabels(num_classes)
+    if weights.pseudo_label > 0 and weights.pseudo_label_rule == "iast":
+        models.pseudo_labeler = IASTPseudoLabels(num_classes, alpha=adv["iast_alpha"], gamma=adv["iast_gamma"],
+                                                 momentum=adv["iast_momentum"])
     return models
 
 
@@ -87,9 +106,24 @@ def build_optimizers(models: AdaptationModels, cfg: dict, mode: str) -> Optimize
     )
 
 
+@torch.no_grad()
+def source_set_soft_label_totals(segmenter: torch.nn.Module, soft_labels: SoftLabels, dataset, indices: list[int],
+                                 temperature: float, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``SoftLabels.class_totals`` summed over ``dataset[indices]`` (G in eval mode): (K, K + 1)."""
+    was_training = segmenter.training
+    segmenter.eval()
+    totals = torch.zeros(soft_labels.num_classes, soft_labels.num_classes + 1, device=device)
+    for start in range(0, len(indices), max(1, batch_size)):
+        images, labels = load_batch(dataset, indices[start:start + batch_size])
+        logits = segmenter(images.to(device))[0]
+        totals += soft_labels.class_totals(logits.float(), labels.to(device), temperature)
+    segmenter.train(was_training)
+    return totals
+
+
 def _module_states(models: AdaptationModels) -> dict[str, dict]:
     out = {}
-    for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
+    for name in MODULES:
         module = getattr(models, name)
         if module is not None:
             out[name] = getattr(module, "module", module).state_dict()
@@ -137,7 +171,7 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
         raise ValueError(f"unknown job mode '{mode}'; choose one of: {', '.join(MODES)}")
     device = device or torch.device("cpu")
     use_gpu = device.type == "cuda"
-    weights = loss_weights(cfg, mode)
+    weights = loss_weights(cfg, mode, job.get("stage", "rounds"))
     domains = build_domains(cfg["data"])
     num_classes = len(domains.classes)
     distributed = dist.is_available() and dist.is_initialized() and world > 1
@@ -147,14 +181,14 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     models = build_adaptation_models(cfg, num_classes, weights)
     if start is not None:
         _restore_modules(models, start)
-    for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
+    for name in MODULES:
         module = getattr(models, name)
         if module is None:
             continue
         module.to(device)
-        if use_gpu and name != "soft_labels":
+        if use_gpu and name not in STATE_MODULES:
             module.to(memory_format=torch.channels_last)
-        if name != "soft_labels" and mode != "evaluate":
+        if name not in STATE_MODULES and mode != "evaluate":
             setattr(models, name, prepare_model(module))
 
     section = cfg["source" if mode == "source" else "adapt"]
@@ -175,16 +209,31 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
         labels = None if job.get("full_target_labels") else job.get("sparse_labels") or {}
         target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg["data"]["augment"]["hflip"])
 
+    soft_labels_fixed = bool(start.get("soft_labels_fixed", False)) if start is not None else False
+    if (mode == "adapt" and weights.soft_label_estimate == "source_set" and models.soft_labels is not None
+            and not soft_labels_fixed):
+        # Tzeng et al.'s estimate: once, over the whole source set, with the model adaptation starts from.
+        segmenter = getattr(models.segmenter, "module", models.segmenter)
+        with autocast:
+            totals = source_set_soft_label_totals(segmenter, models.soft_labels, domains.source,
+                                                  list(range(rank, len(domains.source), world)),
+                                                  weights.soft_label_temperature, section["batch_size"], device)
+        if distributed:
+            dist.all_reduce(totals)
+        models.soft_labels.assign(totals)
+        soft_labels_fixed = True
+
     def state() -> dict[str, Any]:
         return {"model": model_identity(cfg, num_classes), "modules": _module_states(models),
                 "optimizers": optimizers.state_dict() if optimizers else {}, "mode": mode,
                 "round": int(job.get("round", 0)), "global_step": global_step, "job_step": job_step,
-                "rng": torch.get_rng_state()}
+                "rng": torch.get_rng_state(), "soft_labels_fixed": soft_labels_fixed}
 
     train_selector = mode == "source" or bool(job.get("train_selector", True))
     sums: dict[str, float] = {}
     started = time.perf_counter()
-    steps = section["steps"] if mode != "evaluate" else 0
+    # A job may be given its own step count (a warm-up, or one round's share of adapt.total_steps).
+    steps = int(job.get("steps", section["steps"])) if mode != "evaluate" else 0
     seed = cfg["seed"]
     while job_step < steps:
         # Augmentation randomness is a function of the step too, so resuming reproduces it.
@@ -218,7 +267,7 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
         dist.all_reduce(confusion)
     confusion = confusion.cpu()
     metrics: dict[str, Any] = {"target/miou": mean_iou(confusion), "train/steps": steps,
-                               "train/seconds": train_seconds}
+                               "train/global_step": global_step, "train/seconds": train_seconds}
     if steps:
         metrics["train/images_per_s"] = steps * section["batch_size"] * world / max(train_seconds, 1e-9)
     for name, value in zip(domains.classes, iou_per_class(confusion).tolist()):

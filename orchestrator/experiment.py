@@ -1,12 +1,15 @@
-"""One active domain-adaptation experiment (a trial), and the source model all trials start from.
+"""One active domain-adaptation experiment (a trial), and the models all trials start from.
 
-A trial: report the source-only model as round 0, then for each round
+The source model, then the label-free warm-up (``warmup.steps``: G adapts without labels and
+LabOR's selector learns the target), each trained once per setting and cached. A trial reports the
+warmed-up model (the source model without a warm-up) as round 0, then for each round
 rank (Ray actors) -> label (oracle -> label store) -> adapt (Ray Train) -> evaluate -> report.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +25,7 @@ from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, PointQuery
 from pixel_selectors.budget import GlobalBudget
 from pixel_selectors.cost import clicks_for_points, clicks_for_region
 from trainers.data import build_domains
+from trainers.engine import planned_adapt_steps, round_steps
 from trainers.train_loop import run_training
 
 from .config import NO_SELECTION, ExperimentConfig, from_dict, with_overrides
@@ -66,27 +70,89 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
     return storage.join(entry_location, "checkpoint"), metrics
 
 
-ORACLE_CACHE_SECTIONS = ("seed", "data", "model", "source", "adapt")
+# adapt keys that never change the warm-up: they act on labeled pixels or on the rounds after it.
+WARMUP_NEUTRAL_ADAPT_KEYS = ("steps", "total_steps", "target_ce_weight", "soft_label_weight", "checkpoint_every")
+# adapt keys of a label-free loss, which change the warm-up only when warmup.losses names that loss.
+WARMUP_LOSS_KEYS = {"adversarial": ("adversarial_weight", "discriminator_lr", "discriminator_width"),
+                    "confusion": ("confusion_weight", "domain_classifier_lr", "domain_classifier_width")}
+
+
+def warmup_cache_key(cfg: ExperimentConfig) -> str:
+    """Everything that changes the warmed-up models: the source model's key, the warm-up section and
+    the adapt keys it uses -- not the selection, not the rounds, not the labeled-target losses, so
+    every trial of a comparison starts from the same warmed-up G and S."""
+    data = cfg.to_dict()
+    adapt = dict(data["adapt"])
+    unused = [key for loss, keys in WARMUP_LOSS_KEYS.items() if loss not in cfg.warmup.losses for key in keys]
+    for key in (*WARMUP_NEUTRAL_ADAPT_KEYS, *unused):
+        adapt.pop(key, None)
+    blob = json.dumps({"source": source_cache_key(cfg), "warmup": data["warmup"], "adapt": adapt},
+                      sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def ensure_warmup_model(cfg: ExperimentConfig, source_checkpoint: str, source_metrics: dict,
+                        progress: Callable[[str], None] = print) -> tuple[str, dict]:
+    """The models round 1 starts from: (checkpoint location, their target metrics).
+
+    With ``warmup.steps`` > 0: one label-free adaptation job from the source model (G adapts with
+    ``warmup.losses``, LabOR's selector S learns the target from G's pseudo labels and the MCD
+    discrepancy), trained once per ``warmup_cache_key`` and cached like the source model; the
+    metrics carry ``warmup/steps``. With 0 steps: the source model itself.
+    """
+    if cfg.warmup.steps == 0:
+        return source_checkpoint, source_metrics
+    storage = open_storage(cfg)
+    cache_root = Path(cfg.output_dir).resolve() / "warmup-models"
+    entry = cache_root / warmup_cache_key(cfg)
+    entry_location = storage.location(entry)
+    cached = storage.read_text(storage.join(entry_location, "metrics.json"))
+    if cached is not None:
+        progress(f"warm-up: reusing {entry_location}")
+        return storage.join(entry_location, "checkpoint"), json.loads(cached)
+    progress(f"warm-up: {cfg.warmup.steps} label-free steps (G: {', '.join(cfg.warmup.losses) or 'source CE only'}; "
+             f"LabOR's selector: pseudo labels ({cfg.adapt.pseudo_label_rule}) + MCD discrepancy)")
+    job = {"mode": "adapt", "stage": "warmup", "config": cfg.to_dict(), "init_checkpoint": source_checkpoint,
+           "round": 0, "steps": cfg.warmup.steps, "sparse_labels": {}, "train_selector": True}
+    result = run_training(job, name=f"warmup-{entry.name}", **storage.train_storage(cache_root / "ray"))
+    metrics = {**_round_metrics(result.metrics), "warmup/steps": float(cfg.warmup.steps)}
+    storage.publish_entry(entry, {"checkpoint": result.checkpoint_dir},
+                          {"metrics.json": json.dumps(metrics, indent=1, sort_keys=True)}, marker="metrics.json")
+    progress(f"warm-up: target mIoU {metrics['target/miou']:.3f} ({result.seconds:.0f} s)")
+    return storage.join(entry_location, "checkpoint"), metrics
+
+
+ORACLE_CACHE_SECTIONS = ("seed", "data", "model", "source", "adapt", "warmup")
+
+
+def oracle_cache_key(cfg: ExperimentConfig) -> str:
+    """The oracle's settings and the steps it trains (those of a whole trial after the warm-up)."""
+    return hashlib.sha256(f"{cfg.hash(*ORACLE_CACHE_SECTIONS)}:{planned_adapt_steps(cfg.to_dict())}".encode()
+                          ).hexdigest()[:16]
 
 
 def ensure_oracle_reference(cfg: ExperimentConfig, source_checkpoint: str,
-                            progress: Callable[[str], None] = print) -> dict:
-    """Target metrics of one adaptation round with *every* pool pixel labeled: the sweep's ceiling.
+                            progress: Callable[[str], None] = print, source_metrics: dict | None = None) -> dict:
+    """Target metrics of adaptation with *every* pool pixel labeled: the sweep's ceiling.
 
-    Cached like the source model (by seed, data, model, source and adaptation settings). The job
-    reads the pool's full label maps itself, so nothing of size "all pixels" crosses Ray.
+    Like a trial, it starts from the warmed-up models (``ensure_warmup_model``) and trains the
+    adaptation steps of a whole trial (``planned_adapt_steps``) in one job. Cached like the source
+    model (``oracle_cache_key``). The job reads the pool's full label maps itself, so nothing of
+    size "all pixels" crosses Ray.
     """
     storage = open_storage(cfg)
     cache_root = Path(cfg.output_dir).resolve() / "oracle-references"
-    entry = cache_root / cfg.hash(*ORACLE_CACHE_SECTIONS)
+    entry = cache_root / oracle_cache_key(cfg)
     metrics_location = storage.join(storage.location(entry), "metrics.json")
     cached = storage.read_text(metrics_location)
     if cached is not None:
         progress(f"oracle reference: reusing {storage.location(entry)}")
         return json.loads(cached)
-    progress(f"oracle reference: adapting with every pool pixel labeled ({cfg.adapt.steps} steps)")
-    job = {"mode": "adapt", "config": cfg.to_dict(), "init_checkpoint": source_checkpoint, "round": 1,
-           "full_target_labels": True, "train_selector": False}
+    start_checkpoint, _ = ensure_warmup_model(cfg, source_checkpoint, source_metrics or {}, progress)
+    steps = planned_adapt_steps(cfg.to_dict())
+    progress(f"oracle reference: adapting with every pool pixel labeled ({steps} steps)")
+    job = {"mode": "adapt", "config": cfg.to_dict(), "init_checkpoint": start_checkpoint, "round": 1,
+           "full_target_labels": True, "train_selector": False, "steps": steps}
     result = run_training(job, name=f"oracle-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = _round_metrics(result.metrics)
     storage.write_text(metrics_location, json.dumps(metrics, indent=1, sort_keys=True))
@@ -140,9 +206,11 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
             "budget_fraction": cfg.selection.budget_fraction}
 
     if resume is None:
-        report({"round": 0, **source_metrics, **_budget(store, pool_pixels), "time/select_s": 0.0,
-                "time/train_s": 0.0, **tags}, TrialProgress(0, source_checkpoint, trial_id))
-        checkpoint, first_round = source_checkpoint, 1
+        # Round 0 is the model before any label is bought: the warmed-up one (or the source model).
+        checkpoint, start_metrics = ensure_warmup_model(cfg, source_checkpoint, source_metrics, progress)
+        report({"round": 0, **start_metrics, **_budget(store, pool_pixels), "time/select_s": 0.0,
+                "time/train_s": 0.0, **tags}, TrialProgress(0, checkpoint, trial_id))
+        first_round = 1
     else:
         checkpoint, first_round = resume.model_checkpoint, resume.round + 1
         progress(f"continuing after round {resume.round}")
@@ -167,7 +235,7 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
         job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": checkpoint,
                "sparse_labels": store.sparse_labels(upto_round=round_index), "round": round_index,
-               "train_selector": selector_trains(cfg, round_index)}
+               "train_selector": selector_trains(cfg, round_index), "steps": round_steps(cfg_dict, round_index)}
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = _round_metrics(result.metrics)

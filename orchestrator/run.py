@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         def report(metrics, progress_state) -> None:
             tracking.log_metrics(run_id, metrics, step=int(metrics["round"]), context="run")
             if metrics["round"] == 0:  # later rounds are announced by the experiment loop itself
-                say(f"round 0 (source only): target mIoU {metrics['target/miou']:.4f}")
+                start = "after the label-free warm-up" if cfg.warmup.steps else "source only"
+                say(f"round 0 ({start}): target mIoU {metrics['target/miou']:.4f}")
 
         status = "FAILED"
         try:

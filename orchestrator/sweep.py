@@ -176,7 +176,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
     from trainers.data import domain_roots
     from trainers.models import pretrained_status
 
-    from .experiment import ensure_oracle_reference, ensure_source_model, tune_trial
+    from .experiment import ensure_oracle_reference, ensure_source_model, ensure_warmup_model, tune_trial
     from .resources import plan_resources, with_node_types
     from .tracking import MlflowTrialLogger, SweepTracking
 
@@ -195,12 +195,15 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         say(f"data: source {cfg.data.source.format} at {roots[0]}, target {cfg.data.target.format} at {roots[1]}")
         say(pretrained_status(cfg.model.name, cfg.model.pretrained))
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
+        # Once here, before the trials, which all start from it (a trial whose settings change it trains its own).
+        _, warmup_metrics = ensure_warmup_model(cfg, source_checkpoint, {}, progress=say)
         oracle_metrics = ensure_oracle_reference(cfg, source_checkpoint, progress=say) if cfg.sweep.oracle_reference else {}
         if state is None:
             parent = tracking.start_parent(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", cfg.flat(),
                                            {"activeda.sweep": cfg.sweep.name})
             tracking.log_metrics(parent, {f"source_only/{k}": v for k, v in source_metrics.items()}
-                                 | {f"oracle/{k}": v for k, v in oracle_metrics.items()}, step=0,
+                                 | {f"oracle/{k}": v for k, v in oracle_metrics.items()}
+                                 | {f"warmup/{k}": v for k, v in warmup_metrics.items() if k != "warmup/steps"}, step=0,
                                  context="source model")
             _write_json(sweep_dir / SWEEP_STATE, {"parent_run_id": parent, "config": cfg.to_dict()})
             storage.push(sweep_dir / SWEEP_STATE)

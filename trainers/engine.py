@@ -39,6 +39,25 @@ MODULES = ("segmenter", "selector", "discriminator", "domain_classifier", "soft_
 STATE_MODULES = ("soft_labels", "pseudo_labeler")
 
 
+def planned_adapt_steps(cfg: dict) -> int:
+    """Adaptation steps of a whole trial after the warm-up: ``adapt.total_steps``, else steps x rounds."""
+    a = cfg["adapt"]
+    return int(a["total_steps"]) or int(a["steps"]) * int(cfg["selection"]["rounds"])
+
+
+def round_steps(cfg: dict, round_index: int) -> int:
+    """Adaptation steps of round ``round_index`` (1-based): ``adapt.steps``, or with ``adapt.total_steps``
+    an even share of it, the remainder going to the last round (so every trial of a comparison
+    trains ``warmup.steps + planned_adapt_steps`` in all, whatever its round count)."""
+    a, rounds = cfg["adapt"], int(cfg["selection"]["rounds"])
+    if not 1 <= round_index <= rounds:
+        raise ValueError(f"round {round_index} is not one of the trial's {rounds} rounds")
+    if not a["total_steps"]:
+        return int(a["steps"])
+    share = int(a["total_steps"]) // rounds
+    return share + (int(a["total_steps"]) - share * rounds if round_index == rounds else 0)
+
+
 def model_identity(cfg: dict, num_classes: int) -> dict[str, Any]:
     """What a checkpoint must match to be loaded into the configured model."""
     return {"name": cfg["model"]["name"], "width": cfg["model"]["width"], "num_classes": num_classes}
@@ -65,8 +84,10 @@ def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
                           soft_label_estimate=a["soft_label_estimate"])
     if stage == "warmup":
         used = set(cfg["warmup"]["losses"])
+        # soft_label > 0 only keeps the estimate alive: with no labeled target pixel the loss is 0.
         weights = dataclasses.replace(weights, adversarial=weights.adversarial if "adversarial" in used else 0.0,
-                                      confusion=weights.confusion if "confusion" in used else 0.0)
+                                      confusion=weights.confusion if "confusion" in used else 0.0,
+                                      soft_label=1.0)
     return weights
 
 

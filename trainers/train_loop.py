@@ -55,7 +55,7 @@ def train_loop_per_worker(job: dict) -> dict | None:
     every = int(cfg["adapt"]["checkpoint_every"]) if job["mode"] == "adapt" else 0
 
     def on_step(done: int, state_fn) -> None:
-        if every and done % every == 0 and done < cfg["adapt"]["steps"]:
+        if every and done % every == 0 and done < int(job.get("steps", cfg["adapt"]["steps"])):
             _report({"train/job_step": done}, state_fn() if rank == 0 else None)
 
     result = run_job(job, rank=rank, world=world, device=ray.train.torch.get_device(), prepare_model=prepare,

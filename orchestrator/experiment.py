@@ -303,7 +303,9 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
 
     Per-image point budgets take each image's points as they are. A global pixel budget
     (``selection.budget_fraction``) is met by merging every image's candidates on the driver
-    (``GlobalBudget``: memory grows with the budget, not the pool), best score first.
+    (``GlobalBudget``: memory grows with the budget, not the pool), best score first. LabOR SPL's
+    whole-mask mode (``selection.spl_mode=whole_mask``) has no budget: every image's mask is bought,
+    and what it cost (pixels, clicks) is the outcome.
     """
     cfg_dict = cfg.to_dict()
     width = cfg.data.width
@@ -325,6 +327,14 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
     progress(f"round {round_index}: ranked {stats.images} images with {stats.actors} actor(s) in "
              f"{stats.startup_s + stats.ranking_s:.1f} s ({stats.startup_s:.1f} s actor start-up, "
              f"{stats.images_per_s:.1f} images/s after)")
+    if merged is None and regions:  # SPL's whole mask: every candidate region of every image
+        labeled = []
+        for image_id, query in sorted(per_image, key=lambda item: item[0]):
+            if query.num_pixels:
+                flat = query.indices.astype(np.int64)
+                clicks = sum(clicks_for_region(query.region(r), cfg.data.height, width) for r in range(len(query)))
+                labeled.append(oracle.reveal(image_id, flat // width, flat % width, clicks=clicks, regions=True))
+        return labeled, 0
     if merged is None:
         labeled = [oracle.reveal(i, q.ys, q.xs) for i, q in sorted(per_image, key=lambda item: item[0])]
         return labeled, sum(q.shortfall for _, q in per_image)

@@ -20,7 +20,7 @@ import numpy as np
 import ray
 import torch
 
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, PointQuery, RegionQuery
+from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, PointQuery, RegionQuery, selector_params
 from pixel_selectors.budget import points_per_image, share_of_candidates
 from trainers.data import build_domains
 from trainers.train_loop import load_models
@@ -45,7 +45,7 @@ class Ranker:
         self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
         self.select = SELECTORS[name]
         self.kind = SELECTOR_KIND[name]
-        self.params = {"k": cfg["selection"]["region_size"]} if name in REGION_SIZED else {}
+        self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))
         self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
 
@@ -55,7 +55,8 @@ class Ranker:
              ) -> list[tuple[int, PointQuery | RegionQuery]]:
         """Queries of each image. Point selectors give ``num_points`` points, or with a global
         ``budget_pixels`` as many as the budget could use from one image; region selectors give
-        their best regions covering at most the budget (what the driver's merge can use)."""
+        their best regions covering at most the budget (what the driver's merge can use), or all
+        of them when ``budget_pixels`` is 0 (LabOR SPL's whole inconsistency mask)."""
         images = torch.stack([self.pool[i][0] for i in image_ids]).to(self.device)
         head_probs = [logits.softmax(dim=1).float().cpu() for logits in self.network(images)]
         height, width = images.shape[-2:]
@@ -70,9 +71,10 @@ class Ranker:
             probs = [p[n] for p in head_probs]
             if self.kind == "regions":
                 query = self.select(probs, labeled=mask, seed=seed, **self.params)
-                if self.region_spread == "share":
-                    query = share_of_candidates(query)  # needs all of the image's candidates, so before head
-                query = query.head(budget_pixels)
+                if budget_pixels:  # without a budget (SPL's whole mask) every candidate region is wanted
+                    if self.region_spread == "share":
+                        query = share_of_candidates(query)  # needs all of the image's candidates, so before head
+                    query = query.head(budget_pixels)
             else:
                 wanted = points_per_image(budget_pixels, height, width) if budget_pixels else num_points
                 query = self.select(probs, wanted, labeled=mask, seed=seed, **self.params)
@@ -84,10 +86,6 @@ def image_seed(seed: int, round_index: int, image_id: int) -> int:
     """The seed a selector gets for one image in one round: the same image gets the same draw
     whichever actor ranks it, and a new one each round."""
     return (seed * 1_000_003 + round_index) * 1_000_003 + image_id
-
-
-# Selectors that take the region side ``k`` (selection.region_size).
-REGION_SIZED = ("region_impurity", "region_impurity_regions", "random_regions")
 
 
 @ray.remote

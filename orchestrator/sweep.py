@@ -296,6 +296,8 @@ def round_rows(results, cfg: ExperimentConfig) -> "pd.DataFrame":
 def budget_label(cfg: ExperimentConfig) -> str:
     if cfg.selection.selector == NO_SELECTION:
         return "no labels"
+    if cfg.selection.spl_mode == "whole_mask":
+        return "whole mask/round"
     if cfg.selection.budget_fraction > 0:
         return f"{100 * cfg.selection.budget_fraction:g}% of pixels/round"
     return f"{cfg.selection.points_per_image} points/image/round"

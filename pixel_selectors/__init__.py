@@ -25,7 +25,7 @@ from .budget import (BudgetResult, GlobalBudget, Pick, merge_points, merge_regio
 from .cost import clicks_for_points, clicks_for_region, clicks_for_regions
 from .encoding import pack_bits, rle_decode, rle_encode, unpack_bits
 from .labor import head_discrepancy, inconsistency_mask, labor_ppl, labor_spl
-from .ripu import region_impurity, region_impurity_regions, ripu_maps
+from .ripu import blocked_by_labels, region_impurity, region_impurity_regions, ripu_maps, ripu_point_window
 
 SELECTORS = {
     "labor_ppl": labor_ppl,
@@ -60,7 +60,23 @@ SELECTOR_INPUTS = {
     "random_regions": "segmenter",  # only the image size is used
 }
 
-__all__ = ["SELECTORS", "SELECTOR_INPUTS", "SELECTOR_KIND", "BudgetResult", "GlobalBudget", "Pick", "PointQuery",
+# Selectors that take a window side ``k``: RIPU's points (its own window, ``selection.point_window``)
+# and the square regions (``selection.region_size``).
+WINDOWED = ("region_impurity", "region_impurity_regions", "random_regions")
+
+
+def selector_params(name: str, selection: dict, width: int) -> dict:
+    """Keyword parameters of selector ``name`` for images ``width`` pixels wide, from the ``selection``
+    config section: the point window of ``region_impurity`` (RIPU's 65 at 2048 wide, scaled, unless
+    ``point_window`` is set) and the square side of the region selectors (``region_size``)."""
+    if name == "region_impurity":
+        return {"k": int(selection.get("point_window") or 0) or ripu_point_window(width)}
+    if name in WINDOWED:
+        return {"k": int(selection["region_size"])}
+    return {}
+
+
+__all__ = ["SELECTORS", "WINDOWED", "selector_params", "blocked_by_labels", "ripu_point_window", "SELECTOR_INPUTS", "SELECTOR_KIND", "BudgetResult", "GlobalBudget", "Pick", "PointQuery",
            "RegionQuery", "allocate_evenly", "clicks_for_points", "clicks_for_region", "clicks_for_regions",
            "entropy_points", "head_discrepancy", "inconsistency_mask", "labor_ppl", "labor_spl", "margin_points",
            "merge_points", "merge_regions", "pack_bits", "points_per_image", "points_to_regions", "random_points",

@@ -61,18 +61,20 @@ def greedy_spread(order: np.ndarray, height: int, width: int, reach: int, limit:
     return taken
 
 
-def greedy_squares(center_score: np.ndarray, free: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def greedy_squares(center_score: np.ndarray, free: np.ndarray, radius: int, centers: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Non-overlapping (2r+1)^2 squares chosen greedily by the score of their centre pixel.
 
-    center_score: float (H*W,); free: bool (H, W) of unlabeled pixels. Candidate centres are the free
-    pixels, visited by (score desc, flat index asc); a centre is taken unless it lies within
+    center_score: float (H*W,); free: bool (H, W) of unlabeled pixels; centers: optional bool (H, W)
+    of the pixels allowed as centres (default: the free ones). Candidate centres are visited by
+    (score desc, flat index asc); a centre is taken unless it lies within
     Chebyshev distance 2r of a centre already taken (then the squares would overlap), which is the
     rule of RIPU's region selection. Each square is clipped to the image and loses its labeled
     pixels; pixels keep raster order. Returns CSR (indices, offsets) and the centre scores, in
     the order taken (so already ranked by score).
     """
     height, width = free.shape
-    candidates = np.flatnonzero(free.reshape(-1))
+    candidates = np.flatnonzero((free if centers is None else centers).reshape(-1))
     order = candidates[np.argsort(-center_score[candidates], kind="stable")]
     taken = greedy_spread(order, height, width, reach=2 * radius)
     centers = np.asarray(taken, dtype=np.int64)

@@ -316,13 +316,17 @@ def test_ripu_regions_known_answer():
     assert query.scores.tolist() == pytest.approx([PURITY * mean_u, 0, 0, 0], rel=1e-6)  # float32 input
 
 
-def test_ripu_regions_skip_labeled_pixels():
+def test_ripu_regions_keep_labeled_windows_blocked():
     labeled = torch.zeros(5, 5, dtype=torch.bool)
     labeled[1, 1] = True
     query = region_impurity_regions(ripu_map(), labeled=labeled)
-    # (1,1) is no centre any more; the next of the tied centres is 7 = (1,2); its square loses pixel 6
-    assert regions_of(query)[0] == [1, 2, 3, 7, 8, 11, 12, 13]
-    assert 6 not in query.indices.tolist()
+    # As RIPU keeps an earlier round's windows blocked, no square may touch the labeled (1,1): centres
+    # in rows 0-2 x cols 0-2 are out, the four tied best among them. Next best (0.264, the windows
+    # that hold (2,2) only) by index: 8 = (1,3), whole square. It blocks centres up to Chebyshev 2
+    # (rows 0-3, cols 1-4), so only zero-score centres are left: 15 = (3,0), then 23 = (4,3).
+    assert regions_of(query) == [[2, 3, 4, 7, 8, 9, 12, 13, 14], [10, 11, 15, 16, 20, 21], [17, 18, 19, 22, 23, 24]]
+    mean_u = (h2(.4) + 8 * h2(.1)) / 9
+    assert query.scores.tolist() == pytest.approx([PURITY * mean_u, 0, 0], rel=1e-6)
     with pytest.raises(ValueError, match="odd"):
         region_impurity_regions(ripu_map(), k=4)
 

@@ -174,8 +174,11 @@ def selector_trains(cfg: ExperimentConfig, round_index: int) -> bool:
 
 
 def _round_metrics(train_metrics: dict) -> dict[str, float]:
+    # train/global_step counts every step the model has trained (source, warm-up, rounds): trials of
+    # a comparison end at the same value.
     return {k: v for k, v in train_metrics.items()
-            if k.startswith("target/") and k != "target/confusion" or k.startswith("train/loss/")}
+            if k.startswith("target/") and k != "target/confusion" or k.startswith("train/loss/")
+            or k == "train/global_step"}
 
 
 @dataclass

@@ -37,6 +37,7 @@ MODES = ("source", "adapt", "evaluate")
 # Every module a checkpoint may hold; the last two are state (buffers), not networks.
 MODULES = ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels", "pseudo_labeler")
 STATE_MODULES = ("soft_labels", "pseudo_labeler")
+NO_AUGMENTATION = {"hflip": False, "scale_min": 1.0, "scale_max": 1.0}
 
 
 def planned_adapt_steps(cfg: dict) -> int:
@@ -235,9 +236,11 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
             and not soft_labels_fixed):
         # Tzeng et al.'s estimate: once, over the whole source set, with the model adaptation starts from.
         segmenter = getattr(models.segmenter, "module", models.segmenter)
+        # The source images as they are (no flips or crops): the paper averages over the examples.
+        plain_source = build_domains({**cfg["data"], "augment": NO_AUGMENTATION}).source
         with autocast:
-            totals = source_set_soft_label_totals(segmenter, models.soft_labels, domains.source,
-                                                  list(range(rank, len(domains.source), world)),
+            totals = source_set_soft_label_totals(segmenter, models.soft_labels, plain_source,
+                                                  list(range(rank, len(plain_source), world)),
                                                   weights.soft_label_temperature, section["batch_size"], device)
         if distributed:
             dist.all_reduce(totals)

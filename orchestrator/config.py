@@ -152,7 +152,8 @@ class AdaptConfig:
                                 min=0.0, max=1.0)
     soft_label_estimate: str = _opt("running", "Tzeng soft labels from: 'running' (moving average over source "
                                                "training batches) or 'source_set' (one pass over the whole source "
-                                               "set with the model adaptation starts from, then fixed: the paper)",
+                                               "set with the model the first labeled round starts from, then "
+                                               "fixed: the paper)",
                                     choices=dict.fromkeys(SOFT_LABEL_ESTIMATES))
 
 

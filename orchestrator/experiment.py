@@ -71,7 +71,8 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
 
 
 # adapt keys that never change the warm-up: they act on labeled pixels or on the rounds after it.
-WARMUP_NEUTRAL_ADAPT_KEYS = ("steps", "total_steps", "target_ce_weight", "soft_label_weight", "checkpoint_every")
+WARMUP_NEUTRAL_ADAPT_KEYS = ("steps", "total_steps", "target_ce_weight", "checkpoint_every", "soft_label_weight",
+                             "soft_label_temperature", "soft_label_momentum", "soft_label_estimate")
 # adapt keys of a label-free loss, which change the warm-up only when warmup.losses names that loss.
 WARMUP_LOSS_KEYS = {"adversarial": ("adversarial_weight", "discriminator_lr", "discriminator_width"),
                     "confusion": ("confusion_weight", "domain_classifier_lr", "domain_classifier_width")}

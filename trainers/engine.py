@@ -38,6 +38,8 @@ MODES = ("source", "adapt", "evaluate")
 MODULES = ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels", "pseudo_labeler")
 STATE_MODULES = ("soft_labels", "pseudo_labeler")
 NO_AUGMENTATION = {"hflip": False, "scale_min": 1.0, "scale_max": 1.0}
+# LossWeights.soft_label_estimate of the warm-up: the soft labels are neither estimated nor updated.
+CARRIED = "carried"
 
 
 def planned_adapt_steps(cfg: dict) -> int:
@@ -68,8 +70,9 @@ def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
     """The adaptation losses in force; source-only training uses none of the target terms.
 
     ``stage="warmup"`` (an adapt job before round 1, no target label): G adapts with the losses of
-    ``warmup.losses`` only, and LabOR's selector with all of its target losses. The soft-label
-    estimate is kept (it is carried into round 1) although no labeled pixel uses it yet.
+    ``warmup.losses`` only, and LabOR's selector with all of its target losses. The soft labels are
+    carried through unchanged (their loss needs labeled target pixels, and the source-set estimate
+    is taken at the first labeled round).
     """
     a = cfg["adapt"]
     if mode != "adapt":
@@ -85,10 +88,11 @@ def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
                           soft_label_estimate=a["soft_label_estimate"])
     if stage == "warmup":
         used = set(cfg["warmup"]["losses"])
-        # soft_label > 0 only keeps the estimate alive: with no labeled target pixel the loss is 0.
+        # The soft labels pass through untouched (no labeled target pixel uses them yet, and none of
+        # their settings may change the warm-up, which all trials share): the module is kept, not updated.
         weights = dataclasses.replace(weights, adversarial=weights.adversarial if "adversarial" in used else 0.0,
                                       confusion=weights.confusion if "confusion" in used else 0.0,
-                                      soft_label=1.0)
+                                      soft_label=1.0, soft_label_estimate=CARRIED)
     return weights
 
 
@@ -234,7 +238,8 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     soft_labels_fixed = bool(start.get("soft_labels_fixed", False)) if start is not None else False
     if (mode == "adapt" and weights.soft_label_estimate == "source_set" and models.soft_labels is not None
             and not soft_labels_fixed):
-        # Tzeng et al.'s estimate: once, over the whole source set, with the model adaptation starts from.
+        # Tzeng et al.'s estimate: once, over the whole source set, with the model the first labeled
+        # round starts from (the source model, or the warmed-up one).
         segmenter = getattr(models.segmenter, "module", models.segmenter)
         # The source images as they are (no flips or crops): the paper averages over the examples.
         plain_source = build_domains({**cfg["data"], "augment": NO_AUGMENTATION}).source

@@ -186,8 +186,10 @@ def base_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str]) -
     if cfg.storage.uri:
         raise ConfigError("storage.uri", "the quality benchmark reads its sweeps' results from output_dir on this "
                                          "machine; run it without storage.uri")
-    cfg = with_overrides(cfg, {**SWEEP_SETTINGS, "adapt.total_steps": plan.total_steps, "seed": seed,
-                               "output_dir": str(output_dir / f"seed-{seed}"), "sweep.search_space": {}})
+    steps = {} if any(pair.startswith("adapt.total_steps=") for pair in overrides) else \
+        {"adapt.total_steps": plan.total_steps}  # the user's --set wins (e.g. a small run to try the path)
+    cfg = with_overrides(cfg, {**SWEEP_SETTINGS, **steps, "seed": seed, "output_dir": str(output_dir / f"seed-{seed}"),
+                               "sweep.search_space": {}})
     return with_absolute_paths(cfg)
 
 
@@ -507,7 +509,7 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         f"- Every trial starts from the same warmed-up models (cached per seed): {cfg.warmup.steps} label-free "
         f"steps in which G adapts with {', '.join(cfg.warmup.losses) or 'no target loss'} and LabOR's selector "
         f"learns the target from G's pseudo labels (`{cfg.adapt.pseudo_label_rule}`) and the MCD discrepancy "
-        f"(num_k {cfg.adapt.num_k}). Then every trial adapts {plan.total_steps} steps in all "
+        f"(num_k {cfg.adapt.num_k}). Then every trial adapts {cfg.adapt.total_steps} steps in all "
         f"(`adapt.total_steps`), split over its rounds, through the product's own path (one Tune sweep per "
         f"seed, Ray actors ranking, Ray Train adapting, MLflow experiment `quality`). Total optimizer steps of "
         f"every trial (source + warm-up + rounds): {', '.join(map(str, sorted(steps))) or 'n/a'}.",

@@ -689,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             matched = prepare_seed(base, args.num_cpus, args.quiet)
             cfg = sweep_config(plan, seed, output_dir, args.overrides, matched)
             rows = plan_rows(plan, seed, matched)
-            print(f"[quality] seed {seed} ({number}/{len(bases)}): {len(rows)} trials, {plan.total_steps} "
+            print(f"[quality] seed {seed} ({number}/{len(bases)}): {len(rows)} trials, {cfg.adapt.total_steps} "
                   f"adaptation steps each after a {cfg.warmup.steps}-step warm-up, into {cfg.output_dir}", flush=True)
             sweep_dir = Path(cfg.output_dir) / cfg.sweep.name
             resume = (sweep_dir / "sweep.json").is_file()  # an interrupted benchmark continues

@@ -383,7 +383,8 @@ def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> Experimen
     """A new validated config with ``{"section.sub.key": value}`` applied (dict-valued keys replaced whole).
 
     A ``cases`` entry (a sampled value of the ``CASES_AXIS`` search-space axis) is a mapping of such
-    keys; they are applied first, then the other pairs.
+    keys; they are applied first, then the other pairs, and the result (a trial's config) has an empty
+    search space unless the pairs set one.
     """
     pairs = dict(pairs)
     case = pairs.pop(CASES_AXIS, None)
@@ -391,6 +392,10 @@ def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> Experimen
         if not isinstance(case, Mapping):
             raise ConfigError(CASES_AXIS, f"a case must be a mapping of config keys, got {case!r}")
         pairs = {**case, **pairs}
+        # A config with a sampled case applied is one trial's: its search space is done with, and
+        # validating the other cases on top of this one would mix in keys that only this case sets
+        # (e.g. selection.spl_mode=whole_mask under another case's labor_ppl).
+        pairs.setdefault("sweep.search_space", {})
     data = cfg.to_dict()
     for key, value in pairs.items():
         parts = key.split(".")

@@ -244,3 +244,13 @@ def test_source_set_soft_labels_are_the_average_over_the_source_set_and_stay_fix
     got = result.state["modules"]["soft_labels"]
     assert result.state["soft_labels_fixed"] is True
     assert torch.allclose(got["soft_labels"], soft.soft_labels, atol=1e-5) and torch.equal(got["seen"], soft.seen)
+
+
+def test_a_case_that_sets_a_key_no_other_case_sets_gives_a_valid_trial_config():
+    from orchestrator.config import ExperimentConfig, with_overrides
+
+    cases = [{"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"},
+             {"selection.selector": "labor_ppl", "selection.points_per_image": 40}]
+    sweep = with_overrides(ExperimentConfig(), {"sweep.search_space": {"cases": {"grid": cases}}})
+    trial = with_overrides(sweep, {"cases": cases[0]})  # once refused: case 2 was validated on top of case 1
+    assert trial.selection.spl_mode == "whole_mask" and trial.sweep.search_space == {}

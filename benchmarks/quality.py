@@ -417,12 +417,12 @@ def goal_checks(measured: list[Measured]) -> list[GoalCheck]:
         if rival is None or not rival.gap:
             continue
         margin = paired_margin(m, rival)
-        why = (f"95% interval over {margin.seeds} seeds" if margin.seeds >= 2 else "1 seed")
+        why = [f"95% interval over {margin.seeds} seeds"] if margin.seeds >= 2 else []
         if margin.verdict() is None:
-            why += f"; at least {MIN_SEEDS_TO_JUDGE} seeds are needed to judge"
+            why.append(f"at least {MIN_SEEDS_TO_JUDGE} seeds are needed to judge")
+        why.append(f"per seed {', '.join(f'{v:+.2f}' for v in margin.values)}")
         checks.append(GoalCheck(f"{name} beats {rival.row.label}: paired margin {margin.text()} of the gap "
-                                f"({why}; per seed {', '.join(f'{v:+.2f}' for v in margin.values)})",
-                                margin.verdict()))
+                                f"({'; '.join(why)})", margin.verdict()))
     return checks
 
 

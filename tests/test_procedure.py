@@ -126,7 +126,7 @@ def tiny(tmp_path_factory):
     """A tiny config (smoke sizes, a few steps) and its source checkpoint."""
     root = tmp_path_factory.mktemp("procedure")
     cfg = load_config(None, {"data.cache_dir": str(root / "data"), "output_dir": str(root / "out"),
-                             "source.steps": 2, "adapt.steps": 2, "warmup.steps": 3, "model.width": 4,
+                             "source.steps": 2, "adapt.steps": 1, "warmup.steps": 2, "model.width": 4,
                              "data.synthetic.source_images": 8, "adapt.num_k": 2}, smoke=True)
     result = run_job({"mode": "source", "config": cfg.to_dict()})
     save_checkpoint(root / "source", result.state)
@@ -172,10 +172,10 @@ def test_warmup_trains_the_selector_on_target_pixels_buys_nothing_and_round_1_ra
     cfg = load_config(None, {**cfg.flat(), "output_dir": str(tmp_path / "out")})  # a warm-up of its own, not cached
     reports = run_trial(cfg, tiny, tmp_path, "trial")
     warmup, round_1 = in_process[0], in_process[1]
-    assert warmup["stage"] == "warmup" and warmup["sparse_labels"] == {} and warmup["steps"] == 3
+    assert warmup["stage"] == "warmup" and warmup["sparse_labels"] == {} and warmup["steps"] == 2
     assert LabelStore(Path(cfg.output_dir) / "trial" / "labels").rounds() == [1]  # the warm-up bought no label
     warmed = reports[0][1].model_checkpoint  # round 0 reports the warmed-up model
-    assert reports[0][0]["warmup/steps"] == 3 and round_1["init_checkpoint"] == warmed
+    assert reports[0][0]["warmup/steps"] == 2 and round_1["init_checkpoint"] == warmed
     # S learned the target: its target losses ran, and its heads are not the source model's.
     before, after = load_checkpoint(source)["modules"]["selector"], load_checkpoint(warmed)["modules"]["selector"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -189,7 +189,7 @@ def test_warmup_trains_the_selector_on_target_pixels_buys_nothing_and_round_1_ra
 
 def test_every_trial_of_a_comparison_trains_the_same_total_steps(tiny, in_process, tmp_path):
     cfg, source, _ = tiny
-    common = {"adapt.total_steps": 5}
+    common = {"adapt.total_steps": 4}
     trials = [
         load_config(None, {**cfg.flat(), **common, "selection.rounds": rounds, "selection.selector": selector})
         for rounds, selector in ((1, "labor_ppl"), (2, "random"), (3, "region_impurity"))]
@@ -199,7 +199,7 @@ def test_every_trial_of_a_comparison_trains_the_same_total_steps(tiny, in_proces
     experiment.ensure_oracle_reference(trials[0], source, progress=lambda m: None)
     oracle_job = in_process[-1]
     assert len(in_process) == oracle_start + 1 and oracle_job.get("full_target_labels")  # the warm-up was cached
-    total = cfg.source.steps + cfg.warmup.steps + 5
+    total = cfg.source.steps + cfg.warmup.steps + 4
     assert final_steps == [total] * 3
     assert load_checkpoint(oracle_job["init_checkpoint"])["global_step"] + oracle_job["steps"] == total
 

@@ -486,6 +486,8 @@ def _cost_cells(m: Measured) -> str:
 
 def render_markdown(plan: Plan, quick: bool, measured: list[Measured], references: dict, checks: list[GoalCheck],
                     cfg: ExperimentConfig, minutes: float, image_name: str, command: str) -> str:
+    from orchestrator.experiment import warmup_losses
+
     height, width = cfg.data.height, cfg.data.width
     pool = _pool_images(cfg)
     by_id = {m.row.id: m for m in measured}
@@ -507,7 +509,7 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         f"{len(CLASS_SETS[cfg.data.class_set])} classes. Model `{cfg.model.name}` (width {cfg.model.width}); "
         f"source training {cfg.source.steps} steps.",
         f"- Every trial starts from the same warmed-up models (cached per seed): {cfg.warmup.steps} label-free "
-        f"steps in which G adapts with {', '.join(cfg.warmup.losses) or 'no target loss'} and LabOR's selector "
+        f"steps in which G adapts with {warmup_losses(cfg)} and LabOR's selector "
         f"learns the target from G's pseudo labels (`{cfg.adapt.pseudo_label_rule}`) and the MCD discrepancy "
         f"(num_k {cfg.adapt.num_k}). Then every trial adapts {cfg.adapt.total_steps} steps in all "
         f"(`adapt.total_steps`), split over its rounds, through the product's own path (one Tune sweep per "

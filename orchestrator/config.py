@@ -30,7 +30,7 @@ from pixel_selectors import SELECTOR_KIND, SELECTORS
 from pixel_selectors.budget import REGION_SPREADS
 from trainers.data import CLASS_SETS, SOURCE_FORMATS, TARGET_FORMATS
 from trainers.data.cityscapes import CITYSCAPES_SPLITS
-from trainers.losses import LABEL_FREE_LOSSES, PSEUDO_LABEL_RULES, SOFT_LABEL_ESTIMATES
+from trainers.losses import PSEUDO_LABEL_RULES, SOFT_LABEL_ESTIMATES
 from trainers.models import MODELS
 
 
@@ -160,11 +160,12 @@ class AdaptConfig:
 @dataclass
 class WarmupConfig:
     steps: int = _opt(300, "label-free adaptation steps before round 1 (cached per setting, shared by every trial): "
-                           "G adapts with warmup.losses and LabOR's selector learns the target from G's pseudo "
-                           "labels and the MCD discrepancy, so round 1 ranks with a selector that has seen the "
-                           "target (LabOR's order); 0: round 1 ranks with the source model", min=0)
-    losses: list = _opt(["adversarial"], "the label-free losses G adapts with in the warm-up, each at its adapt.* "
-                                         "weight: adversarial (AdaptSeg, as LabOR's UDA model), confusion (Tzeng)")
+                           "G adapts with the warm-up's losses and LabOR's selector learns the target from G's "
+                           "pseudo labels and the MCD discrepancy, so round 1 ranks with a selector that has seen "
+                           "the target (LabOR's order); 0: round 1 ranks with the source model", min=0)
+    adversarial_weight: float = _opt(0.001, "G's AdaptSeg output-space adversarial loss in the warm-up (LabOR's UDA "
+                                            "model; 0: off)", min=0.0)
+    confusion_weight: float = _opt(0.0, "G's Tzeng domain confusion in the warm-up (0: off)", min=0.0)
 
 
 @dataclass
@@ -575,14 +576,6 @@ def validate(cfg: ExperimentConfig) -> None:
 
 def validate_procedure(cfg: ExperimentConfig) -> None:
     """The warm-up, the step split over rounds, SPL's whole-mask mode and RIPU's point window."""
-    for name in cfg.warmup.losses:
-        if name not in LABEL_FREE_LOSSES:
-            raise ConfigError("warmup.losses", f"unknown loss '{name}'; choose from: {', '.join(LABEL_FREE_LOSSES)}")
-        if cfg.warmup.steps and getattr(cfg.adapt, f"{name}_weight") <= 0:
-            raise ConfigError("warmup.losses", f"'{name}' is switched off (adapt.{name}_weight is 0): set the weight "
-                                               f"or leave '{name}' out of the warm-up")
-    if len(set(cfg.warmup.losses)) < len(cfg.warmup.losses):
-        raise ConfigError("warmup.losses", f"names a loss twice: {cfg.warmup.losses}")
     if 0 < cfg.adapt.total_steps < cfg.selection.rounds:
         raise ConfigError("adapt.total_steps", f"{cfg.adapt.total_steps} steps cannot be split over "
                                                f"{cfg.selection.rounds} rounds (at least one step per round)")

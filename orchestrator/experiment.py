@@ -71,11 +71,13 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
 
 
 # adapt keys that never change the warm-up: they act on labeled pixels or on the rounds after it.
+# (The warm-up has its own loss weights: adapt's adversarial and confusion weights act on the rounds only.)
 WARMUP_NEUTRAL_ADAPT_KEYS = ("steps", "total_steps", "target_ce_weight", "checkpoint_every", "soft_label_weight",
-                             "soft_label_temperature", "soft_label_momentum", "soft_label_estimate")
-# adapt keys of a label-free loss, which change the warm-up only when warmup.losses names that loss.
-WARMUP_LOSS_KEYS = {"adversarial": ("adversarial_weight", "discriminator_lr", "discriminator_width"),
-                    "confusion": ("confusion_weight", "domain_classifier_lr", "domain_classifier_width")}
+                             "soft_label_temperature", "soft_label_momentum", "soft_label_estimate",
+                             "adversarial_weight", "confusion_weight")
+# adapt keys of an adversary, which change the warm-up only when the warm-up uses that loss.
+WARMUP_LOSS_KEYS = {"adversarial_weight": ("discriminator_lr", "discriminator_width"),
+                    "confusion_weight": ("domain_classifier_lr", "domain_classifier_width")}
 
 
 def warmup_cache_key(cfg: ExperimentConfig) -> str:
@@ -84,7 +86,7 @@ def warmup_cache_key(cfg: ExperimentConfig) -> str:
     every trial of a comparison starts from the same warmed-up G and S."""
     data = cfg.to_dict()
     adapt = dict(data["adapt"])
-    unused = [key for loss, keys in WARMUP_LOSS_KEYS.items() if loss not in cfg.warmup.losses for key in keys]
+    unused = [key for loss, keys in WARMUP_LOSS_KEYS.items() if not getattr(cfg.warmup, loss) for key in keys]
     for key in (*WARMUP_NEUTRAL_ADAPT_KEYS, *unused):
         adapt.pop(key, None)
     blob = json.dumps({"source": source_cache_key(cfg), "warmup": data["warmup"], "adapt": adapt},
@@ -92,12 +94,19 @@ def warmup_cache_key(cfg: ExperimentConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def warmup_losses(cfg: ExperimentConfig) -> str:
+    """G's label-free losses in the warm-up, in words ("adversarial 0.001", or "source CE only")."""
+    used = [f"{name} {getattr(cfg.warmup, f'{name}_weight'):g}" for name in ("adversarial", "confusion")
+            if getattr(cfg.warmup, f"{name}_weight")]
+    return ", ".join(used) or "source CE only"
+
+
 def ensure_warmup_model(cfg: ExperimentConfig, source_checkpoint: str, source_metrics: dict,
                         progress: Callable[[str], None] = print) -> tuple[str, dict]:
     """The models round 1 starts from: (checkpoint location, their target metrics).
 
     With ``warmup.steps`` > 0: one label-free adaptation job from the source model (G adapts with
-    ``warmup.losses``, LabOR's selector S learns the target from G's pseudo labels and the MCD
+    the warm-up's loss weights, LabOR's selector S learns the target from G's pseudo labels and the MCD
     discrepancy), trained once per ``warmup_cache_key`` and cached like the source model; the
     metrics carry ``warmup/steps``. With 0 steps: the source model itself.
     """
@@ -111,7 +120,7 @@ def ensure_warmup_model(cfg: ExperimentConfig, source_checkpoint: str, source_me
     if cached is not None:
         progress(f"warm-up: reusing {entry_location}")
         return storage.join(entry_location, "checkpoint"), json.loads(cached)
-    progress(f"warm-up: {cfg.warmup.steps} label-free steps (G: {', '.join(cfg.warmup.losses) or 'source CE only'}; "
+    progress(f"warm-up: {cfg.warmup.steps} label-free steps (G: {warmup_losses(cfg)}; "
              f"LabOR's selector: pseudo labels ({cfg.adapt.pseudo_label_rule}) + MCD discrepancy)")
     job = {"mode": "adapt", "stage": "warmup", "config": cfg.to_dict(), "init_checkpoint": source_checkpoint,
            "round": 0, "steps": cfg.warmup.steps, "sparse_labels": {}, "train_selector": True}

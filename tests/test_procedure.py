@@ -97,8 +97,7 @@ def test_ripu_points_keep_windows_of_earlier_rounds_blocked():
 # --- configuration --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pairs, message", [
-    ({"warmup.losses": ["entropy"]}, "config key 'warmup.losses': unknown loss 'entropy'"),
-    ({"adapt.adversarial_weight": 0.0}, "'adversarial' is switched off (adapt.adversarial_weight is 0)"),
+    ({"warmup.adversarial_weight": -1.0}, "config key 'warmup.adversarial_weight': must be >= 0"),
     ({"selection.spl_mode": "whole_mask"}, "'whole_mask' is LabOR SPL's rule; selector 'labor_ppl'"),
     ({"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.02},
      "config key 'selection.budget_fraction': must be 0 with selection.spl_mode=whole_mask"),

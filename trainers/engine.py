@@ -69,8 +69,9 @@ def model_identity(cfg: dict, num_classes: int) -> dict[str, Any]:
 def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
     """The adaptation losses in force; source-only training uses none of the target terms.
 
-    ``stage="warmup"`` (an adapt job before round 1, no target label): G adapts with the losses of
-    ``warmup.losses`` only, and LabOR's selector with all of its target losses. The soft labels are
+    ``stage="warmup"`` (an adapt job before round 1, no target label): G adapts with the warm-up's own
+    label-free weights (``warmup.adversarial_weight``, ``warmup.confusion_weight``), and LabOR's
+    selector with all of its target losses. The soft labels are
     carried through unchanged (their loss needs labeled target pixels, and the source-set estimate
     is taken at the first labeled round).
     """
@@ -87,11 +88,10 @@ def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
                           num_k=a["num_k"], pseudo_label_rule=a["pseudo_label_rule"],
                           soft_label_estimate=a["soft_label_estimate"])
     if stage == "warmup":
-        used = set(cfg["warmup"]["losses"])
         # The soft labels pass through untouched (no labeled target pixel uses them yet, and none of
         # their settings may change the warm-up, which all trials share): the module is kept, not updated.
-        weights = dataclasses.replace(weights, adversarial=weights.adversarial if "adversarial" in used else 0.0,
-                                      confusion=weights.confusion if "confusion" in used else 0.0,
+        weights = dataclasses.replace(weights, adversarial=cfg["warmup"]["adversarial_weight"],
+                                      confusion=cfg["warmup"]["confusion_weight"],
                                       soft_label=1.0, soft_label_estimate=CARRIED)
     return weights
 

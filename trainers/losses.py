@@ -19,8 +19,6 @@ IGNORE_INDEX = 255
 PSEUDO_LABEL_RULES = ("iast", "class_balanced")
 # Where Tzeng's soft labels come from (``adapt.soft_label_estimate``).
 SOFT_LABEL_ESTIMATES = ("running", "source_set")
-# Target losses of G that need no target label: what a label-free warm-up can adapt with (``warmup.losses``).
-LABEL_FREE_LOSSES = ("adversarial", "confusion")
 
 
 def source_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

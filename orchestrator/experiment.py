@@ -248,7 +248,8 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
         job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": checkpoint,
                "sparse_labels": store.sparse_labels(upto_round=round_index), "round": round_index,
-               "train_selector": selector_trains(cfg, round_index), "steps": round_steps(cfg_dict, round_index)}
+               "train_selector": selector_trains(cfg, round_index), "steps": round_steps(cfg_dict, round_index),
+               "trial": trial_id}
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = _round_metrics(result.metrics)
@@ -297,14 +298,16 @@ def write_round_artifacts(folder: Path, domains, store: LabelStore, round_index:
     """What a person looks at after a round: selected pixels on a few target images, per-class IoU."""
     from trainers.data.transforms import denormalize
 
-    from .report import selection_overlay, write_iou_csv
+    from .report import class_palette, selection_overlay, write_iou_csv
 
     folder.mkdir(parents=True, exist_ok=True)
     bought = store.sparse_labels(only_round=round_index)  # this round's pixels only: one file read
+    palette = class_palette(domains.classes)  # Cityscapes colours, with a legend of the classes drawn
     for image_id in sorted(bought)[:OVERLAY_IMAGES]:
         ys, xs, classes = bought[image_id]
         image = denormalize(domains.target_pool[image_id][0]).permute(1, 2, 0).numpy()
-        selection_overlay(image, ys, xs, folder / f"selected-image{image_id:05d}.png", labels=classes)
+        selection_overlay(image, ys, xs, folder / f"selected-image{image_id:05d}.png", labels=classes,
+                          class_colors=palette, class_names=domains.classes)
     per_class = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("target/iou/")}
     write_iou_csv(per_class, folder / "iou.csv")
 

@@ -42,6 +42,15 @@ def test_source_job_reports_miou_and_soft_labels(source_checkpoint):
     assert "discriminator" not in state["modules"]  # not used by source-only training
 
 
+def test_run_job_reports_progress_after_every_step(cfg, source_checkpoint):
+    seen = []
+    run_job(adapt_job(cfg, source_checkpoint[0]),
+            progress=lambda done, total, losses: seen.append((done, total, dict(losses))))
+    assert [(done, total) for done, total, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all({"source_ce", "target_ce", "segmenter_total"} <= set(losses) for _, _, losses in seen)
+    assert all(isinstance(value, float) for _, _, losses in seen for value in losses.values())
+
+
 def test_adapt_checkpoint_holds_everything(cfg, source_checkpoint):
     result = run_job(adapt_job(cfg, source_checkpoint[0]))
     state = result.state

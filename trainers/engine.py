@@ -184,13 +184,14 @@ class JobResult:
 
 def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | None = None,
             prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-            resume_state: dict | None = None, on_step: Callable[[int, Callable[[], dict]], None] | None = None
-            ) -> JobResult:
+            resume_state: dict | None = None, on_step: Callable[[int, Callable[[], dict]], None] | None = None,
+            progress: Callable[[int, int, dict[str, float]], None] | None = None) -> JobResult:
     """Run one job on one worker. ``prepare_model`` wraps modules for data parallelism (DDP).
 
     ``resume_state`` (a checkpoint of this same job, e.g. after a worker failure) continues where it
     stopped; otherwise ``job["init_checkpoint"]`` (previous round or source model) is the start.
-    ``on_step(done, state_fn)`` is called after every step (for periodic checkpoints).
+    ``on_step(done, state_fn)`` is called after every step (for periodic checkpoints);
+    ``progress(done, total, losses)`` too (``trainers.progress.StepProgress`` prints at an interval).
     """
     cfg, mode = job["config"], job["mode"]
     if mode not in MODES:
@@ -284,6 +285,8 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
         job_step += 1
         if on_step is not None:
             on_step(job_step, state)
+        if progress is not None:
+            progress(job_step, steps, losses)
     train_seconds = time.perf_counter() - started
 
     # Evaluation: each rank takes every world-th validation image (no padding, no duplicates).

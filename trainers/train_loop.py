@@ -21,6 +21,7 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import build_adaptation_models, load_models, model_identity, run_job
+from .progress import StepProgress
 
 __all__ = ["TrainingResult", "build_adaptation_models", "load_models", "model_identity", "run_training",
            "train_loop_per_worker"]
@@ -59,10 +60,23 @@ def train_loop_per_worker(job: dict) -> dict | None:
             _report({"train/job_step": done}, state_fn() if rank == 0 else None)
 
     result = run_job(job, rank=rank, world=world, device=ray.train.torch.get_device(), prepare_model=prepare,
-                     resume_state=resume_state, on_step=on_step)
+                     resume_state=resume_state, on_step=on_step, progress=step_progress(job, world) if rank == 0 else None)
     _report(result.metrics, result.state if rank == 0 else None)
     # Ray Train keeps only reports that carry a checkpoint; the return value always arrives.
     return result.metrics if rank == 0 else None
+
+
+def step_progress(job: dict, world: int) -> StepProgress:
+    """Progress lines of this job (printed by rank 0 only; Ray forwards them to the driver)."""
+    cfg, mode = job["config"], job["mode"]
+    section = cfg["source" if mode == "source" else "adapt"]
+    label = ("source model" if mode == "source" else "warm-up" if job.get("stage") == "warmup"
+             else f"round {job.get('round', '?')}")
+    if job.get("trial"):
+        label = f"{job['trial']} {label}"
+    elif job.get("full_target_labels"):
+        label = "oracle reference"
+    return StepProgress(label, int(section["batch_size"]) * world, float(cfg["train"]["progress_every_s"]))
 
 
 def _quiet_train_worker_logs() -> None:

@@ -126,8 +126,16 @@ def ensure_warmup_model(cfg: ExperimentConfig, source_checkpoint: str, source_me
            "round": 0, "steps": cfg.warmup.steps, "sparse_labels": {}, "train_selector": True}
     result = run_training(job, name=f"warmup-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = {**_round_metrics(result.metrics), "warmup/steps": float(cfg.warmup.steps)}
-    storage.publish_entry(entry, {"checkpoint": result.checkpoint_dir},
-                          {"metrics.json": json.dumps(metrics, indent=1, sort_keys=True)}, marker="metrics.json")
+    marker = storage.join(entry_location, "metrics.json")
+    try:
+        storage.publish_entry(entry, {"checkpoint": result.checkpoint_dir},
+                              {"metrics.json": json.dumps(metrics, indent=1, sort_keys=True)}, marker="metrics.json")
+    except OSError:
+        # Two trials whose settings differ from the sweep's in the same way trained the same warm-up
+        # at once, and the other published first: use its entry (the same seed and settings).
+        if storage.read_text(marker) is None:
+            raise
+        metrics = json.loads(storage.read_text(marker))
     progress(f"warm-up: target mIoU {metrics['target/miou']:.3f} ({result.seconds:.0f} s)")
     return storage.join(entry_location, "checkpoint"), metrics
 

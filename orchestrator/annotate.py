@@ -12,12 +12,17 @@ File format (JSON, UTF-8; no pickle anywhere)::
      "classes": ["road", ...],
      "images": [{"image_id": 3, "image": "<path of the pool image, for the annotation tool>",
                  "height": 64, "width": 128,
-                 "original_height": 1024, "original_width": 2048,  # the image file's size (when readable)
+                 "original_height": 1024, "original_width": 2048,  # the original image's (and label's) size
                  "points": [[y, x], ...]          # point selectors, in selection order
                  or "mask_rle": [start, length, ...],  # region selectors: run-length mask
                  "clicks": 4.0,
                  "labels": [...]}]}               # the answer: one class index per point, or per mask
                                                   # pixel in ascending row-major order; 255 = unsure
+
+``points`` and ``mask_rle`` are on the selection grid (``height x width``, the label store's
+coordinates); grid pixel (y, x) stands for the original pixel under its centre,
+``trainers.data.coordinates.label_coordinates`` (what the simulated oracle reveals, and where the
+tool exports below put it).
 
 The import never reads a path from the file and refuses anything that does not match the exported
 queries pixel for pixel, so an answer file can neither move the budget nor point outside the pool.
@@ -64,7 +69,10 @@ def export_queries(path: Path, round_index: int, strategy: str, classes: tuple[s
     for q in sorted(queries, key=lambda q: q.image_id):
         entry = {"image_id": int(q.image_id), "image": image_paths.get(q.image_id, ""), "height": q.height,
                  "width": q.width, "clicks": float(q.clicks), "labels": None}
-        entry.update(_original_size(image_paths.get(q.image_id, "")))
+        if q.label_height:  # the original label's size, known to the oracle and the label store
+            entry.update(original_height=q.label_height, original_width=q.label_width)
+        else:
+            entry.update(_original_size(image_paths.get(q.image_id, "")))
         if q.regions:
             flat = np.sort(np.asarray(q.ys, np.int64) * q.width + np.asarray(q.xs, np.int64))
             entry["mask_rle"] = rle_encode(flat, q.height * q.width).tolist()
@@ -147,15 +155,17 @@ def import_answers(answers_path: Path, queries_file: Path, store: LabelStore, ex
                               f"have no answer")
     labeled = []
     for image_id, entry in sorted(given.items()):
-        height, width = entry["height"], entry["width"]
-        if "points" in entry:
-            ys, xs = (np.asarray([p[i] for p in entry["points"]], np.int32) for i in (0, 1))
+        query = asked[image_id]  # what was asked (and what it costs) comes from the queries, not the answers
+        height, width = query["height"], query["width"]
+        if "points" in query:
+            ys, xs = (np.asarray([p[i] for p in query["points"]], np.int32) for i in (0, 1))
         else:
-            flat = rle_decode(np.asarray(entry["mask_rle"]), height * width)
+            flat = rle_decode(np.asarray(query["mask_rle"]), height * width)
             ys, xs = (flat // width).astype(np.int32), (flat % width).astype(np.int32)
         labeled.append(LabeledPixels(image_id=int(image_id), ys=ys, xs=xs, labels=np.asarray(entry["labels"], np.uint8),
-                                     height=height, width=width, clicks=float(entry["clicks"]),
-                                     regions="mask_rle" in entry))
+                                     height=height, width=width, clicks=float(query["clicks"]),
+                                     regions="mask_rle" in query, label_height=int(query.get("original_height", 0)),
+                                     label_width=int(query.get("original_width", 0))))
     store.append_round(round_index, str(queries["strategy"]), labeled)
     return round_index
 

@@ -35,6 +35,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from pixel_selectors.encoding import rle_decode
+from trainers.data.coordinates import label_coordinates
 
 UNSURE = "unsure"
 IGNORE = 255
@@ -53,10 +54,9 @@ def original_size(entry: dict) -> tuple[int, int]:
 
 
 def grid_to_original(ys, xs, grid: tuple[int, int], original: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The original-image pixel at the centre of each grid pixel (the grid is the original resized)."""
-    (h, w), (big_h, big_w) = grid, original
-    ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
-    return ((2 * ys + 1) * big_h // (2 * h)).astype(np.int64), ((2 * xs + 1) * big_w // (2 * w)).astype(np.int64)
+    """The original-image pixel at the centre of each grid pixel (the grid is the original resized):
+    the project's one mapping, the one the simulated oracle reads labels at."""
+    return label_coordinates(ys, xs, grid, original)
 
 
 def original_to_grid(oys, oxs, grid: tuple[int, int], original: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,14 @@ SELECTORS: tuple[str, ...] = tuple(SELECTOR_KIND)
 # pixel_selectors.budget.REGION_SPREADS
 REGION_SPREADS: tuple[str, ...] = ("score", "share")
 # trainers.models.MODELS
-MODELS: tuple[str, ...] = ("small_segnet", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large")
+MODELS: tuple[str, ...] = ("small_segnet", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
+                           "deeplabv2_resnet101")
+# trainers.models.MIN_BATCH_SIZE: models that cannot train on fewer images per step (default 1)
+MIN_BATCH_SIZE: dict[str, int] = {"deeplabv3_resnet101": 2, "deeplabv3_mobilenet_v3_large": 2}
+# trainers.models.DEEPLABV2_STYLES
+DEEPLABV2_STYLES: tuple[str, ...] = ("ripu", "adaptsegnet")
+# trainers.data.EVAL_RESOLUTIONS
+EVAL_RESOLUTIONS: tuple[str, ...] = ("native", "input")
 # trainers.data.SOURCE_FORMATS / TARGET_FORMATS
 SOURCE_FORMATS: tuple[str, ...] = ("gta5", "synthia", "cityscapes")
 TARGET_FORMATS: tuple[str, ...] = ("cityscapes",)

@@ -28,8 +28,9 @@ import yaml
 
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
-from .choices import (CLASS_SETS, MODELS, PSEUDO_LABEL_RULES, REGION_SPREADS, SELECTOR_KIND, SELECTORS,
-                      SOFT_LABEL_ESTIMATES, SOURCE_FORMATS, SPLITS, TARGET_FORMATS)
+from .choices import (CLASS_SETS, DEEPLABV2_STYLES, EVAL_RESOLUTIONS, MIN_BATCH_SIZE, MODELS, PSEUDO_LABEL_RULES,
+                      REGION_SPREADS, SELECTOR_KIND, SELECTORS, SOFT_LABEL_ESTIMATES, SOURCE_FORMATS, SPLITS,
+                      TARGET_FORMATS)
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,10 @@ def _opt(default: Any, help: str, *, min: float | None = None, max: float | None
 class DomainConfig:
     format: str = _opt("gta5", "on-disk layout of this domain", choices=SOURCE_FORMATS)
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
+    height: int = _opt(0, "source images are resized to this height, then cropped to data.height x data.width "
+                          "(0 with width set: each image's aspect ratio; both 0: data.height x data.width)", min=0)
+    width: int = _opt(0, "source images are resized to this width (0 with height set: each image's aspect ratio; "
+                         "AdaptSegNet and RIPU: GTA5 at 1280x720)", min=0)
 
 
 @dataclass
@@ -92,12 +97,19 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     class_set: str = _opt("synthetic", "classes every dataset is mapped into", choices=CLASS_SETS)
-    height: int = _opt(64, "image height used for training and selection (images are resized)", min=16)
-    width: int = _opt(128, "image width used for training and selection", min=16)
+    height: int = _opt(64, "target image height for training, selection and evaluation input (images are "
+                           "resized; source images are cropped to it)", min=16)
+    width: int = _opt(128, "target image width for training, selection and evaluation input", min=16)
     source: DomainConfig = field(default_factory=DomainConfig)
     target: TargetDomainConfig = field(default_factory=TargetDomainConfig)
-    pool_images: int = _opt(0, "use only the first N target pool images (0: all)", min=0)
-    val_images: int = _opt(0, "use only the first N target validation images (0: all)", min=0)
+    pool_images: int = _opt(0, "use N target pool images drawn across the whole split with data.subset_seed "
+                               "(0: all)", min=0)
+    val_images: int = _opt(0, "use N target validation images drawn across the whole split (0: all)", min=0)
+    eval_resolution: str = _opt("native", "where target mIoU is scored: 'native' (each label at its own size, the "
+                                          "prediction upsampled: the papers' protocol) or 'input' (labels resized to "
+                                          "data.height x data.width)", choices=dict.fromkeys(EVAL_RESOLUTIONS))
+    subset_seed: int = _opt(0, "seed of the pool_images / val_images draw (the same subset for every trial seed)",
+                            min=0)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_dir: str = _opt("data", "where generated synthetic domains are cached", path=True)
@@ -109,20 +121,50 @@ class ModelConfig:
     width: int = _opt(16, "base channel width of small_segnet (ignored by the DeepLab models)", min=4)
     pretrained: str = _opt("", "ImageNet backbone weights for DeepLab models ('': torch hub's cache if present)",
                            path=True)
+    deeplabv2_style: str = _opt("ripu", "deeplabv2_resnet101's layout: 'ripu' (torchvision ResNet-101, ImageNet RGB "
+                                        "input, 4 ASPP branches) or 'adaptsegnet' (AdaptSegNet's released code: "
+                                        "Caffe BGR input, 2 ASPP branches summed; for its checkpoints)",
+                                choices=dict.fromkeys(DEEPLABV2_STYLES))
+
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
-class SourceTrainingConfig:
+class TrainingStageConfig:
+    """What ``source`` and ``adapt`` share: steps, batch and the optimizer of G and the selector
+    (``trainers.engine.build_optimizers``); each section redefines the first three with its defaults."""
+
+    steps: int = _opt(1, "optimizer steps", min=1)
+    batch_size: int = _opt(1, "images per step per Train worker", min=1)
+    lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    optimizer: str = _opt("adam", "optimizer of G and the selector: 'adam' or 'sgd' (SGD with momentum, as "
+                                  "AdaptSegNet and RIPU)", choices=dict.fromkeys(OPTIMIZERS))
+    momentum: float = _opt(0.9, "SGD momentum (optimizer: sgd)", min=0.0, max=1.0)
+    weight_decay: float = _opt(0.0, "L2 weight decay of G and the selector (the references: 5e-4)", min=0.0)
+    lr_power: float = _opt(0.0, "polynomial learning-rate decay: lr x (1 - step / planned steps) ^ lr_power, on "
+                                "every optimizer of the stage (0: constant; the references: 0.9)", min=0.0)
+    head_lr_factor: float = _opt(1.0, "learning rate of the pixel classifiers (heads) over the backbone's (the "
+                                      "references: 10)", min=0.0, min_exclusive=True)
+    lr_decay_steps: int = _opt(0, "steps the polynomial decay spans (0: the stage's planned steps; the references "
+                                  "decay over more than they train: AdaptSegNet 250000 for 150000, RIPU 62500 for "
+                                  "40000)", min=0)
+
+
+@dataclass
+class SourceTrainingConfig(TrainingStageConfig):
     steps: int = _opt(400, "optimizer steps of source-only training (once per sweep, cached)", min=1)
     batch_size: int = _opt(8, "images per step per Train worker", min=1)
-    lr: float = _opt(2e-3, "Adam learning rate", min=0.0, min_exclusive=True)
+    lr: float = _opt(2e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    checkpoint: str = _opt("", "model file (a plain state dict; key mapping in docs/protocol.md) to use as the source "
+                               "model G instead of training one ('': train it)", path=True)
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(TrainingStageConfig):
     steps: int = _opt(300, "optimizer steps of adaptation training per round", min=1)
     batch_size: int = _opt(4, "source images, and as many target images, per step per Train worker", min=1)
-    lr: float = _opt(1e-3, "Adam learning rate of G and the selector", min=0.0, min_exclusive=True)
+    lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
     target_ce_weight: float = _opt(1.0, "weight of the sparse labeled-target cross-entropy", min=0.0)
     adversarial_weight: float = _opt(0.001, "AdaptSeg output-space adversarial loss weight (0: off)", min=0.0)
     discriminator_lr: float = _opt(1e-4, "Adam learning rate of the output-space discriminator", min=0.0,
@@ -217,6 +259,9 @@ class TrainConfig:
     use_gpu: bool = _opt(False, "train on CUDA (one GPU per worker, bf16 autocast)")
     cpus_per_worker: float = _opt(1.0, "CPUs reserved by each Train worker", min=0.0, min_exclusive=True)
     torch_threads: int = _opt(0, "intra-op threads per Train worker (0: one per reserved CPU)", min=0)
+    loader_workers: int = _opt(0, "DataLoader worker processes of each Train worker's source, target and evaluation "
+                                  "loaders, each (0: load in the training process; with a GPU, leave a few CPUs "
+                                  "per worker for them)", min=0)
     max_failures: int = _opt(2, "worker-group failures a training job survives (restarting from its checkpoint)",
                              min=0)
     progress_every_s: float = _opt(30.0, "print steps, losses, images/s and the time left of a training job every N "
@@ -562,6 +607,15 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("output_dir", "must not be empty")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError("model.pretrained", f"file '{cfg.model.pretrained}' does not exist")
+    if cfg.source.checkpoint and not Path(cfg.source.checkpoint).is_file():
+        raise ConfigError("source.checkpoint", f"file '{cfg.source.checkpoint}' does not exist")
+    min_batch = MIN_BATCH_SIZE.get(cfg.model.name, 1)
+    for section in ("source", "adapt"):
+        if getattr(cfg, section).batch_size < min_batch:
+            raise ConfigError(f"{section}.batch_size", f"model '{cfg.model.name}' normalises with batch statistics and "
+                                                       f"needs >= {min_batch} images per step per Train worker; for "
+                                                       f"batch size 1 use deeplabv2_resnet101 (frozen batch norm) or "
+                                                       f"small_segnet")
     if cfg.data.augment.scale_min > cfg.data.augment.scale_max:
         raise ConfigError("data.augment.scale_min", f"must be <= data.augment.scale_max "
                                                    f"({cfg.data.augment.scale_max:g}), got {cfg.data.augment.scale_min:g}")

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from trainers.data import DatasetError, check_domains
+    from trainers.engine import check_given_source_model
+    from trainers.models import StartCheckpointError
+    from trainers.train_loop import TrainingJobError
 
     from .storage import check_storage
     from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
@@ -40,8 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         check_tracking_uri(uri)
         check_storage(cfg)
-        check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
-    except (ConfigError, TrackingError, DatasetError) as err:
+        domains = check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
+        check_given_source_model(cfg.to_dict(), len(domains.classes))
+    except (ConfigError, TrackingError, DatasetError, StartCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
@@ -52,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingJobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None = None, quiet: bool = False,

@@ -54,18 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # table-creation notices on a new store
     from trainers.checkpoint import CheckpointError
     from trainers.data import DatasetError, check_domains
+    from trainers.engine import check_given_source_model
+    from trainers.models import StartCheckpointError
+    from trainers.train_loop import TrainingJobError
 
     from .cluster import ClusterConfigError
     from .storage import check_storage
     from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
-    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError)
+    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError, StartCheckpointError)
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         check_tracking_uri(uri)
         check_storage(cfg)
-        check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
+        domains = check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
+        check_given_source_model(cfg.to_dict(), len(domains.classes))
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -80,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingJobError as err:  # the source model or the oracle reference (a trial's own shows in its row)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
 
 
 SWEEP_STATE = "sweep.json"
@@ -220,6 +227,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 ),
             )
+        # A failed trial is one line below the table, not Tune's traceback (its error file keeps that).
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(_without_trial_tracebacks)
         results = tuner.fit()
         rows = summarize(results, cfg, source_metrics)
         failed = sum(1 for r in rows if r["status"] != "ok")
@@ -228,11 +237,28 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         tracking.finish_sweep(parent, "FAILED" if failed else "FINISHED", report_dir,
                               unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))
         print(format_table(rows, source_metrics, oracle_metrics))
+        for result in results:
+            if result.error is not None:
+                trial = (result.metrics or {}).get("trial_id", Path(result.path).name)
+                print(f"[activeda] trial {trial} failed: {failure_line(result.error)}")
         print(f"[activeda] {len(rows)} trial(s), {failed} failed, in {time.perf_counter() - started:.0f} s; "
               f"MLflow: {display_uri(tracking_uri)} (experiment '{cfg.sweep.name}')")
         return EXIT_TRIALS_FAILED if failed else 0
     finally:
         ray.shutdown()
+
+
+def _without_trial_tracebacks(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Trial task failed")
+
+
+def failure_line(error: BaseException) -> str:
+    """One line for a failed trial: a training job's own one-line message, else the error's last line."""
+    from trainers.train_loop import last_error_line
+
+    line = last_error_line(str(error))
+    prefix = "trainers.train_loop.TrainingJobError: "
+    return line[len(prefix):] if line.startswith(prefix) else line
 
 
 def _trial_dir(sweep_dir: Path, trial_id: str) -> Path:

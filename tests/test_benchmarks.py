@@ -172,7 +172,7 @@ def test_budget_curve_is_drawn(tmp_path, data_cache):
 
 
 @pytest.mark.parametrize("module", ["quality", "speed", "selection_speed", "train_overhead", "ablation",
-                                    "calibrate_domains"])
+                                    "calibrate_domains", "protocol"])
 def test_every_benchmark_refuses_a_bad_key_in_one_line_before_running(module, capsys):
     import importlib
 

@@ -141,4 +141,5 @@ def test_flat_and_hash():
 def test_real_dataset_configs_load_and_take_root_overrides(name, tmp_path):
     cfg = load_config(ROOT / "configs" / name, [f"data.source.root={tmp_path}/src", f"data.target.root={tmp_path}/tgt"])
     assert cfg.data.source.root == f"{tmp_path}/src" and cfg.data.target.format == "cityscapes"
-    assert cfg.train.use_gpu and cfg.model.name == "deeplabv3_resnet101"
+    assert cfg.train.use_gpu and cfg.model.name == "deeplabv2_resnet101"  # the papers' protocol (issue 17)
+    assert cfg.adapt.batch_size == 1 and cfg.adapt.optimizer == "sgd" and cfg.data.eval_resolution == "native"

@@ -145,8 +145,9 @@ def in_process(monkeypatch):
         save_checkpoint(folder, result.state)
         return TrainingResult(result.metrics, str(folder), time.perf_counter() - started)
 
-    def rank_pool(checkpoint_dir, cfg, pool_size, labeled, consume, round_index=1, budget_pixels=0, progress=None):
-        ranker = Ranker(checkpoint_dir, cfg)
+    def rank_pool(checkpoint_dir, cfg, pool_size, labeled, consume, round_index=1, budget_pixels=0, progress=None,
+                  ranker=None):
+        ranker = (ranker or Ranker)(checkpoint_dir, cfg)
         for image_id, query in ranker.rank(list(range(pool_size)), labeled, cfg["selection"]["points_per_image"],
                                            round_index, budget_pixels):
             consume(image_id, query)

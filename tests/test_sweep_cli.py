@@ -81,8 +81,11 @@ def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
 
 @pytest.mark.integration
 def test_gpu_request_without_gpus_fails_before_training(tmp_path):
+    # The Ray the sweep starts sees no GPU even on a machine that has one (Ray counts the devices
+    # CUDA_VISIBLE_DEVICES names): this test is about a cluster without GPUs.
     result = run_cli("orchestrator.sweep", "--smoke", "--set", "train.use_gpu=true",
-                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path, timeout=180)
+                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path, timeout=180,
+                     env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
     assert "config key 'train.use_gpu': is true but the Ray cluster has CPU=" in result.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "m.db").exists()

@@ -103,7 +103,8 @@ def selector_params(name: str, selection: dict, width: int) -> dict:
     return {}
 
 
-__all__ = ["SELECTORS", "SELECTOR_INPUTS", "WINDOWED", "selector_params", "blocked_by_labels", "ripu_point_window", "SELECTOR_KIND", "BudgetResult", "GlobalBudget", "Pick", "PointQuery",
+__all__ = ["SELECTORS", "SELECTOR_INPUTS", "WINDOWED", "selector_params", "blocked_by_labels", "ripu_point_window",
+           "SELECTOR_KIND", "BudgetResult", "GlobalBudget", "Pick", "PointQuery",
            "RegionQuery", "allocate_evenly", "labeled_mask", "select_image", "share_of_candidates", "clicks_for_points", "clicks_for_region", "clicks_for_regions",
            "entropy_points", "head_discrepancy", "inconsistency_mask", "labor_ppl", "labor_spl", "margin_points",
            "merge_points", "merge_regions", "pack_bits", "points_per_image", "points_to_regions", "random_points",

@@ -206,12 +206,13 @@ def priority_order(score: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     return flat[torch.sort(key, stable=True).indices]
 
 
-def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int,
+                   centers: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Non-overlapping (2r+1)^2 squares chosen greedily by the score of their centre pixel.
 
     center_score: float (H*W,); free: bool (H, W) of unlabeled pixels, both on one device (the work
-    runs there). Candidate centres are the free pixels, visited by (score desc, flat index asc); a
+    runs there); centers: optional bool (H, W) of the pixels allowed as centres (default: the free
+    ones). Candidate centres are visited by (score desc, flat index asc); a
     centre is taken unless it lies within Chebyshev distance 2r of a centre already taken (then the
     squares would overlap), which is the rule of RIPU's region selection. Each square is clipped to
     the image and loses its labeled pixels; pixels keep raster order. Returns CSR (indices,
@@ -219,7 +220,9 @@ def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int
     """
     height, width = free.shape
     center_score = torch.as_tensor(center_score).reshape(-1).to(free.device)
-    centers = greedy_order_picks(priority_order(center_score, free), height, width, reach=2 * radius).to(free.device)
+    allowed = free if centers is None else centers.to(free.device)
+    centers = greedy_order_picks(priority_order(center_score, allowed), height, width, reach=2 * radius
+                                 ).to(free.device)
     cy, cx = centers // width, centers % width
     offset = torch.arange(-radius, radius + 1, device=free.device)
     dy, dx = torch.meshgrid(offset, offset, indexing="ij")

@@ -99,6 +99,7 @@ class ScaleRanker(Ranker):
         self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))
         self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
+        self.loading = None  # generated images: computed in the calling thread, nothing to decode
         self._queries: dict = {}
 
     def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0):

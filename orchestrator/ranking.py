@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from pixel_selectors import SELECTOR_INPUTS, PointQuery, RegionQuery, labeled_mask, select_image
+from pixel_selectors import SELECTOR_INPUTS, PointQuery, RegionQuery, labeled_mask, select_image, selector_params
 from trainers.data import build_domains
 from trainers.loader import load_images
 from trainers.train_loop import load_models
@@ -90,7 +90,7 @@ class Ranker:
         self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.params = {"k": cfg["selection"]["region_size"]} if name in REGION_SIZED else {}
+        self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))
         self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
         # Decode a shard's images on all of the actor's CPUs at once (a 2048x1024 PNG: ~150 ms of one core).
@@ -128,10 +128,6 @@ def image_seed(seed: int, round_index: int, image_id: int) -> int:
     """The seed a selector gets for one image in one round: the same image gets the same draw
     whichever actor ranks it, and a new one each round."""
     return (seed * 1_000_003 + round_index) * 1_000_003 + image_id
-
-
-# Selectors that take the region side ``k`` (selection.region_size).
-REGION_SIZED = ("region_impurity", "region_impurity_regions", "random_regions")
 
 
 @functools.cache

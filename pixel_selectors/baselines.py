@@ -92,5 +92,5 @@ def random_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 
     device = head_probs[0].device
     score = seeded_uniform(seed, height * width, device)
     free = unlabeled_mask(labeled, height, width, device=device)
-    indices, offsets, scores = greedy_squares(score, free, radius, max_pixels, spread)
+    indices, offsets, scores = greedy_squares(score, free, radius, max_pixels=max_pixels, spread=spread)
     return RegionQuery(height, width, indices, offsets, scores)

@@ -230,12 +230,13 @@ def priority_order(score: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     return flat[torch.sort(key, stable=True).indices]
 
 
-def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int, max_pixels: int | None = None,
-                   spread: str = "score") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int, centers: torch.Tensor | None = None,
+                   max_pixels: int | None = None, spread: str = "score") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Non-overlapping (2r+1)^2 squares chosen greedily by the score of their centre pixel.
 
     center_score: float (H*W,); free: bool (H, W) of unlabeled pixels, both on one device (the work
-    runs there). Candidate centres are the free pixels, visited by (score desc, flat index asc); a
+    runs there); centers: optional bool (H, W) of the pixels allowed as centres (default: the free
+    ones). Candidate centres are visited by (score desc, flat index asc); a
     centre is taken unless it lies within Chebyshev distance 2r of a centre already taken (then the
     squares would overlap), which is the rule of RIPU's region selection. Each square is clipped to
     the image and loses its labeled pixels; pixels keep raster order. Returns CSR (indices,
@@ -255,7 +256,8 @@ def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int, 
         side = 2 * radius + 1
         square_pixels = F.avg_pool2d(free.to(torch.float32)[None, None], side, stride=1, padding=radius,
                                      divisor_override=1).round().to(torch.int64).reshape(-1)
-    centers = greedy_order_picks(priority_order(center_score, free), height, width, reach=2 * radius,
+    allowed = free if centers is None else centers.to(free.device)
+    centers = greedy_order_picks(priority_order(center_score, allowed), height, width, reach=2 * radius,
                                  weights=square_pixels, cover=max_pixels).to(free.device)
     cy, cx = centers // width, centers % width
     offset = torch.arange(-radius, radius + 1, device=free.device)

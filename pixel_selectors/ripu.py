@@ -17,6 +17,13 @@ Both lie in [0, 1] (K = 1 gives 0). RIPU's two acquisition modes:
 - regions (``region_impurity_regions``, RIPU's "RA"): score(i) = P(i) * mean_{j in N_k(i)} U(j),
   the region impurity times the region's mean uncertainty; the candidate is the k x k square
   around i, and squares are taken greedily by score without overlapping.
+
+Windows, as RIPU's code (``core/active/build.py`` and its configs) sets them: the point mode uses
+radius 32, a 65 x 65 window, on 2048 x 1024 images, both for the impurity and for the area a
+chosen point blocks (``ripu_point_window`` scales it to the image width); the region mode uses
+radius 1, 3 x 3 squares, and blocks the 5 x 5 around a chosen centre, so squares never overlap.
+What is blocked stays blocked in later rounds (RIPU keeps an ``active`` mask per image): here the
+selector rebuilds it from the labeled mask it is given, dilated by the window's radius.
 """
 
 from __future__ import annotations
@@ -29,6 +36,30 @@ import torch
 from .base import PointQuery, RegionQuery, check_head_probs, predicted_class, unlabeled_mask
 from .exact import to_fixed_point
 from .regions import check_window, greedy_order_picks, greedy_squares, priority_order
+
+
+# RIPU's point window: radius 32 at 2048 pixels wide (configs/gtav/deeplabv2_r101_PA.yaml, RADIUS_K).
+RIPU_POINT_RADIUS, RIPU_IMAGE_WIDTH = 32, 2048
+
+
+def ripu_point_window(width: int) -> int:
+    """Side of RIPU's point window for images ``width`` pixels wide: 2 r + 1 with r = 32 * width / 2048
+    rounded, at least 1 (65 at 2048, 33 at 1024, 5 at 128, 3 at 64 and below)."""
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    return 2 * max(1, round(RIPU_POINT_RADIUS * width / RIPU_IMAGE_WIDTH)) + 1
+
+
+def blocked_by_labels(labeled: torch.Tensor | None, radius: int, height: int, width: int,
+                      device=None) -> torch.Tensor:
+    """Bool (H, W): pixels within Chebyshev distance ``radius`` of a labeled pixel (the labeled mask
+    dilated by a (2r+1)^2 square: integer window sums, so the cost does not grow with r)."""
+    if labeled is None:
+        return torch.zeros(height, width, dtype=torch.bool, device=device)
+    labeled = labeled.to(device=device or labeled.device, dtype=torch.bool)
+    if radius == 0 or not bool(labeled.any()):
+        return labeled.clone()
+    return _window_sums(labeled[None], radius)[0] > 0
 
 
 def _window_mean(units: torch.Tensor, radius: int, bits: int) -> torch.Tensor:
@@ -158,12 +189,16 @@ def region_impurity(head_probs, num_points: int, labeled: torch.Tensor | None = 
     """RIPU points: pixels of highest P * U, each suppressing its k x k window (RIPU's pixel mode).
 
     head_probs: one or more (K, H, W) softmax maps (several heads are averaged); labeled: optional
-    bool (H, W), never selected. Candidates are visited by (score desc, flat index asc); with
-    ``suppress`` a pixel within Chebyshev distance (k-1)/2 of a point already taken is skipped.
-    If suppression leaves fewer than ``num_points``, the budget is still spent exactly with the
-    skipped pixels in the same order, scored P * U - 1 (in [-1, 0]) so they rank below every
-    regular point (scores of regular points are in [0, 1]). Only an image with fewer unlabeled
-    pixels than asked reports a shortfall. ``seed`` is unused. Runs on the maps' device.
+    bool (H, W), never selected. ``k`` is both the impurity window and the blocked window, as in
+    RIPU (``ripu_point_window`` gives RIPU's size for an image width). Candidates are visited by
+    (score desc, flat index asc); with ``suppress`` a pixel within Chebyshev distance (k-1)/2 of a
+    point already taken -- in this call, or labeled before (RIPU keeps chosen windows blocked in
+    later rounds) -- is skipped. If that leaves fewer than ``num_points``, the budget is still spent
+    exactly: first with the pixels skipped in this call, in the same order, scored P * U - 1 (in
+    [-1, 0]), then with those blocked by earlier labels, scored P * U - 2 (in [-2, -1]), so they
+    rank below every regular point (scores of regular points are in [0, 1]). Only an image with
+    fewer unlabeled pixels than asked reports a shortfall. ``seed`` is unused. Runs on the maps'
+    device.
     """
     if num_points < 0:
         raise ValueError(f"num_points must be >= 0, got {num_points}")
@@ -172,7 +207,8 @@ def region_impurity(head_probs, num_points: int, labeled: torch.Tensor | None = 
     impurity, uncertainty, _ = ripu_maps(probs, k, window_uncertainty=False)
     score = (impurity * uncertainty).reshape(-1)
     free = unlabeled_mask(labeled, height, width, device=probs.device)
-    order = priority_order(score, free)
+    blocked = blocked_by_labels(labeled, radius if suppress else 0, height, width, device=probs.device) & free
+    order = priority_order(score, free & ~blocked)
 
     if suppress and radius > 0:
         chosen = greedy_order_picks(order, height, width, reach=radius, limit=num_points).to(order.device)
@@ -183,6 +219,10 @@ def region_impurity(head_probs, num_points: int, labeled: torch.Tensor | None = 
             extra = order[~is_taken[order]][:num_points - len(chosen)]
             chosen = torch.cat([chosen, extra])
             chosen_scores = torch.cat([chosen_scores, score[extra] - 1.0])
+        if len(chosen) < num_points:
+            extra = priority_order(score, blocked)[:num_points - len(chosen)]
+            chosen = torch.cat([chosen, extra])
+            chosen_scores = torch.cat([chosen_scores, score[extra] - 2.0])
     else:
         chosen = order[:num_points]
         chosen_scores = score[chosen]
@@ -193,22 +233,24 @@ def region_impurity_regions(head_probs, labeled: torch.Tensor | None = None, see
                             k: int = 3, max_pixels: int | None = None, spread: str = "score") -> RegionQuery:
     """RIPU regions: non-overlapping k x k squares ranked by P(i) * mean U over the square.
 
-    Every unlabeled pixel i is a candidate centre with score P(i) * mean_{j in N_k(i)} U(j) (RIPU's
-    region score: the square's impurity times its mean uncertainty; not the mean of per-pixel
-    P * U). Centres are taken greedily by (score desc, flat index asc), skipping any centre within
-    Chebyshev distance k - 1 of one already taken, so squares never overlap (RIPU masks the same
-    2r-neighbourhood after each pick). Each region is its square clipped to the image minus the
-    labeled pixels, in raster order; regions come ranked. The global merge decides how many regions
-    each image gives: the greedy pass covers the whole image, or with ``max_pixels`` stops after the
-    best squares that hold that many pixels (what the merge can take from this image; RIPU itself
-    takes a fixed number of squares per image). ``spread="share"`` scores each square by its share
-    of the image's free pixels instead (``greedy_squares``). ``seed`` is unused. Runs on the maps'
-    device.
+    Every pixel i whose square holds no labeled pixel is a candidate centre with score P(i) *
+    mean_{j in N_k(i)} U(j) (RIPU's region score: the square's impurity times its mean
+    uncertainty; not the mean of per-pixel P * U). Centres are taken greedily by (score desc, flat
+    index asc), skipping any centre within Chebyshev distance k - 1 of one already taken, so squares
+    never overlap (RIPU masks the same 2r-neighbourhood after each pick), nor overlap what earlier
+    rounds labeled (RIPU keeps that mask from round to round). Each region is its square clipped to
+    the image, in raster order; regions come ranked. The global merge decides how many regions each
+    image gives: the greedy pass covers the whole image, or with ``max_pixels`` stops after the best
+    squares that hold that many pixels (what the merge can take from this image; RIPU itself takes a
+    fixed number of squares per image). ``spread="share"`` scores each square by its share of the
+    image's free pixels instead (``greedy_squares``). ``seed`` is unused. Runs on the maps' device.
     """
     radius = check_window(k)
     probs, height, width = _mean_probs(head_probs)
     impurity, _, window_uncertainty = ripu_maps(probs, k)
     center_score = (impurity * window_uncertainty).reshape(-1)
     free = unlabeled_mask(labeled, height, width, device=probs.device)
-    indices, offsets, scores = greedy_squares(center_score, free, radius, max_pixels, spread)
+    centers = ~blocked_by_labels(labeled, radius, height, width, device=probs.device)
+    indices, offsets, scores = greedy_squares(center_score, free, radius, centers=centers, max_pixels=max_pixels,
+                                              spread=spread)
     return RegionQuery(height, width, indices, offsets, scores)

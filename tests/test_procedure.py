@@ -146,10 +146,10 @@ def in_process(monkeypatch):
         return TrainingResult(result.metrics, str(folder), time.perf_counter() - started)
 
     def rank_pool(checkpoint_dir, cfg, pool_size, labeled, consume, round_index=1, budget_pixels=0, progress=None,
-                  ranker=None):
+                  ranker=None, max_share=None):
         ranker = (ranker or Ranker)(checkpoint_dir, cfg)
         for image_id, query in ranker.rank(list(range(pool_size)), labeled, cfg["selection"]["points_per_image"],
-                                           round_index, budget_pixels):
+                                           round_index, budget_pixels, max_share=max_share):
             consume(image_id, query)
         return RankingStats(images=pool_size, actors=1, startup_s=0.0, ranking_s=1.0, actors_replaced=0)
 

@@ -41,6 +41,10 @@ class ConfigError(ValueError):
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}" if key else problem)
 
+    def in_file(self, path: str | Path) -> "ConfigError":
+        """The same problem, said to come from config file ``path`` (a file's content is what is wrong)."""
+        return ConfigError("", f"config file '{path}': {self}")
+
 
 # selection.selector value for adaptation without any target labels (unsupervised adaptation rows).
 NO_SELECTION = "none"
@@ -292,7 +296,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | Mapping[s
     raw: dict = {}
     if path is not None:
         raw = read_yaml(path)
-    cfg = from_dict(raw)
+    try:
+        cfg = from_dict(raw)
+    except ConfigError as err:
+        raise (err.in_file(path) if path is not None else err) from None
     if smoke:
         cfg = with_overrides(cfg, SMOKE_OVERRIDES)
     if overrides:
@@ -301,12 +308,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | Mapping[s
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not a silent override."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' merges a mapping whose keys the explicit ones may override
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class refuses it ("found unhashable key")
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A config file's sections; ``ConfigError`` naming the file unless it is a UTF-8 YAML mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("", f"config file '{path}' is a folder, not a file")
     if not path.is_file():
         raise ConfigError("", f"config file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"config file '{path}' is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                              f"offset {err.start})") from None
+    except OSError as err:
+        raise ConfigError("", f"config file '{path}' cannot be read: {err.strerror or err}") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -93,6 +93,35 @@ def test_missing_file():
         load_config("/nonexistent/cfg.yaml")
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfeadapt: {}\n", r"is not UTF-8 text \(byte 0xff at offset 0\)"),
+    (b"adapt:\n  steps: 3\n  steps: 4\n", r"is not valid YAML at line 3, column 3: key 'steps' is given twice"),
+    (b"- adapt\n- sweep\n", "must hold a mapping of sections, not list"),
+    (b"just text\n", "must hold a mapping of sections, not str"),
+    (b"adaptt: {steps: 3}\n", r": config key 'adaptt': unknown key"),
+    (b"adapt: {steps: 0}\n", r": config key 'adapt.steps': must be >= 1, got 0"),
+    (b"adapt: !!python/object:os.system {}\n", "is not valid YAML at line 1, column 8: could not determine a constructor"),
+])
+def test_a_config_file_that_is_not_a_utf8_yaml_mapping_of_known_sections_is_named(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"config file '{path}'") and "\n" not in str(caught.value)
+
+
+def test_a_folder_is_not_a_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_config(tmp_path)
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("adapt: {<<: {steps: 3, lr: 0.5}, steps: 4}\n")
+    cfg = load_config(path)
+    assert (cfg.adapt.steps, cfg.adapt.lr) == (4, 0.5)
+
+
 def test_section_must_be_mapping(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("adapt: 3\n")

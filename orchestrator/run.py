@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .sweep import EXIT_BAD_INPUT, add_trial_arguments, build_parser as build_sweep_parser, resolve_config
-from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+from .tracking import TrackingError, resolve_tracking_uri
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,26 +30,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    from trainers.data import DatasetError, check_domains
+    from trainers.data import DatasetError
 
-    from .storage import check_storage
+    from .lifetime import exit_on_sigterm
+    from .preflight import preflight
 
+    exit_on_sigterm()
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
-        check_tracking_uri(uri)
-        check_storage(cfg)
-        check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
+        preflight(cfg, uri, sweep=False, progress=None if args.quiet else print)
     except (ConfigError, TrackingError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    from trainers.data import domain_roots
+
     from .experiment import ensure_source_model, run_experiment
+    from .lifetime import end_run_processes, mark_this_run
     from .raysession import start_ray
     from .resources import plan_resources
     from .tracking import SweepTracking, log_params
 
     say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
+    run_mark = mark_this_run()  # before Ray starts: every process of this run inherits it
     start_ray(args.address, args.num_cpus, args.quiet)
     import ray
 
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         plan_resources(cfg, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         run_dir = Path(cfg.output_dir) / cfg.sweep.name / "runs" / time.strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True, exist_ok=True)
+        domain_roots(cfg.to_dict()["data"], progress=say)  # generates the synthetic domains if needed
         tracking = SweepTracking(uri, cfg.sweep.name)
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
         run = tracking.client.create_run(tracking.experiment_id, run_name=f"run-{run_dir.name}",
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     finally:
         ray.shutdown()
+        end_run_processes(run_mark)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 
 from .config import (CASES_AXIS, NO_SELECTION, ConfigError, ExperimentConfig, describe_keys, from_dict,
                      load_config, with_absolute_paths, with_overrides)
-from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+from .tracking import TrackingError, resolve_tracking_uri
 
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
@@ -88,18 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # table-creation notices on a new store
     from trainers.checkpoint import CheckpointError
-    from trainers.data import DatasetError, check_domains
+    from trainers.data import DatasetError
 
     from .cluster import ClusterConfigError
-    from .storage import check_storage
+    from .lifetime import exit_on_sigterm
+    from .preflight import preflight
+    from .sweeplock import SweepFolderBusy
 
-    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError)
+    exit_on_sigterm()
+    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError, SweepFolderBusy)
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
-        check_tracking_uri(uri)
-        check_storage(cfg)
-        check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
+        preflight(cfg, uri, resume=args.resume, progress=None if args.quiet else print)
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -125,9 +126,18 @@ RESUMABLE_DIFFERENCES = ("train.", "ranking.", "sweep.max_concurrent", "tracking
 def load_sweep_state(sweep_dir: Path, cfg: ExperimentConfig) -> dict:
     """The saved state of an interrupted sweep; refuses one started with a different experiment."""
     path = sweep_dir / SWEEP_STATE
-    if not path.is_file():
+    return sweep_state_from_text(path.read_text() if path.is_file() else None, sweep_dir, cfg)
+
+
+def sweep_state_from_text(text: str | None, sweep_dir: Path, cfg: ExperimentConfig) -> dict:
+    """``load_sweep_state`` for the text of a ``sweep.json`` (None: there is none)."""
+    if text is None:
         raise ConfigError("", f"nothing to resume: no sweep was started at '{sweep_dir}'")
-    state = json.loads(path.read_text())
+    try:
+        state = json.loads(text)
+        state["config"]["sweep"]["search_space"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("", f"cannot resume '{sweep_dir}': its {SWEEP_STATE} is damaged") from None
     saved = from_dict(state["config"]).flat()
     changed = sorted(k for k, v in cfg.flat().items()
                      if saved.get(k) != v and not k.startswith(RESUMABLE_DIFFERENCES))
@@ -169,6 +179,11 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     started = time.perf_counter()
+    from .lifetime import end_run_processes, mark_this_run
+    from .sweeplock import SweepFolderLock
+
+    run_mark = mark_this_run()  # before Ray starts: every process of this run inherits it
+    lock = None
     start_ray(address, num_cpus, quiet)
     import ray
     from ray import tune
@@ -188,7 +203,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
             total, nodes = with_node_types(total, nodes, node_types)
         plan = plan_resources(cfg, total, nodes)
         say(f"Ray ready in {time.perf_counter() - started:.0f} s; {plan.note}")
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        lock = SweepFolderLock.acquire(sweep_dir, progress=say)  # the first write of the run
 
         tracking = SweepTracking(tracking_uri, cfg.sweep.name)
         roots = domain_roots(cfg.to_dict()["data"], progress=say)
@@ -259,6 +274,9 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         return EXIT_TRIALS_FAILED if failed else 0
     finally:
         ray.shutdown()
+        end_run_processes(run_mark)
+        if lock is not None:
+            lock.release()
 
 
 def _trial_dir(sweep_dir: Path, trial_id: str) -> Path:

@@ -7,7 +7,7 @@ touched the tracking store, so that bad input costs one line and leaves nothing 
 2. the tracking store (reachable and writable);
 3. cluster-wide storage (``storage.uri``: the bucket exists and takes a write, removed at once);
 4. ``output_dir`` can be created and written;
-5. with ``--resume``: a sweep was started there, with the same settings;
+5. with ``--resume``: a sweep was started there, with the same settings, and its MLflow outbox reads;
 6. the sweep folder is not in use by another run;
 7. the data: roots, layouts, and every image and label decoded (ids mapped) -- the slowest, so last.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import ConfigError, ExperimentConfig
-from .tracking import check_tracking_uri
+from .tracking import UNSENT_FILE, check_tracking_uri, read_outbox
 
 
 def preflight(cfg: ExperimentConfig, tracking_uri: str, *, resume: bool = False, sweep: bool = True,
@@ -43,6 +43,8 @@ def preflight(cfg: ExperimentConfig, tracking_uri: str, *, resume: bool = False,
     sweep_dir = Path(cfg.output_dir).resolve() / cfg.sweep.name
     if sweep and resume:
         check_resume_state(cfg, sweep_dir)
+        if (sweep_dir / UNSENT_FILE).is_file():
+            read_outbox(sweep_dir / UNSENT_FILE)  # what the resumed driver sends first must be readable
     if sweep:
         check_sweep_folder_free(sweep_dir)
     check_domains(cfg.to_dict()["data"], progress=progress)

@@ -221,7 +221,10 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
             storage.push(sweep_dir / SWEEP_STATE)
         else:
             parent = state["parent_run_id"]
-            tracking.client.update_run(parent, status="RUNNING")
+            try:
+                tracking.client.update_run(parent, status="RUNNING")
+            except Exception as err:  # MLflow went away since the pre-flight check: the sweep's end sets it
+                log.warning("could not mark the sweep's MLflow run as running again (%s)", type(err).__name__)
             say(f"resuming the sweep at {sweep_dir}")
 
         def trial_params(sampled: dict) -> tuple[dict, dict]:

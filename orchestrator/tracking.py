@@ -7,6 +7,7 @@ callback, which runs in the driver) turns each report into MLflow metrics with `
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
@@ -92,10 +93,14 @@ class SweepTracking:
 
         self.uri, self.experiment_name = uri, experiment_name
         self.client = MlflowClient(tracking_uri=uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = (experiment.experiment_id if experiment is not None
-                              else self.client.create_experiment(experiment_name))
         self.parent_run_id: str | None = None
+
+    @functools.cached_property
+    def experiment_id(self) -> str:
+        """Looked up (or created) on first use, so that a driver that only ends runs never needs it."""
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        return (experiment.experiment_id if experiment is not None
+                else self.client.create_experiment(self.experiment_name))
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"activeda.kind": "sweep", **tags})

@@ -76,6 +76,11 @@ def test_killed_train_worker_resumes_from_its_checkpoint_and_ends_where_an_unint
     watcher.join(timeout=1)
     assert killed, "the worker was never killed"
     assert faulty.metrics["train/steps"] == 6
+    # A resume, not a restart: the last attempt began after step 0, at a checkpoint (every 2 steps).
+    # (Batches depend only on step and seed, so a restart from step 0 would end with the same weights.)
+    assert clean.metrics["train/start_step"] == 0 and faulty.metrics["train/start_step"] in (2, 4)
+    losses = sorted(k for k in clean.metrics if k.startswith("train/loss/"))
+    assert losses and [faulty.metrics[k] for k in losses] == [clean.metrics[k] for k in losses]
     a, b = load_checkpoint(clean.checkpoint_dir), load_checkpoint(faulty.checkpoint_dir)
     assert a["global_step"] == b["global_step"]
     for name, params in a["modules"].items():

@@ -148,20 +148,45 @@ def sweep_state_from_text(text: str | None, sweep_dir: Path, cfg: ExperimentConf
     return state
 
 
-def build_scheduler(cfg: ExperimentConfig):
-    """FIFO, ASHA (stops weak trials after ``sweep.grace_rounds``) or PBT (clones strong trials)."""
+EARLY_STOPS = "early-stops.jsonl"  # in the sweep folder: the trials ASHA stopped, and at which round
+
+
+def build_scheduler(cfg: ExperimentConfig, early_stops: Path | None = None):
+    """FIFO, ASHA (stops weak trials after ``sweep.grace_rounds``) or PBT (clones strong trials).
+
+    ASHA's decisions to stop a trial before its last round are appended to ``early_stops``: such a
+    trial ends without error and short of its rounds, and the summary must tell it from a failure.
+    """
     from ray import tune
 
     kind = cfg.sweep.scheduler
     if kind == "fifo":
         return None
     if kind == "asha":
-        return tune.schedulers.ASHAScheduler(time_attr="round", max_t=cfg.selection.rounds,
-                                             grace_period=min(cfg.sweep.grace_rounds, cfg.selection.rounds))
+        from .schedulers import RecordingASHA
+
+        return RecordingASHA(time_attr="round", max_t=cfg.selection.rounds,
+                             grace_period=min(cfg.sweep.grace_rounds, cfg.selection.rounds),
+                             early_stops=str(early_stops) if early_stops is not None else None)
     mutations = {key: build_param_space({key: spec})[key] for key, spec in cfg.sweep.search_space.items()
                  if next(iter(spec)) != "grid"}
     return tune.schedulers.PopulationBasedTraining(time_attr="round", perturbation_interval=1,
                                                    hyperparam_mutations=mutations)
+
+
+def read_early_stops(sweep_dir: Path) -> dict[str, int]:
+    """trial id -> the round after which ASHA stopped it."""
+    path = sweep_dir / EARLY_STOPS
+    if not path.is_file():
+        return {}
+    stops = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            stops[str(record["trial_id"])] = int(record["round"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut off by a crash: that trial shows as incomplete, which it then is
+    return stops
 
 
 def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = None, num_cpus: int | None = None,
@@ -252,7 +277,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                 trainable,
                 param_space=build_param_space(cfg.sweep.search_space),
                 tune_config=tune.TuneConfig(num_samples=cfg.sweep.num_samples, max_concurrent_trials=plan.max_concurrent,
-                                            metric="target/miou", mode="max", scheduler=build_scheduler(cfg)),
+                                            metric="target/miou", mode="max",
+                                            scheduler=build_scheduler(cfg, sweep_dir / EARLY_STOPS)),
                 run_config=tune.RunConfig(
                     name="tune", storage_path=storage.fs_path(storage.location(sweep_dir)),
                     storage_filesystem=storage.ray_filesystem, verbose=0 if quiet else 1,
@@ -265,8 +291,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                 ),
             )
         results = tuner.fit()
-        rows = summarize(results, cfg, source_metrics)
-        failed = sum(1 for r in rows if r["status"] != "ok")
+        rows = summarize(results, cfg, source_metrics, stopped_early=read_early_stops(sweep_dir))
+        failed = sum(1 for r in rows if r["status"].startswith("failed"))
         report_dir = write_sweep_report(results, cfg, sweep_dir, source_metrics.get("target/miou"),
                                         oracle_metrics.get("target/miou"), say)
         tracking.finish_sweep(parent, "FAILED" if failed else "FINISHED", report_dir,
@@ -372,13 +398,17 @@ def build_param_space(search_space: dict[str, dict]) -> dict[str, Any]:
     return space
 
 
-def summarize(results, cfg: ExperimentConfig, source_metrics: dict) -> list[dict[str, Any]]:
+def summarize(results, cfg: ExperimentConfig, source_metrics: dict,
+              stopped_early: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per trial. ``stopped_early`` (trial id -> round) are ASHA's stops: a result, not a failure."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
         trial_cfg = with_overrides(cfg, {k: v for k, v in (result.config or {}).items()})
         # A trial is done at its own last round: a search space or case may set selection.rounds.
         ok = result.error is None and metrics.get("round") == trial_cfg.selection.rounds
+        stop_round = (stopped_early or {}).get(str(metrics.get("trial_id")))
+        stopped = result.error is None and stop_round is not None and metrics.get("round") == stop_round
         rows.append({
             "trial": metrics.get("trial_id", "?"),
             "selector": trial_cfg.selection.selector,
@@ -387,7 +417,8 @@ def summarize(results, cfg: ExperimentConfig, source_metrics: dict) -> list[dict
             "labeled px": int(metrics.get("budget/labeled_pixels", 0)),
             "labeled %": 100 * metrics.get("budget/labeled_fraction", 0.0),
             "mIoU": metrics.get("target/miou", math.nan),
-            "status": "ok" if ok else f"failed: {type(result.error).__name__ if result.error else 'incomplete'}",
+            "status": ("ok" if ok else f"stopped by asha after round {stop_round}" if stopped
+                       else f"failed: {type(result.error).__name__ if result.error else 'incomplete'}"),
             "sampled": result.config or {},
         })
     rows.sort(key=lambda r: (-(r["mIoU"] if r["mIoU"] == r["mIoU"] else -1), r["trial"]))

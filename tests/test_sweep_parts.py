@@ -126,6 +126,29 @@ def test_a_trial_is_finished_at_its_own_number_of_rounds():
     done_in_one = SimpleNamespace(error=None, config={}, metrics={"round": 1, "trial_id": "c", "target/miou": 0.3})
     status = {row["trial"]: row["status"] for row in summarize([done_in_two, stopped_at_one_of_two, done_in_one], cfg, {})}
     assert status == {"a": "ok", "b": "failed: incomplete", "c": "ok"}
+    # The same short trial, stopped by ASHA after that round: a result; stopped at another round: still not.
+    status = {row["trial"]: row["status"] for row in summarize([stopped_at_one_of_two], cfg, {}, {"b": 1})}
+    assert status == {"b": "stopped by asha after round 1"}
+    assert summarize([stopped_at_one_of_two], cfg, {}, {"b": 0})[0]["status"] == "failed: incomplete"
+
+
+def test_asha_writes_down_the_trials_it_stops_early(tmp_path):
+    import pickle
+    from types import SimpleNamespace
+
+    from orchestrator.sweep import read_early_stops
+
+    cfg = with_overrides(ExperimentConfig(), {"sweep.scheduler": "asha", "selection.rounds": 3})
+    asha = pickle.loads(pickle.dumps(build_scheduler(cfg, tmp_path / "early-stops.jsonl")))  # Tune pickles it
+    asha.set_search_properties("target/miou", "max")
+    trials = [SimpleNamespace(trial_id=name) for name in "abcd"]
+    for trial in trials:
+        asha.on_trial_add(None, trial)
+    actions = [asha.on_trial_result(None, t, {"round": 1, "target/miou": m}) for t, m in zip(trials, (.4, .3, .2, .1))]
+    assert actions[0] == "CONTINUE" and "STOP" in actions
+    assert read_early_stops(tmp_path) == {t.trial_id: 1 for t, a in zip(trials, actions) if a == "STOP"}
+    asha.on_trial_result(None, trials[0], {"round": 3, "target/miou": 0.5})  # its last round: not early
+    assert "a" not in read_early_stops(tmp_path)
 
 
 def test_the_summary_shows_each_trial_its_own_kind_of_budget():

@@ -321,6 +321,8 @@ def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics
             saved = LabelStore(Path(directory) / "labels")
             if resume.trial_id != trial_id:  # a PBT clone: take over the other trial's labels
                 saved.copy_to(trial_dir / "labels", upto_round=resume.round)
+                print(f"[{context.get_trial_name()}] continuing from trial {resume.trial_id} after its round "
+                      f"{resume.round} (PBT): its model and {len(saved.rounds())} round(s) of its labels", flush=True)
             elif not set(saved.rounds()) <= set(LabelStore(trial_dir / "labels").rounds()):
                 # This node lacks the trial's folder (and no copy was in shared storage): the labels
                 # come with the checkpoint.

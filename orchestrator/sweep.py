@@ -24,6 +24,7 @@ from .tracking import TrackingError, resolve_tracking_uri
 
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
+EXIT_AWAITING_ANNOTATION = 3  # human oracle: trials wait for a round's answers; import them, then --resume
 
 log = logging.getLogger("activeda")
 
@@ -291,7 +292,11 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                 ),
             )
         results = tuner.fit()
-        rows = summarize(results, cfg, source_metrics, stopped_early=read_early_stops(sweep_dir))
+        from .annotate import pending_annotations
+
+        waiting = pending_annotations(sweep_dir / "trials")
+        rows = summarize(results, cfg, source_metrics, stopped_early=read_early_stops(sweep_dir),
+                         awaiting={trial: r for trial, (r, _) in waiting.items()})
         failed = sum(1 for r in rows if r["status"].startswith("failed"))
         report_dir = write_sweep_report(results, cfg, sweep_dir, source_metrics.get("target/miou"),
                                         oracle_metrics.get("target/miou"), say)
@@ -300,6 +305,13 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         print(format_table(rows, source_metrics, oracle_metrics))
         print(f"[activeda] {len(rows)} trial(s), {failed} failed, in {time.perf_counter() - started:.0f} s; "
               f"MLflow: {tracking_uri} (experiment '{cfg.sweep.name}')")
+        if waiting and not failed:
+            for trial, (round_index, path) in sorted(waiting.items()):
+                print(f"[activeda] {trial} waits for the answers of round {round_index}: label the pixels in '{path}', "
+                      f"then python -m orchestrator.annotate import --trial-dir {path.parent.parent} --round "
+                      f"{round_index} --answers FILE")
+            print("[activeda] once every answer is imported: the same command with --resume")
+            return EXIT_AWAITING_ANNOTATION
         return EXIT_TRIALS_FAILED if failed else 0
     finally:
         ray.shutdown()
@@ -398,9 +410,10 @@ def build_param_space(search_space: dict[str, dict]) -> dict[str, Any]:
     return space
 
 
-def summarize(results, cfg: ExperimentConfig, source_metrics: dict,
-              stopped_early: dict[str, int] | None = None) -> list[dict[str, Any]]:
-    """One row per trial. ``stopped_early`` (trial id -> round) are ASHA's stops: a result, not a failure."""
+def summarize(results, cfg: ExperimentConfig, source_metrics: dict, stopped_early: dict[str, int] | None = None,
+              awaiting: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per trial. ``stopped_early`` (trial id -> round) are ASHA's stops: a result, not a failure;
+    ``awaiting`` (trial id -> round) are trials that stopped to wait for people's labels of that round."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
@@ -409,6 +422,7 @@ def summarize(results, cfg: ExperimentConfig, source_metrics: dict,
         ok = result.error is None and metrics.get("round") == trial_cfg.selection.rounds
         stop_round = (stopped_early or {}).get(str(metrics.get("trial_id")))
         stopped = result.error is None and stop_round is not None and metrics.get("round") == stop_round
+        waits_for = (awaiting or {}).get(str(metrics.get("trial_id")))
         rows.append({
             "trial": metrics.get("trial_id", "?"),
             "selector": trial_cfg.selection.selector,
@@ -418,6 +432,7 @@ def summarize(results, cfg: ExperimentConfig, source_metrics: dict,
             "labeled %": 100 * metrics.get("budget/labeled_fraction", 0.0),
             "mIoU": metrics.get("target/miou", math.nan),
             "status": ("ok" if ok else f"stopped by asha after round {stop_round}" if stopped
+                       else f"waits for the annotations of round {waits_for}" if waits_for is not None
                        else f"failed: {type(result.error).__name__ if result.error else 'incomplete'}"),
             "sampled": result.config or {},
         })

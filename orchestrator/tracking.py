@@ -393,10 +393,17 @@ class MlflowTrialLogger(Callback):
             run_id = self._runs[trial_id]
             # Idempotent: a round replayed after a resume (or a retried send) is not logged twice.
             # Any key of the batch tells, not target/miou alone: a NaN mIoU is dropped, the rest is logged.
+            # The first key already logged at this step decides: the same value means this batch was
+            # sent before; another value means the round was done again differently (a PBT clone
+            # continuing another trial's model), and its new values are logged too.
             client = self.tracking.client
             keys = sorted(metrics, key=lambda key: key != "target/miou")  # the usual answer first
-            if any(m.step == step for key in keys for m in client.get_metric_history(run_id, key)):
-                return
+            for key in keys:
+                logged = [m.value for m in client.get_metric_history(run_id, key) if m.step == step]
+                if logged:
+                    if isinstance(metrics[key], (int, float)) and float(metrics[key]) in logged:
+                        return
+                    break
             self.tracking.log_metrics(run_id, metrics, step=step, context=name)
         elif kind == "end":
             run_id = self._runs[trial_id]

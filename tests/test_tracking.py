@@ -276,3 +276,17 @@ def test_the_outbox_keeps_another_sweeps_leftovers(tmp_path):
     logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({}, {}), unsent_path=str(unsent))
     logger.on_trial_start(0, [], SimpleNamespace(trial_id="t1", config={}))
     assert [json.loads(line) for line in unsent.read_text().splitlines()] == [foreign]
+
+
+def test_a_round_done_again_differently_is_logged_and_a_resent_one_is_not(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({}, {}))
+    trial = SimpleNamespace(trial_id="t1", config={})
+    logger.on_trial_start(0, [], trial)
+    logger.on_trial_result(0, [], trial, {"round": 1, "target/miou": 0.3})
+    logger.on_trial_result(0, [], trial, {"round": 1, "target/miou": 0.3})  # resent (a resumed driver)
+    logger.on_trial_result(0, [], trial, {"round": 1, "target/miou": 0.5})  # redone by a PBT clone
+    history = sorted(m.value for m in client.get_metric_history(logger._runs["t1"], "target/miou"))
+    assert history == [0.3, 0.5]

@@ -214,9 +214,10 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
     pending_kind: str | None = None
 
     def start_driver() -> subprocess.Popen:
-        resume = ["--resume"] if (sweep_dir / "sweep.json").is_file() else []
+        resume = ["--resume"] if (sweep_dir / "sweep.json").is_file() else []  # started: resume it
         faults.driver_starts += 1
         log = open(run_dir / f"driver-{faults.driver_starts:02d}.log", "wb")
+        note(f"driver {faults.driver_starts} started" + (" with --resume" if resume else ""))
         return subprocess.Popen(base + resume, cwd=run_dir, env=env_with_mark(mark), stdout=log,
                                 stderr=subprocess.STDOUT)
 
@@ -255,8 +256,6 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
             if driver is None:
                 if server.up:  # the pre-flight check refuses an unreachable tracking server
                     driver = start_driver()
-                    note(f"driver {faults.driver_starts} started" + (" with --resume" if faults.driver_starts > 1
-                                                                      else ""))
                 time.sleep(0.5)
                 continue
             if faults.total < plan.kills and now >= next_kill and (sweep_dir / "sweep.json").is_file():

@@ -8,6 +8,7 @@ child MLflow run -> print a table of the trials.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import logging
@@ -116,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:  # the driver's own writes (Tune state, the report, the outbox) on a full disk
+        if storage_problem(err) is None:
+            raise
+        print(storage_problem_line(storage_problem(err), cfg), file=sys.stderr)
+        return EXIT_TRIALS_FAILED
 
 
 SWEEP_STATE = "sweep.json"
@@ -164,7 +170,7 @@ def build_scheduler(cfg: ExperimentConfig, early_stops: Path | None = None):
     if kind == "fifo":
         return None
     if kind == "asha":
-        from .schedulers import RecordingASHA
+        from .tune_parts import RecordingASHA
 
         return RecordingASHA(time_attr="round", max_t=cfg.selection.rounds,
                              grace_period=min(cfg.sweep.grace_rounds, cfg.selection.rounds),
@@ -271,7 +277,9 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True, storage_filesystem=storage.ray_filesystem)
         else:
-            reporter = tune.CLIReporter(
+            from .tune_parts import SweepReporter
+
+            reporter = SweepReporter(
                 metric_columns={"round": "round", "budget/labeled_pixels": "labeled px", "target/miou": "mIoU"},
                 parameter_columns=parameter_columns(cfg.sweep.search_space), max_report_frequency=30)
             tuner = tune.Tuner(
@@ -305,6 +313,9 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         print(format_table(rows, source_metrics, oracle_metrics))
         print(f"[activeda] {len(rows)} trial(s), {failed} failed, in {time.perf_counter() - started:.0f} s; "
               f"MLflow: {tracking_uri} (experiment '{cfg.sweep.name}')")
+        problems = {storage_problem(r.error) for r in results} - {None}
+        if problems:
+            print(storage_problem_line(sorted(problems)[0], cfg), file=sys.stderr)
         if waiting and not failed:
             for trial, (round_index, path) in sorted(waiting.items()):
                 print(f"[activeda] {trial} waits for the answers of round {round_index}: label the pixels in '{path}', "
@@ -318,6 +329,27 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         end_run_processes(run_mark)
         if lock is not None:
             lock.release()
+
+
+# What a full or unwritable output folder looks like, in an OSError or in a trial's error text.
+STORAGE_PROBLEMS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+                    errno.EROFS: "Read-only file system", errno.EACCES: "Permission denied"}
+
+
+def storage_problem(error: BaseException | None) -> str | None:
+    """'No space left on device' (or quota, read-only, permission) when that is what ``error`` comes down
+    to, however deep in Ray or Tune it was raised; else None."""
+    if error is None:
+        return None
+    if isinstance(error, OSError) and error.errno in STORAGE_PROBLEMS:
+        return STORAGE_PROBLEMS[error.errno]
+    text = str(error)
+    return next((problem for problem in STORAGE_PROBLEMS.values() if problem in text), None)
+
+
+def storage_problem_line(problem: str, cfg: ExperimentConfig) -> str:
+    return (f"error: {problem} under the output folder '{cfg.output_dir}': the labels and checkpoints of finished "
+            f"rounds are intact; free some space (or make it writable), then run the same command with --resume")
 
 
 def _trial_dir(sweep_dir: Path, trial_id: str) -> Path:
@@ -433,7 +465,8 @@ def summarize(results, cfg: ExperimentConfig, source_metrics: dict, stopped_earl
             "mIoU": metrics.get("target/miou", math.nan),
             "status": ("ok" if ok else f"stopped by asha after round {stop_round}" if stopped
                        else f"waits for the annotations of round {waits_for}" if waits_for is not None
-                       else f"failed: {type(result.error).__name__ if result.error else 'incomplete'}"),
+                       else f"failed: {storage_problem(result.error) or type(result.error).__name__}"
+                       if result.error else "failed: incomplete"),
             "sampled": result.config or {},
         })
     rows.sort(key=lambda r: (-(r["mIoU"] if r["mIoU"] == r["mIoU"] else -1), r["trial"]))

@@ -68,3 +68,37 @@ def s3_server():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# Every process a command under test starts inherits this variable (Ray's daemons, and through them
+# every worker and actor), so a test can tell whether any of them outlived the command.
+RUN_TAG = "ACTIVEDA_TEST_RUN"
+
+
+def tagged_env(env: dict | None = None) -> tuple[dict, str]:
+    """``env`` plus a fresh run tag; returns (env, tag)."""
+    import uuid
+
+    tag = uuid.uuid4().hex
+    return {**(env or {}), RUN_TAG: tag}, tag
+
+
+def processes_left(tag: str, grace_s: float = 20.0) -> list[str]:
+    """The processes still carrying ``tag`` once ``grace_s`` has passed (or none are left): pid and name."""
+    import time
+
+    from orchestrator.lifetime import processes_with
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = processes_with(RUN_TAG, tag)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    names = []
+    for pid in left:
+        try:
+            names.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes().replace(b'\0', b' ')[:100].decode()}")
+        except OSError:
+            pass
+    return names

@@ -177,3 +177,22 @@ def test_round_by_round_schedulers_refuse_trials_of_different_lengths(space, sch
     with pytest.raises(ConfigError, match=f"sweep.scheduler.*{scheduler} compares trials round by round"):
         with_overrides(ExperimentConfig(), {"sweep.scheduler": scheduler, "sweep.search_space": space})
     with_overrides(ExperimentConfig(), {"sweep.scheduler": "fifo", "sweep.search_space": space})  # fine without
+
+
+def test_the_progress_table_survives_a_restored_trial_without_its_config(capsys):
+    from ray.tune import CLIReporter
+    from ray.tune.experiment import Trial
+
+    from orchestrator.tune_parts import SweepReporter
+
+    # After --resume, a restored trial's last result may lack its config; Tune's own table then raises.
+    trial = Trial("__fake", config={"selection.points_per_image": 2}, stub=True)
+    trial.run_metadata.last_result = {"target/miou": 0.5, "round": 1}
+    options = dict(metric_columns={"round": "round"}, parameter_columns=["selection.points_per_image"],
+                   metric="target/miou", mode="max")
+    with pytest.raises(KeyError):
+        CLIReporter(**options).report([trial], False)
+    SweepReporter(**options).report([trial], False)
+    trial.run_metadata.last_result = {"target/miou": 0.5, "round": 1, "config": trial.config}
+    SweepReporter(**options).report([trial], False)
+    assert "selection.points_per_image': 2" in capsys.readouterr().out  # printed once the config is back

@@ -98,7 +98,8 @@ def processes_left(tag: str, grace_s: float = 20.0) -> list[str]:
     names = []
     for pid in left:
         try:
-            names.append(f"{pid} {Path(f'/proc/{pid}/cmdline').read_bytes().replace(b'\0', b' ')[:100].decode()}")
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode(errors="replace")
         except OSError:
-            pass
+            continue
+        names.append(f"{pid} {command}")
     return names

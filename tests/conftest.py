@@ -1,4 +1,7 @@
 import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,3 +106,43 @@ def processes_left(tag: str, grace_s: float = 20.0) -> list[str]:
             continue
         names.append(f"{pid} {command}")
     return names
+
+
+# --- a real MLflow server (127.0.0.1, sqlite store) for the outage tests ---------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(store: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1 in its own process group (its uvicorn worker dies with it)."""
+    import time
+    import urllib.request
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # its job runner only costs CPU here
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts)],
+        cwd=store.parent, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    stop(server)
+    raise AssertionError(f"the MLflow server did not come up:\n{log.read_text()[-2000:]}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait()
+
+

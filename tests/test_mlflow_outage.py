@@ -4,18 +4,16 @@ sweep could not send is kept in order and sent later with ``python -m orchestrat
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, free_port, run_cli, start_server, stop
 
 pytestmark = pytest.mark.integration
 
@@ -24,39 +22,6 @@ pytestmark = pytest.mark.integration
 ROUNDS = 1
 ARGS = ["--smoke", "--set", f"selection.rounds={ROUNDS}"]
 POOL_IMAGES = 8  # the smoke pool
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(store: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
-    """``mlflow server`` on 127.0.0.1 in its own process group (its uvicorn worker dies with it)."""
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # its job runner only costs CPU here
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts)],
-        cwd=store.parent, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.5)
-    stop(server)
-    raise AssertionError(f"the MLflow server did not come up:\n{log.read_text()[-2000:]}")
-
-
-def stop(server: subprocess.Popen) -> None:
-    try:
-        os.killpg(server.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    server.wait()
 
 
 def trial_runs(client: MlflowClient):

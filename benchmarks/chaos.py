@@ -472,6 +472,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.small:
         args.trials, args.rounds, args.kills = 2, 2, 6
+    from benchmarks.common import benchmark_config
+
+    cfg = benchmark_config(args.overrides)  # a bad key is refused now, not after the first run
+    if cfg is None:
+        return 2
+    if cfg.storage.uri:
+        print("error: config key 'storage.uri': the chaos benchmark reads both runs' results from local folders; "
+              "run it without storage.uri", file=sys.stderr)
+        return 2
     if args.trials < 1 or args.rounds < 1 or args.kills < 0 or args.timeout_min <= 0:
         print("error: --trials and --rounds must be >= 1, --kills >= 0, --timeout-min > 0", file=sys.stderr)
         return 2

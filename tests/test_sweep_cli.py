@@ -29,6 +29,7 @@ def test_help_documents_options_and_config_keys(tmp_path):
     (["--name", "../escape"], "config key 'sweep.name': must be a plain folder name"),
     (["--set", "sweep.name=/tmp/elsewhere"], "config key 'sweep.name': must be a plain folder name"),
     (["--set", "data.target.pool_split=../../etc"], "config key 'data.target.pool_split': unknown split"),
+    (["--output-dir", "/dev/null/runs"], "config key 'output_dir': '/dev/null' is not a folder"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, key):
     result = run_cli("orchestrator.sweep", "--smoke", *args, cwd=tmp_path, timeout=120)

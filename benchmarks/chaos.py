@@ -66,10 +66,11 @@ class Plan:
         return list(range(2, 2 + self.trials))  # points per image: one trial each, the key of a trial
 
 
-def sweep_args(plan: Plan, run_dir: Path) -> list[str]:
-    """The sweep both runs make (the faulty one adds its tracking URI and, later, --resume)."""
+def sweep_args(plan: Plan, name: str) -> list[str]:
+    """The sweep both runs make, as sweep ``name`` (the faulty one adds its tracking URI and, later,
+    --resume). Both share one output folder, so the source model is trained once (it is cached)."""
     grid = ", ".join(map(str, plan.grid))
-    args = ["--smoke", "--output-dir", str(run_dir / "runs"), "--max-concurrent", "2",
+    args = ["--smoke", "--output-dir", str(plan.workdir / "runs"), "--name", name, "--max-concurrent", "2",
             "--set", f"selection.rounds={plan.rounds}",
             "--set", f"sweep.search_space={{selection.points_per_image: {{grid: [{grid}]}}}}",
             "--set", f"data.cache_dir={plan.workdir / 'data'}",
@@ -173,7 +174,7 @@ def run_reference(plan: Plan) -> float:
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with open(run_dir / "sweep.log", "wb") as log:
-        code = subprocess.call([sys.executable, "-m", "orchestrator.sweep", *sweep_args(plan, run_dir),
+        code = subprocess.call([sys.executable, "-m", "orchestrator.sweep", *sweep_args(plan, "reference"),
                                 "--tracking-uri", f"sqlite:///{run_dir / 'mlflow.db'}"],
                                cwd=run_dir, env=env_with_mark(f"ref-{uuid.uuid4().hex[:8]}"), stdout=log,
                                stderr=subprocess.STDOUT, timeout=plan.timeout_s)
@@ -204,8 +205,8 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
     rng = random.Random(plan.seed)
     server = MlflowServer(run_dir / "mlflow.db", free_port(), run_dir / "mlflow-server.log", mark)
     server.start()
-    sweep_dir = run_dir / "runs" / "smoke"
-    base = [sys.executable, "-m", "orchestrator.sweep", *sweep_args(plan, run_dir), "--tracking-uri", server.uri]
+    sweep_dir = plan.workdir / "runs" / "faulty"
+    base = [sys.executable, "-m", "orchestrator.sweep", *sweep_args(plan, "faulty"), "--tracking-uri", server.uri]
     faults = FaultLog()
     driver: subprocess.Popen | None = None
     server_back_at: float | None = None
@@ -312,14 +313,14 @@ def kill(kind: str, driver: subprocess.Popen, server: MlflowServer, mark: str, r
 
 # --- what the faults cost ---------------------------------------------------------------------
 
-def trial_metrics(store: Path, grid: list[int]) -> tuple[dict[int, dict[str, list[tuple[int, float]]]], dict]:
+def trial_metrics(store: Path, name: str) -> tuple[dict[int, dict[str, list[tuple[int, float]]]], dict]:
     """Per trial (its points per image): metric -> [(round, value), ...] from MLflow; and run counts."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name("smoke")
+    experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise ChaosError(f"no MLflow experiment 'smoke' in {store}")
+        raise ChaosError(f"no MLflow experiment '{name}' in {store}")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("activeda.kind") == "sweep"]
     trials = [r for r in runs if r.data.tags.get("activeda.kind") == "trial"]
@@ -350,10 +351,10 @@ def compare(plan: Plan, faults: FaultLog, faulty_dir: Path) -> dict:
     import pyarrow.parquet as pq
 
     reference_dir = plan.workdir / "reference"
-    reference, ref_counts = trial_metrics(reference_dir / "mlflow.db", plan.grid)
-    faulty, counts = trial_metrics(faulty_dir / "mlflow.db", plan.grid)
-    ref_stores = label_stores(reference_dir / "runs" / "smoke")
-    stores = label_stores(faulty_dir / "runs" / "smoke")
+    reference, _ = trial_metrics(reference_dir / "mlflow.db", "reference")
+    faulty, counts = trial_metrics(faulty_dir / "mlflow.db", "faulty")
+    ref_stores = label_stores(plan.workdir / "runs" / "reference")
+    stores = label_stores(plan.workdir / "runs" / "faulty")
     result = {"labels_lost": 0, "budget_spent_twice": 0, "metrics_missing": 0, "metrics_duplicated": 0,
               "trial_runs_duplicated": 0, "parent_runs": counts["parents"], "runs_not_finished": counts["unfinished"],
               "left_running": faults.left_running, "trials": {}}
@@ -520,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="activeda-chaos-")).resolve()
-    if (workdir / "faulty").exists() or (workdir / "reference").exists():
+    if (workdir / "faulty").exists() or (workdir / "reference").exists() or (workdir / "runs").exists():
         print(f"error: '{workdir}' already holds a chaos run; give an empty or new --workdir", file=sys.stderr)
         return 2
     plan = Plan(args.trials, args.rounds, args.kills, args.seed, workdir, args.overrides,

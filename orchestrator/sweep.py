@@ -313,6 +313,10 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         print(format_table(rows, source_metrics, oracle_metrics))
         print(f"[activeda] {len(rows)} trial(s), {failed} failed, in {time.perf_counter() - started:.0f} s; "
               f"MLflow: {tracking_uri} (experiment '{cfg.sweep.name}')")
+        incomplete = sum(1 for r in rows if r["status"] == "failed: incomplete")
+        if incomplete:  # stopped without an error of their own: Ctrl-C, or the driver was stopped
+            print(f"[activeda] {incomplete} trial(s) did not finish; to continue them where they stopped, run the "
+                  f"same command with --resume")
         problems = {storage_problem(r.error) for r in results} - {None}
         if problems:
             print(storage_problem_line(sorted(problems)[0], cfg), file=sys.stderr)

@@ -75,7 +75,7 @@ class Plan:
 
 # Sized for 2 CPUs: every row is one adaptation job of the default 300 steps (about 45 s of wall time
 # here, two at a time, as a last round does not train the selector), and fewer steps would not do --
-# with 100 steps even random points closed 0.91-0.98 of the gap (README, Calibration), leaving
+# with 100 steps even random points closed 0.91-0.98 of the gap (docs/measurements.md, Calibration), leaving
 # selection nothing to show. To fit an hour, the uncertainty baselines run at 40 points only (they
 # trailed random at 10 and 40 points alike in the first full run), random and LabOR PPL at 10 and 40,
 # and the two-round pairs (points and regions) on every seed, since they are where LabOR's selector

@@ -106,3 +106,20 @@ def test_a_run_ends_every_process_that_carries_its_mark(tmp_path):
         for process in (*children, other):
             process.kill()
             process.wait()
+
+
+def test_a_resume_whose_mlflow_outbox_is_damaged_is_refused_before_anything(tmp_path, monkeypatch):
+    from orchestrator.config import load_config, with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)  # relative paths of the config resolve as the command's will
+    cfg = with_absolute_paths(load_config(None, smoke=True))
+    sweep_dir = tmp_path / "runs" / "smoke"
+    sweep_dir.mkdir(parents=True)
+    (sweep_dir / "sweep.json").write_text(json.dumps({"parent_run_id": "p", "config": cfg.to_dict()}))
+    (sweep_dir / "mlflow-unsent.jsonl").write_text('{"action": "metrics"}\n')
+    before = sorted(tmp_path.rglob("*"))
+    result = run_cli("orchestrator.sweep", "--smoke", "--resume", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+                     cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"error: '{sweep_dir / 'mlflow-unsent.jsonl'}' line 1 is not an activeda unsent-metrics record"), result.stderr
+    assert sorted(tmp_path.rglob("*")) == before

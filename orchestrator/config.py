@@ -192,6 +192,8 @@ class SweepConfig:
     scheduler: str = _opt("fifo", "trial scheduler on target mIoU per round",
                           choices={"fifo": None, "asha": None, "pbt": None})
     grace_rounds: int = _opt(1, "ASHA: rounds every trial runs before it may be stopped", min=1)
+    trial_retries: int = _opt(2, "times a failed trial starts again from its last finished round (its bought "
+                                 "labels kept) before it counts as failed", min=0)
     oracle_reference: bool = _opt(True, "also adapt once with every pool pixel labeled (cached): the ceiling "
                                         "drawn in the budget curve and the denominator of 'gap closed'")
     search_space: dict = _opt(

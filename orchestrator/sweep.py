@@ -273,7 +273,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         # Tune keeps its experiment state and trial checkpoints in cluster-wide storage: a trial that
         # moves to another node restores from there.
         tune_path = storage.fs_path(storage.location(sweep_dir / "tune"))
-        if state is not None and tune.Tuner.can_restore(tune_path, storage_filesystem=storage.ray_filesystem):
+        if state is not None and tune_state_saved(storage, sweep_dir / "tune"):
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True, storage_filesystem=storage.ray_filesystem)
         else:
@@ -295,6 +295,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                                                  trial_dir=functools.partial(_trial_dir, sweep_dir),
                                                  unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))],
                     progress_reporter=reporter,
+                    # A failed trial starts again from its last round checkpoint (its bought labels kept).
+                    failure_config=tune.FailureConfig(max_failures=cfg.sweep.trial_retries),
                     # Round checkpoints are small (a JSON file and the label store); keep them all.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 ),
@@ -354,6 +356,19 @@ def storage_problem(error: BaseException | None) -> str | None:
 def storage_problem_line(problem: str, cfg: ExperimentConfig) -> str:
     return (f"error: {problem} under the output folder '{cfg.output_dir}': the labels and checkpoints of finished "
             f"rounds are intact; free some space (or make it writable), then run the same command with --resume")
+
+
+def tune_state_saved(storage, tune_dir: Path) -> bool:
+    """Whether Tune saved its experiment state in ``tune_dir``: only then can a sweep be restored from it.
+
+    ``Tuner.can_restore`` says yes as soon as ``tuner.pkl`` is there, which Tune writes first; a driver
+    killed before the first experiment state then "restored" an experiment without its param space:
+    one trial of the base config instead of the sweep (found by the chaos run). Tune saves the state in
+    its first step, before a trial can have ranked or bought anything, so without it the sweep starts
+    its Tune run afresh.
+    """
+    names = storage.listdir(storage.location(tune_dir))
+    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
 
 
 def _trial_dir(sweep_dir: Path, trial_id: str) -> Path:

@@ -193,3 +193,16 @@ def test_the_progress_table_survives_a_restored_trial_without_its_config():
     with pytest.raises(KeyError):
         CLIReporter(**options).report([trial], False)
     SweepReporter(**options).report([trial], False)  # that table is skipped; the sweep goes on
+
+
+def test_a_sweep_is_restored_only_from_a_saved_experiment_state(tmp_path):
+    from orchestrator.storage import Storage
+    from orchestrator.sweep import tune_state_saved
+
+    storage, tune_dir = Storage(tmp_path), tmp_path / "smoke" / "tune"
+    assert not tune_state_saved(storage, tune_dir)
+    tune_dir.mkdir(parents=True)
+    (tune_dir / "tuner.pkl").write_bytes(b"x")  # what Tune writes first: a driver killed now left only this
+    assert not tune_state_saved(storage, tune_dir)
+    (tune_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
+    assert tune_state_saved(storage, tune_dir)

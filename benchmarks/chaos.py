@@ -213,6 +213,7 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
     started = time.monotonic()
     next_kill = started + rng.uniform(plan.min_gap_s, plan.max_gap_s)
     pending_kind: str | None = None
+    first_of_each = rng.sample(list(VICTIMS), len(VICTIMS))  # every kind is killed at least once
 
     def start_driver() -> subprocess.Popen:
         resume = ["--resume"] if (sweep_dir / "sweep.json").is_file() else []  # started: resume it
@@ -260,7 +261,8 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
                 time.sleep(0.5)
                 continue
             if faults.total < plan.kills and now >= next_kill and (sweep_dir / "sweep.json").is_file():
-                kind = pending_kind or rng.choices(list(VICTIMS), weights=list(VICTIMS.values()))[0]
+                kind = pending_kind or (first_of_each.pop(0) if first_of_each else
+                                        rng.choices(list(VICTIMS), weights=list(VICTIMS.values()))[0])
                 if kill(kind, driver, server, mark, rng, note):
                     faults.kills[kind] += 1
                     pending_kind = None
@@ -464,7 +466,10 @@ a Ray Train worker, a ranking actor, the MLflow server or the sweep driver is ki
 killed driver is started again with `--resume` (as soon as the MLflow server is up: the pre-flight
 check refuses an unreachable one); a killed server is started again on the same store after a random
 outage of 5-30 s. Kills begin once the sweep has started (its `sweep.json` exists) and come every
-4-14 s. Only processes that carry the benchmark's own environment mark are killed.
+4-14 s, or as soon after as a process of the drawn kind runs; the first four kills are one of each
+kind (in a seeded order), the rest are drawn with weights (Train worker 0.35, driver 0.25, ranking
+actor 0.2, MLflow server 0.2). Only processes that carry the benchmark's own environment mark are
+killed.
 
 It then counts what the faults cost, against the reference: labels lost, budget spent twice, MLflow
 metrics missing or duplicated (per trial run, metric and round), duplicated or unfinished trial runs,

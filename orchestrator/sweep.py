@@ -26,6 +26,7 @@ from .tracking import TrackingError, resolve_tracking_uri
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
 EXIT_AWAITING_ANNOTATION = 3  # human oracle: trials wait for a round's answers; import them, then --resume
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 log = logging.getLogger("activeda")
 
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(storage_problem_line(storage_problem(err), cfg), file=sys.stderr)
         return EXIT_TRIALS_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before Tune took over SIGINT (e.g. while the source model trains)
+        print("interrupted; every process of the sweep has ended. To continue: the same command"
+              + (" with --resume" if (Path(cfg.output_dir) / cfg.sweep.name / SWEEP_STATE).is_file() else ""),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 SWEEP_STATE = "sweep.json"

@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; every process of the run has ended", file=sys.stderr)
+        return 130
     finally:
         ray.shutdown()
         end_run_processes(run_mark)

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted; every process of the run has ended", file=sys.stderr)
+        print("interrupted; ending every process of the run", file=sys.stderr)
         return 130
     finally:
         ray.shutdown()

@@ -319,10 +319,22 @@ class MlflowTrialLogger(Callback):
     def _send(self, action: tuple) -> None:
         self._load_pending()
         record = self._record(action)
-        if self.unsent_path:
-            append_unsent(self.unsent_path, [record])  # on disk before it counts as queued
+        self._write(lambda: append_unsent(self.unsent_path, [record]))  # on disk before it counts as queued
         self._outbox.append(record)
         self._flush()
+
+    def _write(self, write) -> None:
+        """Write to the outbox file; on a full or unwritable disk the outbox keeps working in memory
+        (said once): tracking must not be what stops a sweep whose trials report the disk problem."""
+        if not self.unsent_path:
+            return
+        try:
+            write()
+        except OSError as err:
+            if not getattr(self, "_disk_warned", False):
+                log.warning("cannot write the MLflow outbox %s (%s); keeping what waits in memory only",
+                            self.unsent_path, err.strerror or err)
+                self._disk_warned = True
 
     def _flush(self) -> None:
         self._load_pending()
@@ -340,15 +352,14 @@ class MlflowTrialLogger(Callback):
                 return
             self._outbox.pop(0)
             sent_any = True
-            if self.unsent_path:
-                append_unsent(self.unsent_path, [{"sent": record["id"]}])
+            self._write(lambda: append_unsent(self.unsent_path, [{"sent": record["id"]}]))
             if self._failing and not self._outbox:
                 log.warning("MLflow at %s is back; everything buffered has been logged", self.uri)
                 self._failing = False
         if sent_any and self.unsent_path and Path(self.unsent_path).is_file():
             # Everything of this logger is sent: keep only what is not (another sweep's leftovers).
-            rewrite_outbox(self.unsent_path, [r for r in read_outbox(self.unsent_path)
-                                              if r["parent_run_id"] != self.parent_run_id])
+            self._write(lambda: rewrite_outbox(self.unsent_path, [r for r in read_outbox(self.unsent_path)
+                                                                  if r["parent_run_id"] != self.parent_run_id]))
 
     def _perform_record(self, record: dict) -> None:
         if record["action"] == "sweep-end":

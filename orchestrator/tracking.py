@@ -252,6 +252,7 @@ class MlflowTrialLogger(Callback):
         self._outbox: list[dict] = []  # records, as in the file
         self._failing = False
         self._loaded = False  # whether the file's records of an earlier driver are in the outbox yet
+        self._disk_warned = False
 
     @property
     def tracking(self) -> SweepTracking:
@@ -268,7 +269,7 @@ class MlflowTrialLogger(Callback):
 
     def __setstate__(self, state):  # a logger pickled by an older version lacks the newer fields
         self.__dict__.update({"_outbox": [], "_failing": False, "unsent_path": None, "trial_dir": None,
-                              "_loaded": False, **state, "_tracking": None})
+                              "_loaded": False, "_disk_warned": False, **state, "_tracking": None})
         self._outbox = [r if isinstance(r, dict) else self._record(r) for r in self._outbox]
 
     # -- events -------------------------------------------------------------------------------
@@ -331,7 +332,7 @@ class MlflowTrialLogger(Callback):
         try:
             write()
         except OSError as err:
-            if not getattr(self, "_disk_warned", False):
+            if not self._disk_warned:
                 log.warning("cannot write the MLflow outbox %s (%s); keeping what waits in memory only",
                             self.unsent_path, err.strerror or err)
                 self._disk_warned = True

@@ -290,3 +290,24 @@ def test_a_round_done_again_differently_is_logged_and_a_resent_one_is_not(tmp_pa
     logger.on_trial_result(0, [], trial, {"round": 1, "target/miou": 0.5})  # redone by a PBT clone
     history = sorted(m.value for m in client.get_metric_history(logger._runs["t1"], "target/miou"))
     assert history == [0.3, 0.5]
+
+
+def test_a_full_disk_does_not_stop_tracking(tmp_path, monkeypatch, caplog):
+    import errno
+
+    import orchestrator.tracking as tracking
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({}, {}), unsent_path=str(tmp_path / "unsent.jsonl"))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tracking, "append_unsent", full)
+    trial = SimpleNamespace(trial_id="t1", config={})
+    logger.on_trial_start(0, [], trial)
+    logger.on_trial_result(0, [], trial, {"round": 0, "target/miou": 0.1})
+    assert [m.value for m in client.get_metric_history(logger._runs["t1"], "target/miou")] == [0.1]
+    assert caplog.text.count("cannot write the MLflow outbox") == 1

@@ -7,6 +7,7 @@ The tests share one output folder, so the source model is trained once (it is ca
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,7 +79,7 @@ def test_asha_stops_a_weak_trial_as_a_result(shared):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 trial(s), 0 failed" in result.stdout
     assert "oracle (every pool pixel labeled) target mIoU: " in result.stdout
-    rows = [line for line in result.stdout.splitlines() if line.startswith("tune_trial_")]
+    rows = [line for line in result.stdout.splitlines() if re.match(r"[0-9a-f]{5}_\d{5} ", line)]  # the table
     assert any(" none " in row and row.endswith("stopped by asha after round 1") for row in rows), rows
     assert any(" labor_spl " in row and row.endswith(" ok") for row in rows), rows
 
@@ -101,7 +102,7 @@ def test_asha_stops_a_weak_trial_as_a_result(shared):
 def test_pbt_clones_a_trial_with_its_labels(shared):
     # The second trial's learning rate ruins it: at its perturbation it is in PBT's lower quantile and
     # continues the first trial (trials alternate on one slot, each perturbing after every round).
-    space = "{cases: {grid: [{}, {adapt.lr: 0.05}]}, adapt.confusion_weight: {uniform: [0.0, 1.0]}}"
+    space = "{cases: {grid: [{adapt.lr: 0.001}, {adapt.lr: 0.05}]}, adapt.confusion_weight: {uniform: [0.0, 1.0]}}"
     result = sweep(shared, "pbt", "--set", "sweep.scheduler=pbt", "--set", "selection.rounds=2",
                    "--max-concurrent", "1", "--set", f"sweep.search_space={space}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -41,6 +41,9 @@ class ConfigError(ValueError):
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}" if key else problem)
 
+    def __reduce__(self):  # Ray and Tune pickle exceptions across processes: keep both arguments
+        return ConfigError, (self.key, self.problem)
+
     def in_file(self, path: str | Path) -> "ConfigError":
         """The same problem, said to come from config file ``path`` (a file's content is what is wrong)."""
         return ConfigError("", f"config file '{path}': {self}")

@@ -271,8 +271,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                     "budget": f"{budget_label(trial_cfg)} x {trial_cfg.selection.rounds} rounds"}
             return trial_cfg.flat(), tags
 
+        # Trials keep the sweep's search space: a PBT trial's config is only valid with its mutable axes.
         base = cfg.to_dict()
-        base["sweep"]["search_space"] = {}
         trainable = tune.with_parameters(tune_trial, base=base, source_checkpoint=source_checkpoint,
                                          source_metrics=source_metrics, sweep_dir=str(sweep_dir))
         trainable = tune.with_resources(trainable, plan.trial_resources)

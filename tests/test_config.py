@@ -171,3 +171,11 @@ def test_real_dataset_configs_load_and_take_root_overrides(name, tmp_path):
     cfg = load_config(ROOT / "configs" / name, [f"data.source.root={tmp_path}/src", f"data.target.root={tmp_path}/tgt"])
     assert cfg.data.source.root == f"{tmp_path}/src" and cfg.data.target.format == "cityscapes"
     assert cfg.train.use_gpu and cfg.model.name == "deeplabv3_resnet101"
+
+
+def test_a_config_error_survives_pickling():
+    import pickle
+
+    # Ray and Tune pickle a trial's exception to the driver; unpicklable, it arrived as a TypeError.
+    err = pickle.loads(pickle.dumps(ConfigError("adapt.lr", "must be > 0, got 0")))
+    assert (err.key, err.problem, str(err)) == ("adapt.lr", "must be > 0, got 0", "config key 'adapt.lr': must be > 0, got 0")

@@ -183,8 +183,11 @@ def build_scheduler(cfg: ExperimentConfig, early_stops: Path | None = None):
                              early_stops=str(early_stops) if early_stops is not None else None)
     mutations = {key: build_param_space({key: spec})[key] for key, spec in cfg.sweep.search_space.items()
                  if next(iter(spec)) != "grid"}
+    # Synchronous: every round, all trials are compared at that same round, so which trial clones which
+    # does not depend on which happened to report first (asynchronous PBT could not clone at all when
+    # trials finished out of step: a trial is only cloned from after it was compared while in the lead).
     return tune.schedulers.PopulationBasedTraining(time_attr="round", perturbation_interval=1,
-                                                   hyperparam_mutations=mutations)
+                                                   hyperparam_mutations=mutations, synch=True)
 
 
 def read_early_stops(sweep_dir: Path) -> dict[str, int]:

@@ -101,11 +101,11 @@ def test_asha_stops_a_weak_trial_as_a_result(shared):
 
 
 def test_pbt_clones_a_trial_with_its_labels(shared):
-    # The second trial's learning rate ruins it: at its perturbation it is in PBT's lower quantile and
-    # continues the first trial (trials alternate on one slot, each perturbing after every round).
+    # The second trial's learning rate ruins it: after round 1 it is in PBT's lower quantile and
+    # continues the first trial, with its model and its round-1 labels.
     space = "{cases: {grid: [{adapt.lr: 0.001}, {adapt.lr: 1.0}]}, adapt.confusion_weight: {uniform: [0.0, 1.0]}}"
     result = sweep(shared, "pbt", "--set", "sweep.scheduler=pbt", "--set", "selection.rounds=2",
-                   "--max-concurrent", "1", "--set", f"sweep.search_space={space}")
+                   "--max-concurrent", "2", "--set", f"sweep.search_space={space}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     clones = [line for line in result.stdout.splitlines() if "(PBT): its model and" in line]
     assert clones, "no trial was cloned:\n" + result.stdout[-3000:]
@@ -119,6 +119,7 @@ def test_pbt_clones_a_trial_with_its_labels(shared):
         name = f"round-{round_index:04d}.parquet"
         assert (clone_dir / "labels" / name).read_bytes() == (trials / donor_id / "labels" / name).read_bytes()
     assert bought_once(clone_dir / "labels")
+    assert list((clone_dir / "labels" / "superseded").glob("set-aside-round-0001-*.parquet"))  # its own, kept
     assert sorted(p.name for p in (clone_dir / "labels").glob("round-*.parquet")) == \
         ["round-0001.parquet", "round-0002.parquet"]
 

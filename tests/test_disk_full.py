@@ -70,7 +70,7 @@ def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(tmp_
             time.sleep(0.2)
         assert driver.poll() is None and progress, "the sweep ended before round 1 was done"
         fill(small_disk)  # round 2 is under way, or about to be
-        stdout, stderr = driver.communicate(timeout=400)
+        stdout, stderr = driver.communicate(timeout=900)  # the failing round is retried (sweep.trial_retries)
     finally:
         if driver.poll() is None:
             driver.kill()

@@ -102,8 +102,10 @@ def test_asha_stops_a_weak_trial_as_a_result(shared):
 
 def test_pbt_clones_a_trial_with_its_labels(shared):
     # The second trial's learning rate ruins it: after round 1 it is in PBT's lower quantile and
-    # continues the first trial, with its model and its round-1 labels.
-    space = "{cases: {grid: [{adapt.lr: 0.001}, {adapt.lr: 1.0}]}, adapt.confusion_weight: {uniform: [0.0, 1.0]}}"
+    # continues the first trial, with its model and its round-1 labels. It bought other pixels in its
+    # own round 1 (3 points per image, not 5): those are set aside, not mixed in.
+    space = ("{cases: {grid: [{adapt.lr: 0.001, selection.points_per_image: 5}, "
+             "{adapt.lr: 1.0, selection.points_per_image: 3}]}, adapt.confusion_weight: {uniform: [0.0, 1.0]}}")
     result = sweep(shared, "pbt", "--set", "sweep.scheduler=pbt", "--set", "selection.rounds=2",
                    "--max-concurrent", "2", "--set", f"sweep.search_space={space}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

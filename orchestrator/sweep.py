@@ -118,10 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except OSError as err:  # the driver's own writes (Tune state, the report, the outbox) on a full disk
-        if storage_problem(err) is None:
+    except Exception as err:  # the driver's own writes (Tune state, the report) on a full disk, and what
+        # they break later (Tune reading back a half-written file fails with EOFError, not OSError)
+        problem = storage_problem(err) or output_storage_problem(cfg)
+        if problem is None:
             raise
-        print(storage_problem_line(storage_problem(err), cfg), file=sys.stderr)
+        print(storage_problem_line(problem, cfg), file=sys.stderr)
         return EXIT_TRIALS_FAILED
     except KeyboardInterrupt:  # Ctrl-C before Tune took over SIGINT (e.g. while the source model trains)
         print("interrupted; every process of the sweep has ended. To continue: the same command"
@@ -329,6 +331,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
             print(f"[activeda] {incomplete} trial(s) did not finish; to continue them where they stopped, run the "
                   f"same command with --resume")
         problems = {storage_problem(r.error) for r in results} - {None}
+        if failed and not problems and output_storage_problem(cfg):
+            problems = {output_storage_problem(cfg)}
         if problems:
             print(storage_problem_line(sorted(problems)[0], cfg), file=sys.stderr)
         if waiting and not failed:
@@ -360,6 +364,23 @@ def storage_problem(error: BaseException | None) -> str | None:
         return STORAGE_PROBLEMS[error.errno]
     text = str(error)
     return next((problem for problem in STORAGE_PROBLEMS.values() if problem in text), None)
+
+
+def output_storage_problem(cfg: ExperimentConfig, low_bytes: int = 1 << 20) -> str | None:
+    """What is wrong with the output folder's file system right now (full, read-only, not writable), if
+    anything: when a sweep fails, this tells a full disk from a bug, whatever error the full disk caused."""
+    path = Path(cfg.output_dir).resolve()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    info = os.statvfs(existing)
+    if info.f_flag & os.ST_RDONLY:
+        return STORAGE_PROBLEMS[errno.EROFS]
+    if info.f_bavail * info.f_frsize < low_bytes:
+        return STORAGE_PROBLEMS[errno.ENOSPC]
+    if not os.access(existing, os.W_OK):
+        return STORAGE_PROBLEMS[errno.EACCES]
+    return None
 
 
 def storage_problem_line(problem: str, cfg: ExperimentConfig) -> str:

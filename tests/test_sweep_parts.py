@@ -206,3 +206,23 @@ def test_a_sweep_is_restored_only_from_a_saved_experiment_state(tmp_path):
     assert not tune_state_saved(storage, tune_dir)
     (tune_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
     assert tune_state_saved(storage, tune_dir)
+
+
+def test_a_full_read_only_or_unwritable_output_folder_is_named(tmp_path, monkeypatch):
+    import errno
+    import os
+    from types import SimpleNamespace
+
+    from orchestrator.sweep import output_storage_problem, storage_problem
+
+    cfg = with_overrides(ExperimentConfig(), {"output_dir": str(tmp_path / "runs")})
+    assert output_storage_problem(cfg) is None  # a folder that does not exist yet: its parent is checked
+    free = SimpleNamespace(f_flag=0, f_bavail=1 << 20, f_frsize=4096)
+    for stat, problem in ((dict(f_bavail=10), "No space left on device"),
+                          (dict(f_flag=os.ST_RDONLY), "Read-only file system")):
+        monkeypatch.setattr(os, "statvfs", lambda path, stat=stat: SimpleNamespace(**{**vars(free), **stat}))
+        assert output_storage_problem(cfg) == problem
+    # Deep in Ray's text or as the OSError itself.
+    assert storage_problem(OSError(errno.EDQUOT, "Disk quota exceeded")) == "Disk quota exceeded"
+    assert storage_problem(RuntimeError("...[Errno 28] No space left on device ...")) == "No space left on device"
+    assert storage_problem(RuntimeError("a bug")) is None

@@ -284,11 +284,11 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         # Tune keeps its experiment state and trial checkpoints in cluster-wide storage: a trial that
         # moves to another node restores from there.
         tune_path = storage.fs_path(storage.location(sweep_dir / "tune"))
-        if state is not None and tune_state_saved(storage, sweep_dir / "tune"):
+        if state is not None and restorable_tune_state(storage, sweep_dir, say):
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True, storage_filesystem=storage.ray_filesystem)
         else:
-            from .tune_parts import SweepReporter
+            from .tune_parts import STATE_BACKUP, SweepReporter, TuneStateKeeper
 
             reporter = SweepReporter(
                 metric_columns={"round": "round", "budget/labeled_pixels": "labeled px", "target/miou": "mIoU"},
@@ -304,7 +304,9 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                     storage_filesystem=storage.ray_filesystem, verbose=0 if quiet else 1,
                     callbacks=[MlflowTrialLogger(tracking_uri, cfg.sweep.name, parent, trial_params,
                                                  trial_dir=functools.partial(_trial_dir, sweep_dir),
-                                                 unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))],
+                                                 unsent_path=str(sweep_dir / "mlflow-unsent.jsonl")),
+                               TuneStateKeeper(cfg.to_dict(), str(sweep_dir / "tune"),
+                                               str(sweep_dir / STATE_BACKUP))],
                     progress_reporter=reporter,
                     # A failed trial starts again from its last round checkpoint (its bought labels kept).
                     failure_config=tune.FailureConfig(max_failures=cfg.sweep.trial_retries),
@@ -388,17 +390,38 @@ def storage_problem_line(problem: str, cfg: ExperimentConfig) -> str:
             f"rounds are intact; free some space (or make it writable), then run the same command with --resume")
 
 
-def tune_state_saved(storage, tune_dir: Path) -> bool:
-    """Whether Tune saved its experiment state in ``tune_dir``: only then can a sweep be restored from it.
+def restorable_tune_state(storage, sweep_dir: Path, say=print) -> bool:
+    """Whether ``--resume`` can restore Tune from its saved state (repairing it from the kept copy if
+    needed); False when Tune never saved one and no trial started, so the Tune run starts afresh.
 
-    ``Tuner.can_restore`` says yes as soon as ``tuner.pkl`` is there, which Tune writes first; a driver
-    killed before the first experiment state then "restored" an experiment without its param space:
-    one trial of the base config instead of the sweep (found by the chaos run). Tune saves the state in
-    its first step, before a trial can have ranked or bought anything, so without it the sweep starts
-    its Tune run afresh.
+    Tune's own restore, given a state that is missing or damaged, starts the trials anew under new
+    ids (and without the param space): they would buy their labels again. Seen twice: a driver killed
+    before Tune's first save (``tuner.pkl`` alone), and a state cut off on a full disk. So a damaged
+    state is replaced by the last readable copy (``TuneStateKeeper``), and without one the resume is
+    refused while trials have started, rather than buying their labels again.
     """
+    from .tune_parts import EXPERIMENT_STATE, SEARCHER_STATE, STATE_BACKUP, readable_state
+
+    tune_dir = sweep_dir / "tune"
     names = storage.listdir(storage.location(tune_dir))
-    return "tuner.pkl" in names and any(n.startswith("experiment_state-") and n.endswith(".json") for n in names)
+    if "tuner.pkl" in names and readable_state(storage, tune_dir) is not None:
+        return True
+    states = sorted(n for n in names if n.startswith(EXPERIMENT_STATE) and n.endswith(".json"))
+    kept = readable_state(storage, sweep_dir / STATE_BACKUP)
+    if "tuner.pkl" in names and states and kept is not None:
+        newest = states[-1]
+        for name, text in kept.items():  # under the damaged files' names: Tune reads the newest
+            target = newest if name.startswith(EXPERIMENT_STATE) else SEARCHER_STATE + newest[len(EXPERIMENT_STATE):]
+            storage.write_text(storage.join(storage.location(tune_dir), target), text)
+        say(f"Tune's experiment state '{newest}' was damaged; restored the last readable copy from {STATE_BACKUP}/")
+        return True
+    started = sorted(p.parent.name for p in (sweep_dir / "trials").glob("*/progress.json"))
+    if started:
+        problem = f"its experiment state ('{states[-1]}') is damaged" if states else "it saved no experiment state"
+        raise ConfigError("", f"cannot resume '{sweep_dir}': Tune cannot be restored ({problem}, and no readable "
+                              f"copy was kept); starting the trials anew would buy their labels again. Their label "
+                              f"stores and checkpoints are intact under '{sweep_dir / 'trials'}'")
+    return False
 
 
 def _trial_dir(sweep_dir: Path, trial_id: str) -> Path:

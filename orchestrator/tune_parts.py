@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ray.tune import CLIReporter
+from ray.tune import Callback, CLIReporter
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 
@@ -37,3 +37,60 @@ class SweepReporter(CLIReporter):
             super().report(trials, done, *sys_info)
         except KeyError:
             pass
+
+
+# --- Tune's experiment state: kept readable ------------------------------------------------------
+
+EXPERIMENT_STATE, SEARCHER_STATE = "experiment_state-", "basic-variant-state-"
+STATE_BACKUP = "tune-state-backup"  # in the sweep folder: the last readable copy of Tune's state
+
+
+def readable_state(storage, tune_dir) -> dict[str, str] | None:
+    """The newest experiment state in ``tune_dir`` and its searcher state (file name -> text), when
+    they parse as JSON; None when there is none or it is damaged (say, cut off on a full disk)."""
+    names = storage.listdir(storage.location(tune_dir))
+    states = sorted(n for n in names if n.startswith(EXPERIMENT_STATE) and n.endswith(".json"))
+    if not states:
+        return None
+    newest = states[-1]
+    files = {newest: None}
+    searcher = SEARCHER_STATE + newest[len(EXPERIMENT_STATE):]
+    if searcher in names:
+        files[searcher] = None
+    for name in files:
+        try:
+            text = storage.read_text(storage.join(storage.location(tune_dir), name))
+            json.loads(text or "")
+        except (OSError, ValueError):
+            return None
+        files[name] = text
+    return files
+
+
+class TuneStateKeeper(Callback):
+    """Keeps the last readable copy of Tune's experiment state in ``<sweep>/tune-state-backup``.
+
+    Tune overwrites its state in place; on a full disk it was seen cut off mid-file, and a resumed
+    Tune then "restored" nothing and started the trials anew, under new ids: their labels were bought
+    again. At every trial result this copies the newest state that parses (a failed write keeps the
+    previous copy), and ``--resume`` puts it back when Tune's own is damaged."""
+
+    def __init__(self, storage_config: dict, tune_dir: str, backup_dir: str):
+        self.storage_config, self.tune_dir, self.backup_dir = storage_config, tune_dir, backup_dir
+
+    def _keep(self) -> None:
+        from .storage import open_storage
+
+        storage = open_storage(self.storage_config)
+        try:
+            files = readable_state(storage, self.tune_dir)
+            for name, text in (files or {}).items():
+                storage.write_text(storage.join(storage.location(self.backup_dir), name), text)
+        except OSError:
+            pass  # a full disk: the previous copy stays, which is the point
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._keep()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._keep()

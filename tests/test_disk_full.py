@@ -101,5 +101,7 @@ def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(tmp_
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert round_one.read_bytes() == bought
     assert sorted(p.name for p in (trial_dir / "labels").glob("round-*.parquet")) == \
-        ["round-0001.parquet", "round-0002.parquet"]
+        ["round-0001.parquet", "round-0002.parquet"], (sorted(str(p) for p in trials.rglob("*.parquet")),
+                                                       resumed.stdout[-4000:])
+    assert [d.name for d in trials.iterdir()] == [trial_dir.name]  # the same trial, not a new one
     assert processes_left(tag) == []

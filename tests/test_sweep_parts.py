@@ -195,18 +195,37 @@ def test_the_progress_table_survives_a_restored_trial_without_its_config():
     SweepReporter(**options).report([trial], False)  # that table is skipped; the sweep goes on
 
 
-def test_a_sweep_is_restored_only_from_a_saved_experiment_state(tmp_path):
+def test_a_sweep_is_restored_only_from_a_readable_experiment_state_and_never_starts_its_trials_anew(tmp_path):
     from orchestrator.storage import Storage
-    from orchestrator.sweep import tune_state_saved
+    from orchestrator.sweep import restorable_tune_state
+    from orchestrator.tune_parts import TuneStateKeeper
 
-    storage, tune_dir = Storage(tmp_path), tmp_path / "smoke" / "tune"
-    assert not tune_state_saved(storage, tune_dir)
+    storage, sweep_dir, said = Storage(tmp_path), tmp_path / "smoke", []
+    tune_dir = sweep_dir / "tune"
+    state, searcher = tune_dir / "experiment_state-2026.json", tune_dir / "basic-variant-state-2026.json"
+    assert not restorable_tune_state(storage, sweep_dir, said.append)  # nothing saved, no trial: start afresh
     tune_dir.mkdir(parents=True)
     (tune_dir / "tuner.pkl").write_bytes(b"x")  # what Tune writes first: a driver killed now left only this
-    assert not tune_state_saved(storage, tune_dir)
-    (tune_dir / "experiment_state-2026-01-01_00-00-00.json").write_text("{}")
-    assert tune_state_saved(storage, tune_dir)
+    assert not restorable_tune_state(storage, sweep_dir, said.append)
+    (sweep_dir / "trials" / "t1").mkdir(parents=True)
+    (sweep_dir / "trials" / "t1" / "progress.json").write_text("{}")  # ... but a trial had started
+    with pytest.raises(ConfigError, match="it saved no experiment state.*would buy their labels again"):
+        restorable_tune_state(storage, sweep_dir, said.append)
 
+    state.write_text('{"trial_data": ["t1"]}')
+    searcher.write_text("{}")
+    assert restorable_tune_state(storage, sweep_dir, said.append) and said == []
+    keeper = TuneStateKeeper({"output_dir": str(tmp_path)}, str(tune_dir), str(sweep_dir / "tune-state-backup"))
+    keeper.on_trial_result(0, [], None, {})  # a readable state is kept
+    state.write_text('{"trial_data": ["t1"], "cut off on a full di')
+    keeper.on_trial_result(0, [], None, {})  # a damaged one is not: the kept copy stays
+    assert restorable_tune_state(storage, sweep_dir, said.append)
+    assert state.read_text() == '{"trial_data": ["t1"]}' and "restored the last readable copy" in said[0]
+
+    state.write_text("{cut off")
+    (sweep_dir / "tune-state-backup" / state.name).unlink()
+    with pytest.raises(ConfigError, match=r"its experiment state \('experiment_state-2026.json'\) is damaged"):
+        restorable_tune_state(storage, sweep_dir, said.append)
 
 def test_a_full_read_only_or_unwritable_output_folder_is_named(tmp_path, monkeypatch):
     import errno

@@ -4,6 +4,7 @@ into its experiment state (a resumed sweep restores them from there)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from ray.tune import Callback, CLIReporter
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
@@ -48,7 +49,19 @@ STATE_BACKUP = "tune-state-backup"  # in the sweep folder: the last readable cop
 def readable_state(storage, tune_dir) -> dict[str, str] | None:
     """The newest experiment state in ``tune_dir`` and its searcher state (file name -> text), when
     they parse as JSON; None when there is none or it is damaged (say, cut off on a full disk)."""
-    names = storage.listdir(storage.location(tune_dir))
+    location = storage.location(tune_dir)
+    return _readable(storage.listdir(location), lambda name: storage.read_text(storage.join(location, name)))
+
+
+def readable_local_state(folder: str | Path) -> dict[str, str] | None:
+    """``readable_state`` of a local folder (Tune's driver staging folder, which is never on the sweep's
+    storage)."""
+    folder = Path(folder)
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    return _readable(names, lambda name: (folder / name).read_text())
+
+
+def _readable(names: list[str], read) -> dict[str, str] | None:
     states = sorted(n for n in names if n.startswith(EXPERIMENT_STATE) and n.endswith(".json"))
     if not states:
         return None
@@ -59,7 +72,7 @@ def readable_state(storage, tune_dir) -> dict[str, str] | None:
         files[searcher] = None
     for name in files:
         try:
-            text = storage.read_text(storage.join(storage.location(tune_dir), name))
+            text = read(name)
             json.loads(text or "")
         except (OSError, ValueError):
             return None
@@ -72,25 +85,27 @@ class TuneStateKeeper(Callback):
 
     Tune overwrites its state in place; on a full disk it was seen cut off mid-file, and a resumed
     Tune then "restored" nothing and started the trials anew, under new ids: their labels were bought
-    again. At every trial result this copies the newest state that parses (a failed write keeps the
-    previous copy), and ``--resume`` puts it back when Tune's own is damaged."""
+    again. At every trial result this copies the newest state that parses -- from Tune's driver
+    staging folder, which Tune writes first and copies to the sweep folder only now and then -- and a
+    failed write keeps the previous copy; ``--resume`` puts it back when Tune's own is damaged."""
 
     def __init__(self, storage_config: dict, tune_dir: str, backup_dir: str):
         self.storage_config, self.tune_dir, self.backup_dir = storage_config, tune_dir, backup_dir
 
-    def _keep(self) -> None:
+    def _keep(self, trial) -> None:
         from .storage import open_storage
 
         storage = open_storage(self.storage_config)
+        staging = getattr(getattr(trial, "storage", None), "experiment_driver_staging_path", None)
         try:
-            files = readable_state(storage, self.tune_dir)
+            files = (readable_local_state(staging) if staging else None) or readable_state(storage, self.tune_dir)
             for name, text in (files or {}).items():
                 storage.write_text(storage.join(storage.location(self.backup_dir), name), text)
         except OSError:
             pass  # a full disk: the previous copy stays, which is the point
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._keep()
+        self._keep(trial)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._keep()
+        self._keep(trial)

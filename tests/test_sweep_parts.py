@@ -245,3 +245,18 @@ def test_a_full_read_only_or_unwritable_output_folder_is_named(tmp_path, monkeyp
     assert storage_problem(OSError(errno.EDQUOT, "Disk quota exceeded")) == "Disk quota exceeded"
     assert storage_problem(RuntimeError("...[Errno 28] No space left on device ...")) == "No space left on device"
     assert storage_problem(RuntimeError("a bug")) is None
+
+
+def test_the_kept_state_comes_from_tunes_driver_staging_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from orchestrator.tune_parts import TuneStateKeeper
+
+    # Tune writes its state to a staging folder first and copies it to the sweep folder only now and then.
+    staging, backup = tmp_path / "staging", tmp_path / "sweep" / "tune-state-backup"
+    staging.mkdir()
+    (staging / "experiment_state-1.json").write_text('{"trial_data": []}')
+    trial = SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))
+    TuneStateKeeper({"output_dir": str(tmp_path)}, str(tmp_path / "sweep" / "tune"), str(backup)).on_trial_result(
+        0, [], trial, {})
+    assert (backup / "experiment_state-1.json").read_text() == '{"trial_data": []}'

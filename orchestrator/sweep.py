@@ -410,9 +410,9 @@ def restorable_tune_state(storage, sweep_dir: Path, say=print) -> bool:
     kept = readable_state(storage, sweep_dir / STATE_BACKUP)
     if "tuner.pkl" in names and states and kept is not None:
         newest = states[-1]
-        for name, text in kept.items():  # under the damaged files' names: Tune reads the newest
+        for name, data in kept.items():  # under the damaged files' names: Tune reads the newest
             target = newest if name.startswith(EXPERIMENT_STATE) else SEARCHER_STATE + newest[len(EXPERIMENT_STATE):]
-            storage.write_text(storage.join(storage.location(tune_dir), target), text)
+            storage.write_bytes(storage.join(storage.location(tune_dir), target), data)
         say(f"Tune's experiment state '{newest}' was damaged; restored the last readable copy from {STATE_BACKUP}/")
         return True
     started = sorted(p.parent.name for p in (sweep_dir / "trials").glob("*/progress.json"))

@@ -4,6 +4,7 @@ into its experiment state (a resumed sweep restores them from there)."""
 from __future__ import annotations
 
 import json
+import pickletools
 from pathlib import Path
 
 from ray.tune import Callback, CLIReporter
@@ -46,38 +47,56 @@ EXPERIMENT_STATE, SEARCHER_STATE = "experiment_state-", "basic-variant-state-"
 STATE_BACKUP = "tune-state-backup"  # in the sweep folder: the last readable copy of Tune's state
 
 
-def readable_state(storage, tune_dir) -> dict[str, str] | None:
-    """The newest experiment state in ``tune_dir`` and its searcher state (file name -> text), when
-    they parse as JSON; None when there is none or it is damaged (say, cut off on a full disk)."""
+def readable_state(storage, tune_dir) -> dict[str, bytes] | None:
+    """The newest experiment state in ``tune_dir`` and its searcher state (file name -> bytes), when
+    both are whole; None when there is none or it is damaged (say, cut off on a full disk)."""
     location = storage.location(tune_dir)
-    return _readable(storage.listdir(location), lambda name: storage.read_text(storage.join(location, name)))
+    return _readable(storage.listdir(location), lambda name: storage.read_bytes(storage.join(location, name)))
 
 
-def readable_local_state(folder: str | Path) -> dict[str, str] | None:
+def readable_local_state(folder: str | Path) -> dict[str, bytes] | None:
     """``readable_state`` of a local folder (Tune's driver staging folder, which is never on the sweep's
     storage)."""
     folder = Path(folder)
     names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-    return _readable(names, lambda name: (folder / name).read_text())
+    return _readable(names, lambda name: (folder / name).read_bytes())
 
 
-def _readable(names: list[str], read) -> dict[str, str] | None:
+def _whole(name: str, data: bytes | None) -> bool:
+    """The experiment state is JSON; the searcher state, despite its name, a pickle: its opcodes are
+    walked to the final STOP (``pickletools``, which builds no object) to tell a whole one."""
+    if not data:
+        return False
+    try:
+        if name.startswith(EXPERIMENT_STATE):
+            json.loads(data)
+        else:
+            ops = list(pickletools.genops(data))
+            return bool(ops) and ops[-1][0].name == "STOP"
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _readable(names: list[str], read) -> dict[str, bytes] | None:
     states = sorted(n for n in names if n.startswith(EXPERIMENT_STATE) and n.endswith(".json"))
     if not states:
         return None
     newest = states[-1]
-    files = {newest: None}
+    files = [newest]
     searcher = SEARCHER_STATE + newest[len(EXPERIMENT_STATE):]
     if searcher in names:
-        files[searcher] = None
+        files.append(searcher)
+    out = {}
     for name in files:
         try:
-            text = read(name)
-            json.loads(text or "")
-        except (OSError, ValueError):
+            data = read(name)
+        except OSError:
             return None
-        files[name] = text
-    return files
+        if not _whole(name, data):
+            return None
+        out[name] = data
+    return out
 
 
 class TuneStateKeeper(Callback):
@@ -99,8 +118,8 @@ class TuneStateKeeper(Callback):
         staging = getattr(getattr(trial, "storage", None), "experiment_driver_staging_path", None)
         try:
             files = (readable_local_state(staging) if staging else None) or readable_state(storage, self.tune_dir)
-            for name, text in (files or {}).items():
-                storage.write_text(storage.join(storage.location(self.backup_dir), name), text)
+            for name, data in (files or {}).items():
+                storage.write_bytes(storage.join(storage.location(self.backup_dir), name), data)
         except OSError:
             pass  # a full disk: the previous copy stays, which is the point
 

@@ -196,6 +196,8 @@ def test_the_progress_table_survives_a_restored_trial_without_its_config():
 
 
 def test_a_sweep_is_restored_only_from_a_readable_experiment_state_and_never_starts_its_trials_anew(tmp_path):
+    import pickle
+
     from orchestrator.storage import Storage
     from orchestrator.sweep import restorable_tune_state
     from orchestrator.tune_parts import TuneStateKeeper
@@ -213,7 +215,7 @@ def test_a_sweep_is_restored_only_from_a_readable_experiment_state_and_never_sta
         restorable_tune_state(storage, sweep_dir, said.append)
 
     state.write_text('{"trial_data": ["t1"]}')
-    searcher.write_text("{}")
+    searcher.write_bytes(pickle.dumps({"searcher": 1}))  # Tune's searcher state is a pickle, despite its name
     assert restorable_tune_state(storage, sweep_dir, said.append) and said == []
     keeper = TuneStateKeeper({"output_dir": str(tmp_path)}, str(tune_dir), str(sweep_dir / "tune-state-backup"))
     keeper.on_trial_result(0, [], None, {})  # a readable state is kept
@@ -222,7 +224,7 @@ def test_a_sweep_is_restored_only_from_a_readable_experiment_state_and_never_sta
     assert restorable_tune_state(storage, sweep_dir, said.append)
     assert state.read_text() == '{"trial_data": ["t1"]}' and "restored the last readable copy" in said[0]
 
-    state.write_text("{cut off")
+    searcher.write_bytes(pickle.dumps({"searcher": 1})[:-3])  # a pickle cut off is as damaged
     (sweep_dir / "tune-state-backup" / state.name).unlink()
     with pytest.raises(ConfigError, match=r"its experiment state \('experiment_state-2026.json'\) is damaged"):
         restorable_tune_state(storage, sweep_dir, said.append)

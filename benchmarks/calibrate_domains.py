@@ -73,7 +73,7 @@ def trainer(in_process: bool, cfg, workdir: Path):
     from orchestrator.raysession import start_ray
     from trainers.train_loop import run_training
 
-    start_ray(quiet=True)
+    start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
 
     def train(job, name):
         result = run_training(job, storage_path=workdir / "ray", name=name)

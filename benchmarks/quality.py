@@ -613,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{cfg.adapt.steps} adaptation steps each, into {cfg.output_dir}", flush=True)
             sweep_dir = Path(cfg.output_dir) / cfg.sweep.name
             resume = (sweep_dir / "sweep.json").is_file()  # an interrupted benchmark continues
-            code = run_sweep(cfg, tracking_uri, num_cpus=args.num_cpus, quiet=args.quiet, resume=resume)
+            code = run_sweep(cfg, tracking_uri, num_cpus=args.num_cpus, quiet=args.quiet, resume=resume,
+                             dashboard=False)  # no dashboard process taking CPU from the timed run
             if code not in (0,):
                 print(f"[quality] seed {seed}: the sweep exited with {code}; rows of failed trials show n/a",
                       file=sys.stderr)

@@ -100,7 +100,7 @@ def _measure_selection(cfg: ExperimentConfig, images: int, source_steps: int, sc
 
     from orchestrator.raysession import start_ray
 
-    start_ray(quiet=True)
+    start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
     figures = {"images": pool_size, "source_steps": source_steps, "inconsistent_share": inconsistent_share(ranker, shards),
                "forward_images_per_s": pool_size / forward_s,
                "select_images_per_s": pool_size / select_s, "select_over_forward": select_s / forward_s}

@@ -43,7 +43,7 @@ def measure_driver_memory(cfg: ExperimentConfig, images: int, factor: int = 10, 
     from orchestrator.raysession import start_ray
     from orchestrator.ranking import rank_pool
 
-    start_ray(quiet=True)
+    start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
     cfg = with_overrides(cfg, {"selection.selector": "labor_spl", "selection.budget_fraction": budget_fraction})
     budget_pixels = int(budget_fraction * images * cfg.data.height * cfg.data.width)
     figures: dict[str, float] = {"budget_pixels": budget_pixels}
@@ -81,7 +81,7 @@ def measure_sweep_overhead(cfg: ExperimentConfig, steps: int, rounds: int = 2, t
             "sweep.search_space": {"selection.points_per_image": {"grid": list(range(5, 5 + 5 * trials, 5))}},
         }))
         started = time.perf_counter()
-        code = run_sweep(sweep_cfg, f"sqlite:///{workdir / 'mlflow.db'}", quiet=True)
+        code = run_sweep(sweep_cfg, f"sqlite:///{workdir / 'mlflow.db'}", quiet=True, dashboard=False)
         sweep_wall = time.perf_counter() - started
         if code != 0:
             raise BenchmarkError(f"the overhead sweep exited with {code}")

@@ -50,7 +50,7 @@ def _measure_training(cfg: ExperimentConfig, steps: int, workdir: Path) -> dict[
     from orchestrator.raysession import start_ray
     from trainers.train_loop import run_training
 
-    start_ray(quiet=True)
+    start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
     ray_result = run_training(job, storage_path=workdir / "ray", name="overhead")
     return {"plain_images_per_s": plain["train/images_per_s"], "plain_wall_s": plain_wall,
             "ray_images_per_s": ray_result.metrics["train/images_per_s"], "ray_wall_s": ray_result.seconds,

@@ -12,14 +12,24 @@ File format (JSON, UTF-8; no pickle anywhere)::
      "classes": ["road", ...],
      "images": [{"image_id": 3, "image": "<path of the pool image, for the annotation tool>",
                  "height": 64, "width": 128,
+                 "original_height": 1024, "original_width": 2048,  # the original image's (and label's) size
                  "points": [[y, x], ...]          # point selectors, in selection order
                  or "mask_rle": [start, length, ...],  # region selectors: run-length mask
                  "clicks": 4.0,
                  "labels": [...]}]}               # the answer: one class index per point, or per mask
                                                   # pixel in ascending row-major order; 255 = unsure
 
+``points`` and ``mask_rle`` are on the selection grid (``height x width``, the label store's
+coordinates); grid pixel (y, x) stands for the original pixel under its centre,
+``trainers.data.coordinates.label_coordinates`` (what the simulated oracle reveals, and where the
+tool exports below put it).
+
 The import never reads a path from the file and refuses anything that does not match the exported
 queries pixel for pixel, so an answer file can neither move the budget nor point outside the pool.
+
+Annotation tools: ``export --format labelstudio|coco|png`` writes the round's queries for Label Studio,
+a COCO tool or as PNG masks, in the original image's coordinates, and ``import --format ...`` reads
+their exports back through the same checks (``annotation_formats.py``).
 """
 
 from __future__ import annotations
@@ -72,6 +82,10 @@ def export_queries(path: Path, round_index: int, strategy: str, classes: tuple[s
     for q in sorted(queries, key=lambda q: q.image_id):
         entry = {"image_id": int(q.image_id), "image": image_paths.get(q.image_id, ""), "height": q.height,
                  "width": q.width, "clicks": float(q.clicks), "labels": None}
+        if q.label_height:  # the original label's size, known to the oracle and the label store
+            entry.update(original_height=q.label_height, original_width=q.label_width)
+        else:
+            entry.update(_original_size(image_paths.get(q.image_id, "")))
         if q.regions:
             flat = np.sort(np.asarray(q.ys, np.int64) * q.width + np.asarray(q.xs, np.int64))
             entry["mask_rle"] = rle_encode(flat, q.height * q.width).tolist()
@@ -85,6 +99,17 @@ def export_queries(path: Path, round_index: int, strategy: str, classes: tuple[s
     tmp.write_text(json.dumps(document, indent=1))
     os.replace(tmp, path)
     return path
+
+
+def _original_size(image_path: str) -> dict:
+    """The original image's size, for exports in its coordinates ({} when the file cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(image_path) as image:  # the header only
+            return {"original_height": image.height, "original_width": image.width}
+    except (OSError, ValueError):
+        return {}
 
 
 def _read(path: Path) -> dict:
@@ -143,36 +168,87 @@ def import_answers(answers_path: Path, queries_file: Path, store: LabelStore, ex
                               f"have no answer")
     labeled = []
     for image_id, entry in sorted(given.items()):
-        height, width = entry["height"], entry["width"]
-        if "points" in entry:
-            ys, xs = (np.asarray([p[i] for p in entry["points"]], np.int32) for i in (0, 1))
+        query = asked[image_id]  # what was asked (and what it costs) comes from the queries, not the answers
+        height, width = query["height"], query["width"]
+        if "points" in query:
+            ys, xs = (np.asarray([p[i] for p in query["points"]], np.int32) for i in (0, 1))
         else:
-            flat = rle_decode(np.asarray(entry["mask_rle"]), height * width)
+            flat = rle_decode(np.asarray(query["mask_rle"]), height * width)
             ys, xs = (flat // width).astype(np.int32), (flat % width).astype(np.int32)
         labeled.append(LabeledPixels(image_id=int(image_id), ys=ys, xs=xs, labels=np.asarray(entry["labels"], np.uint8),
-                                     height=height, width=width, clicks=float(entry["clicks"]),
-                                     regions="mask_rle" in entry))
+                                     height=height, width=width, clicks=float(query["clicks"]),
+                                     regions="mask_rle" in query, label_height=int(query.get("original_height", 0)),
+                                     label_width=int(query.get("original_width", 0))))
     store.append_round(round_index, str(queries["strategy"]), labeled)
     return round_index
 
 
+def import_tool_answers(fmt: str, answers: Path, trial_dir: Path, round_index: int) -> int:
+    """Record a round from an annotation tool's export (``fmt``: activeda, labelstudio, coco, png).
+
+    A tool's export is first turned into the activeda answers document, kept beside the queries as
+    ``round-NNNN.<fmt>-answers.json`` (what was recorded, for the record), then checked and recorded
+    like a hand-written one; if it is refused, that file is removed again.
+    """
+    from .annotation_formats import FormatError, answers_from
+
+    queries_file = queries_path(trial_dir, round_index)
+    store = LabelStore(trial_dir / "labels")
+    if fmt == "activeda":
+        return import_answers(answers, queries_file, store, expected_round=round_index)
+    try:
+        document = answers_from(fmt, answers, _read(queries_file))
+    except FormatError as err:
+        raise AnnotationError(str(err)) from None
+    converted = queries_file.with_name(f"{queries_file.stem}.{fmt}-answers.json")
+    tmp = converted.with_name(f".{converted.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(document, indent=1))
+    os.replace(tmp, converted)
+    try:
+        return import_answers(converted, queries_file, store, expected_round=round_index)
+    except BaseException:
+        converted.unlink(missing_ok=True)
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .annotation_formats import FORMATS, FormatError, export
+
     parser = argparse.ArgumentParser(prog="python -m orchestrator.annotate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    exp = sub.add_parser("export", help="write a round's queries for an annotation tool (original image coordinates)")
+    exp.add_argument("--trial-dir", required=True, help="the trial's folder (runs/<sweep>/trials/<trial id>)")
+    exp.add_argument("--round", type=int, required=True, help="the round whose queries to export")
+    exp.add_argument("--format", required=True, choices=FORMATS,
+                     help="labelstudio: tasks.json + labeling_config.xml; coco: coco.json (keypoints or RLE masks); "
+                          "png: masks/<image id>.png")
+    exp.add_argument("--out", required=True, metavar="DIR", help="folder to write into (created)")
+    exp.add_argument("--image-url-prefix", default="", metavar="PREFIX",
+                     help="Label Studio: put before each image path in the tasks, e.g. '/data/local-files/?d=' "
+                          "(default: the path as it is)")
     imp = sub.add_parser("import", help="record the answers of a round (then resume the sweep)")
     imp.add_argument("--trial-dir", required=True, help="the trial's folder (runs/<sweep>/trials/<trial id>)")
-    imp.add_argument("--answers", required=True, help="the queries file with every image's labels filled in")
+    imp.add_argument("--answers", required=True,
+                     help="activeda: the queries file with every image's labels filled in; labelstudio: Label Studio's "
+                          "JSON export; coco: a COCO file with one category per class; png: a folder of <image id>.png "
+                          "label maps")
     imp.add_argument("--round", type=int, required=True, help="the round the answers are for")
+    imp.add_argument("--format", default="activeda", choices=("activeda", *FORMATS),
+                     help="what --answers is (default: activeda)")
     args = parser.parse_args(argv)
     if args.round < 1:
         print(f"error: --round must be >= 1, got {args.round}", file=sys.stderr)
         return 2
     trial_dir = Path(args.trial_dir)
     try:
-        round_index = import_answers(Path(args.answers), queries_path(trial_dir, args.round),
-                                     LabelStore(trial_dir / "labels"), expected_round=args.round)
-    except (AnnotationError, ValueError) as err:
+        if args.command == "export":
+            written = export(_read(queries_path(trial_dir, args.round)), args.format, Path(args.out),
+                             args.image_url_prefix)
+            print(f"wrote {len(written)} file(s) into {args.out} for round {args.round}")
+            return 0
+        round_index = import_tool_answers(args.format, Path(args.answers), trial_dir, args.round)
+    except (AnnotationError, FormatError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"recorded round {round_index} in {trial_dir / 'labels'}; resume the sweep to train on it")

@@ -22,15 +22,14 @@ import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import yaml
 
-from pixel_selectors import SELECTOR_KIND, SELECTORS
-from pixel_selectors.budget import REGION_SPREADS
-from trainers.data import CLASS_SETS, SOURCE_FORMATS, TARGET_FORMATS
-from trainers.data.cityscapes import CITYSCAPES_SPLITS
-from trainers.models import MODELS
+# Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
+# keeps these lists equal to the registries that implement them.
+from .choices import (CLASS_SETS, DEEPLABV2_STYLES, EVAL_RESOLUTIONS, MIN_BATCH_SIZE, MODELS, REGION_SPREADS,
+                      SELECTOR_KIND, SELECTORS, SOURCE_FORMATS, SPLITS, TARGET_FORMATS)
 
 
 class ConfigError(ValueError):
@@ -44,19 +43,19 @@ class ConfigError(ValueError):
     def __reduce__(self):  # Ray and Tune pickle exceptions across processes: keep both arguments
         return ConfigError, (self.key, self.problem)
 
-    def in_file(self, path: str | Path) -> "ConfigError":
-        """The same problem, said to come from config file ``path`` (a file's content is what is wrong)."""
-        return ConfigError("", f"config file '{path}': {self}")
-
 
 # selection.selector value for adaptation without any target labels (unsupervised adaptation rows).
 NO_SELECTION = "none"
 
 
 def _opt(default: Any, help: str, *, min: float | None = None, max: float | None = None,
-         min_exclusive: bool = False, choices: Mapping | None = None):
-    """A config field with its help text and allowed range, all kept next to the default."""
-    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "choices": choices}
+         min_exclusive: bool = False, choices: Collection | None = None, path: bool = False):
+    """A config field with its help text and allowed range, all kept next to the default.
+
+    ``path=True`` marks a file or folder: a relative one is resolved once, in the driver, against the
+    directory the command ran in (``with_absolute_paths``), since Ray runs trials elsewhere.
+    """
+    meta = {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive, "choices": choices, "path": path}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -65,15 +64,19 @@ def _opt(default: Any, help: str, *, min: float | None = None, max: float | None
 @dataclass
 class DomainConfig:
     format: str = _opt("gta5", "on-disk layout of this domain", choices=SOURCE_FORMATS)
-    root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)")
+    root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
+    height: int = _opt(0, "source images are resized to this height, then cropped to data.height x data.width "
+                          "(0 with width set: each image's aspect ratio; both 0: data.height x data.width)", min=0)
+    width: int = _opt(0, "source images are resized to this width (0 with height set: each image's aspect ratio; "
+                         "AdaptSegNet and RIPU: GTA5 at 1280x720)", min=0)
 
 
 @dataclass
 class TargetDomainConfig:
     format: str = _opt("cityscapes", "on-disk layout of this domain", choices=TARGET_FORMATS)
-    root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)")
-    pool_split: str = _opt("train", "split whose images form the unlabeled pool", choices=CITYSCAPES_SPLITS)
-    val_split: str = _opt("val", "split on which target mIoU is measured", choices=CITYSCAPES_SPLITS)
+    root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
+    pool_split: str = _opt("train", "split whose images form the unlabeled pool", choices=SPLITS)
+    val_split: str = _opt("val", "split on which target mIoU is measured", choices=SPLITS)
 
 
 @dataclass
@@ -96,36 +99,74 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     class_set: str = _opt("synthetic", "classes every dataset is mapped into", choices=CLASS_SETS)
-    height: int = _opt(64, "image height used for training and selection (images are resized)", min=16)
-    width: int = _opt(128, "image width used for training and selection", min=16)
+    height: int = _opt(64, "target image height for training, selection and evaluation input (images are "
+                           "resized; source images are cropped to it)", min=16)
+    width: int = _opt(128, "target image width for training, selection and evaluation input", min=16)
     source: DomainConfig = field(default_factory=DomainConfig)
     target: TargetDomainConfig = field(default_factory=TargetDomainConfig)
-    pool_images: int = _opt(0, "use only the first N target pool images (0: all)", min=0)
-    val_images: int = _opt(0, "use only the first N target validation images (0: all)", min=0)
+    pool_images: int = _opt(0, "use N target pool images drawn across the whole split with data.subset_seed "
+                               "(0: all)", min=0)
+    val_images: int = _opt(0, "use N target validation images drawn across the whole split (0: all)", min=0)
+    eval_resolution: str = _opt("native", "where target mIoU is scored: 'native' (each label at its own size, the "
+                                          "prediction upsampled: the papers' protocol) or 'input' (labels resized to "
+                                          "data.height x data.width)", choices=dict.fromkeys(EVAL_RESOLUTIONS))
+    subset_seed: int = _opt(0, "seed of the pool_images / val_images draw (the same subset for every trial seed)",
+                            min=0)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    cache_dir: str = _opt("data", "where generated synthetic domains are cached")
+    cache_dir: str = _opt("data", "where generated synthetic domains are cached", path=True)
 
 
 @dataclass
 class ModelConfig:
     name: str = _opt("small_segnet", "segmentation network", choices=MODELS)
     width: int = _opt(16, "base channel width of small_segnet (ignored by the DeepLab models)", min=4)
-    pretrained: str = _opt("", "ImageNet backbone weights for DeepLab models ('': torch hub's cache if present)")
+    pretrained: str = _opt("", "ImageNet backbone weights for DeepLab models ('': torch hub's cache if present)",
+                           path=True)
+    deeplabv2_style: str = _opt("ripu", "deeplabv2_resnet101's layout: 'ripu' (torchvision ResNet-101, ImageNet RGB "
+                                        "input, 4 ASPP branches) or 'adaptsegnet' (AdaptSegNet's released code: "
+                                        "Caffe BGR input, 2 ASPP branches summed; for its checkpoints)",
+                                choices=dict.fromkeys(DEEPLABV2_STYLES))
+
+
+OPTIMIZERS = ("adam", "sgd")
 
 
 @dataclass
-class SourceTrainingConfig:
+class TrainingStageConfig:
+    """What ``source`` and ``adapt`` share: steps, batch and the optimizer of G and the selector
+    (``trainers.engine.build_optimizers``); each section redefines the first three with its defaults."""
+
+    steps: int = _opt(1, "optimizer steps", min=1)
+    batch_size: int = _opt(1, "images per step per Train worker", min=1)
+    lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    optimizer: str = _opt("adam", "optimizer of G and the selector: 'adam' or 'sgd' (SGD with momentum, as "
+                                  "AdaptSegNet and RIPU)", choices=dict.fromkeys(OPTIMIZERS))
+    momentum: float = _opt(0.9, "SGD momentum (optimizer: sgd)", min=0.0, max=1.0)
+    weight_decay: float = _opt(0.0, "L2 weight decay of G and the selector (the references: 5e-4)", min=0.0)
+    lr_power: float = _opt(0.0, "polynomial learning-rate decay: lr x (1 - step / planned steps) ^ lr_power, on "
+                                "every optimizer of the stage (0: constant; the references: 0.9)", min=0.0)
+    head_lr_factor: float = _opt(1.0, "learning rate of the pixel classifiers (heads) over the backbone's (the "
+                                      "references: 10)", min=0.0, min_exclusive=True)
+    lr_decay_steps: int = _opt(0, "steps the polynomial decay spans (0: the stage's planned steps; the references "
+                                  "decay over more than they train: AdaptSegNet 250000 for 150000, RIPU 62500 for "
+                                  "40000)", min=0)
+
+
+@dataclass
+class SourceTrainingConfig(TrainingStageConfig):
     steps: int = _opt(400, "optimizer steps of source-only training (once per sweep, cached)", min=1)
     batch_size: int = _opt(8, "images per step per Train worker", min=1)
-    lr: float = _opt(2e-3, "Adam learning rate", min=0.0, min_exclusive=True)
+    lr: float = _opt(2e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    checkpoint: str = _opt("", "model file (a plain state dict; key mapping in docs/protocol.md) to use as the source "
+                               "model G instead of training one ('': train it)", path=True)
 
 
 @dataclass
-class AdaptConfig:
+class AdaptConfig(TrainingStageConfig):
     steps: int = _opt(300, "optimizer steps of adaptation training per round", min=1)
     batch_size: int = _opt(4, "source images, and as many target images, per step per Train worker", min=1)
-    lr: float = _opt(1e-3, "Adam learning rate of G and the selector", min=0.0, min_exclusive=True)
+    lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
     target_ce_weight: float = _opt(1.0, "weight of the sparse labeled-target cross-entropy", min=0.0)
     adversarial_weight: float = _opt(0.001, "AdaptSeg output-space adversarial loss weight (0: off)", min=0.0)
     discriminator_lr: float = _opt(1e-4, "Adam learning rate of the output-space discriminator", min=0.0,
@@ -148,7 +189,7 @@ class AdaptConfig:
 @dataclass
 class SelectionConfig:
     selector: str = _opt("labor_ppl", "pixel selection strategy ('none': no target labels, i.e. unsupervised "
-                                      "adaptation)", choices={**SELECTORS, NO_SELECTION: None})
+                                      "adaptation)", choices=(*SELECTORS, NO_SELECTION))
     points_per_image: int = _opt(10, "points per target image per round (point selectors, budget_fraction 0)",
                                  min=1)
     budget_fraction: float = _opt(0.0, "pixels per round as a fraction of all pool pixels, spent across the pool "
@@ -158,7 +199,7 @@ class SelectionConfig:
     region_spread: str = _opt("share", "how a region selector's pixel budget spreads over the pool: 'share' (every "
                                        "image the same share of its own candidates, best first; LabOR SPL: of its "
                                        "inconsistency mask) or 'score' (the best-scored regions wherever they are)",
-                              choices=dict.fromkeys(REGION_SPREADS))
+                              choices=REGION_SPREADS)
     rounds: int = _opt(1, "rank -> label -> adapt -> evaluate rounds per trial", min=1)
     oracle: str = _opt("simulated", "who labels: 'simulated' (ground truth) or 'human' (export queries, import "
                                     "answers with python -m orchestrator.annotate, then --resume)",
@@ -183,8 +224,13 @@ class TrainConfig:
     use_gpu: bool = _opt(False, "train on CUDA (one GPU per worker, bf16 autocast)")
     cpus_per_worker: float = _opt(1.0, "CPUs reserved by each Train worker", min=0.0, min_exclusive=True)
     torch_threads: int = _opt(0, "intra-op threads per Train worker (0: one per reserved CPU)", min=0)
+    loader_workers: int = _opt(0, "DataLoader worker processes of each Train worker's source, target and evaluation "
+                                  "loaders, each (0: load in the training process; with a GPU, leave a few CPUs "
+                                  "per worker for them)", min=0)
     max_failures: int = _opt(2, "worker-group failures a training job survives (restarting from its checkpoint)",
                              min=0)
+    progress_every_s: float = _opt(30.0, "print steps, losses, images/s and the time left of a training job every N "
+                                         "seconds, from its first Train worker (0: off)", min=0.0)
 
 
 @dataclass
@@ -233,7 +279,7 @@ def storage_uri_problem(uri: str) -> str | None:
 @dataclass
 class ExperimentConfig:
     seed: int = _opt(0, "seed of training and selection", min=0)
-    output_dir: str = _opt("runs", "where checkpoints, label stores and Ray results go")
+    output_dir: str = _opt("runs", "where checkpoints, label stores and Ray results go", path=True)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     source: SourceTrainingConfig = field(default_factory=SourceTrainingConfig)
@@ -295,16 +341,27 @@ CASES_AXIS = "cases"
 
 # --- loading, overriding, validating ---------------------------------------------------------
 
-def load_config(path: str | Path | None = None, overrides: list[str] | Mapping[str, Any] | None = None,
-                *, smoke: bool = False) -> ExperimentConfig:
-    """YAML file (or defaults) -> smoke overrides -> ``--set`` overrides -> validated config."""
+def load_config(path: str | Path | list | tuple | None = None,
+                overrides: list[str] | Mapping[str, Any] | None = None, *, smoke: bool = False) -> ExperimentConfig:
+    """YAML file(s) (or defaults) -> smoke overrides -> ``--set`` overrides -> validated config.
+
+    ``path`` may be a list of files: they are merged in order, a later file's keys winning over an
+    earlier one's (section by section; a mapping-valued key such as ``sweep.search_space`` is
+    replaced whole). Each file's keys and types are checked on their own, so an error names the file.
+    """
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     raw: dict = {}
-    if path is not None:
-        raw = read_yaml(path)
+    for one in paths:
+        layer = read_yaml(one)
+        try:
+            _build(ExperimentConfig, layer, prefix="")  # unknown keys and wrong types, named with the file
+        except ConfigError as err:
+            raise ConfigError(err.key, f"{err.problem} (in '{one}')") from None
+        raw = merge_layers(raw, layer)
     try:
         cfg = from_dict(raw)
-    except ConfigError as err:
-        raise (err.in_file(path) if path is not None else err) from None
+    except ConfigError as err:  # an out-of-range value of one file is that file's
+        raise (ConfigError(err.key, f"{err.problem} (in '{paths[0]}')") if len(paths) == 1 else err) from None
     if smoke:
         cfg = with_overrides(cfg, SMOKE_OVERRIDES)
     if overrides:
@@ -329,6 +386,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                                                         key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def merge_layers(base: Mapping[str, Any], layer: Mapping[str, Any], cls: type = None) -> dict:
+    """``layer`` over ``base`` (raw YAML dicts): sections merge key by key, values are replaced whole."""
+    cls = cls or ExperimentConfig
+    hints = typing.get_type_hints(cls)
+    out = copy.deepcopy(dict(base))
+    for key, value in layer.items():
+        section = hints.get(key)
+        if dataclasses.is_dataclass(section) and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_layers(out[key], value, section)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -527,6 +598,15 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("output_dir", "must not be empty")
     if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
         raise ConfigError("model.pretrained", f"file '{cfg.model.pretrained}' does not exist")
+    if cfg.source.checkpoint and not Path(cfg.source.checkpoint).is_file():
+        raise ConfigError("source.checkpoint", f"file '{cfg.source.checkpoint}' does not exist")
+    min_batch = MIN_BATCH_SIZE.get(cfg.model.name, 1)
+    for section in ("source", "adapt"):
+        if getattr(cfg, section).batch_size < min_batch:
+            raise ConfigError(f"{section}.batch_size", f"model '{cfg.model.name}' normalises with batch statistics and "
+                                                       f"needs >= {min_batch} images per step per Train worker; for "
+                                                       f"batch size 1 use deeplabv2_resnet101 (frozen batch norm) or "
+                                                       f"small_segnet")
     if cfg.data.augment.scale_min > cfg.data.augment.scale_max:
         raise ConfigError("data.augment.scale_min", f"must be <= data.augment.scale_max "
                                                    f"({cfg.data.augment.scale_max:g}), got {cfg.data.augment.scale_min:g}")
@@ -544,13 +624,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("selection.points_per_image",
                           f"{cfg.selection.points_per_image} points x {cfg.selection.rounds} rounds exceed "
                           f"the {pixels} pixels of a {cfg.data.height}x{cfg.data.width} image")
-    classes = CLASS_SETS[cfg.data.class_set]
-    for name in cfg.selection.unlabeled_classes:
-        if name not in classes:
-            raise ConfigError("selection.unlabeled_classes", f"unknown class '{name}' in class set "
-                                                             f"'{cfg.data.class_set}'; choose from: {', '.join(classes)}")
-    if len(set(cfg.selection.unlabeled_classes)) == len(classes):
-        raise ConfigError("selection.unlabeled_classes", "withholds every class: nothing could ever be labeled")
+    if cfg.selection.unlabeled_classes:
+        _check_unlabeled_classes(cfg)
     if cfg.selection.unlabeled_classes and cfg.selection.oracle == "human":
         raise ConfigError("selection.unlabeled_classes", "withholds classes from the simulated oracle only; with "
                                                          "selection.oracle=human, people label what they are shown")
@@ -565,6 +640,19 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.sweep.scheduler == "pbt" and all(next(iter(spec)) == "grid" for spec in cfg.sweep.search_space.values()):
         raise ConfigError("sweep.scheduler", "pbt mutates hyperparameters: give sweep.search_space at least one "
                                              "choice, uniform, loguniform or randint axis")
+
+
+def _check_unlabeled_classes(cfg: ExperimentConfig) -> None:
+    # The class lists live with the datasets (and import torch): read only when classes are withheld.
+    from trainers.data.labelmaps import CLASS_SETS as CLASS_NAMES
+
+    classes = CLASS_NAMES[cfg.data.class_set]
+    for name in cfg.selection.unlabeled_classes:
+        if name not in classes:
+            raise ConfigError("selection.unlabeled_classes", f"unknown class '{name}' in class set "
+                                                             f"'{cfg.data.class_set}'; choose from: {', '.join(classes)}")
+    if len(set(cfg.selection.unlabeled_classes)) == len(classes):
+        raise ConfigError("selection.unlabeled_classes", "withholds every class: nothing could ever be labeled")
 
 
 def validate_storage(cfg: ExperimentConfig) -> None:
@@ -664,15 +752,21 @@ def _without_space(cfg: ExperimentConfig) -> ExperimentConfig:
     return clone
 
 
+def path_keys() -> tuple[str, ...]:
+    """Every config key marked ``path=True``: the one list of keys that name files or folders."""
+    return tuple(key for key, (f, _) in _field_meta(ExperimentConfig()).items() if f.metadata.get("path"))
+
+
 def with_absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> ExperimentConfig:
-    """Relative paths resolved against ``base`` (default: the working directory), once, in the driver.
+    """Relative paths (every key of ``path_keys()``) resolved against ``base`` (default: the working
+    directory, where the command ran), once, in the driver.
 
     Ray Tune runs trials in their own working directories, so a relative path would mean
     something else in every process.
     """
     base = Path(base or Path.cwd())
     pairs = {}
-    for key in ("output_dir", "data.cache_dir", "data.source.root", "data.target.root"):
+    for key in path_keys():
         value = _get(cfg, key)
         if value and not Path(value).is_absolute():
             pairs[key] = str((base / value).resolve())
@@ -686,11 +780,45 @@ def _get(cfg: ExperimentConfig, key: str) -> Any:
     return node
 
 
+def yaml_value(value: Any) -> str:
+    """A value as it is written in YAML (``true``, ``''``, ``[]``, ``0.001``), for help texts."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[:-len("...")].strip() if text.endswith("...") else text
+
+
 def describe_keys() -> str:
-    """Every config key with its type, default and help, for ``--help``."""
+    """Every config key with its default (as YAML), help and allowed names, for ``--help``."""
     lines = []
     for key, (f, value) in _field_meta(ExperimentConfig()).items():
-        if key == "sweep.search_space":
-            value = "{...}"
-        lines.append(f"  {key:<28} {value!s:<14} {f.metadata.get('help', '')}")
+        shown = "{...}" if key == "sweep.search_space" else yaml_value(value)
+        text = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices is not None:
+            text += f" (one of: {', '.join(choices)})"
+        lines.append(f"  {key:<28} {shown:<14} {text}")
     return "\n".join(lines)
+
+
+def markdown_reference() -> str:
+    """Every config key as a Markdown table (key, default as YAML, allowed values, meaning): the
+    reference in docs/configuration.md, which a test keeps identical to this."""
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for key, (f, value) in _field_meta(ExperimentConfig()).items():
+        meta = f.metadata
+        shown = "see below" if key == "sweep.search_space" else yaml_value(value)
+        allowed = []
+        if meta.get("choices") is not None:
+            allowed.append(", ".join(f"`{c}`" for c in meta["choices"]))
+        if meta.get("min") is not None:
+            allowed.append(f"{'>' if meta.get('min_exclusive') else '>='} {meta['min']:g}")
+        if meta.get("max") is not None:
+            allowed.append(f"<= {meta['max']:g}")
+        if meta.get("path"):
+            allowed.append("a path (relative: to where the command runs)")
+        text = meta.get("help", "").replace("|", "\\|")
+        rows.append(f"| `{key}` | `{shown}` | {'; '.join(allowed) or '-'} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # python -m orchestrator.config: print the key reference of docs/configuration.md
+    print(markdown_reference(), end="")

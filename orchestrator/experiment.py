@@ -7,6 +7,7 @@ rank (Ray actors) -> label (oracle -> label store) -> adapt (Ray Train) -> evalu
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from trainers.train_loop import run_training
 
 from .config import NO_SELECTION, ExperimentConfig, from_dict, with_overrides
 from .annotate import AwaitingAnnotation, export_queries, queries_path
-from .labels import LabeledPixels, LabelStore, Oracle
+from .labels import LabeledPixels, LabelStore, Oracle, grid_and_label_size, storage_settings
 from .ranking import rank_pool
 from .storage import open_storage
 
@@ -36,8 +37,17 @@ SOURCE_CACHE_SECTIONS = ("seed", "data", "model", "source")
 
 
 def source_cache_key(cfg: ExperimentConfig) -> str:
-    """Everything that changes the source model (not resources, not selection, not adaptation)."""
-    return cfg.hash(*SOURCE_CACHE_SECTIONS)
+    """Everything that changes the source model (not resources, not selection, not adaptation), and
+    the content of ``source.checkpoint`` when the source model is given (a file replaced under the
+    same name is a new model)."""
+    key = cfg.hash(*SOURCE_CACHE_SECTIONS)
+    if cfg.source.checkpoint:
+        digest = hashlib.sha256(key.encode())
+        with open(cfg.source.checkpoint, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        key = digest.hexdigest()[:16]
+    return key
 
 
 def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] = print) -> tuple[str, dict]:
@@ -56,7 +66,11 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
         progress(f"source model: reusing {entry_location}")
         return storage.join(entry_location, "checkpoint"), json.loads(cached)
 
-    progress(f"source model: training {cfg.source.steps} steps ({cfg.train.num_workers} Train worker(s))")
+    if cfg.source.checkpoint:
+        progress(f"source model: G from {cfg.source.checkpoint} (not trained); the selector S gets its backbone "
+                 f"and fresh heads, which LabOR's selection needs trained first")
+    else:
+        progress(f"source model: training {cfg.source.steps} steps ({cfg.train.num_workers} Train worker(s))")
     job = {"mode": "source", "config": cfg.to_dict(), "init_checkpoint": None, "round": 0}
     result = run_training(job, name=f"source-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = _round_metrics(result.metrics)
@@ -165,9 +179,10 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
         select_s = time.perf_counter() - started
 
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
+        # The labels go by reference: each Train worker reads the images it trains on itself.
         job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": checkpoint,
-               "sparse_labels": store.sparse_labels(upto_round=round_index), "round": round_index,
-               "train_selector": selector_trains(cfg, round_index)}
+               "label_reader": store.reader(upto_round=round_index, storage=storage_settings(cfg_dict)),
+               "round": round_index, "train_selector": selector_trains(cfg, round_index), "trial": trial_id}
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = _round_metrics(result.metrics)
@@ -191,10 +206,11 @@ class PendingOracle:
         self.dataset = dataset
 
     def reveal(self, image_id, ys, xs, clicks=None, regions=False) -> LabeledPixels:
-        height, width = self.dataset.label(image_id).shape
+        (height, width), (label_height, label_width) = grid_and_label_size(self.dataset, image_id)
         ys, xs = np.asarray(ys, np.int32), np.asarray(xs, np.int32)
         return LabeledPixels(int(image_id), ys, xs, np.full(len(ys), 255, np.uint8), int(height), int(width),
-                             float(len(ys) if clicks is None else clicks), regions)
+                             float(len(ys) if clicks is None else clicks), regions, int(label_height),
+                             int(label_width))
 
 
 def wait_for_annotators(checkpoint: str, cfg: ExperimentConfig, domains, store: LabelStore, trial_dir: Path,
@@ -204,9 +220,9 @@ def wait_for_annotators(checkpoint: str, cfg: ExperimentConfig, domains, store: 
     if not path.is_file():
         queries, _ = select_round(checkpoint, cfg, len(domains.target_pool), store,
                                   PendingOracle(domains.target_pool), round_index, pool_pixels, progress)
-        files = getattr(getattr(domains.target_pool, "dataset", domains.target_pool), "files", [])
+        files = getattr(domains.target_pool, "files", [])
         export_queries(path, round_index, cfg.selection.selector, domains.classes, queries,
-                       {i: files[i][0] for i in range(min(len(files), len(domains.target_pool)))})
+                       {i: files[i][0] for i in range(len(files))})
     raise AwaitingAnnotation(f"round {round_index} waits for annotations: label the pixels in '{path}', then "
                              f"python -m orchestrator.annotate import --trial-dir {trial_dir} --round {round_index} "
                              f"--answers FILE, and resume the sweep")
@@ -216,26 +232,30 @@ def write_round_artifacts(folder: Path, domains, store: LabelStore, round_index:
     """What a person looks at after a round: selected pixels on a few target images, per-class IoU."""
     from trainers.data.transforms import denormalize
 
-    from .report import selection_overlay, write_iou_csv
+    from .report import class_palette, selection_overlay, write_iou_csv
 
     folder.mkdir(parents=True, exist_ok=True)
-    bought = store.sparse_labels(only_round=round_index)  # this round's pixels only: one file read
-    for image_id in sorted(bought)[:OVERLAY_IMAGES]:
+    shown = np.sort(store.image_ids(round_index))[:OVERLAY_IMAGES]
+    bought = store.reader(only_round=round_index).read(shown)  # these images' pixels of this round only
+    palette = class_palette(domains.classes)  # Cityscapes colours, with a legend of the classes drawn
+    for image_id in sorted(bought):
         ys, xs, classes = bought[image_id]
         image = denormalize(domains.target_pool[image_id][0]).permute(1, 2, 0).numpy()
-        selection_overlay(image, ys, xs, folder / f"selected-image{image_id:05d}.png", labels=classes)
+        selection_overlay(image, ys, xs, folder / f"selected-image{image_id:05d}.png", labels=classes,
+                          class_colors=palette, class_names=domains.classes)
     per_class = {k.split("/")[-1]: v for k, v in metrics.items() if k.startswith("target/iou/")}
     write_iou_csv(per_class, folder / "iou.csv")
 
 
 def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: LabelStore, oracle: Oracle,
-                 round_index: int, pool_pixels: int, progress: Callable[[str], None]
+                 round_index: int, pool_pixels: int, progress: Callable[[str], None], ranker: type | None = None
                  ) -> tuple[list[LabeledPixels], int]:
     """Rank the pool, spend the round's budget, and reveal the chosen pixels: (labels, shortfall).
 
     Per-image point budgets take each image's points as they are. A global pixel budget
     (``selection.budget_fraction``) is met by merging every image's candidates on the driver
-    (``GlobalBudget``: memory grows with the budget, not the pool), best score first.
+    (``GlobalBudget``: memory grows with the budget, not the pool), best score first. ``ranker``:
+    the ranking actors' class (``Ranker`` unless a benchmark brings its own pool and network).
     """
     cfg_dict = cfg.to_dict()
     width = cfg.data.width
@@ -252,8 +272,12 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
         else:
             merged.add_points(image_id, query, cfg.data.height, width)
 
-    stats = rank_pool(checkpoint, cfg_dict, pool_size, store.labeled_coordinates(), consume, round_index=round_index,
-                      budget_pixels=budget_pixels, progress=progress)
+    # Actors read the labeled pixels of their own images from the store (pushed to storage.uri first,
+    # so an actor on another node finds every earlier round).
+    open_storage(cfg).push_folder(store.root, "round-*.parquet")
+    labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg_dict))
+    stats = rank_pool(checkpoint, cfg_dict, pool_size, labeled, consume, round_index=round_index,
+                      budget_pixels=budget_pixels, progress=progress, ranker=ranker)
     progress(f"round {round_index}: ranked {stats.images} images with {stats.actors} actor(s) in "
              f"{stats.startup_s + stats.ranking_s:.1f} s ({stats.startup_s:.1f} s actor start-up, "
              f"{stats.images_per_s:.1f} images/s after)")

@@ -9,7 +9,8 @@ touched the tracking store, so that bad input costs one line and leaves nothing 
 4. ``output_dir`` can be created and written;
 5. with ``--resume``: a sweep was started there, with the same settings, and its MLflow outbox reads;
 6. the sweep folder is not in use by another run;
-7. the data: roots, layouts, and every image and label decoded (ids mapped) -- the slowest, so last.
+7. the data: roots, layouts, and every image and label decoded (ids mapped);
+8. a given source model (``source.checkpoint``) fits the configured model.
 
 What can only be known once Ray runs (whether the cluster can ever schedule the config) is checked
 right after Ray starts, still before anything is written.
@@ -27,9 +28,10 @@ from .tracking import UNSENT_FILE, check_tracking_uri, read_outbox
 def preflight(cfg: ExperimentConfig, tracking_uri: str, *, resume: bool = False, sweep: bool = True,
               progress: Callable[[str], None] | None = None) -> None:
     """Raise the first problem found (``ConfigError``, ``TrackingError``, ``DatasetError``,
-    ``SweepFolderBusy``); write nothing. ``sweep=False`` (``orchestrator.run``) skips the sweep
+    ``SweepFolderBusy``, ``StartCheckpointError``); write nothing. ``sweep=False`` (``orchestrator.run``) skips the sweep
     folder's checks."""
-    from trainers.data import DatasetError, check_domains, check_writable_folder
+    from trainers.data import CLASS_SETS, DatasetError, check_domains, check_writable_folder
+    from trainers.engine import check_given_source_model
 
     from .storage import check_storage
     from .sweeplock import check_sweep_folder_free
@@ -48,6 +50,7 @@ def preflight(cfg: ExperimentConfig, tracking_uri: str, *, resume: bool = False,
     if sweep:
         check_sweep_folder_free(sweep_dir)
     check_domains(cfg.to_dict()["data"], progress=progress)
+    check_given_source_model(cfg.to_dict(), len(CLASS_SETS[cfg.data.class_set]))
 
 
 def check_resume_state(cfg: ExperimentConfig, sweep_dir: Path) -> dict:

@@ -1,33 +1,75 @@
 """Ranking the target pool on Ray actors.
 
 Each actor loads the round's checkpoint once and regenerates (or reads) the target images itself
-from their ids: the driver ships only image ids and the already-labeled coordinates, and gets back
-compact queries (coordinates and scores), never probability maps.
+from their ids, and reads the already-labeled pixels of its own images from the label store
+(``LabelReader``): the driver ships only image ids and a reference to the store, and gets back
+compact queries (coordinates and scores), never probability maps. An actor with a GPU selects on
+the GPU: the probabilities never leave it, only the queries do.
 
 The pool is cut into fixed shards of consecutive ids (``ranking.images_per_shard``) whatever the
 actor count, each shard is forwarded as one batch, and a selector is a pure function of one image's
 outputs: so one actor or eight return identical queries.
+
+This module imports Ray only where it starts actors: ``Ranker`` and ``rank_images`` are plain
+PyTorch (the GPU check runs them on a machine without Ray).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import logging
+import resource
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
-import ray
 import torch
 
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, PointQuery, RegionQuery
-from pixel_selectors.budget import points_per_image, share_of_candidates
+from pixel_selectors import SELECTOR_INPUTS, PointQuery, RegionQuery, labeled_mask, select_image
 from trainers.data import build_domains
+from trainers.loader import load_images
 from trainers.train_loop import load_models
 
 from .storage import local_checkpoint
 
 log = logging.getLogger(__name__)
+
+def labeled_coordinates(labeled, image_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """image id -> (ys, xs) already labeled, for the given images only. ``labeled``: a ``LabelReader``
+    (the product: each actor reads its own images from the store), a dict image id -> (ys, xs)
+    (tests and benchmarks), or None."""
+    if labeled is None:
+        return {}
+    if hasattr(labeled, "coordinates"):
+        return labeled.coordinates(image_ids)
+    return {i: labeled[i] for i in image_ids if i in labeled}
+
+
+@torch.no_grad()
+def rank_images(network: torch.nn.Module, images: torch.Tensor, image_ids: list[int],
+                labeled: Mapping[int, tuple[np.ndarray, np.ndarray]], selector: str, *, num_points: int,
+                budget_pixels: int = 0, seeds: list[int], params: dict | None = None,
+                region_spread: str = "share") -> list[tuple[int, PointQuery | RegionQuery]]:
+    """Forward ``images`` (N, 3, H, W) through ``network`` (on its device) and select in each image
+    there: (image id, query) per image. Probabilities stay on the device, one image at a time
+    (softmax per image: a batch of 1024 x 2048 maps with 19 classes and two heads would hold
+    N x 300 MB at once); ``labeled`` image id -> (ys, xs) become masks on the device."""
+    height, width = images.shape[-2:]
+    logits = network(images)
+    out = []
+    for n, image_id in enumerate(image_ids):
+        probs = [head[n].float().softmax(dim=0) for head in logits]
+        mask = None
+        if image_id in labeled:
+            ys, xs = labeled[image_id]
+            mask = labeled_mask(ys, xs, height, width, device=images.device)
+        query = select_image(selector, probs, num_points=num_points, budget_pixels=budget_pixels, labeled=mask,
+                             seed=seeds[n], params=params, region_spread=region_spread)
+        out.append((image_id, query))
+    return out
 
 
 class Ranker:
@@ -42,41 +84,40 @@ class Ranker:
         with local_checkpoint(checkpoint_dir, cfg) as directory:  # a checkpoint on S3 is fetched to this node
             models, _ = load_models(directory, cfg, len(domains.classes))
         name = cfg["selection"]["selector"]
+        self.selector = name
         self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
-        self.select = SELECTORS[name]
-        self.kind = SELECTOR_KIND[name]
+        if self.device.type == "cuda":
+            self.network = self.network.to(memory_format=torch.channels_last)
         self.params = {"k": cfg["selection"]["region_size"]} if name in REGION_SIZED else {}
         self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
+        # Decode a shard's images on all of the actor's CPUs at once (a 2048x1024 PNG: ~150 ms of one core).
+        self.loading = concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix="load")
 
-    @torch.no_grad()
-    def rank(self, image_ids: list[int], labeled: dict[int, tuple[np.ndarray, np.ndarray]],
-             num_points: int, round_index: int = 1, budget_pixels: int = 0
+    def rank(self, image_ids: list[int], labeled, num_points: int, round_index: int = 1, budget_pixels: int = 0
              ) -> list[tuple[int, PointQuery | RegionQuery]]:
         """Queries of each image. Point selectors give ``num_points`` points, or with a global
         ``budget_pixels`` as many as the budget could use from one image; region selectors give
-        their best regions covering at most the budget (what the driver's merge can use)."""
-        images = torch.stack([self.pool[i][0] for i in image_ids]).to(self.device)
-        head_probs = [logits.softmax(dim=1).float().cpu() for logits in self.network(images)]
-        height, width = images.shape[-2:]
-        out = []
-        for n, image_id in enumerate(image_ids):
-            mask = None
-            if image_id in labeled:
-                ys, xs = labeled[image_id]
-                mask = torch.zeros(height, width, dtype=torch.bool)
-                mask[torch.as_tensor(ys, dtype=torch.int64), torch.as_tensor(xs, dtype=torch.int64)] = True
-            seed = image_seed(self.seed, round_index, image_id)
-            probs = [p[n] for p in head_probs]
-            if self.kind == "regions":
-                query = self.select(probs, labeled=mask, seed=seed, **self.params)
-                if self.region_spread == "share":
-                    query = share_of_candidates(query)  # needs all of the image's candidates, so before head
-                query = query.head(budget_pixels)
-            else:
-                wanted = points_per_image(budget_pixels, height, width) if budget_pixels else num_points
-                query = self.select(probs, wanted, labeled=mask, seed=seed, **self.params)
-            out.append((image_id, query))
+        their best regions covering at most the budget (what the driver's merge can use).
+        ``labeled``: a ``LabelReader`` (read here, for these images only) or a dict id -> (ys, xs)."""
+        coordinates = labeled_coordinates(labeled, image_ids)
+        images = load_images(self.pool, image_ids, self.loading, pin_memory=self.device.type == "cuda")
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            images = images.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        with autocast:
+            return rank_images(self.network, images, image_ids, coordinates, self.selector, num_points=num_points,
+                               budget_pixels=budget_pixels,
+                               seeds=[image_seed(self.seed, round_index, i) for i in image_ids],
+                               params=self.params, region_spread=self.region_spread)
+
+    def peak_memory(self) -> dict[str, int]:
+        """This process's peak resident memory (bytes) and, with a GPU, its peak GPU memory."""
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in KiB on Linux
+        out = {"rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
+        if self.device.type == "cuda":
+            out["gpu_bytes"] = int(torch.cuda.max_memory_allocated(self.device))
         return out
 
 
@@ -90,12 +131,18 @@ def image_seed(seed: int, round_index: int, image_id: int) -> int:
 REGION_SIZED = ("region_impurity", "region_impurity_regions", "random_regions")
 
 
-@ray.remote
-class RankingActor(Ranker):
-    """``Ranker`` as a Ray actor; resources are set by the caller with ``.options``."""
+@functools.cache
+def ranking_actor_class(base: type | None = None):
+    """``Ranker`` (or a subclass: the scale benchmark's generated pool) as a Ray actor class, made on
+    first use so that this module imports without Ray; resources are set by the caller with ``.options``."""
+    import ray
 
-    def ready(self) -> bool:
-        return True
+    @ray.remote
+    class RankingActor(base or Ranker):
+        def ready(self) -> bool:
+            return True
+
+    return RankingActor
 
 
 def shard_ids(image_ids: list[int], shard_size: int) -> list[list[int]]:
@@ -123,6 +170,8 @@ class RankingStats:
     actors_replaced: int
     steady_images: int = 0
     steady_s: float = 0.0
+    actor_peak_rss_bytes: int = 0  # the largest peak resident memory of an actor that finished
+    actor_peak_gpu_bytes: int = 0
 
     @property
     def images_per_s(self) -> float:
@@ -133,25 +182,32 @@ class RankingStats:
         return self.steady_images / self.steady_s if self.steady_images and self.steady_s > 0 else float("nan")
 
 
-def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int, tuple[np.ndarray, np.ndarray]],
+def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
               consume: Callable[[int, PointQuery | RegionQuery], None], round_index: int = 1, budget_pixels: int = 0,
-              progress: Callable[[str], None] | None = None) -> RankingStats:
-    """Rank the ``pool_size`` target pool images with ``ranking.num_actors`` actors.
+              progress: Callable[[str], None] | None = None, ranker: type | None = None) -> RankingStats:
+    """Rank the ``pool_size`` target pool images with ``ranking.num_actors`` actors (``ranker``: the
+    actors' class, ``Ranker`` unless a benchmark brings its own pool and network).
 
     Each image's query is handed to ``consume(image_id, query)`` as soon as its shard comes back
     (in completion order), so the driver can merge a global budget without holding the pool.
+
+    ``labeled``: the label store's ``LabelReader`` (sent as it is: each actor reads the labeled
+    pixels of its own shard) or a dict image id -> (ys, xs) (each shard gets its part).
 
     Actors live for one call: between rounds the trial's CPUs (or GPUs) go to the Ray Train
     workers, and an idle actor would hold them. Their start-up is paid once per round and reported
     apart from the ranking itself (``RankingStats``).
     """
+    import ray
+
+    ranking_actor = ranking_actor_class(ranker)
     rk = cfg["ranking"]
     shards = shard_ids(list(range(pool_size)), rk["images_per_shard"])
     num_actors = min(rk["num_actors"], len(shards))
 
     def new_actor():
         # Outside the trial's placement group: the trial reserves only its own driver's share.
-        return (RankingActor.options(num_cpus=rk["cpus_per_actor"], num_gpus=rk["gpus_per_actor"],
+        return (ranking_actor.options(num_cpus=rk["cpus_per_actor"], num_gpus=rk["gpus_per_actor"],
                                      scheduling_strategy="DEFAULT")
                 .remote(checkpoint_dir, cfg, max(1, int(rk["cpus_per_actor"]))))
 
@@ -166,6 +222,8 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
     called = time.perf_counter()
     first_ready = all_ready = None
     originals, started_originals, counted_before_all_ready = set(actors), set(), 0
+    dead: set = set()
+    peaks: list[dict] = []
     try:
         while queue or working:
             done, _ = ray.wait(list(working) + list(waiting_to_start), num_returns=1)
@@ -180,6 +238,7 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
                 # A constructor that always fails (bad checkpoint, bad data) uses up the restarts and
                 # then fails the round with its own error.
                 replaced += 1
+                dead.add(actor)
                 if replaced > rk["max_actor_restarts"]:
                     raise RuntimeError(f"ranking actors died {replaced} times (ranking.max_actor_restarts="
                                        f"{rk['max_actor_restarts']}); last: {err}") from None
@@ -208,8 +267,9 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
                     progress(f"ranked {ranked}/{pool_size} target images ({ranked / max(elapsed, 1e-9):.1f} images/s)")
             if queue:
                 shard = queue.pop(0)
-                ref = actor.rank.remote(shard, _subset(labeled, shard), points, round_index, budget_pixels)
+                ref = actor.rank.remote(shard, _for_shard(labeled, shard), points, round_index, budget_pixels)
                 working[ref] = (actor, shard)
+        peaks = _peak_memories([a for a in actors if a not in dead])
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -218,8 +278,24 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled: dict[int,
     all_ready = finished if all_ready is None else all_ready
     return RankingStats(images=ranked, actors=num_actors, startup_s=first_ready - called,
                         ranking_s=finished - first_ready, actors_replaced=replaced,
-                        steady_images=max(0, ranked - counted_before_all_ready), steady_s=finished - all_ready)
+                        steady_images=max(0, ranked - counted_before_all_ready), steady_s=finished - all_ready,
+                        actor_peak_rss_bytes=max((p.get("rss_bytes", 0) for p in peaks), default=0),
+                        actor_peak_gpu_bytes=max((p.get("gpu_bytes", 0) for p in peaks), default=0))
 
 
-def _subset(labeled: dict, ids: list[int]) -> dict:
+def _for_shard(labeled, ids: list[int]):
+    """What one shard's call carries: the reader itself (a reference), or the shard's part of a dict."""
+    if labeled is None or hasattr(labeled, "coordinates"):
+        return labeled
     return {i: labeled[i] for i in ids if i in labeled}
+
+
+def _peak_memories(actors: list) -> list[dict]:
+    """Each live actor's peak memory, for the round's stats; a figure that cannot be had is left out."""
+    import ray
+
+    try:
+        return ray.get([actor.peak_memory.remote() for actor in actors], timeout=30)
+    except Exception as err:  # a statistic must never fail a round that bought its labels
+        log.warning("ranking actors' peak memory unavailable: %s", err)
+        return []

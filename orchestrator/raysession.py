@@ -37,14 +37,31 @@ def apply_ray_environment() -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False) -> None:
+# ACTIVEDA_RAY_DASHBOARD=0 turns the local Ray's dashboard off by default (the tests do: it costs
+# seconds per Ray start); --no-dashboard does it for one command.
+DASHBOARD_ENV = "ACTIVEDA_RAY_DASHBOARD"
+DASHBOARD_HOST = "127.0.0.1"
+
+
+def dashboard_wanted(dashboard: bool | None) -> bool:
+    return os.environ.get(DASHBOARD_ENV, "1") != "0" if dashboard is None else dashboard
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False,
+              dashboard: bool | None = None) -> None:
     """Join ``address`` or start a local Ray sized to this machine (or ``num_cpus``); a no-op when
-    this process is already connected (the speed benchmark measures several phases in one process)."""
+    this process is already connected (the speed benchmark measures several phases in one process).
+
+    A local Ray serves its dashboard on 127.0.0.1 only (port 8265, or the next free one) when
+    ``dashboard`` (default: on unless ``$ACTIVEDA_RAY_DASHBOARD`` is 0) and Ray's dashboard packages
+    (``ray[default]``) are installed; the URL is printed. A cluster's dashboard is the cluster's own.
+    """
     apply_ray_environment()
     import ray
 
     if ray.is_initialized():
         return
+    say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
 
     runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
     common = dict(log_to_driver=not quiet, runtime_env=runtime_env,
@@ -61,11 +78,18 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         port = free_port()
         runtime_env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        with_dashboard = dashboard_wanted(dashboard)
+        missing = ray._private.utils.get_dashboard_dependency_error() if with_dashboard else None
+        if missing:
+            say(f"Ray dashboard off: its packages are missing ({missing}); pip install 'ray[default]'")
         try:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS}, **common)
+            context = ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=with_dashboard and not missing,
+                               dashboard_host=DASHBOARD_HOST, resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS}, **common)
         finally:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        if with_dashboard and not missing and context.dashboard_url:
+            say(f"Ray dashboard: http://{context.dashboard_url} (bound to {DASHBOARD_HOST}; from another machine: "
+                f"ssh -L {context.dashboard_url.rpartition(':')[2]}:{context.dashboard_url} this-host)")
     logging.getLogger().setLevel(driver_level)
 
 

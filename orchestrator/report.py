@@ -437,19 +437,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
 
 def write_summary(df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``summary.csv`` and ``summary.parquet`` into ``out_dir`` (created); returns both paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, parquet_path = out_dir / "summary.csv", out_dir / "summary.parquet"
-    _atomic_write_bytes(csv_path, df.to_csv(index=False).encode("utf-8"))
-    fd, tmp = tempfile.mkstemp(prefix=".summary.parquet.", dir=out_dir)
-    os.close(fd)
-    try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return csv_path, parquet_path
+    return write_table(df, out_dir, "summary")
 
 
 # -------------------------------------------------------------------------------- selection overlay
@@ -473,7 +461,8 @@ def _disc_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
 
 def selection_overlay(image: np.ndarray, ys, xs, png_path: str | os.PathLike, mask: np.ndarray | None = None,
                       labels: np.ndarray | None = None, class_colors=None, *,
-                      point_color=(1.0, 0.0, 1.0), mask_color=(0.0, 0.9, 1.0), min_size: int = 384) -> np.ndarray:
+                      point_color=(1.0, 0.0, 1.0), mask_color=(0.0, 0.9, 1.0), min_size: int = 384,
+                      class_names: Sequence[str] | None = None) -> np.ndarray:
     """Draw the selected pixels (and/or a selected-region mask) on the target image; write a PNG.
 
     ``image``: (H, W, 3) float in [0, 1] (uint8 is accepted). ``ys, xs``: the selected pixels' rows and
@@ -486,6 +475,10 @@ def selection_overlay(image: np.ndarray, ys, xs, png_path: str | os.PathLike, ma
     least ``min_size`` pixels; point (y, x) is a filled disc centred on output pixel
     (y*s + s//2, x*s + s//2) with a thin black ring, so it stays visible on any background. Returns the
     written RGB image (uint8, shape (H*s, W*s, 3)).
+
+    With ``labels`` and ``class_names`` (names by class id) a legend strip under the image names the
+    classes of the drawn points with their colours (and 'not labeled' for 255); the returned image is
+    then taller, the overlay unchanged at its top.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3:
@@ -534,10 +527,35 @@ def selection_overlay(image: np.ndarray, ys, xs, png_path: str | os.PathLike, ma
             keep = (py >= 0) & (py < out_h) & (px >= 0) & (px < out_w)
             out[py[keep], px[keep]] = value
     rgb = np.round(out * 255.0).astype(np.uint8)
+    if labels is not None and class_names is not None:
+        present = sorted({int(k) for k in labels})
+        entries = [(class_names[k] if 0 <= k < len(class_names) else f"class {k}", lookup.get(k, np.ones(3)))
+                   for k in present if k != 255] + ([("not labeled (255)", np.ones(3))] if 255 in present else [])
+        rgb = np.concatenate([rgb, _legend_strip(entries, rgb.shape[1])], axis=0)
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
     plt.imsave(png_path, rgb)
     return rgb
+
+
+def _legend_strip(entries: Sequence[tuple[str, np.ndarray]], width: int) -> np.ndarray:
+    """A white strip, ``width`` pixels wide, with a colour swatch and the name of each entry."""
+    from matplotlib.patches import Patch
+
+    columns = max(1, min(len(entries), width // 150))
+    rows = max(1, math.ceil(len(entries) / columns))
+    height = 12 + 20 * rows
+    fig = plt.figure(figsize=(width / 100, height / 100), dpi=100)
+    try:
+        handles = [Patch(facecolor=tuple(colour), edgecolor="black", label=name) for name, colour in entries]
+        if handles:
+            fig.legend(handles=handles, loc="center", ncol=columns, frameon=False, fontsize=9, handlelength=1.2,
+                       columnspacing=1.0)
+        fig.canvas.draw()
+        strip = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    finally:
+        plt.close(fig)
+    return strip[:height, :width]
 
 
 # ------------------------------------------------------------------------------------- per-class IoU
@@ -576,3 +594,312 @@ def write_iou_csv(per_class: Mapping[str, float], path: str | os.PathLike) -> Pa
         for name, value in _clean_iou(per_class):
             writer.writerow([name, repr(value) if math.isfinite(value) else ""])
     return path
+
+
+# ------------------------------------------------------------------------ curves per method and setting
+#
+# A trial is one (method, setting, budget, seed). What a reader compares is a *method* (the selector,
+# under one setting of the other swept keys) across budgets and rounds: one curve through every
+# budget and round of it, averaged over seeds, starting at the source-only model (round 0).
+
+CURVE_COLUMNS = ("curve", "selector", "setting", "budget", "round", "trials", "labeled_fraction", "clicks", "miou",
+                 "miou_std", "point_label")
+# The Cityscapes palette (cityscapesScripts' labels.py), by this project's class names; classes of other
+# sets fall back to matplotlib's tab20.
+CITYSCAPES_PALETTE: dict[str, tuple[int, int, int]] = {
+    "road": (128, 64, 128), "sidewalk": (244, 35, 232), "building": (70, 70, 70), "wall": (102, 102, 156),
+    "fence": (190, 153, 153), "pole": (153, 153, 153), "traffic_light": (250, 170, 30),
+    "traffic_sign": (220, 220, 0), "vegetation": (107, 142, 35), "terrain": (152, 251, 152), "sky": (70, 130, 180),
+    "person": (220, 20, 60), "rider": (255, 0, 0), "car": (0, 0, 142), "truck": (0, 0, 70), "bus": (0, 60, 100),
+    "train": (0, 80, 100), "motorcycle": (0, 0, 230), "bicycle": (119, 11, 32),
+}
+
+
+def class_palette(class_names: Sequence[str]) -> list[tuple[float, float, float]]:
+    """RGB in [0, 1] per class id: the Cityscapes colour of each name, tab20 for names it lacks."""
+    fallback = _default_class_colours(len(class_names))
+    return [tuple(c / 255.0 for c in CITYSCAPES_PALETTE[name]) if name in CITYSCAPES_PALETTE else tuple(fallback[i])
+            for i, name in enumerate(class_names)]
+
+
+def _curve_name(selector: str, setting: str) -> str:
+    return f"{selector} \u00b7 {setting}" if setting else selector
+
+
+def _point_label(budget: str, round_index: int) -> str:
+    """The budget a point stands for: ``10 points/image`` after one round, ``... x 2`` after two."""
+    if round_index == 0:
+        return "source-only"
+    base = budget.replace("/round", "")
+    return base if round_index == 1 else f"{base} x {round_index}"
+
+
+def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per point of each method's curve, with the columns of ``CURVE_COLUMNS``.
+
+    ``rows``: one row per (trial, round) as for ``budget_curve``, optionally with ``setting`` (the
+    trial's swept keys other than the selector, the budget and the seed; '' when absent). A curve is
+    one (selector, setting); its points are every (budget, round >= 1) of its trials, with the
+    labeled fraction, clicks and mIoU averaged over the trials that share them (seeds), and the
+    source-only model (round 0) as the first point. ``miou_std`` is the standard deviation over
+    those trials (NaN for one trial). Sorted by curve, then labeled fraction, then round.
+    """
+    _check_columns(rows, ROW_COLUMNS, "method_curves")
+    data = rows.copy()
+    data["setting"] = data["setting"].fillna("").astype(str) if "setting" in data.columns else ""
+    for column in ("selector", "budget"):
+        data[column] = data[column].astype(str)
+    for column in ("round", "labeled_fraction", "clicks", "miou"):
+        data[column] = pd.to_numeric(data[column], errors="coerce")
+    data = data[np.isfinite(data["miou"].astype(float))]
+    if data.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in CURVE_COLUMNS})
+    data["round"] = data["round"].astype(int)
+    # Round 0 is the same source model for every budget of a curve: one point, not one per budget.
+    data.loc[data["round"] == 0, "budget"] = ""
+    keys = ["selector", "setting", "budget", "round"]
+    grouped = data.groupby(keys, sort=False, dropna=False)
+    points = grouped.agg(trials=("miou", "size"), labeled_fraction=("labeled_fraction", "mean"),
+                         clicks=("clicks", "mean"), miou=("miou", "mean"), miou_std=("miou", "std")).reset_index()
+    points["curve"] = [_curve_name(s, t) for s, t in zip(points["selector"], points["setting"])]
+    points["point_label"] = [_point_label(b, r) for b, r in zip(points["budget"], points["round"])]
+    points = points.sort_values(["curve", "labeled_fraction", "round", "budget"], kind="stable").reset_index(drop=True)
+    return points[list(CURVE_COLUMNS)]
+
+
+def pareto_front(points: pd.DataFrame, x: str = "clicks", y: str = "miou") -> pd.DataFrame:
+    """The points no other point beats: none has at most as many ``x`` (clicks) and a higher ``y``
+    (mIoU), or fewer ``x`` and as high a ``y``. Sorted by ``x``; ties at equal (x, y) all kept."""
+    finite = points[np.isfinite(points[x].astype(float)) & np.isfinite(points[y].astype(float))]
+    ordered = finite.sort_values([x, y], ascending=[True, False], kind="stable")
+    keep, best = [], -math.inf
+    for index, px, py in zip(ordered.index, ordered[x].astype(float), ordered[y].astype(float)):
+        if py > best or (keep and py == best and px == float(ordered.loc[keep[-1], x])):
+            keep.append(index)
+            best = max(best, py)
+    return ordered.loc[keep].reset_index(drop=True)
+
+
+def class_iou_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per-class IoU of every trial at its final round, side by side (the papers' 19-column table).
+
+    ``rows`` carries one ``iou/<class>`` column per class (classes in column order). Columns:
+    ``trial_id, selector, setting, budget, rounds, miou``, then one per class (bare class names).
+    Sorted by selector, setting, labeled fraction and trial id.
+    """
+    _check_columns(rows, ROW_COLUMNS, "class_iou_table")
+    classes = [c for c in rows.columns if str(c).startswith("iou/")]
+    data = rows.copy()
+    data["trial_id"] = data["trial_id"].astype(str)
+    data["setting"] = data["setting"].fillna("").astype(str) if "setting" in data.columns else ""
+    data = data.sort_values(["trial_id", "round"], kind="stable")
+    final = data.groupby("trial_id", sort=False).tail(1)
+    final = final.sort_values(["selector", "setting", "labeled_fraction", "trial_id"], kind="stable")
+    out = pd.DataFrame({"trial_id": final["trial_id"].to_numpy(), "selector": final["selector"].astype(str).to_numpy(),
+                        "setting": final["setting"].to_numpy(), "budget": final["budget"].astype(str).to_numpy(),
+                        "rounds": final["round"].astype(int).to_numpy(),
+                        "miou": pd.to_numeric(final["miou"], errors="coerce").to_numpy(dtype=float)})
+    for column in classes:
+        out[column[len("iou/"):]] = pd.to_numeric(final[column], errors="coerce").to_numpy(dtype=float)
+    return out
+
+
+def write_table(df: pd.DataFrame, out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
+    """Write ``<stem>.csv`` and ``<stem>.parquet`` into ``out_dir`` (created), each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, parquet_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet"
+    _atomic_write_bytes(csv_path, df.to_csv(index=False).encode("utf-8"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.parquet.", dir=out_dir)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, parquet_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return csv_path, parquet_path
+
+
+def _curve_styles(curves: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """(colour, matplotlib marker) per curve: one colour family per selector, a shade per setting."""
+    styles = {}
+    selectors = list(dict.fromkeys(curves["selector"]))
+    for k, selector in enumerate(selectors):
+        names = list(dict.fromkeys(curves.loc[curves["selector"] == selector, "curve"]))
+        cmap = plt.get_cmap(_FAMILIES[k % len(_FAMILIES)])
+        for j, name in enumerate(names):
+            shade = 0.75 if len(names) == 1 else 0.5 + 0.45 * j / (len(names) - 1)
+            styles[name] = (to_hex(cmap(shade)), _MARKERS[k % len(_MARKERS)])
+    return styles
+
+
+_CURVE_PANELS = (("labeled_pct", "labeled target pixels (%)"), ("clicks", "clicks (points, or outline corners of regions)"))
+
+
+def method_curves_png(curves: pd.DataFrame, png_path: str | os.PathLike, source_only: float | None = None,
+                      oracle: float | None = None, title: str = "Target mIoU against the annotation budget") -> Path:
+    """The curves of ``method_curves`` as a PNG: mIoU against labeled % and against clicks, each point
+    labeled with its budget, the Pareto front in clicks as a dashed black step line."""
+    if curves.empty:
+        raise ValueError("method_curves_png: no curve has a point")
+    png_path = Path(png_path)
+    data = curves.assign(labeled_pct=100.0 * curves["labeled_fraction"].astype(float))
+    styles = _curve_styles(data)
+    front = pareto_front(data)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.8), dpi=110, sharey=True)
+    try:
+        for ax, (x_column, x_label) in zip(axes, _CURVE_PANELS):
+            for name, points in data.groupby("curve", sort=False):
+                points = points.sort_values([x_column, "round"], kind="stable")
+                colour, marker = styles[name]
+                ax.plot(points[x_column], points["miou"], color=colour, marker=marker, markersize=6, linewidth=1.8,
+                        label=name)
+                for _, p in points.iterrows():
+                    if p["round"] > 0:
+                        ax.annotate(p["point_label"], (p[x_column], p["miou"]), textcoords="offset points",
+                                    xytext=(4, 5), fontsize=7, color=colour)
+            if x_column == "clicks" and len(front) > 1:
+                ax.step(front["clicks"], front["miou"], where="post", color="black", linestyle="--", linewidth=1.1,
+                        label="Pareto front (clicks)")
+            for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE)):
+                if _finite(value):
+                    ax.axhline(value, color=style["color"], linestyle=style["linestyle"], linewidth=1.3,
+                               label=f"{name} ({value:.3f})" if x_column == "labeled_pct" else None)
+            ax.set_xlabel(x_label)
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel("target mIoU")
+        handles, labels = [], []
+        for ax in axes:
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                if label not in labels:
+                    handles.append(handle)
+                    labels.append(label)
+        ncol = min(3, max(1, len(labels)))
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=9)
+        fig.suptitle(title, fontsize=13)
+        fig.tight_layout(rect=(0, min(0.45, 0.05 + 0.045 * math.ceil(len(labels) / ncol)), 1, 0.95))
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png_path, facecolor="white")
+    finally:
+        plt.close(fig)
+    return png_path
+
+
+def _html_table(df: pd.DataFrame, table_id: str, formats: Mapping[str, callable] | None = None,
+                heat: Sequence[str] = ()) -> str:
+    """A plain HTML table; ``heat`` columns (values in [0, 1]) get a background shade of their value."""
+    e = html.escape
+    formats = formats or {}
+    head = "".join(f"<th>{e(str(c))}</th>" for c in df.columns)
+    body = []
+    for row in df.itertuples(index=False):
+        cells = []
+        for column, value in zip(df.columns, row):
+            text = formats.get(column, lambda v: "n/a" if isinstance(v, float) and not math.isfinite(v) else str(v))(value)
+            style = ""
+            if column in heat and _finite(value):
+                style = f' style="background:rgba(46,125,50,{max(0.0, min(1.0, float(value))) * 0.6:.2f})"'
+            cells.append(f"<td{style}>{e(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="data" id="{e(table_id)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+_REPORT_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:20px;color:#222;background:#fff}
+h1{font-size:1.3em;margin:0 0 4px} h2{font-size:1.1em;margin:22px 0 6px}
+p.note{color:#555;margin:0 0 10px;font-size:.9em;max-width:70em}
+table.data{border-collapse:collapse;font-size:.85em}
+table.data th,table.data td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
+table.data th{background:#f3f3f3}
+table.data td:nth-child(-n+4){text-align:left}
+.scroll{overflow-x:auto}
+"""
+
+
+def report_page(rows: pd.DataFrame, html_path: str | os.PathLike, source_only: float | None = None,
+                oracle: float | None = None, title: str = "Target mIoU against the annotation budget") -> Path:
+    """The sweep's interactive report, one self-contained HTML file (plotly, its JavaScript inline:
+    no CDN, no network), with
+
+    - the curves of ``method_curves`` against labeled % and against clicks (hover a point for its
+      budget, round, trials and mIoU ± std; click a legend entry to hide a curve in both panels,
+      double-click to show it alone), the source-only and oracle levels, the Pareto front in clicks;
+    - the Pareto points as a table, the per-trial summary, and the per-class IoU of every trial at its
+      final round (``class_iou_table``, cells shaded by IoU).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    curves = method_curves(rows)
+    if curves.empty:
+        raise ValueError("report_page: no trial reported a finite mIoU")
+    html_path = Path(html_path)
+    data = curves.assign(labeled_pct=100.0 * curves["labeled_fraction"].astype(float))
+    styles = _curve_styles(data)
+    plotly_markers = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down",
+                      "P": "cross"}
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=("mIoU vs labeled fraction", "mIoU vs clicks"))
+    for name, points in data.groupby("curve", sort=False):
+        colour, marker = styles[name]
+        for col, (x_column, _) in enumerate(_CURVE_PANELS, start=1):
+            pts = points.sort_values([x_column, "round"], kind="stable")
+            hover = [f"<b>{html.escape(name)}</b><br>{html.escape(p.point_label)} (round {int(p['round'])})<br>"
+                     f"mIoU {p.miou:.4f}" + (f" \u00b1 {p.miou_std:.4f}" if _finite(p.miou_std) else "")
+                     + f" over {int(p.trials)} trial(s)<br>labeled {_pct(p.labeled_fraction)}<br>clicks {_num(p.clicks)}"
+                     for _, p in pts.iterrows()]
+            fig.add_trace(go.Scatter(
+                x=pts[x_column], y=pts["miou"], mode="lines+markers+text", name=name, legendgroup=name,
+                showlegend=col == 1, line={"color": colour, "width": 2},
+                marker={"symbol": plotly_markers.get(marker, "circle"), "size": 8, "color": colour},
+                text=[label if r > 0 else "" for label, r in zip(pts["point_label"], pts["round"])],
+                textposition="top center", textfont={"size": 9, "color": colour},
+                error_y={"type": "data", "array": pts["miou_std"].fillna(0.0), "visible": bool(pts["miou_std"].notna().any()),
+                         "thickness": 1, "width": 3, "color": colour},
+                hovertext=hover, hoverinfo="text"), row=1, col=col)
+    front = pareto_front(data)
+    if len(front):
+        fig.add_trace(go.Scatter(x=front["clicks"], y=front["miou"], mode="lines+markers", name="Pareto front (clicks)",
+                                 line={"color": "black", "dash": "dash", "width": 1.3, "shape": "hv"},
+                                 marker={"symbol": "circle-open", "size": 13, "color": "black"},
+                                 hovertext=[f"Pareto: {html.escape(c)}, {html.escape(b)}" for c, b in
+                                            zip(front["curve"], front["point_label"])], hoverinfo="text"), row=1, col=2)
+    for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE)):
+        if _finite(value):
+            for col in (1, 2):
+                fig.add_hline(y=value, line={"color": style["color"], "dash": "dash" if name == "source-only" else "dot",
+                                             "width": 1.3}, annotation_text=f"{name} {value:.3f}",
+                              annotation_position="bottom right", row=1, col=col)
+    fig.update_xaxes(title_text=_CURVE_PANELS[0][1], row=1, col=1)
+    fig.update_xaxes(title_text=_CURVE_PANELS[1][1], row=1, col=2)
+    fig.update_yaxes(title_text="target mIoU", row=1, col=1)
+    fig.update_layout(height=560, template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 40},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0})
+    plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id="curves", config={"displaylogo": False})
+
+    pareto_view = front[["curve", "point_label", "round", "trials", "clicks", "labeled_fraction", "miou"]].rename(
+        columns={"point_label": "budget"})
+    number = {"miou": _fmt, "miou_std": _fmt, "labeled_fraction": _pct, "clicks": _num, "gain": _fmt,
+              "gap_closed": lambda v: _fmt(v, 2), "labeled_pixels": _num}
+    summary = summary_table(rows, source_only=source_only, oracle=oracle)
+    classes = class_iou_table(rows)
+    class_columns = list(classes.columns[6:])
+    class_formats = {**number, **{c: _fmt for c in class_columns}}
+    e = html.escape
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{e(title)}</title>"
+            f"<style>{_REPORT_CSS}</style></head><body>\n<h1>{e(title)}</h1>\n"
+            f"<p class=\"note\">One curve per method (selector) and setting of the other swept keys, through every "
+            f"budget and round of its trials (averaged over seeds; error bars: standard deviation), from the "
+            f"source-only model. Each point is labeled with its budget. Hover a point for details; click a legend "
+            f"entry to hide a curve, double-click to show it alone. The dashed black step line is the Pareto front "
+            f"in clicks: the points no other point beats with as few clicks.</p>\n{plot}\n"
+            f"<h2>Pareto front in clicks</h2>\n<div class=\"scroll\">{_html_table(pareto_view, 'pareto', number)}</div>\n"
+            f"<h2>Per-class IoU at each trial's final round</h2>\n<p class=\"note\">Cells shaded by IoU; n/a: a "
+            f"class absent from the validation images and never predicted.</p>\n"
+            f"<div class=\"scroll\">{_html_table(classes, 'class-iou', class_formats, heat=class_columns + ['miou'])}"
+            f"</div>\n<h2>Final round of each trial</h2>\n"
+            f"<div class=\"scroll\">{_html_table(summary, 'summary', number)}</div>\n</body></html>\n")
+    _atomic_write_bytes(html_path, page.encode("utf-8"))
+    return html_path

@@ -13,50 +13,74 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import add_trial_arguments, config_epilog, parse_args, resolve_config
 from .config import ConfigError
-from .sweep import EXIT_BAD_INPUT, add_trial_arguments, build_parser as build_sweep_parser, resolve_config
-from .tracking import TrackingError, resolve_tracking_uri
+from .sweep import EXIT_BAD_INPUT
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.run", description=__doc__, epilog=build_sweep_parser().epilog,
+        prog="python -m orchestrator.run", description=__doc__, epilog=config_epilog("python -m orchestrator.run"),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_trial_arguments(parser)  # the sweep's options, minus the sweep-only ones
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from trainers.data import DatasetError
+    from trainers.models import StartCheckpointError
+    from trainers.train_loop import TrainingJobError
 
     from .lifetime import exit_on_sigterm
     from .preflight import preflight
+    from .tracking import TrackingError, resolve_tracking_uri
 
     exit_on_sigterm()
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         preflight(cfg, uri, sweep=False, progress=None if args.quiet else print)
-    except (ConfigError, TrackingError, DatasetError) as err:
+    except (ConfigError, TrackingError, DatasetError, StartCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
+    try:
+        run_trial(cfg, uri, address=args.address, num_cpus=args.num_cpus, quiet=args.quiet,
+                  dashboard=False if args.no_dashboard else None)
+        return 0
+    except (ConfigError, TrackingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainingJobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; every process of the run has ended", file=sys.stderr)
+        return 130
+
+
+def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None = None, quiet: bool = False,
+              dashboard: bool | None = None) -> tuple[Path, list[dict]]:
+    """One trial of a checked config (``cli.resolve_config``), logged to one MLflow run at ``uri``:
+    returns its folder and every round's metrics (round 0: the source-only model)."""
     from trainers.data import domain_roots
 
     from .experiment import ensure_source_model, run_experiment
     from .lifetime import end_run_processes, mark_this_run
     from .raysession import start_ray
     from .resources import plan_resources
-    from .tracking import SweepTracking, log_params
+    from .tracking import (CHECKPOINT_TAG, SweepTracking, display_uri, log_params, log_round_images,
+                           provenance_tags)
 
-    say = (lambda msg: None) if args.quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
+    say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
     run_mark = mark_this_run()  # before Ray starts: every process of this run inherits it
-    start_ray(args.address, args.num_cpus, args.quiet)
+    start_ray(address, num_cpus, quiet, dashboard=dashboard)
     import ray
 
+    rounds: list[dict] = []
     try:
         plan_resources(cfg, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         run_dir = Path(cfg.output_dir) / cfg.sweep.name / "runs" / time.strftime("%Y%m%d-%H%M%S")
@@ -65,12 +89,16 @@ def main(argv: list[str] | None = None) -> int:
         tracking = SweepTracking(uri, cfg.sweep.name)
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
         run = tracking.client.create_run(tracking.experiment_id, run_name=f"run-{run_dir.name}",
-                                         tags={"activeda.kind": "run", "selector": cfg.selection.selector})
+                                         tags={"activeda.kind": "run", "selector": cfg.selection.selector,
+                                               **provenance_tags()})
         run_id = run.info.run_id
         log_params(tracking.client, run_id, cfg.flat())
 
         def report(metrics, progress_state) -> None:
+            rounds.append(dict(metrics))
             tracking.log_metrics(run_id, metrics, step=int(metrics["round"]), context="run")
+            tracking.client.set_tag(run_id, CHECKPOINT_TAG, progress_state.model_checkpoint)  # the latest round's
+            log_round_images(tracking.client, run_id, run_dir, int(metrics["round"]))
             if metrics["round"] == 0:  # later rounds are announced by the experiment loop itself
                 say(f"round 0 (source only): target mIoU {metrics['target/miou']:.4f}")
 
@@ -81,14 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             status = "FINISHED"
         finally:
             tracking.end(run_id, status)
-        say(f"done: {run_dir}; MLflow run {run_id} in {uri}")
-        return 0
-    except (ConfigError, TrackingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted; ending every process of the run", file=sys.stderr)
-        return 130
+        say(f"done: {run_dir}; MLflow run {run_id} in {display_uri(uri)}")
+        return run_dir, rounds
     finally:
         ray.shutdown()
         end_run_processes(run_mark)

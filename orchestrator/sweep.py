@@ -19,9 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import (CASES_AXIS, NO_SELECTION, ConfigError, ExperimentConfig, describe_keys, from_dict,
-                     load_config, with_absolute_paths, with_overrides)
-from .tracking import TrackingError, resolve_tracking_uri
+from .cli import add_trial_arguments, config_epilog, parse_args, resolve_config
+from .config import CASES_AXIS, NO_SELECTION, ConfigError, ExperimentConfig, from_dict, with_overrides
 
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
@@ -31,38 +30,13 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 log = logging.getLogger("activeda")
 
 
-def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that set up trials, shared by ``orchestrator.sweep`` and ``orchestrator.run``."""
-    parser.add_argument("--config", metavar="YAML", help="experiment config (default: built-in defaults, "
-                        "the same as configs/default.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set adapt.lr=0.0005 (repeatable; values are YAML)")
-    parser.add_argument("--smoke", action="store_true",
-                        help="tiny images, few steps, two trials: the whole distributed path in about 2 minutes")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow tracking URI (default: tracking.uri, then $MLFLOW_TRACKING_URI, "
-                             "then sqlite:///mlflow.db in the working directory)")
-    parser.add_argument("--address", metavar="ADDR",
-                        help="Ray cluster to join ('auto' for the running one); default: start a local Ray")
-    parser.add_argument("--num-cpus", type=int, metavar="N",
-                        help="CPUs of the local Ray (default: all of this machine's); ignored with --address")
-    parser.add_argument("--output-dir", metavar="DIR", help="shortcut for --set output_dir=DIR")
-    parser.add_argument("--name", metavar="NAME", help="shortcut for --set sweep.name=NAME")
-    parser.add_argument("-q", "--quiet", action="store_true", help="less progress output")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.sweep",
         description="Run a Ray Tune sweep of active domain-adaptation trials (LabOR pixel selection, "
                     "Ray Train adaptation) and log every trial to MLflow.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (section.name, default, meaning) for --set and YAML files:\n" + describe_keys()
-               + "\n\nexamples:\n"
-                 "  python -m orchestrator.sweep --smoke\n"
-                 "  python -m orchestrator.sweep --config configs/default.yaml --set adapt.steps=200\n"
-                 "  python -m orchestrator.sweep --set 'sweep.search_space={selection.points_per_image: "
-                 "{grid: [10, 40]}}'\n",
+        epilog=config_epilog("python -m orchestrator.sweep"),
     )
     add_trial_arguments(parser)
     parser.add_argument("--cluster-config", metavar="YAML",
@@ -77,29 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
-    cfg = load_config(args.config, args.overrides, smoke=args.smoke)
-    shortcuts = {"sweep.num_samples": getattr(args, "num_samples", None),
-                 "sweep.max_concurrent": getattr(args, "max_concurrent", None),
-                 "output_dir": args.output_dir, "sweep.name": args.name}
-    shortcuts = {k: v for k, v in shortcuts.items() if v is not None}
-    return with_absolute_paths(with_overrides(cfg, shortcuts) if shortcuts else cfg)
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # table-creation notices on a new store
     from trainers.checkpoint import CheckpointError
     from trainers.data import DatasetError
+    from trainers.models import StartCheckpointError
+    from trainers.train_loop import TrainingJobError
 
     from .cluster import ClusterConfigError
     from .lifetime import exit_on_sigterm
     from .preflight import preflight
     from .sweeplock import SweepFolderBusy
+    from .tracking import TrackingError, resolve_tracking_uri
 
     exit_on_sigterm()
-    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError, SweepFolderBusy)
+    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError, StartCheckpointError,
+                 SweepFolderBusy)
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
@@ -114,10 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
             shapes = node_shapes(validate_cluster_file(args.cluster_config))
         return run_sweep(cfg, uri, address=args.address, num_cpus=args.num_cpus, quiet=args.quiet, resume=args.resume,
-                         node_types=shapes)
+                         node_types=shapes, dashboard=False if args.no_dashboard else None)
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingJobError as err:  # the source model or the oracle reference (a trial's own shows in its row)
+        problem = output_storage_problem(cfg)  # ... unless the disk is full
+        print(storage_problem_line(problem, cfg) if problem else f"error: {err}", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
     except Exception as err:  # the driver's own writes (Tune state, the report) on a full disk, and what
         # they break later (Tune reading back a half-written file fails with EOFError, not OSError)
         problem = storage_problem(err) or output_storage_problem(cfg)
@@ -208,7 +181,8 @@ def read_early_stops(sweep_dir: Path) -> dict[str, int]:
 
 
 def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = None, num_cpus: int | None = None,
-              quiet: bool = False, resume: bool = False, node_types: list[dict] | None = None) -> int:
+              quiet: bool = False, resume: bool = False, node_types: list[dict] | None = None,
+              dashboard: bool | None = None) -> int:
     from .raysession import start_ray
     from .storage import open_storage
 
@@ -227,7 +201,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
 
     run_mark = mark_this_run()  # before Ray starts: every process of this run inherits it
     lock = None
-    start_ray(address, num_cpus, quiet)
+    start_ray(address, num_cpus, quiet, dashboard=dashboard)
     import ray
     from ray import tune
 
@@ -236,7 +210,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
 
     from .experiment import ensure_oracle_reference, ensure_source_model, tune_trial
     from .resources import plan_resources, with_node_types
-    from .tracking import MlflowTrialLogger, SweepTracking
+    from .tracking import MlflowTrialLogger, SweepTracking, display_uri, provenance_tags
+    from .tensorboard_rounds import RoundTensorBoard
 
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
     try:
@@ -254,9 +229,11 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         say(pretrained_status(cfg.model.name, cfg.model.pretrained))
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
         oracle_metrics = ensure_oracle_reference(cfg, source_checkpoint, progress=say) if cfg.sweep.oracle_reference else {}
+        provenance = provenance_tags()  # git commit and user, on the sweep's run and every trial's
         if state is None:
             parent = tracking.start_parent(f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", cfg.flat(),
-                                           {"activeda.sweep": cfg.sweep.name})
+                                           {"activeda.sweep": cfg.sweep.name, **provenance,
+                                            "activeda.source_checkpoint": source_checkpoint})
             tracking.log_metrics(parent, {f"source_only/{k}": v for k, v in source_metrics.items()}
                                  | {f"oracle/{k}": v for k, v in oracle_metrics.items()}, step=0,
                                  context="source model")
@@ -272,7 +249,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
 
         def trial_params(sampled: dict) -> tuple[dict, dict]:
             trial_cfg = with_overrides(cfg, sampled)
-            tags = {"selector": trial_cfg.selection.selector,
+            tags = {**provenance, "selector": trial_cfg.selection.selector,
                     "budget": f"{budget_label(trial_cfg)} x {trial_cfg.selection.rounds} rounds"}
             return trial_cfg.flat(), tags
 
@@ -305,6 +282,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                     callbacks=[MlflowTrialLogger(tracking_uri, cfg.sweep.name, parent, trial_params,
                                                  trial_dir=functools.partial(_trial_dir, sweep_dir),
                                                  unsent_path=str(sweep_dir / "mlflow-unsent.jsonl")),
+                               RoundTensorBoard(),  # TensorBoard files with step = round
                                TuneStateKeeper(cfg.to_dict(), str(sweep_dir / "tune"),
                                                str(sweep_dir / STATE_BACKUP))],
                     progress_reporter=reporter,
@@ -314,6 +292,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 ),
             )
+        # A failed trial is one line below the table, not Tune's traceback (its error file keeps that).
+        logging.getLogger("ray.tune.execution.tune_controller").addFilter(_without_trial_tracebacks)
         results = tuner.fit()
         from .annotate import pending_annotations
 
@@ -326,8 +306,12 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         tracking.finish_sweep(parent, "FAILED" if failed else "FINISHED", report_dir,
                               unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))
         print(format_table(rows, source_metrics, oracle_metrics))
+        for result in results:
+            trial = (result.metrics or {}).get("trial_id", Path(result.path).name)
+            if result.error is not None and trial not in waiting:  # waiting for people is no failure
+                print(f"[activeda] trial {trial} failed: {failure_line(result.error)}")
         print(f"[activeda] {len(rows)} trial(s), {failed} failed, in {time.perf_counter() - started:.0f} s; "
-              f"MLflow: {tracking_uri} (experiment '{cfg.sweep.name}')")
+              f"MLflow: {display_uri(tracking_uri)} (experiment '{cfg.sweep.name}')")
         incomplete = sum(1 for r in rows if r["status"] == "failed: incomplete")
         if incomplete:  # stopped without an error of their own: Ctrl-C, or the driver was stopped
             print(f"[activeda] {incomplete} trial(s) did not finish; to continue them where they stopped, run the "
@@ -424,6 +408,19 @@ def restorable_tune_state(storage, sweep_dir: Path, say=print) -> bool:
     return False
 
 
+def _without_trial_tracebacks(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Trial task failed")
+
+
+def failure_line(error: BaseException) -> str:
+    """One line for a failed trial: a training job's own one-line message, else the error's last line."""
+    from trainers.train_loop import last_error_line
+
+    line = last_error_line(str(error))
+    prefix = "trainers.train_loop.TrainingJobError: "
+    return line[len(prefix):] if line.startswith(prefix) else line
+
+
 def _trial_dir(sweep_dir: Path, trial_id: str) -> Path:
     return sweep_dir / "trials" / trial_id
 
@@ -432,25 +429,49 @@ def round_rows(results, cfg: ExperimentConfig) -> "pd.DataFrame":
     """One row per (trial, round) from every trial's reports: what the budget curve draws."""
     import pandas as pd
 
-    frames = []
-    for result in results:
-        history = result.metrics_dataframe
-        if history is None or history.empty or "round" not in history:
-            continue
-        trial_cfg = with_overrides(cfg, dict(result.config or {}))
-        frames.append(pd.DataFrame({
-            "trial_id": str((result.metrics or {}).get("trial_id", Path(result.path).name)),
-            "selector": trial_cfg.selection.selector,
-            "budget": budget_label(trial_cfg),
-            "round": history["round"].astype(int),
-            "labeled_pixels": history["budget/labeled_pixels"],
-            "labeled_fraction": history["budget/labeled_fraction"],
-            "clicks": history["budget/clicks"],
-            "miou": history["target/miou"],
-        }))
+    frames = [trial_round_rows(str((result.metrics or {}).get("trial_id", Path(result.path).name)),
+                               dict(result.config or {}), result.metrics_dataframe, cfg) for result in results]
+    frames = [frame for frame in frames if frame is not None]
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True).drop_duplicates(["trial_id", "round"], keep="last")
+
+
+def trial_round_rows(trial_id: str, sampled: dict, history, cfg: ExperimentConfig):
+    """One trial's reports (Tune's metrics history) as rows of the report; None without a round."""
+    import pandas as pd
+
+    if history is None or history.empty or "round" not in history:
+        return None
+    trial_cfg = with_overrides(cfg, sampled)
+    return pd.DataFrame({
+        "trial_id": trial_id,
+        "selector": trial_cfg.selection.selector,
+        "setting": trial_setting(sampled),
+        "budget": budget_label(trial_cfg),
+        "round": history["round"].astype(int),
+        "labeled_pixels": history["budget/labeled_pixels"],
+        "labeled_fraction": history["budget/labeled_fraction"],
+        "clicks": history["budget/clicks"],
+        "miou": history["target/miou"],
+        # Per-class IoU, for the report's table of every trial side by side.
+        **{f"iou/{c[len('target/iou/'):]}": history[c] for c in history.columns if c.startswith("target/iou/")},
+    })
+
+
+# Keys that make a trial's point on its method's curve, not its own curve: the method and the budget
+# (the x axis), and the seed (averaged over).
+NOT_A_SETTING = ("selection.selector", "selection.points_per_image", "selection.budget_fraction", "seed")
+
+
+def trial_setting(sampled: dict) -> str:
+    """The swept keys of a trial that set its curve apart from others of the same selector, e.g.
+    ``confusion_weight=0.1, rounds=2`` ('' when the sweep varies nothing else)."""
+    flat = {}
+    for key, value in sampled.items():
+        flat.update(value if key == CASES_AXIS and isinstance(value, dict) else {key: value})
+    return ", ".join(f"{key.rpartition('.')[2]}={value}" for key, value in sorted(flat.items())
+                     if key not in NOT_A_SETTING)
 
 
 def budget_label(cfg: ExperimentConfig) -> str:
@@ -463,19 +484,33 @@ def budget_label(cfg: ExperimentConfig) -> str:
 
 def write_sweep_report(results, cfg: ExperimentConfig, sweep_dir: Path, source_only: float | None,
                        oracle: float | None, say) -> Path | None:
-    """Budget curve (PNG + interactive HTML) and the summary table (CSV + parquet) of a sweep."""
-    from .report import budget_curve, summary_table, write_summary
+    """The sweep's report folder: ``report.html`` (interactive: curves per method and setting, Pareto
+    front in clicks, per-class IoU table), ``method_curves.png``, the per-trial budget curve (PNG +
+    HTML), and the tables ``summary``, ``class_iou``, ``curves`` and ``pareto`` (CSV + parquet)."""
+    from .report import (budget_curve, class_iou_table, method_curves, method_curves_png, pareto_front, report_page,
+                         summary_table, write_summary, write_table)
 
     rows = round_rows(results, cfg)
     if rows.empty:
         return None
     out = sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    png, html = budget_curve(rows, out / "budget_curve.png", out / "budget_curve.html", source_only=source_only,
-                             oracle=oracle, title=f"{cfg.sweep.name}: target mIoU against the annotation budget")
+    title = f"{cfg.sweep.name}: target mIoU against the annotation budget"
+    budget_curve(rows, out / "budget_curve.png", out / "budget_curve.html", source_only=source_only, oracle=oracle,
+                 title=f"{cfg.sweep.name}: every trial, round by round")
+    curves = method_curves(rows)
+    method_curves_png(curves, out / "method_curves.png", source_only=source_only, oracle=oracle, title=title)
+    try:
+        page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
+    except ImportError as err:  # plotly is a dependency; an environment without it still gets the rest
+        page = out / "method_curves.png"
+        say(f"report.html skipped: {err} (pip install plotly)")
     write_summary(summary_table(rows, source_only=source_only, oracle=oracle), out)
+    write_table(class_iou_table(rows), out, "class_iou")
+    write_table(curves, out, "curves")
+    write_table(pareto_front(curves), out, "pareto")
     rows.to_csv(out / "rounds.csv", index=False)
-    say(f"report: {html} (budget curve), {out / 'summary.csv'}")
+    say(f"report: {page} (curves, Pareto front, per-class IoU), {out / 'summary.csv'}")
     return out
 
 

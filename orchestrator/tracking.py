@@ -67,7 +67,129 @@ def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
         return
     if scheme in ("", "file"):
         return
-    raise TrackingError(f"MLflow tracking URI '{uri}': unsupported scheme '{scheme}' (use sqlite:///, http(s)://, file:)")
+    store_scheme = mlflow_store_scheme(uri)
+    if store_scheme in DATABASE_SCHEMES:
+        check_database_store(uri, timeout_s)
+        return
+    accepted = mlflow_tracking_schemes()
+    if store_scheme not in accepted:
+        raise TrackingError(f"MLflow tracking URI '{display_uri(uri)}': MLflow has no tracking store for scheme "
+                            f"'{scheme}'; it accepts: {', '.join(s + ':' for s in sorted(accepted) if s)} "
+                            f"(and plain paths)")
+
+
+# SQLAlchemy stores MLflow runs on besides sqlite (mlflow.store.db.db_types.DATABASE_ENGINES), with the
+# package that brings each one's default driver.
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+# The pip package of each driver module SQLAlchemy may ask for.
+DRIVER_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
+                   "asyncpg": "asyncpg", "MySQLdb": "mysqlclient", "pymysql": "pymysql", "mysql": "mysql-connector-python",
+                   "pyodbc": "pyodbc", "pymssql": "pymssql"}
+# Schemes MLflow registers for the model registry only; as a tracking URI MLflow refuses them.
+_REGISTRY_ONLY_SCHEMES = {"databricks-uc", "uc"}
+
+
+def mlflow_store_scheme(uri: str) -> str:
+    """The store scheme MLflow reads from ``uri`` (``mysql+pymysql://`` -> ``mysql``)."""
+    from mlflow.utils.uri import get_uri_scheme
+
+    try:
+        return get_uri_scheme(uri)
+    except Exception as err:  # MLflow refuses a malformed database URI, e.g. two '+' in its scheme
+        raise TrackingError(f"MLflow tracking URI '{display_uri(uri)}': {str(err).splitlines()[0]}") from None
+
+
+def mlflow_tracking_schemes() -> set[str]:
+    """Every scheme the installed MLflow has a tracking store for (plugins included)."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    return set(_tracking_store_registry._registry) - _REGISTRY_ONLY_SCHEMES
+
+
+def display_uri(uri: str) -> str:
+    """``uri`` with any password replaced by ``***``: safe for messages, logs and tags."""
+    parsed = urlparse(uri)
+    if parsed.password is None:
+        return uri
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
+
+
+def check_database_store(uri: str, timeout_s: float = 10.0) -> None:
+    """A PostgreSQL, MySQL or SQL Server store: its Python driver is installed and a connection opens."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+    from sqlalchemy.pool import NullPool
+
+    shown = display_uri(uri)
+    try:
+        url = make_url(uri)
+        dialect = url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise TrackingError(f"MLflow store '{shown}' is not a database URL SQLAlchemy knows: {err}") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        module = err.name or url.drivername
+        raise TrackingError(f"MLflow store '{shown}' needs the Python driver '{module}', which is not installed "
+                            f"(pip install {DRIVER_PACKAGES.get(module, module)})") from None
+    # Both psycopg2 and the MySQL drivers take connect_timeout (seconds); others use their defaults.
+    connect_args = {"connect_timeout": max(1, int(timeout_s))} if url.get_backend_name() in ("postgresql", "mysql") else {}
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise TrackingError(f"MLflow store '{shown}' cannot be reached: {reason[0] if reason else type(err).__name__}") from None
+    finally:
+        engine.dispose()
+
+
+def provenance_tags() -> dict[str, str]:
+    """Where a run comes from: the code's git commit (MLflow's own tag name; ``activeda.git_dirty`` when
+    the working tree had uncommitted changes), the user who started it, and the activeda version.
+
+    Computed in the driver when a sweep starts; a checkout without git (an installed package) gets
+    the version only.
+    """
+    import getpass
+    import subprocess
+    from importlib import metadata
+
+    tags = {}
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):  # no user name for this uid (some containers)
+        tags["mlflow.user"] = str(os.getuid())
+    try:
+        tags["activeda.version"] = metadata.version("activeda")
+    except metadata.PackageNotFoundError:
+        pass
+    code_root = Path(__file__).resolve().parents[1]
+    try:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", "-C", str(code_root), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+
+        tags["mlflow.source.git.commit"] = git("rev-parse", "HEAD")
+        tags["activeda.git_dirty"] = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
+    except (OSError, subprocess.SubprocessError):  # no git, or not a checkout
+        pass
+    return tags
+
+
+CHECKPOINT_TAG = "activeda.checkpoint"
+
+
+def final_checkpoint(trial_dir: Path) -> str | None:
+    """The model checkpoint of a trial's last finished round, from its progress record (None if none)."""
+    record = Path(trial_dir) / "progress.json"
+    try:
+        return json.loads(record.read_text())["progress"]["model_checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def finite_metrics(metrics: Mapping[str, Any], context: str) -> dict[str, float]:
@@ -134,7 +256,7 @@ class SweepTracking:
 
 
 def replay_hint(unsent_path: str, uri: str) -> str:
-    return f"python -m orchestrator.tracking replay {unsent_path} --tracking-uri {uri}"
+    return f"python -m orchestrator.tracking replay {unsent_path} --tracking-uri {display_uri(uri)}"
 
 
 def append_unsent(path: str, records: list[dict]) -> None:
@@ -295,7 +417,8 @@ class MlflowTrialLogger(Callback):
         self._flush()
         if self._outbox and self.unsent_path:
             log.warning("MLflow at %s stayed unreachable: %d operations written to %s; to send them later: %s",
-                        self.uri, len(self._outbox), self.unsent_path, replay_hint(self.unsent_path, self.uri))
+                        display_uri(self.uri), len(self._outbox), self.unsent_path,
+                        replay_hint(self.unsent_path, self.uri))
             self._outbox = []  # they are in the file: whoever sends them next reads them from there
 
     # -- the outbox ---------------------------------------------------------------------------
@@ -347,7 +470,7 @@ class MlflowTrialLogger(Callback):
             except Exception as err:  # a tracking outage must not stop the sweep
                 if not self._failing:
                     log.warning("MLflow at %s is unreachable (%s); buffering, training goes on",
-                                self.uri, type(err).__name__)
+                                display_uri(self.uri), type(err).__name__)
                 self._failing = True
                 self._tracking = None  # reconnect next time
                 return
@@ -355,7 +478,7 @@ class MlflowTrialLogger(Callback):
             sent_any = True
             self._write(lambda: append_unsent(self.unsent_path, [{"sent": record["id"]}]))
             if self._failing and not self._outbox:
-                log.warning("MLflow at %s is back; everything buffered has been logged", self.uri)
+                log.warning("MLflow at %s is back; everything buffered has been logged", display_uri(self.uri))
                 self._failing = False
         if sent_any and self.unsent_path and Path(self.unsent_path).is_file():
             # Everything of this logger is sent: keep only what is not (another sweep's leftovers).
@@ -417,11 +540,17 @@ class MlflowTrialLogger(Callback):
                         return
                     break
             self.tracking.log_metrics(run_id, metrics, step=step, context=name)
+            folder = self.trial_dir(trial_id) if self.trial_dir is not None else None
+            if folder is not None:  # a replayed record may name no folder
+                log_round_images(self.tracking.client, run_id, Path(folder), step)
         elif kind == "end":
             run_id = self._runs[trial_id]
             folder = self.trial_dir(trial_id) if self.trial_dir is not None else None
             if folder is not None:
                 log_trial_artifacts(self.tracking.client, run_id, Path(folder))
+                checkpoint = final_checkpoint(Path(folder))
+                if checkpoint:
+                    self.tracking.client.set_tag(run_id, CHECKPOINT_TAG, checkpoint)
             self.tracking.end(run_id, action[3])
 
 
@@ -435,6 +564,25 @@ def log_trial_artifacts(client, run_id: str, trial_dir: Path) -> None:
                 client.log_artifacts(run_id, str(path), artifact_path=name)
     except Exception as err:  # artifacts must never fail a finished trial; say so instead
         log.warning("could not log the artifacts of %s to MLflow: %s", trial_dir.name, err)
+
+
+def log_round_images(client, run_id: str, trial_dir: Path, round_index: int) -> int:
+    """The round's selection overlays as MLflow images at ``step=round`` (MLflow's per-step image view,
+    key ``selection/image<id>``); returns how many. Never fails a trial: a problem is one warning."""
+    folder = trial_dir / "artifacts" / f"round-{round_index:03d}"
+    logged = 0
+    try:
+        from PIL import Image
+
+        for path in sorted(folder.glob("selected-image*.png")):
+            with Image.open(path) as image:
+                client.log_image(run_id, image.convert("RGB"), key=f"selection/{path.stem[len('selected-'):]}",
+                                 step=round_index)
+            logged += 1
+    except Exception as err:  # the overlays stay on disk and among the run's artifacts
+        log.warning("could not log the selection images of %s round %d to MLflow: %s", trial_dir.name,
+                    round_index, err)
+    return logged
 
 
 UNSENT_ACTIONS = ("create", "metrics", "end", "sweep-end")

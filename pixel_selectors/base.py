@@ -77,6 +77,24 @@ def unlabeled_mask(labeled: torch.Tensor | None, height: int, width: int, device
     return ~labeled.to(torch.bool)
 
 
+def segment_sums(values: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """Sums of consecutive segments of ``values`` along dim 0 (segment j: the next ``sizes[j]``
+    rows); (S, ...). Each segment is summed in order, on any device, so equal inputs give equal bits
+    on every run and every device (``index_add_`` on a GPU adds in whatever order its atomics land,
+    and a selector must not depend on that)."""
+    if values.shape[0] == 0:
+        return torch.zeros((len(sizes), *values.shape[1:]), dtype=values.dtype, device=values.device)
+    return torch.segment_reduce(values, "sum", lengths=sizes.to(values.device), axis=0)
+
+
+def labeled_mask(ys, xs, height: int, width: int, device=None) -> torch.Tensor:
+    """Boolean (H, W) mask, on ``device``, of the labeled pixels given as row/column coordinates."""
+    mask = torch.zeros(height, width, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(np.asarray(ys), dtype=torch.int64, device=device),
+         torch.as_tensor(np.asarray(xs), dtype=torch.int64, device=device)] = True
+    return mask
+
+
 def allocate_evenly(capacities: list[int], total: int) -> list[int]:
     """Split ``total`` points over groups as evenly as their capacities allow (water-filling).
 
@@ -169,14 +187,31 @@ class RegionQuery:
             raise ValueError("every region must hold at least one pixel")
         if len(indices) and (indices.min() < 0 or indices.max() >= height * width):
             raise ValueError(f"pixel index out of range for a {height}x{width} image")
-        if len(indices) and np.any(np.bincount(indices, minlength=1) > 1):
-            raise ValueError("a pixel appears in more than one place of a region query")
+        if len(indices):
+            seen = np.zeros(height * width, dtype=bool)  # a bool per pixel: cheaper than counting each
+            seen[indices] = True
+            if np.count_nonzero(seen) != len(indices):
+                raise ValueError("a pixel appears in more than one place of a region query")
         if np.isnan(scores).any():
             raise ValueError("region scores must not be NaN")
         for name, value in (("height", height), ("width", width)):
             object.__setattr__(self, name, value)
         for name, value in (("indices", indices), ("offsets", offsets), ("scores", scores)):
             object.__setattr__(self, name, _as_readonly(value))
+
+    @classmethod
+    def derived(cls, query: "RegionQuery", indices: np.ndarray, offsets: np.ndarray, scores: np.ndarray
+                ) -> "RegionQuery":
+        """A query made from a checked ``query``'s own regions (reordered, a subset, or rescored with
+        finite scores), built without checking it again: at 1024 x 2048 each check reads every pixel
+        of the image, and ranking builds several such queries per image."""
+        derived = object.__new__(cls)
+        object.__setattr__(derived, "height", query.height)
+        object.__setattr__(derived, "width", query.width)
+        for name, value, dtype in (("indices", indices, np.int64), ("offsets", offsets, np.int64),
+                                   ("scores", scores, np.float64)):
+            object.__setattr__(derived, name, _as_readonly(np.array(value, dtype=dtype, copy=True)))
+        return derived
 
     @classmethod
     def from_regions(cls, regions, scores, height: int, width: int) -> "RegionQuery":
@@ -240,4 +275,4 @@ class RegionQuery:
 
     def _subset(self, order: np.ndarray) -> "RegionQuery":
         indices, offsets = take_regions(self.indices, self.offsets, order)
-        return RegionQuery(self.height, self.width, indices, offsets, self.scores[np.asarray(order, np.int64)])
+        return RegionQuery.derived(self, indices, offsets, self.scores[np.asarray(order, np.int64)])

@@ -16,37 +16,66 @@ from .regions import check_window, greedy_squares
 
 
 def _top_points(score: torch.Tensor, free: torch.Tensor, num_points: int, width: int) -> PointQuery:
-    """The ``num_points`` free pixels with the highest ``score`` (H*W,), ties by lower flat index."""
-    candidates = free.nonzero().squeeze(1)
-    order = torch.sort(-score[candidates], stable=True).indices[:num_points]
-    chosen = candidates[order]
+    """The ``num_points`` free pixels with the highest ``score`` (H*W,), ties by lower flat index; a
+    NaN score ranks last. On the score's device; a small budget takes the top k instead of sorting
+    every candidate (the same points: the k-th best score, then its ties in index order)."""
+    candidates = free.nonzero().squeeze(1)  # ascending flat index
+    key = torch.nan_to_num(score[candidates].to(torch.float64), nan=-float("inf"))
+    wanted = min(num_points, len(candidates))
+    if 0 < wanted <= len(candidates) // 16:
+        threshold = torch.topk(key, wanted).values[-1]
+        above = (key > threshold).nonzero().squeeze(1)
+        tied = (key == threshold).nonzero().squeeze(1)[:wanted - len(above)]
+        pool = torch.cat([above, tied])  # ascending index inside each part; ties all at the threshold
+        chosen = candidates[pool[torch.sort(-key[pool], stable=True).indices]]
+    else:
+        chosen = candidates[torch.sort(-key, stable=True).indices[:wanted]]
     return PointQuery.from_flat(chosen, score[chosen], width, shortfall=num_points - chosen.numel())
+
+
+def _seeded_scores(seed: int, count: int, device) -> torch.Tensor:
+    """Uniform draws from a CPU generator, moved to ``device``: the same draws on every device."""
+    return torch.rand(count, generator=torch.Generator().manual_seed(int(seed))).to(device)
 
 
 def random_points(head_probs, num_points: int, labeled: torch.Tensor | None = None, seed: int = 0) -> PointQuery:
     """Uniformly random unlabeled pixels. Uses only the image size; the seed makes it repeatable."""
     _, height, width = check_head_probs(head_probs)
-    free = unlabeled_mask(labeled, height, width).flatten()
-    generator = torch.Generator().manual_seed(int(seed))
-    score = torch.rand(height * width, generator=generator)
-    return _top_points(score, free, num_points, width)
+    device = head_probs[0].device
+    free = unlabeled_mask(labeled, height, width, device=device).flatten()
+    return _top_points(_seeded_scores(seed, height * width, device), free, num_points, width)
+
+
+def _mean_head(head_probs) -> torch.Tensor:
+    """(K, H*W): the mean of the heads' probabilities (one head: itself, no copy)."""
+    num_classes = head_probs[0].shape[0]
+    mean = head_probs[0] if len(head_probs) == 1 else torch.stack(list(head_probs)).mean(dim=0)
+    return mean.reshape(num_classes, -1)
 
 
 def entropy_points(head_probs, num_points: int, labeled: torch.Tensor | None = None, seed: int = 0) -> PointQuery:
     """Pixels of highest predictive entropy H(p) = -sum_k p_k log p_k of the mean head prediction."""
-    num_classes, height, width = check_head_probs(head_probs)
-    probs = torch.stack(list(head_probs)).mean(dim=0).reshape(num_classes, -1)
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=0)
-    return _top_points(entropy, unlabeled_mask(labeled, height, width).flatten(), num_points, width)
+    _, height, width = check_head_probs(head_probs)
+    probs = _mean_head(head_probs)
+    entropy = torch.special.entr(probs.clamp_min(0)).sum(dim=0)
+    return _top_points(entropy, unlabeled_mask(labeled, height, width, device=probs.device).flatten(), num_points,
+                       width)
 
 
 def margin_points(head_probs, num_points: int, labeled: torch.Tensor | None = None, seed: int = 0) -> PointQuery:
     """Pixels of smallest margin between the two most probable classes (score = -margin)."""
     num_classes, height, width = check_head_probs(head_probs)
-    probs = torch.stack(list(head_probs)).mean(dim=0).reshape(num_classes, -1)
-    top2 = probs.topk(min(2, num_classes), dim=0).values
-    margin = top2[0] - (top2[1] if num_classes > 1 else 0)
-    return _top_points(-margin, unlabeled_mask(labeled, height, width).flatten(), num_points, width)
+    probs = _mean_head(head_probs)
+    best = probs.max(dim=0)
+    if num_classes > 1:
+        # The runner-up: the maximum once the best class is set aside (topk along the class axis
+        # is several times slower on the CPU).
+        runner_up = probs.scatter(0, best.indices[None], -float("inf")).max(dim=0).values
+        margin = best.values - runner_up
+    else:
+        margin = best.values
+    return _top_points(-margin, unlabeled_mask(labeled, height, width, device=probs.device).flatten(), num_points,
+                       width)
 
 
 def random_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *, k: int = 3) -> RegionQuery:
@@ -60,8 +89,8 @@ def random_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 
     """
     radius = check_window(k)
     _, height, width = check_head_probs(head_probs)
-    generator = torch.Generator().manual_seed(int(seed))
-    score = torch.rand(height * width, generator=generator).to(torch.float64).numpy()
-    free = unlabeled_mask(labeled, height, width).cpu().numpy()
+    device = head_probs[0].device
+    score = _seeded_scores(seed, height * width, device).to(torch.float64)
+    free = unlabeled_mask(labeled, height, width, device=device)
     indices, offsets, scores = greedy_squares(score, free, radius)
     return RegionQuery(height, width, indices, offsets, scores)

@@ -187,7 +187,7 @@ def share_of_candidates(query: RegionQuery) -> RegionQuery:
     if len(sizes) == 0:
         return ranked
     middle = np.cumsum(sizes) - sizes / 2
-    return RegionQuery(ranked.height, ranked.width, ranked.indices, ranked.offsets, -middle / sizes.sum())
+    return RegionQuery.derived(ranked, ranked.indices, ranked.offsets, -middle / sizes.sum())
 
 
 def _image_id(image_id) -> int:

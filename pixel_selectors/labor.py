@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, predicted_class, take_regions,
-                   unlabeled_mask)
-from .regions import components, ranked_query
+from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, predicted_class, segment_sums,
+                   take_regions, unlabeled_mask)
+from .regions import connected_components, ranked_query
 
 
 def inconsistency_mask(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -70,11 +70,11 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
     counts = torch.bincount(candidate_class, minlength=num_classes)
     allocation = allocate_evenly(counts.tolist(), num_points)
 
-    # All classes at once: prototypes by a scatter-sum, then the candidates ordered by (class,
-    # distance) -- two stable sorts, so ties stay in flat-index order -- keeping the first
-    # allocation[k] of each class. A NaN distance (a diverged model) sorts last within its class.
-    sums = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=vectors.device)
-    sums.index_add_(1, candidate_class, vectors)
+    # All classes at once: prototypes by segment sums over the candidates grouped by class, then the
+    # candidates ordered by (class, distance) -- two stable sorts, so ties stay in flat-index order --
+    # keeping the first allocation[k] of each class. A NaN distance (a diverged model) sorts last within its class.
+    by_class = torch.sort(candidate_class, stable=True).indices
+    sums = segment_sums(vectors[:, by_class].T, counts).T  # column k: the sum over D(k)
     prototypes = sums / counts.clamp_min(1).to(torch.float64)  # column k: mu_k
     distance = (vectors - prototypes[:, candidate_class]).square().sum(dim=0).sqrt()
     order = torch.sort(torch.nan_to_num(distance, nan=float("inf")), stable=True).indices
@@ -133,15 +133,16 @@ def labor_spl(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
     _, height, width = check_head_probs(head_probs, expected_heads=2)
     p1, p2 = head_probs[0], head_probs[1]
     free = unlabeled_mask(labeled, height, width, device=p1.device)
-    mask = (inconsistency_mask(p1, p2) & free).cpu().numpy()
-    indices, offsets = components(mask)
-    sizes = np.diff(offsets)
-    discrepancy = head_discrepancy(p1, p2).reshape(-1).to(torch.float64).cpu().numpy()
-    region_of_pixel = np.repeat(np.arange(len(sizes)), sizes)
-    total = np.bincount(region_of_pixel, weights=discrepancy[indices], minlength=len(sizes))
-    scores = {"mean_discrepancy": lambda: total / np.maximum(sizes, 1),
-              "size": lambda: sizes.astype(np.float64),
+    # On the maps' device: the mask, its pieces and their scores; only the query leaves it.
+    indices, offsets = connected_components(inconsistency_mask(p1, p2) & free)
+    sizes = offsets[1:] - offsets[:-1]
+    discrepancy = head_discrepancy(p1, p2).reshape(-1).to(torch.float64)
+    total = segment_sums(discrepancy[indices], sizes)
+    scores = {"mean_discrepancy": lambda: total / sizes.clamp_min(1),
+              "size": lambda: sizes.to(torch.float64),
               "sum_discrepancy": lambda: total}[score]()
+    indices, offsets = indices.cpu().numpy(), offsets.cpu().numpy()
+    scores, sizes = scores.cpu().numpy(), sizes.cpu().numpy()
     keep = np.flatnonzero(sizes >= min_pixels)
     if len(keep) < len(sizes):
         indices, offsets = take_regions(indices, offsets, keep)

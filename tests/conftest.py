@@ -37,7 +37,8 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 600, env: dict 
     """Run ``python -m module args`` from the repo's interpreter; returns the CompletedProcess."""
     import subprocess
 
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # No Ray dashboard in tests: it adds seconds to every Ray start (tests/test_raysession.py checks it).
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "ACTIVEDA_RAY_DASHBOARD": "0", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)

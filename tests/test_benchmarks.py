@@ -139,7 +139,7 @@ def test_budget_curve_is_drawn(tmp_path, data_cache):
 
 
 @pytest.mark.parametrize("module", ["quality", "speed", "selection_speed", "train_overhead", "ablation",
-                                    "calibrate_domains", "chaos"])
+                                    "calibrate_domains", "protocol", "chaos"])
 def test_every_benchmark_refuses_a_bad_key_in_one_line_before_running(module, capsys):
     import importlib
 

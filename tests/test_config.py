@@ -98,8 +98,8 @@ def test_missing_file():
     (b"adapt:\n  steps: 3\n  steps: 4\n", r"is not valid YAML at line 3, column 3: key 'steps' is given twice"),
     (b"- adapt\n- sweep\n", "must hold a mapping of sections, not list"),
     (b"just text\n", "must hold a mapping of sections, not str"),
-    (b"adaptt: {steps: 3}\n", r": config key 'adaptt': unknown key"),
-    (b"adapt: {steps: 0}\n", r": config key 'adapt.steps': must be >= 1, got 0"),
+    (b"adaptt: {steps: 3}\n", r"config key 'adaptt': unknown key; .* \(in '.*c.yaml'\)$"),
+    (b"adapt: {steps: 0}\n", r"config key 'adapt.steps': must be >= 1, got 0 \(in '.*c.yaml'\)$"),
     (b"adapt: !!python/object:os.system {}\n", "is not valid YAML at line 1, column 8: could not determine a constructor"),
 ])
 def test_a_config_file_that_is_not_a_utf8_yaml_mapping_of_known_sections_is_named(tmp_path, content, message):
@@ -107,7 +107,7 @@ def test_a_config_file_that_is_not_a_utf8_yaml_mapping_of_known_sections_is_name
     path.write_bytes(content)
     with pytest.raises(ConfigError, match=message) as caught:
         load_config(path)
-    assert str(caught.value).startswith(f"config file '{path}'") and "\n" not in str(caught.value)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_a_folder_is_not_a_config_file(tmp_path):
@@ -170,7 +170,9 @@ def test_flat_and_hash():
 def test_real_dataset_configs_load_and_take_root_overrides(name, tmp_path):
     cfg = load_config(ROOT / "configs" / name, [f"data.source.root={tmp_path}/src", f"data.target.root={tmp_path}/tgt"])
     assert cfg.data.source.root == f"{tmp_path}/src" and cfg.data.target.format == "cityscapes"
-    assert cfg.train.use_gpu and cfg.model.name == "deeplabv3_resnet101"
+    assert cfg.train.use_gpu and cfg.model.name == "deeplabv2_resnet101"  # the papers' protocol (issue 17)
+    assert cfg.adapt.batch_size == 1 and cfg.adapt.optimizer == "sgd" and cfg.data.eval_resolution == "native"
+
 
 
 def test_a_config_error_survives_pickling():

@@ -1,5 +1,7 @@
 """Training jobs in-process: checkpoints hold everything, and a resumed job continues exactly."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,15 @@ def test_source_job_reports_miou_and_soft_labels(source_checkpoint):
     assert state["mode"] == "source" and state["global_step"] == 3
     assert bool(state["modules"]["soft_labels"]["seen"].any())
     assert "discriminator" not in state["modules"]  # not used by source-only training
+
+
+def test_run_job_reports_progress_after_every_step(cfg, source_checkpoint):
+    seen = []
+    run_job(adapt_job(cfg, source_checkpoint[0]),
+            progress=lambda done, total, losses: seen.append((done, total, dict(losses))))
+    assert [(done, total) for done, total, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert all({"source_ce", "target_ce", "segmenter_total"} <= set(losses) for _, _, losses in seen)
+    assert all(isinstance(value, float) for _, _, losses in seen for value in losses.values())
 
 
 def test_adapt_checkpoint_holds_everything(cfg, source_checkpoint):
@@ -114,3 +125,71 @@ def test_adapt_job_can_carry_the_selector_over_untrained(cfg, source_checkpoint)
     # G's trajectory does not depend on S: same batches, same G either way.
     g_frozen, g_trained = frozen.state["modules"]["segmenter"], trained.state["modules"]["segmenter"]
     assert all(torch.equal(g_frozen[k], g_trained[k]) for k in g_frozen)
+
+
+def test_a_given_checkpoint_is_the_source_model_without_training(cfg, tmp_path):
+    """source.checkpoint: G is the file's model (not trained), S gets its backbone and fresh heads."""
+    from trainers.data import SYNTHETIC_CLASSES
+    from trainers.engine import build_adaptation_models
+    from trainers.models import SegmentationNet
+
+    torch.manual_seed(123)
+    released = SegmentationNet(len(SYNTHETIC_CLASSES), width=cfg["model"]["width"])
+    torch.save({f"module.{k}": v for k, v in released.state_dict().items()}, tmp_path / "released.pth")
+    given = dict(cfg, source=dict(cfg["source"], checkpoint=str(tmp_path / "released.pth")))
+    result = run_job({"mode": "source", "config": given})
+    state = result.state
+    assert state["global_step"] == 0 and result.metrics["train/steps"] == 0
+    assert all(torch.equal(v, state["modules"]["segmenter"][k]) for k, v in released.state_dict().items())
+    selector = state["modules"]["selector"]
+    fresh = build_adaptation_models(given, len(SYNTHETIC_CLASSES)).selector.state_dict()
+    for key, value in selector.items():
+        expected = fresh[key] if key.startswith("heads.") else released.state_dict()[key]
+        assert torch.equal(value, expected), key
+    save_checkpoint(tmp_path / "source", state)
+    evaluated = run_job({"mode": "evaluate", "config": given, "init_checkpoint": str(tmp_path / "source")})
+    assert evaluated.metrics["target/miou"] == result.metrics["target/miou"]
+
+
+def test_sgd_with_polynomial_decay_follows_the_global_step_and_resumes_exactly(cfg, source_checkpoint, tmp_path):
+    from trainers.engine import lr_schedule_span, poly_lr_factor
+
+    sgd = dict(cfg, adapt=dict(cfg["adapt"], optimizer="sgd", lr_power=0.9, head_lr_factor=10.0,
+                               weight_decay=5e-4, momentum=0.9))
+    first, planned = lr_schedule_span(sgd, "adapt")
+    assert (first, planned) == (cfg["source"]["steps"], cfg["selection"]["rounds"] * cfg["adapt"]["steps"])
+    assert poly_lr_factor(first, first, planned, 0.9) == 1.0
+    assert poly_lr_factor(first + planned // 2, first, planned, 0.9) == pytest.approx(0.5 ** 0.9)
+    longer = dict(sgd, adapt=dict(sgd["adapt"], lr_decay_steps=250000))  # AdaptSegNet's horizon
+    assert lr_schedule_span(longer, "adapt") == (first, 250000)
+    saved = {}
+
+    def keep_mid_round_state(done, state_fn):
+        if done == 2:
+            saved["state"] = copy.deepcopy(state_fn())  # what a mid-round checkpoint holds (training goes on)
+
+    full = run_job(adapt_job(sgd, source_checkpoint[0]), on_step=keep_mid_round_state)
+    last_step = full.state["global_step"] - 1  # the rate of the last update
+    groups = full.state["optimizers"]["segmenter"]["param_groups"]
+    factor = poly_lr_factor(last_step, first, planned, 0.9)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 * factor, 1e-2 * factor])
+    assert "momentum_buffer" in next(iter(full.state["optimizers"]["segmenter"]["state"].values()))
+    resumed = run_job(adapt_job(sgd, source_checkpoint[0]), resume_state=saved["state"])
+    for key, value in full.state["modules"]["segmenter"].items():
+        assert torch.equal(value, resumed.state["modules"]["segmenter"][key]), key
+
+
+def test_the_target_dataset_reads_labels_by_reference_as_it_reads_them_from_a_dict(cfg, tmp_path):
+    from orchestrator.labels import LabeledPixels, LabelStore
+    from trainers.data import build_domains
+    from trainers.step import SparseTargetDataset
+
+    pool = build_domains(cfg["data"]).target_pool
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_ppl", [LabeledPixels(i, ys.astype(np.int32), xs.astype(np.int32), c.astype(np.uint8),
+                                                      cfg["data"]["height"], cfg["data"]["width"], float(len(ys)))
+                                        for i, (ys, xs, c) in sparse_labels().items()])
+    by_reference, from_dict = SparseTargetDataset(pool, store.reader()), SparseTargetDataset(pool, sparse_labels())
+    for index in (0, 1, 3):
+        assert torch.equal(by_reference[index][1], from_dict[index][1])
+    assert int((by_reference[3][1] != 255).sum()) == 1 and by_reference[3][1][5, 6] == 2

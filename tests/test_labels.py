@@ -135,3 +135,84 @@ def test_a_pbt_clone_sets_its_own_rounds_aside_and_keeps_them(tmp_path):
     assert [p.parent.name for p in aside] == ["superseded"] and len(aside) == 1
     assert clone.rounds() == [1] and LabelStore(aside[0].parent).rounds() == []  # out of the store's view
     assert aside[0].is_file()  # kept: it was paid for
+
+
+# --- labels by reference ------------------------------------------------------------------------
+
+import pickle  # noqa: E402
+
+from orchestrator.labels import ROWS_PER_GROUP  # noqa: E402
+
+
+def _many_images(round_index, count, pixels_each, width=64):
+    """``count`` images of 8 x ``width``, each with ``pixels_each`` labeled pixels (a region)."""
+    return [LabeledPixels(i, np.zeros(pixels_each, np.int32) + (i + round_index) % 8,
+                          np.arange(pixels_each, dtype=np.int32), np.full(pixels_each, i % 19, np.uint8),
+                          8, width, 4.0, regions=True)
+            for i in range(count)]
+
+
+def test_a_reader_reads_only_the_images_asked_for_and_agrees_with_the_whole_store(tmp_path):
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_spl", _many_images(1, 48, 5))
+    store.append_round(2, "labor_ppl", [points(7, [(0, 9)], [3]), points(40, [(1, 1), (2, 2)], [4, 5])])
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(store.root / "round-0001.parquet").metadata.num_row_groups == -(-48 // ROWS_PER_GROUP)
+    whole = store.sparse_labels()
+    reader = store.reader()
+    got = reader.read([40, 7, 999])  # 999 has no labels: simply absent
+    assert sorted(got) == [7, 40]
+    for image_id in (7, 40):
+        assert all(np.array_equal(a, b) for a, b in zip(got[image_id], whole[image_id]))  # both rounds, in order
+    assert reader.coordinates([7])[7][1].tolist() == [0, 1, 2, 3, 4, 9]
+    assert reader.get(999) is None and reader.get(3)[2].tolist() == [3] * 5
+    assert store.reader(upto_round=1).read([40])[40][0].tolist() == [1] * 5  # round 2 is not in its view
+    assert list(store.reader(only_round=2).read(range(100))) == [7, 40]
+    # Only the row groups that can hold the ids are read: image 7's rows of round 1 are in one group.
+    opened = reader._open()[0][0]
+    calls = []
+    original = opened.read_row_groups
+    opened.read_row_groups = lambda groups, **kw: calls.append(list(groups)) or original(groups, **kw)
+    reader.read([7])
+    assert calls == [[7 // ROWS_PER_GROUP]]
+
+
+def test_a_reader_is_the_same_few_bytes_whatever_was_bought(tmp_path):
+    sizes = []
+    for pixels_each in (1, 2000):
+        store = LabelStore(tmp_path / f"labels-{pixels_each}")
+        store.append_round(1, "labor_spl", _many_images(1, 50, pixels_each, width=4096))
+        reader = store.reader(storage={"output_dir": str(tmp_path), "storage": {"uri": ""}})
+        reader.read([3])  # opened files stay behind: they are not part of what is sent
+        sent = pickle.dumps(reader)
+        sizes.append(len(sent) - len(str(store.root.resolve())))
+        copy = pickle.loads(sent)
+        assert np.array_equal(copy.get(49)[1], reader.get(49)[1])
+    assert sizes[0] == sizes[1] < 400
+
+
+def test_a_reader_refuses_a_missing_round_instead_of_training_without_it(tmp_path):
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "x", [points(0, [(0, 0)], [1])])
+    reader = store.reader()
+    (store.root / "round-0001.parquet").unlink()
+    with pytest.raises(LabelStoreError, match="round 1 of the label store .* is missing on this node"):
+        reader.get(0)
+
+
+def test_totals_and_image_ids_read_single_columns(tmp_path):
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_spl", _many_images(1, 20, 3))
+    assert store.totals() == {"labeled_pixels": 60.0, "clicks": 80.0}
+    assert store.image_ids(1).tolist() == list(range(20)) and store.image_ids(5).tolist() == []
+
+
+def test_a_streamed_round_is_written_a_row_group_at_a_time_and_refused_out_of_order(tmp_path):
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_spl", (p for p in _many_images(1, 40, 3)))  # a generator, ids ascending
+    assert store.totals()["labeled_pixels"] == 120 and store.image_ids(1).tolist() == list(range(40))
+    backwards = (p for p in reversed(_many_images(2, 40, 3)))
+    with pytest.raises(LabelStoreError, match="ascending id order"):
+        store.append_round(2, "labor_spl", backwards)
+    assert store.rounds() == [1] and sorted(p.name for p in store.root.iterdir()) == ["round-0001.parquet"]

@@ -38,6 +38,7 @@ def test_one_and_two_actors_agree(setup, ray_local):
     for stats, actors in ((stats_one, 1), (stats_two, 2)):
         assert (stats.images, stats.actors, stats.actors_replaced) == (10, actors, 0)
         assert stats.startup_s > 0 and stats.ranking_s > 0 and 0 <= stats.steady_images <= 10
+        assert stats.actor_peak_rss_bytes > 50 * 2 ** 20 and stats.actor_peak_gpu_bytes == 0  # torch alone is more
     # With one actor, "every actor started" is the first actor ready: every image is ranked after it.
     assert stats_one.steady_images == 10 and stats_one.steady_images_per_s > 0
     one, two = sorted(one.items()), sorted(two.items())
@@ -56,6 +57,23 @@ def test_labeled_pixels_are_excluded(setup):
     taken = set(zip(first[0].ys.tolist(), first[0].xs.tolist()))
     assert not taken & set(zip(second[0].ys.tolist(), second[0].xs.tolist()))
     assert np.array_equal(first[1].ys, second[1].ys)  # other images are unaffected
+
+
+def test_an_actor_reads_the_labeled_pixels_of_its_own_images_from_the_store(setup, tmp_path):
+    from orchestrator.labels import LabelStore, Oracle
+
+    ckpt, cfg = setup
+    ranker = Ranker(ckpt, cfg())
+    first = dict(ranker.rank([0, 1, 2], {}, 6))
+    store = LabelStore(tmp_path / "labels")
+    oracle = Oracle(ranker.pool)
+    store.append_round(1, "labor_ppl", [oracle.reveal(i, first[i].ys, first[i].xs) for i in (0, 2)])
+    from_store = dict(ranker.rank([0, 1, 2], store.reader(), 6, round_index=2))
+    from_dict = dict(ranker.rank([0, 1, 2], {i: (first[i].ys, first[i].xs) for i in (0, 2)}, 6, round_index=2))
+    for i in (0, 1, 2):
+        assert np.array_equal(from_store[i].ys, from_dict[i].ys) and np.array_equal(from_store[i].xs, from_dict[i].xs)
+    assert not set(zip(first[0].ys.tolist(), first[0].xs.tolist())) & set(zip(from_store[0].ys.tolist(),
+                                                                                  from_store[0].xs.tolist()))
 
 
 def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):

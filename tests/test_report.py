@@ -160,9 +160,9 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
     from orchestrator import experiment, report
     from orchestrator.labels import LabeledPixels, LabelStore
 
-    drawn = {}
-    monkeypatch.setattr(report, "selection_overlay", lambda image, ys, xs, path, labels=None: drawn.__setitem__(
-        Path(path).name, (list(ys), list(xs), list(labels))))
+    drawn, styles = {}, []
+    monkeypatch.setattr(report, "selection_overlay", lambda image, ys, xs, path, labels=None, **style: (
+        drawn.__setitem__(Path(path).name, (list(ys), list(xs), list(labels))), styles.append(style)))
 
     def pixels(image_id, y, x, label):
         return LabeledPixels(image_id, np.array([y], np.int32), np.array([x], np.int32), np.array([label], np.uint8),
@@ -171,7 +171,11 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
     store = LabelStore(tmp_path / "labels")
     store.append_round(1, "labor_ppl", [pixels(0, 0, 0, 1)])
     store.append_round(2, "labor_ppl", [pixels(0, 1, 1, 2), pixels(2, 3, 3, 4)])
-    domains = SimpleNamespace(target_pool=[(torch.zeros(3, 8, 8), None)] * 3)
+    classes = ("road", "sidewalk", "building", "pole", "traffic_sign")
+    domains = SimpleNamespace(target_pool=[(torch.zeros(3, 8, 8), None)] * 3, classes=classes)
     experiment.write_round_artifacts(tmp_path / "round-002", domains, store, 2, {"target/iou/road": 0.5})
     assert drawn == {"selected-image00000.png": ([1], [1], [2]), "selected-image00002.png": ([3], [3], [4])}
+    # Drawn in the Cityscapes palette, with a legend of the class names.
+    assert all(style["class_names"] == classes and style["class_colors"][0] == (128 / 255, 64 / 255, 128 / 255)
+               for style in styles)
     assert (tmp_path / "round-002" / "iou.csv").is_file()

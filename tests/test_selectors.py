@@ -343,3 +343,92 @@ def test_random_regions_are_seeded_disjoint_squares_that_skip_labeled():
         ys, xs = region // 12, region % 12
         assert ys.max() - ys.min() <= 2 and xs.max() - xs.min() <= 2
     assert len(random_regions(probs, seed=0, k=1)) == 120  # k=1: every pixel its own region
+
+
+# --- the device algorithms: the same answers as the CPU ones -----------------------------------
+
+from pixel_selectors.regions import (components, components_by_propagation, greedy_spread,  # noqa: E402
+                                     greedy_spread_rounds, priority_order)
+from pixel_selectors.ripu import window_impurity  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(height=st.integers(1, 24), width=st.integers(1, 24), density=st.floats(0, 1), seed=st.integers(0, 10_000))
+def test_label_propagation_finds_scipys_components(height, width, density, seed):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.rand(height, width, generator=generator) < density
+    indices, offsets = components(mask.numpy())
+    got_indices, got_offsets = components_by_propagation(mask)
+    assert got_indices.tolist() == indices.tolist() and got_offsets.tolist() == offsets.tolist()
+
+
+def test_label_propagation_follows_a_long_snake():
+    mask = torch.zeros(9, 40, dtype=torch.bool)
+    mask[::2] = True  # rows 0, 2, 4, 6, 8 ...
+    mask[1::4, -1] = True  # ... joined at alternate ends: one component winding through the image
+    mask[3::4, 0] = True
+    indices, offsets = components_by_propagation(mask)
+    assert offsets.tolist() == [0, int(mask.sum())] and indices.tolist() == mask.reshape(-1).nonzero().squeeze(1).tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(height=st.integers(1, 20), width=st.integers(1, 20), levels=st.integers(1, 5), reach=st.integers(0, 4),
+       limit=st.one_of(st.none(), st.integers(0, 12)), seed=st.integers(0, 10_000))
+def test_parallel_rounds_pick_what_the_sequential_greedy_picks(height, width, levels, reach, limit, seed):
+    """Few score levels make plateaus and long chains: ties go by flat index on both paths."""
+    generator = torch.Generator().manual_seed(seed)
+    score = torch.randint(0, levels, (height * width,), generator=generator).double()
+    free = torch.rand(height, width, generator=generator) < 0.85
+    order = priority_order(score, free)
+    expected = greedy_spread(order.numpy(), height, width, reach, limit)
+    assert greedy_spread_rounds(order, height, width, reach, limit).tolist() == expected
+
+
+def test_priority_order_puts_nan_last_and_breaks_ties_by_index():
+    score = torch.tensor([0.5, float("nan"), 0.9, 0.5, 0.1])
+    assert priority_order(score, torch.ones(5, dtype=torch.bool)).tolist() == [2, 0, 3, 4, 1]
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 11, 65])
+def test_window_impurity_matches_the_per_class_definition(k):
+    """Exact window counts for all classes at once (shifted sums or running sums by window size)
+    against one window-mean histogram per class, as RIPU defines it."""
+    generator = torch.Generator().manual_seed(k)
+    predicted = (torch.rand(23, 70, generator=generator) * 4).long().clamp_max(3)
+    predicted[5:15, 10:40] = 2  # a uniform area: impurity exactly 0 inside it
+    expected = torch.zeros(23, 70, dtype=torch.float64)
+    for c in range(5):
+        share = torch.nn.functional.avg_pool2d((predicted == c).double()[None, None], k, 1, k // 2,
+                                               count_include_pad=False)[0, 0]
+        expected -= share * share.clamp_min(1e-12).log()
+    got = window_impurity(predicted, 5, k)
+    assert torch.allclose(got, expected / math.log(5), atol=1e-12)
+    if k <= 5:
+        assert (got[5 + k // 2:15 - k // 2, 10 + k // 2:40 - k // 2] == 0).all()
+
+
+def test_top_k_and_a_full_sort_choose_the_same_points():
+    from pixel_selectors.baselines import _top_points
+
+    generator = torch.Generator().manual_seed(3)
+    score = torch.randint(0, 6, (40 * 50,), generator=generator).float()  # many ties
+    score[7] = float("nan")
+    free = torch.rand(40 * 50, generator=generator) < 0.9
+    for wanted in (1, 5, 40, 123, 2000):
+        fast = _top_points(score, free, wanted, 50)  # top k below 1/16 of the candidates
+        candidates = free.nonzero().squeeze(1)
+        key = torch.nan_to_num(score[candidates].double(), nan=-float("inf"))
+        slow = candidates[torch.sort(-key, stable=True).indices[:wanted]]
+        assert (fast.ys.astype(int) * 50 + fast.xs).tolist() == slow.tolist()
+
+
+def test_select_image_spends_a_point_budget_or_a_region_budget():
+    from pixel_selectors import select_image
+
+    probs = heads()
+    assert len(select_image("labor_ppl", probs, num_points=3)) == 3
+    assert len(select_image("labor_ppl", probs, budget_pixels=5)) == 5  # one image may give the whole budget
+    regions = select_image("labor_spl", probs, budget_pixels=1, region_spread="score")
+    assert regions.num_pixels >= 1 and len(regions) == 1  # the best region that covers the budget
+    shared = select_image("labor_spl", probs, budget_pixels=100)
+    assert shared.num_pixels == int(inconsistency_mask(*probs).sum()) and shared.scores.max() < 0

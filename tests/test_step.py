@@ -16,7 +16,9 @@ from trainers.step import (AdaptationModels, LossWeights, adaptation_step, batch
 K = 4
 ALL_ON = LossWeights(target_ce=1.0, adversarial=0.01, confusion=0.1, soft_label=0.1, soft_label_temperature=2.0,
                      pseudo_label=1.0, discrepancy=1.0)
-CFG = {"source": {"lr": 1e-2}, "adapt": {"lr": 1e-2, "discriminator_lr": 1e-2, "domain_classifier_lr": 1e-2}}
+ADAM = {"optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0, "head_lr_factor": 1.0}
+CFG = {"source": {"lr": 1e-2, **ADAM},
+       "adapt": {"lr": 1e-2, **ADAM, "discriminator_lr": 1e-2, "domain_classifier_lr": 1e-2}}
 
 
 def make_models(weights=ALL_ON):

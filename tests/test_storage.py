@@ -310,3 +310,19 @@ def test_a_finished_trial_restored_on_a_node_with_a_stale_record_reports_its_las
     experiment.tune_trial({}, base, "/ray/source", {}, sweep_dir=str(tmp_path / "out" / "smoke"))
     assert reported == [{"round": 3, "target/miou": 0.3}]  # round 3's result, nothing trained again
     assert json.loads((trial_dir / experiment.PROGRESS_FILE).read_text()) == _progress_record(3)
+
+
+def test_a_label_reader_on_a_node_without_the_rounds_fetches_them_from_storage(s3_server, tmp_path):
+    import numpy as np
+
+    from orchestrator.labels import LabeledPixels, LabelStore, storage_settings
+
+    cfg = _cfg(tmp_path, s3_server, prefix=f"unit-{tmp_path.name}").to_dict()
+    store = LabelStore(tmp_path / "out" / "smoke" / "trials" / "t1" / "labels")
+    store.append_round(1, "labor_ppl", [LabeledPixels(4, np.array([1], np.int32), np.array([2], np.int32),
+                                                      np.array([7], np.uint8), 8, 8, 1.0)])
+    open_storage(cfg).push_folder(store.root, "round-*.parquet")
+    reader = store.reader(storage=storage_settings(cfg))
+    (store.root / "round-0001.parquet").unlink()  # a Train worker on another node: the folder is empty
+    assert [a.tolist() for a in reader.get(4)] == [[1], [2], [7]]
+    assert (store.root / "round-0001.parquet").is_file()  # fetched once, read locally from then on

@@ -1,5 +1,7 @@
 """The sweep's command line: help, bad input refused at once, and the smoke sweep end to end."""
 
+import re
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -100,8 +102,11 @@ def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
 
 @pytest.mark.integration
 def test_gpu_request_without_gpus_fails_before_training(tmp_path):
+    # The Ray the sweep starts sees no GPU even on a machine that has one (Ray counts the devices
+    # CUDA_VISIBLE_DEVICES names): this test is about a cluster without GPUs.
     result = run_cli("orchestrator.sweep", "--smoke", "--set", "train.use_gpu=true",
-                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path, timeout=180)
+                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path, timeout=180,
+                     env={"CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2
     assert "config key 'train.use_gpu': is true but the Ray cluster has CPU=" in result.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "m.db").exists()
@@ -115,6 +120,10 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "source-only target mIoU" in result.stdout
     assert "2 trial(s), 0 failed" in result.stdout
+    # Training progress from the first Train worker of each job (at least its last step).
+    output = result.stdout + result.stderr
+    assert "[source model] step 20/20 (100%) | loss: " in output
+    assert re.search(r"round 1\] step 10/10 \(100%\) \| loss: .*source_ce [0-9.]+.* \| [0-9.]+ images/s \| 0 s left", output)
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     experiment = client.get_experiment_by_name("smoke")
@@ -159,3 +168,27 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
     stores = sorted((tmp_path / "runs" / "smoke" / "trials").glob("*/labels/round-0001.parquet"))
     assert len(stores) == 2
     assert sorted(pq.read_table(p)["num_pixels"].to_pylist()[0] for p in stores) == [2, 5]
+
+    # Provenance: the commit and the user on every run, the final checkpoint on each trial's.
+    for run in [*parents, *children]:
+        assert len(run.data.tags["mlflow.source.git.commit"]) == 40 and run.data.tags["mlflow.user"]
+    for run in children:
+        finished = client.get_run(run.info.run_id).data.tags
+        assert "checkpoint" in finished["activeda.checkpoint"] and "round-001" in finished["activeda.checkpoint"]
+        # The round's overlays in MLflow's per-step image view.
+        images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+        assert any(p.startswith("images/selection~image") and "+step+1+" in p for p in images), images
+    for name in ("report.html", "method_curves.png", "class_iou.csv", "class_iou.parquet", "pareto.csv"):
+        assert report[f"report/{name}"] > 0, name
+
+    # The Python API reads the same sweep from disk.
+    from orchestrator import api
+
+    results = api.load_sweep(tmp_path / "runs" / "smoke")
+    assert sorted(results.trials["selection.points_per_image"]) == [2, 5]
+    assert sorted(results.rounds.groupby("trial_id")["round"].max()) == [1, 1]
+    by_trial = {r.data.tags["activeda.trial_id"]: r for r in children}
+    for row in results.trials.itertuples():
+        assert row.miou == pytest.approx(by_trial[row.trial_id].data.metrics["target/miou"])
+    assert {"road", "car"} <= set(results.class_iou.columns) and len(results.class_iou) == 2
+    assert results.source_only == pytest.approx(parents[0].data.metrics["source_only/target/miou"])

@@ -25,11 +25,11 @@ import torch.distributed as dist
 from .checkpoint import load_checkpoint
 from .data import build_domains
 from .discriminators import DomainClassifier, OutputSpaceDiscriminator
+from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
 from .losses import SoftLabels
 from .metrics import iou_per_class, mean_iou
-from .models import build_model
-from .step import (AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step, batch_indices,
-                   load_batch, predict_confusion)
+from .models import build_model, load_start_checkpoint
+from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step, predict_confusion
 
 SELECTOR_HEADS = 2
 MODES = ("source", "adapt", "evaluate")
@@ -37,7 +37,10 @@ MODES = ("source", "adapt", "evaluate")
 
 def model_identity(cfg: dict, num_classes: int) -> dict[str, Any]:
     """What a checkpoint must match to be loaded into the configured model."""
-    return {"name": cfg["model"]["name"], "width": cfg["model"]["width"], "num_classes": num_classes}
+    identity = {"name": cfg["model"]["name"], "width": cfg["model"]["width"], "num_classes": num_classes}
+    if cfg["model"]["name"] == "deeplabv2_resnet101":  # same tensors, another computation
+        identity["deeplabv2_style"] = cfg["model"]["deeplabv2_style"]
+    return identity
 
 
 def loss_weights(cfg: dict, mode: str) -> LossWeights:
@@ -58,9 +61,10 @@ def build_adaptation_models(cfg: dict, num_classes: int, weights: LossWeights | 
     """G and S always; Dis, theta_D and the soft labels only when their loss is switched on."""
     weights = weights or LossWeights()
     name, width, pretrained = cfg["model"]["name"], cfg["model"]["width"], cfg["model"]["pretrained"]
+    style = cfg["model"]["deeplabv2_style"]
     torch.manual_seed(cfg["seed"])  # identical initial weights on every worker and every run
-    models = AdaptationModels(segmenter=build_model(name, num_classes, width, 1, pretrained),
-                              selector=build_model(name, num_classes, width, SELECTOR_HEADS, pretrained))
+    models = AdaptationModels(segmenter=build_model(name, num_classes, width, 1, pretrained, style),
+                              selector=build_model(name, num_classes, width, SELECTOR_HEADS, pretrained, style))
     adv = cfg["adapt"]
     if weights.adversarial > 0:
         models.discriminator = OutputSpaceDiscriminator(num_classes, width=adv["discriminator_width"])
@@ -72,19 +76,104 @@ def build_adaptation_models(cfg: dict, num_classes: int, weights: LossWeights | 
     return models
 
 
+def _make_optimizer(groups: list[dict], section: dict) -> torch.optim.Optimizer:
+    """SGD with momentum (AdaptSegNet, RIPU, MCD_DA) or Adam, with the section's weight decay."""
+    if section["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=section["momentum"],
+                               weight_decay=section["weight_decay"])
+    return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=section["weight_decay"])
+
+
+def _param_groups(network: torch.nn.Module, section: dict, part: str = "all") -> list[dict]:
+    """Trainable parameters of a ``MultiHeadSegmenter`` with their learning rates: the heads (the
+    pixel classifiers) at ``head_lr_factor`` x lr, as the references' 10x classifier rate."""
+    lr, factor = section["lr"], section["head_lr_factor"]
+    backbone = [p for p in network.backbone_parameters() if p.requires_grad]
+    heads = [p for p in network.head_parameters() if p.requires_grad]
+    if part == "backbone":
+        return [{"params": backbone, "lr": lr}]
+    if part == "heads":
+        return [{"params": heads, "lr": lr * factor}]
+    if factor == 1.0:  # one group, as checkpoints written before head_lr_factor existed
+        return [{"params": backbone + heads, "lr": lr}]
+    return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * factor}]
+
+
 def build_optimizers(models: AdaptationModels, cfg: dict, mode: str) -> Optimizers:
-    lr = cfg["source" if mode == "source" else "adapt"]["lr"]
+    """G and S: the section's optimizer (``adam`` or ``sgd``); Dis: Adam with betas (0.9, 0.99) as
+    AdaptSegNet; theta_D: Adam. Learning rates here are the base rates; ``apply_lr_schedule`` scales
+    every group of every optimizer by the stage's polynomial factor before each step."""
+    section = cfg["source" if mode == "source" else "adapt"]
+    segmenter = getattr(models.segmenter, "module", models.segmenter)
     selector = getattr(models.selector, "module", models.selector)
     adv = cfg["adapt"]
     return Optimizers(
-        segmenter=torch.optim.Adam(models.segmenter.parameters(), lr=lr),
-        selector_backbone=torch.optim.Adam(selector.backbone_parameters(), lr=lr),
-        selector_heads=torch.optim.Adam(selector.head_parameters(), lr=lr),
+        segmenter=_make_optimizer(_param_groups(segmenter, section), section),
+        selector_backbone=_make_optimizer(_param_groups(selector, section, "backbone"), section),
+        selector_heads=_make_optimizer(_param_groups(selector, section, "heads"), section),
         discriminator=(torch.optim.Adam(models.discriminator.parameters(), lr=adv["discriminator_lr"],
                                         betas=(0.9, 0.99)) if models.discriminator is not None else None),
         domain_classifier=(torch.optim.Adam(models.domain_classifier.parameters(), lr=adv["domain_classifier_lr"])
                            if models.domain_classifier is not None else None),
     )
+
+
+def lr_schedule_span(cfg: dict, mode: str) -> tuple[int, int]:
+    """(first global step, steps the decay spans) of the training stage whose learning rates decay together.
+
+    Source training is one stage (``source.steps``, none when ``source.checkpoint`` gives the model);
+    adaptation is the other, over all rounds: it starts where source training ended and is planned
+    for ``selection.rounds`` x ``adapt.steps`` steps (the references decay over one run of training
+    that acquires labels in between). ``lr_decay_steps`` > 0 replaces the planned length, as the
+    references decay over more steps than they train. This is the one place where a new stage must
+    be counted.
+    """
+    source_steps = 0 if cfg["source"]["checkpoint"] else cfg["source"]["steps"]
+    section = cfg["source" if mode == "source" else "adapt"]
+    planned = source_steps if mode == "source" else cfg["selection"]["rounds"] * cfg["adapt"]["steps"]
+    first = 0 if mode == "source" else source_steps
+    return first, section["lr_decay_steps"] or planned
+
+
+def poly_lr_factor(global_step: int, first: int, planned: int, power: float) -> float:
+    """(1 - (global_step - first) / planned) ^ power, progress clamped to [0, 1] (AdaptSegNet's and
+    RIPU's ``lr_poly``); 1 when ``power`` is 0. A pure function of the step: a resumed job, or the next
+    round, continues the same curve."""
+    if power == 0 or planned <= 0:
+        return 1.0
+    progress = min(max((global_step - first) / planned, 0.0), 1.0)
+    return (1.0 - progress) ** power
+
+
+def base_learning_rates(optimizers: Optimizers) -> dict[str, list[float]]:
+    """Each optimizer's group learning rates as configured (before a checkpoint's state is loaded)."""
+    return {name: [group["lr"] for group in opt.param_groups] for name, opt in vars(optimizers).items()
+            if opt is not None}
+
+
+def apply_lr_schedule(optimizers: Optimizers, base: dict[str, list[float]], factor: float) -> None:
+    for name, rates in base.items():
+        for group, rate in zip(getattr(optimizers, name).param_groups, rates):
+            group["lr"] = rate * factor
+
+
+def load_given_source_model(models: AdaptationModels, cfg: dict) -> None:
+    """``source.checkpoint`` as the source model: all of G, and S's backbone (S's two heads keep their
+    own seeded initial weights: two copies of one classifier would never disagree, and MCD starts
+    its two classifiers from different random weights). Raises ``StartCheckpointError`` naming the
+    first key that does not fit."""
+    path, name = cfg["source"]["checkpoint"], cfg["model"]["name"]
+    load_start_checkpoint(models.segmenter, path, name)
+    load_start_checkpoint(models.selector, path, name, include_heads=False)
+
+
+def check_given_source_model(cfg: dict, num_classes: int) -> None:
+    """Build G on the CPU and load ``source.checkpoint`` into it, so that a file that does not fit is
+    refused before anything starts (no-op when the key is empty)."""
+    if cfg["source"]["checkpoint"]:
+        model = build_model(cfg["model"]["name"], num_classes, cfg["model"]["width"], 1, "",
+                            cfg["model"]["deeplabv2_style"])
+        load_start_checkpoint(model, cfg["source"]["checkpoint"], cfg["model"]["name"])
 
 
 def _module_states(models: AdaptationModels) -> dict[str, dict]:
@@ -124,13 +213,14 @@ class JobResult:
 
 def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | None = None,
             prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-            resume_state: dict | None = None, on_step: Callable[[int, Callable[[], dict]], None] | None = None
-            ) -> JobResult:
+            resume_state: dict | None = None, on_step: Callable[[int, Callable[[], dict]], None] | None = None,
+            progress: Callable[[int, int, dict[str, float]], None] | None = None) -> JobResult:
     """Run one job on one worker. ``prepare_model`` wraps modules for data parallelism (DDP).
 
     ``resume_state`` (a checkpoint of this same job, e.g. after a worker failure) continues where it
     stopped; otherwise ``job["init_checkpoint"]`` (previous round or source model) is the start.
-    ``on_step(done, state_fn)`` is called after every step (for periodic checkpoints).
+    ``on_step(done, state_fn)`` is called after every step (for periodic checkpoints);
+    ``progress(done, total, losses)`` too (``trainers.progress.StepProgress`` prints at an interval).
     """
     cfg, mode = job["config"], job["mode"]
     if mode not in MODES:
@@ -147,6 +237,9 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     models = build_adaptation_models(cfg, num_classes, weights)
     if start is not None:
         _restore_modules(models, start)
+    given_source = mode == "source" and bool(cfg["source"]["checkpoint"])
+    if given_source and resume_state is None:
+        load_given_source_model(models, cfg)
     for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
         module = getattr(models, name)
         if module is None:
@@ -161,6 +254,8 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     global_step = int(start.get("global_step", 0)) if start is not None else 0
     job_step = int(resume_state.get("job_step", 0)) if resume_state is not None else 0
     optimizers = build_optimizers(models, cfg, mode) if mode != "evaluate" else None
+    base_lrs = base_learning_rates(optimizers) if optimizers is not None else {}
+    schedule_first, schedule_planned = lr_schedule_span(cfg, mode)
     # Optimizer state carries over within a mode (next round, or a resumed job), not from source to adapt.
     if start is not None and optimizers is not None and start.get("mode") == mode and "optimizers" in start:
         optimizers.load_state_dict(start["optimizers"])
@@ -171,8 +266,11 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_gpu)
     target_data = None
     if mode == "adapt":
-        # The oracle reference labels every pool pixel (None: the pool's own label maps).
-        labels = None if job.get("full_target_labels") else job.get("sparse_labels") or {}
+        # The oracle reference labels every pool pixel (None: the pool's own label maps). A round's
+        # labels come by reference (``label_reader``: read here, image by image) or, in tests and
+        # benchmarks, as a dict (``sparse_labels``).
+        labels = (None if job.get("full_target_labels")
+                  else job.get("label_reader") or job.get("sparse_labels") or {})
         target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg["data"]["augment"]["hflip"])
 
     def state() -> dict[str, Any]:
@@ -186,19 +284,23 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     sums: dict[str, float] = dict(resume_state.get("loss_sums", {})) if resume_state is not None else {}
     start_step = job_step
     started = time.perf_counter()
-    steps = section["steps"] if mode != "evaluate" else 0
+    steps = 0 if mode == "evaluate" or given_source else section["steps"]
     seed = cfg["seed"]
-    while job_step < steps:
-        # Augmentation randomness is a function of the step too, so resuming reproduces it.
+    workers, pin = int(cfg["train"]["loader_workers"]), use_gpu
+    remaining = max(0, steps - job_step)
+    source_batches = (training_loader(domains.source, section["batch_size"], global_step, remaining, seed,
+                                      SOURCE_STREAM, rank, world, workers, pin) if remaining else [])
+    target_batches = (training_loader(target_data, section["batch_size"], global_step, remaining, seed,
+                                      TARGET_STREAM, rank, world, workers, pin)
+                      if target_data is not None and remaining else [None] * remaining)
+    for source, target in zip(source_batches, target_batches):
+        source = tuple(t.to(device, non_blocking=True) for t in source)
+        if target is not None:
+            target = tuple(t.to(device, non_blocking=True) for t in target)
+        # Whatever the step itself draws is a function of the step too, so resuming reproduces it.
         torch.manual_seed(seed * 7919 + global_step * 31 + rank)
-        source = load_batch(domains.source, batch_indices(len(domains.source), section["batch_size"],
-                                                          global_step, seed, rank, world))
-        source = tuple(t.to(device) for t in source)
-        target = None
-        if target_data is not None:
-            target = load_batch(target_data, batch_indices(len(target_data), section["batch_size"],
-                                                           global_step, seed + 1, rank, world))
-            target = tuple(t.to(device) for t in target)
+        apply_lr_schedule(optimizers, base_lrs, poly_lr_factor(global_step, schedule_first, schedule_planned,
+                                                               section["lr_power"]))
         with autocast:
             losses = adaptation_step(models, optimizers, source, target, weights, all_reduce=all_reduce,
                                      train_selector=train_selector)
@@ -208,6 +310,8 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
         job_step += 1
         if on_step is not None:
             on_step(job_step, state)
+        if progress is not None:
+            progress(job_step, steps, losses)
     train_seconds = time.perf_counter() - started
 
     # Evaluation: each rank takes every world-th validation image (no padding, no duplicates).
@@ -215,7 +319,7 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     val_ids = list(range(rank, len(domains.target_val), world))
     with autocast:
         confusion = predict_confusion(segmenter, domains.target_val, val_ids, num_classes,
-                                      batch_size=max(1, section["batch_size"]), device=device)
+                                      batch_size=max(1, section["batch_size"]), device=device, workers=workers)
     if distributed:
         dist.all_reduce(confusion)
     confusion = confusion.cpu()

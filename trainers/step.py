@@ -261,16 +261,20 @@ def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[tor
 class SparseTargetDataset(Dataset):
     """The whole target pool as (image, sparse label map): 255 except where the oracle revealed a class.
 
-    ``sparse_labels`` maps image id -> (ys, xs, classes) arrays; ``None`` means every pixel is
-    revealed (the pool's own label maps: the oracle reference). Unlabeled images are included:
-    the adversarial, confusion and pseudo-label losses use every target image. ``hflip`` flips the
-    image and its sparse map together (the only augmentation that never invents labeled pixels).
+    ``sparse_labels`` gives image id -> (ys, xs, classes) arrays through ``.get(image_id)``: a dict,
+    or a reader of the label store (``orchestrator.labels.LabelReader``, handed over by reference)
+    that reads each image's labels when the image is loaded, so a Train worker reads only the
+    images it trains on. ``None`` means every pixel is revealed (the pool's own label maps: the
+    oracle reference). Unlabeled images are included: the adversarial, confusion and pseudo-label
+    losses use every target image. ``hflip`` flips the image and its sparse map together (the only
+    augmentation that never invents labeled pixels).
     """
 
-    def __init__(self, pool: Dataset, sparse_labels: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None,
-                 hflip: bool = False):
+    def __init__(self, pool: Dataset, sparse_labels, hflip: bool = False):
         self.pool = pool
-        self.sparse_labels = None if sparse_labels is None else {int(k): v for k, v in sparse_labels.items()}
+        if isinstance(sparse_labels, dict):
+            sparse_labels = {int(k): v for k, v in sparse_labels.items()}
+        self.sparse_labels = sparse_labels
         self.hflip = hflip
 
     def __len__(self) -> int:
@@ -282,8 +286,9 @@ class SparseTargetDataset(Dataset):
             sparse = truth.to(torch.int64)
         else:
             sparse = torch.full(truth.shape, IGNORE_INDEX, dtype=torch.int64)
-            if index in self.sparse_labels:
-                ys, xs, classes = (np.asarray(a) for a in self.sparse_labels[index])
+            revealed = self.sparse_labels.get(int(index))
+            if revealed is not None:
+                ys, xs, classes = (np.asarray(a) for a in revealed)
                 sparse[torch.from_numpy(ys.astype(np.int64)), torch.from_numpy(xs.astype(np.int64))] = \
                     torch.from_numpy(classes.astype(np.int64))
         if self.hflip and torch.rand(()) < 0.5:
@@ -309,23 +314,29 @@ def batch_indices(num_items: int, batch_size: int, step: int, seed: int, rank: i
     return shard[position * batch:(position + 1) * batch].tolist()
 
 
-def load_batch(dataset: Dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [dataset[i] for i in indices]
-    return torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
-
-
 @torch.no_grad()
 def predict_confusion(model: nn.Module, dataset: Dataset, indices: list[int], num_classes: int,
-                      batch_size: int, device: torch.device) -> torch.Tensor:
-    """Confusion matrix (K, K) of head 0 of ``model`` over ``dataset[indices]``."""
+                      batch_size: int, device: torch.device, workers: int = 0) -> torch.Tensor:
+    """Confusion matrix (K, K) of head 0 of ``model`` over ``dataset[indices]``.
+
+    A label larger (or smaller) than the input is scored at its own size: the logits are upsampled
+    bilinearly to it, then the argmax is taken (AdaptSegNet's and RIPU's evaluation; the Cityscapes
+    benchmark scores 2048x1024). One image at a time, so memory holds one full-size logit map.
+    """
+    from .loader import evaluation_loader
     from .metrics import confusion_matrix
 
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    for start in range(0, len(indices), batch_size):
-        images, labels = load_batch(dataset, indices[start:start + batch_size])
-        pred = model(images.to(device))[0].argmax(dim=1)
-        confusion += confusion_matrix(pred, labels.to(device), num_classes)
+    loader = evaluation_loader(dataset, indices, batch_size, workers=workers, pin_memory=device.type == "cuda")
+    for images, labels in loader:
+        logits = model(images.to(device, non_blocking=True))[0]
+        for item, label in zip(logits, labels):
+            label = label.to(device, non_blocking=True)
+            if tuple(label.shape) != tuple(item.shape[-2:]):
+                item = F.interpolate(item[None].float(), size=tuple(label.shape), mode="bilinear",
+                                     align_corners=False)[0]
+            confusion += confusion_matrix(item.argmax(dim=0), label, num_classes)
     model.train(was_training)
     return confusion

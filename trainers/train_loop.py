@@ -11,8 +11,10 @@ job, from which it continues exactly.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,10 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import build_adaptation_models, load_models, model_identity, run_job
+from .progress import StepProgress
 
-__all__ = ["TrainingResult", "build_adaptation_models", "load_models", "model_identity", "run_training",
-           "train_loop_per_worker"]
+__all__ = ["TrainingJobError", "TrainingResult", "build_adaptation_models", "load_models", "model_identity",
+           "run_training", "train_loop_per_worker"]
 
 
 def train_loop_per_worker(job: dict) -> dict | None:
@@ -58,20 +61,40 @@ def train_loop_per_worker(job: dict) -> dict | None:
         if every and done % every == 0 and done < cfg["adapt"]["steps"]:
             _report({"train/job_step": done}, state_fn() if rank == 0 else None)
 
-    result = run_job(job, rank=rank, world=world, device=ray.train.torch.get_device(), prepare_model=prepare,
-                     resume_state=resume_state, on_step=on_step)
+    try:
+        result = run_job(job, rank=rank, world=world, device=ray.train.torch.get_device(), prepare_model=prepare,
+                         resume_state=resume_state, on_step=on_step,
+                         progress=step_progress(job, world) if rank == 0 else None)
+    except Exception:
+        # Ray Train hands the driver the exception without its traceback: carry the traceback as the message.
+        raise WorkerFailure(traceback.format_exc()) from None
     _report(result.metrics, result.state if rank == 0 else None)
     # Ray Train keeps only reports that carry a checkpoint; the return value always arrives.
     return result.metrics if rank == 0 else None
 
 
+def step_progress(job: dict, world: int) -> StepProgress:
+    """Progress lines of this job (printed by rank 0 only; Ray forwards them to the driver)."""
+    cfg, mode = job["config"], job["mode"]
+    section = cfg["source" if mode == "source" else "adapt"]
+    label = "source model" if mode == "source" else f"round {job.get('round', '?')}"
+    if job.get("trial"):
+        label = f"{job['trial']} {label}"
+    elif job.get("full_target_labels"):
+        label = "oracle reference"
+    return StepProgress(label, int(section["batch_size"]) * world, float(cfg["train"]["progress_every_s"]))
+
+
 def _quiet_train_worker_logs() -> None:
-    """Drop Ray Train's INFO line per report (its logger is named by file, not by module)."""
+    """Drop Ray Train's INFO line per report (its logger is named by file, not by module), and its
+    traceback per failed attempt (the driver writes the last attempt's to a log file and says one line)."""
     try:
         import ray.train.v2._internal.execution.context as train_context
+        import ray.train.v2._internal.util as train_util
     except ImportError:  # a Ray without Train V2 internals: nothing to quiet
         return
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(train_util.__name__).setLevel(logging.CRITICAL)
 
 
 def _report(metrics: dict[str, Any], state: dict | None) -> None:
@@ -102,7 +125,7 @@ def run_training(job: dict, storage_path: str | Path, name: str,
     ``storage_path`` and ``job["init_checkpoint"]`` are URIs on it (``s3://bucket/key``) and the
     returned checkpoint directory is one too; otherwise all three are local paths.
     """
-    from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
     if filesystem is not None:
@@ -130,7 +153,10 @@ def run_training(job: dict, storage_path: str | Path, name: str,
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     started = time.perf_counter()
-    result = trainer.fit()  # raises ray.train.TrainingFailedError when the job fails for good
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:  # the job failed for good, after train.max_failures retries
+        raise TrainingJobError.from_failure(err, name, failure_log_path(job, name)) from None
     if job["mode"] != "evaluate" and result.checkpoint is None:
         raise RuntimeError(f"training job '{name}' finished without a checkpoint")
     checkpoint_dir = None
@@ -138,6 +164,36 @@ def run_training(job: dict, storage_path: str | Path, name: str,
         checkpoint_dir = f"{scheme}://{result.checkpoint.path}" if scheme else result.checkpoint.path
     return TrainingResult(metrics=dict(result.return_value or result.metrics), checkpoint_dir=checkpoint_dir,
                           seconds=time.perf_counter() - started)
+
+
+class WorkerFailure(RuntimeError):
+    """What a Train worker raises when its job fails: the message is the full traceback of the error."""
+
+
+class TrainingJobError(RuntimeError):
+    """A training job that failed for good: ``str(err)`` is one line naming the job, the error and the
+    log file that holds every failed worker's full traceback."""
+
+    @classmethod
+    def from_failure(cls, failure: BaseException, name: str, log_path: Path) -> "TrainingJobError":
+        worker_failures = getattr(failure, "worker_failures", None) or {}
+        sections = [f"rank {rank}:\n{error}" for rank, error in sorted(worker_failures.items())]
+        text = "\n\n".join(sections) or "".join(traceback.format_exception(failure))
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(f"training job '{name}' failed for good\n\n{text}\n")
+        return cls(f"training job '{name}' failed: {last_error_line(text)} (full traceback: {log_path})")
+
+
+def last_error_line(traceback_text: str) -> str:
+    """The ``ExceptionType: message`` line a Python traceback ends with (its last non-blank line)."""
+    lines = [line.strip() for line in traceback_text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def failure_log_path(job: dict, name: str) -> Path:
+    """Where a failed job's tracebacks go: ``output_dir/logs``, a local folder of the process that ran it."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(job["config"]["output_dir"]).resolve() / "logs" / f"{stamp}-{name}-{os.getpid()}.log"
 
 
 def _without_scheme(uri: str) -> str:

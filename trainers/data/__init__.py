@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import Dataset
 
 from .cityscapes import CityscapesSegmentation
@@ -32,30 +33,50 @@ SOURCE_FORMATS = {
     "cityscapes": _source_cityscapes,
 }
 TARGET_FORMATS = {
-    "cityscapes": lambda root, split, class_set, size: CityscapesSegmentation(root, split, class_set=class_set,
-                                                                              size=size),
+    "cityscapes": lambda root, split, class_set, size, native_labels=False: CityscapesSegmentation(
+        root, split, class_set=class_set, size=size, native_labels=native_labels),
 }
+# data.eval_resolution: "native" scores the prediction upsampled to each label's own size (the papers'
+# protocol, Cityscapes at 2048x1024); "input" scores labels resized to the input grid (cheaper).
+EVAL_RESOLUTIONS = ("native", "input")
 
 
-class FirstImages(Dataset):
-    """The first ``count`` items of a dataset, keeping its ``label()`` and ``classes``."""
+class SeededSubset(Dataset):
+    """``count`` items of a dataset drawn across the whole of it with ``seed`` (a seeded permutation,
+    kept in the dataset's own order), so that a subset of Cityscapes spans its cities instead of
+    being the first city's images. Keeps ``label()``, ``native_label()``, ``classes`` and ``files``."""
 
-    def __init__(self, dataset: Dataset, count: int):
-        self.dataset, self.count = dataset, min(count, len(dataset))
+    def __init__(self, dataset: Dataset, count: int, seed: int):
+        self.dataset = dataset
+        generator = torch.Generator().manual_seed(int(seed))
+        chosen = torch.randperm(len(dataset), generator=generator)[:min(count, len(dataset))]
+        self.indices = sorted(chosen.tolist())
         self.classes = dataset.classes
+        self.files = [dataset.files[i] for i in self.indices]
+        self.size = getattr(dataset, "size", None)
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.indices)
+
+    def _inner(self, index: int) -> int:
+        if not 0 <= index < len(self.indices):
+            raise IndexError(index)
+        return self.indices[index]
 
     def __getitem__(self, index: int):
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.dataset[index]
+        return self.dataset[self._inner(index)]
 
     def label(self, index: int):
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.dataset.label(index)
+        return self.dataset.label(self._inner(index))
+
+    def native_label(self, index: int):
+        return self.dataset.native_label(self._inner(index))
+
+    def native_size(self, index: int) -> tuple[int, int]:
+        return self.dataset.native_size(self._inner(index))
+
+    def grid_size(self, index: int) -> tuple[int, int]:
+        return self.dataset.grid_size(self._inner(index))
 
 
 @dataclass
@@ -125,34 +146,50 @@ def check_writable_folder(folder: str | Path, key: str) -> None:
                            + (" (a read-only file system)" if read_only else ""))
 
 
+def source_input_size(data_cfg: dict) -> tuple[int, int]:
+    """(H, W) source images are resized to before augmentation: ``data.source.height/width``, 0 for
+    one of them to keep each image's aspect ratio, both 0 for the target's ``data.height/width``."""
+    height, width = data_cfg["source"]["height"], data_cfg["source"]["width"]
+    if not height and not width:
+        return data_cfg["height"], data_cfg["width"]
+    return height, width
+
+
 def _source_split(data_cfg: dict, root: Path) -> Dataset:
-    size = (data_cfg["height"], data_cfg["width"])
+    size, source_size = (data_cfg["height"], data_cfg["width"]), source_input_size(data_cfg)
     aug = data_cfg["augment"]
     rescale = (aug["scale_min"], aug["scale_max"]) != (1.0, 1.0)
     augment = training_transform(size=None, scale=(aug["scale_min"], aug["scale_max"]),
-                                 crop=size if rescale else None, hflip=aug["hflip"])
-    return SOURCE_FORMATS[data_cfg["source"]["format"]](root, data_cfg["class_set"], size, augment)
+                                 crop=size if rescale or source_size != size else None, hflip=aug["hflip"])
+    return SOURCE_FORMATS[data_cfg["source"]["format"]](root, data_cfg["class_set"], source_size, augment)
 
 
 def _target_splits(data_cfg: dict, root: Path) -> tuple[Dataset, Dataset]:
-    size = (data_cfg["height"], data_cfg["width"])
+    size, class_set = (data_cfg["height"], data_cfg["width"]), data_cfg["class_set"]
     target_format = TARGET_FORMATS[data_cfg["target"]["format"]]
-    pool = target_format(root, data_cfg["target"]["pool_split"], data_cfg["class_set"], size)
-    val = target_format(root, data_cfg["target"]["val_split"], data_cfg["class_set"], size)
+    pool = target_format(root, data_cfg["target"]["pool_split"], class_set, size)
+    val = target_format(root, data_cfg["target"]["val_split"], class_set, size,
+                        native_labels=data_cfg["eval_resolution"] == "native")
     if data_cfg["pool_images"]:
-        pool = FirstImages(pool, data_cfg["pool_images"])
+        pool = SeededSubset(pool, data_cfg["pool_images"], data_cfg["subset_seed"])
     if data_cfg["val_images"]:
-        val = FirstImages(val, data_cfg["val_images"])
+        val = SeededSubset(val, data_cfg["val_images"], data_cfg["subset_seed"])
     return pool, val
 
 
 def build_domains(data_cfg: dict, progress=None) -> DomainSplits:
-    """Build the splits named by a ``data`` config section (as a plain dict)."""
+    """Build the splits named by a ``data`` config section (as a plain dict).
+
+    Target images (pool and validation) are resized to ``data.height x data.width``, the grid of
+    training and selection. Source images are resized to their own size (``source_input_size``),
+    randomly rescaled, then randomly cropped to the target's size (padded with ignore where
+    smaller), as AdaptSegNet and RIPU do, so both domains share one batch shape.
+    """
     source_root, target_root = domain_roots(data_cfg, progress)
     pool, val = _target_splits(data_cfg, target_root)
     return DomainSplits(source=_source_split(data_cfg, source_root), target_pool=pool, target_val=val,
                         classes=CLASS_SETS[data_cfg["class_set"]])
 
 
-__all__ = ["CLASS_SETS", "DatasetError", "DomainSplits", "FirstImages", "IGNORE_INDEX", "SOURCE_FORMATS",
-           "SYNTHETIC_CLASSES", "TARGET_FORMATS", "build_domains", "check_domains", "domain_roots"]
+__all__ = ["CLASS_SETS", "DatasetError", "DomainSplits", "EVAL_RESOLUTIONS", "SeededSubset", "IGNORE_INDEX", "SOURCE_FORMATS",
+           "SYNTHETIC_CLASSES", "TARGET_FORMATS", "build_domains", "source_input_size", "check_domains", "domain_roots"]

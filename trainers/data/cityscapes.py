@@ -68,9 +68,10 @@ class CityscapesSegmentation(PairedSegmentationDataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, class_set: str = "cityscapes19",
-                 size: tuple[int, int] | None = None, augment: Callable | None = None) -> None:
+                 size: tuple[int, int] | None = None, augment: Callable | None = None,
+                 native_labels: bool = False) -> None:
         mapping = cityscapes_mapping(class_set)
         self.root = check_root(root)
         self.split = split
         files = inside_root(self.root, list_cityscapes_pairs(self.root, split), "Cityscapes")
-        super().__init__(files, mapping, size=size, augment=augment)
+        super().__init__(files, mapping, size=size, augment=augment, native_labels=native_labels)

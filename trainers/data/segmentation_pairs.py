@@ -21,7 +21,7 @@ from torchvision.transforms.v2 import functional as F
 
 from .errors import DatasetError
 from .labelmaps import CLASS_SETS, LabelMapping
-from .transforms import check_size, deterministic_transform, to_model_tensors
+from .transforms import ResizeInput, check_size, image_to_model_tensor, to_model_tensors
 
 # What PIL raises for files it cannot identify or decode: UnidentifiedImageError is an OSError,
 # a truncated stream raises OSError on load, some malformed headers raise SyntaxError or ValueError.
@@ -128,18 +128,26 @@ class PairedSegmentationDataset(Dataset):
     Item contract (the same for every dataset): ``ds[i]`` is ``(image, label)`` with image float32
     (3, H, W) ImageNet-normalized and label int64 (H, W) of class indices, ``IGNORE_INDEX`` = ignore;
     ``ds.label(i)`` is the deterministic label alone (after ``size``, never augmented), read without
-    decoding the image: it is what the oracle reveals. ``size`` = (H, W) resizes both (image bilinear
-    with antialias, label nearest); ``augment`` (e.g. ``training_transform``) is applied after that.
+    decoding the image. ``size`` = (H, W) resizes both (image bilinear with antialias, label
+    nearest-exact; one of H, W may be 0 to keep each image's aspect ratio); ``augment`` (e.g.
+    ``training_transform``) is applied after that.
+
+    ``ds.native_label(i)`` is the label at the file's own size: what the oracle reveals (at the
+    pixel ``coordinates.label_coordinates`` maps a grid pixel to) and what native-resolution
+    evaluation scores. With ``native_labels=True`` items carry it instead of the resized label
+    (the image is still resized): the papers' evaluation input.
     """
 
     def __init__(self, files: list[tuple[str, str]], mapping: LabelMapping,
-                 size: tuple[int, int] | None = None, augment: Callable | None = None) -> None:
+                 size: tuple[int, int] | None = None, augment: Callable | None = None,
+                 native_labels: bool = False) -> None:
         self.files = list(files)
         self.mapping = mapping
         self.classes: tuple[str, ...] = CLASS_SETS[mapping.class_set]
-        self.size = check_size(size)
+        self.size = check_size(size, allow_aspect=True)
         self.augment = augment
-        self._resize = deterministic_transform(self.size)
+        self.native_labels = native_labels
+        self._resize = ResizeInput(self.size) if self.size is not None else None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -159,15 +167,35 @@ class PairedSegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = read_rgb_image(self.files[index][0])
         mask = self._class_mask(index, tuple(image.shape[-2:]))
-        image, mask = self._resize(image, mask)
+        if self.native_labels:
+            image = self._resize(image) if self._resize is not None else image
+            return image_to_model_tensor(image), mask.as_subclass(torch.Tensor).to(torch.int64)
+        if self._resize is not None:
+            image, mask = self._resize(image, mask)
         if self.augment is not None:
             image, mask = self.augment(image, mask)
         return to_model_tensors(image, mask)
 
-    def label(self, index: int) -> torch.Tensor:
-        """The deterministic ground truth of item ``index``: int64 (H, W), ``IGNORE_INDEX`` = ignore."""
+    def native_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of item ``index``'s original label, from the image header (no decoding)."""
+        return read_image_size(self.files[index][0])
+
+    def grid_size(self, index: int) -> tuple[int, int]:
+        """(H, W) of item ``index`` after ``size``: the grid its selection and stored labels use."""
+        native = self.native_size(index)
+        return self._resize.output_size(*native) if self._resize is not None else native
+
+    def native_label(self, index: int) -> torch.Tensor:
+        """The ground truth at the label file's own size: int64 (H, W), ``IGNORE_INDEX`` = ignore."""
         mask = self._class_mask(index, read_image_size(self.files[index][0]))
-        return self._resize(mask).as_subclass(torch.Tensor).to(torch.int64)
+        return mask.as_subclass(torch.Tensor).to(torch.int64)
+
+    def label(self, index: int) -> torch.Tensor:
+        """The deterministic ground truth of item ``index`` on its grid: int64 (H, W), ``IGNORE_INDEX`` = ignore."""
+        mask = self._class_mask(index, read_image_size(self.files[index][0]))
+        if self._resize is not None:
+            mask = self._resize(mask)
+        return mask.as_subclass(torch.Tensor).to(torch.int64)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={len(self)}, class_set='{self.mapping.class_set}', "

@@ -27,13 +27,19 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-def check_size(size: Sequence[int] | None, name: str = "size") -> tuple[int, int] | None:
-    """``size`` as a (height, width) tuple of positive ints, or None; anything else is a ValueError."""
+def check_size(size: Sequence[int] | None, name: str = "size", allow_aspect: bool = False) -> tuple[int, int] | None:
+    """``size`` as a (height, width) tuple of positive ints, or None; anything else is a ValueError.
+
+    ``allow_aspect``: one of the two may be 0, meaning "follow each image's aspect ratio".
+    """
     if size is None:
         return None
+    low = 0 if allow_aspect else 1
     if (isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise ValueError(f"{name} must be (height, width) with two positive ints, got {size!r}")
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in size)
+            or not any(size)):
+        extra = " (one may be 0: keep the aspect ratio)" if allow_aspect else ""
+        raise ValueError(f"{name} must be (height, width) with two positive ints{extra}, got {size!r}")
     return int(size[0]), int(size[1])
 
 
@@ -82,12 +88,42 @@ class RandomScale:
         return f"RandomScale(scale_range={self.scale_range})"
 
 
-def deterministic_transform(size: tuple[int, int] | None) -> v2.Transform:
-    """Resize to ``size`` = (H, W) (image bilinear with antialias, mask nearest); identity if None."""
+class ResizeInput:
+    """Resize an image (bilinear, antialias) and its mask (nearest-exact) to ``size`` = (H, W).
+
+    One of H, W may be 0: it then follows the input's aspect ratio (GTA5's 1914x1052 at width 1280
+    stays 1.82:1). Masks use 'nearest-exact', each output pixel the label under its centre: the
+    mapping of ``coordinates.label_coordinates``, so a grid-size label agrees pixel for pixel with
+    what the oracle reveals from the original label.
+    """
+
+    def __init__(self, size: tuple[int, int]):
+        self.size = check_size(size, allow_aspect=True)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        out_h, out_w = self.size
+        if out_h == 0:
+            out_h = max(1, round(height * out_w / width))
+        elif out_w == 0:
+            out_w = max(1, round(width * out_h / height))
+        return out_h, out_w
+
+    def __call__(self, *inputs):
+        size = list(self.output_size(*F.get_size(inputs[0])))
+        outputs = tuple(F.resize(x, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+                        if isinstance(x, tv_tensors.Mask) else F.resize(x, size, antialias=True) for x in inputs)
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def __repr__(self) -> str:
+        return f"ResizeInput(size={self.size})"
+
+
+def deterministic_transform(size: tuple[int, int] | None) -> v2.Transform | ResizeInput:
+    """Resize to ``size`` = (H, W) (image bilinear with antialias, mask nearest-exact); identity if None."""
     size = check_size(size)
     if size is None:
         return v2.Identity()
-    return v2.Resize(list(size), antialias=True)
+    return ResizeInput(size)
 
 
 def training_transform(size: tuple[int, int] | None = None, scale: tuple[float, float] = (0.5, 1.5),
@@ -125,3 +161,7 @@ def to_model_tensors(image: tv_tensors.Image, mask: tv_tensors.Mask) -> tuple[to
     image = _NORMALIZE(image)
     return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
 
+
+def image_to_model_tensor(image: tv_tensors.Image) -> torch.Tensor:
+    """uint8 Image (3, H, W) -> float32 normalized (3, H, W), a plain tensor (the image half of ``to_model_tensors``)."""
+    return _NORMALIZE(_TO_FLOAT(image)).as_subclass(torch.Tensor)

@@ -32,19 +32,19 @@ PROGRESS_EVERY_S = 10.0
 def _stamp(dataset: Dataset, path: str) -> str:
     """What must not change for a file to count as verified: its loader (the id table), size and mtime."""
     info = os.stat(path)
-    return f"{type(dataset).__name__}:{info.st_size}:{info.st_mtime_ns}"
+    loader = getattr(dataset, "dataset", dataset)  # the loader under a SeededSubset
+    return f"{type(loader).__name__}:{info.st_size}:{info.st_mtime_ns}"
 
 
 def _pairs(splits: dict[str, Dataset]) -> list[tuple[Dataset, int, str, str]]:
-    """(loader, index, image path, label path) of every item the splits use, each file pair once."""
+    """(split, index, image path, label path) of every item the splits use, each file pair once."""
     out, seen = [], set()
     for dataset in splits.values():
-        inner = getattr(dataset, "dataset", dataset)  # FirstImages keeps the first len(dataset) items
         for index in range(len(dataset)):
-            image_path, label_path = inner.files[index]
+            image_path, label_path = dataset.files[index]  # a SeededSubset lists its own items' files
             if (image_path, label_path) not in seen:
                 seen.add((image_path, label_path))
-                out.append((inner, index, image_path, label_path))
+                out.append((dataset, index, image_path, label_path))
     return out
 
 

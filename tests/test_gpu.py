@@ -1,0 +1,134 @@
+"""Selection and adaptation on a GPU (tests marked ``gpu``: skipped without CUDA), and the GPU check's own run.
+
+These run on the GPU machine of ``scripts/gpu_check.sh``, which has neither Ray, MLflow nor
+hypothesis: nothing here imports them.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT
+from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, RegionQuery, select_image
+from pixel_selectors.regions import components, components_by_propagation, greedy_spread, greedy_spread_rounds, \
+    priority_order
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def maps(seed, classes=19, height=96, width=160, levels=0):
+    """Two heads' softmax maps; ``levels`` > 0 quantizes the logits (exact ties and plateaus)."""
+    generator = torch.Generator().manual_seed(seed)
+    low = torch.randn(2, classes, height // 8, width // 8, generator=generator) * 4
+    logits = torch.nn.functional.interpolate(low, size=(height, width), mode="bilinear", align_corners=False)
+    if levels:
+        logits = (logits * levels).round() / levels
+    return [logits[0].softmax(0), (logits[0] + 0.3 * logits[1]).softmax(0)]
+
+
+def same_query(a, b):
+    if isinstance(a, RegionQuery):
+        return (np.array_equal(a.indices, b.indices) and np.array_equal(a.offsets, b.offsets)
+                and np.allclose(a.scores, b.scores, rtol=1e-6, atol=1e-12))
+    return (np.array_equal(a.ys, b.ys) and np.array_equal(a.xs, b.xs) and a.shortfall == b.shortfall
+            and np.allclose(a.scores, b.scores, rtol=1e-5, atol=1e-7, equal_nan=True))
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("name", sorted(SELECTORS))
+@pytest.mark.parametrize("levels", [0, 2])
+def test_a_selector_gives_the_same_queries_on_the_gpu_as_on_the_cpu(name, levels):
+    probs = maps(7, levels=levels)
+    if SELECTOR_INPUTS[name] == "segmenter":
+        probs = probs[:1]
+    labeled = torch.zeros(96, 160, dtype=torch.bool)
+    labeled[10:20, 30:90] = True
+    settings = {"num_points": 40} if SELECTOR_KIND[name] == "points" else {"budget_pixels": 600}
+    params = {"k": 9} if name == "region_impurity" else ({"k": 3} if "region" in name else {})
+    on_cpu = select_image(name, probs, labeled=labeled, seed=5, params=params, **settings)
+    on_gpu = select_image(name, [p.cuda() for p in probs], labeled=labeled.cuda(), seed=5, params=params, **settings)
+    assert same_query(on_cpu, on_gpu)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_components_and_greedy_rounds_on_the_gpu_match_the_cpu():
+    generator = torch.Generator().manual_seed(3)
+    mask = torch.rand(300, 500, generator=generator) < 0.4
+    indices, offsets = components(mask.numpy())
+    got_indices, got_offsets = components_by_propagation(mask.cuda())
+    assert np.array_equal(got_indices.cpu().numpy(), indices) and np.array_equal(got_offsets.cpu().numpy(), offsets)
+    score = torch.randint(0, 4, (300 * 500,), generator=generator).double()
+    order = priority_order(score, torch.ones(300, 500, dtype=torch.bool))
+    for reach, limit in ((2, None), (32, 40)):
+        expected = greedy_spread(order.numpy(), 300, 500, reach, limit)
+        assert greedy_spread_rounds(order.cuda(), 300, 500, reach, limit).cpu().tolist() == expected
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
+    from orchestrator.config import load_config
+    from trainers.engine import build_adaptation_models, build_optimizers, loss_weights
+    from trainers.step import adaptation_step
+
+    cfg = load_config(None, {"adapt.adversarial_weight": 0.001, "adapt.confusion_weight": 0.1,
+                             "adapt.soft_label_weight": 0.1, "adapt.pseudo_label_weight": 1.0,
+                             "adapt.discrepancy_weight": 1.0}).to_dict()
+    weights = loss_weights(cfg, "adapt")
+    models = build_adaptation_models(cfg, 9, weights)
+    for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
+        module = getattr(models, name).cuda()
+        if name != "soft_labels":
+            module.to(memory_format=torch.channels_last)
+    optimizers = build_optimizers(models, cfg, "adapt")
+    before = [p.detach().clone() for p in models.segmenter.parameters()]
+    images = torch.randn(2, 3, 64, 128, device="cuda").contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 9, (2, 64, 128), device="cuda")
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        losses = adaptation_step(models, optimizers, (images, labels), (images.flip(-1), labels), weights)
+    assert {"discrepancy", "target_ce", "adversarial"} <= set(losses)
+    assert all(np.isfinite(v) for v in losses.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, models.segmenter.parameters()))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_ranking_selects_on_the_gpu_and_skips_labeled_pixels():
+    from orchestrator.ranking import rank_images
+    from trainers.models import build_model
+
+    network = build_model("small_segnet", 9, 8, 2).cuda().eval()
+    images = torch.randn(2, 3, 64, 128, device="cuda")
+    labeled = {1: (np.arange(10), np.arange(10))}
+    with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+        out = dict(rank_images(network, images, [0, 1], labeled, "labor_ppl", num_points=40, seeds=[0, 1]))
+    assert len(out[0]) == len(out[1]) == 40
+    assert not set(zip(out[1].ys.tolist(), out[1].xs.tolist())) & {(i, i) for i in range(10)}
+
+
+def test_the_gpu_check_runs_its_parts_on_the_cpu_without_ray_mlflow_or_hypothesis(tmp_path):
+    """The whole module with a tiny model and sizes: every part leaves its figures, and nothing it
+    imports needs a package the GPU machine lacks (the module refuses them before it starts)."""
+    probe = ("import benchmarks.gpu_check as c, importlib.util; c.refuse_absent_packages(); "
+             "assert importlib.util.find_spec('hypothesis') is None or importlib.util.find_spec('hypothesis').origin "
+             "is None\ntry:\n import ray\nexcept ModuleNotFoundError: print('refused')")
+    refused = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.stdout.strip() == "refused", refused.stderr[-2000:]
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path), "--device", "cpu",
+         "--model", "small_segnet", "--rank-size", "32x64", "--rank-images", "1", "--train-size", "32x64",
+         "--label-size", "48x96", "--batch-size", "1", "--train-steps", "1", "--warmup-steps", "0",
+         "--eval-images", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert set(figures) == {"environment", "ranking", "train", "evaluate"}
+    assert set(figures["ranking"]["selectors"]) == set(SELECTORS) and figures["ranking"]["forward_ms"] > 0
+    assert figures["train"]["losses_finite"] and figures["evaluate"]["all_pixels_counted"]
+    assert "done: 3 part(s) passed" in (tmp_path / "gpu-check.txt").read_text()

@@ -29,6 +29,7 @@ import argparse
 import importlib.abc
 import importlib.machinery
 import json
+import math
 import platform
 import sys
 import time
@@ -232,20 +233,32 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
     return figures
 
 
+# The papers' recipe (AdaptSegNet, RIPU): DeepLab-V2, SGD 2.5e-4 with momentum 0.9 and weight decay
+# 5e-4, the classifier at 10x, polynomial decay, batch size 1, 512 x 1024 target crops.
+RECIPE = Path(__file__).resolve().parent.parent / "configs" / "gta5_to_cityscapes.yaml"
+# Every adaptation loss on, so a step costs what the full method costs (the recipe file sets none).
+ALL_LOSSES = {"adapt.adversarial_weight": 0.001, "adapt.confusion_weight": 0.1, "adapt.soft_label_weight": 0.1,
+              "adapt.pseudo_label_weight": 1.0, "adapt.discrepancy_weight": 1.0}
+
+
 def check_training(args, device, model_name: str, progress) -> dict:
-    """Adaptation steps with every loss on, bf16 autocast and channels_last, batches on the device."""
+    """Adaptation steps of the papers' recipe (``configs/gta5_to_cityscapes.yaml``: SGD with momentum,
+    weight decay and polynomial decay at the recipe's batch size) with every loss on, bf16 autocast
+    and channels_last, batches already on the device; the losses of the last step and whether they
+    stayed finite and within ``SANE_LOSS`` (a freshly initialised network starts near log K)."""
     import torch
 
     from orchestrator.config import load_config
-    from trainers.engine import build_adaptation_models, build_optimizers, loss_weights
+    from trainers.engine import (apply_lr_schedule, base_learning_rates, build_adaptation_models, build_optimizers,
+                                 loss_weights, lr_schedule_span, poly_lr_factor)
     from trainers.step import adaptation_step
 
     height, width = args.train_size
     classes = 19
-    cfg = load_config(None, {"model.name": model_name, "data.height": height, "data.width": width,
-                             "data.class_set": "cityscapes19", "adapt.adversarial_weight": 0.001,
-                             "adapt.confusion_weight": 0.1, "adapt.soft_label_weight": 0.1,
-                             "adapt.pseudo_label_weight": 1.0, "adapt.discrepancy_weight": 1.0}).to_dict()
+    overrides = {"model.name": model_name, "data.height": height, "data.width": width, **ALL_LOSSES}
+    if args.batch_size:
+        overrides["adapt.batch_size"] = args.batch_size
+    cfg = load_config(RECIPE, overrides).to_dict()
     weights = loss_weights(cfg, "adapt")
     models = build_adaptation_models(cfg, classes, weights)
     for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
@@ -255,8 +268,10 @@ def check_training(args, device, model_name: str, progress) -> dict:
             if device.type == "cuda" and name != "soft_labels":
                 module.to(memory_format=torch.channels_last)
     optimizers = build_optimizers(models, cfg, "adapt")
+    base_lrs = base_learning_rates(optimizers)
+    first, planned = lr_schedule_span(cfg, "adapt")
     generator = torch.Generator().manual_seed(0)
-    batch = args.batch_size
+    batch = cfg["adapt"]["batch_size"]
 
     def make_batch(labeled_share: float):
         images = torch.randn(batch, 3, height, width, generator=generator).to(device)
@@ -266,24 +281,39 @@ def check_training(args, device, model_name: str, progress) -> dict:
 
     source, target = make_batch(1.0), make_batch(0.022)
     reset_peak(device)
-    losses = {}
-    with autocast(device):
-        for _ in range(args.warmup_steps):
-            losses = adaptation_step(models, optimizers, source, target, weights, train_selector=True)
+    history: list[dict] = []
+
+    def steps(count: int) -> None:
+        with autocast(device):
+            for _ in range(count):
+                step = first + len(history)
+                apply_lr_schedule(optimizers, base_lrs, poly_lr_factor(step, first, planned, cfg["adapt"]["lr_power"]))
+                history.append(adaptation_step(models, optimizers, source, target, weights, train_selector=True))
+
+    steps(args.warmup_steps)
     synchronize(device)
     started = time.perf_counter()
-    with autocast(device):
-        for _ in range(args.train_steps):
-            losses = adaptation_step(models, optimizers, source, target, weights, train_selector=True)
+    steps(args.train_steps)
     synchronize(device)
     seconds = time.perf_counter() - started
     rate = args.train_steps * batch / seconds
-    finite = all(value == value and abs(value) != float("inf") for value in losses.values())
-    progress(f"train: {args.train_steps} adaptation steps of {batch}+{batch} images at {height}x{width}: "
-             f"{rate:.2f} target images/s ({seconds / args.train_steps:.2f} s a step), losses finite: {finite}")
-    return {"size": [height, width], "model": model_name, "batch_size": batch, "steps": args.train_steps,
+    losses = history[-1]
+    finite = all(math.isfinite(value) for step in history for value in step.values())
+    sane = finite and all(abs(value) <= SANE_LOSS for step in history for value in step.values())
+    progress(f"train: {args.train_steps} adaptation steps of {batch}+{batch} images at {height}x{width} "
+             f"(recipe {RECIPE.name}: {cfg['adapt']['optimizer']} lr {cfg['adapt']['lr']:g}): {rate:.2f} target "
+             f"images/s ({seconds / args.train_steps:.2f} s a step), losses finite: {finite}, "
+             f"all within {SANE_LOSS:g}: {sane}")
+    progress("train: last step's losses: " + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
+    return {"size": [height, width], "model": model_name, "recipe": RECIPE.name, "optimizer": cfg["adapt"]["optimizer"],
+            "lr": cfg["adapt"]["lr"], "batch_size": batch, "steps": args.train_steps,
             "seconds_per_step": seconds / args.train_steps, "images_per_s": rate, "losses_finite": finite,
-            "losses": losses, "peak_gpu_gib": peak_gib(device)}
+            "losses_sane": sane, "losses": losses, "first_losses": history[0], "peak_gpu_gib": peak_gib(device)}
+
+
+# A loss beyond this means the step diverged: cross-entropies of a fresh network start near
+# log 19 = 2.9, the adversarial and domain losses near log 2.
+SANE_LOSS = 100.0
 
 
 def evaluate_native(segmenter, images_and_labels, input_size: tuple[int, int], num_classes: int, device):
@@ -345,7 +375,8 @@ def parse_args(argv):
     parser.add_argument("--train-size", type=size_arg, default=(512, 1024),
                         help="training and evaluation input size (512x1024)")
     parser.add_argument("--label-size", type=size_arg, default=(1024, 2048), help="evaluation label size (1024x2048)")
-    parser.add_argument("--batch-size", type=int, default=2, help="source and target images per step (2 + 2)")
+    parser.add_argument("--batch-size", type=int, default=0,
+                        help="source and target images per step (default: the recipe's adapt.batch_size, 1 + 1)")
     parser.add_argument("--train-steps", type=int, default=10, help="timed adaptation steps (10)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps first (3)")
     parser.add_argument("--eval-images", type=int, default=8, help="evaluation images (8)")
@@ -353,11 +384,11 @@ def parse_args(argv):
     unknown = [p for p in args.parts.split(",") if p not in PARTS]
     if unknown:
         parser.error(f"unknown part '{unknown[0]}'; choose from: {', '.join(PARTS)}")
-    for name in ("rank_images", "batch_size", "train_steps", "eval_images"):
+    for name in ("rank_images", "train_steps", "eval_images"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup_steps < 0:
-        parser.error("--warmup-steps must be >= 0")
+    if args.warmup_steps < 0 or args.batch_size < 0:
+        parser.error("--warmup-steps and --batch-size must be >= 0")
     return args
 
 

@@ -1,91 +1,80 @@
-"""Quality benchmark: the shape of LabOR's Table 1 and Tzeng et al.'s ablation on the bundled domains.
+"""Quality benchmark: each method in its published procedure, at equal budget and equal training steps.
 
 For each seed, one Tune sweep through the product's own path (``orchestrator.sweep.run_sweep``: the
-cached source model, the oracle reference, Ray actors ranking the pool, Ray Train adapting, MLflow
-logging) runs every row below as one trial of one round:
+cached source model, the cached label-free warm-up, the oracle reference, Ray actors ranking the pool,
+Ray Train adapting, MLflow logging) runs every row below as one trial. Every trial starts from the
+same warmed-up models (G adapted without labels by AdaptSeg's adversarial loss; LabOR's selector S
+trained on G's pseudo labels with the MCD discrepancy: LabOR's order of work) and trains the same
+adaptation steps in all (``adapt.total_steps``), whatever its number of rounds, so a difference in
+mIoU is the selection's doing.
 
-- unsupervised adaptation: AdaptSeg output-space adversarial loss alone, domain confusion alone;
-- every point selector at every point budget (points per image) and every region selector at
-  every pixel budget (a fraction of all pool pixels, spent across the pool);
-- Tzeng et al.'s ablation with LabOR PPL points: the confusion weight, the soft-label temperature,
-  and the semi-supervised case where some classes are never labeled in the target domain (soft
-  labels on and off; the mIoU of those classes is what soft labels are for).
+Rows (P = points per image, 40 by default, the papers' count of clicks per image):
 
-Source-only and the oracle (every pool pixel labeled) come from the same sweep. The headline is
-the fraction of the gap closed, (mIoU - source-only) / (oracle - source-only), per seed, then the
-mean and the spread (sample standard deviation) over seeds. Writes ``docs/BENCHMARKS.md`` and the
-budget-curve image next to it, and logs both to MLflow (experiment ``quality``).
+- headline pairs, on every seed: LabOR PPL (P points, one round) against random points; LabOR SPL
+  labeling the whole inconsistency mask of every image (one round; its cost is the outcome) against
+  random squares buying the same number of pixels (measured per seed from the warmed-up selector
+  before the sweep);
+- the other rows, on the first seeds only: LabOR SPL at 2.2% against random squares at 2.2%; RIPU
+  points (P per image over 5 rounds) and RIPU regions (2.2% over 5 rounds), as RIPU acquires during
+  training; entropy at P points; PPL and random at the curve's other point budgets;
+- references per seed: source only, the warm-up alone (no label), the oracle (every pool pixel
+  labeled, the same steps from the same warmed-up models).
 
-    python -m benchmarks.quality            # 3 seeds, the full grid (about an hour on 2 CPUs)
-    python -m benchmarks.quality --quick    # 1 seed, a few rows (about 10 minutes)
+Gap closed = (mIoU - source-only) / (oracle - source-only), per seed. A method beats random when the
+95% confidence interval of its paired margin (its gap closed minus random's, seed by seed; Student's
+t over the seeds both ran) lies above 0; at least 5 seeds are needed to judge. Writes
+``docs/BENCHMARKS.md`` (``--quick``: ``docs/BENCHMARKS-quick.md``) and the budget curve next to it,
+and logs both to MLflow (experiment ``quality``).
+
+    python -m benchmarks.quality            # 5 seeds: headline pairs on all, other rows on 2 (about an hour, 2 CPUs)
+    python -m benchmarks.quality --quick    # 1 seed, the headline pairs only (about 10 minutes)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks.common import machine_line
-from orchestrator.config import ConfigError, ExperimentConfig, load_config, with_absolute_paths, with_overrides
+from orchestrator.config import (ConfigError, ExperimentConfig, from_dict, load_config, with_absolute_paths,
+                                 with_overrides)
 from trainers.data import CLASS_SETS
 
 ROOT = Path(__file__).resolve().parents[1]
-POINT_SELECTORS = ("random", "entropy", "margin", "region_impurity", "labor_ppl")
-REGION_SELECTORS = ("random_regions", "region_impurity_regions", "labor_spl")
-# What each selector is compared against at the same budget.
-RANDOM_OF_KIND = {"points": "random", "regions": "random_regions"}
-# The goals' pairs (LabOR against random at the same budget): their budget curves get extra budgets.
-CURVE_SELECTORS = ("random", "labor_ppl", "random_regions", "labor_spl")
-# Never labeled in the semi-supervised rows: thin or small things (the classes soft labels help most
-# in Tzeng et al.'s Office experiments are the ones without target labels; here, a third of them).
+# Never labeled in the Tzeng ablation's semi-supervised rows: thin or small things.
 WITHHELD_CLASSES = ("pole", "traffic_sign", "person")
+# Seeds needed before a paired margin's interval may decide "beats random" (the issue's rule).
+MIN_SEEDS_TO_JUDGE = 5
+GOAL_GAP_CLOSED = 0.90
 
 
 @dataclass(frozen=True)
 class Plan:
     """What one benchmark run covers."""
 
-    seeds: tuple[int, ...]
-    point_budgets: tuple[int, ...]          # points per image
-    pixel_budgets: tuple[float, ...]        # fraction of all pool pixels
-    point_selectors: tuple[str, ...] = POINT_SELECTORS
-    region_selectors: tuple[str, ...] = REGION_SELECTORS
-    unsupervised: bool = True
-    ablation_seeds: tuple[int, ...] = (0,)  # the Tzeng ablation runs on these seeds only
-    confusion_weights: tuple[float, ...] = (0.0, 1.0)   # besides the default 0.1
-    temperatures: tuple[float, ...] = (1.0, 8.0)        # besides the default 2
-    ablation_points: int = 10
-    two_round_points: int = 0   # > 0: random and LabOR PPL in 2 rounds of this many points (every seed)
-    two_round_pixel_budget: float = 0.0  # > 0: random squares and LabOR SPL in 2 rounds of this pixel fraction each
-    curve_point_budgets: tuple[int, ...] = ()      # extra point budgets of CURVE_SELECTORS
-    curve_pixel_budgets: tuple[float, ...] = ()    # extra pixel budgets of CURVE_SELECTORS
-
-    def budgets_of(self, selector: str) -> list:
-        """The budgets ``selector`` runs at: points per image, or fractions of the pool's pixels."""
-        kind_budgets, extra = ((self.point_budgets, self.curve_point_budgets) if selector in self.point_selectors
-                               else (self.pixel_budgets, self.curve_pixel_budgets))
-        return sorted({*kind_budgets, *(extra if selector in CURVE_SELECTORS else ())})
+    seeds: tuple[int, ...]                   # the headline pairs run on every seed
+    other_seeds: tuple[int, ...] = ()        # the other rows run on these seeds only
+    points: int = 40                         # points per image of the point rows
+    curve_points: tuple[int, ...] = (10,)    # more point budgets of PPL and random (other seeds)
+    pixel_fraction: float = 0.022            # the region rows' budget (SPL at 2.2%, RIPU regions)
+    ripu_rounds: int = 5                     # RIPU acquires in 5 rounds during training
+    total_steps: int = 300                   # adaptation steps of every trial after the warm-up
+    tzeng: bool = False                      # Tzeng et al.'s ablation, on the first seed
+    ablation_points: int = 10                # its PPL budget
 
 
-# Sized for 2 CPUs: every row is one adaptation job of the default 300 steps (about 45 s of wall time
-# here, two at a time, as a last round does not train the selector), and fewer steps would not do --
-# with 100 steps even random points closed 0.91-0.98 of the gap (docs/measurements.md, Calibration), leaving
-# selection nothing to show. To fit an hour, the uncertainty baselines run at 40 points only (they
-# trailed random at 10 and 40 points alike in the first full run), random and LabOR PPL at 10 and 40,
-# and the two-round pairs (points and regions) on every seed, since they are where LabOR's selector
-# has learned the target (LabOR's two-round trial costs about three one-round trials: its first round
-# trains the selector; random's about two). ``--set selection.region_spread=score`` reruns every region
-# row with the budget spread by score instead of per-image shares.
-FULL = Plan(seeds=(0, 1, 2), point_budgets=(40,), pixel_budgets=(0.022,), curve_point_budgets=(10,),
-            two_round_points=20, two_round_pixel_budget=0.011)
-QUICK = Plan(seeds=(0,), point_budgets=(10,), pixel_budgets=(0.022,), point_selectors=("random", "labor_ppl"),
-             region_selectors=("random_regions", "labor_spl"), unsupervised=False, ablation_seeds=())
+# Sized for 2 CPUs (per seed on a quiet machine: source model about 1.5 min, warm-up about 3, oracle
+# about 2, a one-round trial about 45 s of which two run at once, a 5-round RIPU trial about 2.5 min):
+# five seeds of the four headline trials and two seeds of the other rows fit an hour.
+FULL = Plan(seeds=(0, 1, 2, 3, 4), other_seeds=(0, 1))
+QUICK = Plan(seeds=(0,), curve_points=())
 
 # Settings of every benchmark sweep (on top of configs/default.yaml and the user's --set).
 SWEEP_SETTINGS = {
@@ -99,75 +88,75 @@ SWEEP_SETTINGS = {
 
 
 def budget_label(points: int | None = None, fraction: float | None = None, rounds: int = 1) -> str:
-    """How a budget reads in the tables and goals: "40 pts/img", "2.2%", per round "2 x 20 pts/img"."""
-    per_round = f"{points} pts/img" if points is not None else f"{100 * fraction:g}%"
+    """How a budget reads: "40 pts/img", "2.2%", or per round "5 x 8 pts/img"."""
+    per_round = f"{points} pts/img" if points is not None else f"{100 * fraction:.3g}%"
     return f"{rounds} x {per_round}" if rounds > 1 else per_round
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of a table: a label, the config keys of its trial, and where it is reported."""
+    """One row: a stable id, how it reads, the config keys of its trial and what it is compared with."""
 
-    table: str      # "main" | "confusion" | "temperature" | "semi"
+    id: str
     label: str
+    procedure: str
     budget: str
     keys: dict
-    value: float | None = None  # the ablated setting, in the ablation tables
+    rival: str | None = None     # the id of the random row at the same budget
+    goal: bool = False           # a headline row with the issue's goals
+    table: str = "main"          # "main" | "confusion" | "temperature" | "semi"
+    value: float | None = None   # the ablated setting, in the ablation tables
 
     def case(self) -> dict:
         return dict(self.keys)
 
-    def one_round_budget(self) -> str:
-        """The budget label of one round that buys what all of this row's rounds buy together."""
-        rounds = self.keys.get("selection.rounds", 1)
-        if "selection.points_per_image" in self.keys:
-            return budget_label(points=rounds * self.keys["selection.points_per_image"])
-        return budget_label(fraction=rounds * self.keys["selection.budget_fraction"])
+
+def ppl_keys(points: int) -> dict:
+    return {"selection.selector": "labor_ppl", "selection.points_per_image": points}
 
 
-def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
-    """The rows of the plan; with ``seed``, only those that run on that seed."""
-    rows = []
-    ablation = seed is None or seed in plan.ablation_seeds
-    if plan.unsupervised:  # every seed: they are the lower reference of the curve
+def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | None = None) -> list[Row]:
+    """The rows of the plan that run on ``seed`` (all rows when None). ``matched_fraction`` is the pixel
+    share of the pool that LabOR SPL's whole mask buys on that seed: the budget of its random rival
+    (the rival is left out while it is unknown)."""
+    p, frac, rounds = plan.points, plan.pixel_fraction, plan.ripu_rounds
+    one_round = "warm-up, 1 round"
+    rows = [
+        Row("ppl", "LabOR PPL", one_round, budget_label(points=p), ppl_keys(p), rival="random", goal=True),
+        Row("random", "random points", one_round, budget_label(points=p),
+            {"selection.selector": "random", "selection.points_per_image": p}),
+        Row("spl_mask", "LabOR SPL, whole mask", one_round, "whole mask",
+            {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"}, rival="random_mask", goal=True),
+    ]
+    if matched_fraction:  # unknown before it is measured; 0 if the masks are empty (nothing to match)
+        rows.append(Row("random_mask", "random squares at SPL's cost", one_round, "= SPL's whole mask",
+                        {"selection.selector": "random_regions", "selection.budget_fraction": matched_fraction}))
+    others = seed is None or seed in plan.other_seeds
+    if others:
         rows += [
-            Row("main", "AdaptSeg adversarial only (no labels)", "0",
-                {"selection.selector": "none", "adapt.confusion_weight": 0.0, "adapt.soft_label_weight": 0.0}),
-            Row("main", "domain confusion only (no labels)", "0",
-                {"selection.selector": "none", "adapt.adversarial_weight": 0.0, "adapt.soft_label_weight": 0.0}),
+            Row("spl", "LabOR SPL", one_round, budget_label(fraction=frac),
+                {"selection.selector": "labor_spl", "selection.budget_fraction": frac}, rival="random_squares"),
+            Row("random_squares", "random squares", one_round, budget_label(fraction=frac),
+                {"selection.selector": "random_regions", "selection.budget_fraction": frac}),
+            Row("ripu_points", "RIPU points", f"warm-up, {rounds} rounds", budget_label(points=p // rounds, rounds=rounds),
+                {"selection.selector": "region_impurity", "selection.points_per_image": p // rounds,
+                 "selection.rounds": rounds}, rival="random"),
+            Row("ripu_regions", "RIPU regions", f"warm-up, {rounds} rounds",
+                budget_label(fraction=frac / rounds, rounds=rounds),
+                {"selection.selector": "region_impurity_regions", "selection.budget_fraction": frac / rounds,
+                 "selection.rounds": rounds}, rival="random_squares"),
+            Row("entropy", "entropy", one_round, budget_label(points=p),
+                {"selection.selector": "entropy", "selection.points_per_image": p}, rival="random"),
         ]
-    for selector in plan.point_selectors:
-        for points in plan.budgets_of(selector):
-            rows.append(Row("main", selector, budget_label(points=points),
-                            {"selection.selector": selector, "selection.points_per_image": points}))
-    for selector in plan.region_selectors:
-        for fraction in plan.budgets_of(selector):
-            rows.append(Row("main", selector, budget_label(fraction=fraction),
-                            {"selection.selector": selector, "selection.budget_fraction": fraction}))
-    ppl = {"selection.selector": "labor_ppl", "selection.points_per_image": plan.ablation_points}
-    ablation_budget = budget_label(points=plan.ablation_points)
-    for weight in plan.confusion_weights if ablation else ():
-        rows.append(Row("confusion", f"confusion weight {weight:g}", ablation_budget,
-                        {**ppl, "adapt.confusion_weight": weight}, weight))
-    for temperature in plan.temperatures if ablation else ():
-        rows.append(Row("temperature", f"temperature {temperature:g}", ablation_budget,
-                        {**ppl, "adapt.soft_label_temperature": temperature}, temperature))
-    for soft in (0.0, 0.1) if ablation else ():
-        rows.append(Row("semi", f"soft labels {'on (0.1)' if soft else 'off'}", ablation_budget,
-                        {**ppl, "selection.unlabeled_classes": list(WITHHELD_CLASSES), "adapt.soft_label_weight": soft}))
-    # LabOR's selector learns the target between rounds (pseudo labels from G, MCD); the second round
-    # ranks with it. Random points (squares) in the same two rounds are its rival.
-    for selector in ("random", "labor_ppl") if plan.two_round_points else ():
-        rows.append(Row("rounds", selector, budget_label(points=plan.two_round_points, rounds=2),
-                        {"selection.selector": selector, "selection.points_per_image": plan.two_round_points,
-                         "selection.rounds": 2}))
-    for selector in ("random_regions", "labor_spl") if plan.two_round_pixel_budget else ():
-        rows.append(Row("rounds", selector, budget_label(fraction=plan.two_round_pixel_budget, rounds=2),
-                        {"selection.selector": selector, "selection.budget_fraction": plan.two_round_pixel_budget,
-                         "selection.rounds": 2}))
-    # The default-valued ablation points are the main table's PPL row at the same budget; run once.
+        for points in plan.curve_points:
+            rows += [Row(f"ppl@{points}", "LabOR PPL", one_round, budget_label(points=points), ppl_keys(points),
+                         rival=f"random@{points}"),
+                     Row(f"random@{points}", "random points", one_round, budget_label(points=points),
+                         {"selection.selector": "random", "selection.points_per_image": points})]
+    if plan.tzeng and (seed is None or seed == plan.seeds[0]):
+        rows += tzeng_rows(plan)
     unique, seen = [], set()
-    for row in rows:
+    for row in rows:  # one trial per distinct case (e.g. the ablation's default is a curve row)
         signature = json.dumps(row.keys, sort_keys=True)
         if signature not in seen:
             seen.add(signature)
@@ -175,26 +164,69 @@ def plan_rows(plan: Plan, seed: int | None = None) -> list[Row]:
     return unique
 
 
-def main_table_reference(plan: Plan) -> dict:
-    """The PPL row the ablation tables share their default values with."""
-    return {"selection.selector": "labor_ppl", "selection.points_per_image": plan.ablation_points}
+def tzeng_rows(plan: Plan) -> list[Row]:
+    """Tzeng et al.'s ablation with LabOR PPL points: confusion weight, temperature, classes never labeled."""
+    ppl, budget, out = ppl_keys(plan.ablation_points), budget_label(points=plan.ablation_points), []
+    for weight in (0.0, 1.0):
+        out.append(Row(f"confusion={weight:g}", f"confusion weight {weight:g}", "warm-up, 1 round", budget,
+                       {**ppl, "adapt.confusion_weight": weight}, table="confusion", value=weight))
+    for temperature in (1.0, 8.0):
+        out.append(Row(f"temperature={temperature:g}", f"temperature {temperature:g}", "warm-up, 1 round", budget,
+                       {**ppl, "adapt.soft_label_temperature": temperature}, table="temperature", value=temperature))
+    for soft in (0.0, 0.1):
+        out.append(Row(f"semi={soft:g}", f"soft labels {'on (0.1)' if soft else 'off'}", "warm-up, 1 round", budget,
+                       {**ppl, "selection.unlabeled_classes": list(WITHHELD_CLASSES), "adapt.soft_label_weight": soft},
+                       table="semi"))
+    return out
 
 
-def sweep_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str]) -> ExperimentConfig:
+def base_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str]) -> ExperimentConfig:
+    """One seed's settings before its cases: what the source model, warm-up and oracle caches depend on."""
     cfg = load_config(None, overrides)
     if cfg.storage.uri:
         raise ConfigError("storage.uri", "the quality benchmark reads its sweeps' results from output_dir on this "
                                          "machine; run it without storage.uri")
-    # Longest trials first (Tune starts a grid's trials in its order): two trials run at once, and a
-    # two-round trial started last would leave the other slot idle for most of its length.
-    rows = sorted(plan_rows(plan, seed), key=lambda row: -row.keys.get("selection.rounds", 1))
-    cfg = with_overrides(cfg, {**SWEEP_SETTINGS, "seed": seed, "output_dir": str(output_dir / f"seed-{seed}"),
-                               "sweep.search_space": {"cases": {"grid": [row.case() for row in rows]}}})
+    steps = {} if any(pair.startswith("adapt.total_steps=") for pair in overrides) else \
+        {"adapt.total_steps": plan.total_steps}  # the user's --set wins (e.g. a small run to try the path)
+    cfg = with_overrides(cfg, {**SWEEP_SETTINGS, **steps, "seed": seed, "output_dir": str(output_dir / f"seed-{seed}"),
+                               "sweep.search_space": {}})
     return with_absolute_paths(cfg)
 
 
+def sweep_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str],
+                 matched_fraction: float | None = None) -> ExperimentConfig:
+    """The seed's sweep: every row as a case of the ``cases`` axis, the longest trials first (Tune starts a
+    grid in order; two trials run at once, and a long trial started last would leave a slot idle)."""
+    cfg = base_config(plan, seed, output_dir, overrides)
+    rows = sorted(plan_rows(plan, seed, matched_fraction), key=lambda row: -row.keys.get("selection.rounds", 1))
+    return with_overrides(cfg, {"sweep.search_space": {"cases": {"grid": [row.case() for row in rows]}}})
+
+
+MATCH_FILE = "spl-whole-mask.json"
+
+
+def whole_mask_fraction(cfg: ExperimentConfig, checkpoint: str) -> dict:
+    """Pixels of the pool that LabOR SPL's whole-mask round 1 buys with ``checkpoint``'s selector: ranked
+    here with the same ``Ranker`` the actors run (a forward pass of S over the pool)."""
+    from orchestrator.ranking import Ranker, shard_ids
+
+    spl = with_overrides(cfg, {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask",
+                               "selection.budget_fraction": 0.0}).to_dict()
+    ranker = Ranker(checkpoint, spl)
+    pool_size = len(ranker.pool)
+    pixels = sum(query.num_pixels for shard in shard_ids(list(range(pool_size)), cfg.ranking.images_per_shard)
+                 for _, query in ranker.rank(shard, {}, 0))
+    return {"pixels": int(pixels), "fraction": pixels / (pool_size * cfg.data.height * cfg.data.width)}
+
+
+def matched_fraction_of(cfg: ExperimentConfig) -> float | None:
+    """The whole-mask fraction recorded for this seed's sweep (None before it was measured)."""
+    path = Path(cfg.output_dir) / MATCH_FILE
+    return json.loads(path.read_text())["fraction"] if path.is_file() else None
+
+
 def trial_results(cfg: ExperimentConfig) -> list[tuple[dict, dict]]:
-    """(trial config keys that were swept, final-round metrics) of every finished trial of a sweep."""
+    """(trial config, final-round metrics) of every finished trial of a sweep."""
     from orchestrator.experiment import PROGRESS_FILE
 
     out = []
@@ -209,73 +241,91 @@ def trial_results(cfg: ExperimentConfig) -> list[tuple[dict, dict]]:
     return out
 
 
-def flat_value(config: dict, key: str):
-    node = config
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def reference_metrics(cfg: ExperimentConfig) -> tuple[dict, dict]:
-    """(source-only, oracle) target metrics of a finished sweep, from their caches."""
-    from orchestrator.experiment import ORACLE_CACHE_SECTIONS, source_cache_key
+def reference_metrics(cfg: ExperimentConfig) -> dict[str, dict]:
+    """Source-only, warm-up and oracle target metrics of a finished sweep, from their caches."""
+    from orchestrator.experiment import oracle_cache_key, source_cache_key, warmup_cache_key
 
     root = Path(cfg.output_dir)
-    source = json.loads((root / "source-models" / source_cache_key(cfg) / "metrics.json").read_text())
-    oracle = json.loads((root / "oracle-references" / cfg.hash(*ORACLE_CACHE_SECTIONS) / "metrics.json").read_text())
-    return source, oracle
+    out = {"source": json.loads((root / "source-models" / source_cache_key(cfg) / "metrics.json").read_text()),
+           "oracle": json.loads((root / "oracle-references" / oracle_cache_key(cfg) / "metrics.json").read_text())}
+    warmup = root / "warmup-models" / warmup_cache_key(cfg) / "metrics.json"
+    out["warmup"] = json.loads(warmup.read_text()) if cfg.warmup.steps and warmup.is_file() else out["source"]
+    return out
 
 
 @dataclass
 class Measured:
-    """One row's figures over seeds."""
+    """One row's figures over seeds (one entry per seed, in the order of ``seeds``)."""
 
     row: Row
-    seeds: list[int] = field(default_factory=list)  # the seed of each figure below, in order
+    seeds: list[int] = field(default_factory=list)
     miou: list[float] = field(default_factory=list)
     gap: list[float] = field(default_factory=list)
     labeled_fraction: list[float] = field(default_factory=list)
     clicks_per_image: list[float] = field(default_factory=list)
     withheld_miou: list[float] = field(default_factory=list)
+    global_step: list[float] = field(default_factory=list)
+
+
+REFERENCES = ("source", "warmup", "oracle")
 
 
 def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Measured], dict[str, list[float]]]:
-    rows = plan_rows(plan)
-    measured = {id(row): Measured(row) for row in rows}
-    references: dict[str, list[float]] = {"source": [], "oracle": [], "source_withheld": [], "oracle_withheld": []}
+    """Every row's figures over the seeds of ``configs``, and the references per seed (mIoU; the
+    withheld classes' mIoU under ``<name>_withheld``; the warm-up's gap closed under ``warmup_gap``)."""
+    measured: dict[str, Measured] = {}
+    references: dict[str, list[float]] = {name: [] for name in
+                                          (*REFERENCES, *(f"{r}_withheld" for r in REFERENCES), "warmup_gap")}
+    pool_images = None
     for seed, cfg in configs.items():
-        source, oracle = reference_metrics(cfg)
-        low, high = source["target/miou"], oracle["target/miou"]
+        rows = plan_rows(plan, seed, matched_fraction_of(cfg))
+        for row in rows:
+            measured.setdefault(row.id, Measured(row))
+        refs = reference_metrics(cfg)
+        low, high = refs["source"]["target/miou"], refs["oracle"]["target/miou"]
         if high <= low:
             print(f"[quality] seed {seed}: the oracle ({high:.3f}) is not above source-only ({low:.3f}); "
                   f"gap closed is undefined for this seed", file=sys.stderr)
-        references["source"].append(low)
-        references["oracle"].append(high)
-        references["source_withheld"].append(_class_mean(source, WITHHELD_CLASSES))
-        references["oracle_withheld"].append(_class_mean(oracle, WITHHELD_CLASSES))
-        pool_images = None
+
+        def gap(miou: float) -> float:
+            return (miou - low) / (high - low) if high > low else float("nan")
+
+        for name in REFERENCES:
+            references[name].append(refs[name]["target/miou"])
+            references[f"{name}_withheld"].append(_class_mean(refs[name], WITHHELD_CLASSES))
+        references["warmup_gap"].append(gap(refs["warmup"]["target/miou"]))
+        # A trial is a row's when its whole config is the seed's with the row's keys set: a stray trial
+        # (e.g. an earlier run in the same folder with other settings) belongs to no row.
+        expected = {row.id: with_overrides(cfg, row.case()).flat() for row in rows}
         for config, metrics in trial_results(cfg):
-            row = next((r for r in rows if all(flat_value(config, k) == v for k, v in r.keys.items())
-                        and _is_default_elsewhere(config, r, cfg)), None)
+            flat = _flat(config)
+            row = next((r for r in rows if flat == expected[r.id]), None)
             if row is None:
                 continue
-            m = measured[id(row)]
+            m = measured[row.id]
+            pool_images = pool_images or _pool_images(cfg)
             m.seeds.append(seed)
             m.miou.append(metrics["target/miou"])
-            m.gap.append((metrics["target/miou"] - low) / (high - low) if high > low else float("nan"))
+            m.gap.append(gap(metrics["target/miou"]))
             m.labeled_fraction.append(metrics["budget/labeled_fraction"])
-            pool_images = pool_images or _pool_images(cfg)
             m.clicks_per_image.append(metrics["budget/clicks"] / pool_images)
             m.withheld_miou.append(_class_mean(metrics, WITHHELD_CLASSES))
-    return [measured[id(row)] for row in rows], references
+            m.global_step.append(metrics.get("train/global_step", float("nan")))
+    order = row_ids(plan)
+    return sorted(measured.values(), key=lambda m: order.index(m.row.id)), references
 
 
-def _is_default_elsewhere(config: dict, row: Row, cfg: ExperimentConfig) -> bool:
-    """A trial belongs to a row only if the keys other rows vary are at their defaults for it."""
-    varied = {"adapt.confusion_weight", "adapt.soft_label_temperature", "adapt.soft_label_weight",
-              "adapt.adversarial_weight", "selection.unlabeled_classes", "selection.rounds",
-              "selection.region_spread"}
-    return all(flat_value(config, key) == flat_value(cfg.to_dict(), key) for key in varied - set(row.keys))
+def row_ids(plan: Plan) -> list[str]:
+    """Every row id the plan can have, in table order (the matched rival included, whatever its budget)."""
+    return [row.id for row in plan_rows(plan, None, matched_fraction=1.0)]
+
+
+def _flat(config: dict) -> dict | None:
+    """A trial's saved config, flattened; None when this version cannot read it (an old one)."""
+    try:
+        return from_dict(config).flat()
+    except ConfigError:
+        return None
 
 
 def _class_mean(metrics: dict, classes) -> float:
@@ -304,61 +354,81 @@ def fmt(values: list[float], digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {spread:.{digits}f}" if len(values) > 1 else f"{mean:.{digits}f}"
 
 
-def paired_margins(ours: Measured, rival: Measured) -> str:
-    """Gap closed by ``ours`` minus ``rival``'s on each seed both ran: the two rows share that seed's
-    source model, domains and batches, so the per-seed difference shows what the means' spread hides."""
+@dataclass(frozen=True)
+class Margin:
+    """A row's paired margin against its random rival: gap closed minus the rival's, seed by seed."""
+
+    values: tuple[float, ...]
+    mean: float
+    low: float    # the 95% t-interval; NaN with fewer than 2 seeds
+    high: float
+
+    @property
+    def seeds(self) -> int:
+        return len(self.values)
+
+    def text(self) -> str:
+        if not self.values or self.mean != self.mean:
+            return "n/a"
+        if self.seeds < 2:
+            return f"{self.mean:+.2f} (1 seed)"
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+
+    def verdict(self) -> bool | None:
+        """True when the whole interval lies above 0, False when it does not; None with fewer seeds
+        than ``MIN_SEEDS_TO_JUDGE`` (or an undefined margin)."""
+        if self.seeds < MIN_SEEDS_TO_JUDGE or self.low != self.low:
+            return None
+        return self.low > 0
+
+
+def paired_margin(ours: Measured, rival: Measured) -> Margin:
+    """The margin over the seeds both rows ran, with its 95% Student's t confidence interval."""
+    from scipy import stats
+
     rival_gap = dict(zip(rival.seeds, rival.gap))
-    margins = [f"{gap - rival_gap[seed]:+.2f}" for seed, gap in zip(ours.seeds, ours.gap) if seed in rival_gap]
-    return "per seed " + ", ".join(margins) if margins else "no seed in common"
+    values = tuple(gap - rival_gap[seed] for seed, gap in zip(ours.seeds, ours.gap) if seed in rival_gap)
+    mean, spread = mean_spread(list(values))
+    if len(values) < 2 or mean != mean:
+        return Margin(values, mean, float("nan"), float("nan"))
+    half = float(stats.t.ppf(0.975, len(values) - 1)) * spread / math.sqrt(len(values))
+    return Margin(values, mean, mean - half, mean + half)
 
 
 @dataclass(frozen=True)
 class GoalCheck:
     text: str
-    met: bool | None  # None: cannot be judged (one seed has no spread)
+    met: bool | None  # None: cannot be judged (too few seeds)
 
 
-def goal_checks(plan: Plan, measured: list[Measured]) -> list[GoalCheck]:
-    """Issue 9's goals: PPL at the largest point budget >= 0.85 of the gap, SPL at 2.2% >= 0.90 (each in
-    one round, and in two rounds when the plan has them), each beating random selection at the same
-    budget (and rounds) by more than the seed spread."""
-    def find(selector, budget):
-        return next((m for m in measured if m.row.table in ("main", "rounds")
-                     and m.row.keys.get("selection.selector") == selector and m.row.budget == budget), None)
-
+def goal_checks(measured: list[Measured]) -> list[GoalCheck]:
+    """The issue's goals for the headline rows (LabOR PPL and SPL in their own procedure): each closes at
+    least 0.90 of the gap, and beats random at the same budget (the paired margin's interval above 0)."""
+    by_id = {m.row.id: m for m in measured}
     checks = []
-    goals = [("labor_ppl", budget_label(points=max(plan.point_budgets)), 0.85),
-             ("labor_spl", budget_label(fraction=0.022), 0.90)]
-    # The same goals for LabOR's own setting, its selector trained on the target, at the same total budget.
-    if plan.two_round_points:
-        goals.insert(1, ("labor_ppl", budget_label(points=plan.two_round_points, rounds=2), 0.85))
-    if plan.two_round_pixel_budget:
-        goals.append(("labor_spl", budget_label(fraction=plan.two_round_pixel_budget, rounds=2), 0.90))
-    for selector, budget, goal in goals:
-        ours = find(selector, budget)
-        if ours is None or not ours.gap:
+    for m in measured:
+        if not m.row.goal or not m.gap:
             continue
-        kind = "points" if selector == "labor_ppl" else "regions"
-        rival = find(RANDOM_OF_KIND[kind], budget)
-        mean, spread = mean_spread(ours.gap)
-        checks.append(GoalCheck(f"{selector} at {budget} closes {mean:.2f} of the gap (goal >= {goal:.2f})",
-                                mean >= goal))
-        if rival is not None and rival.gap:
-            rival_mean, rival_spread = mean_spread(rival.gap)
-            margin = mean - rival_mean
-            if min(len(ours.gap), len(rival.gap)) < 2:
-                checks.append(GoalCheck(f"{selector} beats {rival.row.label} at {budget} by {margin:+.2f} of the "
-                                        f"gap (one seed: no spread to judge the margin by)", None))
-                continue
-            needed = max(spread, rival_spread)
-            checks.append(GoalCheck(f"{selector} beats {rival.row.label} at {budget} by {margin:+.2f} of the gap "
-                                    f"(goal: more than the seed spread, {needed:.2f}; {paired_margins(ours, rival)})",
-                                    margin > needed))
+        mean, _ = mean_spread(m.gap)
+        name = f"{m.row.label} ({m.row.budget})"
+        checks.append(GoalCheck(f"{name} closes {mean:.2f} of the gap (goal >= {GOAL_GAP_CLOSED:.2f}; "
+                                f"{len(m.gap)} seed(s))", mean >= GOAL_GAP_CLOSED if mean == mean else None))
+        rival = by_id.get(m.row.rival)
+        if rival is None or not rival.gap:
+            continue
+        margin = paired_margin(m, rival)
+        why = [f"95% interval over {margin.seeds} seeds"] if margin.seeds >= 2 else []
+        if margin.verdict() is None:
+            why.append(f"at least {MIN_SEEDS_TO_JUDGE} seeds are needed to judge")
+        why.append(f"per seed {', '.join(f'{v:+.2f}' for v in margin.values)}")
+        checks.append(GoalCheck(f"{name} beats {rival.row.label}: paired margin {margin.text()} of the gap "
+                                f"({'; '.join(why)})", margin.verdict()))
     return checks
 
 
 def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, path: Path) -> list[str]:
-    """Gap closed against labeled pixels (% of the pool), one line per selector, error bars = spread.
+    """Gap closed against labeled pixels (% of the pool, log scale), one marker series per method,
+    error bars = spread over seeds; the warm-up, source-only and oracle levels drawn across.
     Returns the legend's labels (the series drawn)."""
     import matplotlib
 
@@ -367,47 +437,37 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
     import matplotlib.ticker
 
     figure, axis = plt.subplots(figsize=(8, 4.8), dpi=120)
-    selectors = [*plan.point_selectors, *plan.region_selectors]
     colours = plt.get_cmap("tab10")
-    for index, selector in enumerate(selectors):
-        points = sorted(((statistics.fmean(m.labeled_fraction) * 100, *mean_spread(m.gap)) for m in measured
-                         if m.row.table == "main" and m.row.label == selector and m.gap))
-        if not points:
-            continue
-        xs, ys, spreads = zip(*points)
-        style = "-o" if selector in plan.point_selectors else "--s"
-        axis.errorbar(xs, ys, yerr=spreads, fmt=style, color=colours(index), capsize=3, label=selector)
-    # Two-round rows: one point each, in their selector's colour, with a hollow marker.
+    series: dict[str, list[tuple[float, float, float]]] = {}
     for m in measured:
-        selector = m.row.keys.get("selection.selector")
-        if m.row.table == "rounds" and m.gap and selector in selectors:
-            mean, spread = mean_spread(m.gap)
-            axis.errorbar([statistics.fmean(m.labeled_fraction) * 100], [mean], yerr=[spread], fmt="D",
-                          mfc="white", color=colours(selectors.index(selector)), capsize=3,
-                          label=f"{selector}, {m.row.budget.replace(' pts/img', '')} (2 rounds)")
-    # Horizontal references, labeled at the left edge (x in axes coordinates, y in data coordinates).
-    at_left = axis.get_yaxis_transform()
-    for m in measured:
-        if m.row.keys.get("selection.selector") == "none" and m.gap:
-            level = statistics.fmean(m.gap)
-            axis.axhline(level, color="grey", linestyle=":", linewidth=1)
-            axis.text(0.01, level + 0.01, m.row.label, transform=at_left, fontsize=7, color="grey")
+        if m.row.table == "main" and m.gap and m.labeled_fraction:
+            name = f"{m.row.label} ({m.row.procedure})"
+            series.setdefault(name, []).append((statistics.fmean(m.labeled_fraction) * 100, *mean_spread(m.gap)))
+    for index, (name, points) in enumerate(series.items()):
+        xs, ys, spreads = zip(*sorted(points))
+        style = "--s" if any(word in name for word in ("SPL", "squares", "regions")) else "-o"
+        axis.errorbar(xs, ys, yerr=spreads, fmt=style, color=colours(index % 10), capsize=3, label=name)
+    at_left = axis.get_yaxis_transform()  # x in axes coordinates, y in data coordinates
+    warmup_level, _ = mean_spread(references.get("warmup_gap", []))
+    if warmup_level == warmup_level:
+        axis.axhline(warmup_level, color="grey", linestyle=":", linewidth=1)
+        axis.text(0.01, warmup_level + 0.01, "warm-up alone (no labels)", transform=at_left, fontsize=7, color="grey")
     axis.axhline(1.0, color="black", linewidth=1)
     axis.text(0.01, 1.01, "oracle (every pool pixel labeled)", transform=at_left, fontsize=7)
     axis.axhline(0.0, color="black", linewidth=1)
     axis.text(0.01, 0.01, "source only", transform=at_left, fontsize=7)
     axis.set_xscale("log")
-    budgets = sorted({round(statistics.fmean(m.labeled_fraction) * 100, 3) for m in measured
-                      if m.labeled_fraction and m.row.keys.get("selection.selector") != "none"})
+    budgets = sorted({round(x, 3) for points in series.values() for x, _, _ in points})
     axis.set_xticks(budgets or [1.0])  # the budgets measured, not decades
-    axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}%"))
+    axis.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:.3g}%"))
     axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.tick_params(axis="x", labelsize=7, labelrotation=45)
     axis.set_ylim(top=1.1)
     axis.set_xlabel("labeled target pixels (% of the pool, log scale)")
     axis.set_ylabel("fraction of the gap closed\n(mIoU - source-only) / (oracle - source-only)")
     axis.set_title(f"Budget curve on the bundled synthetic domains ({len(plan.seeds)} seed(s), mean ± spread)")
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=8, ncol=2, loc="lower right")
+    axis.legend(fontsize=7, ncol=2, loc="lower right")
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
     figure.savefig(tmp)
@@ -415,19 +475,6 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
     plt.close(figure)
     os.replace(tmp, path)
     return labels
-
-
-def _curve_note(plan: Plan, kind: str) -> str:
-    """" (random, labor_ppl also at 10)": the extra budgets of the goals' pair of one kind, if any."""
-    selectors, budgets = ((plan.point_selectors, [str(b) for b in plan.curve_point_budgets]) if kind == "points"
-                          else (plan.region_selectors, [budget_label(fraction=b) for b in plan.curve_pixel_budgets]))
-    pairs = [s for s in CURVE_SELECTORS if s in selectors]
-    return f" ({', '.join(pairs)} also at {', '.join(budgets)})" if pairs and budgets else ""
-
-
-SPREAD_WORDS = {"share": "every image gets the same share of its own candidates, e.g. of its inconsistency mask "
-                          "for LabOR SPL, as the paper labels the mask of every image",
-                "score": "the best-scored regions of the pool, wherever they are"}
 
 
 def _cost_cells(m: Measured) -> str:
@@ -439,39 +486,49 @@ def _cost_cells(m: Measured) -> str:
 
 def render_markdown(plan: Plan, quick: bool, measured: list[Measured], references: dict, checks: list[GoalCheck],
                     cfg: ExperimentConfig, minutes: float, image_name: str, command: str) -> str:
+    from orchestrator.experiment import warmup_losses
+
     height, width = cfg.data.height, cfg.data.width
     pool = _pool_images(cfg)
-    src, ora = fmt(references["source"]), fmt(references["oracle"])
+    by_id = {m.row.id: m for m in measured}
+    src, warm, ora = fmt(references["source"]), fmt(references["warmup"]), fmt(references["oracle"])
+    steps = {int(s) for m in measured for s in m.global_step if s == s}
     lines = [
         "# Benchmarks: quality on the bundled synthetic domains",
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')} ({machine_line()}); the sweeps took "
-        f"{minutes:.0f} minutes. {'A quick run: one seed, a few rows; ' if quick else ''}"
-        f"seeds {', '.join(map(str, plan.seeds))}; figures are mean ± sample standard deviation over seeds.",
+        f"{minutes:.0f} minutes. {'A quick run: one seed, the headline pairs only. ' if quick else ''}"
+        f"Headline pairs on seeds {', '.join(map(str, plan.seeds))}; the other rows on seeds "
+        f"{', '.join(map(str, plan.other_seeds)) or '(none)'}. Figures are mean ± sample standard deviation over "
+        f"the seeds a row ran on.",
         "",
         "## What ran",
         "",
         f"- Domains: the bundled synthetic source (game style) and target (camera style), {height}x{width} "
         f"pixels, {pool} target pool images, {cfg.data.synthetic.target_val_images} target validation images, "
-        f"{len(CLASS_SETS[cfg.data.class_set])} classes.",
-        f"- Model: `{cfg.model.name}` (width {cfg.model.width}); source training {cfg.source.steps} steps; "
-        f"each row is one round of selection then {cfg.adapt.steps} adaptation steps (batch "
-        f"{cfg.adapt.batch_size} source + {cfg.adapt.batch_size} target), through the product's own path: one "
-        f"Tune sweep per seed, Ray actors ranking, Ray Train adapting, MLflow experiment `quality`.",
-        f"- Losses of every labeled row: source CE + labeled-target CE + AdaptSeg adversarial "
-        f"({cfg.adapt.adversarial_weight:g}) + Tzeng confusion ({cfg.adapt.confusion_weight:g}) + soft labels "
-        f"({cfg.adapt.soft_label_weight:g}, T={cfg.adapt.soft_label_temperature:g}). LabOR's selector S ranks "
-        f"with the source model's heads: its target losses (pseudo labels, MCD) train it for a later round, "
-        f"and with one round nothing ranks after, so they are skipped (the segmenter is the same either way).",
-        f"- Budgets: points per image for point selectors; a fraction of all pool pixels, spent across the "
-        f"pool, for region selectors (`selection.region_spread={cfg.selection.region_spread}`: "
-        f"{SPREAD_WORDS[cfg.selection.region_spread]}). A {height}x{width} image has {height * width} pixels, so 40 points are "
-        f"{100 * 40 / (height * width):.2f}% of it; on LabOR's 1280x640 Cityscapes crops 40 points are 0.005%. "
-        f"The bundled images are 100x smaller, so a point here is worth 100x more of the image.",
-        f"- Gap closed = (mIoU - source-only) / (oracle - source-only), per seed. Source-only {src}, oracle "
-        f"(every pool pixel labeled, same adaptation) {ora}.",
+        f"{len(CLASS_SETS[cfg.data.class_set])} classes. Model `{cfg.model.name}` (width {cfg.model.width}); "
+        f"source training {cfg.source.steps} steps.",
+        f"- Every trial starts from the same warmed-up models (cached per seed): {cfg.warmup.steps} label-free "
+        f"steps in which G adapts with {warmup_losses(cfg)} and LabOR's selector "
+        f"learns the target from G's pseudo labels (`{cfg.adapt.pseudo_label_rule}`) and the MCD discrepancy "
+        f"(num_k {cfg.adapt.num_k}). Then every trial adapts {cfg.adapt.total_steps} steps in all "
+        f"(`adapt.total_steps`), split over its rounds, through the product's own path (one Tune sweep per "
+        f"seed, Ray actors ranking, Ray Train adapting, MLflow experiment `quality`). Total optimizer steps of "
+        f"every trial (source + warm-up + rounds): {', '.join(map(str, sorted(steps))) or 'n/a'}.",
+        f"- Budgets: {plan.points} points per image is the papers' number of clicks per image, kept as a count "
+        f"(by area, 40 points on LabOR's 1280x640 crops would be {40 * height * width / (1280 * 640):.1f} point(s) "
+        f"on a {height}x{width} image): here a point is {100 / (height * width):.4f}% of an image. Region budgets "
+        f"are a share of the pool's pixels (`selection.region_spread={cfg.selection.region_spread}`); LabOR SPL's "
+        f"whole mask buys what the mask holds, and its random rival buys the same number of pixels.",
+        f"- References: source only {src}; the warm-up alone (no label) {warm} "
+        f"(gap closed {fmt(references['warmup_gap'], 2)}); the oracle (every pool pixel labeled, the same steps "
+        f"from the same warm-up) {ora}. Gap closed = (mIoU - source-only) / (oracle - source-only), per seed.",
+        f"- Against random: the paired margin is a row's gap closed minus that of random selection at the same "
+        f"budget, seed by seed, with its 95% confidence interval (Student's t over the seeds both ran, shown in "
+        f"brackets); a method beats random when the whole interval lies above 0, judged with at least "
+        f"{MIN_SEEDS_TO_JUDGE} seeds.",
         "",
-        "## Goals (issue 9)",
+        "## Goals (issue 16)",
         "",
     ]
     verdicts = {True: "met", False: "MISSED", None: "n/a"}
@@ -482,16 +539,49 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         "",
         f"![budget curve]({image_name})",
         "",
-        "| method | budget | labeled pixels | clicks per image | target mIoU | gap closed |",
-        "|---|---|---|---|---|---|",
-        f"| source only | 0 | 0% | 0 | {src} | 0 |",
+        "| method | procedure | budget | labeled pixels | clicks per image | target mIoU | gap closed | "
+        "margin vs random [95% CI] | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| source only | - | 0 | 0% | 0 | {src} | 0 | - | {len(references['source'])} |",
+        f"| warm-up alone | {cfg.warmup.steps} label-free steps | 0 | 0% | 0 | {warm} | "
+        f"{fmt(references['warmup_gap'], 2)} | - | {len(references['warmup'])} |",
     ]
     for m in measured:
-        if m.row.table == "main":
-            lines.append(f"| {m.row.label} | {m.row.budget} | {_cost_cells(m)} | {fmt(m.miou)} | {fmt(m.gap, 2)} |")
-    lines += [f"| oracle | every pool pixel | 100% | - | {ora} | 1 |", ""]
+        if m.row.table != "main":
+            continue
+        rival = by_id.get(m.row.rival) if m.row.rival else None
+        margin = paired_margin(m, rival).text() if rival is not None and rival.gap else "-"
+        label = f"**{m.row.label}**" if m.row.goal else m.row.label
+        lines.append(f"| {label} | {m.row.procedure} | {m.row.budget} | {_cost_cells(m)} | {fmt(m.miou)} | "
+                     f"{fmt(m.gap, 2)} | {margin} | {len(m.seeds)} |")
+    lines += [f"| oracle | every pool pixel | - | 100% | - | {ora} | 1 | - | {len(references['oracle'])} |", ""]
+    lines += _tzeng_tables(plan, measured, references, cfg, src, ora)
+    lines += [
+        "## What these figures do and do not show",
+        "",
+        "- The bundled domains are generated street scenes, not GTA5 and Cityscapes: the ranking of methods "
+        "and the shape of the curve are what may carry over, not the mIoU values. For reference, on GTA5 to "
+        "Cityscapes with DeepLab-V2, LabOR SPL (2.2%) closes about 0.88 of the gap (66.6 mIoU against "
+        "source-only 36.6 and an oracle of 70.5) and RIPU regions about 0.97 (69.6).",
+        f"- Each row is one procedure at one budget: the headline pairs ran on {len(plan.seeds)} seed(s), the "
+        f"other rows on {len(plan.other_seeds)} (their intervals are wide or missing: a margin there is a "
+        f"direction, not a verdict). Spread is over seeds (each its own source model, warm-up, training and "
+        f"selection draws; the generated domains are the same, `data.synthetic.seed`).",
+        "- RIPU acquires in 5 rounds of equal length here (its code selects at 10k, 12k, ..., 18k of 40k "
+        "iterations, after 10k label-free ones); the warm-up plays its first 10k, the rounds split the rest "
+        "evenly.",
+        "",
+        f"Reproduce: `{command}` (results under the printed output folder; each seed's sweep keeps its own "
+        f"report and MLflow runs).",
+        "",
+    ]
+    return "\n".join(lines)
 
-    reference = next((m for m in measured if m.row.keys == main_table_reference(plan)), None)
+
+def _tzeng_tables(plan: Plan, measured: list[Measured], references: dict, cfg: ExperimentConfig, src: str,
+                  ora: str) -> list[str]:
+    reference = next((m for m in measured if m.row.keys == ppl_keys(plan.ablation_points)), None)
+    lines = []
     for table, title, what, default in (
             ("confusion", "Tzeng ablation: domain confusion weight", "confusion weight lambda",
              cfg.adapt.confusion_weight),
@@ -511,58 +601,44 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
     if semi:
         lines += ["## Tzeng ablation: classes without target labels", "",
                   f"The oracle never reveals {', '.join(WITHHELD_CLASSES)} (the pixels selected there are paid "
-                  f"for and stay unlabeled); LabOR PPL, {plan.ablation_points} points per image. Soft labels carry "
-                  f"the source's class relations to the target; the withheld classes' mIoU is their test.", "",
+                  f"for and stay unlabeled); LabOR PPL, {plan.ablation_points} points per image.", "",
                   "| soft labels | target mIoU (all classes) | mIoU of the withheld classes |", "|---|---|---|",
                   f"| source only | {src} | {fmt(references['source_withheld'])} |"]
         for m in semi:
             lines.append(f"| {m.row.label.removeprefix('soft labels ')} | {fmt(m.miou)} | {fmt(m.withheld_miou)} |")
         lines += [f"| oracle (every class labeled) | {ora} | {fmt(references['oracle_withheld'])} |", ""]
-    two_rounds = [m for m in measured if m.row.table == "rounds"]
-    if two_rounds:
-        single = {(m.row.label, m.row.budget): m for m in measured if m.row.table == "main"}
-        lines += ["## LabOR with a selector trained on the target: two rounds", "",
-                  f"Round 1 ranks with the source model's selector, as in the main table; its adaptation also "
-                  f"trains the selector S on the target (pseudo labels from G, the MCD discrepancy), and round 2 "
-                  f"ranks with that S -- LabOR's own setting. Each round adapts {cfg.adapt.steps} steps, so these "
-                  f"rows train twice as long as the main table's one-round rows at the same total budget.", "",
-                  "| selector | budget | labeled pixels | clicks per image | target mIoU | gap closed | "
-                  "one round of the same total budget (gap closed) |", "|---|---|---|---|---|---|---|"]
-        for m in two_rounds:
-            reference = single.get((m.row.label, m.row.one_round_budget()))
-            lines.append(f"| {m.row.label} | {m.row.budget} | {_cost_cells(m)} | {fmt(m.miou)} | {fmt(m.gap, 2)} | "
-                         f"{fmt(reference.gap, 2) if reference else 'n/a'} |")
-        lines.append("")
-    lines += [
-        "## What these figures do and do not show",
-        "",
-        "- The bundled domains are generated street scenes, not GTA5 and Cityscapes: the ranking of methods "
-        "and the shape of the budget curve are what carry over, not the mIoU values. For reference, on "
-        "GTA5 to Cityscapes with DeepLab-V2, LabOR SPL at 2.2% closes about 0.88 of the gap (66.6 mIoU "
-        "against source-only 36.6 and an oracle of 70.5) and the region-impurity method about 0.97 (69.6).",
-        f"- Every row, and the oracle, trains {cfg.adapt.steps} adaptation steps (fewer would not do: with 100 "
-        f"steps even random points closed 0.91-0.98 of the gap). For 2 CPUs the grid is small: point budgets "
-        f"{', '.join(map(str, plan.point_budgets))} per image{_curve_note(plan, 'points')}, pixel budgets "
-        f"{', '.join(f'{100 * b:g}%' for b in plan.pixel_budgets)}{_curve_note(plan, 'regions')}, and the Tzeng "
-        f"ablation on seed(s) {', '.join(map(str, plan.ablation_seeds)) or '(none)'} only (no spread there).",
-        "- The main table is one round of selection from the source model; only the two-round table (if "
-        "present) lets LabOR's selector learn the target first.",
-        "- Spread is over seeds (each seed: its own source model, training and selection draws; the generated "
-        "domains are the same, `data.synthetic.seed`), with only " + (f"{len(plan.seeds)} seeds: " if len(plan.seeds) > 1 else "one seed: no ")
-        + "spread" + (" estimates are rough." if len(plan.seeds) > 1 else " estimate at all."),
-        "",
-        f"Reproduce: `{command}` (results under the printed output folder; each seed's sweep keeps its own "
-        f"report and MLflow runs).",
-        "",
-    ]
-    return "\n".join(lines)
+    return lines
+
+
+def prepare_seed(cfg: ExperimentConfig, num_cpus: int | None, quiet: bool) -> float:
+    """Train (or find) the seed's source model and warm-up, then measure what LabOR SPL's whole mask
+    buys with the warmed-up selector (recorded in ``MATCH_FILE``); returns that pool fraction."""
+    recorded = matched_fraction_of(cfg)
+    if recorded is not None:
+        return recorded
+    from orchestrator.experiment import ensure_source_model, ensure_warmup_model
+    from orchestrator.raysession import start_ray
+
+    say = (lambda msg: None) if quiet else (lambda msg: print(f"[quality] {msg}", flush=True))
+    start_ray(None, num_cpus, quiet)
+    source, source_metrics = ensure_source_model(cfg, progress=say)
+    warmed, _ = ensure_warmup_model(cfg, source, source_metrics, progress=say)
+    measured = whole_mask_fraction(cfg, warmed)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output_dir) / MATCH_FILE).write_text(json.dumps(measured))
+    say(f"LabOR SPL's whole mask holds {measured['pixels']} pixels ({100 * measured['fraction']:.3g}% of the pool): "
+        f"the budget of its random rival")
+    return measured["fraction"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="one seed, four rows (about 10 minutes)")
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: 3, quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="one seed, the headline pairs only (about 10 minutes)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds of the headline pairs (default: 5, quick: 1)")
+    parser.add_argument("--other-seeds", type=int, default=None,
+                        help="seeds of the other rows, the first ones (default: 2, quick: 0)")
+    parser.add_argument("--tzeng", action="store_true", help="also Tzeng et al.'s ablation, on the first seed")
     parser.add_argument("--output-dir", default="runs/benchmarks", help="sweeps go here (default runs/benchmarks)")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where BENCHMARKS.md and the image go")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: as the sweep's)")
@@ -573,21 +649,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="config override for every sweep (as for orchestrator.sweep)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    if args.seeds is not None:
-        if args.seeds < 1:
-            print("error: --seeds must be >= 1", file=sys.stderr)
-            return 2
-        plan = Plan(**{**plan.__dict__, "seeds": tuple(range(args.seeds))})
+    if (args.seeds is not None and args.seeds < 1) or (args.other_seeds is not None and args.other_seeds < 0):
+        print("error: --seeds must be >= 1 and --other-seeds >= 0", file=sys.stderr)
+        return 2
+    seeds = plan.seeds if args.seeds is None else tuple(range(args.seeds))
+    others = plan.other_seeds if args.other_seeds is None else tuple(range(args.other_seeds))
+    plan = replace(plan, seeds=seeds, other_seeds=tuple(s for s in others if s in seeds) or (), tzeng=args.tzeng)
     output_dir = Path(args.output_dir).resolve() / ("quick" if args.quick else "full")
     try:
-        configs = {seed: sweep_config(plan, seed, output_dir, args.overrides) for seed in plan.seeds}
+        bases = {seed: base_config(plan, seed, output_dir, args.overrides) for seed in plan.seeds}
+        sweep_config(plan, plan.seeds[0], output_dir, args.overrides, 0.01)  # every case valid, before anything runs
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
     from orchestrator.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
 
-    tracking_uri = resolve_tracking_uri(args.tracking_uri, configs[plan.seeds[0]].tracking.uri)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, bases[plan.seeds[0]].tracking.uri)
     try:
         check_tracking_uri(tracking_uri)
     except TrackingError as err:
@@ -597,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainers.data import DatasetError, check_domains
 
         try:
-            check_domains(configs[plan.seeds[0]].to_dict()["data"], progress=print)
+            check_domains(bases[plan.seeds[0]].to_dict()["data"], progress=print)
         except DatasetError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -608,9 +686,13 @@ def main(argv: list[str] | None = None) -> int:
 
         output_dir.mkdir(parents=True, exist_ok=True)
         timing.write_text(json.dumps({"started": time.time()}))
-        for number, (seed, cfg) in enumerate(configs.items(), start=1):
-            print(f"[quality] seed {seed} ({number}/{len(configs)}): {len(plan_rows(plan, seed))} trials, "
-                  f"{cfg.adapt.steps} adaptation steps each, into {cfg.output_dir}", flush=True)
+        for number, (seed, base) in enumerate(bases.items(), start=1):
+            seed_started = time.perf_counter()
+            matched = prepare_seed(base, args.num_cpus, args.quiet)
+            cfg = sweep_config(plan, seed, output_dir, args.overrides, matched)
+            rows = plan_rows(plan, seed, matched)
+            print(f"[quality] seed {seed} ({number}/{len(bases)}): {len(rows)} trials, {cfg.adapt.total_steps} "
+                  f"adaptation steps each after a {cfg.warmup.steps}-step warm-up, into {cfg.output_dir}", flush=True)
             sweep_dir = Path(cfg.output_dir) / cfg.sweep.name
             resume = (sweep_dir / "sweep.json").is_file()  # an interrupted benchmark continues
             code = run_sweep(cfg, tracking_uri, num_cpus=args.num_cpus, quiet=args.quiet, resume=resume,
@@ -618,20 +700,22 @@ def main(argv: list[str] | None = None) -> int:
             if code not in (0,):
                 print(f"[quality] seed {seed}: the sweep exited with {code}; rows of failed trials show n/a",
                       file=sys.stderr)
-            print(f"[quality] seed {seed} done at {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+            print(f"[quality] seed {seed} done in {(time.perf_counter() - seed_started) / 60:.1f} min "
+                  f"({(time.perf_counter() - started) / 60:.1f} min in all)", flush=True)
         timing.write_text(json.dumps({**json.loads(timing.read_text()), "finished": time.time()}))
     minutes = run_minutes(output_dir)
 
+    configs = bases
     try:
         measured, references = collect(plan, configs)
     except FileNotFoundError as err:
         print(f"error: no finished benchmark sweep under '{output_dir}' ({Path(err.filename).name} missing); "
               f"run it without --report-only first", file=sys.stderr)
         return 2
-    runs_on = [plan_rows(plan, seed) for seed in plan.seeds]
-    missing = [f"{m.row.label} @ {m.row.budget}" for m in measured
-               if len(m.miou) < sum(m.row in rows for rows in runs_on)]
-    checks = goal_checks(plan, measured)
+    expected = {row_id: sum(row_id in {r.id for r in plan_rows(plan, s, matched_fraction_of(configs[s]))}
+                            for s in plan.seeds) for row_id in row_ids(plan)}
+    missing = [f"{m.row.label} @ {m.row.budget}" for m in measured if len(m.miou) < expected.get(m.row.id, 0)]
+    checks = goal_checks(measured)
     docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     stem = "quality-quick" if args.quick else "quality"
@@ -687,9 +771,8 @@ def _log_report(tracking_uri: str, report: Path, image: Path, measured: list[Mea
     status = "FAILED"
     try:
         for m in measured:
-            if m.gap:
-                key = "gap_closed/" + "".join(c if c.isalnum() or c in "._-/" else "_" for c in
-                                              f"{m.row.table}/{m.row.label}/{m.row.budget}")
+            if m.gap and m.gap == m.gap:
+                key = "gap_closed/" + "".join(c if c.isalnum() or c in "._-/" else "_" for c in m.row.id)
                 client.log_metric(run.info.run_id, key[:250], statistics.fmean(m.gap))
         client.log_artifact(run.info.run_id, str(report))
         client.log_artifact(run.info.run_id, str(image))

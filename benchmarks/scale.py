@@ -63,8 +63,8 @@ import torch
 from benchmarks.scale_scene import (CITYSCAPES_CLASSES, CITYSCAPES_SIZE, CITYSCAPES_TRAIN_IMAGES, SPL_FRACTION,
                                     CheapSegmenter, GeneratedPool, time_selectors)
 from orchestrator.labels import LabeledPixels, LabelStore, Oracle, storage_settings
-from orchestrator.ranking import REGION_SIZED, Ranker, labeled_coordinates
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS
+from orchestrator.ranking import Ranker, labeled_coordinates
+from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, selector_params
 
 DISTINCT_SCENES = 32
 # Selectors whose query does not depend on the seed: an actor may reuse a scene's query exactly.
@@ -96,21 +96,22 @@ class ScaleRanker(Ranker):
         self.selector = name
         heads = 2 if SELECTOR_INPUTS[name] == "selector" else 1
         self.network = CheapSegmenter(num_classes, num_heads=heads).to(self.device).eval()
-        self.params = {"k": cfg["selection"]["region_size"]} if name in REGION_SIZED else {}
+        self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))
         self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
+        self.loading = None  # generated images: computed in the calling thread, nothing to decode
         self._queries: dict = {}
 
-    def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0):
+    def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0, max_share=None):
         coordinates = labeled_coordinates(labeled, image_ids)  # from the store, as every actor reads it
-        keys = {i: self._key(i, coordinates.get(i), round_index) for i in image_ids}
+        keys = {i: (self._key(i, coordinates.get(i), round_index), max_share) for i in image_ids}
         first_of = {}
         for i in image_ids:
             if keys[i] not in self._queries:
                 first_of.setdefault(keys[i], i)
         if first_of:
             for image_id, query in super().rank(list(first_of.values()), coordinates, num_points, round_index,
-                                                budget_pixels):
+                                                budget_pixels, max_share):
                 self._queries[keys[image_id]] = query
         return [(i, self._queries[keys[i]]) for i in image_ids]
 

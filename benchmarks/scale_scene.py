@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, select_image
+from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, select_image, selector_params, share_cap
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 CITYSCAPES_SIZE = (1024, 2048)
@@ -30,20 +30,13 @@ CITYSCAPES_CLASSES = 19
 # LabOR's SPL labels about 2.2% of the pixels; PPL about 40 points per image.
 SPL_FRACTION = 0.022
 PPL_POINTS = 40
-# RIPU's windows (BIT-DA/RIPU configs): 65 x 65 for points at 2048 wide (radius 32), 3 x 3 for regions.
-RIPU_POINT_WINDOW_AT_2048 = 65
+# RIPU's region window (BIT-DA/RIPU configs): 3 x 3; its point window is pixel_selectors.ripu_point_window.
 RIPU_REGION_WINDOW = 3
 
 # Class shares of the generated layouts: a few large classes (road, building, vegetation, sky) and
 # many small ones, roughly as in Cityscapes.
 _CLASS_WEIGHTS = [30, 5, 20, 1, 1, 1, 0.5, 0.5, 12, 2, 5, 1.5, 0.3, 6, 0.4, 0.3, 0.2, 0.2, 0.5]
 _CELL = 64  # the layout's cell side in pixels at 1024 x 2048
-
-
-def ripu_point_window(width: int) -> int:
-    """RIPU's point window scaled to an image ``width`` pixels wide (odd, at least 3)."""
-    side = round(RIPU_POINT_WINDOW_AT_2048 * width / 2048)
-    return max(3, side + 1 - side % 2)
 
 
 def _palette(num_classes: int) -> torch.Tensor:
@@ -141,15 +134,16 @@ class SelectorTiming:
 
 
 def selector_settings(name: str, height: int, width: int) -> dict:
-    """How each selector is asked to select in one image of the benchmark: LabOR's budgets
-    (40 points; 2.2% of the pixels for regions, spread by share) and RIPU's windows."""
-    params = {}
-    if name == "region_impurity":
-        params["k"] = ripu_point_window(width)
-    elif name in ("region_impurity_regions", "random_regions"):
-        params["k"] = RIPU_REGION_WINDOW
-    return {"num_points": PPL_POINTS, "budget_pixels": 0 if SELECTOR_KIND[name] == "points"
-            else int(SPL_FRACTION * height * width), "params": params}
+    """How a ranking actor asks each selector to select in one image of a Cityscapes-sized pool,
+    with LabOR's budgets and RIPU's windows: 40 points; for regions, 2.2% of the pool's pixels
+    spread by share, so an image sends what the merge could take from it (LabOR SPL: its whole
+    inconsistency mask; squares: the first ones covering ``share_cap`` of its free pixels, 1.5 x 2.2%)."""
+    params = selector_params(name, {"point_window": 0, "region_size": RIPU_REGION_WINDOW}, width)
+    if SELECTOR_KIND[name] == "points":
+        return {"num_points": PPL_POINTS, "budget_pixels": 0, "params": params}
+    pool_pixels = CITYSCAPES_TRAIN_IMAGES * height * width
+    budget = int(SPL_FRACTION * pool_pixels)
+    return {"budget_pixels": budget, "max_share": share_cap(budget, pool_pixels), "params": params}
 
 
 def _synchronize(device: torch.device) -> None:

@@ -78,6 +78,7 @@ def measure_sweep_overhead(cfg: ExperimentConfig, steps: int, rounds: int = 2, t
         sweep_cfg = with_absolute_paths(with_overrides(cfg, {
             "output_dir": str(workdir), "sweep.name": "overhead", "sweep.oracle_reference": False,
             "source.steps": 20, "adapt.steps": steps, "selection.rounds": rounds,
+            "warmup.steps": 0,  # the driver trains a warm-up before the trials: not the trials' overhead
             "sweep.search_space": {"selection.points_per_image": {"grid": list(range(5, 5 + 5 * trials, 5))}},
         }))
         started = time.perf_counter()

@@ -40,3 +40,6 @@ TARGET_FORMATS: tuple[str, ...] = ("cityscapes",)
 CLASS_SETS: tuple[str, ...] = ("cityscapes19", "synthia16", "synthia13", "synthetic")
 # trainers.data.cityscapes.CITYSCAPES_SPLITS
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# trainers.losses.PSEUDO_LABEL_RULES / SOFT_LABEL_ESTIMATES
+PSEUDO_LABEL_RULES: tuple[str, ...] = ("iast", "class_balanced")
+SOFT_LABEL_ESTIMATES: tuple[str, ...] = ("running", "source_set")

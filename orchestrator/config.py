@@ -28,8 +28,9 @@ import yaml
 
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
-from .choices import (CLASS_SETS, DEEPLABV2_STYLES, EVAL_RESOLUTIONS, MIN_BATCH_SIZE, MODELS, REGION_SPREADS,
-                      SELECTOR_KIND, SELECTORS, SOURCE_FORMATS, SPLITS, TARGET_FORMATS)
+from .choices import (CLASS_SETS, DEEPLABV2_STYLES, EVAL_RESOLUTIONS, MIN_BATCH_SIZE, MODELS, PSEUDO_LABEL_RULES,
+                      REGION_SPREADS, SELECTOR_KIND, SELECTORS, SOFT_LABEL_ESTIMATES, SOURCE_FORMATS, SPLITS,
+                      TARGET_FORMATS)
 
 
 class ConfigError(ValueError):
@@ -184,6 +185,35 @@ class AdaptConfig(TrainingStageConfig):
                                        min=0.0, max=1.0, min_exclusive=True)
     discrepancy_weight: float = _opt(1.0, "LabOR selector heads: MCD discrepancy weight (0: off)", min=0.0)
     checkpoint_every: int = _opt(0, "also checkpoint every N steps within a round (0: only at the end)", min=0)
+    total_steps: int = _opt(0, "adaptation steps of all rounds together, split evenly over selection.rounds (the "
+                               "remainder in the last round), so trials with different round counts train equally "
+                               "long; 0: adapt.steps in every round", min=0)
+    num_k: int = _opt(4, "MCD: backbone (F) discrepancy updates per step of LabOR's selector (MCD_DA's num_k)", min=1)
+    pseudo_label_rule: str = _opt("iast", "pseudo labels of G for LabOR's selector: 'iast' (IAST's instance-adaptive "
+                                          "class thresholds, as LabOR) or 'class_balanced' (each class's most "
+                                          "confident adapt.pseudo_label_portion of the batch, CBST-like)",
+                                  choices=dict.fromkeys(PSEUDO_LABEL_RULES))
+    iast_alpha: float = _opt(0.2, "IAST: share of each class's pixels an image keeps at threshold 1 (alpha)",
+                             min=0.0, max=1.0, min_exclusive=True)
+    iast_gamma: float = _opt(8.0, "IAST: how fast a confident class keeps a larger share (gamma)", min=0.0)
+    iast_momentum: float = _opt(0.9, "IAST: momentum of the class thresholds from image to image (beta)",
+                                min=0.0, max=1.0)
+    soft_label_estimate: str = _opt("running", "Tzeng soft labels from: 'running' (moving average over source "
+                                               "training batches) or 'source_set' (one pass over the whole source "
+                                               "set with the model the first labeled round starts from, then "
+                                               "fixed: the paper)",
+                                    choices=dict.fromkeys(SOFT_LABEL_ESTIMATES))
+
+
+@dataclass
+class WarmupConfig:
+    steps: int = _opt(300, "label-free adaptation steps before round 1 (cached per setting, shared by every trial): "
+                           "G adapts with the warm-up's losses and LabOR's selector learns the target from G's "
+                           "pseudo labels and the MCD discrepancy, so round 1 ranks with a selector that has seen "
+                           "the target (LabOR's order); 0: round 1 ranks with the source model", min=0)
+    adversarial_weight: float = _opt(0.001, "G's AdaptSeg output-space adversarial loss in the warm-up (LabOR's UDA "
+                                            "model; 0: off)", min=0.0)
+    confusion_weight: float = _opt(0.0, "G's Tzeng domain confusion in the warm-up (0: off)", min=0.0)
 
 
 @dataclass
@@ -195,15 +225,24 @@ class SelectionConfig:
     budget_fraction: float = _opt(0.0, "pixels per round as a fraction of all pool pixels, spent across the pool "
                                        "(region selectors need it; point selectors use it instead of "
                                        "points_per_image when > 0)", min=0.0, max=1.0)
-    region_size: int = _opt(3, "side of the square regions of region_impurity(_regions) and random_regions", min=1)
+    region_size: int = _opt(3, "side of the square regions of region_impurity_regions and random_regions (RIPU's "
+                                  "regions: 3)", min=1)
     region_spread: str = _opt("share", "how a region selector's pixel budget spreads over the pool: 'share' (every "
                                        "image the same share of its own candidates, best first; LabOR SPL: of its "
-                                       "inconsistency mask) or 'score' (the best-scored regions wherever they are)",
+                                       "inconsistency mask; squares: of its unlabeled pixels) or 'score' (the "
+                                       "best-scored regions wherever they are)",
                               choices=REGION_SPREADS)
     rounds: int = _opt(1, "rank -> label -> adapt -> evaluate rounds per trial", min=1)
     oracle: str = _opt("simulated", "who labels: 'simulated' (ground truth) or 'human' (export queries, import "
                                     "answers with python -m orchestrator.annotate, then --resume)",
                        choices={"simulated": None, "human": None})
+    point_window: int = _opt(0, "side of region_impurity's window (RIPU points: the impurity window and the area "
+                                "each chosen point blocks, in this and later rounds); 0: RIPU's 65 at 2048 pixels "
+                                "wide, scaled to data.width", min=0)
+    spl_mode: str = _opt("budget", "labor_spl: 'budget' (selection.budget_fraction of the pool per round) or "
+                                   "'whole_mask' (every pixel of every image's inconsistency mask, as the paper; the "
+                                   "cost, in pixels and clicks, is the outcome)",
+                         choices={"budget": None, "whole_mask": None})
     unlabeled_classes: list = _opt([], "class names the oracle never labels (selected pixels of these classes "
                                        "stay unlabeled): Tzeng et al.'s semi-supervised case, where soft labels "
                                        "must carry those classes")
@@ -284,6 +323,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     source: SourceTrainingConfig = field(default_factory=SourceTrainingConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     ranking: RankingConfig = field(default_factory=RankingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -324,6 +364,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "source.batch_size": 4,
     "adapt.steps": 10,
     "adapt.batch_size": 2,
+    "warmup.steps": 0,  # the warm-up is one more Ray Train job; --set warmup.steps=5 runs it
     "selection.points_per_image": 5,
     "ranking.num_actors": 1,
     "ranking.images_per_shard": 4,
@@ -455,7 +496,8 @@ def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> Experimen
     """A new validated config with ``{"section.sub.key": value}`` applied (dict-valued keys replaced whole).
 
     A ``cases`` entry (a sampled value of the ``CASES_AXIS`` search-space axis) is a mapping of such
-    keys; they are applied first, then the other pairs.
+    keys; they are applied first, then the other pairs, and the result (a trial's config) has an empty
+    search space unless the pairs set one.
     """
     pairs = dict(pairs)
     case = pairs.pop(CASES_AXIS, None)
@@ -463,6 +505,10 @@ def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> Experimen
         if not isinstance(case, Mapping):
             raise ConfigError(CASES_AXIS, f"a case must be a mapping of config keys, got {case!r}")
         pairs = {**case, **pairs}
+        # A config with a sampled case applied is one trial's: its search space is done with, and
+        # validating the other cases on top of this one would mix in keys that only this case sets
+        # (e.g. selection.spl_mode=whole_mask under another case's labor_ppl).
+        pairs.setdefault("sweep.search_space", {})
     data = cfg.to_dict()
     for key, value in pairs.items():
         parts = key.split(".")
@@ -611,7 +657,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("data.augment.scale_min", f"must be <= data.augment.scale_max "
                                                    f"({cfg.data.augment.scale_max:g}), got {cfg.data.augment.scale_min:g}")
     pixels = cfg.data.height * cfg.data.width
-    if SELECTOR_KIND.get(cfg.selection.selector) == "regions" and cfg.selection.budget_fraction <= 0:
+    validate_procedure(cfg)
+    whole_mask = cfg.selection.spl_mode == "whole_mask"
+    if SELECTOR_KIND.get(cfg.selection.selector) == "regions" and cfg.selection.budget_fraction <= 0 and not whole_mask:
         raise ConfigError("selection.budget_fraction", f"region selector '{cfg.selection.selector}' spends a pixel "
                                                        f"budget: set it > 0 (LabOR SPL used 0.022)")
     if cfg.selection.budget_fraction * cfg.selection.rounds > 1:
@@ -640,6 +688,23 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.sweep.scheduler == "pbt" and all(next(iter(spec)) == "grid" for spec in cfg.sweep.search_space.values()):
         raise ConfigError("sweep.scheduler", "pbt mutates hyperparameters: give sweep.search_space at least one "
                                              "choice, uniform, loguniform or randint axis")
+
+
+def validate_procedure(cfg: ExperimentConfig) -> None:
+    """The warm-up, the step split over rounds, SPL's whole-mask mode and RIPU's point window."""
+    if 0 < cfg.adapt.total_steps < cfg.selection.rounds:
+        raise ConfigError("adapt.total_steps", f"{cfg.adapt.total_steps} steps cannot be split over "
+                                               f"{cfg.selection.rounds} rounds (at least one step per round)")
+    if cfg.selection.spl_mode == "whole_mask":
+        if cfg.selection.selector != "labor_spl":
+            raise ConfigError("selection.spl_mode", f"'whole_mask' is LabOR SPL's rule; selector "
+                                                    f"'{cfg.selection.selector}' takes 'budget'")
+        if cfg.selection.budget_fraction > 0:
+            raise ConfigError("selection.budget_fraction", "must be 0 with selection.spl_mode=whole_mask (the whole "
+                                                           "inconsistency mask is labeled, whatever it costs)")
+    if cfg.selection.point_window and cfg.selection.point_window % 2 == 0:
+        raise ConfigError("selection.point_window", f"must be odd (a square centred on a pixel) or 0, got "
+                                                    f"{cfg.selection.point_window}")
 
 
 def _check_unlabeled_classes(cfg: ExperimentConfig) -> None:

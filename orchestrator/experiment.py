@@ -1,6 +1,8 @@
-"""One active domain-adaptation experiment (a trial), and the source model all trials start from.
+"""One active domain-adaptation experiment (a trial), and the models all trials start from.
 
-A trial: report the source-only model as round 0, then for each round
+The source model, then the label-free warm-up (``warmup.steps``: G adapts without labels and
+LabOR's selector learns the target), each trained once per setting and cached. A trial reports the
+warmed-up model (the source model without a warm-up) as round 0, then for each round
 rank (Ray actors) -> label (oracle -> label store) -> adapt (Ray Train) -> evaluate -> report.
 """
 
@@ -20,9 +22,11 @@ from typing import Any, Callable
 import numpy as np
 
 from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, PointQuery
-from pixel_selectors.budget import GlobalBudget
+from pixel_selectors import TILING_SELECTORS
+from pixel_selectors.budget import GlobalBudget, share_cap, within_share_cap
 from pixel_selectors.cost import clicks_for_points, clicks_for_region
 from trainers.data import build_domains
+from trainers.engine import planned_adapt_steps, round_steps
 from trainers.train_loop import run_training
 
 from .config import NO_SELECTION, ExperimentConfig, from_dict, with_overrides
@@ -80,27 +84,107 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
     return storage.join(entry_location, "checkpoint"), metrics
 
 
-ORACLE_CACHE_SECTIONS = ("seed", "data", "model", "source", "adapt")
+# adapt keys that never change the warm-up: they act on labeled pixels or on the rounds after it.
+# (The warm-up has its own loss weights: adapt's adversarial and confusion weights act on the rounds only.)
+WARMUP_NEUTRAL_ADAPT_KEYS = ("steps", "total_steps", "target_ce_weight", "checkpoint_every", "soft_label_weight",
+                             "soft_label_temperature", "soft_label_momentum", "soft_label_estimate",
+                             "adversarial_weight", "confusion_weight")
+# adapt keys of an adversary, which change the warm-up only when the warm-up uses that loss.
+WARMUP_LOSS_KEYS = {"adversarial_weight": ("discriminator_lr", "discriminator_width"),
+                    "confusion_weight": ("domain_classifier_lr", "domain_classifier_width")}
+
+
+def warmup_cache_key(cfg: ExperimentConfig) -> str:
+    """Everything that changes the warmed-up models: the source model's key, the warm-up section and
+    the adapt keys it uses -- not the selection, not the rounds, not the labeled-target losses, so
+    every trial of a comparison starts from the same warmed-up G and S."""
+    data = cfg.to_dict()
+    adapt = dict(data["adapt"])
+    unused = [key for loss, keys in WARMUP_LOSS_KEYS.items() if not getattr(cfg.warmup, loss) for key in keys]
+    for key in (*WARMUP_NEUTRAL_ADAPT_KEYS, *unused):
+        adapt.pop(key, None)
+    blob = json.dumps({"source": source_cache_key(cfg), "warmup": data["warmup"], "adapt": adapt},
+                      sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def warmup_losses(cfg: ExperimentConfig) -> str:
+    """G's label-free losses in the warm-up, in words ("adversarial 0.001", or "source CE only")."""
+    used = [f"{name} {getattr(cfg.warmup, f'{name}_weight'):g}" for name in ("adversarial", "confusion")
+            if getattr(cfg.warmup, f"{name}_weight")]
+    return ", ".join(used) or "source CE only"
+
+
+def ensure_warmup_model(cfg: ExperimentConfig, source_checkpoint: str, source_metrics: dict,
+                        progress: Callable[[str], None] = print) -> tuple[str, dict]:
+    """The models round 1 starts from: (checkpoint location, their target metrics).
+
+    With ``warmup.steps`` > 0: one label-free adaptation job from the source model (G adapts with
+    the warm-up's loss weights, LabOR's selector S learns the target from G's pseudo labels and the MCD
+    discrepancy), trained once per ``warmup_cache_key`` and cached like the source model; the
+    metrics carry ``warmup/steps``. With 0 steps: the source model itself.
+    """
+    if cfg.warmup.steps == 0:
+        return source_checkpoint, source_metrics
+    storage = open_storage(cfg)
+    cache_root = Path(cfg.output_dir).resolve() / "warmup-models"
+    entry = cache_root / warmup_cache_key(cfg)
+    entry_location = storage.location(entry)
+    cached = storage.read_text(storage.join(entry_location, "metrics.json"))
+    if cached is not None:
+        progress(f"warm-up: reusing {entry_location}")
+        return storage.join(entry_location, "checkpoint"), json.loads(cached)
+    progress(f"warm-up: {cfg.warmup.steps} label-free steps (G: {warmup_losses(cfg)}; "
+             f"LabOR's selector: pseudo labels ({cfg.adapt.pseudo_label_rule}) + MCD discrepancy)")
+    job = {"mode": "adapt", "stage": "warmup", "config": cfg.to_dict(), "init_checkpoint": source_checkpoint,
+           "round": 0, "steps": cfg.warmup.steps, "sparse_labels": {}, "train_selector": True}
+    result = run_training(job, name=f"warmup-{entry.name}", **storage.train_storage(cache_root / "ray"))
+    metrics = {**_round_metrics(result.metrics), "warmup/steps": float(cfg.warmup.steps)}
+    marker = storage.join(entry_location, "metrics.json")
+    try:
+        storage.publish_entry(entry, {"checkpoint": result.checkpoint_dir},
+                              {"metrics.json": json.dumps(metrics, indent=1, sort_keys=True)}, marker="metrics.json")
+    except OSError:
+        # Two trials whose settings differ from the sweep's in the same way trained the same warm-up
+        # at once, and the other published first: use its entry (the same seed and settings).
+        if storage.read_text(marker) is None:
+            raise
+        metrics = json.loads(storage.read_text(marker))
+    progress(f"warm-up: target mIoU {metrics['target/miou']:.3f} ({result.seconds:.0f} s)")
+    return storage.join(entry_location, "checkpoint"), metrics
+
+
+ORACLE_CACHE_SECTIONS = ("seed", "data", "model", "source", "adapt", "warmup")
+
+
+def oracle_cache_key(cfg: ExperimentConfig) -> str:
+    """The oracle's settings and the steps it trains (those of a whole trial after the warm-up)."""
+    return hashlib.sha256(f"{cfg.hash(*ORACLE_CACHE_SECTIONS)}:{planned_adapt_steps(cfg.to_dict())}".encode()
+                          ).hexdigest()[:16]
 
 
 def ensure_oracle_reference(cfg: ExperimentConfig, source_checkpoint: str,
-                            progress: Callable[[str], None] = print) -> dict:
-    """Target metrics of one adaptation round with *every* pool pixel labeled: the sweep's ceiling.
+                            progress: Callable[[str], None] = print, source_metrics: dict | None = None) -> dict:
+    """Target metrics of adaptation with *every* pool pixel labeled: the sweep's ceiling.
 
-    Cached like the source model (by seed, data, model, source and adaptation settings). The job
-    reads the pool's full label maps itself, so nothing of size "all pixels" crosses Ray.
+    Like a trial, it starts from the warmed-up models (``ensure_warmup_model``) and trains the
+    adaptation steps of a whole trial (``planned_adapt_steps``) in one job. Cached like the source
+    model (``oracle_cache_key``). The job reads the pool's full label maps itself, so nothing of
+    size "all pixels" crosses Ray.
     """
     storage = open_storage(cfg)
     cache_root = Path(cfg.output_dir).resolve() / "oracle-references"
-    entry = cache_root / cfg.hash(*ORACLE_CACHE_SECTIONS)
+    entry = cache_root / oracle_cache_key(cfg)
     metrics_location = storage.join(storage.location(entry), "metrics.json")
     cached = storage.read_text(metrics_location)
     if cached is not None:
         progress(f"oracle reference: reusing {storage.location(entry)}")
         return json.loads(cached)
-    progress(f"oracle reference: adapting with every pool pixel labeled ({cfg.adapt.steps} steps)")
-    job = {"mode": "adapt", "config": cfg.to_dict(), "init_checkpoint": source_checkpoint, "round": 1,
-           "full_target_labels": True, "train_selector": False}
+    start_checkpoint, _ = ensure_warmup_model(cfg, source_checkpoint, source_metrics or {}, progress)
+    steps = planned_adapt_steps(cfg.to_dict())
+    progress(f"oracle reference: adapting with every pool pixel labeled ({steps} steps)")
+    job = {"mode": "adapt", "config": cfg.to_dict(), "init_checkpoint": start_checkpoint, "round": 1,
+           "full_target_labels": True, "train_selector": False, "steps": steps}
     result = run_training(job, name=f"oracle-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = _round_metrics(result.metrics)
     storage.write_text(metrics_location, json.dumps(metrics, indent=1, sort_keys=True))
@@ -122,8 +206,11 @@ def selector_trains(cfg: ExperimentConfig, round_index: int) -> bool:
 
 
 def _round_metrics(train_metrics: dict) -> dict[str, float]:
+    # train/global_step counts every step the model has trained (source, warm-up, rounds): trials of
+    # a comparison end at the same value.
     return {k: v for k, v in train_metrics.items()
-            if k.startswith("target/") and k != "target/confusion" or k.startswith("train/loss/")}
+            if k.startswith("target/") and k != "target/confusion" or k.startswith("train/loss/")
+            or k == "train/global_step"}
 
 
 @dataclass
@@ -154,9 +241,11 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
             "budget_fraction": cfg.selection.budget_fraction}
 
     if resume is None:
-        report({"round": 0, **source_metrics, **_budget(store, pool_pixels), "time/select_s": 0.0,
-                "time/train_s": 0.0, **tags}, TrialProgress(0, source_checkpoint, trial_id))
-        checkpoint, first_round = source_checkpoint, 1
+        # Round 0 is the model before any label is bought: the warmed-up one (or the source model).
+        checkpoint, start_metrics = ensure_warmup_model(cfg, source_checkpoint, source_metrics, progress)
+        report({"round": 0, **start_metrics, **_budget(store, pool_pixels), "time/select_s": 0.0,
+                "time/train_s": 0.0, **tags}, TrialProgress(0, checkpoint, trial_id))
+        first_round = 1
     else:
         checkpoint, first_round = resume.model_checkpoint, resume.round + 1
         progress(f"continuing after round {resume.round}")
@@ -182,7 +271,8 @@ def run_experiment(cfg: ExperimentConfig, trial_dir: Path, source_checkpoint: st
         # The labels go by reference: each Train worker reads the images it trains on itself.
         job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": checkpoint,
                "label_reader": store.reader(upto_round=round_index, storage=storage_settings(cfg_dict)),
-               "round": round_index, "train_selector": selector_trains(cfg, round_index), "trial": trial_id}
+               "round": round_index, "train_selector": selector_trains(cfg, round_index),
+               "steps": round_steps(cfg_dict, round_index), "trial": trial_id}
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = _round_metrics(result.metrics)
@@ -254,8 +344,10 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
 
     Per-image point budgets take each image's points as they are. A global pixel budget
     (``selection.budget_fraction``) is met by merging every image's candidates on the driver
-    (``GlobalBudget``: memory grows with the budget, not the pool), best score first. ``ranker``:
-    the ranking actors' class (``Ranker`` unless a benchmark brings its own pool and network).
+    (``GlobalBudget``: memory grows with the budget, not the pool), best score first. LabOR SPL's
+    whole-mask mode (``selection.spl_mode=whole_mask``) has no budget: every image's mask is bought,
+    and what it cost (pixels, clicks) is the outcome. ``ranker``: the ranking actors' class
+    (``Ranker`` unless a benchmark brings its own pool and network).
     """
     cfg_dict = cfg.to_dict()
     width = cfg.data.width
@@ -276,15 +368,37 @@ def select_round(checkpoint: str, cfg: ExperimentConfig, pool_size: int, store: 
     # so an actor on another node finds every earlier round).
     open_storage(cfg).push_folder(store.root, "round-*.parquet")
     labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg_dict))
+    # Squares that tile an image, spread by share: each image ranks only about the share the merge can
+    # take (budget / the pool's free pixels, with a margin), not every square of the image.
+    max_share = None
+    if (merged is not None and regions and cfg.selection.region_spread == "share"
+            and cfg.selection.selector in TILING_SELECTORS):
+        labeled_before = int(store.totals(upto_round=round_index - 1)["labeled_pixels"])
+        max_share = share_cap(budget_pixels, pool_pixels - labeled_before)
     stats = rank_pool(checkpoint, cfg_dict, pool_size, labeled, consume, round_index=round_index,
-                      budget_pixels=budget_pixels, progress=progress, ranker=ranker)
+                      budget_pixels=budget_pixels, progress=progress, ranker=ranker, max_share=max_share)
+    result = merged.result() if merged is not None else None
+    if max_share is not None and not within_share_cap(result, max_share):
+        progress(f"round {round_index}: the budget needs more than {max_share:.2%} of some images' free pixels; "
+                 f"ranking again with every square")
+        merged = GlobalBudget(budget_pixels)
+        stats = rank_pool(checkpoint, cfg_dict, pool_size, labeled, consume, round_index=round_index,
+                          budget_pixels=budget_pixels, progress=progress, ranker=ranker)
+        result = merged.result()
     progress(f"round {round_index}: ranked {stats.images} images with {stats.actors} actor(s) in "
              f"{stats.startup_s + stats.ranking_s:.1f} s ({stats.startup_s:.1f} s actor start-up, "
              f"{stats.images_per_s:.1f} images/s after)")
+    if merged is None and regions:  # SPL's whole mask: every candidate region of every image
+        labeled = []
+        for image_id, query in sorted(per_image, key=lambda item: item[0]):
+            if query.num_pixels:
+                flat = query.indices.astype(np.int64)
+                clicks = sum(clicks_for_region(query.region(r), cfg.data.height, width) for r in range(len(query)))
+                labeled.append(oracle.reveal(image_id, flat // width, flat % width, clicks=clicks, regions=True))
+        return labeled, 0
     if merged is None:
         labeled = [oracle.reveal(i, q.ys, q.xs) for i, q in sorted(per_image, key=lambda item: item[0])]
         return labeled, sum(q.shortfall for _, q in per_image)
-    result = merged.result()
     labeled = []
     for image_id, pieces in result.regions_by_image().items():
         flat = np.concatenate(pieces)

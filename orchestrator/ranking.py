@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from pixel_selectors import SELECTOR_INPUTS, PointQuery, RegionQuery, labeled_mask, select_image
+from pixel_selectors import SELECTOR_INPUTS, PointQuery, RegionQuery, labeled_mask, select_image, selector_params
 from trainers.data import build_domains
 from trainers.loader import load_images
 from trainers.train_loop import load_models
@@ -52,11 +52,13 @@ def labeled_coordinates(labeled, image_ids: list[int]) -> dict[int, tuple[np.nda
 def rank_images(network: torch.nn.Module, images: torch.Tensor, image_ids: list[int],
                 labeled: Mapping[int, tuple[np.ndarray, np.ndarray]], selector: str, *, num_points: int,
                 budget_pixels: int = 0, seeds: list[int], params: dict | None = None,
-                region_spread: str = "share") -> list[tuple[int, PointQuery | RegionQuery]]:
+                region_spread: str = "share", max_share: float | None = None
+                ) -> list[tuple[int, PointQuery | RegionQuery]]:
     """Forward ``images`` (N, 3, H, W) through ``network`` (on its device) and select in each image
     there: (image id, query) per image. Probabilities stay on the device, one image at a time
     (softmax per image: a batch of 1024 x 2048 maps with 19 classes and two heads would hold
-    N x 300 MB at once); ``labeled`` image id -> (ys, xs) become masks on the device."""
+    N x 300 MB at once); ``labeled`` image id -> (ys, xs) become masks on the device. ``max_share``:
+    see ``select_image``."""
     height, width = images.shape[-2:]
     logits = network(images)
     out = []
@@ -67,7 +69,7 @@ def rank_images(network: torch.nn.Module, images: torch.Tensor, image_ids: list[
             ys, xs = labeled[image_id]
             mask = labeled_mask(ys, xs, height, width, device=images.device)
         query = select_image(selector, probs, num_points=num_points, budget_pixels=budget_pixels, labeled=mask,
-                             seed=seeds[n], params=params, region_spread=region_spread)
+                             seed=seeds[n], params=params, region_spread=region_spread, max_share=max_share)
         out.append((image_id, query))
     return out
 
@@ -88,17 +90,18 @@ class Ranker:
         self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.params = {"k": cfg["selection"]["region_size"]} if name in REGION_SIZED else {}
+        self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))
         self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
         # Decode a shard's images on all of the actor's CPUs at once (a 2048x1024 PNG: ~150 ms of one core).
         self.loading = concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix="load")
 
-    def rank(self, image_ids: list[int], labeled, num_points: int, round_index: int = 1, budget_pixels: int = 0
-             ) -> list[tuple[int, PointQuery | RegionQuery]]:
+    def rank(self, image_ids: list[int], labeled, num_points: int, round_index: int = 1, budget_pixels: int = 0,
+             max_share: float | None = None) -> list[tuple[int, PointQuery | RegionQuery]]:
         """Queries of each image. Point selectors give ``num_points`` points, or with a global
         ``budget_pixels`` as many as the budget could use from one image; region selectors give
-        their best regions covering at most the budget (what the driver's merge can use).
+        their best regions covering at most the budget (what the driver's merge can use), tiling
+        selectors at most ``max_share`` of the image's free pixels (``select_image``).
         ``labeled``: a ``LabelReader`` (read here, for these images only) or a dict id -> (ys, xs)."""
         coordinates = labeled_coordinates(labeled, image_ids)
         images = load_images(self.pool, image_ids, self.loading, pin_memory=self.device.type == "cuda")
@@ -110,7 +113,7 @@ class Ranker:
             return rank_images(self.network, images, image_ids, coordinates, self.selector, num_points=num_points,
                                budget_pixels=budget_pixels,
                                seeds=[image_seed(self.seed, round_index, i) for i in image_ids],
-                               params=self.params, region_spread=self.region_spread)
+                               params=self.params, region_spread=self.region_spread, max_share=max_share)
 
     def peak_memory(self) -> dict[str, int]:
         """This process's peak resident memory (bytes) and, with a GPU, its peak GPU memory."""
@@ -125,10 +128,6 @@ def image_seed(seed: int, round_index: int, image_id: int) -> int:
     """The seed a selector gets for one image in one round: the same image gets the same draw
     whichever actor ranks it, and a new one each round."""
     return (seed * 1_000_003 + round_index) * 1_000_003 + image_id
-
-
-# Selectors that take the region side ``k`` (selection.region_size).
-REGION_SIZED = ("region_impurity", "region_impurity_regions", "random_regions")
 
 
 @functools.cache
@@ -184,7 +183,8 @@ class RankingStats:
 
 def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
               consume: Callable[[int, PointQuery | RegionQuery], None], round_index: int = 1, budget_pixels: int = 0,
-              progress: Callable[[str], None] | None = None, ranker: type | None = None) -> RankingStats:
+              progress: Callable[[str], None] | None = None, ranker: type | None = None,
+              max_share: float | None = None) -> RankingStats:
     """Rank the ``pool_size`` target pool images with ``ranking.num_actors`` actors (``ranker``: the
     actors' class, ``Ranker`` unless a benchmark brings its own pool and network).
 
@@ -267,7 +267,8 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
                     progress(f"ranked {ranked}/{pool_size} target images ({ranked / max(elapsed, 1e-9):.1f} images/s)")
             if queue:
                 shard = queue.pop(0)
-                ref = actor.rank.remote(shard, _for_shard(labeled, shard), points, round_index, budget_pixels)
+                ref = actor.rank.remote(shard, _for_shard(labeled, shard), points, round_index, budget_pixels,
+                                        max_share)
                 working[ref] = (actor, shard)
         peaks = _peak_memories([a for a in actors if a not in dead])
     finally:

@@ -100,7 +100,8 @@ def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None
             tracking.client.set_tag(run_id, CHECKPOINT_TAG, progress_state.model_checkpoint)  # the latest round's
             log_round_images(tracking.client, run_id, run_dir, int(metrics["round"]))
             if metrics["round"] == 0:  # later rounds are announced by the experiment loop itself
-                say(f"round 0 (source only): target mIoU {metrics['target/miou']:.4f}")
+                start = "after the label-free warm-up" if cfg.warmup.steps else "source only"
+                say(f"round 0 ({start}): target mIoU {metrics['target/miou']:.4f}")
 
         status = "FAILED"
         try:

@@ -208,7 +208,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
     from trainers.data import domain_roots
     from trainers.models import pretrained_status
 
-    from .experiment import ensure_oracle_reference, ensure_source_model, tune_trial
+    from .experiment import ensure_oracle_reference, ensure_source_model, ensure_warmup_model, tune_trial
     from .resources import plan_resources, with_node_types
     from .tracking import MlflowTrialLogger, SweepTracking, display_uri, provenance_tags
     from .tensorboard_rounds import RoundTensorBoard
@@ -228,6 +228,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         say(f"data: source {cfg.data.source.format} at {roots[0]}, target {cfg.data.target.format} at {roots[1]}")
         say(pretrained_status(cfg.model.name, cfg.model.pretrained))
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
+        # Once here, before the trials, which all start from it (a trial whose settings change it trains its own).
+        _, warmup_metrics = ensure_warmup_model(cfg, source_checkpoint, {}, progress=say)
         oracle_metrics = ensure_oracle_reference(cfg, source_checkpoint, progress=say) if cfg.sweep.oracle_reference else {}
         provenance = provenance_tags()  # git commit and user, on the sweep's run and every trial's
         if state is None:
@@ -235,7 +237,8 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                                            {"activeda.sweep": cfg.sweep.name, **provenance,
                                             "activeda.source_checkpoint": source_checkpoint})
             tracking.log_metrics(parent, {f"source_only/{k}": v for k, v in source_metrics.items()}
-                                 | {f"oracle/{k}": v for k, v in oracle_metrics.items()}, step=0,
+                                 | {f"oracle/{k}": v for k, v in oracle_metrics.items()}
+                                 | {f"warmup/{k}": v for k, v in warmup_metrics.items() if k != "warmup/steps"}, step=0,
                                  context="source model")
             _write_json(sweep_dir / SWEEP_STATE, {"parent_run_id": parent, "config": cfg.to_dict()})
             storage.push(sweep_dir / SWEEP_STATE)
@@ -477,6 +480,8 @@ def trial_setting(sampled: dict) -> str:
 def budget_label(cfg: ExperimentConfig) -> str:
     if cfg.selection.selector == NO_SELECTION:
         return "no labels"
+    if cfg.selection.spl_mode == "whole_mask":
+        return "whole mask/round"
     if cfg.selection.budget_fraction > 0:
         return f"{100 * cfg.selection.budget_fraction:g}% of pixels/round"
     return f"{cfg.selection.points_per_image} points/image/round"

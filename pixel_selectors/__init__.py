@@ -18,14 +18,18 @@ pool-wide budget too: ask each image for ``budget.points_per_image(...)`` points
 ``GlobalBudget.add_points`` / ``budget.merge_points``.
 """
 
+import math
+
+from torch.profiler import record_function
+
 from .base import PointQuery, RegionQuery, allocate_evenly, labeled_mask
 from .baselines import entropy_points, margin_points, random_points, random_regions
 from .budget import (BudgetResult, GlobalBudget, Pick, merge_points, merge_regions, points_per_image,
-                     points_to_regions, share_of_candidates)
+                     points_to_regions, share_cap, share_of_candidates, within_share_cap)
 from .cost import clicks_for_points, clicks_for_region, clicks_for_regions
 from .encoding import pack_bits, rle_decode, rle_encode, unpack_bits
 from .labor import head_discrepancy, inconsistency_mask, labor_ppl, labor_spl
-from .ripu import region_impurity, region_impurity_regions, ripu_maps
+from .ripu import blocked_by_labels, region_impurity, region_impurity_regions, ripu_maps, ripu_point_window
 
 SELECTORS = {
     "labor_ppl": labor_ppl,
@@ -62,31 +66,65 @@ SELECTOR_INPUTS = {
 
 
 
+# Region selectors whose candidates tile the unlabeled pixels (non-overlapping squares): under the
+# ``share`` spread an image's share is of its free pixels, so a driver can bound, before ranking,
+# the share any image can be asked for (``select_image``'s ``max_share``); LabOR SPL's share is of its
+# inconsistency mask, whose size only the ranking finds.
+TILING_SELECTORS = ("random_regions", "region_impurity_regions")
+
+
 def select_image(name: str, head_probs, *, num_points: int = 0, budget_pixels: int = 0, labeled=None, seed: int = 0,
-                 params: dict | None = None, region_spread: str = "share") -> PointQuery | RegionQuery:
+                 params: dict | None = None, region_spread: str = "share", max_share: float | None = None
+                 ) -> PointQuery | RegionQuery:
     """What a ranking actor sends back for one image: selector ``name`` applied to its ``head_probs``
     on their device (a GPU selects on the GPU; only the query reaches the host).
 
     Point selectors give ``num_points`` points, or with a pool-wide ``budget_pixels`` as many as the
-    budget could use from one image (``points_per_image``). Region selectors give their ranked
-    candidates, rescored by ``share_of_candidates`` when ``region_spread`` is ``"share"`` (that needs
-    all of the image's candidates, so it comes first), cut to the best ones covering the budget
-    (``RegionQuery.head``: the global merge can use no more from one image).
+    budget could use from one image (``points_per_image``). Region selectors give their best regions,
+    rescored by their share of the image's candidates when ``region_spread`` is ``"share"``, up to
+    the first ones that cover the budget (``RegionQuery.head``: the global merge can use no more from
+    one image); without a budget (``budget_pixels`` 0: LabOR SPL's whole mask) all of them, with their
+    own scores. A tiling selector under ``share`` stops sooner with ``max_share``: at the first
+    regions that cover ``max_share`` of the image's free pixels (``budget.share_cap``; the driver
+    checks that its merge needed no more, ``budget.within_share_cap``), and never runs its greedy
+    pass past what it sends.
     """
     select, params = SELECTORS[name], params or {}
-    if SELECTOR_KIND[name] == "regions":
-        query = select(head_probs, labeled=labeled, seed=seed, **params)
-        if region_spread == "share":
-            query = share_of_candidates(query)
-        return query.head(budget_pixels)
-    height, width = head_probs[0].shape[-2:]
-    wanted = points_per_image(budget_pixels, height, width) if budget_pixels else num_points
-    return select(head_probs, wanted, labeled=labeled, seed=seed, **params)
+    with record_function(f"select:{name}"):  # a row of its own in a profile (benchmarks.profile_selectors)
+        if SELECTOR_KIND[name] == "regions":
+            if not budget_pixels:  # no budget (LabOR SPL's whole mask): every candidate region is wanted
+                return select(head_probs, labeled=labeled, seed=seed, **params)
+            cap = budget_pixels
+            if max_share is not None and name in TILING_SELECTORS and region_spread == "share":
+                height, width = head_probs[0].shape[-2:]
+                free = height * width - (0 if labeled is None else int(labeled.sum()))
+                cap = min(cap, math.ceil(max_share * free))
+            return select(head_probs, labeled=labeled, seed=seed, max_pixels=cap, spread=region_spread, **params)
+        height, width = head_probs[0].shape[-2:]
+        wanted = points_per_image(budget_pixels, height, width) if budget_pixels else num_points
+        return select(head_probs, wanted, labeled=labeled, seed=seed, **params)
 
 
-__all__ = ["SELECTORS", "SELECTOR_INPUTS", "SELECTOR_KIND", "BudgetResult", "GlobalBudget", "Pick", "PointQuery",
+# Selectors that take a window side ``k``: RIPU's points (its own window, ``selection.point_window``)
+# and the square regions (``selection.region_size``).
+WINDOWED = ("region_impurity", "region_impurity_regions", "random_regions")
+
+
+def selector_params(name: str, selection: dict, width: int) -> dict:
+    """Keyword parameters of selector ``name`` for images ``width`` pixels wide, from the ``selection``
+    config section: the point window of ``region_impurity`` (RIPU's 65 at 2048 wide, scaled, unless
+    ``point_window`` is set) and the square side of the region selectors (``region_size``)."""
+    if name == "region_impurity":
+        return {"k": int(selection.get("point_window") or 0) or ripu_point_window(width)}
+    if name in WINDOWED:
+        return {"k": int(selection["region_size"])}
+    return {}
+
+
+__all__ = ["SELECTORS", "SELECTOR_INPUTS", "TILING_SELECTORS", "WINDOWED", "selector_params", "blocked_by_labels",
+           "ripu_point_window", "SELECTOR_KIND", "BudgetResult", "GlobalBudget", "Pick", "PointQuery",
            "RegionQuery", "allocate_evenly", "labeled_mask", "select_image", "share_of_candidates", "clicks_for_points", "clicks_for_region", "clicks_for_regions",
            "entropy_points", "head_discrepancy", "inconsistency_mask", "labor_ppl", "labor_spl", "margin_points",
            "merge_points", "merge_regions", "pack_bits", "points_per_image", "points_to_regions", "random_points",
            "random_regions", "region_impurity", "region_impurity_regions", "ripu_maps", "rle_decode", "rle_encode",
-           "unpack_bits"]
+           "share_cap", "unpack_bits", "within_share_cap"]

@@ -36,13 +36,26 @@ class PointQuery:
 
     @staticmethod
     def from_flat(flat_index: torch.Tensor, scores: torch.Tensor, width: int, shortfall: int = 0) -> "PointQuery":
-        flat = flat_index.to(torch.int64).cpu().numpy()
+        flat, scores = to_host(flat_index.to(torch.int64), scores.detach().to(torch.float32))
         return PointQuery(
             ys=(flat // width).astype(np.int32),
             xs=(flat % width).astype(np.int32),
-            scores=scores.detach().to(torch.float32).cpu().numpy(),
+            scores=scores.copy(),
             shortfall=int(shortfall),
         )
+
+
+def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
+    """The tensors as numpy arrays on the host. From a GPU, each is copied into a page-locked buffer
+    and all copies are queued before one wait: a copy into ordinary (pageable) memory is staged by the
+    driver and waited for on its own, which at 1024 x 2048 cost more than the selection itself."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return [t.numpy() for t in tensors]
+    buffers = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in tensors]
+    for buffer, tensor in zip(buffers, tensors):
+        buffer.copy_(tensor, non_blocking=True)
+    torch.cuda.current_stream(tensors[0].device).synchronize()
+    return [buffer.numpy() for buffer in buffers]
 
 
 def check_head_probs(head_probs, expected_heads: int | None = None) -> tuple[int, int, int]:
@@ -75,16 +88,6 @@ def unlabeled_mask(labeled: torch.Tensor | None, height: int, width: int, device
     if tuple(labeled.shape) != (height, width):
         raise ValueError(f"labeled mask must be ({height}, {width}), got {tuple(labeled.shape)}")
     return ~labeled.to(torch.bool)
-
-
-def segment_sums(values: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """Sums of consecutive segments of ``values`` along dim 0 (segment j: the next ``sizes[j]``
-    rows); (S, ...). Each segment is summed in order, on any device, so equal inputs give equal bits
-    on every run and every device (``index_add_`` on a GPU adds in whatever order its atomics land,
-    and a selector must not depend on that)."""
-    if values.shape[0] == 0:
-        return torch.zeros((len(sizes), *values.shape[1:]), dtype=values.dtype, device=values.device)
-    return torch.segment_reduce(values, "sum", lengths=sizes.to(values.device), axis=0)
 
 
 def labeled_mask(ys, xs, height: int, width: int, device=None) -> torch.Tensor:
@@ -129,18 +132,38 @@ def _as_readonly(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def take_regions(indices: np.ndarray, offsets: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def take_regions(indices, offsets, order):
     """Reorder (or subset) regions held as CSR ``indices``/``offsets``; returns the new pair.
 
     Region ``order[j]`` becomes region ``j``; each region keeps its own pixel order. Vectorized:
-    no Python loop over regions.
+    no Python loop over regions. numpy arrays, or torch tensors (then on their device).
     """
+    if isinstance(indices, torch.Tensor):
+        order = torch.as_tensor(order, dtype=torch.int64, device=indices.device)
+        sizes = (offsets[1:] - offsets[:-1])[order]
+        new_offsets = torch.zeros(len(order) + 1, dtype=torch.int64, device=indices.device)
+        torch.cumsum(sizes, 0, out=new_offsets[1:])
+        shift = torch.repeat_interleave(offsets[:-1][order] - new_offsets[:-1], sizes)
+        return indices[torch.arange(len(shift), device=indices.device) + shift], new_offsets
     order = np.asarray(order, dtype=np.int64)
     sizes = (offsets[1:] - offsets[:-1])[order]
     new_offsets = np.zeros(len(order) + 1, dtype=np.int64)
     np.cumsum(sizes, out=new_offsets[1:])
     shift = np.repeat(offsets[:-1][order] - new_offsets[:-1], sizes)
     return indices[np.arange(new_offsets[-1], dtype=np.int64) + shift], new_offsets
+
+
+def head_length(sizes, max_pixels: int) -> int:
+    """How many regions the fewest first ones of ``sizes`` (ranked order; a numpy array or a tensor)
+    that hold at least ``max_pixels`` pixels are; all of them when they hold fewer."""
+    if max_pixels <= 0:
+        return 0
+    if isinstance(sizes, torch.Tensor):
+        wanted = torch.tensor([int(max_pixels)], dtype=sizes.dtype, device=sizes.device)
+        last = int(torch.searchsorted(torch.cumsum(sizes, 0), wanted, side="left"))
+    else:
+        last = int(np.searchsorted(np.cumsum(sizes), int(max_pixels), side="left"))
+    return min(len(sizes), last + 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -268,10 +291,7 @@ class RegionQuery:
         image is the ranked order, which this keeps).
         """
         ranked = self.ranked()
-        if max_pixels <= 0:
-            return ranked._subset(np.empty(0, dtype=np.int64))
-        last = int(np.searchsorted(np.cumsum(ranked.sizes), int(max_pixels), side="left"))
-        return ranked._subset(np.arange(min(len(ranked), last + 1)))
+        return ranked._subset(np.arange(head_length(ranked.sizes, max_pixels)))
 
     def _subset(self, order: np.ndarray) -> "RegionQuery":
         indices, offsets = take_regions(self.indices, self.offsets, order)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .base import PointQuery, RegionQuery, check_head_probs, unlabeled_mask
+from .exact import seeded_uniform
 from .regions import check_window, greedy_squares
 
 
@@ -33,17 +34,13 @@ def _top_points(score: torch.Tensor, free: torch.Tensor, num_points: int, width:
     return PointQuery.from_flat(chosen, score[chosen], width, shortfall=num_points - chosen.numel())
 
 
-def _seeded_scores(seed: int, count: int, device) -> torch.Tensor:
-    """Uniform draws from a CPU generator, moved to ``device``: the same draws on every device."""
-    return torch.rand(count, generator=torch.Generator().manual_seed(int(seed))).to(device)
-
-
 def random_points(head_probs, num_points: int, labeled: torch.Tensor | None = None, seed: int = 0) -> PointQuery:
-    """Uniformly random unlabeled pixels. Uses only the image size; the seed makes it repeatable."""
+    """Uniformly random unlabeled pixels: those with the highest draws of ``exact.seeded_uniform``
+    (seed, pixel index). Uses only the image size; the seed makes it repeatable, on any device."""
     _, height, width = check_head_probs(head_probs)
     device = head_probs[0].device
     free = unlabeled_mask(labeled, height, width, device=device).flatten()
-    return _top_points(_seeded_scores(seed, height * width, device), free, num_points, width)
+    return _top_points(seeded_uniform(seed, height * width, device), free, num_points, width)
 
 
 def _mean_head(head_probs) -> torch.Tensor:
@@ -78,19 +75,22 @@ def margin_points(head_probs, num_points: int, labeled: torch.Tensor | None = No
                        width)
 
 
-def random_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *, k: int = 3) -> RegionQuery:
+def random_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *, k: int = 3,
+                   max_pixels: int | None = None, spread: str = "score") -> RegionQuery:
     """Random non-overlapping k x k squares: the region-budget baseline.
 
-    Every unlabeled pixel draws a uniform score from a generator seeded with ``seed`` (the same draw
-    as ``random_points``); squares are then placed greedily by that score exactly as RIPU's regions
-    are (centre within Chebyshev distance k - 1 of a taken centre is skipped; clipped to the image;
-    labeled pixels removed; raster order). A region's score is its centre's draw, so the global
-    merge picks uniformly random squares across the pool.
+    Every unlabeled pixel draws a uniform score from (``seed``, its flat index) (the same draw as
+    ``random_points``: ``exact.seeded_uniform``); squares are then placed greedily by that score
+    exactly as RIPU's regions are (centre within Chebyshev distance k - 1 of a taken centre is
+    skipped; clipped to the image; labeled pixels removed; raster order). A region's score is its centre's draw, so the global
+    merge picks uniformly random squares across the pool. ``max_pixels``: stop after the best squares
+    that hold that many pixels; ``spread="share"``: score them by their share of the free pixels
+    (both: ``greedy_squares``).
     """
     radius = check_window(k)
     _, height, width = check_head_probs(head_probs)
     device = head_probs[0].device
-    score = _seeded_scores(seed, height * width, device).to(torch.float64)
+    score = seeded_uniform(seed, height * width, device)
     free = unlabeled_mask(labeled, height, width, device=device)
-    indices, offsets, scores = greedy_squares(score, free, radius)
+    indices, offsets, scores = greedy_squares(score, free, radius, max_pixels=max_pixels, spread=spread)
     return RegionQuery(height, width, indices, offsets, scores)

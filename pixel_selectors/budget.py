@@ -166,6 +166,12 @@ class GlobalBudget:
 REGION_SPREADS = ("score", "share")
 
 
+def check_spread(spread: str) -> str:
+    if spread not in REGION_SPREADS:
+        raise ValueError(f"unknown region spread {spread!r}; choose one of: {', '.join(REGION_SPREADS)}")
+    return spread
+
+
 def share_of_candidates(query: RegionQuery) -> RegionQuery:
     """The query rescored so that a pool-wide merge gives every image the same share of its own candidates.
 
@@ -186,8 +192,43 @@ def share_of_candidates(query: RegionQuery) -> RegionQuery:
     sizes = ranked.sizes.astype(np.float64)
     if len(sizes) == 0:
         return ranked
-    middle = np.cumsum(sizes) - sizes / 2
-    return RegionQuery.derived(ranked, ranked.indices, ranked.offsets, -middle / sizes.sum())
+    return RegionQuery.derived(ranked, ranked.indices, ranked.offsets, share_scores(sizes, sizes.sum()))
+
+
+def share_scores(sizes, of_pixels):
+    """The ``share`` spread's score of each region, ``sizes`` (float64, the image's regions in ranked
+    order) out of ``of_pixels``: -(s_1 + ... + s_(j-1) + s_j / 2) / of_pixels. numpy or torch (then on
+    the tensor's device)."""
+    return -(sizes.cumsum(0) - sizes / 2) / of_pixels
+
+
+# How far above the pool's own share (budget / free pixels) a tiling selector's image is ranked: the
+# merge's water level sits at that share give or take half a square, unless images run out of squares.
+SHARE_CAP_MARGIN = 1.5
+
+
+def share_cap(budget_pixels: int, free_pixels: int) -> float | None:
+    """The share of an image's free pixels that a tiling selector under the ``share`` spread ranks
+    (``select_image``'s ``max_share``): ``SHARE_CAP_MARGIN`` x budget / the pool's free pixels, or
+    None when that is all of it. Under ``share`` the merge takes from every image about the same share
+    of its free pixels, budget / free pixels, so an image ranked to 1.5 times that sends what the merge
+    takes and little more: a few percent of the image instead of every square of it. Whether the cut
+    was far enough is known after the merge (``within_share_cap``)."""
+    if budget_pixels <= 0 or free_pixels <= 0:
+        return None
+    share = SHARE_CAP_MARGIN * budget_pixels / free_pixels
+    return share if share < 1 else None
+
+
+def within_share_cap(result: BudgetResult, max_share: float) -> bool:
+    """Whether a merge of queries cut at ``max_share`` took what the whole queries would have given.
+
+    A cut query keeps every region whose share score is at least -``max_share`` (the regions it
+    leaves out start past that share of the image's free pixels), so the picks are the same as without
+    the cut when the budget was spent and the worst pick scores at least -``max_share``. Otherwise (an
+    image ran out of squares, or the budget exceeds what the pool offers) the driver ranks again
+    without the cut."""
+    return result.shortfall == 0 and (not result.picks or result.picks[-1].score >= -max_share)
 
 
 def _image_id(image_id) -> int:

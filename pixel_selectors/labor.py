@@ -9,12 +9,13 @@ Segment-based Pixel Labeling (SPL) offers the connected pieces of M as regions t
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, predicted_class, segment_sums,
-                   take_regions, unlabeled_mask)
-from .regions import connected_components, ranked_query
+from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, head_length, predicted_class,
+                   take_regions, to_host, unlabeled_mask)
+from .budget import check_spread, share_scores
+from .exact import group_sums, segment_sums
+from .regions import connected_components
 
 
 def inconsistency_mask(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -70,11 +71,10 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
     counts = torch.bincount(candidate_class, minlength=num_classes)
     allocation = allocate_evenly(counts.tolist(), num_points)
 
-    # All classes at once: prototypes by segment sums over the candidates grouped by class, then the
+    # All classes at once: prototypes by exact sums over the candidates grouped by class, then the
     # candidates ordered by (class, distance) -- two stable sorts, so ties stay in flat-index order --
     # keeping the first allocation[k] of each class. A NaN distance (a diverged model) sorts last within its class.
-    by_class = torch.sort(candidate_class, stable=True).indices
-    sums = segment_sums(vectors[:, by_class].T, counts).T  # column k: the sum over D(k)
+    sums = group_sums(vectors, candidate_class, num_classes)  # column k: the sum over D(k)
     prototypes = sums / counts.clamp_min(1).to(torch.float64)  # column k: mu_k
     distance = (vectors - prototypes[:, candidate_class]).square().sum(dim=0).sqrt()
     order = torch.sort(torch.nan_to_num(distance, nan=float("inf")), stable=True).indices
@@ -103,7 +103,8 @@ SPL_SCORES = ("mean_discrepancy", "size", "sum_discrepancy")
 
 
 def labor_spl(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
-              score: str = "mean_discrepancy", min_pixels: int = 1) -> RegionQuery:
+              score: str = "mean_discrepancy", min_pixels: int = 1, max_pixels: int | None = None,
+              spread: str = "score") -> RegionQuery:
     """Segment-based Pixel Labeling: the unlabeled part of M, one candidate region per 8-connected piece.
 
     head_probs: two (K, H, W) softmax maps, from C1 and C2. labeled: optional bool (H, W); labeled
@@ -125,11 +126,17 @@ def labor_spl(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
     Regions are returned ranked by (score desc, raster order of their first pixel). There is no
     top-up outside M: if the pool's masks hold fewer pixels than the budget, the merge reports
     the shortfall. ``seed`` is unused: the rule is deterministic.
+
+    ``spread="share"`` rescores the ranked regions by their share of the image's M
+    (``budget.share_scores``, as ``share_of_candidates``); ``max_pixels`` keeps only the best regions
+    that hold that many pixels (``RegionQuery.head``). Both happen on the maps' device, so only what
+    is kept reaches the host (M of a young selector is most of the image).
     """
     if score not in SPL_SCORES:
         raise ValueError(f"unknown SPL score {score!r}; choose one of: {', '.join(SPL_SCORES)}")
     if min_pixels < 1:
         raise ValueError(f"min_pixels must be >= 1, got {min_pixels}")
+    check_spread(spread)
     _, height, width = check_head_probs(head_probs, expected_heads=2)
     p1, p2 = head_probs[0], head_probs[1]
     free = unlabeled_mask(labeled, height, width, device=p1.device)
@@ -141,10 +148,13 @@ def labor_spl(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
     scores = {"mean_discrepancy": lambda: total / sizes.clamp_min(1),
               "size": lambda: sizes.to(torch.float64),
               "sum_discrepancy": lambda: total}[score]()
-    indices, offsets = indices.cpu().numpy(), offsets.cpu().numpy()
-    scores, sizes = scores.cpu().numpy(), sizes.cpu().numpy()
-    keep = np.flatnonzero(sizes >= min_pixels)
+    keep = (sizes >= min_pixels).nonzero().squeeze(1)
     if len(keep) < len(sizes):
         indices, offsets = take_regions(indices, offsets, keep)
-        scores = scores[keep]
-    return ranked_query(indices, offsets, scores, height, width)
+        scores, sizes = scores[keep], sizes[keep]
+    ranked = torch.sort(-scores, stable=True).indices  # score desc; ties: components' raster order
+    sizes = sizes[ranked]
+    scores = share_scores(sizes.to(torch.float64), sizes.sum()) if spread == "share" else scores[ranked]
+    count = len(ranked) if max_pixels is None else head_length(sizes, max_pixels)
+    indices, offsets = take_regions(indices, offsets, ranked[:count])
+    return RegionQuery(height, width, *to_host(indices, offsets, scores[:count]))

@@ -11,9 +11,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from scipy import ndimage
 
-from .base import RegionQuery, take_regions
+from .base import head_length, to_host
+from .budget import check_spread, share_scores
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
@@ -23,13 +25,6 @@ def check_window(k: int) -> int:
     if not isinstance(k, (int, np.integer)) or k < 1 or k % 2 == 0:
         raise ValueError(f"window size k must be an odd integer >= 1, got {k!r}")
     return (int(k) - 1) // 2
-
-
-def ranked_query(indices: np.ndarray, offsets: np.ndarray, scores: np.ndarray, height: int, width: int) -> RegionQuery:
-    """A RegionQuery with regions ordered by (score desc, given order)."""
-    order = np.argsort(-scores, kind="stable")
-    indices, offsets = take_regions(indices, offsets, order)
-    return RegionQuery(height, width, indices, offsets, scores[order])
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +114,8 @@ ROUNDS_PER_CHECK = 4
 
 
 def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: int,
-                         limit: int | None = None) -> torch.Tensor:
+                         limit: int | None = None, weights: torch.Tensor | None = None,
+                         cover: int | None = None) -> torch.Tensor:
     """``greedy_spread`` as tensor operations, in parallel rounds: the same picks, in the same order.
 
     Sequential greedy selection by a fixed priority is the lexicographically first maximal
@@ -130,13 +126,19 @@ def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: in
     so the sequential pass would take it too. The global best remaining candidate is taken in every
     round, so the rounds end. Smooth score maps and plateaus of equal scores (ties go in raster
     order) make long chains, each pick waiting for a better neighbour to be decided: hence rounds,
-    a few hundred for RIPU's squares at 1024 x 2048, each a handful of element-wise operations.
+    570 for RIPU's squares over a whole 1024 x 2048 image, each a handful of element-wise operations.
 
-    ``limit`` stops once the first ``limit`` picks in priority order are settled: every pick better
-    than the best candidate still undecided can no longer change. Returns the picks' flat indices in
-    priority order (a 1-D int64 tensor on ``order``'s device).
+    Stopping early is what keeps the rounds few: every pick better than the best candidate still
+    undecided is settled (a prefix of the final order). ``limit`` stops once the first ``limit``
+    picks are settled; ``cover`` once the settled picks' ``weights`` ((H*W,) integers, e.g. the pixels
+    of each candidate's square) add up to ``cover`` (then the picks are cut after the first that
+    reaches it, as ``greedy_spread`` does): 20 rounds for the squares a 2.2% budget can take from a
+    1024 x 2048 image. Returns the picks' flat indices in priority order (a 1-D int64 tensor on
+    ``order``'s device).
     """
     device = order.device
+    if cover is not None and cover <= 0:
+        return torch.empty(0, dtype=torch.int64, device=device)  # as the sequential pass: nothing to cover
     count = height * width
     dtype = torch.float32 if count < 2 ** 24 else torch.float64  # priorities exact in the pooling dtype
     # Priority: len(order) for the best candidate down to 1 for the last, 0 for non-candidates.
@@ -145,41 +147,55 @@ def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: in
     priority = priority.reshape(height, width)
     remaining = priority > 0
     taken = torch.zeros_like(remaining)
+    weight_map = None if cover is None else weights.reshape(height, width).to(device=device, dtype=torch.int64)
     rounds = 0
     while True:
-        current = priority * remaining  # 0 once decided: below every remaining candidate
-        take = remaining & (current == _window_max(current, reach))
-        taken |= take
-        remaining &= _window_max(take.to(dtype), reach) == 0
+        with record_function("greedy round"):  # its count in a profile (benchmarks.profile_selectors)
+            current = priority * remaining  # 0 once decided: below every remaining candidate
+            take = remaining & (current == _window_max(current, reach))
+            taken |= take
+            remaining &= _window_max(take.to(dtype), reach) == 0
         rounds += 1
         if rounds % ROUNDS_PER_CHECK:
             continue  # a round after the last one changes nothing; checking costs a device sync
-        if limit is None:
+        if limit is None and cover is None:
             if not bool(remaining.any()):
                 break
             continue
-        best_undecided = (priority * remaining).max()
-        settled, undecided = torch.stack([(taken & (priority > best_undecided)).sum(), remaining.sum()]).tolist()
-        if settled >= limit or undecided == 0:
+        settled = taken & (priority > (priority * remaining).max())
+        figures = [settled.sum(), remaining.sum()]
+        if weight_map is not None:
+            figures.append((weight_map * settled).sum())
+        figures = torch.stack(figures).tolist()
+        done = figures[1] == 0 or (limit is not None and figures[0] >= limit)
+        if done or (cover is not None and figures[2] >= cover):
             break
     picks = taken.reshape(-1).nonzero().squeeze(1)
     picks = picks[torch.sort(priority.reshape(-1)[picks], descending=True).indices]
-    return picks if limit is None else picks[:limit]
+    if limit is not None:
+        picks = picks[:limit]
+    if cover is not None:
+        picks = picks[:head_length(weight_map.reshape(-1)[picks], cover)]
+    return picks
 
 
 def greedy_order_picks(order: torch.Tensor, height: int, width: int, reach: int,
-                       limit: int | None = None) -> torch.Tensor:
+                       limit: int | None = None, weights: torch.Tensor | None = None,
+                       cover: int | None = None) -> torch.Tensor:
     """The greedy spread of candidates given in priority ``order`` (flat indices, a tensor), wherever
     they live: the sequential pass on the CPU (fastest there: about 1 s for 2 million candidates,
     against about 12 s for the rounds), the rounds on a GPU. Same picks, same order."""
     if order.device.type == "cpu":
-        return torch.as_tensor(greedy_spread(order.numpy(), height, width, reach, limit), dtype=torch.int64)
-    return greedy_spread_rounds(order, height, width, reach, limit)
+        return torch.as_tensor(greedy_spread(order.numpy(), height, width, reach, limit,
+                                             None if weights is None else weights.numpy(), cover), dtype=torch.int64)
+    return greedy_spread_rounds(order, height, width, reach, limit, weights, cover)
 
 
-def greedy_spread(order: np.ndarray, height: int, width: int, reach: int, limit: int | None = None) -> list[int]:
+def greedy_spread(order: np.ndarray, height: int, width: int, reach: int, limit: int | None = None,
+                  weights: np.ndarray | None = None, cover: int | None = None) -> list[int]:
     """Walk flat pixel indices in ``order``; take each one unless a pixel already taken lies within
-    Chebyshev distance ``reach`` of it; stop after ``limit`` picks (all when None).
+    Chebyshev distance ``reach`` of it; stop after ``limit`` picks (all when None), or after the pick
+    that brings the picks' ``weights`` ((H*W,) integers) to ``cover``.
 
     Sequential on purpose: the greedy order is the definition (RIPU's non-overlapping regions, and
     its spread-out points). One bool lookup per candidate plus one slice write per pick.
@@ -187,15 +203,23 @@ def greedy_spread(order: np.ndarray, height: int, width: int, reach: int, limit:
     blocked = np.zeros((height, width), dtype=bool)
     blocked_flat = blocked.reshape(-1)
     taken: list[int] = []
-    for c in order.tolist():
-        if limit is not None and len(taken) == limit:
-            break
-        if blocked_flat[c]:
-            continue
-        taken.append(c)
-        y, x = divmod(c, width)
-        blocked[max(0, y - reach):y + reach + 1, max(0, x - reach):x + reach + 1] = True
+    covered = 0
+    for start in range(0, len(order), GREEDY_CHUNK):  # a stop after a few picks reads a few candidates
+        for c in order[start:start + GREEDY_CHUNK].tolist():
+            if (limit is not None and len(taken) == limit) or (cover is not None and covered >= cover):
+                return taken
+            if blocked_flat[c]:
+                continue
+            taken.append(c)
+            if cover is not None:
+                covered += int(weights[c])
+            y, x = divmod(c, width)
+            blocked[max(0, y - reach):y + reach + 1, max(0, x - reach):x + reach + 1] = True
     return taken
+
+
+# Candidates ``greedy_spread`` turns into Python ints at a time.
+GREEDY_CHUNK = 4096
 
 
 def priority_order(score: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -206,20 +230,35 @@ def priority_order(score: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     return flat[torch.sort(key, stable=True).indices]
 
 
-def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int, centers: torch.Tensor | None = None,
+                   max_pixels: int | None = None, spread: str = "score") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Non-overlapping (2r+1)^2 squares chosen greedily by the score of their centre pixel.
 
     center_score: float (H*W,); free: bool (H, W) of unlabeled pixels, both on one device (the work
-    runs there). Candidate centres are the free pixels, visited by (score desc, flat index asc); a
+    runs there); centers: optional bool (H, W) of the pixels allowed as centres (default: the free
+    ones). Candidate centres are visited by (score desc, flat index asc); a
     centre is taken unless it lies within Chebyshev distance 2r of a centre already taken (then the
     squares would overlap), which is the rule of RIPU's region selection. Each square is clipped to
     the image and loses its labeled pixels; pixels keep raster order. Returns CSR (indices,
     offsets) and the centre scores as numpy arrays, in the order taken (so already ranked by score).
+
+    ``max_pixels`` stops the greedy pass after the first squares that hold that many pixels together
+    (the shortest ranked prefix that does: all a pixel budget of that size can use); None covers the
+    whole image. Only the squares taken leave the device. ``spread="share"`` scores each square by
+    its share of the image's free pixels, which the squares tile (``budget.share_scores``): known
+    before the pass ends, unlike the pixels of all the squares it would take.
     """
+    check_spread(spread)
     height, width = free.shape
     center_score = torch.as_tensor(center_score).reshape(-1).to(free.device)
-    centers = greedy_order_picks(priority_order(center_score, free), height, width, reach=2 * radius).to(free.device)
+    square_pixels = None
+    if max_pixels is not None:  # each centre's square: its free pixels (sums of ones: exact in float32)
+        side = 2 * radius + 1
+        square_pixels = F.avg_pool2d(free.to(torch.float32)[None, None], side, stride=1, padding=radius,
+                                     divisor_override=1).round().to(torch.int64).reshape(-1)
+    allowed = free if centers is None else centers.to(free.device)
+    centers = greedy_order_picks(priority_order(center_score, allowed), height, width, reach=2 * radius,
+                                 weights=square_pixels, cover=max_pixels).to(free.device)
     cy, cx = centers // width, centers % width
     offset = torch.arange(-radius, radius + 1, device=free.device)
     dy, dx = torch.meshgrid(offset, offset, indexing="ij")
@@ -228,5 +267,6 @@ def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int
     keep = inside & free[ys.clamp(0, height - 1), xs.clamp(0, width - 1)]
     offsets = torch.zeros(len(centers) + 1, dtype=torch.int64, device=free.device)
     torch.cumsum(keep.sum(dim=1), 0, out=offsets[1:])
-    return ((ys * width + xs)[keep].cpu().numpy().astype(np.int64), offsets.cpu().numpy(),
-            center_score[centers].to(torch.float64).cpu().numpy())
+    sizes = (offsets[1:] - offsets[:-1]).to(torch.float64)
+    scores = share_scores(sizes, free.sum()) if spread == "share" else center_score[centers].to(torch.float64)
+    return tuple(to_host((ys * width + xs)[keep], offsets, scores))

@@ -4,7 +4,7 @@ importing torch) name exactly what the registries implement."""
 import pixel_selectors
 from orchestrator import choices
 from pixel_selectors.budget import REGION_SPREADS
-from trainers import data, models
+from trainers import data, losses, models
 from trainers.data.cityscapes import CITYSCAPES_SPLITS
 
 
@@ -26,3 +26,7 @@ def test_light_lists_name_exactly_what_the_registries_hold():
     _same(choices.TARGET_FORMATS, data.TARGET_FORMATS, "TARGET_FORMATS", "trainers.data.TARGET_FORMATS")
     _same(choices.CLASS_SETS, data.CLASS_SETS, "CLASS_SETS", "trainers.data.CLASS_SETS")
     _same(choices.SPLITS, CITYSCAPES_SPLITS, "SPLITS", "trainers.data.cityscapes.CITYSCAPES_SPLITS")
+    _same(choices.PSEUDO_LABEL_RULES, losses.PSEUDO_LABEL_RULES, "PSEUDO_LABEL_RULES",
+          "trainers.losses.PSEUDO_LABEL_RULES")
+    _same(choices.SOFT_LABEL_ESTIMATES, losses.SOFT_LABEL_ESTIMATES, "SOFT_LABEL_ESTIMATES",
+          "trainers.losses.SOFT_LABEL_ESTIMATES")

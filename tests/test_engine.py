@@ -56,7 +56,8 @@ def test_run_job_reports_progress_after_every_step(cfg, source_checkpoint):
 def test_adapt_checkpoint_holds_everything(cfg, source_checkpoint):
     result = run_job(adapt_job(cfg, source_checkpoint[0]))
     state = result.state
-    assert set(state["modules"]) == {"segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"}
+    assert set(state["modules"]) == {"segmenter", "selector", "discriminator", "domain_classifier", "soft_labels",
+                                     "pseudo_labeler"}
     assert set(state["optimizers"]) == {"segmenter", "selector_backbone", "selector_heads", "discriminator",
                                         "domain_classifier"}
     assert state["global_step"] == 3 + 4 and state["job_step"] == 4 and "rng" in state

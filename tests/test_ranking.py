@@ -106,25 +106,28 @@ def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
         assert np.array_equal(query.ys, faulty[image_id].ys) and np.array_equal(query.xs, faulty[image_id].xs)
 
 
-def test_share_spread_rescores_an_images_whole_candidate_list_before_its_head(setup):
+def test_share_spread_scores_squares_by_their_share_of_the_images_free_pixels(setup):
     from orchestrator.ranking import image_seed
     from pixel_selectors import random_regions
-    from pixel_selectors.budget import share_of_candidates
+    from pixel_selectors.budget import share_of_candidates, share_scores
 
     ckpt, cfg = setup
     config = cfg(**{"selection.selector": "random_regions", "selection.budget_fraction": 0.01,
                     "selection.region_spread": "score"})
+    height, width = config["data"]["height"], config["data"]["width"]
     by_score = dict(Ranker(ckpt, config).rank([0, 1, 2], {}, 0, budget_pixels=40))
     shared = Ranker(ckpt, {**config, "selection": {**config["selection"], "region_spread": "share"}})
     by_share = dict(shared.rank([0, 1, 2], {}, 0, budget_pixels=40))
     for image_id in (0, 1, 2):
-        # The share is of all the image's candidates (not of the head the actor sends): recompute it.
-        probs = [torch.zeros(9, config["data"]["height"], config["data"]["width"])]
+        # Squares tile the image: the share is of its free pixels (here all of them), which is known
+        # before the greedy pass ends, not of all the squares the pass would take.
+        probs = [torch.zeros(9, height, width)]
         squares = random_regions(probs, seed=image_seed(config["seed"], 1, image_id),
                                  k=config["selection"]["region_size"])
-        assert squares.num_pixels > by_share[image_id].num_pixels  # the head is a part: its shares would differ
-        whole = share_of_candidates(squares).head(40)
-        assert np.array_equal(by_share[image_id].scores, whole.scores)
-        assert np.array_equal(by_share[image_id].indices, whole.indices)
-        assert np.array_equal(by_score[image_id].indices, squares.head(40).indices)  # the same squares first
+        head = squares.head(40)
+        assert squares.num_pixels > head.num_pixels  # the actor's pass stopped at what the budget can use
+        assert np.array_equal(by_share[image_id].indices, head.indices)
+        assert np.array_equal(by_share[image_id].scores, share_scores(head.sizes.astype(float), height * width))
+        assert not np.array_equal(by_share[image_id].scores, share_of_candidates(squares).head(40).scores)
+        assert np.array_equal(by_score[image_id].indices, head.indices)  # the same squares first
         assert by_share[image_id].scores.max() < 0 <= by_score[image_id].scores.min()  # shares, not draws

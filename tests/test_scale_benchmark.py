@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from benchmarks import scale
-from benchmarks.scale_scene import GeneratedPool, ripu_point_window
+from benchmarks.scale_scene import GeneratedPool
 from orchestrator.labels import LabelStore
 from orchestrator.ranking import Ranker
+from pixel_selectors import ripu_point_window
 
 
 @pytest.mark.parametrize("argv, line", [

@@ -316,13 +316,22 @@ def test_ripu_regions_known_answer():
     assert query.scores.tolist() == pytest.approx([PURITY * mean_u, 0, 0, 0], rel=1e-6)  # float32 input
 
 
-def test_ripu_regions_skip_labeled_pixels():
+def test_ripu_regions_keep_labeled_windows_blocked():
     labeled = torch.zeros(5, 5, dtype=torch.bool)
     labeled[1, 1] = True
     query = region_impurity_regions(ripu_map(), labeled=labeled)
-    # (1,1) is no centre any more; the next of the tied centres is 7 = (1,2); its square loses pixel 6
-    assert regions_of(query)[0] == [1, 2, 3, 7, 8, 11, 12, 13]
-    assert 6 not in query.indices.tolist()
+    # As RIPU keeps an earlier round's windows blocked, no square may touch the labeled (1,1): centres
+    # in rows 0-2 x cols 0-2 are out, the four tied best among them. The best left score 0.264 (a
+    # window that holds (2,2) only): (1,3), (2,3), (3,1), (3,2) or (3,3), tied up to rounding.
+    regions = regions_of(query)
+    assert all(6 not in region for region in regions)  # no square holds the labeled pixel
+    covered = [pixel for region in regions for pixel in region]
+    assert len(covered) == len(set(covered))  # squares never overlap
+    first = regions[0]
+    assert len(first) == 9 and first[4] in (8, 13, 16, 17, 18)  # a whole square around one of those
+    mean_u = (h2(.4) + 8 * h2(.1)) / 9
+    assert query.scores[0] == pytest.approx(PURITY * mean_u, rel=1e-6)
+    assert regions_of(region_impurity_regions(ripu_map()))[0][4] == 6  # unlabeled, (1,1) would win
     with pytest.raises(ValueError, match="odd"):
         region_impurity_regions(ripu_map(), k=4)
 

@@ -15,6 +15,7 @@ step that seeds each batch, RNG state) is in the checkpoint, so a resumed job co
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,13 +27,38 @@ from .checkpoint import load_checkpoint
 from .data import build_domains
 from .discriminators import DomainClassifier, OutputSpaceDiscriminator
 from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
-from .losses import SoftLabels
+from .losses import IASTPseudoLabels, SoftLabels
 from .metrics import iou_per_class, mean_iou
 from .models import build_model, load_start_checkpoint
 from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step, predict_confusion
 
 SELECTOR_HEADS = 2
 MODES = ("source", "adapt", "evaluate")
+# Every module a checkpoint may hold; the last two are state (buffers), not networks.
+MODULES = ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels", "pseudo_labeler")
+STATE_MODULES = ("soft_labels", "pseudo_labeler")
+NO_AUGMENTATION = {"hflip": False, "scale_min": 1.0, "scale_max": 1.0}
+# LossWeights.soft_label_estimate of the warm-up: the soft labels are neither estimated nor updated.
+CARRIED = "carried"
+
+
+def planned_adapt_steps(cfg: dict) -> int:
+    """Adaptation steps of a whole trial after the warm-up: ``adapt.total_steps``, else steps x rounds."""
+    a = cfg["adapt"]
+    return int(a["total_steps"]) or int(a["steps"]) * int(cfg["selection"]["rounds"])
+
+
+def round_steps(cfg: dict, round_index: int) -> int:
+    """Adaptation steps of round ``round_index`` (1-based): ``adapt.steps``, or with ``adapt.total_steps``
+    an even share of it, the remainder going to the last round (so every trial of a comparison
+    trains ``warmup.steps + planned_adapt_steps`` in all, whatever its round count)."""
+    a, rounds = cfg["adapt"], int(cfg["selection"]["rounds"])
+    if not 1 <= round_index <= rounds:
+        raise ValueError(f"round {round_index} is not one of the trial's {rounds} rounds")
+    if not a["total_steps"]:
+        return int(a["steps"])
+    share = int(a["total_steps"]) // rounds
+    return share + (int(a["total_steps"]) - share * rounds if round_index == rounds else 0)
 
 
 def model_identity(cfg: dict, num_classes: int) -> dict[str, Any]:
@@ -43,18 +69,34 @@ def model_identity(cfg: dict, num_classes: int) -> dict[str, Any]:
     return identity
 
 
-def loss_weights(cfg: dict, mode: str) -> LossWeights:
-    """The adaptation losses in force; source-only training uses none of the target terms."""
+def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
+    """The adaptation losses in force; source-only training uses none of the target terms.
+
+    ``stage="warmup"`` (an adapt job before round 1, no target label): G adapts with the warm-up's own
+    label-free weights (``warmup.adversarial_weight``, ``warmup.confusion_weight``), and LabOR's
+    selector with all of its target losses. The soft labels are
+    carried through unchanged (their loss needs labeled target pixels, and the source-set estimate
+    is taken at the first labeled round).
+    """
     a = cfg["adapt"]
     if mode != "adapt":
         return LossWeights(target_ce=0.0, soft_label=a["soft_label_weight"],
                            soft_label_temperature=a["soft_label_temperature"],
                            soft_label_momentum=a["soft_label_momentum"])
-    return LossWeights(target_ce=a["target_ce_weight"], adversarial=a["adversarial_weight"],
-                       confusion=a["confusion_weight"], soft_label=a["soft_label_weight"],
-                       soft_label_temperature=a["soft_label_temperature"],
-                       soft_label_momentum=a["soft_label_momentum"], pseudo_label=a["pseudo_label_weight"],
-                       pseudo_label_portion=a["pseudo_label_portion"], discrepancy=a["discrepancy_weight"])
+    weights = LossWeights(target_ce=a["target_ce_weight"], adversarial=a["adversarial_weight"],
+                          confusion=a["confusion_weight"], soft_label=a["soft_label_weight"],
+                          soft_label_temperature=a["soft_label_temperature"],
+                          soft_label_momentum=a["soft_label_momentum"], pseudo_label=a["pseudo_label_weight"],
+                          pseudo_label_portion=a["pseudo_label_portion"], discrepancy=a["discrepancy_weight"],
+                          num_k=a["num_k"], pseudo_label_rule=a["pseudo_label_rule"],
+                          soft_label_estimate=a["soft_label_estimate"])
+    if stage == "warmup":
+        # The soft labels pass through untouched (no labeled target pixel uses them yet, and none of
+        # their settings may change the warm-up, which all trials share): the module is kept, not updated.
+        weights = dataclasses.replace(weights, adversarial=cfg["warmup"]["adversarial_weight"],
+                                      confusion=cfg["warmup"]["confusion_weight"],
+                                      soft_label=1.0, soft_label_estimate=CARRIED)
+    return weights
 
 
 def build_adaptation_models(cfg: dict, num_classes: int, weights: LossWeights | None = None) -> AdaptationModels:
@@ -73,6 +115,9 @@ def build_adaptation_models(cfg: dict, num_classes: int, weights: LossWeights | 
                                                     width=adv["domain_classifier_width"])
     if weights.soft_label > 0:
         models.soft_labels = SoftLabels(num_classes)
+    if weights.pseudo_label > 0 and weights.pseudo_label_rule == "iast":
+        models.pseudo_labeler = IASTPseudoLabels(num_classes, alpha=adv["iast_alpha"], gamma=adv["iast_gamma"],
+                                                 momentum=adv["iast_momentum"])
     return models
 
 
@@ -118,19 +163,35 @@ def build_optimizers(models: AdaptationModels, cfg: dict, mode: str) -> Optimize
     )
 
 
+@torch.no_grad()
+def source_set_soft_label_totals(segmenter: torch.nn.Module, soft_labels: SoftLabels, dataset, indices: list[int],
+                                 temperature: float, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``SoftLabels.class_totals`` summed over ``dataset[indices]`` (G in eval mode): (K, K + 1)."""
+    was_training = segmenter.training
+    segmenter.eval()
+    totals = torch.zeros(soft_labels.num_classes, soft_labels.num_classes + 1, device=device)
+    for start in range(0, len(indices), max(1, batch_size)):
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        images, labels = torch.stack([item[0] for item in items]), torch.stack([item[1] for item in items])
+        logits = segmenter(images.to(device))[0]
+        totals += soft_labels.class_totals(logits.float(), labels.to(device), temperature)
+    segmenter.train(was_training)
+    return totals
+
+
 def lr_schedule_span(cfg: dict, mode: str) -> tuple[int, int]:
     """(first global step, steps the decay spans) of the training stage whose learning rates decay together.
 
     Source training is one stage (``source.steps``, none when ``source.checkpoint`` gives the model);
-    adaptation is the other, over all rounds: it starts where source training ended and is planned
-    for ``selection.rounds`` x ``adapt.steps`` steps (the references decay over one run of training
-    that acquires labels in between). ``lr_decay_steps`` > 0 replaces the planned length, as the
-    references decay over more steps than they train. This is the one place where a new stage must
-    be counted.
+    adaptation is the other, the label-free warm-up and all rounds: it starts where source training
+    ended and is planned for ``warmup.steps`` + the rounds' steps (``planned_adapt_steps``: the
+    references decay over one run of training that acquires labels in between, RIPU's after 10k
+    label-free iterations). ``lr_decay_steps`` > 0 replaces the planned length, as the references
+    decay over more steps than they train. This is the one place where a new stage must be counted.
     """
     source_steps = 0 if cfg["source"]["checkpoint"] else cfg["source"]["steps"]
     section = cfg["source" if mode == "source" else "adapt"]
-    planned = source_steps if mode == "source" else cfg["selection"]["rounds"] * cfg["adapt"]["steps"]
+    planned = source_steps if mode == "source" else int(cfg["warmup"]["steps"]) + planned_adapt_steps(cfg)
     first = 0 if mode == "source" else source_steps
     return first, section["lr_decay_steps"] or planned
 
@@ -178,7 +239,7 @@ def check_given_source_model(cfg: dict, num_classes: int) -> None:
 
 def _module_states(models: AdaptationModels) -> dict[str, dict]:
     out = {}
-    for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
+    for name in MODULES:
         module = getattr(models, name)
         if module is not None:
             out[name] = getattr(module, "module", module).state_dict()
@@ -227,7 +288,7 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
         raise ValueError(f"unknown job mode '{mode}'; choose one of: {', '.join(MODES)}")
     device = device or torch.device("cpu")
     use_gpu = device.type == "cuda"
-    weights = loss_weights(cfg, mode)
+    weights = loss_weights(cfg, mode, job.get("stage", "rounds"))
     domains = build_domains(cfg["data"])
     num_classes = len(domains.classes)
     distributed = dist.is_available() and dist.is_initialized() and world > 1
@@ -240,14 +301,14 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     given_source = mode == "source" and bool(cfg["source"]["checkpoint"])
     if given_source and resume_state is None:
         load_given_source_model(models, cfg)
-    for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
+    for name in MODULES:
         module = getattr(models, name)
         if module is None:
             continue
         module.to(device)
-        if use_gpu and name != "soft_labels":
+        if use_gpu and name not in STATE_MODULES:
             module.to(memory_format=torch.channels_last)
-        if name != "soft_labels" and mode != "evaluate":
+        if name not in STATE_MODULES and mode != "evaluate":
             setattr(models, name, prepare_model(module))
 
     section = cfg["source" if mode == "source" else "adapt"]
@@ -273,18 +334,36 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
                   else job.get("label_reader") or job.get("sparse_labels") or {})
         target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg["data"]["augment"]["hflip"])
 
+    soft_labels_fixed = bool(start.get("soft_labels_fixed", False)) if start is not None else False
+    if (mode == "adapt" and weights.soft_label_estimate == "source_set" and models.soft_labels is not None
+            and not soft_labels_fixed):
+        # Tzeng et al.'s estimate: once, over the whole source set, with the model the first labeled
+        # round starts from (the source model, or the warmed-up one).
+        segmenter = getattr(models.segmenter, "module", models.segmenter)
+        # The source images as they are (no flips or crops): the paper averages over the examples.
+        plain_source = build_domains({**cfg["data"], "augment": NO_AUGMENTATION}).source
+        with autocast:
+            totals = source_set_soft_label_totals(segmenter, models.soft_labels, plain_source,
+                                                  list(range(rank, len(plain_source), world)),
+                                                  weights.soft_label_temperature, section["batch_size"], device)
+        if distributed:
+            dist.all_reduce(totals)
+        models.soft_labels.assign(totals)
+        soft_labels_fixed = True
+
     def state() -> dict[str, Any]:
         return {"model": model_identity(cfg, num_classes), "modules": _module_states(models),
                 "optimizers": optimizers.state_dict() if optimizers else {}, "mode": mode,
                 "round": int(job.get("round", 0)), "global_step": global_step, "job_step": job_step,
-                "rng": torch.get_rng_state(), "loss_sums": dict(sums)}
+                "rng": torch.get_rng_state(), "soft_labels_fixed": soft_labels_fixed, "loss_sums": dict(sums)}
 
     train_selector = mode == "source" or bool(job.get("train_selector", True))
     # A resumed job continues its loss sums too, so its reported means are those of an uninterrupted job.
     sums: dict[str, float] = dict(resume_state.get("loss_sums", {})) if resume_state is not None else {}
     start_step = job_step
     started = time.perf_counter()
-    steps = 0 if mode == "evaluate" or given_source else section["steps"]
+    # A job may be given its own step count (a warm-up, or one round's share of adapt.total_steps).
+    steps = 0 if mode == "evaluate" or given_source else int(job.get("steps", section["steps"]))
     seed = cfg["seed"]
     workers, pin = int(cfg["train"]["loader_workers"]), use_gpu
     remaining = max(0, steps - job_step)
@@ -325,7 +404,8 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     confusion = confusion.cpu()
     # train/start_step: where this attempt began (> 0 only when Ray Train restarted it from a checkpoint).
     metrics: dict[str, Any] = {"target/miou": mean_iou(confusion), "train/steps": steps,
-                               "train/seconds": train_seconds, "train/start_step": start_step}
+                               "train/global_step": global_step, "train/seconds": train_seconds,
+                               "train/start_step": start_step}
     if steps:
         metrics["train/images_per_s"] = steps * section["batch_size"] * world / max(train_seconds, 1e-9)
     for name, value in zip(domains.classes, iou_per_class(confusion).tolist()):

@@ -15,6 +15,11 @@ from torch.nn import functional as F
 
 IGNORE_INDEX = 255
 
+# How G's target predictions become the pseudo labels of LabOR's selector (``adapt.pseudo_label_rule``).
+PSEUDO_LABEL_RULES = ("iast", "class_balanced")
+# Where Tzeng's soft labels come from (``adapt.soft_label_estimate``).
+SOFT_LABEL_ESTIMATES = ("running", "source_set")
+
 
 def source_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Supervised loss on the labeled source domain (LabOR Sec. 3; Tzeng L_C).
@@ -112,11 +117,16 @@ class SoftLabels(nn.Module):
       ``soft_labels`` (K, K) float32, row k = l(k) (zeros until class k is seen);
       ``seen`` (K,) bool, whether row k holds an estimate.
 
-    Estimate: an exponential moving average of per-batch class averages, not a one-off pass over
-    the source set. The source model keeps training during adaptation, so its class relationships
-    drift; a recent average follows the model the loss is applied with, at no extra forward pass.
-    The first batch that contains class k sets l(k); later batches fold in as
-    l(k) <- momentum * l(k) + (1 - momentum) * batch_mean_k; classes absent from a batch are untouched.
+    Two estimates (``adapt.soft_label_estimate``):
+
+    - ``update`` (``running``, the default): an exponential moving average of per-batch class
+      averages. The source model keeps training during adaptation, so its class relationships
+      drift; a recent average follows the model the loss is applied with, at no extra forward
+      pass. The first batch that contains class k sets l(k); later batches fold in as
+      l(k) <- momentum * l(k) + (1 - momentum) * batch_mean_k; classes absent from a batch are untouched.
+    - ``class_totals`` summed over the whole source set, then ``assign`` (``source_set``, the
+      paper's: the average over the source examples of each class, with the model adaptation
+      starts from, then fixed).
     """
 
     soft_labels: torch.Tensor
@@ -146,10 +156,31 @@ class SoftLabels(nn.Module):
         ``torch.distributed.all_reduce`` can be passed as is). Then for each k with counts_k > 0:
         l(k) = sums_k / counts_k if not seen yet, else the EMA with ``momentum``.
         """
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+        k = self.num_classes
+        stats = self.class_totals(source_logits, source_labels, temperature)
+        if all_reduce is not None:
+            reduced = all_reduce(stats)
+            if reduced is not None and isinstance(reduced, torch.Tensor):
+                stats = reduced
+        stats = stats.to(self.soft_labels.device)
+        counts = stats[:, k]
+        present = counts > 0
+        batch_mean = stats[:, :k] / counts.clamp_min(1.0).unsqueeze(1)
+        ema = momentum * self.soft_labels + (1.0 - momentum) * batch_mean
+        new = torch.where(self.seen.unsqueeze(1), ema, batch_mean)
+        self.soft_labels.copy_(torch.where(present.unsqueeze(1), new, self.soft_labels))
+        self.seen.logical_or_(present)
+
+    @torch.no_grad()
+    def class_totals(self, source_logits: torch.Tensor, source_labels: torch.Tensor, temperature: float
+                     ) -> torch.Tensor:
+        """(K, K + 1) float32 [sums | counts] of one source batch: row k sums softmax(z_p / T) over the
+        pixels p labeled k, and counts them. Summing these over batches (and workers) and dividing
+        gives the soft labels of all those pixels (``assign``)."""
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
         k = self.num_classes
         if source_logits.dim() != 4 or source_logits.shape[1] != k:
             raise ValueError(f"source_logits must be (N, {k}, H, W), got {tuple(source_logits.shape)}")
@@ -163,18 +194,19 @@ class SoftLabels(nn.Module):
         stats = torch.zeros(k, k + 1, dtype=torch.float32, device=probs.device)
         stats[:, :k].index_add_(0, labels, probs)
         stats[:, k] = torch.bincount(labels, minlength=k).float()
-        if all_reduce is not None:
-            reduced = all_reduce(stats)
-            if reduced is not None and isinstance(reduced, torch.Tensor):
-                stats = reduced
-        stats = stats.to(self.soft_labels.device)
-        counts = stats[:, k]
+        return stats
+
+    @torch.no_grad()
+    def assign(self, totals: torch.Tensor) -> None:
+        """Set l(k) = sums_k / counts_k from accumulated ``class_totals`` (the paper's estimate: the
+        average over the source set); classes never seen stay unset."""
+        k = self.num_classes
+        totals = totals.to(self.soft_labels.device)
+        counts = totals[:, k]
         present = counts > 0
-        batch_mean = stats[:, :k] / counts.clamp_min(1.0).unsqueeze(1)
-        ema = momentum * self.soft_labels + (1.0 - momentum) * batch_mean
-        new = torch.where(self.seen.unsqueeze(1), ema, batch_mean)
-        self.soft_labels.copy_(torch.where(present.unsqueeze(1), new, self.soft_labels))
-        self.seen.logical_or_(present)
+        mean = totals[:, :k] / counts.clamp_min(1.0).unsqueeze(1)
+        self.soft_labels.copy_(torch.where(present.unsqueeze(1), mean, torch.zeros_like(mean)))
+        self.seen.copy_(present)
 
 
 def soft_label_loss(target_logits: torch.Tensor, sparse_labels: torch.Tensor, soft_labels: torch.Tensor,
@@ -243,6 +275,93 @@ def class_balanced_pseudo_labels(probs: torch.Tensor, portion: float = 0.5,
         thresholds[k] = torch.clamp(mth_largest, max=max_threshold)
     keep = conf >= thresholds[pred]
     return torch.where(keep, pred, torch.full_like(pred, IGNORE_INDEX))
+
+
+def iast_threshold_update(thresholds: torch.Tensor, confidence: torch.Tensor, predicted: torch.Tensor,
+                          alpha: float = 0.2, gamma: float = 8.0, momentum: float = 0.9) -> torch.Tensor:
+    """IAST's instance-adaptive class thresholds after one image (Mei et al., ECCV 2020, Sec. 3.2).
+
+    For each class c, with theta_c the threshold so far and C_c the confidences (max_k p) of the
+    image's pixels predicted as c, together with theta_c itself (so a class absent from the image
+    keeps its threshold):
+        psi_c = percentile(C_c + [theta_c], 100 * (1 - alpha * theta_c ** gamma))   (linear interpolation)
+        theta_c <- momentum * theta_c + (1 - momentum) * psi_c, and 0.999 where that reaches 1.
+    A class the model is sure of (theta near 1) keeps its top alpha of pixels; an unsure one
+    (theta ** gamma near 0) keeps only its most confident few, so noisy classes do not flood the
+    pseudo labels, and the thresholds move smoothly from image to image.
+    thresholds: (K,) float; confidence: (H, W) or (P,) float in [0, 1]; predicted: same shape, int64
+    in [0, K). Returns the new (K,) thresholds (float64). One sort for all classes.
+    """
+    num_classes = thresholds.shape[0]
+    theta = thresholds.detach().to(torch.float64)
+    conf = torch.cat([confidence.detach().reshape(-1).to(torch.float64).to(theta.device), theta])
+    cls = torch.cat([predicted.detach().reshape(-1).to(theta.device),
+                     torch.arange(num_classes, device=theta.device)])
+    # Sorting class * 2 + confidence orders by class, then confidence (confidence lies in [0, 1]).
+    ordered = torch.sort(cls.to(torch.float64) * 2.0 + conf).values - torch.sort(cls).values.to(torch.float64) * 2.0
+    counts = torch.bincount(cls, minlength=num_classes)
+    first = torch.cumsum(counts, 0) - counts
+    quantile = 1.0 - alpha * theta.pow(gamma)
+    position = quantile.clamp(0.0, 1.0) * (counts - 1).to(torch.float64)
+    low = position.floor()
+    high = position.ceil()
+    value_low = ordered[first + low.to(torch.int64)]
+    value_high = ordered[first + high.to(torch.int64)]
+    psi = value_low + (value_high - value_low) * (position - low)
+    updated = momentum * theta + (1.0 - momentum) * psi
+    return torch.where(updated >= 1.0, torch.full_like(updated, 0.999), updated)
+
+
+class IASTPseudoLabels(nn.Module):
+    """Pseudo labels of G for LabOR's selector by IAST's rule (Mei et al., ECCV 2020), which LabOR follows.
+
+    Keeps the class thresholds theta (K,) as a buffer (in the checkpoint), starting at 0.9 as in
+    IAST's code. For each image of a batch, in order: theta is updated by ``iast_threshold_update``
+    on that image's prediction, then the image's pixels whose confidence reaches the threshold of
+    their predicted class keep it as pseudo label; the rest are 255.
+
+    IAST labels its whole target set in one offline pass per self-training round; here the labels
+    come online from G's prediction of each training batch, with the thresholds carried from image
+    to image (and from batch to batch) as IAST carries them through its pass. Under data
+    parallelism each worker updates on its own images and ``all_reduce`` averages the thresholds
+    after every batch, so all workers stay identical.
+    """
+
+    thresholds: torch.Tensor
+
+    def __init__(self, num_classes: int, alpha: float = 0.2, gamma: float = 8.0, momentum: float = 0.9,
+                 initial: float = 0.9):
+        super().__init__()
+        self.alpha, self.gamma, self.momentum = float(alpha), float(gamma), float(momentum)
+        self.register_buffer("thresholds", torch.full((num_classes,), float(initial)))
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.thresholds.shape[0]}, alpha={self.alpha}, gamma={self.gamma}, " \
+               f"momentum={self.momentum}"
+
+    @torch.no_grad()
+    def forward(self, probs: torch.Tensor, all_reduce=None) -> torch.Tensor:
+        """probs: (N, K, H, W) probabilities -> (N, H, W) int64 pseudo labels, 255 where not confident.
+
+        ``all_reduce`` (optional) sums a tensor across workers in place or returns the sum, like
+        ``torch.distributed.all_reduce``; it is called once per batch.
+        """
+        if probs.dim() != 4 or probs.shape[1] != self.thresholds.shape[0]:
+            raise ValueError(f"probs must be (N, {self.thresholds.shape[0]}, H, W), got {tuple(probs.shape)}")
+        conf, pred = probs.detach().max(dim=1)
+        labels = torch.full_like(pred, IGNORE_INDEX)
+        theta = self.thresholds.to(torch.float64)
+        for n in range(probs.shape[0]):
+            theta = iast_threshold_update(theta, conf[n], pred[n], self.alpha, self.gamma, self.momentum)
+            keep = conf[n].to(torch.float64) >= theta.to(conf.device)[pred[n]]
+            labels[n] = torch.where(keep, pred[n], labels[n])
+        if all_reduce is not None:
+            stats = torch.cat([theta.to(torch.float32), torch.ones(1, device=theta.device)])
+            reduced = all_reduce(stats)
+            stats = reduced if isinstance(reduced, torch.Tensor) else stats
+            theta = (stats[:-1] / stats[-1]).to(torch.float64)
+        self.thresholds.copy_(theta.to(self.thresholds))
+        return labels
 
 
 def pseudo_label_loss(head_logits: Sequence[torch.Tensor], pseudo_labels: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,9 @@ alternating update is its own function with its own optimizer:
 4. LabOR's selector, MCD style (Saito et al., CVPR 2018; Shin et al., ICCV 2021):
    ``selector_supervised_update`` (A) F, C1, C2 on source CE, sparse target CE and pseudo labels
    from G; ``selector_heads_update`` (B) C1, C2 maximise their discrepancy on target while staying
-   correct (F fixed); ``selector_backbone_update`` (C) F minimises the discrepancy (C1, C2 fixed).
+   correct (F fixed); ``selector_backbone_update`` (C) F minimises the discrepancy (C1, C2 fixed),
+   ``num_k`` times per step as in MCD_DA. The pseudo labels follow ``pseudo_label_rule`` (IAST's
+   instance-adaptive thresholds, or a class-balanced share of the batch).
 
 A loss whose weight is 0 is not computed at all (no forward pass, no module built), so ablations
 are configs. Every step returns float losses by name; ``weighted_total`` is the one place where
@@ -29,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from .losses import (IGNORE_INDEX, SoftLabels, adversarial_loss, class_balanced_pseudo_labels,
+from .losses import (IGNORE_INDEX, IASTPseudoLabels, SoftLabels, adversarial_loss, class_balanced_pseudo_labels,
                      classifier_discrepancy, discriminator_loss, domain_classifier_loss, domain_confusion_loss,
                      pseudo_label_loss, soft_label_loss, source_cross_entropy, sparse_target_cross_entropy)
 
@@ -47,6 +49,9 @@ class LossWeights:
     pseudo_label: float = 0.0
     pseudo_label_portion: float = 0.5
     discrepancy: float = 0.0
+    num_k: int = 1                              # MCD: backbone discrepancy updates per step
+    pseudo_label_rule: str = "class_balanced"   # "iast" needs AdaptationModels.pseudo_labeler
+    soft_label_estimate: str = "running"        # "source_set": soft labels fixed, not updated per batch
 
 
 @dataclass
@@ -56,6 +61,7 @@ class AdaptationModels:
     discriminator: nn.Module | None = None     # Dis (AdaptSeg), when adversarial > 0
     domain_classifier: nn.Module | None = None  # theta_D (Tzeng), when confusion > 0
     soft_labels: SoftLabels | None = None      # l(k) (Tzeng), when soft_label > 0
+    pseudo_labeler: IASTPseudoLabels | None = None  # IAST's class thresholds, when pseudo_label_rule is "iast"
 
 
 @dataclass
@@ -222,12 +228,19 @@ def selector_heads_update(models: AdaptationModels, opt: Optimizers, source, tar
 
 
 def selector_backbone_update(models: AdaptationModels, opt: Optimizers, target, w: LossWeights) -> dict[str, float]:
-    """LabOR selector, step C (MCD): F minimises w_d * d(p1_t, p2_t); C1, C2 fixed (their gradient is dropped)."""
-    heads = models.selector(target[0])
-    p1, p2 = (F.softmax(h.float(), dim=1) for h in heads)
-    discrepancy = classifier_discrepancy(p1, p2)
-    _apply(w.discrepancy * discrepancy, [opt.selector_backbone], zero=[_unwrap(models.selector).heads])
-    return {"selector_discrepancy_backbone": float(discrepancy.detach())}
+    """LabOR selector, step C (MCD): F minimises w_d * d(p1_t, p2_t); C1, C2 fixed (their gradient is dropped).
+
+    Repeated ``w.num_k`` times on the same target batch, each a fresh forward pass and optimizer
+    step, as MCD_DA's ``num_k`` (4 in its segmentation code) does; reports the mean discrepancy.
+    """
+    total = 0.0
+    for _ in range(max(1, w.num_k)):
+        heads = models.selector(target[0])
+        p1, p2 = (F.softmax(h.float(), dim=1) for h in heads)
+        discrepancy = classifier_discrepancy(p1, p2)
+        _apply(w.discrepancy * discrepancy, [opt.selector_backbone], zero=[_unwrap(models.selector).heads])
+        total += float(discrepancy.detach())
+    return {"selector_discrepancy_backbone": total / max(1, w.num_k)}
 
 
 def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[torch.Tensor, torch.Tensor],
@@ -239,7 +252,7 @@ def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[tor
     are wasted when nothing ranks with S after this job (they are most of a step's cost).
     """
     losses, outputs = segmenter_update(models, opt, source, target, w)
-    if models.soft_labels is not None:
+    if models.soft_labels is not None and w.soft_label_estimate == "running":
         models.soft_labels.update(outputs.source_logits, source[1], w.soft_label_temperature,
                                   momentum=w.soft_label_momentum, all_reduce=all_reduce)
     if target is not None and models.discriminator is not None:
@@ -250,12 +263,24 @@ def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[tor
         return losses
     pseudo = None
     if outputs.target_probs is not None and w.pseudo_label > 0:
-        pseudo = class_balanced_pseudo_labels(outputs.target_probs, portion=w.pseudo_label_portion)
+        pseudo = pseudo_labels(models, outputs.target_probs, w, all_reduce)
     losses.update(selector_supervised_update(models, opt, source, target, pseudo, w))
     if target is not None and w.discrepancy > 0:
         losses.update(selector_heads_update(models, opt, source, target, pseudo, w))
         losses.update(selector_backbone_update(models, opt, target, w))
     return losses
+
+
+def pseudo_labels(models: AdaptationModels, target_probs: torch.Tensor, w: LossWeights,
+                  all_reduce: Callable | None = None) -> torch.Tensor:
+    """G's target pseudo labels for LabOR's selector by ``w.pseudo_label_rule``: (N, K, H, W) -> (N, H, W)."""
+    if w.pseudo_label_rule == "iast":
+        if models.pseudo_labeler is None:
+            raise ValueError("pseudo_label_rule 'iast' needs AdaptationModels.pseudo_labeler (IASTPseudoLabels)")
+        return models.pseudo_labeler(target_probs, all_reduce=all_reduce)
+    if w.pseudo_label_rule == "class_balanced":
+        return class_balanced_pseudo_labels(target_probs, portion=w.pseudo_label_portion)
+    raise ValueError(f"unknown pseudo_label_rule {w.pseudo_label_rule!r}")
 
 
 class SparseTargetDataset(Dataset):

@@ -58,7 +58,7 @@ def train_loop_per_worker(job: dict) -> dict | None:
     every = int(cfg["adapt"]["checkpoint_every"]) if job["mode"] == "adapt" else 0
 
     def on_step(done: int, state_fn) -> None:
-        if every and done % every == 0 and done < cfg["adapt"]["steps"]:
+        if every and done % every == 0 and done < int(job.get("steps", cfg["adapt"]["steps"])):
             _report({"train/job_step": done}, state_fn() if rank == 0 else None)
 
     try:
@@ -77,7 +77,8 @@ def step_progress(job: dict, world: int) -> StepProgress:
     """Progress lines of this job (printed by rank 0 only; Ray forwards them to the driver)."""
     cfg, mode = job["config"], job["mode"]
     section = cfg["source" if mode == "source" else "adapt"]
-    label = "source model" if mode == "source" else f"round {job.get('round', '?')}"
+    label = ("source model" if mode == "source" else "warm-up" if job.get("stage") == "warmup"
+             else f"round {job.get('round', '?')}")
     if job.get("trial"):
         label = f"{job['trial']} {label}"
     elif job.get("full_target_labels"):

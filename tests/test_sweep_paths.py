@@ -181,3 +181,18 @@ def test_ctrl_c_leaves_no_process_behind(shared):
             driver.wait()
     assert driver.returncode != 0, output.decode()[-3000:]
     assert processes_left(tag) == [], "processes of the interrupted sweep outlived it"
+
+
+def test_a_run_leaves_no_process_behind(shared):
+    """The case that was seen: ``orchestrator.run --smoke`` with ``labor_spl`` exited 0 and one
+    ``ray::TrainController`` of it lived on, re-parented to init. Now nothing of the run is left."""
+    env, tag = tagged_env()
+    result = run_cli("orchestrator.run", "--smoke", "--name", "one-run", "--output-dir", str(shared / "runs"),
+                     "--set", f"data.cache_dir={shared / 'data'}", "--set", "selection.selector=labor_spl",
+                     "--tracking-uri", f"sqlite:///{shared / 'm.db'}", cwd=shared, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert processes_left(tag) == [], "processes of the run outlived it"
+    client = MlflowClient(f"sqlite:///{shared / 'm.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("one-run").experiment_id],
+                                "tags.`activeda.kind` = 'run'")
+    assert run.info.status == "FINISHED" and run.data.tags["selector"] == "labor_spl"

@@ -505,10 +505,12 @@ def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> Experimen
         if not isinstance(case, Mapping):
             raise ConfigError(CASES_AXIS, f"a case must be a mapping of config keys, got {case!r}")
         pairs = {**case, **pairs}
-        # A config with a sampled case applied is one trial's: its search space is done with, and
+        # A config with a sampled case applied is one trial's: its cases axis is done with, and
         # validating the other cases on top of this one would mix in keys that only this case sets
-        # (e.g. selection.spl_mode=whole_mask under another case's labor_ppl).
-        pairs.setdefault("sweep.search_space", {})
+        # (e.g. selection.spl_mode=whole_mask under another case's labor_ppl). The other axes stay: a
+        # PBT trial's config is only valid with the axes PBT mutates.
+        pairs.setdefault("sweep.search_space",
+                         {k: v for k, v in cfg.sweep.search_space.items() if k != CASES_AXIS})
     data = cfg.to_dict()
     for key, value in pairs.items():
         parts = key.split(".")

@@ -181,3 +181,15 @@ def test_a_config_error_survives_pickling():
     # Ray and Tune pickle a trial's exception to the driver; unpicklable, it arrived as a TypeError.
     err = pickle.loads(pickle.dumps(ConfigError("adapt.lr", "must be > 0, got 0")))
     assert (err.key, err.problem, str(err)) == ("adapt.lr", "must be > 0, got 0", "config key 'adapt.lr': must be > 0, got 0")
+
+
+def test_a_pbt_trial_with_a_case_keeps_the_axes_pbt_mutates():
+    # A trial's config is the base with its sampled case applied: the cases axis is done with, but a
+    # PBT trial is only valid with the axes PBT mutates (without them every PBT trial failed).
+    space = {"cases": {"grid": [{"adapt.lr": 0.001, "selection.points_per_image": 5},
+                                {"adapt.lr": 1.0, "selection.points_per_image": 3}]},
+             "adapt.confusion_weight": {"uniform": [0.0, 1.0]}}
+    base = with_overrides(load_config(None), {"sweep.scheduler": "pbt", "sweep.search_space": space})
+    trial = with_overrides(base, {"cases": space["cases"]["grid"][1], "adapt.confusion_weight": 0.3})
+    assert trial.sweep.search_space == {"adapt.confusion_weight": {"uniform": [0.0, 1.0]}}
+    assert (trial.adapt.lr, trial.selection.points_per_image, trial.adapt.confusion_weight) == (1.0, 3, 0.3)

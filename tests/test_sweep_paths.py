@@ -189,6 +189,7 @@ def test_a_run_leaves_no_process_behind(shared):
     env, tag = tagged_env()
     result = run_cli("orchestrator.run", "--smoke", "--name", "one-run", "--output-dir", str(shared / "runs"),
                      "--set", f"data.cache_dir={shared / 'data'}", "--set", "selection.selector=labor_spl",
+                     "--set", "selection.budget_fraction=0.022",
                      "--tracking-uri", f"sqlite:///{shared / 'm.db'}", cwd=shared, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert processes_left(tag) == [], "processes of the run outlived it"

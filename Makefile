@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep smoke test test-deps clean
+.PHONY: venv sweep smoke test test-slow test-deps clean
 
 venv: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ test-deps:
 
 test: venv test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The tests marked slow (a small chaos run: processes killed at random during a sweep), about 10 min alone.
+test-slow: venv
+	$(PY) -m pytest --slow -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf runs mlflow.db .pytest_cache

@@ -62,6 +62,19 @@ def queries_path(trial_dir: Path, round_index: int) -> Path:
     return Path(trial_dir) / "queries" / f"round-{round_index:04d}.json"
 
 
+def pending_annotations(trials_dir: Path) -> dict[str, tuple[int, Path]]:
+    """trial id -> (round, queries file) of every trial whose exported queries are not answered yet."""
+    pending = {}
+    for trial_dir in sorted(Path(trials_dir).glob("*")):
+        answered = set(LabelStore(trial_dir / "labels").rounds()) if (trial_dir / "labels").is_dir() else set()
+        for path in sorted((trial_dir / "queries").glob("round-*.json")):
+            round_index = int(path.stem.split("-")[1])
+            if round_index not in answered:
+                pending[trial_dir.name] = (round_index, path)
+                break
+    return pending
+
+
 def export_queries(path: Path, round_index: int, strategy: str, classes: tuple[str, ...],
                    queries: list[LabeledPixels], image_paths: dict[int, str]) -> Path:
     """Write a round's queries (``LabeledPixels`` whose labels are not known yet) atomically."""

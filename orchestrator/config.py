@@ -41,6 +41,9 @@ class ConfigError(ValueError):
         self.problem = problem
         super().__init__(f"config key '{key}': {problem}" if key else problem)
 
+    def __reduce__(self):  # Ray and Tune pickle exceptions across processes: keep both arguments
+        return ConfigError, (self.key, self.problem)
+
 
 # selection.selector value for adaptation without any target labels (unsupervised adaptation rows).
 NO_SELECTION = "none"
@@ -277,6 +280,8 @@ class SweepConfig:
     scheduler: str = _opt("fifo", "trial scheduler on target mIoU per round",
                           choices={"fifo": None, "asha": None, "pbt": None})
     grace_rounds: int = _opt(1, "ASHA: rounds every trial runs before it may be stopped", min=1)
+    trial_retries: int = _opt(2, "times a failed trial starts again from its last finished round (its bought "
+                                 "labels kept) before it counts as failed", min=0)
     oracle_reference: bool = _opt(True, "also adapt once with every pool pixel labeled (cached): the ceiling "
                                         "drawn in the budget curve and the denominator of 'gap closed'")
     search_space: dict = _opt(
@@ -394,13 +399,34 @@ def load_config(path: str | Path | list | tuple | None = None,
         except ConfigError as err:
             raise ConfigError(err.key, f"{err.problem} (in '{one}')") from None
         raw = merge_layers(raw, layer)
-    cfg = from_dict(raw)
+    try:
+        cfg = from_dict(raw)
+    except ConfigError as err:  # an out-of-range value of one file is that file's
+        raise (ConfigError(err.key, f"{err.problem} (in '{paths[0]}')") if len(paths) == 1 else err) from None
     if smoke:
         cfg = with_overrides(cfg, SMOKE_OVERRIDES)
     if overrides:
         pairs = parse_set_args(overrides) if not isinstance(overrides, Mapping) else dict(overrides)
         cfg = with_overrides(cfg, pairs)
     return cfg
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not a silent override."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # '<<: *anchor' merges a mapping whose keys the explicit ones may override
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base class refuses it ("found unhashable key")
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def merge_layers(base: Mapping[str, Any], layer: Mapping[str, Any], cls: type = None) -> dict:
@@ -418,11 +444,21 @@ def merge_layers(base: Mapping[str, Any], layer: Mapping[str, Any], cls: type = 
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A config file's sections; ``ConfigError`` naming the file unless it is a UTF-8 YAML mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError("", f"config file '{path}' is a folder, not a file")
     if not path.is_file():
         raise ConfigError("", f"config file '{path}' does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError("", f"config file '{path}' is not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                              f"offset {err.start})") from None
+    except OSError as err:
+        raise ConfigError("", f"config file '{path}' cannot be read: {err.strerror or err}") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -469,10 +505,12 @@ def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> Experimen
         if not isinstance(case, Mapping):
             raise ConfigError(CASES_AXIS, f"a case must be a mapping of config keys, got {case!r}")
         pairs = {**case, **pairs}
-        # A config with a sampled case applied is one trial's: its search space is done with, and
+        # A config with a sampled case applied is one trial's: its cases axis is done with, and
         # validating the other cases on top of this one would mix in keys that only this case sets
-        # (e.g. selection.spl_mode=whole_mask under another case's labor_ppl).
-        pairs.setdefault("sweep.search_space", {})
+        # (e.g. selection.spl_mode=whole_mask under another case's labor_ppl). The other axes stay: a
+        # PBT trial's config is only valid with the axes PBT mutates.
+        pairs.setdefault("sweep.search_space",
+                         {k: v for k, v in cfg.sweep.search_space.items() if k != CASES_AXIS})
     data = cfg.to_dict()
     for key, value in pairs.items():
         parts = key.split(".")

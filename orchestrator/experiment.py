@@ -458,7 +458,14 @@ def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics
             resume = TrialProgress(**resume_record["progress"])
             saved = LabelStore(Path(directory) / "labels")
             if resume.trial_id != trial_id:  # a PBT clone: take over the other trial's labels
+                # This trial's own rounds are set aside, not overwritten or mixed in: they were paid for,
+                # but were chosen by another model, and could repeat pixels of the rounds taken over.
+                aside = LabelStore(trial_dir / "labels").set_aside(keep_if_same_as=saved)
                 saved.copy_to(trial_dir / "labels", upto_round=resume.round)
+                print(f"[{context.get_trial_name()}] continuing from trial {resume.trial_id} after its round "
+                      f"{resume.round} (PBT): its model and {len(saved.rounds())} round(s) of its labels"
+                      + (f"; this trial's own {len(aside)} round(s) set aside in {aside[0].parent}" if aside else ""),
+                      flush=True)
             elif not set(saved.rounds()) <= set(LabelStore(trial_dir / "labels").rounds()):
                 # This node lacks the trial's folder (and no copy was in shared storage): the labels
                 # come with the checkpoint.

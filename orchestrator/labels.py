@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -230,6 +231,22 @@ class LabelStore:
                 tmp = target.root / f".{self._round_path(r).name}.tmp-{os.getpid()}"
                 shutil.copyfile(self._round_path(r), tmp)
                 os.replace(tmp, target._round_path(r))
+
+    def set_aside(self, keep_if_same_as: "LabelStore", folder: str = "superseded") -> list[Path]:
+        """Move every round that ``keep_if_same_as`` does not hold byte for byte into ``root/folder``
+        (kept, never deleted: they were paid for), so the store can take over another store's rounds.
+        Returns where they went. Used when a PBT clone continues another trial with that trial's labels."""
+        moved = []
+        for r in self.rounds():
+            mine, theirs = self._round_path(r), keep_if_same_as._round_path(r)
+            if theirs.is_file() and theirs.read_bytes() == mine.read_bytes():
+                continue
+            aside = self.root / folder
+            aside.mkdir(exist_ok=True)
+            destination = aside / f"set-aside-{mine.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.parquet"
+            os.replace(mine, destination)
+            moved.append(destination)
+        return moved
 
     def totals(self, upto_round: int | None = None) -> dict[str, float]:
         paths = [self._round_path(r) for r in self.rounds() if upto_round is None or r <= upto_round]

@@ -30,21 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    from trainers.data import DatasetError, check_domains
-    from trainers.engine import check_given_source_model
+    from trainers.data import DatasetError
     from trainers.models import StartCheckpointError
     from trainers.train_loop import TrainingJobError
 
-    from .storage import check_storage
-    from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+    from .lifetime import exit_on_sigterm
+    from .preflight import preflight
+    from .tracking import TrackingError, resolve_tracking_uri
 
+    exit_on_sigterm()
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
-        check_tracking_uri(uri)
-        check_storage(cfg)
-        domains = check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
-        check_given_source_model(cfg.to_dict(), len(domains.classes))
+        preflight(cfg, uri, sweep=False, progress=None if args.quiet else print)
     except (ConfigError, TrackingError, DatasetError, StartCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -59,19 +57,26 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingJobError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted; every process of the run has ended", file=sys.stderr)
+        return 130
 
 
 def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None = None, quiet: bool = False,
               dashboard: bool | None = None) -> tuple[Path, list[dict]]:
     """One trial of a checked config (``cli.resolve_config``), logged to one MLflow run at ``uri``:
     returns its folder and every round's metrics (round 0: the source-only model)."""
+    from trainers.data import domain_roots
+
     from .experiment import ensure_source_model, run_experiment
+    from .lifetime import end_run_processes, mark_this_run
     from .raysession import start_ray
     from .resources import plan_resources
     from .tracking import (CHECKPOINT_TAG, SweepTracking, display_uri, log_params, log_round_images,
                            provenance_tags)
 
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
+    run_mark = mark_this_run()  # before Ray starts: every process of this run inherits it
     start_ray(address, num_cpus, quiet, dashboard=dashboard)
     import ray
 
@@ -80,6 +85,7 @@ def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None
         plan_resources(cfg, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         run_dir = Path(cfg.output_dir) / cfg.sweep.name / "runs" / time.strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True, exist_ok=True)
+        domain_roots(cfg.to_dict()["data"], progress=say)  # generates the synthetic domains if needed
         tracking = SweepTracking(uri, cfg.sweep.name)
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
         run = tracking.client.create_run(tracking.experiment_id, run_name=f"run-{run_dir.name}",
@@ -108,6 +114,7 @@ def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None
         return run_dir, rounds
     finally:
         ray.shutdown()
+        end_run_processes(run_mark)
 
 
 if __name__ == "__main__":

@@ -109,11 +109,16 @@ class Storage:
 
     def read_text(self, location: str) -> str | None:
         """The file's text, or None when there is no such file."""
+        data = self.read_bytes(location)
+        return None if data is None else data.decode("utf-8")
+
+    def read_bytes(self, location: str) -> bytes | None:
+        """The file's bytes, or None when there is no such file."""
         path = self.fs_path(location)
         if self.filesystem.get_file_info(path).type != pafs.FileType.File:
             return None
         with self.filesystem.open_input_stream(path) as stream:
-            return stream.read().decode("utf-8")
+            return stream.read()
 
     def write_text(self, location: str, text: str) -> None:
         """Write a whole file so that readers see the old file or the new one, never a part.
@@ -121,15 +126,19 @@ class Storage:
         S3 makes an object visible only once its upload completes; locally a temporary file is
         renamed into place.
         """
+        self.write_bytes(location, text.encode("utf-8"))
+
+    def write_bytes(self, location: str, data: bytes) -> None:
+        """``write_text`` for bytes."""
         path = self.fs_path(location)
         if not self.remote:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-            tmp.write_text(text)
+            tmp.write_bytes(data)
             os.replace(tmp, path)
             return
         with self.filesystem.open_output_stream(path) as stream:
-            stream.write(text.encode("utf-8"))
+            stream.write(data)
 
     def upload_file(self, local_file: str | Path, location: str) -> None:
         pafs.copy_files(str(Path(local_file).resolve()), self.fs_path(location),

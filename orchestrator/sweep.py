@@ -8,6 +8,7 @@ child MLflow run -> print a table of the trials.
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import logging
@@ -23,6 +24,8 @@ from .config import CASES_AXIS, NO_SELECTION, ConfigError, ExperimentConfig, fro
 
 EXIT_BAD_INPUT = 2
 EXIT_TRIALS_FAILED = 1
+EXIT_AWAITING_ANNOTATION = 3  # human oracle: trials wait for a round's answers; import them, then --resume
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 
 log = logging.getLogger("activeda")
 
@@ -53,23 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # table-creation notices on a new store
     from trainers.checkpoint import CheckpointError
-    from trainers.data import DatasetError, check_domains
-    from trainers.engine import check_given_source_model
+    from trainers.data import DatasetError
     from trainers.models import StartCheckpointError
     from trainers.train_loop import TrainingJobError
 
     from .cluster import ClusterConfigError
-    from .storage import check_storage
-    from .tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+    from .lifetime import exit_on_sigterm
+    from .preflight import preflight
+    from .sweeplock import SweepFolderBusy
+    from .tracking import TrackingError, resolve_tracking_uri
 
-    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError, StartCheckpointError)
+    exit_on_sigterm()
+    bad_input = (ConfigError, TrackingError, DatasetError, CheckpointError, ClusterConfigError, StartCheckpointError,
+                 SweepFolderBusy)
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
-        check_tracking_uri(uri)
-        check_storage(cfg)
-        domains = check_domains(cfg.to_dict()["data"], progress=None if args.quiet else print)
-        check_given_source_model(cfg.to_dict(), len(domains.classes))
+        preflight(cfg, uri, resume=args.resume, progress=None if args.quiet else print)
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -85,8 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingJobError as err:  # the source model or the oracle reference (a trial's own shows in its row)
-        print(f"error: {err}", file=sys.stderr)
+        problem = output_storage_problem(cfg)  # ... unless the disk is full
+        print(storage_problem_line(problem, cfg) if problem else f"error: {err}", file=sys.stderr)
         return EXIT_TRIALS_FAILED
+    except Exception as err:  # the driver's own writes (Tune state, the report) on a full disk, and what
+        # they break later (Tune reading back a half-written file fails with EOFError, not OSError)
+        problem = storage_problem(err) or output_storage_problem(cfg)
+        if problem is None:
+            raise
+        print(storage_problem_line(problem, cfg), file=sys.stderr)
+        return EXIT_TRIALS_FAILED
+    except KeyboardInterrupt:  # Ctrl-C before Tune took over SIGINT (e.g. while the source model trains)
+        print("interrupted; every process of the sweep has ended. To continue: the same command"
+              + (" with --resume" if (Path(cfg.output_dir) / cfg.sweep.name / SWEEP_STATE).is_file() else ""),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 SWEEP_STATE = "sweep.json"
@@ -98,9 +114,18 @@ RESUMABLE_DIFFERENCES = ("train.", "ranking.", "sweep.max_concurrent", "tracking
 def load_sweep_state(sweep_dir: Path, cfg: ExperimentConfig) -> dict:
     """The saved state of an interrupted sweep; refuses one started with a different experiment."""
     path = sweep_dir / SWEEP_STATE
-    if not path.is_file():
+    return sweep_state_from_text(path.read_text() if path.is_file() else None, sweep_dir, cfg)
+
+
+def sweep_state_from_text(text: str | None, sweep_dir: Path, cfg: ExperimentConfig) -> dict:
+    """``load_sweep_state`` for the text of a ``sweep.json`` (None: there is none)."""
+    if text is None:
         raise ConfigError("", f"nothing to resume: no sweep was started at '{sweep_dir}'")
-    state = json.loads(path.read_text())
+    try:
+        state = json.loads(text)
+        state["config"]["sweep"]["search_space"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError("", f"cannot resume '{sweep_dir}': its {SWEEP_STATE} is damaged") from None
     saved = from_dict(state["config"]).flat()
     changed = sorted(k for k, v in cfg.flat().items()
                      if saved.get(k) != v and not k.startswith(RESUMABLE_DIFFERENCES))
@@ -111,20 +136,48 @@ def load_sweep_state(sweep_dir: Path, cfg: ExperimentConfig) -> dict:
     return state
 
 
-def build_scheduler(cfg: ExperimentConfig):
-    """FIFO, ASHA (stops weak trials after ``sweep.grace_rounds``) or PBT (clones strong trials)."""
+EARLY_STOPS = "early-stops.jsonl"  # in the sweep folder: the trials ASHA stopped, and at which round
+
+
+def build_scheduler(cfg: ExperimentConfig, early_stops: Path | None = None):
+    """FIFO, ASHA (stops weak trials after ``sweep.grace_rounds``) or PBT (clones strong trials).
+
+    ASHA's decisions to stop a trial before its last round are appended to ``early_stops``: such a
+    trial ends without error and short of its rounds, and the summary must tell it from a failure.
+    """
     from ray import tune
 
     kind = cfg.sweep.scheduler
     if kind == "fifo":
         return None
     if kind == "asha":
-        return tune.schedulers.ASHAScheduler(time_attr="round", max_t=cfg.selection.rounds,
-                                             grace_period=min(cfg.sweep.grace_rounds, cfg.selection.rounds))
+        from .tune_parts import RecordingASHA
+
+        return RecordingASHA(time_attr="round", max_t=cfg.selection.rounds,
+                             grace_period=min(cfg.sweep.grace_rounds, cfg.selection.rounds),
+                             early_stops=str(early_stops) if early_stops is not None else None)
     mutations = {key: build_param_space({key: spec})[key] for key, spec in cfg.sweep.search_space.items()
                  if next(iter(spec)) != "grid"}
+    # Synchronous: every round, all trials are compared at that same round, so which trial clones which
+    # does not depend on which happened to report first (asynchronous PBT could not clone at all when
+    # trials finished out of step: a trial is only cloned from after it was compared while in the lead).
     return tune.schedulers.PopulationBasedTraining(time_attr="round", perturbation_interval=1,
-                                                   hyperparam_mutations=mutations)
+                                                   hyperparam_mutations=mutations, synch=True)
+
+
+def read_early_stops(sweep_dir: Path) -> dict[str, int]:
+    """trial id -> the round after which ASHA stopped it."""
+    path = sweep_dir / EARLY_STOPS
+    if not path.is_file():
+        return {}
+    stops = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            stops[str(record["trial_id"])] = int(record["round"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut off by a crash: that trial shows as incomplete, which it then is
+    return stops
 
 
 def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = None, num_cpus: int | None = None,
@@ -143,6 +196,11 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     started = time.perf_counter()
+    from .lifetime import end_run_processes, mark_this_run
+    from .sweeplock import SweepFolderLock
+
+    run_mark = mark_this_run()  # before Ray starts: every process of this run inherits it
+    lock = None
     start_ray(address, num_cpus, quiet, dashboard=dashboard)
     import ray
     from ray import tune
@@ -163,7 +221,7 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
             total, nodes = with_node_types(total, nodes, node_types)
         plan = plan_resources(cfg, total, nodes)
         say(f"Ray ready in {time.perf_counter() - started:.0f} s; {plan.note}")
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        lock = SweepFolderLock.acquire(sweep_dir, progress=say)  # the first write of the run
 
         tracking = SweepTracking(tracking_uri, cfg.sweep.name)
         roots = domain_roots(cfg.to_dict()["data"], progress=say)
@@ -186,7 +244,10 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
             storage.push(sweep_dir / SWEEP_STATE)
         else:
             parent = state["parent_run_id"]
-            tracking.client.update_run(parent, status="RUNNING")
+            try:
+                tracking.client.update_run(parent, status="RUNNING")
+            except Exception as err:  # MLflow went away since the pre-flight check: the sweep's end sets it
+                log.warning("could not mark the sweep's MLflow run as running again (%s)", type(err).__name__)
             say(f"resuming the sweep at {sweep_dir}")
 
         def trial_params(sampled: dict) -> tuple[dict, dict]:
@@ -195,34 +256,41 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
                     "budget": f"{budget_label(trial_cfg)} x {trial_cfg.selection.rounds} rounds"}
             return trial_cfg.flat(), tags
 
+        # Trials keep the sweep's search space: a PBT trial's config is only valid with its mutable axes.
         base = cfg.to_dict()
-        base["sweep"]["search_space"] = {}
         trainable = tune.with_parameters(tune_trial, base=base, source_checkpoint=source_checkpoint,
                                          source_metrics=source_metrics, sweep_dir=str(sweep_dir))
         trainable = tune.with_resources(trainable, plan.trial_resources)
         # Tune keeps its experiment state and trial checkpoints in cluster-wide storage: a trial that
         # moves to another node restores from there.
         tune_path = storage.fs_path(storage.location(sweep_dir / "tune"))
-        if state is not None and tune.Tuner.can_restore(tune_path, storage_filesystem=storage.ray_filesystem):
+        if state is not None and restorable_tune_state(storage, sweep_dir, say):
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True, storage_filesystem=storage.ray_filesystem)
         else:
-            reporter = tune.CLIReporter(
+            from .tune_parts import STATE_BACKUP, SweepReporter, TuneStateKeeper
+
+            reporter = SweepReporter(
                 metric_columns={"round": "round", "budget/labeled_pixels": "labeled px", "target/miou": "mIoU"},
                 parameter_columns=parameter_columns(cfg.sweep.search_space), max_report_frequency=30)
             tuner = tune.Tuner(
                 trainable,
                 param_space=build_param_space(cfg.sweep.search_space),
                 tune_config=tune.TuneConfig(num_samples=cfg.sweep.num_samples, max_concurrent_trials=plan.max_concurrent,
-                                            metric="target/miou", mode="max", scheduler=build_scheduler(cfg)),
+                                            metric="target/miou", mode="max",
+                                            scheduler=build_scheduler(cfg, sweep_dir / EARLY_STOPS)),
                 run_config=tune.RunConfig(
                     name="tune", storage_path=storage.fs_path(storage.location(sweep_dir)),
                     storage_filesystem=storage.ray_filesystem, verbose=0 if quiet else 1,
                     callbacks=[MlflowTrialLogger(tracking_uri, cfg.sweep.name, parent, trial_params,
                                                  trial_dir=functools.partial(_trial_dir, sweep_dir),
                                                  unsent_path=str(sweep_dir / "mlflow-unsent.jsonl")),
-                               RoundTensorBoard()],  # TensorBoard files with step = round
+                               RoundTensorBoard(),  # TensorBoard files with step = round
+                               TuneStateKeeper(cfg.to_dict(), str(sweep_dir / "tune"),
+                                               str(sweep_dir / STATE_BACKUP))],
                     progress_reporter=reporter,
+                    # A failed trial starts again from its last round checkpoint (its bought labels kept).
+                    failure_config=tune.FailureConfig(max_failures=cfg.sweep.trial_retries),
                     # Round checkpoints are small (a JSON file and the label store); keep them all.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                 ),
@@ -230,22 +298,117 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str, address: str | None = No
         # A failed trial is one line below the table, not Tune's traceback (its error file keeps that).
         logging.getLogger("ray.tune.execution.tune_controller").addFilter(_without_trial_tracebacks)
         results = tuner.fit()
-        rows = summarize(results, cfg, source_metrics)
-        failed = sum(1 for r in rows if r["status"] != "ok")
+        from .annotate import pending_annotations
+
+        waiting = pending_annotations(sweep_dir / "trials")
+        rows = summarize(results, cfg, source_metrics, stopped_early=read_early_stops(sweep_dir),
+                         awaiting={trial: r for trial, (r, _) in waiting.items()})
+        failed = sum(1 for r in rows if r["status"].startswith("failed"))
         report_dir = write_sweep_report(results, cfg, sweep_dir, source_metrics.get("target/miou"),
                                         oracle_metrics.get("target/miou"), say)
         tracking.finish_sweep(parent, "FAILED" if failed else "FINISHED", report_dir,
                               unsent_path=str(sweep_dir / "mlflow-unsent.jsonl"))
         print(format_table(rows, source_metrics, oracle_metrics))
         for result in results:
-            if result.error is not None:
-                trial = (result.metrics or {}).get("trial_id", Path(result.path).name)
+            trial = (result.metrics or {}).get("trial_id", Path(result.path).name)
+            if result.error is not None and trial not in waiting:  # waiting for people is no failure
                 print(f"[activeda] trial {trial} failed: {failure_line(result.error)}")
         print(f"[activeda] {len(rows)} trial(s), {failed} failed, in {time.perf_counter() - started:.0f} s; "
               f"MLflow: {display_uri(tracking_uri)} (experiment '{cfg.sweep.name}')")
+        incomplete = sum(1 for r in rows if r["status"] == "failed: incomplete")
+        if incomplete:  # stopped without an error of their own: Ctrl-C, or the driver was stopped
+            print(f"[activeda] {incomplete} trial(s) did not finish; to continue them where they stopped, run the "
+                  f"same command with --resume")
+        problems = {storage_problem(r.error) for r in results} - {None}
+        if failed and not problems and output_storage_problem(cfg):
+            problems = {output_storage_problem(cfg)}
+        if problems:
+            print(storage_problem_line(sorted(problems)[0], cfg), file=sys.stderr)
+        if waiting and not failed:
+            for trial, (round_index, path) in sorted(waiting.items()):
+                print(f"[activeda] {trial} waits for the answers of round {round_index}: label the pixels in '{path}', "
+                      f"then python -m orchestrator.annotate import --trial-dir {path.parent.parent} --round "
+                      f"{round_index} --answers FILE")
+            print("[activeda] once every answer is imported: the same command with --resume")
+            return EXIT_AWAITING_ANNOTATION
         return EXIT_TRIALS_FAILED if failed else 0
     finally:
         ray.shutdown()
+        end_run_processes(run_mark)
+        if lock is not None:
+            lock.release()
+
+
+# What a full or unwritable output folder looks like, in an OSError or in a trial's error text.
+STORAGE_PROBLEMS = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded",
+                    errno.EROFS: "Read-only file system", errno.EACCES: "Permission denied"}
+
+
+def storage_problem(error: BaseException | None) -> str | None:
+    """'No space left on device' (or quota, read-only, permission) when that is what ``error`` comes down
+    to, however deep in Ray or Tune it was raised; else None."""
+    if error is None:
+        return None
+    if isinstance(error, OSError) and error.errno in STORAGE_PROBLEMS:
+        return STORAGE_PROBLEMS[error.errno]
+    text = str(error)
+    return next((problem for problem in STORAGE_PROBLEMS.values() if problem in text), None)
+
+
+def output_storage_problem(cfg: ExperimentConfig, low_bytes: int = 1 << 20) -> str | None:
+    """What is wrong with the output folder's file system right now (full, read-only, not writable), if
+    anything: when a sweep fails, this tells a full disk from a bug, whatever error the full disk caused."""
+    path = Path(cfg.output_dir).resolve()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None:
+        return None
+    info = os.statvfs(existing)
+    if info.f_flag & os.ST_RDONLY:
+        return STORAGE_PROBLEMS[errno.EROFS]
+    if info.f_bavail * info.f_frsize < low_bytes:
+        return STORAGE_PROBLEMS[errno.ENOSPC]
+    if not os.access(existing, os.W_OK):
+        return STORAGE_PROBLEMS[errno.EACCES]
+    return None
+
+
+def storage_problem_line(problem: str, cfg: ExperimentConfig) -> str:
+    return (f"error: {problem} under the output folder '{cfg.output_dir}': the labels and checkpoints of finished "
+            f"rounds are intact; free some space (or make it writable), then run the same command with --resume")
+
+
+def restorable_tune_state(storage, sweep_dir: Path, say=print) -> bool:
+    """Whether ``--resume`` can restore Tune from its saved state (repairing it from the kept copy if
+    needed); False when Tune never saved one and no trial started, so the Tune run starts afresh.
+
+    Tune's own restore, given a state that is missing or damaged, starts the trials anew under new
+    ids (and without the param space): they would buy their labels again. Seen twice: a driver killed
+    before Tune's first save (``tuner.pkl`` alone), and a state cut off on a full disk. So a damaged
+    state is replaced by the last readable copy (``TuneStateKeeper``), and without one the resume is
+    refused while trials have started, rather than buying their labels again.
+    """
+    from .tune_parts import EXPERIMENT_STATE, SEARCHER_STATE, STATE_BACKUP, readable_state
+
+    tune_dir = sweep_dir / "tune"
+    names = storage.listdir(storage.location(tune_dir))
+    if "tuner.pkl" in names and readable_state(storage, tune_dir) is not None:
+        return True
+    states = sorted(n for n in names if n.startswith(EXPERIMENT_STATE) and n.endswith(".json"))
+    kept = readable_state(storage, sweep_dir / STATE_BACKUP)
+    if "tuner.pkl" in names and states and kept is not None:
+        newest = states[-1]
+        for name, data in kept.items():  # under the damaged files' names: Tune reads the newest
+            target = newest if name.startswith(EXPERIMENT_STATE) else SEARCHER_STATE + newest[len(EXPERIMENT_STATE):]
+            storage.write_bytes(storage.join(storage.location(tune_dir), target), data)
+        say(f"Tune's experiment state '{newest}' was damaged; restored the last readable copy from {STATE_BACKUP}/")
+        return True
+    started = sorted(p.parent.name for p in (sweep_dir / "trials").glob("*/progress.json"))
+    if started:
+        problem = f"its experiment state ('{states[-1]}') is damaged" if states else "it saved no experiment state"
+        raise ConfigError("", f"cannot resume '{sweep_dir}': Tune cannot be restored ({problem}, and no readable "
+                              f"copy was kept); starting the trials anew would buy their labels again. Their label "
+                              f"stores and checkpoints are intact under '{sweep_dir / 'trials'}'")
+    return False
 
 
 def _without_trial_tracebacks(record: logging.LogRecord) -> bool:
@@ -391,13 +554,19 @@ def build_param_space(search_space: dict[str, dict]) -> dict[str, Any]:
     return space
 
 
-def summarize(results, cfg: ExperimentConfig, source_metrics: dict) -> list[dict[str, Any]]:
+def summarize(results, cfg: ExperimentConfig, source_metrics: dict, stopped_early: dict[str, int] | None = None,
+              awaiting: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per trial. ``stopped_early`` (trial id -> round) are ASHA's stops: a result, not a failure;
+    ``awaiting`` (trial id -> round) are trials that stopped to wait for people's labels of that round."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
         trial_cfg = with_overrides(cfg, {k: v for k, v in (result.config or {}).items()})
         # A trial is done at its own last round: a search space or case may set selection.rounds.
         ok = result.error is None and metrics.get("round") == trial_cfg.selection.rounds
+        stop_round = (stopped_early or {}).get(str(metrics.get("trial_id")))
+        stopped = result.error is None and stop_round is not None and metrics.get("round") == stop_round
+        waits_for = (awaiting or {}).get(str(metrics.get("trial_id")))
         rows.append({
             "trial": metrics.get("trial_id", "?"),
             "selector": trial_cfg.selection.selector,
@@ -406,7 +575,10 @@ def summarize(results, cfg: ExperimentConfig, source_metrics: dict) -> list[dict
             "labeled px": int(metrics.get("budget/labeled_pixels", 0)),
             "labeled %": 100 * metrics.get("budget/labeled_fraction", 0.0),
             "mIoU": metrics.get("target/miou", math.nan),
-            "status": "ok" if ok else f"failed: {type(result.error).__name__ if result.error else 'incomplete'}",
+            "status": ("ok" if ok else f"stopped by asha after round {stop_round}" if stopped
+                       else f"waits for the annotations of round {waits_for}" if waits_for is not None
+                       else f"failed: {storage_problem(result.error) or type(result.error).__name__}"
+                       if result.error else "failed: incomplete"),
             "sampled": result.config or {},
         })
     rows.sort(key=lambda r: (-(r["mIoU"] if r["mIoU"] == r["mIoU"] else -1), r["trial"]))

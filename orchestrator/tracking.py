@@ -7,12 +7,14 @@ callback, which runs in the driver) turns each report into MLflow metrics with `
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
 import os
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
@@ -213,10 +215,14 @@ class SweepTracking:
 
         self.uri, self.experiment_name = uri, experiment_name
         self.client = MlflowClient(tracking_uri=uri)
-        experiment = self.client.get_experiment_by_name(experiment_name)
-        self.experiment_id = (experiment.experiment_id if experiment is not None
-                              else self.client.create_experiment(experiment_name))
         self.parent_run_id: str | None = None
+
+    @functools.cached_property
+    def experiment_id(self) -> str:
+        """Looked up (or created) on first use, so that a driver that only ends runs never needs it."""
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        return (experiment.experiment_id if experiment is not None
+                else self.client.create_experiment(self.experiment_name))
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"activeda.kind": "sweep", **tags})
@@ -242,9 +248,9 @@ class SweepTracking:
                 self.client.log_artifacts(parent_run_id, str(report_dir), artifact_path="report")
             self.end(parent_run_id, status)
         except Exception as err:  # the results are on disk; say where instead of failing the sweep
-            append_unsent(unsent_path, [{"action": "sweep-end", "experiment": self.experiment_name,
-                                         "parent_run_id": parent_run_id, "status": status,
-                                         "report": str(report_dir) if report_dir is not None else None}])
+            append_unsent(unsent_path, [{"id": new_record_id(), "action": "sweep-end",
+                                         "experiment": self.experiment_name, "parent_run_id": parent_run_id,
+                                         "status": status, "report": str(report_dir) if report_dir is not None else None}])
             log.warning("could not finish the sweep's MLflow run (%s); the report is in %s; to log it later: %s",
                         type(err).__name__, report_dir, replay_hint(unsent_path, self.uri))
 
@@ -262,6 +268,74 @@ def append_unsent(path: str, records: list[dict]) -> None:
         os.fsync(handle.fileno())
 
 
+def new_record_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def read_outbox(path: str | Path, repair: bool = False) -> list[dict]:
+    """The operations of an outbox file still to send, in order: records whose ``{"sent": id}`` line
+    follows are left out; any line that is not a record is a ``TrackingError``.
+
+    A last line without its newline that is not a whole record is a write the driver died in (the
+    operation never counted as queued): it is ignored, and with ``repair`` cut off the file, so that
+    the next record is not appended to it.
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines[-1].strip():
+        try:
+            complete = isinstance(json.loads(lines[-1].decode("utf-8")), dict)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            complete = False
+        if not complete:
+            log.warning("'%s': ignoring its last line, cut off by a crash while it was written", path)
+            if repair:
+                os.truncate(path, len(data) - len(lines[-1]))
+            lines[-1] = b""
+    records, sent = [], set()
+    for number, raw in enumerate(lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record "
+                                f"(not UTF-8 text)") from None
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = {}
+        if record is None:
+            continue
+        if isinstance(record, dict) and set(record) == {"sent"}:
+            sent.add(record["sent"])
+            continue
+        # Records written before they named their sweep cannot be sent to the right runs.
+        if not (isinstance(record, dict) and record.get("action") in UNSENT_ACTIONS
+                and record.get("experiment") and record.get("parent_run_id")):
+            raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record")
+        # Folders whose files get uploaded: only the sweep's own (the file lives in the sweep folder).
+        for key in ("trial_dir", "report"):
+            if record.get(key) and not Path(record[key]).resolve().is_relative_to(path.parent.resolve()):
+                raise TrackingError(f"'{path}' line {number}: '{key}' {record[key]!r} is outside the sweep folder "
+                                    f"'{path.parent}'")
+        records.append(record)
+    return [r for r in records if r.get("id") is None or r["id"] not in sent]
+
+
+def rewrite_outbox(path: str | Path, records: list[dict]) -> None:
+    """Replace an outbox file by ``records`` (atomically), or remove it when there are none."""
+    path = Path(path)
+    if not records:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(r, default=str) + "\n" for r in records))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
     from mlflow.entities import Param
 
@@ -277,9 +351,16 @@ class MlflowTrialLogger(Callback):
     flattened parameters and the grouping tags to record.
 
     If the tracking server goes away, training goes on: every MLflow operation waits in an outbox,
-    in order, and is retried at the next event; a warning says how much is waiting. What is still
-    unsent when the sweep ends is written to ``unsent_path`` (JSON lines, each naming its experiment,
-    parent run and trial folder), and ``python -m orchestrator.tracking replay`` sends it later.
+    in order, and is retried at the next event; a warning says how much is waiting.
+
+    With ``unsent_path`` the outbox is durable: each operation is appended to that file (JSON lines,
+    each naming its experiment, parent run and trial folder) and synced *before* it counts as queued,
+    and a ``{"sent": id}`` line follows once MLflow has it; the file is removed whenever everything in
+    it is sent. So a driver killed during an outage loses nothing: the next logger of the same sweep
+    (``--resume``) sends what the file still holds first, and ``python -m orchestrator.tracking
+    replay`` sends it when the sweep is not resumed. An operation that was sent but whose ``sent``
+    line the kill prevented is sent again, and sending is idempotent (a trial's existing run is
+    continued, a round already logged is skipped): every metric arrives once.
     """
 
     def __init__(self, uri: str, experiment_name: str, parent_run_id: str, trial_params,
@@ -290,8 +371,10 @@ class MlflowTrialLogger(Callback):
         self.unsent_path = unsent_path
         self._tracking: SweepTracking | None = None
         self._runs: dict[str, str] = {}
-        self._outbox: list[tuple] = []
+        self._outbox: list[dict] = []  # records, as in the file
         self._failing = False
+        self._loaded = False  # whether the file's records of an earlier driver are in the outbox yet
+        self._disk_warned = False
 
     @property
     def tracking(self) -> SweepTracking:
@@ -302,15 +385,20 @@ class MlflowTrialLogger(Callback):
     def __getstate__(self):  # the MLflow client is not picklable; rebuild it after a restore
         state = dict(self.__dict__)
         state["_tracking"] = None
+        if self.unsent_path:  # the file holds the outbox; a restored logger reads it from there
+            state.update(_outbox=[], _loaded=False)
         return state
 
     def __setstate__(self, state):  # a logger pickled by an older version lacks the newer fields
         self.__dict__.update({"_outbox": [], "_failing": False, "unsent_path": None, "trial_dir": None,
-                              **state, "_tracking": None})
+                              "_loaded": False, "_disk_warned": False, **state, "_tracking": None})
+        self._outbox = [r if isinstance(r, dict) else self._record(r) for r in self._outbox]
 
     # -- events -------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.trial_id in self._runs or any(a[0] == "create" and a[1] == trial.trial_id for a in self._outbox):
+        self._load_pending()
+        if trial.trial_id in self._runs or any(r["action"] == "create" and r.get("trial_id") == trial.trial_id
+                                               for r in self._outbox):
             return
         params, tags = self.trial_params(trial.config)
         self._send(("create", trial.trial_id, str(trial), params, tags))
@@ -328,25 +416,57 @@ class MlflowTrialLogger(Callback):
     def on_experiment_end(self, trials, **info):
         self._flush()
         if self._outbox and self.unsent_path:
-            append_unsent(self.unsent_path, [
-                {"action": action[0], "trial_id": action[1], "trial": action[2], "data": action[3:],
-                 "experiment": self.experiment_name, "parent_run_id": self.parent_run_id,
-                 "trial_dir": str(self.trial_dir(action[1])) if self.trial_dir is not None else None}
-                for action in self._outbox])
             log.warning("MLflow at %s stayed unreachable: %d operations written to %s; to send them later: %s",
                         display_uri(self.uri), len(self._outbox), self.unsent_path,
                         replay_hint(self.unsent_path, self.uri))
-            self._outbox = []  # they are in the file now: a restored logger must not send them a second time
+            self._outbox = []  # they are in the file: whoever sends them next reads them from there
 
     # -- the outbox ---------------------------------------------------------------------------
+    def _record(self, action: tuple) -> dict:
+        return {"id": new_record_id(), "action": action[0], "trial_id": action[1], "trial": action[2],
+                "data": list(action[3:]), "experiment": self.experiment_name, "parent_run_id": self.parent_run_id,
+                "trial_dir": str(self.trial_dir(action[1])) if self.trial_dir is not None else None}
+
+    def _load_pending(self) -> None:
+        """Once: put what an earlier driver of this sweep left unsent in the file ahead of the outbox."""
+        if self._loaded:
+            return
+        self._loaded = True
+        if self.unsent_path and Path(self.unsent_path).is_file():
+            earlier = [r for r in read_outbox(self.unsent_path, repair=True) if r["parent_run_id"] == self.parent_run_id
+                       and r["experiment"] == self.experiment_name]
+            if earlier:
+                log.warning("sending %d MLflow operation(s) an earlier driver of this sweep left in %s",
+                            len(earlier), self.unsent_path)
+            self._outbox = earlier + self._outbox
+
     def _send(self, action: tuple) -> None:
-        self._outbox.append(action)
+        self._load_pending()
+        record = self._record(action)
+        self._write(lambda: append_unsent(self.unsent_path, [record]))  # on disk before it counts as queued
+        self._outbox.append(record)
         self._flush()
 
+    def _write(self, write) -> None:
+        """Write to the outbox file; on a full or unwritable disk the outbox keeps working in memory
+        (said once): tracking must not be what stops a sweep whose trials report the disk problem."""
+        if not self.unsent_path:
+            return
+        try:
+            write()
+        except OSError as err:
+            if not self._disk_warned:
+                log.warning("cannot write the MLflow outbox %s (%s); keeping what waits in memory only",
+                            self.unsent_path, err.strerror or err)
+                self._disk_warned = True
+
     def _flush(self) -> None:
+        self._load_pending()
+        sent_any = False
         while self._outbox:
+            record = self._outbox[0]
             try:
-                self._perform(self._outbox[0])
+                self._perform_record(record)
             except Exception as err:  # a tracking outage must not stop the sweep
                 if not self._failing:
                     log.warning("MLflow at %s is unreachable (%s); buffering, training goes on",
@@ -355,9 +475,24 @@ class MlflowTrialLogger(Callback):
                 self._tracking = None  # reconnect next time
                 return
             self._outbox.pop(0)
+            sent_any = True
+            self._write(lambda: append_unsent(self.unsent_path, [{"sent": record["id"]}]))
             if self._failing and not self._outbox:
                 log.warning("MLflow at %s is back; everything buffered has been logged", display_uri(self.uri))
                 self._failing = False
+        if sent_any and self.unsent_path and Path(self.unsent_path).is_file():
+            # Everything of this logger is sent: keep only what is not (another sweep's leftovers).
+            self._write(lambda: rewrite_outbox(self.unsent_path, [r for r in read_outbox(self.unsent_path)
+                                                                  if r["parent_run_id"] != self.parent_run_id]))
+
+    def _perform_record(self, record: dict) -> None:
+        if record["action"] == "sweep-end":
+            report = record.get("report")
+            if report and Path(report).is_dir():
+                self.tracking.client.log_artifacts(record["parent_run_id"], report, artifact_path="report")
+            self.tracking.end(record["parent_run_id"], record["status"])
+        else:
+            self._perform((record["action"], record["trial_id"], record["trial"], *record["data"]))
 
     def _existing_run(self, trial_id: str):
         """The trial's run under this sweep's parent, if MLflow has one already (else None)."""
@@ -393,10 +528,17 @@ class MlflowTrialLogger(Callback):
             run_id = self._runs[trial_id]
             # Idempotent: a round replayed after a resume (or a retried send) is not logged twice.
             # Any key of the batch tells, not target/miou alone: a NaN mIoU is dropped, the rest is logged.
+            # The first key already logged at this step decides: the same value means this batch was
+            # sent before; another value means the round was done again differently (a PBT clone
+            # continuing another trial's model), and its new values are logged too.
             client = self.tracking.client
             keys = sorted(metrics, key=lambda key: key != "target/miou")  # the usual answer first
-            if any(m.step == step for key in keys for m in client.get_metric_history(run_id, key)):
-                return
+            for key in keys:
+                logged = [m.value for m in client.get_metric_history(run_id, key) if m.step == step]
+                if logged:
+                    if isinstance(metrics[key], (int, float)) and float(metrics[key]) in logged:
+                        return
+                    break
             self.tracking.log_metrics(run_id, metrics, step=step, context=name)
             folder = self.trial_dir(trial_id) if self.trial_dir is not None else None
             if folder is not None:  # a replayed record may name no folder
@@ -444,6 +586,7 @@ def log_round_images(client, run_id: str, trial_dir: Path, round_index: int) -> 
 
 
 UNSENT_ACTIONS = ("create", "metrics", "end", "sweep-end")
+UNSENT_FILE = "mlflow-unsent.jsonl"  # in the sweep folder: the durable outbox of the sweep's driver
 
 
 def replay_unsent(path: str | Path, uri: str) -> tuple[int, int]:
@@ -451,62 +594,36 @@ def replay_unsent(path: str | Path, uri: str) -> tuple[int, int]:
 
     Sending is idempotent (a trial's existing run is continued, a round already logged is skipped),
     so a replay that is interrupted, or run twice, logs nothing twice. What could not be sent stays in
-    the file; the file is removed once everything is in MLflow.
+    the file; the file is removed once everything is in MLflow. A sweep that is running on the same
+    folder holds its lock, and the replay is refused then (the sweep sends its own outbox).
     """
+    from .sweeplock import SweepFolderLock
+
     path = Path(path)
     if not path.is_file():
         raise TrackingError(f"unsent-metrics file '{path}' does not exist")
-    records = []
-    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record "
-                                f"(not UTF-8 text)") from None
-        try:
-            record = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            record = {}
-        if record is None:
-            continue
-        # Records written before they named their sweep cannot be sent to the right runs.
-        if not (isinstance(record, dict) and record.get("action") in UNSENT_ACTIONS
-                and record.get("experiment") and record.get("parent_run_id")):
-            raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record")
-        # Folders whose files get uploaded: only the sweep's own (the file lives in the sweep folder).
-        for key in ("trial_dir", "report"):
-            if record.get(key) and not Path(record[key]).resolve().is_relative_to(path.parent.resolve()):
-                raise TrackingError(f"'{path}' line {number}: '{key}' {record[key]!r} is outside the sweep folder "
-                                    f"'{path.parent}'")
-        records.append(record)
+    records = read_outbox(path)
     check_tracking_uri(uri)
-    folders = {r["trial_id"]: r.get("trial_dir") for r in records if "trial_id" in r}
-    loggers: dict[tuple[str, str], MlflowTrialLogger] = {}
-    sent = 0
-    for record in records:
-        key = (record["experiment"], record["parent_run_id"])
-        logger = loggers.setdefault(key, MlflowTrialLogger(uri, *key, trial_params=None, trial_dir=folders.get))
-        try:
-            if record["action"] == "sweep-end":
-                report = record.get("report")
-                if report and Path(report).is_dir():
-                    logger.tracking.client.log_artifacts(key[1], report, artifact_path="report")
-                logger.tracking.end(key[1], record["status"])
-            else:
-                logger._perform((record["action"], record["trial_id"], record["trial"], *record["data"]))
-        except Exception as err:  # stop at the first failure: what follows may depend on it
-            log.warning("MLflow at %s failed on record %d of '%s' (%s: %s)", uri, sent + 1, path,
-                        type(err).__name__, err)
-            break
-        sent += 1
-    left = records[sent:]
-    if left:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in left), encoding="utf-8")
-        os.replace(tmp, path)
-    else:
-        path.unlink()
-    return sent, len(left)
+    lock = SweepFolderLock.acquire(path.parent) if path.name == UNSENT_FILE else None
+    try:
+        folders = {r["trial_id"]: r.get("trial_dir") for r in records if "trial_id" in r}
+        loggers: dict[tuple[str, str], MlflowTrialLogger] = {}
+        sent = 0
+        for record in records:
+            key = (record["experiment"], record["parent_run_id"])
+            logger = loggers.setdefault(key, MlflowTrialLogger(uri, *key, trial_params=None, trial_dir=folders.get))
+            try:
+                logger._perform_record(record)
+            except Exception as err:  # stop at the first failure: what follows may depend on it
+                log.warning("MLflow at %s failed on record %d of '%s' (%s: %s)", uri, sent + 1, path,
+                            type(err).__name__, err)
+                break
+            sent += 1
+        rewrite_outbox(path, records[sent:])
+    finally:
+        if lock is not None:
+            lock.release()
+    return sent, len(records) - sent
 
 
 def main(argv: list[str] | None = None) -> int:

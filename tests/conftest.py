@@ -1,10 +1,26 @@
 import os
+import signal
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (the chaos run)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --slow (make test-slow)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +85,78 @@ def s3_server():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+# Every process a command under test starts inherits this variable (Ray's daemons, and through them
+# every worker and actor), so a test can tell whether any of them outlived the command.
+RUN_TAG = "ACTIVEDA_TEST_RUN"
+
+
+def tagged_env(env: dict | None = None) -> tuple[dict, str]:
+    """``env`` plus a fresh run tag; returns (env, tag)."""
+    import uuid
+
+    tag = uuid.uuid4().hex
+    return {**(env or {}), RUN_TAG: tag}, tag
+
+
+def processes_left(tag: str, grace_s: float = 20.0) -> list[str]:
+    """The processes still carrying ``tag`` once ``grace_s`` has passed (or none are left): pid and name."""
+    import time
+
+    from orchestrator.lifetime import processes_with
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = processes_with(RUN_TAG, tag)
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    names = []
+    for pid in left:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:100].decode(errors="replace")
+        except OSError:
+            continue
+        names.append(f"{pid} {command}")
+    return names
+
+
+# --- a real MLflow server (127.0.0.1, sqlite store) for the outage tests ---------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(store: Path, artifacts: Path, port: int, log: Path) -> subprocess.Popen:
+    """``mlflow server`` on 127.0.0.1 in its own process group (its uvicorn worker dies with it)."""
+    import time
+    import urllib.request
+
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # its job runner only costs CPU here
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts)],
+        cwd=store.parent, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    stop(server)
+    raise AssertionError(f"the MLflow server did not come up:\n{log.read_text()[-2000:]}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    server.wait()
+
+

@@ -172,7 +172,7 @@ def test_budget_curve_is_drawn(tmp_path, data_cache):
 
 
 @pytest.mark.parametrize("module", ["quality", "speed", "selection_speed", "train_overhead", "ablation",
-                                    "calibrate_domains", "protocol"])
+                                    "calibrate_domains", "protocol", "chaos"])
 def test_every_benchmark_refuses_a_bad_key_in_one_line_before_running(module, capsys):
     import importlib
 
@@ -203,6 +203,10 @@ def test_quality_refuses_remote_storage(capsys):
      "without storage.uri"),
     ("selection_speed", ["--images", "0"], "error: --images must be >= 1 and --source-steps >= 0"),
     ("train_overhead", ["--steps", "0"], "error: --steps must be >= 1"),
+    ("chaos", ["--rounds", "0"], "error: --trials and --rounds must be >= 1, --kills >= 0, --timeout-min > 0"),
+    ("chaos", ["--set", "storage.uri=s3://bucket/prefix"],
+     "error: config key 'storage.uri': the chaos benchmark reads both runs' results from local folders; run it "
+     "without storage.uri"),
 ])
 def test_speed_benchmarks_refuse_bad_arguments_in_one_line(module, argv, line, capsys):
     import importlib

@@ -93,6 +93,35 @@ def test_missing_file():
         load_config("/nonexistent/cfg.yaml")
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfeadapt: {}\n", r"is not UTF-8 text \(byte 0xff at offset 0\)"),
+    (b"adapt:\n  steps: 3\n  steps: 4\n", r"is not valid YAML at line 3, column 3: key 'steps' is given twice"),
+    (b"- adapt\n- sweep\n", "must hold a mapping of sections, not list"),
+    (b"just text\n", "must hold a mapping of sections, not str"),
+    (b"adaptt: {steps: 3}\n", r"config key 'adaptt': unknown key; .* \(in '.*c.yaml'\)$"),
+    (b"adapt: {steps: 0}\n", r"config key 'adapt.steps': must be >= 1, got 0 \(in '.*c.yaml'\)$"),
+    (b"adapt: !!python/object:os.system {}\n", "is not valid YAML at line 1, column 8: could not determine a constructor"),
+])
+def test_a_config_file_that_is_not_a_utf8_yaml_mapping_of_known_sections_is_named(tmp_path, content, message):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_config(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_folder_is_not_a_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder, not a file"):
+        load_config(tmp_path)
+
+
+def test_yaml_merge_keys_still_work(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("adapt: {<<: {steps: 3, lr: 0.5}, steps: 4}\n")
+    cfg = load_config(path)
+    assert (cfg.adapt.steps, cfg.adapt.lr) == (4, 0.5)
+
+
 def test_section_must_be_mapping(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("adapt: 3\n")
@@ -143,3 +172,24 @@ def test_real_dataset_configs_load_and_take_root_overrides(name, tmp_path):
     assert cfg.data.source.root == f"{tmp_path}/src" and cfg.data.target.format == "cityscapes"
     assert cfg.train.use_gpu and cfg.model.name == "deeplabv2_resnet101"  # the papers' protocol (issue 17)
     assert cfg.adapt.batch_size == 1 and cfg.adapt.optimizer == "sgd" and cfg.data.eval_resolution == "native"
+
+
+
+def test_a_config_error_survives_pickling():
+    import pickle
+
+    # Ray and Tune pickle a trial's exception to the driver; unpicklable, it arrived as a TypeError.
+    err = pickle.loads(pickle.dumps(ConfigError("adapt.lr", "must be > 0, got 0")))
+    assert (err.key, err.problem, str(err)) == ("adapt.lr", "must be > 0, got 0", "config key 'adapt.lr': must be > 0, got 0")
+
+
+def test_a_pbt_trial_with_a_case_keeps_the_axes_pbt_mutates():
+    # A trial's config is the base with its sampled case applied: the cases axis is done with, but a
+    # PBT trial is only valid with the axes PBT mutates (without them every PBT trial failed).
+    space = {"cases": {"grid": [{"adapt.lr": 0.001, "selection.points_per_image": 5},
+                                {"adapt.lr": 1.0, "selection.points_per_image": 3}]},
+             "adapt.confusion_weight": {"uniform": [0.0, 1.0]}}
+    base = with_overrides(load_config(None), {"sweep.scheduler": "pbt", "sweep.search_space": space})
+    trial = with_overrides(base, {"cases": space["cases"]["grid"][1], "adapt.confusion_weight": 0.3})
+    assert trial.sweep.search_space == {"adapt.confusion_weight": {"uniform": [0.0, 1.0]}}
+    assert (trial.adapt.lr, trial.selection.points_per_image, trial.adapt.confusion_weight) == (1.0, 3, 0.3)

@@ -122,6 +122,21 @@ def test_store_round_trip_property(tmp_path_factory, height, width, data):
     assert store.totals()["labeled_pixels"] == len(chosen)
 
 
+def test_a_pbt_clone_sets_its_own_rounds_aside_and_keeps_them(tmp_path):
+    def pixels(image_id, label):
+        return [LabeledPixels(image_id, np.array([0], np.int32), np.array([image_id], np.int32),
+                              np.array([label], np.uint8), 4, 4, 1.0)]
+
+    donor, clone = LabelStore(tmp_path / "donor"), LabelStore(tmp_path / "clone")
+    donor.append_round(1, "labor_ppl", pixels(1, 2))
+    clone.append_round(1, "labor_ppl", pixels(1, 2))  # the same file content: nothing to set aside
+    clone.append_round(2, "labor_ppl", pixels(3, 1))  # its own, bought with its own model
+    aside = clone.set_aside(keep_if_same_as=donor)
+    assert [p.parent.name for p in aside] == ["superseded"] and len(aside) == 1
+    assert clone.rounds() == [1] and LabelStore(aside[0].parent).rounds() == []  # out of the store's view
+    assert aside[0].is_file()  # kept: it was paid for
+
+
 # --- labels by reference ------------------------------------------------------------------------
 
 import pickle  # noqa: E402

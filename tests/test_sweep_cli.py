@@ -2,8 +2,12 @@
 
 import re
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from trainers.data.segmentation_pairs import read_image_size
 
 from conftest import run_cli
 
@@ -27,6 +31,7 @@ def test_help_documents_options_and_config_keys(tmp_path):
     (["--name", "../escape"], "config key 'sweep.name': must be a plain folder name"),
     (["--set", "sweep.name=/tmp/elsewhere"], "config key 'sweep.name': must be a plain folder name"),
     (["--set", "data.target.pool_split=../../etc"], "config key 'data.target.pool_split': unknown split"),
+    (["--output-dir", "/dev/null/runs"], "config key 'output_dir': '/dev/null' is not a folder"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, key):
     result = run_cli("orchestrator.sweep", "--smoke", *args, cwd=tmp_path, timeout=120)
@@ -50,9 +55,14 @@ def _real_layout_roots(tmp_path):
     ("corrupt_image", "cannot read image"),
     ("label_links_out", "outside the dataset root"),
     ("city_links_out", "outside the dataset root"),
+    # Headers alone pass these: the pixel data must be decoded and the ids mapped up front.
+    ("truncated_image", "cannot read image"),
+    ("truncated_label", "cannot read label"),
+    ("undefined_label_ids", "has ids not in the Cityscapes id table (defined: 0..33): 200"),
 ])
 def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
     source, target = _real_layout_roots(tmp_path)
+    pool_labels = target / "gtFine" / "train" / "synthtown"
     if damage == "missing_root":
         source = tmp_path / "nowhere"
     elif damage == "empty_root":
@@ -68,6 +78,17 @@ def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
         city = target / "leftImg8bit" / "train" / "synthtown"
         city.rename(tmp_path / "elsewhere")
         city.symlink_to(tmp_path / "elsewhere")
+    elif damage in ("truncated_image", "truncated_label"):
+        folder = target / "leftImg8bit" / "train" / "synthtown" if damage == "truncated_image" else pool_labels
+        path = sorted(folder.iterdir())[-1]
+        data = path.read_bytes()
+        path.write_bytes(data[:len(data) // 2])  # a valid header, half the pixel data
+        assert read_image_size(str(path)) == (32, 64)  # the header still reads
+    elif damage == "undefined_label_ids":
+        path = sorted(pool_labels.glob("*_labelIds.png"))[-1]
+        ids = np.array(Image.open(path))
+        ids[0, 0] = 200  # not a Cityscapes id
+        Image.fromarray(ids).save(path)
     else:
         next((target / "leftImg8bit" / "train" / "synthtown").iterdir()).write_bytes(b"not a png")
     run_dir = tmp_path / "run"

@@ -126,6 +126,29 @@ def test_a_trial_is_finished_at_its_own_number_of_rounds():
     done_in_one = SimpleNamespace(error=None, config={}, metrics={"round": 1, "trial_id": "c", "target/miou": 0.3})
     status = {row["trial"]: row["status"] for row in summarize([done_in_two, stopped_at_one_of_two, done_in_one], cfg, {})}
     assert status == {"a": "ok", "b": "failed: incomplete", "c": "ok"}
+    # The same short trial, stopped by ASHA after that round: a result; stopped at another round: still not.
+    status = {row["trial"]: row["status"] for row in summarize([stopped_at_one_of_two], cfg, {}, {"b": 1})}
+    assert status == {"b": "stopped by asha after round 1"}
+    assert summarize([stopped_at_one_of_two], cfg, {}, {"b": 0})[0]["status"] == "failed: incomplete"
+
+
+def test_asha_writes_down_the_trials_it_stops_early(tmp_path):
+    import pickle
+    from types import SimpleNamespace
+
+    from orchestrator.sweep import read_early_stops
+
+    cfg = with_overrides(ExperimentConfig(), {"sweep.scheduler": "asha", "selection.rounds": 3})
+    asha = pickle.loads(pickle.dumps(build_scheduler(cfg, tmp_path / "early-stops.jsonl")))  # Tune pickles it
+    asha.set_search_properties("target/miou", "max")
+    trials = [SimpleNamespace(trial_id=name) for name in "abcd"]
+    for trial in trials:
+        asha.on_trial_add(None, trial)
+    actions = [asha.on_trial_result(None, t, {"round": 1, "target/miou": m}) for t, m in zip(trials, (.4, .3, .2, .1))]
+    assert actions[0] == "CONTINUE" and "STOP" in actions
+    assert read_early_stops(tmp_path) == {t.trial_id: 1 for t, a in zip(trials, actions) if a == "STOP"}
+    asha.on_trial_result(None, trials[0], {"round": 3, "target/miou": 0.5})  # its last round: not early
+    assert "a" not in read_early_stops(tmp_path)
 
 
 def test_the_summary_shows_each_trial_its_own_kind_of_budget():
@@ -154,3 +177,88 @@ def test_round_by_round_schedulers_refuse_trials_of_different_lengths(space, sch
     with pytest.raises(ConfigError, match=f"sweep.scheduler.*{scheduler} compares trials round by round"):
         with_overrides(ExperimentConfig(), {"sweep.scheduler": scheduler, "sweep.search_space": space})
     with_overrides(ExperimentConfig(), {"sweep.scheduler": "fifo", "sweep.search_space": space})  # fine without
+
+
+def test_the_progress_table_survives_a_restored_trial_without_its_config():
+    from ray.tune import CLIReporter
+    from ray.tune.experiment import Trial
+
+    from orchestrator.tune_parts import SweepReporter
+
+    # After --resume, a restored trial's last result may lack its config; Tune's own table then raises.
+    trial = Trial("__fake", config={"selection.points_per_image": 2}, stub=True)
+    trial.run_metadata.last_result = {"target/miou": 0.5, "round": 1}
+    options = dict(metric_columns={"round": "round"}, parameter_columns=["selection.points_per_image"],
+                   metric="target/miou", mode="max")
+    with pytest.raises(KeyError):
+        CLIReporter(**options).report([trial], False)
+    SweepReporter(**options).report([trial], False)  # that table is skipped; the sweep goes on
+
+
+def test_a_sweep_is_restored_only_from_a_readable_experiment_state_and_never_starts_its_trials_anew(tmp_path):
+    import pickle
+
+    from orchestrator.storage import Storage
+    from orchestrator.sweep import restorable_tune_state
+    from orchestrator.tune_parts import TuneStateKeeper
+
+    storage, sweep_dir, said = Storage(tmp_path), tmp_path / "smoke", []
+    tune_dir = sweep_dir / "tune"
+    state, searcher = tune_dir / "experiment_state-2026.json", tune_dir / "basic-variant-state-2026.json"
+    assert not restorable_tune_state(storage, sweep_dir, said.append)  # nothing saved, no trial: start afresh
+    tune_dir.mkdir(parents=True)
+    (tune_dir / "tuner.pkl").write_bytes(b"x")  # what Tune writes first: a driver killed now left only this
+    assert not restorable_tune_state(storage, sweep_dir, said.append)
+    (sweep_dir / "trials" / "t1").mkdir(parents=True)
+    (sweep_dir / "trials" / "t1" / "progress.json").write_text("{}")  # ... but a trial had started
+    with pytest.raises(ConfigError, match="it saved no experiment state.*would buy their labels again"):
+        restorable_tune_state(storage, sweep_dir, said.append)
+
+    state.write_text('{"trial_data": ["t1"]}')
+    searcher.write_bytes(pickle.dumps({"searcher": 1}))  # Tune's searcher state is a pickle, despite its name
+    assert restorable_tune_state(storage, sweep_dir, said.append) and said == []
+    keeper = TuneStateKeeper({"output_dir": str(tmp_path)}, str(tune_dir), str(sweep_dir / "tune-state-backup"))
+    keeper.on_trial_result(0, [], None, {})  # a readable state is kept
+    state.write_text('{"trial_data": ["t1"], "cut off on a full di')
+    keeper.on_trial_result(0, [], None, {})  # a damaged one is not: the kept copy stays
+    assert restorable_tune_state(storage, sweep_dir, said.append)
+    assert state.read_text() == '{"trial_data": ["t1"]}' and "restored the last readable copy" in said[0]
+
+    searcher.write_bytes(pickle.dumps({"searcher": 1})[:-3])  # a pickle cut off is as damaged
+    (sweep_dir / "tune-state-backup" / state.name).unlink()
+    with pytest.raises(ConfigError, match=r"its experiment state \('experiment_state-2026.json'\) is damaged"):
+        restorable_tune_state(storage, sweep_dir, said.append)
+
+def test_a_full_read_only_or_unwritable_output_folder_is_named(tmp_path, monkeypatch):
+    import errno
+    import os
+    from types import SimpleNamespace
+
+    from orchestrator.sweep import output_storage_problem, storage_problem
+
+    cfg = with_overrides(ExperimentConfig(), {"output_dir": str(tmp_path / "runs")})
+    assert output_storage_problem(cfg) is None  # a folder that does not exist yet: its parent is checked
+    free = SimpleNamespace(f_flag=0, f_bavail=1 << 20, f_frsize=4096)
+    for stat, problem in ((dict(f_bavail=10), "No space left on device"),
+                          (dict(f_flag=os.ST_RDONLY), "Read-only file system")):
+        monkeypatch.setattr(os, "statvfs", lambda path, stat=stat: SimpleNamespace(**{**vars(free), **stat}))
+        assert output_storage_problem(cfg) == problem
+    # Deep in Ray's text or as the OSError itself.
+    assert storage_problem(OSError(errno.EDQUOT, "Disk quota exceeded")) == "Disk quota exceeded"
+    assert storage_problem(RuntimeError("...[Errno 28] No space left on device ...")) == "No space left on device"
+    assert storage_problem(RuntimeError("a bug")) is None
+
+
+def test_the_kept_state_comes_from_tunes_driver_staging_folder(tmp_path):
+    from types import SimpleNamespace
+
+    from orchestrator.tune_parts import TuneStateKeeper
+
+    # Tune writes its state to a staging folder first and copies it to the sweep folder only now and then.
+    staging, backup = tmp_path / "staging", tmp_path / "sweep" / "tune-state-backup"
+    staging.mkdir()
+    (staging / "experiment_state-1.json").write_text('{"trial_data": []}')
+    trial = SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))
+    TuneStateKeeper({"output_dir": str(tmp_path)}, str(tmp_path / "sweep" / "tune"), str(backup)).on_trial_result(
+        0, [], trial, {})
+    assert (backup / "experiment_state-1.json").read_text() == '{"trial_data": []}'

@@ -217,3 +217,97 @@ def test_replay_refuses_a_file_that_is_not_utf8_in_one_line_and_leaves_it(tmp_pa
                      cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip() == f"error: {message}", result.stderr
     assert unsent.read_bytes() == content and not (tmp_path / "m.db").exists()
+
+
+def one_param(trial_config):  # module level: a logger pickled by Tune must be able to pickle it
+    return {"p": 1}, {}
+
+
+def test_a_driver_killed_during_an_outage_loses_nothing_and_sends_everything_once(tmp_path, monkeypatch):
+    import pickle
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    unsent = tmp_path / "sweep" / "mlflow-unsent.jsonl"
+    params = one_param
+    first = MlflowTrialLogger(uri, "s", parent, params, unsent_path=str(unsent))
+    trial = SimpleNamespace(trial_id="t1", config={})
+    first.on_trial_start(0, [], trial)
+    first.on_trial_result(0, [], trial, {"round": 0, "target/miou": 0.1})
+    assert not unsent.exists()  # everything sent: nothing kept
+
+    go_away(monkeypatch)
+    first.on_trial_result(0, [], trial, {"round": 1, "target/miou": 0.2})
+    first.on_trial_result(0, [], trial, {"round": 2, "target/miou": 0.3})
+    # On disk as each was queued, not only when the sweep ends.
+    assert [r["data"][1] for r in map(json.loads, unsent.read_text().splitlines())] == [1, 2]
+    restored = pickle.loads(pickle.dumps(first))  # what Tuner.restore would hand back
+    assert restored._outbox == []
+    # The driver is killed (SIGKILL: no experiment end, no flush) in the middle of appending a third.
+    with open(unsent, "a") as handle:
+        handle.write('{"id": "x", "action": "metrics", "trial_id": "t1", "da')
+    monkeypatch.undo()  # MLflow is back
+
+    resumed = MlflowTrialLogger(uri, "s", parent, params, unsent_path=str(unsent))  # the resumed driver's
+    resumed.on_trial_start(0, [], trial)  # its first event sends what the file holds, then goes on
+    resumed.on_trial_result(0, [], trial, {"round": 3, "target/miou": 0.4})
+    run_id = resumed._runs["t1"]
+    assert sorted((m.step, m.value) for m in client.get_metric_history(run_id, "target/miou")) == \
+        [(0, 0.1), (1, 0.2), (2, 0.3), (3, 0.4)]
+    assert not unsent.exists()
+    assert len(client.search_runs([client.get_experiment_by_name("s").experiment_id])) == 2  # parent + t1
+
+    # A send whose "sent" line the kill prevented is sent again, and still arrives once.
+    record = restored._record(("metrics", "t1", "t1", {"target/miou": 0.4}, 3))
+    unsent.write_text(json.dumps(record) + "\n")
+    MlflowTrialLogger(uri, "s", parent, params, unsent_path=str(unsent)).on_trial_complete(0, [], trial)
+    assert [m.step for m in client.get_metric_history(run_id, "target/miou")].count(3) == 1
+    assert client.get_run(run_id).info.status == "FINISHED" and not unsent.exists()
+
+
+def test_the_outbox_keeps_another_sweeps_leftovers(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    unsent = tmp_path / "mlflow-unsent.jsonl"
+    foreign = {"id": "f1", "action": "end", "experiment": "s", "parent_run_id": "an-older-sweep", "trial_id": "t9",
+               "trial": "t9", "data": ["FINISHED"], "trial_dir": None}
+    unsent.write_text(json.dumps(foreign) + "\n")
+    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({}, {}), unsent_path=str(unsent))
+    logger.on_trial_start(0, [], SimpleNamespace(trial_id="t1", config={}))
+    assert [json.loads(line) for line in unsent.read_text().splitlines()] == [foreign]
+
+
+def test_a_round_done_again_differently_is_logged_and_a_resent_one_is_not(tmp_path):
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({}, {}))
+    trial = SimpleNamespace(trial_id="t1", config={})
+    logger.on_trial_start(0, [], trial)
+    logger.on_trial_result(0, [], trial, {"round": 1, "target/miou": 0.3})
+    logger.on_trial_result(0, [], trial, {"round": 1, "target/miou": 0.3})  # resent (a resumed driver)
+    logger.on_trial_result(0, [], trial, {"round": 1, "target/miou": 0.5})  # redone by a PBT clone
+    history = sorted(m.value for m in client.get_metric_history(logger._runs["t1"], "target/miou"))
+    assert history == [0.3, 0.5]
+
+
+def test_a_full_disk_does_not_stop_tracking(tmp_path, monkeypatch, caplog):
+    import errno
+
+    import orchestrator.tracking as tracking
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    parent = SweepTracking(uri, "s").start_parent("sweep", {}, {})
+    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({}, {}), unsent_path=str(tmp_path / "unsent.jsonl"))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tracking, "append_unsent", full)
+    trial = SimpleNamespace(trial_id="t1", config={})
+    logger.on_trial_start(0, [], trial)
+    logger.on_trial_result(0, [], trial, {"round": 0, "target/miou": 0.1})
+    assert [m.value for m in client.get_metric_history(logger._runs["t1"], "target/miou")] == [0.1]
+    assert caplog.text.count("cannot write the MLflow outbox") == 1

@@ -355,10 +355,12 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
         return {"model": model_identity(cfg, num_classes), "modules": _module_states(models),
                 "optimizers": optimizers.state_dict() if optimizers else {}, "mode": mode,
                 "round": int(job.get("round", 0)), "global_step": global_step, "job_step": job_step,
-                "rng": torch.get_rng_state(), "soft_labels_fixed": soft_labels_fixed}
+                "rng": torch.get_rng_state(), "soft_labels_fixed": soft_labels_fixed, "loss_sums": dict(sums)}
 
     train_selector = mode == "source" or bool(job.get("train_selector", True))
-    sums: dict[str, float] = {}
+    # A resumed job continues its loss sums too, so its reported means are those of an uninterrupted job.
+    sums: dict[str, float] = dict(resume_state.get("loss_sums", {})) if resume_state is not None else {}
+    start_step = job_step
     started = time.perf_counter()
     # A job may be given its own step count (a warm-up, or one round's share of adapt.total_steps).
     steps = 0 if mode == "evaluate" or given_source else int(job.get("steps", section["steps"]))
@@ -400,8 +402,10 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     if distributed:
         dist.all_reduce(confusion)
     confusion = confusion.cpu()
+    # train/start_step: where this attempt began (> 0 only when Ray Train restarted it from a checkpoint).
     metrics: dict[str, Any] = {"target/miou": mean_iou(confusion), "train/steps": steps,
-                               "train/global_step": global_step, "train/seconds": train_seconds}
+                               "train/global_step": global_step, "train/seconds": train_seconds,
+                               "train/start_step": start_step}
     if steps:
         metrics["train/images_per_s"] = steps * section["batch_size"] * world / max(train_seconds, 1e-9)
     for name, value in zip(domains.classes, iou_per_class(confusion).tolist()):

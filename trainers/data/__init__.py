@@ -7,6 +7,7 @@ the same loaders as real data, so both paths are one path.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,7 @@ from .cityscapes import CityscapesSegmentation
 from .errors import DatasetError
 from .gta5 import GTA5Segmentation
 from .labelmaps import CLASS_SETS, IGNORE_INDEX
-from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic_domains
-from .segmentation_pairs import read_image_size
+from .synthetic import SYNTHETIC_CLASSES, ensure_synthetic_domains, synthetic_domain_folder
 from .synthia import SynthiaSegmentation
 from .transforms import training_transform
 
@@ -90,29 +90,60 @@ class DomainSplits:
     classes: tuple[str, ...]
 
 
-def domain_roots(data_cfg: dict, progress=None) -> tuple[Path, Path]:
-    """Source and target roots; an empty root means the generated synthetic domain (made if missing)."""
+def domain_roots(data_cfg: dict, progress=None, *, generate: bool = True) -> tuple[Path | None, Path | None]:
+    """Source and target roots; an empty root means the generated synthetic domain (made if missing).
+
+    With ``generate=False`` nothing is written: a synthetic domain not generated yet comes back as None.
+    """
     source_root, target_root = data_cfg["source"]["root"], data_cfg["target"]["root"]
     if not source_root or not target_root:
-        generated = ensure_synthetic_domains(data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"],
-                                             data_cfg["synthetic"], progress=progress)
+        if generate:
+            generated = ensure_synthetic_domains(data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"],
+                                                 data_cfg["synthetic"], progress=progress)
+        else:
+            folder = synthetic_domain_folder(data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"],
+                                             data_cfg["synthetic"])
+            generated = (folder / "source", folder / "target") if (folder / "complete").is_file() else (None, None)
         source_root = source_root or generated[0]
         target_root = target_root or generated[1]
-    return Path(source_root), Path(target_root)
+    return (Path(source_root) if source_root else None), (Path(target_root) if target_root else None)
 
 
-def check_domains(data_cfg: dict, progress=None) -> DomainSplits:
-    """Build the splits and read every image's and label's header, so a missing root, an empty split,
-    a missing label or an unreadable file fails now, in one line naming it, not hours into a run."""
-    domains = build_domains(data_cfg, progress)
-    for name in ("source", "target_pool", "target_val"):
-        dataset = getattr(domains, name)
+def check_domains(data_cfg: dict, progress=None) -> None:
+    """Decode every image and label a run will use, so a missing root, an empty split, a missing label,
+    a truncated file or an undefined label id fails now, in one line naming it, not hours into a run.
+
+    Writes nothing but the cache of verified files: a synthetic domain that is not generated yet is not
+    made here (only its cache folder is checked); the run generates it once it starts.
+    """
+    from .verify import verify_splits
+
+    source_root, target_root = domain_roots(data_cfg, generate=False)
+    if source_root is None or target_root is None:
+        check_writable_folder(data_cfg["cache_dir"], "data.cache_dir")
+    splits = {}
+    if source_root is not None:
+        splits["source"] = _source_split(data_cfg, source_root)
+    if target_root is not None:
+        splits["target_pool"], splits["target_val"] = _target_splits(data_cfg, target_root)
+    for name, dataset in splits.items():
         if len(dataset) == 0:
             raise DatasetError(f"the {name.replace('_', ' ')} split has no images")
-        for image_path, label_path in dataset.files:
-            if read_image_size(image_path) != read_image_size(label_path):
-                raise DatasetError(f"label '{label_path}' and image '{image_path}' differ in size")
-    return domains
+    decoded, known = verify_splits(splits, data_cfg["cache_dir"], progress)
+    if progress is not None and splits:
+        progress(f"data: {decoded + known} image/label pairs checked ({known} unchanged since their last check)")
+
+
+def check_writable_folder(folder: str | Path, key: str) -> None:
+    """``DatasetError`` unless ``folder`` exists as a writable folder or could be created (nothing is made)."""
+    path = Path(folder).resolve()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise DatasetError(f"{key} '{folder}': '{existing}' is not a folder")
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        raise DatasetError(f"{key} '{folder}': '{existing}' is not writable"
+                           + (" (a read-only file system)" if read_only else ""))
 
 
 def source_input_size(data_cfg: dict) -> tuple[int, int]:
@@ -124,6 +155,28 @@ def source_input_size(data_cfg: dict) -> tuple[int, int]:
     return height, width
 
 
+def _source_split(data_cfg: dict, root: Path) -> Dataset:
+    size, source_size = (data_cfg["height"], data_cfg["width"]), source_input_size(data_cfg)
+    aug = data_cfg["augment"]
+    rescale = (aug["scale_min"], aug["scale_max"]) != (1.0, 1.0)
+    augment = training_transform(size=None, scale=(aug["scale_min"], aug["scale_max"]),
+                                 crop=size if rescale or source_size != size else None, hflip=aug["hflip"])
+    return SOURCE_FORMATS[data_cfg["source"]["format"]](root, data_cfg["class_set"], source_size, augment)
+
+
+def _target_splits(data_cfg: dict, root: Path) -> tuple[Dataset, Dataset]:
+    size, class_set = (data_cfg["height"], data_cfg["width"]), data_cfg["class_set"]
+    target_format = TARGET_FORMATS[data_cfg["target"]["format"]]
+    pool = target_format(root, data_cfg["target"]["pool_split"], class_set, size)
+    val = target_format(root, data_cfg["target"]["val_split"], class_set, size,
+                        native_labels=data_cfg["eval_resolution"] == "native")
+    if data_cfg["pool_images"]:
+        pool = SeededSubset(pool, data_cfg["pool_images"], data_cfg["subset_seed"])
+    if data_cfg["val_images"]:
+        val = SeededSubset(val, data_cfg["val_images"], data_cfg["subset_seed"])
+    return pool, val
+
+
 def build_domains(data_cfg: dict, progress=None) -> DomainSplits:
     """Build the splits named by a ``data`` config section (as a plain dict).
 
@@ -132,24 +185,10 @@ def build_domains(data_cfg: dict, progress=None) -> DomainSplits:
     randomly rescaled, then randomly cropped to the target's size (padded with ignore where
     smaller), as AdaptSegNet and RIPU do, so both domains share one batch shape.
     """
-    size = (data_cfg["height"], data_cfg["width"])
-    source_size = source_input_size(data_cfg)
-    class_set = data_cfg["class_set"]
     source_root, target_root = domain_roots(data_cfg, progress)
-    aug = data_cfg["augment"]
-    rescale = (aug["scale_min"], aug["scale_max"]) != (1.0, 1.0)
-    augment = training_transform(size=None, scale=(aug["scale_min"], aug["scale_max"]),
-                                 crop=size if rescale or source_size != size else None, hflip=aug["hflip"])
-    source = SOURCE_FORMATS[data_cfg["source"]["format"]](source_root, class_set, source_size, augment)
-    target_format = TARGET_FORMATS[data_cfg["target"]["format"]]
-    pool = target_format(target_root, data_cfg["target"]["pool_split"], class_set, size)
-    val = target_format(target_root, data_cfg["target"]["val_split"], class_set, size,
-                        native_labels=data_cfg["eval_resolution"] == "native")
-    if data_cfg["pool_images"]:
-        pool = SeededSubset(pool, data_cfg["pool_images"], data_cfg["subset_seed"])
-    if data_cfg["val_images"]:
-        val = SeededSubset(val, data_cfg["val_images"], data_cfg["subset_seed"])
-    return DomainSplits(source=source, target_pool=pool, target_val=val, classes=CLASS_SETS[class_set])
+    pool, val = _target_splits(data_cfg, target_root)
+    return DomainSplits(source=_source_split(data_cfg, source_root), target_pool=pool, target_val=val,
+                        classes=CLASS_SETS[data_cfg["class_set"]])
 
 
 __all__ = ["CLASS_SETS", "DatasetError", "DomainSplits", "EVAL_RESOLUTIONS", "SeededSubset", "IGNORE_INDEX", "SOURCE_FORMATS",

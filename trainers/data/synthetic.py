@@ -286,6 +286,11 @@ def _save(image: Image.Image, path: Path) -> None:
     image.save(path)
 
 
+def synthetic_domain_folder(cache_dir: str | Path, height: int, width: int, synthetic: dict) -> Path:
+    """Where ``ensure_synthetic_domains`` keeps the domains of these settings (complete once ``complete`` exists)."""
+    return Path(cache_dir).resolve() / f"synthetic-{domain_hash(height, width, synthetic)}"
+
+
 def ensure_synthetic_domains(cache_dir: str | Path, height: int, width: int, synthetic: dict,
                              progress=None) -> tuple[Path, Path]:
     """The generated domains for these settings, written once into ``cache_dir/synthetic-<hash>``.
@@ -294,7 +299,7 @@ def ensure_synthetic_domains(cache_dir: str | Path, height: int, width: int, syn
     concurrent callers (Train workers, ranking actors) never see a half-written domain; a caller
     that loses the race discards its copy (the content is identical by construction).
     """
-    final = Path(cache_dir).resolve() / f"synthetic-{domain_hash(height, width, synthetic)}"
+    final = synthetic_domain_folder(cache_dir, height, width, synthetic)
     if not (final / "complete").is_file():
         staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)

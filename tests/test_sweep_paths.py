@@ -1,0 +1,199 @@
+"""Paths of the sweep that a unit test cannot show, each run end to end once: ASHA stopping a trial
+(with a region budget, selector ``none`` and the oracle reference inside real trials), PBT cloning a
+trial with its labels, and the human-annotation loop. After each, no process of the run is left.
+
+The tests share one output folder, so the source model is trained once (it is cached by config).
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, processes_left, run_cli, tagged_env
+
+pytestmark = pytest.mark.integration
+
+POOL_PIXELS = 8 * 32 * 64  # the smoke pool: 8 images of 32x64
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    return tmp_path_factory.mktemp("sweep-paths")
+
+
+def sweep(shared, name: str, *args: str, timeout: float = 600):
+    env, tag = tagged_env()
+    result = run_cli("orchestrator.sweep", "--smoke", "--name", name, "--output-dir", str(shared / "runs"),
+                     "--set", f"data.cache_dir={shared / 'data'}", "--tracking-uri", f"sqlite:///{shared / 'm.db'}",
+                     *args, cwd=shared, timeout=timeout, env=env)
+    assert processes_left(tag) == [], "processes of the sweep outlived it"
+    return result
+
+
+def trial_runs(shared, name: str):
+    client = MlflowClient(f"sqlite:///{shared / 'm.db'}")
+    experiment = client.get_experiment_by_name(name)
+    return client, client.search_runs([experiment.experiment_id], "tags.`activeda.kind` = 'trial'")
+
+
+def trial_configs(shared, name: str) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (shared / "runs" / name / "trials").glob("*/config.json")}
+
+
+def bought_once(labels_dir) -> bool:
+    """No pixel of the store was bought in two rounds."""
+    seen = set()
+    for path in sorted(labels_dir.glob("round-*.parquet")):
+        table = pq.read_table(path)
+        for image_id, ys, xs, rle, height, width in zip(*(table[c].to_pylist() for c in (
+                "image_id", "ys", "xs", "mask_rle", "height", "width"))):
+            if rle:
+                from pixel_selectors.encoding import rle_decode
+
+                flat = rle_decode(np.asarray(rle), height * width)
+                ys, xs = (flat // width).tolist(), (flat % width).tolist()
+            for pixel in zip(ys, xs):
+                if (image_id, *pixel) in seen:
+                    return False
+                seen.add((image_id, *pixel))
+    return True
+
+
+def test_asha_stops_a_weak_trial_as_a_result(shared):
+    # One trial buys 2% of the pool's pixels a round with LabOR's region selector; the other buys nothing
+    # (selector none: unsupervised adaptation) with a learning rate that ruins its model (mIoU near
+    # chance), so ASHA, comparing the two at round 1, stops it.
+    space = ("{cases: {grid: [{selection.selector: labor_spl, selection.budget_fraction: 0.02}, "
+             "{selection.selector: none, adapt.lr: 1.0}]}}")
+    result = sweep(shared, "asha", "--set", "sweep.scheduler=asha", "--set", "selection.rounds=2",
+                   "--set", "sweep.oracle_reference=true", "--max-concurrent", "1",
+                   "--set", f"sweep.search_space={space}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 trial(s), 0 failed" in result.stdout
+    assert "oracle (every pool pixel labeled) target mIoU: " in result.stdout
+    rows = [line for line in result.stdout.splitlines() if re.match(r"[0-9a-f]{5}_\d{5} ", line)]  # the table
+    assert any(" none " in row and row.endswith("stopped by asha after round 1") for row in rows), rows
+    assert any(" labor_spl " in row and row.endswith(" ok") for row in rows), rows
+
+    configs = trial_configs(shared, "asha")
+    trials = shared / "runs" / "asha" / "trials"
+    for trial_id, config in configs.items():
+        labels = trials / trial_id / "labels"
+        if config["selection"]["selector"] == "none":
+            assert [pq.read_table(p).num_rows for p in sorted(labels.glob("round-*.parquet"))] == [0]
+        else:
+            budget = round(0.02 * POOL_PIXELS)
+            sizes = [sum(pq.read_table(p)["num_pixels"].to_pylist()) for p in sorted(labels.glob("round-*.parquet"))]
+            assert sizes == [budget, budget] and bought_once(labels)
+    client, runs = trial_runs(shared, "asha")
+    steps = {r.data.params["selection.selector"]: sorted(m.step for m in client.get_metric_history(
+        r.info.run_id, "target/miou")) for r in runs}
+    assert steps == {"labor_spl": [0, 1, 2], "none": [0, 1]} and all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_pbt_clones_a_trial_with_its_labels(shared):
+    # The second trial's learning rate ruins it: after round 1 it is in PBT's lower quantile and
+    # continues the first trial, with its model and its round-1 labels. It bought other pixels in its
+    # own round 1 (3 points per image, not 5): those are set aside, not mixed in.
+    space = ("{cases: {grid: [{adapt.lr: 0.001, selection.points_per_image: 5}, "
+             "{adapt.lr: 1.0, selection.points_per_image: 3}]}, adapt.confusion_weight: {uniform: [0.0, 1.0]}}")
+    result = sweep(shared, "pbt", "--set", "sweep.scheduler=pbt", "--set", "selection.rounds=2",
+                   "--max-concurrent", "2", "--set", f"sweep.search_space={space}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    clones = [line for line in result.stdout.splitlines() if "(PBT): its model and" in line]
+    assert clones, "no trial was cloned:\n" + result.stdout[-3000:]
+    clone_id = clones[0].split("]")[0].rsplit("_", 2)[-2:]
+    trials = shared / "runs" / "pbt" / "trials"
+    clone_dir = next(d for d in trials.iterdir() if d.name.endswith("_".join(clone_id)))
+    donor_id, after = clones[0].split("continuing from trial ")[1].split(" after its round ")
+    taken = int(after.split()[0])
+    assert taken >= 1, "cloned before any labels were bought: the labels were not cloned"
+    for round_index in range(1, taken + 1):
+        name = f"round-{round_index:04d}.parquet"
+        assert (clone_dir / "labels" / name).read_bytes() == (trials / donor_id / "labels" / name).read_bytes()
+    assert bought_once(clone_dir / "labels")
+    assert list((clone_dir / "labels" / "superseded").glob("set-aside-round-0001-*.parquet"))  # its own, kept
+    assert sorted(p.name for p in (clone_dir / "labels").glob("round-*.parquet")) == \
+        ["round-0001.parquet", "round-0002.parquet"]
+
+
+def test_human_annotation_loop(shared):
+    args = ["--set", "selection.oracle=human", "--set", "selection.rounds=1",
+            "--set", "sweep.search_space={selection.points_per_image: {grid: [3]}}"]
+    waiting = sweep(shared, "human", *args)
+    assert waiting.returncode == 3, waiting.stdout[-3000:] + waiting.stderr[-3000:]
+    assert "waits for the annotations of round 1" in waiting.stdout
+    (trial_dir,) = (shared / "runs" / "human" / "trials").iterdir()
+    queries = trial_dir / "queries" / "round-0001.json"
+    assert f"label the pixels in '{queries}'" in waiting.stdout
+    assert not (trial_dir / "labels").exists() or not list((trial_dir / "labels").glob("round-*"))  # nothing yet
+
+    document = json.loads(queries.read_text())
+    assert len(document["images"]) == 8 and all(len(e["points"]) == 3 for e in document["images"])
+    for entry in document["images"]:
+        entry["labels"] = [(entry["image_id"] + i) % len(document["classes"]) for i in range(3)]
+    answers = shared / "answers.json"
+    answers.write_text(json.dumps(document))
+    imported = run_cli("orchestrator.annotate", "import", "--trial-dir", str(trial_dir), "--round", "1",
+                       "--answers", str(answers), cwd=shared, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+
+    resumed = sweep(shared, "human", *args, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "round 1: labels already bought, not ranking again" in resumed.stdout
+    assert "1 trial(s), 0 failed" in resumed.stdout
+    table = pq.read_table(trial_dir / "labels" / "round-0001.parquet")
+    assert {i: labels for i, labels in zip(table["image_id"].to_pylist(), table["labels"].to_pylist())} == \
+        {e["image_id"]: e["labels"] for e in document["images"]}  # trained on the people's answers
+    client, (run,) = trial_runs(shared, "human")
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "target/miou")) == [0, 1]
+    assert run.info.status == "FINISHED"
+
+
+def test_ctrl_c_leaves_no_process_behind(shared):
+    env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT)})
+    env.pop("MLFLOW_TRACKING_URI", None)
+    trials = shared / "runs" / "interrupted" / "trials"
+    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", "--smoke", "--name", "interrupted",
+                               "--output-dir", str(shared / "runs"), "--set", f"data.cache_dir={shared / 'data'}",
+                               "--tracking-uri", f"sqlite:///{shared / 'm.db'}"],
+                              cwd=shared, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and driver.poll() is None and not list(trials.glob("*/labels/round-*")):
+            time.sleep(0.5)
+        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
+        output, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert driver.returncode != 0, output.decode()[-3000:]
+    assert processes_left(tag) == [], "processes of the interrupted sweep outlived it"
+
+
+def test_a_run_leaves_no_process_behind(shared):
+    """The case that was seen: ``orchestrator.run --smoke`` with ``labor_spl`` exited 0 and one
+    ``ray::TrainController`` of it lived on, re-parented to init. Now nothing of the run is left."""
+    env, tag = tagged_env()
+    result = run_cli("orchestrator.run", "--smoke", "--name", "one-run", "--output-dir", str(shared / "runs"),
+                     "--set", f"data.cache_dir={shared / 'data'}", "--set", "selection.selector=labor_spl",
+                     "--set", "selection.budget_fraction=0.022",
+                     "--tracking-uri", f"sqlite:///{shared / 'm.db'}", cwd=shared, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert processes_left(tag) == [], "processes of the run outlived it"
+    client = MlflowClient(f"sqlite:///{shared / 'm.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("one-run").experiment_id],
+                                "tags.`activeda.kind` = 'run'")
+    assert run.info.status == "FINISHED" and run.data.tags["selector"] == "labor_spl"

@@ -100,9 +100,11 @@ class ScaleRanker(Ranker):
         self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
         self.loading = None  # generated images: computed in the calling thread, nothing to decode
+        self.prefetching = None  # ... nor to decode ahead
         self._queries: dict = {}
 
-    def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0, max_share=None):
+    def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0, max_share=None,
+             prefetch_ids=None):
         coordinates = labeled_coordinates(labeled, image_ids)  # from the store, as every actor reads it
         keys = {i: (self._key(i, coordinates.get(i), round_index), max_share) for i in image_ids}
         first_of = {}

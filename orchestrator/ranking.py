@@ -95,16 +95,42 @@ class Ranker:
         self.seed = int(cfg["seed"])
         # Decode a shard's images on all of the actor's CPUs at once (a 2048x1024 PNG: ~150 ms of one core).
         self.loading = concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix="load")
+        # The next shard's images are decoded while this one is forwarded and selected (``prefetch_ids``):
+        # one coordinating thread, whose per-image work goes to ``loading`` (never a task of ``loading``
+        # waiting on ``loading``'s own queue).
+        self.prefetching = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self.prefetched: tuple[tuple[int, ...], concurrent.futures.Future] | None = None
+        self.prefetch_hits = 0
+
+    def _images(self, image_ids: list[int], prefetch_ids: list[int] | None) -> torch.Tensor:
+        """The shard's images (taken from the prefetch when it was this shard), and the next shard's decode
+        started in the background."""
+        pin = self.device.type == "cuda"
+        pending, self.prefetched = getattr(self, "prefetched", None), None
+        if pending is not None and pending[0] == tuple(image_ids):
+            images = pending[1].result()  # a decoding error surfaces here, as it would without prefetch
+            self.prefetch_hits = getattr(self, "prefetch_hits", 0) + 1
+        else:
+            if pending is not None:  # the driver sent another shard (an actor died): drop the guess
+                pending[1].cancel()
+            images = load_images(self.pool, image_ids, self.loading, pin_memory=pin)
+        if prefetch_ids and getattr(self, "prefetching", None) is not None:
+            self.prefetched = (tuple(prefetch_ids), self.prefetching.submit(
+                load_images, self.pool, list(prefetch_ids), self.loading, pin))
+        return images
 
     def rank(self, image_ids: list[int], labeled, num_points: int, round_index: int = 1, budget_pixels: int = 0,
-             max_share: float | None = None) -> list[tuple[int, PointQuery | RegionQuery]]:
+             max_share: float | None = None,
+             prefetch_ids: list[int] | None = None) -> list[tuple[int, PointQuery | RegionQuery]]:
         """Queries of each image. Point selectors give ``num_points`` points, or with a global
         ``budget_pixels`` as many as the budget could use from one image; region selectors give
         their best regions covering at most the budget (what the driver's merge can use), tiling
         selectors at most ``max_share`` of the image's free pixels (``select_image``).
-        ``labeled``: a ``LabelReader`` (read here, for these images only) or a dict id -> (ys, xs)."""
+        ``labeled``: a ``LabelReader`` (read here, for these images only) or a dict id -> (ys, xs).
+        ``prefetch_ids``: the shard this actor will most likely be sent next; its images are decoded
+        while this shard is ranked (the queries do not depend on it)."""
         coordinates = labeled_coordinates(labeled, image_ids)
-        images = load_images(self.pool, image_ids, self.loading, pin_memory=self.device.type == "cuda")
+        images = self._images(image_ids, prefetch_ids)
         images = images.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             images = images.contiguous(memory_format=torch.channels_last)
@@ -215,6 +241,9 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
     ranked, replaced = 0, 0
     points = cfg["selection"]["points_per_image"]
     queue = list(shards)
+    # Each working actor has the shard it will be sent next set by (one shard of lookahead), so it
+    # decodes that shard's images while it ranks the current one; a dead actor's lookahead goes back.
+    lookahead: dict = {}  # actor -> shard
     # An actor gets work only once it has started: on a busy cluster some actors may not start
     # before the others finish, and a shard waiting on such an actor would wait forever.
     waiting_to_start = {actor.ready.remote(): actor for actor in actors}
@@ -242,6 +271,8 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
                 if replaced > rk["max_actor_restarts"]:
                     raise RuntimeError(f"ranking actors died {replaced} times (ranking.max_actor_restarts="
                                        f"{rk['max_actor_restarts']}); last: {err}") from None
+                if actor in lookahead:
+                    queue.insert(0, lookahead.pop(actor))
                 if shard is not None:
                     log.warning("ranking actor died on images %s-%s; re-ranking them on a new actor",
                                 shard[0], shard[-1])
@@ -265,10 +296,13 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
                 if progress is not None:
                     elapsed = time.perf_counter() - first_ready
                     progress(f"ranked {ranked}/{pool_size} target images ({ranked / max(elapsed, 1e-9):.1f} images/s)")
-            if queue:
-                shard = queue.pop(0)
+            if queue or actor in lookahead:
+                shard = lookahead.pop(actor) if actor in lookahead else queue.pop(0)
+                following = queue.pop(0) if queue else None
+                if following is not None:
+                    lookahead[actor] = following
                 ref = actor.rank.remote(shard, _for_shard(labeled, shard), points, round_index, budget_pixels,
-                                        max_share)
+                                        max_share, following)
                 working[ref] = (actor, shard)
         peaks = _peak_memories([a for a in actors if a not in dead])
     finally:

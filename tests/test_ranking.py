@@ -131,3 +131,32 @@ def test_share_spread_scores_squares_by_their_share_of_the_images_free_pixels(se
         assert not np.array_equal(by_share[image_id].scores, share_of_candidates(squares).head(40).scores)
         assert np.array_equal(by_score[image_id].indices, head.indices)  # the same squares first
         assert by_share[image_id].scores.max() < 0 <= by_score[image_id].scores.min()  # shares, not draws
+
+
+def test_the_next_shard_is_decoded_while_this_one_is_ranked(setup):
+    ckpt, cfg = setup
+    plain = Ranker(ckpt, cfg())
+    reference = {**dict(plain.rank([0, 1], {}, 6)), **dict(plain.rank([2, 3], {}, 6)), **dict(plain.rank([3], {}, 6))}
+
+    class CountingPool:
+        def __init__(self, inner):
+            self.inner, self.read = inner, []
+
+        def __getitem__(self, i):
+            self.read.append(i)
+            return self.inner[i]
+
+    ranker = Ranker(ckpt, cfg())
+    ranker.pool = CountingPool(ranker.pool)
+    got = dict(ranker.rank([0, 1], {}, 6, prefetch_ids=[2, 3]))
+    ranker.prefetched[1].result()  # the next shard is decoded in the background
+    assert sorted(ranker.pool.read) == [0, 1, 2, 3]
+    got.update(ranker.rank([2, 3], {}, 6, prefetch_ids=[1]))
+    ranker.prefetched[1].result()
+    assert sorted(ranker.pool.read) == [0, 1, 1, 2, 3]
+    assert ranker.prefetch_hits == 1  # 2 and 3 came from the prefetch, not decoded again
+    # A wrong guess (the driver sent another shard: an actor died) is dropped, and the shard decoded.
+    wrong = dict(ranker.rank([3], {}, 6))
+    assert ranker.prefetch_hits == 1 and ranker.prefetched is None
+    for image_id, query in [*got.items(), *wrong.items()]:
+        assert np.array_equal(query.ys, reference[image_id].ys) and np.array_equal(query.xs, reference[image_id].xs)

@@ -172,7 +172,9 @@ def test_ctrl_c_leaves_no_process_behind(shared):
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None and not list(trials.glob("*/labels/round-*")):
             time.sleep(0.5)
-        assert driver.poll() is None, "the sweep ended before it could be interrupted"
+        if driver.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {driver.returncode}) before it could be interrupted:\n"
+                                 + driver.communicate()[0].decode(errors="replace")[-3000:])
         os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
         output, _ = driver.communicate(timeout=180)
     finally:

@@ -299,9 +299,10 @@ def replay_what_is_left(sweep_dir: Path, server: "MlflowServer", faults: FaultLo
     from orchestrator.tracking import UNSENT_FILE, read_outbox
 
     outbox = sweep_dir / UNSENT_FILE
-    if not outbox.is_file() or not read_outbox(outbox):
+    left = read_outbox(outbox) if outbox.is_file() else []
+    if not left:
         return
-    faults.outbox_left = len(read_outbox(outbox))
+    faults.outbox_left = len(left)
     if not server.up:
         server.start()
         note("MLflow server started again")

@@ -100,7 +100,7 @@ class ScaleRanker(Ranker):
         self.region_spread = cfg["selection"]["region_spread"]
         self.seed = int(cfg["seed"])
         self.loading = None  # generated images: computed in the calling thread, nothing to decode
-        self.prefetching = None  # ... nor to decode ahead
+        self.prefetching, self.prefetched, self.prefetch_hits = None, None, 0  # ... nor to decode ahead
         self._queries: dict = {}
 
     def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0, max_share=None,

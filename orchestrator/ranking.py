@@ -106,15 +106,15 @@ class Ranker:
         """The shard's images (taken from the prefetch when it was this shard), and the next shard's decode
         started in the background."""
         pin = self.device.type == "cuda"
-        pending, self.prefetched = getattr(self, "prefetched", None), None
+        pending, self.prefetched = self.prefetched, None
         if pending is not None and pending[0] == tuple(image_ids):
             images = pending[1].result()  # a decoding error surfaces here, as it would without prefetch
-            self.prefetch_hits = getattr(self, "prefetch_hits", 0) + 1
+            self.prefetch_hits += 1
         else:
             if pending is not None:  # the driver sent another shard (an actor died): drop the guess
                 pending[1].cancel()
             images = load_images(self.pool, image_ids, self.loading, pin_memory=pin)
-        if prefetch_ids and getattr(self, "prefetching", None) is not None:
+        if prefetch_ids and self.prefetching is not None:
             self.prefetched = (tuple(prefetch_ids), self.prefetching.submit(
                 load_images, self.pool, list(prefetch_ids), self.loading, pin))
         return images

@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: venv sweep smoke test test-slow test-deps clean
+.PHONY: venv sweep smoke lint test test-slow test-deps clean
 
 venv: $(VENV)/.installed
 
@@ -33,7 +33,12 @@ test-deps:
 	-bash scripts/install_browser_test_deps.sh
 	-bash scripts/install_cluster_test_deps.sh
 
-test: venv test-deps
+# ruff: lint and format check (a second or two); `$(PY) -m ruff format .` fixes the format.
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: venv test-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The tests marked slow (a small chaos run: processes killed at random during a sweep), about 10 min alone.

@@ -22,24 +22,32 @@ from pathlib import Path
 
 from benchmarks.calibrate_domains import selected_labels, trainer
 from benchmarks.common import benchmark_config
-from orchestrator.config import with_overrides
+from experiment_config import with_overrides
 from trainers.data import build_domains, domain_roots
 
-OFF = {"adapt.adversarial_weight": 0.0, "adapt.confusion_weight": 0.0, "adapt.soft_label_weight": 0.0,
-       "adapt.pseudo_label_weight": 0.0, "adapt.discrepancy_weight": 0.0}
+OFF = {
+    "adapt.adversarial_weight": 0.0,
+    "adapt.confusion_weight": 0.0,
+    "adapt.soft_label_weight": 0.0,
+    "adapt.pseudo_label_weight": 0.0,
+    "adapt.discrepancy_weight": 0.0,
+}
 STEPS = [
     ("sparse target CE only", {}),
     ("+ AdaptSeg adversarial", {"adapt.adversarial_weight": None}),
     ("+ Tzeng domain confusion", {"adapt.confusion_weight": None}),
     ("+ Tzeng soft labels", {"adapt.soft_label_weight": None}),
-    ("+ LabOR selector heads (pseudo labels, MCD)", {"adapt.pseudo_label_weight": None,
-                                                     "adapt.discrepancy_weight": None}),
+    (
+        "+ LabOR selector heads (pseudo labels, MCD)",
+        {"adapt.pseudo_label_weight": None, "adapt.discrepancy_weight": None},
+    ),
 ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--in-process", action="store_true", help="run the engine here instead of on Ray Train")
     args = parser.parse_args(argv)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import benchmark_config
-from orchestrator.labels import Oracle
-from orchestrator.ranking import Ranker
+from orchestrator.labels.oracle import Oracle
+from orchestrator.round.ranking import Ranker
 from trainers.checkpoint import save_checkpoint
 from trainers.data import build_domains, domain_roots
 from trainers.engine import run_job
@@ -48,8 +48,9 @@ def selected_labels(checkpoint: str, cfg: dict, selector: str, pool) -> dict:
     oracle = Oracle(pool)
     out = {}
     for start in range(0, len(pool), 8):
-        for image_id, query in ranker.rank(list(range(start, min(start + 8, len(pool)))), {},
-                                           cfg["selection"]["points_per_image"]):
+        for image_id, query in ranker.rank(
+            list(range(start, min(start + 8, len(pool)))), {}, cfg["selection"]["points_per_image"]
+        ):
             revealed = oracle.reveal(image_id, query.ys, query.xs)
             out[image_id] = (revealed.ys, revealed.xs, revealed.labels)
     return out
@@ -68,9 +69,10 @@ def trainer(in_process: bool, cfg, workdir: Path):
                 return result.metrics, None
             save_checkpoint(workdir / name, result.state)
             return result.metrics, str(workdir / name)
+
         return train
 
-    from orchestrator.raysession import start_ray
+    from orchestrator.cluster.ray_session import start_ray
     from trainers.train_loop import run_training
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
@@ -78,12 +80,16 @@ def trainer(in_process: bool, cfg, workdir: Path):
     def train(job, name):
         result = run_training(job, storage_path=workdir / "ray", name=name)
         return result.metrics, result.checkpoint_dir
+
     return train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.calibrate_domains", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.calibrate_domains",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", metavar="YAML")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--in-process", action="store_true", help="run the engine here instead of on Ray Train")
@@ -104,13 +110,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"source-only: {figures['source-only']:.4f}", flush=True)
     runs = {
         "oracle (all pool pixels)": full_labels(pool),
-        f"random, {cfg.selection.points_per_image} points/image": selected_labels(source_ckpt, cfg_dict, "random", pool),
-        f"labor_ppl, {cfg.selection.points_per_image} points/image": selected_labels(source_ckpt, cfg_dict, "labor_ppl",
-                                                                                    pool),
+        f"random, {cfg.selection.points_per_image} points/image": selected_labels(
+            source_ckpt, cfg_dict, "random", pool
+        ),
+        f"labor_ppl, {cfg.selection.points_per_image} points/image": selected_labels(
+            source_ckpt, cfg_dict, "labor_ppl", pool
+        ),
     }
     for name, labels in runs.items():
-        job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": source_ckpt, "sparse_labels": labels,
-               "round": 1}
+        job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": source_ckpt, "sparse_labels": labels, "round": 1}
         metrics, _ = train(job, name.split(" ")[0].strip(","))
         figures[name] = metrics["target/miou"]
         print(f"{name}: {figures[name]:.4f}", flush=True)

@@ -70,14 +70,29 @@ def sweep_args(plan: Plan, name: str) -> list[str]:
     """The sweep both runs make, as sweep ``name`` (the faulty one adds its tracking URI and, later,
     --resume). Both share one output folder, so the source model is trained once (it is cached)."""
     grid = ", ".join(map(str, plan.grid))
-    args = ["--smoke", "--output-dir", str(plan.workdir / "runs"), "--name", name, "--max-concurrent", "2",
-            "--set", f"selection.rounds={plan.rounds}",
-            "--set", f"sweep.search_space={{selection.points_per_image: {{grid: [{grid}]}}}}",
-            "--set", f"data.cache_dir={plan.workdir / 'data'}",
-            # Checkpoints within a round, so a killed Train worker resumes mid-round (no effect on results).
-            "--set", "adapt.checkpoint_every=2",
-            # Enough restarts for every kill one round might take.
-            "--set", f"train.max_failures={plan.kills + 5}", "--set", f"ranking.max_actor_restarts={plan.kills + 5}"]
+    args = [
+        "--smoke",
+        "--output-dir",
+        str(plan.workdir / "runs"),
+        "--name",
+        name,
+        "--max-concurrent",
+        "2",
+        "--set",
+        f"selection.rounds={plan.rounds}",
+        "--set",
+        f"sweep.search_space={{selection.points_per_image: {{grid: [{grid}]}}}}",
+        "--set",
+        f"data.cache_dir={plan.workdir / 'data'}",
+        # Checkpoints within a round, so a killed Train worker resumes mid-round (no effect on results).
+        "--set",
+        "adapt.checkpoint_every=2",
+        # Enough restarts for every kill one round might take.
+        "--set",
+        f"train.max_failures={plan.kills + 5}",
+        "--set",
+        f"ranking.max_actor_restarts={plan.kills + 5}",
+    ]
     for override in plan.overrides:
         args += ["--set", override]
     return args
@@ -95,8 +110,9 @@ def say(msg: str) -> None:
 
 # --- processes --------------------------------------------------------------------------------
 
+
 def marked(mark: str) -> list[int]:
-    from orchestrator.lifetime import processes_with
+    from orchestrator.cluster.processes import processes_with
 
     return processes_with(MARK, mark)
 
@@ -135,11 +151,28 @@ class MlflowServer:
     def start(self, timeout_s: float = 180.0) -> None:
         env = {**env_with_mark(self.mark), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.store}",
-             "--artifacts-destination", str(self.store.parent / "mlartifacts")],
-            cwd=self.store.parent, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.store}",
+                "--artifacts-destination",
+                str(self.store.parent / "mlartifacts"),
+            ],
+            cwd=self.store.parent,
+            env=env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
@@ -168,16 +201,28 @@ class MlflowServer:
 
 # --- the two runs -----------------------------------------------------------------------------
 
+
 def run_reference(plan: Plan) -> float:
     """The sweep without faults; returns its wall time."""
     run_dir = plan.workdir / "reference"
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with open(run_dir / "sweep.log", "wb") as log:
-        code = subprocess.call([sys.executable, "-m", "orchestrator.sweep", *sweep_args(plan, "reference"),
-                                "--tracking-uri", f"sqlite:///{run_dir / 'mlflow.db'}"],
-                               cwd=run_dir, env=env_with_mark(f"ref-{uuid.uuid4().hex[:8]}"), stdout=log,
-                               stderr=subprocess.STDOUT, timeout=plan.timeout_s)
+        code = subprocess.call(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.sweep",
+                *sweep_args(plan, "reference"),
+                "--tracking-uri",
+                f"sqlite:///{run_dir / 'mlflow.db'}",
+            ],
+            cwd=run_dir,
+            env=env_with_mark(f"ref-{uuid.uuid4().hex[:8]}"),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=plan.timeout_s,
+        )
     if code != 0:
         raise ChaosError(f"the fault-free sweep failed (exit {code}); see {run_dir / 'sweep.log'}")
     return time.monotonic() - started
@@ -185,7 +230,7 @@ def run_reference(plan: Plan) -> float:
 
 @dataclass
 class FaultLog:
-    kills: dict[str, int] = field(default_factory=lambda: {kind: 0 for kind in VICTIMS})
+    kills: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VICTIMS, 0))
     driver_starts: int = 0
     unexpected_exits: list[str] = field(default_factory=list)
     refused_starts: int = 0  # a driver started just before the server was killed is refused (exit 2)
@@ -224,8 +269,9 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
         faults.driver_starts += 1
         log = open(run_dir / f"driver-{faults.driver_starts:02d}.log", "wb")
         note(f"driver {faults.driver_starts} started" + (" with --resume" if resume else ""))
-        return subprocess.Popen(base + resume, cwd=run_dir, env=env_with_mark(mark), stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            base + resume, cwd=run_dir, env=env_with_mark(mark), stdout=log, stderr=subprocess.STDOUT
+        )
 
     def note(event: str) -> None:
         faults.events.append(f"{time.monotonic() - started:7.1f} s  {event}")
@@ -254,8 +300,9 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
                     faults.refused_starts += 1  # its pre-flight check found the server down: as it should
                     note(f"driver {faults.driver_starts} refused to start: the MLflow server is down")
                 else:
-                    faults.unexpected_exits.append(f"driver {faults.driver_starts} exited {code}: "
-                                                   f"{log_text.strip().splitlines()[-1:] or ''}")
+                    faults.unexpected_exits.append(
+                        f"driver {faults.driver_starts} exited {code}: {log_text.strip().splitlines()[-1:] or ''}"
+                    )
                     note(f"driver {faults.driver_starts} exited by itself with {code}")
                     if len(faults.unexpected_exits) > 5:
                         raise ChaosError("the driver keeps failing: " + "; ".join(faults.unexpected_exits))
@@ -266,8 +313,11 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
                 time.sleep(0.5)
                 continue
             if faults.total < plan.kills and now >= next_kill and (sweep_dir / "sweep.json").is_file():
-                kind = pending_kind or (first_of_each.pop(0) if first_of_each else
-                                        rng.choices(list(VICTIMS), weights=list(VICTIMS.values()))[0])
+                kind = pending_kind or (
+                    first_of_each.pop(0)
+                    if first_of_each
+                    else rng.choices(list(VICTIMS), weights=list(VICTIMS.values()))[0]
+                )
                 if kill(kind, driver, server, mark, rng, note):
                     faults.kills[kind] += 1
                     pending_kind = None
@@ -293,10 +343,10 @@ def run_with_faults(plan: Plan) -> tuple[FaultLog, float, Path]:
     return faults, wall, run_dir
 
 
-def replay_what_is_left(sweep_dir: Path, server: "MlflowServer", faults: FaultLog, note) -> None:
+def replay_what_is_left(sweep_dir: Path, server: MlflowServer, faults: FaultLog, note) -> None:
     """A sweep that ended while MLflow was down leaves its operations in its durable outbox and prints
     the replay command: bring the server back (as its operator would) and run that command."""
-    from orchestrator.tracking import UNSENT_FILE, read_outbox
+    from orchestrator.tracking.mlflow_runs import UNSENT_FILE, read_outbox
 
     outbox = sweep_dir / UNSENT_FILE
     left = read_outbox(outbox) if outbox.is_file() else []
@@ -306,12 +356,17 @@ def replay_what_is_left(sweep_dir: Path, server: "MlflowServer", faults: FaultLo
     if not server.up:
         server.start()
         note("MLflow server started again")
-    code = subprocess.call([sys.executable, "-m", "orchestrator.tracking", "replay", str(outbox),
-                            "--tracking-uri", server.uri], cwd=sweep_dir.parent, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.STDOUT)
+    code = subprocess.call(
+        [sys.executable, "-m", "orchestrator.tracking", "replay", str(outbox), "--tracking-uri", server.uri],
+        cwd=sweep_dir.parent,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     faults.outbox_unsent_after_replay = len(read_outbox(outbox)) if outbox.is_file() else 0
-    note(f"replayed the {faults.outbox_left} operation(s) the sweep left in {UNSENT_FILE} (MLflow was down when "
-         f"it ended): exit {code}, {faults.outbox_unsent_after_replay} still unsent")
+    note(
+        f"replayed the {faults.outbox_left} operation(s) the sweep left in {UNSENT_FILE} (MLflow was down when "
+        f"it ended): exit {code}, {faults.outbox_unsent_after_replay} still unsent"
+    )
     if code != 0:
         faults.unexpected_exits.append(f"the replay of {outbox} exited {code}")
 
@@ -343,6 +398,7 @@ def kill(kind: str, driver: subprocess.Popen, server: MlflowServer, mark: str, r
 
 # --- what the faults cost ---------------------------------------------------------------------
 
+
 def trial_metrics(store: Path, name: str) -> tuple[dict[int, dict[str, list[tuple[int, float]]]], dict]:
     """Per trial (its points per image): metric -> [(round, value), ...] from MLflow; and run counts."""
     from mlflow.tracking import MlflowClient
@@ -362,8 +418,9 @@ def trial_metrics(store: Path, name: str) -> tuple[dict[int, dict[str, list[tupl
         history = out.setdefault(key, {})
         for name in run.data.metrics:
             if name.startswith(COMPARED):
-                history.setdefault(name, []).extend((m.step, m.value) for m in client.get_metric_history(
-                    run.info.run_id, name))
+                history.setdefault(name, []).extend(
+                    (m.step, m.value) for m in client.get_metric_history(run.info.run_id, name)
+                )
     counts["unfinished"] = sum(1 for r in trials if r.info.status != "FINISHED")
     return out, counts
 
@@ -385,9 +442,17 @@ def compare(plan: Plan, faults: FaultLog, faulty_dir: Path) -> dict:
     faulty, counts = trial_metrics(faulty_dir / "mlflow.db", "faulty")
     ref_stores = label_stores(plan.workdir / "runs" / "reference")
     stores = label_stores(plan.workdir / "runs" / "faulty")
-    result = {"labels_lost": 0, "budget_spent_twice": 0, "metrics_missing": 0, "metrics_duplicated": 0,
-              "trial_runs_duplicated": 0, "parent_runs": counts["parents"], "runs_not_finished": counts["unfinished"],
-              "left_running": faults.left_running, "trials": {}}
+    result = {
+        "labels_lost": 0,
+        "budget_spent_twice": 0,
+        "metrics_missing": 0,
+        "metrics_duplicated": 0,
+        "trial_runs_duplicated": 0,
+        "parent_runs": counts["parents"],
+        "runs_not_finished": counts["unfinished"],
+        "left_running": faults.left_running,
+        "trials": {},
+    }
     for key in plan.grid:
         row = {"differences": []}
         # Labels: every round of the reference, the same pixels and classes, bought once.
@@ -411,7 +476,7 @@ def compare(plan: Plan, faults: FaultLog, faulty_dir: Path) -> dict:
                 result["budget_spent_twice"] += 1
             if not table.select(["image_id", "num_pixels"]).equals(ref_table.select(["image_id", "num_pixels"])):
                 row["differences"].append(f"labels of {name} differ from the reference")
-        from orchestrator.labels import LabelStore
+        from orchestrator.labels.store import LabelStore
 
         for folder in folders:
             for image_id, (ys, xs, _) in LabelStore(folder).sparse_labels().items():
@@ -448,21 +513,34 @@ def compare(plan: Plan, faults: FaultLog, faulty_dir: Path) -> dict:
 
 # --- report -----------------------------------------------------------------------------------
 
+
 def report(plan: Plan, faults: FaultLog, result: dict, reference_s: float, faulty_s: float) -> str:
     from benchmarks.common import machine_line
 
-    goal = faults.outbox_unsent_after_replay == 0 and all(result[k] == 0 for k in (
-        "labels_lost", "budget_spent_twice", "metrics_missing", "metrics_duplicated", "trial_runs_duplicated",
-        "runs_not_finished", "left_running"))
+    goal = faults.outbox_unsent_after_replay == 0 and all(
+        result[k] == 0
+        for k in (
+            "labels_lost",
+            "budget_spent_twice",
+            "metrics_missing",
+            "metrics_duplicated",
+            "trial_runs_duplicated",
+            "runs_not_finished",
+            "left_running",
+        )
+    )
     equal = all(row["final_equal"] for row in result["trials"].values())
     lines = [
         f"Sweep: {plan.trials} trials x {plan.rounds} rounds (smoke-size domains, `points_per_image` "
         f"{plan.grid[0]}..{plan.grid[-1]}), seed {plan.seed}; machine: {machine_line()}.",
         f"Fault-free run {reference_s:.0f} s, run under faults {faulty_s:.0f} s "
-        f"({faults.driver_starts} driver starts).", "",
-        "| what | count |", "|---|---|",
+        f"({faults.driver_starts} driver starts).",
+        "",
+        "| what | count |",
+        "|---|---|",
         f"| kills survived (SIGKILL) | {faults.total} of {plan.kills} planned: "
-        + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in faults.kills.items()) + " |",
+        + ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in faults.kills.items())
+        + " |",
         f"| drivers that exited by themselves (not killed) | {len(faults.unexpected_exits)} "
         f"(and {faults.refused_starts} refused to start while the MLflow server was down) |",
         f"| operations the sweep left in its durable MLflow outbox (MLflow down when it ended), sent by "
@@ -478,11 +556,15 @@ def report(plan: Plan, faults: FaultLog, result: dict, reference_s: float, fault
         f"| trials whose final metrics equal the fault-free run's, bit for bit | "
         f"{sum(r['final_equal'] for r in result['trials'].values())} of {plan.trials} |",
         f"| trials whose metrics of every round equal it | "
-        f"{sum(r['all_rounds_equal'] for r in result['trials'].values())} of {plan.trials} |", "",
+        f"{sum(r['all_rounds_equal'] for r in result['trials'].values())} of {plan.trials} |",
+        "",
         f"Goal (every count 0, all final metrics equal): {'met' if goal and equal else 'NOT met'}.",
     ]
-    differences = [f"- trial points_per_image={k}: " + "; ".join(r["differences"][:5])
-                   for k, r in result["trials"].items() if r["differences"]]
+    differences = [
+        f"- trial points_per_image={k}: " + "; ".join(r["differences"][:5])
+        for k, r in result["trials"].items()
+        if r["differences"]
+    ]
     if differences or faults.unexpected_exits:
         lines += ["", "Differences and unexpected exits:", *differences, *(f"- {e}" for e in faults.unexpected_exits)]
     return "\n".join(lines)
@@ -524,21 +606,35 @@ decide from timing, so their results are not expected to be bit-identical across
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.chaos", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--trials", type=int, default=6, help="trials of the sweep (default 6)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per trial (default 3)")
     parser.add_argument("--kills", type=int, default=20, help="SIGKILLs to inject (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule (default 0)")
-    parser.add_argument("--small", action="store_true",
-                        help="2 trials x 2 rounds, 6 kills: shows it works in a few minutes (writes no docs)")
+    parser.add_argument(
+        "--small",
+        action="store_true",
+        help="2 trials x 2 rounds, 6 kills: shows it works in a few minutes (writes no docs)",
+    )
     parser.add_argument("--workdir", metavar="DIR", help="where both runs go (default: a new folder in /tmp)")
-    parser.add_argument("--timeout-min", type=float, default=30.0,
-                        help="give up on a run after this many minutes (default 30)")
-    parser.add_argument("--out", metavar="MD", help=f"write the report here (default: {DOC.relative_to(ROOT)} "
-                                                    "without --small, none with it)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra config override for both runs, as for orchestrator.sweep")
+    parser.add_argument(
+        "--timeout-min", type=float, default=30.0, help="give up on a run after this many minutes (default 30)"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="MD",
+        help=f"write the report here (default: {DOC.relative_to(ROOT)} without --small, none with it)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for both runs, as for orchestrator.sweep",
+    )
     args = parser.parse_args(argv)
     if args.small:
         args.trials, args.rounds, args.kills = 2, 2, 6
@@ -548,8 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg is None:
         return 2
     if cfg.storage.uri:
-        print("error: config key 'storage.uri': the chaos benchmark reads both runs' results from local folders; "
-              "run it without storage.uri", file=sys.stderr)
+        print(
+            "error: config key 'storage.uri': the chaos benchmark reads both runs' results from local folders; "
+            "run it without storage.uri",
+            file=sys.stderr,
+        )
         return 2
     if args.trials < 1 or args.rounds < 1 or args.kills < 0 or args.timeout_min <= 0:
         print("error: --trials and --rounds must be >= 1, --kills >= 0, --timeout-min > 0", file=sys.stderr)
@@ -563,8 +662,9 @@ def main(argv: list[str] | None = None) -> int:
     if (workdir / "faulty").exists() or (workdir / "reference").exists() or (workdir / "runs").exists():
         print(f"error: '{workdir}' already holds a chaos run; give an empty or new --workdir", file=sys.stderr)
         return 2
-    plan = Plan(args.trials, args.rounds, args.kills, args.seed, workdir, args.overrides,
-                timeout_s=60 * args.timeout_min)
+    plan = Plan(
+        args.trials, args.rounds, args.kills, args.seed, workdir, args.overrides, timeout_s=60 * args.timeout_min
+    )
     say(f"workdir {workdir}; {plan.trials} trials x {plan.rounds} rounds, {plan.kills} kills, seed {plan.seed}")
     try:
         say("1/3 the sweep without faults")
@@ -580,13 +680,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     text = report(plan, faults, result, reference_s, faulty_s)
     print("\n" + text)
-    (workdir / "result.json").write_text(json.dumps({"kills": faults.kills, "events": faults.events,
-                                                     "unexpected_exits": faults.unexpected_exits,
-                                                     **result}, indent=1, default=str))
+    (workdir / "result.json").write_text(
+        json.dumps(
+            {"kills": faults.kills, "events": faults.events, "unexpected_exits": faults.unexpected_exits, **result},
+            indent=1,
+            default=str,
+        )
+    )
     out = Path(args.out) if args.out else (None if args.small else DOC)
     if out is not None:
-        command = "python -m benchmarks.chaos" + (" --small" if args.small else "") + (
-            f" --seed {plan.seed}" if plan.seed else "")
+        command = (
+            "python -m benchmarks.chaos"
+            + (" --small" if args.small else "")
+            + (f" --seed {plan.seed}" if plan.seed else "")
+        )
         out.write_text(document(command, text))
         say(f"report written to {out}")
     met = "Goal (every count 0, all final metrics equal): met" in text

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from orchestrator.config import ConfigError, ExperimentConfig, load_config, with_absolute_paths
+from experiment_config import ConfigError, ExperimentConfig, load_config, with_absolute_paths
 
 
 def benchmark_config(overrides: list[str], config_file: str | None = None) -> ExperimentConfig | None:
@@ -36,17 +36,29 @@ def cpu_model() -> str:
 def machine_line() -> str:
     """Where the figures were measured: CPU model, cores, GPU (if any), torch version."""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{cpu_model()}, {os.cpu_count()} CPUs, {gpu}; torch {torch.__version__}, "
-            f"Python {platform.python_version()}, {platform.system()}")
+    return (
+        f"{cpu_model()}, {os.cpu_count()} CPUs, {gpu}; torch {torch.__version__}, "
+        f"Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the speed benchmarks that rank a pool (``selection_speed`` and ``speed``)."""
     parser.add_argument("--images", type=int, default=512, help="pool images to rank (default 512)")
-    parser.add_argument("--source-steps", type=int, default=100,
-                        help="source training of the model that ranks (default 100; 0: fresh weights, the worst case)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, as for orchestrator.sweep")
+    parser.add_argument(
+        "--source-steps",
+        type=int,
+        default=100,
+        help="source training of the model that ranks (default 100; 0: fresh weights, the worst case)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override, as for orchestrator.sweep",
+    )
 
 
 def check_speed_arguments(args: argparse.Namespace) -> bool:
@@ -61,8 +73,8 @@ def check_speed_arguments(args: argparse.Namespace) -> bool:
 class Goal:
     """One measured ratio against its goal; a NaN figure (not measurable here) is neither met nor missed."""
 
-    text: str       # what was measured, with the figure
-    goal: str       # e.g. ">= 1.8"
+    text: str  # what was measured, with the figure
+    goal: str  # e.g. ">= 1.8"
     figure: float
     met: bool
 

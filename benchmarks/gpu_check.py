@@ -10,7 +10,7 @@ next one runs):
 1. ``ranking``: the ranking network's forward pass (+ softmax) at 1024 x 2048 with 19 classes in
    bf16 and channels_last, then every selector on the GPU, each against the forward pass (goal:
    at most 0.25x), on the network's own maps and on trained-looking maps; ranking images/s through
-   the actors' code (``orchestrator.ranking.rank_images``: forward + selection, on the GPU);
+   the actors' code (``orchestrator.round.ranking.rank_images``: forward + selection, on the GPU);
 2. ``train``: adaptation steps at 512 x 1024 (segmenter, AdaptSeg discriminator, Tzeng's domain
    classifier and soft labels, LabOR's selector with its three MCD updates) with bf16 autocast and
    channels_last, on batches already on the GPU: training images/s;
@@ -56,8 +56,9 @@ class RefuseAbsentPackages(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return None
 
     def create_module(self, spec):
-        raise ModuleNotFoundError(f"No module named '{spec.name}' (the GPU machine has none: the GPU check "
-                                  f"must not need it)", name=spec.name)
+        raise ModuleNotFoundError(
+            f"No module named '{spec.name}' (the GPU machine has none: the GPU check must not need it)", name=spec.name
+        )
 
     def exec_module(self, module):  # pragma: no cover - create_module never returns
         raise ModuleNotFoundError(module.__name__)
@@ -134,7 +135,7 @@ def reset_peak(device) -> None:
 def peak_gib(device) -> float | None:
     import torch
 
-    return torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else None
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def autocast(device):
@@ -156,9 +157,14 @@ def inference_network(model_name: str, classes: int, heads: int, device):
 def environment(device, progress) -> dict:
     import torch
 
-    figures = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-               "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
-               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    figures = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    }
     progress("environment: " + ", ".join(f"{k} {v}" for k, v in figures.items() if v is not None))
     return figures
 
@@ -168,7 +174,7 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
     import torch
 
     from benchmarks.scale_scene import CITYSCAPES_CLASSES, CheapSegmenter, GeneratedPool, time_selectors
-    from orchestrator.ranking import rank_images
+    from orchestrator.round.ranking import rank_images
     from pixel_selectors import SELECTORS
 
     height, width = args.rank_size
@@ -188,34 +194,44 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
     synchronize(device)
     started = time.perf_counter()
     for n in range(len(images)):
-        own_maps = forward(images[n:n + 1])
+        own_maps = forward(images[n : n + 1])
     synchronize(device)
     forward_s = (time.perf_counter() - started) / len(images)
-    progress(f"ranking: {model_name} forward + softmax (2 heads) at {height}x{width}: {1000 * forward_s:.1f} ms "
-             f"per image")
-    own = [tuple(maps) for maps in (forward(images[n:n + 1])[0] for n in range(min(2, len(images))))]
+    progress(
+        f"ranking: {model_name} forward + softmax (2 heads) at {height}x{width}: {1000 * forward_s:.1f} ms per image"
+    )
+    own = [tuple(maps) for maps in (forward(images[n : n + 1])[0] for n in range(min(2, len(images))))]
     cheap = CheapSegmenter(classes).to(device).eval()
     with torch.no_grad():
-        trained_like = [tuple(head[0].float().softmax(dim=0) for head in cheap(images[n:n + 1]))
-                        for n in range(min(2, len(images)))]
+        trained_like = [
+            tuple(head[0].float().softmax(dim=0) for head in cheap(images[n : n + 1]))
+            for n in range(min(2, len(images)))
+        ]
     del own_maps
     names = sorted(SELECTORS)
-    figures = {"size": [height, width], "classes": classes, "model": model_name, "forward_ms": 1000 * forward_s,
-               "selectors": {}}
+    figures = {
+        "size": [height, width],
+        "classes": classes,
+        "model": model_name,
+        "forward_ms": 1000 * forward_s,
+        "selectors": {},
+    }
     for label, maps in (("trained_like", trained_like), ("network_output", own)):
         for timing in time_selectors(maps, names, progress=lambda line: progress(f"ranking: {label}: {line}")):
             entry = figures["selectors"].setdefault(timing.name, {})
             entry[f"{label}_ms"] = 1000 * timing.seconds_per_image
             entry[f"{label}_ratio"] = timing.seconds_per_image / forward_s
     # The actors' code path: forward + selection on the device, queries to the host.
-    for selector, settings in (("labor_ppl", {"num_points": 40}),
-                               ("labor_spl", {"num_points": 0, "budget_pixels": int(0.022 * height * width)})):
+    for selector, settings in (
+        ("labor_ppl", {"num_points": 40}),
+        ("labor_spl", {"num_points": 0, "budget_pixels": int(0.022 * height * width)}),
+    ):
         with torch.no_grad(), autocast(device):
             rank_images(network, images[:1], [0], {}, selector, seeds=[0], **settings)
             synchronize(device)
             started = time.perf_counter()
             for n in range(len(images)):
-                rank_images(network, images[n:n + 1], [n], {}, selector, seeds=[n], **settings)
+                rank_images(network, images[n : n + 1], [n], {}, selector, seeds=[n], **settings)
             synchronize(device)
         rate = len(images) / (time.perf_counter() - started)
         figures[f"ranking_images_per_s_{selector}"] = rate
@@ -228,8 +244,10 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
         worst = entry[f"{label}_ratio"]
         figures[f"worst_{label}_ratio"] = worst
         verdict = "met" if worst <= 0.25 else "MISSED"
-        progress(f"ranking: {label}: slowest selector {name} = {worst:.3f} x the forward pass"
-                 + (f" (goal <= 0.25: {verdict})" if label == "trained_like" else " (untrained weights: worst case)"))
+        progress(
+            f"ranking: {label}: slowest selector {name} = {worst:.3f} x the forward pass"
+            + (f" (goal <= 0.25: {verdict})" if label == "trained_like" else " (untrained weights: worst case)")
+        )
     return figures
 
 
@@ -237,8 +255,13 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
 # 5e-4, the classifier at 10x, polynomial decay, batch size 1, 512 x 1024 target crops.
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "gta5_to_cityscapes.yaml"
 # Every adaptation loss on, so a step costs what the full method costs (the recipe file sets none).
-ALL_LOSSES = {"adapt.adversarial_weight": 0.001, "adapt.confusion_weight": 0.1, "adapt.soft_label_weight": 0.1,
-              "adapt.pseudo_label_weight": 1.0, "adapt.discrepancy_weight": 1.0}
+ALL_LOSSES = {
+    "adapt.adversarial_weight": 0.001,
+    "adapt.confusion_weight": 0.1,
+    "adapt.soft_label_weight": 0.1,
+    "adapt.pseudo_label_weight": 1.0,
+    "adapt.discrepancy_weight": 1.0,
+}
 
 
 def check_training(args, device, model_name: str, progress) -> dict:
@@ -248,9 +271,16 @@ def check_training(args, device, model_name: str, progress) -> dict:
     stayed finite and within ``SANE_LOSS`` (a freshly initialised network starts near log K)."""
     import torch
 
-    from orchestrator.config import load_config
-    from trainers.engine import (apply_lr_schedule, base_learning_rates, build_adaptation_models, build_optimizers,
-                                 loss_weights, lr_schedule_span, poly_lr_factor)
+    from experiment_config import load_config
+    from trainers.engine import (
+        apply_lr_schedule,
+        base_learning_rates,
+        build_adaptation_models,
+        build_optimizers,
+        loss_weights,
+        lr_schedule_span,
+        poly_lr_factor,
+    )
     from trainers.step import adaptation_step
 
     height, width = args.train_size
@@ -277,7 +307,9 @@ def check_training(args, device, model_name: str, progress) -> dict:
         images = torch.randn(batch, 3, height, width, generator=generator).to(device)
         labels = torch.randint(0, classes, (batch, height, width), generator=generator)
         labels[torch.rand(batch, height, width, generator=generator) > labeled_share] = 255
-        return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images, labels.to(device)
+        return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images, labels.to(
+            device
+        )
 
     source, target = make_batch(1.0), make_batch(0.022)
     reset_peak(device)
@@ -300,15 +332,29 @@ def check_training(args, device, model_name: str, progress) -> dict:
     losses = history[-1]
     finite = all(math.isfinite(value) for step in history for value in step.values())
     sane = finite and all(abs(value) <= SANE_LOSS for step in history for value in step.values())
-    progress(f"train: {args.train_steps} adaptation steps of {batch}+{batch} images at {height}x{width} "
-             f"(recipe {RECIPE.name}: {cfg['adapt']['optimizer']} lr {cfg['adapt']['lr']:g}): {rate:.2f} target "
-             f"images/s ({seconds / args.train_steps:.2f} s a step), losses finite: {finite}, "
-             f"all within {SANE_LOSS:g}: {sane}")
+    progress(
+        f"train: {args.train_steps} adaptation steps of {batch}+{batch} images at {height}x{width} "
+        f"(recipe {RECIPE.name}: {cfg['adapt']['optimizer']} lr {cfg['adapt']['lr']:g}): {rate:.2f} target "
+        f"images/s ({seconds / args.train_steps:.2f} s a step), losses finite: {finite}, "
+        f"all within {SANE_LOSS:g}: {sane}"
+    )
     progress("train: last step's losses: " + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
-    return {"size": [height, width], "model": model_name, "recipe": RECIPE.name, "optimizer": cfg["adapt"]["optimizer"],
-            "lr": cfg["adapt"]["lr"], "batch_size": batch, "steps": args.train_steps,
-            "seconds_per_step": seconds / args.train_steps, "images_per_s": rate, "losses_finite": finite,
-            "losses_sane": sane, "losses": losses, "first_losses": history[0], "peak_gpu_gib": peak_gib(device)}
+    return {
+        "size": [height, width],
+        "model": model_name,
+        "recipe": RECIPE.name,
+        "optimizer": cfg["adapt"]["optimizer"],
+        "lr": cfg["adapt"]["lr"],
+        "batch_size": batch,
+        "steps": args.train_steps,
+        "seconds_per_step": seconds / args.train_steps,
+        "images_per_s": rate,
+        "losses_finite": finite,
+        "losses_sane": sane,
+        "losses": losses,
+        "first_losses": history[0],
+        "peak_gpu_gib": peak_gib(device),
+    }
 
 
 # A loss beyond this means the step diverged: cross-entropies of a fresh network start near
@@ -324,17 +370,19 @@ def evaluate_native(segmenter, images_and_labels, input_size: tuple[int, int], n
     import torch
     import torch.nn.functional as F
 
-    from trainers.step import predict_confusion
+    from trainers.metrics import predict_confusion
 
-    dataset = [(F.interpolate(image[None], size=input_size, mode="bilinear", align_corners=False)[0], label)
-               for image, label in images_and_labels]
+    dataset = [
+        (F.interpolate(image[None], size=input_size, mode="bilinear", align_corners=False)[0], label)
+        for image, label in images_and_labels
+    ]
     with torch.no_grad(), autocast(device):
-        return predict_confusion(segmenter, dataset, list(range(len(dataset))), num_classes, batch_size=1,
-                                 device=device)
+        return predict_confusion(
+            segmenter, dataset, list(range(len(dataset))), num_classes, batch_size=1, device=device
+        )
 
 
 def check_evaluation(args, device, model_name: str, progress) -> dict:
-    import torch
 
     from benchmarks.scale_scene import CITYSCAPES_CLASSES, GeneratedPool
     from trainers.metrics import mean_iou
@@ -352,31 +400,45 @@ def check_evaluation(args, device, model_name: str, progress) -> dict:
     seconds = time.perf_counter() - started
     rate = len(items) / seconds
     counted = int(confusion.sum())
-    progress(f"evaluate: {len(items)} images predicted at {args.train_size[0]}x{args.train_size[1]}, scored at "
-             f"{height}x{width}: {rate:.2f} images/s, {counted:,} pixels counted (untrained weights: mIoU "
-             f"{mean_iou(confusion.cpu()):.3f})")
-    return {"label_size": [height, width], "input_size": list(args.train_size), "images": len(items),
-            "images_per_s": rate, "pixels_counted": counted, "all_pixels_counted": counted == len(items) * height * width,
-            "peak_gpu_gib": peak_gib(device)}
+    progress(
+        f"evaluate: {len(items)} images predicted at {args.train_size[0]}x{args.train_size[1]}, scored at "
+        f"{height}x{width}: {rate:.2f} images/s, {counted:,} pixels counted (untrained weights: mIoU "
+        f"{mean_iou(confusion.cpu()):.3f})"
+    )
+    return {
+        "label_size": [height, width],
+        "input_size": list(args.train_size),
+        "images": len(items),
+        "images_per_s": rate,
+        "pixels_counted": counted,
+        "all_pixels_counted": counted == len(items) * height * width,
+        "peak_gpu_gib": peak_gib(device),
+    }
 
 
 PARTS = {"ranking": check_ranking, "train": check_training, "evaluate": check_evaluation}
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu_check", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True, help="folder for gpu-check.json and gpu-check.txt")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (a small run of the same code)")
     parser.add_argument("--model", default="", help=f"the network (default {FORWARD_MODEL}, else {FALLBACK_MODEL})")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"which parts, in order (default {','.join(PARTS)})")
     parser.add_argument("--rank-size", type=size_arg, default=(1024, 2048), help="ranking image size (1024x2048)")
     parser.add_argument("--rank-images", type=int, default=6, help="images the forward pass is timed on (6)")
-    parser.add_argument("--train-size", type=size_arg, default=(512, 1024),
-                        help="training and evaluation input size (512x1024)")
+    parser.add_argument(
+        "--train-size", type=size_arg, default=(512, 1024), help="training and evaluation input size (512x1024)"
+    )
     parser.add_argument("--label-size", type=size_arg, default=(1024, 2048), help="evaluation label size (1024x2048)")
-    parser.add_argument("--batch-size", type=int, default=0,
-                        help="source and target images per step (default: the recipe's adapt.batch_size, 1 + 1)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=0,
+        help="source and target images per step (default: the recipe's adapt.batch_size, 1 + 1)",
+    )
     parser.add_argument("--train-steps", type=int, default=10, help="timed adaptation steps (10)")
     parser.add_argument("--warmup-steps", type=int, default=3, help="untimed steps first (3)")
     parser.add_argument("--eval-images", type=int, default=8, help="evaluation images (8)")
@@ -422,8 +484,10 @@ def main(argv: list[str] | None = None) -> int:
             recorder.part(name, {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    recorder.line(f"done: {len(args.parts.split(',')) - len(failed)} part(s) passed"
-                  + (f", failed: {', '.join(failed)}" if failed else ""))
+    recorder.line(
+        f"done: {len(args.parts.split(',')) - len(failed)} part(s) passed"
+        + (f", failed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

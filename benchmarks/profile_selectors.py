@@ -46,8 +46,12 @@ def _maps(kind: str, args, device, classes: int):
         elif args.maps_from == "noise":  # an untrained network's look: near-uniform, heads disagreeing
             generator = torch.Generator().manual_seed(5)
             low = torch.randn(2, 1, classes, max(1, height // 8), max(1, width // 8), generator=generator) * 0.3
-            heads = [torch.nn.functional.interpolate(h.to(device), size=(height, width), mode="bilinear",
-                                                     align_corners=False) for h in low]
+            heads = [
+                torch.nn.functional.interpolate(
+                    h.to(device), size=(height, width), mode="bilinear", align_corners=False
+                )
+                for h in low
+            ]
         else:
             from benchmarks.gpu_check import autocast, inference_network
 
@@ -60,17 +64,22 @@ def _maps(kind: str, args, device, classes: int):
 def _summary(events, name: str) -> dict:
     """Totals of one profile: the selector's own scope (host ms, with everything it called), host and
     device time of all operations, launches, synchronisations, copies, greedy rounds."""
+
     def count(*names):
         return sum(e.count for e in events if e.key in names)
 
     scope = [e for e in events if e.key == f"select:{name}"]
     device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
     copies = [e for e in events if e.key.startswith("Memcpy")]
-    return {"select_host_ms": scope[0].cpu_time_total / 1000 if scope else None,
-            "host_ms": sum(e.self_cpu_time_total for e in events) / 1000, "device_ms": device_us / 1000,
-            "kernel_launches": count("cudaLaunchKernel", "cudaLaunchKernelExC"),
-            "synchronisations": count("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy"),
-            "copies": {e.key: e.count for e in copies}, "greedy_rounds": count("greedy round")}
+    return {
+        "select_host_ms": scope[0].cpu_time_total / 1000 if scope else None,
+        "host_ms": sum(e.self_cpu_time_total for e in events) / 1000,
+        "device_ms": device_us / 1000,
+        "kernel_launches": count("cudaLaunchKernel", "cudaLaunchKernelExC"),
+        "synchronisations": count("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy"),
+        "copies": {e.key: e.count for e in copies},
+        "greedy_rounds": count("greedy round"),
+    }
 
 
 def profile_selectors(args, progress=print) -> dict:
@@ -91,8 +100,13 @@ def profile_selectors(args, progress=print) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    figures = {"device": str(device), "size": list(args.size), "classes": CITYSCAPES_CLASSES,
-               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "selectors": {}}
+    figures = {
+        "device": str(device),
+        "size": list(args.size),
+        "classes": CITYSCAPES_CLASSES,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "selectors": {},
+    }
     for kind in MAP_KINDS:
         maps = _maps(kind, args, device, CITYSCAPES_CLASSES)
         for name in names:
@@ -115,15 +129,20 @@ def profile_selectors(args, progress=print) -> dict:
             events = prof.key_averages()
             summary = {"wall_ms": wall_ms, "query": len(query), **_summary(events, name)}
             figures["selectors"].setdefault(kind, {})[name] = summary
-            tables = [f"{kind} {name}: {wall_ms:.2f} ms a call (wall, mean of {args.repeats}); "
-                      f"profiled call: {json.dumps(summary)}",
-                      events.table(sort_by=sort_device, row_limit=args.rows, max_name_column_width=60)]
+            tables = [
+                f"{kind} {name}: {wall_ms:.2f} ms a call (wall, mean of {args.repeats}); "
+                f"profiled call: {json.dumps(summary)}",
+                events.table(sort_by=sort_device, row_limit=args.rows, max_name_column_width=60),
+            ]
             if device.type == "cuda":
-                tables.append(events.table(sort_by="self_cpu_time_total", row_limit=args.rows,
-                                           max_name_column_width=60))
+                tables.append(
+                    events.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60)
+                )
             (out / f"profile-{kind}-{name}.txt").write_text("\n".join(tables))
-            progress(f"profile: {kind}: {name}: {wall_ms:.2f} ms, {summary['kernel_launches']} launches, "
-                     f"{summary['synchronisations']} syncs, {summary['greedy_rounds']} greedy rounds")
+            progress(
+                f"profile: {kind}: {name}: {wall_ms:.2f} ms, {summary['kernel_launches']} launches, "
+                f"{summary['synchronisations']} syncs, {summary['greedy_rounds']} greedy rounds"
+            )
             tmp = out / "profile.json.tmp"
             tmp.write_text(json.dumps(figures, indent=1))
             tmp.replace(out / "profile.json")
@@ -131,15 +150,21 @@ def profile_selectors(args, progress=print) -> dict:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_selectors", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.profile_selectors",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--out", required=True, help="folder for profile.json and the per-selector tables")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--size", type=size_arg, default=(1024, 2048), help="image size (1024x2048)")
     parser.add_argument("--selectors", default="", help="comma-separated selectors (default: all)")
-    parser.add_argument("--maps-from", default="deeplabv2_resnet101",
-                        help="the network whose untrained output gives the network_output maps "
-                             "(default deeplabv2_resnet101), or 'noise' (upsampled noise, no network)")
+    parser.add_argument(
+        "--maps-from",
+        default="deeplabv2_resnet101",
+        help="the network whose untrained output gives the network_output maps "
+        "(default deeplabv2_resnet101), or 'noise' (upsampled noise, no network)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per selector (3)")
     parser.add_argument("--rows", type=int, default=15, help="rows per table (15)")
     args = parser.parse_args(argv)

@@ -60,18 +60,30 @@ QUICK = Scale(128, 256, 64, 128, 90, 160, images=6, batches=4, steps=2, eval_ima
 
 def protocol_config(scale: Scale, data_root: Path | None, model: str, overrides: list[str] = ()) -> dict:
     """The config of the measurements: the papers' sizes and recipe on the generated scenes."""
-    from orchestrator.config import load_config
+    from experiment_config import load_config
 
-    pairs = {"data.class_set": "cityscapes19", "data.height": scale.input_height, "data.width": scale.input_width,
-             "data.source.height": scale.source_height, "data.source.width": scale.source_width,
-             "data.augment.hflip": True, "model.name": model, "source.batch_size": 1, "adapt.batch_size": 1,
-             "adapt.optimizer": "sgd", "adapt.lr": 2.5e-4, "adapt.weight_decay": 5e-4, "adapt.lr_power": 0.9,
-             "adapt.head_lr_factor": 10.0, "adapt.steps": scale.steps}
+    pairs = {
+        "data.class_set": "cityscapes19",
+        "data.height": scale.input_height,
+        "data.width": scale.input_width,
+        "data.source.height": scale.source_height,
+        "data.source.width": scale.source_width,
+        "data.augment.hflip": True,
+        "model.name": model,
+        "source.batch_size": 1,
+        "adapt.batch_size": 1,
+        "adapt.optimizer": "sgd",
+        "adapt.lr": 2.5e-4,
+        "adapt.weight_decay": 5e-4,
+        "adapt.lr_power": 0.9,
+        "adapt.head_lr_factor": 10.0,
+        "adapt.steps": scale.steps,
+    }
     if data_root is not None:
         pairs.update({"data.source.root": str(data_root / "source"), "data.target.root": str(data_root / "target")})
     if model in ("deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large"):
         pairs.update({"source.batch_size": 2, "adapt.batch_size": 2})
-    from orchestrator.config import parse_set_args
+    from experiment_config import parse_set_args
 
     return load_config(None, {**pairs, **parse_set_args(list(overrides))}).to_dict()
 
@@ -80,14 +92,21 @@ def generate_scenes(scale: Scale, out: Path) -> Path:
     """Street scenes at the label size in the GTA5 and Cityscapes layouts (cached in ``out``)."""
     from trainers.data.synthetic import ensure_synthetic_domains
 
-    synthetic = {"source_images": scale.images, "target_train_images": scale.images,
-                 "target_val_images": scale.eval_images, "seed": 0, "difficulty": 1.0}
-    source, _ = ensure_synthetic_domains(out, scale.label_height, scale.label_width, synthetic,
-                                         progress=lambda msg: print(f"  {msg}", flush=True))
+    synthetic = {
+        "source_images": scale.images,
+        "target_train_images": scale.images,
+        "target_val_images": scale.eval_images,
+        "seed": 0,
+        "difficulty": 1.0,
+    }
+    source, _ = ensure_synthetic_domains(
+        out, scale.label_height, scale.label_width, synthetic, progress=lambda msg: print(f"  {msg}", flush=True)
+    )
     return source.parent
 
 
 # --- 1: the loader against the train step -------------------------------------------------------
+
 
 def loader_images_per_s(cfg: dict, workers: int, batches: int) -> float:
     """Source images/s of the training loader with ``workers`` processes (the first batch, which
@@ -97,8 +116,16 @@ def loader_images_per_s(cfg: dict, workers: int, batches: int) -> float:
 
     domains = build_domains(cfg["data"])
     batch = cfg["adapt"]["batch_size"]
-    loader = training_loader(domains.source, batch, 0, batches + 1, cfg["seed"], SOURCE_STREAM, workers=workers,
-                             pin_memory=torch.cuda.is_available())
+    loader = training_loader(
+        domains.source,
+        batch,
+        0,
+        batches + 1,
+        cfg["seed"],
+        SOURCE_STREAM,
+        workers=workers,
+        pin_memory=torch.cuda.is_available(),
+    )
     iterator = iter(loader)
     next(iterator)
     started = time.perf_counter()
@@ -107,8 +134,9 @@ def loader_images_per_s(cfg: dict, workers: int, batches: int) -> float:
     return batches * batch / (time.perf_counter() - started)
 
 
-def adaptation_step_timing(cfg: dict, steps: int, device: torch.device, train_selector: bool = True
-                           ) -> dict[str, float]:
+def adaptation_step_timing(
+    cfg: dict, steps: int, device: torch.device, train_selector: bool = True
+) -> dict[str, float]:
     """Seconds per adaptation step (G, Dis, theta_D and, if asked, LabOR's S) on pre-made batches at the
     input size, as ``trainers.engine.run_job`` runs it (bf16 autocast and channels_last on CUDA)."""
     from trainers.data import CLASS_SETS
@@ -128,8 +156,10 @@ def adaptation_step_timing(cfg: dict, steps: int, device: torch.device, train_se
     optimizers = build_optimizers(models, cfg, "adapt")
     batch, height, width = cfg["adapt"]["batch_size"], cfg["data"]["height"], cfg["data"]["width"]
     generator = torch.Generator().manual_seed(0)
-    source = (torch.randn(batch, 3, height, width, generator=generator).to(device),
-              torch.randint(0, num_classes, (batch, height, width), generator=generator).to(device))
+    source = (
+        torch.randn(batch, 3, height, width, generator=generator).to(device),
+        torch.randint(0, num_classes, (batch, height, width), generator=generator).to(device),
+    )
     sparse = torch.full((batch, height, width), 255, dtype=torch.int64)
     sparse[:, ::37, ::41] = torch.randint(0, num_classes, sparse[:, ::37, ::41].shape, generator=generator)
     target = (torch.randn(batch, 3, height, width, generator=generator).to(device), sparse.to(device))
@@ -150,19 +180,22 @@ def adaptation_step_timing(cfg: dict, steps: int, device: torch.device, train_se
     if use_gpu:
         torch.cuda.synchronize(device)
     seconds = (time.perf_counter() - started) / steps
-    return {"step_s": seconds, "images_per_s": batch / seconds,
-            "peak_gib": torch.cuda.max_memory_allocated(device) / 2 ** 30 if use_gpu else float("nan"),
-            "losses_finite": all(value == value and abs(value) != float("inf") for value in losses.values())}
+    return {
+        "step_s": seconds,
+        "images_per_s": batch / seconds,
+        "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if use_gpu else float("nan"),
+        "losses_finite": all(value == value and abs(value) != float("inf") for value in losses.values()),
+    }
 
 
 # --- 2: native-resolution evaluation against evaluation at the input size ------------------------
+
 
 def evaluation_cost(cfg: dict, resolution: str, device: torch.device) -> dict[str, float]:
     """Seconds per validation image and peak memory of evaluating G with ``data.eval_resolution``."""
     from trainers.data import build_domains
     from trainers.engine import build_adaptation_models
-    from trainers.metrics import mean_iou
-    from trainers.step import predict_confusion
+    from trainers.metrics import mean_iou, predict_confusion
 
     cfg = {**cfg, "data": {**cfg["data"], "eval_resolution": resolution}}
     domains = build_domains(cfg["data"])
@@ -175,15 +208,29 @@ def evaluation_cost(cfg: dict, resolution: str, device: torch.device) -> dict[st
     ids = list(range(len(domains.target_val)))
     started = time.perf_counter()
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_gpu):
-        confusion = predict_confusion(model, domains.target_val, ids, len(domains.classes), batch_size=1,
-                                      device=device, workers=int(cfg["train"]["loader_workers"]))
+        confusion = predict_confusion(
+            model,
+            domains.target_val,
+            ids,
+            len(domains.classes),
+            batch_size=1,
+            device=device,
+            workers=int(cfg["train"]["loader_workers"]),
+        )
     if use_gpu:
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
-    peak = (torch.cuda.max_memory_allocated(device) / 2 ** 30 if use_gpu
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
-    return {"s_per_image": seconds / len(ids), "peak_gib": peak, "miou": mean_iou(confusion),
-            "pixels_scored": int(confusion.sum())}
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**30
+        if use_gpu
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {
+        "s_per_image": seconds / len(ids),
+        "peak_gib": peak,
+        "miou": mean_iou(confusion),
+        "pixels_scored": int(confusion.sum()),
+    }
 
 
 def _evaluation_child(cfg: dict, resolution: str, queue) -> None:
@@ -204,21 +251,43 @@ def evaluation_cost_isolated(cfg: dict, resolution: str) -> dict[str, float]:
 
 # --- 3: one round of the paper config end to end ------------------------------------------------
 
+
 def paper_round(data_root: Path, workdir: Path, model: str, steps: int, scale: Scale) -> dict[str, float]:
     """``python -m orchestrator.run --config configs/gta5_to_cityscapes.yaml`` cut to ``steps`` steps, a
     small backbone and this machine's CPUs; returns its wall time and target mIoU."""
-    sets = {"data.source.root": data_root / "source", "data.target.root": data_root / "target",
-            "data.height": scale.input_height, "data.width": scale.input_width,
-            "data.source.height": scale.source_height, "data.source.width": scale.source_width,
-            "model.name": model, "source.steps": steps, "adapt.steps": steps, "selection.rounds": 1,
-            "train.use_gpu": torch.cuda.is_available(), "train.num_workers": 1, "train.cpus_per_worker": 1,
-            "train.loader_workers": 1, "ranking.num_actors": 1, "ranking.cpus_per_actor": 1,
-            "ranking.gpus_per_actor": 1 if torch.cuda.is_available() else 0, "output_dir": workdir / "runs",
-            "sweep.name": "protocol-benchmark", "sweep.oracle_reference": False}
+    sets = {
+        "data.source.root": data_root / "source",
+        "data.target.root": data_root / "target",
+        "data.height": scale.input_height,
+        "data.width": scale.input_width,
+        "data.source.height": scale.source_height,
+        "data.source.width": scale.source_width,
+        "model.name": model,
+        "source.steps": steps,
+        "adapt.steps": steps,
+        "selection.rounds": 1,
+        "train.use_gpu": torch.cuda.is_available(),
+        "train.num_workers": 1,
+        "train.cpus_per_worker": 1,
+        "train.loader_workers": 1,
+        "ranking.num_actors": 1,
+        "ranking.cpus_per_actor": 1,
+        "ranking.gpus_per_actor": 1 if torch.cuda.is_available() else 0,
+        "output_dir": workdir / "runs",
+        "sweep.name": "protocol-benchmark",
+        "sweep.oracle_reference": False,
+    }
     if model in ("deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large"):
         sets.update({"source.batch_size": 2, "adapt.batch_size": 2})
-    argv = [sys.executable, "-m", "orchestrator.run", "--config", str(ROOT / "configs" / "gta5_to_cityscapes.yaml"),
-            "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "orchestrator.run",
+        "--config",
+        str(ROOT / "configs" / "gta5_to_cityscapes.yaml"),
+        "--tracking-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+    ]
     for key, value in sets.items():
         argv += ["--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -226,17 +295,30 @@ def paper_round(data_root: Path, workdir: Path, model: str, steps: int, scale: S
     done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"the paper-config round failed (exit {done.returncode}): "
-                           f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
-    mious = [float(line.split("target mIoU")[1].split()[0].rstrip(",")) for line in done.stdout.splitlines()
-             if "round 1: target mIoU" in line]
+        raise RuntimeError(
+            f"the paper-config round failed (exit {done.returncode}): "
+            f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}"
+        )
+    mious = [
+        float(line.split("target mIoU")[1].split()[0].rstrip(","))
+        for line in done.stdout.splitlines()
+        if "round 1: target mIoU" in line
+    ]
     return {"wall_s": wall, "miou": mious[-1] if mious else float("nan")}
 
 
 # --- the GPU check -------------------------------------------------------------------------------
 
-def gpu_protocol_check(height: int = 512, width: int = 1024, label_scale: int = 2, steps: int = 5,
-                       batch_size: int = 1, eval_images: int = 4, device: str = "cuda") -> dict[str, float]:
+
+def gpu_protocol_check(
+    height: int = 512,
+    width: int = 1024,
+    label_scale: int = 2,
+    steps: int = 5,
+    batch_size: int = 1,
+    eval_images: int = 4,
+    device: str = "cuda",
+) -> dict[str, float]:
     """DeepLab-V2 ResNet-101 at ``height x width`` on one device, in-process (plain PyTorch: no Ray, no
     MLflow, no files, random weights):
 
@@ -250,12 +332,20 @@ def gpu_protocol_check(height: int = 512, width: int = 1024, label_scale: int = 
     """
     from trainers.data import CLASS_SETS
     from trainers.engine import build_adaptation_models
-    from trainers.step import predict_confusion
+    from trainers.metrics import predict_confusion
 
     dev = torch.device(device)
-    cfg = protocol_config(QUICK, None, "deeplabv2_resnet101",
-                          [f"data.height={height}", f"data.width={width}", f"adapt.batch_size={batch_size}",
-                           f"source.batch_size={batch_size}"])
+    cfg = protocol_config(
+        QUICK,
+        None,
+        "deeplabv2_resnet101",
+        [
+            f"data.height={height}",
+            f"data.width={width}",
+            f"adapt.batch_size={batch_size}",
+            f"source.batch_size={batch_size}",
+        ],
+    )
     out = {f"train_{k}": v for k, v in adaptation_step_timing(cfg, steps, dev).items()}
     num_classes = len(CLASS_SETS[cfg["data"]["class_set"]])
     model = build_adaptation_models(cfg, num_classes).segmenter.to(dev)
@@ -270,35 +360,54 @@ def gpu_protocol_check(height: int = 512, width: int = 1024, label_scale: int = 
             torch.cuda.reset_peak_memory_stats(dev)
         started = time.perf_counter()
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            confusion = predict_confusion(model, dataset, list(range(eval_images)), num_classes, batch_size=1,
-                                          device=dev)
+            confusion = predict_confusion(
+                model, dataset, list(range(eval_images)), num_classes, batch_size=1, device=dev
+            )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         out[f"eval_{name}_s_per_image"] = (time.perf_counter() - started) / eval_images
         out[f"eval_{name}_pixels"] = int(confusion.sum())
-        out[f"eval_{name}_peak_gib"] = (torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda"
-                                        else float("nan"))
+        out[f"eval_{name}_peak_gib"] = (
+            torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+        )
     return out
 
 
 # --- the command ---------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.protocol", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small scenes (128x256 labels, 64x128 input), few "
-                                                             "batches and steps: shows that it works, in minutes")
-    parser.add_argument("--model", help="model of the train-step and evaluation figures (default "
-                                        "deeplabv2_resnet101; with --quick small_segnet)")
-    parser.add_argument("--round-model", default="deeplabv3_mobilenet_v3_large",
-                        help="model of the end-to-end paper-config round (default deeplabv3_mobilenet_v3_large)")
-    parser.add_argument("--data-dir", metavar="DIR", help="where the generated scenes are cached (default: a "
-                                                         "temporary folder)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.protocol", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small scenes (128x256 labels, 64x128 input), few batches and steps: shows that it works, in minutes",
+    )
+    parser.add_argument(
+        "--model",
+        help="model of the train-step and evaluation figures (default deeplabv2_resnet101; with --quick small_segnet)",
+    )
+    parser.add_argument(
+        "--round-model",
+        default="deeplabv3_mobilenet_v3_large",
+        help="model of the end-to-end paper-config round (default deeplabv3_mobilenet_v3_large)",
+    )
+    parser.add_argument(
+        "--data-dir", metavar="DIR", help="where the generated scenes are cached (default: a temporary folder)"
+    )
     parser.add_argument("--skip-round", action="store_true", help="leave out the end-to-end round (it starts Ray)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for the loader, step and evaluation figures")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the loader, step and evaluation figures",
+    )
     args = parser.parse_args(argv)
-    from orchestrator.config import ConfigError
+    from experiment_config import ConfigError
 
     scale = QUICK if args.quick else FULL
     args.model = args.model or ("small_segnet" if args.quick else "deeplabv2_resnet101")
@@ -317,8 +426,10 @@ def _run(args, scale: Scale, data_dir: Path, scratch: Path) -> int:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine_line()}")
-    print(f"scenes: labels {scale.label_height}x{scale.label_width}, input {scale.input_height}x"
-          f"{scale.input_width}, source resized to {scale.source_height}x{scale.source_width} then cropped")
+    print(
+        f"scenes: labels {scale.label_height}x{scale.label_width}, input {scale.input_height}x"
+        f"{scale.input_width}, source resized to {scale.source_height}x{scale.source_width} then cropped"
+    )
     print("generating scenes ...", flush=True)
     data_root = generate_scenes(scale, data_dir)
     cfg = protocol_config(scale, data_root, args.model, args.overrides)
@@ -331,27 +442,38 @@ def _run(args, scale: Scale, data_dir: Path, scratch: Path) -> int:
     for workers in (0, 1, 2):
         rate = loader_images_per_s(cfg, workers, scale.batches)
         print(f"| {workers} worker{'s' if workers != 1 else ''} | {rate:.2f} | {rate / need:.1f}x |")
-    print(f"train step on {device}: {step['step_s']:.2f} s at batch {cfg['adapt']['batch_size']} "
-          f"(G, Dis, theta_D and LabOR's S), peak {step['peak_gib']:.2f} GiB")
+    print(
+        f"train step on {device}: {step['step_s']:.2f} s at batch {cfg['adapt']['batch_size']} "
+        f"(G, Dis, theta_D and LabOR's S), peak {step['peak_gib']:.2f} GiB"
+    )
 
     print("\ntiming evaluation ...", flush=True)
     print("\n| evaluation | s per image | peak memory (GiB) | pixels scored | mIoU |")
     print("|---|---|---|---|---|")
-    for resolution, label in (("input", f"labels resized to {scale.input_height}x{scale.input_width} (before)"),
-                              ("native", f"native {scale.label_height}x{scale.label_width}, prediction upsampled")):
-        cost = (evaluation_cost(cfg, resolution, device) if device.type == "cuda"
-                else evaluation_cost_isolated(cfg, resolution))
-        print(f"| {label} | {cost['s_per_image']:.3f} | {cost['peak_gib']:.2f} | {cost['pixels_scored']} | "
-              f"{cost['miou']:.4f} |")
+    for resolution, label in (
+        ("input", f"labels resized to {scale.input_height}x{scale.input_width} (before)"),
+        ("native", f"native {scale.label_height}x{scale.label_width}, prediction upsampled"),
+    ):
+        cost = (
+            evaluation_cost(cfg, resolution, device)
+            if device.type == "cuda"
+            else evaluation_cost_isolated(cfg, resolution)
+        )
+        print(
+            f"| {label} | {cost['s_per_image']:.3f} | {cost['peak_gib']:.2f} | {cost['pixels_scored']} | "
+            f"{cost['miou']:.4f} |"
+        )
     if device.type != "cuda":
         print("(CPU: peak memory is the evaluating process's peak resident set, model included)")
 
     if not args.skip_round:
         print("\nrunning one round of configs/gta5_to_cityscapes.yaml ...", flush=True)
         round_figures = paper_round(data_root, scratch, args.round_model, scale.steps, scale)
-        print(f"\none round of configs/gta5_to_cityscapes.yaml ({args.round_model}, {scale.steps} source + "
-              f"{scale.steps} adaptation steps, {scale.images} pool images, Ray start-up included): "
-              f"{round_figures['wall_s']:.0f} s wall, target mIoU {round_figures['miou']:.4f}")
+        print(
+            f"\none round of configs/gta5_to_cityscapes.yaml ({args.round_model}, {scale.steps} source + "
+            f"{scale.steps} adaptation steps, {scale.images} pool images, Ray start-up included): "
+            f"{round_figures['wall_s']:.0f} s wall, target mIoU {round_figures['miou']:.4f}"
+        )
     return 0
 
 

@@ -1,6 +1,6 @@
 """Quality benchmark: each method in its published procedure, at equal budget and equal training steps.
 
-For each seed, one Tune sweep through the product's own path (``orchestrator.sweep.run_sweep``: the
+For each seed, one Tune sweep through the product's own path (``orchestrator.sweep.driver.run_sweep``: the
 cached source model, the cached label-free warm-up, the oracle reference, Ray actors ranking the pool,
 Ray Train adapting, MLflow logging) runs every row below as one trial. Every trial starts from the
 same warmed-up models (G adapted without labels by AdaptSeg's adversarial loss; LabOR's selector S
@@ -43,8 +43,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks.common import machine_line
-from orchestrator.config import (ConfigError, ExperimentConfig, from_dict, load_config, with_absolute_paths,
-                                 with_overrides)
+from experiment_config import ConfigError, ExperimentConfig, from_dict, load_config, with_absolute_paths, with_overrides
 from trainers.data import CLASS_SETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,15 +58,15 @@ GOAL_GAP_CLOSED = 0.90
 class Plan:
     """What one benchmark run covers."""
 
-    seeds: tuple[int, ...]                   # the headline pairs run on every seed
-    other_seeds: tuple[int, ...] = ()        # the other rows run on these seeds only
-    points: int = 40                         # points per image of the point rows
-    curve_points: tuple[int, ...] = (10,)    # more point budgets of PPL and random (other seeds)
-    pixel_fraction: float = 0.022            # the region rows' budget (SPL at 2.2%, RIPU regions)
-    ripu_rounds: int = 5                     # RIPU acquires in 5 rounds during training
-    total_steps: int = 300                   # adaptation steps of every trial after the warm-up
-    tzeng: bool = False                      # Tzeng et al.'s ablation, on the first seed
-    ablation_points: int = 10                # its PPL budget
+    seeds: tuple[int, ...]  # the headline pairs run on every seed
+    other_seeds: tuple[int, ...] = ()  # the other rows run on these seeds only
+    points: int = 40  # points per image of the point rows
+    curve_points: tuple[int, ...] = (10,)  # more point budgets of PPL and random (other seeds)
+    pixel_fraction: float = 0.022  # the region rows' budget (SPL at 2.2%, RIPU regions)
+    ripu_rounds: int = 5  # RIPU acquires in 5 rounds during training
+    total_steps: int = 300  # adaptation steps of every trial after the warm-up
+    tzeng: bool = False  # Tzeng et al.'s ablation, on the first seed
+    ablation_points: int = 10  # its PPL budget
 
 
 # Sized for 2 CPUs (per seed on a quiet machine: source model about 1.5 min, warm-up about 3, oracle
@@ -102,10 +101,10 @@ class Row:
     procedure: str
     budget: str
     keys: dict
-    rival: str | None = None     # the id of the random row at the same budget
-    goal: bool = False           # a headline row with the issue's goals
-    table: str = "main"          # "main" | "confusion" | "temperature" | "semi"
-    value: float | None = None   # the ablated setting, in the ablation tables
+    rival: str | None = None  # the id of the random row at the same budget
+    goal: bool = False  # a headline row with the issue's goals
+    table: str = "main"  # "main" | "confusion" | "temperature" | "semi"
+    value: float | None = None  # the ablated setting, in the ablation tables
 
     def case(self) -> dict:
         return dict(self.keys)
@@ -123,36 +122,102 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
     one_round = "warm-up, 1 round"
     rows = [
         Row("ppl", "LabOR PPL", one_round, budget_label(points=p), ppl_keys(p), rival="random", goal=True),
-        Row("random", "random points", one_round, budget_label(points=p),
-            {"selection.selector": "random", "selection.points_per_image": p}),
-        Row("spl_mask", "LabOR SPL, whole mask", one_round, "whole mask",
-            {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"}, rival="random_mask", goal=True),
+        Row(
+            "random",
+            "random points",
+            one_round,
+            budget_label(points=p),
+            {"selection.selector": "random", "selection.points_per_image": p},
+        ),
+        Row(
+            "spl_mask",
+            "LabOR SPL, whole mask",
+            one_round,
+            "whole mask",
+            {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"},
+            rival="random_mask",
+            goal=True,
+        ),
     ]
     if matched_fraction:  # unknown before it is measured; 0 if the masks are empty (nothing to match)
-        rows.append(Row("random_mask", "random squares at SPL's cost", one_round, "= SPL's whole mask",
-                        {"selection.selector": "random_regions", "selection.budget_fraction": matched_fraction}))
+        rows.append(
+            Row(
+                "random_mask",
+                "random squares at SPL's cost",
+                one_round,
+                "= SPL's whole mask",
+                {"selection.selector": "random_regions", "selection.budget_fraction": matched_fraction},
+            )
+        )
     others = seed is None or seed in plan.other_seeds
     if others:
         rows += [
-            Row("spl", "LabOR SPL", one_round, budget_label(fraction=frac),
-                {"selection.selector": "labor_spl", "selection.budget_fraction": frac}, rival="random_squares"),
-            Row("random_squares", "random squares", one_round, budget_label(fraction=frac),
-                {"selection.selector": "random_regions", "selection.budget_fraction": frac}),
-            Row("ripu_points", "RIPU points", f"warm-up, {rounds} rounds", budget_label(points=p // rounds, rounds=rounds),
-                {"selection.selector": "region_impurity", "selection.points_per_image": p // rounds,
-                 "selection.rounds": rounds}, rival="random"),
-            Row("ripu_regions", "RIPU regions", f"warm-up, {rounds} rounds",
+            Row(
+                "spl",
+                "LabOR SPL",
+                one_round,
+                budget_label(fraction=frac),
+                {"selection.selector": "labor_spl", "selection.budget_fraction": frac},
+                rival="random_squares",
+            ),
+            Row(
+                "random_squares",
+                "random squares",
+                one_round,
+                budget_label(fraction=frac),
+                {"selection.selector": "random_regions", "selection.budget_fraction": frac},
+            ),
+            Row(
+                "ripu_points",
+                "RIPU points",
+                f"warm-up, {rounds} rounds",
+                budget_label(points=p // rounds, rounds=rounds),
+                {
+                    "selection.selector": "region_impurity",
+                    "selection.points_per_image": p // rounds,
+                    "selection.rounds": rounds,
+                },
+                rival="random",
+            ),
+            Row(
+                "ripu_regions",
+                "RIPU regions",
+                f"warm-up, {rounds} rounds",
                 budget_label(fraction=frac / rounds, rounds=rounds),
-                {"selection.selector": "region_impurity_regions", "selection.budget_fraction": frac / rounds,
-                 "selection.rounds": rounds}, rival="random_squares"),
-            Row("entropy", "entropy", one_round, budget_label(points=p),
-                {"selection.selector": "entropy", "selection.points_per_image": p}, rival="random"),
+                {
+                    "selection.selector": "region_impurity_regions",
+                    "selection.budget_fraction": frac / rounds,
+                    "selection.rounds": rounds,
+                },
+                rival="random_squares",
+            ),
+            Row(
+                "entropy",
+                "entropy",
+                one_round,
+                budget_label(points=p),
+                {"selection.selector": "entropy", "selection.points_per_image": p},
+                rival="random",
+            ),
         ]
         for points in plan.curve_points:
-            rows += [Row(f"ppl@{points}", "LabOR PPL", one_round, budget_label(points=points), ppl_keys(points),
-                         rival=f"random@{points}"),
-                     Row(f"random@{points}", "random points", one_round, budget_label(points=points),
-                         {"selection.selector": "random", "selection.points_per_image": points})]
+            rows += [
+                Row(
+                    f"ppl@{points}",
+                    "LabOR PPL",
+                    one_round,
+                    budget_label(points=points),
+                    ppl_keys(points),
+                    rival=f"random@{points}",
+                ),
+                Row(
+                    f"random@{points}",
+                    "random points",
+                    one_round,
+                    budget_label(points=points),
+                    {"selection.selector": "random", "selection.points_per_image": points},
+                ),
+            ]
     if plan.tzeng and (seed is None or seed == plan.seeds[0]):
         rows += tzeng_rows(plan)
     unique, seen = [], set()
@@ -168,15 +233,40 @@ def tzeng_rows(plan: Plan) -> list[Row]:
     """Tzeng et al.'s ablation with LabOR PPL points: confusion weight, temperature, classes never labeled."""
     ppl, budget, out = ppl_keys(plan.ablation_points), budget_label(points=plan.ablation_points), []
     for weight in (0.0, 1.0):
-        out.append(Row(f"confusion={weight:g}", f"confusion weight {weight:g}", "warm-up, 1 round", budget,
-                       {**ppl, "adapt.confusion_weight": weight}, table="confusion", value=weight))
+        out.append(
+            Row(
+                f"confusion={weight:g}",
+                f"confusion weight {weight:g}",
+                "warm-up, 1 round",
+                budget,
+                {**ppl, "adapt.confusion_weight": weight},
+                table="confusion",
+                value=weight,
+            )
+        )
     for temperature in (1.0, 8.0):
-        out.append(Row(f"temperature={temperature:g}", f"temperature {temperature:g}", "warm-up, 1 round", budget,
-                       {**ppl, "adapt.soft_label_temperature": temperature}, table="temperature", value=temperature))
+        out.append(
+            Row(
+                f"temperature={temperature:g}",
+                f"temperature {temperature:g}",
+                "warm-up, 1 round",
+                budget,
+                {**ppl, "adapt.soft_label_temperature": temperature},
+                table="temperature",
+                value=temperature,
+            )
+        )
     for soft in (0.0, 0.1):
-        out.append(Row(f"semi={soft:g}", f"soft labels {'on (0.1)' if soft else 'off'}", "warm-up, 1 round", budget,
-                       {**ppl, "selection.unlabeled_classes": list(WITHHELD_CLASSES), "adapt.soft_label_weight": soft},
-                       table="semi"))
+        out.append(
+            Row(
+                f"semi={soft:g}",
+                f"soft labels {'on (0.1)' if soft else 'off'}",
+                "warm-up, 1 round",
+                budget,
+                {**ppl, "selection.unlabeled_classes": list(WITHHELD_CLASSES), "adapt.soft_label_weight": soft},
+                table="semi",
+            )
+        )
     return out
 
 
@@ -184,17 +274,32 @@ def base_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str]) -
     """One seed's settings before its cases: what the source model, warm-up and oracle caches depend on."""
     cfg = load_config(None, overrides)
     if cfg.storage.uri:
-        raise ConfigError("storage.uri", "the quality benchmark reads its sweeps' results from output_dir on this "
-                                         "machine; run it without storage.uri")
-    steps = {} if any(pair.startswith("adapt.total_steps=") for pair in overrides) else \
-        {"adapt.total_steps": plan.total_steps}  # the user's --set wins (e.g. a small run to try the path)
-    cfg = with_overrides(cfg, {**SWEEP_SETTINGS, **steps, "seed": seed, "output_dir": str(output_dir / f"seed-{seed}"),
-                               "sweep.search_space": {}})
+        raise ConfigError(
+            "storage.uri",
+            "the quality benchmark reads its sweeps' results from output_dir on this "
+            "machine; run it without storage.uri",
+        )
+    steps = (
+        {}
+        if any(pair.startswith("adapt.total_steps=") for pair in overrides)
+        else {"adapt.total_steps": plan.total_steps}
+    )  # the user's --set wins (e.g. a small run to try the path)
+    cfg = with_overrides(
+        cfg,
+        {
+            **SWEEP_SETTINGS,
+            **steps,
+            "seed": seed,
+            "output_dir": str(output_dir / f"seed-{seed}"),
+            "sweep.search_space": {},
+        },
+    )
     return with_absolute_paths(cfg)
 
 
-def sweep_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str],
-                 matched_fraction: float | None = None) -> ExperimentConfig:
+def sweep_config(
+    plan: Plan, seed: int, output_dir: Path, overrides: list[str], matched_fraction: float | None = None
+) -> ExperimentConfig:
     """The seed's sweep: every row as a case of the ``cases`` axis, the longest trials first (Tune starts a
     grid in order; two trials run at once, and a long trial started last would leave a slot idle)."""
     cfg = base_config(plan, seed, output_dir, overrides)
@@ -208,14 +313,18 @@ MATCH_FILE = "spl-whole-mask.json"
 def whole_mask_fraction(cfg: ExperimentConfig, checkpoint: str) -> dict:
     """Pixels of the pool that LabOR SPL's whole-mask round 1 buys with ``checkpoint``'s selector: ranked
     here with the same ``Ranker`` the actors run (a forward pass of S over the pool)."""
-    from orchestrator.ranking import Ranker, shard_ids
+    from orchestrator.round.ranking import Ranker, shard_ids
 
-    spl = with_overrides(cfg, {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask",
-                               "selection.budget_fraction": 0.0}).to_dict()
+    spl = with_overrides(
+        cfg, {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.0}
+    ).to_dict()
     ranker = Ranker(checkpoint, spl)
     pool_size = len(ranker.pool)
-    pixels = sum(query.num_pixels for shard in shard_ids(list(range(pool_size)), cfg.ranking.images_per_shard)
-                 for _, query in ranker.rank(shard, {}, 0))
+    pixels = sum(
+        query.num_pixels
+        for shard in shard_ids(list(range(pool_size)), cfg.ranking.images_per_shard)
+        for _, query in ranker.rank(shard, {}, 0)
+    )
     return {"pixels": int(pixels), "fraction": pixels / (pool_size * cfg.data.height * cfg.data.width)}
 
 
@@ -227,7 +336,7 @@ def matched_fraction_of(cfg: ExperimentConfig) -> float | None:
 
 def trial_results(cfg: ExperimentConfig) -> list[tuple[dict, dict]]:
     """(trial config, final-round metrics) of every finished trial of a sweep."""
-    from orchestrator.experiment import PROGRESS_FILE
+    from orchestrator.sweep.trainable import PROGRESS_FILE
 
     out = []
     for trial in sorted((Path(cfg.output_dir) / cfg.sweep.name / "trials").glob("*")):
@@ -243,11 +352,13 @@ def trial_results(cfg: ExperimentConfig) -> list[tuple[dict, dict]]:
 
 def reference_metrics(cfg: ExperimentConfig) -> dict[str, dict]:
     """Source-only, warm-up and oracle target metrics of a finished sweep, from their caches."""
-    from orchestrator.experiment import oracle_cache_key, source_cache_key, warmup_cache_key
+    from orchestrator.round.start_models import oracle_cache_key, source_cache_key, warmup_cache_key
 
     root = Path(cfg.output_dir)
-    out = {"source": json.loads((root / "source-models" / source_cache_key(cfg) / "metrics.json").read_text()),
-           "oracle": json.loads((root / "oracle-references" / oracle_cache_key(cfg) / "metrics.json").read_text())}
+    out = {
+        "source": json.loads((root / "source-models" / source_cache_key(cfg) / "metrics.json").read_text()),
+        "oracle": json.loads((root / "oracle-references" / oracle_cache_key(cfg) / "metrics.json").read_text()),
+    }
     warmup = root / "warmup-models" / warmup_cache_key(cfg) / "metrics.json"
     out["warmup"] = json.loads(warmup.read_text()) if cfg.warmup.steps and warmup.is_file() else out["source"]
     return out
@@ -274,8 +385,9 @@ def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Meas
     """Every row's figures over the seeds of ``configs``, and the references per seed (mIoU; the
     withheld classes' mIoU under ``<name>_withheld``; the warm-up's gap closed under ``warmup_gap``)."""
     measured: dict[str, Measured] = {}
-    references: dict[str, list[float]] = {name: [] for name in
-                                          (*REFERENCES, *(f"{r}_withheld" for r in REFERENCES), "warmup_gap")}
+    references: dict[str, list[float]] = {
+        name: [] for name in (*REFERENCES, *(f"{r}_withheld" for r in REFERENCES), "warmup_gap")
+    }
     pool_images = None
     for seed, cfg in configs.items():
         rows = plan_rows(plan, seed, matched_fraction_of(cfg))
@@ -284,8 +396,11 @@ def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Meas
         refs = reference_metrics(cfg)
         low, high = refs["source"]["target/miou"], refs["oracle"]["target/miou"]
         if high <= low:
-            print(f"[quality] seed {seed}: the oracle ({high:.3f}) is not above source-only ({low:.3f}); "
-                  f"gap closed is undefined for this seed", file=sys.stderr)
+            print(
+                f"[quality] seed {seed}: the oracle ({high:.3f}) is not above source-only ({low:.3f}); "
+                f"gap closed is undefined for this seed",
+                file=sys.stderr,
+            )
 
         def gap(miou: float) -> float:
             return (miou - low) / (high - low) if high > low else float("nan")
@@ -360,7 +475,7 @@ class Margin:
 
     values: tuple[float, ...]
     mean: float
-    low: float    # the 95% t-interval; NaN with fewer than 2 seeds
+    low: float  # the 95% t-interval; NaN with fewer than 2 seeds
     high: float
 
     @property
@@ -411,8 +526,12 @@ def goal_checks(measured: list[Measured]) -> list[GoalCheck]:
             continue
         mean, _ = mean_spread(m.gap)
         name = f"{m.row.label} ({m.row.budget})"
-        checks.append(GoalCheck(f"{name} closes {mean:.2f} of the gap (goal >= {GOAL_GAP_CLOSED:.2f}; "
-                                f"{len(m.gap)} seed(s))", mean >= GOAL_GAP_CLOSED if mean == mean else None))
+        checks.append(
+            GoalCheck(
+                f"{name} closes {mean:.2f} of the gap (goal >= {GOAL_GAP_CLOSED:.2f}; {len(m.gap)} seed(s))",
+                mean >= GOAL_GAP_CLOSED if mean == mean else None,
+            )
+        )
         rival = by_id.get(m.row.rival)
         if rival is None or not rival.gap:
             continue
@@ -421,8 +540,12 @@ def goal_checks(measured: list[Measured]) -> list[GoalCheck]:
         if margin.verdict() is None:
             why.append(f"at least {MIN_SEEDS_TO_JUDGE} seeds are needed to judge")
         why.append(f"per seed {', '.join(f'{v:+.2f}' for v in margin.values)}")
-        checks.append(GoalCheck(f"{name} beats {rival.row.label}: paired margin {margin.text()} of the gap "
-                                f"({'; '.join(why)})", margin.verdict()))
+        checks.append(
+            GoalCheck(
+                f"{name} beats {rival.row.label}: paired margin {margin.text()} of the gap ({'; '.join(why)})",
+                margin.verdict(),
+            )
+        )
     return checks
 
 
@@ -484,9 +607,18 @@ def _cost_cells(m: Measured) -> str:
     return f"{fraction} | {clicks}"
 
 
-def render_markdown(plan: Plan, quick: bool, measured: list[Measured], references: dict, checks: list[GoalCheck],
-                    cfg: ExperimentConfig, minutes: float, image_name: str, command: str) -> str:
-    from orchestrator.experiment import warmup_losses
+def render_markdown(
+    plan: Plan,
+    quick: bool,
+    measured: list[Measured],
+    references: dict,
+    checks: list[GoalCheck],
+    cfg: ExperimentConfig,
+    minutes: float,
+    image_name: str,
+    command: str,
+) -> str:
+    from orchestrator.round.start_models import warmup_losses
 
     height, width = cfg.data.height, cfg.data.width
     pool = _pool_images(cfg)
@@ -552,8 +684,10 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
         rival = by_id.get(m.row.rival) if m.row.rival else None
         margin = paired_margin(m, rival).text() if rival is not None and rival.gap else "-"
         label = f"**{m.row.label}**" if m.row.goal else m.row.label
-        lines.append(f"| {label} | {m.row.procedure} | {m.row.budget} | {_cost_cells(m)} | {fmt(m.miou)} | "
-                     f"{fmt(m.gap, 2)} | {margin} | {len(m.seeds)} |")
+        lines.append(
+            f"| {label} | {m.row.procedure} | {m.row.budget} | {_cost_cells(m)} | {fmt(m.miou)} | "
+            f"{fmt(m.gap, 2)} | {margin} | {len(m.seeds)} |"
+        )
     lines += [f"| oracle | every pool pixel | - | 100% | - | {ora} | 1 | - | {len(references['oracle'])} |", ""]
     lines += _tzeng_tables(plan, measured, references, cfg, src, ora)
     lines += [
@@ -578,32 +712,44 @@ def render_markdown(plan: Plan, quick: bool, measured: list[Measured], reference
     return "\n".join(lines)
 
 
-def _tzeng_tables(plan: Plan, measured: list[Measured], references: dict, cfg: ExperimentConfig, src: str,
-                  ora: str) -> list[str]:
+def _tzeng_tables(
+    plan: Plan, measured: list[Measured], references: dict, cfg: ExperimentConfig, src: str, ora: str
+) -> list[str]:
     reference = next((m for m in measured if m.row.keys == ppl_keys(plan.ablation_points)), None)
     lines = []
     for table, title, what, default in (
-            ("confusion", "Tzeng ablation: domain confusion weight", "confusion weight lambda",
-             cfg.adapt.confusion_weight),
-            ("temperature", "Tzeng ablation: soft-label temperature", "temperature T", cfg.adapt.soft_label_temperature)):
+        ("confusion", "Tzeng ablation: domain confusion weight", "confusion weight lambda", cfg.adapt.confusion_weight),
+        ("temperature", "Tzeng ablation: soft-label temperature", "temperature T", cfg.adapt.soft_label_temperature),
+    ):
         entries = [(m.row.value, "", m) for m in measured if m.row.table == table]
         if not entries:
             continue
         if reference is not None:
             entries.append((default, " (default)", reference))
-        lines += [f"## {title}", "", f"LabOR PPL, {plan.ablation_points} points per image; the other losses at "
-                                     f"their defaults. The default ({default:g}) is the main table's row.", "",
-                  f"| {what} | target mIoU | gap closed |", "|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            f"LabOR PPL, {plan.ablation_points} points per image; the other losses at "
+            f"their defaults. The default ({default:g}) is the main table's row.",
+            "",
+            f"| {what} | target mIoU | gap closed |",
+            "|---|---|---|",
+        ]
         for value, note, m in sorted(entries, key=lambda entry: entry[0]):
             lines.append(f"| {value:g}{note} | {fmt(m.miou)} | {fmt(m.gap, 2)} |")
         lines.append("")
     semi = [m for m in measured if m.row.table == "semi"]
     if semi:
-        lines += ["## Tzeng ablation: classes without target labels", "",
-                  f"The oracle never reveals {', '.join(WITHHELD_CLASSES)} (the pixels selected there are paid "
-                  f"for and stay unlabeled); LabOR PPL, {plan.ablation_points} points per image.", "",
-                  "| soft labels | target mIoU (all classes) | mIoU of the withheld classes |", "|---|---|---|",
-                  f"| source only | {src} | {fmt(references['source_withheld'])} |"]
+        lines += [
+            "## Tzeng ablation: classes without target labels",
+            "",
+            f"The oracle never reveals {', '.join(WITHHELD_CLASSES)} (the pixels selected there are paid "
+            f"for and stay unlabeled); LabOR PPL, {plan.ablation_points} points per image.",
+            "",
+            "| soft labels | target mIoU (all classes) | mIoU of the withheld classes |",
+            "|---|---|---|",
+            f"| source only | {src} | {fmt(references['source_withheld'])} |",
+        ]
         for m in semi:
             lines.append(f"| {m.row.label.removeprefix('soft labels ')} | {fmt(m.miou)} | {fmt(m.withheld_miou)} |")
         lines += [f"| oracle (every class labeled) | {ora} | {fmt(references['oracle_withheld'])} |", ""]
@@ -616,8 +762,8 @@ def prepare_seed(cfg: ExperimentConfig, num_cpus: int | None, quiet: bool) -> fl
     recorded = matched_fraction_of(cfg)
     if recorded is not None:
         return recorded
-    from orchestrator.experiment import ensure_source_model, ensure_warmup_model
-    from orchestrator.raysession import start_ray
+    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.round.start_models import ensure_source_model, ensure_warmup_model
 
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[quality] {msg}", flush=True))
     start_ray(None, num_cpus, quiet)
@@ -626,18 +772,22 @@ def prepare_seed(cfg: ExperimentConfig, num_cpus: int | None, quiet: bool) -> fl
     measured = whole_mask_fraction(cfg, warmed)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.output_dir) / MATCH_FILE).write_text(json.dumps(measured))
-    say(f"LabOR SPL's whole mask holds {measured['pixels']} pixels ({100 * measured['fraction']:.3g}% of the pool): "
-        f"the budget of its random rival")
+    say(
+        f"LabOR SPL's whole mask holds {measured['pixels']} pixels ({100 * measured['fraction']:.3g}% of the pool): "
+        f"the budget of its random rival"
+    )
     return measured["fraction"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="one seed, the headline pairs only (about 10 minutes)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds of the headline pairs (default: 5, quick: 1)")
-    parser.add_argument("--other-seeds", type=int, default=None,
-                        help="seeds of the other rows, the first ones (default: 2, quick: 0)")
+    parser.add_argument(
+        "--other-seeds", type=int, default=None, help="seeds of the other rows, the first ones (default: 2, quick: 0)"
+    )
     parser.add_argument("--tzeng", action="store_true", help="also Tzeng et al.'s ablation, on the first seed")
     parser.add_argument("--output-dir", default="runs/benchmarks", help="sweeps go here (default runs/benchmarks)")
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where BENCHMARKS.md and the image go")
@@ -645,8 +795,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished sweeps")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-sweep progress (Tune's table, trial lines)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every sweep (as for orchestrator.sweep)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every sweep (as for orchestrator.sweep)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if (args.seeds is not None and args.seeds < 1) or (args.other_seeds is not None and args.other_seeds < 0):
@@ -663,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from orchestrator.tracking import TrackingError, check_tracking_uri, resolve_tracking_uri
+    from orchestrator.tracking.mlflow_runs import TrackingError, check_tracking_uri, resolve_tracking_uri
 
     tracking_uri = resolve_tracking_uri(args.tracking_uri, bases[plan.seeds[0]].tracking.uri)
     try:
@@ -682,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = output_dir / RUN_RECORD
     started = time.perf_counter()
     if not args.report_only:
-        from orchestrator.sweep import run_sweep
+        from orchestrator.sweep.driver import run_sweep
 
         output_dir.mkdir(parents=True, exist_ok=True)
         timing.write_text(json.dumps({"started": time.time()}))
@@ -691,17 +847,26 @@ def main(argv: list[str] | None = None) -> int:
             matched = prepare_seed(base, args.num_cpus, args.quiet)
             cfg = sweep_config(plan, seed, output_dir, args.overrides, matched)
             rows = plan_rows(plan, seed, matched)
-            print(f"[quality] seed {seed} ({number}/{len(bases)}): {len(rows)} trials, {cfg.adapt.total_steps} "
-                  f"adaptation steps each after a {cfg.warmup.steps}-step warm-up, into {cfg.output_dir}", flush=True)
+            print(
+                f"[quality] seed {seed} ({number}/{len(bases)}): {len(rows)} trials, {cfg.adapt.total_steps} "
+                f"adaptation steps each after a {cfg.warmup.steps}-step warm-up, into {cfg.output_dir}",
+                flush=True,
+            )
             sweep_dir = Path(cfg.output_dir) / cfg.sweep.name
             resume = (sweep_dir / "sweep.json").is_file()  # an interrupted benchmark continues
-            code = run_sweep(cfg, tracking_uri, num_cpus=args.num_cpus, quiet=args.quiet, resume=resume,
-                             dashboard=False)  # no dashboard process taking CPU from the timed run
+            code = run_sweep(
+                cfg, tracking_uri, num_cpus=args.num_cpus, quiet=args.quiet, resume=resume, dashboard=False
+            )  # no dashboard process taking CPU from the timed run
             if code not in (0,):
-                print(f"[quality] seed {seed}: the sweep exited with {code}; rows of failed trials show n/a",
-                      file=sys.stderr)
-            print(f"[quality] seed {seed} done in {(time.perf_counter() - seed_started) / 60:.1f} min "
-                  f"({(time.perf_counter() - started) / 60:.1f} min in all)", flush=True)
+                print(
+                    f"[quality] seed {seed}: the sweep exited with {code}; rows of failed trials show n/a",
+                    file=sys.stderr,
+                )
+            print(
+                f"[quality] seed {seed} done in {(time.perf_counter() - seed_started) / 60:.1f} min "
+                f"({(time.perf_counter() - started) / 60:.1f} min in all)",
+                flush=True,
+            )
         timing.write_text(json.dumps({**json.loads(timing.read_text()), "finished": time.time()}))
     minutes = run_minutes(output_dir)
 
@@ -709,11 +874,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         measured, references = collect(plan, configs)
     except FileNotFoundError as err:
-        print(f"error: no finished benchmark sweep under '{output_dir}' ({Path(err.filename).name} missing); "
-              f"run it without --report-only first", file=sys.stderr)
+        print(
+            f"error: no finished benchmark sweep under '{output_dir}' ({Path(err.filename).name} missing); "
+            f"run it without --report-only first",
+            file=sys.stderr,
+        )
         return 2
-    expected = {row_id: sum(row_id in {r.id for r in plan_rows(plan, s, matched_fraction_of(configs[s]))}
-                            for s in plan.seeds) for row_id in row_ids(plan)}
+    expected = {
+        row_id: sum(row_id in {r.id for r in plan_rows(plan, s, matched_fraction_of(configs[s]))} for s in plan.seeds)
+        for row_id in row_ids(plan)
+    }
     missing = [f"{m.row.label} @ {m.row.budget}" for m in measured if len(m.miou) < expected.get(m.row.id, 0)]
     checks = goal_checks(measured)
     docs = Path(args.docs)
@@ -722,8 +892,9 @@ def main(argv: list[str] | None = None) -> int:
     image = docs / f"{stem}-budget-curve.png"
     write_budget_curve(plan, measured, references, image)
     command = "python -m benchmarks.quality" + (" --quick" if args.quick else "")
-    text = render_markdown(plan, args.quick, measured, references, checks, configs[plan.seeds[0]], minutes,
-                           image.name, command)
+    text = render_markdown(
+        plan, args.quick, measured, references, checks, configs[plan.seeds[0]], minutes, image.name, command
+    )
     if missing:
         text += "\nRows missing a seed (a trial failed or was not run): " + "; ".join(missing) + "\n"
     report = docs / ("BENCHMARKS-quick.md" if args.quick else "BENCHMARKS.md")
@@ -756,9 +927,11 @@ def _log_to_mlflow(tracking_uri: str, report: Path, image: Path, measured: list[
     MLflow being away costs a warning, not the report (it is on disk already)."""
     try:
         _log_report(tracking_uri, report, image, measured, plan)
-    except Exception as err:  # noqa: BLE001 -- any client or server failure
-        print(f"[quality] could not log to MLflow ({type(err).__name__}: {err}); the report is in {report}",
-              file=sys.stderr)
+    except Exception as err:
+        print(
+            f"[quality] could not log to MLflow ({type(err).__name__}: {err}); the report is in {report}",
+            file=sys.stderr,
+        )
 
 
 def _log_report(tracking_uri: str, report: Path, image: Path, measured: list[Measured], plan: Plan) -> None:
@@ -766,8 +939,11 @@ def _log_report(tracking_uri: str, report: Path, image: Path, measured: list[Mea
 
     client = mlflow.MlflowClient(tracking_uri)
     experiment = client.get_experiment_by_name("quality") or client.get_experiment(client.create_experiment("quality"))
-    run = client.create_run(experiment.experiment_id, run_name=f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}",
-                            tags={"activeda.benchmark": "quality", "seeds": ",".join(map(str, plan.seeds))})
+    run = client.create_run(
+        experiment.experiment_id,
+        run_name=f"benchmark-{time.strftime('%Y%m%d-%H%M%S')}",
+        tags={"activeda.benchmark": "quality", "seeds": ",".join(map(str, plan.seeds))},
+    )
     status = "FAILED"
     try:
         for m in measured:

@@ -5,7 +5,7 @@ each pool size in a fresh driver process:
 
 1. the label store holds one earlier round of about 2% of every image (generated class-boundary
    bands, stored as run lengths: Cityscapes-scale labeled pixels);
-2. a selection round runs the product's own driver code (``orchestrator.experiment.select_round``):
+2. a selection round runs the product's own driver code (``orchestrator.round.selection.select_round``):
    Ray ranking actors read the labeled pixels of their own images from the store, forward and
    select, and send back queries; the driver merges a pool-wide pixel budget, reveals the picks
    with the oracle and writes the round;
@@ -60,10 +60,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.scale_scene import (CITYSCAPES_CLASSES, CITYSCAPES_SIZE, CITYSCAPES_TRAIN_IMAGES, SPL_FRACTION,
-                                    CheapSegmenter, GeneratedPool, time_selectors)
-from orchestrator.labels import LabeledPixels, LabelStore, Oracle, storage_settings
-from orchestrator.ranking import Ranker, labeled_coordinates
+from benchmarks.scale_scene import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_SIZE,
+    CITYSCAPES_TRAIN_IMAGES,
+    SPL_FRACTION,
+    CheapSegmenter,
+    GeneratedPool,
+    time_selectors,
+)
+from orchestrator.labels.oracle import Oracle
+from orchestrator.labels.store import LabeledPixels, LabelStore, storage_settings
+from orchestrator.round.ranking import Ranker, labeled_coordinates
 from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, selector_params
 
 DISTINCT_SCENES = 32
@@ -88,10 +96,17 @@ class ScaleRanker(Ranker):
         self.cfg = cfg
         data = cfg["data"]
         num_classes = len(CLASS_SETS[data["class_set"]])
-        self.pool = GeneratedPool(data["pool_images"], data["height"], data["width"], num_classes,
-                                  seed=int(cfg["seed"]), distinct_scenes=DISTINCT_SCENES)
-        self.device = torch.device("cuda" if cfg["ranking"]["gpus_per_actor"] > 0 and torch.cuda.is_available()
-                                   else "cpu")
+        self.pool = GeneratedPool(
+            data["pool_images"],
+            data["height"],
+            data["width"],
+            num_classes,
+            seed=int(cfg["seed"]),
+            distinct_scenes=DISTINCT_SCENES,
+        )
+        self.device = torch.device(
+            "cuda" if cfg["ranking"]["gpus_per_actor"] > 0 and torch.cuda.is_available() else "cpu"
+        )
         name = cfg["selection"]["selector"]
         self.selector = name
         heads = 2 if SELECTOR_INPUTS[name] == "selector" else 1
@@ -103,8 +118,7 @@ class ScaleRanker(Ranker):
         self.prefetching, self.prefetched, self.prefetch_hits = None, None, 0  # ... nor to decode ahead
         self._queries: dict = {}
 
-    def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0, max_share=None,
-             prefetch_ids=None):
+    def rank(self, image_ids, labeled, num_points, round_index=1, budget_pixels=0, max_share=None, prefetch_ids=None):
         coordinates = labeled_coordinates(labeled, image_ids)  # from the store, as every actor reads it
         keys = {i: (self._key(i, coordinates.get(i), round_index), max_share) for i in image_ids}
         first_of = {}
@@ -112,16 +126,18 @@ class ScaleRanker(Ranker):
             if keys[i] not in self._queries:
                 first_of.setdefault(keys[i], i)
         if first_of:
-            for image_id, query in super().rank(list(first_of.values()), coordinates, num_points, round_index,
-                                                budget_pixels, max_share):
+            for image_id, query in super().rank(
+                list(first_of.values()), coordinates, num_points, round_index, budget_pixels, max_share
+            ):
                 self._queries[keys[image_id]] = query
         return [(i, self._queries[keys[i]]) for i in image_ids]
 
     def _key(self, image_id: int, labeled, round_index: int):
         digest = None
         if labeled is not None:
-            digest = hashlib.blake2b(np.asarray(labeled[0]).tobytes() + np.asarray(labeled[1]).tobytes(),
-                                     digest_size=16).hexdigest()
+            digest = hashlib.blake2b(
+                np.asarray(labeled[0]).tobytes() + np.asarray(labeled[1]).tobytes(), digest_size=16
+            ).hexdigest()
         seed = None if self.selector in SEEDLESS else (image_id, round_index)
         return self.pool.scene(image_id), digest, seed
 
@@ -150,8 +166,16 @@ def earlier_round(pool: GeneratedPool):
             flat = boundary_band(label)
             bands[scene] = flat, label.reshape(-1)[torch.from_numpy(flat)].numpy().astype(np.uint8)
         flat, labels = bands[scene]
-        yield LabeledPixels(image_id, (flat // pool.width).astype(np.int32), (flat % pool.width).astype(np.int32),
-                            labels, pool.height, pool.width, clicks=len(flat) / 8, regions=True)
+        yield LabeledPixels(
+            image_id,
+            (flat // pool.width).astype(np.int32),
+            (flat % pool.width).astype(np.int32),
+            labels,
+            pool.height,
+            pool.width,
+            clicks=len(flat) / 8,
+            regions=True,
+        )
 
 
 def folder_bytes(folder: Path) -> int:
@@ -159,16 +183,25 @@ def folder_bytes(folder: Path) -> int:
 
 
 def pool_config(args: argparse.Namespace, pool_size: int, budget_pixels: int, work: Path):
-    from orchestrator.config import load_config
+    from experiment_config import load_config
 
     height, width = args.height, args.width
-    overrides = {"data.height": height, "data.width": width, "data.class_set": "cityscapes19",
-                 "data.pool_images": pool_size, "selection.selector": args.selector,
-                 "ranking.num_actors": args.actors, "ranking.images_per_shard": args.images_per_shard,
-                 "ranking.cpus_per_actor": 1.0, "output_dir": str(work)}
+    overrides = {
+        "data.height": height,
+        "data.width": width,
+        "data.class_set": "cityscapes19",
+        "data.pool_images": pool_size,
+        "selection.selector": args.selector,
+        "ranking.num_actors": args.actors,
+        "ranking.images_per_shard": args.images_per_shard,
+        "ranking.cpus_per_actor": 1.0,
+        "output_dir": str(work),
+    }
     if SELECTOR_KIND[args.selector] == "regions":
-        overrides |= {"selection.budget_fraction": budget_pixels / (pool_size * height * width),
-                      "selection.region_spread": "share"}
+        overrides |= {
+            "selection.budget_fraction": budget_pixels / (pool_size * height * width),
+            "selection.region_spread": "share",
+        }
     else:
         overrides["selection.points_per_image"] = 40
     return load_config(None, overrides)
@@ -186,6 +219,7 @@ def timed_calls(owner, names: tuple[str, ...], totals: dict[str, float]):
                 return original(*args, **kwargs)
             finally:
                 totals[name] = totals.get(name, 0.0) + time.perf_counter() - started
+
         return timed
 
     for name, original in originals.items():
@@ -199,16 +233,17 @@ def timed_calls(owner, names: tuple[str, ...], totals: dict[str, float]):
 
 def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, budget_pixels: int) -> dict:
     """One selection round on a pool of ``pool_size`` images, in this (fresh) driver process."""
-    import orchestrator.experiment as experiment
-    from orchestrator.raysession import start_ray
+    import orchestrator.round.selection as experiment
+    from orchestrator.cluster.ray_session import start_ray
     from pixel_selectors.budget import GlobalBudget
     from trainers.step import SparseTargetDataset
 
     work = store_root.parent
     cfg = pool_config(args, pool_size, budget_pixels, work)
     cfg_dict = cfg.to_dict()
-    pool = GeneratedPool(pool_size, args.height, args.width, CITYSCAPES_CLASSES, seed=cfg.seed,
-                         distinct_scenes=DISTINCT_SCENES)
+    pool = GeneratedPool(
+        pool_size, args.height, args.width, CITYSCAPES_CLASSES, seed=cfg.seed, distinct_scenes=DISTINCT_SCENES
+    )
     store = LabelStore(store_root)
     before = store.totals()
     start_ray(num_cpus=max(2, args.actors), quiet=True)
@@ -223,19 +258,35 @@ def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, bu
     tracemalloc.start()
     started = time.perf_counter()
     try:
-        with timed_calls(GlobalBudget, ("add", "add_points", "result"), merge), \
-                timed_calls(Oracle, ("reveal",), reveal), timed_calls(experiment, ("clicks_for_region",), clicks):
+        with (
+            timed_calls(GlobalBudget, ("add", "add_points", "result"), merge),
+            timed_calls(Oracle, ("reveal",), reveal),
+            timed_calls(experiment, ("clicks_for_region",), clicks),
+        ):
             labeled, shortfall = experiment.select_round(
-                "generated", cfg, pool_size, store, Oracle(pool), round_index=2,
-                pool_pixels=pool_size * args.height * args.width, progress=lambda line: print(f"  {line}", flush=True),
-                ranker=ScaleRanker)
+                "generated",
+                cfg,
+                pool_size,
+                store,
+                Oracle(pool),
+                round_index=2,
+                pool_pixels=pool_size * args.height * args.width,
+                progress=lambda line: print(f"  {line}", flush=True),
+                ranker=ScaleRanker,
+            )
         selected_s = time.perf_counter() - started
         written = time.perf_counter()
         store.append_round(2, args.selector, labeled)
         write_s = time.perf_counter() - written
         del labeled
-        job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": "checkpoint", "round": 2,
-               "label_reader": store.reader(upto_round=2, storage=storage_settings(cfg_dict)), "train_selector": False}
+        job = {
+            "mode": "adapt",
+            "config": cfg_dict,
+            "init_checkpoint": "checkpoint",
+            "round": 2,
+            "label_reader": store.reader(upto_round=2, storage=storage_settings(cfg_dict)),
+            "train_selector": False,
+        }
         job_bytes = len(pickle.dumps(job))
         _, traced_peak = tracemalloc.get_traced_memory()
     finally:
@@ -257,16 +308,27 @@ def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, bu
     after = store.totals()
     ranking = stats[0]
     return {
-        "pool_images": pool_size, "budget_pixels": budget_pixels, "shortfall": int(shortfall),
-        "store_labeled_pixels_before": before["labeled_pixels"], "store_labeled_pixels": after["labeled_pixels"],
-        "bought_pixels": after["labeled_pixels"] - before["labeled_pixels"], "store_bytes": folder_bytes(store_root),
-        "driver_traced_peak_bytes": traced_peak, "driver_peak_rss_bytes": driver_rss,
-        "actor_peak_rss_bytes": ranking.actor_peak_rss_bytes, "train_job_bytes": job_bytes,
+        "pool_images": pool_size,
+        "budget_pixels": budget_pixels,
+        "shortfall": int(shortfall),
+        "store_labeled_pixels_before": before["labeled_pixels"],
+        "store_labeled_pixels": after["labeled_pixels"],
+        "bought_pixels": after["labeled_pixels"] - before["labeled_pixels"],
+        "store_bytes": folder_bytes(store_root),
+        "driver_traced_peak_bytes": traced_peak,
+        "driver_peak_rss_bytes": driver_rss,
+        "actor_peak_rss_bytes": ranking.actor_peak_rss_bytes,
+        "train_job_bytes": job_bytes,
         "labels_in_job_bytes_before": int(9 * after["labeled_pixels"]),  # ys, xs int32 + labels uint8 a pixel
-        "select_round_s": selected_s, "ranking_startup_s": ranking.startup_s, "ranking_s": ranking.ranking_s,
-        "merge_s": sum(merge.values()), "reveal_s": sum(reveal.values()), "clicks_s": sum(clicks.values()),
+        "select_round_s": selected_s,
+        "ranking_startup_s": ranking.startup_s,
+        "ranking_s": ranking.ranking_s,
+        "merge_s": sum(merge.values()),
+        "reveal_s": sum(reveal.values()),
+        "clicks_s": sum(clicks.values()),
         "write_round_s": write_s,
-        "worker_label_read_s": read_s, "worker_labeled_pixels_per_image": labeled_read / len(sample),
+        "worker_label_read_s": read_s,
+        "worker_labeled_pixels_per_image": labeled_read / len(sample),
         "worker_item_s": item_s,
     }
 
@@ -302,9 +364,15 @@ def measure_selectors(args: argparse.Namespace, progress=print) -> dict:
             progress(f"{model_name} forward pass of image {i + 1}/{len(pool)}: {time.perf_counter() - started:.1f} s")
     forward_s /= len(pool)
     timings = time_selectors(maps, sorted(SELECTORS), progress=lambda line: progress(f"selector {line}"))
-    return {"model": model_name, "threads": args.threads, "forward_s": forward_s,
-            "selectors": {t.name: {"s": t.seconds_per_image, "ratio": t.seconds_per_image / forward_s,
-                                   "query_pixels": t.query_pixels} for t in timings}}
+    return {
+        "model": model_name,
+        "threads": args.threads,
+        "forward_s": forward_s,
+        "selectors": {
+            t.name: {"s": t.seconds_per_image, "ratio": t.seconds_per_image / forward_s, "query_pixels": t.query_pixels}
+            for t in timings
+        },
+    }
 
 
 def pool_sizes(total: int, fractions: list[int]) -> list[int]:
@@ -312,66 +380,103 @@ def pool_sizes(total: int, fractions: list[int]) -> list[int]:
 
 
 def _mib(value: float) -> str:
-    return f"{value / 2 ** 20:,.1f} MiB"
+    return f"{value / 2**20:,.1f} MiB"
 
 
 def report(args: argparse.Namespace, rounds: list[dict], selectors: dict | None) -> list[str]:
-    lines = [f"{args.height} x {args.width}, {CITYSCAPES_CLASSES} classes, selector {args.selector}, "
-             f"{args.actors} ranking actor(s), budget {rounds[0]['budget_pixels']:,} pixels a round", "",
-             "| pool | labeled pixels in the store | store on disk | driver peak (traced) | driver peak RSS "
-             "| actor peak RSS | job sent to a Train worker | labels that job carried before | merge | "
-             "oracle + click costs | select round | worker: one image's labels |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{args.height} x {args.width}, {CITYSCAPES_CLASSES} classes, selector {args.selector}, "
+        f"{args.actors} ranking actor(s), budget {rounds[0]['budget_pixels']:,} pixels a round",
+        "",
+        "| pool | labeled pixels in the store | store on disk | driver peak (traced) | driver peak RSS "
+        "| actor peak RSS | job sent to a Train worker | labels that job carried before | merge | "
+        "oracle + click costs | select round | worker: one image's labels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rounds:
         lines.append(
             f"| {r['pool_images']:,} | {r['store_labeled_pixels']:,.0f} | {_mib(r['store_bytes'])} | "
             f"{_mib(r['driver_traced_peak_bytes'])} | {_mib(r['driver_peak_rss_bytes'])} | "
             f"{_mib(r['actor_peak_rss_bytes'])} | {r['train_job_bytes']:,} B | {_mib(r['labels_in_job_bytes_before'])} | "
             f"{r['merge_s']:.2f} s | {r['reveal_s']:.1f} + {r['clicks_s']:.1f} s | {r['select_round_s']:.1f} s | "
-            f"{1000 * r['worker_label_read_s']:.1f} ms |")
+            f"{1000 * r['worker_label_read_s']:.1f} ms |"
+        )
     first, last = rounds[0], rounds[-1]
     memory = last["driver_traced_peak_bytes"] / max(first["driver_traced_peak_bytes"], 1)
-    lines += ["", f"- driver peak memory (traced) at {last['pool_images']:,} images / {first['pool_images']:,}: "
-              f"{memory:.2f}x (goal: within 1.10x: {'met' if memory <= 1.10 else 'MISSED'}); peak RSS "
-              f"{last['driver_peak_rss_bytes'] / max(first['driver_peak_rss_bytes'], 1):.2f}x"]
+    lines += [
+        "",
+        f"- driver peak memory (traced) at {last['pool_images']:,} images / {first['pool_images']:,}: "
+        f"{memory:.2f}x (goal: within 1.10x: {'met' if memory <= 1.10 else 'MISSED'}); peak RSS "
+        f"{last['driver_peak_rss_bytes'] / max(first['driver_peak_rss_bytes'], 1):.2f}x",
+    ]
     spread = max(r["train_job_bytes"] for r in rounds) - min(r["train_job_bytes"] for r in rounds)
     sent = ", ".join(f"{r['train_job_bytes']:,}" for r in rounds)
     held = ", ".join(f"{r['store_labeled_pixels']:,.0f}" for r in rounds)
-    lines.append(f"- bytes sent to a Train worker: {sent} with {held} labeled pixels in the store (goal: independent "
-                 f"of them: {'met' if spread <= 16 else 'MISSED'}; they differ by {spread} B: the digits of the "
-                 f"pool size and folder names in the job)")
+    lines.append(
+        f"- bytes sent to a Train worker: {sent} with {held} labeled pixels in the store (goal: independent "
+        f"of them: {'met' if spread <= 16 else 'MISSED'}; they differ by {spread} B: the digits of the "
+        f"pool size and folder names in the job)"
+    )
     if selectors:
-        lines += ["", f"Selectors against a {selectors['model']} forward pass + softmax of the same image size "
-                      f"({1000 * selectors['forward_s']:.0f} ms, {selectors['threads']} thread(s)):", "",
-                  "| selector | time per image | / forward pass | goal <= 0.25 |", "|---|---|---|---|"]
+        lines += [
+            "",
+            f"Selectors against a {selectors['model']} forward pass + softmax of the same image size "
+            f"({1000 * selectors['forward_s']:.0f} ms, {selectors['threads']} thread(s)):",
+            "",
+            "| selector | time per image | / forward pass | goal <= 0.25 |",
+            "|---|---|---|---|",
+        ]
         for name, t in selectors["selectors"].items():
-            lines.append(f"| {name} | {1000 * t['s']:.1f} ms | {t['ratio']:.3f} | "
-                         f"{'met' if t['ratio'] <= 0.25 else 'MISSED'} |")
+            lines.append(
+                f"| {name} | {1000 * t['s']:.1f} ms | {t['ratio']:.3f} | {'met' if t['ratio'] <= 0.25 else 'MISSED'} |"
+            )
     return lines
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="256 x 512 images, a 128-image pool, one sample image: the whole path in minutes")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="256 x 512 images, a 128-image pool, one sample image: the whole path in minutes",
+    )
     parser.add_argument("--pool", type=int, default=None, help=f"full pool size (default {CITYSCAPES_TRAIN_IMAGES})")
-    parser.add_argument("--fractions", default="16,4,1",
-                        help="pool sizes as fractions of --pool, largest divisor first (default 16,4,1)")
+    parser.add_argument(
+        "--fractions",
+        default="16,4,1",
+        help="pool sizes as fractions of --pool, largest divisor first (default 16,4,1)",
+    )
     parser.add_argument("--height", type=int, default=None, help=f"image height (default {CITYSCAPES_SIZE[0]})")
     parser.add_argument("--width", type=int, default=None, help=f"image width (default {CITYSCAPES_SIZE[1]})")
-    parser.add_argument("--selector", default="labor_spl", choices=sorted(SELECTORS),
-                        help="the selector of the ranking round (default labor_spl)")
+    parser.add_argument(
+        "--selector",
+        default="labor_spl",
+        choices=sorted(SELECTORS),
+        help="the selector of the ranking round (default labor_spl)",
+    )
     parser.add_argument("--actors", type=int, default=2, help="ranking actors (default 2)")
-    parser.add_argument("--images-per-shard", type=int, default=2,
-                        help="images an actor forwards at once (default 2; its memory grows with it)")
-    parser.add_argument("--budget-pixels", type=int, default=0,
-                        help="pixels bought by the round at every pool size (default: 2.2%% of the smallest pool)")
+    parser.add_argument(
+        "--images-per-shard",
+        type=int,
+        default=2,
+        help="images an actor forwards at once (default 2; its memory grows with it)",
+    )
+    parser.add_argument(
+        "--budget-pixels",
+        type=int,
+        default=0,
+        help="pixels bought by the round at every pool size (default: 2.2%% of the smallest pool)",
+    )
     parser.add_argument("--worker-items", type=int, default=16, help="images whose labels a Train worker reads (16)")
     parser.add_argument("--sample-images", type=int, default=None, help="images the selectors are timed on (2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for the selector timings (1)")
-    parser.add_argument("--model", default="",
-                        help=f"the network whose forward pass selectors are compared with (default {FORWARD_MODEL})")
+    parser.add_argument(
+        "--model",
+        default="",
+        help=f"the network whose forward pass selectors are compared with (default {FORWARD_MODEL})",
+    )
     parser.add_argument("--skip-selectors", action="store_true", help="no selector timings")
     parser.add_argument("--work-dir", default="", help="where label stores go (default: a temporary folder)")
     parser.add_argument("--json", default="", help="also write every figure to this JSON file")
@@ -379,8 +484,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--result", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quick = {"pool": 128, "height": 256, "width": 512, "sample_images": 1}
-    full = {"pool": CITYSCAPES_TRAIN_IMAGES, "height": CITYSCAPES_SIZE[0], "width": CITYSCAPES_SIZE[1],
-            "sample_images": 2}
+    full = {
+        "pool": CITYSCAPES_TRAIN_IMAGES,
+        "height": CITYSCAPES_SIZE[0],
+        "width": CITYSCAPES_SIZE[1],
+        "sample_images": 2,
+    }
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -418,8 +527,11 @@ def main(argv: list[str] | None = None) -> int:
 
     sizes = pool_sizes(args.pool, args.fraction_list)
     budget = args.budget_pixels or int(SPL_FRACTION * sizes[0] * args.height * args.width)
-    print(f"scale benchmark: pools of {', '.join(map(str, sizes))} images at {args.height} x {args.width}, "
-          f"budget {budget:,} pixels a round", flush=True)
+    print(
+        f"scale benchmark: pools of {', '.join(map(str, sizes))} images at {args.height} x {args.width}, "
+        f"budget {budget:,} pixels a round",
+        flush=True,
+    )
     rounds = []
     with tempfile.TemporaryDirectory(prefix="activeda-scale-") as scratch:
         root = Path(args.work_dir or scratch)
@@ -433,13 +545,41 @@ def main(argv: list[str] | None = None) -> int:
             earlier = write_earlier_round(pool, work / "labels")
             print(f"pool of {size} images: a selection round in a fresh driver process", flush=True)
             result = work / "round.json"
-            child = [sys.executable, "-m", "benchmarks.scale", "--one-pool", str(size), "--result", str(result),
-                     "--work-dir", str(work), "--budget-pixels", str(budget), "--pool", str(args.pool),
-                     "--height", str(args.height), "--width", str(args.width), "--selector", args.selector,
-                     "--actors", str(args.actors), "--images-per-shard", str(args.images_per_shard),
-                     "--worker-items", str(args.worker_items), "--sample-images", str(args.sample_images)]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                             os.environ.get("PYTHONPATH", "")]))}
+            child = [
+                sys.executable,
+                "-m",
+                "benchmarks.scale",
+                "--one-pool",
+                str(size),
+                "--result",
+                str(result),
+                "--work-dir",
+                str(work),
+                "--budget-pixels",
+                str(budget),
+                "--pool",
+                str(args.pool),
+                "--height",
+                str(args.height),
+                "--width",
+                str(args.width),
+                "--selector",
+                args.selector,
+                "--actors",
+                str(args.actors),
+                "--images-per-shard",
+                str(args.images_per_shard),
+                "--worker-items",
+                str(args.worker_items),
+                "--sample-images",
+                str(args.sample_images),
+            ]
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
+                ),
+            }
             if subprocess.run(child, env=env).returncode != 0:
                 print(f"error: the round on the pool of {size} images failed (see above)", file=sys.stderr)
                 return 1
@@ -449,8 +589,16 @@ def main(argv: list[str] | None = None) -> int:
     lines = report(args, rounds, selectors)
     print("\n".join(lines))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "fraction_list"},
-                                               "rounds": rounds, "selectors": selectors}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "args": {k: v for k, v in vars(args).items() if k != "fraction_list"},
+                    "rounds": rounds,
+                    "selectors": selectors,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

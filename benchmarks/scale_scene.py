@@ -55,8 +55,15 @@ class GeneratedPool:
     exploit to compute each scene's query once.
     """
 
-    def __init__(self, size: int, height: int, width: int, num_classes: int = CITYSCAPES_CLASSES, seed: int = 0,
-                 distinct_scenes: int = 0):
+    def __init__(
+        self,
+        size: int,
+        height: int,
+        width: int,
+        num_classes: int = CITYSCAPES_CLASSES,
+        seed: int = 0,
+        distinct_scenes: int = 0,
+    ):
         self.size, self.height, self.width, self.num_classes, self.seed = size, height, width, num_classes, seed
         self.distinct_scenes = distinct_scenes
         self.palette = _palette(num_classes)
@@ -106,8 +113,13 @@ class CheapSegmenter(nn.Module):
     pixels (LabOR's inconsistency mask of a trained selector).
     """
 
-    def __init__(self, num_classes: int = CITYSCAPES_CLASSES, num_heads: int = 2, sharpness: float = 6.0,
-                 head_shift: float = 0.08):
+    def __init__(
+        self,
+        num_classes: int = CITYSCAPES_CLASSES,
+        num_heads: int = 2,
+        sharpness: float = 6.0,
+        head_shift: float = 0.08,
+    ):
         super().__init__()
         generator = torch.Generator().manual_seed(99)
         centres = [_palette(num_classes)]
@@ -121,8 +133,9 @@ class CheapSegmenter(nn.Module):
         outputs = []
         for centres in self.centres:
             distance = ((coarse[:, None] - centres[None, :, :, None, None]) ** 2).sum(dim=2)  # (N, K, h, w)
-            outputs.append(F.interpolate(-self.sharpness * distance, size=images.shape[-2:], mode="bilinear",
-                                         align_corners=False))
+            outputs.append(
+                F.interpolate(-self.sharpness * distance, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            )
         return tuple(outputs)
 
 
@@ -151,8 +164,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_selectors(maps: list[tuple[torch.Tensor, torch.Tensor]], names: list[str] | None = None,
-                   repeats: int = 1, progress=None) -> list[SelectorTiming]:
+def time_selectors(
+    maps: list[tuple[torch.Tensor, torch.Tensor]], names: list[str] | None = None, repeats: int = 1, progress=None
+) -> list[SelectorTiming]:
     """Seconds per image of each selector on ``maps`` (per image: the two heads' (K, H, W)
     probabilities, on the device the selection runs on). Selectors that read the segmenter G get the
     first map alone. A first call per selector warms the device up and is not counted."""

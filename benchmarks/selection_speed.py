@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Goal, add_speed_arguments, benchmark_config, check_speed_arguments, machine_line
-from orchestrator.config import ExperimentConfig, with_overrides
-from orchestrator.ranking import Ranker, rank_pool, shard_ids
+from experiment_config import ExperimentConfig, with_overrides
+from orchestrator.round.ranking import Ranker, rank_pool, shard_ids
 from pixel_selectors import inconsistency_mask
 from trainers.checkpoint import save_checkpoint
 from trainers.data import build_domains, domain_roots
@@ -40,13 +40,19 @@ def fresh_checkpoint(config: dict, num_classes: int, folder: Path, source_steps:
     if source_steps:
         from trainers.engine import run_job
 
-        trained = run_job({"mode": "source", "config": {**config, "source": {**config["source"], "steps": source_steps}}})
+        trained = run_job(
+            {"mode": "source", "config": {**config, "source": {**config["source"], "steps": source_steps}}}
+        )
         save_checkpoint(folder, trained.state)
         return str(folder)
     models = build_adaptation_models(config, num_classes)
-    save_checkpoint(folder, {"model": model_identity(config, num_classes),
-                             "modules": {"segmenter": models.segmenter.state_dict(),
-                                         "selector": models.selector.state_dict()}})
+    save_checkpoint(
+        folder,
+        {
+            "model": model_identity(config, num_classes),
+            "modules": {"segmenter": models.segmenter.state_dict(), "selector": models.selector.state_dict()},
+        },
+    )
     return str(folder)
 
 
@@ -98,15 +104,22 @@ def _measure_selection(cfg: ExperimentConfig, images: int, source_steps: int, sc
         ranker.rank(shard, {}, points)
     select_s = time.perf_counter() - started
 
-    from orchestrator.raysession import start_ray
+    from orchestrator.cluster.ray_session import start_ray
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
-    figures = {"images": pool_size, "source_steps": source_steps, "inconsistent_share": inconsistent_share(ranker, shards),
-               "forward_images_per_s": pool_size / forward_s,
-               "select_images_per_s": pool_size / select_s, "select_over_forward": select_s / forward_s}
+    figures = {
+        "images": pool_size,
+        "source_steps": source_steps,
+        "inconsistent_share": inconsistent_share(ranker, shards),
+        "forward_images_per_s": pool_size / forward_s,
+        "select_images_per_s": pool_size / select_s,
+        "select_over_forward": select_s / forward_s,
+    }
     for actors in (1, 2):
-        run_cfg = with_overrides(cfg, {"data.synthetic.target_train_images": images, "ranking.num_actors": actors,
-                                       "ranking.cpus_per_actor": 1.0}).to_dict()
+        run_cfg = with_overrides(
+            cfg,
+            {"data.synthetic.target_train_images": images, "ranking.num_actors": actors, "ranking.cpus_per_actor": 1.0},
+        ).to_dict()
         stats = rank_pool(checkpoint, run_cfg, pool_size, {}, lambda *_: None)
         figures[f"actors{actors}_images_per_s"] = stats.steady_images_per_s
         figures[f"actors{actors}_steady_images"] = stats.steady_images
@@ -118,35 +131,48 @@ def _measure_selection(cfg: ExperimentConfig, images: int, source_steps: int, sc
 
 def print_selection(cfg: ExperimentConfig, figures: dict[str, float]) -> None:
     n = int(figures["images"])
-    print(f"| model | after {figures['source_steps']:.0f} source steps; heads disagree on "
-          f"{100 * figures['inconsistent_share']:.0f}% of pool pixels |")
+    print(
+        f"| model | after {figures['source_steps']:.0f} source steps; heads disagree on "
+        f"{100 * figures['inconsistent_share']:.0f}% of pool pixels |"
+    )
     print(f"| bare forward pass of S + softmax (1 thread) | {figures['forward_images_per_s']:.1f} images/s |")
-    print(f"| ranking in-process (forward + {cfg.selection.selector}, 1 thread) | "
-          f"{figures['select_images_per_s']:.1f} images/s |")
+    print(
+        f"| ranking in-process (forward + {cfg.selection.selector}, 1 thread) | "
+        f"{figures['select_images_per_s']:.1f} images/s |"
+    )
     for actors in (1, 2):
-        print(f"| ranking with {actors} actor(s), all started | {figures[f'actors{actors}_images_per_s']:.1f} "
-              f"images/s over the last {figures[f'actors{actors}_steady_images']:.0f} images (all {n} in "
-              f"{figures[f'actors{actors}_wall_s']:.1f} s, {figures[f'actors{actors}_startup_s']:.1f} s of it start-up) |")
+        print(
+            f"| ranking with {actors} actor(s), all started | {figures[f'actors{actors}_images_per_s']:.1f} "
+            f"images/s over the last {figures[f'actors{actors}_steady_images']:.0f} images (all {n} in "
+            f"{figures[f'actors{actors}_wall_s']:.1f} s, {figures[f'actors{actors}_startup_s']:.1f} s of it start-up) |"
+        )
 
 
 def selection_goals(figures: dict[str, float]) -> list[Goal]:
     ratio, speedup = figures["select_over_forward"], figures["speedup_2_vs_1"]
     speedup_text = f"{speedup:.2f}x" if not math.isnan(speedup) else "not measurable (too few images per actor)"
-    return [Goal(f"selection / bare forward = {ratio:.2f}", "<= 1.25", ratio, ratio <= 1.25),
-            Goal(f"2 actors / 1 actor = {speedup_text}", ">= 1.8", speedup, speedup >= 1.8)]
+    return [
+        Goal(f"selection / bare forward = {ratio:.2f}", "<= 1.25", ratio, ratio <= 1.25),
+        Goal(f"2 actors / 1 actor = {speedup_text}", ">= 1.8", speedup, speedup >= 1.8),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.selection_speed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.selection_speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_speed_arguments(parser)
     args = parser.parse_args(argv)
     cfg = benchmark_config(args.overrides)
     if cfg is None or not check_speed_arguments(args):
         return 2
     figures = measure_selection(cfg, args.images, args.source_steps)
-    print(f"machine: {machine_line()}; {int(figures['images'])} images of {cfg.data.height}x{cfg.data.width}, "
-          f"selector {cfg.selection.selector}, model {cfg.model.name}")
+    print(
+        f"machine: {machine_line()}; {int(figures['images'])} images of {cfg.data.height}x{cfg.data.width}, "
+        f"selector {cfg.selection.selector}, model {cfg.model.name}"
+    )
     print("| measurement | figure |\n|---|---|")
     print_selection(cfg, figures)
     for goal in selection_goals(figures):

@@ -23,9 +23,15 @@ import tracemalloc
 from pathlib import Path
 
 from benchmarks.common import Goal, add_speed_arguments, benchmark_config, check_speed_arguments, machine_line
-from benchmarks.selection_speed import fresh_checkpoint, measure_selection, pool_config, print_selection, selection_goals
+from benchmarks.selection_speed import (
+    fresh_checkpoint,
+    measure_selection,
+    pool_config,
+    print_selection,
+    selection_goals,
+)
 from benchmarks.train_overhead import measure_training
-from orchestrator.config import ExperimentConfig, with_absolute_paths, with_overrides
+from experiment_config import ExperimentConfig, with_absolute_paths, with_overrides
 from pixel_selectors.budget import GlobalBudget
 from trainers.data import build_domains
 
@@ -34,14 +40,15 @@ class BenchmarkError(RuntimeError):
     """A measurement could not be made; the message says why in one line."""
 
 
-def measure_driver_memory(cfg: ExperimentConfig, images: int, factor: int = 10, budget_fraction: float = 0.022
-                          ) -> dict[str, float]:
+def measure_driver_memory(
+    cfg: ExperimentConfig, images: int, factor: int = 10, budget_fraction: float = 0.022
+) -> dict[str, float]:
     """Peak Python heap of the driver (tracemalloc) while ranking a pool and merging a global pixel
     budget, for ``images`` and ``factor`` x ``images`` pool images and the *same* budget in pixels
     (LabOR SPL regions: the largest candidates any selector sends). A warm-up pass first, so one-time
     imports and caches count in neither figure."""
-    from orchestrator.raysession import start_ray
-    from orchestrator.ranking import rank_pool
+    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.round.ranking import rank_pool
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
     cfg = with_overrides(cfg, {"selection.selector": "labor_spl", "selection.budget_fraction": budget_fraction})
@@ -68,19 +75,28 @@ def measure_driver_memory(cfg: ExperimentConfig, images: int, factor: int = 10, 
 
 
 def measure_sweep_overhead(cfg: ExperimentConfig, steps: int, rounds: int = 2, trials: int = 2) -> dict[str, float]:
-    """Run a small sweep through ``orchestrator.sweep.run_sweep`` and split each trial's wall time
+    """Run a small sweep through ``orchestrator.sweep.driver.run_sweep`` and split each trial's wall time
     (Tune's ``time_total_s`` at its last report) into what the rounds measured themselves
     (``time/select_s`` + ``time/train_s``; training includes the evaluation) and the rest."""
-    from orchestrator.sweep import run_sweep
+    from orchestrator.sweep.driver import run_sweep
 
     with tempfile.TemporaryDirectory(prefix="activeda-sweep-overhead-") as scratch:
         workdir = Path(scratch)
-        sweep_cfg = with_absolute_paths(with_overrides(cfg, {
-            "output_dir": str(workdir), "sweep.name": "overhead", "sweep.oracle_reference": False,
-            "source.steps": 20, "adapt.steps": steps, "selection.rounds": rounds,
-            "warmup.steps": 0,  # the driver trains a warm-up before the trials: not the trials' overhead
-            "sweep.search_space": {"selection.points_per_image": {"grid": list(range(5, 5 + 5 * trials, 5))}},
-        }))
+        sweep_cfg = with_absolute_paths(
+            with_overrides(
+                cfg,
+                {
+                    "output_dir": str(workdir),
+                    "sweep.name": "overhead",
+                    "sweep.oracle_reference": False,
+                    "source.steps": 20,
+                    "adapt.steps": steps,
+                    "selection.rounds": rounds,
+                    "warmup.steps": 0,  # the driver trains a warm-up before the trials: not the trials' overhead
+                    "sweep.search_space": {"selection.points_per_image": {"grid": list(range(5, 5 + 5 * trials, 5))}},
+                },
+            )
+        )
         started = time.perf_counter()
         code = run_sweep(sweep_cfg, f"sqlite:///{workdir / 'mlflow.db'}", quiet=True, dashboard=False)
         sweep_wall = time.perf_counter() - started
@@ -94,16 +110,27 @@ def measure_sweep_overhead(cfg: ExperimentConfig, steps: int, rounds: int = 2, t
     if not walls:
         raise BenchmarkError("the overhead sweep left no trial results")
     wall, inner = sum(walls), sum(measured)
-    return {"trials": len(walls), "rounds": rounds, "trial_wall_s": wall / len(walls),
-            "select_train_s": inner / len(walls), "overhead_share": (wall - inner) / wall, "sweep_wall_s": sweep_wall}
+    return {
+        "trials": len(walls),
+        "rounds": rounds,
+        "trial_wall_s": wall / len(walls),
+        "select_train_s": inner / len(walls),
+        "overhead_share": (wall - inner) / wall,
+        "sweep_wall_s": sweep_wall,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.speed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_speed_arguments(parser)
-    parser.add_argument("--memory-images", type=int, default=96,
-                        help="smaller pool of the memory figure; the larger is 10x (default 96)")
+    parser.add_argument(
+        "--memory-images",
+        type=int,
+        default=96,
+        help="smaller pool of the memory figure; the larger is 10x (default 96)",
+    )
     parser.add_argument("--steps", type=int, default=60, help="adaptation steps of the training figures (default 60)")
     args = parser.parse_args(argv)
     cfg = benchmark_config(args.overrides)
@@ -113,8 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --memory-images and --steps must be >= 1", file=sys.stderr)
         return 2
     if cfg.storage.uri:
-        print("error: config key 'storage.uri': the speed benchmark reads its sweep's results from a local folder; "
-              "run it without storage.uri", file=sys.stderr)
+        print(
+            "error: config key 'storage.uri': the speed benchmark reads its sweep's results from a local folder; "
+            "run it without storage.uri",
+            file=sys.stderr,
+        )
         return 2
     started = time.perf_counter()
     try:
@@ -131,30 +161,52 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     print(f"\nmachine: {machine_line()}")
-    print(f"images {cfg.data.height}x{cfg.data.width}, model {cfg.model.name} (width {cfg.model.width}), batch "
-          f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, selector {cfg.selection.selector}; "
-          f"{time.perf_counter() - started:.0f} s in all\n")
+    print(
+        f"images {cfg.data.height}x{cfg.data.width}, model {cfg.model.name} (width {cfg.model.width}), batch "
+        f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, selector {cfg.selection.selector}; "
+        f"{time.perf_counter() - started:.0f} s in all\n"
+    )
     print("| measurement | figure |\n|---|---|")
     print(f"| adaptation, plain PyTorch loop (1 thread) | {training['plain_images_per_s']:.1f} images/s |")
-    print(f"| adaptation, Ray Train (1 worker, 1 CPU) | {training['ray_images_per_s']:.1f} images/s "
-          f"(job wall {training['ray_wall_s']:.1f} s vs {training['plain_wall_s']:.1f} s in-process) |")
-    print(f"| adaptation, plain loop, a trial's last round (selector S not trained) "
-          f"| {training['last_round_images_per_s']:.1f} images/s ({training['last_round_speedup']:.2f}x) |")
+    print(
+        f"| adaptation, Ray Train (1 worker, 1 CPU) | {training['ray_images_per_s']:.1f} images/s "
+        f"(job wall {training['ray_wall_s']:.1f} s vs {training['plain_wall_s']:.1f} s in-process) |"
+    )
+    print(
+        f"| adaptation, plain loop, a trial's last round (selector S not trained) "
+        f"| {training['last_round_images_per_s']:.1f} images/s ({training['last_round_speedup']:.2f}x) |"
+    )
     print_selection(cfg, selection)
-    print(f"| driver peak heap, ranking {memory['small_images']:.0f} images, budget {memory['budget_pixels']:.0f} px "
-          f"| {memory['small_peak_bytes'] / 1e6:.2f} MB |")
-    print(f"| driver peak heap, ranking {memory['large_images']:.0f} images, same budget "
-          f"| {memory['large_peak_bytes'] / 1e6:.2f} MB |")
-    print(f"| sweep: trial wall time, {sweep['rounds']} rounds ({sweep['trials']:.0f} trials) "
-          f"| {sweep['trial_wall_s']:.1f} s, of which select + train {sweep['select_train_s']:.1f} s |")
+    print(
+        f"| driver peak heap, ranking {memory['small_images']:.0f} images, budget {memory['budget_pixels']:.0f} px "
+        f"| {memory['small_peak_bytes'] / 1e6:.2f} MB |"
+    )
+    print(
+        f"| driver peak heap, ranking {memory['large_images']:.0f} images, same budget "
+        f"| {memory['large_peak_bytes'] / 1e6:.2f} MB |"
+    )
+    print(
+        f"| sweep: trial wall time, {sweep['rounds']} rounds ({sweep['trials']:.0f} trials) "
+        f"| {sweep['trial_wall_s']:.1f} s, of which select + train {sweep['select_train_s']:.1f} s |"
+    )
     print()
     goals = [
-        Goal(f"Ray Train / plain loop = {training['ratio']:.2f}", ">= 0.9", training["ratio"], training["ratio"] >= 0.9),
+        Goal(
+            f"Ray Train / plain loop = {training['ratio']:.2f}", ">= 0.9", training["ratio"], training["ratio"] >= 0.9
+        ),
         *selection_goals(selection),
-        Goal(f"driver memory at 10x the pool = {memory['ratio']:.2f}x", "within 10% of 1.00x", memory["ratio"],
-             abs(memory["ratio"] - 1) <= 0.10),
-        Goal(f"sweep scheduling overhead = {100 * sweep['overhead_share']:.1f}% of trial wall time", "< 10%",
-             sweep["overhead_share"], sweep["overhead_share"] < 0.10),
+        Goal(
+            f"driver memory at 10x the pool = {memory['ratio']:.2f}x",
+            "within 10% of 1.00x",
+            memory["ratio"],
+            abs(memory["ratio"] - 1) <= 0.10,
+        ),
+        Goal(
+            f"sweep scheduling overhead = {100 * sweep['overhead_share']:.1f}% of trial wall time",
+            "< 10%",
+            sweep["overhead_share"],
+            sweep["overhead_share"] < 0.10,
+        ),
     ]
     print("| ratio | goal | |\n|---|---|---|")
     for goal in goals:

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import benchmark_config, machine_line
-from orchestrator.config import ExperimentConfig, with_overrides
+from experiment_config import ExperimentConfig, with_overrides
 from trainers.checkpoint import save_checkpoint
 from trainers.data import domain_roots
 from trainers.engine import run_job
@@ -38,8 +38,13 @@ def _measure_training(cfg: ExperimentConfig, steps: int, workdir: Path) -> dict[
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
     source = run_job({"mode": "source", "config": config})
     save_checkpoint(workdir / "source", source.state)
-    job = {"mode": "adapt", "config": config, "init_checkpoint": str(workdir / "source"), "round": 1,
-           "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])}}
+    job = {
+        "mode": "adapt",
+        "config": config,
+        "init_checkpoint": str(workdir / "source"),
+        "round": 1,
+        "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])},
+    }
 
     started = time.perf_counter()
     plain = run_job(job).metrics
@@ -47,21 +52,28 @@ def _measure_training(cfg: ExperimentConfig, steps: int, workdir: Path) -> dict[
     # The same job as a trial's last round runs it: LabOR's selector S carried over untrained.
     last_round = run_job({**job, "train_selector": False}).metrics
 
-    from orchestrator.raysession import start_ray
+    from orchestrator.cluster.ray_session import start_ray
     from trainers.train_loop import run_training
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
     ray_result = run_training(job, storage_path=workdir / "ray", name="overhead")
-    return {"plain_images_per_s": plain["train/images_per_s"], "plain_wall_s": plain_wall,
-            "ray_images_per_s": ray_result.metrics["train/images_per_s"], "ray_wall_s": ray_result.seconds,
-            "ratio": ray_result.metrics["train/images_per_s"] / plain["train/images_per_s"],
-            "last_round_images_per_s": last_round["train/images_per_s"],
-            "last_round_speedup": last_round["train/images_per_s"] / plain["train/images_per_s"]}
+    return {
+        "plain_images_per_s": plain["train/images_per_s"],
+        "plain_wall_s": plain_wall,
+        "ray_images_per_s": ray_result.metrics["train/images_per_s"],
+        "ray_wall_s": ray_result.seconds,
+        "ratio": ray_result.metrics["train/images_per_s"] / plain["train/images_per_s"],
+        "last_round_images_per_s": last_round["train/images_per_s"],
+        "last_round_speedup": last_round["train/images_per_s"] / plain["train/images_per_s"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_overhead", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_overhead",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--steps", type=int, default=60, help="adaptation steps per measurement (default 60)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
@@ -73,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     figures = measure_training(cfg, args.steps)
     threads = cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker))
-    print(f"machine: {machine_line()}; torch threads {threads}; {args.steps} adaptation steps, batch "
-          f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, {cfg.data.height}x{cfg.data.width}")
+    print(
+        f"machine: {machine_line()}; torch threads {threads}; {args.steps} adaptation steps, batch "
+        f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, {cfg.data.height}x{cfg.data.width}"
+    )
     print("| loop | images/s in the loop | wall time of the job |")
     print("|---|---|---|")
     print(f"| in-process (plain PyTorch) | {figures['plain_images_per_s']:.1f} | {figures['plain_wall_s']:.1f} s |")

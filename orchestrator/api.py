@@ -21,19 +21,27 @@ message the command line prints.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from .config import ConfigError, ExperimentConfig, from_dict, load_config, with_absolute_paths
+from experiment_config import (
+    ConfigError,
+    ExperimentConfig,
+    from_dict,
+    load_config,
+    with_absolute_paths,
+)
 
 __all__ = ["ConfigError", "SweepResults", "config", "load_sweep", "run_sweep", "run_trial"]
 
 
-def config(*paths: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None,
-           smoke: bool = False) -> ExperimentConfig:
+def config(
+    *paths: str | Path, overrides: Mapping[str, Any] | Sequence[str] | None = None, smoke: bool = False
+) -> ExperimentConfig:
     """A validated config: YAML files merged in order (later ones win), then ``--smoke``'s settings,
     then ``overrides`` (``{"adapt.steps": 100}`` or ``["adapt.steps=100"]``); every path key made
     absolute against the working directory, as the command line does."""
@@ -41,10 +49,12 @@ def config(*paths: str | Path, overrides: Mapping[str, Any] | Sequence[str] | No
 
 
 def _checked_tracking(cfg: ExperimentConfig, tracking_uri: str | None) -> str:
+    from orchestrator.cluster.storage import check_storage
+    from orchestrator.tracking.mlflow_runs import (
+        check_tracking_uri,
+        resolve_tracking_uri,
+    )
     from trainers.data import check_domains
-
-    from .storage import check_storage
-    from .tracking import check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     check_tracking_uri(uri)
@@ -53,15 +63,22 @@ def _checked_tracking(cfg: ExperimentConfig, tracking_uri: str | None) -> str:
     return uri
 
 
-def run_sweep(cfg: ExperimentConfig, tracking_uri: str | None = None, *, address: str | None = None,
-              num_cpus: int | None = None, resume: bool = False, quiet: bool = True,
-              dashboard: bool | None = False) -> "SweepResults":
+def run_sweep(
+    cfg: ExperimentConfig,
+    tracking_uri: str | None = None,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    resume: bool = False,
+    quiet: bool = True,
+    dashboard: bool | None = False,
+) -> SweepResults:
     """Run the sweep ``cfg`` describes (as ``python -m orchestrator.sweep``) and load its results.
 
     ``tracking_uri``: as ``--tracking-uri`` (default: ``tracking.uri``, ``$MLFLOW_TRACKING_URI``,
     ``sqlite:///mlflow.db``). Raises ``RuntimeError`` naming the sweep folder when trials failed.
     """
-    from .sweep import run_sweep as sweep
+    from orchestrator.sweep.driver import run_sweep as sweep
 
     uri = _checked_tracking(cfg, tracking_uri)
     code = sweep(cfg, uri, address=address, num_cpus=num_cpus, quiet=quiet, resume=resume, dashboard=dashboard)
@@ -71,8 +88,15 @@ def run_sweep(cfg: ExperimentConfig, tracking_uri: str | None = None, *, address
     return load_sweep(sweep_dir)
 
 
-def run_trial(cfg: ExperimentConfig, tracking_uri: str | None = None, *, address: str | None = None,
-              num_cpus: int | None = None, quiet: bool = True, dashboard: bool | None = False) -> pd.DataFrame:
+def run_trial(
+    cfg: ExperimentConfig,
+    tracking_uri: str | None = None,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    quiet: bool = True,
+    dashboard: bool | None = False,
+) -> pd.DataFrame:
     """Run one trial without Tune (as ``python -m orchestrator.run``): one row per round (round 0:
     the source-only model) with every metric it reported (``target/miou``, ``budget/clicks``, ...)."""
     from .run import run_trial as trial
@@ -103,8 +127,9 @@ def load_sweep(sweep_dir: str | Path) -> SweepResults:
     The rounds come from Tune's per-trial result files (``tune/*/result.json``), so a sweep that is
     still running or was interrupted shows the rounds it has finished.
     """
-    from .report import class_iou_table, summary_table
-    from .sweep import SWEEP_STATE, trial_round_rows
+    from orchestrator.sweep.state import SWEEP_STATE
+    from orchestrator.sweep.summary import trial_round_rows
+    from orchestrator.tracking.report import class_iou_table, summary_table
 
     sweep_dir = Path(sweep_dir)
     state_file = sweep_dir / SWEEP_STATE
@@ -121,8 +146,14 @@ def load_sweep(sweep_dir: str | Path) -> SweepResults:
         frame = trial_round_rows(trial_id, sampled[trial_id], pd.DataFrame(records), cfg)
         if frame is not None:
             frames.append(frame)
-    rounds = (pd.concat(frames, ignore_index=True).drop_duplicates(["trial_id", "round"], keep="last")
-              .sort_values(["trial_id", "round"], kind="stable").reset_index(drop=True) if frames else pd.DataFrame())
+    rounds = (
+        pd.concat(frames, ignore_index=True)
+        .drop_duplicates(["trial_id", "round"], keep="last")
+        .sort_values(["trial_id", "round"], kind="stable")
+        .reset_index(drop=True)
+        if frames
+        else pd.DataFrame()
+    )
     source_only = _source_only(rounds)
     oracle = _oracle(cfg)
     if rounds.empty:
@@ -148,7 +179,7 @@ def _source_only(rounds: pd.DataFrame) -> float | None:
 
 def _oracle(cfg: ExperimentConfig) -> float | None:
     """The cached oracle reference of the sweep's settings, when it was computed (local storage)."""
-    from .experiment import ORACLE_CACHE_SECTIONS
+    from orchestrator.round.start_models import ORACLE_CACHE_SECTIONS
 
     metrics = Path(cfg.output_dir) / "oracle-references" / cfg.hash(*ORACLE_CACHE_SECTIONS) / "metrics.json"
     if not cfg.sweep.oracle_reference or not metrics.is_file():

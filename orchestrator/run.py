@@ -13,15 +13,23 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_trial_arguments, config_epilog, parse_args, resolve_config
-from .config import ConfigError
-from .sweep import EXIT_BAD_INPUT
+from experiment_config import ConfigError
+from orchestrator.command_line import (
+    EXIT_BAD_INPUT,
+    add_trial_arguments,
+    config_epilog,
+    parse_args,
+    resolve_config,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.run", description=__doc__, epilog=config_epilog("python -m orchestrator.run"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="python -m orchestrator.run",
+        description=__doc__,
+        epilog=config_epilog("python -m orchestrator.run"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_trial_arguments(parser)  # the sweep's options, minus the sweep-only ones
     return parser
 
@@ -30,13 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    from orchestrator.cluster.processes import exit_on_sigterm
+    from orchestrator.sweep.preflight import preflight
+    from orchestrator.tracking.mlflow_runs import TrackingError, resolve_tracking_uri
     from trainers.data import DatasetError
     from trainers.models import StartCheckpointError
     from trainers.train_loop import TrainingJobError
-
-    from .lifetime import exit_on_sigterm
-    from .preflight import preflight
-    from .tracking import TrackingError, resolve_tracking_uri
 
     exit_on_sigterm()
     try:
@@ -48,8 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
 
     try:
-        run_trial(cfg, uri, address=args.address, num_cpus=args.num_cpus, quiet=args.quiet,
-                  dashboard=False if args.no_dashboard else None)
+        run_trial(
+            cfg,
+            uri,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            quiet=args.quiet,
+            dashboard=False if args.no_dashboard else None,
+        )
         return 0
     except (ConfigError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -62,18 +75,31 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None = None, quiet: bool = False,
-              dashboard: bool | None = None) -> tuple[Path, list[dict]]:
+def run_trial(
+    cfg,
+    uri: str,
+    *,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    quiet: bool = False,
+    dashboard: bool | None = None,
+) -> tuple[Path, list[dict]]:
     """One trial of a checked config (``cli.resolve_config``), logged to one MLflow run at ``uri``:
     returns its folder and every round's metrics (round 0: the source-only model)."""
+    from orchestrator.cluster.processes import end_run_processes, mark_this_run
+    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.round.loop import run_experiment
+    from orchestrator.round.start_models import ensure_source_model
+    from orchestrator.sweep.resources import plan_resources
+    from orchestrator.tracking.mlflow_runs import (
+        CHECKPOINT_TAG,
+        SweepTracking,
+        display_uri,
+        log_params,
+        log_round_images,
+        provenance_tags,
+    )
     from trainers.data import domain_roots
-
-    from .experiment import ensure_source_model, run_experiment
-    from .lifetime import end_run_processes, mark_this_run
-    from .raysession import start_ray
-    from .resources import plan_resources
-    from .tracking import (CHECKPOINT_TAG, SweepTracking, display_uri, log_params, log_round_images,
-                           provenance_tags)
 
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
     run_mark = mark_this_run()  # before Ray starts: every process of this run inherits it
@@ -88,9 +114,11 @@ def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None
         domain_roots(cfg.to_dict()["data"], progress=say)  # generates the synthetic domains if needed
         tracking = SweepTracking(uri, cfg.sweep.name)
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
-        run = tracking.client.create_run(tracking.experiment_id, run_name=f"run-{run_dir.name}",
-                                         tags={"activeda.kind": "run", "selector": cfg.selection.selector,
-                                               **provenance_tags()})
+        run = tracking.client.create_run(
+            tracking.experiment_id,
+            run_name=f"run-{run_dir.name}",
+            tags={"activeda.kind": "run", "selector": cfg.selection.selector, **provenance_tags()},
+        )
         run_id = run.info.run_id
         log_params(tracking.client, run_id, cfg.flat())
 
@@ -105,8 +133,9 @@ def run_trial(cfg, uri: str, *, address: str | None = None, num_cpus: int | None
 
         status = "FAILED"
         try:
-            run_experiment(cfg, run_dir, source_checkpoint, source_metrics, report=report, progress=say,
-                           trial_id=run_dir.name)
+            run_experiment(
+                cfg, run_dir, source_checkpoint, source_metrics, report=report, progress=say, trial_id=run_dir.name
+            )
             status = "FINISHED"
         finally:
             tracking.end(run_id, status)

@@ -24,8 +24,18 @@ from torch.profiler import record_function
 
 from .base import PointQuery, RegionQuery, allocate_evenly, labeled_mask
 from .baselines import entropy_points, margin_points, random_points, random_regions
-from .budget import (BudgetResult, GlobalBudget, Pick, merge_points, merge_regions, points_per_image,
-                     points_to_regions, share_cap, share_of_candidates, within_share_cap)
+from .budget import (
+    BudgetResult,
+    GlobalBudget,
+    Pick,
+    merge_points,
+    merge_regions,
+    points_per_image,
+    points_to_regions,
+    share_cap,
+    share_of_candidates,
+    within_share_cap,
+)
 from .cost import clicks_for_points, clicks_for_region, clicks_for_regions
 from .encoding import pack_bits, rle_decode, rle_encode, unpack_bits
 from .labor import head_discrepancy, inconsistency_mask, labor_ppl, labor_spl
@@ -65,7 +75,6 @@ SELECTOR_INPUTS = {
 }
 
 
-
 # Region selectors whose candidates tile the unlabeled pixels (non-overlapping squares): under the
 # ``share`` spread an image's share is of its free pixels, so a driver can bound, before ranking,
 # the share any image can be asked for (``select_image``'s ``max_share``); LabOR SPL's share is of its
@@ -73,9 +82,18 @@ SELECTOR_INPUTS = {
 TILING_SELECTORS = ("random_regions", "region_impurity_regions")
 
 
-def select_image(name: str, head_probs, *, num_points: int = 0, budget_pixels: int = 0, labeled=None, seed: int = 0,
-                 params: dict | None = None, region_spread: str = "share", max_share: float | None = None
-                 ) -> PointQuery | RegionQuery:
+def select_image(
+    name: str,
+    head_probs,
+    *,
+    num_points: int = 0,
+    budget_pixels: int = 0,
+    labeled=None,
+    seed: int = 0,
+    params: dict | None = None,
+    region_spread: str = "share",
+    max_share: float | None = None,
+) -> PointQuery | RegionQuery:
     """What a ranking actor sends back for one image: selector ``name`` applied to its ``head_probs``
     on their device (a GPU selects on the GPU; only the query reaches the host).
 
@@ -121,10 +139,46 @@ def selector_params(name: str, selection: dict, width: int) -> dict:
     return {}
 
 
-__all__ = ["SELECTORS", "SELECTOR_INPUTS", "TILING_SELECTORS", "WINDOWED", "selector_params", "blocked_by_labels",
-           "ripu_point_window", "SELECTOR_KIND", "BudgetResult", "GlobalBudget", "Pick", "PointQuery",
-           "RegionQuery", "allocate_evenly", "labeled_mask", "select_image", "share_of_candidates", "clicks_for_points", "clicks_for_region", "clicks_for_regions",
-           "entropy_points", "head_discrepancy", "inconsistency_mask", "labor_ppl", "labor_spl", "margin_points",
-           "merge_points", "merge_regions", "pack_bits", "points_per_image", "points_to_regions", "random_points",
-           "random_regions", "region_impurity", "region_impurity_regions", "ripu_maps", "rle_decode", "rle_encode",
-           "share_cap", "unpack_bits", "within_share_cap"]
+__all__ = [
+    "SELECTORS",
+    "SELECTOR_INPUTS",
+    "SELECTOR_KIND",
+    "TILING_SELECTORS",
+    "WINDOWED",
+    "BudgetResult",
+    "GlobalBudget",
+    "Pick",
+    "PointQuery",
+    "RegionQuery",
+    "allocate_evenly",
+    "blocked_by_labels",
+    "clicks_for_points",
+    "clicks_for_region",
+    "clicks_for_regions",
+    "entropy_points",
+    "head_discrepancy",
+    "inconsistency_mask",
+    "labeled_mask",
+    "labor_ppl",
+    "labor_spl",
+    "margin_points",
+    "merge_points",
+    "merge_regions",
+    "pack_bits",
+    "points_per_image",
+    "points_to_regions",
+    "random_points",
+    "random_regions",
+    "region_impurity",
+    "region_impurity_regions",
+    "ripu_maps",
+    "ripu_point_window",
+    "rle_decode",
+    "rle_encode",
+    "select_image",
+    "selector_params",
+    "share_cap",
+    "share_of_candidates",
+    "unpack_bits",
+    "within_share_cap",
+]

@@ -35,7 +35,7 @@ class PointQuery:
         return len(self.ys)
 
     @staticmethod
-    def from_flat(flat_index: torch.Tensor, scores: torch.Tensor, width: int, shortfall: int = 0) -> "PointQuery":
+    def from_flat(flat_index: torch.Tensor, scores: torch.Tensor, width: int, shortfall: int = 0) -> PointQuery:
         flat, scores = to_host(flat_index.to(torch.int64), scores.detach().to(torch.float32))
         return PointQuery(
             ys=(flat // width).astype(np.int32),
@@ -93,8 +93,10 @@ def unlabeled_mask(labeled: torch.Tensor | None, height: int, width: int, device
 def labeled_mask(ys, xs, height: int, width: int, device=None) -> torch.Tensor:
     """Boolean (H, W) mask, on ``device``, of the labeled pixels given as row/column coordinates."""
     mask = torch.zeros(height, width, dtype=torch.bool, device=device)
-    mask[torch.as_tensor(np.asarray(ys), dtype=torch.int64, device=device),
-         torch.as_tensor(np.asarray(xs), dtype=torch.int64, device=device)] = True
+    mask[
+        torch.as_tensor(np.asarray(ys), dtype=torch.int64, device=device),
+        torch.as_tensor(np.asarray(xs), dtype=torch.int64, device=device),
+    ] = True
     return mask
 
 
@@ -204,8 +206,10 @@ class RegionQuery:
         offsets = np.array(self.offsets, dtype=np.int64, copy=True).reshape(-1)
         scores = np.array(self.scores, dtype=np.float64, copy=True).reshape(-1)
         if len(offsets) != len(scores) + 1 or offsets[0] != 0 or offsets[-1] != len(indices):
-            raise ValueError(f"offsets must be 0..{len(indices)} with one entry per region plus one "
-                             f"(got {len(offsets)} offsets for {len(scores)} scores)")
+            raise ValueError(
+                f"offsets must be 0..{len(indices)} with one entry per region plus one "
+                f"(got {len(offsets)} offsets for {len(scores)} scores)"
+            )
         if np.any(np.diff(offsets) <= 0):
             raise ValueError("every region must hold at least one pixel")
         if len(indices) and (indices.min() < 0 or indices.max() >= height * width):
@@ -223,21 +227,23 @@ class RegionQuery:
             object.__setattr__(self, name, _as_readonly(value))
 
     @classmethod
-    def derived(cls, query: "RegionQuery", indices: np.ndarray, offsets: np.ndarray, scores: np.ndarray
-                ) -> "RegionQuery":
+    def derived(cls, query: RegionQuery, indices: np.ndarray, offsets: np.ndarray, scores: np.ndarray) -> RegionQuery:
         """A query made from a checked ``query``'s own regions (reordered, a subset, or rescored with
         finite scores), built without checking it again: at 1024 x 2048 each check reads every pixel
         of the image, and ranking builds several such queries per image."""
         derived = object.__new__(cls)
         object.__setattr__(derived, "height", query.height)
         object.__setattr__(derived, "width", query.width)
-        for name, value, dtype in (("indices", indices, np.int64), ("offsets", offsets, np.int64),
-                                   ("scores", scores, np.float64)):
+        for name, value, dtype in (
+            ("indices", indices, np.int64),
+            ("offsets", offsets, np.int64),
+            ("scores", scores, np.float64),
+        ):
             object.__setattr__(derived, name, _as_readonly(np.array(value, dtype=dtype, copy=True)))
         return derived
 
     @classmethod
-    def from_regions(cls, regions, scores, height: int, width: int) -> "RegionQuery":
+    def from_regions(cls, regions, scores, height: int, width: int) -> RegionQuery:
         """Build from a sequence of 1-D flat-index arrays (one per region) and their scores."""
         regions = [np.asarray(r, dtype=np.int64).reshape(-1) for r in regions]
         offsets = np.zeros(len(regions) + 1, dtype=np.int64)
@@ -246,9 +252,10 @@ class RegionQuery:
         return cls(height=height, width=width, indices=indices, offsets=offsets, scores=np.asarray(scores))
 
     @classmethod
-    def empty(cls, height: int, width: int) -> "RegionQuery":
-        return cls(height=height, width=width, indices=np.empty(0, np.int64), offsets=np.zeros(1, np.int64),
-                   scores=np.empty(0))
+    def empty(cls, height: int, width: int) -> RegionQuery:
+        return cls(
+            height=height, width=width, indices=np.empty(0, np.int64), offsets=np.zeros(1, np.int64), scores=np.empty(0)
+        )
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -268,7 +275,7 @@ class RegionQuery:
         if not -len(self) <= r < len(self):
             raise IndexError(f"region {r} out of range for {len(self)} regions")
         r %= len(self)
-        return self.indices[self.offsets[r]:self.offsets[r + 1]]
+        return self.indices[self.offsets[r] : self.offsets[r + 1]]
 
     def regions(self) -> list[np.ndarray]:
         return [self.region(r) for r in range(len(self))]
@@ -279,11 +286,11 @@ class RegionQuery:
         out[self.indices] = True
         return out.reshape(self.height, self.width)
 
-    def ranked(self) -> "RegionQuery":
+    def ranked(self) -> RegionQuery:
         """The same regions ordered by (score desc, current index asc)."""
         return self._subset(np.argsort(-self.scores, kind="stable"))
 
-    def head(self, max_pixels: int) -> "RegionQuery":
+    def head(self, max_pixels: int) -> RegionQuery:
         """The fewest best-ranked regions that together hold at least ``max_pixels`` pixels.
 
         An image can never give more than the whole budget, so an actor may send ``head(budget)``
@@ -293,6 +300,6 @@ class RegionQuery:
         ranked = self.ranked()
         return ranked._subset(np.arange(head_length(ranked.sizes, max_pixels)))
 
-    def _subset(self, order: np.ndarray) -> "RegionQuery":
+    def _subset(self, order: np.ndarray) -> RegionQuery:
         indices, offsets = take_regions(self.indices, self.offsets, order)
         return RegionQuery.derived(self, indices, offsets, self.scores[np.asarray(order, np.int64)])

@@ -26,7 +26,7 @@ def _top_points(score: torch.Tensor, free: torch.Tensor, num_points: int, width:
     if 0 < wanted <= len(candidates) // 16:
         threshold = torch.topk(key, wanted).values[-1]
         above = (key > threshold).nonzero().squeeze(1)
-        tied = (key == threshold).nonzero().squeeze(1)[:wanted - len(above)]
+        tied = (key == threshold).nonzero().squeeze(1)[: wanted - len(above)]
         pool = torch.cat([above, tied])  # ascending index inside each part; ties all at the threshold
         chosen = candidates[pool[torch.sort(-key[pool], stable=True).indices]]
     else:
@@ -55,8 +55,9 @@ def entropy_points(head_probs, num_points: int, labeled: torch.Tensor | None = N
     _, height, width = check_head_probs(head_probs)
     probs = _mean_head(head_probs)
     entropy = torch.special.entr(probs.clamp_min(0)).sum(dim=0)
-    return _top_points(entropy, unlabeled_mask(labeled, height, width, device=probs.device).flatten(), num_points,
-                       width)
+    return _top_points(
+        entropy, unlabeled_mask(labeled, height, width, device=probs.device).flatten(), num_points, width
+    )
 
 
 def margin_points(head_probs, num_points: int, labeled: torch.Tensor | None = None, seed: int = 0) -> PointQuery:
@@ -71,12 +72,20 @@ def margin_points(head_probs, num_points: int, labeled: torch.Tensor | None = No
         margin = best.values - runner_up
     else:
         margin = best.values
-    return _top_points(-margin, unlabeled_mask(labeled, height, width, device=probs.device).flatten(), num_points,
-                       width)
+    return _top_points(
+        -margin, unlabeled_mask(labeled, height, width, device=probs.device).flatten(), num_points, width
+    )
 
 
-def random_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *, k: int = 3,
-                   max_pixels: int | None = None, spread: str = "score") -> RegionQuery:
+def random_regions(
+    head_probs,
+    labeled: torch.Tensor | None = None,
+    seed: int = 0,
+    *,
+    k: int = 3,
+    max_pixels: int | None = None,
+    spread: str = "score",
+) -> RegionQuery:
     """Random non-overlapping k x k squares: the region-budget baseline.
 
     Every unlabeled pixel draws a uniform score from (``seed``, its flat index) (the same draw as

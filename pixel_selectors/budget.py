@@ -27,8 +27,8 @@ survives the filters (O(log kept) each). Image ids are integers, each added at m
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -125,7 +125,7 @@ class GlobalBudget:
         order = np.argsort(-query.scores, kind="stable")
         sizes = query.sizes[order]
         last = int(np.searchsorted(np.cumsum(sizes), self.budget_pixels, side="left"))
-        order = order[:last + 1]
+        order = order[: last + 1]
         scores = query.scores[order]
         if self._kept_pixels >= self.budget_pixels and self._heap:
             # Only regions better than the worst kept one can change the result.
@@ -133,7 +133,7 @@ class GlobalBudget:
             better = (scores > worst_score) | ((scores == worst_score) & (image_id < -neg_worst_image))
             order = order[better]  # a prefix: order is sorted best first
         for r in order.tolist():
-            pixels = query.indices[query.offsets[r]:query.offsets[r + 1]].copy()
+            pixels = query.indices[query.offsets[r] : query.offsets[r + 1]].copy()
             heapq.heappush(self._heap, (float(query.scores[r]), -image_id, -r, pixels))
             self._kept_pixels += len(pixels)
             self._prune()
@@ -155,12 +155,24 @@ class GlobalBudget:
             if remaining == 0:
                 break
             take = min(remaining, len(pixels))
-            picks.append(Pick(image_id=-neg_image, region=-neg_region, score=score, pixels=pixels[:take],
-                              truncated=take < len(pixels)))
+            picks.append(
+                Pick(
+                    image_id=-neg_image,
+                    region=-neg_region,
+                    score=score,
+                    pixels=pixels[:take],
+                    truncated=take < len(pixels),
+                )
+            )
             remaining -= take
         spent = self.budget_pixels - remaining
-        return BudgetResult(budget_pixels=self.budget_pixels, picks=tuple(picks), spent_pixels=spent,
-                            shortfall=remaining, offered_pixels=self._offered)
+        return BudgetResult(
+            budget_pixels=self.budget_pixels,
+            picks=tuple(picks),
+            spent_pixels=spent,
+            shortfall=remaining,
+            offered_pixels=self._offered,
+        )
 
 
 REGION_SPREADS = ("score", "share")
@@ -264,8 +276,13 @@ def points_to_regions(query: PointQuery, height: int, width: int, order: str = "
     if len(ys) and (ys.min() < 0 or xs.min() < 0 or ys.max() >= height or xs.max() >= width):
         raise ValueError(f"point outside the {height}x{width} image")
     scores = np.asarray(query.scores, np.float64) if order == "score" else -np.arange(len(ys), dtype=np.float64)
-    return RegionQuery(height=height, width=width, indices=ys * width + xs,
-                       offsets=np.arange(len(ys) + 1, dtype=np.int64), scores=scores)
+    return RegionQuery(
+        height=height,
+        width=width,
+        indices=ys * width + xs,
+        offsets=np.arange(len(ys) + 1, dtype=np.int64),
+        scores=scores,
+    )
 
 
 def points_per_image(budget_pixels: int, height: int, width: int) -> int:
@@ -279,8 +296,9 @@ def points_per_image(budget_pixels: int, height: int, width: int) -> int:
     return int(min(budget_pixels, height * width))
 
 
-def merge_points(items: Iterable[tuple[int, PointQuery]], budget_pixels: int, height: int, width: int,
-                 order: str = "score") -> BudgetResult:
+def merge_points(
+    items: Iterable[tuple[int, PointQuery]], budget_pixels: int, height: int, width: int, order: str = "score"
+) -> BudgetResult:
     """Global point budget: ``(image_id, PointQuery)`` items (images of one size) merged as one-pixel regions."""
     merge = GlobalBudget(budget_pixels)
     for image_id, query in items:

@@ -75,13 +75,18 @@ def outline_stats(flat_indices, height: int, width: int) -> list[tuple[int, int,
     # Two diagonal region pixels: the outline(s) pass the vertex twice, once per background pixel.
     diag_ad = a & d & ~b & ~c
     diag_bc = b & c & ~a & ~d
-    corner_keys += [key(piece_of_block[diag_ad], bb[diag_ad]), key(piece_of_block[diag_ad], bc[diag_ad]),
-                    key(piece_of_block[diag_bc], ba[diag_bc]), key(piece_of_block[diag_bc], bd[diag_bc])]
+    corner_keys += [
+        key(piece_of_block[diag_ad], bb[diag_ad]),
+        key(piece_of_block[diag_ad], bc[diag_ad]),
+        key(piece_of_block[diag_bc], ba[diag_bc]),
+        key(piece_of_block[diag_bc], bd[diag_bc]),
+    ]
     # Boundary edges between vertical and horizontal neighbours, each credited to its outline.
     edge_keys = []
-    for first, second, lf, ls, bf, bs in ((inside[:-1], inside[1:], pieces[:-1], pieces[1:], background[:-1], background[1:]),
-                                          (inside[:, :-1], inside[:, 1:], pieces[:, :-1], pieces[:, 1:],
-                                           background[:, :-1], background[:, 1:])):
+    for first, second, lf, ls, bf, bs in (
+        (inside[:-1], inside[1:], pieces[:-1], pieces[1:], background[:-1], background[1:]),
+        (inside[:, :-1], inside[:, 1:], pieces[:, :-1], pieces[:, 1:], background[:, :-1], background[:, 1:]),
+    ):
         edge_keys += [key(lf[first & ~second], bs[first & ~second]), key(ls[second & ~first], bf[second & ~first])]
     size = (num_pieces + 1) * stride
     corners = np.bincount(np.concatenate(corner_keys), minlength=size)

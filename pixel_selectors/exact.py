@@ -97,7 +97,7 @@ def seeded_uniform(seed: int, count: int, device=None) -> torch.Tensor:
         x = torch.from_numpy(_hash_on_host(count, multiplier, offset))
     else:
         x = _hash_on_device(count, multiplier, offset, device)
-    return x.to(torch.float64).mul_(2.0 ** -32).add_(0.5)
+    return x.to(torch.float64).mul_(2.0**-32).add_(0.5)
 
 
 # The finest fixed-point step used: 2**-40 (far below float32 inputs' own precision, 2**-24).
@@ -115,7 +115,7 @@ def to_fixed_point(values: torch.Tensor, bits: int) -> torch.Tensor:
     """int64: ``values`` (float) rounded to multiples of 2**-bits, in units of 2**-bits. Scaling by a
     power of two is exact and ``round`` is IEEE's (half to even), so equal inputs give equal integers on
     any device."""
-    return (values.to(torch.float64) * 2.0 ** bits).round_().to(torch.int64)
+    return (values.to(torch.float64) * 2.0**bits).round_().to(torch.int64)
 
 
 def _magnitude(values: torch.Tensor) -> float:
@@ -165,7 +165,7 @@ def segment_sums(values: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         torch.cumsum(terms.reshape(-1), 0, out=running[1:])
         return running[row_start + ends] - running[row_start + ends - sizes]
 
-    sums = sums_of(rows).to(torch.float64) * 2.0 ** -bits
+    sums = sums_of(rows).to(torch.float64) * 2.0**-bits
     if bad is not None:
         sums = sums.masked_fill(sums_of(bad.to(torch.int64)) > 0, float("nan"))
     return sums.reshape(*values.shape[:-1], len(sizes))
@@ -187,7 +187,7 @@ def group_sums(values: torch.Tensor, groups: torch.Tensor, num_groups: int) -> t
         return torch.zeros(shape, dtype=torch.float64)
     rows, bits, bad = _fixed_point_rows(values, values.numel())  # the same units as segment_sums: the same bits
     sums = torch.zeros(rows.shape[0], num_groups, dtype=torch.int64).index_add_(1, groups, rows)
-    sums = sums.to(torch.float64) * 2.0 ** -bits
+    sums = sums.to(torch.float64) * 2.0**-bits
     if bad is not None:
         flagged = torch.zeros(rows.shape[0], num_groups, dtype=torch.int64).index_add_(1, groups, bad.to(torch.int64))
         sums = sums.masked_fill(flagged > 0, float("nan"))

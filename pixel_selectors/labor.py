@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import torch
 
-from .base import (PointQuery, RegionQuery, allocate_evenly, check_head_probs, head_length, predicted_class,
-                   take_regions, to_host, unlabeled_mask)
+from .base import (
+    PointQuery,
+    RegionQuery,
+    allocate_evenly,
+    check_head_probs,
+    head_length,
+    predicted_class,
+    take_regions,
+    to_host,
+    unlabeled_mask,
+)
 from .budget import check_spread, share_scores
 from .exact import group_sums, segment_sums
 from .regions import connected_components
@@ -65,8 +74,9 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
     candidates = candidates_mask.nonzero().squeeze(1)  # ascending flat index
     # Only the candidates' mean probabilities are needed (M is a small part of a trained model's
     # image). Class-major (K, N) layout: contiguous along the candidates, which reductions run over.
-    vectors = ((p1.reshape(num_classes, -1)[:, candidates] + p2.reshape(num_classes, -1)[:, candidates]) / 2
-               ).to(torch.float64)  # (K, N)
+    vectors = ((p1.reshape(num_classes, -1)[:, candidates] + p2.reshape(num_classes, -1)[:, candidates]) / 2).to(
+        torch.float64
+    )  # (K, N)
     candidate_class = predicted_class(vectors)
     counts = torch.bincount(candidate_class, minlength=num_classes)
     allocation = allocate_evenly(counts.tolist(), num_points)
@@ -102,9 +112,16 @@ def labor_ppl(head_probs, num_points: int, labeled: torch.Tensor | None = None, 
 SPL_SCORES = ("mean_discrepancy", "size", "sum_discrepancy")
 
 
-def labor_spl(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
-              score: str = "mean_discrepancy", min_pixels: int = 1, max_pixels: int | None = None,
-              spread: str = "score") -> RegionQuery:
+def labor_spl(
+    head_probs,
+    labeled: torch.Tensor | None = None,
+    seed: int = 0,
+    *,
+    score: str = "mean_discrepancy",
+    min_pixels: int = 1,
+    max_pixels: int | None = None,
+    spread: str = "score",
+) -> RegionQuery:
     """Segment-based Pixel Labeling: the unlabeled part of M, one candidate region per 8-connected piece.
 
     head_probs: two (K, H, W) softmax maps, from C1 and C2. labeled: optional bool (H, W); labeled
@@ -145,9 +162,11 @@ def labor_spl(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
     sizes = offsets[1:] - offsets[:-1]
     discrepancy = head_discrepancy(p1, p2).reshape(-1).to(torch.float64)
     total = segment_sums(discrepancy[indices], sizes)
-    scores = {"mean_discrepancy": lambda: total / sizes.clamp_min(1),
-              "size": lambda: sizes.to(torch.float64),
-              "sum_discrepancy": lambda: total}[score]()
+    scores = {
+        "mean_discrepancy": lambda: total / sizes.clamp_min(1),
+        "size": lambda: sizes.to(torch.float64),
+        "sum_discrepancy": lambda: total,
+    }[score]()
     keep = (sizes >= min_pixels).nonzero().squeeze(1)
     if len(keep) < len(sizes):
         indices, offsets = take_regions(indices, offsets, keep)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.profiler import record_function
 from scipy import ndimage
+from torch.profiler import record_function
 
 from .base import head_length, to_host
 from .budget import check_spread, share_scores
@@ -71,7 +71,7 @@ def components_by_propagation(mask: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """
     height, width = mask.shape
     # Labels are flat indices, exact in float32 below 2**24 pixels (max_pool2d wants floating point).
-    dtype = torch.float32 if height * width < 2 ** 24 else torch.float64
+    dtype = torch.float32 if height * width < 2**24 else torch.float64
     none = float(height * width)  # larger than every label: what non-mask pixels hold
     inside = mask.reshape(-1)
     index = torch.arange(height * width, device=mask.device, dtype=dtype)
@@ -113,9 +113,15 @@ def _window_max(values: torch.Tensor, reach: int) -> torch.Tensor:
 ROUNDS_PER_CHECK = 4
 
 
-def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: int,
-                         limit: int | None = None, weights: torch.Tensor | None = None,
-                         cover: int | None = None) -> torch.Tensor:
+def greedy_spread_rounds(
+    order: torch.Tensor,
+    height: int,
+    width: int,
+    reach: int,
+    limit: int | None = None,
+    weights: torch.Tensor | None = None,
+    cover: int | None = None,
+) -> torch.Tensor:
     """``greedy_spread`` as tensor operations, in parallel rounds: the same picks, in the same order.
 
     Sequential greedy selection by a fixed priority is the lexicographically first maximal
@@ -140,7 +146,7 @@ def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: in
     if cover is not None and cover <= 0:
         return torch.empty(0, dtype=torch.int64, device=device)  # as the sequential pass: nothing to cover
     count = height * width
-    dtype = torch.float32 if count < 2 ** 24 else torch.float64  # priorities exact in the pooling dtype
+    dtype = torch.float32 if count < 2**24 else torch.float64  # priorities exact in the pooling dtype
     # Priority: len(order) for the best candidate down to 1 for the last, 0 for non-candidates.
     priority = torch.zeros(count, dtype=dtype, device=device)
     priority[order] = torch.arange(len(order), 0, -1, dtype=dtype, device=device)
@@ -175,24 +181,41 @@ def greedy_spread_rounds(order: torch.Tensor, height: int, width: int, reach: in
     if limit is not None:
         picks = picks[:limit]
     if cover is not None:
-        picks = picks[:head_length(weight_map.reshape(-1)[picks], cover)]
+        picks = picks[: head_length(weight_map.reshape(-1)[picks], cover)]
     return picks
 
 
-def greedy_order_picks(order: torch.Tensor, height: int, width: int, reach: int,
-                       limit: int | None = None, weights: torch.Tensor | None = None,
-                       cover: int | None = None) -> torch.Tensor:
+def greedy_order_picks(
+    order: torch.Tensor,
+    height: int,
+    width: int,
+    reach: int,
+    limit: int | None = None,
+    weights: torch.Tensor | None = None,
+    cover: int | None = None,
+) -> torch.Tensor:
     """The greedy spread of candidates given in priority ``order`` (flat indices, a tensor), wherever
     they live: the sequential pass on the CPU (fastest there: about 1 s for 2 million candidates,
     against about 12 s for the rounds), the rounds on a GPU. Same picks, same order."""
     if order.device.type == "cpu":
-        return torch.as_tensor(greedy_spread(order.numpy(), height, width, reach, limit,
-                                             None if weights is None else weights.numpy(), cover), dtype=torch.int64)
+        return torch.as_tensor(
+            greedy_spread(
+                order.numpy(), height, width, reach, limit, None if weights is None else weights.numpy(), cover
+            ),
+            dtype=torch.int64,
+        )
     return greedy_spread_rounds(order, height, width, reach, limit, weights, cover)
 
 
-def greedy_spread(order: np.ndarray, height: int, width: int, reach: int, limit: int | None = None,
-                  weights: np.ndarray | None = None, cover: int | None = None) -> list[int]:
+def greedy_spread(
+    order: np.ndarray,
+    height: int,
+    width: int,
+    reach: int,
+    limit: int | None = None,
+    weights: np.ndarray | None = None,
+    cover: int | None = None,
+) -> list[int]:
     """Walk flat pixel indices in ``order``; take each one unless a pixel already taken lies within
     Chebyshev distance ``reach`` of it; stop after ``limit`` picks (all when None), or after the pick
     that brings the picks' ``weights`` ((H*W,) integers) to ``cover``.
@@ -205,7 +228,7 @@ def greedy_spread(order: np.ndarray, height: int, width: int, reach: int, limit:
     taken: list[int] = []
     covered = 0
     for start in range(0, len(order), GREEDY_CHUNK):  # a stop after a few picks reads a few candidates
-        for c in order[start:start + GREEDY_CHUNK].tolist():
+        for c in order[start : start + GREEDY_CHUNK].tolist():
             if (limit is not None and len(taken) == limit) or (cover is not None and covered >= cover):
                 return taken
             if blocked_flat[c]:
@@ -214,7 +237,7 @@ def greedy_spread(order: np.ndarray, height: int, width: int, reach: int, limit:
             if cover is not None:
                 covered += int(weights[c])
             y, x = divmod(c, width)
-            blocked[max(0, y - reach):y + reach + 1, max(0, x - reach):x + reach + 1] = True
+            blocked[max(0, y - reach) : y + reach + 1, max(0, x - reach) : x + reach + 1] = True
     return taken
 
 
@@ -230,8 +253,14 @@ def priority_order(score: torch.Tensor, candidates: torch.Tensor) -> torch.Tenso
     return flat[torch.sort(key, stable=True).indices]
 
 
-def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int, centers: torch.Tensor | None = None,
-                   max_pixels: int | None = None, spread: str = "score") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def greedy_squares(
+    center_score: torch.Tensor,
+    free: torch.Tensor,
+    radius: int,
+    centers: torch.Tensor | None = None,
+    max_pixels: int | None = None,
+    spread: str = "score",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Non-overlapping (2r+1)^2 squares chosen greedily by the score of their centre pixel.
 
     center_score: float (H*W,); free: bool (H, W) of unlabeled pixels, both on one device (the work
@@ -254,11 +283,16 @@ def greedy_squares(center_score: torch.Tensor, free: torch.Tensor, radius: int, 
     square_pixels = None
     if max_pixels is not None:  # each centre's square: its free pixels (sums of ones: exact in float32)
         side = 2 * radius + 1
-        square_pixels = F.avg_pool2d(free.to(torch.float32)[None, None], side, stride=1, padding=radius,
-                                     divisor_override=1).round().to(torch.int64).reshape(-1)
+        square_pixels = (
+            F.avg_pool2d(free.to(torch.float32)[None, None], side, stride=1, padding=radius, divisor_override=1)
+            .round()
+            .to(torch.int64)
+            .reshape(-1)
+        )
     allowed = free if centers is None else centers.to(free.device)
-    centers = greedy_order_picks(priority_order(center_score, allowed), height, width, reach=2 * radius,
-                                 weights=square_pixels, cover=max_pixels).to(free.device)
+    centers = greedy_order_picks(
+        priority_order(center_score, allowed), height, width, reach=2 * radius, weights=square_pixels, cover=max_pixels
+    ).to(free.device)
     cy, cx = centers // width, centers % width
     offset = torch.arange(-radius, radius + 1, device=free.device)
     dy, dx = torch.meshgrid(offset, offset, indexing="ij")

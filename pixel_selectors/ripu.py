@@ -37,7 +37,6 @@ from .base import PointQuery, RegionQuery, check_head_probs, predicted_class, un
 from .exact import to_fixed_point
 from .regions import check_window, greedy_order_picks, greedy_squares, priority_order
 
-
 # RIPU's point window: radius 32 at 2048 pixels wide (configs/gtav/deeplabv2_r101_PA.yaml, RADIUS_K).
 RIPU_POINT_RADIUS, RIPU_IMAGE_WIDTH = 32, 2048
 
@@ -50,8 +49,7 @@ def ripu_point_window(width: int) -> int:
     return 2 * max(1, round(RIPU_POINT_RADIUS * width / RIPU_IMAGE_WIDTH)) + 1
 
 
-def blocked_by_labels(labeled: torch.Tensor | None, radius: int, height: int, width: int,
-                      device=None) -> torch.Tensor:
+def blocked_by_labels(labeled: torch.Tensor | None, radius: int, height: int, width: int, device=None) -> torch.Tensor:
     """Bool (H, W): pixels within Chebyshev distance ``radius`` of a labeled pixel (the labeled mask
     dilated by a (2r+1)^2 square: integer window sums, so the cost does not grow with r)."""
     if labeled is None:
@@ -68,9 +66,11 @@ def _window_mean(units: torch.Tensor, radius: int, bits: int) -> torch.Tensor:
     windows give equal means on every device, whatever order a device would add in."""
     height, width = units.shape
     sums = _window_sums(units[None], radius, dtype=torch.int64)[0]
-    rows, cols = (_window_sums(torch.ones(1, n, 1, dtype=torch.int32, device=units.device), radius)[0, :, 0]
-                  for n in (height, width))  # in-image pixels of each window: (rows in it) x (columns in it)
-    return sums.to(torch.float64) * 2.0 ** -bits / (rows[:, None] * cols[None, :]).to(torch.float64)
+    rows, cols = (
+        _window_sums(torch.ones(1, n, 1, dtype=torch.int32, device=units.device), radius)[0, :, 0]
+        for n in (height, width)
+    )  # in-image pixels of each window: (rows in it) x (columns in it)
+    return sums.to(torch.float64) * 2.0**-bits / (rows[:, None] * cols[None, :]).to(torch.float64)
 
 
 def _window_sums(counts: torch.Tensor, radius: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
@@ -114,7 +114,7 @@ UNCERTAINTY_BITS = 24
 def _xlogx_units(size: int) -> tuple[int, ...]:
     """round(m ln m * 2**IMPURITY_BITS) for m = 0..size-1, computed once on the host (Python floats):
     the same integers whatever device reads them."""
-    return tuple(round(m * math.log(m) * 2 ** IMPURITY_BITS) if m > 1 else 0 for m in range(size))
+    return tuple(round(m * math.log(m) * 2**IMPURITY_BITS) if m > 1 else 0 for m in range(size))
 
 
 def window_impurity(predicted: torch.Tensor, num_classes: int, k: int) -> torch.Tensor:
@@ -138,7 +138,7 @@ def window_impurity(predicted: torch.Tensor, num_classes: int, k: int) -> torch.
     class_terms = table.index_select(0, counts.reshape(-1).to(torch.int32)).reshape(counts.shape)
     entropy = (table[in_image.long()] - class_terms.sum(dim=0)).clamp_min(0)  # n H, in units of 2**-40
     scale = math.log(num_classes) if num_classes > 1 else 1.0
-    return entropy.to(torch.float64) * 2.0 ** -IMPURITY_BITS / in_image.to(torch.float64) / scale
+    return entropy.to(torch.float64) * 2.0**-IMPURITY_BITS / in_image.to(torch.float64) / scale
 
 
 def uncertainty_units(probs: torch.Tensor) -> torch.Tensor:
@@ -161,8 +161,9 @@ def uncertainty_units(probs: torch.Tensor) -> torch.Tensor:
     return to_fixed_point(total / scale, UNCERTAINTY_BITS)
 
 
-def ripu_maps(probs: torch.Tensor, k: int = 3, window_uncertainty: bool = True
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def ripu_maps(
+    probs: torch.Tensor, k: int = 3, window_uncertainty: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(impurity P, uncertainty U, window-mean uncertainty) as float64 (H, W) maps of a (K, H, W)
     softmax, on the softmax's device, the same bits on every device (see ``window_impurity`` and
     ``uncertainty_units``). ``window_uncertainty=False`` skips the third (None): only RIPU's regions
@@ -171,7 +172,7 @@ def ripu_maps(probs: torch.Tensor, k: int = 3, window_uncertainty: bool = True
     num_classes = probs.shape[0]
     probs = probs.detach()
     units = uncertainty_units(probs)
-    uncertainty = units.to(torch.float64) * 2.0 ** -UNCERTAINTY_BITS
+    uncertainty = units.to(torch.float64) * 2.0**-UNCERTAINTY_BITS
     impurity = window_impurity(predicted_class(probs), num_classes, k)
     window_mean = _window_mean(units, radius, UNCERTAINTY_BITS) if window_uncertainty else None
     return impurity, uncertainty, window_mean
@@ -184,8 +185,15 @@ def _mean_probs(head_probs) -> tuple[torch.Tensor, int, int]:
     return torch.stack([p.detach() for p in head_probs]).mean(dim=0), height, width
 
 
-def region_impurity(head_probs, num_points: int, labeled: torch.Tensor | None = None, seed: int = 0, *,
-                    k: int = 3, suppress: bool = True) -> PointQuery:
+def region_impurity(
+    head_probs,
+    num_points: int,
+    labeled: torch.Tensor | None = None,
+    seed: int = 0,
+    *,
+    k: int = 3,
+    suppress: bool = True,
+) -> PointQuery:
     """RIPU points: pixels of highest P * U, each suppressing its k x k window (RIPU's pixel mode).
 
     head_probs: one or more (K, H, W) softmax maps (several heads are averaged); labeled: optional
@@ -216,11 +224,11 @@ def region_impurity(head_probs, num_points: int, labeled: torch.Tensor | None = 
         if len(chosen) < num_points:
             is_taken = torch.zeros(height * width, dtype=torch.bool, device=order.device)
             is_taken[chosen] = True
-            extra = order[~is_taken[order]][:num_points - len(chosen)]
+            extra = order[~is_taken[order]][: num_points - len(chosen)]
             chosen = torch.cat([chosen, extra])
             chosen_scores = torch.cat([chosen_scores, score[extra] - 1.0])
         if len(chosen) < num_points:
-            extra = priority_order(score, blocked)[:num_points - len(chosen)]
+            extra = priority_order(score, blocked)[: num_points - len(chosen)]
             chosen = torch.cat([chosen, extra])
             chosen_scores = torch.cat([chosen_scores, score[extra] - 2.0])
     else:
@@ -229,8 +237,15 @@ def region_impurity(head_probs, num_points: int, labeled: torch.Tensor | None = 
     return PointQuery.from_flat(chosen, chosen_scores, width, shortfall=int(num_points - len(chosen)))
 
 
-def region_impurity_regions(head_probs, labeled: torch.Tensor | None = None, seed: int = 0, *,
-                            k: int = 3, max_pixels: int | None = None, spread: str = "score") -> RegionQuery:
+def region_impurity_regions(
+    head_probs,
+    labeled: torch.Tensor | None = None,
+    seed: int = 0,
+    *,
+    k: int = 3,
+    max_pixels: int | None = None,
+    spread: str = "score",
+) -> RegionQuery:
     """RIPU regions: non-overlapping k x k squares ranked by P(i) * mean U over the square.
 
     Every pixel i whose square holds no labeled pixel is a candidate centre with score P(i) *
@@ -251,6 +266,7 @@ def region_impurity_regions(head_probs, labeled: torch.Tensor | None = None, see
     center_score = (impurity * window_uncertainty).reshape(-1)
     free = unlabeled_mask(labeled, height, width, device=probs.device)
     centers = ~blocked_by_labels(labeled, radius, height, width, device=probs.device)
-    indices, offsets, scores = greedy_squares(center_score, free, radius, centers=centers, max_pixels=max_pixels,
-                                              spread=spread)
+    indices, offsets, scores = greedy_squares(
+        center_score, free, radius, centers=centers, max_pixels=max_pixels, spread=spread
+    )
     return RegionQuery(height, width, indices, offsets, scores)

@@ -40,8 +40,9 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 600, env: dict 
     # No Ray dashboard in tests: it adds seconds to every Ray start (tests/test_raysession.py checks it).
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "ACTIVEDA_RAY_DASHBOARD": "0", **(env or {})}
     full_env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +51,13 @@ def data_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("synthetic-cache")
 
 
-S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-               # no instance-metadata lookups for credentials or region on a machine that is not EC2
-               "AWS_EC2_METADATA_DISABLED": "true"}
+S3_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    # no instance-metadata lookups for credentials or region on a machine that is not EC2
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +79,9 @@ def s3_server():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1",
-                      allow_bucket_creation=True).create_dir("activeda-test")
+    pafs.S3FileSystem(endpoint_override=endpoint, region="us-east-1", allow_bucket_creation=True).create_dir(
+        "activeda-test"
+    )
     try:
         yield endpoint
     finally:
@@ -104,7 +110,7 @@ def processes_left(tag: str, grace_s: float = 20.0) -> list[str]:
     """The processes still carrying ``tag`` once ``grace_s`` has passed (or none are left): pid and name."""
     import time
 
-    from orchestrator.lifetime import processes_with
+    from orchestrator.cluster.processes import processes_with
 
     deadline = time.monotonic() + grace_s
     while True:
@@ -124,6 +130,7 @@ def processes_left(tag: str, grace_s: float = 20.0) -> list[str]:
 
 # --- a real MLflow server (127.0.0.1, sqlite store) for the outage tests ---------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -137,9 +144,28 @@ def start_server(store: Path, artifacts: Path, port: int, log: Path) -> subproce
 
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # its job runner only costs CPU here
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts)],
-        cwd=store.parent, env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store}",
+            "--artifacts-destination",
+            str(artifacts),
+        ],
+        cwd=store.parent,
+        env=env,
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and server.poll() is None:
         try:
@@ -158,5 +184,3 @@ def stop(server: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     server.wait()
-
-

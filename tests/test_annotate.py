@@ -5,17 +5,26 @@ import json
 import numpy as np
 import pytest
 
-from orchestrator.annotate import AnnotationError, export_queries, import_answers
-from orchestrator.labels import LabeledPixels, LabelStore
+from orchestrator.labels.annotation import AnnotationError, export_queries, import_answers
+from orchestrator.labels.store import LabeledPixels, LabelStore
 
 CLASSES = ("road", "car", "sky")
 
 
 def queries():
-    points = LabeledPixels(2, np.array([0, 3], np.int32), np.array([1, 2], np.int32), np.full(2, 255, np.uint8), 4, 4,
-                           2.0)
-    square = LabeledPixels(5, np.array([1, 1, 2, 2], np.int32), np.array([1, 2, 1, 2], np.int32),
-                           np.full(4, 255, np.uint8), 4, 4, 4.0, regions=True)
+    points = LabeledPixels(
+        2, np.array([0, 3], np.int32), np.array([1, 2], np.int32), np.full(2, 255, np.uint8), 4, 4, 2.0
+    )
+    square = LabeledPixels(
+        5,
+        np.array([1, 1, 2, 2], np.int32),
+        np.array([1, 2, 1, 2], np.int32),
+        np.full(4, 255, np.uint8),
+        4,
+        4,
+        4.0,
+        regions=True,
+    )
     return [points, square]
 
 
@@ -47,19 +56,22 @@ def test_round_trip(exported, tmp_path):
     assert store.totals() == {"labeled_pixels": 6.0, "clicks": 6.0}
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d["images"][0]["points"].__setitem__(0, [1, 1]), "'points' differs from the exported queries"),
-    (lambda d: d["images"][1]["labels"].pop(), "needs 4 labels, got 3"),
-    (lambda d: d["images"][0]["labels"].__setitem__(0, 7), "labels must be class indices 0..2 or 255"),
-    (lambda d: d["images"].pop(), "have no answer"),
-    (lambda d: d["images"].append(dict(d["images"][0], image_id=99)), "not among the queried images"),
-    (lambda d: d.__setitem__("round", 2), "answers round 2"),
-    (lambda d: d.__setitem__("format", "pickle"), "is not an activeda-queries file"),
-    # Image ids are the exported integers only: not a path, not a float or bool that equals one.
-    (lambda d: d["images"][0].__setitem__("image_id", "../../etc/passwd"), "image '../../etc/passwd': not among"),
-    (lambda d: d["images"][0].__setitem__("image_id", 2.0), "image 2.0: not among the queried images"),
-    (lambda d: d["images"].append("../x.png"), "'images' must be a list of objects"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d["images"][0]["points"].__setitem__(0, [1, 1]), "'points' differs from the exported queries"),
+        (lambda d: d["images"][1]["labels"].pop(), "needs 4 labels, got 3"),
+        (lambda d: d["images"][0]["labels"].__setitem__(0, 7), "labels must be class indices 0..2 or 255"),
+        (lambda d: d["images"].pop(), "have no answer"),
+        (lambda d: d["images"].append(dict(d["images"][0], image_id=99)), "not among the queried images"),
+        (lambda d: d.__setitem__("round", 2), "answers round 2"),
+        (lambda d: d.__setitem__("format", "pickle"), "is not an activeda-queries file"),
+        # Image ids are the exported integers only: not a path, not a float or bool that equals one.
+        (lambda d: d["images"][0].__setitem__("image_id", "../../etc/passwd"), "image '../../etc/passwd': not among"),
+        (lambda d: d["images"][0].__setitem__("image_id", 2.0), "image 2.0: not among the queried images"),
+        (lambda d: d["images"].append("../x.png"), "'images' must be a list of objects"),
+    ],
+)
 def test_tampered_answers_are_refused_and_nothing_is_written(exported, tmp_path, edit, message):
     path, document = exported
     store = LabelStore(tmp_path / "labels")
@@ -71,8 +83,17 @@ def test_tampered_answers_are_refused_and_nothing_is_written(exported, tmp_path,
 def test_cli_reports_one_line(tmp_path):
     from conftest import run_cli
 
-    result = run_cli("orchestrator.annotate", "import", "--trial-dir", str(tmp_path), "--round", "1",
-                     "--answers", str(tmp_path / "missing.json"), cwd=tmp_path)
+    result = run_cli(
+        "orchestrator.annotate",
+        "import",
+        "--trial-dir",
+        str(tmp_path),
+        "--round",
+        "1",
+        "--answers",
+        str(tmp_path / "missing.json"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and result.stderr.strip().startswith("error: '") and "does not exist" in result.stderr
 
 
@@ -87,11 +108,14 @@ def test_an_image_path_in_the_answers_is_never_used(exported, tmp_path):
     assert [f.name for f in store.table().schema if str(f.type) == "string"] == ["strategy"]  # no path is stored
 
 
-@pytest.mark.parametrize("round_value, expected, message", [
-    (-1, None, "holds the queries of round -1, not of round >= 1"),
-    ("../1", None, "holds the queries of round '../1'"),
-    (2, 1, "holds the queries of round 2, not of round 1"),
-])
+@pytest.mark.parametrize(
+    "round_value, expected, message",
+    [
+        (-1, None, "holds the queries of round -1, not of round >= 1"),
+        ("../1", None, "holds the queries of round '../1'"),
+        (2, 1, "holds the queries of round 2, not of round 1"),
+    ],
+)
 def test_a_queries_file_of_another_or_impossible_round_is_refused(exported, tmp_path, round_value, expected, message):
     path, document = exported
     answers = answer(document, tmp_path, lambda d: d.__setitem__("round", round_value))
@@ -106,7 +130,16 @@ def test_a_queries_file_of_another_or_impossible_round_is_refused(exported, tmp_
 def test_cli_refuses_a_round_below_one(tmp_path):
     from conftest import run_cli
 
-    result = run_cli("orchestrator.annotate", "import", "--trial-dir", str(tmp_path), "--round", "0",
-                     "--answers", str(tmp_path / "a.json"), cwd=tmp_path)
+    result = run_cli(
+        "orchestrator.annotate",
+        "import",
+        "--trial-dir",
+        str(tmp_path),
+        "--round",
+        "0",
+        "--answers",
+        str(tmp_path / "a.json"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and result.stderr.strip() == "error: --round must be >= 1, got 0"
     assert list(tmp_path.iterdir()) == []

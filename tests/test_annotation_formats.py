@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from orchestrator import annotation_formats as formats
-from orchestrator.annotate import AnnotationError, export_queries, import_tool_answers, queries_path
-from orchestrator.labels import LabeledPixels, LabelStore
+from orchestrator.labels import formats
+from orchestrator.labels.annotation import AnnotationError, export_queries, import_tool_answers, queries_path
+from orchestrator.labels.store import LabeledPixels, LabelStore
 
 CLASSES = ("road", "car", "sky")
-GRID = (4, 6)          # the selection grid (data.height x data.width)
-ORIGINAL = (8, 18)     # the image files: 2x taller, 3x wider
+GRID = (4, 6)  # the selection grid (data.height x data.width)
+ORIGINAL = (8, 18)  # the image files: 2x taller, 3x wider
 
 
 @pytest.fixture
@@ -31,15 +31,38 @@ def trial(tmp_path):
 def _export(trial_dir, paths, regions: bool):
     h, w = GRID
     if regions:
-        queries = [LabeledPixels(2, np.array([1, 1, 2], np.int32), np.array([1, 4, 4], np.int32), np.full(3, 255, np.uint8),
-                                 h, w, 4.0, regions=True),
-                   LabeledPixels(5, np.array([0, 3], np.int32), np.array([0, 5], np.int32), np.full(2, 255, np.uint8),
-                                 h, w, 4.0, regions=True)]
+        queries = [
+            LabeledPixels(
+                2,
+                np.array([1, 1, 2], np.int32),
+                np.array([1, 4, 4], np.int32),
+                np.full(3, 255, np.uint8),
+                h,
+                w,
+                4.0,
+                regions=True,
+            ),
+            LabeledPixels(
+                5,
+                np.array([0, 3], np.int32),
+                np.array([0, 5], np.int32),
+                np.full(2, 255, np.uint8),
+                h,
+                w,
+                4.0,
+                regions=True,
+            ),
+        ]
     else:
-        queries = [LabeledPixels(2, np.array([0, 3], np.int32), np.array([1, 5], np.int32), np.full(2, 255, np.uint8),
-                                 h, w, 2.0),
-                   LabeledPixels(5, np.array([2], np.int32), np.array([3], np.int32), np.full(1, 255, np.uint8), h, w, 1.0)]
-    path = export_queries(queries_path(trial_dir, 1), 1, "labor_spl" if regions else "labor_ppl", CLASSES, queries, paths)
+        queries = [
+            LabeledPixels(
+                2, np.array([0, 3], np.int32), np.array([1, 5], np.int32), np.full(2, 255, np.uint8), h, w, 2.0
+            ),
+            LabeledPixels(5, np.array([2], np.int32), np.array([3], np.int32), np.full(1, 255, np.uint8), h, w, 1.0),
+        ]
+    path = export_queries(
+        queries_path(trial_dir, 1), 1, "labor_spl" if regions else "labor_ppl", CLASSES, queries, paths
+    )
     return json.loads(path.read_text())
 
 
@@ -68,8 +91,11 @@ def _check_recorded(trial_dir, queries):
     for entry in queries["images"]:
         ys, xs = formats.queried_pixels(entry)
         order = np.argsort(ys * GRID[1] + xs, kind="stable") if "mask_rle" in entry else np.arange(len(ys))
-        assert stored[entry["image_id"]] == (ys[order].tolist(), xs[order].tolist(),
-                                             np.asarray(expected[entry["image_id"]])[order].tolist())
+        assert stored[entry["image_id"]] == (
+            ys[order].tolist(),
+            xs[order].tolist(),
+            np.asarray(expected[entry["image_id"]])[order].tolist(),
+        )
     totals = LabelStore(trial_dir / "labels").totals()
     assert totals["labeled_pixels"] == sum(len(formats.queried_pixels(e)[0]) for e in queries["images"])
 
@@ -98,8 +124,9 @@ def test_brush_and_coco_rle_round_trip():
 def test_label_studio_round_trip(trial, tmp_path, regions):
     trial_dir, paths = trial
     queries = _export(trial_dir, paths, regions)
-    tasks_path, config_path = formats.export(queries, "labelstudio", tmp_path / "ls",
-                                             image_url_prefix="/data/local-files/?d=")
+    tasks_path, config_path = formats.export(
+        queries, "labelstudio", tmp_path / "ls", image_url_prefix="/data/local-files/?d="
+    )
     assert '<Label value="car" background="#00008e"/>' in config_path.read_text()
     tasks = json.loads(tasks_path.read_text())
     assert tasks[0]["data"]["image"] == "/data/local-files/?d=" + paths[2]
@@ -109,9 +136,18 @@ def test_label_studio_round_trip(trial, tmp_path, regions):
             width, height = prediction[0]["original_width"], prediction[0]["original_height"]
             assert (width, height) == ORIGINAL[::-1]
             truth = np.fromfunction(lambda y, x: np.vectorize(_truth)(y, x), ORIGINAL, dtype=int)
-            strokes = [{**prediction[0], "id": f"s{k}", "value": {"format": "rle", "brushlabels": [CLASSES[k]],
-                                                                   "rle": formats.brush_rle_encode(truth == k)}}
-                       for k in range(3)]
+            strokes = [
+                {
+                    **prediction[0],
+                    "id": f"s{k}",
+                    "value": {
+                        "format": "rle",
+                        "brushlabels": [CLASSES[k]],
+                        "rle": formats.brush_rle_encode(truth == k),
+                    },
+                }
+                for k in range(3)
+            ]
             result = prediction + strokes  # painted over the 'unsure' query mask
         else:
             result = prediction
@@ -138,8 +174,10 @@ def test_coco_round_trip(trial, tmp_path, regions):
     for image in document["images"]:  # the annotator's work: one annotation per class
         if regions:
             truth = np.fromfunction(lambda y, x: np.vectorize(_truth)(y, x), ORIGINAL, dtype=int)
-            answers += [{"image_id": image["id"], "category_id": k + 1, "segmentation": formats.coco_rle_encode(truth == k)}
-                        for k in range(3)]
+            answers += [
+                {"image_id": image["id"], "category_id": k + 1, "segmentation": formats.coco_rle_encode(truth == k)}
+                for k in range(3)
+            ]
         else:
             (query,) = [a for a in document["annotations"] if a["image_id"] == image["id"]]
             points = list(zip(query["keypoints"][0::3], query["keypoints"][1::3]))
@@ -189,15 +227,21 @@ def _move_first_point(tasks):
     tasks[0]["annotations"][0]["result"][0]["value"]["x"] += 100 * 3 / ORIGINAL[1]  # one grid pixel to the right
 
 
-@pytest.mark.parametrize("edit, message", [
-    (_move_first_point, "is not on a queried pixel (moved or added)"),
-    (lambda t: t[0]["annotations"][0]["result"].pop(), "1 queried point(s) have no answer"),
-    (lambda t: t[0]["annotations"][0]["result"][0]["value"].update(keypointlabels=["truck"]), "label 'truck' is not a class"),
-    (lambda t: t.pop(), "have no answer"),
-    (lambda t: t[0]["data"].update(activeda_image_id=7), "image 7: not among the queried images"),
-    (lambda t: t[0]["data"].update(activeda_round=2), "belongs to round 2"),
-    (lambda t: t[0]["annotations"].append({"result": []}), "needs exactly one annotation, has 2"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_move_first_point, "is not on a queried pixel (moved or added)"),
+        (lambda t: t[0]["annotations"][0]["result"].pop(), "1 queried point(s) have no answer"),
+        (
+            lambda t: t[0]["annotations"][0]["result"][0]["value"].update(keypointlabels=["truck"]),
+            "label 'truck' is not a class",
+        ),
+        (lambda t: t.pop(), "have no answer"),
+        (lambda t: t[0]["data"].update(activeda_image_id=7), "image 7: not among the queried images"),
+        (lambda t: t[0]["data"].update(activeda_round=2), "belongs to round 2"),
+        (lambda t: t[0]["annotations"].append({"result": []}), "needs exactly one annotation, has 2"),
+    ],
+)
 def test_tool_answers_that_do_not_match_the_queries_are_refused_and_nothing_is_written(trial, tmp_path, edit, message):
     trial_dir, paths = trial
     path = _ls_points_export(trial_dir, paths, tmp_path, edit)
@@ -231,9 +275,27 @@ def test_cli_exports_and_imports_in_one_line_each(trial, tmp_path, capsys):
 
     trial_dir, paths = trial
     _export(trial_dir, paths, regions=True)
-    assert main(["export", "--trial-dir", str(trial_dir), "--round", "1", "--format", "png", "--out",
-                 str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            ["export", "--trial-dir", str(trial_dir), "--round", "1", "--format", "png", "--out", str(tmp_path / "out")]
+        )
+        == 0
+    )
     assert "wrote 3 file(s)" in capsys.readouterr().out
-    assert main(["import", "--trial-dir", str(trial_dir), "--round", "1", "--format", "coco", "--answers",
-                 str(tmp_path / "nothing.json")]) == 2
+    assert (
+        main(
+            [
+                "import",
+                "--trial-dir",
+                str(trial_dir),
+                "--round",
+                "1",
+                "--format",
+                "coco",
+                "--answers",
+                str(tmp_path / "nothing.json"),
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.strip().splitlines() == [f"error: '{tmp_path / 'nothing.json'}' does not exist"]

@@ -24,10 +24,19 @@ def _write_sweep(folder, cfg):
     for trial, points, mious in (("a_00000", 2, [0.2, 0.3, 0.35]), ("a_00001", 5, [0.2, 0.4, 0.45])):
         lines = []
         for rnd, miou in enumerate(mious):
-            lines.append({"round": rnd, "target/miou": miou, "target/iou/road": miou + 0.1, "target/iou/car": miou / 2,
-                          "budget/labeled_pixels": points * 8 * rnd, "budget/labeled_fraction": points * rnd / 100,
-                          "budget/clicks": points * 8.0 * rnd, "trial_id": trial,
-                          "config": {"selection.points_per_image": points}})
+            lines.append(
+                {
+                    "round": rnd,
+                    "target/miou": miou,
+                    "target/iou/road": miou + 0.1,
+                    "target/iou/car": miou / 2,
+                    "budget/labeled_pixels": points * 8 * rnd,
+                    "budget/labeled_fraction": points * rnd / 100,
+                    "budget/clicks": points * 8.0 * rnd,
+                    "trial_id": trial,
+                    "config": {"selection.points_per_image": points},
+                }
+            )
         lines.append(lines[-1])  # a round reported twice (a resumed trial) counts once
         (folder / "tune" / f"tune_trial_{trial}").mkdir(parents=True)
         (folder / "tune" / f"tune_trial_{trial}" / "result.json").write_text("\n".join(map(json.dumps, lines)) + "\n")

@@ -7,11 +7,22 @@ import numpy as np
 import pytest
 import torch
 
-from pixel_selectors import (SELECTOR_KIND, SELECTORS, GlobalBudget, PointQuery, RegionQuery, merge_points,
-                             merge_regions, points_per_image, points_to_regions, random_regions)
+from pixel_selectors import (
+    SELECTOR_KIND,
+    SELECTORS,
+    GlobalBudget,
+    PointQuery,
+    RegionQuery,
+    merge_points,
+    merge_regions,
+    points_per_image,
+    points_to_regions,
+    random_regions,
+)
 
 try:
-    from hypothesis import HealthCheck, given, settings, strategies as st
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     given = None
 
@@ -24,9 +35,9 @@ def rq(regions, scores, height=4, width=4):
 #   D = image 2 region 1 (.95, 1 px) -> A = image 5 region 0 (.9, 3 px) -> E = image 7 region 0 (.9, 5 px)
 #   -> C = image 2 region 0 (.5, 4 px) -> B = image 5 region 1 (.5, 2 px); 15 pixels in all.
 POOL = [
-    (5, rq([[0, 1, 2], [8, 9]], [.9, .5])),
-    (2, rq([[4, 5, 6, 7], [15]], [.5, .95])),
-    (7, rq([[10, 11, 12, 13, 14]], [.9])),
+    (5, rq([[0, 1, 2], [8, 9]], [0.9, 0.5])),
+    (2, rq([[4, 5, 6, 7], [15]], [0.5, 0.95])),
+    (7, rq([[10, 11, 12, 13, 14]], [0.9])),
 ]
 
 
@@ -37,8 +48,12 @@ def summary(result):
 def test_merge_known_answer_spends_the_budget_exactly():
     result = merge_regions(POOL, 10)
     # 1 + 3 + 5 = 9 pixels, then C is cut to its first pixel
-    assert summary(result) == [(2, 1, [15], False), (5, 0, [0, 1, 2], False), (7, 0, [10, 11, 12, 13, 14], False),
-                               (2, 0, [4], True)]
+    assert summary(result) == [
+        (2, 1, [15], False),
+        (5, 0, [0, 1, 2], False),
+        (7, 0, [10, 11, 12, 13, 14], False),
+        (2, 0, [4], True),
+    ]
     assert (result.spent_pixels, result.shortfall, result.offered_pixels) == (10, 0, 15)
     assert {i: a.tolist() for i, a in result.by_image().items()} == {2: [15, 4], 5: [0, 1, 2], 7: [10, 11, 12, 13, 14]}
     assert [len(r) for r in result.regions_by_image()[2]] == [1, 1]
@@ -77,10 +92,11 @@ def test_merge_refuses_a_second_query_for_one_image_and_bad_input():
 
 def reference(pool, budget):
     """Brute force: sort every candidate of the pool, take until the budget is spent."""
-    everything = sorted(((-float(q.scores[r]), i, r, q.region(r)) for i, q in pool for r in range(len(q))),
-                        key=lambda e: e[:3])
+    everything = sorted(
+        ((-float(q.scores[r]), i, r, q.region(r)) for i, q in pool for r in range(len(q))), key=lambda e: e[:3]
+    )
     out, remaining = [], budget
-    for neg_score, image_id, r, pixels in everything:
+    for _, image_id, r, pixels in everything:
         if remaining == 0:
             break
         take = min(remaining, len(pixels))
@@ -90,7 +106,7 @@ def reference(pool, budget):
 
 
 def random_pool(num_images, seed, size=(16, 16)):
-    probs = (torch.full((2, *size), .5),)
+    probs = (torch.full((2, *size), 0.5),)
     return [(i, random_regions(probs, seed=seed * 100_000 + i)) for i in range(num_images)]
 
 
@@ -117,30 +133,33 @@ def test_sending_only_each_images_head_gives_the_same_result():
     pool = random_pool(40, seed=2, size=(9, 9))
     for budget in (1, 50, 400, 5000):
         trimmed = [(i, q.head(budget)) for i, q in pool]
-        assert [(p.image_id, p.pixels.tolist()) for p in merge_regions(trimmed, budget).picks] == \
-               [(p.image_id, p.pixels.tolist()) for p in merge_regions(pool, budget).picks]
+        assert [(p.image_id, p.pixels.tolist()) for p in merge_regions(trimmed, budget).picks] == [
+            (p.image_id, p.pixels.tolist()) for p in merge_regions(pool, budget).picks
+        ]
 
 
 # --- points under a pool-wide budget ----------------------------------------------------------
 
+
 def pq(flat, scores, width=4):
     flat = np.asarray(flat)
-    return PointQuery(ys=(flat // width).astype(np.int32), xs=(flat % width).astype(np.int32),
-                      scores=np.asarray(scores, np.float32))
+    return PointQuery(
+        ys=(flat // width).astype(np.int32), xs=(flat % width).astype(np.int32), scores=np.asarray(scores, np.float32)
+    )
 
 
 def test_points_to_regions_and_points_per_image():
-    regions = points_to_regions(pq([5, 2, 9], [.1, .7, .3]), 4, 4)
+    regions = points_to_regions(pq([5, 2, 9], [0.1, 0.7, 0.3]), 4, 4)
     assert [r.tolist() for r in regions.regions()] == [[5], [2], [9]]
-    assert regions.scores.tolist() == pytest.approx([.1, .7, .3])
-    assert points_to_regions(pq([5, 2, 9], [.1, .7, .3]), 4, 4, order="rank").scores.tolist() == [0, -1, -2]
+    assert regions.scores.tolist() == pytest.approx([0.1, 0.7, 0.3])
+    assert points_to_regions(pq([5, 2, 9], [0.1, 0.7, 0.3]), 4, 4, order="rank").scores.tolist() == [0, -1, -2]
     with pytest.raises(ValueError, match="outside"):
         points_to_regions(pq([5], [1.0]), 1, 4)
     assert points_per_image(100, 4, 4) == 16 and points_per_image(7, 4, 4) == 7
 
 
 def test_merge_points_by_score_and_by_rank():
-    pool = [(0, pq([1, 2, 3], [.9, .8, .1])), (1, pq([7, 6], [.85, .2]))]
+    pool = [(0, pq([1, 2, 3], [0.9, 0.8, 0.1])), (1, pq([7, 6], [0.85, 0.2]))]
     # by score: .9 (0:1), .85 (1:7), .8 (0:2), then .2 (1:6)
     assert {i: a.tolist() for i, a in merge_points(pool, 4, 4, 4).by_image().items()} == {0: [1, 2], 1: [7, 6]}
     assert {i: a.tolist() for i, a in merge_points(pool, 3, 4, 4).by_image().items()} == {0: [1, 2], 1: [7]}
@@ -153,13 +172,14 @@ def test_merge_points_by_score_and_by_rank():
 # --- properties -------------------------------------------------------------------------------
 
 if given is not None:
+
     @st.composite
     def pools(draw):
         height, width = draw(st.integers(1, 7)), draw(st.integers(1, 7))
         num_classes = draw(st.integers(1, 4))
         num_images = draw(st.integers(1, 4))
         name = draw(st.sampled_from(sorted(SELECTORS)))
-        seed = draw(st.integers(0, 2 ** 16))
+        seed = draw(st.integers(0, 2**16))
         gen = torch.Generator().manual_seed(seed)
         images = []
         for image_id in draw(st.lists(st.integers(0, 50), min_size=num_images, max_size=num_images, unique=True)):
@@ -197,6 +217,7 @@ if given is not None:
             unlabeled = sum(int((~labeled).sum()) for _, _, labeled in images)
             assert result.spent_pixels == min(budget, unlabeled)
 else:  # pragma: no cover
+
     @pytest.mark.skip(reason="hypothesis is not installed")
     def test_merge_properties():
         pass
@@ -207,8 +228,8 @@ def test_share_of_candidates_gives_every_image_the_same_share_of_its_own_candida
 
     # Image 1: a 16-pixel mask in 4 regions of 4 (the selector's scores are high); image 2: a 4-pixel
     # mask in 4 regions of 1 (low scores). By score, a 10-pixel budget all goes to image 1.
-    big = rq([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]], [.9, .8, .7, .6], 4, 8)
-    small = rq([[16], [17], [18], [19]], [.4, .3, .2, .1], 4, 8)
+    big = rq([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]], [0.9, 0.8, 0.7, 0.6], 4, 8)
+    small = rq([[16], [17], [18], [19]], [0.4, 0.3, 0.2, 0.1], 4, 8)
     by_score = merge_regions([(1, big), (2, small)], budget_pixels=10).by_image()
     assert list(by_score) == [1] and len(by_score[1]) == 10  # its best three regions, the third cut to 2 px
     shared = share_of_candidates(big)
@@ -222,10 +243,10 @@ def test_share_of_candidates_gives_every_image_the_same_share_of_its_own_candida
 def test_share_of_candidates_of_a_whole_budget_takes_every_candidate_and_keeps_the_ranked_order():
     from pixel_selectors.budget import share_of_candidates
 
-    query = rq([[3], [0, 1, 2], [5, 6]], [.1, .9, .5])  # stored out of rank order
+    query = rq([[3], [0, 1, 2], [5, 6]], [0.1, 0.9, 0.5])  # stored out of rank order
     shared = share_of_candidates(query)
     assert [shared.region(r).tolist() for r in range(3)] == [[0, 1, 2], [5, 6], [3]]
-    assert np.all(np.diff(shared.scores) < 0) and -1 < shared.scores.min() and shared.scores.max() < 0
+    assert np.all(np.diff(shared.scores) < 0) and shared.scores.min() > -1 and shared.scores.max() < 0
     assert merge_regions([(0, shared)], budget_pixels=6).spent_pixels == 6
     empty = rq([], [])
     assert len(share_of_candidates(empty)) == 0

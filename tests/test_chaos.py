@@ -13,12 +13,27 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def test_a_sweep_under_repeated_kills_loses_nothing_and_ends_where_a_fault_free_one_does(tmp_path):
-    result = run_cli("benchmarks.chaos", "--small", "--workdir", str(tmp_path / "chaos"), "--timeout-min", "30",
-                     cwd=tmp_path, timeout=3600)
+    result = run_cli(
+        "benchmarks.chaos",
+        "--small",
+        "--workdir",
+        str(tmp_path / "chaos"),
+        "--timeout-min",
+        "30",
+        cwd=tmp_path,
+        timeout=3600,
+    )
     outcome = json.loads((tmp_path / "chaos" / "result.json").read_text())
     assert sum(outcome["kills"].values()) == 6, outcome["kills"]
-    for count in ("labels_lost", "budget_spent_twice", "metrics_missing", "metrics_duplicated",
-                  "trial_runs_duplicated", "runs_not_finished", "left_running"):
+    for count in (
+        "labels_lost",
+        "budget_spent_twice",
+        "metrics_missing",
+        "metrics_duplicated",
+        "trial_runs_duplicated",
+        "runs_not_finished",
+        "left_running",
+    ):
         assert outcome[count] == 0, (count, result.stdout[-3000:])
     assert all(trial["final_equal"] for trial in outcome["trials"].values()), outcome["trials"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -2,7 +2,7 @@
 importing torch) name exactly what the registries implement."""
 
 import pixel_selectors
-from orchestrator import choices
+from experiment_config import choices
 from pixel_selectors.budget import REGION_SPREADS
 from trainers import data, losses, models
 from trainers.data.cityscapes import CITYSCAPES_SPLITS
@@ -11,12 +11,15 @@ from trainers.data.cityscapes import CITYSCAPES_SPLITS
 def _same(light, registry, what: str, registry_name: str) -> None:
     missing, extra = sorted(set(registry) - set(light)), sorted(set(light) - set(registry))
     assert not missing and not extra, (
-        f"orchestrator/choices.py {what} disagrees with {registry_name}: add {missing}, remove {extra}")
+        f"experiment_config/choices.py {what} disagrees with {registry_name}: add {missing}, remove {extra}"
+    )
 
 
 def test_light_lists_name_exactly_what_the_registries_hold():
     _same(choices.SELECTORS, pixel_selectors.SELECTORS, "SELECTORS", "pixel_selectors.SELECTORS")
-    assert choices.SELECTOR_KIND == pixel_selectors.SELECTOR_KIND, "choices.SELECTOR_KIND != pixel_selectors.SELECTOR_KIND"
+    assert choices.SELECTOR_KIND == pixel_selectors.SELECTOR_KIND, (
+        "choices.SELECTOR_KIND != pixel_selectors.SELECTOR_KIND"
+    )
     _same(choices.REGION_SPREADS, REGION_SPREADS, "REGION_SPREADS", "pixel_selectors.budget.REGION_SPREADS")
     _same(choices.MODELS, models.MODELS, "MODELS", "trainers.models.MODELS")
     assert choices.MIN_BATCH_SIZE == models.MIN_BATCH_SIZE, "choices.MIN_BATCH_SIZE != trainers.models.MIN_BATCH_SIZE"
@@ -26,7 +29,15 @@ def test_light_lists_name_exactly_what_the_registries_hold():
     _same(choices.TARGET_FORMATS, data.TARGET_FORMATS, "TARGET_FORMATS", "trainers.data.TARGET_FORMATS")
     _same(choices.CLASS_SETS, data.CLASS_SETS, "CLASS_SETS", "trainers.data.CLASS_SETS")
     _same(choices.SPLITS, CITYSCAPES_SPLITS, "SPLITS", "trainers.data.cityscapes.CITYSCAPES_SPLITS")
-    _same(choices.PSEUDO_LABEL_RULES, losses.PSEUDO_LABEL_RULES, "PSEUDO_LABEL_RULES",
-          "trainers.losses.PSEUDO_LABEL_RULES")
-    _same(choices.SOFT_LABEL_ESTIMATES, losses.SOFT_LABEL_ESTIMATES, "SOFT_LABEL_ESTIMATES",
-          "trainers.losses.SOFT_LABEL_ESTIMATES")
+    _same(
+        choices.PSEUDO_LABEL_RULES,
+        losses.PSEUDO_LABEL_RULES,
+        "PSEUDO_LABEL_RULES",
+        "trainers.losses.PSEUDO_LABEL_RULES",
+    )
+    _same(
+        choices.SOFT_LABEL_ESTIMATES,
+        losses.SOFT_LABEL_ESTIMATES,
+        "SOFT_LABEL_ESTIMATES",
+        "trainers.losses.SOFT_LABEL_ESTIMATES",
+    )

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from orchestrator import cli, sweep
-from orchestrator.config import ConfigError, ExperimentConfig, path_keys
-from orchestrator.sweep import build_parser
+from experiment_config import ConfigError, ExperimentConfig, path_keys
+from orchestrator import command_line as cli
+from orchestrator.sweep import command as sweep
+from orchestrator.sweep.command import build_parser
 
 
 def _config(*argv: str, cwd: Path | None = None, monkeypatch=None) -> ExperimentConfig:
@@ -21,12 +22,20 @@ def _config(*argv: str, cwd: Path | None = None, monkeypatch=None) -> Experiment
 
 @pytest.mark.parametrize("module", ["orchestrator.sweep", "orchestrator.run"])
 def test_help_is_fast_and_imports_neither_torch_nor_ray(module, tmp_path):
-    probe = ("import sys, runpy; sys.argv = ['x', '--help']\n"
-             "try:\n    runpy.run_module(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             "heavy = sorted(m for m in ('torch', 'ray', 'mlflow', 'torchvision') if m in sys.modules)\n"
-             "print('HEAVY', heavy)" % module)
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    probe = (
+        "import sys, runpy; sys.argv = ['x', '--help']\n"
+        f"try:\n    runpy.run_module({module!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "heavy = sorted(m for m in ('torch', 'ray', 'mlflow', 'torchvision') if m in sys.modules)\n"
+        "print('HEAVY', heavy)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     # torch alone takes seconds to import: without it (and Ray, MLflow) --help prints in about 0.15 s here.
     assert "HEAVY []" in result.stdout, result.stdout[-300:]
@@ -46,8 +55,9 @@ def test_help_shows_defaults_as_yaml_and_the_allowed_names():
 
 
 def test_bare_key_value_overrides_work_beside_set_and_options(tmp_path, monkeypatch):
-    cfg = _config("adapt.steps=7", "--set", "adapt.lr=0.5", "selection.rounds=2", "--smoke", cwd=tmp_path,
-                  monkeypatch=monkeypatch)
+    cfg = _config(
+        "adapt.steps=7", "--set", "adapt.lr=0.5", "selection.rounds=2", "--smoke", cwd=tmp_path, monkeypatch=monkeypatch
+    )
     assert (cfg.adapt.steps, cfg.adapt.lr, cfg.selection.rounds) == (7, 0.5, 2)
     assert cfg.sweep.name == "smoke"  # --smoke applied, then the overrides
     later = _config("--set", "adapt.steps=3", "adapt.steps=9", cwd=tmp_path, monkeypatch=monkeypatch)
@@ -57,17 +67,21 @@ def test_bare_key_value_overrides_work_beside_set_and_options(tmp_path, monkeypa
 def test_a_bare_word_that_is_not_key_value_is_refused(tmp_path, monkeypatch, capsys):
     with pytest.raises(ConfigError, match="'smoke' is not an option or a KEY=VALUE override"):
         _config("smoke", cwd=tmp_path, monkeypatch=monkeypatch)
-    assert sweep.main(["smoke"]) == sweep.EXIT_BAD_INPUT
+    assert sweep.main(["smoke"]) == cli.EXIT_BAD_INPUT
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: 'smoke' is not an option or a KEY=VALUE override (e.g. adapt.steps=200)"]
+        "error: 'smoke' is not an option or a KEY=VALUE override (e.g. adapt.steps=200)"
+    ]
     assert list(tmp_path.iterdir()) == []
 
 
 def test_config_files_merge_in_order_later_files_win(tmp_path, monkeypatch):
-    (tmp_path / "a.yaml").write_text("adapt:\n  steps: 5\n  lr: 0.25\nselection:\n  selector: labor_spl\n"
-                                     "sweep:\n  search_space: {seed: {grid: [0, 1]}}\n")
-    (tmp_path / "b.yaml").write_text("adapt:\n  steps: 6\nselection:\n  budget_fraction: 0.01\n"
-                                     "sweep:\n  search_space: {adapt.lr: {grid: [0.1]}}\n")
+    (tmp_path / "a.yaml").write_text(
+        "adapt:\n  steps: 5\n  lr: 0.25\nselection:\n  selector: labor_spl\n"
+        "sweep:\n  search_space: {seed: {grid: [0, 1]}}\n"
+    )
+    (tmp_path / "b.yaml").write_text(
+        "adapt:\n  steps: 6\nselection:\n  budget_fraction: 0.01\nsweep:\n  search_space: {adapt.lr: {grid: [0.1]}}\n"
+    )
     cfg = _config("--config", "a.yaml", "--config", "b.yaml", cwd=tmp_path, monkeypatch=monkeypatch)
     assert (cfg.adapt.steps, cfg.adapt.lr) == (6, 0.25)  # b wins key by key, a's other keys stay
     # Neither file alone is valid (labor_spl needs a pixel budget): the files are merged before validation.
@@ -79,11 +93,19 @@ def test_config_files_merge_in_order_later_files_win(tmp_path, monkeypatch):
 
 
 def test_every_path_key_is_resolved_against_where_the_command_ran(tmp_path, monkeypatch):
-    assert {"output_dir", "data.cache_dir", "data.source.root", "data.target.root", "model.pretrained"} <= set(path_keys())
+    assert {"output_dir", "data.cache_dir", "data.source.root", "data.target.root", "model.pretrained"} <= set(
+        path_keys()
+    )
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "backbone.pth").write_bytes(b"not read here")
-    cfg = _config("model.pretrained=weights/backbone.pth", "data.source.root=gta", "--output-dir", "out",
-                  cwd=tmp_path, monkeypatch=monkeypatch)
+    cfg = _config(
+        "model.pretrained=weights/backbone.pth",
+        "data.source.root=gta",
+        "--output-dir",
+        "out",
+        cwd=tmp_path,
+        monkeypatch=monkeypatch,
+    )
     assert cfg.model.pretrained == str(tmp_path / "weights" / "backbone.pth")
     assert cfg.data.source.root == str(tmp_path / "gta")
     assert cfg.output_dir == str(tmp_path / "out")
@@ -96,10 +118,11 @@ def test_every_path_key_is_resolved_against_where_the_command_ran(tmp_path, monk
 
 
 def test_the_docs_list_every_key():
-    from orchestrator.config import markdown_reference
+    from experiment_config import markdown_reference
 
     text = (ROOT / "docs" / "configuration.md").read_text()
     start, end = "<!-- config-keys:start -->\n", "<!-- config-keys:end -->"
-    documented = text[text.index(start) + len(start):text.index(end)]
+    documented = text[text.index(start) + len(start) : text.index(end)]
     assert documented == markdown_reference(), (
-        "docs/configuration.md's key table is out of date: replace it with `python -m orchestrator.config`")
+        "docs/configuration.md's key table is out of date: replace it with `python -m orchestrator.config`"
+    )

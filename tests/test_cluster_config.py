@@ -4,14 +4,19 @@ their node types offer, and that they are secure by default. Offline: nothing is
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 import yaml
 
 from conftest import ROOT, run_cli
-from orchestrator.cluster import ClusterConfigError, node_shapes, ray_start_resources, validate_cluster_file
-from orchestrator.raysession import TRIAL_RESOURCE
+from orchestrator.cluster.cluster_file import (
+    ClusterConfigError,
+    node_shapes,
+    ray_start_resources,
+    validate_cluster_file,
+)
+from orchestrator.cluster.ray_session import TRIAL_RESOURCE
 
 FILES = ["cluster.yaml", "cluster.local.yaml"]
 
@@ -52,28 +57,54 @@ def _drop_line(prefix):
 
 
 BROKEN = [
-    ("cluster.yaml", lambda t: t.replace("resources: {activeda_trial: 1000}", "resources: {activeda_trial: lots}"),
-     "key 'available_node_types.head.resources.activeda_trial': must be an integer, got str 'lots'"),
-    ("cluster.yaml", lambda t: re.sub(r"^max_workers: 10\b", "max_workers: ten", t, flags=re.M),
-     "key 'max_workers': must be an integer, got str 'ten'"),
-    ("cluster.yaml", lambda t: t.replace("  type: aws", "  type: amazon"),
-     "key 'provider.type': unknown provider 'amazon'; choose one of: "),
-    ("cluster.local.yaml", lambda t: t.replace("  type: local", "  type: onprem"),
-     "key 'provider.type': unknown provider 'onprem'"),
-    ("cluster.yaml", lambda t: t.replace("provider:\n  type: aws", "provider: {type: aws\n  type: aws"),
-     "malformed YAML at line"),
+    (
+        "cluster.yaml",
+        lambda t: t.replace("resources: {activeda_trial: 1000}", "resources: {activeda_trial: lots}"),
+        "key 'available_node_types.head.resources.activeda_trial': must be an integer, got str 'lots'",
+    ),
+    (
+        "cluster.yaml",
+        lambda t: re.sub(r"^max_workers: 10\b", "max_workers: ten", t, flags=re.M),
+        "key 'max_workers': must be an integer, got str 'ten'",
+    ),
+    (
+        "cluster.yaml",
+        lambda t: t.replace("  type: aws", "  type: amazon"),
+        "key 'provider.type': unknown provider 'amazon'; choose one of: ",
+    ),
+    (
+        "cluster.local.yaml",
+        lambda t: t.replace("  type: local", "  type: onprem"),
+        "key 'provider.type': unknown provider 'onprem'",
+    ),
+    (
+        "cluster.yaml",
+        lambda t: t.replace("provider:\n  type: aws", "provider: {type: aws\n  type: aws"),
+        "malformed YAML at line",
+    ),
     ("cluster.local.yaml", lambda t: t + "\nsetup_commands: [unclosed\n", "malformed YAML at line"),
-    ("cluster.yaml", _drop_line("head_node_type:"),
-     "missing key 'head_node_type' (required with available_node_types"),
-    ("cluster.yaml", lambda t: t.replace("head_node_type: head", "head_node_type: cpu_head"),
-     "key 'head_node_type': 'cpu_head' is not one of available_node_types"),
-    ("cluster.yaml", lambda t: t.replace("idle_timeout_minutes:", "idle_timeout_minute:"),
-     "unknown key 'idle_timeout_minute' (did you mean 'idle_timeout_minutes'?)"),
-    ("cluster.yaml", lambda t: t.replace("  ssh_user: ubuntu", "  ssh_user: [ubuntu]"),
-     "key 'auth.ssh_user': must be a string, got list ['ubuntu']"),
+    ("cluster.yaml", _drop_line("head_node_type:"), "missing key 'head_node_type' (required with available_node_types"),
+    (
+        "cluster.yaml",
+        lambda t: t.replace("head_node_type: head", "head_node_type: cpu_head"),
+        "key 'head_node_type': 'cpu_head' is not one of available_node_types",
+    ),
+    (
+        "cluster.yaml",
+        lambda t: t.replace("idle_timeout_minutes:", "idle_timeout_minute:"),
+        "unknown key 'idle_timeout_minute' (did you mean 'idle_timeout_minutes'?)",
+    ),
+    (
+        "cluster.yaml",
+        lambda t: t.replace("  ssh_user: ubuntu", "  ssh_user: [ubuntu]"),
+        "key 'auth.ssh_user': must be a string, got list ['ubuntu']",
+    ),
     ("cluster.local.yaml", _drop_line("  head_ip:"), "missing key 'provider.head_ip'"),
-    ("cluster.local.yaml", lambda t: t + "\nhead_node_type: head\navailable_node_types: {head: {resources: {}, node_config: {}}}\n",
-     "key 'available_node_types': not supported by the local provider"),
+    (
+        "cluster.local.yaml",
+        lambda t: t + "\nhead_node_type: head\navailable_node_types: {head: {resources: {}, node_config: {}}}\n",
+        "key 'available_node_types': not supported by the local provider",
+    ),
     ("cluster.yaml", lambda t: "- just\n- a list\n", "must be a YAML mapping of cluster keys, but is a list"),
 ]
 
@@ -137,11 +168,13 @@ def test_node_shapes_of_the_local_file():
 
 
 def test_ray_start_resources_reads_flags():
-    assert ray_start_resources([
-        "ray stop",
-        "ulimit -n 65536; RAY_AUTH_MODE=token ~/v/bin/ray start --head --num-cpus=4 --num-gpus 2 "
-        "--resources='{\"activeda_trial\": 1000, \"disk\": 1}' --port=6379",
-    ]) == {"CPU": 4, "GPU": 2, "activeda_trial": 1000, "disk": 1}
+    assert ray_start_resources(
+        [
+            "ray stop",
+            "ulimit -n 65536; RAY_AUTH_MODE=token ~/v/bin/ray start --head --num-cpus=4 --num-gpus 2 "
+            '--resources=\'{"activeda_trial": 1000, "disk": 1}\' --port=6379',
+        ]
+    ) == {"CPU": 4, "GPU": 2, "activeda_trial": 1000, "disk": 1}
     assert ray_start_resources(["ray start --address=$RAY_HEAD_IP:6379"]) == {}
 
 
@@ -154,8 +187,15 @@ def test_head_declares_the_trial_resource(name):
 
 
 CREDENTIAL_PATTERNS = [
-    r"-----BEGIN", r"PRIVATE KEY", r"AKIA[0-9A-Z]{16}", r"aws_secret_access_key", r"aws_access_key_id",
-    r"aws_session_token", r"password\s*:", r"\b[0-9a-f]{32,}\b", r"\b[A-Za-z0-9+/]{40,}={0,2}",
+    r"-----BEGIN",
+    r"PRIVATE KEY",
+    r"AKIA[0-9A-Z]{16}",
+    r"aws_secret_access_key",
+    r"aws_access_key_id",
+    r"aws_session_token",
+    r"password\s*:",
+    r"\b[0-9a-f]{32,}\b",
+    r"\b[A-Za-z0-9+/]{40,}={0,2}",
 ]
 
 
@@ -207,8 +247,11 @@ def test_both_files_set_up_nodes_the_same_way():
 
 def test_file_mounts_sync_everything_the_install_needs():
     mounts = load("cluster.yaml")["file_mounts"]
-    tree = {remote.removeprefix("~/activeda/"): local for remote, local in mounts.items()
-            if remote.startswith("~/activeda/")}
+    tree = {
+        remote.removeprefix("~/activeda/"): local
+        for remote, local in mounts.items()
+        if remote.startswith("~/activeda/")
+    }
     for name, local in tree.items():
         assert local == f"./{name}" and (ROOT / name).exists(), (name, local)
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -220,7 +263,10 @@ def test_file_mounts_sync_everything_the_install_needs():
 def test_pinned_ray_is_the_ray_that_runs_ray_up():
     import ray
 
-    pins = dict(line.split("==") for line in (ROOT / "scripts" / "cluster-constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    pins = dict(
+        line.split("==")
+        for line in (ROOT / "scripts" / "cluster-constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
     assert pins["ray"] == ray.__version__
     assert sys.version_info >= (3, 10)

@@ -2,8 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import (ConfigError, ExperimentConfig, SMOKE_OVERRIDES, load_config, parse_set_args,
-                                 with_overrides)
+from experiment_config import (
+    SMOKE_OVERRIDES,
+    ConfigError,
+    ExperimentConfig,
+    load_config,
+    parse_set_args,
+    with_overrides,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,41 +38,50 @@ def test_partial_yaml_keeps_defaults(tmp_path):
     assert cfg.adapt.steps == 5 and cfg.adapt.lr == ExperimentConfig().adapt.lr
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["adapt.lrr=0.1"], "config key 'adapt.lrr': unknown key; 'adapt' has: steps, batch_size, lr"),
-    (["adpt.lr=0.1"], "config key 'adpt.lr': unknown section 'adpt'"),
-    (["selection.selector=labor_pp"], "config key 'selection.selector': unknown selector 'labor_pp'; choose one of: entropy, labor_ppl"),
-    (["selection.unlabeled_classes=[pole, polo]"], "config key 'selection.unlabeled_classes': unknown class 'polo'"),
-    (["selection.unlabeled_classes=pole"], "config key 'selection.unlabeled_classes': must be a list of strings"),
-    (["selection.unlabeled_classes=[pole]", "selection.oracle=human"],
-     "config key 'selection.unlabeled_classes': withholds classes from the simulated oracle only"),
-    (["selection.unlabeled_classes=[road, sidewalk, building, pole, traffic_sign, vegetation, sky, person, car]"],
-     "config key 'selection.unlabeled_classes': withholds every class"),
-    (["model.name=resnet"], "config key 'model.name': unknown model 'resnet'"),
-    (["selection.region_spread=even"],
-     "config key 'selection.region_spread': unknown region_spread 'even'; choose one of: score, share"),
-    (["selection.points_per_image=0"], "config key 'selection.points_per_image': must be >= 1, got 0"),
-    (["selection.points_per_image=-3"], "must be >= 1, got -3"),
-    (["adapt.lr=0"], "config key 'adapt.lr': must be > 0, got 0.0"),
-    (["train.use_gpu=yes please"], "config key 'train.use_gpu': must be true or false"),
-    (["adapt.steps=many"], "config key 'adapt.steps': must be an integer, got 'many'"),
-    (["adapt.lr=.nan"], "config key 'adapt.lr': must be a finite number"),
-    (["selection.points_per_image=100000"], "exceed the 8192 pixels of a 64x128 image"),
-    (["selection.budget_fraction=-0.1"], "config key 'selection.budget_fraction': must be >= 0, got -0.1"),
-    (["adapt.soft_label_temperature=0"], "config key 'adapt.soft_label_temperature': must be > 0, got 0.0"),
-    (["data.class_set=cityscapes20"], "config key 'data.class_set': unknown class set 'cityscapes20'"),
-    (["sweep.name=../escape"], "config key 'sweep.name': must be a plain folder name"),
-    # Paths from the config stay under their roots: sweep.name is one folder under output_dir, and the
-    # target splits are folders the dataset layout names, never a path of their own.
-    (["sweep.name=.."], "config key 'sweep.name': must be a plain folder name"),
-    (["sweep.name=/tmp/elsewhere"], "config key 'sweep.name': must be a plain folder name"),
-    (["sweep.name=runs\\..\\x"], "config key 'sweep.name': must be a plain folder name"),
-    (['sweep.name="a\tb"'], "config key 'sweep.name': must be a plain folder name (printable"),
-    (["data.target.pool_split=../../etc"], "config key 'data.target.pool_split': unknown split '../../etc'; "
-                                          "choose one of: test, train, val"),
-    (["data.target.val_split=/etc"], "config key 'data.target.val_split': unknown split '/etc'"),
-    (["noequals"], "--set expects key=value, got 'noequals'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["adapt.lrr=0.1"], "config key 'adapt.lrr': unknown key; 'adapt' has: steps, batch_size, lr"),
+        (["adpt.lr=0.1"], "config key 'adpt.lr': unknown section 'adpt'"),
+        (
+            ["selection.selector=labor_pp"],
+            "config key 'selection.selector': unknown selector 'labor_pp'; choose one of: entropy, labor_ppl",
+        ),
+        (["selection.unlabeled_classes=pole"], "config key 'selection.unlabeled_classes': must be a list of strings"),
+        (
+            ["selection.unlabeled_classes=[pole]", "selection.oracle=human"],
+            "config key 'selection.unlabeled_classes': withholds classes from the simulated oracle only",
+        ),
+        (["model.name=resnet"], "config key 'model.name': unknown model 'resnet'"),
+        (
+            ["selection.region_spread=even"],
+            "config key 'selection.region_spread': unknown region_spread 'even'; choose one of: score, share",
+        ),
+        (["selection.points_per_image=0"], "config key 'selection.points_per_image': must be >= 1, got 0"),
+        (["selection.points_per_image=-3"], "must be >= 1, got -3"),
+        (["adapt.lr=0"], "config key 'adapt.lr': must be > 0, got 0.0"),
+        (["train.use_gpu=yes please"], "config key 'train.use_gpu': must be true or false"),
+        (["adapt.steps=many"], "config key 'adapt.steps': must be an integer, got 'many'"),
+        (["adapt.lr=.nan"], "config key 'adapt.lr': must be a finite number"),
+        (["selection.points_per_image=100000"], "exceed the 8192 pixels of a 64x128 image"),
+        (["selection.budget_fraction=-0.1"], "config key 'selection.budget_fraction': must be >= 0, got -0.1"),
+        (["adapt.soft_label_temperature=0"], "config key 'adapt.soft_label_temperature': must be > 0, got 0.0"),
+        (["data.class_set=cityscapes20"], "config key 'data.class_set': unknown class set 'cityscapes20'"),
+        (["sweep.name=../escape"], "config key 'sweep.name': must be a plain folder name"),
+        # Paths from the config stay under their roots: sweep.name is one folder under output_dir, and the
+        # target splits are folders the dataset layout names, never a path of their own.
+        (["sweep.name=.."], "config key 'sweep.name': must be a plain folder name"),
+        (["sweep.name=/tmp/elsewhere"], "config key 'sweep.name': must be a plain folder name"),
+        (["sweep.name=runs\\..\\x"], "config key 'sweep.name': must be a plain folder name"),
+        (['sweep.name="a\tb"'], "config key 'sweep.name': must be a plain folder name (printable"),
+        (
+            ["data.target.pool_split=../../etc"],
+            "config key 'data.target.pool_split': unknown split '../../etc'; choose one of: test, train, val",
+        ),
+        (["data.target.val_split=/etc"], "config key 'data.target.val_split': unknown split '/etc'"),
+        (["noequals"], "--set expects key=value, got 'noequals'"),
+    ],
+)
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, overrides)
@@ -93,15 +108,21 @@ def test_missing_file():
         load_config("/nonexistent/cfg.yaml")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"\xff\xfeadapt: {}\n", r"is not UTF-8 text \(byte 0xff at offset 0\)"),
-    (b"adapt:\n  steps: 3\n  steps: 4\n", r"is not valid YAML at line 3, column 3: key 'steps' is given twice"),
-    (b"- adapt\n- sweep\n", "must hold a mapping of sections, not list"),
-    (b"just text\n", "must hold a mapping of sections, not str"),
-    (b"adaptt: {steps: 3}\n", r"config key 'adaptt': unknown key; .* \(in '.*c.yaml'\)$"),
-    (b"adapt: {steps: 0}\n", r"config key 'adapt.steps': must be >= 1, got 0 \(in '.*c.yaml'\)$"),
-    (b"adapt: !!python/object:os.system {}\n", "is not valid YAML at line 1, column 8: could not determine a constructor"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfeadapt: {}\n", r"is not UTF-8 text \(byte 0xff at offset 0\)"),
+        (b"adapt:\n  steps: 3\n  steps: 4\n", r"is not valid YAML at line 3, column 3: key 'steps' is given twice"),
+        (b"- adapt\n- sweep\n", "must hold a mapping of sections, not list"),
+        (b"just text\n", "must hold a mapping of sections, not str"),
+        (b"adaptt: {steps: 3}\n", r"config key 'adaptt': unknown key; .* \(in '.*c.yaml'\)$"),
+        (b"adapt: {steps: 0}\n", r"config key 'adapt.steps': must be >= 1, got 0 \(in '.*c.yaml'\)$"),
+        (
+            b"adapt: !!python/object:os.system {}\n",
+            "is not valid YAML at line 1, column 8: could not determine a constructor",
+        ),
+    ],
+)
 def test_a_config_file_that_is_not_a_utf8_yaml_mapping_of_known_sections_is_named(tmp_path, content, message):
     path = tmp_path / "c.yaml"
     path.write_bytes(content)
@@ -129,17 +150,20 @@ def test_section_must_be_mapping(tmp_path):
         load_config(path)
 
 
-@pytest.mark.parametrize("space, message", [
-    ({"adapt.lrr": {"grid": [1]}}, "sweep.search_space.adapt.lrr': not a tunable config key"),
-    ({"adapt.lr": {"grid": []}}, "'grid' needs a non-empty list"),
-    ({"adapt.lr": {"choice": []}}, "'choice' needs a non-empty list"),
-    ({"adapt.lr": {"normal": [0, 1]}}, "unknown search kind 'normal'"),
-    ({"adapt.lr": {"uniform": [1, 0.1]}}, "'uniform' needs low < high"),
-    ({"adapt.lr": {"loguniform": [0, 0.1]}}, "'loguniform' needs low > 0"),
-    ({"selection.points_per_image": {"grid": [5, 0]}}, "value 0 is invalid: must be >= 1, got 0"),
-    ({"selection.selector": {"choice": ["labor_ppl", "nope"]}}, "value 'nope' is invalid: unknown selector 'nope'"),
-    ({"adapt.lr": {"grid": [1], "choice": [2]}}, "must be one of"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"adapt.lrr": {"grid": [1]}}, "sweep.search_space.adapt.lrr': not a tunable config key"),
+        ({"adapt.lr": {"grid": []}}, "'grid' needs a non-empty list"),
+        ({"adapt.lr": {"choice": []}}, "'choice' needs a non-empty list"),
+        ({"adapt.lr": {"normal": [0, 1]}}, "unknown search kind 'normal'"),
+        ({"adapt.lr": {"uniform": [1, 0.1]}}, "'uniform' needs low < high"),
+        ({"adapt.lr": {"loguniform": [0, 0.1]}}, "'loguniform' needs low > 0"),
+        ({"selection.points_per_image": {"grid": [5, 0]}}, "value 0 is invalid: must be >= 1, got 0"),
+        ({"selection.selector": {"choice": ["labor_ppl", "nope"]}}, "value 'nope' is invalid: unknown selector 'nope'"),
+        ({"adapt.lr": {"grid": [1], "choice": [2]}}, "must be one of"),
+    ],
+)
 def test_search_space_errors(space, message):
     with pytest.raises(ConfigError) as err:
         with_overrides(ExperimentConfig(), {"sweep.search_space": space})
@@ -174,21 +198,30 @@ def test_real_dataset_configs_load_and_take_root_overrides(name, tmp_path):
     assert cfg.adapt.batch_size == 1 and cfg.adapt.optimizer == "sgd" and cfg.data.eval_resolution == "native"
 
 
-
 def test_a_config_error_survives_pickling():
     import pickle
 
     # Ray and Tune pickle a trial's exception to the driver; unpicklable, it arrived as a TypeError.
     err = pickle.loads(pickle.dumps(ConfigError("adapt.lr", "must be > 0, got 0")))
-    assert (err.key, err.problem, str(err)) == ("adapt.lr", "must be > 0, got 0", "config key 'adapt.lr': must be > 0, got 0")
+    assert (err.key, err.problem, str(err)) == (
+        "adapt.lr",
+        "must be > 0, got 0",
+        "config key 'adapt.lr': must be > 0, got 0",
+    )
 
 
 def test_a_pbt_trial_with_a_case_keeps_the_axes_pbt_mutates():
     # A trial's config is the base with its sampled case applied: the cases axis is done with, but a
     # PBT trial is only valid with the axes PBT mutates (without them every PBT trial failed).
-    space = {"cases": {"grid": [{"adapt.lr": 0.001, "selection.points_per_image": 5},
-                                {"adapt.lr": 1.0, "selection.points_per_image": 3}]},
-             "adapt.confusion_weight": {"uniform": [0.0, 1.0]}}
+    space = {
+        "cases": {
+            "grid": [
+                {"adapt.lr": 0.001, "selection.points_per_image": 5},
+                {"adapt.lr": 1.0, "selection.points_per_image": 3},
+            ]
+        },
+        "adapt.confusion_weight": {"uniform": [0.0, 1.0]},
+    }
     base = with_overrides(load_config(None), {"sweep.scheduler": "pbt", "sweep.search_space": space})
     trial = with_overrides(base, {"cases": space["cases"]["grid"][1], "adapt.confusion_weight": 0.3})
     assert trial.sweep.search_space == {"adapt.confusion_weight": {"uniform": [0.0, 1.0]}}

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator.annotate import export_queries, import_tool_answers, queries_path
-from orchestrator.annotation_formats import grid_to_original
-from orchestrator.experiment import PendingOracle
-from orchestrator.labels import LabelStore, Oracle
+from orchestrator.labels.annotation import export_queries, import_tool_answers, queries_path
+from orchestrator.labels.formats import grid_to_original
+from orchestrator.labels.oracle import Oracle, PendingOracle
+from orchestrator.labels.store import LabelStore
 from trainers.data import SeededSubset
 from trainers.data.cityscapes import CityscapesSegmentation
 from trainers.data.coordinates import label_coordinates
@@ -69,10 +69,13 @@ def test_exports_give_original_coordinates_and_answers_come_back_from_the_origin
     pool = CityscapesSegmentation(tmp_path / "city", "train", size=(4, 8))
     pending = PendingOracle(pool)
     names = tuple(str(c) for c in range(19))
-    for round_index, query in ((1, pending.reveal(0, np.array([0, 3]), np.array([0, 5]))),
-                               (2, pending.reveal(0, np.array([1, 1, 2, 2]), np.array([1, 2, 1, 2]), regions=True))):
-        path = export_queries(queries_path(tmp_path / "trial", round_index), round_index, "random", names, [query],
-                              {0: pool.files[0][0]})
+    for round_index, query in (
+        (1, pending.reveal(0, np.array([0, 3]), np.array([0, 5]))),
+        (2, pending.reveal(0, np.array([1, 1, 2, 2]), np.array([1, 2, 1, 2]), regions=True)),
+    ):
+        path = export_queries(
+            queries_path(tmp_path / "trial", round_index), round_index, "random", names, [query], {0: pool.files[0][0]}
+        )
         entry = json.loads(path.read_text())["images"][0]
         assert (entry["height"], entry["width"], entry["original_height"], entry["original_width"]) == (4, 8, 8, 16)
         if round_index == 1:

@@ -22,17 +22,33 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
-from orchestrator.dashboard import (BUDGET_VIEW_KEY, DashboardError, ServerError, compare_runs_url,
-                                    install_budget_view, start_dashboard, stop_dashboard, sweep_url)
+from orchestrator.tracking.dashboard import (
+    BUDGET_VIEW_KEY,
+    DashboardError,
+    ServerError,
+    compare_runs_url,
+    install_budget_view,
+    start_dashboard,
+    stop_dashboard,
+    sweep_url,
+)
 
 ARTIFACTS = ROOT / "test-artifacts"
 INSTALL_SCRIPT = ROOT / "scripts" / "install_browser_test_deps.sh"
 WINDOW = (1400, 900)
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 # ----------------------------------------------------------------------------------------- fixtures
+
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
@@ -50,8 +66,17 @@ def smoke_store(tmp_path_factory) -> str:
     """A store filled the way the sweep fills it: the real smoke sweep, in a subprocess."""
     tmp = tmp_path_factory.mktemp("smoke-sweep")
     store = tmp / "mlflow.db"
-    result = run_cli("orchestrator.sweep", "--smoke", "--quiet", "--tracking-uri", f"sqlite:///{store}",
-                     "--output-dir", str(tmp / "runs"), cwd=tmp, timeout=900)
+    result = run_cli(
+        "orchestrator.sweep",
+        "--smoke",
+        "--quiet",
+        "--tracking-uri",
+        f"sqlite:///{store}",
+        "--output-dir",
+        str(tmp / "runs"),
+        cwd=tmp,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return f"sqlite:///{store}"
 
@@ -70,23 +95,26 @@ def dashboard(smoke_store, tmp_path):
 
 # ------------------------------------------------------------------------------------------ helpers
 
+
 def _get(url: str):
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(url, timeout=30) as response:
         return json.load(response)
 
 
 def _post(url: str, body: dict):
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
 
 def _run_chromium(chromium: str, profile: Path, args: list[str], timeout: float = 180) -> str:
     """Run one headless Chromium command in its own process group (killed whole on timeout)."""
     command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -105,8 +133,11 @@ def _dump_dom(chromium: str, tmp_path: Path, url: str, expected: list[str], widt
     """
     dom = ""
     for attempt, budget in enumerate((20000, 60000)):
-        dom = _run_chromium(chromium, tmp_path / f"profile-dom-{attempt}-{time.monotonic_ns()}",
-                            [f"--window-size={width},{WINDOW[1]}", f"--virtual-time-budget={budget}", "--dump-dom", url])
+        dom = _run_chromium(
+            chromium,
+            tmp_path / f"profile-dom-{attempt}-{time.monotonic_ns()}",
+            [f"--window-size={width},{WINDOW[1]}", f"--virtual-time-budget={budget}", "--dump-dom", url],
+        )
         if all(text in dom for text in expected):
             break
     return dom
@@ -123,8 +154,11 @@ def _screenshot(chromium: str, tmp_path: Path, url: str, name: str) -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     path.unlink(missing_ok=True)
-    _run_chromium(chromium, tmp_path / f"profile-shot-{name}",
-                  [f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=20000", f"--screenshot={path}", url])
+    _run_chromium(
+        chromium,
+        tmp_path / f"profile-shot-{name}",
+        [f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=20000", f"--screenshot={path}", url],
+    )
     assert _png_size(path) == WINDOW
     import matplotlib.image as mpimg
 
@@ -136,8 +170,10 @@ def _screenshot(chromium: str, tmp_path: Path, url: str, name: str) -> Path:
 
 def _sweep_runs(base_url: str, sweep: str):
     experiment = _get(f"{base_url}/ajax-api/2.0/mlflow/experiments/get-by-name?experiment_name={sweep}")["experiment"]
-    runs = _post(f"{base_url}/ajax-api/2.0/mlflow/runs/search",
-                 {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]
+    runs = _post(
+        f"{base_url}/ajax-api/2.0/mlflow/runs/search",
+        {"experiment_ids": [experiment["experiment_id"]], "max_results": 100},
+    )["runs"]
     for run in runs:
         run["tags"] = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
         run["metrics"] = {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
@@ -149,9 +185,11 @@ def _sweep_runs(base_url: str, sweep: str):
 
 # -------------------------------------------------------------------------------------------- tests
 
+
 def test_missing_store_unknown_sweep_and_bad_port_are_one_line_errors(tmp_path, capsys):
-    result = run_cli("orchestrator.dashboard", "--tracking-uri", f"sqlite:///{tmp_path}/none.db", cwd=tmp_path,
-                     timeout=120)
+    result = run_cli(
+        "orchestrator.dashboard", "--tracking-uri", f"sqlite:///{tmp_path}/none.db", cwd=tmp_path, timeout=120
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0] and "none.db" in lines[0], result.stderr
@@ -220,8 +258,15 @@ def test_dashboard_shows_the_smoke_sweep_in_chromium(smoke_store, dashboard, chr
     trial_ids = [c["tags"]["activeda.trial_id"] for c in children]
     budgets = [c["tags"]["budget"] for c in children]
     mious = [repr(c["metrics"]["target/miou"]) for c in children]  # the table shows the full value
-    expected = [*names, *trial_ids, *budgets, *mious, "target/miou", "budget/labeled_fraction",
-                "selection.points_per_image"]
+    expected = [
+        *names,
+        *trial_ids,
+        *budgets,
+        *mious,
+        "target/miou",
+        "budget/labeled_fraction",
+        "selection.points_per_image",
+    ]
     dom = _dump_dom(chromium, tmp_path, url, expected)
     (ARTIFACTS / "dashboard-runs.html").write_text(dom, encoding="utf-8")
     missing = [text for text in expected if text not in dom]
@@ -243,9 +288,15 @@ def test_dashboard_shows_the_smoke_sweep_in_chromium(smoke_store, dashboard, chr
 def test_dashboard_cli_prints_urls_and_stops_its_server_on_ctrl_c(smoke_store, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}  # server log in tmp_path
     env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen([sys.executable, "-m", "orchestrator.dashboard", "--tracking-uri", smoke_store,
-                                "--sweep", "smoke"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.dashboard", "--tracking-uri", smoke_store, "--sweep", "smoke"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     lines, server_pid = [], None
     try:
         deadline = time.monotonic() + 240
@@ -259,17 +310,19 @@ def test_dashboard_cli_prints_urls_and_stops_its_server_on_ctrl_c(smoke_store, t
             if "serving until Ctrl-C" in line:
                 break
         output = "\n".join(lines)
-        assert "serving until Ctrl-C" in output, output + process.stderr.read() if process.poll() is not None else output
+        assert "serving until Ctrl-C" in output, (
+            output + process.stderr.read() if process.poll() is not None else output
+        )
         runs_url = re.search(r"runs table: (http://127\.0\.0\.1:(\d+)/#/experiments/\d+/runs\S*)", output)
         assert runs_url, output
         assert "compare trials: http://127.0.0.1:" in output
         base_url = f"http://127.0.0.1:{runs_url.group(2)}"
-        with urllib.request.urlopen(base_url + "/health", timeout=30) as response:  # noqa: S310
+        with urllib.request.urlopen(base_url + "/health", timeout=30) as response:
             assert response.status == 200
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
         with pytest.raises(OSError):
-            urllib.request.urlopen(base_url + "/health", timeout=5)  # noqa: S310 (the server is gone)
+            urllib.request.urlopen(base_url + "/health", timeout=5)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

@@ -19,28 +19,169 @@ from PIL import Image
 from trainers.data.cityscapes import CityscapesSegmentation
 from trainers.data.errors import DatasetError
 from trainers.data.gta5 import GTA5Segmentation
-from trainers.data.labelmaps import (CLASS_SETS, IGNORE_INDEX, cityscapes_defined_ids, cityscapes_id_lut,
-                                     synthia_defined_ids, synthia_id_lut)
+from trainers.data.labelmaps import (
+    CLASS_SETS,
+    IGNORE_INDEX,
+    cityscapes_defined_ids,
+    cityscapes_id_lut,
+    synthia_defined_ids,
+    synthia_id_lut,
+)
 from trainers.data.synthetic import IGNORE_INDEX as SYNTHETIC_IGNORE_INDEX
 from trainers.data.synthetic import SYNTHETIC_CLASSES
 from trainers.data.synthia import SynthiaSegmentation
-from trainers.data.transforms import (MEAN, STD, denormalize, deterministic_transform, normalize,
-                                      training_transform)
+from trainers.data.transforms import MEAN, STD, denormalize, deterministic_transform, normalize, training_transform
 
 X = IGNORE_INDEX
 
 # Cityscapes label id -> expected index, for ids 0..33 (column j of the test label holds id j).
-CITYSCAPES19_BY_ID = [X, X, X, X, X, X, X, 0, 1, X, X, 2, 3, 4, X, X, X, 5, X, 6, 7, 8, 9, 10, 11, 12, 13,
-                      14, 15, X, X, 16, 17, 18]
+CITYSCAPES19_BY_ID = [
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    0,
+    1,
+    X,
+    X,
+    2,
+    3,
+    4,
+    X,
+    X,
+    X,
+    5,
+    X,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    X,
+    X,
+    16,
+    17,
+    18,
+]
 # synthia16 drops terrain (22), truck (27), train (31).
-SYNTHIA16_BY_CITYSCAPES_ID = [X, X, X, X, X, X, X, 0, 1, X, X, 2, 3, 4, X, X, X, 5, X, 6, 7, 8, X, 9, 10, 11,
-                              12, X, 13, X, X, X, 14, 15]
+SYNTHIA16_BY_CITYSCAPES_ID = [
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    0,
+    1,
+    X,
+    X,
+    2,
+    3,
+    4,
+    X,
+    X,
+    X,
+    5,
+    X,
+    6,
+    7,
+    8,
+    X,
+    9,
+    10,
+    11,
+    12,
+    X,
+    13,
+    X,
+    X,
+    X,
+    14,
+    15,
+]
 # synthia13 also drops wall (12), fence (13), pole (17).
-SYNTHIA13_BY_CITYSCAPES_ID = [X, X, X, X, X, X, X, 0, 1, X, X, 2, X, X, X, X, X, X, X, 3, 4, 5, X, 6, 7, 8,
-                              9, X, 10, X, X, X, 11, 12]
+SYNTHIA13_BY_CITYSCAPES_ID = [
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    0,
+    1,
+    X,
+    X,
+    2,
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    3,
+    4,
+    5,
+    X,
+    6,
+    7,
+    8,
+    9,
+    X,
+    10,
+    X,
+    X,
+    X,
+    11,
+    12,
+]
 # synthetic: road 7, sidewalk 8, building 11, pole 17, traffic sign 20, vegetation 21, sky 23, person 24, car 26.
-SYNTHETIC_BY_CITYSCAPES_ID = [X, X, X, X, X, X, X, 0, 1, X, X, 2, X, X, X, X, X, 3, X, X, 4, 5, X, 6, 7, X,
-                              8, X, X, X, X, X, X, X]
+SYNTHETIC_BY_CITYSCAPES_ID = [
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    0,
+    1,
+    X,
+    X,
+    2,
+    X,
+    X,
+    X,
+    X,
+    X,
+    3,
+    X,
+    X,
+    4,
+    5,
+    X,
+    6,
+    7,
+    X,
+    8,
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+    X,
+]
 
 # SYNTHIA class id -> expected index, for ids 0..22: 0 void, 1 sky, 2 building, 3 road, 4 sidewalk,
 # 5 fence, 6 vegetation, 7 pole, 8 car, 9 traffic sign, 10 pedestrian, 11 bicycle, 12 motorcycle,
@@ -89,8 +230,9 @@ def write_png_16bit(path: Path, values: np.ndarray) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
 
 
 def id_columns(num_ids: int, height: int = 4) -> np.ndarray:
@@ -107,8 +249,10 @@ def plain_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 def cityscapes_paths(root: Path, split: str, city: str, frame: int) -> tuple[Path, Path]:
     stem = f"{city}_000000_{frame:06d}"
-    return (root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
-            root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png")
+    return (
+        root / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+        root / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+    )
 
 
 def make_cityscapes(root: Path, labels: dict[tuple[str, int], np.ndarray], split: str = "val") -> Path:
@@ -140,21 +284,72 @@ def make_synthia(root: Path, labels: dict[str, np.ndarray]) -> Path:
 
 def test_class_sets_are_the_published_ones():
     assert CLASS_SETS["cityscapes19"] == (
-        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign", "vegetation",
-        "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic_light",
+        "traffic_sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+    )
     assert CLASS_SETS["synthia16"] == (
-        "road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign", "vegetation",
-        "sky", "person", "rider", "car", "bus", "motorcycle", "bicycle")
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic_light",
+        "traffic_sign",
+        "vegetation",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "bus",
+        "motorcycle",
+        "bicycle",
+    )
     assert CLASS_SETS["synthia13"] == (
-        "road", "sidewalk", "building", "traffic_light", "traffic_sign", "vegetation", "sky", "person", "rider",
-        "car", "bus", "motorcycle", "bicycle")
+        "road",
+        "sidewalk",
+        "building",
+        "traffic_light",
+        "traffic_sign",
+        "vegetation",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "bus",
+        "motorcycle",
+        "bicycle",
+    )
     assert CLASS_SETS["synthetic"] == SYNTHETIC_CLASSES
     assert IGNORE_INDEX == SYNTHETIC_IGNORE_INDEX == 255
 
 
-@pytest.mark.parametrize("class_set, expected", [
-    ("cityscapes19", CITYSCAPES19_BY_ID), ("synthia16", SYNTHIA16_BY_CITYSCAPES_ID),
-    ("synthia13", SYNTHIA13_BY_CITYSCAPES_ID), ("synthetic", SYNTHETIC_BY_CITYSCAPES_ID)])
+@pytest.mark.parametrize(
+    "class_set, expected",
+    [
+        ("cityscapes19", CITYSCAPES19_BY_ID),
+        ("synthia16", SYNTHIA16_BY_CITYSCAPES_ID),
+        ("synthia13", SYNTHIA13_BY_CITYSCAPES_ID),
+        ("synthetic", SYNTHETIC_BY_CITYSCAPES_ID),
+    ],
+)
 def test_cityscapes_lut(class_set, expected):
     lut = cityscapes_id_lut(class_set)
     assert lut.shape == (256,) and lut.dtype == np.uint8
@@ -163,9 +358,14 @@ def test_cityscapes_lut(class_set, expected):
     assert np.flatnonzero(cityscapes_defined_ids()).tolist() == list(range(34))
 
 
-@pytest.mark.parametrize("class_set, expected", [
-    ("synthia16", SYNTHIA16_BY_SYNTHIA_ID), ("cityscapes19", CITYSCAPES19_BY_SYNTHIA_ID),
-    ("synthia13", SYNTHIA13_BY_SYNTHIA_ID)])
+@pytest.mark.parametrize(
+    "class_set, expected",
+    [
+        ("synthia16", SYNTHIA16_BY_SYNTHIA_ID),
+        ("cityscapes19", CITYSCAPES19_BY_SYNTHIA_ID),
+        ("synthia13", SYNTHIA13_BY_SYNTHIA_ID),
+    ],
+)
 def test_synthia_lut(class_set, expected):
     lut = synthia_id_lut(class_set)
     assert lut[:23].tolist() == expected
@@ -181,9 +381,14 @@ def test_unknown_class_set_names_the_choices():
 # --------------------------------------------------------------------------- reading and mapping
 
 
-@pytest.mark.parametrize("class_set, expected", [
-    ("cityscapes19", CITYSCAPES19_BY_ID), ("synthia16", SYNTHIA16_BY_CITYSCAPES_ID),
-    ("synthetic", SYNTHETIC_BY_CITYSCAPES_ID)])
+@pytest.mark.parametrize(
+    "class_set, expected",
+    [
+        ("cityscapes19", CITYSCAPES19_BY_ID),
+        ("synthia16", SYNTHIA16_BY_CITYSCAPES_ID),
+        ("synthetic", SYNTHETIC_BY_CITYSCAPES_ID),
+    ],
+)
 def test_cityscapes_maps_every_id(tmp_path, class_set, expected):
     root = make_cityscapes(tmp_path, {("aachen", 19): id_columns(34)})
     ds = CityscapesSegmentation(root, "val", class_set=class_set)
@@ -197,12 +402,17 @@ def test_cityscapes_maps_every_id(tmp_path, class_set, expected):
 
 def test_cityscapes_files_are_sorted_across_cities(tmp_path):
     ids = np.full((2, 3), 7)
-    root = make_cityscapes(tmp_path, {("zurich", 1): ids, ("aachen", 2): ids, ("aachen", 1): ids,
-                                      ("bochum", 5): ids}, split="train")
+    root = make_cityscapes(
+        tmp_path, {("zurich", 1): ids, ("aachen", 2): ids, ("aachen", 1): ids, ("bochum", 5): ids}, split="train"
+    )
     ds = CityscapesSegmentation(root, "train")
     names = [Path(image).name for image, _ in ds.files]
-    assert names == ["aachen_000000_000001_leftImg8bit.png", "aachen_000000_000002_leftImg8bit.png",
-                     "bochum_000000_000005_leftImg8bit.png", "zurich_000000_000001_leftImg8bit.png"]
+    assert names == [
+        "aachen_000000_000001_leftImg8bit.png",
+        "aachen_000000_000002_leftImg8bit.png",
+        "bochum_000000_000005_leftImg8bit.png",
+        "zurich_000000_000001_leftImg8bit.png",
+    ]
     for image, label in ds.files:
         assert Path(label).name == Path(image).name.replace("leftImg8bit", "gtFine_labelIds")
 
@@ -232,9 +442,14 @@ def test_gta5_synthia16_class_set(tmp_path):
     assert (GTA5Segmentation(root, class_set="synthia16").label(0) == torch.tensor(SYNTHIA16_BY_CITYSCAPES_ID)).all()
 
 
-@pytest.mark.parametrize("class_set, expected", [
-    ("synthia16", SYNTHIA16_BY_SYNTHIA_ID), ("cityscapes19", CITYSCAPES19_BY_SYNTHIA_ID),
-    ("synthia13", SYNTHIA13_BY_SYNTHIA_ID)])
+@pytest.mark.parametrize(
+    "class_set, expected",
+    [
+        ("synthia16", SYNTHIA16_BY_SYNTHIA_ID),
+        ("cityscapes19", CITYSCAPES19_BY_SYNTHIA_ID),
+        ("synthia13", SYNTHIA13_BY_SYNTHIA_ID),
+    ],
+)
 def test_synthia_16bit_rgb_labels_use_the_first_channel(tmp_path, class_set, expected):
     root = make_synthia(tmp_path, {"0000000.png": id_columns(23)})
     ds = SynthiaSegmentation(root, class_set=class_set)
@@ -337,7 +552,7 @@ def interior(label: torch.Tensor) -> torch.Tensor:
     same = torch.ones_like(label, dtype=torch.bool)
     for dy in range(3):
         for dx in range(3):
-            same &= padded[dy:dy + label.shape[0], dx:dx + label.shape[1]] == label
+            same &= padded[dy : dy + label.shape[0], dx : dx + label.shape[1]] == label
     return same
 
 
@@ -398,8 +613,11 @@ def test_transform_helpers_validate_and_resize():
 
 def test_missing_root(tmp_path):
     missing = tmp_path / "nowhere"
-    for build in (lambda: CityscapesSegmentation(missing, "train"), lambda: GTA5Segmentation(missing),
-                  lambda: SynthiaSegmentation(missing)):
+    for build in (
+        lambda: CityscapesSegmentation(missing, "train"),
+        lambda: GTA5Segmentation(missing),
+        lambda: SynthiaSegmentation(missing),
+    ):
         with pytest.raises(DatasetError, match=f"dataset root '{missing}' does not exist"):
             build()
 
@@ -475,14 +693,20 @@ def test_files_that_resolve_outside_the_root_are_refused(tmp_path):
     outside = tmp_path / "outside"
     gta = make_gta5(tmp_path / "gta", {"00001.png": np.full((2, 3), 7)})
     _link_out(gta / "labels" / "00001.png", outside / "label.png")  # a readable label, but not the dataset's
-    with pytest.raises(DatasetError, match=r"GTA5 file '.*gta/labels/00001.png' resolves to '.*outside/label.png', "
-                                           r"outside the dataset root '.*gta'"):
+    with pytest.raises(
+        DatasetError,
+        match=r"GTA5 file '.*gta/labels/00001.png' resolves to '.*outside/label.png', "
+        r"outside the dataset root '.*gta'",
+    ):
         GTA5Segmentation(gta)
 
     cityscapes = make_cityscapes(tmp_path / "cs", {("aachen", 0): np.full((2, 3), 7)})
     _link_out(cityscapes / "gtFine" / "val" / "aachen", outside / "aachen")  # a whole city folder
-    with pytest.raises(DatasetError, match=r"Cityscapes file '.*aachen_000000_000000_gtFine_labelIds.png' "
-                                           r"resolves to '.*outside/aachen/.*outside the dataset root"):
+    with pytest.raises(
+        DatasetError,
+        match=r"Cityscapes file '.*aachen_000000_000000_gtFine_labelIds.png' "
+        r"resolves to '.*outside/aachen/.*outside the dataset root",
+    ):
         CityscapesSegmentation(cityscapes, "val")
 
     synthia = make_synthia(tmp_path / "syn", {"0000000.png": np.full((2, 3), 3)})
@@ -501,8 +725,9 @@ def test_a_symlinked_root_and_links_that_stay_inside_are_accepted(tmp_path):
 
 
 def test_corrupt_files_are_named_at_read_time(tmp_path):
-    root = make_gta5(tmp_path, {"00001.png": np.full((4, 6), 7), "00002.png": np.full((4, 6), 7),
-                                "00003.png": np.full((4, 6), 7)})
+    root = make_gta5(
+        tmp_path, {"00001.png": np.full((4, 6), 7), "00002.png": np.full((4, 6), 7), "00003.png": np.full((4, 6), 7)}
+    )
     (root / "images" / "00001.png").write_bytes(b"not a png at all")
     valid = (root / "images" / "00003.png").read_bytes()
     (root / "images" / "00003.png").write_bytes(valid[: len(valid) // 2])  # truncated
@@ -544,17 +769,23 @@ def test_undefined_ids_are_named_with_the_file(tmp_path):
     ids = np.full((4, 6), 7)
     ids[0, 0] = 34
     ids[1, 1] = 200
-    root = make_cityscapes(tmp_path / "cs", {("aachen", 0): ids})
-    with pytest.raises(DatasetError, match=r"label '.*aachen_000000_000000_gtFine_labelIds.png' has ids not in "
-                                           r"the Cityscapes id table \(defined: 0..33\): 34, 200"):
+    make_cityscapes(tmp_path / "cs", {("aachen", 0): ids})
+    with pytest.raises(
+        DatasetError,
+        match=r"label '.*aachen_000000_000000_gtFine_labelIds.png' has ids not in "
+        r"the Cityscapes id table \(defined: 0..33\): 34, 200",
+    ):
         CityscapesSegmentation(tmp_path / "cs", "val")[0]
 
     syn_ids = np.full((4, 6), 3)
     syn_ids[2, 2] = 23
     syn_ids[3, 3] = 1000  # only representable in a 16-bit label
-    root = make_synthia(tmp_path / "syn", {"0000000.png": syn_ids})
-    with pytest.raises(DatasetError, match=r"label '.*LABELS/0000000.png' has ids not in the "
-                                           r"SYNTHIA-RAND-CITYSCAPES id table \(defined: 0..22\): 23, 1000"):
+    make_synthia(tmp_path / "syn", {"0000000.png": syn_ids})
+    with pytest.raises(
+        DatasetError,
+        match=r"label '.*LABELS/0000000.png' has ids not in the "
+        r"SYNTHIA-RAND-CITYSCAPES id table \(defined: 0..22\): 23, 1000",
+    ):
         SynthiaSegmentation(tmp_path / "syn").label(0)
 
 

@@ -21,15 +21,22 @@ from conftest import ROOT, processes_left, run_cli, tagged_env
 
 pytestmark = pytest.mark.integration
 
-ARGS = ["--smoke", "--set", "selection.rounds=2", "--set", "sweep.search_space={selection.points_per_image: {grid: [3]}}"]
+ARGS = [
+    "--smoke",
+    "--set",
+    "selection.rounds=2",
+    "--set",
+    "sweep.search_space={selection.points_per_image: {grid: [3]}}",
+]
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a size-limited tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -53,12 +60,26 @@ def fill(disk) -> None:
 
 def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(tmp_path, small_disk):
     output = small_disk / "runs"
-    common = [*ARGS, "--output-dir", str(output), "--set", f"data.cache_dir={tmp_path / 'data'}",
-              "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]  # only the output folder is on the small disk
+    common = [
+        *ARGS,
+        "--output-dir",
+        str(output),
+        "--set",
+        f"data.cache_dir={tmp_path / 'data'}",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+    ]  # only the output folder is on the small disk
     env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT)})
     env.pop("MLFLOW_TRACKING_URI", None)
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *common], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", *common],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     trials = output / "smoke" / "trials"
     try:
         deadline = time.time() + 400
@@ -79,9 +100,11 @@ def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(tmp_
     # One clear error naming the problem and what to do; the sweep failed.
     assert driver.returncode == 1, stdout[-2000:] + stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("error: ")]
-    assert lines == [f"error: No space left on device under the output folder '{output}': the labels and "
-                     f"checkpoints of finished rounds are intact; free some space (or make it writable), then run "
-                     f"the same command with --resume"], stderr[-3000:]
+    assert lines == [
+        f"error: No space left on device under the output folder '{output}': the labels and "
+        f"checkpoints of finished rounds are intact; free some space (or make it writable), then run "
+        f"the same command with --resume"
+    ], stderr[-3000:]
     assert processes_left(tag) == [], "processes of the failed sweep outlived it"
 
     # Round 1 is intact and readable: its labels and its model checkpoint.
@@ -100,8 +123,9 @@ def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(tmp_
     resumed = run_cli("orchestrator.sweep", *common, "--resume", cwd=tmp_path, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert round_one.read_bytes() == bought
-    assert sorted(p.name for p in (trial_dir / "labels").glob("round-*.parquet")) == \
-        ["round-0001.parquet", "round-0002.parquet"], (sorted(str(p) for p in trials.rglob("*.parquet")),
-                                                       resumed.stdout[-4000:])
+    assert sorted(p.name for p in (trial_dir / "labels").glob("round-*.parquet")) == [
+        "round-0001.parquet",
+        "round-0002.parquet",
+    ], (sorted(str(p) for p in trials.rglob("*.parquet")), resumed.stdout[-4000:])
     assert [d.name for d in trials.iterdir()] == [trial_dir.name]  # the same trial, not a new one
     assert processes_left(tag) == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import load_config
+from experiment_config import load_config
 from trainers.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from trainers.engine import run_job
 
@@ -14,8 +14,11 @@ from trainers.engine import run_job
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     cache = tmp_path_factory.mktemp("engine-data")
-    return load_config(None, {"data.cache_dir": str(cache), "source.steps": 3, "adapt.steps": 4,
-                              "adapt.checkpoint_every": 2}, smoke=True).to_dict()
+    return load_config(
+        None,
+        {"data.cache_dir": str(cache), "source.steps": 3, "adapt.steps": 4, "adapt.checkpoint_every": 2},
+        smoke=True,
+    ).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +49,10 @@ def test_source_job_reports_miou_and_soft_labels(source_checkpoint):
 
 def test_run_job_reports_progress_after_every_step(cfg, source_checkpoint):
     seen = []
-    run_job(adapt_job(cfg, source_checkpoint[0]),
-            progress=lambda done, total, losses: seen.append((done, total, dict(losses))))
+    run_job(
+        adapt_job(cfg, source_checkpoint[0]),
+        progress=lambda done, total, losses: seen.append((done, total, dict(losses))),
+    )
     assert [(done, total) for done, total, _ in seen] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert all({"source_ce", "target_ce", "segmenter_total"} <= set(losses) for _, _, losses in seen)
     assert all(isinstance(value, float) for _, _, losses in seen for value in losses.values())
@@ -56,14 +61,32 @@ def test_run_job_reports_progress_after_every_step(cfg, source_checkpoint):
 def test_adapt_checkpoint_holds_everything(cfg, source_checkpoint):
     result = run_job(adapt_job(cfg, source_checkpoint[0]))
     state = result.state
-    assert set(state["modules"]) == {"segmenter", "selector", "discriminator", "domain_classifier", "soft_labels",
-                                     "pseudo_labeler"}
-    assert set(state["optimizers"]) == {"segmenter", "selector_backbone", "selector_heads", "discriminator",
-                                        "domain_classifier"}
+    assert set(state["modules"]) == {
+        "segmenter",
+        "selector",
+        "discriminator",
+        "domain_classifier",
+        "soft_labels",
+        "pseudo_labeler",
+    }
+    assert set(state["optimizers"]) == {
+        "segmenter",
+        "selector_backbone",
+        "selector_heads",
+        "discriminator",
+        "domain_classifier",
+    }
     assert state["global_step"] == 3 + 4 and state["job_step"] == 4 and "rng" in state
-    for name in ("train/loss/target_ce", "train/loss/adversarial", "train/loss/confusion",
-                 "train/loss/soft_label", "train/loss/selector_pseudo_ce", "train/loss/discriminator",
-                 "train/loss/domain_classifier", "train/loss/selector_discrepancy_heads"):
+    for name in (
+        "train/loss/target_ce",
+        "train/loss/adversarial",
+        "train/loss/confusion",
+        "train/loss/soft_label",
+        "train/loss/selector_pseudo_ce",
+        "train/loss/discriminator",
+        "train/loss/domain_classifier",
+        "train/loss/selector_discrepancy_heads",
+    ):
         assert name in result.metrics
 
 
@@ -103,14 +126,20 @@ def test_truncated_checkpoint_is_refused(source_checkpoint, tmp_path):
 
 def test_cpu_training_is_reproducible_to_the_checkpoint_bytes(cfg, source_checkpoint, tmp_path):
     """Same config and seed on the CPU: byte-identical checkpoints (file-level, not just values)."""
-    paths = [save_checkpoint(tmp_path / name, run_job(adapt_job(cfg, source_checkpoint[0])).state)
-             for name in ("a", "b")]
+    paths = [
+        save_checkpoint(tmp_path / name, run_job(adapt_job(cfg, source_checkpoint[0])).state) for name in ("a", "b")
+    ]
     assert paths[0].read_bytes() == paths[1].read_bytes()
 
 
 def test_oracle_job_trains_on_every_pool_pixel(cfg, source_checkpoint):
-    job = {"mode": "adapt", "config": cfg, "init_checkpoint": source_checkpoint[0], "round": 1,
-           "full_target_labels": True}
+    job = {
+        "mode": "adapt",
+        "config": cfg,
+        "init_checkpoint": source_checkpoint[0],
+        "round": 1,
+        "full_target_labels": True,
+    }
     result = run_job(job)
     assert result.metrics["train/loss/target_ce"] > 0  # a dense target loss, not the sparse one
     assert result.state["job_step"] == cfg["adapt"]["steps"]
@@ -155,12 +184,14 @@ def test_a_given_checkpoint_is_the_source_model_without_training(cfg, tmp_path):
 def test_sgd_with_polynomial_decay_follows_the_global_step_and_resumes_exactly(cfg, source_checkpoint, tmp_path):
     from trainers.engine import lr_schedule_span, poly_lr_factor
 
-    sgd = dict(cfg, adapt=dict(cfg["adapt"], optimizer="sgd", lr_power=0.9, head_lr_factor=10.0,
-                               weight_decay=5e-4, momentum=0.9))
+    sgd = dict(
+        cfg,
+        adapt=dict(cfg["adapt"], optimizer="sgd", lr_power=0.9, head_lr_factor=10.0, weight_decay=5e-4, momentum=0.9),
+    )
     first, planned = lr_schedule_span(sgd, "adapt")
     assert (first, planned) == (cfg["source"]["steps"], cfg["selection"]["rounds"] * cfg["adapt"]["steps"])
     assert poly_lr_factor(first, first, planned, 0.9) == 1.0
-    assert poly_lr_factor(first + planned // 2, first, planned, 0.9) == pytest.approx(0.5 ** 0.9)
+    assert poly_lr_factor(first + planned // 2, first, planned, 0.9) == pytest.approx(0.5**0.9)
     longer = dict(sgd, adapt=dict(sgd["adapt"], lr_decay_steps=250000))  # AdaptSegNet's horizon
     assert lr_schedule_span(longer, "adapt") == (first, 250000)
     saved = {}
@@ -181,15 +212,28 @@ def test_sgd_with_polynomial_decay_follows_the_global_step_and_resumes_exactly(c
 
 
 def test_the_target_dataset_reads_labels_by_reference_as_it_reads_them_from_a_dict(cfg, tmp_path):
-    from orchestrator.labels import LabeledPixels, LabelStore
+    from orchestrator.labels.store import LabeledPixels, LabelStore
     from trainers.data import build_domains
     from trainers.step import SparseTargetDataset
 
     pool = build_domains(cfg["data"]).target_pool
     store = LabelStore(tmp_path / "labels")
-    store.append_round(1, "labor_ppl", [LabeledPixels(i, ys.astype(np.int32), xs.astype(np.int32), c.astype(np.uint8),
-                                                      cfg["data"]["height"], cfg["data"]["width"], float(len(ys)))
-                                        for i, (ys, xs, c) in sparse_labels().items()])
+    store.append_round(
+        1,
+        "labor_ppl",
+        [
+            LabeledPixels(
+                i,
+                ys.astype(np.int32),
+                xs.astype(np.int32),
+                c.astype(np.uint8),
+                cfg["data"]["height"],
+                cfg["data"]["width"],
+                float(len(ys)),
+            )
+            for i, (ys, xs, c) in sparse_labels().items()
+        ],
+    )
     by_reference, from_dict = SparseTargetDataset(pool, store.reader()), SparseTargetDataset(pool, sparse_labels())
     for index in (0, 1, 3):
         assert torch.equal(by_reference[index][1], from_dict[index][1])

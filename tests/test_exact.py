@@ -17,21 +17,22 @@ def lowbias32_reference(seed: int, count: int) -> np.ndarray:
     x = x ^ (x >> np.uint32(15))
     x = x * np.uint32(0x846CA68B)
     x = x ^ (x >> np.uint32(16))
-    return x.view(np.int32).astype(np.float64) / 2 ** 32 + 0.5
+    return x.view(np.int32).astype(np.float64) / 2**32 + 0.5
 
 
-@pytest.mark.parametrize("seed", [0, 5, 2 ** 40 + 7, -3])
+@pytest.mark.parametrize("seed", [0, 5, 2**40 + 7, -3])
 def test_seeded_draws_are_the_unsigned_hash_of_seed_and_index(seed):
     """torch's int32 arithmetic gives exactly the unsigned 32-bit hash (the bits any device computes)."""
     from pixel_selectors.exact import _hash_on_device, _hash_on_host
 
     draws = seeded_uniform(seed, 20_001)
     assert draws.dtype == torch.float64
-    assert np.array_equal(draws.numpy(), lowbias32_reference(seed & (2 ** 64 - 1), 20_001))
-    key = splitmix64(seed & (2 ** 64 - 1))  # what a GPU runs: torch's int32, here on the CPU
-    assert np.array_equal(_hash_on_device(20_001, key | 1, key >> 32, "cpu").numpy(),
-                          _hash_on_host(20_001, key | 1, key >> 32))
-    assert 0 <= float(draws.min()) and float(draws.max()) < 1
+    assert np.array_equal(draws.numpy(), lowbias32_reference(seed & (2**64 - 1), 20_001))
+    key = splitmix64(seed & (2**64 - 1))  # what a GPU runs: torch's int32, here on the CPU
+    assert np.array_equal(
+        _hash_on_device(20_001, key | 1, key >> 32, "cpu").numpy(), _hash_on_host(20_001, key | 1, key >> 32)
+    )
+    assert float(draws.min()) >= 0 and float(draws.max()) < 1
     assert len(torch.unique(draws)) == len(draws)  # a bijection of the indices: no ties
     assert torch.equal(draws, seeded_uniform(seed, 20_001))
 
@@ -74,8 +75,8 @@ def test_segment_sums_mark_non_finite_segments_and_handle_empty_input():
 
 def test_fixed_point_leaves_room_for_every_partial_sum():
     assert fixed_point_bits(1.0, 1) == 40
-    bits = fixed_point_bits(50.0, 19 * 2 ** 21)  # raw logits over a whole 1024 x 2048 image
-    assert 2 ** bits * 50.0 * 19 * 2 ** 21 < 2 ** 62 and bits > 20
+    bits = fixed_point_bits(50.0, 19 * 2**21)  # raw logits over a whole 1024 x 2048 image
+    assert 2**bits * 50.0 * 19 * 2**21 < 2**62 and bits > 20
 
 
 def upsampled_softmax(seed, classes=19, height=96, width=160, levels=0):
@@ -88,8 +89,13 @@ def upsampled_softmax(seed, classes=19, height=96, width=160, levels=0):
 
 
 @pytest.mark.parametrize("levels", [0, 2])
-@pytest.mark.parametrize("name, settings", [("region_impurity_regions", {"budget_pixels": 600, "params": {"k": 3}}),
-                                            ("region_impurity", {"num_points": 40, "params": {"k": 9}})])
+@pytest.mark.parametrize(
+    "name, settings",
+    [
+        ("region_impurity_regions", {"budget_pixels": 600, "params": {"k": 3}}),
+        ("region_impurity", {"num_points": 40, "params": {"k": 9}}),
+    ],
+)
 def test_ripu_queries_do_not_move_with_a_devices_rounding(monkeypatch, name, settings, levels):
     """A GPU's logarithm differs from the CPU's in the last bits of a float64: RIPU's scores must not
     reorder for that (the greedy squares then diverged from the first differing pick on, and with them

@@ -12,8 +12,10 @@ def test_a_failed_job_is_one_line_and_the_traceback_is_in_the_log_it_names(tmp_p
         {}["missing"]
     except KeyError:
         worker_traceback = traceback.format_exc()  # what a Train worker sends back as WorkerFailure
-    failure = WorkerGroupError("[Rank 0 Error Snippet]: ...truncated...",
-                               {0: WorkerFailure(worker_traceback), 1: WorkerFailure(worker_traceback)})
+    failure = WorkerGroupError(
+        "[Rank 0 Error Snippet]: ...truncated...",
+        {0: WorkerFailure(worker_traceback), 1: WorkerFailure(worker_traceback)},
+    )
     path = failure_log_path({"config": {"output_dir": str(tmp_path)}}, "round-001")
     error = TrainingJobError.from_failure(failure, "round-001", path)
     message = str(error)
@@ -22,4 +24,4 @@ def test_a_failed_job_is_one_line_and_the_traceback_is_in_the_log_it_names(tmp_p
     assert path.parent == tmp_path / "logs"
     logged = path.read_text()
     assert logged.count("Traceback (most recent call last)") == 2 and "rank 1:" in logged
-    assert 'in test_a_failed_job_is_one_line' in logged  # the frame where it happened
+    assert "in test_a_failed_job_is_one_line" in logged  # the frame where it happened

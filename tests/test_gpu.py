@@ -14,8 +14,13 @@ import torch
 
 from conftest import ROOT
 from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, RegionQuery, select_image
-from pixel_selectors.regions import components, components_by_propagation, greedy_spread, greedy_spread_rounds, \
-    priority_order
+from pixel_selectors.regions import (
+    components,
+    components_by_propagation,
+    greedy_spread,
+    greedy_spread_rounds,
+    priority_order,
+)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -38,9 +43,15 @@ EXACT_SCORES = {"random", "random_regions", "region_impurity", "region_impurity_
 def same_query(a, b, exact=False):
     close = np.array_equal if exact else lambda x, y: np.allclose(x, y, rtol=1e-5, atol=1e-7, equal_nan=True)
     if isinstance(a, RegionQuery):
-        return np.array_equal(a.indices, b.indices) and np.array_equal(a.offsets, b.offsets) and close(a.scores, b.scores)
-    return np.array_equal(a.ys, b.ys) and np.array_equal(a.xs, b.xs) and a.shortfall == b.shortfall and close(
-        a.scores, b.scores)
+        return (
+            np.array_equal(a.indices, b.indices) and np.array_equal(a.offsets, b.offsets) and close(a.scores, b.scores)
+        )
+    return (
+        np.array_equal(a.ys, b.ys)
+        and np.array_equal(a.xs, b.xs)
+        and a.shortfall == b.shortfall
+        and close(a.scores, b.scores)
+    )
 
 
 @pytest.mark.gpu
@@ -69,10 +80,18 @@ def test_a_tiling_selector_cut_at_a_share_gives_the_same_squares_on_the_gpu(name
     labeled = torch.zeros(96, 160, dtype=torch.bool)
     labeled[40:60, :50] = True
     for max_share in (0.02, 0.1):
-        on_cpu = select_image(name, probs, labeled=labeled, seed=3, params={"k": 3}, budget_pixels=10 ** 6,
-                              max_share=max_share)
-        on_gpu = select_image(name, [probs[0].cuda()], labeled=labeled.cuda(), seed=3, params={"k": 3},
-                              budget_pixels=10 ** 6, max_share=max_share)
+        on_cpu = select_image(
+            name, probs, labeled=labeled, seed=3, params={"k": 3}, budget_pixels=10**6, max_share=max_share
+        )
+        on_gpu = select_image(
+            name,
+            [probs[0].cuda()],
+            labeled=labeled.cuda(),
+            seed=3,
+            params={"k": 3},
+            budget_pixels=10**6,
+            max_share=max_share,
+        )
         assert same_query(on_cpu, on_gpu, exact=True) and on_cpu.num_pixels >= max_share * int((~labeled).sum())
 
 
@@ -81,7 +100,7 @@ def test_a_tiling_selector_cut_at_a_share_gives_the_same_squares_on_the_gpu(name
 def test_draws_and_fixed_point_sums_have_the_same_bits_on_the_gpu():
     from pixel_selectors.exact import group_sums, seeded_uniform, segment_sums
 
-    for seed in (0, 7, 2 ** 40 + 3):
+    for seed in (0, 7, 2**40 + 3):
         assert torch.equal(seeded_uniform(seed, 100_003, "cuda").cpu(), seeded_uniform(seed, 100_003))
     generator = torch.Generator().manual_seed(0)
     values = torch.rand(19, 50_000, generator=generator, dtype=torch.float64)
@@ -114,13 +133,20 @@ def test_components_and_greedy_rounds_on_the_gpu_match_the_cpu():
 @pytest.mark.gpu
 @needs_cuda
 def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
-    from orchestrator.config import load_config
+    from experiment_config import load_config
     from trainers.engine import build_adaptation_models, build_optimizers, loss_weights
     from trainers.step import adaptation_step
 
-    cfg = load_config(None, {"adapt.adversarial_weight": 0.001, "adapt.confusion_weight": 0.1,
-                             "adapt.soft_label_weight": 0.1, "adapt.pseudo_label_weight": 1.0,
-                             "adapt.discrepancy_weight": 1.0}).to_dict()
+    cfg = load_config(
+        None,
+        {
+            "adapt.adversarial_weight": 0.001,
+            "adapt.confusion_weight": 0.1,
+            "adapt.soft_label_weight": 0.1,
+            "adapt.pseudo_label_weight": 1.0,
+            "adapt.discrepancy_weight": 1.0,
+        },
+    ).to_dict()
     weights = loss_weights(cfg, "adapt")
     models = build_adaptation_models(cfg, 9, weights)
     for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
@@ -136,8 +162,15 @@ def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
         losses = adaptation_step(models, optimizers, (images, labels), (images.flip(-1), labels), weights)
     # Every update ran: G's target CE and adversarial term, Dis, theta_D, and LabOR's selector
     # (supervised, then MCD's two discrepancy steps: heads, then backbone).
-    assert {"target_ce", "adversarial", "discriminator", "domain_classifier", "selector_total",
-            "selector_discrepancy_heads", "selector_discrepancy_backbone"} <= set(losses), sorted(losses)
+    assert {
+        "target_ce",
+        "adversarial",
+        "discriminator",
+        "domain_classifier",
+        "selector_total",
+        "selector_discrepancy_heads",
+        "selector_discrepancy_backbone",
+    } <= set(losses), sorted(losses)
     assert all(np.isfinite(v) for v in losses.values()), losses
     assert any(not torch.equal(a, b) for a, b in zip(before, models.segmenter.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(selector_before, models.selector.parameters()))
@@ -146,7 +179,7 @@ def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
 @pytest.mark.gpu
 @needs_cuda
 def test_ranking_selects_on_the_gpu_and_skips_labeled_pixels():
-    from orchestrator.ranking import rank_images
+    from orchestrator.round.ranking import rank_images
     from trainers.models import build_model
 
     network = build_model("small_segnet", 9, 8, 2).cuda().eval()
@@ -161,33 +194,78 @@ def test_ranking_selects_on_the_gpu_and_skips_labeled_pixels():
 def test_the_gpu_check_runs_its_parts_on_the_cpu_without_ray_mlflow_or_hypothesis(tmp_path):
     """The whole module with a tiny model and sizes: every part leaves its figures, and nothing it
     imports needs a package the GPU machine lacks (the module refuses them before it starts)."""
-    probe = ("import benchmarks.gpu_check as c, importlib.util; c.refuse_absent_packages(); "
-             "import benchmarks.profile_selectors, pixel_selectors, trainers.step, orchestrator.ranking; "
-             "assert importlib.util.find_spec('hypothesis') is None or importlib.util.find_spec('hypothesis').origin "
-             "is None\ntry:\n import ray\nexcept ModuleNotFoundError: print('refused')")
+    probe = (
+        "import benchmarks.gpu_check as c, importlib.util; c.refuse_absent_packages(); "
+        "import benchmarks.profile_selectors, pixel_selectors, trainers.step, orchestrator.round.ranking; "
+        "assert importlib.util.find_spec('hypothesis') is None or importlib.util.find_spec('hypothesis').origin "
+        "is None\ntry:\n import ray\nexcept ModuleNotFoundError: print('refused')"
+    )
     refused = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert refused.stdout.strip() == "refused", refused.stderr[-2000:]
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_check", "--out", str(tmp_path), "--device", "cpu",
-         "--model", "small_segnet", "--rank-size", "32x64", "--rank-images", "1", "--train-size", "32x64",
-         "--label-size", "48x96", "--batch-size", "1", "--train-steps", "1", "--warmup-steps", "0",
-         "--eval-images", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gpu_check",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--model",
+            "small_segnet",
+            "--rank-size",
+            "32x64",
+            "--rank-images",
+            "1",
+            "--train-size",
+            "32x64",
+            "--label-size",
+            "48x96",
+            "--batch-size",
+            "1",
+            "--train-steps",
+            "1",
+            "--warmup-steps",
+            "0",
+            "--eval-images",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads((tmp_path / "gpu-check.json").read_text())
     assert set(figures) == {"environment", "ranking", "train", "evaluate"}
     assert set(figures["ranking"]["selectors"]) == set(SELECTORS) and figures["ranking"]["forward_ms"] > 0
     assert figures["train"]["losses_finite"] and figures["evaluate"]["all_pixels_counted"]
     assert figures["train"]["losses_sane"] and (figures["train"]["recipe"], figures["train"]["optimizer"]) == (
-        "gta5_to_cityscapes.yaml", "sgd")  # the papers' recipe, not the CPU defaults
+        "gta5_to_cityscapes.yaml",
+        "sgd",
+    )  # the papers' recipe, not the CPU defaults
     assert "done: 3 part(s) passed" in (tmp_path / "gpu-check.txt").read_text()
 
 
 def test_the_selector_profile_breaks_each_selector_down_per_map_kind(tmp_path):
     from benchmarks import profile_selectors
 
-    args = profile_selectors.parse_args(["--out", str(tmp_path), "--device", "cpu", "--size", "32x64",
-                                         "--maps-from", "noise", "--repeats", "1", "--rows", "5"])
+    args = profile_selectors.parse_args(
+        [
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--size",
+            "32x64",
+            "--maps-from",
+            "noise",
+            "--repeats",
+            "1",
+            "--rows",
+            "5",
+        ]
+    )
     figures = profile_selectors.profile_selectors(args, progress=lambda line: None)
     assert json.loads((tmp_path / "profile.json").read_text()) == figures
     for kind in profile_selectors.MAP_KINDS:

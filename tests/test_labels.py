@@ -2,13 +2,22 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.labels import LabeledPixels, LabelStore, LabelStoreError, Oracle
+from orchestrator.labels.oracle import Oracle
+from orchestrator.labels.store import LabeledPixels, LabelStore, LabelStoreError
 
 
 def points(image_id, coords, labels, regions=False, clicks=None):
     ys, xs = zip(*coords)
-    return LabeledPixels(image_id, np.array(ys, np.int32), np.array(xs, np.int32), np.array(labels, np.uint8),
-                         height=8, width=8, clicks=float(len(ys) if clicks is None else clicks), regions=regions)
+    return LabeledPixels(
+        image_id,
+        np.array(ys, np.int32),
+        np.array(xs, np.int32),
+        np.array(labels, np.uint8),
+        height=8,
+        width=8,
+        clicks=float(len(ys) if clicks is None else clicks),
+        regions=regions,
+    )
 
 
 def test_round_trip_merges_rounds(tmp_path):
@@ -101,7 +110,8 @@ def test_a_withheld_class_is_paid_for_but_never_revealed(tmp_path):
     assert store.sparse_labels()[2][2].tolist() == [255, 22, 29]  # 255: ignored by training
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @settings(max_examples=40, deadline=None)
@@ -113,8 +123,16 @@ def test_store_round_trip_property(tmp_path_factory, height, width, data):
     labels = data.draw(st.lists(st.integers(0, 18), min_size=len(chosen), max_size=len(chosen)))
     regions = data.draw(st.booleans())
     flat = np.asarray(chosen)
-    item = LabeledPixels(3, (flat // width).astype(np.int32), (flat % width).astype(np.int32),
-                         np.asarray(labels, np.uint8), height, width, 1.0, regions=regions)
+    item = LabeledPixels(
+        3,
+        (flat // width).astype(np.int32),
+        (flat % width).astype(np.int32),
+        np.asarray(labels, np.uint8),
+        height,
+        width,
+        1.0,
+        regions=regions,
+    )
     store = LabelStore(tmp_path_factory.mktemp("prop"))
     store.append_round(1, "x", [item])
     ys, xs, got = store.sparse_labels()[3]
@@ -124,8 +142,17 @@ def test_store_round_trip_property(tmp_path_factory, height, width, data):
 
 def test_a_pbt_clone_sets_its_own_rounds_aside_and_keeps_them(tmp_path):
     def pixels(image_id, label):
-        return [LabeledPixels(image_id, np.array([0], np.int32), np.array([image_id], np.int32),
-                              np.array([label], np.uint8), 4, 4, 1.0)]
+        return [
+            LabeledPixels(
+                image_id,
+                np.array([0], np.int32),
+                np.array([image_id], np.int32),
+                np.array([label], np.uint8),
+                4,
+                4,
+                1.0,
+            )
+        ]
 
     donor, clone = LabelStore(tmp_path / "donor"), LabelStore(tmp_path / "clone")
     donor.append_round(1, "labor_ppl", pixels(1, 2))
@@ -139,17 +166,26 @@ def test_a_pbt_clone_sets_its_own_rounds_aside_and_keeps_them(tmp_path):
 
 # --- labels by reference ------------------------------------------------------------------------
 
-import pickle  # noqa: E402
+import pickle
 
-from orchestrator.labels import ROWS_PER_GROUP  # noqa: E402
+from orchestrator.labels.store import ROWS_PER_GROUP
 
 
 def _many_images(round_index, count, pixels_each, width=64):
     """``count`` images of 8 x ``width``, each with ``pixels_each`` labeled pixels (a region)."""
-    return [LabeledPixels(i, np.zeros(pixels_each, np.int32) + (i + round_index) % 8,
-                          np.arange(pixels_each, dtype=np.int32), np.full(pixels_each, i % 19, np.uint8),
-                          8, width, 4.0, regions=True)
-            for i in range(count)]
+    return [
+        LabeledPixels(
+            i,
+            np.zeros(pixels_each, np.int32) + (i + round_index) % 8,
+            np.arange(pixels_each, dtype=np.int32),
+            np.full(pixels_each, i % 19, np.uint8),
+            8,
+            width,
+            4.0,
+            regions=True,
+        )
+        for i in range(count)
+    ]
 
 
 def test_a_reader_reads_only_the_images_asked_for_and_agrees_with_the_whole_store(tmp_path):

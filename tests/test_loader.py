@@ -3,8 +3,7 @@
 import torch
 from torch.utils.data import Dataset
 
-from trainers.loader import SOURCE_STREAM, TARGET_STREAM, evaluation_loader, training_loader
-from trainers.step import batch_indices
+from trainers.loader import SOURCE_STREAM, TARGET_STREAM, batch_indices, evaluation_loader, training_loader
 
 
 class RandomlyAugmented(Dataset):
@@ -19,8 +18,9 @@ class RandomlyAugmented(Dataset):
 
 
 def batches(workers, first_step=0, steps=6, stream=SOURCE_STREAM, rank=0, world=1):
-    loader = training_loader(RandomlyAugmented(), 3, first_step, steps, seed=5, stream=stream, rank=rank,
-                             world=world, workers=workers)
+    loader = training_loader(
+        RandomlyAugmented(), 3, first_step, steps, seed=5, stream=stream, rank=rank, world=world, workers=workers
+    )
     return [(images.clone(), labels.clone()) for images, labels in loader]
 
 
@@ -52,6 +52,5 @@ def test_ranks_get_disjoint_items_and_evaluation_keeps_order():
     ranks = [batches(workers=0, steps=1, rank=r, world=2)[0][1][:, 0, 0].tolist() for r in (0, 1)]
     assert not set(ranks[0]) & set(ranks[1])
     dataset = [(torch.zeros(3, 2, 2), torch.full((4, 4), i)) for i in range(5)]
-    seen = [label[0, 0].item() for _, labels in evaluation_loader(dataset, [4, 1, 3], batch_size=2)
-            for label in labels]
+    seen = [label[0, 0].item() for _, labels in evaluation_loader(dataset, [4, 1, 3], batch_size=2) for label in labels]
     assert seen == [4, 1, 3]

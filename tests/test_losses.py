@@ -270,14 +270,16 @@ def test_soft_labels_feed_soft_label_loss():
 
 
 def test_class_balanced_pseudo_labels_known_thresholds():
-    probs = torch.tensor([
-        [0.95, 0.05],  # class 0, c = 0.95
-        [0.80, 0.20],  # class 0, c = 0.80
-        [0.70, 0.30],  # class 0, c = 0.70
-        [0.60, 0.40],  # class 0, c = 0.60
-        [0.35, 0.65],  # class 1, c = 0.65
-        [0.45, 0.55],  # class 1, c = 0.55
-    ]).T.reshape(1, 2, 1, 6)
+    probs = torch.tensor(
+        [
+            [0.95, 0.05],  # class 0, c = 0.95
+            [0.80, 0.20],  # class 0, c = 0.80
+            [0.70, 0.30],  # class 0, c = 0.70
+            [0.60, 0.40],  # class 0, c = 0.60
+            [0.35, 0.65],  # class 1, c = 0.65
+            [0.45, 0.55],  # class 1, c = 0.55
+        ]
+    ).T.reshape(1, 2, 1, 6)
     # Class 0: n = 4, m = ceil(0.5 * 4) = 2, 2nd largest = 0.80, threshold = min(0.9, 0.80) = 0.80 -> keep 0.95, 0.80.
     # Class 1: n = 2, m = 1, largest = 0.65, threshold = 0.65 -> keep 0.65 only.
     labels = class_balanced_pseudo_labels(probs, portion=0.5, max_threshold=0.9)
@@ -286,8 +288,9 @@ def test_class_balanced_pseudo_labels_known_thresholds():
     # portion = 1 keeps every pixel: threshold_k = the smallest confidence of class k.
     assert (class_balanced_pseudo_labels(probs, portion=1.0) != IGNORE_INDEX).all()
     # portion = 0.25: class 0 m = 1 -> threshold min(0.9, 0.95) = 0.9 -> keep 0.95; class 1 m = 1 -> 0.65.
-    assert class_balanced_pseudo_labels(probs, portion=0.25).tolist() == \
-        [[[0, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 1, IGNORE_INDEX]]]
+    assert class_balanced_pseudo_labels(probs, portion=0.25).tolist() == [
+        [[0, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 1, IGNORE_INDEX]]
+    ]
 
 
 def test_class_balanced_pseudo_labels_cap_at_max_threshold():

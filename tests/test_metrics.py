@@ -67,12 +67,9 @@ def test_native_resolution_miou_by_hand():
     class 2 (one pixel, never predicted) 0/1 -> 0; class 3 in neither -> not counted.
     mIoU = (6/8 + 6/9 + 0) / 3, as the benchmark's getIouScoreForLabel and nanmean compute it.
     """
-    from trainers.step import predict_confusion
+    from trainers.metrics import predict_confusion
 
-    label = torch.tensor([[0, 0, 0, 1],
-                          [0, 0, 1, 1],
-                          [0, 1, 1, 1],
-                          [255, 0, 1, 2]])
+    label = torch.tensor([[0, 0, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1], [255, 0, 1, 2]])
     dataset = [(torch.zeros(3, 2, 2), label)]
     confusion = predict_confusion(_HalfAndHalf(), dataset, [0], 4, batch_size=1, device=torch.device("cpu"))
     assert confusion.tolist() == [[6, 1, 0, 0], [1, 6, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]

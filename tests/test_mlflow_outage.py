@@ -24,7 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, free_port, processes_left, run_cli, start_server, stop, tagged_env
-from orchestrator.tracking import read_outbox
+from orchestrator.tracking.mlflow_runs import read_outbox
 
 pytestmark = pytest.mark.integration
 
@@ -53,9 +53,14 @@ def logged_runs(client: MlflowClient) -> dict[str, list[int]]:
 
 
 def start_driver(tmp_path, uri, env, log, *extra):
-    return subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *ARGS, "--tracking-uri", uri, *extra],
-                            cwd=tmp_path, env=env, stdout=open(log.with_suffix(".out"), "wb"),
-                            stderr=open(log.with_suffix(".err"), "wb"), start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", *ARGS, "--tracking-uri", uri, *extra],
+        cwd=tmp_path,
+        env=env,
+        stdout=open(log.with_suffix(".out"), "wb"),
+        stderr=open(log.with_suffix(".err"), "wb"),
+        start_new_session=True,
+    )
 
 
 def wait_for(condition, driver, what: str, timeout: float = 400):
@@ -106,8 +111,11 @@ def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_
     server = start_server(store, artifacts, port, server_log)
     driver = start_driver(tmp_path, uri, env, tmp_path / "second", "--resume")
     try:
-        wait_for(lambda: len([s for s in logged_runs(client).values() if s]) == 2, driver,
-                 "the second trial logging its round 0")
+        wait_for(
+            lambda: len([s for s in logged_runs(client).values() if s]) == 2,
+            driver,
+            "the second trial logging its round 0",
+        )
         assert logged_runs(client)[first_trial][:2] == [0, 1]  # the killed driver's outbox was sent first
         stop(server)
         driver.wait(timeout=400)
@@ -124,8 +132,10 @@ def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_
     assert processes_left(first_run) == [] and processes_left(second_run) == []
     # The outage is said once when it starts and once at the end, with where the unsent operations are.
     assert stderr.count(f"MLflow at {uri} is unreachable") == 1, stderr[-3000:]
-    assert f"operations written to {unsent}; to send them later: python -m orchestrator.tracking replay {unsent} " \
-           f"--tracking-uri {uri}" in stderr
+    assert (
+        f"operations written to {unsent}; to send them later: python -m orchestrator.tracking replay {unsent} "
+        f"--tracking-uri {uri}" in stderr
+    )
     assert "could not finish the sweep's MLflow run" in stderr
 
     # No label bought again, label stores and checkpoints intact and complete.
@@ -165,8 +175,9 @@ def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_
             logged = steps(client, run.info.run_id)
             assert not set(logged) & set(unsent_steps.get(trial_id, []))  # nothing both sent and kept
             assert sorted(logged + unsent_steps.get(trial_id, [])) == list(range(ROUNDS + 1)), trial_id
-        replayed = run_cli("orchestrator.tracking", "replay", str(unsent), "--tracking-uri", uri, cwd=tmp_path,
-                           timeout=120)
+        replayed = run_cli(
+            "orchestrator.tracking", "replay", str(unsent), "--tracking-uri", uri, cwd=tmp_path, timeout=120
+        )
         assert replayed.returncode == 0, replayed.stdout + replayed.stderr
         assert f"sent {len(records)} MLflow operations to {uri}" in replayed.stdout
         assert not unsent.exists()
@@ -180,8 +191,14 @@ def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_
             for key in run.data.metrics:
                 logged = steps(client, run.info.run_id, key)
                 assert len(logged) == len(set(logged)) and set(logged) <= set(range(ROUNDS + 1)), (key, logged)
-            for key in ("target/miou", "target/iou/road", "budget/labeled_pixels", "budget/clicks",
-                        "train/loss/source_ce", "time/train_s"):
+            for key in (
+                "target/miou",
+                "target/iou/road",
+                "budget/labeled_pixels",
+                "budget/clicks",
+                "train/loss/source_ce",
+                "time/train_s",
+            ):
                 assert steps(client, run.info.run_id, key) == list(range(ROUNDS + 1)), key
             files = [f.path for f in client.list_artifacts(run.info.run_id, "labels")]
             assert files == [f"labels/round-{r:04d}.parquet" for r in range(1, ROUNDS + 1)]

@@ -1,9 +1,19 @@
 import pytest
 import torch
 
-from trainers.models import (MODELS, ASPPClassifier, DeepLabV2, SegmentationNet, StartCheckpointError,
-                             TorchvisionDeepLab, build_model, fit_start_state, load_start_checkpoint, map_start_keys,
-                             pretrained_status)
+from trainers.models import (
+    MODELS,
+    ASPPClassifier,
+    DeepLabV2,
+    SegmentationNet,
+    StartCheckpointError,
+    TorchvisionDeepLab,
+    build_model,
+    fit_start_state,
+    load_start_checkpoint,
+    map_start_keys,
+    pretrained_status,
+)
 
 
 def test_small_net_heads_features_and_parameter_split():
@@ -48,8 +58,7 @@ def test_missing_pretrained_weights_are_said_not_fatal(tmp_path, monkeypatch):
 
 
 def test_registry():
-    assert set(MODELS) == {"small_segnet", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
-                           "deeplabv2_resnet101"}
+    assert set(MODELS) == {"small_segnet", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv2_resnet101"}
     with pytest.raises(ValueError, match="unknown model 'vgg'"):
         build_model("vgg", 3, 8)
 
@@ -81,7 +90,7 @@ def _adaptsegnet_layout(model: torch.nn.Module) -> dict:
     out = {}
     for key, value in model.state_dict().items():
         if key.startswith("backbone."):
-            out["module." + key[len("backbone."):]] = value.clone()
+            out["module." + key[len("backbone.") :]] = value.clone()
         else:
             out["module." + key.replace("heads.0.", "layer6.")] = value.clone()
     out["module.bn1.num_batches_tracked"] = torch.tensor(7)
@@ -105,8 +114,11 @@ def test_an_adaptsegnet_checkpoint_loads_by_the_documented_key_mapping(deeplabv2
 def test_a_checkpoint_that_does_not_fit_names_the_first_bad_key(deeplabv2, tmp_path):
     state = _adaptsegnet_layout(deeplabv2)
     state["module.layer6.conv2d_list.0.weight"] = torch.zeros(21, 2048, 3, 3)  # Pascal VOC's 21 classes
-    with pytest.raises(StartCheckpointError, match=r"'heads.0.conv2d_list.0.weight' is \(21, 2048, 3, 3\) there, "
-                                                   r"the model needs \(5, 2048, 3, 3\)"):
+    with pytest.raises(
+        StartCheckpointError,
+        match=r"'heads.0.conv2d_list.0.weight' is \(21, 2048, 3, 3\) there, "
+        r"the model needs \(5, 2048, 3, 3\)",
+    ):
         fit_start_state(deeplabv2, state, "deeplabv2_resnet101")
     del state["module.layer1.0.conv1.weight"]
     with pytest.raises(StartCheckpointError, match="it has no 'backbone.layer1.0.conv1.weight'"):
@@ -116,20 +128,30 @@ def test_a_checkpoint_that_does_not_fit_names_the_first_bad_key(deeplabv2, tmp_p
         load_start_checkpoint(deeplabv2, tmp_path / "junk.pth", "deeplabv2_resnet101")
     small = SegmentationNet(5, width=4)
     torch.save({**small.state_dict(), "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
-    with pytest.raises(StartCheckpointError, match="extra.pth' does not fit model 'small_segnet': the model has no "
-                                                   "'extra.weight'"):
+    with pytest.raises(
+        StartCheckpointError, match="extra.pth' does not fit model 'small_segnet': the model has no 'extra.weight'"
+    ):
         load_start_checkpoint(small, tmp_path / "extra.pth", "small_segnet")
 
 
 def test_deeplabv2_trains_a_step_at_batch_size_one():
     """G and LabOR's selector S, both DeepLab-V2, at one source and one target image per step, with SGD."""
-    from orchestrator.config import load_config
+    from experiment_config import load_config
     from trainers.engine import build_adaptation_models, build_optimizers, loss_weights
     from trainers.step import adaptation_step
 
-    cfg = load_config(None, {"model.name": "deeplabv2_resnet101", "adapt.batch_size": 1, "source.batch_size": 1,
-                             "adapt.optimizer": "sgd", "adapt.head_lr_factor": 10.0, "adapt.weight_decay": 5e-4,
-                             "data.class_set": "cityscapes19"}).to_dict()
+    cfg = load_config(
+        None,
+        {
+            "model.name": "deeplabv2_resnet101",
+            "adapt.batch_size": 1,
+            "source.batch_size": 1,
+            "adapt.optimizer": "sgd",
+            "adapt.head_lr_factor": 10.0,
+            "adapt.weight_decay": 5e-4,
+            "data.class_set": "cityscapes19",
+        },
+    ).to_dict()
     weights = loss_weights(cfg, "adapt")
     models = build_adaptation_models(cfg, 19, weights)
     optimizers = build_optimizers(models, cfg, "adapt")
@@ -153,9 +175,12 @@ def test_deeplabv2_trains_a_step_at_batch_size_one():
 
 
 def test_batch_statistics_models_refuse_batch_size_one_before_anything_starts():
-    from orchestrator.config import ConfigError, load_config
+    from experiment_config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match=r"config key 'adapt.batch_size': model 'deeplabv3_mobilenet_v3_large' "
-                                          r"normalises with batch statistics and needs >= 2 images"):
+    with pytest.raises(
+        ConfigError,
+        match=r"config key 'adapt.batch_size': model 'deeplabv3_mobilenet_v3_large' "
+        r"normalises with batch statistics and needs >= 2 images",
+    ):
         load_config(None, {"model.name": "deeplabv3_mobilenet_v3_large", "adapt.batch_size": 1})
     load_config(None, {"model.name": "deeplabv2_resnet101", "adapt.batch_size": 1, "source.batch_size": 1})

@@ -11,17 +11,23 @@ import time
 import pytest
 
 from conftest import ROOT, run_cli
-from orchestrator.lifetime import RUN_MARK, end_run_processes, processes_with
-from orchestrator.sweeplock import LOCK_FILE, SweepFolderBusy, SweepFolderLock, check_sweep_folder_free
+from orchestrator.cluster.folder_lock import LOCK_FILE, SweepFolderBusy, SweepFolderLock, check_sweep_folder_free
+from orchestrator.cluster.processes import RUN_MARK, end_run_processes, processes_with
 
-HOLD_LOCK = ("import sys, time; from pathlib import Path; from orchestrator.sweeplock import SweepFolderLock; "
-             "SweepFolderLock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)")
+HOLD_LOCK = (
+    "import sys, time; from pathlib import Path; from orchestrator.cluster.folder_lock import SweepFolderLock; "
+    "SweepFolderLock.acquire(Path(sys.argv[1])); print('held', flush=True); time.sleep(600)"
+)
 
 
 def hold_lock(sweep_dir, env=None):
     """Another process holding ``sweep_dir``, as a running sweep does; returns once it holds it."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(sweep_dir)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(sweep_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
     assert holder.stdout.readline().strip() == "held"
     return holder
 
@@ -33,8 +39,9 @@ def test_a_config_file_that_is_not_utf8_yaml_is_one_line_and_writes_nothing(tmp_
     run_dir.mkdir()
     result = run_cli("orchestrator.sweep", "--config", str(config), cwd=run_dir, timeout=120)
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2 and lines == [f"error: config file '{config}' is not UTF-8 text (byte 0xff at "
-                                                f"offset 18)"], result.stderr
+    assert result.returncode == 2 and lines == [
+        f"error: config file '{config}' is not UTF-8 text (byte 0xff at offset 18)"
+    ], result.stderr
     assert list(run_dir.iterdir()) == []
 
 
@@ -50,8 +57,9 @@ def test_a_second_run_on_a_busy_sweep_folder_is_refused_in_one_line(tmp_path):
     sweep_dir = tmp_path / "runs" / "smoke"
     holder = hold_lock(sweep_dir)
     try:
-        result = run_cli("orchestrator.sweep", "--smoke", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                         cwd=tmp_path, timeout=120)
+        result = run_cli(
+            "orchestrator.sweep", "--smoke", "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path, timeout=120
+        )
     finally:
         holder.kill()
         holder.wait()
@@ -74,9 +82,17 @@ def test_a_lock_left_by_a_killed_run_does_not_block_and_its_leftovers_are_ended(
     mark = f"test-{os.getpid()}-{time.time_ns()}"
     # A process of the killed run that would go on writing into the folder (it ignores SIGTERM, as the
     # Ray Train controller was seen to).
-    leftover = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
-                                 "signal.SIG_IGN); print('up', flush=True); time.sleep(600)"],
-                                stdout=subprocess.PIPE, text=True, env={**os.environ, RUN_MARK: mark})
+    leftover = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, "
+            "signal.SIG_IGN); print('up', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, RUN_MARK: mark},
+    )
     assert leftover.stdout.readline().strip() == "up"
     holder = hold_lock(tmp_path / "s", env={RUN_MARK: mark})
     holder.send_signal(signal.SIGKILL)  # the run dies holding the lock
@@ -94,8 +110,10 @@ def test_a_lock_left_by_a_killed_run_does_not_block_and_its_leftovers_are_ended(
 
 def test_a_run_ends_every_process_that_carries_its_mark(tmp_path):
     mark = f"test-{os.getpid()}-{time.time_ns()}"
-    children = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
-                                 env={**os.environ, RUN_MARK: mark}) for _ in range(2)]
+    children = [
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], env={**os.environ, RUN_MARK: mark})
+        for _ in range(2)
+    ]
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # not of the run
     try:
         assert sorted(processes_with(RUN_MARK, mark)) == sorted(c.pid for c in children)
@@ -109,7 +127,7 @@ def test_a_run_ends_every_process_that_carries_its_mark(tmp_path):
 
 
 def test_a_resume_whose_mlflow_outbox_is_damaged_is_refused_before_anything(tmp_path, monkeypatch):
-    from orchestrator.config import load_config, with_absolute_paths
+    from experiment_config import load_config, with_absolute_paths
 
     monkeypatch.chdir(tmp_path)  # relative paths of the config resolve as the command's will
     cfg = with_absolute_paths(load_config(None, smoke=True))
@@ -118,8 +136,36 @@ def test_a_resume_whose_mlflow_outbox_is_damaged_is_refused_before_anything(tmp_
     (sweep_dir / "sweep.json").write_text(json.dumps({"parent_run_id": "p", "config": cfg.to_dict()}))
     (sweep_dir / "mlflow-unsent.jsonl").write_text('{"action": "metrics"}\n')
     before = sorted(tmp_path.rglob("*"))
-    result = run_cli("orchestrator.sweep", "--smoke", "--resume", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-                     cwd=tmp_path, timeout=120)
+    result = run_cli(
+        "orchestrator.sweep",
+        "--smoke",
+        "--resume",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stderr.strip() == (
-        f"error: '{sweep_dir / 'mlflow-unsent.jsonl'}' line 1 is not an activeda unsent-metrics record"), result.stderr
+        f"error: '{sweep_dir / 'mlflow-unsent.jsonl'}' line 1 is not an activeda unsent-metrics record"
+    ), result.stderr
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    "withheld, message",
+    [
+        (["pole", "polo"], "config key 'selection.unlabeled_classes': unknown class 'polo' in class set 'synthetic'"),
+        (
+            ["road", "sidewalk", "building", "pole", "traffic_sign", "vegetation", "sky", "person", "car"],
+            "config key 'selection.unlabeled_classes': withholds every class",
+        ),
+    ],
+)
+def test_withheld_classes_are_checked_against_the_class_set(withheld, message):
+    from experiment_config import ConfigError, load_config
+    from orchestrator.sweep.preflight import check_unlabeled_classes
+
+    cfg = load_config(None, {"selection.unlabeled_classes": withheld})
+    with pytest.raises(ConfigError) as err:
+        check_unlabeled_classes(cfg)
+    assert str(err.value).startswith(message)

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import orchestrator.experiment as experiment
-from orchestrator.config import ConfigError, load_config
-from orchestrator.labels import LabelStore
-from orchestrator.ranking import Ranker, RankingStats
+import orchestrator.round.loop as experiment
+from experiment_config import ConfigError, load_config
+from orchestrator.labels.store import LabelStore
+from orchestrator.round import selection, start_models
+from orchestrator.round.ranking import Ranker, RankingStats
 from pixel_selectors import inconsistency_mask, region_impurity, ripu_point_window, selector_params
 from pixel_selectors.cost import clicks_for_region
 from trainers.checkpoint import load_checkpoint, save_checkpoint
@@ -26,34 +27,36 @@ from trainers.models import SegmentationNet
 from trainers.step import AdaptationModels, LossWeights, selector_backbone_update
 from trainers.train_loop import TrainingResult
 
-
 # --- IAST's pseudo-label rule --------------------------------------------------------------------
+
 
 def test_iast_thresholds_follow_the_papers_percentile_rule():
     # Class 0: confidences .5 .6 .7 .8 plus theta .9; q = 1 - .2 * .9^8 = .91391, so the percentile
     # lies between the two largest (.8 and .9) at 0.5564 of the way: psi = .85564;
     # theta <- .9 * .9 + .1 * psi. Class 1 is absent: psi = its own theta, unchanged.
-    conf = torch.tensor([.5, .6, .7, .8])
+    conf = torch.tensor([0.5, 0.6, 0.7, 0.8])
     pred = torch.zeros(4, dtype=torch.int64)
-    theta = iast_threshold_update(torch.tensor([.9, .6]), conf, pred, alpha=.2, gamma=8.0, momentum=.9)
-    q = 1 - .2 * .9 ** 8
-    psi = .8 + (.9 - .8) * (q * 4 - 3)
-    assert theta.tolist() == pytest.approx([.9 * .9 + .1 * psi, .6])
-    assert iast_threshold_update(torch.tensor([1.0]), torch.tensor([1.0]), torch.tensor([0]), momentum=0.0
-                                 ).item() == pytest.approx(.999)  # a threshold reaching 1 is set to .999
+    theta = iast_threshold_update(torch.tensor([0.9, 0.6]), conf, pred, alpha=0.2, gamma=8.0, momentum=0.9)
+    q = 1 - 0.2 * 0.9**8
+    psi = 0.8 + (0.9 - 0.8) * (q * 4 - 3)
+    assert theta.tolist() == pytest.approx([0.9 * 0.9 + 0.1 * psi, 0.6])
+    assert iast_threshold_update(
+        torch.tensor([1.0]), torch.tensor([1.0]), torch.tensor([0]), momentum=0.0
+    ).item() == pytest.approx(0.999)  # a threshold reaching 1 is set to .999
 
 
 def test_iast_pseudo_labels_keep_pixels_above_their_class_threshold_and_carry_it():
-    labeler = IASTPseudoLabels(2, alpha=.5, gamma=0.0, momentum=0.0, initial=.9)
-    probs = torch.tensor([[.95, .9, .6, .2], [.05, .1, .4, .8]]).reshape(1, 2, 1, 4)
+    labeler = IASTPseudoLabels(2, alpha=0.5, gamma=0.0, momentum=0.0, initial=0.9)
+    probs = torch.tensor([[0.95, 0.9, 0.6, 0.2], [0.05, 0.1, 0.4, 0.8]]).reshape(1, 2, 1, 4)
     # gamma 0: each class keeps its top half. Class 0 (.95 .9 .6 and theta .9): median .9; class 1
     # (.8 and theta .9): median .85, so its only pixel (.8) falls below and stays unlabeled.
     assert labeler(probs).tolist() == [[[0, 0, 255, 255]]]
-    assert labeler.thresholds.tolist() == pytest.approx([.9, .85])
+    assert labeler.thresholds.tolist() == pytest.approx([0.9, 0.85])
     assert "thresholds" in labeler.state_dict()  # carried in checkpoints from batch to batch
 
 
 # --- MCD's num_k ------------------------------------------------------------------------------
+
 
 def test_num_k_runs_that_many_backbone_updates():
     torch.manual_seed(0)
@@ -63,13 +66,13 @@ def test_num_k_runs_that_many_backbone_updates():
     optimizer.step = lambda *args, **kw: steps.append(1)  # count the updates of F
     opts = type("Opt", (), {"selector_backbone": optimizer})()
     heads_before = [p.clone() for p in models.selector.head_parameters()]
-    losses = selector_backbone_update(models, opts, (torch.randn(2, 3, 16, 16),),
-                                      LossWeights(discrepancy=1.0, num_k=3))
+    losses = selector_backbone_update(models, opts, (torch.randn(2, 3, 16, 16),), LossWeights(discrepancy=1.0, num_k=3))
     assert len(steps) == 3 and losses["selector_discrepancy_backbone"] > 0
     assert all(torch.equal(a, b) for a, b in zip(heads_before, models.selector.head_parameters()))
 
 
 # --- RIPU's windows ---------------------------------------------------------------------------
+
 
 def test_ripu_point_window_scales_with_the_image_width():
     assert [ripu_point_window(w) for w in (2048, 1024, 1280, 128, 64, 16)] == [65, 33, 41, 5, 3, 3]
@@ -81,8 +84,8 @@ def test_ripu_point_window_scales_with_the_image_width():
 
 
 def test_ripu_points_keep_windows_of_earlier_rounds_blocked():
-    probs = torch.full((2, 9, 9), .5)
-    probs[:, 4, 4] = torch.tensor([.1, .9])  # the one other prediction: impurity around (4, 4)
+    probs = torch.full((2, 9, 9), 0.5)
+    probs[:, 4, 4] = torch.tensor([0.1, 0.9])  # the one other prediction: impurity around (4, 4)
     first = region_impurity((probs,), 1, k=3)
     assert (first.ys[0], first.xs[0]) != (4, 4) and abs(first.ys[0] - 4) <= 1 and abs(first.xs[0] - 4) <= 1
     labeled = torch.zeros(9, 9, dtype=torch.bool)
@@ -96,15 +99,21 @@ def test_ripu_points_keep_windows_of_earlier_rounds_blocked():
 
 # --- configuration --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pairs, message", [
-    ({"warmup.adversarial_weight": -1.0}, "config key 'warmup.adversarial_weight': must be >= 0"),
-    ({"selection.spl_mode": "whole_mask"}, "'whole_mask' is LabOR SPL's rule; selector 'labor_ppl'"),
-    ({"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.02},
-     "config key 'selection.budget_fraction': must be 0 with selection.spl_mode=whole_mask"),
-    ({"selection.point_window": 4}, "config key 'selection.point_window': must be odd"),
-    ({"adapt.total_steps": 2, "selection.rounds": 3}, "2 steps cannot be split over 3 rounds"),
-    ({"adapt.pseudo_label_rule": "cbst"}, "unknown pseudo_label_rule 'cbst'"),
-])
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        ({"warmup.adversarial_weight": -1.0}, "config key 'warmup.adversarial_weight': must be >= 0"),
+        ({"selection.spl_mode": "whole_mask"}, "'whole_mask' is LabOR SPL's rule; selector 'labor_ppl'"),
+        (
+            {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.02},
+            "config key 'selection.budget_fraction': must be 0 with selection.spl_mode=whole_mask",
+        ),
+        ({"selection.point_window": 4}, "config key 'selection.point_window': must be odd"),
+        ({"adapt.total_steps": 2, "selection.rounds": 3}, "2 steps cannot be split over 3 rounds"),
+        ({"adapt.pseudo_label_rule": "cbst"}, "unknown pseudo_label_rule 'cbst'"),
+    ],
+)
 def test_procedure_keys_refuse_bad_values_naming_the_key(pairs, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, pairs)
@@ -120,13 +129,25 @@ def test_round_steps_split_the_total_over_the_rounds():
 
 # --- the trial path, in-process -------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A tiny config (smoke sizes, a few steps) and its source checkpoint."""
     root = tmp_path_factory.mktemp("procedure")
-    cfg = load_config(None, {"data.cache_dir": str(root / "data"), "output_dir": str(root / "out"),
-                             "source.steps": 2, "adapt.steps": 1, "warmup.steps": 2, "model.width": 4,
-                             "data.synthetic.source_images": 8, "adapt.num_k": 2}, smoke=True)
+    cfg = load_config(
+        None,
+        {
+            "data.cache_dir": str(root / "data"),
+            "output_dir": str(root / "out"),
+            "source.steps": 2,
+            "adapt.steps": 1,
+            "warmup.steps": 2,
+            "model.width": 4,
+            "data.synthetic.source_images": 8,
+            "adapt.num_k": 2,
+        },
+        smoke=True,
+    )
     result = run_job({"mode": "source", "config": cfg.to_dict()})
     save_checkpoint(root / "source", result.state)
     return cfg, str(root / "source"), result.metrics
@@ -145,29 +166,51 @@ def in_process(monkeypatch):
         save_checkpoint(folder, result.state)
         return TrainingResult(result.metrics, str(folder), time.perf_counter() - started)
 
-    def rank_pool(checkpoint_dir, cfg, pool_size, labeled, consume, round_index=1, budget_pixels=0, progress=None,
-                  ranker=None, max_share=None):
+    def rank_pool(
+        checkpoint_dir,
+        cfg,
+        pool_size,
+        labeled,
+        consume,
+        round_index=1,
+        budget_pixels=0,
+        progress=None,
+        ranker=None,
+        max_share=None,
+    ):
         ranker = (ranker or Ranker)(checkpoint_dir, cfg)
-        for image_id, query in ranker.rank(list(range(pool_size)), labeled, cfg["selection"]["points_per_image"],
-                                           round_index, budget_pixels, max_share=max_share):
+        for image_id, query in ranker.rank(
+            list(range(pool_size)),
+            labeled,
+            cfg["selection"]["points_per_image"],
+            round_index,
+            budget_pixels,
+            max_share=max_share,
+        ):
             consume(image_id, query)
         return RankingStats(images=pool_size, actors=1, startup_s=0.0, ranking_s=1.0, actors_replaced=0)
 
-    monkeypatch.setattr(experiment, "run_training", run_training)
-    monkeypatch.setattr(experiment, "rank_pool", rank_pool)
+    for module in (experiment, start_models):
+        monkeypatch.setattr(module, "run_training", run_training)
+    monkeypatch.setattr(selection, "rank_pool", rank_pool)
     return jobs
 
 
 def run_trial(cfg, tiny, tmp_path, name):
     _, source, source_metrics = tiny
     reports = []
-    experiment.run_experiment(cfg, Path(cfg.output_dir) / name, source, source_metrics,
-                              report=lambda metrics, state: reports.append((metrics, state)), progress=lambda m: None)
+    experiment.run_experiment(
+        cfg,
+        Path(cfg.output_dir) / name,
+        source,
+        source_metrics,
+        report=lambda metrics, state: reports.append((metrics, state)),
+        progress=lambda m: None,
+    )
     return reports
 
 
-def test_warmup_trains_the_selector_on_target_pixels_buys_nothing_and_round_1_ranks_with_it(tiny, in_process,
-                                                                                              tmp_path):
+def test_warmup_trains_the_selector_on_target_pixels_buys_nothing_and_round_1_ranks_with_it(tiny, in_process, tmp_path):
     cfg, source, _ = tiny
     cfg = load_config(None, {**cfg.flat(), "output_dir": str(tmp_path / "out")})  # a warm-up of its own, not cached
     reports = run_trial(cfg, tiny, tmp_path, "trial")
@@ -192,11 +235,13 @@ def test_every_trial_of_a_comparison_trains_the_same_total_steps(tiny, in_proces
     common = {"adapt.total_steps": 4}
     trials = [
         load_config(None, {**cfg.flat(), **common, "selection.rounds": rounds, "selection.selector": selector})
-        for rounds, selector in ((1, "labor_ppl"), (2, "random"), (3, "region_impurity"))]
-    final_steps = [run_trial(trial, tiny, tmp_path, f"t{n}")[-1][0]["train/global_step"] for n, trial in
-                   enumerate(trials)]
+        for rounds, selector in ((1, "labor_ppl"), (2, "random"), (3, "region_impurity"))
+    ]
+    final_steps = [
+        run_trial(trial, tiny, tmp_path, f"t{n}")[-1][0]["train/global_step"] for n, trial in enumerate(trials)
+    ]
     oracle_start = len(in_process)
-    experiment.ensure_oracle_reference(trials[0], source, progress=lambda m: None)
+    start_models.ensure_oracle_reference(trials[0], source, progress=lambda m: None)
     oracle_job = in_process[-1]
     assert len(in_process) == oracle_start + 1 and oracle_job.get("full_target_labels")  # the warm-up was cached
     total = cfg.source.steps + cfg.warmup.steps + 4
@@ -237,9 +282,12 @@ def test_source_set_soft_labels_are_the_average_over_the_source_set_and_stay_fix
     soft = SoftLabels(9)
     plain = {**fixed["data"], "augment": {"hflip": False, "scale_min": 1.0, "scale_max": 1.0}}
     with torch.no_grad():
-        totals = sum(soft.class_totals(models.segmenter.eval()(image[None])[0], label[None],
-                                       fixed["adapt"]["soft_label_temperature"])
-                     for image, label in build_domains(plain).source)
+        totals = sum(
+            soft.class_totals(
+                models.segmenter.eval()(image[None])[0], label[None], fixed["adapt"]["soft_label_temperature"]
+            )
+            for image, label in build_domains(plain).source
+        )
     soft.assign(totals)
     got = result.state["modules"]["soft_labels"]
     assert result.state["soft_labels_fixed"] is True
@@ -247,10 +295,12 @@ def test_source_set_soft_labels_are_the_average_over_the_source_set_and_stay_fix
 
 
 def test_a_case_that_sets_a_key_no_other_case_sets_gives_a_valid_trial_config():
-    from orchestrator.config import ExperimentConfig, with_overrides
+    from experiment_config import ExperimentConfig, with_overrides
 
-    cases = [{"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"},
-             {"selection.selector": "labor_ppl", "selection.points_per_image": 40}]
+    cases = [
+        {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"},
+        {"selection.selector": "labor_ppl", "selection.points_per_image": 40},
+    ]
     sweep = with_overrides(ExperimentConfig(), {"sweep.search_space": {"cases": {"grid": cases}}})
     trial = with_overrides(sweep, {"cases": cases[0]})  # once refused: case 2 was validated on top of case 1
     assert trial.selection.spl_mode == "whole_mask" and trial.sweep.search_space == {}

@@ -10,8 +10,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT
-from orchestrator.tracking import (CHECKPOINT_TAG, MlflowTrialLogger, TrackingError, check_tracking_uri, display_uri,
-                                   provenance_tags)
+from orchestrator.tracking.mlflow_runs import (
+    CHECKPOINT_TAG,
+    MlflowTrialLogger,
+    TrackingError,
+    check_tracking_uri,
+    display_uri,
+    provenance_tags,
+)
 
 
 def test_provenance_names_the_commit_and_the_user():
@@ -28,11 +34,25 @@ def test_a_finished_trial_run_carries_provenance_and_its_final_checkpoint(tmp_pa
     parent = client.create_run(client.create_experiment("s")).info.run_id
     trial_dir = tmp_path / "trials" / "t1"
     trial_dir.mkdir(parents=True)
-    (trial_dir / "progress.json").write_text(json.dumps(
-        {"progress": {"round": 2, "model_checkpoint": "/runs/s/trials/t1/ray/round-002/checkpoint_000000",
-                      "trial_id": "t1"}, "metrics": {}}))
-    logger = MlflowTrialLogger(uri, "s", parent, lambda cfg: ({"p": 1}, {"selector": "x", **provenance_tags()}),
-                               trial_dir=lambda trial_id: tmp_path / "trials" / trial_id)
+    (trial_dir / "progress.json").write_text(
+        json.dumps(
+            {
+                "progress": {
+                    "round": 2,
+                    "model_checkpoint": "/runs/s/trials/t1/ray/round-002/checkpoint_000000",
+                    "trial_id": "t1",
+                },
+                "metrics": {},
+            }
+        )
+    )
+    logger = MlflowTrialLogger(
+        uri,
+        "s",
+        parent,
+        lambda cfg: ({"p": 1}, {"selector": "x", **provenance_tags()}),
+        trial_dir=lambda trial_id: tmp_path / "trials" / trial_id,
+    )
     trial = SimpleNamespace(trial_id="t1", config={}, __str__=lambda self: "t1")
     logger.on_trial_start(0, [], trial)
     logger.on_trial_complete(0, [], trial)
@@ -60,8 +80,11 @@ def test_database_stores_are_accepted_and_checked_without_showing_the_password()
 def test_a_mysql_store_that_does_not_answer_is_one_line():
     pytest.importorskip("pymysql")  # a dev dependency (pyproject.toml), pure Python
     port = _closed_port()
-    with pytest.raises(TrackingError, match=rf"MLflow store 'mysql\+pymysql://me:\*\*\*@127.0.0.1:{port}/mlflow' "
-                                            r"cannot be reached: .*Connection refused"):
+    with pytest.raises(
+        TrackingError,
+        match=rf"MLflow store 'mysql\+pymysql://me:\*\*\*@127.0.0.1:{port}/mlflow' "
+        r"cannot be reached: .*Connection refused",
+    ):
         check_tracking_uri(f"mysql+pymysql://me:s3cret@127.0.0.1:{port}/mlflow", timeout_s=2)
 
 

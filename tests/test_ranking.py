@@ -4,25 +4,33 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import load_config
-from orchestrator.ranking import Ranker, rank_pool, shard_ids
+from experiment_config import load_config
+from orchestrator.round.ranking import Ranker, rank_pool, shard_ids
 from trainers.checkpoint import save_checkpoint
-from trainers.train_loop import build_adaptation_models, model_identity
+from trainers.engine import build_adaptation_models, model_identity
 
 
 @pytest.fixture
 def setup(tmp_path, data_cache):
     def cfg(**overrides):
-        base = {"data.synthetic.target_train_images": 10, "data.cache_dir": str(data_cache),
-                "ranking.images_per_shard": 3, "selection.points_per_image": 6}
+        base = {
+            "data.synthetic.target_train_images": 10,
+            "data.cache_dir": str(data_cache),
+            "ranking.images_per_shard": 3,
+            "selection.points_per_image": 6,
+        }
         return load_config(None, {**base, **overrides}, smoke=True).to_dict()
 
     torch.manual_seed(0)
     config = cfg()
     models = build_adaptation_models(config, 9)
-    save_checkpoint(tmp_path / "ckpt", {"model": model_identity(config, 9),
-                                        "modules": {"segmenter": models.segmenter.state_dict(),
-                                                    "selector": models.selector.state_dict()}})
+    save_checkpoint(
+        tmp_path / "ckpt",
+        {
+            "model": model_identity(config, 9),
+            "modules": {"segmenter": models.segmenter.state_dict(), "selector": models.selector.state_dict()},
+        },
+    )
     return str(tmp_path / "ckpt"), cfg
 
 
@@ -38,7 +46,7 @@ def test_one_and_two_actors_agree(setup, ray_local):
     for stats, actors in ((stats_one, 1), (stats_two, 2)):
         assert (stats.images, stats.actors, stats.actors_replaced) == (10, actors, 0)
         assert stats.startup_s > 0 and stats.ranking_s > 0 and 0 <= stats.steady_images <= 10
-        assert stats.actor_peak_rss_bytes > 50 * 2 ** 20 and stats.actor_peak_gpu_bytes == 0  # torch alone is more
+        assert stats.actor_peak_rss_bytes > 50 * 2**20 and stats.actor_peak_gpu_bytes == 0  # torch alone is more
     # With one actor, "every actor started" is the first actor ready: every image is ranked after it.
     assert stats_one.steady_images == 10 and stats_one.steady_images_per_s > 0
     one, two = sorted(one.items()), sorted(two.items())
@@ -60,7 +68,8 @@ def test_labeled_pixels_are_excluded(setup):
 
 
 def test_an_actor_reads_the_labeled_pixels_of_its_own_images_from_the_store(setup, tmp_path):
-    from orchestrator.labels import LabelStore, Oracle
+    from orchestrator.labels.oracle import Oracle
+    from orchestrator.labels.store import LabelStore
 
     ckpt, cfg = setup
     ranker = Ranker(ckpt, cfg())
@@ -72,8 +81,9 @@ def test_an_actor_reads_the_labeled_pixels_of_its_own_images_from_the_store(setu
     from_dict = dict(ranker.rank([0, 1, 2], {i: (first[i].ys, first[i].xs) for i in (0, 2)}, 6, round_index=2))
     for i in (0, 1, 2):
         assert np.array_equal(from_store[i].ys, from_dict[i].ys) and np.array_equal(from_store[i].xs, from_dict[i].xs)
-    assert not set(zip(first[0].ys.tolist(), first[0].xs.tolist())) & set(zip(from_store[0].ys.tolist(),
-                                                                                  from_store[0].xs.tolist()))
+    assert not set(zip(first[0].ys.tolist(), first[0].xs.tolist())) & set(
+        zip(from_store[0].ys.tolist(), from_store[0].xs.tolist())
+    )
 
 
 def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
@@ -93,8 +103,9 @@ def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
             # Kill every live ranking actor process: the shards they hold must be ranked again.
             me = os.getpid()  # only actors of the Ray this test started (its raylet is our child)
             for process in psutil.process_iter(["cmdline"]):
-                if ("RankingActor" in " ".join(process.info["cmdline"] or [])
-                        and me in [parent.pid for parent in process.parents()]):
+                if "RankingActor" in " ".join(process.info["cmdline"] or []) and me in [
+                    parent.pid for parent in process.parents()
+                ]:
                     process.kill()
                     killed[process.pid] = True
 
@@ -107,13 +118,18 @@ def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
 
 
 def test_share_spread_scores_squares_by_their_share_of_the_images_free_pixels(setup):
-    from orchestrator.ranking import image_seed
+    from orchestrator.round.ranking import image_seed
     from pixel_selectors import random_regions
     from pixel_selectors.budget import share_of_candidates, share_scores
 
     ckpt, cfg = setup
-    config = cfg(**{"selection.selector": "random_regions", "selection.budget_fraction": 0.01,
-                    "selection.region_spread": "score"})
+    config = cfg(
+        **{
+            "selection.selector": "random_regions",
+            "selection.budget_fraction": 0.01,
+            "selection.region_spread": "score",
+        }
+    )
     height, width = config["data"]["height"], config["data"]["width"]
     by_score = dict(Ranker(ckpt, config).rank([0, 1, 2], {}, 0, budget_pixels=40))
     shared = Ranker(ckpt, {**config, "selection": {**config["selection"], "region_spread": "share"}})
@@ -122,8 +138,9 @@ def test_share_spread_scores_squares_by_their_share_of_the_images_free_pixels(se
         # Squares tile the image: the share is of its free pixels (here all of them), which is known
         # before the greedy pass ends, not of all the squares the pass would take.
         probs = [torch.zeros(9, height, width)]
-        squares = random_regions(probs, seed=image_seed(config["seed"], 1, image_id),
-                                 k=config["selection"]["region_size"])
+        squares = random_regions(
+            probs, seed=image_seed(config["seed"], 1, image_id), k=config["selection"]["region_size"]
+        )
         head = squares.head(40)
         assert squares.num_pixels > head.num_pixels  # the actor's pass stopped at what the budget can use
         assert np.array_equal(by_share[image_id].indices, head.indices)

@@ -101,8 +101,9 @@ def ensure_deps() -> None:
     if os.geteuid() != 0 and not shutil.which("sudo"):
         pytest.skip("needs sshd, ssh and rsync; they are missing and apt-get needs root or sudo")
     result = subprocess.run(["bash", str(INSTALL_DEPS)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0 and _have_deps(), \
+    assert result.returncode == 0 and _have_deps(), (
         f"{INSTALL_DEPS.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
 
 
 def free_port() -> int:
@@ -127,8 +128,10 @@ def start_sshd(base: Path, port: int, user: str):
     except PermissionError:
         pass  # not root: sshd says what it misses in its log
     for name in ("host_key", "user_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"activeda-test-{name}",
-                        "-f", str(base / name)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"activeda-test-{name}", "-f", str(base / name)],
+            check=True,
+        )
     shutil.copy(base / "user_key.pub", base / "authorized_keys")
     (base / "sshd_config").write_text(
         f"Port {port}\n"
@@ -144,7 +147,8 @@ def start_sshd(base: Path, port: int, user: str):
         "UsePAM no\n"
         "X11Forwarding no\n"
         "MaxSessions 30\n"
-        f"SetEnv HOME={base}/home RAY_TMPDIR={base}\n")
+        f"SetEnv HOME={base}/home RAY_TMPDIR={base}\n"
+    )
     sshd = subprocess.Popen([SSHD, "-D", "-f", str(base / "sshd_config"), "-E", str(base / "sshd.log")])
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -162,8 +166,11 @@ def write_cluster_config(base: Path, port: int, user: str, name: str, mlflow_por
     cfg = yaml.safe_load((ROOT / "cluster.local.yaml").read_text())
     cfg["cluster_name"] = name
     cfg["provider"] = {**cfg["provider"], "head_ip": "127.0.0.1", "worker_ips": []}
-    cfg["auth"] = {"ssh_user": user, "ssh_private_key": str(base / "user_key"),
-                   "ssh_proxy_command": f"{PYTHON} {base}/proxy.py 127.0.0.1 {port}"}
+    cfg["auth"] = {
+        "ssh_user": user,
+        "ssh_private_key": str(base / "user_key"),
+        "ssh_proxy_command": f"{PYTHON} {base}/proxy.py 127.0.0.1 {port}",
+    }
     mounts = {}
     for remote, local in cfg["file_mounts"].items():
         if remote == "~/.ray/auth_token":
@@ -178,7 +185,8 @@ def write_cluster_config(base: Path, port: int, user: str, name: str, mlflow_por
     assert "scripts/cluster_setup.sh" in setup, setup
     cfg["setup_commands"] = [
         f"cd ~/activeda && PYTHONPATH=$HOME/activeda {PYTHON} -c "
-        "'import orchestrator, ray; print(\"activeda-from\", orchestrator.__path__[0], \"ray\", ray.__version__)'"]
+        '\'import orchestrator, ray; print("activeda-from", orchestrator.__path__[0], "ray", ray.__version__)\''
+    ]
 
     start = []
     venv = "~/activeda-venv/bin/"
@@ -190,8 +198,9 @@ def write_cluster_config(base: Path, port: int, user: str, name: str, mlflow_por
             command = substitute(command, "RAY_AUTH_MODE=token ", "RAY_AUTH_MODE=token PYTHONPATH=$HOME/activeda ")
             command = substitute(command, "--port=6379", "--port=0")
             command = substitute(command, "--object-manager-port=8076", "--object-manager-port=0")
-            command = substitute(command, "--include-dashboard=true --dashboard-host=127.0.0.1",
-                                 "--include-dashboard=false")
+            command = substitute(
+                command, "--include-dashboard=true --dashboard-host=127.0.0.1", "--include-dashboard=false"
+            )
             assert """--resources='{"activeda_trial": 1000}'""" in command, command
             command += f" --dashboard-agent-listen-port={free_port()} --object-store-memory=500000000"
         elif "mlflow server" in command:
@@ -220,7 +229,8 @@ def write_session_files(base: Path) -> None:
         "export RAY_AUTH_MODE=token\n"
         "# `ray down` runs `ray stop`, which would stop every Ray on this machine: stop this cluster's only.\n"
         f'ray() {{ if [ "$1" = stop ]; then "{PYTHON}" "{STOP_PROCESSES}" "{base}/ray"; '
-        f'else "{VENV_BIN}/ray" "$@"; fi; }}\n')
+        f'else "{VENV_BIN}/ray" "$@"; fi; }}\n'
+    )
 
 
 def run_logged(args: list[str], log: Path, timeout: float, env: dict) -> tuple[subprocess.CompletedProcess, float]:
@@ -248,16 +258,21 @@ def mlflow_server_cmdline(pid_file: Path, timeout: float = 20) -> str:
             pass
         time.sleep(0.2)
     log = pid_file.parent / "mlflow-server.log"
-    raise AssertionError(f"no MLflow server running from {pid_file}; log: "
-                         f"{log.read_text()[-2000:] if log.exists() else 'none'}")
+    raise AssertionError(
+        f"no MLflow server running from {pid_file}; log: {log.read_text()[-2000:] if log.exists() else 'none'}"
+    )
 
 
 def keep_logs(base: Path, dest: Path) -> None:
     """What is needed to debug a failed run, copied out before the temporary directory goes."""
     dest.mkdir(exist_ok=True)
-    for path in [base / "sshd.log", base / "home" / "mlflow-server.log", base / "cluster.yaml",
-                 *sorted((base / "ray").glob("session_*/logs/*.err")),
-                 *sorted((base / "ray").glob("session_*/logs/*.out"))]:
+    for path in [
+        base / "sshd.log",
+        base / "home" / "mlflow-server.log",
+        base / "cluster.yaml",
+        *sorted((base / "ray").glob("session_*/logs/*.err")),
+        *sorted((base / "ray").glob("session_*/logs/*.out")),
+    ]:
         try:
             if path.is_file() and path.stat().st_size < 5_000_000:
                 shutil.copy(path, dest / path.name)
@@ -288,8 +303,11 @@ def test_ray_up_runs_the_smoke_sweep_on_a_local_cluster(tmp_path):
         cfg = write_cluster_config(base, port, user, name, mlflow_port)
 
         up, timings["ray_up_s"] = run_logged(
-            [*ray_cli(), "up", "-y", "--no-config-cache", "--disable-usage-stats", "--log-style", "record",
-             str(cfg)], tmp_path / "ray-up.log", RAY_UP_TIMEOUT_S, env)
+            [*ray_cli(), "up", "-y", "--no-config-cache", "--disable-usage-stats", "--log-style", "record", str(cfg)],
+            tmp_path / "ray-up.log",
+            RAY_UP_TIMEOUT_S,
+            env,
+        )
         assert up.returncode == 0, f"ray up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
         # The setup check ran the synced working tree, not the checkout.
         assert f"activeda-from {base}/home/activeda" in up.stdout + up.stderr, up.stdout[-3000:]
@@ -298,21 +316,37 @@ def test_ray_up_runs_the_smoke_sweep_on_a_local_cluster(tmp_path):
         # sqlite store in the home directory. Waiting for it to answer takes 30-60 s of a loaded CPU
         # here, so the process is checked and stopped, and the sweep logs to a sqlite store instead.
         server = mlflow_server_cmdline(base / "home" / "mlflow-server.pid")
-        for part in ("mlflow server", f"--host 127.0.0.1 --port {mlflow_port}",
-                     f"--backend-store-uri sqlite:///{base}/home/mlflow.db"):
+        for part in (
+            "mlflow server",
+            f"--host 127.0.0.1 --port {mlflow_port}",
+            f"--backend-store-uri sqlite:///{base}/home/mlflow.db",
+        ):
             assert part in server, server
         stopper.stop_processes([f"{base}/home/mlflow"])
 
         store = out / "mlflow.db"
-        sweep = (f"cd ~/activeda && PYTHONPATH=$HOME/activeda {PYTHON} -m orchestrator.sweep --smoke "
-                 f"--address auto --output-dir {out} --tracking-uri sqlite:///{store}")
+        sweep = (
+            f"cd ~/activeda && PYTHONPATH=$HOME/activeda {PYTHON} -m orchestrator.sweep --smoke "
+            f"--address auto --output-dir {out} --tracking-uri sqlite:///{store}"
+        )
         result, timings["sweep_s"] = run_logged(
-            [*ray_cli(), "exec", "--no-config-cache", "--disable-usage-stats", "--log-style", "record",
-             str(cfg), sweep], tmp_path / "ray-exec.log", SWEEP_TIMEOUT_S, env)
+            [
+                *ray_cli(),
+                "exec",
+                "--no-config-cache",
+                "--disable-usage-stats",
+                "--log-style",
+                "record",
+                str(cfg),
+                sweep,
+            ],
+            tmp_path / "ray-exec.log",
+            SWEEP_TIMEOUT_S,
+            env,
+        )
         output = result.stdout + result.stderr
         assert result.returncode == 0, f"the sweep failed on the cluster:\n{output[-6000:]}"
         assert "2 trial(s), 0 failed" in output, output[-4000:]
-
 
         from mlflow.tracking import MlflowClient
 
@@ -332,8 +366,9 @@ def test_ray_up_runs_the_smoke_sweep_on_a_local_cluster(tmp_path):
         started = time.monotonic()
         if cfg is not None:
             try:
-                run_logged([*ray_cli(), "down", "-y", "--log-style", "record", str(cfg)],
-                           tmp_path / "ray-down.log", 180, env)
+                run_logged(
+                    [*ray_cli(), "down", "-y", "--log-style", "record", str(cfg)], tmp_path / "ray-down.log", 180, env
+                )
             except AssertionError:
                 pass
         # `ray stop`, for this cluster only: every process naming its Ray temp dir.
@@ -350,8 +385,11 @@ def test_ray_up_runs_the_smoke_sweep_on_a_local_cluster(tmp_path):
             except subprocess.TimeoutExpired:
                 sshd.kill()
                 sshd.wait(timeout=10)
-        control = Path("/tmp") / f"ray_ssh_{hashlib.sha256(user.encode()).hexdigest()[:10]}" / \
-            hashlib.sha256(name.encode()).hexdigest()[:10]
+        control = (
+            Path("/tmp")
+            / f"ray_ssh_{hashlib.sha256(user.encode()).hexdigest()[:10]}"
+            / hashlib.sha256(name.encode()).hexdigest()[:10]
+        )
         shutil.rmtree(control, ignore_errors=True)
         try:
             control.parent.rmdir()  # shared by every `ray up` of this user: only if empty

@@ -3,18 +3,27 @@
 import numpy as np
 import pytest
 
-from pixel_selectors import RegionQuery, clicks_for_points, clicks_for_region, pack_bits, rle_decode, rle_encode, \
-    unpack_bits
+from pixel_selectors import (
+    RegionQuery,
+    clicks_for_points,
+    clicks_for_region,
+    pack_bits,
+    rle_decode,
+    rle_encode,
+    unpack_bits,
+)
 from pixel_selectors.cost import outline_stats
 from pixel_selectors.encoding import encoded_nbytes
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     given = None
 
 
 # --- RegionQuery ----------------------------------------------------------------------------
+
 
 def test_region_query_csr_accessors():
     q = RegionQuery.from_regions([[5, 6], [0], [9, 3, 4]], [0.5, 0.9, 0.5], height=2, width=5)
@@ -39,13 +48,16 @@ def test_region_query_ranked_and_head():
     assert len(q.head(4)) == 3 and len(q.head(100)) == 3 and len(q.head(0)) == 0
 
 
-@pytest.mark.parametrize("regions, scores, match", [
-    ([[0, 1], []], [1, 2], "at least one pixel"),
-    ([[0, 10]], [1], "out of range"),
-    ([[-1]], [1], "out of range"),
-    ([[0, 1], [1]], [1, 2], "more than one place"),
-    ([[0]], [float("nan")], "NaN"),
-])
+@pytest.mark.parametrize(
+    "regions, scores, match",
+    [
+        ([[0, 1], []], [1, 2], "at least one pixel"),
+        ([[0, 10]], [1], "out of range"),
+        ([[-1]], [1], "out of range"),
+        ([[0, 1], [1]], [1, 2], "more than one place"),
+        ([[0]], [float("nan")], "NaN"),
+    ],
+)
 def test_region_query_refuses_bad_regions(regions, scores, match):
     with pytest.raises(ValueError, match=match):
         RegionQuery.from_regions(regions, scores, height=2, width=5)
@@ -58,6 +70,7 @@ def test_region_query_refuses_inconsistent_offsets():
 
 
 # --- RLE and bit-packing --------------------------------------------------------------------
+
 
 def test_rle_known_answer():
     # runs over 10 pixels: 0-2 (3), 5 (1), 7-8 (2); input order does not matter
@@ -101,6 +114,7 @@ def test_pack_bits_round_trip():
 
 
 if given is not None:
+
     @settings(max_examples=60, deadline=None)
     @given(st.integers(1, 300).flatmap(lambda n: st.tuples(st.just(n), st.sets(st.integers(0, n - 1)))))
     def test_rle_and_bits_round_trip_property(case):
@@ -113,6 +127,7 @@ if given is not None:
         assert (lengths >= 1).all() and (starts[1:] > starts[:-1] + lengths[:-1]).all()  # maximal, sorted
         assert unpack_bits(pack_bits(flat, num_pixels), num_pixels).tolist() == flat.tolist()
 else:  # pragma: no cover
+
     @pytest.mark.skip(reason="hypothesis is not installed")
     def test_rle_and_bits_round_trip_property():
         pass

@@ -8,8 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.report import (SUMMARY_COLUMNS, budget_curve, iou_table, selection_overlay, summary_table,
-                                 write_iou_csv, write_summary)
+from orchestrator.tracking.report import (
+    SUMMARY_COLUMNS,
+    budget_curve,
+    iou_table,
+    selection_overlay,
+    summary_table,
+    write_iou_csv,
+    write_summary,
+)
 
 POOL = 8 * 32 * 32  # labeled fraction = pixels / POOL
 
@@ -25,16 +32,26 @@ def _rows() -> pd.DataFrame:
     for trial, (selector, budget, per_round, mious) in spec.items():
         for rnd, miou in enumerate(mious):
             pixels = per_round * rnd
-            rows.append({"trial_id": trial, "selector": selector, "budget": budget, "round": rnd,
-                         "labeled_pixels": pixels, "labeled_fraction": pixels / POOL, "clicks": float(pixels),
-                         "miou": miou})
+            rows.append(
+                {
+                    "trial_id": trial,
+                    "selector": selector,
+                    "budget": budget,
+                    "round": rnd,
+                    "labeled_pixels": pixels,
+                    "labeled_fraction": pixels / POOL,
+                    "clicks": float(pixels),
+                    "miou": miou,
+                }
+            )
     return pd.DataFrame(rows).sample(frac=1.0, random_state=3).reset_index(drop=True)
 
 
 def test_budget_curve_writes_a_drawn_png_and_an_offline_html(tmp_path):
     rows = _rows()
-    png, page = budget_curve(rows, tmp_path / "curve.png", tmp_path / "curve.html", source_only=0.2, oracle=0.6,
-                             title="smoke <budgets>")
+    png, page = budget_curve(
+        rows, tmp_path / "curve.png", tmp_path / "curve.html", source_only=0.2, oracle=0.6, title="smoke <budgets>"
+    )
     assert png.stat().st_size > 20_000
     pixels = mpimg.imread(png)[..., :3]
     assert pixels.shape == (616, 1430, 3)  # 13 x 5.6 inches at 110 dpi
@@ -47,8 +64,16 @@ def test_budget_curve_writes_a_drawn_png_and_an_offline_html(tmp_path):
 
     text = page.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
-    for name in ("trialAAA_00000", "trialBBB_00001", "trialCCC_00002", "labor_ppl", "random_pick",
-                 "2 points/image x 2 rounds", "source-only", "oracle"):
+    for name in (
+        "trialAAA_00000",
+        "trialBBB_00001",
+        "trialCCC_00002",
+        "labor_ppl",
+        "random_pick",
+        "2 points/image x 2 rounds",
+        "source-only",
+        "oracle",
+    ):
         assert name in text, name
     assert "smoke &lt;budgets&gt;" in text and "smoke <budgets>" not in text  # escaped
     # Self-contained: no external resource of any kind, no URL at all.
@@ -125,8 +150,9 @@ def test_selection_overlay_draws_points_in_their_colour(tmp_path):
 
     # With revealed labels each point takes its class colour (0..255 or 0..1 colours both work).
     labels = np.array([1, 0, 1])
-    rgb = selection_overlay(image, ys, xs, tmp_path / "classes.png", labels=labels,
-                            class_colors=[(0, 0, 255), (0.0, 1.0, 0.0)])
+    rgb = selection_overlay(
+        image, ys, xs, tmp_path / "classes.png", labels=labels, class_colors=[(0, 0, 255), (0.0, 1.0, 0.0)]
+    )
     expected = {0: (0, 0, 255), 1: (0, 255, 0)}
     for y, x, k in zip(ys, xs, labels):
         assert tuple(rgb[y * scale + scale // 2, x * scale + scale // 2]) == expected[k]
@@ -157,16 +183,30 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
 
     import torch
 
-    from orchestrator import experiment, report
-    from orchestrator.labels import LabeledPixels, LabelStore
+    from orchestrator.labels.store import LabeledPixels, LabelStore
+    from orchestrator.round import loop as experiment
 
     drawn, styles = {}, []
-    monkeypatch.setattr(report, "selection_overlay", lambda image, ys, xs, path, labels=None, **style: (
-        drawn.__setitem__(Path(path).name, (list(ys), list(xs), list(labels))), styles.append(style)))
+    monkeypatch.setattr(
+        experiment,
+        "selection_overlay",
+        lambda image, ys, xs, path, labels=None, **style: (
+            drawn.__setitem__(Path(path).name, (list(ys), list(xs), list(labels))),
+            styles.append(style),
+        ),
+    )
 
     def pixels(image_id, y, x, label):
-        return LabeledPixels(image_id, np.array([y], np.int32), np.array([x], np.int32), np.array([label], np.uint8),
-                             height=8, width=8, clicks=1.0, regions=False)
+        return LabeledPixels(
+            image_id,
+            np.array([y], np.int32),
+            np.array([x], np.int32),
+            np.array([label], np.uint8),
+            height=8,
+            width=8,
+            clicks=1.0,
+            regions=False,
+        )
 
     store = LabelStore(tmp_path / "labels")
     store.append_round(1, "labor_ppl", [pixels(0, 0, 0, 1)])
@@ -176,6 +216,8 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
     experiment.write_round_artifacts(tmp_path / "round-002", domains, store, 2, {"target/iou/road": 0.5})
     assert drawn == {"selected-image00000.png": ([1], [1], [2]), "selected-image00002.png": ([3], [3], [4])}
     # Drawn in the Cityscapes palette, with a legend of the class names.
-    assert all(style["class_names"] == classes and style["class_colors"][0] == (128 / 255, 64 / 255, 128 / 255)
-               for style in styles)
+    assert all(
+        style["class_names"] == classes and style["class_colors"][0] == (128 / 255, 64 / 255, 128 / 255)
+        for style in styles
+    )
     assert (tmp_path / "round-002" / "iou.csv").is_file()

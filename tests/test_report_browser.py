@@ -11,13 +11,20 @@ import subprocess
 import time
 
 import pytest
-
-from conftest import ROOT
-from orchestrator.report import report_page
 from test_report_methods import sweep_rows
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+from conftest import ROOT
+from orchestrator.tracking.report import report_page
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _chromium() -> str:
@@ -31,8 +38,13 @@ def _chromium() -> str:
 
 
 def _run(chromium: str, profile, args: list[str]) -> str:
-    process = subprocess.Popen([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -48,24 +60,34 @@ def test_report_page_renders_curves_pareto_front_and_class_table_offline(tmp_pat
     chromium = _chromium()
     page = report_page(sweep_rows(), tmp_path / "report.html", source_only=0.2, oracle=0.6, title="browser check")
     url = page.as_uri()
-    dom = _run(chromium, tmp_path / f"profile-{time.monotonic_ns()}",
-               ["--window-size=1400,1000", "--virtual-time-budget=15000", "--dump-dom", url])
+    dom = _run(
+        chromium,
+        tmp_path / f"profile-{time.monotonic_ns()}",
+        ["--window-size=1400,1000", "--virtual-time-budget=15000", "--dump-dom", url],
+    )
     # plotly drew the figure: its SVG, one trace per curve and panel plus the Pareto front, the points.
     assert 'class="main-svg"' in dom
     traces = re.findall(r'class="trace scatter', dom)
     assert len(traces) >= 3 * 2 + 1, len(traces)
     assert len(re.findall(r'class="point"', dom)) >= 14
     legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', dom)
-    assert {"labor_ppl", "random · confusion_weight=0", "random · confusion_weight=0.1",
-            "Pareto front (clicks)"} <= set(legend), legend
+    assert {
+        "labor_ppl",
+        "random · confusion_weight=0",
+        "random · confusion_weight=0.1",
+        "Pareto front (clicks)",
+    } <= set(legend), legend
     assert "mIoU vs clicks" in dom and "20 points/image" in dom
     # The per-class IoU table: a row per trial, a column per class.
-    table = dom[dom.index('id="class-iou"'):]
-    table = table[:table.index("</table>")]
+    table = dom[dom.index('id="class-iou"') :]
+    table = table[: table.index("</table>")]
     assert "<th>road</th>" in table and "<th>pole</th>" in table
     assert len(re.findall(r"<tr>", table)) == 1 + 6
     shot = ROOT / "test-artifacts" / "report-page.png"
     shot.parent.mkdir(exist_ok=True)
-    _run(chromium, tmp_path / f"profile-{time.monotonic_ns()}",
-         ["--window-size=1400,1000", "--virtual-time-budget=15000", f"--screenshot={shot}", url])
+    _run(
+        chromium,
+        tmp_path / f"profile-{time.monotonic_ns()}",
+        ["--window-size=1400,1000", "--virtual-time-budget=15000", f"--screenshot={shot}", url],
+    )
     assert shot.stat().st_size > 30_000

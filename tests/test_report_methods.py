@@ -9,8 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator.report import (CITYSCAPES_PALETTE, class_iou_table, class_palette, method_curves, method_curves_png,
-                                 pareto_front, report_page, selection_overlay)
+from orchestrator.tracking.report import (
+    class_iou_table,
+    method_curves,
+    method_curves_png,
+    pareto_front,
+    report_page,
+    selection_overlay,
+)
+from trainers.data.palette import CITYSCAPES_PALETTE, class_palette
 
 POOL = 1000
 
@@ -29,17 +36,31 @@ def sweep_rows() -> pd.DataFrame:
     rows = []
     for trial, selector, setting, budget, points, seed, miou in spec:
         for rnd, value in ((0, 0.2 + 0.01 * seed), (1, miou)):
-            rows.append({"trial_id": trial, "selector": selector, "setting": setting, "budget": budget, "round": rnd,
-                         "labeled_pixels": points * rnd, "labeled_fraction": points * rnd / POOL,
-                         "clicks": float(points * rnd), "miou": value,
-                         "iou/road": value + 0.3, "iou/pole": value / 10})
+            rows.append(
+                {
+                    "trial_id": trial,
+                    "selector": selector,
+                    "setting": setting,
+                    "budget": budget,
+                    "round": rnd,
+                    "labeled_pixels": points * rnd,
+                    "labeled_fraction": points * rnd / POOL,
+                    "clicks": float(points * rnd),
+                    "miou": value,
+                    "iou/road": value + 0.3,
+                    "iou/pole": value / 10,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def test_one_curve_per_method_and_setting_through_its_budgets_averaged_over_seeds():
     curves = method_curves(sweep_rows())
-    assert sorted(curves["curve"].unique()) == ["labor_ppl", "random \u00b7 confusion_weight=0",
-                                                 "random \u00b7 confusion_weight=0.1"]
+    assert sorted(curves["curve"].unique()) == [
+        "labor_ppl",
+        "random \u00b7 confusion_weight=0",
+        "random \u00b7 confusion_weight=0.1",
+    ]
     ppl = curves[curves["curve"] == "labor_ppl"]
     assert list(ppl["point_label"]) == ["source-only", "10 points/image", "20 points/image"]
     assert list(ppl["trials"]) == [4, 2, 2]
@@ -59,8 +80,9 @@ def test_later_rounds_are_points_of_the_same_curve_labeled_with_the_round():
 
 
 def test_pareto_front_keeps_exactly_the_points_nothing_beats():
-    points = pd.DataFrame({"clicks": [0, 10, 10, 20, 30, 40, 40], "miou": [0.2, 0.4, 0.3, 0.35, 0.5, 0.5, 0.45],
-                           "name": list("abcdefg")})
+    points = pd.DataFrame(
+        {"clicks": [0, 10, 10, 20, 30, 40, 40], "miou": [0.2, 0.4, 0.3, 0.35, 0.5, 0.5, 0.45], "name": list("abcdefg")}
+    )
     front = pareto_front(points)
     # c (same clicks as b, lower), d (more clicks than b, lower), f, g (more clicks than e, not higher) fall off.
     assert front["name"].tolist() == ["a", "b", "e"]
@@ -85,8 +107,17 @@ def test_curve_png_and_interactive_page_are_written(tmp_path):
     # Offline: plotly's JavaScript is inline; nothing is loaded from anywhere.
     assert not re.search(r"<script[^>]+src=", page) and not re.search(r"<link[^>]+href=", page)
     assert len(page) > 1_000_000 and 'id="curves"' in page
-    for text in ("labor_ppl", "random \u00b7 confusion_weight=0.1", "20 points/image", "Pareto front (clicks)",
-                 'id="class-iou"', "<th>road</th>", "<th>pole</th>", 'id="pareto"', 'id="summary"'):
+    for text in (
+        "labor_ppl",
+        "random \u00b7 confusion_weight=0.1",
+        "20 points/image",
+        "Pareto front (clicks)",
+        'id="class-iou"',
+        "<th>road</th>",
+        "<th>pole</th>",
+        'id="pareto"',
+        'id="summary"',
+    ):
         assert text in page, text
 
 
@@ -96,11 +127,12 @@ def test_overlay_uses_the_cityscapes_palette_and_draws_a_legend(tmp_path):
     assert palette[names.index("car")] == tuple(c / 255 for c in CITYSCAPES_PALETTE["car"])
     image = np.full((16, 32, 3), 0.5)
     plain = selection_overlay(image, [3, 8], [4, 20], tmp_path / "plain.png", labels=[8, 255], class_colors=palette)
-    legend = selection_overlay(image, [3, 8], [4, 20], tmp_path / "legend.png", labels=[8, 255], class_colors=palette,
-                               class_names=names)
+    legend = selection_overlay(
+        image, [3, 8], [4, 20], tmp_path / "legend.png", labels=[8, 255], class_colors=palette, class_names=names
+    )
     assert legend.shape[1] == plain.shape[1] and legend.shape[0] > plain.shape[0] + 20
-    np.testing.assert_array_equal(legend[:plain.shape[0]], plain)  # the overlay itself is unchanged
-    strip = legend[plain.shape[0]:]
+    np.testing.assert_array_equal(legend[: plain.shape[0]], plain)  # the overlay itself is unchanged
+    strip = legend[plain.shape[0] :]
     car = np.array(CITYSCAPES_PALETTE["car"])
     assert (np.abs(strip.astype(int) - car).sum(axis=2) < 10).sum() > 20  # the car swatch
     assert (strip < 100).all(axis=2).sum() > 50  # and dark text beside it

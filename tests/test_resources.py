@@ -1,7 +1,7 @@
 import pytest
 
-from orchestrator.config import ConfigError, ExperimentConfig, with_overrides
-from orchestrator.resources import plan_resources
+from experiment_config import ConfigError, ExperimentConfig, with_overrides
+from orchestrator.sweep.resources import plan_resources
 
 TWO_CPUS = {"CPU": 2.0}
 TWO_CPUS_WITH_SLOTS = {"CPU": 2.0, "activeda_trial": 1000.0}
@@ -56,10 +56,9 @@ def test_explicit_max_concurrent_wins():
 
 
 def test_autoscaling_node_types_count_as_available():
-    from orchestrator.cluster import node_shapes, validate_cluster_file
-    from orchestrator.resources import with_node_types
-
     from conftest import ROOT
+    from orchestrator.cluster.cluster_file import node_shapes, validate_cluster_file
+    from orchestrator.sweep.resources import with_node_types
 
     shapes = node_shapes(validate_cluster_file(ROOT / "cluster.yaml"))
     head_only = {"CPU": 8.0, "activeda_trial": 1000.0}

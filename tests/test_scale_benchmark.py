@@ -7,17 +7,20 @@ import pytest
 
 from benchmarks import scale
 from benchmarks.scale_scene import GeneratedPool
-from orchestrator.labels import LabelStore
-from orchestrator.ranking import Ranker
+from orchestrator.labels.store import LabelStore
+from orchestrator.round.ranking import Ranker
 from pixel_selectors import ripu_point_window
 
 
-@pytest.mark.parametrize("argv, line", [
-    (["--fractions", "1,4"], "error: --fractions must be integers >= 1, largest first, got '1,4'"),
-    (["--fractions", "a"], "error: --fractions must be integers separated by commas, got 'a'"),
-    (["--actors", "0"], "error: --actors must be >= 1"),
-    (["--height", "8"], "error: --height and --width must be >= 16"),
-])
+@pytest.mark.parametrize(
+    "argv, line",
+    [
+        (["--fractions", "1,4"], "error: --fractions must be integers >= 1, largest first, got '1,4'"),
+        (["--fractions", "a"], "error: --fractions must be integers separated by commas, got 'a'"),
+        (["--actors", "0"], "error: --actors must be >= 1"),
+        (["--height", "8"], "error: --height and --width must be >= 16"),
+    ],
+)
 def test_bad_arguments_are_refused_in_one_line(argv, line, capsys):
     assert scale.main(argv) == 2
     assert capsys.readouterr().err.strip() == line
@@ -44,7 +47,7 @@ def test_a_repeated_scene_gets_exactly_the_query_a_fresh_ranking_gives():
     assert queries[32] is queries[0] and queries[40] is not queries[8]  # same scene, same labels: reused
     fresh = scale.ScaleRanker("unused", cfg)
     for image_id in (32, 40):  # the query the selector computes for the image itself, without reuse
-        (_, direct), = Ranker.rank(fresh, [image_id], labeled, 0, budget_pixels=500)
+        ((_, direct),) = Ranker.rank(fresh, [image_id], labeled, 0, budget_pixels=500)
         assert np.array_equal(direct.indices, queries[image_id].indices)
         assert np.array_equal(direct.scores, queries[image_id].scores)
     assert not {3 * 128 + 5, 3 * 128 + 6} & set(queries[40].indices.tolist())
@@ -53,12 +56,36 @@ def test_a_repeated_scene_gets_exactly_the_query_a_fresh_ranking_gives():
 def test_the_report_judges_each_goal():
     args = scale.parse_args(["--quick"])
     args.work_dir = ""
-    row = {"pool_images": 8, "store_labeled_pixels": 1000, "store_bytes": 2 ** 20, "driver_traced_peak_bytes": 100,
-           "driver_peak_rss_bytes": 1000, "actor_peak_rss_bytes": 10, "train_job_bytes": 1800,
-           "labels_in_job_bytes_before": 9000, "merge_s": 0.1, "reveal_s": 0.5, "clicks_s": 2.0, "select_round_s": 1.0, "worker_label_read_s": 0.001,
-           "budget_pixels": 500}
-    met = scale.report(args, [row, {**row, "pool_images": 128, "driver_traced_peak_bytes": 109,
-                                    "store_labeled_pixels": 16000, "train_job_bytes": 1802}], None)
+    row = {
+        "pool_images": 8,
+        "store_labeled_pixels": 1000,
+        "store_bytes": 2**20,
+        "driver_traced_peak_bytes": 100,
+        "driver_peak_rss_bytes": 1000,
+        "actor_peak_rss_bytes": 10,
+        "train_job_bytes": 1800,
+        "labels_in_job_bytes_before": 9000,
+        "merge_s": 0.1,
+        "reveal_s": 0.5,
+        "clicks_s": 2.0,
+        "select_round_s": 1.0,
+        "worker_label_read_s": 0.001,
+        "budget_pixels": 500,
+    }
+    met = scale.report(
+        args,
+        [
+            row,
+            {
+                **row,
+                "pool_images": 128,
+                "driver_traced_peak_bytes": 109,
+                "store_labeled_pixels": 16000,
+                "train_job_bytes": 1802,
+            },
+        ],
+        None,
+    )
     assert any("1.09x (goal: within 1.10x: met)" in line for line in met)
     assert any("independent of them: met" in line for line in met)
     missed = scale.report(args, [row, {**row, "driver_traced_peak_bytes": 150, "train_job_bytes": 9000}], None)

@@ -6,13 +6,22 @@ import numpy as np
 import pytest
 import torch
 
-from pixel_selectors import (GlobalBudget, labor_spl, random_regions, region_impurity_regions, select_image,
-                             share_cap, share_of_candidates, within_share_cap)
+from pixel_selectors import (
+    GlobalBudget,
+    labor_spl,
+    random_regions,
+    region_impurity_regions,
+    select_image,
+    share_cap,
+    share_of_candidates,
+    within_share_cap,
+)
 from pixel_selectors.budget import SHARE_CAP_MARGIN, share_scores
 from pixel_selectors.regions import greedy_spread, greedy_spread_rounds, priority_order
 
 try:
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 except ImportError:  # pragma: no cover - hypothesis is a dev dependency
     given = None
 
@@ -25,9 +34,16 @@ def smooth_softmax(seed, classes=6, height=48, width=80, heads=1):
 
 
 if given is not None:
+
     @settings(max_examples=60, deadline=None)
-    @given(height=st.integers(1, 20), width=st.integers(1, 20), levels=st.integers(1, 5), reach=st.integers(0, 3),
-           cover=st.integers(0, 60), seed=st.integers(0, 10_000))
+    @given(
+        height=st.integers(1, 20),
+        width=st.integers(1, 20),
+        levels=st.integers(1, 5),
+        reach=st.integers(0, 3),
+        cover=st.integers(0, 60),
+        seed=st.integers(0, 10_000),
+    )
     def test_rounds_stop_where_the_sequential_pass_covers_the_same_pixels(height, width, levels, reach, cover, seed):
         """Plateaus and chains (few score levels), weights 1..9 as the pixels of clipped squares."""
         generator = torch.Generator().manual_seed(seed)
@@ -38,7 +54,7 @@ if given is not None:
         expected = greedy_spread(order.numpy(), height, width, reach, weights=weights.numpy(), cover=cover)
         assert greedy_spread_rounds(order, height, width, reach, weights=weights, cover=cover).tolist() == expected
         whole = greedy_spread(order.numpy(), height, width, reach)
-        assert expected == whole[:len(expected)]  # a prefix of the whole pass ...
+        assert expected == whole[: len(expected)]  # a prefix of the whole pass ...
         covered = weights[expected].sum().item() if expected else 0
         assert covered >= cover or expected == whole  # ... covering ``cover``, or all there is ...
         assert not expected or covered - weights[expected[-1]].item() < cover  # ... and no more picks than that
@@ -54,30 +70,48 @@ def test_a_tiling_selector_cut_at_a_share_is_the_head_of_its_whole_query(name):
     whole = select(probs, labeled=labeled, seed=4, spread="share")
     assert np.array_equal(whole.scores, share_scores(whole.sizes.astype(float), free))  # share of the free pixels
     for max_share in (0.01, 0.05, 0.2):
-        cut = select_image(name, probs, budget_pixels=10_000, labeled=labeled, seed=4, params={"k": 3},
-                           max_share=max_share)
+        cut = select_image(
+            name, probs, budget_pixels=10_000, labeled=labeled, seed=4, params={"k": 3}, max_share=max_share
+        )
         assert cut.num_pixels >= max_share * free > cut.num_pixels - int(cut.sizes[-1])  # the fewest that cover it
-        assert np.array_equal(cut.indices, whole.indices[:cut.num_pixels])
-        assert np.array_equal(cut.scores, whole.scores[:len(cut)])
-        assert cut.scores[-1] >= -max_share - 9 / free / 2 and (len(whole) == len(cut) or
-                                                                whole.scores[len(cut)] < -max_share)
+        assert np.array_equal(cut.indices, whole.indices[: cut.num_pixels])
+        assert np.array_equal(cut.scores, whole.scores[: len(cut)])
+        assert cut.scores[-1] >= -max_share - 9 / free / 2 and (
+            len(whole) == len(cut) or whole.scores[len(cut)] < -max_share
+        )
     # The budget still bounds it, and the "score" spread ignores the share.
-    assert select_image(name, probs, budget_pixels=30, labeled=labeled, seed=4, params={"k": 3},
-                        max_share=0.5).num_pixels < 40
-    by_score = select_image(name, probs, budget_pixels=200, labeled=labeled, seed=4, params={"k": 3},
-                            region_spread="score", max_share=0.01)
-    assert by_score.num_pixels >= 200 and np.array_equal(by_score.indices, select(probs, labeled=labeled, seed=4).head(
-        200).indices)
+    assert (
+        select_image(name, probs, budget_pixels=30, labeled=labeled, seed=4, params={"k": 3}, max_share=0.5).num_pixels
+        < 40
+    )
+    by_score = select_image(
+        name, probs, budget_pixels=200, labeled=labeled, seed=4, params={"k": 3}, region_spread="score", max_share=0.01
+    )
+    assert by_score.num_pixels >= 200 and np.array_equal(
+        by_score.indices, select(probs, labeled=labeled, seed=4).head(200).indices
+    )
 
 
 def pool_queries(max_share, images=12, budget=400):
     out = []
     for image_id in range(images):
-        probs = (torch.full((2, 24, 40), .5),)
+        probs = (torch.full((2, 24, 40), 0.5),)
         labeled = torch.zeros(24, 40, dtype=torch.bool)
         labeled[:, :image_id] = True  # images with fewer free pixels than others
-        out.append((image_id, select_image("random_regions", probs, budget_pixels=budget, labeled=labeled,
-                                           seed=image_id, params={"k": 3}, max_share=max_share)))
+        out.append(
+            (
+                image_id,
+                select_image(
+                    "random_regions",
+                    probs,
+                    budget_pixels=budget,
+                    labeled=labeled,
+                    seed=image_id,
+                    params={"k": 3},
+                    max_share=max_share,
+                ),
+            )
+        )
     return out
 
 
@@ -103,13 +137,13 @@ def test_the_merge_of_cut_queries_equals_the_merge_of_whole_ones_when_it_says_so
     # A cut too tight for the budget is noticed: the driver then ranks again without it.
     tight = merged(pool_queries(max_share / 3), budget)
     assert not within_share_cap(tight, max_share / 3) and picks(tight) != picks(whole)
-    short = merged(pool_queries(max_share), 10 ** 6)  # more than the pool offers
+    short = merged(pool_queries(max_share), 10**6)  # more than the pool offers
     assert short.shortfall > 0 and not within_share_cap(short, max_share)
     assert share_cap(0, free) is None and share_cap(budget, 0) is None and share_cap(free, free) is None
 
 
 @pytest.mark.parametrize("spread", ["score", "share"])
-@pytest.mark.parametrize("budget", [1, 50, 400, 10 ** 6])
+@pytest.mark.parametrize("budget", [1, 50, 400, 10**6])
 def test_spl_ranks_shares_and_cuts_on_the_device_as_the_query_would(spread, budget):
     probs = smooth_softmax(5, heads=2)
     labeled = torch.zeros(48, 80, dtype=torch.bool)
@@ -130,29 +164,49 @@ class _BlankTruth:
 def test_a_round_ranks_again_without_the_cut_when_the_merge_needed_more(monkeypatch, tmp_path):
     """select_round asks tiling selectors for a share of each image; a share too small for the
     budget is caught after the merge and the round is ranked again without the cut."""
-    from orchestrator import experiment
-    from orchestrator.config import load_config
-    from orchestrator.labels import LabelStore, Oracle
-    from orchestrator.ranking import RankingStats
+    from experiment_config import load_config
+    from orchestrator.labels.oracle import Oracle
+    from orchestrator.labels.store import LabelStore
+    from orchestrator.round import selection as experiment
+    from orchestrator.round.ranking import RankingStats
 
-    cfg = load_config(None, {"selection.selector": "random_regions", "selection.budget_fraction": 0.05,
-                             "selection.region_size": 3, "data.height": 24, "data.width": 40,
-                             "output_dir": str(tmp_path)})
+    cfg = load_config(
+        None,
+        {
+            "selection.selector": "random_regions",
+            "selection.budget_fraction": 0.05,
+            "selection.region_size": 3,
+            "data.height": 24,
+            "data.width": 40,
+            "output_dir": str(tmp_path),
+        },
+    )
     asked = []
 
-    def rank_in_process(checkpoint, cfg_dict, pool_size, labeled, consume, round_index, budget_pixels, progress,
-                        ranker, max_share=None):  # the actors' select_image, without Ray
+    def rank_in_process(
+        checkpoint, cfg_dict, pool_size, labeled, consume, round_index, budget_pixels, progress, ranker, max_share=None
+    ):  # the actors' select_image, without Ray
         asked.append(max_share)
         for image_id in range(pool_size):
-            consume(image_id, select_image("random_regions", [torch.zeros(2, 24, 40)], budget_pixels=budget_pixels,
-                                           seed=image_id, params={"k": 3}, max_share=max_share))
+            consume(
+                image_id,
+                select_image(
+                    "random_regions",
+                    [torch.zeros(2, 24, 40)],
+                    budget_pixels=budget_pixels,
+                    seed=image_id,
+                    params={"k": 3},
+                    max_share=max_share,
+                ),
+            )
         return RankingStats(images=pool_size, actors=1, startup_s=0.0, ranking_s=1.0, actors_replaced=0)
 
     def run(tag, cap):
         monkeypatch.setattr(experiment, "share_cap", cap)
         lines, store = [], LabelStore(tmp_path / tag)
-        labels, shortfall = experiment.select_round("unused", cfg, 8, store, Oracle(_BlankTruth()), 1, 8 * 24 * 40,
-                                                    lines.append, None)
+        labels, shortfall = experiment.select_round(
+            "unused", cfg, 8, store, Oracle(_BlankTruth()), 1, 8 * 24 * 40, lines.append, None
+        )
         return {(p.image_id, tuple(p.ys), tuple(p.xs)) for p in labels}, shortfall, lines
 
     monkeypatch.setattr(experiment, "rank_pool", rank_in_process)

@@ -8,14 +8,14 @@ from pixel_selectors import SELECTORS, allocate_evenly, inconsistency_mask, labo
 
 # Known-answer maps: K=3 classes on a 2x4 image; per pixel (p1, p2).
 PIXELS = [
-    ([.7, .3, 0], [.4, .6, 0]),    # 0: heads disagree (0 vs 1); mean [.55, .45, 0] -> class 0
-    ([.9, .1, 0], [.2, .8, 0]),    # 1: disagree; mean [.55, .45, 0] -> class 0
-    ([.8, .2, 0], [.45, .55, 0]),  # 2: disagree; mean [.625, .375, 0] -> class 0
-    ([1, 0, 0], [1, 0, 0]),        # 3: agree
-    ([0, .6, .4], [0, .3, .7]),    # 4: disagree; mean [0, .45, .55] -> class 2
-    ([0, 0, 1], [0, 0, 1]),        # 5: agree
-    ([.1, .5, .4], [.1, .2, .7]),  # 6: disagree; mean [.1, .35, .55] -> class 2
-    ([0, 1, 0], [0, 1, 0]),        # 7: agree
+    ([0.7, 0.3, 0], [0.4, 0.6, 0]),  # 0: heads disagree (0 vs 1); mean [.55, .45, 0] -> class 0
+    ([0.9, 0.1, 0], [0.2, 0.8, 0]),  # 1: disagree; mean [.55, .45, 0] -> class 0
+    ([0.8, 0.2, 0], [0.45, 0.55, 0]),  # 2: disagree; mean [.625, .375, 0] -> class 0
+    ([1, 0, 0], [1, 0, 0]),  # 3: agree
+    ([0, 0.6, 0.4], [0, 0.3, 0.7]),  # 4: disagree; mean [0, .45, .55] -> class 2
+    ([0, 0, 1], [0, 0, 1]),  # 5: agree
+    ([0.1, 0.5, 0.4], [0.1, 0.2, 0.7]),  # 6: disagree; mean [.1, .35, .55] -> class 2
+    ([0, 1, 0], [0, 1, 0]),  # 7: agree
 ]
 
 
@@ -40,7 +40,7 @@ def test_ppl_one_point_per_class_nearest_the_prototype():
     query = labor_ppl(heads(), 2)
     assert flat(query) == [0, 4]
     assert query.shortfall == 0
-    d0 = np.hypot(.025, .025)
+    d0 = np.hypot(0.025, 0.025)
     assert query.scores[0] == pytest.approx(1 / (1 + d0), rel=1e-5)
 
 
@@ -53,7 +53,7 @@ def test_ppl_share_moves_to_classes_with_candidates_left():
 
 def test_ppl_tops_up_outside_the_mask_to_spend_the_budget_exactly():
     query = labor_ppl(heads(), 6)
-    assert flat(query) == [0, 1, 2, 4, 6, 3]   # consistent pixels all have discrepancy 0 -> lowest index
+    assert flat(query) == [0, 1, 2, 4, 6, 3]  # consistent pixels all have discrepancy 0 -> lowest index
     assert query.shortfall == 0
     assert query.scores[-1] < 0 < query.scores[:-1].min()
 
@@ -82,12 +82,20 @@ def test_ppl_is_deterministic_and_exact_on_random_maps():
     assert len(set(zip(a.ys.tolist(), a.xs.tolist()))) == 40
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @settings(max_examples=60, deadline=None)
-@given(classes=st.integers(1, 6), height=st.integers(1, 9), width=st.integers(1, 9), points=st.integers(0, 90),
-       seed=st.integers(0, 10_000), nan_pixels=st.integers(0, 3), as_logits=st.booleans())
+@given(
+    classes=st.integers(1, 6),
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    points=st.integers(0, 90),
+    seed=st.integers(0, 10_000),
+    nan_pixels=st.integers(0, 3),
+    as_logits=st.booleans(),
+)
 def test_ppl_spends_exactly_the_budget_on_any_input(classes, height, width, points, seed, nan_pixels, as_logits):
     """Exact spending and no repeats for any map: probabilities or raw logits (distances above 2),
     and NaN pixels (a diverged model) -- a NaN once made PPL return more points than asked."""
@@ -111,13 +119,16 @@ def test_ppl_rejects_wrong_head_count():
         labor_ppl((p1,), 2)
 
 
-@pytest.mark.parametrize("capacities, total, expected", [
-    ([5, 1, 0, 3], 7, [3, 1, 0, 3]),
-    ([4, 4, 4], 5, [2, 2, 1]),
-    ([1, 1], 10, [1, 1]),
-    ([0, 0], 3, [0, 0]),
-    ([2, 9], 0, [0, 0]),
-])
+@pytest.mark.parametrize(
+    "capacities, total, expected",
+    [
+        ([5, 1, 0, 3], 7, [3, 1, 0, 3]),
+        ([4, 4, 4], 5, [2, 2, 1]),
+        ([1, 1], 10, [1, 1]),
+        ([0, 0], 3, [0, 0]),
+        ([2, 9], 0, [0, 0]),
+    ],
+)
 def test_allocate_evenly(capacities, total, expected):
     assert allocate_evenly(capacities, total) == expected
 
@@ -128,7 +139,7 @@ def test_registry_names():
 
 # --- baselines ------------------------------------------------------------------------------
 
-from pixel_selectors import entropy_points, margin_points, random_points  # noqa: E402
+from pixel_selectors import entropy_points, margin_points, random_points
 
 
 def one_head(rows):
@@ -137,12 +148,12 @@ def one_head(rows):
 
 
 def test_entropy_picks_the_flattest_pixels():
-    probs = one_head([[1, 0, 0], [1 / 3, 1 / 3, 1 / 3], [.5, .5, 0], [.8, .1, .1]])
+    probs = one_head([[1, 0, 0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0], [0.8, 0.1, 0.1]])
     assert entropy_points(probs, 2).xs.tolist() == [1, 2]
 
 
 def test_margin_picks_the_closest_top_two():
-    probs = one_head([[.9, .1, 0], [.45, .44, .11], [.6, .4, 0], [.5, .3, .2]])
+    probs = one_head([[0.9, 0.1, 0], [0.45, 0.44, 0.11], [0.6, 0.4, 0], [0.5, 0.3, 0.2]])
     assert margin_points(probs, 2).xs.tolist() == [1, 3]  # margins .01 and .2
 
 
@@ -160,8 +171,15 @@ def test_random_is_seeded_exact_and_skips_labeled():
 
 # --- registry ---------------------------------------------------------------------------------
 
-from pixel_selectors import (SELECTOR_INPUTS, SELECTOR_KIND, RegionQuery, labor_spl,  # noqa: E402
-                             random_regions, region_impurity, region_impurity_regions)
+from pixel_selectors import (
+    SELECTOR_INPUTS,
+    SELECTOR_KIND,
+    RegionQuery,
+    labor_spl,
+    random_regions,
+    region_impurity,
+    region_impurity_regions,
+)
 
 
 def test_registry_kinds_and_inputs_cover_every_selector():
@@ -182,7 +200,9 @@ def test_every_selector_honours_its_signature():
         if SELECTOR_KIND[name] == "points":
             query = select(probs, 5, labeled=labeled, seed=3)
             assert len(query) == 5 and query.shortfall == 0
-            assert not labeled[torch.as_tensor(query.ys, dtype=torch.long), torch.as_tensor(query.xs, dtype=torch.long)].any()
+            assert not labeled[
+                torch.as_tensor(query.ys, dtype=torch.long), torch.as_tensor(query.xs, dtype=torch.long)
+            ].any()
         else:
             query = select(probs, labeled=labeled, seed=3)
             assert isinstance(query, RegionQuery) and (query.height, query.width) == (6, 7)
@@ -192,20 +212,23 @@ def test_every_selector_honours_its_signature():
 
 # --- LabOR SPL ---------------------------------------------------------------------------------
 
+
 def spl_heads():
     """K=3 on a 4x6 image; heads agree ([1,0,0]) except on three blobs of M:
 
-        . . . . . .     A = {0,1,6,7}   2x2 square, p1=[.6,.4,0] p2=[.4,.6,0]   d = .4/3 = .1333
-        . . . . . .     B = {9,16,23}   a diagonal (one 8-connected piece), p1=[1,0,0] p2=[0,1,0]  d = 2/3
-        . . . . . .     C = {18}        p1=[.55,.45,0] p2=[.45,.55,0]  d = .2/3 = .0667
-        . . . . . .
+    . . . . . .     A = {0,1,6,7}   2x2 square, p1=[.6,.4,0] p2=[.4,.6,0]   d = .4/3 = .1333
+    . . . . . .     B = {9,16,23}   a diagonal (one 8-connected piece), p1=[1,0,0] p2=[0,1,0]  d = 2/3
+    . . . . . .     C = {18}        p1=[.55,.45,0] p2=[.45,.55,0]  d = .2/3 = .0667
+    . . . . . .
     """
     p1 = torch.zeros(3, 4, 6)
     p1[0] = 1
     p2 = p1.clone()
-    for flat_index, a, b in ([(i, [.6, .4, 0], [.4, .6, 0]) for i in (0, 1, 6, 7)]
-                             + [(i, [1, 0, 0], [0, 1, 0]) for i in (9, 16, 23)]
-                             + [(18, [.55, .45, 0], [.45, .55, 0])]):
+    for flat_index, a, b in (
+        [(i, [0.6, 0.4, 0], [0.4, 0.6, 0]) for i in (0, 1, 6, 7)]
+        + [(i, [1, 0, 0], [0, 1, 0]) for i in (9, 16, 23)]
+        + [(18, [0.55, 0.45, 0], [0.45, 0.55, 0])]
+    ):
         y, x = divmod(flat_index, 6)
         p1[:, y, x] = torch.tensor(a)
         p2[:, y, x] = torch.tensor(b)
@@ -219,13 +242,16 @@ def regions_of(query):
 def test_spl_regions_are_the_8_connected_pieces_of_m_ranked_by_mean_discrepancy():
     query = labor_spl(spl_heads())
     assert regions_of(query) == [[9, 16, 23], [0, 1, 6, 7], [18]]  # B, A, C
-    assert query.scores.tolist() == pytest.approx([2 / 3, .4 / 3, .2 / 3], rel=1e-6)
+    assert query.scores.tolist() == pytest.approx([2 / 3, 0.4 / 3, 0.2 / 3], rel=1e-6)
 
 
-@pytest.mark.parametrize("score, expected, values", [
-    ("size", [[0, 1, 6, 7], [9, 16, 23], [18]], [4, 3, 1]),
-    ("sum_discrepancy", [[9, 16, 23], [0, 1, 6, 7], [18]], [2.0, 1.6 / 3, .2 / 3]),
-])
+@pytest.mark.parametrize(
+    "score, expected, values",
+    [
+        ("size", [[0, 1, 6, 7], [9, 16, 23], [18]], [4, 3, 1]),
+        ("sum_discrepancy", [[9, 16, 23], [0, 1, 6, 7], [18]], [2.0, 1.6 / 3, 0.2 / 3]),
+    ],
+)
 def test_spl_other_scores(score, expected, values):
     query = labor_spl(spl_heads(), score=score)
     assert regions_of(query) == expected
@@ -255,6 +281,7 @@ def test_spl_is_deterministic_and_refuses_bad_arguments():
 
 # --- RIPU -------------------------------------------------------------------------------------
 
+
 def ripu_map():
     """K=2 on 5x5: every pixel p=[.9,.1] except (1,1)=[.55,.45] and (2,2)=[.4,.6].
 
@@ -262,9 +289,9 @@ def ripu_map():
     rows 1-3 x cols 1-3 (their windows hold (2,2) and nine in-image pixels) and 0 elsewhere.
     Uncertainty U = H(p)/ln2: .9928 at (1,1) > .9710 at (2,2) > .4690 elsewhere.
     """
-    probs = torch.tensor([.9, .1]).reshape(2, 1, 1).repeat(1, 5, 5)
-    probs[:, 1, 1] = torch.tensor([.55, .45])
-    probs[:, 2, 2] = torch.tensor([.4, .6])
+    probs = torch.tensor([0.9, 0.1]).reshape(2, 1, 1).repeat(1, 5, 5)
+    probs[:, 1, 1] = torch.tensor([0.55, 0.45])
+    probs[:, 2, 2] = torch.tensor([0.4, 0.6])
     return (probs,)
 
 
@@ -283,7 +310,7 @@ def test_ripu_points_known_answer():
     # P*U ranks (1,1)=6 first, (2,2)=12 second, then the other seven pixels of the block (ties by index).
     plain = region_impurity(ripu_map(), 3, suppress=False)
     assert pixel_flat(plain) == [6, 12, 7]
-    assert plain.scores[0] == pytest.approx(PURITY * h2(.45), rel=1e-5)
+    assert plain.scores[0] == pytest.approx(PURITY * h2(0.45), rel=1e-5)
     # RIPU suppresses the 3x3 window of each pick: 6 blocks 12 and 7; next free is 8 = (1,3), then
     # 16 = (3,1) (two rows from both picks).
     assert pixel_flat(region_impurity(ripu_map(), 3)) == [6, 8, 16]
@@ -310,9 +337,13 @@ def test_ripu_regions_known_answer():
     # Chebyshev distance 2 (rows 0-3, cols 0-3): every other positive centre. The rest score 0 and
     # go by index: 4 = (0,4), then 19 = (3,4), then 20 = (4,0); then nothing is free.
     query = region_impurity_regions(ripu_map())
-    assert regions_of(query) == [[0, 1, 2, 5, 6, 7, 10, 11, 12], [3, 4, 8, 9], [13, 14, 18, 19, 23, 24],
-                                 [15, 16, 20, 21]]
-    mean_u = (h2(.45) + h2(.4) + 7 * h2(.1)) / 9
+    assert regions_of(query) == [
+        [0, 1, 2, 5, 6, 7, 10, 11, 12],
+        [3, 4, 8, 9],
+        [13, 14, 18, 19, 23, 24],
+        [15, 16, 20, 21],
+    ]
+    mean_u = (h2(0.45) + h2(0.4) + 7 * h2(0.1)) / 9
     assert query.scores.tolist() == pytest.approx([PURITY * mean_u, 0, 0, 0], rel=1e-6)  # float32 input
 
 
@@ -329,7 +360,7 @@ def test_ripu_regions_keep_labeled_windows_blocked():
     assert len(covered) == len(set(covered))  # squares never overlap
     first = regions[0]
     assert len(first) == 9 and first[4] in (8, 13, 16, 17, 18)  # a whole square around one of those
-    mean_u = (h2(.4) + 8 * h2(.1)) / 9
+    mean_u = (h2(0.4) + 8 * h2(0.1)) / 9
     assert query.scores[0] == pytest.approx(PURITY * mean_u, rel=1e-6)
     assert regions_of(region_impurity_regions(ripu_map()))[0][4] == 6  # unlabeled, (1,1) would win
     with pytest.raises(ValueError, match="odd"):
@@ -338,8 +369,9 @@ def test_ripu_regions_keep_labeled_windows_blocked():
 
 # --- random regions ---------------------------------------------------------------------------
 
+
 def test_random_regions_are_seeded_disjoint_squares_that_skip_labeled():
-    probs = (torch.full((2, 10, 12), .5),)
+    probs = (torch.full((2, 10, 12), 0.5),)
     labeled = torch.zeros(10, 12, dtype=torch.bool)
     labeled[:, :3] = True
     a = random_regions(probs, labeled=labeled, seed=11)
@@ -356,9 +388,14 @@ def test_random_regions_are_seeded_disjoint_squares_that_skip_labeled():
 
 # --- the device algorithms: the same answers as the CPU ones -----------------------------------
 
-from pixel_selectors.regions import (components, components_by_propagation, greedy_spread,  # noqa: E402
-                                     greedy_spread_rounds, priority_order)
-from pixel_selectors.ripu import window_impurity  # noqa: E402
+from pixel_selectors.regions import (
+    components,
+    components_by_propagation,
+    greedy_spread,
+    greedy_spread_rounds,
+    priority_order,
+)
+from pixel_selectors.ripu import window_impurity
 
 
 @settings(max_examples=40, deadline=None)
@@ -377,12 +414,20 @@ def test_label_propagation_follows_a_long_snake():
     mask[1::4, -1] = True  # ... joined at alternate ends: one component winding through the image
     mask[3::4, 0] = True
     indices, offsets = components_by_propagation(mask)
-    assert offsets.tolist() == [0, int(mask.sum())] and indices.tolist() == mask.reshape(-1).nonzero().squeeze(1).tolist()
+    assert (
+        offsets.tolist() == [0, int(mask.sum())] and indices.tolist() == mask.reshape(-1).nonzero().squeeze(1).tolist()
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(height=st.integers(1, 20), width=st.integers(1, 20), levels=st.integers(1, 5), reach=st.integers(0, 4),
-       limit=st.one_of(st.none(), st.integers(0, 12)), seed=st.integers(0, 10_000))
+@given(
+    height=st.integers(1, 20),
+    width=st.integers(1, 20),
+    levels=st.integers(1, 5),
+    reach=st.integers(0, 4),
+    limit=st.one_of(st.none(), st.integers(0, 12)),
+    seed=st.integers(0, 10_000),
+)
 def test_parallel_rounds_pick_what_the_sequential_greedy_picks(height, width, levels, reach, limit, seed):
     """Few score levels make plateaus and long chains: ties go by flat index on both paths."""
     generator = torch.Generator().manual_seed(seed)
@@ -407,13 +452,14 @@ def test_window_impurity_matches_the_per_class_definition(k):
     predicted[5:15, 10:40] = 2  # a uniform area: impurity exactly 0 inside it
     expected = torch.zeros(23, 70, dtype=torch.float64)
     for c in range(5):
-        share = torch.nn.functional.avg_pool2d((predicted == c).double()[None, None], k, 1, k // 2,
-                                               count_include_pad=False)[0, 0]
+        share = torch.nn.functional.avg_pool2d(
+            (predicted == c).double()[None, None], k, 1, k // 2, count_include_pad=False
+        )[0, 0]
         expected -= share * share.clamp_min(1e-12).log()
     got = window_impurity(predicted, 5, k)
     assert torch.allclose(got, expected / math.log(5), atol=1e-12)
     if k <= 5:
-        assert (got[5 + k // 2:15 - k // 2, 10 + k // 2:40 - k // 2] == 0).all()
+        assert (got[5 + k // 2 : 15 - k // 2, 10 + k // 2 : 40 - k // 2] == 0).all()
 
 
 def test_top_k_and_a_full_sort_choose_the_same_points():

@@ -1,34 +1,55 @@
 """Each alternating update moves exactly the parameters it should, and a zero weight costs nothing."""
 
-import copy
+import functools
+import operator
 
 import pytest
 import torch
 
 from trainers.discriminators import DomainClassifier, OutputSpaceDiscriminator
 from trainers.engine import build_optimizers
+from trainers.loader import batch_indices
 from trainers.losses import SoftLabels
 from trainers.models import SegmentationNet
-from trainers.step import (AdaptationModels, LossWeights, adaptation_step, batch_indices, discriminator_update,
-                           domain_classifier_update, segmenter_update, selector_backbone_update,
-                           selector_heads_update, selector_supervised_update)
+from trainers.step import (
+    AdaptationModels,
+    LossWeights,
+    adaptation_step,
+    discriminator_update,
+    domain_classifier_update,
+    segmenter_update,
+    selector_backbone_update,
+    selector_heads_update,
+    selector_supervised_update,
+)
 
 K = 4
-ALL_ON = LossWeights(target_ce=1.0, adversarial=0.01, confusion=0.1, soft_label=0.1, soft_label_temperature=2.0,
-                     pseudo_label=1.0, discrepancy=1.0)
+ALL_ON = LossWeights(
+    target_ce=1.0,
+    adversarial=0.01,
+    confusion=0.1,
+    soft_label=0.1,
+    soft_label_temperature=2.0,
+    pseudo_label=1.0,
+    discrepancy=1.0,
+)
 ADAM = {"optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0, "head_lr_factor": 1.0}
-CFG = {"source": {"lr": 1e-2, **ADAM},
-       "adapt": {"lr": 1e-2, **ADAM, "discriminator_lr": 1e-2, "domain_classifier_lr": 1e-2}}
+CFG = {
+    "source": {"lr": 1e-2, **ADAM},
+    "adapt": {"lr": 1e-2, **ADAM, "discriminator_lr": 1e-2, "domain_classifier_lr": 1e-2},
+}
 
 
 def make_models(weights=ALL_ON):
     torch.manual_seed(0)
     g = SegmentationNet(K, width=4, num_heads=1)
     return AdaptationModels(
-        segmenter=g, selector=SegmentationNet(K, width=4, num_heads=2),
+        segmenter=g,
+        selector=SegmentationNet(K, width=4, num_heads=2),
         discriminator=OutputSpaceDiscriminator(K, width=4) if weights.adversarial else None,
         domain_classifier=DomainClassifier(g.feature_channels, width=4) if weights.confusion else None,
-        soft_labels=SoftLabels(K) if weights.soft_label else None)
+        soft_labels=SoftLabels(K) if weights.soft_label else None,
+    )
 
 
 def batches():
@@ -41,8 +62,11 @@ def batches():
 
 
 def snapshot(models):
-    return {name: {k: v.clone() for k, v in module.state_dict().items()}
-            for name, module in vars(models).items() if module is not None}
+    return {
+        name: {k: v.clone() for k, v in module.state_dict().items()}
+        for name, module in vars(models).items()
+        if module is not None
+    }
 
 
 def changed(before, after, name, keys=None):
@@ -139,8 +163,15 @@ def test_zero_weights_skip_their_forward_passes():
     source, target = batches()
     losses = adaptation_step(models, opt, source, target, weights)
     assert calls == {"segmenter": 1, "selector": 1}
-    assert not {"adversarial", "confusion", "soft_label", "selector_pseudo_ce", "discriminator",
-                "domain_classifier", "selector_discrepancy_heads"} & set(losses)
+    assert not {
+        "adversarial",
+        "confusion",
+        "soft_label",
+        "selector_pseudo_ce",
+        "discriminator",
+        "domain_classifier",
+        "selector_discrepancy_heads",
+    } & set(losses)
 
     calls.update(segmenter=0, selector=0)
     adaptation_step(models, opt, source, target, LossWeights(target_ce=1.0, discrepancy=1.0))
@@ -160,7 +191,7 @@ def test_batch_indices_are_a_function_of_the_step():
     a = [batch_indices(10, 3, step, seed=5) for step in range(7)]
     b = [batch_indices(10, 3, step, seed=5) for step in range(7)]
     assert a == b
-    epoch0 = sum(a[:3], [])
+    epoch0 = functools.reduce(operator.iadd, a[:3], [])
     assert len(set(epoch0)) == 9  # one epoch: 3 batches of 3 distinct items
     ranks = [batch_indices(10, 2, 0, seed=5, rank=r, world=2) for r in range(2)]
     assert not set(ranks[0]) & set(ranks[1])
@@ -181,4 +212,6 @@ def test_step_without_selector_training_leaves_the_selector_untouched(setup):
 
     adaptation_step(models, opt, source, target, ALL_ON)  # the default trains S, heads and backbone
     trained = snapshot(models)
-    assert changed(after, trained, "selector", is_head) and changed(after, trained, "selector", lambda k: not is_head(k))
+    assert changed(after, trained, "selector", is_head) and changed(
+        after, trained, "selector", lambda k: not is_head(k)
+    )

@@ -1,4 +1,4 @@
-"""Cluster-wide storage (orchestrator/storage.py): the same helpers on a local folder and on S3 (moto)."""
+"""Cluster-wide storage (orchestrator/cluster/storage.py): the same helpers on a local folder and on S3 (moto)."""
 
 import os
 import socket
@@ -8,21 +8,24 @@ import pyarrow.fs as pafs
 import pytest
 
 from conftest import run_cli
-from orchestrator.config import ConfigError, load_config
-from orchestrator.storage import Storage, check_storage, local_checkpoint, open_storage
+from experiment_config import ConfigError, load_config
+from orchestrator.cluster.storage import Storage, check_storage, local_checkpoint, open_storage
 
 BUCKET = "activeda-test"
 
 
-@pytest.mark.parametrize("key, value, problem", [
-    ("storage.uri", "activeda-test/runs", "must be s3://bucket/prefix"),
-    ("storage.uri", "gs://activeda-test/runs", "must be s3://bucket/prefix"),
-    ("storage.uri", "s3://", "must be s3://bucket/prefix"),
-    ("storage.uri", "s3://Upper_Case/runs", "must be s3://bucket/prefix"),
-    ("storage.uri", "s3://bucket/runs?endpoint_override=x", "must be s3://bucket/prefix"),
-    ("storage.endpoint", "127.0.0.1:9000", "must be http(s)://host[:port]"),
-    ("storage.region", "moon", "must be a region name"),
-])
+@pytest.mark.parametrize(
+    "key, value, problem",
+    [
+        ("storage.uri", "activeda-test/runs", "must be s3://bucket/prefix"),
+        ("storage.uri", "gs://activeda-test/runs", "must be s3://bucket/prefix"),
+        ("storage.uri", "s3://", "must be s3://bucket/prefix"),
+        ("storage.uri", "s3://Upper_Case/runs", "must be s3://bucket/prefix"),
+        ("storage.uri", "s3://bucket/runs?endpoint_override=x", "must be s3://bucket/prefix"),
+        ("storage.endpoint", "127.0.0.1:9000", "must be http(s)://host[:port]"),
+        ("storage.region", "moon", "must be a region name"),
+    ],
+)
 def test_malformed_storage_keys_are_refused_naming_the_key(key, value, problem):
     others = {"storage.uri": f"s3://{BUCKET}/runs"} if key != "storage.uri" else {}
     with pytest.raises(ConfigError) as err:
@@ -74,13 +77,20 @@ def test_check_storage_names_an_unreachable_endpoint(s3_server, tmp_path):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("args, line", [
-    (["--set", "storage.uri=bucket-without-scheme"], "config key 'storage.uri': must be s3://bucket/prefix"),
-    (["--set", "storage.uri=s3://no-such-bucket/runs"], "config key 'storage.uri': bucket 'no-such-bucket' does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--set", "storage.uri=bucket-without-scheme"], "config key 'storage.uri': must be s3://bucket/prefix"),
+        (
+            ["--set", "storage.uri=s3://no-such-bucket/runs"],
+            "config key 'storage.uri': bucket 'no-such-bucket' does not exist",
+        ),
+    ],
+)
 def test_sweep_refuses_bad_storage_in_one_line_before_anything(s3_server, tmp_path, args, line):
-    result = run_cli("orchestrator.sweep", "--smoke", "--set", f"storage.endpoint={s3_server}", *args,
-                     cwd=tmp_path, timeout=120)
+    result = run_cli(
+        "orchestrator.sweep", "--smoke", "--set", f"storage.endpoint={s3_server}", *args, cwd=tmp_path, timeout=120
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and line in lines[0], result.stderr
     assert list(tmp_path.iterdir()) == []
@@ -103,7 +113,7 @@ def test_locations_mirror_paths_under_output_dir(storage, tmp_path):
     location = storage.location(path)
     if storage.remote:
         assert location == f"{storage.uri}/smoke/trials/t1/labels"
-        assert storage.fs_path(location) == location[len("s3://"):]
+        assert storage.fs_path(location) == location[len("s3://") :]
     else:
         assert location == str(path)
     with pytest.raises(ValueError):
@@ -113,9 +123,9 @@ def test_locations_mirror_paths_under_output_dir(storage, tmp_path):
 def test_text_files_round_trip(storage, tmp_path):
     location = storage.location(tmp_path / "out" / "a" / "b.json")
     assert storage.read_text(location) is None and not storage.exists(location)
-    storage.write_text(location, "{\"x\": 1}")
-    storage.write_text(location, "{\"x\": 2}")
-    assert storage.read_text(location) == "{\"x\": 2}" and storage.exists(location)
+    storage.write_text(location, '{"x": 1}')
+    storage.write_text(location, '{"x": 2}')
+    assert storage.read_text(location) == '{"x": 2}' and storage.exists(location)
 
 
 def test_push_publishes_finished_files_and_pull_fetches_only_what_the_node_lacks(storage, tmp_path):
@@ -159,10 +169,10 @@ def test_push_and_pull_give_a_new_node_the_files_it_lacks(s3_server, tmp_path):
     assert sorted(p.name for p in labels.iterdir()) == ["round-0001.parquet", "round-0002.parquet"]
 
     record = labels.parent / "progress.json"
-    record.write_text("{\"round\": 2}")
+    record.write_text('{"round": 2}')
     storage.push(record)
     record.unlink()
-    assert storage.pull(record) and record.read_text() == "{\"round\": 2}"
+    assert storage.pull(record) and record.read_text() == '{"round": 2}'
     assert not storage.pull(labels.parent / "never-written.json")
 
 
@@ -187,30 +197,39 @@ def test_publish_entry_writes_the_marker_last(storage, cfg, tmp_path, monkeypatc
 
     real_storage_write, real_path_write = Storage.write_text, Path.write_text
     with monkeypatch.context() as patch:  # the node dies while writing `crash_on`, on S3 or locally
-        patch.setattr(Storage, "write_text", lambda self, location, text: (
-            node_lost() if location.endswith(crash_on) else real_storage_write(self, location, text)))
-        patch.setattr(Path, "write_text", lambda self, *a, **k: (
-            node_lost() if self.name == crash_on else real_path_write(self, *a, **k)))
+        patch.setattr(
+            Storage,
+            "write_text",
+            lambda self, location, text: (
+                node_lost() if location.endswith(crash_on) else real_storage_write(self, location, text)
+            ),
+        )
+        patch.setattr(
+            Path,
+            "write_text",
+            lambda self, *a, **k: node_lost() if self.name == crash_on else real_path_write(self, *a, **k),
+        )
         with pytest.raises(OSError, match="node lost"):  # the marker comes first in `files`, yet is written last
-            storage.publish_entry(entry, {"checkpoint": source}, {"metrics.json": "{}", "config.json": "{}"},
-                                  marker="metrics.json")
+            storage.publish_entry(
+                entry, {"checkpoint": source}, {"metrics.json": "{}", "config.json": "{}"}, marker="metrics.json"
+            )
     assert storage.read_text(marker) is None  # readers see no entry
     if storage.remote:  # although the checkpoint was copied
         assert storage.exists(storage.join(storage.location(entry), "checkpoint", "state.pt"))
     else:  # nothing at all: the entry is assembled aside and renamed into place
         assert not entry.exists()
 
-    published = storage.publish_entry(entry, {"checkpoint": source},
-                                      {"metrics.json": "{\"miou\": 1}", "config.json": "{}"}, marker="metrics.json")
+    published = storage.publish_entry(
+        entry, {"checkpoint": source}, {"metrics.json": '{"miou": 1}', "config.json": "{}"}, marker="metrics.json"
+    )
     assert published == storage.location(entry)
-    assert storage.read_text(marker) == "{\"miou\": 1}"
+    assert storage.read_text(marker) == '{"miou": 1}'
     assert storage.read_text(storage.join(published, "config.json")) == "{}"
     with local_checkpoint(storage.join(published, "checkpoint"), cfg.to_dict()) as folder:
         assert open(os.path.join(folder, "state.pt"), "rb").read() == b"weights" * 10
         fetched = folder
     if storage.remote:
         assert not os.path.exists(fetched)  # the download is temporary
-
 
 
 def test_a_trial_on_a_node_without_its_folder_takes_its_labels_from_its_tune_checkpoint(tmp_path, monkeypatch):
@@ -220,15 +239,21 @@ def test_a_trial_on_a_node_without_its_folder_takes_its_labels_from_its_tune_che
     import numpy as np
     import ray.tune
 
-    from orchestrator import experiment
-    from orchestrator.labels import LabeledPixels, LabelStore
+    from orchestrator.labels.store import LabeledPixels, LabelStore
+    from orchestrator.sweep import trainable
 
     checkpoint = tmp_path / "tune-checkpoint"
-    LabelStore(checkpoint / "labels").append_round(1, "labor_ppl", [
-        LabeledPixels(0, np.array([1, 2]), np.array([3, 4]), np.array([0, 1]), 32, 64, 2.0)])
-    (checkpoint / experiment.PROGRESS_FILE).write_text(json.dumps(
-        {"progress": {"round": 1, "model_checkpoint": "/elsewhere/round-001", "trial_id": "t1"},
-         "metrics": {"round": 1}}))
+    LabelStore(checkpoint / "labels").append_round(
+        1, "labor_ppl", [LabeledPixels(0, np.array([1, 2]), np.array([3, 4]), np.array([0, 1]), 32, 64, 2.0)]
+    )
+    (checkpoint / trainable.PROGRESS_FILE).write_text(
+        json.dumps(
+            {
+                "progress": {"round": 1, "model_checkpoint": "/elsewhere/round-001", "trial_id": "t1"},
+                "metrics": {"round": 1},
+            }
+        )
+    )
 
     class Context:
         def get_trial_id(self):
@@ -244,51 +269,57 @@ def test_a_trial_on_a_node_without_its_folder_takes_its_labels_from_its_tune_che
 
     monkeypatch.setattr(ray.tune, "get_context", Context)
     monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: ray.tune.Checkpoint.from_directory(str(checkpoint)))
-    monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+    monkeypatch.setattr(trainable, "run_experiment", run_experiment)
     base = load_config(None, {"output_dir": str(tmp_path / "out"), "selection.rounds": 2}, smoke=True).to_dict()
     base["sweep"]["search_space"] = {}
-    experiment.tune_trial({}, base, "/elsewhere/source", {}, sweep_dir=str(tmp_path / "out" / "smoke"))
+    trainable.tune_trial({}, base, "/elsewhere/source", {}, sweep_dir=str(tmp_path / "out" / "smoke"))
     assert seen["resume"].round == 1 and seen["resume"].trial_id == "t1"
     assert seen["rounds"] == [1]  # round 1's labels, not bought again in a new round 1
 
 
 def _progress_record(round_index: int, trial_id: str = "t1") -> dict:
-    return {"progress": {"round": round_index, "model_checkpoint": f"/ray/round-{round_index:03d}",
-                         "trial_id": trial_id},
-            "metrics": {"round": round_index, "target/miou": round_index / 10}}
+    return {
+        "progress": {"round": round_index, "model_checkpoint": f"/ray/round-{round_index:03d}", "trial_id": trial_id},
+        "metrics": {"round": round_index, "target/miou": round_index / 10},
+    }
 
 
-@pytest.mark.parametrize("where, node_round, storage_round, checkpoint_round", [
-    # rounds 1-2 ran on this node, round 3 on another, and Tune restores the trial here from round 3
-    ("local", 2, None, 3),  # output_dir not shared: only the Tune checkpoint knows round 3
-    ("s3", 2, 3, 3),
-    # ... from round 2 (the driver died before Tune saved its state): only storage.uri knows round 3
-    ("s3", 2, 3, 2),
-])
+@pytest.mark.parametrize(
+    "where, node_round, storage_round, checkpoint_round",
+    [
+        # rounds 1-2 ran on this node, round 3 on another, and Tune restores the trial here from round 3
+        ("local", 2, None, 3),  # output_dir not shared: only the Tune checkpoint knows round 3
+        ("s3", 2, 3, 3),
+        # ... from round 2 (the driver died before Tune saved its state): only storage.uri knows round 3
+        ("s3", 2, 3, 2),
+    ],
+)
 def test_a_finished_trial_restored_on_a_node_with_a_stale_record_reports_its_last_round(
-        tmp_path, monkeypatch, request, where, node_round, storage_round, checkpoint_round):
+    tmp_path, monkeypatch, request, where, node_round, storage_round, checkpoint_round
+):
     import json
 
     import numpy as np
     import ray.tune
 
-    from orchestrator import experiment
-    from orchestrator.labels import LabeledPixels, LabelStore
+    from orchestrator.labels.store import LabeledPixels, LabelStore
+    from orchestrator.sweep import trainable
 
-    cfg = _cfg(tmp_path, request.getfixturevalue("s3_server") if where == "s3" else "",
-               prefix=f"unit-{tmp_path.name}")
+    cfg = _cfg(tmp_path, request.getfixturevalue("s3_server") if where == "s3" else "", prefix=f"unit-{tmp_path.name}")
     trial_dir = tmp_path / "out" / "smoke" / "trials" / "t1"
     checkpoint = tmp_path / "tune-checkpoint"
     for r in range(1, checkpoint_round + 1):
-        LabelStore(checkpoint / "labels").append_round(r, "labor_ppl", [
-            LabeledPixels(0, np.array([r]), np.array([r]), np.array([0]), 32, 64, 1.0)])
-    (checkpoint / experiment.PROGRESS_FILE).write_text(json.dumps(_progress_record(checkpoint_round)))
+        LabelStore(checkpoint / "labels").append_round(
+            r, "labor_ppl", [LabeledPixels(0, np.array([r]), np.array([r]), np.array([0]), 32, 64, 1.0)]
+        )
+    (checkpoint / trainable.PROGRESS_FILE).write_text(json.dumps(_progress_record(checkpoint_round)))
     trial_dir.mkdir(parents=True)
-    (trial_dir / experiment.PROGRESS_FILE).write_text(json.dumps(_progress_record(node_round)))
+    (trial_dir / trainable.PROGRESS_FILE).write_text(json.dumps(_progress_record(node_round)))
     if storage_round is not None:
         storage = open_storage(cfg)
-        storage.write_text(storage.location(trial_dir / experiment.PROGRESS_FILE),
-                           json.dumps(_progress_record(storage_round)))
+        storage.write_text(
+            storage.location(trial_dir / trainable.PROGRESS_FILE), json.dumps(_progress_record(storage_round))
+        )
 
     class Context:
         def get_trial_id(self):
@@ -305,22 +336,25 @@ def test_a_finished_trial_restored_on_a_node_with_a_stale_record_reports_its_las
     monkeypatch.setattr(ray.tune, "get_context", Context)
     monkeypatch.setattr(ray.tune, "get_checkpoint", lambda: ray.tune.Checkpoint.from_directory(str(checkpoint)))
     monkeypatch.setattr(ray.tune, "report", lambda metrics, checkpoint=None: reported.append(metrics))
-    monkeypatch.setattr(experiment, "run_experiment", run_experiment)
+    monkeypatch.setattr(trainable, "run_experiment", run_experiment)
     base = cfg.to_dict() | {"selection": {**cfg.to_dict()["selection"], "rounds": 3}}
-    experiment.tune_trial({}, base, "/ray/source", {}, sweep_dir=str(tmp_path / "out" / "smoke"))
+    trainable.tune_trial({}, base, "/ray/source", {}, sweep_dir=str(tmp_path / "out" / "smoke"))
     assert reported == [{"round": 3, "target/miou": 0.3}]  # round 3's result, nothing trained again
-    assert json.loads((trial_dir / experiment.PROGRESS_FILE).read_text()) == _progress_record(3)
+    assert json.loads((trial_dir / trainable.PROGRESS_FILE).read_text()) == _progress_record(3)
 
 
 def test_a_label_reader_on_a_node_without_the_rounds_fetches_them_from_storage(s3_server, tmp_path):
     import numpy as np
 
-    from orchestrator.labels import LabeledPixels, LabelStore, storage_settings
+    from orchestrator.labels.store import LabeledPixels, LabelStore, storage_settings
 
     cfg = _cfg(tmp_path, s3_server, prefix=f"unit-{tmp_path.name}").to_dict()
     store = LabelStore(tmp_path / "out" / "smoke" / "trials" / "t1" / "labels")
-    store.append_round(1, "labor_ppl", [LabeledPixels(4, np.array([1], np.int32), np.array([2], np.int32),
-                                                      np.array([7], np.uint8), 8, 8, 1.0)])
+    store.append_round(
+        1,
+        "labor_ppl",
+        [LabeledPixels(4, np.array([1], np.int32), np.array([2], np.int32), np.array([7], np.uint8), 8, 8, 1.0)],
+    )
     open_storage(cfg).push_folder(store.root, "round-*.parquet")
     reader = store.reader(storage=storage_settings(cfg))
     (store.root / "round-0001.parquet").unlink()  # a Train worker on another node: the folder is empty

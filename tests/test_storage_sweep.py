@@ -40,14 +40,28 @@ def test_sweep_on_s3_resumes_without_its_local_output_dir(s3_server, tmp_path):
     fs = pafs.S3FileSystem(endpoint_override=s3_server, region="us-east-1")
     store = tmp_path / "mlflow.db"
     # One trial (the smoke sweep has two) keeps the test near two minutes; the path is the same.
-    args = ["--smoke", "--set", "sweep.search_space={selection.points_per_image: {grid: [5]}}",
-            "--tracking-uri", f"sqlite:///{store}",
-            "--set", f"storage.uri=s3://activeda-test/{PREFIX}", "--set", f"storage.endpoint={s3_server}"]
+    args = [
+        "--smoke",
+        "--set",
+        "sweep.search_space={selection.points_per_image: {grid: [5]}}",
+        "--tracking-uri",
+        f"sqlite:///{store}",
+        "--set",
+        f"storage.uri=s3://activeda-test/{PREFIX}",
+        "--set",
+        f"storage.endpoint={s3_server}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(tmp_path / "first-run.log", "w")
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path, env=env,
-                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.sweep", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     bought = {}
     try:
         deadline = time.time() + 600
@@ -87,19 +101,22 @@ def test_sweep_on_s3_resumes_without_its_local_output_dir(s3_server, tmp_path):
     for trial in trials:
         keys = [k for k in objects if k.startswith(f"smoke/trials/{trial}/")]
         assert sorted(k.split("/", 3)[3] for k in keys if "/labels/" in k) == ["labels/round-0001.parquet"]
-        assert any(k.startswith(f"smoke/trials/{trial}/ray/round-001/checkpoint_") and k.endswith("state.pt")
-                   for k in keys)  # the Ray Train checkpoint of the round
+        assert any(
+            k.startswith(f"smoke/trials/{trial}/ray/round-001/checkpoint_") and k.endswith("state.pt") for k in keys
+        )  # the Ray Train checkpoint of the round
         assert f"smoke/trials/{trial}/progress.json" in keys
         table = pq.read_table(io.BytesIO(_read(fs, f"smoke/trials/{trial}/labels/round-0001.parquet")))
         assert sorted(table["image_id"].to_pylist()) == list(range(8))  # each pool image once
         pixels.append(sum(table["num_pixels"].to_pylist()))
-        tune_labels = [k for k in objects if k.startswith(f"smoke/tune/tune_trial_{trial}")
-                       and k.endswith("/labels/round-0001.parquet")]
+        tune_labels = [
+            k
+            for k in objects
+            if k.startswith(f"smoke/tune/tune_trial_{trial}") and k.endswith("/labels/round-0001.parquet")
+        ]
         assert tune_labels, f"trial {trial}'s Tune checkpoint has no copy of its label store"
     assert pixels == [5 * 8]  # 5 points on each of the 8 pool images
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
-    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id],
-                              "tags.`activeda.kind` = 'trial'")
+    runs = client.search_runs([client.get_experiment_by_name("smoke").experiment_id], "tags.`activeda.kind` = 'trial'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the restored trial kept its MLflow run
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "target/miou")) == [0, 1]

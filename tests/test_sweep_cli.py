@@ -7,32 +7,43 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from trainers.data.segmentation_pairs import read_image_size
-
 from conftest import run_cli
+from trainers.data.segmentation_pairs import read_image_size
 
 
 def test_help_documents_options_and_config_keys(tmp_path):
     result = run_cli("orchestrator.sweep", "--help", cwd=tmp_path)
     assert result.returncode == 0
-    for text in ("--config", "--set", "--smoke", "--tracking-uri", "--address", "--num-samples",
-                 "selection.points_per_image", "adapt.target_ce_weight", "train.use_gpu"):
+    for text in (
+        "--config",
+        "--set",
+        "--smoke",
+        "--tracking-uri",
+        "--address",
+        "--num-samples",
+        "selection.points_per_image",
+        "adapt.target_ce_weight",
+        "train.use_gpu",
+    ):
         assert text in result.stdout
 
 
-@pytest.mark.parametrize("args, key", [
-    (["--set", "selection.selector=labor_pp"], "config key 'selection.selector': unknown selector 'labor_pp'"),
-    (["--set", "adapt.steps=0"], "config key 'adapt.steps': must be >= 1"),
-    (["--set", "data.source.format=kitti"], "config key 'data.source.format': unknown format 'kitti'"),
-    (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
-    (["--tracking-uri", "sqlite:////nonexistent/dir/m.db"], "folder '/nonexistent/dir' does not exist"),
-    (["--tracking-uri", "http://127.0.0.1:9/"], "MLflow server 'http://127.0.0.1:9/' cannot be reached"),
-    # Names from the command line never become a path outside output_dir or the dataset root.
-    (["--name", "../escape"], "config key 'sweep.name': must be a plain folder name"),
-    (["--set", "sweep.name=/tmp/elsewhere"], "config key 'sweep.name': must be a plain folder name"),
-    (["--set", "data.target.pool_split=../../etc"], "config key 'data.target.pool_split': unknown split"),
-    (["--output-dir", "/dev/null/runs"], "config key 'output_dir': '/dev/null' is not a folder"),
-])
+@pytest.mark.parametrize(
+    "args, key",
+    [
+        (["--set", "selection.selector=labor_pp"], "config key 'selection.selector': unknown selector 'labor_pp'"),
+        (["--set", "adapt.steps=0"], "config key 'adapt.steps': must be >= 1"),
+        (["--set", "data.source.format=kitti"], "config key 'data.source.format': unknown format 'kitti'"),
+        (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        (["--tracking-uri", "sqlite:////nonexistent/dir/m.db"], "folder '/nonexistent/dir' does not exist"),
+        (["--tracking-uri", "http://127.0.0.1:9/"], "MLflow server 'http://127.0.0.1:9/' cannot be reached"),
+        # Names from the command line never become a path outside output_dir or the dataset root.
+        (["--name", "../escape"], "config key 'sweep.name': must be a plain folder name"),
+        (["--set", "sweep.name=/tmp/elsewhere"], "config key 'sweep.name': must be a plain folder name"),
+        (["--set", "data.target.pool_split=../../etc"], "config key 'data.target.pool_split': unknown split"),
+        (["--output-dir", "/dev/null/runs"], "config key 'output_dir': '/dev/null' is not a folder"),
+    ],
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, key):
     result = run_cli("orchestrator.sweep", "--smoke", *args, cwd=tmp_path, timeout=120)
     assert result.returncode == 2
@@ -44,22 +55,26 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, key):
 def _real_layout_roots(tmp_path):
     from trainers.data.synthetic import write_synthetic_domains
 
-    return write_synthetic_domains(tmp_path / "domains", 32, 64, source_images=2, target_train_images=2,
-                                   target_val_images=1)
+    return write_synthetic_domains(
+        tmp_path / "domains", 32, 64, source_images=2, target_train_images=2, target_val_images=1
+    )
 
 
-@pytest.mark.parametrize("damage, key", [
-    ("missing_root", "dataset root"),
-    ("empty_root", "does not exist"),
-    ("missing_label", "has no label"),
-    ("corrupt_image", "cannot read image"),
-    ("label_links_out", "outside the dataset root"),
-    ("city_links_out", "outside the dataset root"),
-    # Headers alone pass these: the pixel data must be decoded and the ids mapped up front.
-    ("truncated_image", "cannot read image"),
-    ("truncated_label", "cannot read label"),
-    ("undefined_label_ids", "has ids not in the Cityscapes id table (defined: 0..33): 200"),
-])
+@pytest.mark.parametrize(
+    "damage, key",
+    [
+        ("missing_root", "dataset root"),
+        ("empty_root", "does not exist"),
+        ("missing_label", "has no label"),
+        ("corrupt_image", "cannot read image"),
+        ("label_links_out", "outside the dataset root"),
+        ("city_links_out", "outside the dataset root"),
+        # Headers alone pass these: the pixel data must be decoded and the ids mapped up front.
+        ("truncated_image", "cannot read image"),
+        ("truncated_label", "cannot read label"),
+        ("undefined_label_ids", "has ids not in the Cityscapes id table (defined: 0..33): 200"),
+    ],
+)
 def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
     source, target = _real_layout_roots(tmp_path)
     pool_labels = target / "gtFine" / "train" / "synthtown"
@@ -82,7 +97,7 @@ def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
         folder = target / "leftImg8bit" / "train" / "synthtown" if damage == "truncated_image" else pool_labels
         path = sorted(folder.iterdir())[-1]
         data = path.read_bytes()
-        path.write_bytes(data[:len(data) // 2])  # a valid header, half the pixel data
+        path.write_bytes(data[: len(data) // 2])  # a valid header, half the pixel data
         assert read_image_size(str(path)) == (32, 64)  # the header still reads
     elif damage == "undefined_label_ids":
         path = sorted(pool_labels.glob("*_labelIds.png"))[-1]
@@ -93,8 +108,16 @@ def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
         next((target / "leftImg8bit" / "train" / "synthtown").iterdir()).write_bytes(b"not a png")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    result = run_cli("orchestrator.sweep", "--smoke", "--set", f"data.source.root={source}",
-                     "--set", f"data.target.root={target}", cwd=run_dir, timeout=120)
+    result = run_cli(
+        "orchestrator.sweep",
+        "--smoke",
+        "--set",
+        f"data.source.root={source}",
+        "--set",
+        f"data.target.root={target}",
+        cwd=run_dir,
+        timeout=120,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and key in lines[0], result.stderr
     assert list(run_dir.iterdir()) == []
@@ -104,9 +127,17 @@ def test_bad_data_is_one_line_before_anything_runs(tmp_path, damage, key):
 def test_gpu_request_without_gpus_fails_before_training(tmp_path):
     # The Ray the sweep starts sees no GPU even on a machine that has one (Ray counts the devices
     # CUDA_VISIBLE_DEVICES names): this test is about a cluster without GPUs.
-    result = run_cli("orchestrator.sweep", "--smoke", "--set", "train.use_gpu=true",
-                     "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path, timeout=180,
-                     env={"CUDA_VISIBLE_DEVICES": ""})
+    result = run_cli(
+        "orchestrator.sweep",
+        "--smoke",
+        "--set",
+        "train.use_gpu=true",
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/m.db",
+        cwd=tmp_path,
+        timeout=180,
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
     assert result.returncode == 2
     assert "config key 'train.use_gpu': is true but the Ray cluster has CPU=" in result.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "m.db").exists()
@@ -115,15 +146,16 @@ def test_gpu_request_without_gpus_fails_before_training(tmp_path):
 @pytest.mark.integration
 def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
     store = tmp_path / "mlflow.db"
-    result = run_cli("orchestrator.sweep", "--smoke", "--tracking-uri", f"sqlite:///{store}", cwd=tmp_path,
-                     timeout=600)
+    result = run_cli("orchestrator.sweep", "--smoke", "--tracking-uri", f"sqlite:///{store}", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "source-only target mIoU" in result.stdout
     assert "2 trial(s), 0 failed" in result.stdout
     # Training progress from the first Train worker of each job (at least its last step).
     output = result.stdout + result.stderr
     assert "[source model] step 20/20 (100%) | loss: " in output
-    assert re.search(r"round 1\] step 10/10 \(100%\) \| loss: .*source_ce [0-9.]+.* \| [0-9.]+ images/s \| 0 s left", output)
+    assert re.search(
+        r"round 1\] step 10/10 \(100%\) \| loss: .*source_ce [0-9.]+.* \| [0-9.]+ images/s \| 0 s left", output
+    )
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     experiment = client.get_experiment_by_name("smoke")
@@ -157,14 +189,17 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
         files = artifact_sizes(run.info.run_id)
         assert files["config.json"] > 0 and files["labels/round-0001.parquet"] > 0
         assert files["rounds/round-001/iou.csv"] > 0
-        assert any(p.startswith("rounds/round-001/selected-") and p.endswith(".png") and size > 1000
-                   for p, size in files.items())
+        assert any(
+            p.startswith("rounds/round-001/selected-") and p.endswith(".png") and size > 1000
+            for p, size in files.items()
+        )
     report = artifact_sizes(parents[0].info.run_id)
     for name in ("budget_curve.png", "budget_curve.html", "summary.csv", "summary.parquet"):
         assert report[f"report/{name}"] > 0
 
     # Each trial's label store holds exactly the budget it reports.
     import pyarrow.parquet as pq
+
     stores = sorted((tmp_path / "runs" / "smoke" / "trials").glob("*/labels/round-0001.parquet"))
     assert len(stores) == 2
     assert sorted(pq.read_table(p)["num_pixels"].to_pylist()[0] for p in stores) == [2, 5]

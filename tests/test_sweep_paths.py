@@ -32,9 +32,22 @@ def shared(tmp_path_factory):
 
 def sweep(shared, name: str, *args: str, timeout: float = 600):
     env, tag = tagged_env()
-    result = run_cli("orchestrator.sweep", "--smoke", "--name", name, "--output-dir", str(shared / "runs"),
-                     "--set", f"data.cache_dir={shared / 'data'}", "--tracking-uri", f"sqlite:///{shared / 'm.db'}",
-                     *args, cwd=shared, timeout=timeout, env=env)
+    result = run_cli(
+        "orchestrator.sweep",
+        "--smoke",
+        "--name",
+        name,
+        "--output-dir",
+        str(shared / "runs"),
+        "--set",
+        f"data.cache_dir={shared / 'data'}",
+        "--tracking-uri",
+        f"sqlite:///{shared / 'm.db'}",
+        *args,
+        cwd=shared,
+        timeout=timeout,
+        env=env,
+    )
     assert processes_left(tag) == [], "processes of the sweep outlived it"
     return result
 
@@ -54,8 +67,9 @@ def bought_once(labels_dir) -> bool:
     seen = set()
     for path in sorted(labels_dir.glob("round-*.parquet")):
         table = pq.read_table(path)
-        for image_id, ys, xs, rle, height, width in zip(*(table[c].to_pylist() for c in (
-                "image_id", "ys", "xs", "mask_rle", "height", "width"))):
+        for image_id, ys, xs, rle, height, width in zip(
+            *(table[c].to_pylist() for c in ("image_id", "ys", "xs", "mask_rle", "height", "width"))
+        ):
             if rle:
                 from pixel_selectors.encoding import rle_decode
 
@@ -72,11 +86,24 @@ def test_asha_stops_a_weak_trial_as_a_result(shared):
     # One trial buys 2% of the pool's pixels a round with LabOR's region selector; the other buys nothing
     # (selector none: unsupervised adaptation) with a learning rate that ruins its model (mIoU near
     # chance), so ASHA, comparing the two at round 1, stops it.
-    space = ("{cases: {grid: [{selection.selector: labor_spl, selection.budget_fraction: 0.02}, "
-             "{selection.selector: none, adapt.lr: 1.0}]}}")
-    result = sweep(shared, "asha", "--set", "sweep.scheduler=asha", "--set", "selection.rounds=2",
-                   "--set", "sweep.oracle_reference=true", "--max-concurrent", "1",
-                   "--set", f"sweep.search_space={space}")
+    space = (
+        "{cases: {grid: [{selection.selector: labor_spl, selection.budget_fraction: 0.02}, "
+        "{selection.selector: none, adapt.lr: 1.0}]}}"
+    )
+    result = sweep(
+        shared,
+        "asha",
+        "--set",
+        "sweep.scheduler=asha",
+        "--set",
+        "selection.rounds=2",
+        "--set",
+        "sweep.oracle_reference=true",
+        "--max-concurrent",
+        "1",
+        "--set",
+        f"sweep.search_space={space}",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 trial(s), 0 failed" in result.stdout
     assert "oracle (every pool pixel labeled) target mIoU: " in result.stdout
@@ -95,8 +122,12 @@ def test_asha_stops_a_weak_trial_as_a_result(shared):
             sizes = [sum(pq.read_table(p)["num_pixels"].to_pylist()) for p in sorted(labels.glob("round-*.parquet"))]
             assert sizes == [budget, budget] and bought_once(labels)
     client, runs = trial_runs(shared, "asha")
-    steps = {r.data.params["selection.selector"]: sorted(m.step for m in client.get_metric_history(
-        r.info.run_id, "target/miou")) for r in runs}
+    steps = {
+        r.data.params["selection.selector"]: sorted(
+            m.step for m in client.get_metric_history(r.info.run_id, "target/miou")
+        )
+        for r in runs
+    }
     assert steps == {"labor_spl": [0, 1, 2], "none": [0, 1]} and all(r.info.status == "FINISHED" for r in runs)
 
 
@@ -104,10 +135,22 @@ def test_pbt_clones_a_trial_with_its_labels(shared):
     # The second trial's learning rate ruins it: after round 1 it is in PBT's lower quantile and
     # continues the first trial, with its model and its round-1 labels. It bought other pixels in its
     # own round 1 (3 points per image, not 5): those are set aside, not mixed in.
-    space = ("{cases: {grid: [{adapt.lr: 0.001, selection.points_per_image: 5}, "
-             "{adapt.lr: 1.0, selection.points_per_image: 3}]}, adapt.confusion_weight: {uniform: [0.0, 1.0]}}")
-    result = sweep(shared, "pbt", "--set", "sweep.scheduler=pbt", "--set", "selection.rounds=2",
-                   "--max-concurrent", "2", "--set", f"sweep.search_space={space}")
+    space = (
+        "{cases: {grid: [{adapt.lr: 0.001, selection.points_per_image: 5}, "
+        "{adapt.lr: 1.0, selection.points_per_image: 3}]}, adapt.confusion_weight: {uniform: [0.0, 1.0]}}"
+    )
+    result = sweep(
+        shared,
+        "pbt",
+        "--set",
+        "sweep.scheduler=pbt",
+        "--set",
+        "selection.rounds=2",
+        "--max-concurrent",
+        "2",
+        "--set",
+        f"sweep.search_space={space}",
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     clones = [line for line in result.stdout.splitlines() if "(PBT): its model and" in line]
     assert clones, "no trial was cloned:\n" + result.stdout[-3000:]
@@ -122,13 +165,21 @@ def test_pbt_clones_a_trial_with_its_labels(shared):
         assert (clone_dir / "labels" / name).read_bytes() == (trials / donor_id / "labels" / name).read_bytes()
     assert bought_once(clone_dir / "labels")
     assert list((clone_dir / "labels" / "superseded").glob("set-aside-round-0001-*.parquet"))  # its own, kept
-    assert sorted(p.name for p in (clone_dir / "labels").glob("round-*.parquet")) == \
-        ["round-0001.parquet", "round-0002.parquet"]
+    assert sorted(p.name for p in (clone_dir / "labels").glob("round-*.parquet")) == [
+        "round-0001.parquet",
+        "round-0002.parquet",
+    ]
 
 
 def test_human_annotation_loop(shared):
-    args = ["--set", "selection.oracle=human", "--set", "selection.rounds=1",
-            "--set", "sweep.search_space={selection.points_per_image: {grid: [3]}}"]
+    args = [
+        "--set",
+        "selection.oracle=human",
+        "--set",
+        "selection.rounds=1",
+        "--set",
+        "sweep.search_space={selection.points_per_image: {grid: [3]}}",
+    ]
     waiting = sweep(shared, "human", *args)
     assert waiting.returncode == 3, waiting.stdout[-3000:] + waiting.stderr[-3000:]
     assert "waits for the annotations of round 1" in waiting.stdout
@@ -143,8 +194,18 @@ def test_human_annotation_loop(shared):
         entry["labels"] = [(entry["image_id"] + i) % len(document["classes"]) for i in range(3)]
     answers = shared / "answers.json"
     answers.write_text(json.dumps(document))
-    imported = run_cli("orchestrator.annotate", "import", "--trial-dir", str(trial_dir), "--round", "1",
-                       "--answers", str(answers), cwd=shared, timeout=120)
+    imported = run_cli(
+        "orchestrator.annotate",
+        "import",
+        "--trial-dir",
+        str(trial_dir),
+        "--round",
+        "1",
+        "--answers",
+        str(answers),
+        cwd=shared,
+        timeout=120,
+    )
     assert imported.returncode == 0, imported.stderr
 
     resumed = sweep(shared, "human", *args, "--resume")
@@ -152,8 +213,9 @@ def test_human_annotation_loop(shared):
     assert "round 1: labels already bought, not ranking again" in resumed.stdout
     assert "1 trial(s), 0 failed" in resumed.stdout
     table = pq.read_table(trial_dir / "labels" / "round-0001.parquet")
-    assert {i: labels for i, labels in zip(table["image_id"].to_pylist(), table["labels"].to_pylist())} == \
-        {e["image_id"]: e["labels"] for e in document["images"]}  # trained on the people's answers
+    assert dict(zip(table["image_id"].to_pylist(), table["labels"].to_pylist())) == {
+        e["image_id"]: e["labels"] for e in document["images"]
+    }  # trained on the people's answers
     client, (run,) = trial_runs(shared, "human")
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "target/miou")) == [0, 1]
     assert run.info.status == "FINISHED"
@@ -163,18 +225,36 @@ def test_ctrl_c_leaves_no_process_behind(shared):
     env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT)})
     env.pop("MLFLOW_TRACKING_URI", None)
     trials = shared / "runs" / "interrupted" / "trials"
-    driver = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", "--smoke", "--name", "interrupted",
-                               "--output-dir", str(shared / "runs"), "--set", f"data.cache_dir={shared / 'data'}",
-                               "--tracking-uri", f"sqlite:///{shared / 'm.db'}"],
-                              cwd=shared, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.sweep",
+            "--smoke",
+            "--name",
+            "interrupted",
+            "--output-dir",
+            str(shared / "runs"),
+            "--set",
+            f"data.cache_dir={shared / 'data'}",
+            "--tracking-uri",
+            f"sqlite:///{shared / 'm.db'}",
+        ],
+        cwd=shared,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None and not list(trials.glob("*/labels/round-*")):
             time.sleep(0.5)
         if driver.poll() is not None:
-            raise AssertionError(f"the sweep ended (exit {driver.returncode}) before it could be interrupted:\n"
-                                 + driver.communicate()[0].decode(errors="replace")[-3000:])
+            raise AssertionError(
+                f"the sweep ended (exit {driver.returncode}) before it could be interrupted:\n"
+                + driver.communicate()[0].decode(errors="replace")[-3000:]
+            )
         os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
         output, _ = driver.communicate(timeout=180)
     finally:
@@ -189,13 +269,29 @@ def test_a_run_leaves_no_process_behind(shared):
     """The case that was seen: ``orchestrator.run --smoke`` with ``labor_spl`` exited 0 and one
     ``ray::TrainController`` of it lived on, re-parented to init. Now nothing of the run is left."""
     env, tag = tagged_env()
-    result = run_cli("orchestrator.run", "--smoke", "--name", "one-run", "--output-dir", str(shared / "runs"),
-                     "--set", f"data.cache_dir={shared / 'data'}", "--set", "selection.selector=labor_spl",
-                     "--set", "selection.budget_fraction=0.022",
-                     "--tracking-uri", f"sqlite:///{shared / 'm.db'}", cwd=shared, timeout=600, env=env)
+    result = run_cli(
+        "orchestrator.run",
+        "--smoke",
+        "--name",
+        "one-run",
+        "--output-dir",
+        str(shared / "runs"),
+        "--set",
+        f"data.cache_dir={shared / 'data'}",
+        "--set",
+        "selection.selector=labor_spl",
+        "--set",
+        "selection.budget_fraction=0.022",
+        "--tracking-uri",
+        f"sqlite:///{shared / 'm.db'}",
+        cwd=shared,
+        timeout=600,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert processes_left(tag) == [], "processes of the run outlived it"
     client = MlflowClient(f"sqlite:///{shared / 'm.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("one-run").experiment_id],
-                                "tags.`activeda.kind` = 'run'")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("one-run").experiment_id], "tags.`activeda.kind` = 'run'"
+    )
     assert run.info.status == "FINISHED" and run.data.tags["selector"] == "labor_spl"

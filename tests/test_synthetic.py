@@ -1,14 +1,11 @@
 """The bundled synthetic domains: deterministic, in the real layouts, read by the real loaders."""
 
 import numpy as np
-import pytest
 
 from conftest import run_cli
+from experiment_config import load_config
 from trainers.data import build_domains
-from trainers.data.synthetic import (CITYSCAPES_ID_OF_CLASS, SYNTHETIC_CLASSES, ensure_synthetic_domains,
-                                     generate_sample)
-
-from orchestrator.config import load_config
+from trainers.data.synthetic import CITYSCAPES_ID_OF_CLASS, SYNTHETIC_CLASSES, ensure_synthetic_domains, generate_sample
 
 
 def test_generation_is_deterministic_and_domains_differ():
@@ -52,8 +49,15 @@ def test_written_layouts_are_read_back_by_the_real_loaders(tmp_path):
     assert again == (source_root, target_root)  # cached, not regenerated
     assert len([p for p in tmp_path.iterdir() if p.name.startswith(".")]) == 0  # no staging left
 
-    cfg = load_config(None, {"data.cache_dir": str(tmp_path), "data.height": 32, "data.width": 64,
-                             **{f"data.synthetic.{k}": v for k, v in settings.items()}}).to_dict()
+    cfg = load_config(
+        None,
+        {
+            "data.cache_dir": str(tmp_path),
+            "data.height": 32,
+            "data.width": 64,
+            **{f"data.synthetic.{k}": v for k, v in settings.items()},
+        },
+    ).to_dict()
     domains = build_domains(cfg["data"])
     assert (len(domains.source), len(domains.target_pool), len(domains.target_val)) == (3, 4, 2)
     _, expected = generate_sample(0, "target", "train", 2, 32, 64)
@@ -65,8 +69,19 @@ def test_written_layouts_are_read_back_by_the_real_loaders(tmp_path):
 
 def test_synth_cli_writes_and_refuses_bad_input(tmp_path):
     out = tmp_path / "domains"
-    result = run_cli("orchestrator.synth", "--out", str(out), "--images", "4", "--height", "32", "--width", "64",
-                     cwd=tmp_path, timeout=120)
+    result = run_cli(
+        "orchestrator.synth",
+        "--out",
+        str(out),
+        "--images",
+        "4",
+        "--height",
+        "32",
+        "--width",
+        "64",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert len(list((out / "target" / "leftImg8bit" / "train" / "synthtown").iterdir())) == 4
     assert len(list((out / "target" / "leftImg8bit" / "val" / "synthtown").iterdir())) == 2

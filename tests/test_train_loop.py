@@ -2,7 +2,7 @@
 
 import pytest
 
-from orchestrator.config import load_config
+from experiment_config import load_config
 from trainers.engine import run_job
 from trainers.train_loop import run_training
 
@@ -13,8 +13,11 @@ pytestmark = pytest.mark.integration
 def cfg(tmp_path_factory):
     cache = tmp_path_factory.mktemp("train-loop-data")
     # 7 validation images: an odd count, so an even split would need padding (and get it wrong).
-    return load_config(None, {"data.cache_dir": str(cache), "data.synthetic.target_val_images": 7,
-                              "source.steps": 4, "adapt.steps": 3}, smoke=True)
+    return load_config(
+        None,
+        {"data.cache_dir": str(cache), "data.synthetic.target_val_images": 7, "source.steps": 4, "adapt.steps": 3},
+        smoke=True,
+    )
 
 
 def with_workers(cfg, workers):
@@ -26,22 +29,33 @@ def test_two_workers_train_and_evaluate_exactly_like_one(cfg, ray_local, tmp_pat
     source = run_training({"mode": "source", "config": two}, tmp_path, "source-2w")
     assert source.checkpoint_dir and 0 <= source.metrics["target/miou"] <= 1
 
-    adapt = run_training({"mode": "adapt", "config": two, "init_checkpoint": source.checkpoint_dir, "round": 1,
-                          "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])}}, tmp_path, "adapt-2w")
+    adapt = run_training(
+        {
+            "mode": "adapt",
+            "config": two,
+            "init_checkpoint": source.checkpoint_dir,
+            "round": 1,
+            "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])},
+        },
+        tmp_path,
+        "adapt-2w",
+    )
     assert adapt.metrics["train/loss/selector_discrepancy_heads"] >= 0  # the DDP path ran every update
 
     results = {}
     for workers in (1, 2):
         job = {"mode": "evaluate", "config": with_workers(cfg, workers), "init_checkpoint": adapt.checkpoint_dir}
         results[workers] = run_training(job, tmp_path, f"evaluate-{workers}w").metrics
-    in_process = run_job({"mode": "evaluate", "config": with_workers(cfg, 1),
-                          "init_checkpoint": adapt.checkpoint_dir}).metrics
+    in_process = run_job(
+        {"mode": "evaluate", "config": with_workers(cfg, 1), "init_checkpoint": adapt.checkpoint_dir}
+    ).metrics
     assert results[1]["target/miou"] == results[2]["target/miou"] == in_process["target/miou"]
     assert results[1]["target/iou/road"] == results[2]["target/iou/road"]
 
 
 def test_killed_train_worker_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(
-        cfg, ray_local, tmp_path):
+    cfg, ray_local, tmp_path
+):
     import json
     import os
     import threading
@@ -54,8 +68,13 @@ def test_killed_train_worker_resumes_from_its_checkpoint_and_ends_where_an_unint
 
     config = load_config(None, {**cfg.flat(), "adapt.steps": 6, "adapt.checkpoint_every": 2}).to_dict()
     source = run_training({"mode": "source", "config": config}, tmp_path, "source")
-    job = {"mode": "adapt", "config": config, "init_checkpoint": source.checkpoint_dir, "round": 1,
-           "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])}}
+    job = {
+        "mode": "adapt",
+        "config": config,
+        "init_checkpoint": source.checkpoint_dir,
+        "round": 1,
+        "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])},
+    }
     clean = run_training(job, tmp_path, "adapt-clean")
 
     killed = []
@@ -74,8 +93,9 @@ def test_killed_train_worker_resumes_from_its_checkpoint_and_ends_where_an_unint
         while time.time() < deadline and not killed:
             if registered_checkpoints():
                 for process in psutil.process_iter(["cmdline"]):
-                    if ("RayTrainWorker" in " ".join(process.info["cmdline"] or [])
-                            and os.getpid() in [p.pid for p in process.parents()]):
+                    if "RayTrainWorker" in " ".join(process.info["cmdline"] or []) and os.getpid() in [
+                        p.pid for p in process.parents()
+                    ]:
                         process.kill()
                         killed.append(process.pid)
             time.sleep(0.2)

@@ -43,8 +43,9 @@ def load_checkpoint(directory: str | Path, expect_model: dict[str, Any] | None =
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint '{path}' is unreadable (truncated or not a checkpoint): "
-                              f"{type(err).__name__}") from None
+        raise CheckpointError(
+            f"checkpoint '{path}' is unreadable (truncated or not a checkpoint): {type(err).__name__}"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{path}' is not an activeda checkpoint")
     if state.get("version") != VERSION:
@@ -53,6 +54,7 @@ def load_checkpoint(directory: str | Path, expect_model: dict[str, Any] | None =
         found = state.get("model", {})
         for key, want in expect_model.items():
             if found.get(key) != want:
-                raise CheckpointError(f"checkpoint '{path}' was made for model.{key}={found.get(key)!r}, "
-                                      f"the config asks for {want!r}")
+                raise CheckpointError(
+                    f"checkpoint '{path}' was made for model.{key}={found.get(key)!r}, the config asks for {want!r}"
+                )
     return state

@@ -7,6 +7,8 @@ live in ``trainers.losses``: ``discriminator_loss`` / ``adversarial_loss`` for t
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -40,7 +42,7 @@ class OutputSpaceDiscriminator(nn.Module):
         self.num_classes, self.width = num_classes, width
         widths = [num_classes, width, 2 * width, 4 * width, 8 * width]
         layers: list[nn.Module] = []
-        for cin, cout in zip(widths[:-1], widths[1:]):
+        for cin, cout in itertools.pairwise(widths):
             layers += [_down(cin, cout), nn.LeakyReLU(0.2, inplace=True)]
         layers.append(_down(8 * width, 1))
         self.net = nn.Sequential(*layers)
@@ -70,12 +72,15 @@ class DomainClassifier(nn.Module):
     def __init__(self, in_channels: int, width: int = 64, num_domains: int = 2):
         super().__init__()
         if in_channels < 1 or width < 1 or num_domains < 2:
-            raise ValueError("in_channels and width must be >= 1 and num_domains >= 2, got "
-                             f"{in_channels}, {width}, {num_domains}")
+            raise ValueError(
+                f"in_channels and width must be >= 1 and num_domains >= 2, got {in_channels}, {width}, {num_domains}"
+            )
         self.in_channels, self.width, self.num_domains = in_channels, width, num_domains
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, width, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 1),
+            nn.ReLU(inplace=True),
             nn.Conv2d(width, num_domains, 1),
         )
 

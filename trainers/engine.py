@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -28,9 +29,9 @@ from .data import build_domains
 from .discriminators import DomainClassifier, OutputSpaceDiscriminator
 from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
 from .losses import IASTPseudoLabels, SoftLabels
-from .metrics import iou_per_class, mean_iou
+from .metrics import iou_per_class, mean_iou, predict_confusion
 from .models import build_model, load_start_checkpoint
-from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step, predict_confusion
+from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step
 
 SELECTOR_HEADS = 2
 MODES = ("source", "adapt", "evaluate")
@@ -80,22 +81,36 @@ def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
     """
     a = cfg["adapt"]
     if mode != "adapt":
-        return LossWeights(target_ce=0.0, soft_label=a["soft_label_weight"],
-                           soft_label_temperature=a["soft_label_temperature"],
-                           soft_label_momentum=a["soft_label_momentum"])
-    weights = LossWeights(target_ce=a["target_ce_weight"], adversarial=a["adversarial_weight"],
-                          confusion=a["confusion_weight"], soft_label=a["soft_label_weight"],
-                          soft_label_temperature=a["soft_label_temperature"],
-                          soft_label_momentum=a["soft_label_momentum"], pseudo_label=a["pseudo_label_weight"],
-                          pseudo_label_portion=a["pseudo_label_portion"], discrepancy=a["discrepancy_weight"],
-                          num_k=a["num_k"], pseudo_label_rule=a["pseudo_label_rule"],
-                          soft_label_estimate=a["soft_label_estimate"])
+        return LossWeights(
+            target_ce=0.0,
+            soft_label=a["soft_label_weight"],
+            soft_label_temperature=a["soft_label_temperature"],
+            soft_label_momentum=a["soft_label_momentum"],
+        )
+    weights = LossWeights(
+        target_ce=a["target_ce_weight"],
+        adversarial=a["adversarial_weight"],
+        confusion=a["confusion_weight"],
+        soft_label=a["soft_label_weight"],
+        soft_label_temperature=a["soft_label_temperature"],
+        soft_label_momentum=a["soft_label_momentum"],
+        pseudo_label=a["pseudo_label_weight"],
+        pseudo_label_portion=a["pseudo_label_portion"],
+        discrepancy=a["discrepancy_weight"],
+        num_k=a["num_k"],
+        pseudo_label_rule=a["pseudo_label_rule"],
+        soft_label_estimate=a["soft_label_estimate"],
+    )
     if stage == "warmup":
         # The soft labels pass through untouched (no labeled target pixel uses them yet, and none of
         # their settings may change the warm-up, which all trials share): the module is kept, not updated.
-        weights = dataclasses.replace(weights, adversarial=cfg["warmup"]["adversarial_weight"],
-                                      confusion=cfg["warmup"]["confusion_weight"],
-                                      soft_label=1.0, soft_label_estimate=CARRIED)
+        weights = dataclasses.replace(
+            weights,
+            adversarial=cfg["warmup"]["adversarial_weight"],
+            confusion=cfg["warmup"]["confusion_weight"],
+            soft_label=1.0,
+            soft_label_estimate=CARRIED,
+        )
     return weights
 
 
@@ -105,27 +120,32 @@ def build_adaptation_models(cfg: dict, num_classes: int, weights: LossWeights | 
     name, width, pretrained = cfg["model"]["name"], cfg["model"]["width"], cfg["model"]["pretrained"]
     style = cfg["model"]["deeplabv2_style"]
     torch.manual_seed(cfg["seed"])  # identical initial weights on every worker and every run
-    models = AdaptationModels(segmenter=build_model(name, num_classes, width, 1, pretrained, style),
-                              selector=build_model(name, num_classes, width, SELECTOR_HEADS, pretrained, style))
+    models = AdaptationModels(
+        segmenter=build_model(name, num_classes, width, 1, pretrained, style),
+        selector=build_model(name, num_classes, width, SELECTOR_HEADS, pretrained, style),
+    )
     adv = cfg["adapt"]
     if weights.adversarial > 0:
         models.discriminator = OutputSpaceDiscriminator(num_classes, width=adv["discriminator_width"])
     if weights.confusion > 0:
-        models.domain_classifier = DomainClassifier(models.segmenter.feature_channels,
-                                                    width=adv["domain_classifier_width"])
+        models.domain_classifier = DomainClassifier(
+            models.segmenter.feature_channels, width=adv["domain_classifier_width"]
+        )
     if weights.soft_label > 0:
         models.soft_labels = SoftLabels(num_classes)
     if weights.pseudo_label > 0 and weights.pseudo_label_rule == "iast":
-        models.pseudo_labeler = IASTPseudoLabels(num_classes, alpha=adv["iast_alpha"], gamma=adv["iast_gamma"],
-                                                 momentum=adv["iast_momentum"])
+        models.pseudo_labeler = IASTPseudoLabels(
+            num_classes, alpha=adv["iast_alpha"], gamma=adv["iast_gamma"], momentum=adv["iast_momentum"]
+        )
     return models
 
 
 def _make_optimizer(groups: list[dict], section: dict) -> torch.optim.Optimizer:
     """SGD with momentum (AdaptSegNet, RIPU, MCD_DA) or Adam, with the section's weight decay."""
     if section["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=section["momentum"],
-                               weight_decay=section["weight_decay"])
+        return torch.optim.SGD(
+            groups, lr=groups[0]["lr"], momentum=section["momentum"], weight_decay=section["weight_decay"]
+        )
     return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=section["weight_decay"])
 
 
@@ -156,22 +176,35 @@ def build_optimizers(models: AdaptationModels, cfg: dict, mode: str) -> Optimize
         segmenter=_make_optimizer(_param_groups(segmenter, section), section),
         selector_backbone=_make_optimizer(_param_groups(selector, section, "backbone"), section),
         selector_heads=_make_optimizer(_param_groups(selector, section, "heads"), section),
-        discriminator=(torch.optim.Adam(models.discriminator.parameters(), lr=adv["discriminator_lr"],
-                                        betas=(0.9, 0.99)) if models.discriminator is not None else None),
-        domain_classifier=(torch.optim.Adam(models.domain_classifier.parameters(), lr=adv["domain_classifier_lr"])
-                           if models.domain_classifier is not None else None),
+        discriminator=(
+            torch.optim.Adam(models.discriminator.parameters(), lr=adv["discriminator_lr"], betas=(0.9, 0.99))
+            if models.discriminator is not None
+            else None
+        ),
+        domain_classifier=(
+            torch.optim.Adam(models.domain_classifier.parameters(), lr=adv["domain_classifier_lr"])
+            if models.domain_classifier is not None
+            else None
+        ),
     )
 
 
 @torch.no_grad()
-def source_set_soft_label_totals(segmenter: torch.nn.Module, soft_labels: SoftLabels, dataset, indices: list[int],
-                                 temperature: float, batch_size: int, device: torch.device) -> torch.Tensor:
+def source_set_soft_label_totals(
+    segmenter: torch.nn.Module,
+    soft_labels: SoftLabels,
+    dataset,
+    indices: list[int],
+    temperature: float,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
     """``SoftLabels.class_totals`` summed over ``dataset[indices]`` (G in eval mode): (K, K + 1)."""
     was_training = segmenter.training
     segmenter.eval()
     totals = torch.zeros(soft_labels.num_classes, soft_labels.num_classes + 1, device=device)
     for start in range(0, len(indices), max(1, batch_size)):
-        items = [dataset[i] for i in indices[start:start + batch_size]]
+        items = [dataset[i] for i in indices[start : start + batch_size]]
         images, labels = torch.stack([item[0] for item in items]), torch.stack([item[1] for item in items])
         logits = segmenter(images.to(device))[0]
         totals += soft_labels.class_totals(logits.float(), labels.to(device), temperature)
@@ -208,8 +241,9 @@ def poly_lr_factor(global_step: int, first: int, planned: int, power: float) -> 
 
 def base_learning_rates(optimizers: Optimizers) -> dict[str, list[float]]:
     """Each optimizer's group learning rates as configured (before a checkpoint's state is loaded)."""
-    return {name: [group["lr"] for group in opt.param_groups] for name, opt in vars(optimizers).items()
-            if opt is not None}
+    return {
+        name: [group["lr"] for group in opt.param_groups] for name, opt in vars(optimizers).items() if opt is not None
+    }
 
 
 def apply_lr_schedule(optimizers: Optimizers, base: dict[str, list[float]], factor: float) -> None:
@@ -232,8 +266,9 @@ def check_given_source_model(cfg: dict, num_classes: int) -> None:
     """Build G on the CPU and load ``source.checkpoint`` into it, so that a file that does not fit is
     refused before anything starts (no-op when the key is empty)."""
     if cfg["source"]["checkpoint"]:
-        model = build_model(cfg["model"]["name"], num_classes, cfg["model"]["width"], 1, "",
-                            cfg["model"]["deeplabv2_style"])
+        model = build_model(
+            cfg["model"]["name"], num_classes, cfg["model"]["width"], 1, "", cfg["model"]["deeplabv2_style"]
+        )
         load_start_checkpoint(model, cfg["source"]["checkpoint"], cfg["model"]["name"])
 
 
@@ -246,8 +281,9 @@ def _module_states(models: AdaptationModels) -> dict[str, dict]:
     return out
 
 
-def load_models(checkpoint_dir: str, cfg: dict, num_classes: int, weights: LossWeights | None = None
-                ) -> tuple[AdaptationModels, dict]:
+def load_models(
+    checkpoint_dir: str, cfg: dict, num_classes: int, weights: LossWeights | None = None
+) -> tuple[AdaptationModels, dict]:
     """Models restored from a checkpoint directory (CPU), and the checkpoint's full state.
 
     Modules the checkpoint lacks (e.g. Dis after source-only training) keep their fresh weights.
@@ -272,10 +308,17 @@ class JobResult:
     confusion: torch.Tensor
 
 
-def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | None = None,
-            prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
-            resume_state: dict | None = None, on_step: Callable[[int, Callable[[], dict]], None] | None = None,
-            progress: Callable[[int, int, dict[str, float]], None] | None = None) -> JobResult:
+def run_job(
+    job: dict,
+    *,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device | None = None,
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] = lambda m: m,
+    resume_state: dict | None = None,
+    on_step: Callable[[int, Callable[[], dict]], None] | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> JobResult:
     """Run one job on one worker. ``prepare_model`` wraps modules for data parallelism (DDP).
 
     ``resume_state`` (a checkpoint of this same job, e.g. after a worker failure) continues where it
@@ -293,8 +336,11 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     num_classes = len(domains.classes)
     distributed = dist.is_available() and dist.is_initialized() and world > 1
 
-    start = resume_state or (load_checkpoint(job["init_checkpoint"], model_identity(cfg, num_classes))
-                             if job.get("init_checkpoint") else None)
+    start = resume_state or (
+        load_checkpoint(job["init_checkpoint"], model_identity(cfg, num_classes))
+        if job.get("init_checkpoint")
+        else None
+    )
     models = build_adaptation_models(cfg, num_classes, weights)
     if start is not None:
         _restore_modules(models, start)
@@ -330,32 +376,49 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
         # The oracle reference labels every pool pixel (None: the pool's own label maps). A round's
         # labels come by reference (``label_reader``: read here, image by image) or, in tests and
         # benchmarks, as a dict (``sparse_labels``).
-        labels = (None if job.get("full_target_labels")
-                  else job.get("label_reader") or job.get("sparse_labels") or {})
+        labels = None if job.get("full_target_labels") else job.get("label_reader") or job.get("sparse_labels") or {}
         target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg["data"]["augment"]["hflip"])
 
     soft_labels_fixed = bool(start.get("soft_labels_fixed", False)) if start is not None else False
-    if (mode == "adapt" and weights.soft_label_estimate == "source_set" and models.soft_labels is not None
-            and not soft_labels_fixed):
+    if (
+        mode == "adapt"
+        and weights.soft_label_estimate == "source_set"
+        and models.soft_labels is not None
+        and not soft_labels_fixed
+    ):
         # Tzeng et al.'s estimate: once, over the whole source set, with the model the first labeled
         # round starts from (the source model, or the warmed-up one).
         segmenter = getattr(models.segmenter, "module", models.segmenter)
         # The source images as they are (no flips or crops): the paper averages over the examples.
         plain_source = build_domains({**cfg["data"], "augment": NO_AUGMENTATION}).source
         with autocast:
-            totals = source_set_soft_label_totals(segmenter, models.soft_labels, plain_source,
-                                                  list(range(rank, len(plain_source), world)),
-                                                  weights.soft_label_temperature, section["batch_size"], device)
+            totals = source_set_soft_label_totals(
+                segmenter,
+                models.soft_labels,
+                plain_source,
+                list(range(rank, len(plain_source), world)),
+                weights.soft_label_temperature,
+                section["batch_size"],
+                device,
+            )
         if distributed:
             dist.all_reduce(totals)
         models.soft_labels.assign(totals)
         soft_labels_fixed = True
 
     def state() -> dict[str, Any]:
-        return {"model": model_identity(cfg, num_classes), "modules": _module_states(models),
-                "optimizers": optimizers.state_dict() if optimizers else {}, "mode": mode,
-                "round": int(job.get("round", 0)), "global_step": global_step, "job_step": job_step,
-                "rng": torch.get_rng_state(), "soft_labels_fixed": soft_labels_fixed, "loss_sums": dict(sums)}
+        return {
+            "model": model_identity(cfg, num_classes),
+            "modules": _module_states(models),
+            "optimizers": optimizers.state_dict() if optimizers else {},
+            "mode": mode,
+            "round": int(job.get("round", 0)),
+            "global_step": global_step,
+            "job_step": job_step,
+            "rng": torch.get_rng_state(),
+            "soft_labels_fixed": soft_labels_fixed,
+            "loss_sums": dict(sums),
+        }
 
     train_selector = mode == "source" or bool(job.get("train_selector", True))
     # A resumed job continues its loss sums too, so its reported means are those of an uninterrupted job.
@@ -367,22 +430,42 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     seed = cfg["seed"]
     workers, pin = int(cfg["train"]["loader_workers"]), use_gpu
     remaining = max(0, steps - job_step)
-    source_batches = (training_loader(domains.source, section["batch_size"], global_step, remaining, seed,
-                                      SOURCE_STREAM, rank, world, workers, pin) if remaining else [])
-    target_batches = (training_loader(target_data, section["batch_size"], global_step, remaining, seed,
-                                      TARGET_STREAM, rank, world, workers, pin)
-                      if target_data is not None and remaining else [None] * remaining)
+    source_batches = (
+        training_loader(
+            domains.source,
+            section["batch_size"],
+            global_step,
+            remaining,
+            seed,
+            SOURCE_STREAM,
+            rank,
+            world,
+            workers,
+            pin,
+        )
+        if remaining
+        else []
+    )
+    target_batches = (
+        training_loader(
+            target_data, section["batch_size"], global_step, remaining, seed, TARGET_STREAM, rank, world, workers, pin
+        )
+        if target_data is not None and remaining
+        else [None] * remaining
+    )
     for source, target in zip(source_batches, target_batches):
         source = tuple(t.to(device, non_blocking=True) for t in source)
         if target is not None:
             target = tuple(t.to(device, non_blocking=True) for t in target)
         # Whatever the step itself draws is a function of the step too, so resuming reproduces it.
         torch.manual_seed(seed * 7919 + global_step * 31 + rank)
-        apply_lr_schedule(optimizers, base_lrs, poly_lr_factor(global_step, schedule_first, schedule_planned,
-                                                               section["lr_power"]))
+        apply_lr_schedule(
+            optimizers, base_lrs, poly_lr_factor(global_step, schedule_first, schedule_planned, section["lr_power"])
+        )
         with autocast:
-            losses = adaptation_step(models, optimizers, source, target, weights, all_reduce=all_reduce,
-                                     train_selector=train_selector)
+            losses = adaptation_step(
+                models, optimizers, source, target, weights, all_reduce=all_reduce, train_selector=train_selector
+            )
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value
         global_step += 1
@@ -397,15 +480,26 @@ def run_job(job: dict, *, rank: int = 0, world: int = 1, device: torch.device | 
     segmenter = getattr(models.segmenter, "module", models.segmenter)
     val_ids = list(range(rank, len(domains.target_val), world))
     with autocast:
-        confusion = predict_confusion(segmenter, domains.target_val, val_ids, num_classes,
-                                      batch_size=max(1, section["batch_size"]), device=device, workers=workers)
+        confusion = predict_confusion(
+            segmenter,
+            domains.target_val,
+            val_ids,
+            num_classes,
+            batch_size=max(1, section["batch_size"]),
+            device=device,
+            workers=workers,
+        )
     if distributed:
         dist.all_reduce(confusion)
     confusion = confusion.cpu()
     # train/start_step: where this attempt began (> 0 only when Ray Train restarted it from a checkpoint).
-    metrics: dict[str, Any] = {"target/miou": mean_iou(confusion), "train/steps": steps,
-                               "train/global_step": global_step, "train/seconds": train_seconds,
-                               "train/start_step": start_step}
+    metrics: dict[str, Any] = {
+        "target/miou": mean_iou(confusion),
+        "train/steps": steps,
+        "train/global_step": global_step,
+        "train/seconds": train_seconds,
+        "train/start_step": start_step,
+    }
     if steps:
         metrics["train/images_per_s"] = steps * section["batch_size"] * world / max(train_seconds, 1e-9)
     for name, value in zip(domains.classes, iou_per_class(confusion).tolist()):

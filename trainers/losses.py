@@ -7,7 +7,7 @@ taken in one place there.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -64,8 +64,9 @@ def discriminator_loss(d_source_logits: torch.Tensor, d_target_logits: torch.Ten
     d_source_logits: (N_s, 1, h, w); d_target_logits: (N_t, 1, h', w') (shapes may differ).
     Detach G's outputs before Dis for this step. Both logits 0 give 2 log 2.
     """
-    return (F.binary_cross_entropy_with_logits(d_source_logits, torch.ones_like(d_source_logits))
-            + F.binary_cross_entropy_with_logits(d_target_logits, torch.zeros_like(d_target_logits)))
+    return F.binary_cross_entropy_with_logits(
+        d_source_logits, torch.ones_like(d_source_logits)
+    ) + F.binary_cross_entropy_with_logits(d_target_logits, torch.zeros_like(d_target_logits))
 
 
 def adversarial_loss(d_target_logits: torch.Tensor) -> torch.Tensor:
@@ -144,8 +145,14 @@ class SoftLabels(nn.Module):
         return f"num_classes={self.num_classes}"
 
     @torch.no_grad()
-    def update(self, source_logits: torch.Tensor, source_labels: torch.Tensor, temperature: float,
-               momentum: float = 0.99, all_reduce=None) -> None:
+    def update(
+        self,
+        source_logits: torch.Tensor,
+        source_labels: torch.Tensor,
+        temperature: float,
+        momentum: float = 0.99,
+        all_reduce=None,
+    ) -> None:
         """Fold one source batch into the estimate. No gradient reaches the buffers.
 
         source_logits: (N, K, H, W); source_labels: (N, H, W) int64, 255 = ignore.
@@ -174,8 +181,9 @@ class SoftLabels(nn.Module):
         self.seen.logical_or_(present)
 
     @torch.no_grad()
-    def class_totals(self, source_logits: torch.Tensor, source_labels: torch.Tensor, temperature: float
-                     ) -> torch.Tensor:
+    def class_totals(
+        self, source_logits: torch.Tensor, source_labels: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
         """(K, K + 1) float32 [sums | counts] of one source batch: row k sums softmax(z_p / T) over the
         pixels p labeled k, and counts them. Summing these over batches (and workers) and dividing
         gives the soft labels of all those pixels (``assign``)."""
@@ -209,8 +217,13 @@ class SoftLabels(nn.Module):
         self.seen.copy_(present)
 
 
-def soft_label_loss(target_logits: torch.Tensor, sparse_labels: torch.Tensor, soft_labels: torch.Tensor,
-                    seen: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_label_loss(
+    target_logits: torch.Tensor,
+    sparse_labels: torch.Tensor,
+    soft_labels: torch.Tensor,
+    seen: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """Tzeng L_soft on the labeled target pixels, at temperature T.
 
     For each labeled target pixel p of class k = y_p with a known soft label (seen[k]):
@@ -226,8 +239,9 @@ def soft_label_loss(target_logits: torch.Tensor, sparse_labels: torch.Tensor, so
         raise ValueError(f"temperature must be > 0, got {temperature}")
     k = target_logits.shape[1]
     if soft_labels.shape != (k, k) or seen.shape != (k,):
-        raise ValueError(f"soft_labels must be ({k}, {k}) and seen ({k},), got "
-                         f"{tuple(soft_labels.shape)} and {tuple(seen.shape)}")
+        raise ValueError(
+            f"soft_labels must be ({k}, {k}) and seen ({k},), got {tuple(soft_labels.shape)} and {tuple(seen.shape)}"
+        )
     labels = sparse_labels.reshape(-1).to(target_logits.device)
     valid = labels != IGNORE_INDEX
     if bool(valid.any()) and (int(labels[valid].min()) < 0 or int(labels[valid].max()) >= k):
@@ -247,8 +261,7 @@ def soft_label_loss(target_logits: torch.Tensor, sparse_labels: torch.Tensor, so
 
 
 @torch.no_grad()
-def class_balanced_pseudo_labels(probs: torch.Tensor, portion: float = 0.5,
-                                 max_threshold: float = 0.9) -> torch.Tensor:
+def class_balanced_pseudo_labels(probs: torch.Tensor, portion: float = 0.5, max_threshold: float = 0.9) -> torch.Tensor:
     """Class-balanced confident pseudo labels (IAST, Mei et al., ECCV 2020; used by LabOR for y_hat).
 
     With c_p = max_k probs_p and k_p = argmax_k probs_p, for each class k with n_k >= 1 pixels
@@ -277,8 +290,14 @@ def class_balanced_pseudo_labels(probs: torch.Tensor, portion: float = 0.5,
     return torch.where(keep, pred, torch.full_like(pred, IGNORE_INDEX))
 
 
-def iast_threshold_update(thresholds: torch.Tensor, confidence: torch.Tensor, predicted: torch.Tensor,
-                          alpha: float = 0.2, gamma: float = 8.0, momentum: float = 0.9) -> torch.Tensor:
+def iast_threshold_update(
+    thresholds: torch.Tensor,
+    confidence: torch.Tensor,
+    predicted: torch.Tensor,
+    alpha: float = 0.2,
+    gamma: float = 8.0,
+    momentum: float = 0.9,
+) -> torch.Tensor:
     """IAST's instance-adaptive class thresholds after one image (Mei et al., ECCV 2020, Sec. 3.2).
 
     For each class c, with theta_c the threshold so far and C_c the confidences (max_k p) of the
@@ -295,8 +314,7 @@ def iast_threshold_update(thresholds: torch.Tensor, confidence: torch.Tensor, pr
     num_classes = thresholds.shape[0]
     theta = thresholds.detach().to(torch.float64)
     conf = torch.cat([confidence.detach().reshape(-1).to(torch.float64).to(theta.device), theta])
-    cls = torch.cat([predicted.detach().reshape(-1).to(theta.device),
-                     torch.arange(num_classes, device=theta.device)])
+    cls = torch.cat([predicted.detach().reshape(-1).to(theta.device), torch.arange(num_classes, device=theta.device)])
     # Sorting class * 2 + confidence orders by class, then confidence (confidence lies in [0, 1]).
     ordered = torch.sort(cls.to(torch.float64) * 2.0 + conf).values - torch.sort(cls).values.to(torch.float64) * 2.0
     counts = torch.bincount(cls, minlength=num_classes)
@@ -329,15 +347,17 @@ class IASTPseudoLabels(nn.Module):
 
     thresholds: torch.Tensor
 
-    def __init__(self, num_classes: int, alpha: float = 0.2, gamma: float = 8.0, momentum: float = 0.9,
-                 initial: float = 0.9):
+    def __init__(
+        self, num_classes: int, alpha: float = 0.2, gamma: float = 8.0, momentum: float = 0.9, initial: float = 0.9
+    ):
         super().__init__()
         self.alpha, self.gamma, self.momentum = float(alpha), float(gamma), float(momentum)
         self.register_buffer("thresholds", torch.full((num_classes,), float(initial)))
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.thresholds.shape[0]}, alpha={self.alpha}, gamma={self.gamma}, " \
-               f"momentum={self.momentum}"
+        return (
+            f"num_classes={self.thresholds.shape[0]}, alpha={self.alpha}, gamma={self.gamma}, momentum={self.momentum}"
+        )
 
     @torch.no_grad()
     def forward(self, probs: torch.Tensor, all_reduce=None) -> torch.Tensor:
@@ -395,8 +415,9 @@ def classifier_discrepancy(p1: torch.Tensor, p2: torch.Tensor, mask: torch.Tenso
         return diff.mean()
     mask = mask.to(device=diff.device, dtype=torch.bool)
     if mask.shape != (diff.shape[0],) + diff.shape[2:]:
-        raise ValueError(f"mask must be (N, H, W) = {(diff.shape[0],) + tuple(diff.shape[2:])}, "
-                         f"got {tuple(mask.shape)}")
+        raise ValueError(
+            f"mask must be (N, H, W) = {(diff.shape[0],) + tuple(diff.shape[2:])}, got {tuple(mask.shape)}"
+        )
     count = int(mask.sum())
     if count == 0:
         return _empty_loss(p1, p2)

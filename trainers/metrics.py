@@ -8,10 +8,16 @@ mIoUs would not).
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import Dataset
+
+from .loader import evaluation_loader
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore_index: int = 255
+) -> torch.Tensor:
     """(K, K) int64 counts; row = true class, column = predicted class. Pixels with ``ignore_index`` skip."""
     if pred.shape != target.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
@@ -20,7 +26,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     p = pred[valid].to(torch.int64)
     if t.numel() and (int(t.max()) >= num_classes or int(t.min()) < 0):
         raise ValueError(f"target holds class {int(t.max())} outside 0..{num_classes - 1}")
-    return torch.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return torch.bincount(t * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def iou_per_class(confusion: torch.Tensor) -> torch.Tensor:
@@ -36,3 +42,36 @@ def mean_iou(confusion: torch.Tensor) -> float:
     iou = iou_per_class(confusion)
     present = ~torch.isnan(iou)
     return float(iou[present].mean()) if present.any() else float("nan")
+
+
+@torch.no_grad()
+def predict_confusion(
+    model: nn.Module,
+    dataset: Dataset,
+    indices: list[int],
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+) -> torch.Tensor:
+    """Confusion matrix (K, K) of head 0 of ``model`` over ``dataset[indices]``.
+
+    A label larger (or smaller) than the input is scored at its own size: the logits are upsampled
+    bilinearly to it, then the argmax is taken (AdaptSegNet's and RIPU's evaluation; the Cityscapes
+    benchmark scores 2048x1024). One image at a time, so memory holds one full-size logit map.
+    """
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    loader = evaluation_loader(dataset, indices, batch_size, workers=workers, pin_memory=device.type == "cuda")
+    for images, labels in loader:
+        logits = model(images.to(device, non_blocking=True))[0]
+        for item, label in zip(logits, labels):
+            label = label.to(device, non_blocking=True)
+            if tuple(label.shape) != tuple(item.shape[-2:]):
+                item = F.interpolate(item[None].float(), size=tuple(label.shape), mode="bilinear", align_corners=False)[
+                    0
+                ]
+            confusion += confusion_matrix(item.argmax(dim=0), label, num_classes)
+    model.train(was_training)
+    return confusion

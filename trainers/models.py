@@ -48,8 +48,9 @@ class MultiHeadSegmenter(nn.Module):
         raise NotImplementedError
 
     def classify(self, features: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        return tuple(F.interpolate(head(features), size=size, mode="bilinear", align_corners=False)
-                     for head in self.heads)
+        return tuple(
+            F.interpolate(head(features), size=size, mode="bilinear", align_corners=False) for head in self.heads
+        )
 
     def head_parameters(self):
         return self.heads.parameters()
@@ -78,8 +79,9 @@ class SegmentationNet(MultiHeadSegmenter):
         self.stem = _conv_block(3, width)
         self.down1 = _conv_block(width, 2 * width, stride=2)
         self.down2 = _conv_block(2 * width, 4 * width, stride=2)
-        self.context = nn.Sequential(_conv_block(4 * width, 4 * width, dilation=2),
-                                     _conv_block(4 * width, 4 * width, dilation=4))
+        self.context = nn.Sequential(
+            _conv_block(4 * width, 4 * width, dilation=2), _conv_block(4 * width, 4 * width, dilation=4)
+        )
         self.fuse = _conv_block(4 * width + 2 * width, 2 * width)
         self.feature_channels = 2 * width
         self.heads = nn.ModuleList(nn.Conv2d(2 * width, num_classes, 1) for _ in range(num_heads))
@@ -117,8 +119,10 @@ def pretrained_status(name: str, pretrained: str = "") -> str:
         return f"model '{name}' starts from random weights (it has no pretrained variant)"
     if path.is_file():
         return f"model '{name}': ImageNet backbone weights from {path}"
-    return (f"model '{name}': no pretrained backbone weights at {path}; the backbone starts from random weights "
-            f"(put the file there, or set model.pretrained)")
+    return (
+        f"model '{name}': no pretrained backbone weights at {path}; the backbone starts from random weights "
+        f"(put the file there, or set model.pretrained)"
+    )
 
 
 class TorchvisionDeepLab(MultiHeadSegmenter):
@@ -134,8 +138,9 @@ class TorchvisionDeepLab(MultiHeadSegmenter):
         from torchvision.models import segmentation
 
         builder, _, key_prefix = _DEEPLAB[arch]
-        net = getattr(segmentation, builder)(weights=None, weights_backbone=None, num_classes=num_classes,
-                                             aux_loss=False)
+        net = getattr(segmentation, builder)(
+            weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
+        )
         self.backbone = net.backbone
         self.neck = nn.Sequential(*list(net.classifier.children())[:-1])
         self.feature_channels = 256
@@ -148,12 +153,13 @@ class TorchvisionDeepLab(MultiHeadSegmenter):
 
     def _load_backbone(self, path: Path, key_prefix: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        mapped = {k[len(key_prefix):]: v for k, v in state.items() if k.startswith(key_prefix)}
+        mapped = {k[len(key_prefix) :]: v for k, v in state.items() if k.startswith(key_prefix)}
         own = self.backbone.state_dict()
         usable = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
         if len(usable) < len(own) // 2:
-            raise ValueError(f"pretrained weights '{path}' do not fit this backbone "
-                             f"({len(usable)} of {len(own)} tensors match)")
+            raise ValueError(
+                f"pretrained weights '{path}' do not fit this backbone ({len(usable)} of {len(own)} tensors match)"
+            )
         self.backbone.load_state_dict(usable, strict=False)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,12 +188,13 @@ class ASPPClassifier(nn.Module):
         super().__init__()
         self.branches_summed = branches_summed
         self.conv2d_list = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 3, padding=d, dilation=d, bias=True) for d in ASPP_DILATIONS)
+            nn.Conv2d(in_channels, num_classes, 3, padding=d, dilation=d, bias=True) for d in ASPP_DILATIONS
+        )
         for conv in self.conv2d_list:
             nn.init.normal_(conv.weight, 0.0, 0.01)  # as both references
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(conv(x) for conv in self.conv2d_list[:self.branches_summed])
+        return sum(conv(x) for conv in self.conv2d_list[: self.branches_summed])
 
 
 class DeepLabV2(MultiHeadSegmenter):
@@ -267,11 +274,13 @@ def build_small_segnet(num_classes: int, width: int, num_heads: int, pretrained:
 def _deeplab_builder(arch: str):
     def build(num_classes: int, width: int, num_heads: int, pretrained: str = "", **_) -> nn.Module:
         return TorchvisionDeepLab(arch, num_classes, num_heads=num_heads, pretrained=pretrained)
+
     return build
 
 
-def build_deeplabv2(num_classes: int, width: int, num_heads: int, pretrained: str = "",
-                    deeplabv2_style: str = "ripu", **_) -> nn.Module:
+def build_deeplabv2(
+    num_classes: int, width: int, num_heads: int, pretrained: str = "", deeplabv2_style: str = "ripu", **_
+) -> nn.Module:
     return DeepLabV2(num_classes, num_heads=num_heads, style=deeplabv2_style, pretrained=pretrained)
 
 
@@ -288,14 +297,16 @@ MODELS = {
 MIN_BATCH_SIZE = {"deeplabv3_resnet101": 2, "deeplabv3_mobilenet_v3_large": 2}
 
 
-def build_model(name: str, num_classes: int, width: int, num_heads: int = 1, pretrained: str = "",
-                deeplabv2_style: str = "ripu") -> nn.Module:
+def build_model(
+    name: str, num_classes: int, width: int, num_heads: int = 1, pretrained: str = "", deeplabv2_style: str = "ripu"
+) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes, width, num_heads, pretrained, deeplabv2_style=deeplabv2_style)
 
 
 # --- starting checkpoints -------------------------------------------------------------------------
+
 
 class StartCheckpointError(ValueError):
     """A model file that cannot start the configured model; the message names the file and the first bad key."""
@@ -306,15 +317,15 @@ class StartCheckpointError(ValueError):
 # stripped. Documented in docs/protocol.md.
 START_KEY_MAPPING: dict[str, list[tuple[str, str | None]]] = {
     "deeplabv2_resnet101": [
-        (r"^(conv1|bn1|layer[1-4])\.(.*)$", r"backbone.\1.\2"),       # AdaptSegNet, torchvision ImageNet
-        (r"^layer6\.(.*)$", r"heads.0.\1"),                            # AdaptSegNet multi: the layer4 classifier
-        (r"^layer5\.(.*)$", r"heads.0.\1"),                            # AdaptSegNet single-level (dropped if layer6)
-        (r"^feature_extractor\.backbone\.(.*)$", r"backbone.\1"),      # RIPU
-        (r"^classifier\.(.*)$", r"heads.0.\1"),                         # RIPU
-        (r"^fc\..*$", None),                                            # ImageNet classification layer
+        (r"^(conv1|bn1|layer[1-4])\.(.*)$", r"backbone.\1.\2"),  # AdaptSegNet, torchvision ImageNet
+        (r"^layer6\.(.*)$", r"heads.0.\1"),  # AdaptSegNet multi: the layer4 classifier
+        (r"^layer5\.(.*)$", r"heads.0.\1"),  # AdaptSegNet single-level (dropped if layer6)
+        (r"^feature_extractor\.backbone\.(.*)$", r"backbone.\1"),  # RIPU
+        (r"^classifier\.(.*)$", r"heads.0.\1"),  # RIPU
+        (r"^fc\..*$", None),  # ImageNet classification layer
     ],
     "deeplabv3_resnet101": [
-        (r"^classifier\.4\.(.*)$", r"heads.0.\1"),                     # torchvision DeepLabV3
+        (r"^classifier\.4\.(.*)$", r"heads.0.\1"),  # torchvision DeepLabV3
         (r"^classifier\.([0-3])\.(.*)$", r"neck.\1.\2"),
         (r"^aux_classifier\..*$", None),
     ],
@@ -349,6 +360,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 flat[f"{prefix}{key}"] = value
             elif isinstance(value, dict) and prefix == "" and key in ("feature_extractor", "classifier"):
                 walk(value, f"{key}.")
+
     if not isinstance(raw, dict):
         raise StartCheckpointError(f"model file '{path}' holds a {type(raw).__name__}, not a state dict")
     walk(raw, "")
@@ -364,13 +376,14 @@ def map_start_keys(state: dict[str, torch.Tensor], model_name: str) -> dict[str,
     AdaptSegNet's auxiliary layer3 classifier (``layer5`` beside ``layer6``), which the papers'
     single-output evaluation does not use.
     """
+
     def unwrap(key: str) -> str:
         changed = True
         while changed:
             changed = False
             for prefix in _WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         return key
 
     state = {unwrap(k): v for k, v in state.items() if not k.endswith("num_batches_tracked")}
@@ -390,8 +403,9 @@ def map_start_keys(state: dict[str, torch.Tensor], model_name: str) -> dict[str,
     return out
 
 
-def load_start_checkpoint(model: nn.Module, path: str | Path, model_name: str, include_heads: bool = True,
-                          what: str = "start checkpoint") -> None:
+def load_start_checkpoint(
+    model: nn.Module, path: str | Path, model_name: str, include_heads: bool = True, what: str = "start checkpoint"
+) -> None:
     """Load a model file into ``model`` (all keys must fit), or raise ``StartCheckpointError`` naming
     the first key that does not: missing, of another shape, or one the model does not have.
 
@@ -401,8 +415,13 @@ def load_start_checkpoint(model: nn.Module, path: str | Path, model_name: str, i
     fit_start_state(model, read_state_dict(path), model_name, include_heads, f"{what} '{path}'")
 
 
-def fit_start_state(model: nn.Module, state: dict[str, torch.Tensor], model_name: str, include_heads: bool = True,
-                    source: str = "start checkpoint") -> None:
+def fit_start_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    model_name: str,
+    include_heads: bool = True,
+    source: str = "start checkpoint",
+) -> None:
     """``load_start_checkpoint`` on tensors already read (``source`` names them in errors)."""
     mapped = map_start_keys(state, model_name)
     own = model.state_dict()
@@ -416,8 +435,10 @@ def fit_start_state(model: nn.Module, state: dict[str, torch.Tensor], model_name
         if key not in mapped:
             raise StartCheckpointError(f"{source} does not fit model '{model_name}': it has no '{key}'")
         if tuple(mapped[key].shape) != tuple(tensor.shape):
-            raise StartCheckpointError(f"{source} does not fit model '{model_name}': '{key}' is "
-                                       f"{tuple(mapped[key].shape)} there, the model needs {tuple(tensor.shape)}")
+            raise StartCheckpointError(
+                f"{source} does not fit model '{model_name}': '{key}' is "
+                f"{tuple(mapped[key].shape)} there, the model needs {tuple(tensor.shape)}"
+            )
     extra = [k for k in mapped if k not in own and wanted(k)]
     if extra:
         raise StartCheckpointError(f"{source} does not fit model '{model_name}': the model has no '{extra[0]}'")

@@ -9,7 +9,7 @@ numbers and a fake clock.
 from __future__ import annotations
 
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 
 def format_duration(seconds: float) -> str:
@@ -31,8 +31,14 @@ class StepProgress:
     per worker times the workers), as ``train/images_per_s`` does. ``interval_s <= 0`` prints nothing.
     """
 
-    def __init__(self, label: str, images_per_step: int, interval_s: float,
-                 write: Callable[[str], None] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        images_per_step: int,
+        interval_s: float,
+        write: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.label, self.images_per_step, self.interval_s = label, images_per_step, interval_s
         self.write = write or (lambda line: print(line, flush=True))
         self.clock = clock
@@ -57,6 +63,8 @@ class StepProgress:
         rate = steps / max(now - self._last_time, 1e-9)
         mean = " ".join(f"{name} {value / self._count:.4f}" for name, value in sorted(self._sums.items()))
         left = format_duration((total - done) / rate) if rate > 0 else "?"
-        self.write(f"[{self.label}] step {done}/{total} ({100 * done / max(total, 1):.0f}%) | loss: {mean or 'none'} | "
-                   f"{rate * self.images_per_step:.1f} images/s | {left} left")
+        self.write(
+            f"[{self.label}] step {done}/{total} ({100 * done / max(total, 1):.0f}%) | loss: {mean or 'none'} | "
+            f"{rate * self.images_per_step:.1f} images/s | {left} left"
+        )
         self._last_time, self._last_step, self._sums, self._count = now, done, {}, 0

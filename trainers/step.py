@@ -22,8 +22,8 @@ losses are summed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -31,9 +31,21 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from .losses import (IGNORE_INDEX, IASTPseudoLabels, SoftLabels, adversarial_loss, class_balanced_pseudo_labels,
-                     classifier_discrepancy, discriminator_loss, domain_classifier_loss, domain_confusion_loss,
-                     pseudo_label_loss, soft_label_loss, source_cross_entropy, sparse_target_cross_entropy)
+from .losses import (
+    IGNORE_INDEX,
+    IASTPseudoLabels,
+    SoftLabels,
+    adversarial_loss,
+    class_balanced_pseudo_labels,
+    classifier_discrepancy,
+    discriminator_loss,
+    domain_classifier_loss,
+    domain_confusion_loss,
+    pseudo_label_loss,
+    soft_label_loss,
+    source_cross_entropy,
+    sparse_target_cross_entropy,
+)
 
 
 @dataclass(frozen=True)
@@ -49,18 +61,18 @@ class LossWeights:
     pseudo_label: float = 0.0
     pseudo_label_portion: float = 0.5
     discrepancy: float = 0.0
-    num_k: int = 1                              # MCD: backbone discrepancy updates per step
-    pseudo_label_rule: str = "class_balanced"   # "iast" needs AdaptationModels.pseudo_labeler
-    soft_label_estimate: str = "running"        # "source_set": soft labels fixed, not updated per batch
+    num_k: int = 1  # MCD: backbone discrepancy updates per step
+    pseudo_label_rule: str = "class_balanced"  # "iast" needs AdaptationModels.pseudo_labeler
+    soft_label_estimate: str = "running"  # "source_set": soft labels fixed, not updated per batch
 
 
 @dataclass
 class AdaptationModels:
-    segmenter: nn.Module                       # G: one head
-    selector: nn.Module                        # S: backbone F + heads C1, C2
-    discriminator: nn.Module | None = None     # Dis (AdaptSeg), when adversarial > 0
+    segmenter: nn.Module  # G: one head
+    selector: nn.Module  # S: backbone F + heads C1, C2
+    discriminator: nn.Module | None = None  # Dis (AdaptSeg), when adversarial > 0
     domain_classifier: nn.Module | None = None  # theta_D (Tzeng), when confusion > 0
-    soft_labels: SoftLabels | None = None      # l(k) (Tzeng), when soft_label > 0
+    soft_labels: SoftLabels | None = None  # l(k) (Tzeng), when soft_label > 0
     pseudo_labeler: IASTPseudoLabels | None = None  # IAST's class thresholds, when pseudo_label_rule is "iast"
 
 
@@ -117,9 +129,13 @@ class SegmenterOutputs:
     features: torch.Tensor | None
 
 
-def segmenter_update(models: AdaptationModels, opt: Optimizers, source: tuple[torch.Tensor, torch.Tensor],
-                     target: tuple[torch.Tensor, torch.Tensor] | None, w: LossWeights,
-                     ) -> tuple[dict[str, float], SegmenterOutputs]:
+def segmenter_update(
+    models: AdaptationModels,
+    opt: Optimizers,
+    source: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor] | None,
+    w: LossWeights,
+) -> tuple[dict[str, float], SegmenterOutputs]:
     """G's update. ``target`` = (images, sparse labels with 255 where unlabeled) or None (source only).
 
     One forward pass over the concatenated source and target batch (GroupNorm is per image, so
@@ -180,16 +196,18 @@ def domain_classifier_update(models: AdaptationModels, opt: Optimizers, outputs:
     return {"domain_classifier": float(loss.detach())}
 
 
-def _selector_supervised(heads, source, target, pseudo_labels, w: LossWeights
-                         ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def _selector_supervised(
+    heads, source, target, pseudo_labels, w: LossWeights
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Mean over heads of source CE + w_t * sparse target CE + w_pl * pseudo-label CE."""
     ys = source[1]
     n_source = ys.shape[0]
     losses = {"selector_source_ce": sum(source_cross_entropy(h[:n_source], ys) for h in heads) / len(heads)}
     weights: dict[str, float] = {}
     if target is not None and w.target_ce > 0:
-        losses["selector_target_ce"] = sum(sparse_target_cross_entropy(h[n_source:], target[1])
-                                           for h in heads) / len(heads)
+        losses["selector_target_ce"] = sum(sparse_target_cross_entropy(h[n_source:], target[1]) for h in heads) / len(
+            heads
+        )
         weights["selector_target_ce"] = w.target_ce
     if target is not None and pseudo_labels is not None and w.pseudo_label > 0:
         losses["selector_pseudo_ce"] = pseudo_label_loss([h[n_source:] for h in heads], pseudo_labels)
@@ -201,18 +219,19 @@ def _batch(source, target) -> torch.Tensor:
     return source[0] if target is None else torch.cat([source[0], target[0]])
 
 
-def selector_supervised_update(models: AdaptationModels, opt: Optimizers, source, target, pseudo_labels,
-                               w: LossWeights) -> dict[str, float]:
+def selector_supervised_update(
+    models: AdaptationModels, opt: Optimizers, source, target, pseudo_labels, w: LossWeights
+) -> dict[str, float]:
     """LabOR selector, step A: F, C1, C2 on the supervised terms (source, labeled target, pseudo labels)."""
-    losses, weights = _selector_supervised(models.selector(_batch(source, target)), source, target,
-                                           pseudo_labels, w)
+    losses, weights = _selector_supervised(models.selector(_batch(source, target)), source, target, pseudo_labels, w)
     total = weighted_total(losses, weights)
     _apply(total, [opt.selector_backbone, opt.selector_heads])
     return _floats(losses, total, "selector_total")
 
 
-def selector_heads_update(models: AdaptationModels, opt: Optimizers, source, target, pseudo_labels,
-                          w: LossWeights) -> dict[str, float]:
+def selector_heads_update(
+    models: AdaptationModels, opt: Optimizers, source, target, pseudo_labels, w: LossWeights
+) -> dict[str, float]:
     """LabOR selector, step B (MCD): C1, C2 maximise d(p1_t, p2_t) while staying correct; F fixed.
 
     Loss = supervised terms - w_d * d(p1_t, p2_t), with F's output detached so F gets no gradient.
@@ -243,9 +262,15 @@ def selector_backbone_update(models: AdaptationModels, opt: Optimizers, target, 
     return {"selector_discrepancy_backbone": total / max(1, w.num_k)}
 
 
-def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[torch.Tensor, torch.Tensor],
-                    target: tuple[torch.Tensor, torch.Tensor] | None, w: LossWeights,
-                    all_reduce: Callable | None = None, train_selector: bool = True) -> dict[str, float]:
+def adaptation_step(
+    models: AdaptationModels,
+    opt: Optimizers,
+    source: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor] | None,
+    w: LossWeights,
+    all_reduce: Callable | None = None,
+    train_selector: bool = True,
+) -> dict[str, float]:
     """One step of every update whose weight is non-zero; returns all losses by name.
 
     ``train_selector=False`` skips LabOR's selector updates (A, B, C): S only ranks pixels, so they
@@ -253,8 +278,13 @@ def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[tor
     """
     losses, outputs = segmenter_update(models, opt, source, target, w)
     if models.soft_labels is not None and w.soft_label_estimate == "running":
-        models.soft_labels.update(outputs.source_logits, source[1], w.soft_label_temperature,
-                                  momentum=w.soft_label_momentum, all_reduce=all_reduce)
+        models.soft_labels.update(
+            outputs.source_logits,
+            source[1],
+            w.soft_label_temperature,
+            momentum=w.soft_label_momentum,
+            all_reduce=all_reduce,
+        )
     if target is not None and models.discriminator is not None:
         losses.update(discriminator_update(models, opt, outputs))
     if target is not None and models.domain_classifier is not None:
@@ -271,8 +301,9 @@ def adaptation_step(models: AdaptationModels, opt: Optimizers, source: tuple[tor
     return losses
 
 
-def pseudo_labels(models: AdaptationModels, target_probs: torch.Tensor, w: LossWeights,
-                  all_reduce: Callable | None = None) -> torch.Tensor:
+def pseudo_labels(
+    models: AdaptationModels, target_probs: torch.Tensor, w: LossWeights, all_reduce: Callable | None = None
+) -> torch.Tensor:
     """G's target pseudo labels for LabOR's selector by ``w.pseudo_label_rule``: (N, K, H, W) -> (N, H, W)."""
     if w.pseudo_label_rule == "iast":
         if models.pseudo_labeler is None:
@@ -314,54 +345,9 @@ class SparseTargetDataset(Dataset):
             revealed = self.sparse_labels.get(int(index))
             if revealed is not None:
                 ys, xs, classes = (np.asarray(a) for a in revealed)
-                sparse[torch.from_numpy(ys.astype(np.int64)), torch.from_numpy(xs.astype(np.int64))] = \
-                    torch.from_numpy(classes.astype(np.int64))
+                sparse[torch.from_numpy(ys.astype(np.int64)), torch.from_numpy(xs.astype(np.int64))] = torch.from_numpy(
+                    classes.astype(np.int64)
+                )
         if self.hflip and torch.rand(()) < 0.5:
             image, sparse = image.flip(-1), sparse.flip(-1)
         return image, sparse
-
-
-def batch_indices(num_items: int, batch_size: int, step: int, seed: int, rank: int = 0, world: int = 1) -> list[int]:
-    """Item indices of one rank's batch at a global ``step``: a pure function, so a resumed run
-    (or a restarted worker) draws exactly the batches an uninterrupted run would.
-
-    Each epoch is a seeded permutation of the items cut into ``world`` equal shards (the remainder
-    is left out of that epoch); a rank walks its shard in batches of ``batch_size``.
-    """
-    if num_items < world:
-        raise ValueError(f"{num_items} items cannot be sharded over {world} workers")
-    per_rank = num_items // world
-    batch = min(batch_size, per_rank)
-    batches_per_epoch = per_rank // batch
-    epoch, position = divmod(step, batches_per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    shard = torch.randperm(num_items, generator=generator)[: per_rank * world][rank::world]
-    return shard[position * batch:(position + 1) * batch].tolist()
-
-
-@torch.no_grad()
-def predict_confusion(model: nn.Module, dataset: Dataset, indices: list[int], num_classes: int,
-                      batch_size: int, device: torch.device, workers: int = 0) -> torch.Tensor:
-    """Confusion matrix (K, K) of head 0 of ``model`` over ``dataset[indices]``.
-
-    A label larger (or smaller) than the input is scored at its own size: the logits are upsampled
-    bilinearly to it, then the argmax is taken (AdaptSegNet's and RIPU's evaluation; the Cityscapes
-    benchmark scores 2048x1024). One image at a time, so memory holds one full-size logit map.
-    """
-    from .loader import evaluation_loader
-    from .metrics import confusion_matrix
-
-    was_training = model.training
-    model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-    loader = evaluation_loader(dataset, indices, batch_size, workers=workers, pin_memory=device.type == "cuda")
-    for images, labels in loader:
-        logits = model(images.to(device, non_blocking=True))[0]
-        for item, label in zip(logits, labels):
-            label = label.to(device, non_blocking=True)
-            if tuple(label.shape) != tuple(item.shape[-2:]):
-                item = F.interpolate(item[None].float(), size=tuple(label.shape), mode="bilinear",
-                                     align_corners=False)[0]
-            confusion += confusion_matrix(item.argmax(dim=0), label, num_classes)
-    model.train(was_training)
-    return confusion

@@ -17,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,8 +25,18 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import build_adaptation_models, load_models, model_identity, run_job
 from .progress import StepProgress
 
-__all__ = ["TrainingJobError", "TrainingResult", "build_adaptation_models", "load_models", "model_identity",
-           "run_training", "train_loop_per_worker"]
+if TYPE_CHECKING:
+    import pyarrow.fs
+
+__all__ = [
+    "TrainingJobError",
+    "TrainingResult",
+    "build_adaptation_models",
+    "load_models",
+    "model_identity",
+    "run_training",
+    "train_loop_per_worker",
+]
 
 
 def train_loop_per_worker(job: dict) -> dict | None:
@@ -62,9 +72,16 @@ def train_loop_per_worker(job: dict) -> dict | None:
             _report({"train/job_step": done}, state_fn() if rank == 0 else None)
 
     try:
-        result = run_job(job, rank=rank, world=world, device=ray.train.torch.get_device(), prepare_model=prepare,
-                         resume_state=resume_state, on_step=on_step,
-                         progress=step_progress(job, world) if rank == 0 else None)
+        result = run_job(
+            job,
+            rank=rank,
+            world=world,
+            device=ray.train.torch.get_device(),
+            prepare_model=prepare,
+            resume_state=resume_state,
+            on_step=on_step,
+            progress=step_progress(job, world) if rank == 0 else None,
+        )
     except Exception:
         # Ray Train hands the driver the exception without its traceback: carry the traceback as the message.
         raise WorkerFailure(traceback.format_exc()) from None
@@ -77,8 +94,13 @@ def step_progress(job: dict, world: int) -> StepProgress:
     """Progress lines of this job (printed by rank 0 only; Ray forwards them to the driver)."""
     cfg, mode = job["config"], job["mode"]
     section = cfg["source" if mode == "source" else "adapt"]
-    label = ("source model" if mode == "source" else "warm-up" if job.get("stage") == "warmup"
-             else f"round {job.get('round', '?')}")
+    label = (
+        "source model"
+        if mode == "source"
+        else "warm-up"
+        if job.get("stage") == "warmup"
+        else f"round {job.get('round', '?')}"
+    )
     if job.get("trial"):
         label = f"{job['trial']} {label}"
     elif job.get("full_target_labels"):
@@ -117,8 +139,9 @@ class TrainingResult:
     seconds: float
 
 
-def run_training(job: dict, storage_path: str | Path, name: str,
-                 filesystem: "pyarrow.fs.FileSystem | None" = None) -> TrainingResult:
+def run_training(
+    job: dict, storage_path: str | Path, name: str, filesystem: pyarrow.fs.FileSystem | None = None
+) -> TrainingResult:
     """Run one job on Ray Train (``TorchTrainer``) and return its metrics and checkpoint directory.
 
     ``job["config"]`` is the experiment config as a plain dict; its ``train`` section gives the
@@ -144,14 +167,20 @@ def run_training(job: dict, storage_path: str | Path, name: str,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=job,
-        scaling_config=ScalingConfig(num_workers=int(train_cfg["num_workers"]), use_gpu=bool(train_cfg["use_gpu"]),
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=int(train_cfg["num_workers"]),
+            use_gpu=bool(train_cfg["use_gpu"]),
+            resources_per_worker=resources,
+        ),
         # A run name that exists in storage resumes that run (Ray Train's own snapshot): names are
         # per job (source hash, trial and round), so an interrupted round continues where it stopped.
-        run_config=RunConfig(storage_path=ray_storage_path, storage_filesystem=filesystem, name=name,
-                             failure_config=FailureConfig(max_failures=int(train_cfg["max_failures"]),
-                                                          controller_failure_limit=3),
-                             logging_config=LoggingConfig(log_level="WARNING")),
+        run_config=RunConfig(
+            storage_path=ray_storage_path,
+            storage_filesystem=filesystem,
+            name=name,
+            failure_config=FailureConfig(max_failures=int(train_cfg["max_failures"]), controller_failure_limit=3),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
     )
     started = time.perf_counter()
     try:
@@ -163,8 +192,11 @@ def run_training(job: dict, storage_path: str | Path, name: str,
     checkpoint_dir = None
     if result.checkpoint is not None:
         checkpoint_dir = f"{scheme}://{result.checkpoint.path}" if scheme else result.checkpoint.path
-    return TrainingResult(metrics=dict(result.return_value or result.metrics), checkpoint_dir=checkpoint_dir,
-                          seconds=time.perf_counter() - started)
+    return TrainingResult(
+        metrics=dict(result.return_value or result.metrics),
+        checkpoint_dir=checkpoint_dir,
+        seconds=time.perf_counter() - started,
+    )
 
 
 class WorkerFailure(RuntimeError):
@@ -176,7 +208,7 @@ class TrainingJobError(RuntimeError):
     log file that holds every failed worker's full traceback."""
 
     @classmethod
-    def from_failure(cls, failure: BaseException, name: str, log_path: Path) -> "TrainingJobError":
+    def from_failure(cls, failure: BaseException, name: str, log_path: Path) -> TrainingJobError:
         worker_failures = getattr(failure, "worker_failures", None) or {}
         sections = [f"rank {rank}:\n{error}" for rank, error in sorted(worker_failures.items())]
         text = "\n\n".join(sections) or "".join(traceback.format_exception(failure))

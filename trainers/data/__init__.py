@@ -34,7 +34,8 @@ SOURCE_FORMATS = {
 }
 TARGET_FORMATS = {
     "cityscapes": lambda root, split, class_set, size, native_labels=False: CityscapesSegmentation(
-        root, split, class_set=class_set, size=size, native_labels=native_labels),
+        root, split, class_set=class_set, size=size, native_labels=native_labels
+    ),
 }
 # data.eval_resolution: "native" scores the prediction upsampled to each label's own size (the papers'
 # protocol, Cityscapes at 2048x1024); "input" scores labels resized to the input grid (cheaper).
@@ -49,7 +50,7 @@ class SeededSubset(Dataset):
     def __init__(self, dataset: Dataset, count: int, seed: int):
         self.dataset = dataset
         generator = torch.Generator().manual_seed(int(seed))
-        chosen = torch.randperm(len(dataset), generator=generator)[:min(count, len(dataset))]
+        chosen = torch.randperm(len(dataset), generator=generator)[: min(count, len(dataset))]
         self.indices = sorted(chosen.tolist())
         self.classes = dataset.classes
         self.files = [dataset.files[i] for i in self.indices]
@@ -98,11 +99,13 @@ def domain_roots(data_cfg: dict, progress=None, *, generate: bool = True) -> tup
     source_root, target_root = data_cfg["source"]["root"], data_cfg["target"]["root"]
     if not source_root or not target_root:
         if generate:
-            generated = ensure_synthetic_domains(data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"],
-                                                 data_cfg["synthetic"], progress=progress)
+            generated = ensure_synthetic_domains(
+                data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"], data_cfg["synthetic"], progress=progress
+            )
         else:
-            folder = synthetic_domain_folder(data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"],
-                                             data_cfg["synthetic"])
+            folder = synthetic_domain_folder(
+                data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"], data_cfg["synthetic"]
+            )
             generated = (folder / "source", folder / "target") if (folder / "complete").is_file() else (None, None)
         source_root = source_root or generated[0]
         target_root = target_root or generated[1]
@@ -142,8 +145,9 @@ def check_writable_folder(folder: str | Path, key: str) -> None:
         raise DatasetError(f"{key} '{folder}': '{existing}' is not a folder")
     read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
     if read_only or not os.access(existing, os.W_OK | os.X_OK):
-        raise DatasetError(f"{key} '{folder}': '{existing}' is not writable"
-                           + (" (a read-only file system)" if read_only else ""))
+        raise DatasetError(
+            f"{key} '{folder}': '{existing}' is not writable" + (" (a read-only file system)" if read_only else "")
+        )
 
 
 def source_input_size(data_cfg: dict) -> tuple[int, int]:
@@ -159,8 +163,12 @@ def _source_split(data_cfg: dict, root: Path) -> Dataset:
     size, source_size = (data_cfg["height"], data_cfg["width"]), source_input_size(data_cfg)
     aug = data_cfg["augment"]
     rescale = (aug["scale_min"], aug["scale_max"]) != (1.0, 1.0)
-    augment = training_transform(size=None, scale=(aug["scale_min"], aug["scale_max"]),
-                                 crop=size if rescale or source_size != size else None, hflip=aug["hflip"])
+    augment = training_transform(
+        size=None,
+        scale=(aug["scale_min"], aug["scale_max"]),
+        crop=size if rescale or source_size != size else None,
+        hflip=aug["hflip"],
+    )
     return SOURCE_FORMATS[data_cfg["source"]["format"]](root, data_cfg["class_set"], source_size, augment)
 
 
@@ -168,8 +176,9 @@ def _target_splits(data_cfg: dict, root: Path) -> tuple[Dataset, Dataset]:
     size, class_set = (data_cfg["height"], data_cfg["width"]), data_cfg["class_set"]
     target_format = TARGET_FORMATS[data_cfg["target"]["format"]]
     pool = target_format(root, data_cfg["target"]["pool_split"], class_set, size)
-    val = target_format(root, data_cfg["target"]["val_split"], class_set, size,
-                        native_labels=data_cfg["eval_resolution"] == "native")
+    val = target_format(
+        root, data_cfg["target"]["val_split"], class_set, size, native_labels=data_cfg["eval_resolution"] == "native"
+    )
     if data_cfg["pool_images"]:
         pool = SeededSubset(pool, data_cfg["pool_images"], data_cfg["subset_seed"])
     if data_cfg["val_images"]:
@@ -187,9 +196,26 @@ def build_domains(data_cfg: dict, progress=None) -> DomainSplits:
     """
     source_root, target_root = domain_roots(data_cfg, progress)
     pool, val = _target_splits(data_cfg, target_root)
-    return DomainSplits(source=_source_split(data_cfg, source_root), target_pool=pool, target_val=val,
-                        classes=CLASS_SETS[data_cfg["class_set"]])
+    return DomainSplits(
+        source=_source_split(data_cfg, source_root),
+        target_pool=pool,
+        target_val=val,
+        classes=CLASS_SETS[data_cfg["class_set"]],
+    )
 
 
-__all__ = ["CLASS_SETS", "DatasetError", "DomainSplits", "EVAL_RESOLUTIONS", "SeededSubset", "IGNORE_INDEX", "SOURCE_FORMATS",
-           "SYNTHETIC_CLASSES", "TARGET_FORMATS", "build_domains", "source_input_size", "check_domains", "domain_roots"]
+__all__ = [
+    "CLASS_SETS",
+    "EVAL_RESOLUTIONS",
+    "IGNORE_INDEX",
+    "SOURCE_FORMATS",
+    "SYNTHETIC_CLASSES",
+    "TARGET_FORMATS",
+    "DatasetError",
+    "DomainSplits",
+    "SeededSubset",
+    "build_domains",
+    "check_domains",
+    "domain_roots",
+    "source_input_size",
+]

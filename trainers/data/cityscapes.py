@@ -46,8 +46,9 @@ def list_cityscapes_pairs(root: Path, split: str) -> list[tuple[str, str]]:
     pairs = []
     for image_path, targets in zip(listing.images, listing.targets):
         if not image_path.endswith(_IMAGE_SUFFIX):
-            raise DatasetError(f"unexpected entry '{image_path}' in Cityscapes image folder "
-                               f"(expected only *{_IMAGE_SUFFIX} files)")
+            raise DatasetError(
+                f"unexpected entry '{image_path}' in Cityscapes image folder (expected only *{_IMAGE_SUFFIX} files)"
+            )
         label_path = targets[0]
         if not os.path.isfile(image_path):
             raise DatasetError(f"unexpected entry '{image_path}' in Cityscapes image folder (not a file)")
@@ -67,9 +68,15 @@ class CityscapesSegmentation(PairedSegmentationDataset):
     all void in the public release, so its items are all ignore.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str, class_set: str = "cityscapes19",
-                 size: tuple[int, int] | None = None, augment: Callable | None = None,
-                 native_labels: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        class_set: str = "cityscapes19",
+        size: tuple[int, int] | None = None,
+        augment: Callable | None = None,
+        native_labels: bool = False,
+    ) -> None:
         mapping = cityscapes_mapping(class_set)
         self.root = check_root(root)
         self.split = split

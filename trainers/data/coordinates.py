@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def label_coordinates(ys, xs, grid_size: tuple[int, int], label_size: tuple[int, int]
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def label_coordinates(ys, xs, grid_size: tuple[int, int], label_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Grid pixels (ys, xs) -> the original-label pixels (ys, xs) under their centres (int64 arrays)."""
     (grid_h, grid_w), (label_h, label_w) = grid_size, label_size
     ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)

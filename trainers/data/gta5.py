@@ -27,8 +27,13 @@ class GTA5Segmentation(PairedSegmentationDataset):
     ``ds.label(i)`` -> the deterministic label alone.
     """
 
-    def __init__(self, root: str | os.PathLike, class_set: str = "cityscapes19",
-                 size: tuple[int, int] | None = None, augment: Callable | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        class_set: str = "cityscapes19",
+        size: tuple[int, int] | None = None,
+        augment: Callable | None = None,
+    ) -> None:
         mapping = cityscapes_mapping(class_set)
         self.root = check_root(root)
         files = inside_root(self.root, list_flat_pairs(self.root / "images", self.root / "labels", "GTA5"), "GTA5")

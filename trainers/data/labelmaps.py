@@ -36,22 +36,90 @@ IGNORE_INDEX = 255
 
 # Cityscapes label ids in id order (index = id), names as in labels.py in snake_case.
 CITYSCAPES_ID_NAMES: tuple[str, ...] = (
-    "unlabeled", "ego_vehicle", "rectification_border", "out_of_roi", "static", "dynamic", "ground",
-    "road", "sidewalk", "parking", "rail_track", "building", "wall", "fence", "guard_rail", "bridge",
-    "tunnel", "pole", "polegroup", "traffic_light", "traffic_sign", "vegetation", "terrain", "sky",
-    "person", "rider", "car", "truck", "bus", "caravan", "trailer", "train", "motorcycle", "bicycle",
+    "unlabeled",
+    "ego_vehicle",
+    "rectification_border",
+    "out_of_roi",
+    "static",
+    "dynamic",
+    "ground",
+    "road",
+    "sidewalk",
+    "parking",
+    "rail_track",
+    "building",
+    "wall",
+    "fence",
+    "guard_rail",
+    "bridge",
+    "tunnel",
+    "pole",
+    "polegroup",
+    "traffic_light",
+    "traffic_sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "caravan",
+    "trailer",
+    "train",
+    "motorcycle",
+    "bicycle",
 )
 
 # SYNTHIA-RAND-CITYSCAPES class ids in id order (index = id). 'pedestrian' is Cityscapes' 'person'.
 SYNTHIA_ID_NAMES: tuple[str, ...] = (
-    "void", "sky", "building", "road", "sidewalk", "fence", "vegetation", "pole", "car", "traffic_sign",
-    "person", "bicycle", "motorcycle", "parking_slot", "road_work", "traffic_light", "terrain", "rider",
-    "truck", "bus", "train", "wall", "lane_marking",
+    "void",
+    "sky",
+    "building",
+    "road",
+    "sidewalk",
+    "fence",
+    "vegetation",
+    "pole",
+    "car",
+    "traffic_sign",
+    "person",
+    "bicycle",
+    "motorcycle",
+    "parking_slot",
+    "road_work",
+    "traffic_light",
+    "terrain",
+    "rider",
+    "truck",
+    "bus",
+    "train",
+    "wall",
+    "lane_marking",
 )
 
-_CITYSCAPES19 = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic_light", "traffic_sign",
-                 "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train",
-                 "motorcycle", "bicycle")
+_CITYSCAPES19 = (
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic_light",
+    "traffic_sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 _SYNTHIA16 = tuple(name for name in _CITYSCAPES19 if name not in ("terrain", "truck", "train"))
 _SYNTHIA13 = tuple(name for name in _SYNTHIA16 if name not in ("wall", "fence", "pole"))
 
@@ -95,15 +163,16 @@ class LabelMapping:
             raw = raw.astype(np.int64)
         lowest = int(raw.min())
         if lowest < 0:
-            raise DatasetError(f"label '{path}' has negative ids (min {lowest}), not in the "
-                               f"{self.table_name} id table")
+            raise DatasetError(f"label '{path}' has negative ids (min {lowest}), not in the {self.table_name} id table")
         # bincount is a single linear pass: cheaper than np.unique's sort on a 2048x1024 label.
         present = np.flatnonzero(np.bincount(raw.ravel()))
         undefined = [int(i) for i in present if i >= self.defined.size or not self.defined[i]]
         if undefined:
             shown = ", ".join(str(i) for i in undefined[:10]) + (", ..." if len(undefined) > 10 else "")
-            raise DatasetError(f"label '{path}' has ids not in the {self.table_name} id table "
-                               f"(defined: 0..{int(np.flatnonzero(self.defined).max())}): {shown}")
+            raise DatasetError(
+                f"label '{path}' has ids not in the {self.table_name} id table "
+                f"(defined: 0..{int(np.flatnonzero(self.defined).max())}): {shown}"
+            )
         return self.lut[raw]
 
 

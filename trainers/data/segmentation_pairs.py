@@ -61,8 +61,10 @@ def inside_root(root: Path, files: list[tuple[str, str]], dataset_name: str) -> 
     for pair in files:
         for path in pair:
             if not Path(path).resolve().is_relative_to(real_root):
-                raise DatasetError(f"{dataset_name} file '{path}' resolves to '{Path(path).resolve()}', outside the "
-                                   f"dataset root '{root}' (symlinks inside a dataset root must stay inside it)")
+                raise DatasetError(
+                    f"{dataset_name} file '{path}' resolves to '{Path(path).resolve()}', outside the "
+                    f"dataset root '{root}' (symlinks inside a dataset root must stay inside it)"
+                )
     return files
 
 
@@ -77,8 +79,9 @@ def list_flat_pairs(image_dir: Path, label_dir: Path, dataset_name: str) -> list
     pairs = []
     for image_path in sorted(image_dir.iterdir()):
         if not (image_path.is_file() and image_path.suffix.lower() == ".png"):
-            raise DatasetError(f"unexpected entry '{image_path}' in {dataset_name} image folder "
-                               f"(expected only .png images)")
+            raise DatasetError(
+                f"unexpected entry '{image_path}' in {dataset_name} image folder (expected only .png images)"
+            )
         label_path = label_dir / image_path.name
         if not label_path.is_file():
             raise DatasetError(f"image '{image_path}' has no label file '{label_path}'")
@@ -117,8 +120,10 @@ def read_single_channel_ids(path: str) -> np.ndarray:
     except PIL_READ_ERRORS as error:
         raise DatasetError(f"cannot read label '{path}': {error}") from error
     if ids is None:
-        raise DatasetError(f"label '{path}' has PIL mode {mode}; expected a single-channel id image "
-                           f"(8-bit grey, palette or 16-bit grey)")
+        raise DatasetError(
+            f"label '{path}' has PIL mode {mode}; expected a single-channel id image "
+            f"(8-bit grey, palette or 16-bit grey)"
+        )
     return ids
 
 
@@ -138,9 +143,14 @@ class PairedSegmentationDataset(Dataset):
     (the image is still resized): the papers' evaluation input.
     """
 
-    def __init__(self, files: list[tuple[str, str]], mapping: LabelMapping,
-                 size: tuple[int, int] | None = None, augment: Callable | None = None,
-                 native_labels: bool = False) -> None:
+    def __init__(
+        self,
+        files: list[tuple[str, str]],
+        mapping: LabelMapping,
+        size: tuple[int, int] | None = None,
+        augment: Callable | None = None,
+        native_labels: bool = False,
+    ) -> None:
         self.files = list(files)
         self.mapping = mapping
         self.classes: tuple[str, ...] = CLASS_SETS[mapping.class_set]
@@ -160,8 +170,10 @@ class PairedSegmentationDataset(Dataset):
         image_path, label_path = self.files[index]
         raw_ids = self.read_label_ids(label_path)
         if tuple(raw_ids.shape) != tuple(image_size):
-            raise DatasetError(f"label '{label_path}' is {raw_ids.shape[1]}x{raw_ids.shape[0]} but image "
-                               f"'{image_path}' is {image_size[1]}x{image_size[0]} (width x height)")
+            raise DatasetError(
+                f"label '{label_path}' is {raw_ids.shape[1]}x{raw_ids.shape[0]} but image "
+                f"'{image_path}' is {image_size[1]}x{image_size[0]} (width x height)"
+            )
         return tv_tensors.Mask(torch.from_numpy(self.mapping.apply(raw_ids, label_path)))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,5 +210,7 @@ class PairedSegmentationDataset(Dataset):
         return mask.as_subclass(torch.Tensor).to(torch.int64)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(n={len(self)}, class_set='{self.mapping.class_set}', "
-                f"size={self.size}, augment={self.augment is not None})")
+        return (
+            f"{type(self).__name__}(n={len(self)}, class_set='{self.mapping.class_set}', "
+            f"size={self.size}, augment={self.augment is not None})"
+        )

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-SYNTHETIC_CLASSES = ("road", "sidewalk", "building", "pole", "traffic_sign", "vegetation", "sky",
-                     "person", "car")
+SYNTHETIC_CLASSES = ("road", "sidewalk", "building", "pole", "traffic_sign", "vegetation", "sky", "person", "car")
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, SKY, PERSON, CAR = range(len(SYNTHETIC_CLASSES))
 IGNORE_INDEX = 255
 # On disk, labels are Cityscapes label ids, exactly as in GTA5 and Cityscapes.
@@ -38,28 +37,30 @@ TARGET_CITY = "synthtown"
 GENERATOR_VERSION = 2  # bump when the generator changes, so caches are rebuilt
 
 # Flat game palette (RGB 0..1).
-_SOURCE_PALETTE = np.array([
-    [0.50, 0.25, 0.50],  # road
-    [0.95, 0.35, 0.90],  # sidewalk
-    [0.30, 0.30, 0.30],  # building
-    [0.60, 0.60, 0.60],  # pole
-    [0.95, 0.85, 0.10],  # traffic sign
-    [0.30, 0.60, 0.15],  # vegetation
-    [0.30, 0.55, 0.90],  # sky
-    [0.85, 0.10, 0.25],  # person
-    [0.05, 0.05, 0.55],  # car
-])
+_SOURCE_PALETTE = np.array(
+    [
+        [0.50, 0.25, 0.50],  # road
+        [0.95, 0.35, 0.90],  # sidewalk
+        [0.30, 0.30, 0.30],  # building
+        [0.60, 0.60, 0.60],  # pole
+        [0.95, 0.85, 0.10],  # traffic sign
+        [0.30, 0.60, 0.15],  # vegetation
+        [0.30, 0.55, 0.90],  # sky
+        [0.85, 0.10, 0.25],  # person
+        [0.05, 0.05, 0.55],  # car
+    ]
+)
 
 # Camera palette: per class, several appearance modes (one is drawn per object or region).
 _TARGET_MODES = [
-    [[0.35, 0.35, 0.38], [0.45, 0.42, 0.40], [0.25, 0.26, 0.30]],          # road: asphalt greys
-    [[0.60, 0.58, 0.52], [0.50, 0.45, 0.42], [0.70, 0.62, 0.55]],          # sidewalk: pavers
+    [[0.35, 0.35, 0.38], [0.45, 0.42, 0.40], [0.25, 0.26, 0.30]],  # road: asphalt greys
+    [[0.60, 0.58, 0.52], [0.50, 0.45, 0.42], [0.70, 0.62, 0.55]],  # sidewalk: pavers
     [[0.55, 0.45, 0.38], [0.70, 0.68, 0.62], [0.40, 0.30, 0.28], [0.62, 0.55, 0.45]],  # building
-    [[0.25, 0.25, 0.22], [0.50, 0.50, 0.45]],                              # pole
-    [[0.85, 0.85, 0.80], [0.15, 0.35, 0.70], [0.80, 0.20, 0.15]],          # traffic sign
-    [[0.20, 0.35, 0.12], [0.40, 0.45, 0.20], [0.15, 0.25, 0.15]],          # vegetation
-    [[0.70, 0.78, 0.85], [0.85, 0.85, 0.88], [0.55, 0.65, 0.80]],          # sky
-    [[0.20, 0.18, 0.20], [0.55, 0.40, 0.30], [0.30, 0.30, 0.50]],          # person
+    [[0.25, 0.25, 0.22], [0.50, 0.50, 0.45]],  # pole
+    [[0.85, 0.85, 0.80], [0.15, 0.35, 0.70], [0.80, 0.20, 0.15]],  # traffic sign
+    [[0.20, 0.35, 0.12], [0.40, 0.45, 0.20], [0.15, 0.25, 0.15]],  # vegetation
+    [[0.70, 0.78, 0.85], [0.85, 0.85, 0.88], [0.55, 0.65, 0.80]],  # sky
+    [[0.20, 0.18, 0.20], [0.55, 0.40, 0.30], [0.30, 0.30, 0.50]],  # person
     [[0.75, 0.75, 0.78], [0.15, 0.15, 0.18], [0.55, 0.10, 0.10], [0.25, 0.35, 0.55]],  # car
 ]
 
@@ -73,8 +74,7 @@ _DOMAIN_CODE = {"source": 1, "target": 2}
 _SPLIT_CODE = {"train": 1, "val": 2}
 
 
-def generate_layout(rng: np.random.Generator, height: int, width: int, domain: str
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def generate_layout(rng: np.random.Generator, height: int, width: int, domain: str) -> tuple[np.ndarray, np.ndarray]:
     """(class map (H, W) uint8, instance map (H, W) int32) of one street scene.
 
     Object counts follow the domain's layout. Every drawn object (building block, tree, pole, sign,
@@ -127,7 +127,9 @@ def generate_layout(rng: np.random.Generator, height: int, width: int, domain: s
         base_y = int(rng.uniform(horizon + 2, height))
         tb = (base_y - horizon) / max(height - horizon, 1)
         side = rng.choice([-1, 1])
-        px = int(np.clip(vanish_x + tb * (width / 2 - vanish_x) + side * (2 + tb * half_bottom + 2 + tb * 6), 0, width - 2))
+        px = int(
+            np.clip(vanish_x + tb * (width / 2 - vanish_x) + side * (2 + tb * half_bottom + 2 + tb * 6), 0, width - 2)
+        )
         pole_h = int(height * (0.15 + 0.35 * tb))
         thick = 1 + int(tb > 0.6)
         top = max(base_y - pole_h, 0)
@@ -165,8 +167,13 @@ def generate_layout(rng: np.random.Generator, height: int, width: int, domain: s
 _INSTANCE_COLOURED = (POLE, SIGN, PERSON, CAR)
 
 
-def render(rng: np.random.Generator, label: np.ndarray, domain: str, difficulty: float = 1.0,
-           instance: np.ndarray | None = None) -> np.ndarray:
+def render(
+    rng: np.random.Generator,
+    label: np.ndarray,
+    domain: str,
+    difficulty: float = 1.0,
+    instance: np.ndarray | None = None,
+) -> np.ndarray:
     """RGB float32 (H, W, 3) in [0, 1] for a class map, in the domain's style.
 
     ``difficulty`` scales every target-style effect: 0 renders the target like the source (same
@@ -231,8 +238,7 @@ def _box_blur(image: np.ndarray, radius: int) -> np.ndarray:
     return t[0].numpy().transpose(1, 2, 0)
 
 
-def generate_sample(seed: int, domain: str, split: str, index: int, height: int, width: int,
-                    difficulty: float = 1.0):
+def generate_sample(seed: int, domain: str, split: str, index: int, height: int, width: int, difficulty: float = 1.0):
     """(image float32 (H, W, 3) in [0, 1], label uint8 (H, W) of class indices) of one synthetic image."""
     if domain not in _DOMAIN_CODE:
         raise ValueError(f"unknown domain '{domain}'; choose source or target")
@@ -249,9 +255,17 @@ def domain_hash(height: int, width: int, synthetic: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def write_synthetic_domains(out: str | Path, height: int, width: int, source_images: int,
-                            target_train_images: int, target_val_images: int, seed: int = 0,
-                            difficulty: float = 1.0, progress=None) -> tuple[Path, Path]:
+def write_synthetic_domains(
+    out: str | Path,
+    height: int,
+    width: int,
+    source_images: int,
+    target_train_images: int,
+    target_val_images: int,
+    seed: int = 0,
+    difficulty: float = 1.0,
+    progress=None,
+) -> tuple[Path, Path]:
     """Write the source domain in the GTA5 layout and the target in the Cityscapes layout.
 
     ``out/source/{images,labels}/<index>.png`` and
@@ -260,8 +274,11 @@ def write_synthetic_domains(out: str | Path, height: int, width: int, source_ima
     """
     out = Path(out)
     source, target = out / "source", out / "target"
-    jobs = [("source", "train", source_images), ("target", "train", target_train_images),
-            ("target", "val", target_val_images)]
+    jobs = [
+        ("source", "train", source_images),
+        ("target", "train", target_train_images),
+        ("target", "val", target_val_images),
+    ]
     total, done = sum(n for *_, n in jobs), 0
     for domain, split, count in jobs:
         for index in range(count):
@@ -291,8 +308,9 @@ def synthetic_domain_folder(cache_dir: str | Path, height: int, width: int, synt
     return Path(cache_dir).resolve() / f"synthetic-{domain_hash(height, width, synthetic)}"
 
 
-def ensure_synthetic_domains(cache_dir: str | Path, height: int, width: int, synthetic: dict,
-                             progress=None) -> tuple[Path, Path]:
+def ensure_synthetic_domains(
+    cache_dir: str | Path, height: int, width: int, synthetic: dict, progress=None
+) -> tuple[Path, Path]:
     """The generated domains for these settings, written once into ``cache_dir/synthetic-<hash>``.
 
     Generation goes to a private temporary folder that is renamed into place when complete, so

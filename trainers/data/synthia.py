@@ -25,8 +25,14 @@ from PIL import Image
 
 from .errors import DatasetError
 from .labelmaps import synthia_mapping
-from .segmentation_pairs import (PIL_READ_ERRORS, SINGLE_CHANNEL_ID_MODES, PairedSegmentationDataset,
-                                 check_root, inside_root, list_flat_pairs)
+from .segmentation_pairs import (
+    PIL_READ_ERRORS,
+    SINGLE_CHANNEL_ID_MODES,
+    PairedSegmentationDataset,
+    check_root,
+    inside_root,
+    list_flat_pairs,
+)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # PNG colour types with more than one channel: grey+alpha, RGB, RGBA (palette is 3 and single-channel).
@@ -88,12 +94,18 @@ class SynthiaSegmentation(PairedSegmentationDataset):
     are ignored, as in the usual SYNTHIA -> Cityscapes protocol.
     """
 
-    def __init__(self, root: str | os.PathLike, class_set: str = "synthia16",
-                 size: tuple[int, int] | None = None, augment: Callable | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        class_set: str = "synthia16",
+        size: tuple[int, int] | None = None,
+        augment: Callable | None = None,
+    ) -> None:
         mapping = synthia_mapping(class_set)
         self.root = check_root(root)
-        files = inside_root(self.root, list_flat_pairs(self.root / "RGB", self.root / "GT" / "LABELS", "SYNTHIA"),
-                            "SYNTHIA")
+        files = inside_root(
+            self.root, list_flat_pairs(self.root / "RGB", self.root / "GT" / "LABELS", "SYNTHIA"), "SYNTHIA"
+        )
         super().__init__(files, mapping, size=size, augment=augment)
 
     def read_label_ids(self, path: str) -> np.ndarray:

@@ -35,9 +35,13 @@ def check_size(size: Sequence[int] | None, name: str = "size", allow_aspect: boo
     if size is None:
         return None
     low = 0 if allow_aspect else 1
-    if (isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in size)
-            or not any(size)):
+    if (
+        isinstance(size, (str, bytes))
+        or not isinstance(size, Sequence)
+        or len(size) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= low for v in size)
+        or not any(size)
+    ):
         extra = " (one may be 0: keep the aspect ratio)" if allow_aspect else ""
         raise ValueError(f"{name} must be (height, width) with two positive ints{extra}, got {size!r}")
     return int(size[0]), int(size[1])
@@ -110,8 +114,12 @@ class ResizeInput:
 
     def __call__(self, *inputs):
         size = list(self.output_size(*F.get_size(inputs[0])))
-        outputs = tuple(F.resize(x, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
-                        if isinstance(x, tv_tensors.Mask) else F.resize(x, size, antialias=True) for x in inputs)
+        outputs = tuple(
+            F.resize(x, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+            if isinstance(x, tv_tensors.Mask)
+            else F.resize(x, size, antialias=True)
+            for x in inputs
+        )
         return outputs if len(outputs) > 1 else outputs[0]
 
     def __repr__(self) -> str:
@@ -126,8 +134,12 @@ def deterministic_transform(size: tuple[int, int] | None) -> v2.Transform | Resi
     return ResizeInput(size)
 
 
-def training_transform(size: tuple[int, int] | None = None, scale: tuple[float, float] = (0.5, 1.5),
-                       crop: tuple[int, int] | None = None, hflip: bool = True) -> v2.Compose:
+def training_transform(
+    size: tuple[int, int] | None = None,
+    scale: tuple[float, float] = (0.5, 1.5),
+    crop: tuple[int, int] | None = None,
+    hflip: bool = True,
+) -> v2.Compose:
     """Random augmentation applied identically to an (image, mask) pair.
 
     Steps: resize to ``size`` if given (a no-op when the loader already resized to the same size),
@@ -141,8 +153,9 @@ def training_transform(size: tuple[int, int] | None = None, scale: tuple[float, 
         steps.append(deterministic_transform(size))
     steps.append(RandomScale(scale))
     if crop is not None:
-        steps.append(v2.RandomCrop(list(crop), pad_if_needed=True,
-                                   fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}))
+        steps.append(
+            v2.RandomCrop(list(crop), pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX})
+        )
     if hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     return v2.Compose(steps)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from torch.utils.data import Dataset
 
@@ -48,8 +48,9 @@ def _pairs(splits: dict[str, Dataset]) -> list[tuple[Dataset, int, str, str]]:
     return out
 
 
-def verify_splits(splits: dict[str, Dataset], cache_dir: str | Path | None = None,
-                  progress: Callable[[str], None] | None = None) -> tuple[int, int]:
+def verify_splits(
+    splits: dict[str, Dataset], cache_dir: str | Path | None = None, progress: Callable[[str], None] | None = None
+) -> tuple[int, int]:
     """Decode every image and label the splits use; ``DatasetError`` naming the first bad file.
 
     Returns (files decoded now, files known good from the cache). The cache is written only when

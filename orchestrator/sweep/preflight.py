@@ -3,7 +3,8 @@
 A run that is going to be refused must be refused before it has created a folder, generated data or
 touched the tracking store, so that bad input costs one line and leaves nothing behind. In order:
 
-1. the config (done by the caller while it is loaded: one line naming the key or the config file);
+1. the config (done by the caller while it is loaded: one line naming the key or the config file), and
+   the classes it withholds from the oracle against the class set;
 2. the tracking store (reachable and writable);
 3. cluster-wide storage (``storage.uri``: the bucket exists and takes a write, removed at once);
 4. ``output_dir`` can be created and written;
@@ -18,24 +19,34 @@ right after Ray starts, still before anything is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .config import ConfigError, ExperimentConfig
-from .tracking import UNSENT_FILE, check_tracking_uri, read_outbox
+from experiment_config import ConfigError, ExperimentConfig
+from orchestrator.cluster.folder_lock import check_sweep_folder_free
+from orchestrator.cluster.storage import check_storage, open_storage
+from orchestrator.sweep.state import SWEEP_STATE, sweep_state_from_text
+from orchestrator.tracking.mlflow_runs import (
+    UNSENT_FILE,
+    check_tracking_uri,
+    read_outbox,
+)
+from trainers.data import CLASS_SETS, DatasetError, check_domains, check_writable_folder
+from trainers.engine import check_given_source_model
 
 
-def preflight(cfg: ExperimentConfig, tracking_uri: str, *, resume: bool = False, sweep: bool = True,
-              progress: Callable[[str], None] | None = None) -> None:
+def preflight(
+    cfg: ExperimentConfig,
+    tracking_uri: str,
+    *,
+    resume: bool = False,
+    sweep: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> None:
     """Raise the first problem found (``ConfigError``, ``TrackingError``, ``DatasetError``,
     ``SweepFolderBusy``, ``StartCheckpointError``); write nothing. ``sweep=False`` (``orchestrator.run``) skips the sweep
     folder's checks."""
-    from trainers.data import CLASS_SETS, DatasetError, check_domains, check_writable_folder
-    from trainers.engine import check_given_source_model
-
-    from .storage import check_storage
-    from .sweeplock import check_sweep_folder_free
-
+    check_unlabeled_classes(cfg)
     check_tracking_uri(tracking_uri)
     check_storage(cfg)
     try:
@@ -56,8 +67,6 @@ def preflight(cfg: ExperimentConfig, tracking_uri: str, *, resume: bool = False,
 def check_resume_state(cfg: ExperimentConfig, sweep_dir: Path) -> dict:
     """The saved state of the sweep to resume, read where it lives (this node or ``storage.uri``)
     without copying it here; ``ConfigError`` if there is none or it was started with other settings."""
-    from .storage import open_storage
-    from .sweep import SWEEP_STATE, sweep_state_from_text
 
     path = sweep_dir / SWEEP_STATE
     if path.is_file():
@@ -66,3 +75,16 @@ def check_resume_state(cfg: ExperimentConfig, sweep_dir: Path) -> dict:
         storage = open_storage(cfg)
         text = storage.read_text(storage.location(path)) if storage.remote else None
     return sweep_state_from_text(text, sweep_dir, cfg)
+
+
+def check_unlabeled_classes(cfg: ExperimentConfig) -> None:
+    """The classes ``selection.unlabeled_classes`` withholds exist in the class set, and some class is left."""
+    classes = CLASS_SETS[cfg.data.class_set]
+    for name in cfg.selection.unlabeled_classes:
+        if name not in classes:
+            raise ConfigError(
+                "selection.unlabeled_classes",
+                f"unknown class '{name}' in class set '{cfg.data.class_set}'; choose from: {', '.join(classes)}",
+            )
+    if len(set(cfg.selection.unlabeled_classes)) == len(classes):
+        raise ConfigError("selection.unlabeled_classes", "withholds every class: nothing could ever be labeled")

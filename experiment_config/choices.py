@@ -1,6 +1,6 @@
 """The names the config accepts, in a module that imports nothing heavy.
 
-``--help`` lists them and ``orchestrator.config`` validates against them without importing torch,
+``--help`` lists them and ``experiment_config`` validates against them without importing torch,
 torchvision or Ray (which takes seconds). The registries that implement them live below
 ``orchestrator/`` (``pixel_selectors.SELECTORS``, ``trainers.models.MODELS``, ``trainers.data``'s
 formats and class sets); ``tests/test_choices.py`` checks that every list here names exactly what
@@ -25,8 +25,7 @@ SELECTORS: tuple[str, ...] = tuple(SELECTOR_KIND)
 # pixel_selectors.budget.REGION_SPREADS
 REGION_SPREADS: tuple[str, ...] = ("score", "share")
 # trainers.models.MODELS
-MODELS: tuple[str, ...] = ("small_segnet", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large",
-                           "deeplabv2_resnet101")
+MODELS: tuple[str, ...] = ("small_segnet", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv2_resnet101")
 # trainers.models.MIN_BATCH_SIZE: models that cannot train on fewer images per step (default 1)
 MIN_BATCH_SIZE: dict[str, int] = {"deeplabv3_resnet101": 2, "deeplabv3_mobilenet_v3_large": 2}
 # trainers.models.DEEPLABV2_STYLES

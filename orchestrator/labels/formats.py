@@ -1,7 +1,7 @@
 """A round's queries for annotation tools, and their answers back: Label Studio, COCO, PNG masks.
 
 Exports (``python -m orchestrator.annotate export --format ...``) turn the queries file of a round
-(``annotate.py``: points, or a run-length mask of regions, on the selection grid) into what people
+(``orchestrator.labels.annotation``: points, or a run-length mask of regions, on the selection grid) into what people
 label with, **in the original image's coordinates**:
 
 - ``labelstudio``: ``tasks.json`` (one task per image, the queries as pre-annotations labeled
@@ -29,8 +29,9 @@ import csv
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,7 @@ class FormatError(ValueError):
 
 
 # ------------------------------------------------------------------------ grid <-> original image
+
 
 def original_size(entry: dict) -> tuple[int, int]:
     """(H, W) of the original image of a queries entry (the grid size when the file does not say)."""
@@ -99,6 +101,7 @@ def _grid_mask(entry: dict) -> np.ndarray:
 # sizes - 1, then per chunk a flag bit (1: a run of one word, 0: literal words), a 2-bit index into the
 # run sizes, the chunk length - 1 in that many bits, and the word(s). Bits are most significant first.
 
+
 class _BitWriter:
     def __init__(self):
         self.bits: list[str] = []
@@ -109,7 +112,7 @@ class _BitWriter:
     def bytes(self) -> list[int]:
         text = "".join(self.bits)
         text += "0" * (-len(text) % 8)
-        return [int(text[i:i + 8], 2) for i in range(0, len(text), 8)]
+        return [int(text[i : i + 8], 2) for i in range(0, len(text), 8)]
 
 
 class _BitReader:
@@ -120,7 +123,7 @@ class _BitReader:
     def read(self, size: int) -> int:
         if self.pos + size > len(self.text):
             raise ValueError("the RLE data ends early")
-        value = int(self.text[self.pos:self.pos + size], 2) if size else 0
+        value = int(self.text[self.pos : self.pos + size], 2) if size else 0
         self.pos += size
         return value
 
@@ -177,6 +180,7 @@ def brush_rle_decode(rle: Sequence[int], height: int, width: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------- COCO RLE
 
+
 def coco_rle_encode(mask: np.ndarray) -> dict:
     """COCO's uncompressed RLE: column-major run lengths, starting with a run of zeros."""
     flat = np.asarray(mask, bool).T.ravel()
@@ -202,6 +206,7 @@ def coco_rle_decode(rle: dict, height: int, width: int) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------- exports
 
+
 def _hex(rgb: Sequence[float]) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
 
@@ -216,43 +221,75 @@ def _atomic_text(path: Path, text: str) -> Path:
 
 def export_label_studio(queries: dict, out_dir: Path, image_url_prefix: str = "") -> list[Path]:
     """``tasks.json`` and ``labeling_config.xml`` for a Label Studio project."""
-    from .report import class_palette
+    from trainers.data.palette import class_palette
 
     classes = list(queries["classes"])
     regions = any("mask_rle" in entry for entry in queries["images"])
     tag, kind = ("BrushLabels", "brushlabels") if regions else ("KeyPointLabels", "keypointlabels")
     colours = class_palette(classes)
-    labels = "\n".join(f'    <Label value="{name}" background="{_hex(colour)}"/>' for name, colour in zip(classes, colours))
-    config = (f'<View>\n  <Image name="image" value="$image" zoom="true"/>\n  <{tag} name="label" toName="image">\n'
-              f'{labels}\n    <Label value="{UNSURE}" background="#ffffff"/>\n  </{tag}>\n</View>\n')
+    labels = "\n".join(
+        f'    <Label value="{name}" background="{_hex(colour)}"/>' for name, colour in zip(classes, colours)
+    )
+    config = (
+        f'<View>\n  <Image name="image" value="$image" zoom="true"/>\n  <{tag} name="label" toName="image">\n'
+        f'{labels}\n    <Label value="{UNSURE}" background="#ffffff"/>\n  </{tag}>\n</View>\n'
+    )
     tasks = []
     for entry in queries["images"]:
         big_h, big_w = original_size(entry)
-        common = {"from_name": "label", "to_name": "image", "type": kind, "original_width": big_w,
-                  "original_height": big_h, "image_rotation": 0}
+        common = {
+            "from_name": "label",
+            "to_name": "image",
+            "type": kind,
+            "original_width": big_w,
+            "original_height": big_h,
+            "image_rotation": 0,
+        }
         if regions:
             mask = grid_mask_to_original(_grid_mask(entry), (big_h, big_w))
-            results = [{**common, "id": "query", "value": {"format": "rle", "rle": brush_rle_encode(mask),
-                                                           kind: [UNSURE]}}]
+            results = [
+                {**common, "id": "query", "value": {"format": "rle", "rle": brush_rle_encode(mask), kind: [UNSURE]}}
+            ]
         else:
             ys, xs = queried_pixels(entry)
             oys, oxs = grid_to_original(ys, xs, (entry["height"], entry["width"]), (big_h, big_w))
             # Percentages of the image; the point sits at the centre of its original pixel.
-            results = [{**common, "id": f"q{k}", "value": {"x": 100 * (ox + 0.5) / big_w, "y": 100 * (oy + 0.5) / big_h,
-                                                           "width": 0.4, kind: [UNSURE]}}
-                       for k, (oy, ox) in enumerate(zip(oys.tolist(), oxs.tolist()))]
-        tasks.append({"data": {"image": image_url_prefix + str(entry.get("image", "")), "activeda_image_id": entry["image_id"],
-                               "activeda_round": queries["round"]},
-                      "predictions": [{"model_version": f"activeda-{queries['strategy']}-round-{queries['round']}",
-                                       "result": results}]})
-    return [_atomic_text(out_dir / "tasks.json", json.dumps(tasks, indent=1)),
-            _atomic_text(out_dir / "labeling_config.xml", config)]
+            results = [
+                {
+                    **common,
+                    "id": f"q{k}",
+                    "value": {
+                        "x": 100 * (ox + 0.5) / big_w,
+                        "y": 100 * (oy + 0.5) / big_h,
+                        "width": 0.4,
+                        kind: [UNSURE],
+                    },
+                }
+                for k, (oy, ox) in enumerate(zip(oys.tolist(), oxs.tolist()))
+            ]
+        tasks.append(
+            {
+                "data": {
+                    "image": image_url_prefix + str(entry.get("image", "")),
+                    "activeda_image_id": entry["image_id"],
+                    "activeda_round": queries["round"],
+                },
+                "predictions": [
+                    {"model_version": f"activeda-{queries['strategy']}-round-{queries['round']}", "result": results}
+                ],
+            }
+        )
+    return [
+        _atomic_text(out_dir / "tasks.json", json.dumps(tasks, indent=1)),
+        _atomic_text(out_dir / "labeling_config.xml", config),
+    ]
 
 
 def _coco_categories(classes: Sequence[str]) -> list[dict]:
     # COCO ids start at 1: class k is id k + 1; 'unsure' comes last.
     return [{"id": k + 1, "name": name, "supercategory": "class"} for k, name in enumerate(classes)] + [
-        {"id": len(classes) + 1, "name": UNSURE, "supercategory": "query"}]
+        {"id": len(classes) + 1, "name": UNSURE, "supercategory": "query"}
+    ]
 
 
 def export_coco(queries: dict, out_dir: Path) -> list[Path]:
@@ -262,23 +299,39 @@ def export_coco(queries: dict, out_dir: Path) -> list[Path]:
     images, annotations = [], []
     for entry in queries["images"]:
         big_h, big_w = original_size(entry)
-        images.append({"id": entry["image_id"], "file_name": str(entry.get("image", "")), "width": big_w, "height": big_h})
+        images.append(
+            {"id": entry["image_id"], "file_name": str(entry.get("image", "")), "width": big_w, "height": big_h}
+        )
         annotation = {"id": len(annotations) + 1, "image_id": entry["image_id"], "category_id": unsure_id, "iscrowd": 0}
         if "mask_rle" in entry:
             mask = grid_mask_to_original(_grid_mask(entry), (big_h, big_w))
             rows, cols = np.nonzero(mask)
-            annotation.update(segmentation=coco_rle_encode(mask), area=int(mask.sum()),
-                              bbox=[int(cols.min()), int(rows.min()), int(np.ptp(cols) + 1), int(np.ptp(rows) + 1)])
+            annotation.update(
+                segmentation=coco_rle_encode(mask),
+                area=int(mask.sum()),
+                bbox=[int(cols.min()), int(rows.min()), int(np.ptp(cols) + 1), int(np.ptp(rows) + 1)],
+            )
         else:
             ys, xs = queried_pixels(entry)
             oys, oxs = grid_to_original(ys, xs, (entry["height"], entry["width"]), (big_h, big_w))
             keypoints = [v for oy, ox in zip(oys.tolist(), oxs.tolist()) for v in (ox + 0.5, oy + 0.5, 2)]
-            annotation.update(keypoints=keypoints, num_keypoints=len(ys), area=0,
-                              bbox=[float(oxs.min()), float(oys.min()), float(np.ptp(oxs) + 1), float(np.ptp(oys) + 1)])
+            annotation.update(
+                keypoints=keypoints,
+                num_keypoints=len(ys),
+                area=0,
+                bbox=[float(oxs.min()), float(oys.min()), float(np.ptp(oxs) + 1), float(np.ptp(oys) + 1)],
+            )
         annotations.append(annotation)
-    document = {"info": {"description": f"activeda queries of round {queries['round']}", "activeda_round": queries["round"],
-                         "activeda_strategy": queries["strategy"]},
-                "images": images, "annotations": annotations, "categories": _coco_categories(classes)}
+    document = {
+        "info": {
+            "description": f"activeda queries of round {queries['round']}",
+            "activeda_round": queries["round"],
+            "activeda_strategy": queries["strategy"],
+        },
+        "images": images,
+        "annotations": annotations,
+        "categories": _coco_categories(classes),
+    }
     return [_atomic_text(out_dir / "coco.json", json.dumps(document))]
 
 
@@ -296,8 +349,9 @@ def export_png_masks(queries: dict, out_dir: Path) -> list[Path]:
         os.replace(tmp, path)
         written.append(path)
     listing = out_dir / "images.csv"
-    rows = [["image_id", "mask", "image"]] + [[e["image_id"], f"masks/{e['image_id']:05d}.png", e.get("image", "")]
-                                              for e in queries["images"]]
+    rows = [["image_id", "mask", "image"]] + [
+        [e["image_id"], f"masks/{e['image_id']:05d}.png", e.get("image", "")] for e in queries["images"]
+    ]
     with open(listing.with_name(".images.csv.tmp"), "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
     os.replace(listing.with_name(".images.csv.tmp"), listing)
@@ -315,6 +369,7 @@ def export(queries: dict, fmt: str, out_dir: Path, image_url_prefix: str = "") -
 
 
 # -------------------------------------------------------------------------------------- imports
+
 
 def _answers(queries: dict, labels: dict[int, list[int]]) -> dict:
     """The activeda answers document: the queries with each image's labels filled in."""
@@ -365,8 +420,10 @@ def _point_labels(entry: dict, marks: list[tuple[float, float, int]], where: str
     missing = [k for k, value in enumerate(labels) if value is None]
     if missing:
         y, x = grid_to_original([ys[missing[0]]], [xs[missing[0]]], grid, big)
-        raise FormatError(f"{where}: {len(missing)} queried point(s) have no answer, e.g. at x={int(x[0])}, "
-                          f"y={int(y[0])}: label it, or give it '{UNSURE}'")
+        raise FormatError(
+            f"{where}: {len(missing)} queried point(s) have no answer, e.g. at x={int(x[0])}, "
+            f"y={int(y[0])}: label it, or give it '{UNSURE}'"
+        )
     return labels  # type: ignore[return-value]
 
 
@@ -377,8 +434,10 @@ def _mask_labels(entry: dict, label_map: np.ndarray, where: str) -> list[int]:
     values = label_map[oys, oxs]
     if (values < 0).any():
         k = int(np.flatnonzero(values < 0)[0])
-        raise FormatError(f"{where}: {int((values < 0).sum())} queried pixel(s) have no answer, e.g. at "
-                          f"x={int(oxs[k])}, y={int(oys[k])}: paint them with a class or '{UNSURE}'")
+        raise FormatError(
+            f"{where}: {int((values < 0).sum())} queried pixel(s) have no answer, e.g. at "
+            f"x={int(oxs[k])}, y={int(oys[k])}: paint them with a class or '{UNSURE}'"
+        )
     return [int(v) for v in values]
 
 
@@ -401,8 +460,10 @@ def answers_from_label_studio(path: Path, queries: dict) -> dict:
     for number, task in enumerate(tasks, start=1):
         data = task.get("data") if isinstance(task.get("data"), dict) else {}
         if data.get("activeda_round") != queries["round"]:
-            raise FormatError(f"'{path}' task {number}: it belongs to round {data.get('activeda_round')!r}, the "
-                              f"queries are of round {queries['round']}")
+            raise FormatError(
+                f"'{path}' task {number}: it belongs to round {data.get('activeda_round')!r}, the "
+                f"queries are of round {queries['round']}"
+            )
         by_id.setdefault(data.get("activeda_image_id"), []).append(task)
     asked = _check_ids([key for key, group in by_id.items() for _ in group], queries, f"'{path}'")
     labels = {}
@@ -419,9 +480,16 @@ def answers_from_label_studio(path: Path, queries: dict) -> dict:
                 value = result.get("value") or {}
                 names = value.get("keypointlabels") or []
                 if result.get("type") != "keypointlabels" or len(names) != 1:
-                    raise FormatError(f"{where}: every result must be one key point with one label, got {result.get('type')!r}")
-                marks.append((float(value["x"]) * big_w / 100, float(value["y"]) * big_h / 100,
-                              _label_index(names[0], classes, where)))
+                    raise FormatError(
+                        f"{where}: every result must be one key point with one label, got {result.get('type')!r}"
+                    )
+                marks.append(
+                    (
+                        float(value["x"]) * big_w / 100,
+                        float(value["y"]) * big_h / 100,
+                        _label_index(names[0], classes, where),
+                    )
+                )
             labels[image_id] = _point_labels(entry, marks, where)
         else:
             label_map = np.full((big_h, big_w), -1, np.int64)
@@ -431,8 +499,10 @@ def answers_from_label_studio(path: Path, queries: dict) -> dict:
                 if result.get("type") != "brushlabels" or value.get("format") != "rle" or len(names) != 1:
                     raise FormatError(f"{where}: every result must be one brush mask (RLE) with one label")
                 if (result.get("original_height"), result.get("original_width")) != (big_h, big_w):
-                    raise FormatError(f"{where}: a brush mask is {result.get('original_width')}x"
-                                      f"{result.get('original_height')}, the image {big_w}x{big_h}")
+                    raise FormatError(
+                        f"{where}: a brush mask is {result.get('original_width')}x"
+                        f"{result.get('original_height')}, the image {big_w}x{big_h}"
+                    )
                 try:
                     mask = brush_rle_decode(value["rle"], big_h, big_w)
                 except (ValueError, TypeError) as err:
@@ -449,25 +519,31 @@ def answers_from_coco(path: Path, queries: dict) -> dict:
     if not isinstance(document, dict) or not isinstance(document.get("annotations"), list):
         raise FormatError(f"'{path}' is not a COCO document (no 'annotations' list)")
     if (document.get("info") or {}).get("activeda_round") not in (None, queries["round"]):
-        raise FormatError(f"'{path}' answers round {document['info']['activeda_round']}, the queries are of round "
-                          f"{queries['round']}")
+        raise FormatError(
+            f"'{path}' answers round {document['info']['activeda_round']}, the queries are of round {queries['round']}"
+        )
     classes = list(queries["classes"])
     names = {c.get("id"): c.get("name") for c in document.get("categories") or [] if isinstance(c, dict)}
-    image_sizes = {i.get("id"): (i.get("height"), i.get("width")) for i in document.get("images") or []
-                   if isinstance(i, dict)}
+    image_sizes = {
+        i.get("id"): (i.get("height"), i.get("width")) for i in document.get("images") or [] if isinstance(i, dict)
+    }
     asked = _check_ids(list(image_sizes), queries, f"'{path}'")
     per_image: dict[int, list[dict]] = {image_id: [] for image_id in asked}
     for annotation in document["annotations"]:
         if not isinstance(annotation, dict) or annotation.get("image_id") not in per_image:
-            raise FormatError(f"'{path}': an annotation names image {annotation.get('image_id')!r}, which was not queried")
+            raise FormatError(
+                f"'{path}': an annotation names image {annotation.get('image_id')!r}, which was not queried"
+            )
         per_image[annotation["image_id"]].append(annotation)
     labels = {}
     for image_id, entry in asked.items():
         where = f"'{path}', image {image_id}"
         big_h, big_w = original_size(entry)
         if tuple(image_sizes[image_id]) != (big_h, big_w):
-            raise FormatError(f"{where}: size {image_sizes[image_id][1]}x{image_sizes[image_id][0]} is not the "
-                              f"image's {big_w}x{big_h}")
+            raise FormatError(
+                f"{where}: size {image_sizes[image_id][1]}x{image_sizes[image_id][0]} is not the "
+                f"image's {big_w}x{big_h}"
+            )
         if "points" in entry:
             marks = []
             for annotation in per_image[image_id]:
@@ -475,8 +551,11 @@ def answers_from_coco(path: Path, queries: dict) -> dict:
                 keypoints = annotation.get("keypoints")
                 if not isinstance(keypoints, list) or len(keypoints) % 3:
                     raise FormatError(f"{where}: an annotation has no keypoints [x, y, v, ...]")
-                marks += [(float(x), float(y), label) for x, y, v in zip(keypoints[0::3], keypoints[1::3], keypoints[2::3])
-                          if v]
+                marks += [
+                    (float(x), float(y), label)
+                    for x, y, v in zip(keypoints[0::3], keypoints[1::3], keypoints[2::3])
+                    if v
+                ]
             labels[image_id] = _point_labels(entry, marks, where)
         else:
             label_map = np.full((big_h, big_w), -1, np.int64)
@@ -521,13 +600,16 @@ def answers_from_png(folder: Path, queries: dict) -> dict:
         if label_map.shape == grid and grid != big:
             label_map = grid_mask_to_original(label_map, big)
         if label_map.shape != big:
-            raise FormatError(f"{where}: {label_map.shape[1]}x{label_map.shape[0]} is neither the image's "
-                              f"{big[1]}x{big[0]} nor the grid's {grid[1]}x{grid[0]}")
+            raise FormatError(
+                f"{where}: {label_map.shape[1]}x{label_map.shape[0]} is neither the image's "
+                f"{big[1]}x{big[0]} nor the grid's {grid[1]}x{grid[0]}"
+            )
         picked = np.asarray(_mask_labels(entry, label_map, where))
         bad = sorted(set(picked[(picked >= len(classes)) & (picked != IGNORE)].tolist()))
         if bad:
-            raise FormatError(f"{where}: values {bad[:5]} at queried pixels are not class indices 0..{len(classes) - 1} "
-                              f"or {IGNORE}")
+            raise FormatError(
+                f"{where}: values {bad[:5]} at queried pixels are not class indices 0..{len(classes) - 1} or {IGNORE}"
+            )
         labels[image_id] = picked.tolist()
     return _answers(queries, labels)
 

@@ -47,8 +47,9 @@ def dashboard_wanted(dashboard: bool | None) -> bool:
     return os.environ.get(DASHBOARD_ENV, "1") != "0" if dashboard is None else dashboard
 
 
-def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bool = False,
-              dashboard: bool | None = None) -> None:
+def start_ray(
+    address: str | None = None, num_cpus: int | None = None, quiet: bool = False, dashboard: bool | None = None
+) -> None:
     """Join ``address`` or start a local Ray sized to this machine (or ``num_cpus``); a no-op when
     this process is already connected (the speed benchmark measures several phases in one process).
 
@@ -64,8 +65,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
     say = (lambda msg: None) if quiet else (lambda msg: print(f"[activeda] {msg}", flush=True))
 
     runtime_env = {"env_vars": {k: os.environ[k] for k in RAY_ENV}}
-    common = dict(log_to_driver=not quiet, runtime_env=runtime_env,
-                  logging_config=ray.LoggingConfig(log_level="ERROR"))
+    common = dict(log_to_driver=not quiet, runtime_env=runtime_env, logging_config=ray.LoggingConfig(log_level="ERROR"))
     # The ERROR level is meant for Ray's workers, but ray.init also sets it on this process's root
     # logger, which would silence the driver's own warnings (an MLflow outage, dropped metrics).
     driver_level = logging.getLogger().level
@@ -83,13 +83,20 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, quiet: bo
         if missing:
             say(f"Ray dashboard off: its packages are missing ({missing}); pip install 'ray[default]'")
         try:
-            context = ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=with_dashboard and not missing,
-                               dashboard_host=DASHBOARD_HOST, resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS}, **common)
+            context = ray.init(
+                num_cpus=num_cpus or os.cpu_count(),
+                include_dashboard=with_dashboard and not missing,
+                dashboard_host=DASHBOARD_HOST,
+                resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS},
+                **common,
+            )
         finally:
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
         if with_dashboard and not missing and context.dashboard_url:
-            say(f"Ray dashboard: http://{context.dashboard_url} (bound to {DASHBOARD_HOST}; from another machine: "
-                f"ssh -L {context.dashboard_url.rpartition(':')[2]}:{context.dashboard_url} this-host)")
+            say(
+                f"Ray dashboard: http://{context.dashboard_url} (bound to {DASHBOARD_HOST}; from another machine: "
+                f"ssh -L {context.dashboard_url.rpartition(':')[2]}:{context.dashboard_url} this-host)"
+            )
     logging.getLogger().setLevel(driver_level)
 
 
@@ -100,4 +107,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
-

@@ -66,8 +66,20 @@ AWS_INSTANCE_TYPES: dict[str, dict[str, int]] = {
     "p3.16xlarge": {"CPU": 64, "GPU": 8},
 }
 
-_FALLBACK_PROVIDERS = ("aliyun", "aws", "azure", "external", "fake_multinode", "fake_multinode_docker", "gcp",
-                       "kuberay", "local", "readonly", "spark", "vsphere")
+_FALLBACK_PROVIDERS = (
+    "aliyun",
+    "aws",
+    "azure",
+    "external",
+    "fake_multinode",
+    "fake_multinode_docker",
+    "gcp",
+    "kuberay",
+    "local",
+    "readonly",
+    "spark",
+    "vsphere",
+)
 _LOCAL_UNSUPPORTED = ("available_node_types", "head_node", "worker_nodes")
 _MAX_VALUE_CHARS = 60
 _YAML_TYPES = {"object": "mapping", "array": "list", "null": "null"}
@@ -154,7 +166,7 @@ def node_shapes(cluster_config: dict[str, Any]) -> list[dict[str, Any]]:
     for name, node_type in node_types.items():
         node_type = node_type or {}
         node_config = node_type.get("node_config") or {}
-        explicit = {k: v for k, v in (node_type.get("resources") or {}).items()}
+        explicit = dict((node_type.get("resources") or {}).items())
         instance_type = node_config.get("InstanceType") if provider.get("type") == "aws" else None
         table = AWS_INSTANCE_TYPES.get(instance_type) if instance_type else None
         resources: dict[str, Any] = {"CPU": None, "GPU": None}
@@ -166,15 +178,19 @@ def node_shapes(cluster_config: dict[str, Any]) -> list[dict[str, Any]]:
             source = "resources" if not table else f"resources over instance type {instance_type}"
         resources.update(explicit)  # as Ray does: given resources override what it detects
         is_head = name == head_type
-        shapes.append({
-            "node_type": name,
-            "head": is_head,
-            "min_workers": 1 if is_head else int(node_type.get("min_workers", 0)),
-            "max_workers": 1 if is_head else int(node_type.get("max_workers", cluster_config.get("max_workers", 0))),
-            "instance_type": instance_type,
-            "resources": resources,
-            "source": source,
-        })
+        shapes.append(
+            {
+                "node_type": name,
+                "head": is_head,
+                "min_workers": 1 if is_head else int(node_type.get("min_workers", 0)),
+                "max_workers": 1
+                if is_head
+                else int(node_type.get("max_workers", cluster_config.get("max_workers", 0))),
+                "instance_type": instance_type,
+                "resources": resources,
+                "source": source,
+            }
+        )
     return shapes
 
 
@@ -192,7 +208,7 @@ def ray_start_resources(commands: list[str]) -> dict[str, Any]:
             words = command.split()
         for i, word in enumerate(words[:-1]):
             if word.rstrip(";").endswith("ray") and words[i + 1] == "start":
-                found = _parse_start_flags(words[i + 2:])
+                found = _parse_start_flags(words[i + 2 :])
     return found
 
 
@@ -234,20 +250,36 @@ def _parse_start_flags(words: list[str]) -> dict[str, Any]:
 def _local_shapes(config: dict[str, Any]) -> list[dict[str, Any]]:
     provider = config.get("provider") or {}
     head_resources = {"CPU": None, "GPU": None, **ray_start_resources(config.get("head_start_ray_commands") or [])}
-    shapes = [{
-        "node_type": "head", "head": True, "min_workers": 1, "max_workers": 1, "instance_type": None,
-        "resources": head_resources, "source": "ray start flags of head_start_ray_commands; the rest detected by Ray",
-    }]
+    shapes = [
+        {
+            "node_type": "head",
+            "head": True,
+            "min_workers": 1,
+            "max_workers": 1,
+            "instance_type": None,
+            "resources": head_resources,
+            "source": "ray start flags of head_start_ray_commands; the rest detected by Ray",
+        }
+    ]
     worker_ips = provider.get("worker_ips") or []
     if worker_ips:
-        worker_resources = {"CPU": None, "GPU": None,
-                            **ray_start_resources(config.get("worker_start_ray_commands") or [])}
+        worker_resources = {
+            "CPU": None,
+            "GPU": None,
+            **ray_start_resources(config.get("worker_start_ray_commands") or []),
+        }
         count = min(len(worker_ips), int(config.get("max_workers", len(worker_ips))))
-        shapes.append({
-            "node_type": "worker", "head": False, "min_workers": count, "max_workers": count,
-            "instance_type": None, "resources": worker_resources,
-            "source": "ray start flags of worker_start_ray_commands; the rest detected by Ray",
-        })
+        shapes.append(
+            {
+                "node_type": "worker",
+                "head": False,
+                "min_workers": count,
+                "max_workers": count,
+                "instance_type": None,
+                "resources": worker_resources,
+                "source": "ray start flags of worker_start_ray_commands; the rest detected by Ray",
+            }
+        )
     return shapes
 
 
@@ -263,27 +295,42 @@ def _precheck(path: str | Path, raw: dict[str, Any]) -> None:
     kind = provider["type"]
     known = _provider_types()
     if not isinstance(kind, str) or kind not in known:
-        raise ClusterConfigError(path, f"key 'provider.type': unknown provider {kind!r}; "
-                                       f"choose one of: {', '.join(sorted(known))}")
+        raise ClusterConfigError(
+            path, f"key 'provider.type': unknown provider {kind!r}; choose one of: {', '.join(sorted(known))}"
+        )
     if kind == "local":
         for key in _LOCAL_UNSUPPORTED:
             if raw.get(key):
-                raise ClusterConfigError(path, f"key '{key}': not supported by the local provider (declare a "
-                                               "node's resources with `ray start --resources` in its start commands)")
+                raise ClusterConfigError(
+                    path,
+                    f"key '{key}': not supported by the local provider (declare a "
+                    "node's resources with `ray start --resources` in its start commands)",
+                )
         if "coordinator_address" not in provider:
             for key in ("head_ip", "worker_ips"):
                 if key not in provider:
-                    raise ClusterConfigError(path, f"missing key 'provider.{key}' (the local provider needs "
-                                                   "head_ip and worker_ips, or coordinator_address)")
+                    raise ClusterConfigError(
+                        path,
+                        f"missing key 'provider.{key}' (the local provider needs "
+                        "head_ip and worker_ips, or coordinator_address)",
+                    )
     else:
         node_types = raw.get("available_node_types")
         if node_types is not None and "head_node_type" not in raw:
-            raise ClusterConfigError(path, "missing key 'head_node_type' (required with available_node_types; "
-                                           "name the node type the head uses)")
-        if isinstance(node_types, dict) and isinstance(raw.get("head_node_type"), str) \
-                and raw["head_node_type"] not in node_types:
-            raise ClusterConfigError(path, f"key 'head_node_type': {raw['head_node_type']!r} is not one of "
-                                           f"available_node_types ({', '.join(map(str, node_types))})")
+            raise ClusterConfigError(
+                path,
+                "missing key 'head_node_type' (required with available_node_types; name the node type the head uses)",
+            )
+        if (
+            isinstance(node_types, dict)
+            and isinstance(raw.get("head_node_type"), str)
+            and raw["head_node_type"] not in node_types
+        ):
+            raise ClusterConfigError(
+                path,
+                f"key 'head_node_type': {raw['head_node_type']!r} is not one of "
+                f"available_node_types ({', '.join(map(str, node_types))})",
+            )
 
 
 def _provider_types() -> set[str]:
@@ -318,13 +365,16 @@ def _describe_validation_error(err) -> str:
         if missing:
             return f"missing key '{_join_path(parts + [missing[0]])}'"
     if kind == "additionalProperties" and isinstance(err.instance, dict):
-        allowed = set((err.schema.get("properties") or {}))
+        allowed = set(err.schema.get("properties") or {})
         patterns = err.schema.get("patternProperties") or {}
         extra = [k for k in err.instance if k not in allowed and not patterns]
         if extra:
             close = difflib.get_close_matches(str(extra[0]), sorted(allowed), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else \
-                f"allowed: {_clip(', '.join(sorted(allowed)) or 'none', 160)}"
+            hint = (
+                f"did you mean '{close[0]}'?"
+                if close
+                else f"allowed: {_clip(', '.join(sorted(allowed)) or 'none', 160)}"
+            )
             return f"unknown key '{_join_path(parts + [extra[0]])}' ({hint})"
     where = _join_path(parts)
     prefix = f"key '{where}': " if where else "top level: "
@@ -389,9 +439,11 @@ def format_shapes(shapes: list[dict[str, Any]]) -> str:
         custom = {k: v for k, v in res.items() if k not in ("CPU", "GPU")}
         workers = "-" if shape["head"] else f"{shape['min_workers']}-{shape['max_workers']}"
         extra = ", ".join(f"{k}={amount(v)}" for k, v in custom.items())
-        lines.append(f"{shape['node_type']:<14} {'head' if shape['head'] else 'worker':<6} {workers:>9} "
-                     f"{amount(res.get('CPU')):>5} {amount(res.get('GPU')):>4}  "
-                     f"{extra + '; ' if extra else ''}{shape['source']}")
+        lines.append(
+            f"{shape['node_type']:<14} {'head' if shape['head'] else 'worker':<6} {workers:>9} "
+            f"{amount(res.get('CPU')):>5} {amount(res.get('GPU')):>4}  "
+            f"{extra + '; ' if extra else ''}{shape['source']}"
+        )
     return "\n".join(lines)
 
 
@@ -399,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.cluster",
         description="Check `ray up` cluster files offline against Ray's own schema, and show what their "
-                    "node types offer.")
+        "node types offer.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="fill in Ray's defaults and validate each file; exit 2 if any is wrong")
     validate.add_argument("files", nargs="+", metavar="FILE")
@@ -424,7 +477,3 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{path}:")
             print(format_shapes(node_shapes(config)))
     return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import ConfigError, ExperimentConfig
-
-from .raysession import TRIAL_RESOURCE
+from experiment_config import ConfigError, ExperimentConfig
+from orchestrator.cluster.ray_session import TRIAL_RESOURCE
 
 TRIAL_CPU = 0.01  # what a trial's own process reserves where the cluster has no trial resource
 EPS = 1e-9
@@ -50,20 +49,27 @@ def plan_resources(cfg: ExperimentConfig, total: dict[str, float], nodes: list[d
         raise ConfigError("ranking.gpus_per_actor", f"asks for {rank.gpus_per_actor:g} GPU but {summary}")
     worker_gpu = 1.0 if train.use_gpu else 0.0
     if not any(_fits(node, train.cpus_per_worker + trial_cpu, worker_gpu) for node in nodes):
-        raise ConfigError("train.cpus_per_worker",
-                          f"a Train worker needs CPU={train.cpus_per_worker:g}, GPU={worker_gpu:g}, "
-                          f"which no node has ({_describe(nodes)})")
+        raise ConfigError(
+            "train.cpus_per_worker",
+            f"a Train worker needs CPU={train.cpus_per_worker:g}, GPU={worker_gpu:g}, "
+            f"which no node has ({_describe(nodes)})",
+        )
     if not any(_fits(node, rank.cpus_per_actor + trial_cpu, rank.gpus_per_actor) for node in nodes):
-        raise ConfigError("ranking.cpus_per_actor",
-                          f"a ranking actor needs CPU={rank.cpus_per_actor:g}, GPU={rank.gpus_per_actor:g}, "
-                          f"which no node has ({_describe(nodes)})")
+        raise ConfigError(
+            "ranking.cpus_per_actor",
+            f"a ranking actor needs CPU={rank.cpus_per_actor:g}, GPU={rank.gpus_per_actor:g}, "
+            f"which no node has ({_describe(nodes)})",
+        )
     train_cpus = train.num_workers * train.cpus_per_worker
     if train_cpus + trial_cpu > cpus + EPS:
-        raise ConfigError("train.num_workers", f"{train.num_workers} workers x {train.cpus_per_worker:g} CPU "
-                                               f"need CPU={train_cpus:g}, but {summary}")
+        raise ConfigError(
+            "train.num_workers",
+            f"{train.num_workers} workers x {train.cpus_per_worker:g} CPU need CPU={train_cpus:g}, but {summary}",
+        )
     if train.use_gpu and train.num_workers > gpus + EPS:
-        raise ConfigError("train.num_workers", f"{train.num_workers} GPU workers need GPU={train.num_workers}, "
-                                               f"but {summary}")
+        raise ConfigError(
+            "train.num_workers", f"{train.num_workers} GPU workers need GPU={train.num_workers}, but {summary}"
+        )
 
     # The larger of the two phases sets the pace; ranking uses as many actors as can start.
     phase_cpus = max(train_cpus, rank.cpus_per_actor)
@@ -80,14 +86,20 @@ def plan_resources(cfg: ExperimentConfig, total: dict[str, float], nodes: list[d
         fit = cfg.sweep.max_concurrent
         note = f"{fit} trial(s) at once (sweep.max_concurrent; {summary})"
     trial_resources = {TRIAL_RESOURCE: 1} if trial_cpu == 0 else {"cpu": trial_cpu}
-    return ResourcePlan(max_concurrent=fit, trial_cpu=trial_cpu, trial_resources=trial_resources,
-                        phase_cpus=phase_cpus,
-                        phase_gpus=phase_gpus, note=note)
+    return ResourcePlan(
+        max_concurrent=fit,
+        trial_cpu=trial_cpu,
+        trial_resources=trial_resources,
+        phase_cpus=phase_cpus,
+        phase_gpus=phase_gpus,
+        note=note,
+    )
 
 
-def with_node_types(total: dict[str, float], nodes: list[dict[str, float]], shapes: list[dict]
-                    ) -> tuple[dict[str, float], list[dict[str, float]]]:
-    """Live resources plus what an autoscaling cluster can still add (``orchestrator.cluster.node_shapes``).
+def with_node_types(
+    total: dict[str, float], nodes: list[dict[str, float]], shapes: list[dict]
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """Live resources plus what an autoscaling cluster can still add (``orchestrator.cluster.cluster_file.node_shapes``).
 
     A worker type counts with its ``max_workers`` nodes; types whose CPU/GPU only Ray can know at run
     time (``None``) are left out, so the check stays on the safe side of what is certain.

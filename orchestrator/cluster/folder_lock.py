@@ -5,7 +5,7 @@ and MLflow outbox. The folder's ``sweep.lock`` is held with ``flock`` for as lon
 folder; a second run is refused in one line that names the holder. The kernel releases the lock when
 its holder dies, however it dies, so a lock left by a killed run never blocks a later one: the file
 stays, the lock does not. The later run also ends what the killed run left running on this machine
-(its Ray workers carry its run id, see ``orchestrator.lifetime``) before it writes anything.
+(its Ray workers carry its run id, see ``orchestrator.cluster.processes``) before it writes anything.
 
 ``flock`` locks are per machine (and unreliable on NFS): two machines that share ``output_dir`` or
 ``storage.uri`` must not run the same sweep at once.
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .lifetime import RUN_MARK, end_processes, processes_with
+from orchestrator.cluster.processes import RUN_MARK, end_processes, processes_with
 
 LOCK_FILE = "sweep.lock"
 
@@ -41,8 +41,10 @@ def _holder(path: Path) -> str:
 
 
 def _busy(sweep_dir: Path, path: Path) -> SweepFolderBusy:
-    return SweepFolderBusy(f"sweep folder '{sweep_dir}' is in use by {_holder(path)}; wait for that run to end, "
-                           f"or give this one another sweep.name or --output-dir")
+    return SweepFolderBusy(
+        f"sweep folder '{sweep_dir}' is in use by {_holder(path)}; wait for that run to end, "
+        f"or give this one another sweep.name or --output-dir"
+    )
 
 
 def check_sweep_folder_free(sweep_dir: Path) -> None:
@@ -69,7 +71,7 @@ class SweepFolderLock:
         self.fd, self.path = fd, path
 
     @classmethod
-    def acquire(cls, sweep_dir: Path, progress=None) -> "SweepFolderLock":
+    def acquire(cls, sweep_dir: Path, progress=None) -> SweepFolderLock:
         """Create ``sweep_dir`` if needed and hold it; ``SweepFolderBusy`` if another run does."""
         sweep_dir = Path(sweep_dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -84,8 +86,13 @@ class SweepFolderLock:
             raise
         lock = cls(fd, path)
         lock._end_leftovers_of_previous_holder(progress)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                  "run_id": os.environ.get(RUN_MARK, ""), "command": " ".join(sys.argv)[:500]}
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.time(),
+            "run_id": os.environ.get(RUN_MARK, ""),
+            "command": " ".join(sys.argv)[:500],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)

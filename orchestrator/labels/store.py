@@ -28,9 +28,10 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,23 +39,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pixel_selectors.encoding import rle_decode, rle_encode
-from trainers.data.coordinates import label_coordinates
 
-SCHEMA = pa.schema([
-    ("image_id", pa.int64()),
-    ("round", pa.int32()),
-    ("strategy", pa.string()),
-    ("height", pa.int32()),
-    ("width", pa.int32()),
-    ("ys", pa.list_(pa.int32())),
-    ("xs", pa.list_(pa.int32())),
-    ("mask_rle", pa.list_(pa.int32())),
-    ("labels", pa.list_(pa.uint8())),
-    ("num_pixels", pa.int64()),
-    ("clicks", pa.float64()),
-    ("label_height", pa.int32()),
-    ("label_width", pa.int32()),
-])
+SCHEMA = pa.schema(
+    [
+        ("image_id", pa.int64()),
+        ("round", pa.int32()),
+        ("strategy", pa.string()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("ys", pa.list_(pa.int32())),
+        ("xs", pa.list_(pa.int32())),
+        ("mask_rle", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.uint8())),
+        ("num_pixels", pa.int64()),
+        ("clicks", pa.float64()),
+        ("label_height", pa.int32()),
+        ("label_width", pa.int32()),
+    ]
+)
 
 
 # Images per parquet row group: the unit a reader fetches. Small, so that a Train worker reading
@@ -99,13 +101,20 @@ class LabeledPixels:
 
 def _row(p: LabeledPixels) -> dict:
     if not p.regions:
-        return {"ys": np.asarray(p.ys, np.int32), "xs": np.asarray(p.xs, np.int32),
-                "mask_rle": np.zeros(0, np.int32), "labels": np.asarray(p.labels, np.uint8)}
+        return {
+            "ys": np.asarray(p.ys, np.int32),
+            "xs": np.asarray(p.xs, np.int32),
+            "mask_rle": np.zeros(0, np.int32),
+            "labels": np.asarray(p.labels, np.uint8),
+        }
     flat = np.asarray(p.ys, np.int64) * p.width + np.asarray(p.xs, np.int64)
     order = np.argsort(flat, kind="stable")
-    return {"ys": np.zeros(0, np.int32), "xs": np.zeros(0, np.int32),
-            "mask_rle": rle_encode(flat[order], p.height * p.width),
-            "labels": np.asarray(p.labels, np.uint8)[order]}
+    return {
+        "ys": np.zeros(0, np.int32),
+        "xs": np.zeros(0, np.int32),
+        "mask_rle": rle_encode(flat[order], p.height * p.width),
+        "labels": np.asarray(p.labels, np.uint8)[order],
+    }
 
 
 def _chunks(items: Iterable, size: int):
@@ -121,19 +130,24 @@ def _chunks(items: Iterable, size: int):
 
 def _rows_table(rows: list[LabeledPixels], round_index: int, strategy: str) -> pa.Table:
     encoded = [_row(p) for p in rows]
-    return pa.table({
-        "image_id": pa.array([p.image_id for p in rows], pa.int64()),
-        "round": pa.array([round_index] * len(rows), pa.int32()),
-        "strategy": pa.array([strategy] * len(rows), pa.string()),
-        "height": pa.array([p.height for p in rows], pa.int32()),
-        "width": pa.array([p.width for p in rows], pa.int32()),
-        **{key: pa.array([e[key] for e in encoded], SCHEMA.field(key).type)
-           for key in ("ys", "xs", "mask_rle", "labels")},
-        "num_pixels": pa.array([len(p.ys) for p in rows], pa.int64()),
-        "clicks": pa.array([p.clicks for p in rows], pa.float64()),
-        "label_height": pa.array([p.label_size[0] for p in rows], pa.int32()),
-        "label_width": pa.array([p.label_size[1] for p in rows], pa.int32()),
-    }, schema=SCHEMA)
+    return pa.table(
+        {
+            "image_id": pa.array([p.image_id for p in rows], pa.int64()),
+            "round": pa.array([round_index] * len(rows), pa.int32()),
+            "strategy": pa.array([strategy] * len(rows), pa.string()),
+            "height": pa.array([p.height for p in rows], pa.int32()),
+            "width": pa.array([p.width for p in rows], pa.int32()),
+            **{
+                key: pa.array([e[key] for e in encoded], SCHEMA.field(key).type)
+                for key in ("ys", "xs", "mask_rle", "labels")
+            },
+            "num_pixels": pa.array([len(p.ys) for p in rows], pa.int64()),
+            "clicks": pa.array([p.clicks for p in rows], pa.float64()),
+            "label_height": pa.array([p.label_size[0] for p in rows], pa.int32()),
+            "label_width": pa.array([p.label_size[1] for p in rows], pa.int32()),
+        },
+        schema=SCHEMA,
+    )
 
 
 class LabelStore:
@@ -171,8 +185,11 @@ class LabelStore:
                 for chunk in _chunks(labeled, ROWS_PER_GROUP):
                     for p in chunk:
                         if previous is not None and p.image_id <= previous:
-                            raise LabelStoreError(f"round {round_index} names an image twice" if p.image_id == previous
-                                                  else f"round {round_index}: images must come in ascending id order")
+                            raise LabelStoreError(
+                                f"round {round_index} names an image twice"
+                                if p.image_id == previous
+                                else f"round {round_index}: images must come in ascending id order"
+                            )
                         previous = p.image_id
                     writer.write_table(_rows_table(chunk, round_index, strategy), row_group_size=ROWS_PER_GROUP)
             with open(tmp, "rb") as handle:
@@ -186,8 +203,11 @@ class LabelStore:
     def table(self, upto_round: int | None = None, only_round: int | None = None) -> pa.Table:
         """All rounds (or rounds <= ``upto_round``, or just ``only_round``) as one table; empty with
         the schema when none."""
-        paths = [self._round_path(r) for r in self.rounds()
-                 if (upto_round is None or r <= upto_round) and (only_round is None or r == only_round)]
+        paths = [
+            self._round_path(r)
+            for r in self.rounds()
+            if (upto_round is None or r <= upto_round) and (only_round is None or r == only_round)
+        ]
         if not paths:
             return SCHEMA.empty_table()
         table = pa.concat_tables(pq.read_table(p, schema=SCHEMA) for p in paths)
@@ -196,8 +216,9 @@ class LabelStore:
             table = table.set_column(table.schema.get_field_index(label_key), label_key, column)
         return table
 
-    def sparse_labels(self, upto_round: int | None = None, only_round: int | None = None
-                      ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def sparse_labels(
+        self, upto_round: int | None = None, only_round: int | None = None
+    ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """image id -> (ys, xs, labels) over all rounds (or up to one, or of one): what training may
         see of the pool. Reads everything: for a few images, use ``reader(...).read(ids)``."""
         return _join_rounds(_decode_rows(self.table(upto_round, only_round)))
@@ -206,13 +227,17 @@ class LabelStore:
         """image id -> (ys, xs) already labeled, for selectors to exclude."""
         return {i: (ys, xs) for i, (ys, xs, _) in self.sparse_labels().items()}
 
-    def reader(self, upto_round: int | None = None, only_round: int | None = None,
-               storage: dict[str, Any] | None = None) -> "LabelReader":
+    def reader(
+        self, upto_round: int | None = None, only_round: int | None = None, storage: dict[str, Any] | None = None
+    ) -> LabelReader:
         """A by-reference reader of the rounds that exist now (<= ``upto_round``, or just
         ``only_round``); ``storage`` (``output_dir`` and the ``storage`` section of a config) lets a
         process on another node fetch the round files from ``storage.uri``."""
-        rounds = [r for r in self.rounds()
-                  if (upto_round is None or r <= upto_round) and (only_round is None or r == only_round)]
+        rounds = [
+            r
+            for r in self.rounds()
+            if (upto_round is None or r <= upto_round) and (only_round is None or r == only_round)
+        ]
         return LabelReader(self.root.resolve(), rounds, storage)
 
     def image_ids(self, round_index: int) -> np.ndarray:
@@ -232,7 +257,7 @@ class LabelStore:
                 shutil.copyfile(self._round_path(r), tmp)
                 os.replace(tmp, target._round_path(r))
 
-    def set_aside(self, keep_if_same_as: "LabelStore", folder: str = "superseded") -> list[Path]:
+    def set_aside(self, keep_if_same_as: LabelStore, folder: str = "superseded") -> list[Path]:
         """Move every round that ``keep_if_same_as`` does not hold byte for byte into ``root/folder``
         (kept, never deleted: they were paid for), so the store can take over another store's rounds.
         Returns where they went. Used when a PBT clone continues another trial with that trial's labels."""
@@ -251,10 +276,15 @@ class LabelStore:
     def totals(self, upto_round: int | None = None) -> dict[str, float]:
         paths = [self._round_path(r) for r in self.rounds() if upto_round is None or r <= upto_round]
         columns = ["num_pixels", "clicks"]  # two numbers a row: never the pixels themselves
-        table = (pa.concat_tables(pq.read_table(p, columns=columns) for p in paths) if paths
-                 else SCHEMA.empty_table().select(columns))
-        return {"labeled_pixels": float(pc.sum(table["num_pixels"]).as_py() or 0),
-                "clicks": float(pc.sum(table["clicks"]).as_py() or 0)}
+        table = (
+            pa.concat_tables(pq.read_table(p, columns=columns) for p in paths)
+            if paths
+            else SCHEMA.empty_table().select(columns)
+        )
+        return {
+            "labeled_pixels": float(pc.sum(table["num_pixels"]).as_py() or 0),
+            "clicks": float(pc.sum(table["clicks"]).as_py() or 0),
+        }
 
 
 def storage_settings(cfg: dict) -> dict[str, Any]:
@@ -263,10 +293,13 @@ def storage_settings(cfg: dict) -> dict[str, Any]:
     return {"output_dir": cfg["output_dir"], "storage": dict(cfg.get("storage") or {})}
 
 
-def _decode_rows(table: pa.Table, with_labels: bool = True) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+def _decode_rows(
+    table: pa.Table, with_labels: bool = True
+) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
     """(image id, ys, xs, labels) of every row, in row order; regions decoded from their run lengths."""
-    columns = {name: table[name].to_numpy(zero_copy_only=False)
-               for name in LABEL_COLUMNS if with_labels or name != "labels"}
+    columns = {
+        name: table[name].to_numpy(zero_copy_only=False) for name in LABEL_COLUMNS if with_labels or name != "labels"
+    }
     rows = []
     for i in range(table.num_rows):
         ys, xs = np.asarray(columns["ys"][i], np.int32), np.asarray(columns["xs"][i], np.int32)
@@ -323,12 +356,16 @@ class LabelReader:
         for round_index in self.rounds:
             path = Path(self.root) / f"round-{round_index:04d}.parquet"
             if not path.is_file() and self.storage:
-                from .storage import open_storage  # only when a node lacks the file
+                from orchestrator.cluster.storage import (
+                    open_storage,  # only when a node lacks the file
+                )
 
                 open_storage(self.storage).pull(path)
             if not path.is_file():
-                raise LabelStoreError(f"round {round_index} of the label store '{self.root}' is missing on this node"
-                                      + (" and in storage.uri" if self.storage else ""))
+                raise LabelStoreError(
+                    f"round {round_index} of the label store '{self.root}' is missing on this node"
+                    + (" and in storage.uri" if self.storage else "")
+                )
             handle = pq.ParquetFile(path)
             files.append((handle, *_image_id_ranges(handle)))
         self._files, self._pid = files, os.getpid()
@@ -343,8 +380,7 @@ class LabelReader:
         columns = [c for c in LABEL_COLUMNS if with_labels or c != "labels"]
         rows = []
         for handle, lowest, highest in self._open():
-            groups = [g for g in range(len(lowest))
-                      if np.any((wanted >= lowest[g]) & (wanted <= highest[g]))]
+            groups = [g for g in range(len(lowest)) if np.any((wanted >= lowest[g]) & (wanted <= highest[g]))]
             if not groups:
                 continue
             table = handle.read_row_groups(groups, columns=columns)
@@ -375,51 +411,3 @@ def _image_id_ranges(handle: pq.ParquetFile) -> tuple[np.ndarray, np.ndarray]:
             lowest.append(stats.min)
             highest.append(stats.max)
     return np.asarray(lowest, np.int64), np.asarray(highest, np.int64)
-
-
-class Oracle:
-    """Reveals the ground truth of a dataset, exactly at the queried pixels and nowhere else.
-
-    ``withheld_classes`` (class ids) are never revealed: a queried pixel of such a class is recorded
-    with label 255 (ignored by training), so it is paid for, never queried again, and teaches
-    nothing -- the semi-supervised setting where some classes have no target labels at all.
-    """
-
-    def __init__(self, dataset, withheld_classes: Iterable[int] = ()):
-        self.dataset = dataset
-        self.withheld = np.asarray(sorted(set(int(c) for c in withheld_classes)), dtype=np.uint8)
-
-    def reveal(self, image_id: int, ys: np.ndarray, xs: np.ndarray, clicks: float | None = None,
-               regions: bool = False) -> LabeledPixels:
-        """The truth at grid pixels (ys, xs) of one image, read from its original label at the pixels
-        ``label_coordinates`` maps them to; ``clicks`` defaults to one per pixel (points)."""
-        truth, grid = original_truth(self.dataset, image_id)
-        height, width = grid
-        ys, xs = np.asarray(ys, np.int64), np.asarray(xs, np.int64)
-        if len(ys) and (ys.min() < 0 or xs.min() < 0 or ys.max() >= height or xs.max() >= width):
-            raise ValueError(f"query outside image {image_id} ({height}x{width})")
-        label_ys, label_xs = label_coordinates(ys, xs, grid, tuple(truth.shape))
-        labels = truth[label_ys, label_xs].numpy().astype(np.uint8)
-        if len(self.withheld):
-            labels[np.isin(labels, self.withheld)] = 255
-        return LabeledPixels(image_id=int(image_id), ys=ys.astype(np.int32), xs=xs.astype(np.int32), labels=labels,
-                             height=int(height), width=int(width),
-                             clicks=float(len(ys) if clicks is None else clicks), regions=regions,
-                             label_height=int(truth.shape[0]), label_width=int(truth.shape[1]))
-
-
-def original_truth(dataset, image_id: int):
-    """(the original label of one image, its selection-grid size). A dataset without ``native_label``
-    (a label already at grid size) is its own original."""
-    if hasattr(dataset, "native_label"):
-        return dataset.native_label(image_id), tuple(dataset.grid_size(image_id))
-    truth = dataset.label(image_id)
-    return truth, tuple(truth.shape)
-
-
-def grid_and_label_size(dataset, image_id: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """(selection-grid size, original label size) of one image, from file headers where the dataset can."""
-    if hasattr(dataset, "native_size"):
-        return tuple(dataset.grid_size(image_id)), tuple(dataset.native_size(image_id))
-    shape = tuple(dataset.label(image_id).shape)
-    return shape, shape

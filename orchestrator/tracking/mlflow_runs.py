@@ -15,8 +15,9 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 from ray.tune import Callback
@@ -38,7 +39,7 @@ def resolve_tracking_uri(cli_uri: str | None, config_uri: str) -> str:
     uri = cli_uri or config_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_STORE}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         # Relative sqlite paths are resolved now, so every process uses the same file.
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
     return uri
 
 
@@ -46,7 +47,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
     """Fail fast, before any training, when the tracking store cannot be reached or written."""
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         if not path.parent.is_dir():
             raise TrackingError(f"MLflow store '{uri}': folder '{path.parent}' does not exist")
         if not os.access(path.parent, os.W_OK):
@@ -58,7 +59,7 @@ def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
 
         url = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (http(s) only)
+            with urllib.request.urlopen(url, timeout=timeout_s) as response:
                 if response.status != 200:
                     raise TrackingError(f"MLflow server '{uri}' answered HTTP {response.status} on /health")
         except (urllib.error.URLError, OSError) as err:
@@ -73,18 +74,28 @@ def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
         return
     accepted = mlflow_tracking_schemes()
     if store_scheme not in accepted:
-        raise TrackingError(f"MLflow tracking URI '{display_uri(uri)}': MLflow has no tracking store for scheme "
-                            f"'{scheme}'; it accepts: {', '.join(s + ':' for s in sorted(accepted) if s)} "
-                            f"(and plain paths)")
+        raise TrackingError(
+            f"MLflow tracking URI '{display_uri(uri)}': MLflow has no tracking store for scheme "
+            f"'{scheme}'; it accepts: {', '.join(s + ':' for s in sorted(accepted) if s)} "
+            f"(and plain paths)"
+        )
 
 
 # SQLAlchemy stores MLflow runs on besides sqlite (mlflow.store.db.db_types.DATABASE_ENGINES), with the
 # package that brings each one's default driver.
 DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
 # The pip package of each driver module SQLAlchemy may ask for.
-DRIVER_PACKAGES = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "pg8000": "pg8000",
-                   "asyncpg": "asyncpg", "MySQLdb": "mysqlclient", "pymysql": "pymysql", "mysql": "mysql-connector-python",
-                   "pyodbc": "pyodbc", "pymssql": "pymssql"}
+DRIVER_PACKAGES = {
+    "psycopg": "'psycopg[binary]'",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "pymysql",
+    "mysql": "mysql-connector-python",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
 # Schemes MLflow registers for the model registry only; as a tracking URI MLflow refuses them.
 _REGISTRY_ONLY_SCHEMES = {"databricks-uc", "uc"}
 
@@ -132,17 +143,23 @@ def check_database_store(uri: str, timeout_s: float = 10.0) -> None:
         dialect.import_dbapi()
     except ImportError as err:
         module = err.name or url.drivername
-        raise TrackingError(f"MLflow store '{shown}' needs the Python driver '{module}', which is not installed "
-                            f"(pip install {DRIVER_PACKAGES.get(module, module)})") from None
+        raise TrackingError(
+            f"MLflow store '{shown}' needs the Python driver '{module}', which is not installed "
+            f"(pip install {DRIVER_PACKAGES.get(module, module)})"
+        ) from None
     # Both psycopg2 and the MySQL drivers take connect_timeout (seconds); others use their defaults.
-    connect_args = {"connect_timeout": max(1, int(timeout_s))} if url.get_backend_name() in ("postgresql", "mysql") else {}
+    connect_args = (
+        {"connect_timeout": max(1, int(timeout_s))} if url.get_backend_name() in ("postgresql", "mysql") else {}
+    )
     engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
     except SQLAlchemyError as err:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()
-        raise TrackingError(f"MLflow store '{shown}' cannot be reached: {reason[0] if reason else type(err).__name__}") from None
+        raise TrackingError(
+            f"MLflow store '{shown}' cannot be reached: {reason[0] if reason else type(err).__name__}"
+        ) from None
     finally:
         engine.dispose()
 
@@ -169,9 +186,11 @@ def provenance_tags() -> dict[str, str]:
         pass
     code_root = Path(__file__).resolve().parents[1]
     try:
+
         def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(code_root), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            return subprocess.run(
+                ["git", "-C", str(code_root), *args], capture_output=True, text=True, timeout=10, check=True
+            ).stdout.strip()
 
         tags["mlflow.source.git.commit"] = git("rev-parse", "HEAD")
         tags["activeda.git_dirty"] = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
@@ -221,8 +240,9 @@ class SweepTracking:
     def experiment_id(self) -> str:
         """Looked up (or created) on first use, so that a driver that only ends runs never needs it."""
         experiment = self.client.get_experiment_by_name(self.experiment_name)
-        return (experiment.experiment_id if experiment is not None
-                else self.client.create_experiment(self.experiment_name))
+        return (
+            experiment.experiment_id if experiment is not None else self.client.create_experiment(self.experiment_name)
+        )
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"activeda.kind": "sweep", **tags})
@@ -236,7 +256,7 @@ class SweepTracking:
         now = int(time.time() * 1000)
         batch = [Metric(key, value, now, step) for key, value in finite_metrics(metrics, context).items()]
         for start in range(0, len(batch), 900):  # MLflow caps a batch at 1000 metrics
-            self.client.log_batch(run_id, metrics=batch[start:start + 900])
+            self.client.log_batch(run_id, metrics=batch[start : start + 900])
 
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
@@ -248,11 +268,25 @@ class SweepTracking:
                 self.client.log_artifacts(parent_run_id, str(report_dir), artifact_path="report")
             self.end(parent_run_id, status)
         except Exception as err:  # the results are on disk; say where instead of failing the sweep
-            append_unsent(unsent_path, [{"id": new_record_id(), "action": "sweep-end",
-                                         "experiment": self.experiment_name, "parent_run_id": parent_run_id,
-                                         "status": status, "report": str(report_dir) if report_dir is not None else None}])
-            log.warning("could not finish the sweep's MLflow run (%s); the report is in %s; to log it later: %s",
-                        type(err).__name__, report_dir, replay_hint(unsent_path, self.uri))
+            append_unsent(
+                unsent_path,
+                [
+                    {
+                        "id": new_record_id(),
+                        "action": "sweep-end",
+                        "experiment": self.experiment_name,
+                        "parent_run_id": parent_run_id,
+                        "status": status,
+                        "report": str(report_dir) if report_dir is not None else None,
+                    }
+                ],
+            )
+            log.warning(
+                "could not finish the sweep's MLflow run (%s); the report is in %s; to log it later: %s",
+                type(err).__name__,
+                report_dir,
+                replay_hint(unsent_path, self.uri),
+            )
 
 
 def replay_hint(unsent_path: str, uri: str) -> str:
@@ -298,8 +332,9 @@ def read_outbox(path: str | Path, repair: bool = False) -> list[dict]:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record "
-                                f"(not UTF-8 text)") from None
+            raise TrackingError(
+                f"'{path}' line {number} is not an activeda unsent-metrics record (not UTF-8 text)"
+            ) from None
         try:
             record = json.loads(line) if line.strip() else None
         except json.JSONDecodeError:
@@ -310,14 +345,19 @@ def read_outbox(path: str | Path, repair: bool = False) -> list[dict]:
             sent.add(record["sent"])
             continue
         # Records written before they named their sweep cannot be sent to the right runs.
-        if not (isinstance(record, dict) and record.get("action") in UNSENT_ACTIONS
-                and record.get("experiment") and record.get("parent_run_id")):
+        if not (
+            isinstance(record, dict)
+            and record.get("action") in UNSENT_ACTIONS
+            and record.get("experiment")
+            and record.get("parent_run_id")
+        ):
             raise TrackingError(f"'{path}' line {number} is not an activeda unsent-metrics record")
         # Folders whose files get uploaded: only the sweep's own (the file lives in the sweep folder).
         for key in ("trial_dir", "report"):
             if record.get(key) and not Path(record[key]).resolve().is_relative_to(path.parent.resolve()):
-                raise TrackingError(f"'{path}' line {number}: '{key}' {record[key]!r} is outside the sweep folder "
-                                    f"'{path.parent}'")
+                raise TrackingError(
+                    f"'{path}' line {number}: '{key}' {record[key]!r} is outside the sweep folder '{path.parent}'"
+                )
         records.append(record)
     return [r for r in records if r.get("id") is None or r["id"] not in sent]
 
@@ -341,7 +381,7 @@ def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
 
     items = [Param(key, str(value)[:6000]) for key, value in sorted(params.items())]
     for start in range(0, len(items), 90):  # MLflow caps a batch at 100 params
-        client.log_batch(run_id, params=items[start:start + 90])
+        client.log_batch(run_id, params=items[start : start + 90])
 
 
 class MlflowTrialLogger(Callback):
@@ -363,8 +403,15 @@ class MlflowTrialLogger(Callback):
     continued, a round already logged is skipped): every metric arrives once.
     """
 
-    def __init__(self, uri: str, experiment_name: str, parent_run_id: str, trial_params,
-                 trial_dir=None, unsent_path: str | None = None):
+    def __init__(
+        self,
+        uri: str,
+        experiment_name: str,
+        parent_run_id: str,
+        trial_params,
+        trial_dir=None,
+        unsent_path: str | None = None,
+    ):
         self.uri, self.experiment_name, self.parent_run_id = uri, experiment_name, parent_run_id
         self.trial_params = trial_params
         self.trial_dir = trial_dir  # trial_id -> folder whose files become the run's artifacts
@@ -390,15 +437,26 @@ class MlflowTrialLogger(Callback):
         return state
 
     def __setstate__(self, state):  # a logger pickled by an older version lacks the newer fields
-        self.__dict__.update({"_outbox": [], "_failing": False, "unsent_path": None, "trial_dir": None,
-                              "_loaded": False, "_disk_warned": False, **state, "_tracking": None})
+        self.__dict__.update(
+            {
+                "_outbox": [],
+                "_failing": False,
+                "unsent_path": None,
+                "trial_dir": None,
+                "_loaded": False,
+                "_disk_warned": False,
+                **state,
+                "_tracking": None,
+            }
+        )
         self._outbox = [r if isinstance(r, dict) else self._record(r) for r in self._outbox]
 
     # -- events -------------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
         self._load_pending()
-        if trial.trial_id in self._runs or any(r["action"] == "create" and r.get("trial_id") == trial.trial_id
-                                               for r in self._outbox):
+        if trial.trial_id in self._runs or any(
+            r["action"] == "create" and r.get("trial_id") == trial.trial_id for r in self._outbox
+        ):
             return
         params, tags = self.trial_params(trial.config)
         self._send(("create", trial.trial_id, str(trial), params, tags))
@@ -416,16 +474,27 @@ class MlflowTrialLogger(Callback):
     def on_experiment_end(self, trials, **info):
         self._flush()
         if self._outbox and self.unsent_path:
-            log.warning("MLflow at %s stayed unreachable: %d operations written to %s; to send them later: %s",
-                        display_uri(self.uri), len(self._outbox), self.unsent_path,
-                        replay_hint(self.unsent_path, self.uri))
+            log.warning(
+                "MLflow at %s stayed unreachable: %d operations written to %s; to send them later: %s",
+                display_uri(self.uri),
+                len(self._outbox),
+                self.unsent_path,
+                replay_hint(self.unsent_path, self.uri),
+            )
             self._outbox = []  # they are in the file: whoever sends them next reads them from there
 
     # -- the outbox ---------------------------------------------------------------------------
     def _record(self, action: tuple) -> dict:
-        return {"id": new_record_id(), "action": action[0], "trial_id": action[1], "trial": action[2],
-                "data": list(action[3:]), "experiment": self.experiment_name, "parent_run_id": self.parent_run_id,
-                "trial_dir": str(self.trial_dir(action[1])) if self.trial_dir is not None else None}
+        return {
+            "id": new_record_id(),
+            "action": action[0],
+            "trial_id": action[1],
+            "trial": action[2],
+            "data": list(action[3:]),
+            "experiment": self.experiment_name,
+            "parent_run_id": self.parent_run_id,
+            "trial_dir": str(self.trial_dir(action[1])) if self.trial_dir is not None else None,
+        }
 
     def _load_pending(self) -> None:
         """Once: put what an earlier driver of this sweep left unsent in the file ahead of the outbox."""
@@ -433,11 +502,17 @@ class MlflowTrialLogger(Callback):
             return
         self._loaded = True
         if self.unsent_path and Path(self.unsent_path).is_file():
-            earlier = [r for r in read_outbox(self.unsent_path, repair=True) if r["parent_run_id"] == self.parent_run_id
-                       and r["experiment"] == self.experiment_name]
+            earlier = [
+                r
+                for r in read_outbox(self.unsent_path, repair=True)
+                if r["parent_run_id"] == self.parent_run_id and r["experiment"] == self.experiment_name
+            ]
             if earlier:
-                log.warning("sending %d MLflow operation(s) an earlier driver of this sweep left in %s",
-                            len(earlier), self.unsent_path)
+                log.warning(
+                    "sending %d MLflow operation(s) an earlier driver of this sweep left in %s",
+                    len(earlier),
+                    self.unsent_path,
+                )
             self._outbox = earlier + self._outbox
 
     def _send(self, action: tuple) -> None:
@@ -456,8 +531,11 @@ class MlflowTrialLogger(Callback):
             write()
         except OSError as err:
             if not self._disk_warned:
-                log.warning("cannot write the MLflow outbox %s (%s); keeping what waits in memory only",
-                            self.unsent_path, err.strerror or err)
+                log.warning(
+                    "cannot write the MLflow outbox %s (%s); keeping what waits in memory only",
+                    self.unsent_path,
+                    err.strerror or err,
+                )
                 self._disk_warned = True
 
     def _flush(self) -> None:
@@ -469,8 +547,11 @@ class MlflowTrialLogger(Callback):
                 self._perform_record(record)
             except Exception as err:  # a tracking outage must not stop the sweep
                 if not self._failing:
-                    log.warning("MLflow at %s is unreachable (%s); buffering, training goes on",
-                                display_uri(self.uri), type(err).__name__)
+                    log.warning(
+                        "MLflow at %s is unreachable (%s); buffering, training goes on",
+                        display_uri(self.uri),
+                        type(err).__name__,
+                    )
                 self._failing = True
                 self._tracking = None  # reconnect next time
                 return
@@ -482,8 +563,12 @@ class MlflowTrialLogger(Callback):
                 self._failing = False
         if sent_any and self.unsent_path and Path(self.unsent_path).is_file():
             # Everything of this logger is sent: keep only what is not (another sweep's leftovers).
-            self._write(lambda: rewrite_outbox(self.unsent_path, [r for r in read_outbox(self.unsent_path)
-                                                                  if r["parent_run_id"] != self.parent_run_id]))
+            self._write(
+                lambda: rewrite_outbox(
+                    self.unsent_path,
+                    [r for r in read_outbox(self.unsent_path) if r["parent_run_id"] != self.parent_run_id],
+                )
+            )
 
     def _perform_record(self, record: dict) -> None:
         if record["action"] == "sweep-end":
@@ -498,7 +583,8 @@ class MlflowTrialLogger(Callback):
         """The trial's run under this sweep's parent, if MLflow has one already (else None)."""
         existing = self.tracking.client.search_runs(
             [self.tracking.experiment_id],
-            f"tags.`activeda.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'")
+            f"tags.`activeda.trial_id` = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+        )
         if not existing:
             return None
         self._runs[trial_id] = existing[0].info.run_id
@@ -516,9 +602,16 @@ class MlflowTrialLogger(Callback):
                 if not existing.data.params:  # the run was created, then MLflow went away before its params
                     log_params(client, existing.info.run_id, params)
                 return
-            run = client.create_run(self.tracking.experiment_id, run_name=name,
-                                    tags={"mlflow.parentRunId": self.parent_run_id, "activeda.kind": "trial",
-                                          "activeda.trial_id": trial_id, **tags})
+            run = client.create_run(
+                self.tracking.experiment_id,
+                run_name=name,
+                tags={
+                    "mlflow.parentRunId": self.parent_run_id,
+                    "activeda.kind": "trial",
+                    "activeda.trial_id": trial_id,
+                    **tags,
+                },
+            )
             self._runs[trial_id] = run.info.run_id
             log_params(client, run.info.run_id, params)
         elif trial_id not in self._runs and self._existing_run(trial_id) is None:
@@ -576,12 +669,12 @@ def log_round_images(client, run_id: str, trial_dir: Path, round_index: int) -> 
 
         for path in sorted(folder.glob("selected-image*.png")):
             with Image.open(path) as image:
-                client.log_image(run_id, image.convert("RGB"), key=f"selection/{path.stem[len('selected-'):]}",
-                                 step=round_index)
+                client.log_image(
+                    run_id, image.convert("RGB"), key=f"selection/{path.stem[len('selected-') :]}", step=round_index
+                )
             logged += 1
     except Exception as err:  # the overlays stay on disk and among the run's artifacts
-        log.warning("could not log the selection images of %s round %d to MLflow: %s", trial_dir.name,
-                    round_index, err)
+        log.warning("could not log the selection images of %s round %d to MLflow: %s", trial_dir.name, round_index, err)
     return logged
 
 
@@ -597,7 +690,7 @@ def replay_unsent(path: str | Path, uri: str) -> tuple[int, int]:
     the file; the file is removed once everything is in MLflow. A sweep that is running on the same
     folder holds its lock, and the replay is refused then (the sweep sends its own outbox).
     """
-    from .sweeplock import SweepFolderLock
+    from orchestrator.cluster.folder_lock import SweepFolderLock
 
     path = Path(path)
     if not path.is_file():
@@ -615,8 +708,9 @@ def replay_unsent(path: str | Path, uri: str) -> tuple[int, int]:
             try:
                 logger._perform_record(record)
             except Exception as err:  # stop at the first failure: what follows may depend on it
-                log.warning("MLflow at %s failed on record %d of '%s' (%s: %s)", uri, sent + 1, path,
-                            type(err).__name__, err)
+                log.warning(
+                    "MLflow at %s failed on record %d of '%s' (%s: %s)", uri, sent + 1, path, type(err).__name__, err
+                )
                 break
             sent += 1
         rewrite_outbox(path, records[sent:])
@@ -630,12 +724,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m orchestrator.tracking",
         description="Send the MLflow operations a sweep could not send while the tracking server was away "
-                    "(runs/<sweep>/mlflow-unsent.jsonl) once it is back.")
+        "(runs/<sweep>/mlflow-unsent.jsonl) once it is back.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     replay = sub.add_parser("replay", help="send an unsent-metrics file; removes it once everything is sent")
     replay.add_argument("file", help="the sweep's mlflow-unsent.jsonl")
-    replay.add_argument("--tracking-uri", metavar="URI",
-                        help="the MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)")
+    replay.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="the MLflow tracking URI (default: $MLFLOW_TRACKING_URI, then sqlite:///mlflow.db)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     uri = resolve_tracking_uri(args.tracking_uri, "")
@@ -649,7 +747,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"sent {sent} MLflow operations to {uri}; removed {args.file}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

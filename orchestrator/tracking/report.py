@@ -17,22 +17,34 @@ import html
 import math
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # no display, no GUI toolkit: before pyplot is imported anywhere here
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.colors import to_hex  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import to_hex
+from matplotlib.ticker import MaxNLocator
+
+from trainers.data.palette import fallback_colours
 
 ROW_COLUMNS = ("trial_id", "selector", "budget", "round", "labeled_fraction", "clicks", "miou")
-SUMMARY_COLUMNS = ("trial_id", "selector", "budget", "rounds", "labeled_pixels", "labeled_fraction", "clicks",
-                   "miou", "gain", "gap_closed")
+SUMMARY_COLUMNS = (
+    "trial_id",
+    "selector",
+    "budget",
+    "rounds",
+    "labeled_pixels",
+    "labeled_fraction",
+    "clicks",
+    "miou",
+    "gain",
+    "gap_closed",
+)
 
 # One colour family per selector (a matplotlib sequential colormap), darker for larger budgets; the
 # marker tells the selector too.
@@ -44,10 +56,13 @@ _ORACLE_STYLE = {"color": "#000000", "linestyle": ":", "dash": "2 3"}
 
 # ----------------------------------------------------------------------------------------- helpers
 
+
 def _check_columns(rows: pd.DataFrame, needed: Sequence[str], what: str) -> None:
     missing = [c for c in needed if c not in rows.columns]
     if missing:
-        raise ValueError(f"{what}: rows lack column(s) {', '.join(missing)} (have: {', '.join(map(str, rows.columns))})")
+        raise ValueError(
+            f"{what}: rows lack column(s) {', '.join(missing)} (have: {', '.join(map(str, rows.columns))})"
+        )
 
 
 def _finite(value) -> bool:
@@ -85,13 +100,24 @@ def _pct(fraction: float) -> str:
 class _Series:
     """One line of the budget curve: one trial (its points, sorted per panel)."""
 
-    def __init__(self, index: int, trial_id: str, selector: str, budget: str, label: str, colour: str, marker: str,
-                 frame: pd.DataFrame):
+    def __init__(
+        self,
+        index: int,
+        trial_id: str,
+        selector: str,
+        budget: str,
+        label: str,
+        colour: str,
+        marker: str,
+        frame: pd.DataFrame,
+    ):
         self.index, self.trial_id, self.selector, self.budget = index, trial_id, selector, budget
         self.label, self.colour, self.marker, self.frame = label, colour, marker, frame
 
     def points(self, x_column: str) -> pd.DataFrame:
-        frame = self.frame[np.isfinite(self.frame[x_column].astype(float)) & np.isfinite(self.frame["miou"].astype(float))]
+        frame = self.frame[
+            np.isfinite(self.frame[x_column].astype(float)) & np.isfinite(self.frame["miou"].astype(float))
+        ]
         return frame.sort_values([x_column, "round"], kind="stable")
 
 
@@ -121,10 +147,18 @@ def _series(rows: pd.DataFrame) -> list[_Series]:
         label = f"{selector} \u00b7 {budget}"
         if group_sizes[(selector, budget)] > 1:
             label += f" ({trial_id})"
-        series.append(_Series(i, trial_id, selector, budget, label,
-                              colours[(selector, budget)],
-                              _MARKERS[selectors.index(selector) % len(_MARKERS)],
-                              data[data["trial_id"] == trial_id]))
+        series.append(
+            _Series(
+                i,
+                trial_id,
+                selector,
+                budget,
+                label,
+                colours[(selector, budget)],
+                _MARKERS[selectors.index(selector) % len(_MARKERS)],
+                data[data["trial_id"] == trial_id],
+            )
+        )
     return series
 
 
@@ -153,13 +187,20 @@ def _tick_label(value: float) -> str:
 
 # -------------------------------------------------------------------------------------- budget curve
 
-_PANELS = (("labeled_pct", "labeled target pixels (%)", "mIoU vs labeled fraction"),
-           ("clicks", "clicks (annotated points)", "mIoU vs clicks"))
+_PANELS = (
+    ("labeled_pct", "labeled target pixels (%)", "mIoU vs labeled fraction"),
+    ("clicks", "clicks (annotated points)", "mIoU vs clicks"),
+)
 
 
-def budget_curve(rows: pd.DataFrame, png_path: str | os.PathLike, html_path: str | os.PathLike,
-                 source_only: float | None = None, oracle: float | None = None,
-                 title: str = "Target mIoU against the annotation budget") -> tuple[Path, Path]:
+def budget_curve(
+    rows: pd.DataFrame,
+    png_path: str | os.PathLike,
+    html_path: str | os.PathLike,
+    source_only: float | None = None,
+    oracle: float | None = None,
+    title: str = "Target mIoU against the annotation budget",
+) -> tuple[Path, Path]:
     """Draw target mIoU against labeled fraction (%) and, in a second panel, against clicks.
 
     ``rows``: one row per (trial, round) with ``trial_id, selector, budget, round, labeled_fraction,
@@ -175,8 +216,11 @@ def budget_curve(rows: pd.DataFrame, png_path: str | os.PathLike, html_path: str
         raise ValueError("budget_curve: rows is empty (no trial reported a round)")
     png_path, html_path = Path(png_path), Path(html_path)
     series = _series(rows)
-    refs = [(name, value, style) for name, value, style in (("source-only", source_only, _SOURCE_STYLE),
-                                                             ("oracle", oracle, _ORACLE_STYLE)) if _finite(value)]
+    refs = [
+        (name, value, style)
+        for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE))
+        if _finite(value)
+    ]
     all_miou = [v for s in series for v in s.frame["miou"]] + [value for _, value, _ in refs]
     y_range = _range(all_miou, pad=0.08)
     _budget_png(series, refs, y_range, png_path, title)
@@ -193,11 +237,23 @@ def _budget_png(series: list[_Series], refs, y_range, png_path: Path, title: str
                 pts = s.points(x_column)
                 if pts.empty:
                     continue
-                ax.plot(pts[x_column], pts["miou"], color=s.colour, marker=s.marker, markersize=6, linewidth=1.8,
-                        label=s.label)
+                ax.plot(
+                    pts[x_column],
+                    pts["miou"],
+                    color=s.colour,
+                    marker=s.marker,
+                    markersize=6,
+                    linewidth=1.8,
+                    label=s.label,
+                )
             for name, value, style in refs:
-                ax.axhline(value, color=style["color"], linestyle=style["linestyle"], linewidth=1.4,
-                           label=f"{name} ({value:.3f})")
+                ax.axhline(
+                    value,
+                    color=style["color"],
+                    linestyle=style["linestyle"],
+                    linewidth=1.4,
+                    label=f"{name} ({value:.3f})",
+                )
             all_x = [v for s in series for v in s.frame[x_column]]
             ax.set_xlim(*_range(all_x, pad=0.05, floor=0.0))
             ax.set_ylim(*y_range)
@@ -227,10 +283,25 @@ _ML, _MR, _MT, _MB = 64, 18, 34, 52
 def _svg_marker(shape: str, x: float, y: float, r: float, attrs: str) -> str:
     if shape == "s":
         return f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r:.1f}" height="{2 * r:.1f}" {attrs}/>'
-    polygons = {"^": [(0, -1.2), (1.1, 0.8), (-1.1, 0.8)], "v": [(0, 1.2), (1.1, -0.8), (-1.1, -0.8)],
-                "D": [(0, -1.3), (1.2, 0), (0, 1.3), (-1.2, 0)],
-                "P": [(-0.4, -1.2), (0.4, -1.2), (0.4, -0.4), (1.2, -0.4), (1.2, 0.4), (0.4, 0.4), (0.4, 1.2),
-                      (-0.4, 1.2), (-0.4, 0.4), (-1.2, 0.4), (-1.2, -0.4), (-0.4, -0.4)]}
+    polygons = {
+        "^": [(0, -1.2), (1.1, 0.8), (-1.1, 0.8)],
+        "v": [(0, 1.2), (1.1, -0.8), (-1.1, -0.8)],
+        "D": [(0, -1.3), (1.2, 0), (0, 1.3), (-1.2, 0)],
+        "P": [
+            (-0.4, -1.2),
+            (0.4, -1.2),
+            (0.4, -0.4),
+            (1.2, -0.4),
+            (1.2, 0.4),
+            (0.4, 0.4),
+            (0.4, 1.2),
+            (-0.4, 1.2),
+            (-0.4, 0.4),
+            (-1.2, 0.4),
+            (-1.2, -0.4),
+            (-0.4, -0.4),
+        ],
+    }
     if shape in polygons:
         pts = " ".join(f"{x + dx * r:.1f},{y + dy * r:.1f}" for dx, dy in polygons[shape])
         return f'<polygon points="{pts}" {attrs}/>'
@@ -250,26 +321,36 @@ def _svg_panel(series: list[_Series], refs, y_range, x_column: str, x_label: str
     def sy(v: float) -> float:
         return _MT + (1 - (float(v) - y_lo) / (y_hi - y_lo)) * ph
 
-    out = [f'<svg class="panel" viewBox="0 0 {_W} {_H}" role="img" aria-label="{e(panel_title)}">',
-           f'<text class="ptitle" x="{_ML + pw / 2:.1f}" y="20" text-anchor="middle">{e(panel_title)}</text>',
-           f'<rect x="{_ML}" y="{_MT}" width="{pw}" height="{ph}" class="frame"/>']
+    out = [
+        f'<svg class="panel" viewBox="0 0 {_W} {_H}" role="img" aria-label="{e(panel_title)}">',
+        f'<text class="ptitle" x="{_ML + pw / 2:.1f}" y="20" text-anchor="middle">{e(panel_title)}</text>',
+        f'<rect x="{_ML}" y="{_MT}" width="{pw}" height="{ph}" class="frame"/>',
+    ]
     for t in _ticks(x_lo, x_hi, 7):
         x = sx(t)
-        out.append(f'<line class="grid" x1="{x:.1f}" y1="{_MT}" x2="{x:.1f}" y2="{_MT + ph}"/>'
-                   f'<text class="tick" x="{x:.1f}" y="{_MT + ph + 16}" text-anchor="middle">{e(_tick_label(t))}</text>')
+        out.append(
+            f'<line class="grid" x1="{x:.1f}" y1="{_MT}" x2="{x:.1f}" y2="{_MT + ph}"/>'
+            f'<text class="tick" x="{x:.1f}" y="{_MT + ph + 16}" text-anchor="middle">{e(_tick_label(t))}</text>'
+        )
     for t in _ticks(y_lo, y_hi, 6):
         y = sy(t)
-        out.append(f'<line class="grid" x1="{_ML}" y1="{y:.1f}" x2="{_ML + pw}" y2="{y:.1f}"/>'
-                   f'<text class="tick" x="{_ML - 6}" y="{y + 4:.1f}" text-anchor="end">{e(_tick_label(t))}</text>')
+        out.append(
+            f'<line class="grid" x1="{_ML}" y1="{y:.1f}" x2="{_ML + pw}" y2="{y:.1f}"/>'
+            f'<text class="tick" x="{_ML - 6}" y="{y + 4:.1f}" text-anchor="end">{e(_tick_label(t))}</text>'
+        )
     out.append(f'<text class="axis" x="{_ML + pw / 2:.1f}" y="{_H - 10}" text-anchor="middle">{e(x_label)}</text>')
-    out.append(f'<text class="axis" transform="translate(16 {_MT + ph / 2:.1f}) rotate(-90)" '
-               f'text-anchor="middle">target mIoU</text>')
+    out.append(
+        f'<text class="axis" transform="translate(16 {_MT + ph / 2:.1f}) rotate(-90)" '
+        f'text-anchor="middle">target mIoU</text>'
+    )
     for name, value, style in refs:
         y = sy(value)
-        out.append(f'<g class="ref"><line x1="{_ML}" y1="{y:.1f}" x2="{_ML + pw}" y2="{y:.1f}" stroke="{style["color"]}" '
-                   f'stroke-width="1.5" stroke-dasharray="{style["dash"]}"/>'
-                   f'<text class="reflabel" x="{_ML + pw - 4}" y="{y - 5:.1f}" text-anchor="end">'
-                   f'{e(name)} {value:.3f}</text></g>')
+        out.append(
+            f'<g class="ref"><line x1="{_ML}" y1="{y:.1f}" x2="{_ML + pw}" y2="{y:.1f}" stroke="{style["color"]}" '
+            f'stroke-width="1.5" stroke-dasharray="{style["dash"]}"/>'
+            f'<text class="reflabel" x="{_ML + pw - 4}" y="{y - 5:.1f}" text-anchor="end">'
+            f"{e(name)} {value:.3f}</text></g>"
+        )
     for s in series:
         pts = s.points(x_column)
         if pts.empty:
@@ -278,9 +359,11 @@ def _svg_panel(series: list[_Series], refs, y_range, x_column: str, x_label: str
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(pts[x_column], pts["miou"]))
         out.append(f'<polyline points="{coords}" fill="none" stroke="{s.colour}" stroke-width="2"/>')
         for _, p in pts.iterrows():
-            tip = (f"trial {s.trial_id}\nselector {s.selector}\nbudget {s.budget}\nround {int(p['round'])}\n"
-                   f"mIoU {_fmt(p['miou'])}\nlabeled {_pct(p['labeled_fraction'])}\nclicks {_num(p['clicks'])}")
-            attrs = (f'class="pt" fill="{s.colour}" stroke="#ffffff" stroke-width="1" data-tip="{e(tip)}"')
+            tip = (
+                f"trial {s.trial_id}\nselector {s.selector}\nbudget {s.budget}\nround {int(p['round'])}\n"
+                f"mIoU {_fmt(p['miou'])}\nlabeled {_pct(p['labeled_fraction'])}\nclicks {_num(p['clicks'])}"
+            )
+            attrs = f'class="pt" fill="{s.colour}" stroke="#ffffff" stroke-width="1" data-tip="{e(tip)}"'
             marker = _svg_marker(s.marker, sx(p[x_column]), sy(p["miou"]), 5, attrs)
             out.append(marker[:-2] + f"><title>{e(tip)}</title></{marker.split()[0][1:]}>")
         out.append("</g>")
@@ -355,21 +438,31 @@ _JS = """
 
 def _budget_html(series: list[_Series], refs, y_range, title: str, summary: pd.DataFrame) -> str:
     e = html.escape
-    panels = "\n".join(_svg_panel(series, refs, y_range, x_column, x_label, panel_title)
-                       for x_column, x_label, panel_title in _PANELS)
+    panels = "\n".join(
+        _svg_panel(series, refs, y_range, x_column, x_label, panel_title) for x_column, x_label, panel_title in _PANELS
+    )
     legend = []
     for selector in dict.fromkeys(s.selector for s in series):
         entries = "".join(
             f'<div class="entry" data-series="{s.index}" data-selector="{e(s.selector)}" title="click: hide/show">'
             f'<span class="swatch" style="background:{s.colour}"></span>{e(s.label)}'
             f'<span style="color:#777"> \u2014 trial {e(s.trial_id)}</span></div>'
-            for s in series if s.selector == selector)
-        legend.append(f'<div class="group"><div class="selector" data-selector="{e(selector)}" '
-                      f'title="click: hide/show every trial of this selector">{e(selector)}</div>{entries}</div>')
+            for s in series
+            if s.selector == selector
+        )
+        legend.append(
+            f'<div class="group"><div class="selector" data-selector="{e(selector)}" '
+            f'title="click: hide/show every trial of this selector">{e(selector)}</div>{entries}</div>'
+        )
     if refs:
-        legend.append('<div class="group refs">' + "".join(
-            f'<div><span class="swatch" style="background:{style["color"]}"></span>{e(name)}: {value:.4f}</div>'
-            for name, value, style in refs) + "</div>")
+        legend.append(
+            '<div class="group refs">'
+            + "".join(
+                f'<div><span class="swatch" style="background:{style["color"]}"></span>{e(name)}: {value:.4f}</div>'
+                for name, value, style in refs
+            )
+            + "</div>"
+        )
     table = summary.copy()
     table["labeled_fraction"] = table["labeled_fraction"].map(_pct)
     for column in ("miou", "gain", "gap_closed"):
@@ -377,20 +470,24 @@ def _budget_html(series: list[_Series], refs, y_range, title: str, summary: pd.D
     table["clicks"] = table["clicks"].map(_num)
     table["labeled_pixels"] = table["labeled_pixels"].map(lambda v: "n/a" if pd.isna(v) else f"{v:g}")
     header = "".join(f"<th>{e(str(c))}</th>" for c in table.columns)
-    body = "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>"
-                   for row in table.itertuples(index=False))
-    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{e(title)}</title><style>{_CSS}</style></head><body>\n"
-            f"<h1>{e(title)}</h1>\n<p class=\"note\">{len(series)} trial(s). Hover a point for its details; click a "
-            f"legend entry to hide or show a trial, a selector name to hide or show all of its trials.</p>\n"
-            f"<div class=\"panels\">\n{panels}\n</div>\n<div id=\"legend\">{''.join(legend)}</div>\n"
-            f"<h2 style=\"font-size:1.1em\">Final round of each trial</h2>\n"
-            f"<table class=\"summary\"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>\n"
-            f"<div id=\"tip\"></div>\n<script>{_JS}</script>\n</body></html>\n")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in table.itertuples(index=False)
+    )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>\n"
+        f'<h1>{e(title)}</h1>\n<p class="note">{len(series)} trial(s). Hover a point for its details; click a '
+        f"legend entry to hide or show a trial, a selector name to hide or show all of its trials.</p>\n"
+        f'<div class="panels">\n{panels}\n</div>\n<div id="legend">{"".join(legend)}</div>\n'
+        f'<h2 style="font-size:1.1em">Final round of each trial</h2>\n'
+        f'<table class="summary"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>\n'
+        f'<div id="tip"></div>\n<script>{_JS}</script>\n</body></html>\n'
+    )
 
 
 # -------------------------------------------------------------------------------------- summary table
+
 
 def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: float | None = None) -> pd.DataFrame:
     """One row per trial, at its final (largest) round, with the columns of ``SUMMARY_COLUMNS``.
@@ -408,21 +505,27 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     for column in ("round", "labeled_pixels", "labeled_fraction", "clicks", "miou"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
     if data.empty:
-        return pd.DataFrame({c: pd.Series(dtype=float if c not in ("trial_id", "selector", "budget") else object)
-                             for c in SUMMARY_COLUMNS})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=float if c not in ("trial_id", "selector", "budget") else object)
+                for c in SUMMARY_COLUMNS
+            }
+        )
     data = data.sort_values(["trial_id", "round"], kind="stable")
     final = data.groupby("trial_id", sort=False).tail(1).set_index("trial_id")
     start = data[data["round"] == 0].groupby("trial_id").head(1).set_index("trial_id")["miou"]
-    out = pd.DataFrame({
-        "trial_id": final.index,
-        "selector": final["selector"].astype(str).to_numpy(),
-        "budget": final["budget"].astype(str).to_numpy(),
-        "rounds": final["round"].astype(int).to_numpy(),
-        "labeled_pixels": final["labeled_pixels"].to_numpy(dtype=float),
-        "labeled_fraction": final["labeled_fraction"].to_numpy(dtype=float),
-        "clicks": final["clicks"].to_numpy(dtype=float),
-        "miou": final["miou"].to_numpy(dtype=float),
-    })
+    out = pd.DataFrame(
+        {
+            "trial_id": final.index,
+            "selector": final["selector"].astype(str).to_numpy(),
+            "budget": final["budget"].astype(str).to_numpy(),
+            "rounds": final["round"].astype(int).to_numpy(),
+            "labeled_pixels": final["labeled_pixels"].to_numpy(dtype=float),
+            "labeled_fraction": final["labeled_fraction"].to_numpy(dtype=float),
+            "clicks": final["clicks"].to_numpy(dtype=float),
+            "miou": final["miou"].to_numpy(dtype=float),
+        }
+    )
     out["gain"] = out["miou"] - out["trial_id"].map(start).astype(float)
     if _finite(source_only) and _finite(oracle) and oracle != source_only:
         out["gap_closed"] = (out["miou"] - source_only) / (oracle - source_only)
@@ -442,9 +545,9 @@ def write_summary(df: pd.DataFrame, out_dir: str | os.PathLike) -> tuple[Path, P
 
 # -------------------------------------------------------------------------------- selection overlay
 
+
 def _default_class_colours(n: int) -> np.ndarray:
-    cmap = plt.get_cmap("tab20")
-    return np.array([cmap(i % 20)[:3] for i in range(max(n, 1))], dtype=float)
+    return np.array(fallback_colours(n), dtype=float)
 
 
 def _colour(value) -> np.ndarray:
@@ -455,14 +558,24 @@ def _colour(value) -> np.ndarray:
 def _disc_offsets(radius: int) -> tuple[np.ndarray, np.ndarray]:
     r = np.arange(-radius, radius + 1)
     dy, dx = np.meshgrid(r, r, indexing="ij")
-    inside = dy ** 2 + dx ** 2 <= radius ** 2 + radius * 0.5
+    inside = dy**2 + dx**2 <= radius**2 + radius * 0.5
     return dy[inside], dx[inside]
 
 
-def selection_overlay(image: np.ndarray, ys, xs, png_path: str | os.PathLike, mask: np.ndarray | None = None,
-                      labels: np.ndarray | None = None, class_colors=None, *,
-                      point_color=(1.0, 0.0, 1.0), mask_color=(0.0, 0.9, 1.0), min_size: int = 384,
-                      class_names: Sequence[str] | None = None) -> np.ndarray:
+def selection_overlay(
+    image: np.ndarray,
+    ys,
+    xs,
+    png_path: str | os.PathLike,
+    mask: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    class_colors=None,
+    *,
+    point_color=(1.0, 0.0, 1.0),
+    mask_color=(0.0, 0.9, 1.0),
+    min_size: int = 384,
+    class_names: Sequence[str] | None = None,
+) -> np.ndarray:
     """Draw the selected pixels (and/or a selected-region mask) on the target image; write a PNG.
 
     ``image``: (H, W, 3) float in [0, 1] (uint8 is accepted). ``ys, xs``: the selected pixels' rows and
@@ -511,8 +624,11 @@ def selection_overlay(image: np.ndarray, ys, xs, png_path: str | os.PathLike, ma
         if isinstance(class_colors, Mapping):
             lookup = {int(k): _colour(v) for k, v in class_colors.items()}
         else:
-            table = (_default_class_colours(int(labels.max(initial=0)) + 1 if labels.size else 1)
-                     if class_colors is None else np.array([_colour(c) for c in class_colors]))
+            table = (
+                _default_class_colours(int(labels.max(initial=0)) + 1 if labels.size else 1)
+                if class_colors is None
+                else np.array([_colour(c) for c in class_colors])
+            )
             lookup = {i: table[i] for i in range(len(table))}
         colours = [lookup.get(int(k), np.ones(3)) for k in labels]
     else:
@@ -529,8 +645,11 @@ def selection_overlay(image: np.ndarray, ys, xs, png_path: str | os.PathLike, ma
     rgb = np.round(out * 255.0).astype(np.uint8)
     if labels is not None and class_names is not None:
         present = sorted({int(k) for k in labels})
-        entries = [(class_names[k] if 0 <= k < len(class_names) else f"class {k}", lookup.get(k, np.ones(3)))
-                   for k in present if k != 255] + ([("not labeled (255)", np.ones(3))] if 255 in present else [])
+        entries = [
+            (class_names[k] if 0 <= k < len(class_names) else f"class {k}", lookup.get(k, np.ones(3)))
+            for k in present
+            if k != 255
+        ] + ([("not labeled (255)", np.ones(3))] if 255 in present else [])
         rgb = np.concatenate([rgb, _legend_strip(entries, rgb.shape[1])], axis=0)
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
@@ -549,8 +668,15 @@ def _legend_strip(entries: Sequence[tuple[str, np.ndarray]], width: int) -> np.n
     try:
         handles = [Patch(facecolor=tuple(colour), edgecolor="black", label=name) for name, colour in entries]
         if handles:
-            fig.legend(handles=handles, loc="center", ncol=columns, frameon=False, fontsize=9, handlelength=1.2,
-                       columnspacing=1.0)
+            fig.legend(
+                handles=handles,
+                loc="center",
+                ncol=columns,
+                frameon=False,
+                fontsize=9,
+                handlelength=1.2,
+                columnspacing=1.0,
+            )
         fig.canvas.draw()
         strip = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     finally:
@@ -559,6 +685,7 @@ def _legend_strip(entries: Sequence[tuple[str, np.ndarray]], width: int) -> np.n
 
 
 # ------------------------------------------------------------------------------------- per-class IoU
+
 
 def _clean_iou(per_class: Mapping[str, float]) -> list[tuple[str, float]]:
     out = []
@@ -602,24 +729,19 @@ def write_iou_csv(per_class: Mapping[str, float], path: str | os.PathLike) -> Pa
 # under one setting of the other swept keys) across budgets and rounds: one curve through every
 # budget and round of it, averaged over seeds, starting at the source-only model (round 0).
 
-CURVE_COLUMNS = ("curve", "selector", "setting", "budget", "round", "trials", "labeled_fraction", "clicks", "miou",
-                 "miou_std", "point_label")
-# The Cityscapes palette (cityscapesScripts' labels.py), by this project's class names; classes of other
-# sets fall back to matplotlib's tab20.
-CITYSCAPES_PALETTE: dict[str, tuple[int, int, int]] = {
-    "road": (128, 64, 128), "sidewalk": (244, 35, 232), "building": (70, 70, 70), "wall": (102, 102, 156),
-    "fence": (190, 153, 153), "pole": (153, 153, 153), "traffic_light": (250, 170, 30),
-    "traffic_sign": (220, 220, 0), "vegetation": (107, 142, 35), "terrain": (152, 251, 152), "sky": (70, 130, 180),
-    "person": (220, 20, 60), "rider": (255, 0, 0), "car": (0, 0, 142), "truck": (0, 0, 70), "bus": (0, 60, 100),
-    "train": (0, 80, 100), "motorcycle": (0, 0, 230), "bicycle": (119, 11, 32),
-}
-
-
-def class_palette(class_names: Sequence[str]) -> list[tuple[float, float, float]]:
-    """RGB in [0, 1] per class id: the Cityscapes colour of each name, tab20 for names it lacks."""
-    fallback = _default_class_colours(len(class_names))
-    return [tuple(c / 255.0 for c in CITYSCAPES_PALETTE[name]) if name in CITYSCAPES_PALETTE else tuple(fallback[i])
-            for i, name in enumerate(class_names)]
+CURVE_COLUMNS = (
+    "curve",
+    "selector",
+    "setting",
+    "budget",
+    "round",
+    "trials",
+    "labeled_fraction",
+    "clicks",
+    "miou",
+    "miou_std",
+    "point_label",
+)
 
 
 def _curve_name(selector: str, setting: str) -> str:
@@ -659,8 +781,13 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
     data.loc[data["round"] == 0, "budget"] = ""
     keys = ["selector", "setting", "budget", "round"]
     grouped = data.groupby(keys, sort=False, dropna=False)
-    points = grouped.agg(trials=("miou", "size"), labeled_fraction=("labeled_fraction", "mean"),
-                         clicks=("clicks", "mean"), miou=("miou", "mean"), miou_std=("miou", "std")).reset_index()
+    points = grouped.agg(
+        trials=("miou", "size"),
+        labeled_fraction=("labeled_fraction", "mean"),
+        clicks=("clicks", "mean"),
+        miou=("miou", "mean"),
+        miou_std=("miou", "std"),
+    ).reset_index()
     points["curve"] = [_curve_name(s, t) for s, t in zip(points["selector"], points["setting"])]
     points["point_label"] = [_point_label(b, r) for b, r in zip(points["budget"], points["round"])]
     points = points.sort_values(["curve", "labeled_fraction", "round", "budget"], kind="stable").reset_index(drop=True)
@@ -695,12 +822,18 @@ def class_iou_table(rows: pd.DataFrame) -> pd.DataFrame:
     data = data.sort_values(["trial_id", "round"], kind="stable")
     final = data.groupby("trial_id", sort=False).tail(1)
     final = final.sort_values(["selector", "setting", "labeled_fraction", "trial_id"], kind="stable")
-    out = pd.DataFrame({"trial_id": final["trial_id"].to_numpy(), "selector": final["selector"].astype(str).to_numpy(),
-                        "setting": final["setting"].to_numpy(), "budget": final["budget"].astype(str).to_numpy(),
-                        "rounds": final["round"].astype(int).to_numpy(),
-                        "miou": pd.to_numeric(final["miou"], errors="coerce").to_numpy(dtype=float)})
+    out = pd.DataFrame(
+        {
+            "trial_id": final["trial_id"].to_numpy(),
+            "selector": final["selector"].astype(str).to_numpy(),
+            "setting": final["setting"].to_numpy(),
+            "budget": final["budget"].astype(str).to_numpy(),
+            "rounds": final["round"].astype(int).to_numpy(),
+            "miou": pd.to_numeric(final["miou"], errors="coerce").to_numpy(dtype=float),
+        }
+    )
     for column in classes:
-        out[column[len("iou/"):]] = pd.to_numeric(final[column], errors="coerce").to_numpy(dtype=float)
+        out[column[len("iou/") :]] = pd.to_numeric(final[column], errors="coerce").to_numpy(dtype=float)
     return out
 
 
@@ -734,11 +867,19 @@ def _curve_styles(curves: pd.DataFrame) -> dict[str, tuple[str, str]]:
     return styles
 
 
-_CURVE_PANELS = (("labeled_pct", "labeled target pixels (%)"), ("clicks", "clicks (points, or outline corners of regions)"))
+_CURVE_PANELS = (
+    ("labeled_pct", "labeled target pixels (%)"),
+    ("clicks", "clicks (points, or outline corners of regions)"),
+)
 
 
-def method_curves_png(curves: pd.DataFrame, png_path: str | os.PathLike, source_only: float | None = None,
-                      oracle: float | None = None, title: str = "Target mIoU against the annotation budget") -> Path:
+def method_curves_png(
+    curves: pd.DataFrame,
+    png_path: str | os.PathLike,
+    source_only: float | None = None,
+    oracle: float | None = None,
+    title: str = "Target mIoU against the annotation budget",
+) -> Path:
     """The curves of ``method_curves`` as a PNG: mIoU against labeled % and against clicks, each point
     labeled with its budget, the Pareto front in clicks as a dashed black step line."""
     if curves.empty:
@@ -753,19 +894,44 @@ def method_curves_png(curves: pd.DataFrame, png_path: str | os.PathLike, source_
             for name, points in data.groupby("curve", sort=False):
                 points = points.sort_values([x_column, "round"], kind="stable")
                 colour, marker = styles[name]
-                ax.plot(points[x_column], points["miou"], color=colour, marker=marker, markersize=6, linewidth=1.8,
-                        label=name)
+                ax.plot(
+                    points[x_column],
+                    points["miou"],
+                    color=colour,
+                    marker=marker,
+                    markersize=6,
+                    linewidth=1.8,
+                    label=name,
+                )
                 for _, p in points.iterrows():
                     if p["round"] > 0:
-                        ax.annotate(p["point_label"], (p[x_column], p["miou"]), textcoords="offset points",
-                                    xytext=(4, 5), fontsize=7, color=colour)
+                        ax.annotate(
+                            p["point_label"],
+                            (p[x_column], p["miou"]),
+                            textcoords="offset points",
+                            xytext=(4, 5),
+                            fontsize=7,
+                            color=colour,
+                        )
             if x_column == "clicks" and len(front) > 1:
-                ax.step(front["clicks"], front["miou"], where="post", color="black", linestyle="--", linewidth=1.1,
-                        label="Pareto front (clicks)")
+                ax.step(
+                    front["clicks"],
+                    front["miou"],
+                    where="post",
+                    color="black",
+                    linestyle="--",
+                    linewidth=1.1,
+                    label="Pareto front (clicks)",
+                )
             for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE)):
                 if _finite(value):
-                    ax.axhline(value, color=style["color"], linestyle=style["linestyle"], linewidth=1.3,
-                               label=f"{name} ({value:.3f})" if x_column == "labeled_pct" else None)
+                    ax.axhline(
+                        value,
+                        color=style["color"],
+                        linestyle=style["linestyle"],
+                        linewidth=1.3,
+                        label=f"{name} ({value:.3f})" if x_column == "labeled_pct" else None,
+                    )
             ax.set_xlabel(x_label)
             ax.grid(True, alpha=0.3)
         axes[0].set_ylabel("target mIoU")
@@ -786,8 +952,9 @@ def method_curves_png(curves: pd.DataFrame, png_path: str | os.PathLike, source_
     return png_path
 
 
-def _html_table(df: pd.DataFrame, table_id: str, formats: Mapping[str, callable] | None = None,
-                heat: Sequence[str] = ()) -> str:
+def _html_table(
+    df: pd.DataFrame, table_id: str, formats: Mapping[str, callable] | None = None, heat: Sequence[str] = ()
+) -> str:
     """A plain HTML table; ``heat`` columns (values in [0, 1]) get a background shade of their value."""
     e = html.escape
     formats = formats or {}
@@ -796,13 +963,17 @@ def _html_table(df: pd.DataFrame, table_id: str, formats: Mapping[str, callable]
     for row in df.itertuples(index=False):
         cells = []
         for column, value in zip(df.columns, row):
-            text = formats.get(column, lambda v: "n/a" if isinstance(v, float) and not math.isfinite(v) else str(v))(value)
+            text = formats.get(column, lambda v: "n/a" if isinstance(v, float) and not math.isfinite(v) else str(v))(
+                value
+            )
             style = ""
             if column in heat and _finite(value):
                 style = f' style="background:rgba(46,125,50,{max(0.0, min(1.0, float(value))) * 0.6:.2f})"'
             cells.append(f"<td{style}>{e(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="data" id="{e(table_id)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return (
+        f'<table class="data" id="{e(table_id)}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    )
 
 
 _REPORT_CSS = """
@@ -817,8 +988,13 @@ table.data td:nth-child(-n+4){text-align:left}
 """
 
 
-def report_page(rows: pd.DataFrame, html_path: str | os.PathLike, source_only: float | None = None,
-                oracle: float | None = None, title: str = "Target mIoU against the annotation budget") -> Path:
+def report_page(
+    rows: pd.DataFrame,
+    html_path: str | os.PathLike,
+    source_only: float | None = None,
+    oracle: float | None = None,
+    title: str = "Target mIoU against the annotation budget",
+) -> Path:
     """The sweep's interactive report, one self-contained HTML file (plotly, its JavaScript inline:
     no CDN, no network), with
 
@@ -837,69 +1013,131 @@ def report_page(rows: pd.DataFrame, html_path: str | os.PathLike, source_only: f
     html_path = Path(html_path)
     data = curves.assign(labeled_pct=100.0 * curves["labeled_fraction"].astype(float))
     styles = _curve_styles(data)
-    plotly_markers = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down",
-                      "P": "cross"}
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=("mIoU vs labeled fraction", "mIoU vs clicks"))
+    plotly_markers = {
+        "o": "circle",
+        "s": "square",
+        "^": "triangle-up",
+        "D": "diamond",
+        "v": "triangle-down",
+        "P": "cross",
+    }
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        shared_yaxes=True,
+        horizontal_spacing=0.06,
+        subplot_titles=("mIoU vs labeled fraction", "mIoU vs clicks"),
+    )
     for name, points in data.groupby("curve", sort=False):
         colour, marker = styles[name]
         for col, (x_column, _) in enumerate(_CURVE_PANELS, start=1):
             pts = points.sort_values([x_column, "round"], kind="stable")
-            hover = [f"<b>{html.escape(name)}</b><br>{html.escape(p.point_label)} (round {int(p['round'])})<br>"
-                     f"mIoU {p.miou:.4f}" + (f" \u00b1 {p.miou_std:.4f}" if _finite(p.miou_std) else "")
-                     + f" over {int(p.trials)} trial(s)<br>labeled {_pct(p.labeled_fraction)}<br>clicks {_num(p.clicks)}"
-                     for _, p in pts.iterrows()]
-            fig.add_trace(go.Scatter(
-                x=pts[x_column], y=pts["miou"], mode="lines+markers+text", name=name, legendgroup=name,
-                showlegend=col == 1, line={"color": colour, "width": 2},
-                marker={"symbol": plotly_markers.get(marker, "circle"), "size": 8, "color": colour},
-                text=[label if r > 0 else "" for label, r in zip(pts["point_label"], pts["round"])],
-                textposition="top center", textfont={"size": 9, "color": colour},
-                error_y={"type": "data", "array": pts["miou_std"].fillna(0.0), "visible": bool(pts["miou_std"].notna().any()),
-                         "thickness": 1, "width": 3, "color": colour},
-                hovertext=hover, hoverinfo="text"), row=1, col=col)
+            hover = [
+                f"<b>{html.escape(name)}</b><br>{html.escape(p.point_label)} (round {int(p['round'])})<br>"
+                f"mIoU {p.miou:.4f}"
+                + (f" \u00b1 {p.miou_std:.4f}" if _finite(p.miou_std) else "")
+                + f" over {int(p.trials)} trial(s)<br>labeled {_pct(p.labeled_fraction)}<br>clicks {_num(p.clicks)}"
+                for _, p in pts.iterrows()
+            ]
+            fig.add_trace(
+                go.Scatter(
+                    x=pts[x_column],
+                    y=pts["miou"],
+                    mode="lines+markers+text",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                    line={"color": colour, "width": 2},
+                    marker={"symbol": plotly_markers.get(marker, "circle"), "size": 8, "color": colour},
+                    text=[label if r > 0 else "" for label, r in zip(pts["point_label"], pts["round"])],
+                    textposition="top center",
+                    textfont={"size": 9, "color": colour},
+                    error_y={
+                        "type": "data",
+                        "array": pts["miou_std"].fillna(0.0),
+                        "visible": bool(pts["miou_std"].notna().any()),
+                        "thickness": 1,
+                        "width": 3,
+                        "color": colour,
+                    },
+                    hovertext=hover,
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
     front = pareto_front(data)
     if len(front):
-        fig.add_trace(go.Scatter(x=front["clicks"], y=front["miou"], mode="lines+markers", name="Pareto front (clicks)",
-                                 line={"color": "black", "dash": "dash", "width": 1.3, "shape": "hv"},
-                                 marker={"symbol": "circle-open", "size": 13, "color": "black"},
-                                 hovertext=[f"Pareto: {html.escape(c)}, {html.escape(b)}" for c, b in
-                                            zip(front["curve"], front["point_label"])], hoverinfo="text"), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=front["clicks"],
+                y=front["miou"],
+                mode="lines+markers",
+                name="Pareto front (clicks)",
+                line={"color": "black", "dash": "dash", "width": 1.3, "shape": "hv"},
+                marker={"symbol": "circle-open", "size": 13, "color": "black"},
+                hovertext=[
+                    f"Pareto: {html.escape(c)}, {html.escape(b)}" for c, b in zip(front["curve"], front["point_label"])
+                ],
+                hoverinfo="text",
+            ),
+            row=1,
+            col=2,
+        )
     for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE)):
         if _finite(value):
             for col in (1, 2):
-                fig.add_hline(y=value, line={"color": style["color"], "dash": "dash" if name == "source-only" else "dot",
-                                             "width": 1.3}, annotation_text=f"{name} {value:.3f}",
-                              annotation_position="bottom right", row=1, col=col)
+                fig.add_hline(
+                    y=value,
+                    line={"color": style["color"], "dash": "dash" if name == "source-only" else "dot", "width": 1.3},
+                    annotation_text=f"{name} {value:.3f}",
+                    annotation_position="bottom right",
+                    row=1,
+                    col=col,
+                )
     fig.update_xaxes(title_text=_CURVE_PANELS[0][1], row=1, col=1)
     fig.update_xaxes(title_text=_CURVE_PANELS[1][1], row=1, col=2)
     fig.update_yaxes(title_text="target mIoU", row=1, col=1)
-    fig.update_layout(height=560, template="plotly_white", margin={"l": 60, "r": 20, "t": 50, "b": 40},
-                      legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0})
+    fig.update_layout(
+        height=560,
+        template="plotly_white",
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
+    )
     plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id="curves", config={"displaylogo": False})
 
     pareto_view = front[["curve", "point_label", "round", "trials", "clicks", "labeled_fraction", "miou"]].rename(
-        columns={"point_label": "budget"})
-    number = {"miou": _fmt, "miou_std": _fmt, "labeled_fraction": _pct, "clicks": _num, "gain": _fmt,
-              "gap_closed": lambda v: _fmt(v, 2), "labeled_pixels": _num}
+        columns={"point_label": "budget"}
+    )
+    number = {
+        "miou": _fmt,
+        "miou_std": _fmt,
+        "labeled_fraction": _pct,
+        "clicks": _num,
+        "gain": _fmt,
+        "gap_closed": lambda v: _fmt(v, 2),
+        "labeled_pixels": _num,
+    }
     summary = summary_table(rows, source_only=source_only, oracle=oracle)
     classes = class_iou_table(rows)
     class_columns = list(classes.columns[6:])
-    class_formats = {**number, **{c: _fmt for c in class_columns}}
+    class_formats = {**number, **dict.fromkeys(class_columns, _fmt)}
     e = html.escape
-    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{e(title)}</title>"
-            f"<style>{_REPORT_CSS}</style></head><body>\n<h1>{e(title)}</h1>\n"
-            f"<p class=\"note\">One curve per method (selector) and setting of the other swept keys, through every "
-            f"budget and round of its trials (averaged over seeds; error bars: standard deviation), from the "
-            f"source-only model. Each point is labeled with its budget. Hover a point for details; click a legend "
-            f"entry to hide a curve, double-click to show it alone. The dashed black step line is the Pareto front "
-            f"in clicks: the points no other point beats with as few clicks.</p>\n{plot}\n"
-            f"<h2>Pareto front in clicks</h2>\n<div class=\"scroll\">{_html_table(pareto_view, 'pareto', number)}</div>\n"
-            f"<h2>Per-class IoU at each trial's final round</h2>\n<p class=\"note\">Cells shaded by IoU; n/a: a "
-            f"class absent from the validation images and never predicted.</p>\n"
-            f"<div class=\"scroll\">{_html_table(classes, 'class-iou', class_formats, heat=class_columns + ['miou'])}"
-            f"</div>\n<h2>Final round of each trial</h2>\n"
-            f"<div class=\"scroll\">{_html_table(summary, 'summary', number)}</div>\n</body></html>\n")
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{e(title)}</title>'
+        f"<style>{_REPORT_CSS}</style></head><body>\n<h1>{e(title)}</h1>\n"
+        f'<p class="note">One curve per method (selector) and setting of the other swept keys, through every '
+        f"budget and round of its trials (averaged over seeds; error bars: standard deviation), from the "
+        f"source-only model. Each point is labeled with its budget. Hover a point for details; click a legend "
+        f"entry to hide a curve, double-click to show it alone. The dashed black step line is the Pareto front "
+        f"in clicks: the points no other point beats with as few clicks.</p>\n{plot}\n"
+        f'<h2>Pareto front in clicks</h2>\n<div class="scroll">{_html_table(pareto_view, "pareto", number)}</div>\n'
+        f'<h2>Per-class IoU at each trial\'s final round</h2>\n<p class="note">Cells shaded by IoU; n/a: a '
+        f"class absent from the validation images and never predicted.</p>\n"
+        f'<div class="scroll">{_html_table(classes, "class-iou", class_formats, heat=class_columns + ["miou"])}'
+        f"</div>\n<h2>Final round of each trial</h2>\n"
+        f'<div class="scroll">{_html_table(summary, "summary", number)}</div>\n</body></html>\n'
+    )
     _atomic_write_bytes(html_path, page.encode("utf-8"))
     return html_path

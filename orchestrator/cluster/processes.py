@@ -80,14 +80,16 @@ def end_run_processes(mark: str, grace_s: float = 3.0) -> int:
         left = processes_with(RUN_MARK, mark)
     if left:
         killed = end_processes(left, grace_s)
-        log.info("ended %d process(es) left by this run%s", len(left),
-                 f" ({len(killed)} ignored SIGTERM)" if killed else "")
+        log.info(
+            "ended %d process(es) left by this run%s", len(left), f" ({len(killed)} ignored SIGTERM)" if killed else ""
+        )
     return len(left)
 
 
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into ``SystemExit(143)`` so a run's ``finally`` blocks (Ray shutdown, ending its
     processes, releasing its sweep folder) run as they do for Ctrl-C."""
+
     def handler(signum, frame):
         raise SystemExit(128 + signum)
 

@@ -29,12 +29,13 @@ import os
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow.fs as pafs
 
-from .config import S3_URI, ConfigError, storage_uri_problem
+from experiment_config import S3_URI, ConfigError, storage_uri_problem
 
 
 def _plain(cfg: Any) -> dict:
@@ -51,16 +52,18 @@ def _s3_filesystem(bucket: str, endpoint: str, region: str, quick: bool = False)
         # Requests signed for another region than the bucket's are refused by AWS.
         kwargs["region"] = region or pafs.resolve_s3_region(bucket)
     if quick:  # the pre-flight check: say at once that the bucket is unreachable, do not retry for minutes
-        kwargs.update(connect_timeout=5, request_timeout=15,
-                      retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2))
+        kwargs.update(
+            connect_timeout=5, request_timeout=15, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=2)
+        )
     return pafs.S3FileSystem(**kwargs)
 
 
 class Storage:
     """The cluster-wide twin of ``output_dir``: local (``uri`` empty) or an S3 prefix."""
 
-    def __init__(self, output_dir: str | Path, uri: str = "", endpoint: str = "", region: str = "",
-                 quick: bool = False):
+    def __init__(
+        self, output_dir: str | Path, uri: str = "", endpoint: str = "", region: str = "", quick: bool = False
+    ):
         self.output_dir = Path(output_dir).resolve()
         self.uri = uri.rstrip("/")
         self.remote = bool(uri)
@@ -95,7 +98,7 @@ class Storage:
     def fs_path(self, location: str) -> str:
         """``location`` as a path on ``self.filesystem`` (S3: ``bucket/key``; what Ray wants with a custom fs)."""
         if location.startswith("s3://"):
-            return location[len("s3://"):].rstrip("/")
+            return location[len("s3://") :].rstrip("/")
         return location
 
     def join(self, location: str, *parts: str) -> str:
@@ -141,16 +144,24 @@ class Storage:
             stream.write(data)
 
     def upload_file(self, local_file: str | Path, location: str) -> None:
-        pafs.copy_files(str(Path(local_file).resolve()), self.fs_path(location),
-                        source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.filesystem)
+        pafs.copy_files(
+            str(Path(local_file).resolve()),
+            self.fs_path(location),
+            source_filesystem=pafs.LocalFileSystem(),
+            destination_filesystem=self.filesystem,
+        )
 
     def download_file(self, location: str, local_file: str | Path) -> None:
         """Copy one file to the node, via a temporary name, so a crash never leaves half a file."""
         local_file = Path(local_file)
         local_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = local_file.with_name(f".{local_file.name}.tmp-{os.getpid()}")
-        pafs.copy_files(self.fs_path(location), str(tmp.resolve()), source_filesystem=self.filesystem,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self.fs_path(location),
+            str(tmp.resolve()),
+            source_filesystem=self.filesystem,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
         os.replace(tmp, local_file)
 
     def download_dir(self, location: str, local_dir: str | Path) -> Path:
@@ -159,8 +170,12 @@ class Storage:
         local_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = local_dir.with_name(f".{local_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
         staging.mkdir()
-        pafs.copy_files(self.fs_path(location), str(staging.resolve()), source_filesystem=self.filesystem,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self.fs_path(location),
+            str(staging.resolve()),
+            source_filesystem=self.filesystem,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
         shutil.rmtree(local_dir, ignore_errors=True)
         os.replace(staging, local_dir)
         return local_dir
@@ -168,8 +183,9 @@ class Storage:
     def listdir(self, location: str) -> list[str]:
         """Names of the files directly in a folder (empty when the folder does not exist)."""
         selector = pafs.FileSelector(self.fs_path(location), allow_not_found=True)
-        return sorted(Path(info.path).name for info in self.filesystem.get_file_info(selector)
-                      if info.type == pafs.FileType.File)
+        return sorted(
+            Path(info.path).name for info in self.filesystem.get_file_info(selector) if info.type == pafs.FileType.File
+        )
 
     # --- mirrored working copies --------------------------------------------------------------
     def push(self, local_file: str | Path) -> None:
@@ -214,8 +230,9 @@ class Storage:
         return fetched
 
     # --- cache entries --------------------------------------------------------------------------
-    def publish_entry(self, local_entry: str | Path, folders: dict[str, str], files: dict[str, str],
-                      marker: str) -> str:
+    def publish_entry(
+        self, local_entry: str | Path, folders: dict[str, str], files: dict[str, str], marker: str
+    ) -> str:
         """Publish a cache entry whole: ``folders`` (name -> location to copy from) and ``files``
         (name -> text); ``marker`` (one of ``files``) is what readers test for, so it is written last.
 
@@ -239,8 +256,12 @@ class Storage:
         for name, source in folders.items():
             destination = self.fs_path(self.join(entry, name))
             self.filesystem.delete_dir_contents(destination, missing_dir_ok=True)
-            pafs.copy_files(self.fs_path(source), destination, source_filesystem=self.filesystem,
-                            destination_filesystem=self.filesystem)
+            pafs.copy_files(
+                self.fs_path(source),
+                destination,
+                source_filesystem=self.filesystem,
+                destination_filesystem=self.filesystem,
+            )
         for name, text in files.items():
             if name != marker:
                 self.write_text(self.join(entry, name), text)
@@ -252,8 +273,9 @@ def open_storage(cfg: Any) -> Storage:
     """The storage of a config (``ExperimentConfig`` or its dict form)."""
     plain = _plain(cfg)
     section = plain.get("storage") or {}
-    return Storage(plain["output_dir"], section.get("uri", ""), section.get("endpoint", "").rstrip("/"),
-                   section.get("region", ""))
+    return Storage(
+        plain["output_dir"], section.get("uri", ""), section.get("endpoint", "").rstrip("/"), section.get("region", "")
+    )
 
 
 @contextlib.contextmanager
@@ -286,8 +308,11 @@ def check_storage(cfg: Any) -> None:
         key = "storage.endpoint" if endpoint and _unreachable(err) else "storage.uri"
         raise ConfigError(key, f"cannot reach {where}: {_one_line(err)}") from None
     if bucket.type == pafs.FileType.NotFound:
-        raise ConfigError("storage.uri", f"bucket '{storage.bucket}' does not exist{' at ' + endpoint if endpoint else ''}"
-                                         f" (or these credentials may not see it)")
+        raise ConfigError(
+            "storage.uri",
+            f"bucket '{storage.bucket}' does not exist{' at ' + endpoint if endpoint else ''}"
+            f" (or these credentials may not see it)",
+        )
     probe = f"{storage.uri}/.activeda-write-check-{uuid.uuid4().hex[:8]}"
     try:
         storage.write_text(probe, "")

@@ -22,20 +22,27 @@ import logging
 import resource
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
-from pixel_selectors import SELECTOR_INPUTS, PointQuery, RegionQuery, labeled_mask, select_image, selector_params
+from orchestrator.cluster.storage import local_checkpoint
+from pixel_selectors import (
+    SELECTOR_INPUTS,
+    PointQuery,
+    RegionQuery,
+    labeled_mask,
+    select_image,
+    selector_params,
+)
 from trainers.data import build_domains
+from trainers.engine import load_models
 from trainers.loader import load_images
-from trainers.train_loop import load_models
-
-from .storage import local_checkpoint
 
 log = logging.getLogger(__name__)
+
 
 def labeled_coordinates(labeled, image_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """image id -> (ys, xs) already labeled, for the given images only. ``labeled``: a ``LabelReader``
@@ -49,11 +56,20 @@ def labeled_coordinates(labeled, image_ids: list[int]) -> dict[int, tuple[np.nda
 
 
 @torch.no_grad()
-def rank_images(network: torch.nn.Module, images: torch.Tensor, image_ids: list[int],
-                labeled: Mapping[int, tuple[np.ndarray, np.ndarray]], selector: str, *, num_points: int,
-                budget_pixels: int = 0, seeds: list[int], params: dict | None = None,
-                region_spread: str = "share", max_share: float | None = None
-                ) -> list[tuple[int, PointQuery | RegionQuery]]:
+def rank_images(
+    network: torch.nn.Module,
+    images: torch.Tensor,
+    image_ids: list[int],
+    labeled: Mapping[int, tuple[np.ndarray, np.ndarray]],
+    selector: str,
+    *,
+    num_points: int,
+    budget_pixels: int = 0,
+    seeds: list[int],
+    params: dict | None = None,
+    region_spread: str = "share",
+    max_share: float | None = None,
+) -> list[tuple[int, PointQuery | RegionQuery]]:
     """Forward ``images`` (N, 3, H, W) through ``network`` (on its device) and select in each image
     there: (image id, query) per image. Probabilities stay on the device, one image at a time
     (softmax per image: a batch of 1024 x 2048 maps with 19 classes and two heads would hold
@@ -68,8 +84,17 @@ def rank_images(network: torch.nn.Module, images: torch.Tensor, image_ids: list[
         if image_id in labeled:
             ys, xs = labeled[image_id]
             mask = labeled_mask(ys, xs, height, width, device=images.device)
-        query = select_image(selector, probs, num_points=num_points, budget_pixels=budget_pixels, labeled=mask,
-                             seed=seeds[n], params=params, region_spread=region_spread, max_share=max_share)
+        query = select_image(
+            selector,
+            probs,
+            num_points=num_points,
+            budget_pixels=budget_pixels,
+            labeled=mask,
+            seed=seeds[n],
+            params=params,
+            region_spread=region_spread,
+            max_share=max_share,
+        )
         out.append((image_id, query))
     return out
 
@@ -82,7 +107,9 @@ class Ranker:
         self.cfg = cfg
         domains = build_domains(cfg["data"])
         self.pool = domains.target_pool
-        self.device = torch.device("cuda" if cfg["ranking"]["gpus_per_actor"] > 0 and torch.cuda.is_available() else "cpu")
+        self.device = torch.device(
+            "cuda" if cfg["ranking"]["gpus_per_actor"] > 0 and torch.cuda.is_available() else "cpu"
+        )
         with local_checkpoint(checkpoint_dir, cfg) as directory:  # a checkpoint on S3 is fetched to this node
             models, _ = load_models(directory, cfg, len(domains.classes))
         name = cfg["selection"]["selector"]
@@ -115,13 +142,22 @@ class Ranker:
                 pending[1].cancel()
             images = load_images(self.pool, image_ids, self.loading, pin_memory=pin)
         if prefetch_ids and self.prefetching is not None:
-            self.prefetched = (tuple(prefetch_ids), self.prefetching.submit(
-                load_images, self.pool, list(prefetch_ids), self.loading, pin))
+            self.prefetched = (
+                tuple(prefetch_ids),
+                self.prefetching.submit(load_images, self.pool, list(prefetch_ids), self.loading, pin),
+            )
         return images
 
-    def rank(self, image_ids: list[int], labeled, num_points: int, round_index: int = 1, budget_pixels: int = 0,
-             max_share: float | None = None,
-             prefetch_ids: list[int] | None = None) -> list[tuple[int, PointQuery | RegionQuery]]:
+    def rank(
+        self,
+        image_ids: list[int],
+        labeled,
+        num_points: int,
+        round_index: int = 1,
+        budget_pixels: int = 0,
+        max_share: float | None = None,
+        prefetch_ids: list[int] | None = None,
+    ) -> list[tuple[int, PointQuery | RegionQuery]]:
         """Queries of each image. Point selectors give ``num_points`` points, or with a global
         ``budget_pixels`` as many as the budget could use from one image; region selectors give
         their best regions covering at most the budget (what the driver's merge can use), tiling
@@ -136,10 +172,19 @@ class Ranker:
             images = images.contiguous(memory_format=torch.channels_last)
         autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         with autocast:
-            return rank_images(self.network, images, image_ids, coordinates, self.selector, num_points=num_points,
-                               budget_pixels=budget_pixels,
-                               seeds=[image_seed(self.seed, round_index, i) for i in image_ids],
-                               params=self.params, region_spread=self.region_spread, max_share=max_share)
+            return rank_images(
+                self.network,
+                images,
+                image_ids,
+                coordinates,
+                self.selector,
+                num_points=num_points,
+                budget_pixels=budget_pixels,
+                seeds=[image_seed(self.seed, round_index, i) for i in image_ids],
+                params=self.params,
+                region_spread=self.region_spread,
+                max_share=max_share,
+            )
 
     def peak_memory(self) -> dict[str, int]:
         """This process's peak resident memory (bytes) and, with a GPU, its peak GPU memory."""
@@ -172,7 +217,7 @@ def ranking_actor_class(base: type | None = None):
 
 def shard_ids(image_ids: list[int], shard_size: int) -> list[list[int]]:
     ids = sorted(image_ids)
-    return [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
+    return [ids[i : i + shard_size] for i in range(0, len(ids), shard_size)]
 
 
 @dataclass(frozen=True)
@@ -207,10 +252,18 @@ class RankingStats:
         return self.steady_images / self.steady_s if self.steady_images and self.steady_s > 0 else float("nan")
 
 
-def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
-              consume: Callable[[int, PointQuery | RegionQuery], None], round_index: int = 1, budget_pixels: int = 0,
-              progress: Callable[[str], None] | None = None, ranker: type | None = None,
-              max_share: float | None = None) -> RankingStats:
+def rank_pool(
+    checkpoint_dir: str,
+    cfg: dict,
+    pool_size: int,
+    labeled,
+    consume: Callable[[int, PointQuery | RegionQuery], None],
+    round_index: int = 1,
+    budget_pixels: int = 0,
+    progress: Callable[[str], None] | None = None,
+    ranker: type | None = None,
+    max_share: float | None = None,
+) -> RankingStats:
     """Rank the ``pool_size`` target pool images with ``ranking.num_actors`` actors (``ranker``: the
     actors' class, ``Ranker`` unless a benchmark brings its own pool and network).
 
@@ -233,9 +286,9 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
 
     def new_actor():
         # Outside the trial's placement group: the trial reserves only its own driver's share.
-        return (ranking_actor.options(num_cpus=rk["cpus_per_actor"], num_gpus=rk["gpus_per_actor"],
-                                     scheduling_strategy="DEFAULT")
-                .remote(checkpoint_dir, cfg, max(1, int(rk["cpus_per_actor"]))))
+        return ranking_actor.options(
+            num_cpus=rk["cpus_per_actor"], num_gpus=rk["gpus_per_actor"], scheduling_strategy="DEFAULT"
+        ).remote(checkpoint_dir, cfg, max(1, int(rk["cpus_per_actor"])))
 
     actors = [new_actor() for _ in range(num_actors)]
     ranked, replaced = 0, 0
@@ -269,13 +322,16 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
                 replaced += 1
                 dead.add(actor)
                 if replaced > rk["max_actor_restarts"]:
-                    raise RuntimeError(f"ranking actors died {replaced} times (ranking.max_actor_restarts="
-                                       f"{rk['max_actor_restarts']}); last: {err}") from None
+                    raise RuntimeError(
+                        f"ranking actors died {replaced} times (ranking.max_actor_restarts="
+                        f"{rk['max_actor_restarts']}); last: {err}"
+                    ) from None
                 if actor in lookahead:
                     queue.insert(0, lookahead.pop(actor))
                 if shard is not None:
-                    log.warning("ranking actor died on images %s-%s; re-ranking them on a new actor",
-                                shard[0], shard[-1])
+                    log.warning(
+                        "ranking actor died on images %s-%s; re-ranking them on a new actor", shard[0], shard[-1]
+                    )
                     queue.insert(0, shard)
                 replacement = new_actor()
                 actors.append(replacement)
@@ -301,8 +357,9 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
                 following = queue.pop(0) if queue else None
                 if following is not None:
                     lookahead[actor] = following
-                ref = actor.rank.remote(shard, _for_shard(labeled, shard), points, round_index, budget_pixels,
-                                        max_share, following)
+                ref = actor.rank.remote(
+                    shard, _for_shard(labeled, shard), points, round_index, budget_pixels, max_share, following
+                )
                 working[ref] = (actor, shard)
         peaks = _peak_memories([a for a in actors if a not in dead])
     finally:
@@ -311,11 +368,17 @@ def rank_pool(checkpoint_dir: str, cfg: dict, pool_size: int, labeled,
     finished = time.perf_counter()
     first_ready = finished if first_ready is None else first_ready
     all_ready = finished if all_ready is None else all_ready
-    return RankingStats(images=ranked, actors=num_actors, startup_s=first_ready - called,
-                        ranking_s=finished - first_ready, actors_replaced=replaced,
-                        steady_images=max(0, ranked - counted_before_all_ready), steady_s=finished - all_ready,
-                        actor_peak_rss_bytes=max((p.get("rss_bytes", 0) for p in peaks), default=0),
-                        actor_peak_gpu_bytes=max((p.get("gpu_bytes", 0) for p in peaks), default=0))
+    return RankingStats(
+        images=ranked,
+        actors=num_actors,
+        startup_s=first_ready - called,
+        ranking_s=finished - first_ready,
+        actors_replaced=replaced,
+        steady_images=max(0, ranked - counted_before_all_ready),
+        steady_s=finished - all_ready,
+        actor_peak_rss_bytes=max((p.get("rss_bytes", 0) for p in peaks), default=0),
+        actor_peak_gpu_bytes=max((p.get("gpu_bytes", 0) for p in peaks), default=0),
+    )
 
 
 def _for_shard(labeled, ids: list[int]):

@@ -660,7 +660,7 @@ def render_markdown(
         f"brackets); a method beats random when the whole interval lies above 0, judged with at least "
         f"{MIN_SEEDS_TO_JUDGE} seeds.",
         "",
-        "## Goals (issue 16)",
+        "## Goals",
         "",
     ]
     verdicts = {True: "met", False: "MISSED", None: "n/a"}

@@ -16,7 +16,6 @@ import csv
 import html
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from matplotlib.colors import to_hex
 from matplotlib.ticker import MaxNLocator
 
 from trainers.data.palette import fallback_colours
+from trainers.files import atomic_write_text, staged
 
 ROW_COLUMNS = ("trial_id", "selector", "budget", "round", "labeled_fraction", "clicks", "miou")
 SUMMARY_COLUMNS = (
@@ -67,18 +67,6 @@ def _check_columns(rows: pd.DataFrame, needed: Sequence[str], what: str) -> None
 
 def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -225,7 +213,7 @@ def budget_curve(
     y_range = _range(all_miou, pad=0.08)
     _budget_png(series, refs, y_range, png_path, title)
     summary = summary_table(rows, source_only=source_only, oracle=oracle)
-    _atomic_write_bytes(html_path, _budget_html(series, refs, y_range, title, summary).encode("utf-8"))
+    atomic_write_text(html_path, _budget_html(series, refs, y_range, title, summary))
     return png_path, html_path
 
 
@@ -840,17 +828,10 @@ def class_iou_table(rows: pd.DataFrame) -> pd.DataFrame:
 def write_table(df: pd.DataFrame, out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
     """Write ``<stem>.csv`` and ``<stem>.parquet`` into ``out_dir`` (created), each atomically."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, parquet_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet"
-    _atomic_write_bytes(csv_path, df.to_csv(index=False).encode("utf-8"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.parquet.", dir=out_dir)
-    os.close(fd)
-    try:
+    atomic_write_text(csv_path, df.to_csv(index=False))
+    with staged(parquet_path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return csv_path, parquet_path
 
 
@@ -1139,5 +1120,5 @@ def report_page(
         f"</div>\n<h2>Final round of each trial</h2>\n"
         f'<div class="scroll">{_html_table(summary, "summary", number)}</div>\n</body></html>\n'
     )
-    _atomic_write_bytes(html_path, page.encode("utf-8"))
+    atomic_write_text(html_path, page)
     return html_path

@@ -28,13 +28,14 @@ from __future__ import annotations
 import argparse
 import importlib.abc
 import importlib.machinery
-import json
 import math
 import platform
 import sys
 import time
 import traceback
 from pathlib import Path
+
+from trainers.files import atomic_write_json
 
 # Not on the GPU machine: importing one must fail here as it would fail there.
 ABSENT_ON_GPU_MACHINE = ("ray", "mlflow", "hypothesis")
@@ -100,9 +101,7 @@ class Recorder:
 
     def part(self, name: str, figures: dict) -> None:
         self.figures[name] = figures
-        tmp = self.json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.figures, indent=1, default=str))
-        tmp.replace(self.json_path)
+        atomic_write_json(self.json_path, self.figures, indent=1, default=str)
 
 
 def forward_model_name(requested: str, progress) -> str:

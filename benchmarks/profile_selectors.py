@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gpu_check import refuse_absent_packages, size_arg
+from trainers.files import atomic_write_json
 
 MAP_KINDS = ("trained_like", "network_output")
 
@@ -143,9 +144,7 @@ def profile_selectors(args, progress=print) -> dict:
                 f"profile: {kind}: {name}: {wall_ms:.2f} ms, {summary['kernel_launches']} launches, "
                 f"{summary['synchronisations']} syncs, {summary['greedy_rounds']} greedy rounds"
             )
-            tmp = out / "profile.json.tmp"
-            tmp.write_text(json.dumps(figures, indent=1))
-            tmp.replace(out / "profile.json")
+            atomic_write_json(out / "profile.json", figures, indent=1)
     return figures
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 from benchmarks.common import machine_line
 from experiment_config import ConfigError, ExperimentConfig, from_dict, load_config, with_absolute_paths, with_overrides
 from trainers.data import CLASS_SETS
+from trainers.files import atomic_write_text, staged
 
 ROOT = Path(__file__).resolve().parents[1]
 # Never labeled in the Tzeng ablation's semi-supervised rows: thin or small things.
@@ -592,11 +592,10 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=7, ncol=2, loc="lower right")
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    figure.savefig(tmp)
+    with staged(path) as tmp:
+        figure.savefig(tmp)
     labels = axis.get_legend_handles_labels()[1]
     plt.close(figure)
-    os.replace(tmp, path)
     return labels
 
 
@@ -898,9 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         text += "\nRows missing a seed (a trial failed or was not run): " + "; ".join(missing) + "\n"
     report = docs / ("BENCHMARKS-quick.md" if args.quick else "BENCHMARKS.md")
-    tmp = report.with_name(f".{report.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, report)
+    atomic_write_text(report, text)
     _log_to_mlflow(tracking_uri, report, image, measured, plan)
     print(text)
     print(f"[quality] wrote {report} and {image} in {minutes:.1f} min")

@@ -194,7 +194,7 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
             for p, size in files.items()
         )
     report = artifact_sizes(parents[0].info.run_id)
-    for name in ("budget_curve.png", "budget_curve.html", "summary.csv", "summary.parquet"):
+    for name in ("report.html", "method_curves.png", "budget_curve.html", "summary.csv", "summary.parquet"):
         assert report[f"report/{name}"] > 0
 
     # Each trial's label store holds exactly the budget it reports.

@@ -35,13 +35,13 @@ their exports back through the same checks (``orchestrator.labels.formats``).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from orchestrator.labels.store import LabeledPixels, LabelStore
 from pixel_selectors.encoding import rle_decode, rle_encode
+from trainers.files import atomic_write_json
 
 FORMAT, VERSION = "activeda-queries", 1
 IGNORE = 255
@@ -109,11 +109,7 @@ def export_queries(
         "classes": list(classes),
         "images": images,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, document, indent=1)
 
 
 def _original_size(image_path: str) -> dict:
@@ -237,9 +233,7 @@ def import_tool_answers(fmt: str, answers: Path, trial_dir: Path, round_index: i
     except FormatError as err:
         raise AnnotationError(str(err)) from None
     converted = queries_file.with_name(f"{queries_file.stem}.{fmt}-answers.json")
-    tmp = converted.with_name(f".{converted.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=1))
-    os.replace(tmp, converted)
+    atomic_write_json(converted, document, indent=1)
     try:
         return import_answers(converted, queries_file, store, expected_round=round_index)
     except BaseException:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import numpy as np
 
 from pixel_selectors.encoding import rle_decode
 from trainers.data.coordinates import label_coordinates
+from trainers.files import atomic_write_json, atomic_write_text, staged
 
 UNSURE = "unsure"
 IGNORE = 255
@@ -211,14 +211,6 @@ def _hex(rgb: Sequence[float]) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def export_label_studio(queries: dict, out_dir: Path, image_url_prefix: str = "") -> list[Path]:
     """``tasks.json`` and ``labeling_config.xml`` for a Label Studio project."""
     from trainers.data.palette import class_palette
@@ -280,8 +272,8 @@ def export_label_studio(queries: dict, out_dir: Path, image_url_prefix: str = ""
             }
         )
     return [
-        _atomic_text(out_dir / "tasks.json", json.dumps(tasks, indent=1)),
-        _atomic_text(out_dir / "labeling_config.xml", config),
+        atomic_write_json(out_dir / "tasks.json", tasks, indent=1),
+        atomic_write_text(out_dir / "labeling_config.xml", config),
     ]
 
 
@@ -332,7 +324,7 @@ def export_coco(queries: dict, out_dir: Path) -> list[Path]:
         "annotations": annotations,
         "categories": _coco_categories(classes),
     }
-    return [_atomic_text(out_dir / "coco.json", json.dumps(document))]
+    return [atomic_write_json(out_dir / "coco.json", document)]
 
 
 def export_png_masks(queries: dict, out_dir: Path) -> list[Path]:
@@ -343,18 +335,15 @@ def export_png_masks(queries: dict, out_dir: Path) -> list[Path]:
     for entry in queries["images"]:
         mask = grid_mask_to_original(_grid_mask(entry), original_size(entry))
         path = out_dir / "masks" / f"{entry['image_id']:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp)
-        os.replace(tmp, path)
+        with staged(path) as tmp:
+            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp)
         written.append(path)
     listing = out_dir / "images.csv"
     rows = [["image_id", "mask", "image"]] + [
         [e["image_id"], f"masks/{e['image_id']:05d}.png", e.get("image", "")] for e in queries["images"]
     ]
-    with open(listing.with_name(".images.csv.tmp"), "w", newline="", encoding="utf-8") as handle:
+    with staged(listing) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
-    os.replace(listing.with_name(".images.csv.tmp"), listing)
     return written + [listing]
 
 

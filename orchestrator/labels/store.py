@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pixel_selectors.encoding import rle_decode, rle_encode
+from trainers.files import staged
 
 SCHEMA = pa.schema(
     [
@@ -177,10 +178,8 @@ class LabelStore:
             raise LabelStoreError(f"round {round_index} is already in the label store at '{self.root}'")
         if isinstance(labeled, (list, tuple)):
             labeled = sorted(labeled, key=lambda p: p.image_id)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
-        try:
-            with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        try:  # never over a round that exists, even one another writer recorded meanwhile
+            with staged(final, fsync=True, overwrite=False) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer:
                 previous = None
                 for chunk in _chunks(labeled, ROWS_PER_GROUP):
                     for p in chunk:
@@ -192,12 +191,8 @@ class LabelStore:
                             )
                         previous = p.image_id
                     writer.write_table(_rows_table(chunk, round_index, strategy), row_group_size=ROWS_PER_GROUP)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, final)
+        except FileExistsError:
+            raise LabelStoreError(f"round {round_index} is already in the label store at '{self.root}'") from None
         return final
 
     def table(self, upto_round: int | None = None, only_round: int | None = None) -> pa.Table:
@@ -253,9 +248,8 @@ class LabelStore:
         target.root.mkdir(parents=True, exist_ok=True)
         for r in self.rounds():
             if upto_round is None or r <= upto_round:
-                tmp = target.root / f".{self._round_path(r).name}.tmp-{os.getpid()}"
-                shutil.copyfile(self._round_path(r), tmp)
-                os.replace(tmp, target._round_path(r))
+                with staged(target._round_path(r)) as tmp:
+                    shutil.copyfile(self._round_path(r), tmp)
 
     def set_aside(self, keep_if_same_as: LabelStore, folder: str = "superseded") -> list[Path]:
         """Move every round that ``keep_if_same_as`` does not hold byte for byte into ``root/folder``

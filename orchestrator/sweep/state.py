@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickletools
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from experiment_config import (
     ExperimentConfig,
     from_dict,
 )
+from trainers.files import atomic_write_json
 
 log = logging.getLogger("activeda")
 
@@ -100,9 +100,7 @@ def restorable_tune_state(storage, sweep_dir: Path, say=print) -> bool:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 # --- Tune's experiment state: kept readable ------------------------------------------------------

@@ -98,8 +98,9 @@ def write_sweep_report(
     results, cfg: ExperimentConfig, sweep_dir: Path, source_only: float | None, oracle: float | None, say
 ) -> Path | None:
     """The sweep's report folder: ``report.html`` (interactive: curves per method and setting, Pareto
-    front in clicks, per-class IoU table), ``method_curves.png``, the per-trial budget curve (PNG +
-    HTML), and the tables ``summary``, ``class_iou``, ``curves`` and ``pareto`` (CSV + parquet)."""
+    front in clicks, per-class IoU table), ``method_curves.png`` (the same curves as the picture MLflow
+    shows), ``budget_curve.html`` (interactive: every trial on its own, round by round), the tables
+    ``summary``, ``class_iou``, ``curves`` and ``pareto`` (CSV + parquet) and ``rounds.csv``."""
     from orchestrator.tracking.report import (
         budget_curve,
         class_iou_table,
@@ -120,7 +121,6 @@ def write_sweep_report(
     title = f"{cfg.sweep.name}: target mIoU against the annotation budget"
     budget_curve(
         rows,
-        out / "budget_curve.png",
         out / "budget_curve.html",
         source_only=source_only,
         oracle=oracle,
@@ -128,11 +128,7 @@ def write_sweep_report(
     )
     curves = method_curves(rows)
     method_curves_png(curves, out / "method_curves.png", source_only=source_only, oracle=oracle, title=title)
-    try:
-        page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
-    except ImportError as err:  # plotly is a dependency; an environment without it still gets the rest
-        page = out / "method_curves.png"
-        say(f"report.html skipped: {err} (pip install plotly)")
+    page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
     write_summary(summary_table(rows, source_only=source_only, oracle=oracle), out)
     write_table(class_iou_table(rows), out, "class_iou")
     write_table(curves, out, "curves")

@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 from ray.tune import Callback
 
+from trainers.files import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STORE = "mlflow.db"
@@ -368,12 +370,7 @@ def rewrite_outbox(path: str | Path, records: list[dict]) -> None:
     if not records:
         path.unlink(missing_ok=True)
         return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write("".join(json.dumps(r, default=str) + "\n" for r in records))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in records), fsync=True)
 
 
 def log_params(client, run_id: str, params: Mapping[str, Any]) -> None:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from trainers.files import atomic_write_json
+
 from .segmentation_pairs import read_rgb_image
 
 VERIFIED_CACHE = "verified-files.json"
@@ -89,8 +91,5 @@ def verify_splits(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a bad file stops the check without decoding the rest
     if verified and cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        staging = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
-        staging.write_text(json.dumps({**known, **verified}, sort_keys=True), encoding="utf-8")
-        os.replace(staging, cache_path)
+        atomic_write_json(cache_path, {**known, **verified}, sort_keys=True)
     return len(todo), len(pairs) - len(todo)

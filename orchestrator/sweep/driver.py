@@ -108,7 +108,7 @@ def run_sweep(
         say(f"Ray ready in {time.perf_counter() - started:.0f} s; {plan.note}")
         lock = SweepFolderLock.acquire(sweep_dir, progress=say)  # the first write of the run
 
-        tracking = SweepTracking(tracking_uri, cfg.sweep.name)
+        tracking = SweepTracking(tracking_uri, cfg.sweep.name, sweep_dir)
         roots = domain_roots(cfg.to_dict()["data"], progress=say)
         say(f"data: source {cfg.data.source.format} at {roots[0]}, target {cfg.data.target.format} at {roots[1]}")
         say(pretrained_status(cfg.model.name, cfg.model.pretrained))

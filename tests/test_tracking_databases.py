@@ -336,3 +336,19 @@ def test_a_database_store_keeps_artifacts_in_the_sweep_folder(tmp_path, monkeypa
     elsewhere = SweepTracking(store, "mine", tmp_path / "other" / "mine")
     assert elsewhere.experiment_id == tracking.experiment_id
     assert client.get_experiment(elsewhere.experiment_id).artifact_location == expected
+
+
+def test_a_uri_whose_default_driver_is_missing_names_the_installed_one():
+    """``mysql://`` means SQLAlchemy's default MySQL driver (mysqlclient); the dev install brings pymysql."""
+    from importlib.util import find_spec
+
+    port = free_port()  # nothing listens there
+    if find_spec("MySQLdb") is None:
+        expected = (
+            rf"MLflow store 'mysql://me:\*\*\*@127.0.0.1:{port}/mlflow' needs the Python driver 'MySQLdb', which "
+            r"is not installed \(pip install mysqlclient\); 'pymysql' is installed: write the URI as mysql\+pymysql://"
+        )
+    else:
+        expected = "cannot be reached"
+    with pytest.raises(TrackingError, match=expected):
+        check_tracking_uri(f"mysql://me:s3cret@127.0.0.1:{port}/mlflow", timeout_s=2)

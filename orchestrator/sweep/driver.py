@@ -77,7 +77,7 @@ def run_sweep(
     try:
         plan = _plan_resources(sweep, node_types)
         lock = SweepFolderLock.acquire(sweep.folder, progress=sweep.say)  # the first write of the run
-        tracking = SweepTracking(tracking_uri, cfg.sweep.name)
+        tracking = SweepTracking(tracking_uri, cfg.sweep.name, sweep.folder)
         models = _prepare_data_and_start_models(sweep)
         provenance = provenance_tags()  # git commit and user, on the sweep's run and every trial's
         parent = _start_or_resume_parent_run(sweep, tracking, models, provenance)

@@ -98,6 +98,13 @@ DRIVER_PACKAGES = {
     "pyodbc": "pyodbc",
     "pymssql": "pymssql",
 }
+# Per database, the SQLAlchemy driver names of the pure-Python or binary-wheel drivers (the module
+# each imports): a URI without a driver gets SQLAlchemy's default driver, which may not be installed.
+OTHER_DRIVERS = {
+    "postgresql": {"psycopg": "psycopg", "psycopg2": "psycopg2", "pg8000": "pg8000"},
+    "mysql": {"pymysql": "pymysql", "mysqldb": "MySQLdb", "mysqlconnector": "mysql.connector"},
+    "mssql": {"pyodbc": "pyodbc", "pymssql": "pymssql"},
+}
 # Schemes MLflow registers for the model registry only; as a tracking URI MLflow refuses them.
 _REGISTRY_ONLY_SCHEMES = {"databricks-uc", "uc"}
 
@@ -128,6 +135,23 @@ def display_uri(uri: str) -> str:
     return parsed._replace(netloc=netloc).geturl()
 
 
+def installed_driver_hint(url, missing: str) -> str:
+    """'; ... installed: write postgresql+psycopg://' when another driver of the database is installed."""
+    from importlib.util import find_spec
+
+    backend = url.get_backend_name()
+    for driver, module in OTHER_DRIVERS.get(backend, {}).items():
+        if module == missing:
+            continue
+        try:
+            found = find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            return f"; '{module}' is installed: write the URI as {backend}+{driver}://..."
+    return ""
+
+
 def check_database_store(uri: str, timeout_s: float = 10.0) -> None:
     """A PostgreSQL, MySQL or SQL Server store: its Python driver is installed and a connection opens."""
     from sqlalchemy import create_engine, text
@@ -147,7 +171,7 @@ def check_database_store(uri: str, timeout_s: float = 10.0) -> None:
         module = err.name or url.drivername
         raise TrackingError(
             f"MLflow store '{shown}' needs the Python driver '{module}', which is not installed "
-            f"(pip install {DRIVER_PACKAGES.get(module, module)})"
+            f"(pip install {DRIVER_PACKAGES.get(module, module)}){installed_driver_hint(url, module)}"
         ) from None
     # Both psycopg2 and the MySQL drivers take connect_timeout (seconds); others use their defaults.
     connect_args = (
@@ -228,23 +252,49 @@ def finite_metrics(metrics: Mapping[str, Any], context: str) -> dict[str, float]
     return out
 
 
-class SweepTracking:
-    """The MLflow side of one sweep: its experiment and parent run."""
+ARTIFACTS_FOLDER = "mlflow-artifacts"  # in the sweep folder: the artifacts of a database store's runs
 
-    def __init__(self, uri: str, experiment_name: str):
+
+def artifact_location(uri: str, sweep_dir: str | Path) -> str | None:
+    """Where a new experiment of a database store (sqlite, PostgreSQL, MySQL, SQL Server) keeps its
+    runs' artifacts: ``<sweep folder>/mlflow-artifacts``, an absolute path. None for other stores,
+    which decide themselves (an ``mlflow server`` its ``--artifacts-destination``, a file store its
+    own folder).
+
+    MLflow's own default for a database store is ``./mlruns`` relative to whichever directory the
+    experiment happened to be created from; the sweep folder is where the sweep's other results are.
+    """
+    try:
+        scheme = mlflow_store_scheme(uri)
+    except TrackingError:
+        return None
+    if scheme not in ("sqlite", *DATABASE_SCHEMES):
+        return None
+    return str(Path(sweep_dir).resolve() / ARTIFACTS_FOLDER)
+
+
+class SweepTracking:
+    """The MLflow side of one sweep: its experiment and parent run.
+
+    ``sweep_dir`` (the sweep's folder) gives a database store's new experiment its artifact location
+    (``artifact_location``); an experiment that exists keeps the location it was created with.
+    """
+
+    def __init__(self, uri: str, experiment_name: str, sweep_dir: str | Path | None = None):
         from mlflow.tracking import MlflowClient
 
         self.uri, self.experiment_name = uri, experiment_name
         self.client = MlflowClient(tracking_uri=uri)
         self.parent_run_id: str | None = None
+        self.artifact_location = artifact_location(uri, sweep_dir) if sweep_dir is not None else None
 
     @functools.cached_property
     def experiment_id(self) -> str:
         """Looked up (or created) on first use, so that a driver that only ends runs never needs it."""
         experiment = self.client.get_experiment_by_name(self.experiment_name)
-        return (
-            experiment.experiment_id if experiment is not None else self.client.create_experiment(self.experiment_name)
-        )
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(self.experiment_name, artifact_location=self.artifact_location)
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={"activeda.kind": "sweep", **tags})

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experiment_config.schema import SelectionConfig
 from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, select_image, selector_params, share_cap
 
 CITYSCAPES_TRAIN_IMAGES = 2975
@@ -151,7 +152,7 @@ def selector_settings(name: str, height: int, width: int) -> dict:
     with LabOR's budgets and RIPU's windows: 40 points; for regions, 2.2% of the pool's pixels
     spread by share, so an image sends what the merge could take from it (LabOR SPL: its whole
     inconsistency mask; squares: the first ones covering ``share_cap`` of its free pixels, 1.5 x 2.2%)."""
-    params = selector_params(name, {"point_window": 0, "region_size": RIPU_REGION_WINDOW}, width)
+    params = selector_params(name, SelectionConfig(point_window=0, region_size=RIPU_REGION_WINDOW), width)
     if SELECTOR_KIND[name] == "points":
         return {"num_points": PPL_POINTS, "budget_pixels": 0, "params": params}
     pool_pixels = CITYSCAPES_TRAIN_IMAGES * height * width

@@ -128,14 +128,14 @@ def select_image(
 WINDOWED = ("region_impurity", "region_impurity_regions", "random_regions")
 
 
-def selector_params(name: str, selection: dict, width: int) -> dict:
+def selector_params(name: str, selection, width: int) -> dict:
     """Keyword parameters of selector ``name`` for images ``width`` pixels wide, from the ``selection``
     config section: the point window of ``region_impurity`` (RIPU's 65 at 2048 wide, scaled, unless
     ``point_window`` is set) and the square side of the region selectors (``region_size``)."""
     if name == "region_impurity":
-        return {"k": int(selection.get("point_window") or 0) or ripu_point_window(width)}
+        return {"k": int(selection.point_window or 0) or ripu_point_window(width)}
     if name in WINDOWED:
-        return {"k": int(selection["region_size"])}
+        return {"k": int(selection.region_size)}
     return {}
 
 

@@ -146,7 +146,7 @@ def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
             "adapt.pseudo_label_weight": 1.0,
             "adapt.discrepancy_weight": 1.0,
         },
-    ).to_dict()
+    )
     weights = loss_weights(cfg, "adapt")
     models = build_adaptation_models(cfg, 9, weights)
     for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):

@@ -5,8 +5,8 @@ DDP wrapping and reporting), and what tests and benchmarks call in-process. Jobs
 
 - ``"source"``: source-only training of G and the selector heads (and the soft-label estimate);
 - ``"adapt"``: one round of adaptation on source + the target pool's revealed pixels; with
-  ``job["train_selector"] = False`` the selector S is carried over untrained (no later round ranks
-  with it), which makes a step about 2.4x cheaper on the CPU;
+  ``TrainJob.train_selector_network`` False the selector network S is carried over untrained (no
+  later round ranks with it), which makes a step about 2.4x cheaper on the CPU;
 - ``"evaluate"``: target validation mIoU of a checkpoint, no training.
 
 Everything that decides the trajectory (models, optimizers, the soft-label estimate, the global
@@ -24,9 +24,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from experiment_config.schema import AugmentConfig, ExperimentConfig, TrainingStageConfig
+
 from .checkpoint import load_checkpoint
 from .data import build_domains
 from .discriminators import DomainClassifier, OutputSpaceDiscriminator
+from .job import TrainJob, stage_section
 from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
 from .losses import IASTPseudoLabels, SoftLabels
 from .metrics import iou_per_class, mean_iou, predict_confusion
@@ -34,43 +37,42 @@ from .models import build_model, load_start_checkpoint
 from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step
 
 SELECTOR_HEADS = 2
-MODES = ("source", "adapt", "evaluate")
 # Every module a checkpoint may hold; the last two are state (buffers), not networks.
 MODULES = ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels", "pseudo_labeler")
 STATE_MODULES = ("soft_labels", "pseudo_labeler")
-NO_AUGMENTATION = {"hflip": False, "scale_min": 1.0, "scale_max": 1.0}
+NO_AUGMENTATION = AugmentConfig(hflip=False, scale_min=1.0, scale_max=1.0)
 # LossWeights.soft_label_estimate of the warm-up: the soft labels are neither estimated nor updated.
 CARRIED = "carried"
 
 
-def planned_adapt_steps(cfg: dict) -> int:
+def planned_adapt_steps(cfg: ExperimentConfig) -> int:
     """Adaptation steps of a whole trial after the warm-up: ``adapt.total_steps``, else steps x rounds."""
-    a = cfg["adapt"]
-    return int(a["total_steps"]) or int(a["steps"]) * int(cfg["selection"]["rounds"])
+    return cfg.adapt.total_steps or cfg.adapt.steps * cfg.selection.rounds
 
 
-def round_steps(cfg: dict, round_index: int) -> int:
+def round_steps(cfg: ExperimentConfig, round_index: int) -> int:
     """Adaptation steps of round ``round_index`` (1-based): ``adapt.steps``, or with ``adapt.total_steps``
     an even share of it, the remainder going to the last round (so every trial of a comparison
     trains ``warmup.steps + planned_adapt_steps`` in all, whatever its round count)."""
-    a, rounds = cfg["adapt"], int(cfg["selection"]["rounds"])
+    total, rounds = cfg.adapt.total_steps, cfg.selection.rounds
     if not 1 <= round_index <= rounds:
         raise ValueError(f"round {round_index} is not one of the trial's {rounds} rounds")
-    if not a["total_steps"]:
-        return int(a["steps"])
-    share = int(a["total_steps"]) // rounds
-    return share + (int(a["total_steps"]) - share * rounds if round_index == rounds else 0)
+    if not total:
+        return cfg.adapt.steps
+    share = total // rounds
+    return share + (total - share * rounds if round_index == rounds else 0)
 
 
-def model_identity(cfg: dict, num_classes: int) -> dict[str, Any]:
-    """What a checkpoint must match to be loaded into the configured model."""
-    identity = {"name": cfg["model"]["name"], "width": cfg["model"]["width"], "num_classes": num_classes}
-    if cfg["model"]["name"] == "deeplabv2_resnet101":  # same tensors, another computation
-        identity["deeplabv2_style"] = cfg["model"]["deeplabv2_style"]
+def model_identity(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
+    """What a checkpoint must match to be loaded into the configured model (a plain dict: it is saved
+    in the checkpoint)."""
+    identity = {"name": cfg.model.name, "width": cfg.model.width, "num_classes": num_classes}
+    if cfg.model.name == "deeplabv2_resnet101":  # same tensors, another computation
+        identity["deeplabv2_style"] = cfg.model.deeplabv2_style
     return identity
 
 
-def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
+def loss_weights(cfg: ExperimentConfig, mode: str, stage: str = "rounds") -> LossWeights:
     """The adaptation losses in force; source-only training uses none of the target terms.
 
     ``stage="warmup"`` (an adapt job before round 1, no target label): G adapts with the warm-up's own
@@ -79,80 +81,79 @@ def loss_weights(cfg: dict, mode: str, stage: str = "rounds") -> LossWeights:
     carried through unchanged (their loss needs labeled target pixels, and the source-set estimate
     is taken at the first labeled round).
     """
-    a = cfg["adapt"]
+    a = cfg.adapt
     if mode != "adapt":
         return LossWeights(
             target_ce=0.0,
-            soft_label=a["soft_label_weight"],
-            soft_label_temperature=a["soft_label_temperature"],
-            soft_label_momentum=a["soft_label_momentum"],
+            soft_label=a.soft_label_weight,
+            soft_label_temperature=a.soft_label_temperature,
+            soft_label_momentum=a.soft_label_momentum,
         )
     weights = LossWeights(
-        target_ce=a["target_ce_weight"],
-        adversarial=a["adversarial_weight"],
-        confusion=a["confusion_weight"],
-        soft_label=a["soft_label_weight"],
-        soft_label_temperature=a["soft_label_temperature"],
-        soft_label_momentum=a["soft_label_momentum"],
-        pseudo_label=a["pseudo_label_weight"],
-        pseudo_label_portion=a["pseudo_label_portion"],
-        discrepancy=a["discrepancy_weight"],
-        num_k=a["num_k"],
-        pseudo_label_rule=a["pseudo_label_rule"],
-        soft_label_estimate=a["soft_label_estimate"],
+        target_ce=a.target_ce_weight,
+        adversarial=a.adversarial_weight,
+        confusion=a.confusion_weight,
+        soft_label=a.soft_label_weight,
+        soft_label_temperature=a.soft_label_temperature,
+        soft_label_momentum=a.soft_label_momentum,
+        pseudo_label=a.pseudo_label_weight,
+        pseudo_label_portion=a.pseudo_label_portion,
+        discrepancy=a.discrepancy_weight,
+        num_k=a.num_k,
+        pseudo_label_rule=a.pseudo_label_rule,
+        soft_label_estimate=a.soft_label_estimate,
     )
     if stage == "warmup":
         # The soft labels pass through untouched (no labeled target pixel uses them yet, and none of
         # their settings may change the warm-up, which all trials share): the module is kept, not updated.
         weights = dataclasses.replace(
             weights,
-            adversarial=cfg["warmup"]["adversarial_weight"],
-            confusion=cfg["warmup"]["confusion_weight"],
+            adversarial=cfg.warmup.adversarial_weight,
+            confusion=cfg.warmup.confusion_weight,
             soft_label=1.0,
             soft_label_estimate=CARRIED,
         )
     return weights
 
 
-def build_adaptation_models(cfg: dict, num_classes: int, weights: LossWeights | None = None) -> AdaptationModels:
+def build_adaptation_models(
+    cfg: ExperimentConfig, num_classes: int, weights: LossWeights | None = None
+) -> AdaptationModels:
     """G and S always; Dis, theta_D and the soft labels only when their loss is switched on."""
     weights = weights or LossWeights()
-    name, width, pretrained = cfg["model"]["name"], cfg["model"]["width"], cfg["model"]["pretrained"]
-    style = cfg["model"]["deeplabv2_style"]
-    torch.manual_seed(cfg["seed"])  # identical initial weights on every worker and every run
+    name, width, pretrained, style = cfg.model.name, cfg.model.width, cfg.model.pretrained, cfg.model.deeplabv2_style
+    torch.manual_seed(cfg.seed)  # identical initial weights on every worker and every run
     models = AdaptationModels(
         segmenter=build_model(name, num_classes, width, 1, pretrained, style),
         selector=build_model(name, num_classes, width, SELECTOR_HEADS, pretrained, style),
     )
-    adv = cfg["adapt"]
+    adv = cfg.adapt
     if weights.adversarial > 0:
-        models.discriminator = OutputSpaceDiscriminator(num_classes, width=adv["discriminator_width"])
+        models.discriminator = OutputSpaceDiscriminator(num_classes, width=adv.discriminator_width)
     if weights.confusion > 0:
         models.domain_classifier = DomainClassifier(
-            models.segmenter.feature_channels, width=adv["domain_classifier_width"]
+            models.segmenter.feature_channels, width=adv.domain_classifier_width
         )
     if weights.soft_label > 0:
         models.soft_labels = SoftLabels(num_classes)
     if weights.pseudo_label > 0 and weights.pseudo_label_rule == "iast":
         models.pseudo_labeler = IASTPseudoLabels(
-            num_classes, alpha=adv["iast_alpha"], gamma=adv["iast_gamma"], momentum=adv["iast_momentum"]
+            num_classes, alpha=adv.iast_alpha, gamma=adv.iast_gamma, momentum=adv.iast_momentum
         )
     return models
 
 
-def _make_optimizer(groups: list[dict], section: dict) -> torch.optim.Optimizer:
+def _make_optimizer(groups: list[dict], section: TrainingStageConfig) -> torch.optim.Optimizer:
     """SGD with momentum (AdaptSegNet, RIPU, MCD_DA) or Adam, with the section's weight decay."""
-    if section["optimizer"] == "sgd":
-        return torch.optim.SGD(
-            groups, lr=groups[0]["lr"], momentum=section["momentum"], weight_decay=section["weight_decay"]
-        )
-    return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=section["weight_decay"])
+    if section.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=section.momentum, weight_decay=section.weight_decay)
+    return torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=section.weight_decay)
 
 
-def _param_groups(network: torch.nn.Module, section: dict, part: str = "all") -> list[dict]:
+def _param_groups(network: torch.nn.Module, section: TrainingStageConfig, part: str = "all") -> list[dict]:
     """Trainable parameters of a ``MultiHeadSegmenter`` with their learning rates: the heads (the
     pixel classifiers) at ``head_lr_factor`` x lr, as the references' 10x classifier rate."""
-    lr, factor = section["lr"], section["head_lr_factor"]
+    lr, factor = section.lr, section.head_lr_factor
     backbone = [p for p in network.backbone_parameters() if p.requires_grad]
     heads = [p for p in network.head_parameters() if p.requires_grad]
     if part == "backbone":
@@ -164,25 +165,25 @@ def _param_groups(network: torch.nn.Module, section: dict, part: str = "all") ->
     return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * factor}]
 
 
-def build_optimizers(models: AdaptationModels, cfg: dict, mode: str) -> Optimizers:
+def build_optimizers(models: AdaptationModels, cfg: ExperimentConfig, mode: str) -> Optimizers:
     """G and S: the section's optimizer (``adam`` or ``sgd``); Dis: Adam with betas (0.9, 0.99) as
     AdaptSegNet; theta_D: Adam. Learning rates here are the base rates; ``apply_lr_schedule`` scales
     every group of every optimizer by the stage's polynomial factor before each step."""
-    section = cfg["source" if mode == "source" else "adapt"]
+    section = stage_section(cfg, mode)
     segmenter = getattr(models.segmenter, "module", models.segmenter)
     selector = getattr(models.selector, "module", models.selector)
-    adv = cfg["adapt"]
+    adv = cfg.adapt
     return Optimizers(
         segmenter=_make_optimizer(_param_groups(segmenter, section), section),
         selector_backbone=_make_optimizer(_param_groups(selector, section, "backbone"), section),
         selector_heads=_make_optimizer(_param_groups(selector, section, "heads"), section),
         discriminator=(
-            torch.optim.Adam(models.discriminator.parameters(), lr=adv["discriminator_lr"], betas=(0.9, 0.99))
+            torch.optim.Adam(models.discriminator.parameters(), lr=adv.discriminator_lr, betas=(0.9, 0.99))
             if models.discriminator is not None
             else None
         ),
         domain_classifier=(
-            torch.optim.Adam(models.domain_classifier.parameters(), lr=adv["domain_classifier_lr"])
+            torch.optim.Adam(models.domain_classifier.parameters(), lr=adv.domain_classifier_lr)
             if models.domain_classifier is not None
             else None
         ),
@@ -212,7 +213,7 @@ def source_set_soft_label_totals(
     return totals
 
 
-def lr_schedule_span(cfg: dict, mode: str) -> tuple[int, int]:
+def lr_schedule_span(cfg: ExperimentConfig, mode: str) -> tuple[int, int]:
     """(first global step, steps the decay spans) of the training stage whose learning rates decay together.
 
     Source training is one stage (``source.steps``, none when ``source.checkpoint`` gives the model);
@@ -222,11 +223,10 @@ def lr_schedule_span(cfg: dict, mode: str) -> tuple[int, int]:
     label-free iterations). ``lr_decay_steps`` > 0 replaces the planned length, as the references
     decay over more steps than they train. This is the one place where a new stage must be counted.
     """
-    source_steps = 0 if cfg["source"]["checkpoint"] else cfg["source"]["steps"]
-    section = cfg["source" if mode == "source" else "adapt"]
-    planned = source_steps if mode == "source" else int(cfg["warmup"]["steps"]) + planned_adapt_steps(cfg)
+    source_steps = 0 if cfg.source.checkpoint else cfg.source.steps
+    planned = source_steps if mode == "source" else cfg.warmup.steps + planned_adapt_steps(cfg)
     first = 0 if mode == "source" else source_steps
-    return first, section["lr_decay_steps"] or planned
+    return first, stage_section(cfg, mode).lr_decay_steps or planned
 
 
 def poly_lr_factor(global_step: int, first: int, planned: int, power: float) -> float:
@@ -252,24 +252,22 @@ def apply_lr_schedule(optimizers: Optimizers, base: dict[str, list[float]], fact
             group["lr"] = rate * factor
 
 
-def load_given_source_model(models: AdaptationModels, cfg: dict) -> None:
+def load_given_source_model(models: AdaptationModels, cfg: ExperimentConfig) -> None:
     """``source.checkpoint`` as the source model: all of G, and S's backbone (S's two heads keep their
     own seeded initial weights: two copies of one classifier would never disagree, and MCD starts
     its two classifiers from different random weights). Raises ``StartCheckpointError`` naming the
     first key that does not fit."""
-    path, name = cfg["source"]["checkpoint"], cfg["model"]["name"]
+    path, name = cfg.source.checkpoint, cfg.model.name
     load_start_checkpoint(models.segmenter, path, name)
     load_start_checkpoint(models.selector, path, name, include_heads=False)
 
 
-def check_given_source_model(cfg: dict, num_classes: int) -> None:
+def check_given_source_model(cfg: ExperimentConfig, num_classes: int) -> None:
     """Build G on the CPU and load ``source.checkpoint`` into it, so that a file that does not fit is
     refused before anything starts (no-op when the key is empty)."""
-    if cfg["source"]["checkpoint"]:
-        model = build_model(
-            cfg["model"]["name"], num_classes, cfg["model"]["width"], 1, "", cfg["model"]["deeplabv2_style"]
-        )
-        load_start_checkpoint(model, cfg["source"]["checkpoint"], cfg["model"]["name"])
+    if cfg.source.checkpoint:
+        model = build_model(cfg.model.name, num_classes, cfg.model.width, 1, "", cfg.model.deeplabv2_style)
+        load_start_checkpoint(model, cfg.source.checkpoint, cfg.model.name)
 
 
 def _module_states(models: AdaptationModels) -> dict[str, dict]:
@@ -282,7 +280,7 @@ def _module_states(models: AdaptationModels) -> dict[str, dict]:
 
 
 def load_models(
-    checkpoint_dir: str, cfg: dict, num_classes: int, weights: LossWeights | None = None
+    checkpoint_dir: str, cfg: ExperimentConfig, num_classes: int, weights: LossWeights | None = None
 ) -> tuple[AdaptationModels, dict]:
     """Models restored from a checkpoint directory (CPU), and the checkpoint's full state.
 
@@ -309,7 +307,7 @@ class JobResult:
 
 
 def run_job(
-    job: dict,
+    job: TrainJob,
     *,
     rank: int = 0,
     world: int = 1,
@@ -322,30 +320,25 @@ def run_job(
     """Run one job on one worker. ``prepare_model`` wraps modules for data parallelism (DDP).
 
     ``resume_state`` (a checkpoint of this same job, e.g. after a worker failure) continues where it
-    stopped; otherwise ``job["init_checkpoint"]`` (previous round or source model) is the start.
+    stopped; otherwise ``job.init_checkpoint`` (previous round or source model) is the start.
     ``on_step(done, state_fn)`` is called after every step (for periodic checkpoints);
     ``progress(done, total, losses)`` too (``trainers.progress.StepProgress`` prints at an interval).
     """
-    cfg, mode = job["config"], job["mode"]
-    if mode not in MODES:
-        raise ValueError(f"unknown job mode '{mode}'; choose one of: {', '.join(MODES)}")
+    cfg, mode = job.config, job.mode
     device = device or torch.device("cpu")
     use_gpu = device.type == "cuda"
-    weights = loss_weights(cfg, mode, job.get("stage", "rounds"))
-    domains = build_domains(cfg["data"])
+    weights = loss_weights(cfg, mode, job.stage)
+    domains = build_domains(cfg.data)
     num_classes = len(domains.classes)
     distributed = dist.is_available() and dist.is_initialized() and world > 1
 
     start = resume_state or (
-        load_checkpoint(job["init_checkpoint"], model_identity(cfg, num_classes))
-        if job.get("init_checkpoint")
-        else None
+        load_checkpoint(job.init_checkpoint, model_identity(cfg, num_classes)) if job.init_checkpoint else None
     )
     models = build_adaptation_models(cfg, num_classes, weights)
     if start is not None:
         _restore_modules(models, start)
-    given_source = mode == "source" and bool(cfg["source"]["checkpoint"])
-    if given_source and resume_state is None:
+    if job.given_source_model and resume_state is None:
         load_given_source_model(models, cfg)
     for name in MODULES:
         module = getattr(models, name)
@@ -357,7 +350,7 @@ def run_job(
         if name not in STATE_MODULES and mode != "evaluate":
             setattr(models, name, prepare_model(module))
 
-    section = cfg["source" if mode == "source" else "adapt"]
+    section = job.section
     global_step = int(start.get("global_step", 0)) if start is not None else 0
     job_step = int(resume_state.get("job_step", 0)) if resume_state is not None else 0
     optimizers = build_optimizers(models, cfg, mode) if mode != "evaluate" else None
@@ -374,10 +367,9 @@ def run_job(
     target_data = None
     if mode == "adapt":
         # The oracle reference labels every pool pixel (None: the pool's own label maps). A round's
-        # labels come by reference (``label_reader``: read here, image by image) or, in tests and
-        # benchmarks, as a dict (``sparse_labels``).
-        labels = None if job.get("full_target_labels") else job.get("label_reader") or job.get("sparse_labels") or {}
-        target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg["data"]["augment"]["hflip"])
+        # labels come by reference (a ``LabelReader``: read here, image by image).
+        labels = None if job.full_target_labels else job.labels
+        target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg.data.augment.hflip)
 
     soft_labels_fixed = bool(start.get("soft_labels_fixed", False)) if start is not None else False
     if (
@@ -390,7 +382,7 @@ def run_job(
         # round starts from (the source model, or the warmed-up one).
         segmenter = getattr(models.segmenter, "module", models.segmenter)
         # The source images as they are (no flips or crops): the paper averages over the examples.
-        plain_source = build_domains({**cfg["data"], "augment": NO_AUGMENTATION}).source
+        plain_source = build_domains(dataclasses.replace(cfg.data, augment=NO_AUGMENTATION)).source
         with autocast:
             totals = source_set_soft_label_totals(
                 segmenter,
@@ -398,7 +390,7 @@ def run_job(
                 plain_source,
                 list(range(rank, len(plain_source), world)),
                 weights.soft_label_temperature,
-                section["batch_size"],
+                section.batch_size,
                 device,
             )
         if distributed:
@@ -412,7 +404,7 @@ def run_job(
             "modules": _module_states(models),
             "optimizers": optimizers.state_dict() if optimizers else {},
             "mode": mode,
-            "round": int(job.get("round", 0)),
+            "round": job.round,
             "global_step": global_step,
             "job_step": job_step,
             "rng": torch.get_rng_state(),
@@ -420,20 +412,20 @@ def run_job(
             "loss_sums": dict(sums),
         }
 
-    train_selector = mode == "source" or bool(job.get("train_selector", True))
+    train_selector = job.trains_selector_network
     # A resumed job continues its loss sums too, so its reported means are those of an uninterrupted job.
     sums: dict[str, float] = dict(resume_state.get("loss_sums", {})) if resume_state is not None else {}
     start_step = job_step
     started = time.perf_counter()
     # A job may be given its own step count (a warm-up, or one round's share of adapt.total_steps).
-    steps = 0 if mode == "evaluate" or given_source else int(job.get("steps", section["steps"]))
-    seed = cfg["seed"]
-    workers, pin = int(cfg["train"]["loader_workers"]), use_gpu
+    steps = job.planned_steps
+    seed = cfg.seed
+    workers, pin = cfg.train.loader_workers, use_gpu
     remaining = max(0, steps - job_step)
     source_batches = (
         training_loader(
             domains.source,
-            section["batch_size"],
+            section.batch_size,
             global_step,
             remaining,
             seed,
@@ -448,7 +440,7 @@ def run_job(
     )
     target_batches = (
         training_loader(
-            target_data, section["batch_size"], global_step, remaining, seed, TARGET_STREAM, rank, world, workers, pin
+            target_data, section.batch_size, global_step, remaining, seed, TARGET_STREAM, rank, world, workers, pin
         )
         if target_data is not None and remaining
         else [None] * remaining
@@ -460,7 +452,7 @@ def run_job(
         # Whatever the step itself draws is a function of the step too, so resuming reproduces it.
         torch.manual_seed(seed * 7919 + global_step * 31 + rank)
         apply_lr_schedule(
-            optimizers, base_lrs, poly_lr_factor(global_step, schedule_first, schedule_planned, section["lr_power"])
+            optimizers, base_lrs, poly_lr_factor(global_step, schedule_first, schedule_planned, section.lr_power)
         )
         with autocast:
             losses = adaptation_step(
@@ -485,7 +477,7 @@ def run_job(
             domains.target_val,
             val_ids,
             num_classes,
-            batch_size=max(1, section["batch_size"]),
+            batch_size=max(1, section.batch_size),
             device=device,
             workers=workers,
         )
@@ -501,7 +493,7 @@ def run_job(
         "train/start_step": start_step,
     }
     if steps:
-        metrics["train/images_per_s"] = steps * section["batch_size"] * world / max(train_seconds, 1e-9)
+        metrics["train/images_per_s"] = steps * section.batch_size * world / max(train_seconds, 1e-9)
     for name, value in zip(domains.classes, iou_per_class(confusion).tolist()):
         metrics[f"target/iou/{name}"] = value
     for name, total in sums.items():

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from experiment_config.schema import ExperimentConfig
 from orchestrator.cluster.storage import local_checkpoint
 from pixel_selectors import (
     SELECTOR_INPUTS,
@@ -39,20 +40,10 @@ from pixel_selectors import (
 )
 from trainers.data import build_domains
 from trainers.engine import load_models
+from trainers.labels import TargetLabels, labeled_coordinates
 from trainers.loader import load_images
 
 log = logging.getLogger(__name__)
-
-
-def labeled_coordinates(labeled, image_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """image id -> (ys, xs) already labeled, for the given images only. ``labeled``: a ``LabelReader``
-    (the product: each actor reads its own images from the store), a dict image id -> (ys, xs)
-    (tests and benchmarks), or None."""
-    if labeled is None:
-        return {}
-    if hasattr(labeled, "coordinates"):
-        return labeled.coordinates(image_ids)
-    return {i: labeled[i] for i in image_ids if i in labeled}
 
 
 @torch.no_grad()
@@ -102,24 +93,22 @@ def rank_images(
 class Ranker:
     """Scores target images with the pixel selector S of one checkpoint (plain PyTorch)."""
 
-    def __init__(self, checkpoint_dir: str, cfg: dict, threads: int = 1):
+    def __init__(self, checkpoint_dir: str, cfg: ExperimentConfig, threads: int = 1):
         torch.set_num_threads(max(1, threads))
         self.cfg = cfg
-        domains = build_domains(cfg["data"])
+        domains = build_domains(cfg.data)
         self.pool = domains.target_pool
-        self.device = torch.device(
-            "cuda" if cfg["ranking"]["gpus_per_actor"] > 0 and torch.cuda.is_available() else "cpu"
-        )
+        self.device = torch.device("cuda" if cfg.ranking.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
         with local_checkpoint(checkpoint_dir, cfg) as directory:  # a checkpoint on S3 is fetched to this node
             models, _ = load_models(directory, cfg, len(domains.classes))
-        name = cfg["selection"]["selector"]
+        name = cfg.selection.selector
         self.selector = name
         self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))
-        self.region_spread = cfg["selection"]["region_spread"]
-        self.seed = int(cfg["seed"])
+        self.params = selector_params(name, cfg.selection, cfg.data.width)
+        self.region_spread = cfg.selection.region_spread
+        self.seed = cfg.seed
         # Decode a shard's images on all of the actor's CPUs at once (a 2048x1024 PNG: ~150 ms of one core).
         self.loading = concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix="load")
         # The next shard's images are decoded while this one is forwarded and selected (``prefetch_ids``):
@@ -151,7 +140,7 @@ class Ranker:
     def rank(
         self,
         image_ids: list[int],
-        labeled,
+        labeled: TargetLabels,
         num_points: int,
         round_index: int = 1,
         budget_pixels: int = 0,
@@ -162,10 +151,25 @@ class Ranker:
         ``budget_pixels`` as many as the budget could use from one image; region selectors give
         their best regions covering at most the budget (what the driver's merge can use), tiling
         selectors at most ``max_share`` of the image's free pixels (``select_image``).
-        ``labeled``: a ``LabelReader`` (read here, for these images only) or a dict id -> (ys, xs).
+        ``labeled``: the pixels already labeled (the label store's reader: read here, for these images only).
         ``prefetch_ids``: the shard this actor will most likely be sent next; its images are decoded
         while this shard is ranked (the queries do not depend on it)."""
         coordinates = labeled_coordinates(labeled, image_ids)
+        return self.rank_excluding(
+            image_ids, coordinates, num_points, round_index, budget_pixels, max_share, prefetch_ids
+        )
+
+    def rank_excluding(
+        self,
+        image_ids: list[int],
+        coordinates: Mapping[int, tuple[np.ndarray, np.ndarray]],
+        num_points: int,
+        round_index: int = 1,
+        budget_pixels: int = 0,
+        max_share: float | None = None,
+        prefetch_ids: list[int] | None = None,
+    ) -> list[tuple[int, PointQuery | RegionQuery]]:
+        """``rank`` with the labeled pixels already read: image id -> (ys, xs) never to return."""
         images = self._images(image_ids, prefetch_ids)
         images = images.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
@@ -254,9 +258,9 @@ class RankingStats:
 
 def rank_pool(
     checkpoint_dir: str,
-    cfg: dict,
+    cfg: ExperimentConfig,
     pool_size: int,
-    labeled,
+    labeled: TargetLabels,
     consume: Callable[[int, PointQuery | RegionQuery], None],
     round_index: int = 1,
     budget_pixels: int = 0,
@@ -270,8 +274,8 @@ def rank_pool(
     Each image's query is handed to ``consume(image_id, query)`` as soon as its shard comes back
     (in completion order), so the driver can merge a global budget without holding the pool.
 
-    ``labeled``: the label store's ``LabelReader`` (sent as it is: each actor reads the labeled
-    pixels of its own shard) or a dict image id -> (ys, xs) (each shard gets its part).
+    ``labeled``: the pixels already labeled, sent by reference (the label store's ``LabelReader``: each
+    actor reads the labeled pixels of its own shard).
 
     Actors live for one call: between rounds the trial's CPUs (or GPUs) go to the Ray Train
     workers, and an idle actor would hold them. Their start-up is paid once per round and reported
@@ -280,19 +284,19 @@ def rank_pool(
     import ray
 
     ranking_actor = ranking_actor_class(ranker)
-    rk = cfg["ranking"]
-    shards = shard_ids(list(range(pool_size)), rk["images_per_shard"])
-    num_actors = min(rk["num_actors"], len(shards))
+    rk = cfg.ranking
+    shards = shard_ids(list(range(pool_size)), rk.images_per_shard)
+    num_actors = min(rk.num_actors, len(shards))
 
     def new_actor():
         # Outside the trial's placement group: the trial reserves only its own driver's share.
         return ranking_actor.options(
-            num_cpus=rk["cpus_per_actor"], num_gpus=rk["gpus_per_actor"], scheduling_strategy="DEFAULT"
-        ).remote(checkpoint_dir, cfg, max(1, int(rk["cpus_per_actor"])))
+            num_cpus=rk.cpus_per_actor, num_gpus=rk.gpus_per_actor, scheduling_strategy="DEFAULT"
+        ).remote(checkpoint_dir, cfg, max(1, int(rk.cpus_per_actor)))
 
     actors = [new_actor() for _ in range(num_actors)]
     ranked, replaced = 0, 0
-    points = cfg["selection"]["points_per_image"]
+    points = cfg.selection.points_per_image
     queue = list(shards)
     # Each working actor has the shard it will be sent next set by (one shard of lookahead), so it
     # decodes that shard's images while it ranks the current one; a dead actor's lookahead goes back.
@@ -321,10 +325,10 @@ def rank_pool(
                 # then fails the round with its own error.
                 replaced += 1
                 dead.add(actor)
-                if replaced > rk["max_actor_restarts"]:
+                if replaced > rk.max_actor_restarts:
                     raise RuntimeError(
                         f"ranking actors died {replaced} times (ranking.max_actor_restarts="
-                        f"{rk['max_actor_restarts']}); last: {err}"
+                        f"{rk.max_actor_restarts}); last: {err}"
                     ) from None
                 if actor in lookahead:
                     queue.insert(0, lookahead.pop(actor))
@@ -357,9 +361,7 @@ def rank_pool(
                 following = queue.pop(0) if queue else None
                 if following is not None:
                     lookahead[actor] = following
-                ref = actor.rank.remote(
-                    shard, _for_shard(labeled, shard), points, round_index, budget_pixels, max_share, following
-                )
+                ref = actor.rank.remote(shard, labeled, points, round_index, budget_pixels, max_share, following)
                 working[ref] = (actor, shard)
         peaks = _peak_memories([a for a in actors if a not in dead])
     finally:
@@ -379,13 +381,6 @@ def rank_pool(
         actor_peak_rss_bytes=max((p.get("rss_bytes", 0) for p in peaks), default=0),
         actor_peak_gpu_bytes=max((p.get("gpu_bytes", 0) for p in peaks), default=0),
     )
-
-
-def _for_shard(labeled, ids: list[int]):
-    """What one shard's call carries: the reader itself (a reference), or the shard's part of a dict."""
-    if labeled is None or hasattr(labeled, "coordinates"):
-        return labeled
-    return {i: labeled[i] for i in ids if i in labeled}
 
 
 def _peak_memories(actors: list) -> list[dict]:

@@ -39,7 +39,6 @@ def select_round(
     and what it cost (pixels, clicks) is the outcome. ``ranker``: the ranking actors' class
     (``Ranker`` unless a benchmark brings its own pool and network).
     """
-    cfg_dict = cfg.to_dict()
     width = cfg.data.width
     budget_pixels = int(round(cfg.selection.budget_fraction * pool_pixels))
     regions = SELECTOR_KIND[cfg.selection.selector] == "regions"
@@ -57,7 +56,7 @@ def select_round(
     # Actors read the labeled pixels of their own images from the store (pushed to storage.uri first,
     # so an actor on another node finds every earlier round).
     open_storage(cfg).push_folder(store.root, "round-*.parquet")
-    labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg_dict))
+    labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg))
     # Squares that tile an image, spread by share: each image ranks only about the share the merge can
     # take (budget / the pool's free pixels, with a margin), not every square of the image.
     max_share = None
@@ -71,7 +70,7 @@ def select_round(
         max_share = share_cap(budget_pixels, pool_pixels - labeled_before)
     stats = rank_pool(
         checkpoint,
-        cfg_dict,
+        cfg,
         pool_size,
         labeled,
         consume,
@@ -90,7 +89,7 @@ def select_round(
         merged = GlobalBudget(budget_pixels)
         stats = rank_pool(
             checkpoint,
-            cfg_dict,
+            cfg,
             pool_size,
             labeled,
             consume,

@@ -109,7 +109,7 @@ def run_sweep(
         lock = SweepFolderLock.acquire(sweep_dir, progress=say)  # the first write of the run
 
         tracking = SweepTracking(tracking_uri, cfg.sweep.name)
-        roots = domain_roots(cfg.to_dict()["data"], progress=say)
+        roots = domain_roots(cfg.data, progress=say)
         say(f"data: source {cfg.data.source.format} at {roots[0]}, target {cfg.data.target.format} at {roots[1]}")
         say(pretrained_status(cfg.model.name, cfg.model.pretrained))
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)

@@ -175,7 +175,7 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
 
     from benchmarks.scale_scene import CITYSCAPES_CLASSES, CheapSegmenter, GeneratedPool, time_selectors
     from orchestrator.round.ranking import rank_images
-    from pixel_selectors import SELECTORS
+    from pixel_selectors.rules import RULES
 
     height, width = args.rank_size
     classes = CITYSCAPES_CLASSES
@@ -208,7 +208,7 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
             for n in range(min(2, len(images)))
         ]
     del own_maps
-    names = sorted(SELECTORS)
+    names = sorted(RULES)
     figures = {
         "size": [height, width],
         "classes": classes,

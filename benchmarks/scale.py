@@ -73,7 +73,7 @@ from experiment_config import ExperimentConfig
 from orchestrator.labels.oracle import Oracle
 from orchestrator.labels.store import LabeledPixels, LabelStore, storage_settings
 from orchestrator.round.ranking import Ranker
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, selector_params
+from pixel_selectors.rules import REGIONS, RULES, SELECTOR_NETWORK
 from trainers.job import TrainJob
 from trainers.labels import labeled_coordinates
 
@@ -103,11 +103,11 @@ class ScaleRanker(Ranker):
             data.pool_images, data.height, data.width, num_classes, seed=cfg.seed, distinct_scenes=DISTINCT_SCENES
         )
         self.device = torch.device("cuda" if cfg.ranking.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
-        name = cfg.selection.selector
-        self.selector = name
-        heads = 2 if SELECTOR_INPUTS[name] == "selector" else 1
+        rule = RULES[cfg.selection.selector]
+        self.selector = rule.name
+        heads = 2 if rule.reads == SELECTOR_NETWORK else 1
         self.network = CheapSegmenter(num_classes, num_heads=heads).to(self.device).eval()
-        self.params = selector_params(name, cfg.selection, data.width)
+        self.params = rule.params(cfg.selection, data.width)
         self.region_spread = cfg.selection.region_spread
         self.seed = cfg.seed
         self.loading = None  # generated images: computed in the calling thread, nothing to decode
@@ -193,7 +193,7 @@ def pool_config(args: argparse.Namespace, pool_size: int, budget_pixels: int, wo
         "ranking.cpus_per_actor": 1.0,
         "output_dir": str(work),
     }
-    if SELECTOR_KIND[args.selector] == "regions":
+    if RULES[args.selector].kind == REGIONS:
         overrides |= {
             "selection.budget_fraction": budget_pixels / (pool_size * height * width),
             "selection.region_spread": "share",
@@ -358,7 +358,7 @@ def measure_selectors(args: argparse.Namespace, progress=print) -> dict:
             forward_s += time.perf_counter() - started
             progress(f"{model_name} forward pass of image {i + 1}/{len(pool)}: {time.perf_counter() - started:.1f} s")
     forward_s /= len(pool)
-    timings = time_selectors(maps, sorted(SELECTORS), progress=lambda line: progress(f"selector {line}"))
+    timings = time_selectors(maps, sorted(RULES), progress=lambda line: progress(f"selector {line}"))
     return {
         "model": model_name,
         "threads": args.threads,
@@ -448,7 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--selector",
         default="labor_spl",
-        choices=sorted(SELECTORS),
+        choices=sorted(RULES),
         help="the selector of the ranking round (default labor_spl)",
     )
     parser.add_argument("--actors", type=int, default=2, help="ranking actors (default 2)")

@@ -20,7 +20,7 @@ from experiment_config.schema import SelectionConfig
 from orchestrator.labels.store import LabelStore
 from orchestrator.round import selection, start_models
 from orchestrator.round.ranking import Ranker, RankingStats
-from pixel_selectors import inconsistency_mask, region_impurity, ripu_point_window, selector_params
+from pixel_selectors import RULES, inconsistency_mask, region_impurity, ripu_point_window
 from pixel_selectors.cost import clicks_for_region
 from trainers.checkpoint import load_checkpoint, save_checkpoint
 from trainers.engine import NO_AUGMENTATION, round_steps, run_job
@@ -81,10 +81,10 @@ def test_num_k_runs_that_many_backbone_updates():
 def test_ripu_point_window_scales_with_the_image_width():
     assert [ripu_point_window(w) for w in (2048, 1024, 1280, 128, 64, 16)] == [65, 33, 41, 5, 3, 3]
     selection = SelectionConfig(region_size=3, point_window=0)
-    assert selector_params("region_impurity", selection, 2048) == {"k": 65}
-    assert selector_params("region_impurity_regions", selection, 2048) == {"k": 3}  # RIPU's regions: 3x3
-    assert selector_params("region_impurity", dataclasses.replace(selection, point_window=7), 2048) == {"k": 7}
-    assert selector_params("labor_ppl", selection, 2048) == {}
+    assert RULES["region_impurity"].params(selection, 2048) == {"k": 65}
+    assert RULES["region_impurity_regions"].params(selection, 2048) == {"k": 3}  # RIPU's regions: 3x3
+    assert RULES["region_impurity"].params(dataclasses.replace(selection, point_window=7), 2048) == {"k": 7}
+    assert RULES["labor_ppl"].params(selection, 2048) == {}
 
 
 def test_ripu_points_keep_windows_of_earlier_rounds_blocked():

@@ -30,14 +30,9 @@ import torch
 
 from experiment_config.schema import ExperimentConfig
 from orchestrator.cluster.storage import local_checkpoint
-from pixel_selectors import (
-    SELECTOR_INPUTS,
-    PointQuery,
-    RegionQuery,
-    labeled_mask,
-    select_image,
-    selector_params,
-)
+from pixel_selectors.apply import select_image
+from pixel_selectors.base import PointQuery, RegionQuery, labeled_mask
+from pixel_selectors.rules import RULES, SELECTOR_NETWORK
 from trainers.data import build_domains
 from trainers.engine import load_models
 from trainers.labels import TargetLabels, labeled_coordinates
@@ -101,12 +96,13 @@ class Ranker:
         self.device = torch.device("cuda" if cfg.ranking.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
         with local_checkpoint(checkpoint_dir, cfg) as directory:  # a checkpoint on S3 is fetched to this node
             models, _ = load_models(directory, cfg, len(domains.classes))
-        name = cfg.selection.selector
-        self.selector = name
-        self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
+        rule = RULES[cfg.selection.selector]
+        self.selector = rule.name
+        network = models.selector if rule.reads == SELECTOR_NETWORK else models.segmenter
+        self.network = network.to(self.device).eval()
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.params = selector_params(name, cfg.selection, cfg.data.width)
+        self.params = rule.params(cfg.selection, cfg.data.width)
         self.region_spread = cfg.selection.region_spread
         self.seed = cfg.seed
         # Decode a shard's images on all of the actor's CPUs at once (a 2048x1024 PNG: ~150 ms of one core).

@@ -11,6 +11,12 @@ DDP wrapping and reporting), and what tests and benchmarks call in-process. Jobs
 
 Everything that decides the trajectory (models, optimizers, the soft-label estimate, the global
 step that seeds each batch, RNG state) is in the checkpoint, so a resumed job continues exactly.
+
+``run_job`` in steps: ``start_state`` (what the job continues from), ``ready_models`` (built,
+restored, on the device, wrapped for DDP), ``Trajectory`` (optimizers, learning-rate schedule, the
+counters a checkpoint holds, one ``step``), ``target_dataset``, ``fix_source_set_soft_labels``,
+``train`` (the step loop), ``evaluate`` (the validation confusion matrix over all workers) and
+``job_metrics``; ``Placement`` says where the worker runs.
 """
 
 from __future__ import annotations
@@ -306,6 +312,251 @@ class JobResult:
     confusion: torch.Tensor
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where one worker runs: its rank among ``world`` workers and its device."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized() and self.world > 1
+
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast on CUDA; a no-op on the CPU."""
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=self.use_gpu)
+
+    def shard(self, size: int) -> list[int]:
+        """This worker's items of ``size``: every world-th one (no padding, no duplicates)."""
+        return list(range(self.rank, size, self.world))
+
+
+def start_state(job: TrainJob, resume_state: dict | None, num_classes: int) -> dict | None:
+    """What the job continues from: ``resume_state`` (this same job, after a worker failure), else
+    ``job.init_checkpoint`` (the previous round or the source model), else nothing."""
+    if resume_state is not None:
+        return resume_state
+    if job.init_checkpoint:
+        return load_checkpoint(job.init_checkpoint, model_identity(job.config, num_classes))
+    return None
+
+
+def ready_models(
+    job: TrainJob,
+    num_classes: int,
+    weights: LossWeights,
+    start: dict | None,
+    resumed: bool,
+    where: Placement,
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module],
+) -> AdaptationModels:
+    """The job's modules, restored from ``start`` (a given source model loaded unless ``resumed``), on
+    the worker's device (channels_last on CUDA), networks wrapped by ``prepare_model`` to train."""
+    models = build_adaptation_models(job.config, num_classes, weights)
+    if start is not None:
+        _restore_modules(models, start)
+    if job.given_source_model and not resumed:
+        load_given_source_model(models, job.config)
+    for name in MODULES:
+        module = getattr(models, name)
+        if module is None:
+            continue
+        module.to(where.device)
+        if where.use_gpu and name not in STATE_MODULES:
+            module.to(memory_format=torch.channels_last)
+        if name not in STATE_MODULES and job.mode != "evaluate":
+            setattr(models, name, prepare_model(module))
+    return models
+
+
+class Trajectory:
+    """One job's training on one worker: models, optimizers, the learning-rate schedule and the
+    counters a checkpoint holds (global and job step, loss sums, whether the soft labels are fixed),
+    continued from ``start`` / ``resume_state`` exactly where they stopped."""
+
+    def __init__(
+        self, job: TrainJob, models: AdaptationModels, num_classes: int, start: dict | None, resume_state: dict | None
+    ):
+        cfg, mode = job.config, job.mode
+        self.job, self.models, self.num_classes = job, models, num_classes
+        self.global_step = int(start.get("global_step", 0)) if start is not None else 0
+        self.job_step = int(resume_state.get("job_step", 0)) if resume_state is not None else 0
+        self.start_step = self.job_step
+        self.optimizers = build_optimizers(models, cfg, mode) if mode != "evaluate" else None
+        self.base_lrs = base_learning_rates(self.optimizers) if self.optimizers is not None else {}
+        self.schedule_first, self.schedule_planned = lr_schedule_span(cfg, mode)
+        # Optimizer state carries over within a mode (next round, or a resumed job), not from source to adapt.
+        if start is not None and self.optimizers is not None and start.get("mode") == mode and "optimizers" in start:
+            self.optimizers.load_state_dict(start["optimizers"])
+        if resume_state is not None and "rng" in resume_state:
+            torch.set_rng_state(resume_state["rng"])
+        self.soft_labels_fixed = bool(start.get("soft_labels_fixed", False)) if start is not None else False
+        # A resumed job continues its loss sums too, so its reported means are those of an uninterrupted job.
+        self.loss_sums: dict[str, float] = dict(resume_state.get("loss_sums", {})) if resume_state is not None else {}
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint of this job as it stands: everything that decides the rest of its trajectory."""
+        return {
+            "model": model_identity(self.job.config, self.num_classes),
+            "modules": _module_states(self.models),
+            "optimizers": self.optimizers.state_dict() if self.optimizers else {},
+            "mode": self.job.mode,
+            "round": self.job.round,
+            "global_step": self.global_step,
+            "job_step": self.job_step,
+            "rng": torch.get_rng_state(),
+            "soft_labels_fixed": self.soft_labels_fixed,
+            "loss_sums": dict(self.loss_sums),
+        }
+
+    def step(self, source: tuple, target: tuple | None, weights: LossWeights, where: Placement) -> dict[str, float]:
+        """One adaptation step at the current global step (its seed and learning rate a function of it)."""
+        # Whatever the step itself draws is a function of the step too, so resuming reproduces it.
+        torch.manual_seed(self.job.config.seed * 7919 + self.global_step * 31 + where.rank)
+        factor = poly_lr_factor(self.global_step, self.schedule_first, self.schedule_planned, self.job.section.lr_power)
+        apply_lr_schedule(self.optimizers, self.base_lrs, factor)
+        with where.autocast():
+            losses = adaptation_step(
+                self.models,
+                self.optimizers,
+                source,
+                target,
+                weights,
+                all_reduce=(lambda t: dist.all_reduce(t)) if where.distributed else None,
+                train_selector=self.job.trains_selector_network,
+            )
+        for name, value in losses.items():
+            self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value
+        self.global_step += 1
+        self.job_step += 1
+        return losses
+
+
+def target_dataset(job: TrainJob, domains) -> SparseTargetDataset | None:
+    """An adapt job's target pool with its labels: the revealed pixels (``job.labels``, read image by
+    image as they are loaded), or every pool pixel for the oracle reference (None: the pool's own label
+    maps). None for other jobs."""
+    if job.mode != "adapt":
+        return None
+    labels = None if job.full_target_labels else job.labels
+    return SparseTargetDataset(domains.target_pool, labels, hflip=job.config.data.augment.hflip)
+
+
+def fix_source_set_soft_labels(trajectory: Trajectory, weights: LossWeights, where: Placement) -> None:
+    """Tzeng et al.'s soft-label estimate (``adapt.soft_label_estimate=source_set``): once, over the
+    whole source set, with the model the first labeled round starts from (the source model, or the
+    warmed-up one); fixed from then on (a no-op once it is, and for other estimates)."""
+    models, job = trajectory.models, trajectory.job
+    if (
+        job.mode != "adapt"
+        or weights.soft_label_estimate != "source_set"
+        or models.soft_labels is None
+        or trajectory.soft_labels_fixed
+    ):
+        return
+    segmenter = getattr(models.segmenter, "module", models.segmenter)
+    # The source images as they are (no flips or crops): the paper averages over the examples.
+    plain_source = build_domains(dataclasses.replace(job.config.data, augment=NO_AUGMENTATION)).source
+    with where.autocast():
+        totals = source_set_soft_label_totals(
+            segmenter,
+            models.soft_labels,
+            plain_source,
+            where.shard(len(plain_source)),
+            weights.soft_label_temperature,
+            job.section.batch_size,
+            where.device,
+        )
+    if where.distributed:
+        dist.all_reduce(totals)
+    models.soft_labels.assign(totals)
+    trajectory.soft_labels_fixed = True
+
+
+def train(
+    trajectory: Trajectory,
+    domains,
+    target_data: SparseTargetDataset | None,
+    weights: LossWeights,
+    where: Placement,
+    on_step: Callable[[int, Callable[[], dict]], None] | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> None:
+    """The step loop: the job's remaining steps on batches that are a pure function of (seed, global
+    step, rank), so a resumed job sees exactly the batches an uninterrupted one would."""
+    job = trajectory.job
+    steps, batch_size = job.planned_steps, job.section.batch_size
+    remaining = max(0, steps - trajectory.job_step)
+    if not remaining:
+        return
+    first, seed, workers = trajectory.global_step, job.config.seed, job.config.train.loader_workers
+    shard_and_loading = (where.rank, where.world, workers, where.use_gpu)
+    source_batches = training_loader(
+        domains.source, batch_size, first, remaining, seed, SOURCE_STREAM, *shard_and_loading
+    )
+    target_batches = (
+        training_loader(target_data, batch_size, first, remaining, seed, TARGET_STREAM, *shard_and_loading)
+        if target_data is not None
+        else [None] * remaining
+    )
+    for source, target in zip(source_batches, target_batches):
+        source = tuple(t.to(where.device, non_blocking=True) for t in source)
+        if target is not None:
+            target = tuple(t.to(where.device, non_blocking=True) for t in target)
+        losses = trajectory.step(source, target, weights, where)
+        if on_step is not None:
+            on_step(trajectory.job_step, trajectory.state)
+        if progress is not None:
+            progress(trajectory.job_step, steps, losses)
+
+
+def evaluate(models: AdaptationModels, domains, batch_size: int, workers: int, where: Placement) -> torch.Tensor:
+    """G's confusion matrix on the target validation split, summed over workers (each takes every
+    world-th image), on the CPU."""
+    segmenter = getattr(models.segmenter, "module", models.segmenter)
+    with where.autocast():
+        confusion = predict_confusion(
+            segmenter,
+            domains.target_val,
+            where.shard(len(domains.target_val)),
+            len(domains.classes),
+            batch_size=max(1, batch_size),
+            device=where.device,
+            workers=workers,
+        )
+    if where.distributed:
+        dist.all_reduce(confusion)
+    return confusion.cpu()
+
+
+def job_metrics(
+    trajectory: Trajectory, confusion: torch.Tensor, classes, train_seconds: float, world: int
+) -> dict[str, Any]:
+    """Target mIoU and per-class IoU, steps, throughput and the mean of each loss over the job."""
+    steps = trajectory.job.planned_steps
+    # train/start_step: where this attempt began (> 0 only when Ray Train restarted it from a checkpoint).
+    metrics: dict[str, Any] = {
+        "target/miou": mean_iou(confusion),
+        "train/steps": steps,
+        "train/global_step": trajectory.global_step,
+        "train/seconds": train_seconds,
+        "train/start_step": trajectory.start_step,
+    }
+    if steps:
+        metrics["train/images_per_s"] = steps * trajectory.job.section.batch_size * world / max(train_seconds, 1e-9)
+    for name, value in zip(classes, iou_per_class(confusion).tolist()):
+        metrics[f"target/iou/{name}"] = value
+    for name, total in trajectory.loss_sums.items():
+        metrics[f"train/loss/{name}"] = total / max(steps, 1)
+    return metrics
+
+
 def run_job(
     job: TrainJob,
     *,
@@ -324,178 +575,18 @@ def run_job(
     ``on_step(done, state_fn)`` is called after every step (for periodic checkpoints);
     ``progress(done, total, losses)`` too (``trainers.progress.StepProgress`` prints at an interval).
     """
-    cfg, mode = job.config, job.mode
-    device = device or torch.device("cpu")
-    use_gpu = device.type == "cuda"
-    weights = loss_weights(cfg, mode, job.stage)
-    domains = build_domains(cfg.data)
+    where = Placement(rank, world, device or torch.device("cpu"))
+    weights = loss_weights(job.config, job.mode, job.stage)
+    domains = build_domains(job.config.data)
     num_classes = len(domains.classes)
-    distributed = dist.is_available() and dist.is_initialized() and world > 1
-
-    start = resume_state or (
-        load_checkpoint(job.init_checkpoint, model_identity(cfg, num_classes)) if job.init_checkpoint else None
-    )
-    models = build_adaptation_models(cfg, num_classes, weights)
-    if start is not None:
-        _restore_modules(models, start)
-    if job.given_source_model and resume_state is None:
-        load_given_source_model(models, cfg)
-    for name in MODULES:
-        module = getattr(models, name)
-        if module is None:
-            continue
-        module.to(device)
-        if use_gpu and name not in STATE_MODULES:
-            module.to(memory_format=torch.channels_last)
-        if name not in STATE_MODULES and mode != "evaluate":
-            setattr(models, name, prepare_model(module))
-
-    section = job.section
-    global_step = int(start.get("global_step", 0)) if start is not None else 0
-    job_step = int(resume_state.get("job_step", 0)) if resume_state is not None else 0
-    optimizers = build_optimizers(models, cfg, mode) if mode != "evaluate" else None
-    base_lrs = base_learning_rates(optimizers) if optimizers is not None else {}
-    schedule_first, schedule_planned = lr_schedule_span(cfg, mode)
-    # Optimizer state carries over within a mode (next round, or a resumed job), not from source to adapt.
-    if start is not None and optimizers is not None and start.get("mode") == mode and "optimizers" in start:
-        optimizers.load_state_dict(start["optimizers"])
-    if resume_state is not None and "rng" in resume_state:
-        torch.set_rng_state(resume_state["rng"])
-
-    all_reduce = (lambda t: dist.all_reduce(t)) if distributed else None
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_gpu)
-    target_data = None
-    if mode == "adapt":
-        # The oracle reference labels every pool pixel (None: the pool's own label maps). A round's
-        # labels come by reference (a ``LabelReader``: read here, image by image).
-        labels = None if job.full_target_labels else job.labels
-        target_data = SparseTargetDataset(domains.target_pool, labels, hflip=cfg.data.augment.hflip)
-
-    soft_labels_fixed = bool(start.get("soft_labels_fixed", False)) if start is not None else False
-    if (
-        mode == "adapt"
-        and weights.soft_label_estimate == "source_set"
-        and models.soft_labels is not None
-        and not soft_labels_fixed
-    ):
-        # Tzeng et al.'s estimate: once, over the whole source set, with the model the first labeled
-        # round starts from (the source model, or the warmed-up one).
-        segmenter = getattr(models.segmenter, "module", models.segmenter)
-        # The source images as they are (no flips or crops): the paper averages over the examples.
-        plain_source = build_domains(dataclasses.replace(cfg.data, augment=NO_AUGMENTATION)).source
-        with autocast:
-            totals = source_set_soft_label_totals(
-                segmenter,
-                models.soft_labels,
-                plain_source,
-                list(range(rank, len(plain_source), world)),
-                weights.soft_label_temperature,
-                section.batch_size,
-                device,
-            )
-        if distributed:
-            dist.all_reduce(totals)
-        models.soft_labels.assign(totals)
-        soft_labels_fixed = True
-
-    def state() -> dict[str, Any]:
-        return {
-            "model": model_identity(cfg, num_classes),
-            "modules": _module_states(models),
-            "optimizers": optimizers.state_dict() if optimizers else {},
-            "mode": mode,
-            "round": job.round,
-            "global_step": global_step,
-            "job_step": job_step,
-            "rng": torch.get_rng_state(),
-            "soft_labels_fixed": soft_labels_fixed,
-            "loss_sums": dict(sums),
-        }
-
-    train_selector = job.trains_selector_network
-    # A resumed job continues its loss sums too, so its reported means are those of an uninterrupted job.
-    sums: dict[str, float] = dict(resume_state.get("loss_sums", {})) if resume_state is not None else {}
-    start_step = job_step
+    start = start_state(job, resume_state, num_classes)
+    models = ready_models(job, num_classes, weights, start, resume_state is not None, where, prepare_model)
+    trajectory = Trajectory(job, models, num_classes, start, resume_state)
+    target_data = target_dataset(job, domains)
+    fix_source_set_soft_labels(trajectory, weights, where)
     started = time.perf_counter()
-    # A job may be given its own step count (a warm-up, or one round's share of adapt.total_steps).
-    steps = job.planned_steps
-    seed = cfg.seed
-    workers, pin = cfg.train.loader_workers, use_gpu
-    remaining = max(0, steps - job_step)
-    source_batches = (
-        training_loader(
-            domains.source,
-            section.batch_size,
-            global_step,
-            remaining,
-            seed,
-            SOURCE_STREAM,
-            rank,
-            world,
-            workers,
-            pin,
-        )
-        if remaining
-        else []
-    )
-    target_batches = (
-        training_loader(
-            target_data, section.batch_size, global_step, remaining, seed, TARGET_STREAM, rank, world, workers, pin
-        )
-        if target_data is not None and remaining
-        else [None] * remaining
-    )
-    for source, target in zip(source_batches, target_batches):
-        source = tuple(t.to(device, non_blocking=True) for t in source)
-        if target is not None:
-            target = tuple(t.to(device, non_blocking=True) for t in target)
-        # Whatever the step itself draws is a function of the step too, so resuming reproduces it.
-        torch.manual_seed(seed * 7919 + global_step * 31 + rank)
-        apply_lr_schedule(
-            optimizers, base_lrs, poly_lr_factor(global_step, schedule_first, schedule_planned, section.lr_power)
-        )
-        with autocast:
-            losses = adaptation_step(
-                models, optimizers, source, target, weights, all_reduce=all_reduce, train_selector=train_selector
-            )
-        for name, value in losses.items():
-            sums[name] = sums.get(name, 0.0) + value
-        global_step += 1
-        job_step += 1
-        if on_step is not None:
-            on_step(job_step, state)
-        if progress is not None:
-            progress(job_step, steps, losses)
+    train(trajectory, domains, target_data, weights, where, on_step, progress)
     train_seconds = time.perf_counter() - started
-
-    # Evaluation: each rank takes every world-th validation image (no padding, no duplicates).
-    segmenter = getattr(models.segmenter, "module", models.segmenter)
-    val_ids = list(range(rank, len(domains.target_val), world))
-    with autocast:
-        confusion = predict_confusion(
-            segmenter,
-            domains.target_val,
-            val_ids,
-            num_classes,
-            batch_size=max(1, section.batch_size),
-            device=device,
-            workers=workers,
-        )
-    if distributed:
-        dist.all_reduce(confusion)
-    confusion = confusion.cpu()
-    # train/start_step: where this attempt began (> 0 only when Ray Train restarted it from a checkpoint).
-    metrics: dict[str, Any] = {
-        "target/miou": mean_iou(confusion),
-        "train/steps": steps,
-        "train/global_step": global_step,
-        "train/seconds": train_seconds,
-        "train/start_step": start_step,
-    }
-    if steps:
-        metrics["train/images_per_s"] = steps * section.batch_size * world / max(train_seconds, 1e-9)
-    for name, value in zip(domains.classes, iou_per_class(confusion).tolist()):
-        metrics[f"target/iou/{name}"] = value
-    for name, total in sums.items():
-        metrics[f"train/loss/{name}"] = total / max(steps, 1)
-    return JobResult(metrics=metrics, state=state() if mode != "evaluate" else None, confusion=confusion)
+    confusion = evaluate(models, domains, job.section.batch_size, job.config.train.loader_workers, where)
+    metrics = job_metrics(trajectory, confusion, domains.classes, train_seconds, world)
+    return JobResult(metrics=metrics, state=trajectory.state() if job.mode != "evaluate" else None, confusion=confusion)

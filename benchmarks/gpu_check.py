@@ -174,7 +174,7 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
 
     from benchmarks.scale_scene import CITYSCAPES_CLASSES, CheapSegmenter, GeneratedPool, time_selectors
     from orchestrator.round.ranking import rank_images
-    from pixel_selectors import SELECTORS
+    from pixel_selectors.rules import RULES
 
     height, width = args.rank_size
     classes = CITYSCAPES_CLASSES
@@ -207,7 +207,7 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
             for n in range(min(2, len(images)))
         ]
     del own_maps
-    names = sorted(SELECTORS)
+    names = sorted(RULES)
     figures = {
         "size": [height, width],
         "classes": classes,
@@ -287,7 +287,7 @@ def check_training(args, device, model_name: str, progress) -> dict:
     overrides = {"model.name": model_name, "data.height": height, "data.width": width, **ALL_LOSSES}
     if args.batch_size:
         overrides["adapt.batch_size"] = args.batch_size
-    cfg = load_config(RECIPE, overrides).to_dict()
+    cfg = load_config(RECIPE, overrides)
     weights = loss_weights(cfg, "adapt")
     models = build_adaptation_models(cfg, classes, weights)
     for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
@@ -300,7 +300,7 @@ def check_training(args, device, model_name: str, progress) -> dict:
     base_lrs = base_learning_rates(optimizers)
     first, planned = lr_schedule_span(cfg, "adapt")
     generator = torch.Generator().manual_seed(0)
-    batch = cfg["adapt"]["batch_size"]
+    batch = cfg.adapt.batch_size
 
     def make_batch(labeled_share: float):
         images = torch.randn(batch, 3, height, width, generator=generator).to(device)
@@ -318,7 +318,7 @@ def check_training(args, device, model_name: str, progress) -> dict:
         with autocast(device):
             for _ in range(count):
                 step = first + len(history)
-                apply_lr_schedule(optimizers, base_lrs, poly_lr_factor(step, first, planned, cfg["adapt"]["lr_power"]))
+                apply_lr_schedule(optimizers, base_lrs, poly_lr_factor(step, first, planned, cfg.adapt.lr_power))
                 history.append(adaptation_step(models, optimizers, source, target, weights, train_selector=True))
 
     steps(args.warmup_steps)
@@ -333,7 +333,7 @@ def check_training(args, device, model_name: str, progress) -> dict:
     sane = finite and all(abs(value) <= SANE_LOSS for step in history for value in step.values())
     progress(
         f"train: {args.train_steps} adaptation steps of {batch}+{batch} images at {height}x{width} "
-        f"(recipe {RECIPE.name}: {cfg['adapt']['optimizer']} lr {cfg['adapt']['lr']:g}): {rate:.2f} target "
+        f"(recipe {RECIPE.name}: {cfg.adapt.optimizer} lr {cfg.adapt.lr:g}): {rate:.2f} target "
         f"images/s ({seconds / args.train_steps:.2f} s a step), losses finite: {finite}, "
         f"all within {SANE_LOSS:g}: {sane}"
     )
@@ -342,8 +342,8 @@ def check_training(args, device, model_name: str, progress) -> dict:
         "size": [height, width],
         "model": model_name,
         "recipe": RECIPE.name,
-        "optimizer": cfg["adapt"]["optimizer"],
-        "lr": cfg["adapt"]["lr"],
+        "optimizer": cfg.adapt.optimizer,
+        "lr": cfg.adapt.lr,
         "batch_size": batch,
         "steps": args.train_steps,
         "seconds_per_step": seconds / args.train_steps,

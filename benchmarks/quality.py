@@ -314,16 +314,17 @@ def whole_mask_fraction(cfg: ExperimentConfig, checkpoint: str) -> dict:
     """Pixels of the pool that LabOR SPL's whole-mask round 1 buys with ``checkpoint``'s selector: ranked
     here with the same ``Ranker`` the actors run (a forward pass of S over the pool)."""
     from orchestrator.round.ranking import Ranker, shard_ids
+    from trainers.labels import NO_LABELS
 
     spl = with_overrides(
         cfg, {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.0}
-    ).to_dict()
+    )
     ranker = Ranker(checkpoint, spl)
     pool_size = len(ranker.pool)
     pixels = sum(
         query.num_pixels
         for shard in shard_ids(list(range(pool_size)), cfg.ranking.images_per_shard)
-        for _, query in ranker.rank(shard, {}, 0)
+        for _, query in ranker.rank(shard, NO_LABELS, 0)
     )
     return {"pixels": int(pixels), "fraction": pixels / (pool_size * cfg.data.height * cfg.data.width)}
 
@@ -451,7 +452,7 @@ def _class_mean(metrics: dict, classes) -> float:
 def _pool_images(cfg: ExperimentConfig) -> int:
     from trainers.data import build_domains
 
-    return len(build_domains(cfg.to_dict()["data"]).target_pool)
+    return len(build_domains(cfg.data).target_pool)
 
 
 def mean_spread(values: list[float]) -> tuple[float, float]:
@@ -830,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainers.data import DatasetError, check_domains
 
         try:
-            check_domains(bases[plan.seeds[0]].to_dict()["data"], progress=print)
+            check_domains(bases[plan.seeds[0]].data, progress=print)
         except DatasetError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -69,10 +69,13 @@ from benchmarks.scale_scene import (
     GeneratedPool,
     time_selectors,
 )
+from experiment_config import ExperimentConfig
 from orchestrator.labels.oracle import Oracle
 from orchestrator.labels.store import LabeledPixels, LabelStore, storage_settings
-from orchestrator.round.ranking import Ranker, labeled_coordinates
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, selector_params
+from orchestrator.round.ranking import Ranker
+from pixel_selectors.rules import REGIONS, RULES, SELECTOR_NETWORK
+from trainers.job import TrainJob
+from trainers.labels import labeled_coordinates
 
 DISTINCT_SCENES = 32
 # Selectors whose query does not depend on the seed: an actor may reuse a scene's query exactly.
@@ -89,31 +92,24 @@ class ScaleRanker(Ranker):
     before reuses its query instead of forwarding again (see the module's cuts).
     """
 
-    def __init__(self, checkpoint_dir: str, cfg: dict, threads: int = 1):
+    def __init__(self, checkpoint_dir: str, cfg: ExperimentConfig, threads: int = 1):
         from trainers.data import CLASS_SETS
 
         torch.set_num_threads(max(1, threads))
         self.cfg = cfg
-        data = cfg["data"]
-        num_classes = len(CLASS_SETS[data["class_set"]])
+        data = cfg.data
+        num_classes = len(CLASS_SETS[data.class_set])
         self.pool = GeneratedPool(
-            data["pool_images"],
-            data["height"],
-            data["width"],
-            num_classes,
-            seed=int(cfg["seed"]),
-            distinct_scenes=DISTINCT_SCENES,
+            data.pool_images, data.height, data.width, num_classes, seed=cfg.seed, distinct_scenes=DISTINCT_SCENES
         )
-        self.device = torch.device(
-            "cuda" if cfg["ranking"]["gpus_per_actor"] > 0 and torch.cuda.is_available() else "cpu"
-        )
-        name = cfg["selection"]["selector"]
-        self.selector = name
-        heads = 2 if SELECTOR_INPUTS[name] == "selector" else 1
+        self.device = torch.device("cuda" if cfg.ranking.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
+        rule = RULES[cfg.selection.selector]
+        self.selector = rule.name
+        heads = 2 if rule.reads == SELECTOR_NETWORK else 1
         self.network = CheapSegmenter(num_classes, num_heads=heads).to(self.device).eval()
-        self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))
-        self.region_spread = cfg["selection"]["region_spread"]
-        self.seed = int(cfg["seed"])
+        self.params = rule.params(cfg.selection, data.width)
+        self.region_spread = cfg.selection.region_spread
+        self.seed = cfg.seed
         self.loading = None  # generated images: computed in the calling thread, nothing to decode
         self.prefetching, self.prefetched, self.prefetch_hits = None, None, 0  # ... nor to decode ahead
         self._queries: dict = {}
@@ -126,7 +122,7 @@ class ScaleRanker(Ranker):
             if keys[i] not in self._queries:
                 first_of.setdefault(keys[i], i)
         if first_of:
-            for image_id, query in super().rank(
+            for image_id, query in self.rank_excluding(
                 list(first_of.values()), coordinates, num_points, round_index, budget_pixels, max_share
             ):
                 self._queries[keys[image_id]] = query
@@ -197,7 +193,7 @@ def pool_config(args: argparse.Namespace, pool_size: int, budget_pixels: int, wo
         "ranking.cpus_per_actor": 1.0,
         "output_dir": str(work),
     }
-    if SELECTOR_KIND[args.selector] == "regions":
+    if RULES[args.selector].kind == REGIONS:
         overrides |= {
             "selection.budget_fraction": budget_pixels / (pool_size * height * width),
             "selection.region_spread": "share",
@@ -240,7 +236,6 @@ def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, bu
 
     work = store_root.parent
     cfg = pool_config(args, pool_size, budget_pixels, work)
-    cfg_dict = cfg.to_dict()
     pool = GeneratedPool(
         pool_size, args.height, args.width, CITYSCAPES_CLASSES, seed=cfg.seed, distinct_scenes=DISTINCT_SCENES
     )
@@ -279,14 +274,14 @@ def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, bu
         store.append_round(2, args.selector, labeled)
         write_s = time.perf_counter() - written
         del labeled
-        job = {
-            "mode": "adapt",
-            "config": cfg_dict,
-            "init_checkpoint": "checkpoint",
-            "round": 2,
-            "label_reader": store.reader(upto_round=2, storage=storage_settings(cfg_dict)),
-            "train_selector": False,
-        }
+        job = TrainJob(
+            mode="adapt",
+            config=cfg,
+            init_checkpoint="checkpoint",
+            round=2,
+            labels=store.reader(upto_round=2, storage=storage_settings(cfg)),
+            train_selector_network=False,
+        )
         job_bytes = len(pickle.dumps(job))
         _, traced_peak = tracemalloc.get_traced_memory()
     finally:
@@ -296,10 +291,10 @@ def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, bu
 
     # A Train worker's side: the job arrives, its dataset reads training items' labels from the store.
     received = pickle.loads(pickle.dumps(job))
-    dataset = SparseTargetDataset(pool, received["label_reader"])
+    dataset = SparseTargetDataset(pool, received.labels)
     sample = np.random.default_rng(0).choice(pool_size, size=min(args.worker_items, pool_size), replace=False)
     read_started = time.perf_counter()
-    labeled_read = sum(len(received["label_reader"].get(int(i))[0]) for i in sample)
+    labeled_read = sum(len(received.labels.read([int(i)])[int(i)][0]) for i in sample)
     read_s = (time.perf_counter() - read_started) / len(sample)
     item_started = time.perf_counter()
     for i in sample[:4]:
@@ -363,7 +358,7 @@ def measure_selectors(args: argparse.Namespace, progress=print) -> dict:
             forward_s += time.perf_counter() - started
             progress(f"{model_name} forward pass of image {i + 1}/{len(pool)}: {time.perf_counter() - started:.1f} s")
     forward_s /= len(pool)
-    timings = time_selectors(maps, sorted(SELECTORS), progress=lambda line: progress(f"selector {line}"))
+    timings = time_selectors(maps, sorted(RULES), progress=lambda line: progress(f"selector {line}"))
     return {
         "model": model_name,
         "threads": args.threads,
@@ -453,7 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--selector",
         default="labor_spl",
-        choices=sorted(SELECTORS),
+        choices=sorted(RULES),
         help="the selector of the ranking round (default labor_spl)",
     )
     parser.add_argument("--actors", type=int, default=2, help="ranking actors (default 2)")

@@ -34,6 +34,7 @@ from benchmarks.train_overhead import measure_training
 from experiment_config import ExperimentConfig, with_absolute_paths, with_overrides
 from pixel_selectors.budget import GlobalBudget
 from trainers.data import build_domains
+from trainers.labels import NO_LABELS
 
 
 class BenchmarkError(RuntimeError):
@@ -59,11 +60,11 @@ def measure_driver_memory(
         for label, size in (("warmup", max(8, images // 4)), ("small", images), ("large", factor * images)):
             config = pool_config(cfg, size)
             if checkpoint is None:
-                classes = len(build_domains(config["data"]).classes)
+                classes = len(build_domains(config.data).classes)
                 checkpoint = fresh_checkpoint(config, classes, Path(scratch) / "ckpt")
             merge = GlobalBudget(budget_pixels)
             tracemalloc.start()
-            stats = rank_pool(checkpoint, config, size, {}, merge.add, budget_pixels=budget_pixels)
+            stats = rank_pool(checkpoint, config, size, NO_LABELS, merge.add, budget_pixels=budget_pixels)
             result = merge.result()
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()

@@ -1,27 +1,17 @@
 """The names the config accepts, in a module that imports nothing heavy.
 
 ``--help`` lists them and ``experiment_config`` validates against them without importing torch,
-torchvision or Ray (which takes seconds). The registries that implement them live below
-``orchestrator/`` (``pixel_selectors.SELECTORS``, ``trainers.models.MODELS``, ``trainers.data``'s
-formats and class sets); ``tests/test_choices.py`` checks that every list here names exactly what
-its registry holds, so a name added to a registry and not here (or the reverse) fails a test that
-says which.
+torchvision or Ray (which takes seconds). The registries that implement them import torch
+(``trainers.models.MODELS``, ``trainers.data``'s formats and class sets); ``tests/test_choices.py``
+checks that every list here names exactly what its registry holds, so a name added to a registry and
+not here (or the reverse) fails a test that says which.
+
+The selection rules need no list here: their registry, ``pixel_selectors.rules.RULES``, imports
+no torch, and the config reads their names and kinds from it.
 """
 
 from __future__ import annotations
 
-# pixel_selectors.SELECTOR_KIND: how each selector spends its budget ("points" or "regions").
-SELECTOR_KIND: dict[str, str] = {
-    "labor_ppl": "points",
-    "labor_spl": "regions",
-    "random": "points",
-    "entropy": "points",
-    "margin": "points",
-    "region_impurity": "points",
-    "region_impurity_regions": "regions",
-    "random_regions": "regions",
-}
-SELECTORS: tuple[str, ...] = tuple(SELECTOR_KIND)
 # pixel_selectors.budget.REGION_SPREADS
 REGION_SPREADS: tuple[str, ...] = ("score", "share")
 # trainers.models.MODELS

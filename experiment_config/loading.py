@@ -17,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from pixel_selectors.rules import REGIONS, RULES
+
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
-from .choices import MIN_BATCH_SIZE, SELECTOR_KIND
+from .choices import MIN_BATCH_SIZE
 from .schema import (
     AWS_REGION,
     CASES_AXIS,
@@ -314,7 +316,8 @@ def validate(cfg: ExperimentConfig) -> None:
     pixels = cfg.data.height * cfg.data.width
     validate_procedure(cfg)
     whole_mask = cfg.selection.spl_mode == "whole_mask"
-    if SELECTOR_KIND.get(cfg.selection.selector) == "regions" and cfg.selection.budget_fraction <= 0 and not whole_mask:
+    rule = RULES.get(cfg.selection.selector)  # None: no selection
+    if rule is not None and rule.kind == REGIONS and cfg.selection.budget_fraction <= 0 and not whole_mask:
         raise ConfigError(
             "selection.budget_fraction",
             f"region selector '{cfg.selection.selector}' spends a pixel budget: set it > 0 (LabOR SPL used 0.022)",

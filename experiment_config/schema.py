@@ -22,6 +22,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+# The selection rules' registry imports no torch: the config validates against it directly.
+from pixel_selectors.rules import RULES
+
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
 from .choices import (
@@ -31,7 +34,6 @@ from .choices import (
     MODELS,
     PSEUDO_LABEL_RULES,
     REGION_SPREADS,
-    SELECTORS,
     SOFT_LABEL_ESTIMATES,
     SOURCE_FORMATS,
     SPLITS,
@@ -299,7 +301,7 @@ class SelectionConfig:
     selector: str = _opt(
         "labor_ppl",
         "pixel selection strategy ('none': no target labels, i.e. unsupervised adaptation)",
-        choices=(*SELECTORS, NO_SELECTION),
+        choices=(*RULES, NO_SELECTION),
     )
     points_per_image: int = _opt(10, "points per target image per round (point selectors, budget_fraction 0)", min=1)
     budget_fraction: float = _opt(

@@ -59,7 +59,7 @@ def _checked_tracking(cfg: ExperimentConfig, tracking_uri: str | None) -> str:
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     check_tracking_uri(uri)
     check_storage(cfg)
-    check_domains(cfg.to_dict()["data"])
+    check_domains(cfg.data)
     return uri
 
 

@@ -111,7 +111,7 @@ def run_trial(
         plan_resources(cfg, ray.cluster_resources(), [n["Resources"] for n in ray.nodes() if n.get("Alive")])
         run_dir = Path(cfg.output_dir) / cfg.sweep.name / "runs" / time.strftime("%Y%m%d-%H%M%S")
         run_dir.mkdir(parents=True, exist_ok=True)
-        domain_roots(cfg.to_dict()["data"], progress=say)  # generates the synthetic domains if needed
+        domain_roots(cfg.data, progress=say)  # generates the synthetic domains if needed
         tracking = SweepTracking(uri, cfg.sweep.name, Path(cfg.output_dir) / cfg.sweep.name)
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
         run = tracking.client.create_run(

@@ -151,7 +151,7 @@ def test_deeplabv2_trains_a_step_at_batch_size_one():
             "adapt.weight_decay": 5e-4,
             "data.class_set": "cityscapes19",
         },
-    ).to_dict()
+    )
     weights = loss_weights(cfg, "adapt")
     models = build_adaptation_models(cfg, 19, weights)
     optimizers = build_optimizers(models, cfg, "adapt")

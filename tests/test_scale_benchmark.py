@@ -10,6 +10,7 @@ from benchmarks.scale_scene import GeneratedPool
 from orchestrator.labels.store import LabelStore
 from orchestrator.round.ranking import Ranker
 from pixel_selectors import ripu_point_window
+from trainers.labels import InMemoryLabels
 
 
 @pytest.mark.parametrize(
@@ -40,9 +41,10 @@ def test_a_generated_image_is_a_pure_function_of_its_scene_and_its_earlier_label
 
 def test_a_repeated_scene_gets_exactly_the_query_a_fresh_ranking_gives():
     args = scale.parse_args(["--quick", "--height", "64", "--width", "128", "--pool", "64"])
-    cfg = scale.pool_config(args, 64, 500, scale.Path("/tmp/unused")).to_dict()
+    cfg = scale.pool_config(args, 64, 500, scale.Path("/tmp/unused"))
     ranker = scale.ScaleRanker("unused", cfg)
-    labeled = {40: (np.array([3, 3]), np.array([5, 6]))}  # image 40 shows scene 8, with two labeled pixels
+    # Image 40 shows scene 8, with two labeled pixels.
+    labeled = InMemoryLabels({40: (np.array([3, 3]), np.array([5, 6]), np.array([0, 0]))})
     queries = dict(ranker.rank([0, 8, 32, 40], labeled, 0, budget_pixels=500))
     assert queries[32] is queries[0] and queries[40] is not queries[8]  # same scene, same labels: reused
     fresh = scale.ScaleRanker("unused", cfg)

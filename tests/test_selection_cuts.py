@@ -184,7 +184,7 @@ def test_a_round_ranks_again_without_the_cut_when_the_merge_needed_more(monkeypa
     asked = []
 
     def rank_in_process(
-        checkpoint, cfg_dict, pool_size, labeled, consume, round_index, budget_pixels, progress, ranker, max_share=None
+        checkpoint, config, pool_size, labeled, consume, round_index, budget_pixels, progress, ranker, max_share=None
     ):  # the actors' select_image, without Ray
         asked.append(max_share)
         for image_id in range(pool_size):

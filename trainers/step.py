@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from .labels import TargetLabels
 from .losses import (
     IGNORE_INDEX,
     IASTPseudoLabels,
@@ -317,20 +318,17 @@ def pseudo_labels(
 class SparseTargetDataset(Dataset):
     """The whole target pool as (image, sparse label map): 255 except where the oracle revealed a class.
 
-    ``sparse_labels`` gives image id -> (ys, xs, classes) arrays through ``.get(image_id)``: a dict,
-    or a reader of the label store (``orchestrator.labels.LabelReader``, handed over by reference)
-    that reads each image's labels when the image is loaded, so a Train worker reads only the
+    ``labels`` (``trainers.labels.TargetLabels``: the label store's reader, handed over by
+    reference) is read image by image as the images are loaded, so a Train worker reads only the
     images it trains on. ``None`` means every pixel is revealed (the pool's own label maps: the
     oracle reference). Unlabeled images are included: the adversarial, confusion and pseudo-label
     losses use every target image. ``hflip`` flips the image and its sparse map together (the only
     augmentation that never invents labeled pixels).
     """
 
-    def __init__(self, pool: Dataset, sparse_labels, hflip: bool = False):
+    def __init__(self, pool: Dataset, labels: TargetLabels | None, hflip: bool = False):
         self.pool = pool
-        if isinstance(sparse_labels, dict):
-            sparse_labels = {int(k): v for k, v in sparse_labels.items()}
-        self.sparse_labels = sparse_labels
+        self.labels = labels
         self.hflip = hflip
 
     def __len__(self) -> int:
@@ -338,11 +336,11 @@ class SparseTargetDataset(Dataset):
 
     def __getitem__(self, index: int):
         image, truth = self.pool[index]
-        if self.sparse_labels is None:
+        if self.labels is None:
             sparse = truth.to(torch.int64)
         else:
             sparse = torch.full(truth.shape, IGNORE_INDEX, dtype=torch.int64)
-            revealed = self.sparse_labels.get(int(index))
+            revealed = self.labels.read([int(index)]).get(int(index))
             if revealed is not None:
                 ys, xs, classes = (np.asarray(a) for a in revealed)
                 sparse[torch.from_numpy(ys.astype(np.int64)), torch.from_numpy(xs.astype(np.int64))] = torch.from_numpy(

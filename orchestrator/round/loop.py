@@ -23,11 +23,12 @@ from orchestrator.labels.store import LabelStore, storage_settings
 from orchestrator.round.selection import select_round
 from orchestrator.round.start_models import ensure_warmup_model, round_metrics
 from orchestrator.tracking.report import selection_overlay, write_iou_csv
-from pixel_selectors import SELECTOR_INPUTS
+from pixel_selectors.rules import RULES, SELECTOR_NETWORK
 from trainers.data import build_domains
 from trainers.data.palette import class_palette
 from trainers.data.transforms import denormalize
 from trainers.engine import round_steps
+from trainers.job import TrainJob
 from trainers.train_loop import run_training
 
 
@@ -41,7 +42,8 @@ def selector_trains(cfg: ExperimentConfig, round_index: int) -> bool:
     """
     if round_index >= cfg.selection.rounds:
         return False
-    return SELECTOR_INPUTS.get(cfg.selection.selector) == "selector" or cfg.sweep.scheduler == "pbt"
+    rule = RULES.get(cfg.selection.selector)  # None: no selection
+    return (rule is not None and rule.reads == SELECTOR_NETWORK) or cfg.sweep.scheduler == "pbt"
 
 
 @dataclass
@@ -69,10 +71,9 @@ def run_experiment(
     the label store (the driver died after buying them) is trained on those labels instead of being
     ranked again: annotation is never bought twice.
     """
-    cfg_dict = cfg.to_dict()
     store = LabelStore(trial_dir / "labels")
     storage = open_storage(cfg)
-    domains = build_domains(cfg_dict["data"])
+    domains = build_domains(cfg.data)
     oracle = Oracle(domains.target_pool, [domains.classes.index(name) for name in cfg.selection.unlabeled_classes])
     pool_pixels = len(domains.target_pool) * cfg.data.height * cfg.data.width
     tags = {
@@ -121,16 +122,16 @@ def run_experiment(
 
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
         # The labels go by reference: each Train worker reads the images it trains on itself.
-        job = {
-            "mode": "adapt",
-            "config": cfg_dict,
-            "init_checkpoint": checkpoint,
-            "label_reader": store.reader(upto_round=round_index, storage=storage_settings(cfg_dict)),
-            "round": round_index,
-            "train_selector": selector_trains(cfg, round_index),
-            "steps": round_steps(cfg_dict, round_index),
-            "trial": trial_id,
-        }
+        job = TrainJob(
+            mode="adapt",
+            config=cfg,
+            init_checkpoint=checkpoint,
+            labels=store.reader(upto_round=round_index, storage=storage_settings(cfg)),
+            round=round_index,
+            train_selector_network=selector_trains(cfg, round_index),
+            steps=round_steps(cfg, round_index),
+            trial=trial_id,
+        )
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = round_metrics(result.metrics)

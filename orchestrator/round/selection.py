@@ -7,16 +7,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from experiment_config.choices import SELECTOR_KIND
 from experiment_config.schema import ExperimentConfig
 from orchestrator.cluster.storage import open_storage
 from orchestrator.labels.oracle import Oracle
 from orchestrator.labels.store import LabeledPixels, LabelStore, storage_settings
 from orchestrator.round.ranking import rank_pool
-from pixel_selectors import TILING_SELECTORS
 from pixel_selectors.base import PointQuery
 from pixel_selectors.budget import GlobalBudget, share_cap, within_share_cap
 from pixel_selectors.cost import clicks_for_points, clicks_for_region
+from pixel_selectors.rules import REGIONS, RULES
 
 
 def select_round(
@@ -39,10 +38,10 @@ def select_round(
     and what it cost (pixels, clicks) is the outcome. ``ranker``: the ranking actors' class
     (``Ranker`` unless a benchmark brings its own pool and network).
     """
-    cfg_dict = cfg.to_dict()
     width = cfg.data.width
     budget_pixels = int(round(cfg.selection.budget_fraction * pool_pixels))
-    regions = SELECTOR_KIND[cfg.selection.selector] == "regions"
+    rule = RULES[cfg.selection.selector]
+    regions = rule.kind == REGIONS
     per_image: list[tuple[int, PointQuery]] = []
     merged = GlobalBudget(budget_pixels) if budget_pixels else None
 
@@ -57,21 +56,16 @@ def select_round(
     # Actors read the labeled pixels of their own images from the store (pushed to storage.uri first,
     # so an actor on another node finds every earlier round).
     open_storage(cfg).push_folder(store.root, "round-*.parquet")
-    labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg_dict))
+    labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg))
     # Squares that tile an image, spread by share: each image ranks only about the share the merge can
     # take (budget / the pool's free pixels, with a margin), not every square of the image.
     max_share = None
-    if (
-        merged is not None
-        and regions
-        and cfg.selection.region_spread == "share"
-        and cfg.selection.selector in TILING_SELECTORS
-    ):
+    if merged is not None and rule.tiles and cfg.selection.region_spread == "share":
         labeled_before = int(store.totals(upto_round=round_index - 1)["labeled_pixels"])
         max_share = share_cap(budget_pixels, pool_pixels - labeled_before)
     stats = rank_pool(
         checkpoint,
-        cfg_dict,
+        cfg,
         pool_size,
         labeled,
         consume,
@@ -90,7 +84,7 @@ def select_round(
         merged = GlobalBudget(budget_pixels)
         stats = rank_pool(
             checkpoint,
-            cfg_dict,
+            cfg,
             pool_size,
             labeled,
             consume,

@@ -159,7 +159,7 @@ def _prepare_data_and_start_models(sweep: _Sweep) -> _StartModels:
     """The domains (generated or checked), then the source model, the warm-up and the oracle
     reference, each trained once or taken from its cache."""
     cfg, say = sweep.cfg, sweep.say
-    roots = domain_roots(cfg.to_dict()["data"], progress=say)
+    roots = domain_roots(cfg.data, progress=say)
     say(f"data: source {cfg.data.source.format} at {roots[0]}, target {cfg.data.target.format} at {roots[1]}")
     say(pretrained_status(cfg.model.name, cfg.model.pretrained))
     source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)

@@ -60,8 +60,8 @@ def preflight(
             read_outbox(sweep_dir / UNSENT_FILE)  # what the resumed driver sends first must be readable
     if sweep:
         check_sweep_folder_free(sweep_dir)
-    check_domains(cfg.to_dict()["data"], progress=progress)
-    check_given_source_model(cfg.to_dict(), len(CLASS_SETS[cfg.data.class_set]))
+    check_domains(cfg.data, progress=progress)
+    check_given_source_model(cfg, len(CLASS_SETS[cfg.data.class_set]))
 
 
 def check_resume_state(cfg: ExperimentConfig, sweep_dir: Path) -> dict:

@@ -1,18 +1,21 @@
 """Datasets: the real loaders (GTA5, SYNTHIA, Cityscapes) and the bundled synthetic domains.
 
-``build_domains(data_cfg)`` turns the ``data`` config section into the three splits an experiment
+``build_domains(data)`` turns the ``data`` config section into the three splits an experiment
 uses. The synthetic default is generated to disk in the GTA5 and Cityscapes layouts and read with
 the same loaders as real data, so both paths are one path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+
+from experiment_config.schema import DataConfig
 
 from .cityscapes import CityscapesSegmentation
 from .errors import DatasetError
@@ -91,28 +94,26 @@ class DomainSplits:
     classes: tuple[str, ...]
 
 
-def domain_roots(data_cfg: dict, progress=None, *, generate: bool = True) -> tuple[Path | None, Path | None]:
+def domain_roots(data: DataConfig, progress=None, *, generate: bool = True) -> tuple[Path | None, Path | None]:
     """Source and target roots; an empty root means the generated synthetic domain (made if missing).
 
     With ``generate=False`` nothing is written: a synthetic domain not generated yet comes back as None.
     """
-    source_root, target_root = data_cfg["source"]["root"], data_cfg["target"]["root"]
+    source_root, target_root = data.source.root, data.target.root
     if not source_root or not target_root:
+        # The generator's settings as plain values: they name (hash) the generated domain's folder.
+        synthetic = dataclasses.asdict(data.synthetic)
         if generate:
-            generated = ensure_synthetic_domains(
-                data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"], data_cfg["synthetic"], progress=progress
-            )
+            generated = ensure_synthetic_domains(data.cache_dir, data.height, data.width, synthetic, progress=progress)
         else:
-            folder = synthetic_domain_folder(
-                data_cfg["cache_dir"], data_cfg["height"], data_cfg["width"], data_cfg["synthetic"]
-            )
+            folder = synthetic_domain_folder(data.cache_dir, data.height, data.width, synthetic)
             generated = (folder / "source", folder / "target") if (folder / "complete").is_file() else (None, None)
         source_root = source_root or generated[0]
         target_root = target_root or generated[1]
     return (Path(source_root) if source_root else None), (Path(target_root) if target_root else None)
 
 
-def check_domains(data_cfg: dict, progress=None) -> None:
+def check_domains(data: DataConfig, progress=None) -> None:
     """Decode every image and label a run will use, so a missing root, an empty split, a missing label,
     a truncated file or an undefined label id fails now, in one line naming it, not hours into a run.
 
@@ -121,18 +122,18 @@ def check_domains(data_cfg: dict, progress=None) -> None:
     """
     from .verify import verify_splits
 
-    source_root, target_root = domain_roots(data_cfg, generate=False)
+    source_root, target_root = domain_roots(data, generate=False)
     if source_root is None or target_root is None:
-        check_writable_folder(data_cfg["cache_dir"], "data.cache_dir")
+        check_writable_folder(data.cache_dir, "data.cache_dir")
     splits = {}
     if source_root is not None:
-        splits["source"] = _source_split(data_cfg, source_root)
+        splits["source"] = _source_split(data, source_root)
     if target_root is not None:
-        splits["target_pool"], splits["target_val"] = _target_splits(data_cfg, target_root)
+        splits["target_pool"], splits["target_val"] = _target_splits(data, target_root)
     for name, dataset in splits.items():
         if len(dataset) == 0:
             raise DatasetError(f"the {name.replace('_', ' ')} split has no images")
-    decoded, known = verify_splits(splits, data_cfg["cache_dir"], progress)
+    decoded, known = verify_splits(splits, data.cache_dir, progress)
     if progress is not None and splits:
         progress(f"data: {decoded + known} image/label pairs checked ({known} unchanged since their last check)")
 
@@ -150,57 +151,55 @@ def check_writable_folder(folder: str | Path, key: str) -> None:
         )
 
 
-def source_input_size(data_cfg: dict) -> tuple[int, int]:
+def source_input_size(data: DataConfig) -> tuple[int, int]:
     """(H, W) source images are resized to before augmentation: ``data.source.height/width``, 0 for
     one of them to keep each image's aspect ratio, both 0 for the target's ``data.height/width``."""
-    height, width = data_cfg["source"]["height"], data_cfg["source"]["width"]
+    height, width = data.source.height, data.source.width
     if not height and not width:
-        return data_cfg["height"], data_cfg["width"]
+        return data.height, data.width
     return height, width
 
 
-def _source_split(data_cfg: dict, root: Path) -> Dataset:
-    size, source_size = (data_cfg["height"], data_cfg["width"]), source_input_size(data_cfg)
-    aug = data_cfg["augment"]
-    rescale = (aug["scale_min"], aug["scale_max"]) != (1.0, 1.0)
+def _source_split(data: DataConfig, root: Path) -> Dataset:
+    size, source_size = (data.height, data.width), source_input_size(data)
+    aug = data.augment
+    rescale = (aug.scale_min, aug.scale_max) != (1.0, 1.0)
     augment = training_transform(
         size=None,
-        scale=(aug["scale_min"], aug["scale_max"]),
+        scale=(aug.scale_min, aug.scale_max),
         crop=size if rescale or source_size != size else None,
-        hflip=aug["hflip"],
+        hflip=aug.hflip,
     )
-    return SOURCE_FORMATS[data_cfg["source"]["format"]](root, data_cfg["class_set"], source_size, augment)
+    return SOURCE_FORMATS[data.source.format](root, data.class_set, source_size, augment)
 
 
-def _target_splits(data_cfg: dict, root: Path) -> tuple[Dataset, Dataset]:
-    size, class_set = (data_cfg["height"], data_cfg["width"]), data_cfg["class_set"]
-    target_format = TARGET_FORMATS[data_cfg["target"]["format"]]
-    pool = target_format(root, data_cfg["target"]["pool_split"], class_set, size)
-    val = target_format(
-        root, data_cfg["target"]["val_split"], class_set, size, native_labels=data_cfg["eval_resolution"] == "native"
-    )
-    if data_cfg["pool_images"]:
-        pool = SeededSubset(pool, data_cfg["pool_images"], data_cfg["subset_seed"])
-    if data_cfg["val_images"]:
-        val = SeededSubset(val, data_cfg["val_images"], data_cfg["subset_seed"])
+def _target_splits(data: DataConfig, root: Path) -> tuple[Dataset, Dataset]:
+    size, class_set = (data.height, data.width), data.class_set
+    target_format = TARGET_FORMATS[data.target.format]
+    pool = target_format(root, data.target.pool_split, class_set, size)
+    val = target_format(root, data.target.val_split, class_set, size, native_labels=data.eval_resolution == "native")
+    if data.pool_images:
+        pool = SeededSubset(pool, data.pool_images, data.subset_seed)
+    if data.val_images:
+        val = SeededSubset(val, data.val_images, data.subset_seed)
     return pool, val
 
 
-def build_domains(data_cfg: dict, progress=None) -> DomainSplits:
-    """Build the splits named by a ``data`` config section (as a plain dict).
+def build_domains(data: DataConfig, progress=None) -> DomainSplits:
+    """Build the splits named by a ``data`` config section.
 
     Target images (pool and validation) are resized to ``data.height x data.width``, the grid of
     training and selection. Source images are resized to their own size (``source_input_size``),
     randomly rescaled, then randomly cropped to the target's size (padded with ignore where
     smaller), as AdaptSegNet and RIPU do, so both domains share one batch shape.
     """
-    source_root, target_root = domain_roots(data_cfg, progress)
-    pool, val = _target_splits(data_cfg, target_root)
+    source_root, target_root = domain_roots(data, progress)
+    pool, val = _target_splits(data, target_root)
     return DomainSplits(
-        source=_source_split(data_cfg, source_root),
+        source=_source_split(data, source_root),
         target_pool=pool,
         target_val=val,
-        classes=CLASS_SETS[data_cfg["class_set"]],
+        classes=CLASS_SETS[data.class_set],
     )
 
 

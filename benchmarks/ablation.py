@@ -6,7 +6,7 @@ model's selector), then adaptation with the losses switched on one after another
   source-only -> sparse target CE -> + AdaptSeg adversarial -> + Tzeng domain confusion
   -> + Tzeng soft labels (-> + LabOR selector heads: pseudo labels and MCD)
 
-The selector's losses train the pixel selector S, not the segmenter G, so they change which pixels
+The selector network's losses train the selector network S, not the segmenter G, so they change which pixels
 a *later* round buys, not this round's mIoU; the last row shows that (it equals the row above it).
 
     python -m benchmarks.ablation [--in-process] [--set key=value ...]

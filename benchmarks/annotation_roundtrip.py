@@ -51,7 +51,7 @@ def make_round(folder: Path, regions: bool, seed: int = 0) -> Round:
         f"data.source.root={folder / 'domains' / 'source'}",
         f"data.target.root={folder / 'domains' / 'target'}",
     ]
-    data = load_config(None, overrides).to_dict()["data"]
+    data = load_config(None, overrides).data
     domains = build_domains(data)
     pool = domains.target_pool
     rng = np.random.default_rng(seed)

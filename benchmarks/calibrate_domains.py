@@ -46,7 +46,7 @@ def full_labels(pool) -> InMemoryLabels:
 
 def selected_labels(checkpoint: str, cfg: ExperimentConfig, selector: str, pool) -> InMemoryLabels:
     """Labels revealed by the oracle for one round of ``selector`` at the configured budget."""
-    cfg = with_overrides(cfg, {"selection.selector": selector})
+    cfg = with_overrides(cfg, {"selection.rule": selector})
     ranker = Ranker(checkpoint, cfg)
     oracle = Oracle(pool)
     out = {}

@@ -12,7 +12,7 @@ next one runs):
    at most 0.25x), on the network's own maps and on trained-looking maps; ranking images/s through
    the actors' code (``orchestrator.round.ranking.rank_images``: forward + selection, on the GPU);
 2. ``train``: adaptation steps at 512 x 1024 (segmenter, AdaptSeg discriminator, Tzeng's domain
-   classifier and soft labels, LabOR's selector with its three MCD updates) with bf16 autocast and
+   classifier and soft labels, LabOR's selector network S with its three MCD updates) with bf16 autocast and
    channels_last, on batches already on the GPU: training images/s;
 3. ``evaluate``: mIoU at the labels' native 1024 x 2048 from predictions at 512 x 1024, upsampled
    (``evaluate_native``).
@@ -319,7 +319,9 @@ def check_training(args, device, model_name: str, progress) -> dict:
             for _ in range(count):
                 step = first + len(history)
                 apply_lr_schedule(optimizers, base_lrs, poly_lr_factor(step, first, planned, cfg.adapt.lr_power))
-                history.append(adaptation_step(models, optimizers, source, target, weights, train_selector=True))
+                history.append(
+                    adaptation_step(models, optimizers, source, target, weights, train_selector_network=True)
+                )
 
     steps(args.warmup_steps)
     synchronize(device)

@@ -173,7 +173,7 @@ def parse_args(argv):
 
     unknown = [s for s in filter(None, args.selectors.split(",")) if s not in RULES]
     if unknown:
-        parser.error(f"unknown selector '{unknown[0]}'; choose from: {', '.join(sorted(RULES))}")
+        parser.error(f"unknown rule '{unknown[0]}'; choose from: {', '.join(sorted(RULES))}")
     if args.maps_from != "noise" and args.maps_from not in MODELS:
         parser.error(f"unknown --maps-from '{args.maps_from}'; choose 'noise' or one of: {', '.join(sorted(MODELS))}")
     if args.repeats < 1 or args.rows < 1:

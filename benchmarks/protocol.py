@@ -137,7 +137,7 @@ def loader_images_per_s(cfg: ExperimentConfig, workers: int, batches: int) -> fl
 
 
 def adaptation_step_timing(
-    cfg: ExperimentConfig, steps: int, device: torch.device, train_selector: bool = True
+    cfg: ExperimentConfig, steps: int, device: torch.device, train_selector_network: bool = True
 ) -> dict[str, float]:
     """Seconds per adaptation step (G, Dis, theta_D and, if asked, LabOR's S) on pre-made batches at the
     input size, as ``trainers.engine.run_job`` runs it (bf16 autocast and channels_last on CUDA)."""
@@ -171,7 +171,9 @@ def adaptation_step_timing(
 
     def step() -> dict:
         with autocast:
-            return adaptation_step(models, optimizers, source, target, weights, train_selector=train_selector)
+            return adaptation_step(
+                models, optimizers, source, target, weights, train_selector_network=train_selector_network
+            )
 
     losses = step()  # warm-up (cuDNN autotuning, allocator)
     if use_gpu:

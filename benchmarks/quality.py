@@ -3,7 +3,7 @@
 For each seed, one Tune sweep through the product's own path (``orchestrator.sweep.driver.run_sweep``: the
 cached source model, the cached label-free warm-up, the oracle reference, Ray actors ranking the pool,
 Ray Train adapting, MLflow logging) runs every row below as one trial. Every trial starts from the
-same warmed-up models (G adapted without labels by AdaptSeg's adversarial loss; LabOR's selector S
+same warmed-up models (G adapted without labels by AdaptSeg's adversarial loss; LabOR's selector network S
 trained on G's pseudo labels with the MCD discrepancy: LabOR's order of work) and trains the same
 adaptation steps in all (``adapt.total_steps``), whatever its number of rounds, so a difference in
 mIoU is the selection's doing.
@@ -111,7 +111,7 @@ class Row:
 
 
 def ppl_keys(points: int) -> dict:
-    return {"selection.selector": "labor_ppl", "selection.points_per_image": points}
+    return {"selection.rule": "labor_ppl", "selection.points_per_image": points}
 
 
 def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | None = None) -> list[Row]:
@@ -127,14 +127,14 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
             "random points",
             one_round,
             budget_label(points=p),
-            {"selection.selector": "random", "selection.points_per_image": p},
+            {"selection.rule": "random", "selection.points_per_image": p},
         ),
         Row(
             "spl_mask",
             "LabOR SPL, whole mask",
             one_round,
             "whole mask",
-            {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"},
+            {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask"},
             rival="random_mask",
             goal=True,
         ),
@@ -146,7 +146,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 "random squares at SPL's cost",
                 one_round,
                 "= SPL's whole mask",
-                {"selection.selector": "random_regions", "selection.budget_fraction": matched_fraction},
+                {"selection.rule": "random_regions", "selection.budget_fraction": matched_fraction},
             )
         )
     others = seed is None or seed in plan.other_seeds
@@ -157,7 +157,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 "LabOR SPL",
                 one_round,
                 budget_label(fraction=frac),
-                {"selection.selector": "labor_spl", "selection.budget_fraction": frac},
+                {"selection.rule": "labor_spl", "selection.budget_fraction": frac},
                 rival="random_squares",
             ),
             Row(
@@ -165,7 +165,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 "random squares",
                 one_round,
                 budget_label(fraction=frac),
-                {"selection.selector": "random_regions", "selection.budget_fraction": frac},
+                {"selection.rule": "random_regions", "selection.budget_fraction": frac},
             ),
             Row(
                 "ripu_points",
@@ -173,7 +173,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 f"warm-up, {rounds} rounds",
                 budget_label(points=p // rounds, rounds=rounds),
                 {
-                    "selection.selector": "region_impurity",
+                    "selection.rule": "region_impurity",
                     "selection.points_per_image": p // rounds,
                     "selection.rounds": rounds,
                 },
@@ -185,7 +185,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 f"warm-up, {rounds} rounds",
                 budget_label(fraction=frac / rounds, rounds=rounds),
                 {
-                    "selection.selector": "region_impurity_regions",
+                    "selection.rule": "region_impurity_regions",
                     "selection.budget_fraction": frac / rounds,
                     "selection.rounds": rounds,
                 },
@@ -196,7 +196,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 "entropy",
                 one_round,
                 budget_label(points=p),
-                {"selection.selector": "entropy", "selection.points_per_image": p},
+                {"selection.rule": "entropy", "selection.points_per_image": p},
                 rival="random",
             ),
         ]
@@ -215,7 +215,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                     "random points",
                     one_round,
                     budget_label(points=points),
-                    {"selection.selector": "random", "selection.points_per_image": points},
+                    {"selection.rule": "random", "selection.points_per_image": points},
                 ),
             ]
     if plan.tzeng and (seed is None or seed == plan.seeds[0]):
@@ -317,7 +317,7 @@ def whole_mask_fraction(cfg: ExperimentConfig, checkpoint: str) -> dict:
     from trainers.labels import NO_LABELS
 
     spl = with_overrides(
-        cfg, {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.0}
+        cfg, {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.0}
     )
     ranker = Ranker(checkpoint, spl)
     pool_size = len(ranker.pool)
@@ -641,7 +641,7 @@ def render_markdown(
         f"{len(CLASS_SETS[cfg.data.class_set])} classes. Model `{cfg.model.name}` (width {cfg.model.width}); "
         f"source training {cfg.source.steps} steps.",
         f"- Every trial starts from the same warmed-up models (cached per seed): {cfg.warmup.steps} label-free "
-        f"steps in which G adapts with {warmup_losses(cfg)} and LabOR's selector "
+        f"steps in which G adapts with {warmup_losses(cfg)} and LabOR's selector network S "
         f"learns the target from G's pseudo labels (`{cfg.adapt.pseudo_label_rule}`) and the MCD discrepancy "
         f"(num_k {cfg.adapt.num_k}). Then every trial adapts {cfg.adapt.total_steps} steps in all "
         f"(`adapt.total_steps`), split over its rounds, through the product's own path (one Tune sweep per "

@@ -103,8 +103,8 @@ class ScaleRanker(Ranker):
             data.pool_images, data.height, data.width, num_classes, seed=cfg.seed, distinct_scenes=DISTINCT_SCENES
         )
         self.device = torch.device("cuda" if cfg.ranking.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
-        rule = RULES[cfg.selection.selector]
-        self.selector = rule.name
+        rule = RULES[cfg.selection.rule]
+        self.rule_name = rule.name
         heads = 2 if rule.reads == SELECTOR_NETWORK else 1
         self.network = CheapSegmenter(num_classes, num_heads=heads).to(self.device).eval()
         self.params = rule.params(cfg.selection, data.width)
@@ -134,7 +134,7 @@ class ScaleRanker(Ranker):
             digest = hashlib.blake2b(
                 np.asarray(labeled[0]).tobytes() + np.asarray(labeled[1]).tobytes(), digest_size=16
             ).hexdigest()
-        seed = None if self.selector in SEEDLESS else (image_id, round_index)
+        seed = None if self.rule_name in SEEDLESS else (image_id, round_index)
         return self.pool.scene(image_id), digest, seed
 
 
@@ -187,7 +187,7 @@ def pool_config(args: argparse.Namespace, pool_size: int, budget_pixels: int, wo
         "data.width": width,
         "data.class_set": "cityscapes19",
         "data.pool_images": pool_size,
-        "selection.selector": args.selector,
+        "selection.rule": args.selector,
         "ranking.num_actors": args.actors,
         "ranking.images_per_shard": args.images_per_shard,
         "ranking.cpus_per_actor": 1.0,

@@ -137,7 +137,7 @@ def print_selection(cfg: ExperimentConfig, figures: dict[str, float]) -> None:
     )
     print(f"| bare forward pass of S + softmax (1 thread) | {figures['forward_images_per_s']:.1f} images/s |")
     print(
-        f"| ranking in-process (forward + {cfg.selection.selector}, 1 thread) | "
+        f"| ranking in-process (forward + {cfg.selection.rule}, 1 thread) | "
         f"{figures['select_images_per_s']:.1f} images/s |"
     )
     for actors in (1, 2):
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = measure_selection(cfg, args.images, args.source_steps)
     print(
         f"machine: {machine_line()}; {int(figures['images'])} images of {cfg.data.height}x{cfg.data.width}, "
-        f"selector {cfg.selection.selector}, model {cfg.model.name}"
+        f"selector {cfg.selection.rule}, model {cfg.model.name}"
     )
     print("| measurement | figure |\n|---|---|")
     print_selection(cfg, figures)

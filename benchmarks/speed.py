@@ -52,7 +52,7 @@ def measure_driver_memory(
     from orchestrator.round.ranking import rank_pool
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
-    cfg = with_overrides(cfg, {"selection.selector": "labor_spl", "selection.budget_fraction": budget_fraction})
+    cfg = with_overrides(cfg, {"selection.rule": "labor_spl", "selection.budget_fraction": budget_fraction})
     budget_pixels = int(budget_fraction * images * cfg.data.height * cfg.data.width)
     figures: dict[str, float] = {"budget_pixels": budget_pixels}
     with tempfile.TemporaryDirectory(prefix="activeda-memory-") as scratch:
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine: {machine_line()}")
     print(
         f"images {cfg.data.height}x{cfg.data.width}, model {cfg.model.name} (width {cfg.model.width}), batch "
-        f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, selector {cfg.selection.selector}; "
+        f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, selector {cfg.selection.rule}; "
         f"{time.perf_counter() - started:.0f} s in all\n"
     )
     print("| measurement | figure |\n|---|---|")

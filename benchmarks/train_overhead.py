@@ -51,7 +51,7 @@ def _measure_training(cfg: ExperimentConfig, steps: int, workdir: Path) -> dict[
     started = time.perf_counter()
     plain = run_job(job).metrics
     plain_wall = time.perf_counter() - started
-    # The same job as a trial's last round runs it: LabOR's selector S carried over untrained.
+    # The same job as a trial's last round runs it: LabOR's selector network S carried over untrained.
     last_round = run_job(dataclasses.replace(job, train_selector_network=False)).metrics
 
     from orchestrator.cluster.ray_session import start_ray

@@ -274,7 +274,7 @@ def validate(cfg: ExperimentConfig) -> None:
             noun = {
                 "name": "model",
                 "format": "format",
-                "selector": "selector",
+                "rule": "rule",
                 "class_set": "class set",
                 "pool_split": "split",
                 "val_split": "split",
@@ -316,11 +316,11 @@ def validate(cfg: ExperimentConfig) -> None:
     pixels = cfg.data.height * cfg.data.width
     validate_procedure(cfg)
     whole_mask = cfg.selection.spl_mode == "whole_mask"
-    rule = RULES.get(cfg.selection.selector)  # None: no selection
+    rule = RULES.get(cfg.selection.rule)  # None: no selection
     if rule is not None and rule.kind == REGIONS and cfg.selection.budget_fraction <= 0 and not whole_mask:
         raise ConfigError(
             "selection.budget_fraction",
-            f"region selector '{cfg.selection.selector}' spends a pixel budget: set it > 0 (LabOR SPL used 0.022)",
+            f"region rule '{cfg.selection.rule}' spends a pixel budget: set it > 0 (LabOR SPL used 0.022)",
         )
     if cfg.selection.budget_fraction * cfg.selection.rounds > 1:
         raise ConfigError(
@@ -371,10 +371,10 @@ def validate_procedure(cfg: ExperimentConfig) -> None:
             f"{cfg.selection.rounds} rounds (at least one step per round)",
         )
     if cfg.selection.spl_mode == "whole_mask":
-        if cfg.selection.selector != "labor_spl":
+        if cfg.selection.rule != "labor_spl":
             raise ConfigError(
                 "selection.spl_mode",
-                f"'whole_mask' is LabOR SPL's rule; selector '{cfg.selection.selector}' takes 'budget'",
+                f"'whole_mask' is labor_spl's mode; rule '{cfg.selection.rule}' takes 'budget'",
             )
         if cfg.selection.budget_fraction > 0:
             raise ConfigError(

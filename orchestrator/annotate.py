@@ -13,8 +13,8 @@ File format (JSON, UTF-8; no pickle anywhere)::
      "images": [{"image_id": 3, "image": "<path of the pool image, for the annotation tool>",
                  "height": 64, "width": 128,
                  "original_height": 1024, "original_width": 2048,  # the original image's (and label's) size
-                 "points": [[y, x], ...]          # point selectors, in selection order
-                 or "mask_rle": [start, length, ...],  # region selectors: run-length mask
+                 "points": [[y, x], ...]          # point rules, in selection order
+                 or "mask_rle": [start, length, ...],  # region rules: run-length mask
                  "clicks": 4.0,
                  "labels": [...]}]}               # the answer: one class index per point, or per mask
                                                   # pixel in ascending row-major order; 255 = unsure

@@ -7,7 +7,7 @@ view of its latest trials, and serves until Ctrl-C (or SIGTERM), when the server
 group is stopped.
 
 The runs-table URL opens a saved *budget view* (trial runs only, best mIoU first, columns for mIoU,
-labeled fraction, clicks, labeled pixels, the swept parameters and the budget/selector tags). It is
+labeled fraction, clicks, labeled pixels, the swept parameters and the budget/rule tags). It is
 saved the way the MLflow UI's own "share view" does it: an experiment tag
 ``mlflow.sharedViewState.activeda-budgets`` (plain JSON; ``--no-view`` skips it). That tag is the only
 write the dashboard makes to the store.

@@ -117,7 +117,7 @@ def run_trial(
         run = tracking.client.create_run(
             tracking.experiment_id,
             run_name=f"run-{run_dir.name}",
-            tags={"activeda.kind": "run", "selector": cfg.selection.selector, **provenance_tags()},
+            tags={"activeda.kind": "run", "rule": cfg.selection.rule, **provenance_tags()},
         )
         run_id = run.info.run_id
         log_params(tracking.client, run_id, cfg.flat())

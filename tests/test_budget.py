@@ -213,7 +213,7 @@ if given is not None:
             assert len(np.unique(pixels)) == len(pixels)  # never the same pixel twice
             assert not labeled_of[image_id][pixels].any()  # never a labeled pixel
         if RULES[name].kind == POINTS:
-            # every unlabeled pixel is a candidate of a point selector asked for enough points
+            # every unlabeled pixel is a candidate of a point rule asked for enough points
             unlabeled = sum(int((~labeled).sum()) for _, _, labeled in images)
             assert result.spent_pixels == min(budget, unlabeled)
 else:  # pragma: no cover

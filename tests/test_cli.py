@@ -50,7 +50,7 @@ def test_help_shows_defaults_as_yaml_and_the_allowed_names():
     assert lines["data.source.root"].split()[1] == "''"
     assert lines["selection.unlabeled_classes"].split()[1] == "[]"
     assert "True" not in lines["data.augment.hflip"] and "False" not in lines["train.use_gpu"]
-    assert "one of: labor_ppl, labor_spl" in lines["selection.selector"]
+    assert "one of: labor_ppl, labor_spl" in lines["selection.rule"]
     assert "one of: small_segnet" in lines["model.name"]
 
 
@@ -76,7 +76,7 @@ def test_a_bare_word_that_is_not_key_value_is_refused(tmp_path, monkeypatch, cap
 
 def test_config_files_merge_in_order_later_files_win(tmp_path, monkeypatch):
     (tmp_path / "a.yaml").write_text(
-        "adapt:\n  steps: 5\n  lr: 0.25\nselection:\n  selector: labor_spl\n"
+        "adapt:\n  steps: 5\n  lr: 0.25\nselection:\n  rule: labor_spl\n"
         "sweep:\n  search_space: {seed: {grid: [0, 1]}}\n"
     )
     (tmp_path / "b.yaml").write_text(
@@ -85,7 +85,7 @@ def test_config_files_merge_in_order_later_files_win(tmp_path, monkeypatch):
     cfg = _config("--config", "a.yaml", "--config", "b.yaml", cwd=tmp_path, monkeypatch=monkeypatch)
     assert (cfg.adapt.steps, cfg.adapt.lr) == (6, 0.25)  # b wins key by key, a's other keys stay
     # Neither file alone is valid (labor_spl needs a pixel budget): the files are merged before validation.
-    assert (cfg.selection.selector, cfg.selection.budget_fraction) == ("labor_spl", 0.01)
+    assert (cfg.selection.rule, cfg.selection.budget_fraction) == ("labor_spl", 0.01)
     assert cfg.sweep.search_space == {"adapt.lr": {"grid": [0.1]}}  # a mapping value is replaced whole
     (tmp_path / "bad.yaml").write_text("adapt:\n  stepz: 1\n")
     with pytest.raises(ConfigError, match=r"'adapt.stepz': unknown key.*\(in 'bad.yaml'\)"):

@@ -44,8 +44,8 @@ def test_partial_yaml_keeps_defaults(tmp_path):
         (["adapt.lrr=0.1"], "config key 'adapt.lrr': unknown key; 'adapt' has: steps, batch_size, lr"),
         (["adpt.lr=0.1"], "config key 'adpt.lr': unknown section 'adpt'"),
         (
-            ["selection.selector=labor_pp"],
-            "config key 'selection.selector': unknown selector 'labor_pp'; choose one of: entropy, labor_ppl",
+            ["selection.rule=labor_pp"],
+            "config key 'selection.rule': unknown rule 'labor_pp'; choose one of: entropy, labor_ppl",
         ),
         (["selection.unlabeled_classes=pole"], "config key 'selection.unlabeled_classes': must be a list of strings"),
         (
@@ -160,7 +160,7 @@ def test_section_must_be_mapping(tmp_path):
         ({"adapt.lr": {"uniform": [1, 0.1]}}, "'uniform' needs low < high"),
         ({"adapt.lr": {"loguniform": [0, 0.1]}}, "'loguniform' needs low > 0"),
         ({"selection.points_per_image": {"grid": [5, 0]}}, "value 0 is invalid: must be >= 1, got 0"),
-        ({"selection.selector": {"choice": ["labor_ppl", "nope"]}}, "value 'nope' is invalid: unknown selector 'nope'"),
+        ({"selection.rule": {"choice": ["labor_ppl", "nope"]}}, "value 'nope' is invalid: unknown rule 'nope'"),
         ({"adapt.lr": {"grid": [1], "choice": [2]}}, "must be one of"),
     ],
 )

@@ -160,7 +160,7 @@ def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
     selector_before = [p.detach().clone() for p in models.selector.parameters()]
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
         losses = adaptation_step(models, optimizers, (images, labels), (images.flip(-1), labels), weights)
-    # Every update ran: G's target CE and adversarial term, Dis, theta_D, and LabOR's selector
+    # Every update ran: G's target CE and adversarial term, Dis, theta_D, and LabOR's selector network S
     # (supervised, then MCD's two discrepancy steps: heads, then backbone).
     assert {
         "target_ce",

@@ -135,7 +135,7 @@ def test_a_checkpoint_that_does_not_fit_names_the_first_bad_key(deeplabv2, tmp_p
 
 
 def test_deeplabv2_trains_a_step_at_batch_size_one():
-    """G and LabOR's selector S, both DeepLab-V2, at one source and one target image per step, with SGD."""
+    """G and LabOR's selector network S, both DeepLab-V2, at one source and one target image per step, with SGD."""
     from experiment_config import load_config
     from trainers.engine import build_adaptation_models, build_optimizers, loss_weights
     from trainers.step import adaptation_step

@@ -108,9 +108,9 @@ def test_ripu_points_keep_windows_of_earlier_rounds_blocked():
     "pairs, message",
     [
         ({"warmup.adversarial_weight": -1.0}, "config key 'warmup.adversarial_weight': must be >= 0"),
-        ({"selection.spl_mode": "whole_mask"}, "'whole_mask' is LabOR SPL's rule; selector 'labor_ppl'"),
+        ({"selection.spl_mode": "whole_mask"}, "'whole_mask' is labor_spl's mode; rule 'labor_ppl'"),
         (
-            {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.02},
+            {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.02},
             "config key 'selection.budget_fraction': must be 0 with selection.spl_mode=whole_mask",
         ),
         ({"selection.point_window": 4}, "config key 'selection.point_window': must be odd"),
@@ -238,7 +238,7 @@ def test_every_trial_of_a_comparison_trains_the_same_total_steps(tiny, in_proces
     cfg, source, _ = tiny
     common = {"adapt.total_steps": 4}
     trials = [
-        load_config(None, {**cfg.flat(), **common, "selection.rounds": rounds, "selection.selector": selector})
+        load_config(None, {**cfg.flat(), **common, "selection.rounds": rounds, "selection.rule": selector})
         for rounds, selector in ((1, "labor_ppl"), (2, "random"), (3, "region_impurity"))
     ]
     final_steps = [
@@ -255,7 +255,7 @@ def test_every_trial_of_a_comparison_trains_the_same_total_steps(tiny, in_proces
 
 def test_spl_whole_mask_buys_every_pixel_of_every_mask_and_counts_its_clicks(tiny, in_process, tmp_path):
     cfg, _, _ = tiny
-    spl = load_config(None, {**cfg.flat(), "selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"})
+    spl = load_config(None, {**cfg.flat(), "selection.rule": "labor_spl", "selection.spl_mode": "whole_mask"})
     reports = run_trial(spl, tiny, tmp_path, "spl")
     warmed = reports[0][1].model_checkpoint
     bought = LabelStore(Path(spl.output_dir) / "spl" / "labels").sparse_labels(only_round=1)
@@ -301,8 +301,8 @@ def test_a_case_that_sets_a_key_no_other_case_sets_gives_a_valid_trial_config():
     from experiment_config import ExperimentConfig, with_overrides
 
     cases = [
-        {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"},
-        {"selection.selector": "labor_ppl", "selection.points_per_image": 40},
+        {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask"},
+        {"selection.rule": "labor_ppl", "selection.points_per_image": 40},
     ]
     sweep = with_overrides(ExperimentConfig(), {"sweep.search_space": {"cases": {"grid": cases}}})
     trial = with_overrides(sweep, {"cases": cases[0]})  # once refused: case 2 was validated on top of case 1

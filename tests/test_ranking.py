@@ -130,7 +130,7 @@ def test_share_spread_scores_squares_by_their_share_of_the_images_free_pixels(se
     ckpt, cfg = setup
     config = cfg(
         **{
-            "selection.selector": "random_regions",
+            "selection.rule": "random_regions",
             "selection.budget_fraction": 0.01,
             "selection.region_spread": "score",
         }

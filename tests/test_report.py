@@ -24,20 +24,20 @@ POOL = 8 * 32 * 32  # labeled fraction = pixels / POOL
 
 
 def _rows() -> pd.DataFrame:
-    """Three trials, two selectors, rows deliberately out of order; one NaN mIoU (a dropped metric)."""
-    spec = {  # trial: (selector, budget, points per round, mIoU per round)
+    """Three trials, two rules, rows deliberately out of order; one NaN mIoU (a dropped metric)."""
+    spec = {  # trial: (rule, budget, points per round, mIoU per round)
         "trialAAA_00000": ("labor_ppl", "2 points/image x 2 rounds", 16, [0.20, 0.25, 0.30]),
         "trialBBB_00001": ("labor_ppl", "5 points/image x 2 rounds", 40, [0.20, 0.27, 0.33]),
         "trialCCC_00002": ("random_pick", "5 points/image x 2 rounds", 40, [0.20, 0.22, math.nan]),
     }
     rows = []
-    for trial, (selector, budget, per_round, mious) in spec.items():
+    for trial, (rule, budget, per_round, mious) in spec.items():
         for rnd, miou in enumerate(mious):
             pixels = per_round * rnd
             rows.append(
                 {
                     "trial_id": trial,
-                    "selector": selector,
+                    "rule": rule,
                     "budget": budget,
                     "round": rnd,
                     "labeled_pixels": pixels,
@@ -49,9 +49,9 @@ def _rows() -> pd.DataFrame:
     return pd.DataFrame(rows).sample(frac=1.0, random_state=3).reset_index(drop=True)
 
 
-def _trials_of(selector: str) -> set[str]:
+def _trials_of(rule: str) -> set[str]:
     rows = _rows()
-    return set(rows.loc[rows["selector"] == selector, "trial_id"])
+    return set(rows.loc[rows["rule"] == rule, "trial_id"])
 
 
 def test_budget_figure_draws_every_trial_in_both_panels_with_references_and_toggles():
@@ -69,17 +69,17 @@ def test_budget_figure_draws_every_trial_in_both_panels_with_references_and_togg
     assert list(by_trial["trialCCC_00002", "x"].y) == pytest.approx([0.20, 0.22])  # the NaN round is left out
     # Hover gives the details of each point.
     assert (
-        "trial trialAAA_00000<br>selector labor_ppl<br>budget 2 points/image x 2 rounds<br>round 2<br>mIoU 0.3000"
+        "trial trialAAA_00000<br>rule labor_ppl<br>budget 2 points/image x 2 rounds<br>round 2<br>mIoU 0.3000"
         "<br>labeled 0.391 %<br>clicks 32" in a.hovertext
     )
-    # One legend entry per trial (both panels share it), labeled selector and budget.
+    # One legend entry per trial (both panels share it), labeled rule and budget.
     shown = [t.name for t in trials if t.showlegend]
     assert shown == [
         "labor_ppl \u00b7 2 points/image x 2 rounds",
         "labor_ppl \u00b7 5 points/image x 2 rounds",
         "random_pick \u00b7 5 points/image x 2 rounds",
     ]
-    # Same selector and budget: same colour; another selector: another marker.
+    # Same rule and budget: same colour; another rule: another marker.
     colour = {t.legendgroup: (t.line.color, t.marker.symbol) for t in trials}
     assert colour["trialAAA_00000"][0] != colour["trialBBB_00001"][0]
     assert colour["trialAAA_00000"][1] == colour["trialBBB_00001"][1] != colour["trialCCC_00002"][1]
@@ -91,7 +91,7 @@ def test_budget_figure_draws_every_trial_in_both_panels_with_references_and_togg
     lines = {(shape.y0, shape.y1, shape.line.dash, shape.xref) for shape in layout.shapes}
     assert lines == {(v, v, dash, x) for v, dash in ((0.2, "dash"), (0.6, "dot")) for x in ("x domain", "x2 domain")}
     assert {"source-only 0.200", "oracle 0.600"} <= {note.text for note in layout.annotations}
-    # A toggle per selector that hides (then shows) exactly its trials' lines in both panels.
+    # A toggle per rule that hides (then shows) exactly its trials' lines in both panels.
     buttons = {b.label: b for b in layout.updatemenus[0].buttons}
     assert set(buttons) == {"labor_ppl: hide/show", "random_pick: hide/show"}
     ppl = buttons["labor_ppl: hide/show"]

@@ -26,7 +26,7 @@ POOL = 1000
 def sweep_rows() -> pd.DataFrame:
     """labor_ppl at 10 and 20 points (two seeds each, one round), random at 10 points with two settings
     (one seed), every trial with its round 0; per-class IoU for two classes."""
-    spec = [  # trial, selector, setting, budget, points, seed, mIoU after round 1
+    spec = [  # trial, rule, setting, budget, points, seed, mIoU after round 1
         ("t0", "labor_ppl", "", "10 points/image/round", 10, 0, 0.40),
         ("t1", "labor_ppl", "", "10 points/image/round", 10, 1, 0.44),
         ("t2", "labor_ppl", "", "20 points/image/round", 20, 0, 0.50),
@@ -35,12 +35,12 @@ def sweep_rows() -> pd.DataFrame:
         ("t5", "random", "confusion_weight=0.1", "10 points/image/round", 12, 0, 0.45),
     ]
     rows = []
-    for trial, selector, setting, budget, points, seed, miou in spec:
+    for trial, rule, setting, budget, points, seed, miou in spec:
         for rnd, value in ((0, 0.2 + 0.01 * seed), (1, miou)):
             rows.append(
                 {
                     "trial_id": trial,
-                    "selector": selector,
+                    "rule": rule,
                     "setting": setting,
                     "budget": budget,
                     "round": rnd,
@@ -91,7 +91,7 @@ def test_pareto_front_keeps_exactly_the_points_nothing_beats():
 
 def test_per_class_iou_of_every_trial_side_by_side():
     table = class_iou_table(sweep_rows())
-    assert list(table.columns) == ["trial_id", "selector", "setting", "budget", "rounds", "miou", "road", "pole"]
+    assert list(table.columns) == ["trial_id", "rule", "setting", "budget", "rounds", "miou", "road", "pole"]
     assert table["trial_id"].tolist() == ["t0", "t1", "t2", "t3", "t4", "t5"]
     row = table.set_index("trial_id").loc["t2"]
     assert (row["rounds"], row["miou"], row["road"], row["pole"]) == (1, 0.5, pytest.approx(0.8), pytest.approx(0.05))

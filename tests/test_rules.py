@@ -13,7 +13,7 @@ from conftest import ROOT
 from experiment_config import ConfigError, load_config
 from experiment_config import choices as light_lists
 from experiment_config.schema import NO_SELECTION, SelectionConfig
-from orchestrator.round.loop import selector_trains
+from orchestrator.round.loop import selector_network_trains
 from pixel_selectors import RegionQuery
 from pixel_selectors.apply import select_image
 from pixel_selectors.rules import KINDS, NETWORKS, REGIONS, RULES, SEGMENTER, SELECTOR_NETWORK, SelectionRule
@@ -29,7 +29,7 @@ def test_every_rule_has_one_record_naming_its_function_kind_network_and_window()
     assert [name for name, rule in RULES.items() if rule.tiles] == ["region_impurity_regions", "random_regions"]
     assert {name for name, rule in RULES.items() if rule.reads == SELECTOR_NETWORK} == {"labor_ppl", "labor_spl"}
     # The config offers exactly these names and keeps no list of its own.
-    offered = {f.name: f for f in dataclasses.fields(SelectionConfig)}["selector"].metadata["choices"]
+    offered = {f.name: f for f in dataclasses.fields(SelectionConfig)}["rule"].metadata["choices"]
     assert set(offered) == {*RULES, NO_SELECTION}
     assert not any(hasattr(light_lists, old) for old in ("SELECTORS", "SELECTOR_KIND"))
     with pytest.raises(ValueError, match="only a region rule can tile"):
@@ -48,9 +48,9 @@ def test_the_registry_and_the_config_import_without_torch():
 
 def test_the_config_refuses_an_unknown_rule_naming_the_choices():
     with pytest.raises(ConfigError) as err:
-        load_config(None, {"selection.selector": "labor_pp"})
+        load_config(None, {"selection.rule": "labor_pp"})
     choices = ", ".join(sorted([*RULES, NO_SELECTION]))
-    assert str(err.value) == f"config key 'selection.selector': unknown selector 'labor_pp'; choose one of: {choices}"
+    assert str(err.value) == f"config key 'selection.rule': unknown rule 'labor_pp'; choose one of: {choices}"
 
 
 def test_a_rules_kind_and_network_are_decided_by_its_record_alone(monkeypatch):
@@ -63,13 +63,13 @@ def test_a_rules_kind_and_network_are_decided_by_its_record_alone(monkeypatch):
         reads=SELECTOR_NETWORK,
         window_key="region_size",
     )
-    before = load_config(None, {"selection.selector": "random", "selection.rounds": 2})
-    assert not selector_trains(before, 1)  # random reads G: S need not train
+    before = load_config(None, {"selection.rule": "random", "selection.rounds": 2})
+    assert not selector_network_trains(before, 1)  # random reads G: S need not train
     monkeypatch.setitem(RULES, "random", changed)
     with pytest.raises(ConfigError, match="spends a pixel budget"):
-        load_config(None, {"selection.selector": "random"})
-    cfg = load_config(None, {"selection.selector": "random", "selection.budget_fraction": 0.1, "selection.rounds": 2})
-    assert selector_trains(cfg, 1)
+        load_config(None, {"selection.rule": "random"})
+    cfg = load_config(None, {"selection.rule": "random", "selection.budget_fraction": 0.1, "selection.rounds": 2})
+    assert selector_network_trains(cfg, 1)
     probs = [torch.full((3, 9, 9), 1 / 3)]
     query = select_image("random", probs, budget_pixels=9, params=changed.params(cfg.selection, 9))
     assert isinstance(query, RegionQuery) and query.num_pixels == 9

@@ -208,7 +208,7 @@ def test_step_without_selector_training_leaves_the_selector_untouched(setup):
     models, opt = setup
     source, target = batches()
     before = snapshot(models)
-    losses = adaptation_step(models, opt, source, target, ALL_ON, train_selector=False)
+    losses = adaptation_step(models, opt, source, target, ALL_ON, train_selector_network=False)
     after = snapshot(models)
     assert not changed(before, after, "selector")
     assert changed(before, after, "segmenter") and changed(before, after, "discriminator")

@@ -34,7 +34,7 @@ def test_outage_is_buffered_then_flushed_and_leftovers_are_kept(tmp_path, monkey
     experiment = client.create_experiment("s")
     parent = client.create_run(experiment).info.run_id
     logger = MlflowTrialLogger(
-        uri, "s", parent, lambda cfg: ({"p": 1}, {"selector": "x"}), unsent_path=str(tmp_path / "unsent.jsonl")
+        uri, "s", parent, lambda cfg: ({"p": 1}, {"rule": "x"}), unsent_path=str(tmp_path / "unsent.jsonl")
     )
     trial = SimpleNamespace(trial_id="t1", config={}, __str__=lambda self: "t1")
     logger.on_trial_start(0, [], trial)
@@ -122,7 +122,7 @@ def test_unsent_operations_are_replayed_in_order_once_the_store_is_back(tmp_path
         uri,
         "s",
         parent,
-        lambda cfg: ({"p": cfg["p"]}, {"selector": "x"}),
+        lambda cfg: ({"p": cfg["p"]}, {"rule": "x"}),
         trial_dir=folders.get,
         unsent_path=str(unsent),
     )

@@ -258,7 +258,7 @@ def _check_smoke_sweep(uri: str, cwd: Path) -> None:
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.data.params["selection.selector"] == cfg.selection.selector
+        assert run.data.params["selection.rule"] == cfg.selection.rule
         history = client.get_metric_history(run.info.run_id, "target/miou")
         assert sorted(m.step for m in history) == list(range(rounds + 1))  # step = round, round 0 = source model
         assert all(0.0 <= m.value <= 1.0 for m in history)

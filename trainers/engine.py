@@ -429,7 +429,7 @@ class Trajectory:
                 target,
                 weights,
                 all_reduce=(lambda t: dist.all_reduce(t)) if where.distributed else None,
-                train_selector=self.job.trains_selector_network,
+                train_selector_network=self.job.trains_selector_network,
             )
         for name, value in losses.items():
             self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value

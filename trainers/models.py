@@ -3,7 +3,7 @@
 ``SegmentationNet`` is a small fully convolutional network for the CPU; ``TorchvisionDeepLab``
 wraps torchvision's DeepLabV3 (ResNet-101, MobileNetV3) for real runs; ``DeepLabV2`` is the
 papers' model (DeepLab-V2 on ResNet-101 with the ASPP classifier, batch norm frozen). With
-``num_heads=1`` a network is the segmenter G; with ``num_heads=2`` it is LabOR's pixel selector S:
+``num_heads=1`` a network is the segmenter G; with ``num_heads=2`` it is LabOR's selector network S:
 one shared backbone F and two pixel classifiers C1, C2 whose disagreement marks uncertain pixels.
 
 ``load_start_checkpoint`` reads a released model file (a plain state dict: AdaptSegNet's,
@@ -409,7 +409,7 @@ def load_start_checkpoint(
     """Load a model file into ``model`` (all keys must fit), or raise ``StartCheckpointError`` naming
     the first key that does not: missing, of another shape, or one the model does not have.
 
-    ``include_heads=False`` loads everything but the pixel classifiers (the selector S's backbone, or
+    ``include_heads=False`` loads everything but the pixel classifiers (the selector network S's backbone, or
     ImageNet weights, which carry no segmentation classifier); the heads keep their own weights.
     """
     fit_start_state(model, read_state_dict(path), model_name, include_heads, f"{what} '{path}'")

@@ -72,7 +72,7 @@ def _run_on_worker(job: TrainJob) -> dict | None:
             resume_state = load_checkpoint(directory)
 
     def prepare(module: torch.nn.Module) -> torch.nn.Module:
-        # The selector's MCD step trains the heads alone, so some parameters get no gradient then.
+        # The selector network's MCD step trains the heads alone, so some parameters get no gradient then.
         return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
 
     every = job.config.adapt.checkpoint_every if job.mode == "adapt" else 0

@@ -7,8 +7,8 @@ label with, **in the original image's coordinates**:
 - ``labelstudio``: ``tasks.json`` (one task per image, the queries as pre-annotations labeled
   ``unsure``: key points, or one brush mask in Label Studio's RLE) and ``labeling_config.xml``
   (the class names in the Cityscapes palette);
-- ``coco``: ``coco.json`` with the queries as keypoints (point selectors) or as a compressed RLE
-  mask (region selectors, written by pycocotools), category ``unsure``;
+- ``coco``: ``coco.json`` with the queries as keypoints (point rules) or as a compressed RLE
+  mask (region rules, written by pycocotools), category ``unsure``;
 - ``png``: ``masks/<image id>.png``, 255 on the queried pixels, 0 elsewhere, and ``images.csv``.
 
 Imports (``annotate import --format ...``) read what the tool exports after people labeled

@@ -222,7 +222,7 @@ class LabelStore:
         return _join_rounds(_decode_rows(self.table(upto_round, only_round)))
 
     def labeled_coordinates(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """image id -> (ys, xs) already labeled, for selectors to exclude."""
+        """image id -> (ys, xs) already labeled, for rules to exclude."""
         return {i: (ys, xs) for i, (ys, xs, _) in self.sparse_labels().items()}
 
     def reader(

@@ -32,17 +32,17 @@ from trainers.job import TrainJob
 from trainers.train_loop import run_training
 
 
-def selector_trains(cfg: ExperimentConfig, round_index: int) -> bool:
-    """Whether round ``round_index``'s adaptation updates LabOR's pixel selector S.
+def selector_network_trains(cfg: ExperimentConfig, round_index: int) -> bool:
+    """Whether round ``round_index``'s adaptation updates LabOR's selector network S.
 
     S does nothing but rank pixels for a later round, and its three updates make an adaptation step
     2.4x as slow on the CPU (``python -m benchmarks.train_overhead``). So S trains only when a later round
-    of this trial ranks with it: not in the last round, and not for selectors that read G -- unless
-    PBT may switch a trial's selector between rounds.
+    of this trial ranks with it: not in the last round, and not for rules that read G -- unless
+    PBT may switch a trial's rule between rounds.
     """
     if round_index >= cfg.selection.rounds:
         return False
-    rule = RULES.get(cfg.selection.selector)  # None: no selection
+    rule = RULES.get(cfg.selection.rule)  # None: no selection
     return (rule is not None and rule.reads == SELECTOR_NETWORK) or cfg.sweep.scheduler == "pbt"
 
 
@@ -77,7 +77,7 @@ def run_experiment(
     oracle = Oracle(domains.target_pool, [domains.classes.index(name) for name in cfg.selection.unlabeled_classes])
     pool_pixels = len(domains.target_pool) * cfg.data.height * cfg.data.width
     tags = {
-        "selector": cfg.selection.selector,
+        "rule": cfg.selection.rule,
         "points_per_image": cfg.selection.points_per_image,
         "budget_fraction": cfg.selection.budget_fraction,
     }
@@ -105,7 +105,7 @@ def run_experiment(
         shortfall = 0
         if round_index in store.rounds():
             progress(f"round {round_index}: labels already bought, not ranking again")
-        elif cfg.selection.selector == NO_SELECTION:
+        elif cfg.selection.rule == NO_SELECTION:
             store.append_round(round_index, NO_SELECTION, [])  # unsupervised adaptation: no labels bought
         elif cfg.selection.oracle == "human":
             wait_for_annotators(checkpoint, cfg, domains, store, trial_dir, round_index, pool_pixels, progress)
@@ -117,7 +117,7 @@ def run_experiment(
                 progress(
                     f"round {round_index}: {shortfall} pixels short of the budget (the pool ran out of candidates)"
                 )
-            store.append_round(round_index, cfg.selection.selector, labeled)
+            store.append_round(round_index, cfg.selection.rule, labeled)
         select_s = time.perf_counter() - started
 
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
@@ -128,7 +128,7 @@ def run_experiment(
             init_checkpoint=checkpoint,
             labels=store.reader(upto_round=round_index, storage=storage_settings(cfg)),
             round=round_index,
-            train_selector_network=selector_trains(cfg, round_index),
+            train_selector_network=selector_network_trains(cfg, round_index),
             steps=round_steps(cfg, round_index),
             trial=trial_id,
         )
@@ -187,7 +187,7 @@ def wait_for_annotators(
         export_queries(
             path,
             round_index,
-            cfg.selection.selector,
+            cfg.selection.rule,
             domains.classes,
             queries,
             {i: files[i][0] for i in range(len(files))},

@@ -7,7 +7,7 @@ compact queries (coordinates and scores), never probability maps. An actor with 
 the GPU: the probabilities never leave it, only the queries do.
 
 The pool is cut into fixed shards of consecutive ids (``ranking.images_per_shard``) whatever the
-actor count, each shard is forwarded as one batch, and a selector is a pure function of one image's
+actor count, each shard is forwarded as one batch, and a rule is a pure function of one image's
 outputs: so one actor or eight return identical queries.
 
 This module imports Ray only where it starts actors: ``Ranker`` and ``rank_images`` are plain
@@ -49,7 +49,7 @@ def rank_images(
     images: torch.Tensor,
     image_ids: list[int],
     labeled: Mapping[int, tuple[np.ndarray, np.ndarray]],
-    selector: str,
+    rule: str,
     *,
     num_points: int,
     budget_pixels: int = 0,
@@ -73,7 +73,7 @@ def rank_images(
             ys, xs = labeled[image_id]
             mask = labeled_mask(ys, xs, height, width, device=images.device)
         query = select_image(
-            selector,
+            rule,
             probs,
             num_points=num_points,
             budget_pixels=budget_pixels,
@@ -88,7 +88,7 @@ def rank_images(
 
 
 class Ranker:
-    """Scores target images with the pixel selector S of one checkpoint (plain PyTorch)."""
+    """Scores target images with a selection rule on the network it reads (S or G) of one checkpoint (plain PyTorch)."""
 
     def __init__(self, checkpoint_dir: str, cfg: ExperimentConfig, threads: int = 1):
         torch.set_num_threads(max(1, threads))
@@ -98,8 +98,8 @@ class Ranker:
         self.device = torch.device("cuda" if cfg.ranking.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
         with local_checkpoint(checkpoint_dir, cfg) as directory:  # a checkpoint on S3 is fetched to this node
             models, _ = load_models(directory, cfg, len(domains.classes))
-        rule = RULES[cfg.selection.selector]
-        self.selector = rule.name
+        rule = RULES[cfg.selection.rule]
+        self.rule_name = rule.name
         network = models.selector if rule.reads == SELECTOR_NETWORK else models.segmenter
         self.network = network.to(self.device).eval()
         if self.device.type == "cuda":
@@ -145,10 +145,10 @@ class Ranker:
         max_share: float | None = None,
         prefetch_ids: list[int] | None = None,
     ) -> list[tuple[int, PointQuery | RegionQuery]]:
-        """Queries of each image. Point selectors give ``num_points`` points, or with a global
-        ``budget_pixels`` as many as the budget could use from one image; region selectors give
+        """Queries of each image. Point rules give ``num_points`` points, or with a global
+        ``budget_pixels`` as many as the budget could use from one image; region rules give
         their best regions covering at most the budget (what the driver's merge can use), tiling
-        selectors at most ``max_share`` of the image's free pixels (``select_image``).
+        rules at most ``max_share`` of the image's free pixels (``select_image``).
         ``labeled``: the pixels already labeled (the label store's reader: read here, for these images only).
         ``prefetch_ids``: the shard this actor will most likely be sent next; its images are decoded
         while this shard is ranked (the queries do not depend on it)."""
@@ -179,7 +179,7 @@ class Ranker:
                 images,
                 image_ids,
                 coordinates,
-                self.selector,
+                self.rule_name,
                 num_points=num_points,
                 budget_pixels=budget_pixels,
                 seeds=[image_seed(self.seed, round_index, i) for i in image_ids],
@@ -198,7 +198,7 @@ class Ranker:
 
 
 def image_seed(seed: int, round_index: int, image_id: int) -> int:
-    """The seed a selector gets for one image in one round: the same image gets the same draw
+    """The seed a rule gets for one image in one round: the same image gets the same draw
     whichever actor ranks it, and a new one each round."""
     return (seed * 1_000_003 + round_index) * 1_000_003 + image_id
 

@@ -40,7 +40,7 @@ def select_round(
     """
     width = cfg.data.width
     budget_pixels = int(round(cfg.selection.budget_fraction * pool_pixels))
-    rule = RULES[cfg.selection.selector]
+    rule = RULES[cfg.selection.rule]
     regions = rule.kind == REGIONS
     per_image: list[tuple[int, PointQuery]] = []
     merged = GlobalBudget(budget_pixels) if budget_pixels else None

@@ -52,7 +52,7 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
 
     if cfg.source.checkpoint:
         progress(
-            f"source model: G from {cfg.source.checkpoint} (not trained); the selector S gets its backbone "
+            f"source model: G from {cfg.source.checkpoint} (not trained); the selector network S gets its backbone "
             f"and fresh heads, which LabOR's selection needs trained first"
         )
     else:
@@ -122,7 +122,7 @@ def ensure_warmup_model(
     """The models round 1 starts from: (checkpoint location, their target metrics).
 
     With ``warmup.steps`` > 0: one label-free adaptation job from the source model (G adapts with
-    the warm-up's loss weights, LabOR's selector S learns the target from G's pseudo labels and the MCD
+    the warm-up's loss weights, LabOR's selector network S learns the target from G's pseudo labels and the MCD
     discrepancy), trained once per ``warmup_cache_key`` and cached like the source model; the
     metrics carry ``warmup/steps``. With 0 steps: the source model itself.
     """
@@ -138,7 +138,7 @@ def ensure_warmup_model(
         return storage.join(entry_location, "checkpoint"), json.loads(cached)
     progress(
         f"warm-up: {cfg.warmup.steps} label-free steps (G: {warmup_losses(cfg)}; "
-        f"LabOR's selector: pseudo labels ({cfg.adapt.pseudo_label_rule}) + MCD discrepancy)"
+        f"LabOR's selector network S: pseudo labels ({cfg.adapt.pseudo_label_rule}) + MCD discrepancy)"
     )
     job = TrainJob(
         mode="adapt",

@@ -273,11 +273,11 @@ def _run_config(sweep: _Sweep, parent: str, provenance: dict) -> tune.RunConfig:
 
 
 def _trial_params(cfg: ExperimentConfig, provenance: dict, sampled: dict) -> tuple[dict, dict]:
-    """A trial's MLflow params (its flattened config) and tags (provenance, selector, budget)."""
+    """A trial's MLflow params (its flattened config) and tags (provenance, rule, budget)."""
     trial_cfg = with_overrides(cfg, sampled)
     tags = {
         **provenance,
-        "selector": trial_cfg.selection.selector,
+        "rule": trial_cfg.selection.rule,
         "budget": f"{budget_label(trial_cfg)} x {trial_cfg.selection.rounds} rounds",
     }
     return trial_cfg.flat(), tags

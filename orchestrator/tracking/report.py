@@ -32,10 +32,10 @@ from matplotlib.colors import to_hex
 from trainers.data.palette import fallback_colours
 from trainers.files import atomic_write_text, staged
 
-ROW_COLUMNS = ("trial_id", "selector", "budget", "round", "labeled_fraction", "clicks", "miou")
+ROW_COLUMNS = ("trial_id", "rule", "budget", "round", "labeled_fraction", "clicks", "miou")
 SUMMARY_COLUMNS = (
     "trial_id",
-    "selector",
+    "rule",
     "budget",
     "rounds",
     "labeled_pixels",
@@ -46,8 +46,8 @@ SUMMARY_COLUMNS = (
     "gap_closed",
 )
 
-# One colour family per selector (a matplotlib sequential colormap), darker for larger budgets; the
-# marker tells the selector too (matplotlib's code, and plotly's name for the same shape).
+# One colour family per rule (a matplotlib sequential colormap), darker for larger budgets; the
+# marker tells the rule too (matplotlib's code, and plotly's name for the same shape).
 _FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr", "BuGn", "RdPu", "PuBu")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _PLOTLY_SYMBOLS = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down", "P": "cross"}
@@ -94,14 +94,14 @@ class _Series:
         self,
         index: int,
         trial_id: str,
-        selector: str,
+        rule: str,
         budget: str,
         label: str,
         colour: str,
         marker: str,
         frame: pd.DataFrame,
     ):
-        self.index, self.trial_id, self.selector, self.budget = index, trial_id, selector, budget
+        self.index, self.trial_id, self.rule, self.budget = index, trial_id, rule, budget
         self.label, self.colour, self.marker, self.frame = label, colour, marker, frame
 
     def points(self, x_column: str) -> pd.DataFrame:
@@ -112,40 +112,40 @@ class _Series:
 
 
 def _series(rows: pd.DataFrame) -> list[_Series]:
-    """One series per trial; colour per (selector, budget), marker per selector; labels made unique."""
+    """One series per trial; colour per (rule, budget), marker per rule; labels made unique."""
     data = rows.copy()
-    for column in ("trial_id", "selector", "budget"):
+    for column in ("trial_id", "rule", "budget"):
         data[column] = data[column].astype(str)
     for column in ("round", "labeled_fraction", "clicks", "miou"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
     data["labeled_pct"] = 100.0 * data["labeled_fraction"]
     # Budgets in the order of their size, so the legend reads from small to large.
     final = data.sort_values("round").groupby("trial_id", sort=False).tail(1)
-    order = final.sort_values(["selector", "labeled_fraction", "clicks", "budget", "trial_id"], kind="stable")
-    selectors = list(dict.fromkeys(order["selector"]))
-    groups = list(dict.fromkeys(zip(order["selector"], order["budget"])))
-    group_sizes = order.groupby(["selector", "budget"]).size().to_dict()
+    order = final.sort_values(["rule", "labeled_fraction", "clicks", "budget", "trial_id"], kind="stable")
+    rules = list(dict.fromkeys(order["rule"]))
+    groups = list(dict.fromkeys(zip(order["rule"], order["budget"])))
+    group_sizes = order.groupby(["rule", "budget"]).size().to_dict()
     colours = {}
-    for k, selector in enumerate(selectors):
-        budgets = [g for g in groups if g[0] == selector]
+    for k, rule in enumerate(rules):
+        budgets = [g for g in groups if g[0] == rule]
         cmap = plt.get_cmap(_FAMILIES[k % len(_FAMILIES)])
         for j, group in enumerate(budgets):
             shade = 0.75 if len(budgets) == 1 else 0.45 + 0.5 * j / (len(budgets) - 1)
             colours[group] = to_hex(cmap(shade))
     series = []
-    for i, (trial_id, selector, budget) in enumerate(zip(order["trial_id"], order["selector"], order["budget"])):
-        label = f"{selector} \u00b7 {budget}"
-        if group_sizes[(selector, budget)] > 1:
+    for i, (trial_id, rule, budget) in enumerate(zip(order["trial_id"], order["rule"], order["budget"])):
+        label = f"{rule} \u00b7 {budget}"
+        if group_sizes[(rule, budget)] > 1:
             label += f" ({trial_id})"
         series.append(
             _Series(
                 i,
                 trial_id,
-                selector,
+                rule,
                 budget,
                 label,
-                colours[(selector, budget)],
-                _MARKERS[selectors.index(selector) % len(_MARKERS)],
+                colours[(rule, budget)],
+                _MARKERS[rules.index(rule) % len(_MARKERS)],
                 data[data["trial_id"] == trial_id],
             )
         )
@@ -164,11 +164,11 @@ def budget_figure(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     """Every trial on its own, round by round: target mIoU against labeled fraction (%) and, in a
     second panel, against clicks (a plotly ``Figure``).
 
-    ``rows``: one row per (trial, round) with ``trial_id, selector, budget, round, labeled_fraction,
-    clicks, miou``. One line per trial and panel, points sorted by x; the colour tells the (selector,
-    budget), the marker the selector (trials sharing both get their id in the legend). A legend entry
-    hides or shows its trial in both panels; one toggle button per selector hides or shows all of its
-    trials. Hover a point for trial, selector, budget, round, mIoU, labeled % and clicks. The
+    ``rows``: one row per (trial, round) with ``trial_id, rule, budget, round, labeled_fraction,
+    clicks, miou``. One line per trial and panel, points sorted by x; the colour tells the (rule,
+    budget), the marker the rule (trials sharing both get their id in the legend). A legend entry
+    hides or shows its trial in both panels; one toggle button per rule hides or shows all of its
+    trials. Hover a point for trial, rule, budget, round, mIoU, labeled % and clicks. The
     ``source_only`` and ``oracle`` levels are dashed and dotted lines across both panels when given.
     """
     import plotly.graph_objects as go
@@ -185,11 +185,11 @@ def budget_figure(rows: pd.DataFrame, source_only: float | None = None, oracle: 
             if pts.empty:
                 continue
             hover = [
-                f"trial {e(s.trial_id)}<br>selector {e(s.selector)}<br>budget {e(s.budget)}<br>round {int(p['round'])}"
+                f"trial {e(s.trial_id)}<br>rule {e(s.rule)}<br>budget {e(s.budget)}<br>round {int(p['round'])}"
                 f"<br>mIoU {_fmt(p['miou'])}<br>labeled {_pct(p['labeled_fraction'])}<br>clicks {_num(p['clicks'])}"
                 for _, p in pts.iterrows()
             ]
-            of_selector.setdefault(s.selector, []).append(len(fig.data))
+            of_selector.setdefault(s.rule, []).append(len(fig.data))
             fig.add_trace(
                 go.Scatter(
                     x=pts[x_column],
@@ -218,15 +218,15 @@ def budget_figure(rows: pd.DataFrame, source_only: float | None = None, oracle: 
                 "y": 1.16,
                 "yanchor": "bottom",
                 "pad": {"r": 4, "t": 0},
-                # A toggle: the first click hides the selector's trials (kept in the legend), the next shows them.
+                # A toggle: the first click hides the rule's trials (kept in the legend), the next shows them.
                 "buttons": [
                     {
-                        "label": f"{e(selector)}: hide/show",
+                        "label": f"{e(rule)}: hide/show",
                         "method": "restyle",
                         "args": [{"visible": "legendonly"}, traces],
                         "args2": [{"visible": True}, traces],
                     }
-                    for selector, traces in of_selector.items()
+                    for rule, traces in of_selector.items()
                 ],
             }
         ],
@@ -248,7 +248,7 @@ def budget_curve(
     summary = summary_table(rows, source_only=source_only, oracle=oracle)
     note = (
         f"{summary.shape[0]} trial(s), each on its own, round by round. Hover a point for its details; click a "
-        f"legend entry to hide or show a trial (double-click: that trial alone), a selector's button to hide "
+        f"legend entry to hide or show a trial (double-click: that trial alone), a rule's button to hide "
         f"or show all of its trials."
     )
     sections = [("Final round of each trial", _html_table(summary, "summary", _NUMBER_FORMATS))]
@@ -264,7 +264,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     ``rounds`` is the final round number, ``gain`` = final mIoU - the trial's round-0 mIoU (NaN without
     a round 0), ``gap_closed`` = (mIoU - source_only) / (oracle - source_only) when both references are
     given and differ (else NaN). ``labeled_pixels`` is NaN when ``rows`` lacks that column. Sorted by
-    selector, then labeled fraction, then trial id.
+    rule, then labeled fraction, then trial id.
     """
     _check_columns(rows, ROW_COLUMNS, "summary_table")
     data = rows.copy()
@@ -275,10 +275,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
         data[column] = pd.to_numeric(data[column], errors="coerce")
     if data.empty:
         return pd.DataFrame(
-            {
-                c: pd.Series(dtype=float if c not in ("trial_id", "selector", "budget") else object)
-                for c in SUMMARY_COLUMNS
-            }
+            {c: pd.Series(dtype=float if c not in ("trial_id", "rule", "budget") else object) for c in SUMMARY_COLUMNS}
         )
     data = data.sort_values(["trial_id", "round"], kind="stable")
     final = data.groupby("trial_id", sort=False).tail(1).set_index("trial_id")
@@ -286,7 +283,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     out = pd.DataFrame(
         {
             "trial_id": final.index,
-            "selector": final["selector"].astype(str).to_numpy(),
+            "rule": final["rule"].astype(str).to_numpy(),
             "budget": final["budget"].astype(str).to_numpy(),
             "rounds": final["round"].astype(int).to_numpy(),
             "labeled_pixels": final["labeled_pixels"].to_numpy(dtype=float),
@@ -303,7 +300,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     pixels = out["labeled_pixels"]
     if pixels.notna().all() and np.all(np.mod(pixels, 1) == 0):
         out["labeled_pixels"] = pixels.astype(np.int64)
-    out = out.sort_values(["selector", "labeled_fraction", "trial_id"], kind="stable").reset_index(drop=True)
+    out = out.sort_values(["rule", "labeled_fraction", "trial_id"], kind="stable").reset_index(drop=True)
     return out[list(SUMMARY_COLUMNS)]
 
 
@@ -494,13 +491,13 @@ def write_iou_csv(per_class: Mapping[str, float], path: str | os.PathLike) -> Pa
 
 # ------------------------------------------------------------------------ curves per method and setting
 #
-# A trial is one (method, setting, budget, seed). What a reader compares is a *method* (the selector,
+# A trial is one (method, setting, budget, seed). What a reader compares is a *method* (the rule,
 # under one setting of the other swept keys) across budgets and rounds: one curve through every
 # budget and round of it, averaged over seeds, starting at the source-only model (round 0).
 
 CURVE_COLUMNS = (
     "curve",
-    "selector",
+    "rule",
     "setting",
     "budget",
     "round",
@@ -513,8 +510,8 @@ CURVE_COLUMNS = (
 )
 
 
-def _curve_name(selector: str, setting: str) -> str:
-    return f"{selector} \u00b7 {setting}" if setting else selector
+def _curve_name(rule: str, setting: str) -> str:
+    return f"{rule} \u00b7 {setting}" if setting else rule
 
 
 def _point_label(budget: str, round_index: int) -> str:
@@ -529,8 +526,8 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per point of each method's curve, with the columns of ``CURVE_COLUMNS``.
 
     ``rows``: one row per (trial, round) as for ``budget_curve``, optionally with ``setting`` (the
-    trial's swept keys other than the selector, the budget and the seed; '' when absent). A curve is
-    one (selector, setting); its points are every (budget, round >= 1) of its trials, with the
+    trial's swept keys other than the rule, the budget and the seed; '' when absent). A curve is
+    one (rule, setting); its points are every (budget, round >= 1) of its trials, with the
     labeled fraction, clicks and mIoU averaged over the trials that share them (seeds), and the
     source-only model (round 0) as the first point. ``miou_std`` is the standard deviation over
     those trials (NaN for one trial). Sorted by curve, then labeled fraction, then round.
@@ -538,7 +535,7 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
     _check_columns(rows, ROW_COLUMNS, "method_curves")
     data = rows.copy()
     data["setting"] = data["setting"].fillna("").astype(str) if "setting" in data.columns else ""
-    for column in ("selector", "budget"):
+    for column in ("rule", "budget"):
         data[column] = data[column].astype(str)
     for column in ("round", "labeled_fraction", "clicks", "miou"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
@@ -548,7 +545,7 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
     data["round"] = data["round"].astype(int)
     # Round 0 is the same source model for every budget of a curve: one point, not one per budget.
     data.loc[data["round"] == 0, "budget"] = ""
-    keys = ["selector", "setting", "budget", "round"]
+    keys = ["rule", "setting", "budget", "round"]
     grouped = data.groupby(keys, sort=False, dropna=False)
     points = grouped.agg(
         trials=("miou", "size"),
@@ -557,7 +554,7 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
         miou=("miou", "mean"),
         miou_std=("miou", "std"),
     ).reset_index()
-    points["curve"] = [_curve_name(s, t) for s, t in zip(points["selector"], points["setting"])]
+    points["curve"] = [_curve_name(s, t) for s, t in zip(points["rule"], points["setting"])]
     points["point_label"] = [_point_label(b, r) for b, r in zip(points["budget"], points["round"])]
     points = points.sort_values(["curve", "labeled_fraction", "round", "budget"], kind="stable").reset_index(drop=True)
     return points[list(CURVE_COLUMNS)]
@@ -580,8 +577,8 @@ def class_iou_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per-class IoU of every trial at its final round, side by side (the papers' 19-column table).
 
     ``rows`` carries one ``iou/<class>`` column per class (classes in column order). Columns:
-    ``trial_id, selector, setting, budget, rounds, miou``, then one per class (bare class names).
-    Sorted by selector, setting, labeled fraction and trial id.
+    ``trial_id, rule, setting, budget, rounds, miou``, then one per class (bare class names).
+    Sorted by rule, setting, labeled fraction and trial id.
     """
     _check_columns(rows, ROW_COLUMNS, "class_iou_table")
     classes = [c for c in rows.columns if str(c).startswith("iou/")]
@@ -590,11 +587,11 @@ def class_iou_table(rows: pd.DataFrame) -> pd.DataFrame:
     data["setting"] = data["setting"].fillna("").astype(str) if "setting" in data.columns else ""
     data = data.sort_values(["trial_id", "round"], kind="stable")
     final = data.groupby("trial_id", sort=False).tail(1)
-    final = final.sort_values(["selector", "setting", "labeled_fraction", "trial_id"], kind="stable")
+    final = final.sort_values(["rule", "setting", "labeled_fraction", "trial_id"], kind="stable")
     out = pd.DataFrame(
         {
             "trial_id": final["trial_id"].to_numpy(),
-            "selector": final["selector"].astype(str).to_numpy(),
+            "rule": final["rule"].astype(str).to_numpy(),
             "setting": final["setting"].to_numpy(),
             "budget": final["budget"].astype(str).to_numpy(),
             "rounds": final["round"].astype(int).to_numpy(),
@@ -617,11 +614,11 @@ def write_table(df: pd.DataFrame, out_dir: str | os.PathLike, stem: str) -> tupl
 
 
 def _curve_styles(curves: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """(colour, matplotlib marker) per curve: one colour family per selector, a shade per setting."""
+    """(colour, matplotlib marker) per curve: one colour family per rule, a shade per setting."""
     styles = {}
-    selectors = list(dict.fromkeys(curves["selector"]))
-    for k, selector in enumerate(selectors):
-        names = list(dict.fromkeys(curves.loc[curves["selector"] == selector, "curve"]))
+    rules = list(dict.fromkeys(curves["rule"]))
+    for k, rule in enumerate(rules):
+        names = list(dict.fromkeys(curves.loc[curves["rule"] == rule, "curve"]))
         cmap = plt.get_cmap(_FAMILIES[k % len(_FAMILIES)])
         for j, name in enumerate(names):
             shade = 0.75 if len(names) == 1 else 0.5 + 0.45 * j / (len(names) - 1)
@@ -910,7 +907,7 @@ def report_page(
     class_columns = list(classes.columns[6:])
     class_formats = {**_NUMBER_FORMATS, **dict.fromkeys(class_columns, _fmt)}
     note = (
-        "One curve per method (selector) and setting of the other swept keys, through every budget and round "
+        "One curve per method (rule) and setting of the other swept keys, through every budget and round "
         "of its trials (averaged over seeds; error bars: standard deviation), from the source-only model. Each "
         "point is labeled with its budget. Hover a point for details; click a legend entry to hide a curve, "
         "double-click to show it alone. The dashed black step line is the Pareto front in clicks: the points "

@@ -36,6 +36,17 @@ from .schema import (
     storage_uri_problem,
 )
 
+# Keys renamed since earlier versions: a config that still uses one is refused, naming the new key.
+RENAMED_KEYS = {"selection.selector": "selection.rule"}  # renamed key: the old name stays here
+
+
+def renamed_problem(key: str) -> str | None:
+    """Why ``key`` is refused when it is a renamed key (None when it is not)."""
+    if key not in RENAMED_KEYS:
+        return None
+    return f"renamed to '{RENAMED_KEYS[key]}' (the selection rule; 'selector' names only LabOR's selector network S)"
+
+
 # --- loading, overriding, validating ---------------------------------------------------------
 
 
@@ -161,6 +172,9 @@ def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> Experimen
     search space unless the pairs set one.
     """
     pairs = dict(pairs)
+    for key in pairs:
+        if renamed_problem(key):
+            raise ConfigError(key, renamed_problem(key))
     case = pairs.pop(CASES_AXIS, None)
     if case is not None:
         if not isinstance(case, Mapping):
@@ -212,7 +226,7 @@ def _build(cls, raw: Any, prefix: str):
     unknown = [k for k in raw if k not in fields]
     if unknown:
         key = f"{prefix}{unknown[0]}"
-        raise ConfigError(key, f"unknown key; allowed here: {', '.join(fields)}")
+        raise ConfigError(key, renamed_problem(key) or f"unknown key; allowed here: {', '.join(fields)}")
     kwargs = {}
     for name, value in raw.items():
         ftype = hints[name]
@@ -415,6 +429,8 @@ def validate_search_space(cfg: ExperimentConfig) -> None:
     meta = field_meta(cfg)
     for key, spec in space.items():
         where = f"sweep.search_space.{key}"
+        if renamed_problem(key):
+            raise ConfigError(where, renamed_problem(key))
         if key == CASES_AXIS:
             _validate_cases(cfg, spec, where)
             continue
@@ -460,6 +476,8 @@ def _validate_cases(cfg: ExperimentConfig, spec: Any, where: str) -> None:
         if not isinstance(case, Mapping) or not case:
             raise ConfigError(where, f"case {number} must be a non-empty mapping of config keys, got {case!r}")
         for key in case:
+            if renamed_problem(key):
+                raise ConfigError(where, f"case {number}: '{key}' {renamed_problem(key)}")
             if key.startswith("sweep.") or key not in meta:
                 raise ConfigError(where, f"case {number}: '{key}' is not a tunable config key")
             if key in other_axes:

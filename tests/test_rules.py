@@ -76,3 +76,36 @@ def test_a_rules_kind_and_network_are_decided_by_its_record_alone(monkeypatch):
     assert np.array_equal(
         query.indices, select_image("random_regions", probs, budget_pixels=9, params={"k": 3}).indices
     )
+
+
+def test_a_config_that_still_names_the_rule_selector_is_refused_naming_the_new_key(tmp_path, monkeypatch):
+    import yaml
+
+    from experiment_config.loading import RENAMED_KEYS
+    from orchestrator import command_line
+    from orchestrator.sweep.command import build_parser
+
+    ((old, new),) = RENAMED_KEYS.items()
+    section, leaf = old.split(".")
+    problem = f"renamed to '{new}' (the selection rule; 'selector' names only LabOR's selector network S)"
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({section: {leaf: "labor_spl"}}))
+    monkeypatch.chdir(tmp_path)
+    via_set = f"config key '{old}': {problem}"
+    attempts = [
+        (f"{via_set} (in 'old.yaml')", lambda: load_config("old.yaml")),
+        (via_set, lambda: load_config(None, {old: "random"})),
+        (via_set, lambda: command_line.resolve_config(command_line.parse_args(build_parser(), [f"{old}=random"]))),
+        (
+            f"config key 'sweep.search_space.{old}': {problem}",
+            lambda: load_config(None, {"sweep.search_space": {old: {"grid": ["random", "entropy"]}}}),
+        ),
+        (
+            f"config key 'sweep.search_space.cases': case 1: '{old}' {problem}",
+            lambda: load_config(None, {"sweep.search_space": {"cases": {"grid": [{old: "random"}]}}}),
+        ),
+    ]
+    for message, attempt in attempts:
+        with pytest.raises(ConfigError) as err:
+            attempt()
+        assert str(err.value) == message
+    assert load_config(None, {new: "random"}).selection.rule == "random"

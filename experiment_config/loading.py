@@ -136,8 +136,10 @@ def read_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "malformed YAML"
         raise ConfigError("", f"config file '{path}' is not valid YAML{where}: {problem}") from None
-    if raw is None:
-        return {}
+    if raw is None:  # empty, or only comments: most likely the wrong file, never a wish for the defaults
+        raise ConfigError(
+            "", f"config file '{path}' holds no mapping of sections (it is empty); give at least one section"
+        )
     if not isinstance(raw, dict):
         raise ConfigError("", f"config file '{path}' must hold a mapping of sections, not {type(raw).__name__}")
     return raw

@@ -16,6 +16,7 @@ from pathlib import Path
 from experiment_config import ConfigError
 from orchestrator.command_line import (
     EXIT_BAD_INPUT,
+    HelpFormatter,
     add_trial_arguments,
     config_epilog,
     parse_args,
@@ -25,10 +26,10 @@ from orchestrator.command_line import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.run",
+        prog="activeda run",
         description=__doc__,
-        epilog=config_epilog("python -m orchestrator.run"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=config_epilog("activeda run"),
+        formatter_class=HelpFormatter,
     )
     add_trial_arguments(parser)  # the sweep's options, minus the sweep-only ones
     return parser

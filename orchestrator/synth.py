@@ -11,13 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainers.data.synthetic import write_synthetic_domains
+from orchestrator.command_line import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="activeda synth", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist or be empty)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument(
@@ -33,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
         "--difficulty", type=float, default=1.0, help="target style strength, 0 (source-like) to 2 (harsh); default 1"
     )
     args = parser.parse_args(argv)
+    from trainers.data.synthetic import write_synthetic_domains  # torch: only once the arguments are good
+
     problems = [
         (args.images < 2, "--images must be >= 2"),
         (args.seed < 0, "--seed must be >= 0"),

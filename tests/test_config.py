@@ -226,3 +226,14 @@ def test_a_pbt_trial_with_a_case_keeps_the_axes_pbt_mutates():
     trial = with_overrides(base, {"cases": space["cases"]["grid"][1], "adapt.confusion_weight": 0.3})
     assert trial.sweep.search_space == {"adapt.confusion_weight": {"uniform": [0.0, 1.0]}}
     assert (trial.adapt.lr, trial.selection.points_per_image, trial.adapt.confusion_weight) == (1.0, 3, 0.3)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_a_config_file_that_holds_no_mapping_is_refused_in_one_line(tmp_path, text):
+    (tmp_path / "empty.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "empty.yaml")
+    assert (
+        str(err.value)
+        == f"config file '{tmp_path / 'empty.yaml'}' holds no mapping of sections (it is empty); give at least one section"
+    )

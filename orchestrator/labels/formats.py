@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.labels import FORMATS
 from pixel_selectors.encoding import rle_decode
 from trainers.data.coordinates import label_coordinates
 from trainers.files import atomic_write_json, atomic_write_text, staged
 
 UNSURE = "unsure"
 IGNORE = 255
-FORMATS = ("labelstudio", "coco", "png")
 
 
 class FormatError(ValueError):

@@ -15,6 +15,7 @@ from orchestrator.command_line import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_TRIALS_FAILED,
+    HelpFormatter,
     add_trial_arguments,
     config_epilog,
     parse_args,
@@ -35,11 +36,11 @@ log = logging.getLogger("activeda")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.sweep",
+        prog="activeda sweep",
         description="Run a Ray Tune sweep of active domain-adaptation trials (LabOR pixel selection, "
         "Ray Train adaptation) and log every trial to MLflow.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=config_epilog("python -m orchestrator.sweep"),
+        formatter_class=HelpFormatter,
+        epilog=config_epilog("activeda sweep"),
     )
     add_trial_arguments(parser)
     parser.add_argument(

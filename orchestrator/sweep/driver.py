@@ -48,14 +48,13 @@ from orchestrator.sweep.tune_setup import (
     parameter_columns,
     read_early_stops,
 )
-from orchestrator.tracking.mlflow_runs import MlflowTrialLogger, SweepTracking, display_uri, provenance_tags
+from orchestrator.tracking.mlflow_runs import UNSENT_FILE, SweepTracking, display_uri, provenance_tags
 from orchestrator.tracking.tensorboard import RoundTensorBoard
+from orchestrator.tracking.trial_logger import MlflowTrialLogger
 from trainers.data import domain_roots
 from trainers.models import pretrained_status
 
 log = logging.getLogger("activeda")
-
-UNSENT_FILE = "mlflow-unsent.jsonl"  # in the sweep folder: MLflow operations not sent yet
 
 
 def run_sweep(

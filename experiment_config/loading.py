@@ -315,7 +315,7 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.source.checkpoint and not Path(cfg.source.checkpoint).is_file():
         raise ConfigError("source.checkpoint", f"file '{cfg.source.checkpoint}' does not exist")
     min_batch = MIN_BATCH_SIZE.get(cfg.model.name, 1)
-    for section in ("source", "adapt"):
+    for section in ("source", "adapt", "warmup"):
         if getattr(cfg, section).batch_size < min_batch:
             raise ConfigError(
                 f"{section}.batch_size",

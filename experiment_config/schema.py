@@ -243,6 +243,17 @@ class AdaptConfig(TrainingStageConfig):
         0.5, "share of each class's most confident pixels kept as pseudo labels", min=0.0, max=1.0, min_exclusive=True
     )
     discrepancy_weight: float = _opt(1.0, "LabOR selector heads: MCD discrepancy weight (0: off)", min=0.0)
+    selector_source_ce: bool = _opt(
+        False,
+        "LabOR's selector network S also learns the source labels (CE on source, as MCD's step A) "
+        "after source training; false: the paper's description, S learns the target from G's "
+        "pseudo labels (and the labeled target pixels)",
+    )
+    selector_backbone_step: bool = _opt(
+        False,
+        "S's backbone F also minimises the heads' discrepancy, adapt.num_k times per step (MCD's "
+        "step C, min-max); false: the paper's description, only the heads maximise it",
+    )
     checkpoint_every: int = _opt(0, "also checkpoint every N steps within a round (0: only at the end)", min=0)
     total_steps: int = _opt(
         0,
@@ -252,7 +263,10 @@ class AdaptConfig(TrainingStageConfig):
         min=0,
     )
     num_k: int = _opt(
-        4, "MCD: backbone (F) discrepancy updates per step of LabOR's selector network S (MCD_DA's num_k)", min=1
+        4,
+        "MCD: backbone (F) discrepancy updates per step of LabOR's selector network S (MCD_DA's num_k), "
+        "with adapt.selector_backbone_step",
+        min=1,
     )
     pseudo_label_rule: str = _opt(
         "iast",
@@ -283,19 +297,78 @@ class AdaptConfig(TrainingStageConfig):
 
 
 @dataclass
-class WarmupConfig:
+class WarmupConfig(TrainingStageConfig):
+    """LabOR's label-free start, in the paper's order (its Fig. 2): G adapts first (``steps``, AdaptSeg's
+    output-space adversarial training with its own optimizer and schedule), then LabOR's selector
+    network S learns the target from the frozen, warmed-up G's pseudo labels (``selector_steps``).
+    The defaults are AdaptSegNet's recipe, the learning rate scaled to the bundled domains."""
+
     steps: int = _opt(
         300,
-        "label-free adaptation steps before round 1 (cached per setting, shared by every trial): "
-        "G adapts with the warm-up's losses and LabOR's selector network S learns the target from G's "
-        "pseudo labels and the MCD discrepancy, so round 1 ranks with a selector network S that has seen "
-        "the target (LabOR's order); 0: round 1 ranks with the source model",
+        "label-free adaptation steps of G before round 1 (cached per setting, shared by every trial): "
+        "G adapts with the warm-up's losses and optimizer, then LabOR's selector network S learns "
+        "the target from the frozen G's pseudo labels (warmup.selector_steps), so round 1 ranks with "
+        "a selector network S that has seen the target (LabOR's order); 0: no warm-up, round 1 "
+        "ranks with the source model",
+        min=0,
+    )
+    batch_size: int = _opt(4, "source images, and as many target images, per warm-up step per Train worker", min=1)
+    lr: float = _opt(
+        2.5e-3,
+        "learning rate of G in the warm-up (AdaptSegNet: 2.5e-4 for DeepLab-V2 at batch 1 over 150000 "
+        "steps; the bundled default is 10x that, for a small network trained from scratch in 300 "
+        "steps, where 2.5e-4 leaves G where the source model was)",
+        min=0.0,
+        min_exclusive=True,
+    )
+    optimizer: str = _opt(
+        "sgd",
+        "optimizer of G in the warm-up: 'sgd' (SGD with momentum, as AdaptSegNet) or 'adam'",
+        choices=dict.fromkeys(OPTIMIZERS),
+    )
+    momentum: float = _opt(0.9, "SGD momentum of G in the warm-up (AdaptSegNet: 0.9)", min=0.0, max=1.0)
+    weight_decay: float = _opt(5e-4, "L2 weight decay of G in the warm-up (AdaptSegNet: 5e-4)", min=0.0)
+    lr_power: float = _opt(
+        0.9,
+        "polynomial decay of G's and the discriminator's learning rates over the warm-up's G "
+        "steps: lr x (1 - step / steps) ^ lr_power (AdaptSegNet: 0.9; 0: constant)",
+        min=0.0,
+    )
+    head_lr_factor: float = _opt(
+        10.0,
+        "learning rate of G's pixel classifier over its backbone's in the warm-up (AdaptSegNet: 10)",
+        min=0.0,
+        min_exclusive=True,
+    )
+    lr_decay_steps: int = _opt(
+        0,
+        "steps the warm-up's decay spans (0: warmup.steps; AdaptSegNet decays over 250000 for 150000 trained)",
         min=0,
     )
     adversarial_weight: float = _opt(
-        0.001, "G's AdaptSeg output-space adversarial loss in the warm-up (LabOR's UDA model; 0: off)", min=0.0
+        0.001,
+        "G's AdaptSeg output-space adversarial loss in the warm-up (LabOR's UDA model; AdaptSegNet: "
+        "0.001 at the output level; 0: off)",
+        min=0.0,
+    )
+    discriminator_lr: float = _opt(
+        1e-4,
+        "Adam learning rate of the warm-up's output-space discriminator (betas 0.9, 0.99; decays with "
+        "G's; AdaptSegNet: 1e-4)",
+        min=0.0,
+        min_exclusive=True,
+    )
+    discriminator_width: int = _opt(
+        64, "base width of the warm-up's output-space discriminator (AdaptSegNet: ndf = 64)", min=1
     )
     confusion_weight: float = _opt(0.0, "G's Tzeng domain confusion in the warm-up (0: off)", min=0.0)
+    selector_steps: int = _opt(
+        300,
+        "steps of LabOR's selector network S after G's warm-up, on the frozen, warmed-up G's pseudo "
+        "labels (G is not updated), with adapt's optimizer; 0: S keeps the source model's weights "
+        "(LabOR's first selection then ranks with an S that has never seen the target)",
+        min=0,
+    )
 
 
 @dataclass
@@ -489,6 +562,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "adapt.steps": 10,
     "adapt.batch_size": 2,
     "warmup.steps": 0,  # the warm-up is one more Ray Train job; --set warmup.steps=5 runs it
+    "warmup.selector_steps": 5,  # (and then S's 5 steps on the frozen G)
     "selection.points_per_image": 5,
     "ranking.num_actors": 1,
     "ranking.images_per_shard": 4,

@@ -111,7 +111,9 @@ class SweepResults:
     """A sweep's results. ``rounds``: one row per (trial, round) with ``trial_id, rule, setting,
     budget, round, labeled_pixels, labeled_fraction, clicks, miou`` and ``iou/<class>``; ``trials``:
     one row per trial at its final round (``report.summary_table``: with ``gain`` and ``gap_closed``)
-    and its sampled keys; ``class_iou``: per-class IoU of every trial at its final round."""
+    and its sampled keys; ``class_iou``: per-class IoU of every trial at its final round. The levels:
+    ``source_only`` (the source model), ``warmup`` (after the label-free warm-up, every trial's round
+    0; None without one) and ``oracle``, each None when not found."""
 
     config: ExperimentConfig
     rounds: pd.DataFrame
@@ -119,6 +121,7 @@ class SweepResults:
     class_iou: pd.DataFrame
     source_only: float | None
     oracle: float | None
+    warmup: float | None = None
 
 
 def load_sweep(sweep_dir: str | Path) -> SweepResults:
@@ -154,14 +157,14 @@ def load_sweep(sweep_dir: str | Path) -> SweepResults:
         if frames
         else pd.DataFrame()
     )
-    source_only = _source_only(rounds)
+    source_only, warmup = _source_only(cfg, rounds), _warmup(cfg)
     oracle = _oracle(cfg)
     if rounds.empty:
-        return SweepResults(cfg, rounds, pd.DataFrame(), pd.DataFrame(), source_only, oracle)
+        return SweepResults(cfg, rounds, pd.DataFrame(), pd.DataFrame(), source_only, oracle, warmup)
     trials = summary_table(rounds, source_only=source_only, oracle=oracle)
     keys = pd.DataFrame([{"trial_id": trial_id, **_flat_sample(values)} for trial_id, values in sampled.items()])
     trials = trials.merge(keys, on="trial_id", how="left")
-    return SweepResults(cfg, rounds, trials, class_iou_table(rounds), source_only, oracle)
+    return SweepResults(cfg, rounds, trials, class_iou_table(rounds), source_only, oracle, warmup)
 
 
 def _flat_sample(sampled: Mapping[str, Any]) -> dict:
@@ -171,17 +174,30 @@ def _flat_sample(sampled: Mapping[str, Any]) -> dict:
     return out
 
 
-def _source_only(rounds: pd.DataFrame) -> float | None:
-    if rounds.empty or not (rounds["round"] == 0).any():
-        return None
+def _cached_miou(cfg: ExperimentConfig, folder: str, key: str) -> float | None:
+    metrics = Path(cfg.output_dir) / folder / key / "metrics.json"
+    return float(json.loads(metrics.read_text())["target/miou"]) if metrics.is_file() else None
+
+
+def _source_only(cfg: ExperimentConfig, rounds: pd.DataFrame) -> float | None:
+    """The source model's mIoU (its cache entry; round 0 is the source model only without a warm-up)."""
+    from orchestrator.round.start_models import source_cache_key
+
+    cached = _cached_miou(cfg, "source-models", source_cache_key(cfg))
+    if cached is not None or cfg.warmup.steps or rounds.empty or not (rounds["round"] == 0).any():
+        return cached
     return float(rounds.loc[rounds["round"] == 0, "miou"].iloc[0])
+
+
+def _warmup(cfg: ExperimentConfig) -> float | None:
+    """G's mIoU after the label-free warm-up (its cache entry; None without a warm-up)."""
+    from orchestrator.round.start_models import warmup_cache_key
+
+    return _cached_miou(cfg, "warmup-models", warmup_cache_key(cfg)) if cfg.warmup.steps else None
 
 
 def _oracle(cfg: ExperimentConfig) -> float | None:
     """The cached oracle reference of the sweep's settings, when it was computed (local storage)."""
-    from orchestrator.round.start_models import ORACLE_CACHE_SECTIONS
+    from orchestrator.round.start_models import oracle_cache_key
 
-    metrics = Path(cfg.output_dir) / "oracle-references" / cfg.hash(*ORACLE_CACHE_SECTIONS) / "metrics.json"
-    if not cfg.sweep.oracle_reference or not metrics.is_file():
-        return None
-    return float(json.loads(metrics.read_text())["target/miou"])
+    return _cached_miou(cfg, "oracle-references", oracle_cache_key(cfg)) if cfg.sweep.oracle_reference else None

@@ -55,3 +55,23 @@ def test_load_sweep_gives_trials_rounds_and_class_iou(tmp_path):
     assert results.class_iou.set_index("trial_id").loc["a_00000", "road"] == pytest.approx(0.45)
     with pytest.raises(api.ConfigError, match="is not a sweep folder"):
         api.load_sweep(tmp_path)
+
+
+def test_load_sweep_names_each_level_for_what_it_is(tmp_path):
+    from orchestrator.round.start_models import oracle_cache_key, source_cache_key, warmup_cache_key
+
+    cfg = api.config(
+        smoke=True,
+        overrides={"output_dir": str(tmp_path / "runs"), "warmup.steps": 3, "sweep.oracle_reference": True},
+    )
+    _write_sweep(tmp_path / "runs" / "smoke", cfg)
+    for folder, key, miou in (
+        ("source-models", source_cache_key(cfg), 0.128),
+        ("warmup-models", warmup_cache_key(cfg), 0.2),  # every trial's round 0 here
+        ("oracle-references", oracle_cache_key(cfg), 0.6),
+    ):
+        (tmp_path / "runs" / folder / key).mkdir(parents=True)
+        (tmp_path / "runs" / folder / key / "metrics.json").write_text(json.dumps({"target/miou": miou}))
+    results = api.load_sweep(tmp_path / "runs" / "smoke")
+    assert (results.source_only, results.warmup, results.oracle) == (0.128, 0.2, 0.6)
+    assert results.rounds.loc[results.rounds["round"] == 0, "start"].unique().tolist() == ["warmup"]

@@ -288,3 +288,76 @@ def test_a_train_job_refuses_what_no_worker_could_run(cfg, fields, problem):
         TrainJob(config=cfg, **fields)
     with pytest.raises(TypeError, match="config is an ExperimentConfig, got dict"):
         TrainJob(mode="source", config=cfg.to_dict())
+
+
+# --- the label-free warm-up: G first, then S on the frozen G, each with its own recipe ----------------
+
+
+def warmup_job(cfg, ckpt, g_steps, s_steps):
+    warm = with_overrides(cfg, {"warmup.steps": g_steps, "warmup.selector_steps": s_steps})
+    return TrainJob(mode="adapt", stage="warmup", config=warm, init_checkpoint=ckpt, round=0)
+
+
+@pytest.fixture(scope="module")
+def warmed(cfg, source_checkpoint, tmp_path_factory):
+    """The warm-up's G phase alone (2 steps), and the whole warm-up (2 G steps, then 2 S steps), saved."""
+    g_only = run_job(warmup_job(cfg, source_checkpoint[0], 2, 0))
+    whole = run_job(warmup_job(cfg, source_checkpoint[0], 2, 2))
+    path = tmp_path_factory.mktemp("warmed")
+    save_checkpoint(path, whole.state)
+    return g_only, whole, str(path)
+
+
+def test_the_warmup_adapts_g_first_then_trains_s_on_the_frozen_g(cfg, source_checkpoint, warmed):
+    g_only, whole, _ = warmed
+    source = load_checkpoint(source_checkpoint[0])["modules"]
+    # S is untouched while G adapts; G is untouched while S trains (the S steps leave G bit for bit).
+    assert all(torch.equal(v, g_only.state["modules"]["selector"][k]) for k, v in source["selector"].items())
+    assert any(not torch.equal(v, g_only.state["modules"]["segmenter"][k]) for k, v in source["segmenter"].items())
+    for key, value in g_only.state["modules"]["segmenter"].items():
+        assert torch.equal(value, whole.state["modules"]["segmenter"][key]), key
+    assert any(not torch.equal(v, whole.state["modules"]["selector"][k]) for k, v in source["selector"].items())
+    assert whole.metrics["target/miou"] == g_only.metrics["target/miou"]  # the warm-up's mIoU is G's
+    # The job trained 2 + 2 steps; each loss is averaged over the steps of its own phase.
+    assert whole.state["job_step"] == 4 and whole.state["global_step"] == cfg.source.steps + 4
+    assert whole.state["stage"] == "warmup" and whole.metrics["train/steps"] == 4
+    assert whole.metrics["train/loss/source_ce"] == pytest.approx(g_only.metrics["train/loss/source_ce"])
+    assert {"train/loss/adversarial", "train/loss/discriminator", "train/loss/selector_pseudo_ce"} <= set(whole.metrics)
+    assert "train/loss/selector_discrepancy_backbone" not in whole.metrics  # the paper's S: heads only
+    # AdaptSegNet's discriminator (64 wide) and G's SGD with the classifier at 10x.
+    assert whole.state["modules"]["discriminator"]["net.0.1.weight"].shape[0] == 64
+    groups = whole.state["optimizers"]["segmenter"]["param_groups"]
+    assert len(groups) == 2 and "momentum_buffer" in next(
+        iter(whole.state["optimizers"]["segmenter"]["state"].values())
+    )
+
+
+def test_a_resumed_warmup_continues_in_the_phase_it_stopped(cfg, source_checkpoint, warmed, tmp_path):
+    _, whole, _ = warmed
+    saved = {}
+
+    def keep(done, state_fn):
+        if done == 3:  # one step into S's phase
+            saved["state"] = state_fn()
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_job(warmup_job(cfg, source_checkpoint[0], 2, 2), on_step=keep)
+    save_checkpoint(tmp_path / "mid", saved["state"])
+    resumed = run_job(warmup_job(cfg, source_checkpoint[0], 2, 2), resume_state=load_checkpoint(tmp_path / "mid"))
+    for module in ("segmenter", "selector", "discriminator"):
+        for key, value in whole.state["modules"][module].items():
+            assert torch.equal(value, resumed.state["modules"][module][key]), f"{module}.{key}"
+
+
+def test_the_rounds_start_from_the_warmup_with_their_own_adversaries_and_optimizers(cfg, warmed):
+    _, whole, path = warmed
+    warm = with_overrides(cfg, {"warmup.steps": 2, "warmup.selector_steps": 2})
+    result = run_job(adapt_job(warm, path))
+    state = result.state
+    assert state["stage"] == "rounds" and state["global_step"] == cfg.source.steps + 4 + cfg.adapt.steps
+    # The rounds' discriminator is adapt's (another width), not the warm-up's; G is the warmed-up one.
+    assert state["modules"]["discriminator"]["net.0.1.weight"].shape[0] == cfg.adapt.discriminator_width
+    # G's optimizer is adapt's Adam, with a state of its own (the warm-up's SGD momentum is not carried).
+    assert "exp_avg" in next(iter(state["optimizers"]["segmenter"]["state"].values()))
+    assert "momentum_buffer" not in next(iter(state["optimizers"]["segmenter"]["state"].values()))

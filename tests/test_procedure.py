@@ -108,6 +108,11 @@ def test_ripu_points_keep_windows_of_earlier_rounds_blocked():
     "pairs, message",
     [
         ({"warmup.adversarial_weight": -1.0}, "config key 'warmup.adversarial_weight': must be >= 0"),
+        ({"warmup.optimizer": "rmsprop"}, "config key 'warmup.optimizer': unknown"),
+        (
+            {"model.name": "deeplabv3_resnet101", "warmup.batch_size": 1},
+            "config key 'warmup.batch_size': model 'deeplabv3_resnet101' normalises with batch statistics",
+        ),
         ({"selection.spl_mode": "whole_mask"}, "'whole_mask' is labor_spl's mode; rule 'labor_ppl'"),
         (
             {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.02},
@@ -146,6 +151,7 @@ def tiny(tmp_path_factory):
             "source.steps": 2,
             "adapt.steps": 1,
             "warmup.steps": 2,
+            "warmup.selector_steps": 2,
             "model.width": 4,
             "data.synthetic.source_images": 8,
             "adapt.num_k": 2,
@@ -219,14 +225,14 @@ def test_warmup_trains_the_selector_on_target_pixels_buys_nothing_and_round_1_ra
     cfg = load_config(None, {**cfg.flat(), "output_dir": str(tmp_path / "out")})  # a warm-up of its own, not cached
     reports = run_trial(cfg, tiny, tmp_path, "trial")
     warmup, round_1 = in_process[0], in_process[1]
-    assert warmup.stage == "warmup" and warmup.labels is NO_LABELS and warmup.steps == 2
+    assert warmup.stage == "warmup" and warmup.labels is NO_LABELS and warmup.steps == 2 + 2  # G's, then S's
     assert LabelStore(Path(cfg.output_dir) / "trial" / "labels").rounds() == [1]  # the warm-up bought no label
     warmed = reports[0][1].model_checkpoint  # round 0 reports the warmed-up model
     assert reports[0][0]["warmup/steps"] == 2 and round_1.init_checkpoint == warmed
     # S learned the target: its target losses ran, and its heads are not the source model's.
     before, after = load_checkpoint(source)["modules"]["selector"], load_checkpoint(warmed)["modules"]["selector"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    assert {"train/loss/selector_pseudo_ce", "train/loss/selector_discrepancy_backbone"} <= set(reports[0][0])
+    assert {"train/loss/selector_pseudo_ce", "train/loss/selector_discrepancy_heads"} <= set(reports[0][0])
     # Round 1's labels are what the warmed-up S picks (a source-model ranking differs).
     bought = LabelStore(Path(cfg.output_dir) / "trial" / "labels").sparse_labels(only_round=1)
     for checkpoint, same in ((warmed, True), (source, False)):
@@ -248,7 +254,7 @@ def test_every_trial_of_a_comparison_trains_the_same_total_steps(tiny, in_proces
     start_models.ensure_oracle_reference(trials[0], source, progress=lambda m: None)
     oracle_job = in_process[-1]
     assert len(in_process) == oracle_start + 1 and oracle_job.full_target_labels  # the warm-up was cached
-    total = cfg.source.steps + cfg.warmup.steps + 4
+    total = cfg.source.steps + cfg.warmup.steps + cfg.warmup.selector_steps + 4
     assert final_steps == [total] * 3
     assert load_checkpoint(oracle_job.init_checkpoint)["global_step"] + oracle_job.steps == total
 
@@ -307,3 +313,60 @@ def test_a_case_that_sets_a_key_no_other_case_sets_gives_a_valid_trial_config():
     sweep = with_overrides(ExperimentConfig(), {"sweep.search_space": {"cases": {"grid": cases}}})
     trial = with_overrides(sweep, {"cases": cases[0]})  # once refused: case 2 was validated on top of case 1
     assert trial.selection.spl_mode == "whole_mask" and trial.sweep.search_space == {}
+
+
+# --- the warm-up's cache key, and a LabOR run without it ----------------------------------------------
+
+
+def test_every_trial_of_a_comparison_shares_the_warmup_and_its_recipe_makes_a_new_one():
+    base = load_config(None)
+    key = start_models.warmup_cache_key(base)
+    # What a comparison varies, and what acts on the rounds only, keeps the one warm-up.
+    for pairs in (
+        {"selection.rule": "random", "selection.points_per_image": 40, "selection.rounds": 3},
+        {"adapt.confusion_weight": 0.0, "adapt.soft_label_temperature": 4.0, "adapt.steps": 7},
+        {"adapt.adversarial_weight": 0.0, "adapt.discriminator_width": 32, "adapt.discriminator_lr": 1e-3},
+        {"adapt.batch_size": 2, "adapt.total_steps": 9, "adapt.lr_decay_steps": 50},
+    ):
+        assert start_models.warmup_cache_key(load_config(None, pairs)) == key, pairs
+    # What the warm-up's G or S trains with makes another warm-up.
+    for pairs in (
+        {"warmup.lr": 1e-3},
+        {"warmup.optimizer": "adam"},
+        {"warmup.discriminator_width": 16},
+        {"warmup.selector_steps": 10},
+        {"adapt.selector_backbone_step": True},
+        {"adapt.selector_source_ce": True},
+        {"adapt.lr": 1e-4},  # S's optimizer in the warm-up's second phase
+        {"adapt.pseudo_label_rule": "class_balanced"},
+        {"seed": 1},
+    ):
+        assert start_models.warmup_cache_key(load_config(None, pairs)) != key, pairs
+
+
+@pytest.mark.parametrize(
+    "pairs, said",
+    [
+        ({"warmup.steps": 0}, "no warm-up (warmup.steps=0): LabOR's first selection ranks with a selector network S"),
+        (
+            {"warmup.steps": 0, "selection.rule": "labor_spl", "selection.budget_fraction": 0.022},
+            "no warm-up (warmup.steps=0)",
+        ),
+        ({"warmup.steps": 0, "selection.rule": "random"}, None),
+        ({"warmup.steps": 0, "selection.rule": "entropy"}, None),
+    ],
+)
+def test_a_labor_run_without_the_warmup_says_so_in_one_line(pairs, said):
+    cfg = load_config(None, pairs)
+    lines = []
+    checkpoint, metrics = start_models.ensure_warmup_model(cfg, "source-ckpt", {"target/miou": 0.1}, lines.append)
+    assert (checkpoint, metrics) == ("source-ckpt", {"target/miou": 0.1})  # round 1 starts from the source model
+    assert lines == ([] if said is None else [lines[0]]) and (said is None or said in lines[0])
+    smoke = load_config(None, smoke=True)  # --smoke runs no warm-up: its LabOR trials say so
+    assert smoke.warmup.steps == 0 and "never seen the target" in start_models.no_warmup_line(smoke)
+
+
+def test_a_warmup_whose_s_never_trains_says_so_too():
+    cfg = load_config(None, {"warmup.selector_steps": 0})
+    assert "warmup.selector_steps=0" in start_models.no_warmup_line(cfg)
+    assert start_models.no_warmup_line(load_config(None)) is None

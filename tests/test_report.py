@@ -248,3 +248,17 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
         for style in styles
     )
     assert (tmp_path / "round-002" / "iou.csv").is_file()
+
+
+def test_the_budget_page_draws_the_warmup_level_and_warns_when_it_is_below_source_only(tmp_path):
+    fig = budget_figure(_rows().assign(start="warmup"), source_only=0.25, oracle=0.6, warmup=0.2)
+    assert {(shape.y0, shape.line.dash) for shape in fig.layout.shapes} == {
+        (0.25, "dash"),
+        (0.2, "dashdot"),
+        (0.6, "dot"),
+    }
+    a = next(t for t in fig.data if t.legendgroup == "trialAAA_00000" and t.xaxis == "x2")
+    assert "round 0 (after the label-free warm-up)" in a.hovertext[0]
+    text = budget_curve(_rows(), tmp_path / "w.html", source_only=0.25, oracle=0.6, title="t", warmup=0.2).read_text()
+    assert text.count('class="warning"') == 1 and "ends below source-only" in text
+    assert 'class="warning"' not in budget_curve(_rows(), tmp_path / "n.html", 0.2, 0.6, "t", warmup=0.25).read_text()

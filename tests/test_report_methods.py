@@ -42,6 +42,7 @@ def sweep_rows() -> pd.DataFrame:
                     "trial_id": trial,
                     "rule": rule,
                     "setting": setting,
+                    "start": "warmup",  # round 0: after the label-free warm-up
                     "budget": budget,
                     "round": rnd,
                     "labeled_pixels": points * rnd,
@@ -63,7 +64,7 @@ def test_one_curve_per_method_and_setting_through_its_budgets_averaged_over_seed
         "random \u00b7 confusion_weight=0.1",
     ]
     ppl = curves[curves["curve"] == "labor_ppl"]
-    assert list(ppl["point_label"]) == ["source-only", "10 points/image", "20 points/image"]
+    assert list(ppl["point_label"]) == ["after the label-free warm-up", "10 points/image", "20 points/image"]
     assert list(ppl["trials"]) == [4, 2, 2]
     assert ppl["miou"].tolist() == pytest.approx([0.205, 0.42, 0.51])
     assert ppl["miou_std"].iloc[1] == pytest.approx(np.std([0.40, 0.44], ddof=1))
@@ -77,7 +78,7 @@ def test_later_rounds_are_points_of_the_same_curve_labeled_with_the_round():
     extra = rows[rows["trial_id"] == "t0"].iloc[[1]].assign(round=2, labeled_fraction=20 / POOL, clicks=20.0, miou=0.6)
     curves = method_curves(pd.concat([rows, extra], ignore_index=True))
     labels = curves.loc[curves["curve"] == "labor_ppl", "point_label"].tolist()
-    assert labels == ["source-only", "10 points/image", "20 points/image", "10 points/image x 2"]
+    assert labels == ["after the label-free warm-up", "10 points/image", "20 points/image", "10 points/image x 2"]
 
 
 def test_pareto_front_keeps_exactly_the_points_nothing_beats():
@@ -168,3 +169,36 @@ def test_overlay_uses_the_cityscapes_palette_and_draws_a_legend(tmp_path):
     assert (strip < 100).all(axis=2).sum() > 50  # and dark text beside it
     written = np.round(mpimg.imread(tmp_path / "legend.png")[..., :3] * 255).astype(np.uint8)
     np.testing.assert_array_equal(written, legend)
+
+
+def test_each_level_is_named_for_what_it_is():
+    rows = sweep_rows()
+    # Round 0 is the trial's start: after the label-free warm-up, or the source-only model without one.
+    no_warmup = method_curves(rows.assign(start="source_only"))
+    assert set(no_warmup.loc[no_warmup["round"] == 0, "point_label"]) == {"source-only"}
+    unsaid = method_curves(rows.drop(columns=["start"]))  # rows that do not say: not called source-only
+    assert set(unsaid.loc[unsaid["round"] == 0, "point_label"]) == {"round 0 (no label)"}
+    # Three reference lines: source-only (dashed), after the warm-up (dash-dotted), oracle (dotted).
+    fig = curves_figure(method_curves(rows), source_only=0.25, oracle=0.6, warmup=0.2)
+    lines = {(shape.y0, shape.line.dash) for shape in fig.layout.shapes}
+    assert lines == {(0.25, "dash"), (0.2, "dashdot"), (0.6, "dot")}
+    notes = {note.text for note in fig.layout.annotations}
+    assert {"source-only 0.250", "after the label-free warm-up 0.200", "oracle 0.600"} <= notes
+    # The Pareto table calls its 0-click point what it is.
+    front = pareto_front(method_curves(rows))
+    assert front["point_label"].iloc[0] == "after the label-free warm-up" and front["clicks"].iloc[0] == 0
+
+
+def test_the_report_says_in_one_line_when_the_warmup_ended_below_source_only(tmp_path):
+    rows = sweep_rows()
+    below = report_page(rows, tmp_path / "below.html", source_only=0.25, oracle=0.6, warmup=0.2).read_text()
+    warning = re.findall(r'<p class="warning" id="warning">([^<]*)</p>', below)
+    assert warning == [
+        "warning: the label-free warm-up ends below source-only (target mIoU 0.2000 &lt; 0.2500): every trial "
+        "starts from a model that adaptation without labels made worse"
+    ]
+    assert below.index('id="warning"') < below.index('id="curves"')  # above the figure
+    above = report_page(rows, tmp_path / "above.html", source_only=0.15, oracle=0.6, warmup=0.2).read_text()
+    assert 'id="warning"' not in above and "after the label-free warm-up 0.200" in above
+    png = method_curves_png(method_curves(rows), tmp_path / "c.png", source_only=0.25, oracle=0.6, warmup=0.2)
+    assert mpimg.imread(png).shape[0] > 0

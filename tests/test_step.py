@@ -1,5 +1,6 @@
 """Each alternating update moves exactly the parameters it should, and a zero weight costs nothing."""
 
+import dataclasses
 import functools
 import operator
 
@@ -22,6 +23,8 @@ from trainers.step import (
     selector_backbone_update,
     selector_heads_update,
     selector_supervised_update,
+    warmup_segmenter_step,
+    warmup_selector_step,
 )
 
 K = 4
@@ -220,3 +223,118 @@ def test_step_without_selector_training_leaves_the_selector_untouched(setup):
     assert changed(after, trained, "selector", is_head) and changed(
         after, trained, "selector", lambda k: not is_head(k)
     )
+
+
+# --- the label-free warm-up, in LabOR's order: G (against Dis) first, then S on the frozen G ---------
+
+
+WARMUP = LossWeights(
+    target_ce=1.0,
+    adversarial=0.001,
+    pseudo_label=1.0,
+    pseudo_label_rule="class_balanced",
+    discrepancy=1.0,
+    selector_source_ce=False,
+    selector_backbone_step=False,
+)
+
+
+def warmup_setup(weights=WARMUP):
+    models = make_models(weights)
+    return models, build_optimizers(models, CFG, "adapt")
+
+
+def test_warmup_segmenter_phase_alternates_g_and_dis_and_leaves_s_alone():
+    models, opt = warmup_setup()
+    source, target = batches()
+    seen = []
+    # AdaptSegNet's order in one iteration: G's update (Dis fixed, its gradient dropped), then Dis's.
+    models.discriminator.register_forward_hook(lambda module, args, out: seen.append(args[0].requires_grad))
+    before = snapshot(models)
+    losses = warmup_segmenter_step(models, opt, source, target, WARMUP)
+    after = snapshot(models)
+    assert changed(before, after, "segmenter") and changed(before, after, "discriminator")
+    assert not changed(before, after, "selector")
+    assert seen == [True, False]  # G's pass reaches G through Dis; Dis's own pass sees G's outputs detached
+    assert set(losses) == {"source_ce", "target_ce", "adversarial", "segmenter_total", "discriminator"}
+
+
+def test_warmup_selector_phase_trains_s_on_the_frozen_gs_pseudo_labels():
+    models, opt = warmup_setup()
+    source, target = batches()
+    inputs = []
+    models.selector.register_forward_hook(lambda module, args, out: inputs.append(args[0].shape[0]))
+    g_mode = []
+    models.segmenter.register_forward_hook(lambda module, args, out: g_mode.append(module.training))
+    before = snapshot(models)
+    losses = warmup_selector_step(models, opt, source, target, WARMUP)
+    after = snapshot(models)
+    assert not changed(before, after, "segmenter") and not changed(before, after, "discriminator")
+    assert all(p.grad is None for p in models.segmenter.parameters())  # G is frozen: not even a gradient
+    assert g_mode == [False] and models.segmenter.training  # G predicts in eval mode, and is left as it was
+    assert changed(before, after, "selector", is_head) and changed(before, after, "selector", lambda k: not is_head(k))
+    # The paper's reading: pseudo-label CE (step A) and heads maximising the discrepancy (step B); no
+    # source CE (S sees only the 2 target images) and no backbone step (C).
+    assert inputs == [2, 2]
+    assert set(losses) >= {"selector_pseudo_ce", "selector_discrepancy_heads"}
+    assert not {"selector_source_ce", "selector_discrepancy_backbone", "source_ce", "adversarial"} & set(losses)
+
+
+def test_the_mcd_variants_of_s_are_named_options():
+    source, target = batches()
+    # Step B alone (no supervised term) moves only the heads when the backbone step is off...
+    heads_only = dataclasses.replace(WARMUP, pseudo_label=0.0, target_ce=0.0)
+    models, opt = warmup_setup(heads_only)
+    before = snapshot(models)
+    losses = warmup_selector_step(models, opt, source, target, heads_only)
+    after = snapshot(models)
+    assert changed(before, after, "selector", is_head) and not changed(
+        before, after, "selector", lambda k: not is_head(k)
+    )
+    assert set(losses) == {"selector_discrepancy_heads"}
+    # ... and MCD's step C moves the backbone (num_k times), with source CE in step A (source + target images).
+    mcd = dataclasses.replace(WARMUP, selector_source_ce=True, selector_backbone_step=True, num_k=2)
+    models, opt = warmup_setup(mcd)
+    inputs = []
+    models.selector.register_forward_hook(lambda module, args, out: inputs.append(args[0].shape[0]))
+    losses = warmup_selector_step(models, opt, source, target, mcd)
+    assert inputs == [4, 4, 2, 2]  # A and B on source + target, C twice on target
+    assert {"selector_source_ce", "selector_discrepancy_backbone"} <= set(losses)
+
+
+def test_the_warmup_optimizers_are_adaptsegnets_recipe():
+    from trainers.engine import build_adaptation_models, loss_weights
+
+    cfg = load_config(None)
+    weights = loss_weights(cfg, "adapt", "warmup")
+    models = build_adaptation_models(cfg, K, weights, stage="warmup")
+    assert models.discriminator.width == 64 == cfg.warmup.discriminator_width
+    assert (
+        build_adaptation_models(cfg, K, loss_weights(cfg, "adapt")).discriminator.width == cfg.adapt.discriminator_width
+    )
+    opt = build_optimizers(models, cfg, "adapt", "warmup")
+    g = opt.segmenter
+    assert isinstance(g, torch.optim.SGD)
+    assert [group["lr"] for group in g.param_groups] == pytest.approx([cfg.warmup.lr, 10 * cfg.warmup.lr])
+    assert all(group["momentum"] == 0.9 and group["weight_decay"] == 5e-4 for group in g.param_groups)
+    d = opt.discriminator
+    assert isinstance(d, torch.optim.Adam) and d.param_groups[0]["betas"] == (0.9, 0.99)
+    assert d.param_groups[0]["lr"] == cfg.warmup.discriminator_lr == 1e-4
+    # S trains with adapt's optimizer (its recipe in the rounds too).
+    assert isinstance(opt.selector_heads, type(build_optimizers(models, cfg, "adapt").selector_heads))
+    assert opt.selector_heads.param_groups[0]["lr"] == cfg.adapt.lr * cfg.adapt.head_lr_factor
+    assert (weights.adversarial, weights.selector_source_ce, weights.selector_backbone_step) == (0.001, False, False)
+    assert loss_weights(cfg, "source").selector_source_ce  # source training teaches S the source labels
+
+
+def test_the_warmup_decays_g_and_dis_over_its_g_steps_then_s_over_its_own():
+    from trainers.engine import lr_power, lr_schedule_span
+
+    cfg = load_config(None, {"warmup.steps": 100, "warmup.selector_steps": 40, "adapt.steps": 50})
+    source = cfg.source.steps
+    assert lr_schedule_span(cfg, "adapt", "warmup") == (source, 100) and lr_power(cfg, "adapt", "warmup") == 0.9
+    assert lr_schedule_span(cfg, "adapt", "warmup", "selector") == (source + 100, 40)
+    assert lr_power(cfg, "adapt", "warmup", "selector") == cfg.adapt.lr_power
+    assert lr_schedule_span(cfg, "adapt") == (source + 140, 50)  # the rounds start after the whole warm-up
+    longer = load_config(None, {"warmup.steps": 100, "warmup.lr_decay_steps": 250})
+    assert lr_schedule_span(longer, "adapt", "warmup") == (source, 250)

@@ -317,3 +317,43 @@ def test_the_kept_state_comes_from_tunes_driver_staging_folder(tmp_path):
         0, [], trial, {}
     )
     assert (backup / "experiment_state-1.json").read_text() == '{"trial_data": []}'
+
+
+@pytest.mark.parametrize(
+    "warm, warning",
+    [(0.059, True), (0.150, False), (None, False)],  # below source-only, above it, no warm-up
+)
+def test_the_sweep_prints_the_warmup_beside_source_only_and_warns_when_it_hurt(warm, warning):
+    from orchestrator.sweep.summary import format_table, warmup_lines, warmup_tracking_metrics
+
+    source, oracle = {"target/miou": 0.128}, {"target/miou": 0.6}
+    warmup = {} if warm is None else {"target/miou": warm, "target/iou/road": 0.5, "warmup/steps": 300.0}
+    rows = [{"trial": "t", "rule": "labor_ppl", "budget": "10 points/image/round", "rounds": 1, "labeled px": 10}]
+    rows[0] |= {"labeled %": 0.1, "mIoU": 0.364, "status": "ok"}
+    table = format_table(rows, source, oracle, warmup).splitlines()
+    levels = table[1 : table.index(next(line for line in table if line.startswith("trial")))]
+    assert levels[0] == "source-only target mIoU: 0.1280" and levels[-1].startswith("oracle (every pool pixel")
+    warned = [line for line in table if line.startswith("warning:")]
+    if warm is None:
+        assert len(levels) == 2 and not warned and warmup_lines(source, warmup) == []
+        assert warmup_tracking_metrics(source, warmup) == {}
+        return
+    assert levels[1] == (
+        f"after the label-free warm-up (every trial's round 0) target mIoU: {warm:.4f} ({warm - 0.128:+.4f} against "
+        f"source-only)"
+    )
+    assert len(warned) == (1 if warning else 0) and warmup_lines(source, warmup)[1:] == warned
+    if warning:
+        assert warned[0] == (
+            "warning: the label-free warm-up ends below source-only (target mIoU 0.0590 < 0.1280): every trial "
+            "starts from a model that adaptation without labels made worse"
+        )
+    # The trial's gain and gap closed are measured from source-only, whatever its round 0 was.
+    trial = next(line for line in table if line.startswith("t "))
+    assert trial.split()[-3:] == ["+0.2360", "0.50", "ok"]  # (0.364 - 0.128) / (0.6 - 0.128)
+    tracked = warmup_tracking_metrics(source, warmup)
+    assert tracked == {
+        "warmup/target/miou": warm,
+        "warmup/target/iou/road": 0.5,
+        "warmup/gain_over_source_only": pytest.approx(warm - 0.128),
+    }

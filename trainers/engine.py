@@ -6,7 +6,10 @@ DDP wrapping and reporting), and what tests and benchmarks call in-process. Jobs
 - ``"source"``: source-only training of G and the selector heads (and the soft-label estimate);
 - ``"adapt"``: one round of adaptation on source + the target pool's revealed pixels; with
   ``TrainJob.train_selector_network`` False the selector network S is carried over untrained (no
-  later round ranks with it), which makes a step about 2.4x cheaper on the CPU;
+  later round ranks with it), which makes a step about 2.4x cheaper on the CPU. The label-free
+  warm-up (``TrainJob.stage`` "warmup") is an adapt job in two phases, LabOR's order: G adapts
+  (``warmup.steps``, with the warm-up's own optimizer and discriminator), then S learns from the
+  frozen G's pseudo labels (``warmup.selector_steps``, with adapt's optimizer);
 - ``"evaluate"``: target validation mIoU of a checkpoint, no training.
 
 Everything that decides the trajectory (models, optimizers, the soft-label estimate, the global
@@ -35,12 +38,20 @@ from experiment_config.schema import AugmentConfig, ExperimentConfig, TrainingSt
 from .checkpoint import load_checkpoint
 from .data import build_domains
 from .discriminators import DomainClassifier, OutputSpaceDiscriminator
-from .job import TrainJob, stage_section
+from .job import TrainJob, stage_section, warmup_total_steps
 from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
 from .losses import IASTPseudoLabels, SoftLabels
 from .metrics import iou_per_class, mean_iou, predict_confusion
 from .models import build_model, load_start_checkpoint
-from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step
+from .step import (
+    AdaptationModels,
+    LossWeights,
+    Optimizers,
+    SparseTargetDataset,
+    adaptation_step,
+    warmup_segmenter_step,
+    warmup_selector_step,
+)
 
 SELECTOR_HEADS = 2
 # Every module a checkpoint may hold; the last two are state (buffers), not networks.
@@ -49,11 +60,27 @@ STATE_MODULES = ("soft_labels", "pseudo_labeler")
 NO_AUGMENTATION = AugmentConfig(hflip=False, scale_min=1.0, scale_max=1.0)
 # LossWeights.soft_label_estimate of the warm-up: the soft labels are neither estimated nor updated.
 CARRIED = "carried"
+# The parts of a job whose optimizers share a learning-rate schedule: G with its adversaries, and S.
+SEGMENTER_OPTIMIZERS = ("segmenter", "discriminator", "domain_classifier")
+SELECTOR_OPTIMIZERS = ("selector_backbone", "selector_heads")
+# What the warm-up trains at a step: G (and its adversaries) first, then S on the frozen G.
+SEGMENTER_PHASE, SELECTOR_PHASE, ALL_PHASES = "segmenter", "selector", "all"
+# Modules a job takes from a checkpoint of another stage only when they are the same network: the
+# warm-up's adversaries are its own (AdaptSegNet's discriminator), not the rounds'.
+ADVERSARIES = ("discriminator", "domain_classifier")
 
 
 def planned_adapt_steps(cfg: ExperimentConfig) -> int:
     """Adaptation steps of a whole trial after the warm-up: ``adapt.total_steps``, else steps x rounds."""
     return cfg.adapt.total_steps or cfg.adapt.steps * cfg.selection.rounds
+
+
+def warmup_phase(cfg: ExperimentConfig, stage: str, job_step: int) -> str:
+    """What a job's step ``job_step`` (0-based) trains: in the warm-up, G for its first
+    ``warmup.steps`` steps, then S (``warmup.selector_steps``); otherwise everything at once."""
+    if stage != "warmup":
+        return ALL_PHASES
+    return SEGMENTER_PHASE if job_step < cfg.warmup.steps else SELECTOR_PHASE
 
 
 def round_steps(cfg: ExperimentConfig, round_index: int) -> int:
@@ -83,9 +110,11 @@ def loss_weights(cfg: ExperimentConfig, mode: str, stage: str = "rounds") -> Los
 
     ``stage="warmup"`` (an adapt job before round 1, no target label): G adapts with the warm-up's own
     label-free weights (``warmup.adversarial_weight``, ``warmup.confusion_weight``), and LabOR's
-    selector with all of its target losses. The soft labels are
-    carried through unchanged (their loss needs labeled target pixels, and the source-set estimate
-    is taken at the first labeled round).
+    selector network S, in the warm-up's second phase, with all of its target losses. The soft labels
+    are carried through unchanged (their loss needs labeled target pixels, and the source-set
+    estimate is taken at the first labeled round). S's recipe (``adapt.selector_source_ce``,
+    ``adapt.selector_backbone_step``) holds in both stages; source training always teaches S the
+    source labels.
     """
     a = cfg.adapt
     if mode != "adapt":
@@ -108,6 +137,8 @@ def loss_weights(cfg: ExperimentConfig, mode: str, stage: str = "rounds") -> Los
         num_k=a.num_k,
         pseudo_label_rule=a.pseudo_label_rule,
         soft_label_estimate=a.soft_label_estimate,
+        selector_source_ce=a.selector_source_ce,
+        selector_backbone_step=a.selector_backbone_step,
     )
     if stage == "warmup":
         # The soft labels pass through untouched (no labeled target pixel uses them yet, and none of
@@ -123,9 +154,10 @@ def loss_weights(cfg: ExperimentConfig, mode: str, stage: str = "rounds") -> Los
 
 
 def build_adaptation_models(
-    cfg: ExperimentConfig, num_classes: int, weights: LossWeights | None = None
+    cfg: ExperimentConfig, num_classes: int, weights: LossWeights | None = None, stage: str = "rounds"
 ) -> AdaptationModels:
-    """G and S always; Dis, theta_D and the soft labels only when their loss is switched on."""
+    """G and S always; Dis, theta_D and the soft labels only when their loss is switched on. Dis is
+    the warm-up's own (``warmup.discriminator_width``) in the warm-up, adapt's otherwise."""
     weights = weights or LossWeights()
     name, width, pretrained, style = cfg.model.name, cfg.model.width, cfg.model.pretrained, cfg.model.deeplabv2_style
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker and every run
@@ -135,7 +167,8 @@ def build_adaptation_models(
     )
     adv = cfg.adapt
     if weights.adversarial > 0:
-        models.discriminator = OutputSpaceDiscriminator(num_classes, width=adv.discriminator_width)
+        width = cfg.warmup.discriminator_width if stage == "warmup" else adv.discriminator_width
+        models.discriminator = OutputSpaceDiscriminator(num_classes, width=width)
     if weights.confusion > 0:
         models.domain_classifier = DomainClassifier(
             models.segmenter.feature_channels, width=adv.domain_classifier_width
@@ -171,20 +204,23 @@ def _param_groups(network: torch.nn.Module, section: TrainingStageConfig, part: 
     return [{"params": backbone, "lr": lr}, {"params": heads, "lr": lr * factor}]
 
 
-def build_optimizers(models: AdaptationModels, cfg: ExperimentConfig, mode: str) -> Optimizers:
-    """G and S: the section's optimizer (``adam`` or ``sgd``); Dis: Adam with betas (0.9, 0.99) as
-    AdaptSegNet; theta_D: Adam. Learning rates here are the base rates; ``apply_lr_schedule`` scales
-    every group of every optimizer by the stage's polynomial factor before each step."""
-    section = stage_section(cfg, mode)
+def build_optimizers(models: AdaptationModels, cfg: ExperimentConfig, mode: str, stage: str = "rounds") -> Optimizers:
+    """G and S: the stage section's optimizer (``adam`` or ``sgd``); Dis: Adam with betas (0.9, 0.99)
+    as AdaptSegNet; theta_D: Adam. In the warm-up G and Dis follow the ``warmup`` section
+    (AdaptSegNet's recipe) and S ``adapt`` (its recipe in the rounds too). Learning rates here are
+    the base rates; ``apply_lr_schedule`` scales them by their part's polynomial factor before each step."""
+    section = stage_section(cfg, mode, stage)
+    selector_section = cfg.adapt if stage == "warmup" and mode == "adapt" else section
+    discriminator_lr = cfg.warmup.discriminator_lr if stage == "warmup" else cfg.adapt.discriminator_lr
     segmenter = getattr(models.segmenter, "module", models.segmenter)
     selector = getattr(models.selector, "module", models.selector)
     adv = cfg.adapt
     return Optimizers(
         segmenter=_make_optimizer(_param_groups(segmenter, section), section),
-        selector_backbone=_make_optimizer(_param_groups(selector, section, "backbone"), section),
-        selector_heads=_make_optimizer(_param_groups(selector, section, "heads"), section),
+        selector_backbone=_make_optimizer(_param_groups(selector, selector_section, "backbone"), selector_section),
+        selector_heads=_make_optimizer(_param_groups(selector, selector_section, "heads"), selector_section),
         discriminator=(
-            torch.optim.Adam(models.discriminator.parameters(), lr=adv.discriminator_lr, betas=(0.9, 0.99))
+            torch.optim.Adam(models.discriminator.parameters(), lr=discriminator_lr, betas=(0.9, 0.99))
             if models.discriminator is not None
             else None
         ),
@@ -219,20 +255,34 @@ def source_set_soft_label_totals(
     return totals
 
 
-def lr_schedule_span(cfg: ExperimentConfig, mode: str) -> tuple[int, int]:
+def lr_schedule_span(
+    cfg: ExperimentConfig, mode: str, stage: str = "rounds", part: str = SEGMENTER_PHASE
+) -> tuple[int, int]:
     """(first global step, steps the decay spans) of the training stage whose learning rates decay together.
 
-    Source training is one stage (``source.steps``, none when ``source.checkpoint`` gives the model);
-    adaptation is the other, the label-free warm-up and all rounds: it starts where source training
-    ended and is planned for ``warmup.steps`` + the rounds' steps (``planned_adapt_steps``: the
-    references decay over one run of training that acquires labels in between, RIPU's after 10k
-    label-free iterations). ``lr_decay_steps`` > 0 replaces the planned length, as the references
-    decay over more steps than they train. This is the one place where a new stage must be counted.
+    Source training is one stage (``source.steps``, none when ``source.checkpoint`` gives the model).
+    The warm-up decays on its own: G and its discriminator over ``warmup.steps`` from where source
+    training ended (``warmup.lr_decay_steps`` > 0 replaces that length, as AdaptSegNet decays over
+    more steps than it trains), then ``part="selector"``: S over ``warmup.selector_steps``. The rounds
+    start after the warm-up and decay over all their planned steps (``planned_adapt_steps``: the
+    references decay over one run of training that acquires labels in between), or
+    ``adapt.lr_decay_steps``. This is the one place where a new stage must be counted.
     """
     source_steps = 0 if cfg.source.checkpoint else cfg.source.steps
-    planned = source_steps if mode == "source" else cfg.warmup.steps + planned_adapt_steps(cfg)
-    first = 0 if mode == "source" else source_steps
-    return first, stage_section(cfg, mode).lr_decay_steps or planned
+    if mode == "source":
+        return 0, cfg.source.lr_decay_steps or source_steps
+    if stage == "warmup":
+        if part == SELECTOR_PHASE:
+            return source_steps + cfg.warmup.steps, cfg.warmup.selector_steps
+        return source_steps, cfg.warmup.lr_decay_steps or cfg.warmup.steps
+    return source_steps + warmup_total_steps(cfg), cfg.adapt.lr_decay_steps or planned_adapt_steps(cfg)
+
+
+def lr_power(cfg: ExperimentConfig, mode: str, stage: str = "rounds", part: str = SEGMENTER_PHASE) -> float:
+    """The polynomial power of a part's schedule: its section's ``lr_power`` (S in the warm-up: adapt's)."""
+    if stage == "warmup" and mode == "adapt" and part == SELECTOR_PHASE:
+        return cfg.adapt.lr_power
+    return stage_section(cfg, mode, stage).lr_power
 
 
 def poly_lr_factor(global_step: int, first: int, planned: int, power: float) -> float:
@@ -252,8 +302,13 @@ def base_learning_rates(optimizers: Optimizers) -> dict[str, list[float]]:
     }
 
 
-def apply_lr_schedule(optimizers: Optimizers, base: dict[str, list[float]], factor: float) -> None:
+def apply_lr_schedule(
+    optimizers: Optimizers, base: dict[str, list[float]], factor: float, names: tuple[str, ...] | None = None
+) -> None:
+    """Every group of the optimizers ``names`` (all when None) at its base rate x ``factor``."""
     for name, rates in base.items():
+        if names is not None and name not in names:
+            continue
         for group, rate in zip(getattr(optimizers, name).param_groups, rates):
             group["lr"] = rate * factor
 
@@ -298,11 +353,25 @@ def load_models(
     return models, state
 
 
-def _restore_modules(models: AdaptationModels, state: dict) -> None:
+def _restore_modules(models: AdaptationModels, state: dict, skip: tuple[str, ...] = ()) -> None:
     for name, module_state in state["modules"].items():
         module = getattr(models, name, None)
-        if module is not None:
+        if module is not None and name not in skip:
             module.load_state_dict(module_state)
+
+
+def checkpoint_stage(state: dict) -> str:
+    """The stage a checkpoint's job trained ("warmup" or "rounds"; a source job's is "rounds")."""
+    return state.get("stage", "rounds")
+
+
+def carried_modules_skipped(job: TrainJob, start: dict) -> tuple[str, ...]:
+    """Modules not taken from ``start``: a job of the rounds that starts from the warm-up leaves the
+    warm-up's adversaries behind (another discriminator, with its own optimizer: the warm-up's
+    recipe stays in the warm-up) and starts its own."""
+    if job.mode == "adapt" and checkpoint_stage(start) != job.stage and start.get("mode") == "adapt":
+        return ADVERSARIES
+    return ()
 
 
 @dataclass
@@ -358,9 +427,9 @@ def ready_models(
 ) -> AdaptationModels:
     """The job's modules, restored from ``start`` (a given source model loaded unless ``resumed``), on
     the worker's device (channels_last on CUDA), networks wrapped by ``prepare_model`` to train."""
-    models = build_adaptation_models(job.config, num_classes, weights)
+    models = build_adaptation_models(job.config, num_classes, weights, job.stage)
     if start is not None:
-        _restore_modules(models, start)
+        _restore_modules(models, start, skip=carried_modules_skipped(job, start))
     if job.given_source_model and not resumed:
         load_given_source_model(models, job.config)
     for name in MODULES:
@@ -388,17 +457,26 @@ class Trajectory:
         self.global_step = int(start.get("global_step", 0)) if start is not None else 0
         self.job_step = int(resume_state.get("job_step", 0)) if resume_state is not None else 0
         self.start_step = self.job_step
-        self.optimizers = build_optimizers(models, cfg, mode) if mode != "evaluate" else None
+        self.optimizers = build_optimizers(models, cfg, mode, job.stage) if mode != "evaluate" else None
         self.base_lrs = base_learning_rates(self.optimizers) if self.optimizers is not None else {}
-        self.schedule_first, self.schedule_planned = lr_schedule_span(cfg, mode)
-        # Optimizer state carries over within a mode (next round, or a resumed job), not from source to adapt.
-        if start is not None and self.optimizers is not None and start.get("mode") == mode and "optimizers" in start:
+        # One schedule per part (G with its adversaries, S): they differ in the warm-up only.
+        self.schedules = {
+            part: (*lr_schedule_span(cfg, mode, job.stage, part), lr_power(cfg, mode, job.stage, part))
+            for part in (SEGMENTER_PHASE, SELECTOR_PHASE)
+        }
+        self.schedule_first, self.schedule_planned, _ = self.schedules[SEGMENTER_PHASE]
+        # Optimizer state carries over within a mode and stage (next round, or a resumed job): not from
+        # source to adapt, nor from the warm-up's recipe to the rounds'.
+        same_stage = start is not None and start.get("mode") == mode and checkpoint_stage(start) == job.stage
+        if same_stage and self.optimizers is not None and "optimizers" in start:
             self.optimizers.load_state_dict(start["optimizers"])
         if resume_state is not None and "rng" in resume_state:
             torch.set_rng_state(resume_state["rng"])
         self.soft_labels_fixed = bool(start.get("soft_labels_fixed", False)) if start is not None else False
         # A resumed job continues its loss sums too, so its reported means are those of an uninterrupted job.
         self.loss_sums: dict[str, float] = dict(resume_state.get("loss_sums", {})) if resume_state is not None else {}
+        # Steps each loss was computed in (the warm-up's phases compute different losses).
+        self.loss_counts: dict[str, int] = dict(resume_state.get("loss_counts", {})) if resume_state is not None else {}
 
     def state(self) -> dict[str, Any]:
         """The checkpoint of this job as it stands: everything that decides the rest of its trajectory."""
@@ -407,32 +485,55 @@ class Trajectory:
             "modules": _module_states(self.models),
             "optimizers": self.optimizers.state_dict() if self.optimizers else {},
             "mode": self.job.mode,
+            "stage": self.job.stage,
             "round": self.job.round,
             "global_step": self.global_step,
             "job_step": self.job_step,
             "rng": torch.get_rng_state(),
             "soft_labels_fixed": self.soft_labels_fixed,
             "loss_sums": dict(self.loss_sums),
+            "loss_counts": dict(self.loss_counts),
         }
 
+    @property
+    def phase(self) -> str:
+        """What the next step trains (``warmup_phase``)."""
+        return warmup_phase(self.job.config, self.job.stage, self.job_step)
+
+    def _apply_schedules(self, phase: str) -> None:
+        parts = {SEGMENTER_PHASE: SEGMENTER_OPTIMIZERS, SELECTOR_PHASE: SELECTOR_OPTIMIZERS}
+        for part, names in parts.items():
+            if phase in (part, ALL_PHASES):
+                first, planned, power = self.schedules[part]
+                factor = poly_lr_factor(self.global_step, first, planned, power)
+                apply_lr_schedule(self.optimizers, self.base_lrs, factor, names)
+
     def step(self, source: tuple, target: tuple | None, weights: LossWeights, where: Placement) -> dict[str, float]:
-        """One adaptation step at the current global step (its seed and learning rate a function of it)."""
+        """One step at the current global step (its seed and learning rate a function of it): all
+        updates, or in the warm-up those of its phase (G, then S)."""
         # Whatever the step itself draws is a function of the step too, so resuming reproduces it.
         torch.manual_seed(self.job.config.seed * 7919 + self.global_step * 31 + where.rank)
-        factor = poly_lr_factor(self.global_step, self.schedule_first, self.schedule_planned, self.job.section.lr_power)
-        apply_lr_schedule(self.optimizers, self.base_lrs, factor)
+        phase = self.phase
+        self._apply_schedules(phase)
+        all_reduce = (lambda t: dist.all_reduce(t)) if where.distributed else None
         with where.autocast():
-            losses = adaptation_step(
-                self.models,
-                self.optimizers,
-                source,
-                target,
-                weights,
-                all_reduce=(lambda t: dist.all_reduce(t)) if where.distributed else None,
-                train_selector_network=self.job.trains_selector_network,
-            )
+            if phase == SEGMENTER_PHASE:
+                losses = warmup_segmenter_step(self.models, self.optimizers, source, target, weights)
+            elif phase == SELECTOR_PHASE:
+                losses = warmup_selector_step(self.models, self.optimizers, source, target, weights, all_reduce)
+            else:
+                losses = adaptation_step(
+                    self.models,
+                    self.optimizers,
+                    source,
+                    target,
+                    weights,
+                    all_reduce=all_reduce,
+                    train_selector_network=self.job.trains_selector_network,
+                )
         for name, value in losses.items():
             self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value
+            self.loss_counts[name] = self.loss_counts.get(name, 0) + 1
         self.global_step += 1
         self.job_step += 1
         return losses
@@ -553,7 +654,7 @@ def job_metrics(
     for name, value in zip(classes, iou_per_class(confusion).tolist()):
         metrics[f"target/iou/{name}"] = value
     for name, total in trajectory.loss_sums.items():
-        metrics[f"train/loss/{name}"] = total / max(steps, 1)
+        metrics[f"train/loss/{name}"] = total / max(trajectory.loss_counts.get(name, steps), 1)
     return metrics
 
 

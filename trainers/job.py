@@ -27,9 +27,18 @@ MODES = ("source", "adapt", "evaluate")
 STAGES = ("rounds", "warmup")
 
 
-def stage_section(cfg: ExperimentConfig, mode: str) -> TrainingStageConfig:
-    """The config section of a job mode's training stage: ``source`` for source jobs, else ``adapt``."""
-    return cfg.source if mode == "source" else cfg.adapt
+def stage_section(cfg: ExperimentConfig, mode: str, stage: str = "rounds") -> TrainingStageConfig:
+    """The config section of a job's training stage: ``source`` for source jobs, ``warmup`` for the
+    warm-up (its batch size, and G's optimizer), else ``adapt``."""
+    if mode == "source":
+        return cfg.source
+    return cfg.warmup if stage == "warmup" and mode == "adapt" else cfg.adapt
+
+
+def warmup_total_steps(cfg: ExperimentConfig) -> int:
+    """Steps of the whole warm-up job: G's (``warmup.steps``), then S's (``warmup.selector_steps``);
+    0 without a warm-up (``warmup.steps`` 0)."""
+    return cfg.warmup.steps + cfg.warmup.selector_steps if cfg.warmup.steps else 0
 
 
 @dataclass(frozen=True)
@@ -53,8 +62,8 @@ class TrainJob:
     """The round this job trains (0: the source model and the warm-up); recorded in its checkpoint."""
 
     steps: int | None = None
-    """Optimizer steps of this job; None: the stage section's ``steps`` (a warm-up, or one round's
-    share of ``adapt.total_steps``, sets its own)."""
+    """Optimizer steps of this job; None: the stage section's ``steps`` (the warm-up: G's and S's
+    together, ``warmup_total_steps``; one round's share of ``adapt.total_steps`` sets its own)."""
 
     labels: TargetLabels = NO_LABELS
     """The revealed target pixels an adapt job trains on: the trial's ``LabelReader`` (by
@@ -85,8 +94,8 @@ class TrainJob:
 
     @property
     def section(self) -> TrainingStageConfig:
-        """The config section of this job's training stage: ``source`` for source jobs, else ``adapt``."""
-        return stage_section(self.config, self.mode)
+        """The config section of this job's training stage (``stage_section``)."""
+        return stage_section(self.config, self.mode, self.stage)
 
     @property
     def given_source_model(self) -> bool:
@@ -99,7 +108,9 @@ class TrainJob:
         ``steps`` or the stage section's."""
         if self.mode == "evaluate" or self.given_source_model:
             return 0
-        return self.section.steps if self.steps is None else int(self.steps)
+        if self.steps is not None:
+            return int(self.steps)
+        return warmup_total_steps(self.config) if self.stage == "warmup" else self.section.steps
 
     @property
     def trains_selector_network(self) -> bool:

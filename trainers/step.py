@@ -9,11 +9,16 @@ alternating update is its own function with its own optimizer:
 2. ``discriminator_update``: Dis on G's detached softmax maps (source vs target);
 3. ``domain_classifier_update``: theta_D on G's detached features (source vs target);
 4. LabOR's selector network S, MCD style (Saito et al., CVPR 2018; Shin et al., ICCV 2021):
-   ``selector_supervised_update`` (A) F, C1, C2 on source CE, sparse target CE and pseudo labels
-   from G; ``selector_heads_update`` (B) C1, C2 maximise their discrepancy on target while staying
-   correct (F fixed); ``selector_backbone_update`` (C) F minimises the discrepancy (C1, C2 fixed),
-   ``num_k`` times per step as in MCD_DA. The pseudo labels follow ``pseudo_label_rule`` (IAST's
+   ``selector_supervised_update`` (A) F, C1, C2 on pseudo labels from G, sparse target CE and,
+   with ``selector_source_ce``, source CE; ``selector_heads_update`` (B) C1, C2 maximise their
+   discrepancy on target while staying correct (F fixed); with ``selector_backbone_step``,
+   ``selector_backbone_update`` (C) F minimises the discrepancy (C1, C2 fixed), ``num_k`` times
+   per step as in MCD_DA. The pseudo labels follow ``pseudo_label_rule`` (IAST's
    instance-adaptive thresholds, or a class-balanced share of the batch).
+
+``adaptation_step`` runs them all in one step (source training, the rounds); the label-free warm-up
+runs them in LabOR's order, in two phases: ``warmup_segmenter_step`` (G against Dis / theta_D, S
+untouched), then ``warmup_selector_step`` (S on the frozen G's pseudo labels, G untouched).
 
 A loss whose weight is 0 is not computed at all (no forward pass, no module built), so ablations
 are configs. Every step returns float losses by name; ``weighted_total`` is the one place where
@@ -65,6 +70,8 @@ class LossWeights:
     num_k: int = 1  # MCD: backbone discrepancy updates per step
     pseudo_label_rule: str = "class_balanced"  # "iast" needs AdaptationModels.pseudo_labeler
     soft_label_estimate: str = "running"  # "source_set": soft labels fixed, not updated per batch
+    selector_source_ce: bool = True  # S's step A includes source CE (MCD's step A; source training needs it)
+    selector_backbone_step: bool = True  # S's step C: F minimises the discrepancy (MCD's min-max)
 
 
 @dataclass
@@ -197,14 +204,29 @@ def domain_classifier_update(models: AdaptationModels, opt: Optimizers, outputs:
     return {"domain_classifier": float(loss.detach())}
 
 
+def _selector_batch(source, target, w: LossWeights) -> tuple[torch.Tensor, int]:
+    """S's input: the source batch (only when S learns source CE) and the target batch; and how many
+    of its images are source images."""
+    if target is None:
+        return source[0], source[0].shape[0]
+    if not w.selector_source_ce:
+        return target[0], 0
+    return torch.cat([source[0], target[0]]), source[0].shape[0]
+
+
 def _selector_supervised(
-    heads, source, target, pseudo_labels, w: LossWeights
+    heads, n_source: int, source, target, pseudo_labels, w: LossWeights
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Mean over heads of source CE + w_t * sparse target CE + w_pl * pseudo-label CE."""
-    ys = source[1]
-    n_source = ys.shape[0]
-    losses = {"selector_source_ce": sum(source_cross_entropy(h[:n_source], ys) for h in heads) / len(heads)}
+    """Mean over heads of [source CE] + w_t * sparse target CE + w_pl * pseudo-label CE.
+
+    ``heads``: S's head logits over the batch of ``_selector_batch`` (its first ``n_source`` images
+    are source images; none when ``w.selector_source_ce`` is off and a target batch is given).
+    """
+    losses: dict[str, torch.Tensor] = {}
     weights: dict[str, float] = {}
+    if n_source:
+        ys = source[1]
+        losses["selector_source_ce"] = sum(source_cross_entropy(h[:n_source], ys) for h in heads) / len(heads)
     if target is not None and w.target_ce > 0:
         losses["selector_target_ce"] = sum(sparse_target_cross_entropy(h[n_source:], target[1]) for h in heads) / len(
             heads
@@ -216,15 +238,15 @@ def _selector_supervised(
     return losses, weights
 
 
-def _batch(source, target) -> torch.Tensor:
-    return source[0] if target is None else torch.cat([source[0], target[0]])
-
-
 def selector_supervised_update(
     models: AdaptationModels, opt: Optimizers, source, target, pseudo_labels, w: LossWeights
 ) -> dict[str, float]:
-    """LabOR's selector network S, step A: F, C1, C2 on the supervised terms (source, labeled target, pseudo labels)."""
-    losses, weights = _selector_supervised(models.selector(_batch(source, target)), source, target, pseudo_labels, w)
+    """LabOR's selector network S, step A: F, C1, C2 on the supervised terms (pseudo labels, labeled
+    target, and source CE with ``w.selector_source_ce``); nothing when no term applies."""
+    batch, n_source = _selector_batch(source, target, w)
+    losses, weights = _selector_supervised(models.selector(batch), n_source, source, target, pseudo_labels, w)
+    if not losses:
+        return {}
     total = weighted_total(losses, weights)
     _apply(total, [opt.selector_backbone, opt.selector_heads])
     return _floats(losses, total, "selector_total")
@@ -237,9 +259,9 @@ def selector_heads_update(
 
     Loss = supervised terms - w_d * d(p1_t, p2_t), with F's output detached so F gets no gradient.
     """
-    n_source = source[0].shape[0]
-    heads = models.selector(_batch(source, target), detach_features=True)
-    losses, weights = _selector_supervised(heads, source, target, pseudo_labels, w)
+    batch, n_source = _selector_batch(source, target, w)
+    heads = models.selector(batch, detach_features=True)
+    losses, weights = _selector_supervised(heads, n_source, source, target, pseudo_labels, w)
     p1, p2 = (F.softmax(h[n_source:].float(), dim=1) for h in heads)
     losses["selector_discrepancy_heads"] = classifier_discrepancy(p1, p2)
     weights["selector_discrepancy_heads"] = -w.discrepancy
@@ -261,6 +283,29 @@ def selector_backbone_update(models: AdaptationModels, opt: Optimizers, target, 
         _apply(w.discrepancy * discrepancy, [opt.selector_backbone], zero=[_unwrap(models.selector).heads])
         total += float(discrepancy.detach())
     return {"selector_discrepancy_backbone": total / max(1, w.num_k)}
+
+
+def selector_update(
+    models: AdaptationModels,
+    opt: Optimizers,
+    source,
+    target,
+    target_probs: torch.Tensor | None,
+    w: LossWeights,
+    all_reduce: Callable | None = None,
+) -> dict[str, float]:
+    """LabOR's selector network S, one step: A (supervised, with G's pseudo labels from
+    ``target_probs``), then on target B (heads maximise the discrepancy) and, with
+    ``w.selector_backbone_step``, C (the backbone minimises it)."""
+    pseudo = None
+    if target_probs is not None and w.pseudo_label > 0:
+        pseudo = pseudo_labels(models, target_probs, w, all_reduce)
+    losses = selector_supervised_update(models, opt, source, target, pseudo, w)
+    if target is not None and w.discrepancy > 0:
+        losses.update(selector_heads_update(models, opt, source, target, pseudo, w))
+        if w.selector_backbone_step:
+            losses.update(selector_backbone_update(models, opt, target, w))
+    return losses
 
 
 def adaptation_step(
@@ -290,16 +335,53 @@ def adaptation_step(
         losses.update(discriminator_update(models, opt, outputs))
     if target is not None and models.domain_classifier is not None:
         losses.update(domain_classifier_update(models, opt, outputs))
-    if not train_selector_network:
-        return losses
-    pseudo = None
-    if outputs.target_probs is not None and w.pseudo_label > 0:
-        pseudo = pseudo_labels(models, outputs.target_probs, w, all_reduce)
-    losses.update(selector_supervised_update(models, opt, source, target, pseudo, w))
-    if target is not None and w.discrepancy > 0:
-        losses.update(selector_heads_update(models, opt, source, target, pseudo, w))
-        losses.update(selector_backbone_update(models, opt, target, w))
+    if train_selector_network:
+        losses.update(selector_update(models, opt, source, target, outputs.target_probs, w, all_reduce))
     return losses
+
+
+def warmup_segmenter_step(
+    models: AdaptationModels,
+    opt: Optimizers,
+    source: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    w: LossWeights,
+) -> dict[str, float]:
+    """The warm-up's first phase, AdaptSegNet's iteration: G on source CE + the label-free losses
+    (Dis and theta_D fixed), then Dis and theta_D on G's detached outputs. S is not touched."""
+    losses, outputs = segmenter_update(models, opt, source, target, w)
+    if models.discriminator is not None:
+        losses.update(discriminator_update(models, opt, outputs))
+    if models.domain_classifier is not None:
+        losses.update(domain_classifier_update(models, opt, outputs))
+    return losses
+
+
+@torch.no_grad()
+def frozen_segmenter_probs(segmenter: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """softmax(G(x)) of a frozen G, in eval mode and without gradient: (N, K, H, W)."""
+    network = _unwrap(segmenter)
+    was_training = network.training
+    network.eval()
+    try:
+        return F.softmax(network(images)[0].float(), dim=1)
+    finally:
+        network.train(was_training)
+
+
+def warmup_selector_step(
+    models: AdaptationModels,
+    opt: Optimizers,
+    source: tuple[torch.Tensor, torch.Tensor],
+    target: tuple[torch.Tensor, torch.Tensor],
+    w: LossWeights,
+    all_reduce: Callable | None = None,
+) -> dict[str, float]:
+    """The warm-up's second phase (LabOR's order, its Fig. 2): S learns the target from the frozen,
+    warmed-up G's pseudo labels (``selector_update``); G, Dis and theta_D are not updated."""
+    return selector_update(
+        models, opt, source, target, frozen_segmenter_probs(models.segmenter, target[0]), w, all_reduce
+    )
 
 
 def pseudo_labels(

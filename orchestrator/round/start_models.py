@@ -1,7 +1,7 @@
 """The models every trial starts from, each trained once per setting and cached in the sweep's storage:
-the source model, the label-free warm-up (``warmup.steps``: G adapts without labels, then LabOR's
-selector network S learns the target from G's pseudo labels), and the oracle reference (every pool
-pixel labeled: the ceiling a sweep is measured against)."""
+the source model, the label-free warm-up (``warmup.steps``: G adapts without labels with AdaptSegNet's
+recipe, then LabOR's selector network S learns the target from the frozen G's pseudo labels), and
+the oracle reference (every pool pixel labeled: the ceiling a sweep is measured against)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 
 from experiment_config.schema import ExperimentConfig
 from orchestrator.cluster.storage import open_storage
+from pixel_selectors.rules import RULES, SELECTOR_NETWORK
 from trainers.engine import planned_adapt_steps
-from trainers.job import TrainJob
+from trainers.job import TrainJob, warmup_total_steps
 from trainers.labels import NO_LABELS
 from trainers.train_loop import run_training
 
@@ -71,10 +72,13 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
 
 
 # adapt keys that never change the warm-up: they act on labeled pixels or on the rounds after it.
-# (The warm-up has its own loss weights: adapt's adversarial and confusion weights act on the rounds only.)
+# (The warm-up has its own loss weights, batch size and discriminator: adapt's act on the rounds only.
+# adapt's optimizer keys do change it: its second phase trains S with them.)
 WARMUP_NEUTRAL_ADAPT_KEYS = (
     "steps",
     "total_steps",
+    "batch_size",
+    "lr_decay_steps",
     "target_ce_weight",
     "checkpoint_every",
     "soft_label_weight",
@@ -82,11 +86,12 @@ WARMUP_NEUTRAL_ADAPT_KEYS = (
     "soft_label_momentum",
     "soft_label_estimate",
     "adversarial_weight",
+    "discriminator_lr",
+    "discriminator_width",
     "confusion_weight",
 )
 # adapt keys of an adversary, which change the warm-up only when the warm-up uses that loss.
 WARMUP_LOSS_KEYS = {
-    "adversarial_weight": ("discriminator_lr", "discriminator_width"),
     "confusion_weight": ("domain_classifier_lr", "domain_classifier_width"),
 }
 
@@ -116,16 +121,58 @@ def warmup_losses(cfg: ExperimentConfig) -> str:
     return ", ".join(used) or "source CE only"
 
 
+def warmup_recipe(cfg: ExperimentConfig) -> str:
+    """The warm-up's two phases in words, for its progress line."""
+    w = cfg.warmup
+    decay = f", poly {w.lr_power:g}" if w.lr_power else ""
+    g = f"G: {w.steps} steps, {w.optimizer} lr {w.lr:g}{decay}, {warmup_losses(cfg)}"
+    if w.adversarial_weight:
+        g += f" (discriminator {w.discriminator_width} wide, Adam {w.discriminator_lr:g})"
+    s_loss = ["pseudo labels" + f" ({cfg.adapt.pseudo_label_rule})"]
+    if cfg.adapt.discrepancy_weight:
+        s_loss.append(
+            "heads maximise the discrepancy" + (", F minimises it" if cfg.adapt.selector_backbone_step else "")
+        )
+    if cfg.adapt.selector_source_ce:
+        s_loss.append("source CE")
+    s = f"then LabOR's selector network S: {w.selector_steps} steps on the frozen G ({'; '.join(s_loss)})"
+    return f"{g}; {s}"
+
+
+def no_warmup_line(cfg: ExperimentConfig) -> str | None:
+    """The one line a LabOR run without the warm-up prints (None otherwise): its first selection then
+    ranks with a selector network S that has never seen the target, which is not LabOR's order."""
+    rule = RULES.get(cfg.selection.rule)
+    if rule is None or rule.reads != SELECTOR_NETWORK:
+        return None
+    if cfg.warmup.steps == 0:
+        return (
+            "no warm-up (warmup.steps=0): LabOR's first selection ranks with a selector network S that has "
+            "never seen the target (not the paper's order; set warmup.steps for it)"
+        )
+    if cfg.warmup.selector_steps == 0:
+        return (
+            "warm-up without S (warmup.selector_steps=0): LabOR's first selection ranks with a selector "
+            "network S that has never seen the target (not the paper's order)"
+        )
+    return None
+
+
 def ensure_warmup_model(
     cfg: ExperimentConfig, source_checkpoint: str, source_metrics: dict, progress: Callable[[str], None] = print
 ) -> tuple[str, dict]:
     """The models round 1 starts from: (checkpoint location, their target metrics).
 
-    With ``warmup.steps`` > 0: one label-free adaptation job from the source model (G adapts with
-    the warm-up's loss weights, LabOR's selector network S learns the target from G's pseudo labels and the MCD
-    discrepancy), trained once per ``warmup_cache_key`` and cached like the source model; the
-    metrics carry ``warmup/steps``. With 0 steps: the source model itself.
+    With ``warmup.steps`` > 0: one label-free adaptation job from the source model in LabOR's order:
+    G adapts with the warm-up's losses and AdaptSegNet's recipe (``warmup.steps``), then LabOR's
+    selector network S learns the target from the frozen G's pseudo labels and the MCD discrepancy
+    (``warmup.selector_steps``); trained once per ``warmup_cache_key`` and cached like the source
+    model; the metrics (G's target mIoU after the warm-up) carry ``warmup/steps``. With 0 steps: the
+    source model itself. A LabOR run whose S never sees the target says so (``no_warmup_line``).
     """
+    line = no_warmup_line(cfg)
+    if line is not None:
+        progress(line)
     if cfg.warmup.steps == 0:
         return source_checkpoint, source_metrics
     storage = open_storage(cfg)
@@ -136,22 +183,23 @@ def ensure_warmup_model(
     if cached is not None:
         progress(f"warm-up: reusing {entry_location}")
         return storage.join(entry_location, "checkpoint"), json.loads(cached)
-    progress(
-        f"warm-up: {cfg.warmup.steps} label-free steps (G: {warmup_losses(cfg)}; "
-        f"LabOR's selector network S: pseudo labels ({cfg.adapt.pseudo_label_rule}) + MCD discrepancy)"
-    )
+    progress(f"warm-up, label-free: {warmup_recipe(cfg)}")
     job = TrainJob(
         mode="adapt",
         stage="warmup",
         config=cfg,
         init_checkpoint=source_checkpoint,
         round=0,
-        steps=cfg.warmup.steps,
+        steps=warmup_total_steps(cfg),
         labels=NO_LABELS,
         train_selector_network=True,
     )
     result = run_training(job, name=f"warmup-{entry.name}", **storage.train_storage(cache_root / "ray"))
-    metrics = {**round_metrics(result.metrics), "warmup/steps": float(cfg.warmup.steps)}
+    metrics = {
+        **round_metrics(result.metrics),
+        "warmup/steps": float(cfg.warmup.steps),
+        "warmup/selector_steps": float(cfg.warmup.selector_steps),
+    }
     marker = storage.join(entry_location, "metrics.json")
     try:
         storage.publish_entry(

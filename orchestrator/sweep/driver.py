@@ -37,7 +37,15 @@ from orchestrator.sweep.failures import (
 )
 from orchestrator.sweep.resources import ResourcePlan, plan_resources, with_node_types
 from orchestrator.sweep.state import STATE_BACKUP, SWEEP_STATE, _write_json, load_sweep_state, restorable_tune_state
-from orchestrator.sweep.summary import _trial_dir, budget_label, format_table, summarize, write_sweep_report
+from orchestrator.sweep.summary import (
+    _trial_dir,
+    budget_label,
+    format_table,
+    summarize,
+    warmup_lines,
+    warmup_tracking_metrics,
+    write_sweep_report,
+)
 from orchestrator.sweep.trainable import tune_trial
 from orchestrator.sweep.tune_setup import (
     EARLY_STOPS,
@@ -115,7 +123,7 @@ class _StartModels:
 
     source_checkpoint: str
     source_metrics: dict
-    warmup_metrics: dict
+    warmup_metrics: dict  # {} without a warm-up (warmup.steps 0)
     oracle_metrics: dict  # {} without sweep.oracle_reference
 
 
@@ -164,6 +172,8 @@ def _prepare_data_and_start_models(sweep: _Sweep) -> _StartModels:
     source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
     # Once here, before the trials, which all start from it (a trial whose settings change it trains its own).
     _, warmup_metrics = ensure_warmup_model(cfg, source_checkpoint, {}, progress=say)
+    for line in warmup_lines(source_metrics, warmup_metrics):  # the warm-up beside source-only; a warning if below
+        say(line)
     oracle_metrics = ensure_oracle_reference(cfg, source_checkpoint, progress=say) if cfg.sweep.oracle_reference else {}
     return _StartModels(source_checkpoint, source_metrics, warmup_metrics, oracle_metrics)
 
@@ -189,7 +199,7 @@ def _start_or_resume_parent_run(sweep: _Sweep, tracking: SweepTracking, models: 
         parent,
         {f"source_only/{k}": v for k, v in models.source_metrics.items()}
         | {f"oracle/{k}": v for k, v in models.oracle_metrics.items()}
-        | {f"warmup/{k}": v for k, v in models.warmup_metrics.items() if k != "warmup/steps"},
+        | warmup_tracking_metrics(models.source_metrics, models.warmup_metrics),
         step=0,
         context="source model",
     )
@@ -310,6 +320,7 @@ def _summarise_and_report(
         models.source_metrics.get("target/miou"),
         models.oracle_metrics.get("target/miou"),
         sweep.say,
+        warmup=models.warmup_metrics.get("target/miou"),
     )
     tracking.finish_sweep(parent, "FAILED" if failed else "FINISHED", report_dir, unsent_path=sweep.unsent_path)
     return _Outcome(rows, failed, waiting)
@@ -318,7 +329,7 @@ def _summarise_and_report(
 def _print_outcome(sweep: _Sweep, results: tune.ResultGrid, models: _StartModels, outcome: _Outcome) -> int:
     """The table, a line per failed trial, the totals and what to do next; returns the exit code."""
     cfg, rows, failed, waiting = sweep.cfg, outcome.rows, outcome.failed, outcome.waiting
-    print(format_table(rows, models.source_metrics, models.oracle_metrics))
+    print(format_table(rows, models.source_metrics, models.oracle_metrics, models.warmup_metrics))
     for result in results:
         trial = (result.metrics or {}).get("trial_id", Path(result.path).name)
         if result.error is not None and trial not in waiting:  # waiting for people is no failure

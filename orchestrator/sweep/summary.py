@@ -45,8 +45,11 @@ def round_rows(results, cfg: ExperimentConfig) -> pd.DataFrame:
 
 
 def trial_round_rows(trial_id: str, sampled: dict, history, cfg: ExperimentConfig):
-    """One trial's reports (Tune's metrics history) as rows of the report; None without a round."""
+    """One trial's reports (Tune's metrics history) as rows of the report; None without a round.
+    ``start`` says what its round 0 is: the model after the label-free warm-up, or the source model."""
     import pandas as pd
+
+    from orchestrator.tracking.report import START_SOURCE_ONLY, START_WARMUP
 
     if history is None or history.empty or "round" not in history:
         return None
@@ -56,6 +59,7 @@ def trial_round_rows(trial_id: str, sampled: dict, history, cfg: ExperimentConfi
             "trial_id": trial_id,
             "rule": trial_cfg.selection.rule,
             "setting": trial_setting(sampled),
+            "start": START_WARMUP if trial_cfg.warmup.steps else START_SOURCE_ONLY,
             "budget": budget_label(trial_cfg),
             "round": history["round"].astype(int),
             "labeled_pixels": history["budget/labeled_pixels"],
@@ -95,12 +99,20 @@ def budget_label(cfg: ExperimentConfig) -> str:
 
 
 def write_sweep_report(
-    results, cfg: ExperimentConfig, sweep_dir: Path, source_only: float | None, oracle: float | None, say
+    results,
+    cfg: ExperimentConfig,
+    sweep_dir: Path,
+    source_only: float | None,
+    oracle: float | None,
+    say,
+    warmup: float | None = None,
 ) -> Path | None:
     """The sweep's report folder: ``report.html`` (interactive: curves per method and setting, Pareto
     front in clicks, per-class IoU table), ``method_curves.png`` (the same curves as the picture MLflow
     shows), ``budget_curve.html`` (interactive: every trial on its own, round by round), the tables
-    ``summary``, ``class_iou``, ``curves`` and ``pareto`` (CSV + parquet) and ``rounds.csv``."""
+    ``summary``, ``class_iou``, ``curves`` and ``pareto`` (CSV + parquet) and ``rounds.csv``. The
+    levels drawn: ``source_only``, ``warmup`` (after the label-free warm-up; None without one) and
+    ``oracle``."""
     from orchestrator.tracking.report import (
         budget_curve,
         class_iou_table,
@@ -125,10 +137,12 @@ def write_sweep_report(
         source_only=source_only,
         oracle=oracle,
         title=f"{cfg.sweep.name}: every trial, round by round",
+        warmup=warmup,
     )
     curves = method_curves(rows)
-    method_curves_png(curves, out / "method_curves.png", source_only=source_only, oracle=oracle, title=title)
-    page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
+    levels = {"source_only": source_only, "oracle": oracle, "warmup": warmup}
+    method_curves_png(curves, out / "method_curves.png", title=title, **levels)
+    page = report_page(rows, out / "report.html", title=title, **levels)
     write_summary(summary_table(rows, source_only=source_only, oracle=oracle), out)
     write_table(class_iou_table(rows), out, "class_iou")
     write_table(curves, out, "curves")
@@ -183,14 +197,50 @@ def summarize(
     return rows
 
 
-def format_table(rows: list[dict[str, Any]], source_metrics: dict, oracle_metrics: dict | None = None) -> str:
+def warmup_lines(source_metrics: dict, warmup_metrics: dict | None) -> list[str]:
+    """The warm-up's target mIoU beside source-only, and one warning line when it ends below it
+    (nothing without a warm-up: ``warmup_metrics`` empty)."""
+    base = source_metrics.get("target/miou", math.nan)
+    warm = (warmup_metrics or {}).get("target/miou", math.nan)
+    if warm != warm:
+        return []
+    from orchestrator.tracking.report import warmup_warning
+
+    lines = [f"after the label-free warm-up (every trial's round 0) target mIoU: {warm:.4f}"]
+    if base == base:
+        lines[0] += f" ({warm - base:+.4f} against source-only)"
+    warning = warmup_warning(base, warm)
+    return lines if warning is None else [*lines, warning]
+
+
+def warmup_tracking_metrics(source_metrics: dict, warmup_metrics: dict | None) -> dict[str, float]:
+    """The warm-up's figures for the sweep's MLflow run: ``warmup/<metric>`` (its target mIoU and
+    per-class IoU, losses), and ``warmup/gain_over_source_only`` (its mIoU - source-only's; < 0: the
+    warm-up hurt)."""
+    warmup_metrics = warmup_metrics or {}
+    out = {f"warmup/{k}": v for k, v in warmup_metrics.items() if not k.startswith("warmup/")}
+    base, warm = source_metrics.get("target/miou"), warmup_metrics.get("target/miou")
+    if base is not None and warm is not None:
+        out["warmup/gain_over_source_only"] = warm - base
+    return out
+
+
+def format_table(
+    rows: list[dict[str, Any]],
+    source_metrics: dict,
+    oracle_metrics: dict | None = None,
+    warmup_metrics: dict | None = None,
+) -> str:
+    """The sweep's closing table: the levels (source-only, after the label-free warm-up, oracle),
+    then one line per trial with its gain over source-only and the share of the source-only-to-oracle
+    gap it closes."""
     header = (
         f"{'trial':<12} {'rule':<23} {'budget':<21} {'rounds':>6} {'labeled px':>10} "
         f"{'labeled %':>9} {'mIoU':>7} {'gain':>7} {'gap closed':>10}  status"
     )
     base = source_metrics.get("target/miou", math.nan)
     ceiling = (oracle_metrics or {}).get("target/miou", math.nan)
-    lines = ["", f"source-only target mIoU: {base:.4f}"]
+    lines = ["", f"source-only target mIoU: {base:.4f}", *warmup_lines(source_metrics, warmup_metrics)]
     if ceiling == ceiling:
         lines.append(f"oracle (every pool pixel labeled) target mIoU: {ceiling:.4f}")
     lines += [header, "-" * len(header)]
@@ -201,4 +251,6 @@ def format_table(rows: list[dict[str, Any]], source_metrics: dict, oracle_metric
             f"{r['labeled px']:>10} {r['labeled %']:>9.3f} {r['mIoU']:>7.4f} {r['mIoU'] - base:>+7.4f} "
             f"{closed:>10.2f}  {r['status']}"
         )
+    if ceiling == ceiling:
+        lines.append("gain: mIoU - source-only; gap closed: (mIoU - source-only) / (oracle - source-only)")
     return "\n".join(lines)

@@ -7,8 +7,13 @@ plotly's JavaScript inline, so one HTML file works offline and from a file:// UR
 backend) draws the pictures MLflow shows as images (``method_curves_png``) and the overlays.
 
 The curve and summary inputs are one row per (trial, round) with the columns of ``ROW_COLUMNS``
-(``labeled_pixels`` is optional): what each trial reports per round, round 0 being the source-only
-model before any label is bought.
+(``labeled_pixels`` and ``start`` are optional): what each trial reports per round, round 0 being the
+model before any label is bought: after the label-free warm-up, or the source-only model without
+one (``start``: ``START_WARMUP`` or ``START_SOURCE_ONLY``).
+
+Three reference levels, each named for what it is (``LEVEL_NAMES``): source-only (dashed), after the
+label-free warm-up (dash-dot), oracle (dotted). A warm-up that ends below source-only is said in one
+warning line at the top of each page (``warmup_warning``).
 """
 
 from __future__ import annotations
@@ -52,8 +57,43 @@ _FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr",
 _MARKERS = ("o", "s", "^", "D", "v", "P")
 _PLOTLY_SYMBOLS = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down", "P": "cross"}
 # Reference levels: line style in matplotlib's words and in plotly's.
-_SOURCE_STYLE = {"color": "#555555", "linestyle": "--", "dash": "dash"}
-_ORACLE_STYLE = {"color": "#000000", "linestyle": ":", "dash": "dot"}
+# (The warm-up's name sits at the left: it is often close to source-only's.)
+_SOURCE_STYLE = {"color": "#555555", "linestyle": "--", "dash": "dash", "annotation": "bottom right"}
+_WARMUP_STYLE = {"color": "#8e24aa", "linestyle": "-.", "dash": "dashdot", "annotation": "top left"}
+_ORACLE_STYLE = {"color": "#000000", "linestyle": ":", "dash": "dot", "annotation": "bottom right"}
+# What round 0 of a trial is (the ``start`` column), and every level's name.
+START_SOURCE_ONLY, START_WARMUP = "source_only", "warmup"
+LEVEL_NAMES = {
+    START_SOURCE_ONLY: "source-only",
+    START_WARMUP: "after the label-free warm-up",
+    "oracle": "oracle",
+}
+# Round 0 of rows that do not say what it is.
+UNNAMED_START = "round 0 (no label)"
+
+
+def reference_levels(
+    source_only: float | None, oracle: float | None, warmup: float | None = None
+) -> list[tuple[str, float, dict]]:
+    """(name, value, style) of each reference level that is given, lowest-numbered first: source-only,
+    after the label-free warm-up, oracle."""
+    levels = (
+        (LEVEL_NAMES[START_SOURCE_ONLY], source_only, _SOURCE_STYLE),
+        (LEVEL_NAMES[START_WARMUP], warmup, _WARMUP_STYLE),
+        (LEVEL_NAMES["oracle"], oracle, _ORACLE_STYLE),
+    )
+    return [(name, float(value), style) for name, value, style in levels if _finite(value)]
+
+
+def warmup_warning(source_only: float | None, warmup: float | None) -> str | None:
+    """One line when the label-free warm-up ends below source-only (None otherwise): every trial then
+    starts from a model that adaptation without labels made worse."""
+    if not (_finite(source_only) and _finite(warmup)) or warmup >= source_only:
+        return None
+    return (
+        f"warning: the label-free warm-up ends below source-only (target mIoU {warmup:.4f} < {source_only:.4f}): "
+        f"every trial starts from a model that adaptation without labels made worse"
+    )
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -160,7 +200,9 @@ _PANELS = (
 )
 
 
-def budget_figure(rows: pd.DataFrame, source_only: float | None = None, oracle: float | None = None):
+def budget_figure(
+    rows: pd.DataFrame, source_only: float | None = None, oracle: float | None = None, warmup: float | None = None
+):
     """Every trial on its own, round by round: target mIoU against labeled fraction (%) and, in a
     second panel, against clicks (a plotly ``Figure``).
 
@@ -169,7 +211,8 @@ def budget_figure(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     budget), the marker the rule (trials sharing both get their id in the legend). A legend entry
     hides or shows its trial in both panels; one toggle button per rule hides or shows all of its
     trials. Hover a point for trial, rule, budget, round, mIoU, labeled % and clicks. The
-    ``source_only`` and ``oracle`` levels are dashed and dotted lines across both panels when given.
+    ``source_only``, ``warmup`` (after the label-free warm-up) and ``oracle`` levels are dashed,
+    dash-dotted and dotted lines across both panels when given.
     """
     import plotly.graph_objects as go
 
@@ -186,7 +229,8 @@ def budget_figure(rows: pd.DataFrame, source_only: float | None = None, oracle: 
                 continue
             hover = [
                 f"trial {e(s.trial_id)}<br>rule {e(s.rule)}<br>budget {e(s.budget)}<br>round {int(p['round'])}"
-                f"<br>mIoU {_fmt(p['miou'])}<br>labeled {_pct(p['labeled_fraction'])}<br>clicks {_num(p['clicks'])}"
+                + (f" ({e(_start_name(p))})" if int(p["round"]) == 0 else "")
+                + f"<br>mIoU {_fmt(p['miou'])}<br>labeled {_pct(p['labeled_fraction'])}<br>clicks {_num(p['clicks'])}"
                 for _, p in pts.iterrows()
             ]
             of_selector.setdefault(s.rule, []).append(len(fig.data))
@@ -206,7 +250,7 @@ def budget_figure(rows: pd.DataFrame, source_only: float | None = None, oracle: 
                 row=1,
                 col=col,
             )
-    _reference_lines(fig, source_only, oracle)
+    _reference_lines(fig, source_only, oracle, warmup)
     fig.update_layout(
         updatemenus=[
             {
@@ -241,10 +285,12 @@ def budget_curve(
     source_only: float | None = None,
     oracle: float | None = None,
     title: str = "Target mIoU against the annotation budget",
+    warmup: float | None = None,
 ) -> Path:
     """Write ``budget_figure`` as one self-contained HTML page (plotly, its JavaScript inline: no
-    network, works from a file), followed by the per-trial summary table; returns its path."""
-    fig = budget_figure(rows, source_only, oracle)
+    network, works from a file), followed by the per-trial summary table; returns its path. A
+    warm-up below source-only is said in a warning line at the top (``warmup_warning``)."""
+    fig = budget_figure(rows, source_only, oracle, warmup)
     summary = summary_table(rows, source_only=source_only, oracle=oracle)
     note = (
         f"{summary.shape[0]} trial(s), each on its own, round by round. Hover a point for its details; click a "
@@ -252,7 +298,7 @@ def budget_curve(
         f"or show all of its trials."
     )
     sections = [("Final round of each trial", _html_table(summary, "summary", _NUMBER_FORMATS))]
-    return _write_page(html_path, title, note, fig, "trials", sections)
+    return _write_page(html_path, title, note, fig, "trials", sections, warmup_warning(source_only, warmup))
 
 
 # -------------------------------------------------------------------------------------- summary table
@@ -261,8 +307,8 @@ def budget_curve(
 def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: float | None = None) -> pd.DataFrame:
     """One row per trial, at its final (largest) round, with the columns of ``SUMMARY_COLUMNS``.
 
-    ``rounds`` is the final round number, ``gain`` = final mIoU - the trial's round-0 mIoU (NaN without
-    a round 0), ``gap_closed`` = (mIoU - source_only) / (oracle - source_only) when both references are
+    ``rounds`` is the final round number, ``gain`` = final mIoU - the trial's round-0 mIoU (its start:
+    after the label-free warm-up, or source-only without one; NaN without a round 0), ``gap_closed`` = (mIoU - source_only) / (oracle - source_only) when both references are
     given and differ (else NaN). ``labeled_pixels`` is NaN when ``rows`` lacks that column. Sorted by
     rule, then labeled fraction, then trial id.
     """
@@ -493,7 +539,8 @@ def write_iou_csv(per_class: Mapping[str, float], path: str | os.PathLike) -> Pa
 #
 # A trial is one (method, setting, budget, seed). What a reader compares is a *method* (the rule,
 # under one setting of the other swept keys) across budgets and rounds: one curve through every
-# budget and round of it, averaged over seeds, starting at the source-only model (round 0).
+# budget and round of it, averaged over seeds, starting at the trial's round 0 (after the label-free
+# warm-up, or the source-only model without one).
 
 CURVE_COLUMNS = (
     "curve",
@@ -514,10 +561,17 @@ def _curve_name(rule: str, setting: str) -> str:
     return f"{rule} \u00b7 {setting}" if setting else rule
 
 
-def _point_label(budget: str, round_index: int) -> str:
-    """The budget a point stands for: ``10 points/image`` after one round, ``... x 2`` after two."""
+def _start_name(row) -> str:
+    """What round 0 of a row's trial is: after the label-free warm-up, or source-only."""
+    start = row.get("start") if hasattr(row, "get") else None
+    return LEVEL_NAMES.get(start, UNNAMED_START) if isinstance(start, str) else UNNAMED_START
+
+
+def _point_label(budget: str, round_index: int, start: str | None = None) -> str:
+    """The budget a point stands for: ``10 points/image`` after one round, ``... x 2`` after two; round
+    0 is named for what it is (``start``: ``START_WARMUP`` or ``START_SOURCE_ONLY``)."""
     if round_index == 0:
-        return "source-only"
+        return LEVEL_NAMES.get(start, UNNAMED_START) if isinstance(start, str) else UNNAMED_START
     base = budget.replace("/round", "")
     return base if round_index == 1 else f"{base} x {round_index}"
 
@@ -529,12 +583,14 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
     trial's swept keys other than the rule, the budget and the seed; '' when absent). A curve is
     one (rule, setting); its points are every (budget, round >= 1) of its trials, with the
     labeled fraction, clicks and mIoU averaged over the trials that share them (seeds), and the
-    source-only model (round 0) as the first point. ``miou_std`` is the standard deviation over
-    those trials (NaN for one trial). Sorted by curve, then labeled fraction, then round.
+    trials' start (round 0) as the first point, labeled for what it is: "after the label-free
+    warm-up" or "source-only" by the rows' ``start`` column. ``miou_std`` is the standard deviation
+    over those trials (NaN for one trial). Sorted by curve, then labeled fraction, then round.
     """
     _check_columns(rows, ROW_COLUMNS, "method_curves")
     data = rows.copy()
     data["setting"] = data["setting"].fillna("").astype(str) if "setting" in data.columns else ""
+    data["start"] = data["start"].fillna("").astype(str) if "start" in data.columns else ""
     for column in ("rule", "budget"):
         data[column] = data[column].astype(str)
     for column in ("round", "labeled_fraction", "clicks", "miou"):
@@ -553,9 +609,12 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
         clicks=("clicks", "mean"),
         miou=("miou", "mean"),
         miou_std=("miou", "std"),
+        start=("start", "first"),
     ).reset_index()
     points["curve"] = [_curve_name(s, t) for s, t in zip(points["rule"], points["setting"])]
-    points["point_label"] = [_point_label(b, r) for b, r in zip(points["budget"], points["round"])]
+    points["point_label"] = [
+        _point_label(b, r, st or None) for b, r, st in zip(points["budget"], points["round"], points["start"])
+    ]
     points = points.sort_values(["curve", "labeled_fraction", "round", "budget"], kind="stable").reset_index(drop=True)
     return points[list(CURVE_COLUMNS)]
 
@@ -638,9 +697,11 @@ def method_curves_png(
     source_only: float | None = None,
     oracle: float | None = None,
     title: str = "Target mIoU against the annotation budget",
+    warmup: float | None = None,
 ) -> Path:
     """The curves of ``method_curves`` as a PNG: mIoU against labeled % and against clicks, each point
-    labeled with its budget, the Pareto front in clicks as a dashed black step line."""
+    labeled with its budget, the Pareto front in clicks as a dashed black step line, the reference
+    levels (``reference_levels``), and a warm-up below source-only in a warning line under the title."""
     if curves.empty:
         raise ValueError("method_curves_png: no curve has a point")
     png_path = Path(png_path)
@@ -682,15 +743,14 @@ def method_curves_png(
                     linewidth=1.1,
                     label="Pareto front (clicks)",
                 )
-            for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE)):
-                if _finite(value):
-                    ax.axhline(
-                        value,
-                        color=style["color"],
-                        linestyle=style["linestyle"],
-                        linewidth=1.3,
-                        label=f"{name} ({value:.3f})" if x_column == "labeled_pct" else None,
-                    )
+            for name, value, style in reference_levels(source_only, oracle, warmup):
+                ax.axhline(
+                    value,
+                    color=style["color"],
+                    linestyle=style["linestyle"],
+                    linewidth=1.3,
+                    label=f"{name} ({value:.3f})" if x_column == "labeled_pct" else None,
+                )
             ax.set_xlabel(x_label)
             ax.grid(True, alpha=0.3)
         axes[0].set_ylabel("target mIoU")
@@ -702,7 +762,8 @@ def method_curves_png(
                     labels.append(label)
         ncol = min(3, max(1, len(labels)))
         fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=9)
-        fig.suptitle(title, fontsize=13)
+        warning = warmup_warning(source_only, warmup)
+        fig.suptitle(title if warning is None else f"{title}\n{warning}", fontsize=13 if warning is None else 10)
         fig.tight_layout(rect=(0, min(0.45, 0.05 + 0.045 * math.ceil(len(labels) / ncol)), 1, 0.95))
         png_path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(png_path, facecolor="white")
@@ -731,19 +792,19 @@ def _two_panels(titles: Sequence[str], x_titles: Sequence[str]):
     return fig
 
 
-def _reference_lines(fig, source_only: float | None, oracle: float | None) -> None:
-    """The source-only (dashed) and oracle (dotted) levels across both panels, labeled with their value."""
-    for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE)):
-        if _finite(value):
-            for col in (1, 2):
-                fig.add_hline(
-                    y=value,
-                    line={"color": style["color"], "dash": style["dash"], "width": 1.3},
-                    annotation_text=f"{name} {value:.3f}",
-                    annotation_position="bottom right",
-                    row=1,
-                    col=col,
-                )
+def _reference_lines(fig, source_only: float | None, oracle: float | None, warmup: float | None = None) -> None:
+    """The source-only (dashed), after the label-free warm-up (dash-dotted) and oracle (dotted) levels
+    across both panels, labeled with their name and value."""
+    for name, value, style in reference_levels(source_only, oracle, warmup):
+        for col in (1, 2):
+            fig.add_hline(
+                y=value,
+                line={"color": style["color"], "dash": style["dash"], "width": 1.3},
+                annotation_text=f"{name} {value:.3f}",
+                annotation_position=style["annotation"],
+                row=1,
+                col=col,
+            )
 
 
 def _html_table(
@@ -784,6 +845,7 @@ _REPORT_CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:20px;color:#222;background:#fff}
 h1{font-size:1.3em;margin:0 0 4px} h2{font-size:1.1em;margin:22px 0 6px}
 p.note{color:#555;margin:0 0 10px;font-size:.9em;max-width:70em}
+p.warning{color:#8a1c1c;background:#fdecea;border-left:4px solid #c62828;padding:6px 10px;margin:6px 0 10px;max-width:70em}
 table.data{border-collapse:collapse;font-size:.85em}
 table.data th,table.data td{border:1px solid #ccc;padding:3px 7px;text-align:right;white-space:nowrap}
 table.data th{background:#f3f3f3}
@@ -793,26 +855,36 @@ table.data td:nth-child(-n+4){text-align:left}
 
 
 def _write_page(
-    html_path: str | os.PathLike, title: str, note: str, fig, div_id: str, sections: Sequence[tuple[str, str]]
+    html_path: str | os.PathLike,
+    title: str,
+    note: str,
+    fig,
+    div_id: str,
+    sections: Sequence[tuple[str, str]],
+    warning: str | None = None,
 ) -> Path:
-    """One self-contained HTML page: the title, a note, the figure with plotly's JavaScript inline (no
-    CDN, no network), then (heading, HTML) sections; written atomically."""
+    """One self-contained HTML page: the title, a warning line if any, a note, the figure with plotly's
+    JavaScript inline (no CDN, no network), then (heading, HTML) sections; written atomically."""
     e = html.escape
+    warned = f'<p class="warning" id="warning">{e(warning)}</p>\n' if warning else ""
     plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id=div_id, config={"displaylogo": False})
     parts = "".join(f'<h2>{e(heading)}</h2>\n<div class="scroll">{body}</div>\n' for heading, body in sections)
     page = (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{e(title)}</title>'
-        f"<style>{_REPORT_CSS}</style></head><body>\n<h1>{e(title)}</h1>\n"
+        f"<style>{_REPORT_CSS}</style></head><body>\n<h1>{e(title)}</h1>\n{warned}"
         f'<p class="note">{e(note)}</p>\n{plot}\n{parts}</body></html>\n'
     )
     return atomic_write_text(html_path, page)
 
 
-def curves_figure(curves: pd.DataFrame, source_only: float | None = None, oracle: float | None = None):
+def curves_figure(
+    curves: pd.DataFrame, source_only: float | None = None, oracle: float | None = None, warmup: float | None = None
+):
     """The curves of ``method_curves`` as a plotly ``Figure``: mIoU against labeled % and against
     clicks, each point labeled with its budget, error bars the standard deviation over seeds, the
-    Pareto front in clicks as a dashed black step line, the source-only and oracle levels."""
+    Pareto front in clicks as a dashed black step line, the reference levels (source-only, after the
+    label-free warm-up, oracle)."""
     import plotly.graph_objects as go
 
     if curves.empty:
@@ -875,7 +947,7 @@ def curves_figure(curves: pd.DataFrame, source_only: float | None = None, oracle
             row=1,
             col=2,
         )
-    _reference_lines(fig, source_only, oracle)
+    _reference_lines(fig, source_only, oracle, warmup)
     return fig
 
 
@@ -885,19 +957,21 @@ def report_page(
     source_only: float | None = None,
     oracle: float | None = None,
     title: str = "Target mIoU against the annotation budget",
+    warmup: float | None = None,
 ) -> Path:
     """The sweep's interactive report, one self-contained HTML file (plotly, its JavaScript inline:
     no CDN, no network), with
 
     - the curves of ``method_curves`` against labeled % and against clicks (``curves_figure``: hover
       a point for its budget, round, trials and mIoU ± std; click a legend entry to hide a curve in
-      both panels, double-click to show it alone), the source-only and oracle levels, the Pareto
-      front in clicks;
+      both panels, double-click to show it alone), the source-only, after-the-warm-up and oracle
+      levels, the Pareto front in clicks;
     - the Pareto points as a table, the per-class IoU of every trial at its final round
-      (``class_iou_table``, cells shaded by IoU), and the per-trial summary.
+      (``class_iou_table``, cells shaded by IoU), and the per-trial summary;
+    - at the top, one warning line when the label-free warm-up ends below source-only.
     """
     curves = method_curves(rows)
-    fig = curves_figure(curves, source_only, oracle)
+    fig = curves_figure(curves, source_only, oracle, warmup)
     front = pareto_front(curves)
     pareto_view = front[["curve", "point_label", "round", "trials", "clicks", "labeled_fraction", "miou"]].rename(
         columns={"point_label": "budget"}
@@ -908,7 +982,8 @@ def report_page(
     class_formats = {**_NUMBER_FORMATS, **dict.fromkeys(class_columns, _fmt)}
     note = (
         "One curve per method (rule) and setting of the other swept keys, through every budget and round "
-        "of its trials (averaged over seeds; error bars: standard deviation), from the source-only model. Each "
+        "of its trials (averaged over seeds; error bars: standard deviation), from the trials' start before "
+        "any label (round 0: after the label-free warm-up, or the source-only model without one). Each "
         "point is labeled with its budget. Hover a point for details; click a legend entry to hide a curve, "
         "double-click to show it alone. The dashed black step line is the Pareto front in clicks: the points "
         "no other point beats with as few clicks."
@@ -922,4 +997,4 @@ def report_page(
         ),
         ("Final round of each trial", _html_table(summary, "summary", _NUMBER_FORMATS)),
     ]
-    return _write_page(html_path, title, note, fig, "curves", sections)
+    return _write_page(html_path, title, note, fig, "curves", sections, warmup_warning(source_only, warmup))

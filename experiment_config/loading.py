@@ -100,6 +100,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+UniqueKeyLoader = _UniqueKeyLoader  # public for other YAML readers (dataset YAMLs): one duplicate-key rule
+
+
 def merge_layers(base: Mapping[str, Any], layer: Mapping[str, Any], cls: type | None = None) -> dict:
     """``layer`` over ``base`` (raw YAML dicts): sections merge key by key, values are replaced whole."""
     cls = cls or ExperimentConfig

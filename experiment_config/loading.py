@@ -100,6 +100,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+UniqueKeyLoader = _UniqueKeyLoader  # public for other YAML readers (dataset YAMLs): one duplicate-key rule
+
+
 def merge_layers(base: Mapping[str, Any], layer: Mapping[str, Any], cls: type | None = None) -> dict:
     """``layer`` over ``base`` (raw YAML dicts): sections merge key by key, values are replaced whole."""
     cls = cls or ExperimentConfig
@@ -360,6 +363,7 @@ def validate(cfg: ExperimentConfig) -> None:
             "selection.oracle=human, people label what they are shown",
         )
     validate_storage(cfg)
+    validate_data_roots(cfg)
     validate_search_space(cfg)
     cases = next(iter(cfg.sweep.search_space[CASES_AXIS].values())) if CASES_AXIS in cfg.sweep.search_space else []
     varies_rounds = "selection.rounds" in cfg.sweep.search_space or any("selection.rounds" in c for c in cases)
@@ -403,6 +407,17 @@ def validate_procedure(cfg: ExperimentConfig) -> None:
             "selection.point_window",
             f"must be odd (a square centred on a pixel) or 0, got {cfg.selection.point_window}",
         )
+
+
+def validate_data_roots(cfg: ExperimentConfig) -> None:
+    """A folder dataset names its folder: it has no bundled synthetic stand-in (that one is written in
+    the GTA5 and Cityscapes layouts). Whether the folder and its dataset.yaml are good is preflight's."""
+    for side in ("source", "target"):
+        domain = getattr(cfg.data, side)
+        if domain.format == "folder" and not domain.root:
+            raise ConfigError(
+                f"data.{side}.root", "format 'folder' needs the dataset's folder (the one holding dataset.yaml)"
+            )
 
 
 def validate_storage(cfg: ExperimentConfig) -> None:

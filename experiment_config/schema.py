@@ -28,6 +28,7 @@ from pixel_selectors.rules import RULES
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
 from .choices import (
+    CLASS_SET_FROM_DATASET,
     CLASS_SETS,
     DEEPLABV2_STYLES,
     EVAL_RESOLUTIONS,
@@ -80,7 +81,11 @@ def _opt(
 
 @dataclass
 class DomainConfig:
-    format: str = _opt("gta5", "on-disk layout of this domain", choices=SOURCE_FORMATS)
+    format: str = _opt(
+        "gta5",
+        "on-disk layout of this domain ('folder': images, label PNGs and ROOT/dataset.yaml)",
+        choices=SOURCE_FORMATS,
+    )
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
     height: int = _opt(
         0,
@@ -98,7 +103,11 @@ class DomainConfig:
 
 @dataclass
 class TargetDomainConfig:
-    format: str = _opt("cityscapes", "on-disk layout of this domain", choices=TARGET_FORMATS)
+    format: str = _opt(
+        "cityscapes",
+        "on-disk layout of this domain ('folder': images, label PNGs and ROOT/dataset.yaml)",
+        choices=TARGET_FORMATS,
+    )
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
     pool_split: str = _opt("train", "split whose images form the unlabeled pool", choices=SPLITS)
     val_split: str = _opt("val", "split on which target mIoU is measured", choices=SPLITS)
@@ -122,7 +131,12 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    class_set: str = _opt("synthetic", "classes every dataset is mapped into", choices=CLASS_SETS)
+    class_set: str = _opt(
+        "synthetic",
+        "classes every dataset is mapped into, by name: a named set of the target dataset's classes, or "
+        "'dataset' for the classes of the target's dataset YAML",
+        choices=(*CLASS_SETS, CLASS_SET_FROM_DATASET),
+    )
     height: int = _opt(
         64,
         "target image height for training, selection and evaluation input (images are "

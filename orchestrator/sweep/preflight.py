@@ -3,8 +3,9 @@
 A run that is going to be refused must be refused before it has created a folder, generated data or
 touched the tracking store, so that bad input costs one line and leaves nothing behind. In order:
 
-1. the config (done by the caller while it is loaded: one line naming the key or the config file), and
-   the classes it withholds from the oracle against the class set;
+1. the config (done by the caller while it is loaded: one line naming the key or the config file), the
+   dataset YAMLs of source and target and ``data.class_set`` against them (``resolve_class_set``), and
+   the classes the config withholds from the oracle against the class set;
 2. the tracking store (reachable and writable);
 3. cluster-wide storage (``storage.uri``: the bucket exists and takes a write, removed at once);
 4. ``output_dir`` can be created and written;
@@ -31,7 +32,7 @@ from orchestrator.tracking.mlflow_runs import (
     check_tracking_uri,
     read_outbox,
 )
-from trainers.data import CLASS_SETS, DatasetError, check_domains, check_writable_folder
+from trainers.data import ClassSet, DatasetError, check_domains, check_writable_folder, resolve_class_set
 from trainers.engine import check_given_source_model
 
 
@@ -46,7 +47,8 @@ def preflight(
     """Raise the first problem found (``ConfigError``, ``TrackingError``, ``DatasetError``,
     ``SweepFolderBusy``, ``StartCheckpointError``); write nothing. ``sweep=False`` (``orchestrator.run``) skips the sweep
     folder's checks."""
-    check_unlabeled_classes(cfg)
+    class_set = resolve_class_set(cfg.data)
+    check_unlabeled_classes(cfg, class_set)
     check_tracking_uri(tracking_uri)
     check_storage(cfg)
     try:
@@ -61,7 +63,7 @@ def preflight(
     if sweep:
         check_sweep_folder_free(sweep_dir)
     check_domains(cfg.data, progress=progress)
-    check_given_source_model(cfg, len(CLASS_SETS[cfg.data.class_set]))
+    check_given_source_model(cfg, len(class_set.names))
 
 
 def check_resume_state(cfg: ExperimentConfig, sweep_dir: Path) -> dict:
@@ -77,14 +79,15 @@ def check_resume_state(cfg: ExperimentConfig, sweep_dir: Path) -> dict:
     return sweep_state_from_text(text, sweep_dir, cfg)
 
 
-def check_unlabeled_classes(cfg: ExperimentConfig) -> None:
+def check_unlabeled_classes(cfg: ExperimentConfig, class_set: ClassSet | None = None) -> None:
     """The classes ``selection.unlabeled_classes`` withholds exist in the class set, and some class is left."""
-    classes = CLASS_SETS[cfg.data.class_set]
+    class_set = class_set or resolve_class_set(cfg.data)
+    classes = class_set.names
     for name in cfg.selection.unlabeled_classes:
         if name not in classes:
             raise ConfigError(
                 "selection.unlabeled_classes",
-                f"unknown class '{name}' in class set '{cfg.data.class_set}'; choose from: {', '.join(classes)}",
+                f"unknown class '{name}' in class set '{class_set.name}'; choose from: {', '.join(classes)}",
             )
     if len(set(cfg.selection.unlabeled_classes)) == len(classes):
         raise ConfigError("selection.unlabeled_classes", "withholds every class: nothing could ever be labeled")

@@ -18,6 +18,8 @@ REGION_SPREADS: tuple[str, ...] = ("score", "share")
 MODELS: tuple[str, ...] = ("small_segnet", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv2_resnet101")
 # trainers.models.MIN_BATCH_SIZE: models that cannot train on fewer images per step (default 1)
 MIN_BATCH_SIZE: dict[str, int] = {"deeplabv3_resnet101": 2, "deeplabv3_mobilenet_v3_large": 2}
+# trainers.models.IMAGENET_WEIGHTS: models whose backbone has torchvision ImageNet weights (model.pretrained: imagenet)
+IMAGENET_MODELS: tuple[str, ...] = ("deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv2_resnet101")
 # trainers.models.DEEPLABV2_STYLES
 DEEPLABV2_STYLES: tuple[str, ...] = ("ripu", "adaptsegnet")
 # trainers.data.EVAL_RESOLUTIONS

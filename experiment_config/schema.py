@@ -56,6 +56,11 @@ class ConfigError(ValueError):
 
 # selection.rule value for adaptation without any target labels (unsupervised adaptation rows).
 NO_SELECTION = "none"
+# model.pretrained value for torchvision's ImageNet weights of the model's backbone (a name, not a path).
+IMAGENET = "imagenet"
+# A value with a scheme (s3://, file://) is a URI, never made absolute as a relative path would be.
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+S3_OBJECT = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>[^?#\s]*[^/?#\s])$")
 
 
 def _opt(
@@ -170,7 +175,23 @@ class ModelConfig:
     name: str = _opt("small_segnet", "segmentation network", choices=MODELS)
     width: int = _opt(16, "base channel width of small_segnet (ignored by the DeepLab models)", min=4)
     pretrained: str = _opt(
-        "", "ImageNet backbone weights for DeepLab models ('': torch hub's cache if present)", path=True
+        "",
+        "initial backbone weights of the DeepLab models: 'imagenet' (torchvision's ImageNet weights "
+        "through its weights API, downloaded once per node into model.weights_cache), a model file, "
+        "file://PATH, or s3://bucket/key (fetched with storage.endpoint and storage.region, cached per "
+        "node); '': none, random weights (refused for these models unless model.allow_random_init)",
+        path=True,
+    )
+    weights_cache: str = _opt(
+        "",
+        "per-node folder where 'imagenet' and s3:// weights are kept after their first download "
+        "('': torch hub's, $TORCH_HOME/hub/checkpoints)",
+        path=True,
+    )
+    allow_random_init: bool = _opt(
+        False,
+        "let a DeepLab model train from random backbone weights (model.pretrained '' and no "
+        "source.checkpoint: tests, CPU demos); otherwise the sweep and run refuse it before any work",
     )
     deeplabv2_style: str = _opt(
         "ripu",

@@ -39,7 +39,7 @@ from .job import TrainJob, stage_section
 from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
 from .losses import IASTPseudoLabels, SoftLabels
 from .metrics import iou_per_class, mean_iou, mean_iou_over, predict_confusion
-from .models import build_model, load_start_checkpoint
+from .models import build_model, load_start_checkpoint, pretrained_weights_file
 from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step
 
 SELECTOR_HEADS = 2
@@ -127,7 +127,8 @@ def build_adaptation_models(
 ) -> AdaptationModels:
     """G and S always; Dis, theta_D and the soft labels only when their loss is switched on."""
     weights = weights or LossWeights()
-    name, width, pretrained, style = cfg.model.name, cfg.model.width, cfg.model.pretrained, cfg.model.deeplabv2_style
+    name, width, style = cfg.model.name, cfg.model.width, cfg.model.deeplabv2_style
+    pretrained = pretrained_weights_file(cfg)  # 'imagenet' and s3:// weights: fetched once per node
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker and every run
     models = AdaptationModels(
         segmenter=build_model(name, num_classes, width, 1, pretrained, style),

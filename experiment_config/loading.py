@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import typing
 from collections.abc import Mapping
@@ -543,8 +544,6 @@ def _validate_cases(cfg: ExperimentConfig, spec: Any, where: str) -> None:
 
 def _axis_combinations(cfg: ExperimentConfig) -> list[dict]:
     """Every combination of the values of the grid and choice axes besides ``cases`` ([{}] if none)."""
-    import itertools
-
     axes = {
         key: spec[next(iter(spec))]
         for key, spec in cfg.sweep.search_space.items()

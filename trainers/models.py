@@ -22,6 +22,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from experiment_config.schema import S3_OBJECT
+
+from .files import staged
+
 
 def _conv_block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     # GroupNorm rather than BatchNorm: results do not depend on batch size or worker count.
@@ -161,10 +165,6 @@ def fetch_s3_weights(uri: str, cache: str = "", endpoint: str = "", region: str 
     then renamed: workers of one node that fetch at once each leave a complete file). The cached copy
     is named after the URI: a file replaced under the same URI needs a new URI (or the cache cleared)."""
     import pyarrow.fs as pafs
-
-    from experiment_config.schema import S3_OBJECT
-
-    from .files import staged
 
     match = S3_OBJECT.match(uri)
     if match is None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset_yaml import DATASET_YAML, ClassSet, DatasetSpec, parse_dataset_yaml, read_dataset_yaml
+from .dataset_yaml import DATASET_YAML, ClassSet, DatasetSpec, dataset_yaml_text, parse_dataset_yaml, read_dataset_yaml
 from .errors import DatasetError
 from .labelmaps import IGNORE_INDEX, build_label_mapping
 from .segmentation_pairs import PairedSegmentationDataset, check_folder, check_root, inside_root, read_rgb_image
@@ -250,8 +250,6 @@ def write_folder_dataset(
     and ``dataset.yaml`` declares ``class_set`` (labels hold train ids, no id map). Returns ``root``.
     ``progress(n)`` is called after each written pair."""
     from PIL import Image
-
-    from .dataset_yaml import dataset_yaml_text
 
     root = Path(root)
     for done, (split, stem, image, label) in enumerate(samples, start=1):

@@ -309,16 +309,18 @@ class ClickCounter:
         self.pass_pixels = int(pass_pixels)
         self._canvas = _canvas(self.height, self.width)
         self._pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._pending_ids: set[int] = set()
         self._pending_pixels = 0
         self._totals: dict[int, int] = {}
 
     def add(self, image_id: int, indices, offsets) -> None:
         """Queue one image's regions in CSR form (flat ``indices``, ``offsets``); counted in passes."""
         image_id = int(image_id)
-        if image_id in self._totals or any(pending[0] == image_id for pending in self._pending):
+        if image_id in self._totals or image_id in self._pending_ids:
             raise ValueError(f"image {image_id} was already added to the click count")
         indices, offsets = _check_regions(indices, offsets, self.height, self.width, f"image {image_id}")
         self._pending.append((image_id, indices, offsets))
+        self._pending_ids.add(image_id)
         self._pending_pixels += len(indices)
         if self._pending_pixels >= self.pass_pixels:
             self._count_pending()
@@ -338,7 +340,7 @@ class ClickCounter:
     def _count_pending(self) -> None:
         if not self._pending:
             return
-        pending, self._pending, self._pending_pixels = self._pending, [], 0
+        pending, self._pending, self._pending_ids, self._pending_pixels = self._pending, [], set(), 0
         images, pixel_starts, region_counts = [], [0], []
         for _, indices, offsets in pending:
             images.append((pixel_starts[-1], pixel_starts[-1] + len(indices)))

@@ -17,7 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("orchestrator.run", "run one trial without Tune, on the same code path (debugging)"),
     "annotate": ("orchestrator.annotate", "export a round's queries for people, import their answers"),
     "dashboard": ("orchestrator.dashboard", "serve the MLflow UI on 127.0.0.1 with each sweep's views"),
-    "synth": ("orchestrator.synth", "write the bundled synthetic domains in the GTA5/Cityscapes layouts"),
+    "synth": ("orchestrator.synth", "write the bundled synthetic domains (GTA5/Cityscapes or folder layout)"),
+    "data": ("orchestrator.data", "check a dataset in the folder layout (dataset.yaml, images, labels)"),
     "cluster": ("orchestrator.cluster.cluster_file", "check `ray up` cluster files offline"),
     "tracking": ("orchestrator.tracking.command", "send what an MLflow outage left unsent (replay)"),
 }

@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     add_trial_arguments(parser)  # the sweep's options, minus the sweep-only ones
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan of the run (steps, images, estimated GPU-hours from measured step times) "
+        "and exit: Ray is not started and nothing is written",
+    )
     return parser
 
 
@@ -39,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if args.dry_run:
+        from orchestrator.sweep.command import dry_run
+
+        return dry_run(args, "python -m orchestrator.run", single_trial=True)
     from orchestrator.cluster.processes import exit_on_sigterm
     from orchestrator.sweep.preflight import preflight
     from orchestrator.tracking.mlflow_runs import TrackingError, resolve_tracking_uri

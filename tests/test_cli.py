@@ -29,6 +29,8 @@ HELP_COMMANDS = [
     ("orchestrator.annotate", ["import"]),
     ("orchestrator.dashboard", []),
     ("orchestrator.synth", []),
+    ("orchestrator.data", []),
+    ("orchestrator.data", ["check"]),
     ("orchestrator.cluster", []),
     ("orchestrator.cluster", ["validate"]),
     ("orchestrator.cluster", ["shapes"]),

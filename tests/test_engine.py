@@ -351,7 +351,7 @@ def test_a_resumed_warmup_continues_in_the_phase_it_stopped(cfg, source_checkpoi
 
 
 def test_the_rounds_start_from_the_warmup_with_their_own_adversaries_and_optimizers(cfg, warmed):
-    _, whole, path = warmed
+    _, _, path = warmed
     warm = with_overrides(cfg, {"warmup.steps": 2, "warmup.selector_steps": 2})
     result = run_job(adapt_job(warm, path))
     state = result.state

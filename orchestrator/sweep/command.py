@@ -31,9 +31,6 @@ from orchestrator.sweep.state import SWEEP_STATE
 log = logging.getLogger("activeda")
 
 
-log = logging.getLogger("activeda")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="activeda sweep",
@@ -55,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="shortcut for --set sweep.max_concurrent=N (default: derived from the cluster)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (trials, rounds, steps, images, estimated GPU-hours from measured step times) "
+        "and exit: Ray is not started and nothing is written",
     )
     parser.add_argument(
         "--resume",
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         StartCheckpointError,
         SweepFolderBusy,
     )
+    if args.dry_run:
+        return dry_run(args, "python -m orchestrator.sweep")
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
@@ -137,3 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+
+
+def dry_run(args: argparse.Namespace, command: str, *, single_trial: bool = False) -> int:
+    """``--dry-run``: the config checked (its initial weights too), the plan printed; no Ray, no writes."""
+    from orchestrator.sweep.plan import format_plan, make_plan
+    from orchestrator.sweep.preflight import check_initial_weights
+
+    try:
+        cfg = resolve_config(args)
+        check_initial_weights(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(format_plan(make_plan(cfg, single_trial=single_trial), cfg, command))
+    return 0

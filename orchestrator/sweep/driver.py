@@ -168,7 +168,7 @@ def _prepare_data_and_start_models(sweep: _Sweep) -> _StartModels:
     cfg, say = sweep.cfg, sweep.say
     roots = domain_roots(cfg.data, progress=say)
     say(f"data: source {cfg.data.source.format} at {roots[0]}, target {cfg.data.target.format} at {roots[1]}")
-    say(pretrained_status(cfg.model.name, cfg.model.pretrained))
+    say(pretrained_status(cfg.model.name, cfg.model.pretrained, cfg.model.weights_cache))
     source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
     # Once here, before the trials, which all start from it (a trial whose settings change it trains its own).
     _, warmup_metrics = ensure_warmup_model(cfg, source_checkpoint, {}, progress=say)

@@ -7,13 +7,19 @@ callback, which runs in the driver) turns each report into MLflow metrics with `
 from __future__ import annotations
 
 import functools
+import getpass
 import json
 import logging
 import math
 import os
+import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Mapping
+from importlib import metadata
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -52,9 +58,6 @@ def check_tracking_uri(uri: str, timeout_s: float = 10.0) -> None:
             raise TrackingError(f"MLflow store '{uri}': folder '{path.parent}' is not writable")
         return
     if scheme in ("http", "https"):
-        import urllib.error
-        import urllib.request
-
         url = uri.rstrip("/") + "/health"
         try:
             with urllib.request.urlopen(url, timeout=timeout_s) as response:
@@ -133,8 +136,6 @@ def display_uri(uri: str) -> str:
 
 def installed_driver_hint(url, missing: str) -> str:
     """'; ... installed: write postgresql+psycopg://' when another driver of the database is installed."""
-    from importlib.util import find_spec
-
     backend = url.get_backend_name()
     for driver, module in OTHER_DRIVERS.get(backend, {}).items():
         if module == missing:
@@ -193,10 +194,6 @@ def provenance_tags() -> dict[str, str]:
     Computed in the driver when a sweep starts; a checkout without git (an installed package) gets
     the version only.
     """
-    import getpass
-    import subprocess
-    from importlib import metadata
-
     tags = {}
     try:
         tags["mlflow.user"] = getpass.getuser()

@@ -328,13 +328,15 @@ def test_the_warmup_optimizers_are_adaptsegnets_recipe():
 
 
 def test_the_warmup_decays_g_and_dis_over_its_g_steps_then_s_over_its_own():
-    from trainers.engine import lr_power, lr_schedule_span
+    from trainers.engine import lr_power, lr_schedule_span, poly_lr_factor
 
     cfg = load_config(None, {"warmup.steps": 100, "warmup.selector_steps": 40, "adapt.steps": 50})
     source = cfg.source.steps
     assert lr_schedule_span(cfg, "adapt", "warmup") == (source, 100) and lr_power(cfg, "adapt", "warmup") == 0.9
     assert lr_schedule_span(cfg, "adapt", "warmup", "selector") == (source + 100, 40)
     assert lr_power(cfg, "adapt", "warmup", "selector") == cfg.adapt.lr_power
-    assert lr_schedule_span(cfg, "adapt") == (source + 140, 50)  # the rounds start after the whole warm-up
+    # The rounds continue one run with G's warm-up steps (RIPU's schedule): S's 40 steps are not counted.
+    assert lr_schedule_span(cfg, "adapt") == (source + 40, 150)
+    assert poly_lr_factor(source + 140, source + 40, 150, 0.9) == pytest.approx((1 - 100 / 150) ** 0.9)
     longer = load_config(None, {"warmup.steps": 100, "warmup.lr_decay_steps": 250})
     assert lr_schedule_span(longer, "adapt", "warmup") == (source, 250)

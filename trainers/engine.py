@@ -265,9 +265,11 @@ def lr_schedule_span(
     The warm-up decays on its own: G and its discriminator over ``warmup.steps`` from where source
     training ended (``warmup.lr_decay_steps`` > 0 replaces that length, as AdaptSegNet decays over
     more steps than it trains), then ``part="selector"``: S over ``warmup.selector_steps``. The rounds
-    start after the warm-up and decay over all their planned steps (``planned_adapt_steps``: the
-    references decay over one run of training that acquires labels in between), or
-    ``adapt.lr_decay_steps``. This is the one place where a new stage must be counted.
+    continue one run with G's warm-up steps, as before the warm-up had a recipe of its own: it is
+    planned for ``warmup.steps`` + the rounds' steps (``planned_adapt_steps``: the references decay
+    over one run of training that acquires labels in between, RIPU's after 10k label-free
+    iterations), or ``adapt.lr_decay_steps``, and starts where source training ended, S's warm-up
+    steps not counted (they train S only). This is the one place where a new stage must be counted.
     """
     source_steps = 0 if cfg.source.checkpoint else cfg.source.steps
     if mode == "source":
@@ -276,7 +278,8 @@ def lr_schedule_span(
         if part == SELECTOR_PHASE:
             return source_steps + cfg.warmup.steps, cfg.warmup.selector_steps
         return source_steps, cfg.warmup.lr_decay_steps or cfg.warmup.steps
-    return source_steps + warmup_total_steps(cfg), cfg.adapt.lr_decay_steps or planned_adapt_steps(cfg)
+    s_steps = warmup_total_steps(cfg) - cfg.warmup.steps if cfg.warmup.steps else 0
+    return source_steps + s_steps, cfg.adapt.lr_decay_steps or cfg.warmup.steps + planned_adapt_steps(cfg)
 
 
 def lr_power(cfg: ExperimentConfig, mode: str, stage: str = "rounds", part: str = SEGMENTER_PHASE) -> float:

@@ -100,7 +100,7 @@ def run_trial(
     from orchestrator.cluster.processes import end_run_processes, mark_this_run
     from orchestrator.cluster.ray_session import start_ray
     from orchestrator.round.loop import run_experiment
-    from orchestrator.round.start_models import ensure_source_model
+    from orchestrator.round.start_models import ensure_source_model, no_warmup_line
     from orchestrator.sweep.resources import plan_resources
     from orchestrator.tracking.mlflow_runs import (
         CHECKPOINT_TAG,
@@ -125,6 +125,8 @@ def run_trial(
         domain_roots(cfg.data, progress=say)  # generates the synthetic domains if needed
         tracking = SweepTracking(uri, cfg.sweep.name, Path(cfg.output_dir) / cfg.sweep.name)
         source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
+        if (missing := no_warmup_line(cfg)) is not None:  # LabOR's first selection with an S that never saw the target
+            say(missing)
         run = tracking.client.create_run(
             tracking.experiment_id,
             run_name=f"run-{run_dir.name}",

@@ -354,16 +354,23 @@ def test_every_trial_of_a_comparison_shares_the_warmup_and_its_recipe_makes_a_ne
         ),
         ({"warmup.steps": 0, "selection.rule": "random"}, None),
         ({"warmup.steps": 0, "selection.rule": "entropy"}, None),
+        ({"warmup.steps": 5}, None),
     ],
 )
 def test_a_labor_run_without_the_warmup_says_so_in_one_line(pairs, said):
     cfg = load_config(None, pairs)
-    lines = []
-    checkpoint, metrics = start_models.ensure_warmup_model(cfg, "source-ckpt", {"target/miou": 0.1}, lines.append)
-    assert (checkpoint, metrics) == ("source-ckpt", {"target/miou": 0.1})  # round 1 starts from the source model
-    assert lines == ([] if said is None else [lines[0]]) and (said is None or said in lines[0])
+    line = start_models.no_warmup_line(cfg)
+    assert line == said if said is None else said in line and "\n" not in line
+    if not cfg.warmup.steps:  # round 1 starts from the source model; every trial calls this: it says nothing
+        lines = []
+        checkpoint, metrics = start_models.ensure_warmup_model(cfg, "source-ckpt", {"target/miou": 0.1}, lines.append)
+        assert (checkpoint, metrics, lines) == ("source-ckpt", {"target/miou": 0.1}, [])
     smoke = load_config(None, smoke=True)  # --smoke runs no warm-up: its LabOR trials say so
     assert smoke.warmup.steps == 0 and "never seen the target" in start_models.no_warmup_line(smoke)
+    # A sweep's possible trials: the line when any of them ranks with S.
+    others = [load_config(None, {"warmup.steps": 0, "selection.rule": rule}) for rule in ("random", "entropy")]
+    assert start_models.no_warmup_line(others) is None
+    assert start_models.no_warmup_line([*others, cfg]) == line
 
 
 def test_a_warmup_whose_s_never_trains_says_so_too():

@@ -357,3 +357,36 @@ def test_the_sweep_prints_the_warmup_beside_source_only_and_warns_when_it_hurt(w
         "warmup/target/iou/road": 0.5,
         "warmup/gain_over_source_only": pytest.approx(warm - 0.128),
     }
+
+
+@pytest.mark.parametrize(
+    "pairs, missing, warned",
+    [
+        ({"warmup.steps": 0}, True, False),  # LabOR trials among the sweep's, no warm-up: one line
+        ({"warmup.steps": 0, "selection.rule": "random"}, False, False),  # no trial ranks with S
+        ({"warmup.steps": 5}, False, True),  # a warm-up that ends below source-only: one warning
+    ],
+)
+def test_the_driver_says_once_what_every_trial_starts_from(monkeypatch, tmp_path, pairs, missing, warned):
+    from orchestrator.sweep import driver
+
+    cfg = with_overrides(ExperimentConfig(), {**pairs, "sweep.oracle_reference": False})
+    cfg = with_overrides(cfg, {"sweep.search_space": {"selection.rule": {"grid": ["random", cfg.selection.rule]}}})
+    calls = []
+    monkeypatch.setattr(driver, "domain_roots", lambda data, progress: ("src", "tgt"))
+    monkeypatch.setattr(driver, "pretrained_status", lambda *args: "weights: none")
+    monkeypatch.setattr(driver, "ensure_source_model", lambda c, progress: ("ckpt", {"target/miou": 0.128}))
+
+    def warmup(c, checkpoint, metrics, progress):
+        calls.append(c)
+        return (checkpoint, {"target/miou": 0.059}) if c.warmup.steps else (checkpoint, {})
+
+    monkeypatch.setattr(driver, "ensure_warmup_model", warmup)
+    lines = []
+    sweep = driver._Sweep(cfg, "", False, tmp_path, None, None, 0.0, lines.append)
+    models = driver._prepare_data_and_start_models(sweep)
+    assert len(calls) == 1 and models.warmup_metrics == ({"target/miou": 0.059} if cfg.warmup.steps else {})
+    assert sum("never seen the target" in line for line in lines) == (1 if missing else 0)
+    assert sum(line.startswith("warning: the label-free warm-up ends below source-only") for line in lines) == (
+        1 if warned else 0
+    )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from experiment_config.schema import ExperimentConfig
@@ -139,9 +139,12 @@ def warmup_recipe(cfg: ExperimentConfig) -> str:
     return f"{g}; {s}"
 
 
-def no_warmup_line(cfg: ExperimentConfig) -> str | None:
+def no_warmup_line(cfg: ExperimentConfig | Iterable[ExperimentConfig]) -> str | None:
     """The one line a LabOR run without the warm-up prints (None otherwise): its first selection then
-    ranks with a selector network S that has never seen the target, which is not LabOR's order."""
+    ranks with a selector network S that has never seen the target, which is not LabOR's order.
+    Given several configs (a sweep's possible trials), the line of the first that needs one."""
+    if not isinstance(cfg, ExperimentConfig):
+        return next(filter(None, map(no_warmup_line, cfg)), None)
     rule = RULES.get(cfg.selection.rule)
     if rule is None or rule.reads != SELECTOR_NETWORK:
         return None
@@ -168,11 +171,9 @@ def ensure_warmup_model(
     selector network S learns the target from the frozen G's pseudo labels and the MCD discrepancy
     (``warmup.selector_steps``); trained once per ``warmup_cache_key`` and cached like the source
     model; the metrics (G's target mIoU after the warm-up) carry ``warmup/steps``. With 0 steps: the
-    source model itself. A LabOR run whose S never sees the target says so (``no_warmup_line``).
+    source model itself. (A LabOR run whose S never sees the target says so once, in the command
+    that starts it: ``no_warmup_line``; not here, which every trial and the oracle reference call.)
     """
-    line = no_warmup_line(cfg)
-    if line is not None:
-        progress(line)
     if cfg.warmup.steps == 0:
         return source_checkpoint, source_metrics
     storage = open_storage(cfg)

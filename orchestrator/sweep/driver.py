@@ -27,7 +27,12 @@ from orchestrator.cluster.ray_session import start_ray
 from orchestrator.cluster.storage import Storage, open_storage
 from orchestrator.command_line import EXIT_AWAITING_ANNOTATION, EXIT_TRIALS_FAILED
 from orchestrator.labels.annotation import pending_annotations
-from orchestrator.round.start_models import ensure_oracle_reference, ensure_source_model, ensure_warmup_model
+from orchestrator.round.start_models import (
+    ensure_oracle_reference,
+    ensure_source_model,
+    ensure_warmup_model,
+    no_warmup_line,
+)
 from orchestrator.sweep.failures import (
     _without_trial_tracebacks,
     failure_line,
@@ -35,6 +40,7 @@ from orchestrator.sweep.failures import (
     storage_problem,
     storage_problem_line,
 )
+from orchestrator.sweep.plan import trial_configs
 from orchestrator.sweep.resources import ResourcePlan, plan_resources, with_node_types
 from orchestrator.sweep.state import STATE_BACKUP, SWEEP_STATE, _write_json, load_sweep_state, restorable_tune_state
 from orchestrator.sweep.summary import (
@@ -172,6 +178,10 @@ def _prepare_data_and_start_models(sweep: _Sweep) -> _StartModels:
     source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
     # Once here, before the trials, which all start from it (a trial whose settings change it trains its own).
     _, warmup_metrics = ensure_warmup_model(cfg, source_checkpoint, {}, progress=say)
+    # One line, here, when a LabOR trial's first selection ranks with an S that never saw the target.
+    missing = no_warmup_line(option for options in trial_configs(cfg)[0] for option in options)
+    if missing is not None:
+        say(missing)
     for line in warmup_lines(source_metrics, warmup_metrics):  # the warm-up beside source-only; a warning if below
         say(line)
     oracle_metrics = ensure_oracle_reference(cfg, source_checkpoint, progress=say) if cfg.sweep.oracle_reference else {}

@@ -352,7 +352,7 @@ class WarmupConfig(TrainingStageConfig):
         2.5e-3,
         "learning rate of G in the warm-up (AdaptSegNet: 2.5e-4 for DeepLab-V2 at batch 1 over 150000 "
         "steps; the bundled default is 10x that, for a small network trained from scratch in 300 "
-        "steps, where 2.5e-4 leaves G where the source model was)",
+        "steps instead of 150000)",
         min=0.0,
         min_exclusive=True,
     )

@@ -22,6 +22,8 @@ SELECTOR_KIND: dict[str, str] = {
     "random_regions": "regions",
 }
 SELECTORS: tuple[str, ...] = tuple(SELECTOR_KIND)
+# pixel_selectors.labor.PPL_RULES (LabOR PPL's point placement, selection.ppl_rule)
+PPL_RULES: tuple[str, ...] = ("per_piece", "nearest_k")
 # pixel_selectors.budget.REGION_SPREADS
 REGION_SPREADS: tuple[str, ...] = ("score", "share")
 # trainers.models.MODELS

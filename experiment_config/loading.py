@@ -34,6 +34,9 @@ from .schema import (
     storage_uri_problem,
 )
 
+# Selectors that selection.ppl_mode=whole_mask applies to (pixel_selectors.PPL_WHOLE_MASK_SELECTORS).
+PPL_WHOLE_MASK_SELECTORS = ("labor_ppl", "random")
+
 # --- loading, overriding, validating ---------------------------------------------------------
 
 
@@ -360,7 +363,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 def validate_procedure(cfg: ExperimentConfig) -> None:
-    """The warm-up, the step split over rounds, SPL's whole-mask mode and RIPU's point window."""
+    """The warm-up, the step split over rounds, SPL's and PPL's whole-mask modes and RIPU's point window."""
     if 0 < cfg.adapt.total_steps < cfg.selection.rounds:
         raise ConfigError(
             "adapt.total_steps",
@@ -378,6 +381,19 @@ def validate_procedure(cfg: ExperimentConfig) -> None:
                 "selection.budget_fraction",
                 "must be 0 with selection.spl_mode=whole_mask (the whole "
                 "inconsistency mask is labeled, whatever it costs)",
+            )
+    if cfg.selection.ppl_mode == "whole_mask":
+        if cfg.selection.selector not in PPL_WHOLE_MASK_SELECTORS:
+            raise ConfigError(
+                "selection.ppl_mode",
+                f"'whole_mask' is LabOR PPL's count (labor_ppl, or random points at its count); "
+                f"selector '{cfg.selection.selector}' takes 'budget'",
+            )
+        if cfg.selection.budget_fraction > 0:
+            raise ConfigError(
+                "selection.budget_fraction",
+                "must be 0 with selection.ppl_mode=whole_mask (one point per piece of the "
+                "inconsistency mask, whatever the count)",
             )
     if cfg.selection.point_window and cfg.selection.point_window % 2 == 0:
         raise ConfigError(

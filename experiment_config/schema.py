@@ -29,6 +29,7 @@ from .choices import (
     DEEPLABV2_STYLES,
     EVAL_RESOLUTIONS,
     MODELS,
+    PPL_RULES,
     PSEUDO_LABEL_RULES,
     REGION_SPREADS,
     SELECTORS,
@@ -340,6 +341,23 @@ class SelectionConfig:
         "labor_spl: 'budget' (selection.budget_fraction of the pool per round) or "
         "'whole_mask' (every pixel of every image's inconsistency mask, as the paper; the "
         "cost, in pixels and clicks, is the outcome)",
+        choices={"budget": None, "whole_mask": None},
+    )
+    ppl_rule: str = _opt(
+        "per_piece",
+        "labor_ppl: where its points go: 'per_piece' (one point per piece of the "
+        "inconsistency mask -- predicted class, 8-connected -- at the pixel nearest the "
+        "piece's mean probability; every piece one point before any gets a second, "
+        "largest pieces first: the paper's reading) or 'nearest_k' (each class's pixels "
+        "nearest one prototype per class; they pile up on one spot)",
+        choices=dict.fromkeys(PPL_RULES),
+    )
+    ppl_mode: str = _opt(
+        "budget",
+        "labor_ppl and random: 'budget' (selection.points_per_image per image per round) or "
+        "'whole_mask' (one point per piece of LabOR's inconsistency mask in each image, the "
+        "count the outcome, as the paper; random then buys as many random points per "
+        "image, the pieces counted with the same selector network)",
         choices={"budget": None, "whole_mask": None},
     )
     unlabeled_classes: list = _opt(

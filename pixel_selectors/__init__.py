@@ -38,7 +38,7 @@ from .budget import (
 )
 from .cost import clicks_for_points, clicks_for_region, clicks_for_regions
 from .encoding import pack_bits, rle_decode, rle_encode, unpack_bits
-from .labor import head_discrepancy, inconsistency_mask, labor_ppl, labor_spl
+from .labor import PPL_RULES, head_discrepancy, inconsistency_mask, labor_ppl, labor_spl, ppl_piece_count
 from .ripu import blocked_by_labels, region_impurity, region_impurity_regions, ripu_maps, ripu_point_window
 
 SELECTORS = {
@@ -75,6 +75,24 @@ SELECTOR_INPUTS = {
 }
 
 
+# Point selectors that ``selection.ppl_mode=whole_mask`` applies to: LabOR PPL gives one point per piece
+# of its inconsistency mask, and random points buy the same count per image. That count is read from
+# the selector network S (``selector_input``), so both take it from the same checkpoint's S: in round 1,
+# where every trial starts from the same warmed-up models, the very same count in every image.
+PPL_WHOLE_MASK_SELECTORS = ("labor_ppl", "random")
+# The ``params`` entry (from ``selector_params``) that asks ``select_image`` for the whole-mask count.
+WHOLE_MASK = "ppl_whole_mask"
+
+
+def selector_input(name: str, selection: dict) -> str:
+    """Which network's outputs the ranking feeds selector ``name`` under the ``selection`` config
+    section: ``SELECTOR_INPUTS[name]``, except random points at PPL's whole-mask count, which need
+    S's two heads to count the pieces of its mask."""
+    if name in PPL_WHOLE_MASK_SELECTORS and selection.get("ppl_mode", "budget") == "whole_mask":
+        return "selector"
+    return SELECTOR_INPUTS[name]
+
+
 # Region selectors whose candidates tile the unlabeled pixels (non-overlapping squares): under the
 # ``share`` spread an image's share is of its free pixels, so a driver can bound, before ranking,
 # the share any image can be asked for (``select_image``'s ``max_share``); LabOR SPL's share is of its
@@ -98,7 +116,9 @@ def select_image(
     on their device (a GPU selects on the GPU; only the query reaches the host).
 
     Point selectors give ``num_points`` points, or with a pool-wide ``budget_pixels`` as many as the
-    budget could use from one image (``points_per_image``). Region selectors give their best regions,
+    budget could use from one image (``points_per_image``), or under PPL's whole mask (``params``
+    holding ``WHOLE_MASK``, from ``selector_params``) as many as the pieces of LabOR's inconsistency
+    mask in ``head_probs`` (S's two heads): LabOR PPL one per piece, random points that many. Region selectors give their best regions,
     rescored by their share of the image's candidates when ``region_spread`` is ``"share"``, up to
     the first ones that cover the budget (``RegionQuery.head``: the global merge can use no more from
     one image); without a budget (``budget_pixels`` 0: LabOR SPL's whole mask) all of them, with their
@@ -107,8 +127,13 @@ def select_image(
     checks that its merge needed no more, ``budget.within_share_cap``), and never runs its greedy
     pass past what it sends.
     """
-    select, params = SELECTORS[name], params or {}
+    select, params = SELECTORS[name], dict(params or {})
+    whole_mask = params.pop(WHOLE_MASK, False)
     with record_function(f"select:{name}"):  # a row of its own in a profile (benchmarks.profile_selectors)
+        if whole_mask:  # PPL's whole mask: one point per piece of M, or as many random points
+            if name == "labor_ppl":
+                return select(head_probs, None, labeled=labeled, seed=seed, **params)
+            return select(head_probs, ppl_piece_count(head_probs, labeled), labeled=labeled, seed=seed, **params)
         if SELECTOR_KIND[name] == "regions":
             if not budget_pixels:  # no budget (LabOR SPL's whole mask): every candidate region is wanted
                 return select(head_probs, labeled=labeled, seed=seed, **params)
@@ -130,20 +155,29 @@ WINDOWED = ("region_impurity", "region_impurity_regions", "random_regions")
 
 def selector_params(name: str, selection: dict, width: int) -> dict:
     """Keyword parameters of selector ``name`` for images ``width`` pixels wide, from the ``selection``
-    config section: the point window of ``region_impurity`` (RIPU's 65 at 2048 wide, scaled, unless
-    ``point_window`` is set) and the square side of the region selectors (``region_size``)."""
+    config section: LabOR PPL's rule (``ppl_rule``), PPL's whole-mask count (``ppl_mode``, for
+    ``select_image``), the point window of ``region_impurity`` (RIPU's 65 at 2048 wide, scaled,
+    unless ``point_window`` is set) and the square side of the region selectors (``region_size``)."""
+    params: dict = {}
+    if name == "labor_ppl":
+        params["rule"] = selection.get("ppl_rule", "per_piece")
+    if name in PPL_WHOLE_MASK_SELECTORS and selection.get("ppl_mode", "budget") == "whole_mask":
+        params[WHOLE_MASK] = True
     if name == "region_impurity":
-        return {"k": int(selection.get("point_window") or 0) or ripu_point_window(width)}
-    if name in WINDOWED:
-        return {"k": int(selection["region_size"])}
-    return {}
+        params["k"] = int(selection.get("point_window") or 0) or ripu_point_window(width)
+    elif name in WINDOWED:
+        params["k"] = int(selection["region_size"])
+    return params
 
 
 __all__ = [
+    "PPL_RULES",
+    "PPL_WHOLE_MASK_SELECTORS",
     "SELECTORS",
     "SELECTOR_INPUTS",
     "SELECTOR_KIND",
     "TILING_SELECTORS",
+    "WHOLE_MASK",
     "WINDOWED",
     "BudgetResult",
     "GlobalBudget",
@@ -167,6 +201,7 @@ __all__ = [
     "pack_bits",
     "points_per_image",
     "points_to_regions",
+    "ppl_piece_count",
     "random_points",
     "random_regions",
     "region_impurity",
@@ -176,6 +211,7 @@ __all__ = [
     "rle_decode",
     "rle_encode",
     "select_image",
+    "selector_input",
     "selector_params",
     "share_cap",
     "share_of_candidates",

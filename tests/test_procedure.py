@@ -80,7 +80,7 @@ def test_ripu_point_window_scales_with_the_image_width():
     assert selector_params("region_impurity", selection, 2048) == {"k": 65}
     assert selector_params("region_impurity_regions", selection, 2048) == {"k": 3}  # RIPU's regions: 3x3
     assert selector_params("region_impurity", {**selection, "point_window": 7}, 2048) == {"k": 7}
-    assert selector_params("labor_ppl", selection, 2048) == {}
+    assert selector_params("labor_ppl", selection, 2048) == {"rule": "per_piece"}
 
 
 def test_ripu_points_keep_windows_of_earlier_rounds_blocked():

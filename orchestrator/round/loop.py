@@ -23,7 +23,7 @@ from orchestrator.labels.store import LabelStore, storage_settings
 from orchestrator.round.selection import select_round
 from orchestrator.round.start_models import ensure_warmup_model, round_metrics
 from orchestrator.tracking.report import selection_overlay, write_iou_csv
-from pixel_selectors import SELECTOR_INPUTS
+from pixel_selectors import selector_input
 from trainers.data import build_domains
 from trainers.data.palette import class_palette
 from trainers.data.transforms import denormalize
@@ -41,7 +41,11 @@ def selector_trains(cfg: ExperimentConfig, round_index: int) -> bool:
     """
     if round_index >= cfg.selection.rounds:
         return False
-    return SELECTOR_INPUTS.get(cfg.selection.selector) == "selector" or cfg.sweep.scheduler == "pbt"
+    if cfg.sweep.scheduler == "pbt":
+        return True
+    if cfg.selection.selector == NO_SELECTION:
+        return False
+    return selector_input(cfg.selection.selector, {"ppl_mode": cfg.selection.ppl_mode}) == "selector"
 
 
 @dataclass

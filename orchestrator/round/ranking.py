@@ -30,11 +30,11 @@ import torch
 
 from orchestrator.cluster.storage import local_checkpoint
 from pixel_selectors import (
-    SELECTOR_INPUTS,
     PointQuery,
     RegionQuery,
     labeled_mask,
     select_image,
+    selector_input,
     selector_params,
 )
 from trainers.data import build_domains
@@ -114,7 +114,7 @@ class Ranker:
             models, _ = load_models(directory, cfg, len(domains.classes))
         name = cfg["selection"]["selector"]
         self.selector = name
-        self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
+        self.network = getattr(models, selector_input(name, cfg["selection"])).to(self.device).eval()
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
         self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))

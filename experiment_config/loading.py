@@ -19,7 +19,7 @@ import yaml
 
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
-from .choices import MIN_BATCH_SIZE, SELECTOR_KIND
+from .choices import MIN_BATCH_SIZE, SELECTOR_KIND, SYNTHETIC_CLASS_SET_OF_VERSION
 from .schema import (
     AWS_REGION,
     CASES_AXIS,
@@ -313,6 +313,14 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(
             "data.augment.scale_min",
             f"must be <= data.augment.scale_max ({cfg.data.augment.scale_max:g}), got {cfg.data.augment.scale_min:g}",
+        )
+    bundled = not cfg.data.source.root or not cfg.data.target.root
+    labeled_as = SYNTHETIC_CLASS_SET_OF_VERSION[cfg.data.synthetic.version]
+    if bundled and cfg.data.class_set in SYNTHETIC_CLASS_SET_OF_VERSION.values() and cfg.data.class_set != labeled_as:
+        raise ConfigError(
+            "data.class_set",
+            f"the bundled domains of data.synthetic.version={cfg.data.synthetic.version} are labeled in "
+            f"class set '{labeled_as}', not '{cfg.data.class_set}' (set one to match the other)",
         )
     pixels = cfg.data.height * cfg.data.width
     validate_procedure(cfg)

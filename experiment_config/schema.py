@@ -110,6 +110,14 @@ class SyntheticConfig:
     target_val_images: int = _opt(32, "generated target validation images", min=1)
     seed: int = _opt(0, "seed of the procedural domain generator", min=0)
     difficulty: float = _opt(1.0, "strength of the target style (0: source-like, 1: default)", min=0.0, max=2.0)
+    version: int = _opt(
+        2,
+        "generator version: 2 (13 classes, textured, several looks per class, long-tailed; "
+        "data.class_set synthetic_v2) or 1 (the earlier 9 flat-coloured classes; data.class_set "
+        "synthetic), kept so earlier results reproduce",
+        min=1,
+        max=2,
+    )
 
 
 @dataclass
@@ -121,7 +129,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    class_set: str = _opt("synthetic", "classes every dataset is mapped into", choices=CLASS_SETS)
+    class_set: str = _opt("synthetic_v2", "classes every dataset is mapped into", choices=CLASS_SETS)
     height: int = _opt(
         64,
         "target image height for training, selection and evaluation input (images are "

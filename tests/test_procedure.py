@@ -278,8 +278,9 @@ def test_source_set_soft_labels_are_the_average_over_the_source_set_and_stay_fix
     from trainers.data import build_domains
     from trainers.engine import load_models
 
-    models, _ = load_models(source, fixed, 9)
-    soft = SoftLabels(9)
+    classes = len(build_domains(fixed["data"]).classes)
+    models, _ = load_models(source, fixed, classes)
+    soft = SoftLabels(classes)
     plain = {**fixed["data"], "augment": {"hflip": False, "scale_min": 1.0, "scale_max": 1.0}}
     with torch.no_grad():
         totals = sum(

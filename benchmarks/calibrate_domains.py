@@ -18,11 +18,11 @@ and prints each gate with pass or fail (figures averaged over the seeds):
 - every class reaches an oracle IoU of at least 0.3 (every class can be learned from its labels);
 - the warm-up beats source-only by at least 0.02 mIoU (the label-free step helps);
 - random points at the headline budget close 0.3 to 0.7 of the source-only-to-oracle gap (room for a
-  selector to win, and to lose);
+  selection rule to win, and to lose);
 - the warmed-up mask holds at least 20 pixels per PPL point at the headline budget (a point stands
   for a region, as in the papers, not for a pixel or two).
 
-The gates are about the domains and the label-free step; none looks at a selector's result. The
+The gates are about the domains and the label-free step; none looks at a selection rule's result. The
 calibration seeds are 100-109 (``--seeds``); the quality benchmark's evaluation seeds (0-7) are
 refused, so nothing is tuned on them.
 
@@ -42,12 +42,14 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import benchmark_config, machine_line
-from experiment_config import with_overrides
+from experiment_config import ExperimentConfig, with_overrides
 from orchestrator.labels.oracle import Oracle
 from orchestrator.round.ranking import Ranker
 from trainers.checkpoint import save_checkpoint
 from trainers.data import build_domains, domain_roots
 from trainers.engine import planned_adapt_steps, run_job
+from trainers.job import TrainJob
+from trainers.labels import NO_LABELS, InMemoryLabels
 
 CALIBRATION_SEEDS = tuple(range(100, 110))
 EVALUATION_SEEDS = tuple(range(0, 8))  # the quality benchmark's: never used here
@@ -58,39 +60,39 @@ RANDOM_GAP_BAND = (0.3, 0.7)
 MIN_MASK_PIXELS_PER_POINT = 20.0
 
 
-def full_labels(pool) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Every pixel of every pool image, as the sparse-label arrays the trainer takes."""
+def full_labels(pool) -> InMemoryLabels:
+    """Every pixel of every pool image, as the labels the trainer reads."""
     out = {}
     for i in range(len(pool)):
         truth = pool.label(i).numpy()
         ys, xs = np.nonzero(truth != 255)
         out[i] = (ys.astype(np.int32), xs.astype(np.int32), truth[ys, xs].astype(np.uint8))
-    return out
+    return InMemoryLabels(out)
 
 
-def selected_labels(checkpoint: str, cfg: dict, selector: str, pool) -> dict:
+def selected_labels(checkpoint: str, cfg: ExperimentConfig, selector: str, pool) -> InMemoryLabels:
     """Labels revealed by the oracle for one round of ``selector`` at the configured budget."""
-    cfg = {**cfg, "selection": {**cfg["selection"], "selector": selector}}
+    cfg = with_overrides(cfg, {"selection.rule": selector})
     ranker = Ranker(checkpoint, cfg)
     oracle = Oracle(pool)
     out = {}
     for start in range(0, len(pool), 8):
         for image_id, query in ranker.rank(
-            list(range(start, min(start + 8, len(pool)))), {}, cfg["selection"]["points_per_image"]
+            list(range(start, min(start + 8, len(pool)))), NO_LABELS, cfg.selection.points_per_image
         ):
             revealed = oracle.reveal(image_id, query.ys, query.xs)
             out[image_id] = (revealed.ys, revealed.xs, revealed.labels)
-    return out
+    return InMemoryLabels(out)
 
 
-def mask_figures(checkpoint: str, cfg: dict, pool) -> dict[str, float]:
+def mask_figures(checkpoint: str, cfg: ExperimentConfig, pool) -> dict[str, float]:
     """The inconsistency mask of a checkpoint's selector network S over the pool: mean pixels and mean
     pieces (PPL's whole-mask points) per image."""
     import torch
 
     from pixel_selectors import inconsistency_mask, ppl_piece_count
 
-    ranker = Ranker(checkpoint, {**cfg, "selection": {**cfg["selection"], "selector": "labor_ppl"}})
+    ranker = Ranker(checkpoint, with_overrides(cfg, {"selection.rule": "labor_ppl"}))
     pixels, pieces = [], []
     with torch.no_grad():
         for start in range(0, len(pool), 8):
@@ -159,55 +161,52 @@ class SeedFigures:
         return (self.random - self.source_only) / gap if gap > 0 else float("nan")
 
 
-def calibrate_seed(cfg, seed: int, train, progress=print, budgets: tuple[int, ...] = ()) -> SeedFigures:
+def calibrate_seed(
+    cfg: ExperimentConfig, seed: int, train, progress=print, budgets: tuple[int, ...] = ()
+) -> SeedFigures:
     """Source, warm-up, oracle and random points for one seed (its own domains and models); random
     points also at each of ``budgets`` points per image (in ``extra``), to choose a headline budget."""
     started = time.perf_counter()
     cfg = with_overrides(cfg, {"seed": seed, "data.synthetic.seed": seed})
-    cfg_dict = cfg.to_dict()
-    domain_roots(cfg_dict["data"])
-    pool = build_domains(cfg_dict["data"]).target_pool
-    steps = planned_adapt_steps(cfg_dict)
+    domain_roots(cfg.data)
+    pool = build_domains(cfg.data).target_pool
+    steps = planned_adapt_steps(cfg)
 
-    metrics, source = train(
-        {"mode": "source", "config": cfg_dict, "init_checkpoint": None, "round": 0}, f"source-{seed}"
-    )
+    metrics, source = train(TrainJob(mode="source", config=cfg), f"source-{seed}")
     source_only = metrics["target/miou"]
     source_classes = class_iou(metrics)
     progress(f"seed {seed}: source-only {source_only:.4f}")
     start, warmup = source, source_only
     if cfg.warmup.steps:
-        job = {
-            "mode": "adapt",
-            "stage": "warmup",
-            "config": cfg_dict,
-            "init_checkpoint": source,
-            "round": 0,
-            "steps": cfg.warmup.steps,
-            "sparse_labels": {},
-            "train_selector": True,
-        }
+        job = TrainJob(mode="adapt", stage="warmup", config=cfg, init_checkpoint=source, steps=cfg.warmup.steps)
         metrics, start = train(job, f"warmup-{seed}")
         warmup = metrics["target/miou"]
         progress(f"seed {seed}: warm-up {warmup:.4f}")
-    masks = mask_figures(start, cfg_dict, pool)
+    masks = mask_figures(start, cfg, pool)
     progress(f"seed {seed}: mask {masks['mask_pixels']:.1f} pixels, {masks['mask_pieces']:.1f} pieces per image")
 
     def adapt(labels=None, name=""):
-        job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": start, "round": 1, "steps": steps}
-        job.update({"full_target_labels": True} if labels is None else {"sparse_labels": labels})
-        job["train_selector"] = False
+        job = TrainJob(
+            mode="adapt",
+            config=cfg,
+            init_checkpoint=start,
+            round=1,
+            steps=steps,
+            labels=NO_LABELS if labels is None else labels,
+            full_target_labels=labels is None,
+            train_selector_network=False,
+        )
         return train(job, f"{name}-{seed}")[0]
 
     oracle_metrics = adapt(None, "oracle")
     oracle = oracle_metrics["target/miou"]
     classes = class_iou(oracle_metrics)
     progress(f"seed {seed}: oracle {oracle:.4f}")
-    random = adapt(selected_labels(start, cfg_dict, "random", pool), "random")["target/miou"]
+    random = adapt(selected_labels(start, cfg, "random", pool), "random")["target/miou"]
     progress(f"seed {seed}: random, {cfg.selection.points_per_image} points/image {random:.4f}")
     extra = {}
     for budget in budgets:
-        other = with_overrides(cfg, {"selection.points_per_image": budget}).to_dict()
+        other = with_overrides(cfg, {"selection.points_per_image": budget})
         extra[f"random_{budget}"] = adapt(selected_labels(start, other, "random", pool), f"random{budget}")[
             "target/miou"
         ]

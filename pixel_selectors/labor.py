@@ -1,7 +1,7 @@
 """LabOR pixel selection (Shin et al., "LabOR: Labeling Only if Required for Domain Adaptive
 Semantic Segmentation", ICCV 2021).
 
-The pixel selector is a shared backbone with two classifier heads C1, C2 whose disagreement marks
+The selector network S is a shared backbone with two classifier heads C1, C2 whose disagreement marks
 the target pixels the model is unsure about: the *inconsistency mask* M = {argmax p1 != argmax p2}.
 Point-based Pixel Labeling (PPL) then asks for points that best represent M, one per piece of M;
 Segment-based Pixel Labeling (SPL) offers the connected pieces of M as regions to label.
@@ -26,6 +26,7 @@ from .budget import check_spread, share_scores
 from .exact import fixed_point_bits, group_sums, segment_sums, to_fixed_point
 from .pieces import class_pieces
 from .regions import connected_components
+from .rules import PPL_RULES
 
 
 def inconsistency_mask(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -42,9 +43,6 @@ def inconsistency_mask(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
 def head_discrepancy(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     """MCD discrepancy per pixel, d = mean_k |p1_k - p2_k|; (K, H, W) x 2 -> (H, W)."""
     return (p1 - p2).abs().mean(dim=0)
-
-
-PPL_RULES = ("per_piece", "nearest_k")
 
 
 def labor_ppl(
@@ -248,7 +246,7 @@ def labor_spl(
     ``spread="share"`` rescores the ranked regions by their share of the image's M
     (``budget.share_scores``, as ``share_of_candidates``); ``max_pixels`` keeps only the best regions
     that hold that many pixels (``RegionQuery.head``). Both happen on the maps' device, so only what
-    is kept reaches the host (M of a young selector is most of the image).
+    is kept reaches the host (M of a young selector network is most of the image).
     """
     if score not in SPL_SCORES:
         raise ValueError(f"unknown SPL score {score!r}; choose one of: {', '.join(SPL_SCORES)}")

@@ -9,15 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pixel_selectors.labor as labor
-from experiment_config import ConfigError, choices, load_config
+from experiment_config import ConfigError, load_config
 from pixel_selectors import (
     PPL_RULES,
+    RULES,
+    SEGMENTER,
+    SELECTOR_NETWORK,
     inconsistency_mask,
     labor_ppl,
     ppl_piece_count,
     select_image,
-    selector_input,
-    selector_params,
 )
 from pixel_selectors.pieces import class_pieces, pieces_by_propagation, pieces_by_scipy
 
@@ -257,17 +258,19 @@ def test_pieces_of_an_empty_mask():
 # --- configuration --------------------------------------------------------------------------
 
 
-def test_the_config_names_the_rules_the_selector_implements():
-    assert choices.PPL_RULES == PPL_RULES
+def test_the_config_passes_the_ppl_rule_and_the_whole_mask_count_to_the_rules():
     cfg = load_config(None, {})
     assert (cfg.selection.ppl_rule, cfg.selection.ppl_mode) == ("per_piece", "budget")
-    selection = load_config(None, {"selection.ppl_rule": "nearest_k"}).to_dict()["selection"]
-    assert selector_params("labor_ppl", selection, 128) == {"rule": "nearest_k"}
-    assert selector_params("random", selection, 128) == {} and selector_input("random", selection) == "segmenter"
-    whole = load_config(None, {"selection.selector": "random", "selection.ppl_mode": "whole_mask"}).to_dict()
-    assert selector_params("random", whole["selection"], 128) == {"ppl_whole_mask": True}
-    assert selector_input("random", whole["selection"]) == "selector"  # the pieces are counted in S's mask
-    assert selector_params("labor_ppl", whole["selection"], 128) == {"rule": "per_piece", "ppl_whole_mask": True}
+    assert PPL_RULES == ("per_piece", "nearest_k")
+    ppl, random = RULES["labor_ppl"], RULES["random"]
+    selection = load_config(None, {"selection.ppl_rule": "nearest_k"}).selection
+    assert ppl.params(selection, 128) == {"rule": "nearest_k"}
+    assert random.params(selection, 128) == {} and random.network(selection) == SEGMENTER
+    whole = load_config(None, {"selection.rule": "random", "selection.ppl_mode": "whole_mask"}).selection
+    assert random.params(whole, 128) == {"ppl_whole_mask": True}
+    assert random.network(whole) == SELECTOR_NETWORK  # the pieces are counted in S's mask
+    assert ppl.params(whole, 128) == {"rule": "per_piece", "ppl_whole_mask": True}
+    assert not RULES["entropy"].whole_mask(whole) and RULES["entropy"].network(whole) == SEGMENTER
 
 
 @pytest.mark.parametrize(
@@ -275,7 +278,7 @@ def test_the_config_names_the_rules_the_selector_implements():
     [
         ({"selection.ppl_rule": "nearest"}, "config key 'selection.ppl_rule': unknown ppl_rule 'nearest'"),
         (
-            {"selection.selector": "entropy", "selection.ppl_mode": "whole_mask"},
+            {"selection.rule": "entropy", "selection.ppl_mode": "whole_mask"},
             "config key 'selection.ppl_mode': 'whole_mask' is LabOR PPL's count",
         ),
         (
@@ -296,10 +299,11 @@ def test_bad_ppl_settings_are_refused_with_one_line(pairs, message):
 
 @pytest.fixture(scope="module")
 def tiny_source(tmp_path_factory):
-    """A smoke-sized config and a source checkpoint trained for a few steps (its two selector heads
+    """A smoke-sized config and a source checkpoint trained for a few steps (the two heads of its selector network S
     disagree on part of every image)."""
     from trainers.checkpoint import save_checkpoint
     from trainers.engine import run_job
+    from trainers.job import TrainJob
 
     root = tmp_path_factory.mktemp("ppl")
     cfg = load_config(
@@ -313,7 +317,7 @@ def tiny_source(tmp_path_factory):
         },
         smoke=True,
     )
-    save_checkpoint(root / "source", run_job({"mode": "source", "config": cfg.to_dict()}).state)
+    save_checkpoint(root / "source", run_job(TrainJob(mode="source", config=cfg)).state)
     return cfg, str(root / "source")
 
 
@@ -325,14 +329,15 @@ def test_random_points_buy_ppls_whole_mask_count_in_every_image(tiny_source, mon
     from orchestrator.labels.store import LabelStore
     from orchestrator.round import selection
     from orchestrator.round.ranking import Ranker, RankingStats
+    from trainers.labels import NO_LABELS
 
     cfg, checkpoint = tiny_source
     ppl = with_overrides(cfg, {"selection.ppl_mode": "whole_mask"})
-    rival = with_overrides(cfg, {"selection.selector": "random", "selection.ppl_mode": "whole_mask"})
+    rival = with_overrides(cfg, {"selection.rule": "random", "selection.ppl_mode": "whole_mask"})
     ids = list(range(cfg.data.synthetic.target_train_images))
-    ppl_ranker = Ranker(checkpoint, ppl.to_dict())
-    ppl_queries = dict(ppl_ranker.rank(ids, {}, cfg.selection.points_per_image))
-    rival_queries = dict(Ranker(checkpoint, rival.to_dict()).rank(ids, {}, cfg.selection.points_per_image))
+    ppl_ranker = Ranker(checkpoint, ppl)
+    ppl_queries = dict(ppl_ranker.rank(ids, NO_LABELS, cfg.selection.points_per_image))
+    rival_queries = dict(Ranker(checkpoint, rival).rank(ids, NO_LABELS, cfg.selection.points_per_image))
     counts = {}
     with torch.no_grad():
         for i in ids:

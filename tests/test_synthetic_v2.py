@@ -164,8 +164,8 @@ def test_caches_are_keyed_by_version_and_labels_read_back_in_the_versions_class_
                 "data.class_set": class_set,
                 **{f"data.synthetic.{k}": v for k, v in {**settings, "version": version}.items()},
             },
-        ).to_dict()
-        domains = build_domains(cfg["data"])
+        )
+        domains = build_domains(cfg.data)
         _, expected = generate_sample(0, "target", "train", 1, 32, 64, version=version)
         assert np.array_equal(domains.target_pool.label(1).numpy(), expected)
         assert domains.classes == CLASSES_OF_VERSION[version]

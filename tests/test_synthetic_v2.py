@@ -106,6 +106,16 @@ def test_a_source_class_comes_in_several_looks():
     assert all(v > 0.2 for v in spread.values()), spread
 
 
+def test_a_target_look_is_the_cameras_version_of_a_source_look_of_its_class():
+    """Class-consistent target looks: look j of a class in the target has the texture of look j in the
+    source, with the same parameters and a colour within 0.35 per channel (the camera's version), so
+    ``difficulty`` can move one into the other."""
+    for k in range(len(CLASSES)):
+        for (c0, kind0, p0), (c1, kind1, p1) in zip(SOURCE_LOOKS[k], TARGET_LOOKS[k], strict=True):
+            assert kind0 == kind1 and set(p0) == set(p1), NAMES[k]
+            assert np.abs(np.subtract(c0, c1)).max() <= 0.35, NAMES[k]
+
+
 def test_generation_is_deterministic_by_seed():
     a = generate_sample(7, "target", "val", 3, 64, 128)
     b = generate_sample(7, "target", "val", 3, 64, 128)

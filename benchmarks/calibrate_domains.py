@@ -327,11 +327,23 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="also adapt with random points at these points per image (to choose the headline budget)",
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the per-seed figures and the gates here")
+    parser.add_argument(
+        "--json", metavar="FILE", help="write the per-seed figures and the gates here, again after every seed"
+    )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="FILE",
+        help="train nothing: print the report and the gates of the seeds in these --json files (seeds "
+        "calibrated in separate processes or on separate machines)",
+    )
     args = parser.parse_args(argv)
     cfg = benchmark_config(args.overrides, args.config)
     if cfg is None:
         return 2
+    if args.merge:
+        figures = [SeedFigures(**seed) for path in args.merge for seed in json.loads(Path(path).read_text())["seeds"]]
+        args.seeds = [f.seed for f in figures]
     reserved = sorted(set(args.seeds) & set(EVALUATION_SEEDS))
     if reserved:
         print(
@@ -339,24 +351,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    print(f"calibration on seeds {args.seeds}; {machine_line()}", flush=True)
-    train = trainer(not args.ray, cfg, Path(tempfile.mkdtemp(prefix="activeda-calibrate-")))
-    started = time.perf_counter()
-    figures = [calibrate_seed(cfg, seed, train, budgets=tuple(args.budgets)) for seed in args.seeds]
-    text = report(figures, cfg)
-    print("\n" + text)
-    print(f"\n({time.perf_counter() - started:.0f} s, {'Ray Train' if args.ray else 'in-process'})")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "seeds": [vars(f) for f in figures],
-                    "gates": [vars(g) for g in gates(figures, cfg.selection.points_per_image)],
-                },
-                indent=1,
-            )
-        )
+    if not args.merge:
+        print(f"calibration on seeds {args.seeds}; {machine_line()}", flush=True)
+        started = time.perf_counter()
+        figures = []
+        with tempfile.TemporaryDirectory(prefix="activeda-calibrate-") as workdir:
+            train = trainer(not args.ray, cfg, Path(workdir))
+            for seed in args.seeds:
+                figures.append(calibrate_seed(cfg, seed, train, budgets=tuple(args.budgets)))
+                if args.json:  # after every seed: a long run stopped early keeps what it measured
+                    write_json(Path(args.json), figures, cfg)
+        print(f"\n({time.perf_counter() - started:.0f} s, {'Ray Train' if args.ray else 'in-process'})")
+    print("\n" + report(figures, cfg))
     return 0
+
+
+def write_json(path: Path, figures: list[SeedFigures], cfg: ExperimentConfig) -> None:
+    """The per-seed figures and the gates over them, as ``--json`` writes them (``--merge`` reads them)."""
+    payload = {
+        "seeds": [vars(f) for f in figures],
+        "gates": [vars(g) for g in gates(figures, cfg.selection.points_per_image)],
+    }
+    path.write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pixel_selectors.rules import REGIONS, RULES
 
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
-from .choices import IMAGENET_MODELS, MIN_BATCH_SIZE
+from .choices import IMAGENET_MODELS, MIN_BATCH_SIZE, SYNTHETIC_CLASS_SET_OF_VERSION
 from .schema import (
     AWS_REGION,
     CASES_AXIS,
@@ -337,6 +337,14 @@ def validate(cfg: ExperimentConfig) -> None:
             "data.augment.scale_min",
             f"must be <= data.augment.scale_max ({cfg.data.augment.scale_max:g}), got {cfg.data.augment.scale_min:g}",
         )
+    bundled = not cfg.data.source.root or not cfg.data.target.root
+    labeled_as = SYNTHETIC_CLASS_SET_OF_VERSION[cfg.data.synthetic.version]
+    if bundled and cfg.data.class_set in SYNTHETIC_CLASS_SET_OF_VERSION.values() and cfg.data.class_set != labeled_as:
+        raise ConfigError(
+            "data.class_set",
+            f"the bundled domains of data.synthetic.version={cfg.data.synthetic.version} are labeled in "
+            f"class set '{labeled_as}', not '{cfg.data.class_set}' (set one to match the other)",
+        )
     pixels = cfg.data.height * cfg.data.width
     validate_procedure(cfg)
     whole_mask = cfg.selection.spl_mode == "whole_mask"
@@ -416,7 +424,7 @@ def pretrained_problem(cfg: ExperimentConfig) -> str | None:
 
 
 def validate_procedure(cfg: ExperimentConfig) -> None:
-    """The warm-up, the step split over rounds, SPL's whole-mask mode and RIPU's point window."""
+    """The warm-up, the step split over rounds, SPL's and PPL's whole-mask modes and RIPU's point window."""
     if 0 < cfg.adapt.total_steps < cfg.selection.rounds:
         raise ConfigError(
             "adapt.total_steps",
@@ -434,6 +442,20 @@ def validate_procedure(cfg: ExperimentConfig) -> None:
                 "selection.budget_fraction",
                 "must be 0 with selection.spl_mode=whole_mask (the whole "
                 "inconsistency mask is labeled, whatever it costs)",
+            )
+    if cfg.selection.ppl_mode == "whole_mask":
+        rule = RULES.get(cfg.selection.rule)  # None: no selection
+        if rule is None or not rule.ppl_count:
+            raise ConfigError(
+                "selection.ppl_mode",
+                f"'whole_mask' is LabOR PPL's count (labor_ppl, or random points at its count); "
+                f"rule '{cfg.selection.rule}' takes 'budget'",
+            )
+        if cfg.selection.budget_fraction > 0:
+            raise ConfigError(
+                "selection.budget_fraction",
+                "must be 0 with selection.ppl_mode=whole_mask (one point per piece of the "
+                "inconsistency mask, whatever the count)",
             )
     if cfg.selection.point_window and cfg.selection.point_window % 2 == 0:
         raise ConfigError(

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # The selection rules' registry imports no torch: the config validates against it directly.
-from pixel_selectors.rules import RULES
+from pixel_selectors.rules import PPL_RULES, RULES
 
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
@@ -125,6 +125,14 @@ class SyntheticConfig:
     target_val_images: int = _opt(32, "generated target validation images", min=1)
     seed: int = _opt(0, "seed of the procedural domain generator", min=0)
     difficulty: float = _opt(1.0, "strength of the target style (0: source-like, 1: default)", min=0.0, max=2.0)
+    version: int = _opt(
+        2,
+        "generator version: 2 (13 classes, textured, several looks per class, long-tailed; "
+        "data.class_set synthetic_v2) or 1 (the earlier 9 flat-coloured classes; data.class_set "
+        "synthetic), kept so earlier results reproduce",
+        min=1,
+        max=2,
+    )
 
 
 @dataclass
@@ -137,7 +145,7 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     class_set: str = _opt(
-        "synthetic",
+        "synthetic_v2",
         "classes every dataset is mapped into, by name: a named set of the target dataset's classes, or "
         "'dataset' for the classes of the target's dataset YAML",
         choices=(*CLASS_SETS, CLASS_SET_FROM_DATASET),
@@ -452,6 +460,23 @@ class SelectionConfig:
         "labor_spl: 'budget' (selection.budget_fraction of the pool per round) or "
         "'whole_mask' (every pixel of every image's inconsistency mask, as the paper; the "
         "cost, in pixels and clicks, is the outcome)",
+        choices={"budget": None, "whole_mask": None},
+    )
+    ppl_rule: str = _opt(
+        "per_piece",
+        "labor_ppl: where its points go: 'per_piece' (one point per piece of the "
+        "inconsistency mask -- predicted class, 8-connected -- at the pixel nearest the "
+        "piece's mean probability; every piece one point before any gets a second, "
+        "largest pieces first: the paper's reading) or 'nearest_k' (each class's pixels "
+        "nearest one prototype per class; they pile up on one spot)",
+        choices=dict.fromkeys(PPL_RULES),
+    )
+    ppl_mode: str = _opt(
+        "budget",
+        "labor_ppl and random: 'budget' (selection.points_per_image per image per round) or "
+        "'whole_mask' (one point per piece of LabOR's inconsistency mask in each image, the "
+        "count the outcome, as the paper; random then buys as many random points per "
+        "image, the pieces counted with the same selector network)",
         choices={"budget": None, "whole_mask": None},
     )
     unlabeled_classes: list = _opt(

@@ -7,6 +7,10 @@ data.target.root=OUT/target``) can read them. With ``--layout folder`` both are 
 folder layout (``images/<split>/``, ``labels/<split>/`` of train ids, ``dataset.yaml`` with the
 classes and their Cityscapes colours), the format ``python -m orchestrator.data check`` checks and
 ``data.source.format: folder`` / ``data.target.format: folder`` read.
+
+``--version`` picks the generator version (``data.synthetic.version``): 2, the default, draws 13
+textured, long-tailed classes (class set ``synthetic_v2``); 1 the earlier 9 flat-coloured ones
+(class set ``synthetic``).
 """
 
 from __future__ import annotations
@@ -15,22 +19,37 @@ import argparse
 import sys
 from pathlib import Path
 
+from experiment_config.choices import SYNTHETIC_CLASS_SET_OF_VERSION
+from experiment_config.schema import SyntheticConfig
 from orchestrator.command_line import HelpFormatter
 
 LAYOUTS = ("gta5-cityscapes", "folder")
+VERSIONS = tuple(SYNTHETIC_CLASS_SET_OF_VERSION)  # trainers.data.synthetic.GENERATOR_VERSIONS, without torch
+DEFAULT_VERSION = SyntheticConfig.version
 
 
-def write_folder_layout(out: Path, height: int, width: int, images: int, seed: int, difficulty: float, progress=print):
-    """The synthetic domains in the folder layout: ``out/source`` (split train) and ``out/target``
-    (splits train and val); labels are train ids of the generator's classes."""
+def write_folder_layout(
+    out: Path,
+    height: int,
+    width: int,
+    images: int,
+    seed: int,
+    difficulty: float,
+    progress=print,
+    version: int = DEFAULT_VERSION,
+):
+    """The synthetic domains of generator ``version`` in the folder layout: ``out/source`` (split
+    train) and ``out/target`` (splits train and val); labels are train ids of that version's classes."""
     import numpy as np
 
     from trainers.data.dataset_yaml import bundled_dataset
     from trainers.data.folder import write_folder_dataset
-    from trainers.data.synthetic import SYNTHETIC_CLASSES, generate_sample
+    from trainers.data.synthetic import CLASSES_OF_VERSION, generate_sample
 
     # The generator's classes are Cityscapes classes: their colours are the bundled Cityscapes YAML's.
-    class_set = bundled_dataset("cityscapes").class_set.subset("synthetic", SYNTHETIC_CLASSES)
+    class_set = bundled_dataset("cityscapes").class_set.subset(
+        SYNTHETIC_CLASS_SET_OF_VERSION[version], CLASSES_OF_VERSION[version]
+    )
     plan = {"source": [("train", images)], "target": [("train", images), ("val", images // 2)]}
     total = sum(count for jobs in plan.values() for _, count in jobs)
     written = [0]
@@ -38,7 +57,7 @@ def write_folder_layout(out: Path, height: int, width: int, images: int, seed: i
     def samples(domain):
         for split, count in plan[domain]:
             for index in range(count):
-                image, label = generate_sample(seed, domain, split, index, height, width, difficulty)
+                image, label = generate_sample(seed, domain, split, index, height, width, difficulty, version)
                 yield split, f"{index:06d}", (image * 255).round().astype(np.uint8), label
 
     def tick(_):
@@ -77,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         help="gta5-cityscapes: source like GTA5, target like Cityscapes (Cityscapes label ids); folder: "
         "both in the folder layout with a dataset.yaml (default: gta5-cityscapes)",
     )
+    parser.add_argument(
+        "--version",
+        type=int,
+        choices=VERSIONS,
+        default=DEFAULT_VERSION,
+        help="generator version: 2 (13 textured, long-tailed classes) or 1 (the earlier 9 flat-coloured "
+        f"classes); default {DEFAULT_VERSION}",
+    )
     args = parser.parse_args(argv)
     problems = [
         (args.images < 2, "--images must be >= 2"),
@@ -93,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {message}", file=sys.stderr)
             return 2
     if args.layout == "folder":
-        source, target = write_folder_layout(out, args.height, args.width, args.images, args.seed, args.difficulty)
+        source, target = write_folder_layout(
+            out, args.height, args.width, args.images, args.seed, args.difficulty, version=args.version
+        )
         print(
             f"source (folder layout): {source}\ntarget (folder layout): {target}\n"
             f"use them with: --set data.source.format=folder --set data.source.root={source} "
@@ -112,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         difficulty=args.difficulty,
         progress=print,
+        version=args.version,
     )
     print(f"source (GTA5 layout): {source}\ntarget (Cityscapes layout): {target}")
     return 0

@@ -3,7 +3,7 @@
 The selection rules are described in ``rules`` (one record per rule in ``RULES``: function, kind,
 the network it reads, tiling, window); ``apply.select_image`` applies one to one image. The other
 modules hold the rules (``labor``, ``baselines``, ``ripu``), the query types (``base``), the
-pool-wide budget (``budget``), annotation cost (``cost``) and mask encodings (``encoding``).
+pool-wide budget (``budget``), the class-aware pieces of a mask (``pieces``), annotation cost (``cost``) and mask encodings (``encoding``).
 
 Importing this package imports no torch: the config validates rule names against ``rules.RULES``
 without it (``--help`` answers at once). The names below are imported from their modules on
@@ -14,7 +14,18 @@ from __future__ import annotations
 
 import importlib
 
-from .rules import KINDS, NETWORKS, POINTS, REGIONS, RULES, SEGMENTER, SELECTOR_NETWORK, SelectionRule
+from .rules import (
+    KINDS,
+    NETWORKS,
+    POINTS,
+    PPL_RULES,
+    REGIONS,
+    RULES,
+    SEGMENTER,
+    SELECTOR_NETWORK,
+    WHOLE_MASK,
+    SelectionRule,
+)
 
 # name -> the module that defines it, imported when the name is first asked for (PEP 562).
 _LAZY = {
@@ -37,7 +48,8 @@ _LAZY = {
     ),
     **dict.fromkeys(("clicks_for_points", "clicks_for_region", "clicks_for_regions"), "cost"),
     **dict.fromkeys(("pack_bits", "rle_decode", "rle_encode", "unpack_bits"), "encoding"),
-    **dict.fromkeys(("head_discrepancy", "inconsistency_mask", "labor_ppl", "labor_spl"), "labor"),
+    **dict.fromkeys(("head_discrepancy", "inconsistency_mask", "labor_ppl", "labor_spl", "ppl_piece_count"), "labor"),
+    **dict.fromkeys(("class_pieces",), "pieces"),
     **dict.fromkeys(
         (
             "blocked_by_labels",
@@ -69,10 +81,12 @@ __all__ = [
     "KINDS",
     "NETWORKS",
     "POINTS",
+    "PPL_RULES",
     "REGIONS",
     "RULES",
     "SEGMENTER",
     "SELECTOR_NETWORK",
+    "WHOLE_MASK",
     "SelectionRule",
     *_LAZY,
 ]

@@ -8,7 +8,8 @@ from torch.profiler import record_function
 
 from .base import PointQuery, RegionQuery
 from .budget import points_per_image
-from .rules import REGIONS, RULES
+from .labor import ppl_piece_count
+from .rules import REGIONS, RULES, WHOLE_MASK
 
 
 def select_image(
@@ -27,7 +28,10 @@ def select_image(
     (a GPU selects on the GPU; only the query reaches the host).
 
     Point rules give ``num_points`` points, or with a pool-wide ``budget_pixels`` as many as the
-    budget could use from one image (``points_per_image``). Region rules give their best regions,
+    budget could use from one image (``points_per_image``), or under PPL's whole mask (``params``
+    holding ``WHOLE_MASK``, from ``SelectionRule.params``) as many as the pieces of LabOR's
+    inconsistency mask in ``head_probs`` (S's two heads): LabOR PPL one per piece, random points
+    that many. Region rules give their best regions,
     rescored by their share of the image's candidates when ``region_spread`` is ``"share"``, up to
     the first ones that cover the budget (``RegionQuery.head``: the global merge can use no more from
     one image); without a budget (``budget_pixels`` 0: LabOR SPL's whole mask) all of them, with their
@@ -36,9 +40,14 @@ def select_image(
     its merge needed no more, ``budget.within_share_cap``), and never runs its greedy pass past what
     it sends.
     """
-    rule, params = RULES[name], params or {}
+    rule, params = RULES[name], dict(params or {})
     select = rule.select
+    whole_mask = params.pop(WHOLE_MASK, False)
     with record_function(f"select:{name}"):  # a row of its own in a profile (benchmarks.profile_selectors)
+        if whole_mask:  # PPL's whole mask: one point per piece of M, or as many random points
+            if name == "labor_ppl":
+                return select(head_probs, None, labeled=labeled, seed=seed, **params)
+            return select(head_probs, ppl_piece_count(head_probs, labeled), labeled=labeled, seed=seed, **params)
         if rule.kind == REGIONS:
             if not budget_pixels:  # no budget (LabOR SPL's whole mask): every candidate region is wanted
                 return select(head_probs, labeled=labeled, seed=seed, **params)

@@ -21,8 +21,14 @@ says everything the rest of the project asks about it:
   ``share`` spread a driver can bound, before ranking, the share any image can be asked for
   (``apply.select_image``'s ``max_share``); LabOR SPL's share is of its inconsistency mask, whose
   size only the ranking finds;
-- ``window_key``: the ``selection`` config key that gives its window side ``k`` (its only
-  parameter), and ``default_window`` the function of the image width used when that key is 0.
+- ``window_key``: the ``selection`` config key that gives its window side ``k``, and
+  ``default_window`` the function of the image width used when that key is 0;
+- ``config_params``: further keyword parameters read from ``selection`` config keys, as
+  (parameter, key) pairs (LabOR PPL's ``rule`` from ``selection.ppl_rule``);
+- ``ppl_count``: ``selection.ppl_mode: whole_mask`` applies to it: it gives as many points per image
+  as LabOR PPL's whole mask has pieces (LabOR PPL itself one per piece; random points that many, its
+  fair rival). The pieces are counted in S's inconsistency mask, so under that mode the rule reads
+  S whatever its ``reads`` (``network``), and ``params`` carries ``WHOLE_MASK`` for ``apply``.
 
 ``head_probs`` is a sequence of (K, H, W) softmax maps of ONE target image, ``labeled`` an optional
 bool (H, W) mask of pixels already labeled (never returned), ``seed`` makes random rules repeatable.
@@ -42,6 +48,10 @@ POINTS, REGIONS = "points", "regions"
 KINDS = (POINTS, REGIONS)
 SELECTOR_NETWORK, SEGMENTER = "selector_network", "segmenter"
 NETWORKS = (SELECTOR_NETWORK, SEGMENTER)
+# LabOR PPL's point placements (``selection.ppl_rule``; ``labor.labor_ppl``'s ``rule``).
+PPL_RULES = ("per_piece", "nearest_k")
+# The ``params`` entry that asks ``apply.select_image`` for PPL's whole-mask count.
+WHOLE_MASK = "ppl_whole_mask"
 
 
 @functools.cache
@@ -61,12 +71,23 @@ class SelectionRule:
     tiles: bool = False
     window_key: str | None = None
     default_window: str | None = None
+    config_params: tuple[tuple[str, str], ...] = ()
+    ppl_count: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.reads not in NETWORKS:
             raise ValueError(f"selection rule '{self.name}': kind must be one of {KINDS}, reads one of {NETWORKS}")
         if self.tiles and self.kind != REGIONS:
             raise ValueError(f"selection rule '{self.name}': only a region rule can tile")
+
+    def whole_mask(self, selection: Any) -> bool:
+        """Whether the rule gives PPL's whole-mask count per image under the ``selection`` config section."""
+        return self.ppl_count and getattr(selection, "ppl_mode", "budget") == "whole_mask"
+
+    def network(self, selection: Any) -> str:
+        """The network whose outputs the rule reads under the ``selection`` config section: ``reads``,
+        or S under PPL's whole mask (its pieces are counted in S's inconsistency mask)."""
+        return SELECTOR_NETWORK if self.whole_mask(selection) else self.reads
 
     @property
     def select(self) -> Callable:
@@ -75,24 +96,35 @@ class SelectionRule:
 
     def params(self, selection: Any, width: int) -> dict[str, Any]:
         """Keyword parameters of the rule for images ``width`` pixels wide, from the ``selection``
-        config section (``experiment_config.schema.SelectionConfig``): the window side ``k`` of the
+        config section (``experiment_config.schema.SelectionConfig``): its ``config_params`` (LabOR
+        PPL's ``rule``), ``WHOLE_MASK`` under PPL's whole mask, and the window side ``k`` of the
         rules that have one (RIPU's points: ``selection.point_window``, 0 meaning RIPU's 65 at 2048
         wide, scaled; the square regions: ``selection.region_size``)."""
+        params: dict[str, Any] = {param: getattr(selection, key) for param, key in self.config_params}
+        if self.whole_mask(selection):
+            params[WHOLE_MASK] = True
         if self.window_key is None:
-            return {}
+            return params
         k = int(getattr(selection, self.window_key) or 0)
         if not k and self.default_window is not None:
             k = _resolve(self.default_window)(width)
-        return {"k": k}
+        return {**params, "k": k}
 
 
 RULES: dict[str, SelectionRule] = {
     rule.name: rule
     for rule in (
-        SelectionRule("labor_ppl", "pixel_selectors.labor:labor_ppl", POINTS, SELECTOR_NETWORK),
+        SelectionRule(
+            "labor_ppl",
+            "pixel_selectors.labor:labor_ppl",
+            POINTS,
+            SELECTOR_NETWORK,
+            config_params=(("rule", "ppl_rule"),),
+            ppl_count=True,
+        ),
         SelectionRule("labor_spl", "pixel_selectors.labor:labor_spl", REGIONS, SELECTOR_NETWORK),
         # random and random_regions read G for its shape only.
-        SelectionRule("random", "pixel_selectors.baselines:random_points", POINTS, SEGMENTER),
+        SelectionRule("random", "pixel_selectors.baselines:random_points", POINTS, SEGMENTER, ppl_count=True),
         SelectionRule("entropy", "pixel_selectors.baselines:entropy_points", POINTS, SEGMENTER),
         SelectionRule("margin", "pixel_selectors.baselines:margin_points", POINTS, SEGMENTER),
         SelectionRule(

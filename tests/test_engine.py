@@ -157,12 +157,13 @@ def test_adapt_job_can_carry_the_selector_over_untrained(cfg, source_checkpoint)
 
 def test_a_given_checkpoint_is_the_source_model_without_training(cfg, tmp_path):
     """source.checkpoint: G is the file's model (not trained), S gets its backbone and fresh heads."""
-    from trainers.data import SYNTHETIC_CLASSES
+    from trainers.data import CLASS_SETS
     from trainers.engine import build_adaptation_models
     from trainers.models import SegmentationNet
 
+    classes = len(CLASS_SETS[cfg.data.class_set])
     torch.manual_seed(123)
-    released = SegmentationNet(len(SYNTHETIC_CLASSES), width=cfg.model.width)
+    released = SegmentationNet(classes, width=cfg.model.width)
     torch.save({f"module.{k}": v for k, v in released.state_dict().items()}, tmp_path / "released.pth")
     given = with_overrides(cfg, {"source.checkpoint": str(tmp_path / "released.pth")})
     result = run_job(TrainJob(mode="source", config=given))
@@ -170,7 +171,7 @@ def test_a_given_checkpoint_is_the_source_model_without_training(cfg, tmp_path):
     assert state["global_step"] == 0 and result.metrics["train/steps"] == 0
     assert all(torch.equal(v, state["modules"]["segmenter"][k]) for k, v in released.state_dict().items())
     selector = state["modules"]["selector"]
-    fresh = build_adaptation_models(given, len(SYNTHETIC_CLASSES)).selector.state_dict()
+    fresh = build_adaptation_models(given, classes).selector.state_dict()
     for key, value in selector.items():
         expected = fresh[key] if key.startswith("heads.") else released.state_dict()[key]
         assert torch.equal(value, expected), key

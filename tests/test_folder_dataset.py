@@ -479,11 +479,14 @@ def test_data_help_is_fast_and_listed_in_activeda(tmp_path):
 
 def test_synth_writes_a_folder_layout_that_data_check_accepts(tmp_path, capsys):
     from orchestrator.synth import main as synth
+    from trainers.data.folder import read_folder_spec
+    from trainers.data.synthetic import CLASSES_OF_VERSION
 
-    assert (
-        synth(["--out", str(tmp_path / "s"), "--layout", "folder", "--images", "2", "--height", "16", "--width", "32"])
-        == 0
-    )
+    args = ["--layout", "folder", "--images", "2", "--height", "16", "--width", "32"]
+    assert synth(["--out", str(tmp_path / "s"), *args]) == 0
+    assert synth(["--out", str(tmp_path / "v1"), "--version", "1", *args]) == 0
+    for folder, version in (("s", 2), ("v1", 1)):  # the YAML names the classes of the generator version written
+        assert read_folder_spec(tmp_path / folder / "target").class_set.names == CLASSES_OF_VERSION[version]
     capsys.readouterr()
     for domain, splits in (("source", "train 2"), ("target", "train 2, val 1")):
         code, err, out = check(tmp_path / "s" / domain, capsys)
@@ -496,7 +499,7 @@ def test_synth_writes_a_folder_layout_that_data_check_accepts(tmp_path, capsys):
             "data.source.root": str(tmp_path / "s" / "source"),
             "data.target.format": "folder",
             "data.target.root": str(tmp_path / "s" / "target"),
-            "data.class_set": "synthetic",  # the generator's classes: the named set agrees with the YAML
+            "data.class_set": "synthetic_v2",  # the generator's classes: the named set agrees with the YAML
             "data.cache_dir": str(tmp_path / "cache"),
         },
     )

@@ -84,7 +84,7 @@ def test_ripu_point_window_scales_with_the_image_width():
     assert RULES["region_impurity"].params(selection, 2048) == {"k": 65}
     assert RULES["region_impurity_regions"].params(selection, 2048) == {"k": 3}  # RIPU's regions: 3x3
     assert RULES["region_impurity"].params(dataclasses.replace(selection, point_window=7), 2048) == {"k": 7}
-    assert RULES["labor_ppl"].params(selection, 2048) == {}
+    assert RULES["labor_ppl"].params(selection, 2048) == {"rule": "per_piece"}
 
 
 def test_ripu_points_keep_windows_of_earlier_rounds_blocked():
@@ -288,8 +288,9 @@ def test_source_set_soft_labels_are_the_average_over_the_source_set_and_stay_fix
     from trainers.data import build_domains
     from trainers.engine import load_models
 
-    models, _ = load_models(source, fixed, 9)
-    soft = SoftLabels(9)
+    classes = len(build_domains(fixed.data).classes)
+    models, _ = load_models(source, fixed, classes)
+    soft = SoftLabels(classes)
     plain = dataclasses.replace(fixed.data, augment=NO_AUGMENTATION)
     assert not (plain.augment.hflip or fixed.data.augment == NO_AUGMENTATION)  # the run's source set is augmented
     with torch.no_grad():

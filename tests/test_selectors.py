@@ -35,9 +35,10 @@ def test_inconsistency_mask():
 
 
 def test_ppl_one_point_per_class_nearest_the_prototype():
+    """The nearest_k rule (the earlier reading of PPL; tests/test_ppl.py tests the per-piece rule)."""
     # class 0: prototype [.575, .425, 0]; pixels 0 and 1 are nearest (tie -> lower index first).
     # class 2: prototype [.05, .4, .55]; pixels 4 and 6 tie -> 4.
-    query = labor_ppl(heads(), 2)
+    query = labor_ppl(heads(), 2, rule="nearest_k")
     assert flat(query) == [0, 4]
     assert query.shortfall == 0
     d0 = np.hypot(0.025, 0.025)
@@ -46,13 +47,13 @@ def test_ppl_one_point_per_class_nearest_the_prototype():
 
 def test_ppl_share_moves_to_classes_with_candidates_left():
     # 4 points over classes {0: 3 candidates, 2: 2}: equal split 2 + 2.
-    assert flat(labor_ppl(heads(), 4)) == [0, 1, 4, 6]
+    assert flat(labor_ppl(heads(), 4, rule="nearest_k")) == [0, 1, 4, 6]
     # 5 points: class 2 saturates at 2, class 0 gives 3.
-    assert flat(labor_ppl(heads(), 5)) == [0, 1, 2, 4, 6]
+    assert flat(labor_ppl(heads(), 5, rule="nearest_k")) == [0, 1, 2, 4, 6]
 
 
 def test_ppl_tops_up_outside_the_mask_to_spend_the_budget_exactly():
-    query = labor_ppl(heads(), 6)
+    query = labor_ppl(heads(), 6, rule="nearest_k")
     assert flat(query) == [0, 1, 2, 4, 6, 3]  # consistent pixels all have discrepancy 0 -> lowest index
     assert query.shortfall == 0
     assert query.scores[-1] < 0 < query.scores[:-1].min()
@@ -68,7 +69,7 @@ def test_ppl_never_reselects_labeled_pixels():
     labeled = torch.zeros(2, 4, dtype=torch.bool)
     labeled[0, 0] = True
     labeled[1, 0] = True  # pixel 4
-    query = labor_ppl(heads(), 3, labeled=labeled)
+    query = labor_ppl(heads(), 3, labeled=labeled, rule="nearest_k")
     assert 0 not in flat(query) and 4 not in flat(query)
     assert flat(query) == [1, 2, 6]
 

@@ -1,4 +1,5 @@
-"""The bundled synthetic domains: deterministic, in the real layouts, read by the real loaders."""
+"""The bundled synthetic domains, version 1: deterministic, in the real layouts, read by the real loaders
+(version 2 has its own tests in test_synthetic_v2.py)."""
 
 import numpy as np
 
@@ -9,19 +10,19 @@ from trainers.data.synthetic import CITYSCAPES_ID_OF_CLASS, SYNTHETIC_CLASSES, e
 
 
 def test_generation_is_deterministic_and_domains_differ():
-    a_img, a_lab = generate_sample(3, "target", "train", 5, 32, 64)
-    b_img, b_lab = generate_sample(3, "target", "train", 5, 32, 64)
+    a_img, a_lab = generate_sample(3, "target", "train", 5, 32, 64, version=1)
+    b_img, b_lab = generate_sample(3, "target", "train", 5, 32, 64, version=1)
     assert np.array_equal(a_img, b_img) and np.array_equal(a_lab, b_lab)
-    other_img, _ = generate_sample(4, "target", "train", 5, 32, 64)
+    other_img, _ = generate_sample(4, "target", "train", 5, 32, 64, version=1)
     assert not np.array_equal(a_img, other_img)
-    src_img, _ = generate_sample(3, "source", "train", 5, 32, 64)
+    src_img, _ = generate_sample(3, "source", "train", 5, 32, 64, version=1)
     assert src_img.shape == a_img.shape == (32, 64, 3) and a_lab.dtype == np.uint8
 
 
 def test_class_statistics_are_street_like():
     counts = np.zeros(len(SYNTHETIC_CLASSES))
     for i in range(30):
-        _, label = generate_sample(0, "target", "train", i, 64, 128)
+        _, label = generate_sample(0, "target", "train", i, 64, 128, version=1)
         counts += np.bincount(label.ravel(), minlength=len(SYNTHETIC_CLASSES))
     share = counts / counts.sum()
     names = dict(zip(SYNTHETIC_CLASSES, share))
@@ -31,17 +32,17 @@ def test_class_statistics_are_street_like():
 
 
 def test_difficulty_zero_renders_the_target_in_source_colours():
-    img0, lab = generate_sample(1, "target", "train", 0, 32, 64, difficulty=0.0)
-    src_img, src_lab = generate_sample(1, "source", "train", 0, 32, 64)
+    img0, lab = generate_sample(1, "target", "train", 0, 32, 64, difficulty=0.0, version=1)
+    src_img, src_lab = generate_sample(1, "source", "train", 0, 32, 64, version=1)
     road = lab == 0
     # Same palette (up to the source's own small lighting jitter), unlike the default target style.
     assert np.abs(img0[road].mean(0) - src_img[src_lab == 0].mean(0)).max() < 0.15
-    img1, _ = generate_sample(1, "target", "train", 0, 32, 64, difficulty=1.0)
+    img1, _ = generate_sample(1, "target", "train", 0, 32, 64, difficulty=1.0, version=1)
     assert np.abs(img1[road].mean(0) - img0[road].mean(0)).max() > 0.05
 
 
 def test_written_layouts_are_read_back_by_the_real_loaders(tmp_path):
-    settings = dict(source_images=3, target_train_images=4, target_val_images=2, seed=0, difficulty=1.0)
+    settings = dict(source_images=3, target_train_images=4, target_val_images=2, seed=0, difficulty=1.0, version=1)
     source_root, target_root = ensure_synthetic_domains(tmp_path, 32, 64, settings)
     assert sorted(p.name for p in (source_root / "images").iterdir()) == ["000000.png", "000001.png", "000002.png"]
     assert (target_root / "gtFine" / "val" / "synthtown" / "synthtown_000001_000019_gtFine_labelIds.png").is_file()
@@ -55,12 +56,13 @@ def test_written_layouts_are_read_back_by_the_real_loaders(tmp_path):
             "data.cache_dir": str(tmp_path),
             "data.height": 32,
             "data.width": 64,
+            "data.class_set": "synthetic",
             **{f"data.synthetic.{k}": v for k, v in settings.items()},
         },
     )
     domains = build_domains(cfg.data)
     assert (len(domains.source), len(domains.target_pool), len(domains.target_val)) == (3, 4, 2)
-    _, expected = generate_sample(0, "target", "train", 2, 32, 64)
+    _, expected = generate_sample(0, "target", "train", 2, 32, 64, version=1)
     assert np.array_equal(domains.target_pool.label(2).numpy(), expected)  # ids mapped back to classes
     image, label = domains.target_pool[2]
     assert tuple(image.shape) == (3, 32, 64) and label.max() < len(SYNTHETIC_CLASSES)

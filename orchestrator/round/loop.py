@@ -43,7 +43,7 @@ def selector_network_trains(cfg: ExperimentConfig, round_index: int) -> bool:
     if round_index >= cfg.selection.rounds:
         return False
     rule = RULES.get(cfg.selection.rule)  # None: no selection
-    return (rule is not None and rule.reads == SELECTOR_NETWORK) or cfg.sweep.scheduler == "pbt"
+    return (rule is not None and rule.network(cfg.selection) == SELECTOR_NETWORK) or cfg.sweep.scheduler == "pbt"
 
 
 @dataclass

@@ -103,7 +103,7 @@ class Ranker:
             models, _ = load_models(directory, cfg, len(domains.classes))
         rule = RULES[cfg.selection.rule]
         self.rule_name = rule.name
-        network = models.selector if rule.reads == SELECTOR_NETWORK else models.segmenter
+        network = models.selector if rule.network(cfg.selection) == SELECTOR_NETWORK else models.segmenter
         self.network = network.to(self.device).eval()
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)

@@ -93,6 +93,8 @@ def budget_label(cfg: ExperimentConfig) -> str:
         return "no labels"
     if cfg.selection.spl_mode == "whole_mask":
         return "whole mask/round"
+    if cfg.selection.ppl_mode == "whole_mask":  # LabOR PPL, or random points at its count per image
+        return "a point per piece of the mask/round"
     if cfg.selection.budget_fraction > 0:
         return f"{100 * cfg.selection.budget_fraction:g}% of pixels/round"
     return f"{cfg.selection.points_per_image} points/image/round"

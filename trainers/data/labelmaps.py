@@ -45,8 +45,13 @@ CLASS_SETS: dict[str, tuple[str, ...]] = {
     "synthia16": _SYNTHIA16,
     # The 13-class SYNTHIA protocol, without the thin structures SYNTHIA renders poorly.
     "synthia13": _SYNTHIA13,
-    # The bundled synthetic domains (trainers/data/synthetic.py), in their order.
+    # The bundled synthetic domains (trainers/data/synthetic.py), in their order: version 1 ...
     "synthetic": ("road", "sidewalk", "building", "pole", "traffic_sign", "vegetation", "sky", "person", "car"),
+    # ... and version 2 (trainers/data/synthetic_v2.py): the 19 Cityscapes classes less rider, truck, bus,
+    # train, motorcycle and bicycle.
+    "synthetic_v2": tuple(
+        name for name in _CITYSCAPES19 if name not in ("rider", "truck", "bus", "train", "motorcycle", "bicycle")
+    ),
 }
 
 

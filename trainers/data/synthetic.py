@@ -1,6 +1,10 @@
 """Procedurally generated street scenes: a game-like source domain and a camera-like target domain.
 
-Both domains draw the same kind of layout (sky, buildings, vegetation, road, sidewalk, poles with
+Two generator versions (``data.synthetic.version``): version 2 (``synthetic_v2``: 13 classes,
+textured, long-tailed, the default) and version 1, described below and kept byte for byte so that
+earlier results reproduce. Caches are keyed by the version.
+
+Version 1: both domains draw the same kind of layout (sky, buildings, vegetation, road, sidewalk, poles with
 traffic signs, persons, cars) with Cityscapes class semantics, and differ in how the layout is
 rendered and in how often each class appears:
 
@@ -29,13 +33,22 @@ from PIL import Image
 
 from trainers.files import staged
 
+from . import synthetic_v2
+
 SYNTHETIC_CLASSES = ("road", "sidewalk", "building", "pole", "traffic_sign", "vegetation", "sky", "person", "car")
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, SKY, PERSON, CAR = range(len(SYNTHETIC_CLASSES))
 IGNORE_INDEX = 255
 # On disk, labels are Cityscapes label ids, exactly as in GTA5 and Cityscapes.
 CITYSCAPES_ID_OF_CLASS = (7, 8, 11, 17, 20, 21, 23, 24, 26)
 TARGET_CITY = "synthtown"
-GENERATOR_VERSION = 2  # bump when the generator changes, so caches are rebuilt
+# Part of every cache key. Bump only if the cache's layout changes: the content of a generator version
+# never changes (a new look is a new version), so old results reproduce.
+CACHE_REVISION = 2
+GENERATOR_VERSIONS = (1, 2)
+DEFAULT_VERSION = 2
+# Per version: the class names (a class set of trainers/data/labelmaps.py) and their Cityscapes ids on disk.
+CLASSES_OF_VERSION = {1: SYNTHETIC_CLASSES, 2: synthetic_v2.CLASSES}
+CITYSCAPES_IDS_OF_VERSION = {1: CITYSCAPES_ID_OF_CLASS, 2: synthetic_v2.CITYSCAPES_IDS}
 
 # Flat game palette (RGB 0..1).
 _SOURCE_PALETTE = np.array(
@@ -239,20 +252,36 @@ def _box_blur(image: np.ndarray, radius: int) -> np.ndarray:
     return t[0].numpy().transpose(1, 2, 0)
 
 
-def generate_sample(seed: int, domain: str, split: str, index: int, height: int, width: int, difficulty: float = 1.0):
-    """(image float32 (H, W, 3) in [0, 1], label uint8 (H, W) of class indices) of one synthetic image."""
+def generate_sample(
+    seed: int,
+    domain: str,
+    split: str,
+    index: int,
+    height: int,
+    width: int,
+    difficulty: float = 1.0,
+    version: int = DEFAULT_VERSION,
+):
+    """(image float32 (H, W, 3) in [0, 1], label uint8 (H, W) of class indices) of one synthetic image,
+    by generator ``version`` (class indices of ``CLASSES_OF_VERSION[version]``)."""
     if domain not in _DOMAIN_CODE:
         raise ValueError(f"unknown domain '{domain}'; choose source or target")
     if split not in _SPLIT_CODE:
         raise ValueError(f"unknown split '{split}'; choose train or val")
+    if version not in GENERATOR_VERSIONS:
+        raise ValueError(f"unknown generator version {version!r}; choose one of: 1, 2")
+    if version == 2:
+        rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index, version])
+        return synthetic_v2.generate(rng, height, width, domain, difficulty)
     rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index])
     label, instance = generate_layout(rng, height, width, domain)
     return render(rng, label, domain, difficulty, instance), label
 
 
 def domain_hash(height: int, width: int, synthetic: dict) -> str:
-    """Content key of one generated pair of domains (generator version included)."""
-    blob = json.dumps({"v": GENERATOR_VERSION, "h": height, "w": width, **synthetic}, sort_keys=True)
+    """Content key of one generated pair of domains (the settings include the generator version)."""
+    synthetic = {"version": DEFAULT_VERSION, **synthetic}
+    blob = json.dumps({"v": CACHE_REVISION, "h": height, "w": width, **synthetic}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -266,8 +295,10 @@ def write_synthetic_domains(
     seed: int = 0,
     difficulty: float = 1.0,
     progress=None,
+    version: int = DEFAULT_VERSION,
 ) -> tuple[Path, Path]:
-    """Write the source domain in the GTA5 layout and the target in the Cityscapes layout.
+    """Write the source domain in the GTA5 layout and the target in the Cityscapes layout (generator
+    ``version``; labels as Cityscapes label ids).
 
     ``out/source/{images,labels}/<index>.png`` and
     ``out/target/{leftImg8bit,gtFine}/{train,val}/synthtown/synthtown_<index>_000019_*.png``.
@@ -281,11 +312,12 @@ def write_synthetic_domains(
         ("target", "val", target_val_images),
     ]
     total, done = sum(n for *_, n in jobs), 0
+    id_of_class = np.asarray(CITYSCAPES_IDS_OF_VERSION[version], np.uint8)
     for domain, split, count in jobs:
         for index in range(count):
-            image, label = generate_sample(seed, domain, split, index, height, width, difficulty)
+            image, label = generate_sample(seed, domain, split, index, height, width, difficulty, version)
             rgb = Image.fromarray((image * 255).round().astype(np.uint8))
-            ids = Image.fromarray(np.asarray(CITYSCAPES_ID_OF_CLASS, np.uint8)[label])
+            ids = Image.fromarray(id_of_class[label])
             if domain == "source":
                 _save(rgb, source / "images" / f"{index:06d}.png")
                 _save(ids, source / "labels" / f"{index:06d}.png")

@@ -1,0 +1,193 @@
+"""The bundled domains, version 2: long-tailed classes, thin classes at least 2 px wide, several looks
+per class (colour lookup fails), determinism, caches keyed by version; version 1 unchanged."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from experiment_config import ConfigError, load_config
+from trainers.data import CLASS_SETS, build_domains
+from trainers.data.synthetic import (
+    CITYSCAPES_IDS_OF_VERSION,
+    CLASSES_OF_VERSION,
+    domain_hash,
+    ensure_synthetic_domains,
+    generate_sample,
+)
+from trainers.data.synthetic_v2 import CLASSES, SOURCE_LOOKS, TARGET_LOOKS, THIN_CLASSES
+
+NAMES = dict(enumerate(CLASSES))
+LARGE = ("road", "building", "vegetation")  # 15-30% of the pixels each, like Cityscapes' largest
+RARE = ("wall", "fence", "pole", "traffic_light", "traffic_sign", "person")  # 0.1-1.5% each
+
+
+def shares(domain, images=80, size=(64, 128), seed=5):
+    counts = np.zeros(len(CLASSES))
+    for i in range(images):
+        _, label = generate_sample(seed, domain, "train", i, *size)
+        counts += np.bincount(label.ravel(), minlength=len(CLASSES))
+    return dict(zip(CLASSES, counts / counts.sum()))
+
+
+@pytest.mark.parametrize("domain", ["source", "target"])
+def test_classes_are_long_tailed_like_cityscapes(domain):
+    share = shares(domain)
+    assert len(CLASSES) >= 12 and all(v > 0 for v in share.values())
+    assert all(0.15 <= share[name] <= 0.30 for name in LARGE), share
+    assert all(0.001 <= share[name] <= 0.015 for name in RARE), share
+
+
+def test_the_target_has_more_cars_and_persons_and_fewer_trees_than_the_source():
+    source, target = shares("source"), shares("target")
+    assert target["car"] > source["car"] and target["person"] > source["person"]
+    assert target["vegetation"] < source["vegetation"]
+
+
+@pytest.mark.parametrize("size", [(64, 128), (32, 64), (48, 96)])
+def test_thin_classes_are_at_least_two_pixels_wide_everywhere(size):
+    """Every pixel of a thin class lies in a 2 x 2 square of its class: an opening by 2 x 2 keeps them all."""
+    for domain in ("source", "target"):
+        for index in range(40):
+            _, label = generate_sample(2, domain, "train", index, *size)
+            for cls in THIN_CLASSES:
+                mask = label == cls
+                kept = ndimage.binary_opening(mask, structure=np.ones((2, 2), bool))
+                assert np.array_equal(mask, kept), (domain, index, NAMES[cls])
+
+
+def colour_lookup_miou(version, levels=8, fit_images=40, test_images=20):
+    """mIoU on held-out source images of a per-colour majority classifier (RGB quantised to
+    ``levels`` per channel) fitted on source images: how far colour alone identifies a class."""
+
+    def pixels(split, count):
+        codes, labels = [], []
+        for i in range(count):
+            image, label = generate_sample(0, "source", split, i, 64, 128, version=version)
+            q = np.minimum((image * levels).astype(int), levels - 1)
+            codes.append(((q[..., 0] * levels + q[..., 1]) * levels + q[..., 2]).ravel())
+            labels.append(label.ravel())
+        return np.concatenate(codes), np.concatenate(labels)
+
+    codes, labels = pixels("train", fit_images)
+    classes = len(CLASSES_OF_VERSION[version])
+    table = np.zeros((levels**3, classes))
+    np.add.at(table, (codes, labels), 1)
+    codes, labels = pixels("val", test_images)
+    predicted = table.argmax(axis=1)[codes]
+    ious = [
+        ((predicted == k) & (labels == k)).sum() / ((predicted == k) | (labels == k)).sum()
+        for k in range(classes)
+        if (labels == k).any()
+    ]
+    return float(np.mean(ious))
+
+
+def test_colour_lookup_does_not_solve_the_source():
+    """Version 1 was solved by colour (one flat colour per class); version 2 is not, with every class
+    drawn in three looks of overlapping colours and textures."""
+    assert colour_lookup_miou(1) > 0.95
+    assert colour_lookup_miou(2) < 0.55
+    assert all(len(SOURCE_LOOKS[k]) >= 3 and len(TARGET_LOOKS[k]) == len(SOURCE_LOOKS[k]) for k in range(len(CLASSES)))
+
+
+def test_a_source_class_comes_in_several_looks():
+    """Objects of one class differ: the mean colours of a class's objects over a sample spread widely."""
+    spread = {}
+    for cls in ("building", "car", "sidewalk", "vegetation", "pole"):
+        k = CLASSES.index(cls)
+        means = []
+        for i in range(30):
+            image, label = generate_sample(1, "source", "train", i, 64, 128)
+            if (label == k).sum() > 4:
+                means.append(image[label == k].mean(axis=0))
+        spread[cls] = float(np.ptp(np.array(means), axis=0).max())
+    assert all(v > 0.2 for v in spread.values()), spread
+
+
+def test_a_target_look_is_the_cameras_version_of_a_source_look_of_its_class():
+    """Class-consistent target looks: look j of a class in the target has the texture of look j in the
+    source, with the same parameters and a colour within 0.35 per channel (the camera's version), so
+    ``difficulty`` can move one into the other."""
+    for k in range(len(CLASSES)):
+        for (c0, kind0, p0), (c1, kind1, p1) in zip(SOURCE_LOOKS[k], TARGET_LOOKS[k], strict=True):
+            assert kind0 == kind1 and set(p0) == set(p1), NAMES[k]
+            assert np.abs(np.subtract(c0, c1)).max() <= 0.35, NAMES[k]
+
+
+def test_generation_is_deterministic_by_seed():
+    a = generate_sample(7, "target", "val", 3, 64, 128)
+    b = generate_sample(7, "target", "val", 3, 64, 128)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    c = generate_sample(8, "target", "val", 3, 64, 128)
+    assert not np.array_equal(a[1], c[1])
+    image, label = a
+    assert image.shape == (64, 128, 3) and image.dtype == np.float32 and label.dtype == np.uint8
+    assert image.min() >= 0 and image.max() <= 1 and label.max() < len(CLASSES)
+
+
+def test_difficulty_zero_renders_the_target_in_the_source_looks():
+    """Without the style shift a target image is the source's looks on the target's layout: no camera
+    effects, so its colours sit near those of the source's looks; at difficulty 1 they do not."""
+    palette = np.array([look[0] for k in range(len(CLASSES)) for look in SOURCE_LOOKS[k]])
+
+    def off_palette(difficulty):
+        image, label = generate_sample(4, "target", "train", 0, 64, 128, difficulty=difficulty)
+        road = image[label == CLASSES.index("road")].mean(axis=0)
+        return float(np.abs(palette - road).max(axis=1).min())
+
+    assert off_palette(0.0) < 0.1 and off_palette(1.0) > off_palette(0.0)
+
+
+# Digests of version 1's images and labels as generated before version 2 existed (commit 80f2826).
+VERSION_1_DIGESTS = {
+    (0, "source", "train", 0, 64, 128, 1.0): "ae665677eb54a2db",
+    (0, "target", "train", 3, 64, 128, 1.0): "83ccae484d8eb6ab",
+    (0, "target", "val", 1, 64, 128, 1.0): "6880c446eb037987",
+    (5, "target", "train", 7, 32, 64, 0.5): "30958e5ac716354a",
+    (2, "source", "train", 11, 48, 96, 1.0): "2e2b8d0da69f534a",
+    (1, "target", "val", 2, 64, 128, 2.0): "f35ab5ade132bff6",
+}
+
+
+def test_version_1_is_byte_for_byte_what_it_was():
+    for args, digest in VERSION_1_DIGESTS.items():
+        image, label = generate_sample(*args, version=1)
+        assert hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest()[:16] == digest, args
+
+
+def test_caches_are_keyed_by_version_and_labels_read_back_in_the_versions_class_set(tmp_path):
+    settings = dict(source_images=2, target_train_images=3, target_val_images=2, seed=0, difficulty=1.0)
+    assert domain_hash(32, 64, {**settings, "version": 1}) != domain_hash(32, 64, {**settings, "version": 2})
+    assert domain_hash(32, 64, settings) == domain_hash(32, 64, {**settings, "version": 2})  # the default
+    for version, class_set in ((1, "synthetic"), (2, "synthetic_v2")):
+        assert CLASS_SETS[class_set] == CLASSES_OF_VERSION[version]
+        assert len(CITYSCAPES_IDS_OF_VERSION[version]) == len(CLASSES_OF_VERSION[version])
+        ensure_synthetic_domains(tmp_path, 32, 64, {**settings, "version": version})
+        cfg = load_config(
+            None,
+            {
+                "data.cache_dir": str(tmp_path),
+                "data.height": 32,
+                "data.width": 64,
+                "data.class_set": class_set,
+                **{f"data.synthetic.{k}": v for k, v in {**settings, "version": version}.items()},
+            },
+        )
+        domains = build_domains(cfg.data)
+        _, expected = generate_sample(0, "target", "train", 1, 32, 64, version=version)
+        assert np.array_equal(domains.target_pool.label(1).numpy(), expected)
+        assert domains.classes == CLASSES_OF_VERSION[version]
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("synthetic-")]) == 2
+
+
+def test_the_class_set_must_match_the_bundled_version():
+    assert load_config(None, {}).data.class_set == "synthetic_v2"
+    load_config(None, {"data.synthetic.version": 1, "data.class_set": "synthetic"})
+    with pytest.raises(ConfigError, match="data.synthetic.version=1 are labeled in class set 'synthetic'"):
+        load_config(None, {"data.synthetic.version": 1})
+    with pytest.raises(ConfigError, match="'data.synthetic.version': must be <= 2"):
+        load_config(None, {"data.synthetic.version": 3})
+    with pytest.raises(ValueError, match="unknown generator version 3"):
+        generate_sample(0, "source", "train", 0, 32, 64, version=3)

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from orchestrator.cluster.processes import exit_on_sigterm
+    from orchestrator.cluster.ray_session import RayStartError
     from orchestrator.sweep.preflight import preflight
     from orchestrator.tracking.mlflow_runs import TrackingError, resolve_tracking_uri
     from trainers.data import DatasetError
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except TrainingJobError as err:
+    except (TrainingJobError, RayStartError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -15,6 +15,10 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # A test that takes the in-process Ray fixture starts Ray, marked or not.
+        if "ray_local" in getattr(item, "fixturenames", ()) and "ray" not in item.keywords:
+            item.add_marker(pytest.mark.ray)
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --slow (make test-slow)")

@@ -38,6 +38,7 @@ def test_shards_do_not_depend_on_actor_count():
     assert shard_ids([4, 0, 3, 1, 2], 2) == [[0, 1], [2, 3], [4]]
 
 
+@pytest.mark.ray
 def test_one_and_two_actors_agree(setup, ray_local):
     ckpt, cfg = setup
     one, two = {}, {}
@@ -86,6 +87,7 @@ def test_an_actor_reads_the_labeled_pixels_of_its_own_images_from_the_store(setu
     )
 
 
+@pytest.mark.ray
 def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
     import os
 

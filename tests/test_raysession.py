@@ -34,6 +34,7 @@ ray.shutdown()
 """
 
 
+@pytest.mark.ray
 def test_workers_are_told_the_address_of_their_own_local_ray():
     """Ray Train's placement-group cleaner runs in a worker and looks its cluster up by address;
     with two local Rays on one machine (two sweeps at once) it died with "Found multiple active Ray

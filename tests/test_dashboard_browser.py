@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, seed_source_models
 from orchestrator.tracking.dashboard import (
     BUDGET_VIEW_KEY,
     DashboardError,
@@ -62,10 +62,12 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def smoke_store(tmp_path_factory) -> str:
-    """A store filled the way the sweep fills it: the real smoke sweep, in a subprocess."""
+def smoke_store(tmp_path_factory, smoke_source_models, data_cache) -> str:
+    """A store filled the way the sweep fills it: the real smoke sweep, in a subprocess (from the test
+    session's source model)."""
     tmp = tmp_path_factory.mktemp("smoke-sweep")
     store = tmp / "mlflow.db"
+    seed_source_models(smoke_source_models, tmp / "runs")
     result = run_cli(
         "orchestrator.sweep",
         "--smoke",
@@ -74,6 +76,8 @@ def smoke_store(tmp_path_factory) -> str:
         f"sqlite:///{store}",
         "--output-dir",
         str(tmp / "runs"),
+        "--set",
+        f"data.cache_dir={data_cache}",
         cwd=tmp,
         timeout=900,
     )

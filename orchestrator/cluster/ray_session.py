@@ -7,8 +7,9 @@ it; on a cluster the head node declares it (see cluster.yaml), and where it is m
 back to reserving 0.01 CPU.
 
 The environment switches below quiet Ray Train V2's per-worker chatter, shorten its end-of-run
-health-check wait, and let a worker group wait for resources while other trials hold them (the
-default 60 s start-up timeout would otherwise retry with a traceback every minute).
+health-check wait, let a worker group wait for resources while other trials hold them (the
+default 60 s start-up timeout would otherwise retry with a traceback every minute), and leave
+Ctrl-C to the command rather than to Tune.
 """
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ RAY_ENV = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800",
     "RAY_AIR_NEW_OUTPUT": "0",
     "RAY_DEDUP_LOGS": "1",
+    # Ctrl-C ends a sweep at once, wherever it is, as the command promises: every process ended and
+    # one line saying to resume (--resume continues each trial after its last finished round). Tune's
+    # own handler would instead stop the trials and let the driver summarise a half-run sweep as
+    # failed trials, exit 1.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 

@@ -27,11 +27,13 @@ sweep: venv
 smoke: venv
 	$(PY) -m orchestrator.sweep --smoke
 
-# System packages of the browser and cluster tests (chromium; openssh-server, rsync): installed with
-# apt-get when missing (root or sudo); the tests that need them fail with a clear message otherwise.
+# System packages of the browser, cluster and database tests (chromium; openssh-server, rsync;
+# PostgreSQL and MariaDB servers, never started as services): installed with apt-get when missing
+# (root or sudo); the tests that need them fail with a clear message otherwise.
 test-deps:
 	-bash scripts/install_browser_test_deps.sh
 	-bash scripts/install_cluster_test_deps.sh
+	-bash scripts/install_database_test_deps.sh
 
 # ruff: lint and format check (a second or two); `$(PY) -m ruff format .` fixes the format.
 lint: venv

@@ -6,7 +6,7 @@ model's selector), then adaptation with the losses switched on one after another
   source-only -> sparse target CE -> + AdaptSeg adversarial -> + Tzeng domain confusion
   -> + Tzeng soft labels (-> + LabOR selector heads: pseudo labels and MCD)
 
-The selector's losses train the pixel selector S, not the segmenter G, so they change which pixels
+The selector network's losses train the selector network S, not the segmenter G, so they change which pixels
 a *later* round buys, not this round's mIoU; the last row shows that (it equals the row above it).
 
     python -m benchmarks.ablation [--in-process] [--set key=value ...]
@@ -24,6 +24,7 @@ from benchmarks.calibrate_domains import selected_labels, trainer
 from benchmarks.common import benchmark_config
 from experiment_config import with_overrides
 from trainers.data import build_domains, domain_roots
+from trainers.job import TrainJob
 
 OFF = {
     "adapt.adversarial_weight": 0.0,
@@ -55,19 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     if base is None:
         return 2
     defaults = base.flat()
-    domain_roots(base.to_dict()["data"])
-    pool = build_domains(base.to_dict()["data"]).target_pool
+    domain_roots(base.data)
+    pool = build_domains(base.data).target_pool
     train = trainer(args.in_process, base, Path(tempfile.mkdtemp(prefix="activeda-ablation-")))
 
     started = time.perf_counter()
-    metrics, source_ckpt = train({"mode": "source", "config": base.to_dict()}, "source")
+    metrics, source_ckpt = train(TrainJob(mode="source", config=base), "source")
     rows = [("source-only", metrics)]
-    labels = selected_labels(source_ckpt, base.to_dict(), "labor_ppl", pool)
+    labels = selected_labels(source_ckpt, base, "labor_ppl", pool)
     switched_on: dict = {}
     for name, turn_on in STEPS:
         switched_on.update({key: defaults[key] for key in turn_on})
-        cfg = with_overrides(base, {**OFF, **switched_on}).to_dict()
-        job = {"mode": "adapt", "config": cfg, "init_checkpoint": source_ckpt, "sparse_labels": labels, "round": 1}
+        cfg = with_overrides(base, {**OFF, **switched_on})
+        job = TrainJob(mode="adapt", config=cfg, init_checkpoint=source_ckpt, labels=labels, round=1)
         metrics, _ = train(job, f"ablation-{len(rows)}")
         rows.append((name, metrics))
         print(f"{name}: {metrics['target/miou']:.4f}", flush=True)

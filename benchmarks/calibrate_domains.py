@@ -24,36 +24,39 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import benchmark_config
+from experiment_config import ExperimentConfig, with_overrides
 from orchestrator.labels.oracle import Oracle
 from orchestrator.round.ranking import Ranker
 from trainers.checkpoint import save_checkpoint
 from trainers.data import build_domains, domain_roots
 from trainers.engine import run_job
+from trainers.job import TrainJob
+from trainers.labels import NO_LABELS, InMemoryLabels
 
 
-def full_labels(pool) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Every pixel of every pool image, as the sparse-label arrays the trainer takes."""
+def full_labels(pool) -> InMemoryLabels:
+    """Every pixel of every pool image, as the labels the trainer reads."""
     out = {}
     for i in range(len(pool)):
         truth = pool.label(i).numpy()
         ys, xs = np.nonzero(truth != 255)
         out[i] = (ys.astype(np.int32), xs.astype(np.int32), truth[ys, xs].astype(np.uint8))
-    return out
+    return InMemoryLabels(out)
 
 
-def selected_labels(checkpoint: str, cfg: dict, selector: str, pool) -> dict:
+def selected_labels(checkpoint: str, cfg: ExperimentConfig, selector: str, pool) -> InMemoryLabels:
     """Labels revealed by the oracle for one round of ``selector`` at the configured budget."""
-    cfg = {**cfg, "selection": {**cfg["selection"], "selector": selector}}
+    cfg = with_overrides(cfg, {"selection.rule": selector})
     ranker = Ranker(checkpoint, cfg)
     oracle = Oracle(pool)
     out = {}
     for start in range(0, len(pool), 8):
         for image_id, query in ranker.rank(
-            list(range(start, min(start + 8, len(pool)))), {}, cfg["selection"]["points_per_image"]
+            list(range(start, min(start + 8, len(pool)))), NO_LABELS, cfg.selection.points_per_image
         ):
             revealed = oracle.reveal(image_id, query.ys, query.xs)
             out[image_id] = (revealed.ys, revealed.xs, revealed.labels)
-    return out
+    return InMemoryLabels(out)
 
 
 def trainer(in_process: bool, cfg, workdir: Path):
@@ -97,28 +100,25 @@ def main(argv: list[str] | None = None) -> int:
     cfg = benchmark_config(args.overrides, args.config)
     if cfg is None:
         return 2
-    cfg_dict = cfg.to_dict()
-    domain_roots(cfg_dict["data"], progress=print)
-    pool = build_domains(cfg_dict["data"]).target_pool
+    domain_roots(cfg.data, progress=print)
+    pool = build_domains(cfg.data).target_pool
 
     train = trainer(args.in_process, cfg, Path(tempfile.mkdtemp(prefix="activeda-calibrate-")))
 
     started = time.perf_counter()
     figures = {}
-    metrics, source_ckpt = train({"mode": "source", "config": cfg_dict}, "source")
+    metrics, source_ckpt = train(TrainJob(mode="source", config=cfg), "source")
     figures["source-only"] = metrics["target/miou"]
     print(f"source-only: {figures['source-only']:.4f}", flush=True)
     runs = {
         "oracle (all pool pixels)": full_labels(pool),
-        f"random, {cfg.selection.points_per_image} points/image": selected_labels(
-            source_ckpt, cfg_dict, "random", pool
-        ),
+        f"random, {cfg.selection.points_per_image} points/image": selected_labels(source_ckpt, cfg, "random", pool),
         f"labor_ppl, {cfg.selection.points_per_image} points/image": selected_labels(
-            source_ckpt, cfg_dict, "labor_ppl", pool
+            source_ckpt, cfg, "labor_ppl", pool
         ),
     }
     for name, labels in runs.items():
-        job = {"mode": "adapt", "config": cfg_dict, "init_checkpoint": source_ckpt, "sparse_labels": labels, "round": 1}
+        job = TrainJob(mode="adapt", config=cfg, init_checkpoint=source_ckpt, labels=labels, round=1)
         metrics, _ = train(job, name.split(" ")[0].strip(","))
         figures[name] = metrics["target/miou"]
         print(f"{name}: {figures[name]:.4f}", flush=True)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gpu_check import refuse_absent_packages, size_arg
+from trainers.files import atomic_write_json
 
 MAP_KINDS = ("trained_like", "network_output")
 
@@ -87,12 +88,13 @@ def profile_selectors(args, progress=print) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from benchmarks.scale_scene import CITYSCAPES_CLASSES, selector_settings
-    from pixel_selectors import SELECTOR_INPUTS, SELECTORS, select_image
+    from pixel_selectors.apply import select_image
+    from pixel_selectors.rules import RULES, SELECTOR_NETWORK
 
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = args.selectors.split(",") if args.selectors else sorted(SELECTORS)
+    names = args.selectors.split(",") if args.selectors else sorted(RULES)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort_device = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
 
@@ -111,7 +113,7 @@ def profile_selectors(args, progress=print) -> dict:
         maps = _maps(kind, args, device, CITYSCAPES_CLASSES)
         for name in names:
             settings = selector_settings(name, *args.size)
-            probs = list(maps) if SELECTOR_INPUTS[name] == "selector" else [maps[0]]
+            probs = list(maps) if RULES[name].reads == SELECTOR_NETWORK else [maps[0]]
 
             def run(seed):
                 return select_image(name, probs, seed=seed, **settings)
@@ -143,9 +145,7 @@ def profile_selectors(args, progress=print) -> dict:
                 f"profile: {kind}: {name}: {wall_ms:.2f} ms, {summary['kernel_launches']} launches, "
                 f"{summary['synchronisations']} syncs, {summary['greedy_rounds']} greedy rounds"
             )
-            tmp = out / "profile.json.tmp"
-            tmp.write_text(json.dumps(figures, indent=1))
-            tmp.replace(out / "profile.json")
+            atomic_write_json(out / "profile.json", figures, indent=1)
     return figures
 
 
@@ -168,12 +168,12 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per selector (3)")
     parser.add_argument("--rows", type=int, default=15, help="rows per table (15)")
     args = parser.parse_args(argv)
-    from pixel_selectors import SELECTORS
+    from pixel_selectors.rules import RULES
     from trainers.models import MODELS
 
-    unknown = [s for s in filter(None, args.selectors.split(",")) if s not in SELECTORS]
+    unknown = [s for s in filter(None, args.selectors.split(",")) if s not in RULES]
     if unknown:
-        parser.error(f"unknown selector '{unknown[0]}'; choose from: {', '.join(sorted(SELECTORS))}")
+        parser.error(f"unknown rule '{unknown[0]}'; choose from: {', '.join(sorted(RULES))}")
     if args.maps_from != "noise" and args.maps_from not in MODELS:
         parser.error(f"unknown --maps-from '{args.maps_from}'; choose 'noise' or one of: {', '.join(sorted(MODELS))}")
     if args.repeats < 1 or args.rows < 1:

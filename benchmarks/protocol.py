@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from experiment_config import ExperimentConfig, with_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +60,7 @@ FULL = Scale(1024, 2048, 512, 1024, 720, 1280, images=12, batches=8, steps=3, ev
 QUICK = Scale(128, 256, 64, 128, 90, 160, images=6, batches=4, steps=2, eval_images=3)
 
 
-def protocol_config(scale: Scale, data_root: Path | None, model: str, overrides: list[str] = ()) -> dict:
+def protocol_config(scale: Scale, data_root: Path | None, model: str, overrides: list[str] = ()) -> ExperimentConfig:
     """The config of the measurements: the papers' sizes and recipe on the generated scenes."""
     from experiment_config import load_config
 
@@ -85,7 +87,7 @@ def protocol_config(scale: Scale, data_root: Path | None, model: str, overrides:
         pairs.update({"source.batch_size": 2, "adapt.batch_size": 2})
     from experiment_config import parse_set_args
 
-    return load_config(None, {**pairs, **parse_set_args(list(overrides))}).to_dict()
+    return load_config(None, {**pairs, **parse_set_args(list(overrides))})
 
 
 def generate_scenes(scale: Scale, out: Path) -> Path:
@@ -108,20 +110,20 @@ def generate_scenes(scale: Scale, out: Path) -> Path:
 # --- 1: the loader against the train step -------------------------------------------------------
 
 
-def loader_images_per_s(cfg: dict, workers: int, batches: int) -> float:
+def loader_images_per_s(cfg: ExperimentConfig, workers: int, batches: int) -> float:
     """Source images/s of the training loader with ``workers`` processes (the first batch, which
     includes the workers' start, is not timed)."""
     from trainers.data import build_domains
     from trainers.loader import SOURCE_STREAM, training_loader
 
-    domains = build_domains(cfg["data"])
-    batch = cfg["adapt"]["batch_size"]
+    domains = build_domains(cfg.data)
+    batch = cfg.adapt.batch_size
     loader = training_loader(
         domains.source,
         batch,
         0,
         batches + 1,
-        cfg["seed"],
+        cfg.seed,
         SOURCE_STREAM,
         workers=workers,
         pin_memory=torch.cuda.is_available(),
@@ -135,7 +137,7 @@ def loader_images_per_s(cfg: dict, workers: int, batches: int) -> float:
 
 
 def adaptation_step_timing(
-    cfg: dict, steps: int, device: torch.device, train_selector: bool = True
+    cfg: ExperimentConfig, steps: int, device: torch.device, train_selector_network: bool = True
 ) -> dict[str, float]:
     """Seconds per adaptation step (G, Dis, theta_D and, if asked, LabOR's S) on pre-made batches at the
     input size, as ``trainers.engine.run_job`` runs it (bf16 autocast and channels_last on CUDA)."""
@@ -143,7 +145,7 @@ def adaptation_step_timing(
     from trainers.engine import build_adaptation_models, build_optimizers, loss_weights
     from trainers.step import adaptation_step
 
-    num_classes = len(CLASS_SETS[cfg["data"]["class_set"]])
+    num_classes = len(CLASS_SETS[cfg.data.class_set])
     weights = loss_weights(cfg, "adapt")
     models = build_adaptation_models(cfg, num_classes, weights)
     use_gpu = device.type == "cuda"
@@ -154,7 +156,7 @@ def adaptation_step_timing(
             if use_gpu and name != "soft_labels":
                 module.to(memory_format=torch.channels_last)
     optimizers = build_optimizers(models, cfg, "adapt")
-    batch, height, width = cfg["adapt"]["batch_size"], cfg["data"]["height"], cfg["data"]["width"]
+    batch, height, width = cfg.adapt.batch_size, cfg.data.height, cfg.data.width
     generator = torch.Generator().manual_seed(0)
     source = (
         torch.randn(batch, 3, height, width, generator=generator).to(device),
@@ -169,7 +171,9 @@ def adaptation_step_timing(
 
     def step() -> dict:
         with autocast:
-            return adaptation_step(models, optimizers, source, target, weights, train_selector=train_selector)
+            return adaptation_step(
+                models, optimizers, source, target, weights, train_selector_network=train_selector_network
+            )
 
     losses = step()  # warm-up (cuDNN autotuning, allocator)
     if use_gpu:
@@ -191,14 +195,14 @@ def adaptation_step_timing(
 # --- 2: native-resolution evaluation against evaluation at the input size ------------------------
 
 
-def evaluation_cost(cfg: dict, resolution: str, device: torch.device) -> dict[str, float]:
+def evaluation_cost(cfg: ExperimentConfig, resolution: str, device: torch.device) -> dict[str, float]:
     """Seconds per validation image and peak memory of evaluating G with ``data.eval_resolution``."""
     from trainers.data import build_domains
     from trainers.engine import build_adaptation_models
     from trainers.metrics import mean_iou, predict_confusion
 
-    cfg = {**cfg, "data": {**cfg["data"], "eval_resolution": resolution}}
-    domains = build_domains(cfg["data"])
+    cfg = with_overrides(cfg, {"data.eval_resolution": resolution})
+    domains = build_domains(cfg.data)
     model = build_adaptation_models(cfg, len(domains.classes)).segmenter.to(device)
     use_gpu = device.type == "cuda"
     if use_gpu:
@@ -215,7 +219,7 @@ def evaluation_cost(cfg: dict, resolution: str, device: torch.device) -> dict[st
             len(domains.classes),
             batch_size=1,
             device=device,
-            workers=int(cfg["train"]["loader_workers"]),
+            workers=cfg.train.loader_workers,
         )
     if use_gpu:
         torch.cuda.synchronize(device)
@@ -233,12 +237,12 @@ def evaluation_cost(cfg: dict, resolution: str, device: torch.device) -> dict[st
     }
 
 
-def _evaluation_child(cfg: dict, resolution: str, queue) -> None:
+def _evaluation_child(cfg: ExperimentConfig, resolution: str, queue) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     queue.put(evaluation_cost(cfg, resolution, torch.device("cpu")))
 
 
-def evaluation_cost_isolated(cfg: dict, resolution: str) -> dict[str, float]:
+def evaluation_cost_isolated(cfg: ExperimentConfig, resolution: str) -> dict[str, float]:
     """``evaluation_cost`` on the CPU in a fresh process, so its peak resident memory is its own."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -265,7 +269,12 @@ def paper_round(data_root: Path, workdir: Path, model: str, steps: int, scale: S
         "model.name": model,
         "source.steps": steps,
         "adapt.steps": steps,
+        "adapt.total_steps": 0,  # the config's 30,000 would replace adapt.steps
+        "warmup.steps": steps,
         "selection.rounds": 1,
+        # no network here: the small backbone starts from random weights, which the config must allow
+        "model.pretrained": "",
+        "model.allow_random_init": True,
         "train.use_gpu": torch.cuda.is_available(),
         "train.num_workers": 1,
         "train.cpus_per_worker": 1,
@@ -347,7 +356,7 @@ def gpu_protocol_check(
         ],
     )
     out = {f"train_{k}": v for k, v in adaptation_step_timing(cfg, steps, dev).items()}
-    num_classes = len(CLASS_SETS[cfg["data"]["class_set"]])
+    num_classes = len(CLASS_SETS[cfg.data.class_set])
     model = build_adaptation_models(cfg, num_classes).segmenter.to(dev)
     if dev.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -443,7 +452,7 @@ def _run(args, scale: Scale, data_dir: Path, scratch: Path) -> int:
         rate = loader_images_per_s(cfg, workers, scale.batches)
         print(f"| {workers} worker{'s' if workers != 1 else ''} | {rate:.2f} | {rate / need:.1f}x |")
     print(
-        f"train step on {device}: {step['step_s']:.2f} s at batch {cfg['adapt']['batch_size']} "
+        f"train step on {device}: {step['step_s']:.2f} s at batch {cfg.adapt.batch_size} "
         f"(G, Dis, theta_D and LabOR's S), peak {step['peak_gib']:.2f} GiB"
     )
 

@@ -3,7 +3,7 @@
 For each seed, one Tune sweep through the product's own path (``orchestrator.sweep.driver.run_sweep``: the
 cached source model, the cached label-free warm-up, the oracle reference, Ray actors ranking the pool,
 Ray Train adapting, MLflow logging) runs every row below as one trial. Every trial starts from the
-same warmed-up models (G adapted without labels by AdaptSeg's adversarial loss; LabOR's selector S
+same warmed-up models (G adapted without labels by AdaptSeg's adversarial loss; LabOR's selector network S
 trained on G's pseudo labels with the MCD discrepancy: LabOR's order of work) and trains the same
 adaptation steps in all (``adapt.total_steps``), whatever its number of rounds, so a difference in
 mIoU is the selection's doing.
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ from pathlib import Path
 from benchmarks.common import machine_line
 from experiment_config import ConfigError, ExperimentConfig, from_dict, load_config, with_absolute_paths, with_overrides
 from trainers.data import CLASS_SETS
+from trainers.files import atomic_write_text, staged
 
 ROOT = Path(__file__).resolve().parents[1]
 # Never labeled in the Tzeng ablation's semi-supervised rows: thin or small things.
@@ -111,7 +111,7 @@ class Row:
 
 
 def ppl_keys(points: int) -> dict:
-    return {"selection.selector": "labor_ppl", "selection.points_per_image": points}
+    return {"selection.rule": "labor_ppl", "selection.points_per_image": points}
 
 
 def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | None = None) -> list[Row]:
@@ -127,14 +127,14 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
             "random points",
             one_round,
             budget_label(points=p),
-            {"selection.selector": "random", "selection.points_per_image": p},
+            {"selection.rule": "random", "selection.points_per_image": p},
         ),
         Row(
             "spl_mask",
             "LabOR SPL, whole mask",
             one_round,
             "whole mask",
-            {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"},
+            {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask"},
             rival="random_mask",
             goal=True,
         ),
@@ -146,7 +146,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 "random squares at SPL's cost",
                 one_round,
                 "= SPL's whole mask",
-                {"selection.selector": "random_regions", "selection.budget_fraction": matched_fraction},
+                {"selection.rule": "random_regions", "selection.budget_fraction": matched_fraction},
             )
         )
     others = seed is None or seed in plan.other_seeds
@@ -157,7 +157,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 "LabOR SPL",
                 one_round,
                 budget_label(fraction=frac),
-                {"selection.selector": "labor_spl", "selection.budget_fraction": frac},
+                {"selection.rule": "labor_spl", "selection.budget_fraction": frac},
                 rival="random_squares",
             ),
             Row(
@@ -165,7 +165,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 "random squares",
                 one_round,
                 budget_label(fraction=frac),
-                {"selection.selector": "random_regions", "selection.budget_fraction": frac},
+                {"selection.rule": "random_regions", "selection.budget_fraction": frac},
             ),
             Row(
                 "ripu_points",
@@ -173,7 +173,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 f"warm-up, {rounds} rounds",
                 budget_label(points=p // rounds, rounds=rounds),
                 {
-                    "selection.selector": "region_impurity",
+                    "selection.rule": "region_impurity",
                     "selection.points_per_image": p // rounds,
                     "selection.rounds": rounds,
                 },
@@ -185,7 +185,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 f"warm-up, {rounds} rounds",
                 budget_label(fraction=frac / rounds, rounds=rounds),
                 {
-                    "selection.selector": "region_impurity_regions",
+                    "selection.rule": "region_impurity_regions",
                     "selection.budget_fraction": frac / rounds,
                     "selection.rounds": rounds,
                 },
@@ -196,7 +196,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 "entropy",
                 one_round,
                 budget_label(points=p),
-                {"selection.selector": "entropy", "selection.points_per_image": p},
+                {"selection.rule": "entropy", "selection.points_per_image": p},
                 rival="random",
             ),
         ]
@@ -215,7 +215,7 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                     "random points",
                     one_round,
                     budget_label(points=points),
-                    {"selection.selector": "random", "selection.points_per_image": points},
+                    {"selection.rule": "random", "selection.points_per_image": points},
                 ),
             ]
     if plan.tzeng and (seed is None or seed == plan.seeds[0]):
@@ -314,16 +314,17 @@ def whole_mask_fraction(cfg: ExperimentConfig, checkpoint: str) -> dict:
     """Pixels of the pool that LabOR SPL's whole-mask round 1 buys with ``checkpoint``'s selector: ranked
     here with the same ``Ranker`` the actors run (a forward pass of S over the pool)."""
     from orchestrator.round.ranking import Ranker, shard_ids
+    from trainers.labels import NO_LABELS
 
     spl = with_overrides(
-        cfg, {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.0}
-    ).to_dict()
+        cfg, {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.0}
+    )
     ranker = Ranker(checkpoint, spl)
     pool_size = len(ranker.pool)
     pixels = sum(
         query.num_pixels
         for shard in shard_ids(list(range(pool_size)), cfg.ranking.images_per_shard)
-        for _, query in ranker.rank(shard, {}, 0)
+        for _, query in ranker.rank(shard, NO_LABELS, 0)
     )
     return {"pixels": int(pixels), "fraction": pixels / (pool_size * cfg.data.height * cfg.data.width)}
 
@@ -451,7 +452,7 @@ def _class_mean(metrics: dict, classes) -> float:
 def _pool_images(cfg: ExperimentConfig) -> int:
     from trainers.data import build_domains
 
-    return len(build_domains(cfg.to_dict()["data"]).target_pool)
+    return len(build_domains(cfg.data).target_pool)
 
 
 def mean_spread(values: list[float]) -> tuple[float, float]:
@@ -592,11 +593,10 @@ def write_budget_curve(plan: Plan, measured: list[Measured], references: dict, p
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=7, ncol=2, loc="lower right")
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    figure.savefig(tmp)
+    with staged(path) as tmp:
+        figure.savefig(tmp)
     labels = axis.get_legend_handles_labels()[1]
     plt.close(figure)
-    os.replace(tmp, path)
     return labels
 
 
@@ -641,7 +641,7 @@ def render_markdown(
         f"{len(CLASS_SETS[cfg.data.class_set])} classes. Model `{cfg.model.name}` (width {cfg.model.width}); "
         f"source training {cfg.source.steps} steps.",
         f"- Every trial starts from the same warmed-up models (cached per seed): {cfg.warmup.steps} label-free "
-        f"steps in which G adapts with {warmup_losses(cfg)} and LabOR's selector "
+        f"steps in which G adapts with {warmup_losses(cfg)} and LabOR's selector network S "
         f"learns the target from G's pseudo labels (`{cfg.adapt.pseudo_label_rule}`) and the MCD discrepancy "
         f"(num_k {cfg.adapt.num_k}). Then every trial adapts {cfg.adapt.total_steps} steps in all "
         f"(`adapt.total_steps`), split over its rounds, through the product's own path (one Tune sweep per "
@@ -660,7 +660,7 @@ def render_markdown(
         f"brackets); a method beats random when the whole interval lies above 0, judged with at least "
         f"{MIN_SEEDS_TO_JUDGE} seeds.",
         "",
-        "## Goals (issue 16)",
+        "## Goals",
         "",
     ]
     verdicts = {True: "met", False: "MISSED", None: "n/a"}
@@ -831,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainers.data import DatasetError, check_domains
 
         try:
-            check_domains(bases[plan.seeds[0]].to_dict()["data"], progress=print)
+            check_domains(bases[plan.seeds[0]].data, progress=print)
         except DatasetError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -898,9 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         text += "\nRows missing a seed (a trial failed or was not run): " + "; ".join(missing) + "\n"
     report = docs / ("BENCHMARKS-quick.md" if args.quick else "BENCHMARKS.md")
-    tmp = report.with_name(f".{report.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, report)
+    atomic_write_text(report, text)
     _log_to_mlflow(tracking_uri, report, image, measured, plan)
     print(text)
     print(f"[quality] wrote {report} and {image} in {minutes:.1f} min")

@@ -22,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, select_image, selector_params, share_cap
+from experiment_config.schema import SelectionConfig
+from pixel_selectors.apply import select_image
+from pixel_selectors.budget import share_cap
+from pixel_selectors.rules import POINTS, RULES, SELECTOR_NETWORK
 
 CITYSCAPES_TRAIN_IMAGES = 2975
 CITYSCAPES_SIZE = (1024, 2048)
@@ -151,8 +154,8 @@ def selector_settings(name: str, height: int, width: int) -> dict:
     with LabOR's budgets and RIPU's windows: 40 points; for regions, 2.2% of the pool's pixels
     spread by share, so an image sends what the merge could take from it (LabOR SPL: its whole
     inconsistency mask; squares: the first ones covering ``share_cap`` of its free pixels, 1.5 x 2.2%)."""
-    params = selector_params(name, {"point_window": 0, "region_size": RIPU_REGION_WINDOW}, width)
-    if SELECTOR_KIND[name] == "points":
+    params = RULES[name].params(SelectionConfig(point_window=0, region_size=RIPU_REGION_WINDOW), width)
+    if RULES[name].kind == POINTS:
         return {"num_points": PPL_POINTS, "budget_pixels": 0, "params": params}
     pool_pixels = CITYSCAPES_TRAIN_IMAGES * height * width
     budget = int(SPL_FRACTION * pool_pixels)
@@ -170,7 +173,7 @@ def time_selectors(
     """Seconds per image of each selector on ``maps`` (per image: the two heads' (K, H, W)
     probabilities, on the device the selection runs on). Selectors that read the segmenter G get the
     first map alone. A first call per selector warms the device up and is not counted."""
-    names = names or sorted(SELECTORS)
+    names = names or sorted(RULES)
     device = maps[0][0].device
     height, width = maps[0][0].shape[-2:]
     out = []
@@ -178,7 +181,7 @@ def time_selectors(
         settings = selector_settings(name, height, width)
 
         def run(pair, seed):
-            probs = list(pair) if SELECTOR_INPUTS[name] == "selector" else [pair[0]]
+            probs = list(pair) if RULES[name].reads == SELECTOR_NETWORK else [pair[0]]
             return select_image(name, probs, seed=seed, **settings)
 
         run(maps[0], 0)
@@ -187,7 +190,7 @@ def time_selectors(
         for repeat in range(repeats):
             for n, pair in enumerate(maps):
                 query = run(pair, n + 1000 * repeat)
-                pixels += len(query) if SELECTOR_KIND[name] == "points" else query.num_pixels
+                pixels += len(query) if RULES[name].kind == POINTS else query.num_pixels
         _synchronize(device)
         seconds = (time.perf_counter() - started) / (repeats * len(maps))
         out.append(SelectorTiming(name, seconds, pixels / (repeats * len(maps))))

@@ -32,17 +32,17 @@ from pixel_selectors import inconsistency_mask
 from trainers.checkpoint import save_checkpoint
 from trainers.data import build_domains, domain_roots
 from trainers.engine import build_adaptation_models, model_identity
+from trainers.labels import NO_LABELS
 
 
-def fresh_checkpoint(config: dict, num_classes: int, folder: Path, source_steps: int = 0) -> str:
+def fresh_checkpoint(config: ExperimentConfig, num_classes: int, folder: Path, source_steps: int = 0) -> str:
     """A checkpoint as the actors load one: freshly initialised segmenter and selector, or after
     ``source_steps`` steps of source training in this process."""
     if source_steps:
         from trainers.engine import run_job
+        from trainers.job import TrainJob
 
-        trained = run_job(
-            {"mode": "source", "config": {**config, "source": {**config["source"], "steps": source_steps}}}
-        )
+        trained = run_job(TrainJob(mode="source", config=with_overrides(config, {"source.steps": source_steps})))
         save_checkpoint(folder, trained.state)
         return str(folder)
     models = build_adaptation_models(config, num_classes)
@@ -68,10 +68,10 @@ def inconsistent_share(ranker: Ranker, shards: list[list[int]]) -> float:
     return disagree / total
 
 
-def pool_config(cfg: ExperimentConfig, images: int) -> dict:
+def pool_config(cfg: ExperimentConfig, images: int) -> ExperimentConfig:
     """The config with a target pool of ``images`` generated images (cached on disk after the first use)."""
-    config = with_overrides(cfg, {"data.synthetic.target_train_images": images}).to_dict()
-    domain_roots(config["data"])
+    config = with_overrides(cfg, {"data.synthetic.target_train_images": images})
+    domain_roots(config.data)
     return config
 
 
@@ -83,7 +83,7 @@ def measure_selection(cfg: ExperimentConfig, images: int, source_steps: int = 10
 
 def _measure_selection(cfg: ExperimentConfig, images: int, source_steps: int, scratch: Path) -> dict[str, float]:
     config = pool_config(cfg, images)
-    domains = build_domains(config["data"])
+    domains = build_domains(config.data)
     torch.set_num_threads(1)
     checkpoint = fresh_checkpoint(config, len(domains.classes), scratch / "ckpt", source_steps)
     pool_size = len(domains.target_pool)
@@ -92,7 +92,7 @@ def _measure_selection(cfg: ExperimentConfig, images: int, source_steps: int, sc
 
     ranker = Ranker(checkpoint, config, threads=1)
     for shard in shards:  # warm the image cache and the kernels, for both measurements alike
-        ranker.rank(shard, {}, points)
+        ranker.rank(shard, NO_LABELS, points)
     started = time.perf_counter()
     with torch.no_grad():
         for shard in shards:
@@ -101,7 +101,7 @@ def _measure_selection(cfg: ExperimentConfig, images: int, source_steps: int, sc
     forward_s = time.perf_counter() - started
     started = time.perf_counter()
     for shard in shards:
-        ranker.rank(shard, {}, points)
+        ranker.rank(shard, NO_LABELS, points)
     select_s = time.perf_counter() - started
 
     from orchestrator.cluster.ray_session import start_ray
@@ -119,8 +119,8 @@ def _measure_selection(cfg: ExperimentConfig, images: int, source_steps: int, sc
         run_cfg = with_overrides(
             cfg,
             {"data.synthetic.target_train_images": images, "ranking.num_actors": actors, "ranking.cpus_per_actor": 1.0},
-        ).to_dict()
-        stats = rank_pool(checkpoint, run_cfg, pool_size, {}, lambda *_: None)
+        )
+        stats = rank_pool(checkpoint, run_cfg, pool_size, NO_LABELS, lambda *_: None)
         figures[f"actors{actors}_images_per_s"] = stats.steady_images_per_s
         figures[f"actors{actors}_steady_images"] = stats.steady_images
         figures[f"actors{actors}_startup_s"] = stats.startup_s
@@ -137,7 +137,7 @@ def print_selection(cfg: ExperimentConfig, figures: dict[str, float]) -> None:
     )
     print(f"| bare forward pass of S + softmax (1 thread) | {figures['forward_images_per_s']:.1f} images/s |")
     print(
-        f"| ranking in-process (forward + {cfg.selection.selector}, 1 thread) | "
+        f"| ranking in-process (forward + {cfg.selection.rule}, 1 thread) | "
         f"{figures['select_images_per_s']:.1f} images/s |"
     )
     for actors in (1, 2):
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = measure_selection(cfg, args.images, args.source_steps)
     print(
         f"machine: {machine_line()}; {int(figures['images'])} images of {cfg.data.height}x{cfg.data.width}, "
-        f"selector {cfg.selection.selector}, model {cfg.model.name}"
+        f"selector {cfg.selection.rule}, model {cfg.model.name}"
     )
     print("| measurement | figure |\n|---|---|")
     print_selection(cfg, figures)

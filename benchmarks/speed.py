@@ -34,6 +34,7 @@ from benchmarks.train_overhead import measure_training
 from experiment_config import ExperimentConfig, with_absolute_paths, with_overrides
 from pixel_selectors.budget import GlobalBudget
 from trainers.data import build_domains
+from trainers.labels import NO_LABELS
 
 
 class BenchmarkError(RuntimeError):
@@ -51,7 +52,7 @@ def measure_driver_memory(
     from orchestrator.round.ranking import rank_pool
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
-    cfg = with_overrides(cfg, {"selection.selector": "labor_spl", "selection.budget_fraction": budget_fraction})
+    cfg = with_overrides(cfg, {"selection.rule": "labor_spl", "selection.budget_fraction": budget_fraction})
     budget_pixels = int(budget_fraction * images * cfg.data.height * cfg.data.width)
     figures: dict[str, float] = {"budget_pixels": budget_pixels}
     with tempfile.TemporaryDirectory(prefix="activeda-memory-") as scratch:
@@ -59,11 +60,11 @@ def measure_driver_memory(
         for label, size in (("warmup", max(8, images // 4)), ("small", images), ("large", factor * images)):
             config = pool_config(cfg, size)
             if checkpoint is None:
-                classes = len(build_domains(config["data"]).classes)
+                classes = len(build_domains(config.data).classes)
                 checkpoint = fresh_checkpoint(config, classes, Path(scratch) / "ckpt")
             merge = GlobalBudget(budget_pixels)
             tracemalloc.start()
-            stats = rank_pool(checkpoint, config, size, {}, merge.add, budget_pixels=budget_pixels)
+            stats = rank_pool(checkpoint, config, size, NO_LABELS, merge.add, budget_pixels=budget_pixels)
             result = merge.result()
             _, peak = tracemalloc.get_traced_memory()
             tracemalloc.stop()
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmachine: {machine_line()}")
     print(
         f"images {cfg.data.height}x{cfg.data.width}, model {cfg.model.name} (width {cfg.model.width}), batch "
-        f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, selector {cfg.selection.selector}; "
+        f"{cfg.adapt.batch_size}+{cfg.adapt.batch_size}, selector {cfg.selection.rule}; "
         f"{time.perf_counter() - started:.0f} s in all\n"
     )
     print("| measurement | figure |\n|---|---|")

@@ -11,6 +11,7 @@ round costs. Goal (issue 4): Ray Train throughput / in-process throughput >= 0.9
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -23,6 +24,8 @@ from experiment_config import ExperimentConfig, with_overrides
 from trainers.checkpoint import save_checkpoint
 from trainers.data import domain_roots
 from trainers.engine import run_job
+from trainers.job import TrainJob
+from trainers.labels import InMemoryLabels
 
 
 def measure_training(cfg: ExperimentConfig, steps: int) -> dict[str, float]:
@@ -33,24 +36,23 @@ def measure_training(cfg: ExperimentConfig, steps: int) -> dict[str, float]:
 
 def _measure_training(cfg: ExperimentConfig, steps: int, workdir: Path) -> dict[str, float]:
     cfg = with_overrides(cfg, {"adapt.steps": steps, "source.steps": 5})
-    config = cfg.to_dict()
-    domain_roots(config["data"])
+    domain_roots(cfg.data)
     torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
-    source = run_job({"mode": "source", "config": config})
+    source = run_job(TrainJob(mode="source", config=cfg))
     save_checkpoint(workdir / "source", source.state)
-    job = {
-        "mode": "adapt",
-        "config": config,
-        "init_checkpoint": str(workdir / "source"),
-        "round": 1,
-        "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])},
-    }
+    job = TrainJob(
+        mode="adapt",
+        config=cfg,
+        init_checkpoint=str(workdir / "source"),
+        round=1,
+        labels=InMemoryLabels({0: ([1, 2], [3, 4], [0, 1])}),
+    )
 
     started = time.perf_counter()
     plain = run_job(job).metrics
     plain_wall = time.perf_counter() - started
-    # The same job as a trial's last round runs it: LabOR's selector S carried over untrained.
-    last_round = run_job({**job, "train_selector": False}).metrics
+    # The same job as a trial's last round runs it: LabOR's selector network S carried over untrained.
+    last_round = run_job(dataclasses.replace(job, train_selector_network=False)).metrics
 
     from orchestrator.cluster.ray_session import start_ray
     from trainers.train_loop import run_training

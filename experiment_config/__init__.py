@@ -2,13 +2,14 @@
 
 This package sits below ``trainers/`` and ``orchestrator/``: the driver builds and validates the
 config, and Ray Train workers and ranking actors receive the same typed object. It imports neither
-torch nor Ray (``--help`` must answer at once).
+torch nor Ray (``--help`` must answer at once); of the project it imports only the selection rules'
+registry, ``pixel_selectors.rules``, which imports nothing but the standard library.
 
 - ``schema``: the dataclasses, their defaults, help texts and allowed ranges; ``ConfigError``.
 - ``loading``: YAML files, ``--set`` overrides, validation (``load_config``, ``with_overrides``).
 - ``reference``: the key reference for ``--help`` and docs/configuration.md.
-- ``choices``: the names the config accepts (selection rules, models, formats), without importing
-  the code that implements them.
+- ``choices``: the names the config accepts (models, formats, class sets), without importing the
+  code that implements them.
 """
 
 from .loading import (

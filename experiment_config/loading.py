@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import typing
 from collections.abc import Mapping
@@ -17,15 +18,20 @@ from typing import Any
 
 import yaml
 
+from pixel_selectors.rules import REGIONS, RULES
+
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
-from .choices import MIN_BATCH_SIZE, SELECTOR_KIND
+from .choices import IMAGENET_MODELS, MIN_BATCH_SIZE
 from .schema import (
     AWS_REGION,
     CASES_AXIS,
+    IMAGENET,
     S3_ENDPOINT,
+    S3_OBJECT,
     SEARCH_SPACE_KINDS,
     SMOKE_OVERRIDES,
+    URI,
     ConfigError,
     ExperimentConfig,
     field_meta,
@@ -33,6 +39,17 @@ from .schema import (
     path_keys,
     storage_uri_problem,
 )
+
+# Keys renamed since earlier versions: a config that still uses one is refused, naming the new key.
+RENAMED_KEYS = {"selection.selector": "selection.rule"}  # renamed key: the old name stays here
+
+
+def renamed_problem(key: str) -> str | None:
+    """Why ``key`` is refused when it is a renamed key (None when it is not)."""
+    if key not in RENAMED_KEYS:
+        return None
+    return f"renamed to '{RENAMED_KEYS[key]}' (the selection rule; 'selector' names only LabOR's selector network S)"
+
 
 # --- loading, overriding, validating ---------------------------------------------------------
 
@@ -87,6 +104,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+UniqueKeyLoader = _UniqueKeyLoader  # public for other YAML readers (dataset YAMLs): one duplicate-key rule
+
+
 def merge_layers(base: Mapping[str, Any], layer: Mapping[str, Any], cls: type | None = None) -> dict:
     """``layer`` over ``base`` (raw YAML dicts): sections merge key by key, values are replaced whole."""
     cls = cls or ExperimentConfig
@@ -123,8 +143,10 @@ def read_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "malformed YAML"
         raise ConfigError("", f"config file '{path}' is not valid YAML{where}: {problem}") from None
-    if raw is None:
-        return {}
+    if raw is None:  # empty, or only comments: most likely the wrong file, never a wish for the defaults
+        raise ConfigError(
+            "", f"config file '{path}' holds no mapping of sections (it is empty); give at least one section"
+        )
     if not isinstance(raw, dict):
         raise ConfigError("", f"config file '{path}' must hold a mapping of sections, not {type(raw).__name__}")
     return raw
@@ -159,6 +181,9 @@ def with_overrides(cfg: ExperimentConfig, pairs: Mapping[str, Any]) -> Experimen
     search space unless the pairs set one.
     """
     pairs = dict(pairs)
+    for key in pairs:
+        if renamed_problem(key):
+            raise ConfigError(key, renamed_problem(key))
     case = pairs.pop(CASES_AXIS, None)
     if case is not None:
         if not isinstance(case, Mapping):
@@ -210,7 +235,7 @@ def _build(cls, raw: Any, prefix: str):
     unknown = [k for k in raw if k not in fields]
     if unknown:
         key = f"{prefix}{unknown[0]}"
-        raise ConfigError(key, f"unknown key; allowed here: {', '.join(fields)}")
+        raise ConfigError(key, renamed_problem(key) or f"unknown key; allowed here: {', '.join(fields)}")
     kwargs = {}
     for name, value in raw.items():
         ftype = hints[name]
@@ -272,7 +297,7 @@ def validate(cfg: ExperimentConfig) -> None:
             noun = {
                 "name": "model",
                 "format": "format",
-                "selector": "selector",
+                "rule": "rule",
                 "class_set": "class set",
                 "pool_split": "split",
                 "val_split": "split",
@@ -292,8 +317,9 @@ def validate(cfg: ExperimentConfig) -> None:
         )
     if not cfg.output_dir:
         raise ConfigError("output_dir", "must not be empty")
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
-        raise ConfigError("model.pretrained", f"file '{cfg.model.pretrained}' does not exist")
+    problem = pretrained_problem(cfg)
+    if problem:
+        raise ConfigError("model.pretrained", problem)
     if cfg.source.checkpoint and not Path(cfg.source.checkpoint).is_file():
         raise ConfigError("source.checkpoint", f"file '{cfg.source.checkpoint}' does not exist")
     min_batch = MIN_BATCH_SIZE.get(cfg.model.name, 1)
@@ -314,10 +340,11 @@ def validate(cfg: ExperimentConfig) -> None:
     pixels = cfg.data.height * cfg.data.width
     validate_procedure(cfg)
     whole_mask = cfg.selection.spl_mode == "whole_mask"
-    if SELECTOR_KIND.get(cfg.selection.selector) == "regions" and cfg.selection.budget_fraction <= 0 and not whole_mask:
+    rule = RULES.get(cfg.selection.rule)  # None: no selection
+    if rule is not None and rule.kind == REGIONS and cfg.selection.budget_fraction <= 0 and not whole_mask:
         raise ConfigError(
             "selection.budget_fraction",
-            f"region selector '{cfg.selection.selector}' spends a pixel budget: set it > 0 (LabOR SPL used 0.022)",
+            f"region rule '{cfg.selection.rule}' spends a pixel budget: set it > 0 (LabOR SPL used 0.022)",
         )
     if cfg.selection.budget_fraction * cfg.selection.rounds > 1:
         raise ConfigError(
@@ -341,6 +368,7 @@ def validate(cfg: ExperimentConfig) -> None:
             "selection.oracle=human, people label what they are shown",
         )
     validate_storage(cfg)
+    validate_data_roots(cfg)
     validate_search_space(cfg)
     cases = next(iter(cfg.sweep.search_space[CASES_AXIS].values())) if CASES_AXIS in cfg.sweep.search_space else []
     varies_rounds = "selection.rounds" in cfg.sweep.search_space or any("selection.rounds" in c for c in cases)
@@ -359,6 +387,34 @@ def validate(cfg: ExperimentConfig) -> None:
         )
 
 
+def pretrained_problem(cfg: ExperimentConfig) -> str | None:
+    """Why ``model.pretrained`` cannot start the configured model (None when it can, or is '').
+
+    The form of a URI is checked here; whether its object exists is the pre-flight's (it needs the network).
+    """
+    value, name = cfg.model.pretrained, cfg.model.name
+    if value == "":
+        return None
+    if value == IMAGENET:
+        if name not in IMAGENET_MODELS:
+            return f"model '{name}' has no ImageNet weights; 'imagenet' is for: {', '.join(IMAGENET_MODELS)}"
+        if name == "deeplabv2_resnet101" and cfg.model.deeplabv2_style == "adaptsegnet":
+            # Same tensor names, other input: the ImageNet file of this layout is DeepLab's Caffe conversion.
+            return (
+                "'imagenet' is torchvision's ResNet-101 for RGB input; deeplabv2_style 'adaptsegnet' takes "
+                "Caffe BGR input: give DeepLab's ImageNet file (DeepLab_resnet_pretrained_init) as a path"
+            )
+        return None
+    if value.startswith("s3://"):
+        return None if S3_OBJECT.match(value) else f"must be s3://bucket/key of one object, got {value!r}"
+    if value.startswith("file://"):
+        local = value[len("file://") :]
+        return None if Path(local).is_file() else f"file '{local}' does not exist"
+    if URI.match(value):
+        return f"unsupported URI {value!r}; give 'imagenet', a file, file://PATH or s3://bucket/key"
+    return None if Path(value).is_file() else f"file '{value}' does not exist"
+
+
 def validate_procedure(cfg: ExperimentConfig) -> None:
     """The warm-up, the step split over rounds, SPL's whole-mask mode and RIPU's point window."""
     if 0 < cfg.adapt.total_steps < cfg.selection.rounds:
@@ -368,10 +424,10 @@ def validate_procedure(cfg: ExperimentConfig) -> None:
             f"{cfg.selection.rounds} rounds (at least one step per round)",
         )
     if cfg.selection.spl_mode == "whole_mask":
-        if cfg.selection.selector != "labor_spl":
+        if cfg.selection.rule != "labor_spl":
             raise ConfigError(
                 "selection.spl_mode",
-                f"'whole_mask' is LabOR SPL's rule; selector '{cfg.selection.selector}' takes 'budget'",
+                f"'whole_mask' is labor_spl's mode; rule '{cfg.selection.rule}' takes 'budget'",
             )
         if cfg.selection.budget_fraction > 0:
             raise ConfigError(
@@ -384,6 +440,17 @@ def validate_procedure(cfg: ExperimentConfig) -> None:
             "selection.point_window",
             f"must be odd (a square centred on a pixel) or 0, got {cfg.selection.point_window}",
         )
+
+
+def validate_data_roots(cfg: ExperimentConfig) -> None:
+    """A folder dataset names its folder: it has no bundled synthetic stand-in (that one is written in
+    the GTA5 and Cityscapes layouts). Whether the folder and its dataset.yaml are good is preflight's."""
+    for side in ("source", "target"):
+        domain = getattr(cfg.data, side)
+        if domain.format == "folder" and not domain.root:
+            raise ConfigError(
+                f"data.{side}.root", "format 'folder' needs the dataset's folder (the one holding dataset.yaml)"
+            )
 
 
 def validate_storage(cfg: ExperimentConfig) -> None:
@@ -412,6 +479,8 @@ def validate_search_space(cfg: ExperimentConfig) -> None:
     meta = field_meta(cfg)
     for key, spec in space.items():
         where = f"sweep.search_space.{key}"
+        if renamed_problem(key):
+            raise ConfigError(where, renamed_problem(key))
         if key == CASES_AXIS:
             _validate_cases(cfg, spec, where)
             continue
@@ -457,6 +526,8 @@ def _validate_cases(cfg: ExperimentConfig, spec: Any, where: str) -> None:
         if not isinstance(case, Mapping) or not case:
             raise ConfigError(where, f"case {number} must be a non-empty mapping of config keys, got {case!r}")
         for key in case:
+            if renamed_problem(key):
+                raise ConfigError(where, f"case {number}: '{key}' {renamed_problem(key)}")
             if key.startswith("sweep.") or key not in meta:
                 raise ConfigError(where, f"case {number}: '{key}' is not a tunable config key")
             if key in other_axes:
@@ -473,8 +544,6 @@ def _validate_cases(cfg: ExperimentConfig, spec: Any, where: str) -> None:
 
 def _axis_combinations(cfg: ExperimentConfig) -> list[dict]:
     """Every combination of the values of the grid and choice axes besides ``cases`` ([{}] if none)."""
-    import itertools
-
     axes = {
         key: spec[next(iter(spec))]
         for key, spec in cfg.sweep.search_space.items()
@@ -492,7 +561,8 @@ def _without_space(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def with_absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> ExperimentConfig:
     """Relative paths (every key of ``path_keys()``) resolved against ``base`` (default: the working
-    directory, where the command ran), once, in the driver.
+    directory, where the command ran), once, in the driver. Names (``model.pretrained: imagenet``) and
+    URIs (``s3://``, ``file://``) are left as they are.
 
     Ray Tune runs trials in their own working directories, so a relative path would mean
     something else in every process.
@@ -501,6 +571,8 @@ def with_absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -
     pairs = {}
     for key in path_keys():
         value = get_key(cfg, key)
+        if (value == IMAGENET and key == "model.pretrained") or URI.match(value):
+            continue  # a name or a URI, not a relative path
         if value and not Path(value).is_absolute():
             pairs[key] = str((base / value).resolve())
     return with_overrides(cfg, pairs) if pairs else cfg

@@ -5,7 +5,7 @@ fine: missing keys keep their defaults), then overridden with ``--set key=value`
 validated. Every problem is reported as a ``ConfigError`` whose message is one line that names the
 key, what was wrong and what is allowed, e.g.::
 
-    config key 'selection.selector': unknown selector 'labor_pp'; choose one of: labor_ppl
+    config key 'selection.rule': unknown rule 'labor_pp'; choose one of: labor_ppl
 
 The dataclass defaults *are* the default configuration; ``configs/default.yaml`` spells them out
 with comments, and a test keeps the two identical.
@@ -22,16 +22,19 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+# The selection rules' registry imports no torch: the config validates against it directly.
+from pixel_selectors.rules import RULES
+
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
 from .choices import (
+    CLASS_SET_FROM_DATASET,
     CLASS_SETS,
     DEEPLABV2_STYLES,
     EVAL_RESOLUTIONS,
     MODELS,
     PSEUDO_LABEL_RULES,
     REGION_SPREADS,
-    SELECTORS,
     SOFT_LABEL_ESTIMATES,
     SOURCE_FORMATS,
     SPLITS,
@@ -51,8 +54,13 @@ class ConfigError(ValueError):
         return ConfigError, (self.key, self.problem)
 
 
-# selection.selector value for adaptation without any target labels (unsupervised adaptation rows).
+# selection.rule value for adaptation without any target labels (unsupervised adaptation rows).
 NO_SELECTION = "none"
+# model.pretrained value for torchvision's ImageNet weights of the model's backbone (a name, not a path).
+IMAGENET = "imagenet"
+# A value with a scheme (s3://, file://) is a URI, never made absolute as a relative path would be.
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+S3_OBJECT = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>[^?#\s]*[^/?#\s])$")
 
 
 def _opt(
@@ -78,7 +86,11 @@ def _opt(
 
 @dataclass
 class DomainConfig:
-    format: str = _opt("gta5", "on-disk layout of this domain", choices=SOURCE_FORMATS)
+    format: str = _opt(
+        "gta5",
+        "on-disk layout of this domain ('folder': images, label PNGs and ROOT/dataset.yaml)",
+        choices=SOURCE_FORMATS,
+    )
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
     height: int = _opt(
         0,
@@ -96,7 +108,11 @@ class DomainConfig:
 
 @dataclass
 class TargetDomainConfig:
-    format: str = _opt("cityscapes", "on-disk layout of this domain", choices=TARGET_FORMATS)
+    format: str = _opt(
+        "cityscapes",
+        "on-disk layout of this domain ('folder': images, label PNGs and ROOT/dataset.yaml)",
+        choices=TARGET_FORMATS,
+    )
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
     pool_split: str = _opt("train", "split whose images form the unlabeled pool", choices=SPLITS)
     val_split: str = _opt("val", "split on which target mIoU is measured", choices=SPLITS)
@@ -120,7 +136,12 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    class_set: str = _opt("synthetic", "classes every dataset is mapped into", choices=CLASS_SETS)
+    class_set: str = _opt(
+        "synthetic",
+        "classes every dataset is mapped into, by name: a named set of the target dataset's classes, or "
+        "'dataset' for the classes of the target's dataset YAML",
+        choices=(*CLASS_SETS, CLASS_SET_FROM_DATASET),
+    )
     height: int = _opt(
         64,
         "target image height for training, selection and evaluation input (images are "
@@ -154,7 +175,23 @@ class ModelConfig:
     name: str = _opt("small_segnet", "segmentation network", choices=MODELS)
     width: int = _opt(16, "base channel width of small_segnet (ignored by the DeepLab models)", min=4)
     pretrained: str = _opt(
-        "", "ImageNet backbone weights for DeepLab models ('': torch hub's cache if present)", path=True
+        "",
+        "initial backbone weights of the DeepLab models: 'imagenet' (torchvision's ImageNet weights "
+        "through its weights API, downloaded once per node into model.weights_cache), a model file, "
+        "file://PATH, or s3://bucket/key (fetched with storage.endpoint and storage.region, cached per "
+        "node); '': none, random weights (refused for these models unless model.allow_random_init)",
+        path=True,
+    )
+    weights_cache: str = _opt(
+        "",
+        "per-node folder where 'imagenet' and s3:// weights are kept after their first download "
+        "('': torch hub's, $TORCH_HOME/hub/checkpoints)",
+        path=True,
+    )
+    allow_random_init: bool = _opt(
+        False,
+        "let a DeepLab model train from random backbone weights (model.pretrained '' and no "
+        "source.checkpoint: tests, CPU demos); otherwise the sweep and run refuse it before any work",
     )
     deeplabv2_style: str = _opt(
         "ripu",
@@ -170,19 +207,19 @@ OPTIMIZERS = ("adam", "sgd")
 
 @dataclass
 class TrainingStageConfig:
-    """What ``source`` and ``adapt`` share: steps, batch and the optimizer of G and the selector
+    """What ``source`` and ``adapt`` share: steps, batch and the optimizer of G and the selector network S
     (``trainers.engine.build_optimizers``); each section redefines the first three with its defaults."""
 
     steps: int = _opt(1, "optimizer steps", min=1)
     batch_size: int = _opt(1, "images per step per Train worker", min=1)
-    lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    lr: float = _opt(1e-3, "learning rate of G and the selector network S", min=0.0, min_exclusive=True)
     optimizer: str = _opt(
         "adam",
-        "optimizer of G and the selector: 'adam' or 'sgd' (SGD with momentum, as AdaptSegNet and RIPU)",
+        "optimizer of G and the selector network S: 'adam' or 'sgd' (SGD with momentum, as AdaptSegNet and RIPU)",
         choices=dict.fromkeys(OPTIMIZERS),
     )
     momentum: float = _opt(0.9, "SGD momentum (optimizer: sgd)", min=0.0, max=1.0)
-    weight_decay: float = _opt(0.0, "L2 weight decay of G and the selector (the references: 5e-4)", min=0.0)
+    weight_decay: float = _opt(0.0, "L2 weight decay of G and the selector network S (the references: 5e-4)", min=0.0)
     lr_power: float = _opt(
         0.0,
         "polynomial learning-rate decay: lr x (1 - step / planned steps) ^ lr_power, on "
@@ -208,7 +245,7 @@ class TrainingStageConfig:
 class SourceTrainingConfig(TrainingStageConfig):
     steps: int = _opt(400, "optimizer steps of source-only training (once per sweep, cached)", min=1)
     batch_size: int = _opt(8, "images per step per Train worker", min=1)
-    lr: float = _opt(2e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    lr: float = _opt(2e-3, "learning rate of G and the selector network S", min=0.0, min_exclusive=True)
     checkpoint: str = _opt(
         "",
         "model file (a plain state dict; key mapping in docs/protocol.md) to use as the source "
@@ -221,7 +258,7 @@ class SourceTrainingConfig(TrainingStageConfig):
 class AdaptConfig(TrainingStageConfig):
     steps: int = _opt(300, "optimizer steps of adaptation training per round", min=1)
     batch_size: int = _opt(4, "source images, and as many target images, per step per Train worker", min=1)
-    lr: float = _opt(1e-3, "learning rate of G and the selector", min=0.0, min_exclusive=True)
+    lr: float = _opt(1e-3, "learning rate of G and the selector network S", min=0.0, min_exclusive=True)
     target_ce_weight: float = _opt(1.0, "weight of the sparse labeled-target cross-entropy", min=0.0)
     adversarial_weight: float = _opt(0.001, "AdaptSeg output-space adversarial loss weight (0: off)", min=0.0)
     discriminator_lr: float = _opt(
@@ -249,10 +286,12 @@ class AdaptConfig(TrainingStageConfig):
         "long; 0: adapt.steps in every round",
         min=0,
     )
-    num_k: int = _opt(4, "MCD: backbone (F) discrepancy updates per step of LabOR's selector (MCD_DA's num_k)", min=1)
+    num_k: int = _opt(
+        4, "MCD: backbone (F) discrepancy updates per step of LabOR's selector network S (MCD_DA's num_k)", min=1
+    )
     pseudo_label_rule: str = _opt(
         "iast",
-        "pseudo labels of G for LabOR's selector: 'iast' (IAST's instance-adaptive "
+        "pseudo labels of G for LabOR's selector network S: 'iast' (IAST's instance-adaptive "
         "class thresholds, as LabOR) or 'class_balanced' (each class's most "
         "confident adapt.pseudo_label_portion of the batch, CBST-like)",
         choices=dict.fromkeys(PSEUDO_LABEL_RULES),
@@ -283,8 +322,8 @@ class WarmupConfig:
     steps: int = _opt(
         300,
         "label-free adaptation steps before round 1 (cached per setting, shared by every trial): "
-        "G adapts with the warm-up's losses and LabOR's selector learns the target from G's "
-        "pseudo labels and the MCD discrepancy, so round 1 ranks with a selector that has seen "
+        "G adapts with the warm-up's losses and LabOR's selector network S learns the target from G's "
+        "pseudo labels and the MCD discrepancy, so round 1 ranks with a selector network S that has seen "
         "the target (LabOR's order); 0: round 1 ranks with the source model",
         min=0,
     )
@@ -296,16 +335,16 @@ class WarmupConfig:
 
 @dataclass
 class SelectionConfig:
-    selector: str = _opt(
+    rule: str = _opt(
         "labor_ppl",
-        "pixel selection strategy ('none': no target labels, i.e. unsupervised adaptation)",
-        choices=(*SELECTORS, NO_SELECTION),
+        "selection rule ('none': no target labels, i.e. unsupervised adaptation)",
+        choices=(*RULES, NO_SELECTION),
     )
-    points_per_image: int = _opt(10, "points per target image per round (point selectors, budget_fraction 0)", min=1)
+    points_per_image: int = _opt(10, "points per target image per round (point rules, budget_fraction 0)", min=1)
     budget_fraction: float = _opt(
         0.0,
         "pixels per round as a fraction of all pool pixels, spent across the pool "
-        "(region selectors need it; point selectors use it instead of "
+        "(region rules need it; point rules use it instead of "
         "points_per_image when > 0)",
         min=0.0,
         max=1.0,
@@ -315,7 +354,7 @@ class SelectionConfig:
     )
     region_spread: str = _opt(
         "share",
-        "how a region selector's pixel budget spreads over the pool: 'share' (every "
+        "how a region rule's pixel budget spreads over the pool: 'share' (every "
         "image the same share of its own candidates, best first; LabOR SPL: of its "
         "inconsistency mask; squares: of its unlabeled pixels) or 'score' (the "
         "best-scored regions wherever they are)",
@@ -495,8 +534,8 @@ SMOKE_OVERRIDES: dict[str, Any] = {
 
 SEARCH_SPACE_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
 # A search-space axis whose values are bundles of config keys set together, e.g.
-# cases: {grid: [{selection.selector: labor_spl, selection.budget_fraction: 0.022}, ...]}:
-# for sweeps that are not a cross product (each selector with its own kind of budget).
+# cases: {grid: [{selection.rule: labor_spl, selection.budget_fraction: 0.022}, ...]}:
+# for sweeps that are not a cross product (each rule with its own kind of budget).
 CASES_AXIS = "cases"
 
 

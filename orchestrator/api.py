@@ -59,7 +59,7 @@ def _checked_tracking(cfg: ExperimentConfig, tracking_uri: str | None) -> str:
     uri = resolve_tracking_uri(tracking_uri, cfg.tracking.uri)
     check_tracking_uri(uri)
     check_storage(cfg)
-    check_domains(cfg.to_dict()["data"])
+    check_domains(cfg.data)
     return uri
 
 
@@ -108,7 +108,7 @@ def run_trial(
 
 @dataclass
 class SweepResults:
-    """A sweep's results. ``rounds``: one row per (trial, round) with ``trial_id, selector, setting,
+    """A sweep's results. ``rounds``: one row per (trial, round) with ``trial_id, rule, setting,
     budget, round, labeled_pixels, labeled_fraction, clicks, miou`` and ``iou/<class>``; ``trials``:
     one row per trial at its final round (``report.summary_table``: with ``gain`` and ``gap_closed``)
     and its sampled keys; ``class_iou``: per-class IoU of every trial at its final round."""

@@ -1,6 +1,6 @@
-"""What every pixel selector takes and returns.
+"""What every selection rule takes and returns.
 
-A selector is a pure function of per-image model outputs: probabilities in, queries out. It never
+A rule is a pure function of per-image model outputs: probabilities in, queries out. It never
 does I/O and never returns a pixel that is already labeled. Given the same inputs it returns the
 same queries (ties are broken by flat pixel index), so ranking with one actor or eight agrees.
 """
@@ -15,10 +15,10 @@ import torch
 
 @dataclass(frozen=True)
 class PointQuery:
-    """Pixels one selector asks the annotator to label in one image.
+    """Pixels one rule asks the annotator to label in one image.
 
-    ``ys``/``xs`` are int32 row/column coordinates in selection order; ``scores`` are the selector's
-    own preference (higher is wanted more; only comparable within one selector). ``shortfall`` is how
+    ``ys``/``xs`` are int32 row/column coordinates in selection order; ``scores`` are the rule's
+    own preference (higher is wanted more; only comparable within one rule). ``shortfall`` is how
     many of the requested points could not be given (the image had fewer unlabeled pixels).
     """
 
@@ -170,19 +170,19 @@ def head_length(sizes, max_pixels: int) -> int:
 
 @dataclass(frozen=True, eq=False)
 class RegionQuery:
-    """The candidate regions one region selector offers for one image (no per-image budget).
+    """The candidate regions one region rule offers for one image (no per-image budget).
 
     Regions are held in CSR form so that an image with hundreds of thousands of small regions is
     three flat arrays, not a list of Python objects:
 
     - ``height``, ``width``: the image size; pixels are flat indices ``y * width + x``.
     - ``indices``: int64 (N,), every region's flat pixel indices, region after region. Inside a
-      region the order is the selector's deterministic order (all selectors here use ascending flat
+      region the order is the rule's deterministic order (all rules here use ascending flat
       index, i.e. raster order); a region truncated by a budget keeps a prefix of it.
     - ``offsets``: int64 (R + 1,), region ``r`` is ``indices[offsets[r]:offsets[r + 1]]``;
       ``offsets[0] == 0`` and ``offsets[-1] == N``.
-    - ``scores``: float64 (R,), higher is wanted more. Comparable across images of one selector and
-      one checkpoint (that is what the global budget merge relies on), not across selectors.
+    - ``scores``: float64 (R,), higher is wanted more. Comparable across images of one rule and
+      one checkpoint (that is what the global budget merge relies on), not across rules.
 
     Invariants (checked on construction): regions are non-empty, pixels are inside the image, no
     pixel appears twice in a query, scores are not NaN. Arrays are stored read-only.

@@ -1,4 +1,4 @@
-"""Baseline point selectors that every active domain-adaptation paper compares against.
+"""Baseline point rules that every active domain-adaptation paper compares against.
 
 ``random`` draws uniformly among the unlabeled pixels; ``entropy`` and ``margin`` take the most
 uncertain pixels of the segmenter's prediction (highest entropy, smallest top-2 margin). All three

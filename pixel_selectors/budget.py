@@ -16,7 +16,7 @@ it. So after every ``add`` the kept pixels are fewer than ``budget_pixels`` + th
 kept region (<= budget + the largest region). The kept set is always the shortest best-first prefix
 of everything seen so far, so the result does not depend on arrival order.
 
-How the budget spreads over images is the scores' business: a selector's own scores (comparable
+How the budget spreads over images is the scores' business: a rule's own scores (comparable
 across images) send it where they are highest, wherever that is; ``share_of_candidates`` rescores
 each image's query so that every image gets the same share of its own candidates.
 
@@ -187,7 +187,7 @@ def check_spread(spread: str) -> str:
 def share_of_candidates(query: RegionQuery) -> RegionQuery:
     """The query rescored so that a pool-wide merge gives every image the same share of its own candidates.
 
-    Regions keep the selector's ranked order inside the image (its score decides which of the
+    Regions keep the rule's ranked order inside the image (its score decides which of the
     image's regions come first); region j's new score is minus the share of the image's candidate
     pixels at its middle, -(s_1 + ... + s_(j-1) + s_j / 2) / (s_1 + ... + s_R), in (-1, 0). The merge
     (score desc) then always takes next the region whose middle leaves its image with the smallest
@@ -197,7 +197,7 @@ def share_of_candidates(query: RegionQuery) -> RegionQuery:
 
     For LabOR SPL, whose candidates are the inconsistency mask M, this is the paper's rule scaled to
     a budget: a budget equal to all masks' pixels labels every M whole, a smaller one the same
-    share of each image's M. For selectors whose candidates tile the image (random or RIPU squares)
+    share of each image's M. For rules whose candidates tile the image (random or RIPU squares)
     every image gets about the same number of pixels. Empty queries are returned as they are.
     """
     ranked = query.ranked()
@@ -214,13 +214,13 @@ def share_scores(sizes, of_pixels):
     return -(sizes.cumsum(0) - sizes / 2) / of_pixels
 
 
-# How far above the pool's own share (budget / free pixels) a tiling selector's image is ranked: the
+# How far above the pool's own share (budget / free pixels) a tiling rule's image is ranked: the
 # merge's water level sits at that share give or take half a square, unless images run out of squares.
 SHARE_CAP_MARGIN = 1.5
 
 
 def share_cap(budget_pixels: int, free_pixels: int) -> float | None:
-    """The share of an image's free pixels that a tiling selector under the ``share`` spread ranks
+    """The share of an image's free pixels that a tiling rule under the ``share`` spread ranks
     (``select_image``'s ``max_share``): ``SHARE_CAP_MARGIN`` x budget / the pool's free pixels, or
     None when that is all of it. Under ``share`` the merge takes from every image about the same share
     of its free pixels, budget / free pixels, so an image ranked to 1.5 times that sends what the merge
@@ -265,7 +265,7 @@ def points_to_regions(query: PointQuery, height: int, width: int, order: str = "
 
     ``order="score"``: each region keeps its point's score, so the merge takes the best-scored
     points of the whole pool (scores must be comparable across images, as they are for one
-    selector and checkpoint). ``order="rank"``: the score of the j-th point is -j, so the merge
+    rule and checkpoint). ``order="rank"``: the score of the j-th point is -j, so the merge
     goes round-robin over images (every image's first point, then every second point, ...; ties by
     image id): the per-image selection order (e.g. PPL's class balance) is kept and the budget is
     spread evenly over the pool.

@@ -1,5 +1,5 @@
 """Arithmetic that gives the same bits on every device, for the numbers that decide which pixels a
-selector picks.
+rule picks.
 
 A GPU and a CPU round differently wherever the order of a sum is left to the device (a parallel
 reduction, ``segment_reduce``'s CUB path on a GPU, a pooling) or a transcendental function comes

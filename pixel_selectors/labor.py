@@ -1,7 +1,7 @@
 """LabOR pixel selection (Shin et al., "LabOR: Labeling Only if Required for Domain Adaptive
 Semantic Segmentation", ICCV 2021).
 
-The pixel selector is a shared backbone with two classifier heads C1, C2 whose disagreement marks
+The selector network S is a shared backbone with two classifier heads C1, C2 whose disagreement marks
 the target pixels the model is unsure about: the *inconsistency mask* M = {argmax p1 != argmax p2}.
 Point-based Pixel Labeling (PPL) then asks for a few points per image that best represent M;
 Segment-based Pixel Labeling (SPL) offers the connected pieces of M as regions to label.
@@ -147,7 +147,7 @@ def labor_spl(
     ``spread="share"`` rescores the ranked regions by their share of the image's M
     (``budget.share_scores``, as ``share_of_candidates``); ``max_pixels`` keeps only the best regions
     that hold that many pixels (``RegionQuery.head``). Both happen on the maps' device, so only what
-    is kept reaches the host (M of a young selector is most of the image).
+    is kept reaches the host (M of a young selector network is most of the image).
     """
     if score not in SPL_SCORES:
         raise ValueError(f"unknown SPL score {score!r}; choose one of: {', '.join(SPL_SCORES)}")

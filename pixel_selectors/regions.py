@@ -1,4 +1,4 @@
-"""Region-building blocks shared by the region selectors (torch, numpy and scipy; no I/O).
+"""Region-building blocks shared by the region rules (torch, numpy and scipy; no I/O).
 
 Each block runs where its input lives: on a CUDA device as tensor operations (connected components
 by label propagation, the greedy spread by parallel rounds), on the CPU with the sequential or scipy

@@ -23,7 +23,7 @@ radius 32, a 65 x 65 window, on 2048 x 1024 images, both for the impurity and fo
 chosen point blocks (``ripu_point_window`` scales it to the image width); the region mode uses
 radius 1, 3 x 3 squares, and blocks the 5 x 5 around a chosen centre, so squares never overlap.
 What is blocked stays blocked in later rounds (RIPU keeps an ``active`` mask per image): here the
-selector rebuilds it from the labeled mask it is given, dilated by the window's radius.
+rule rebuilds it from the labeled mask it is given, dilated by the window's radius.
 """
 
 from __future__ import annotations

@@ -115,9 +115,36 @@ def test_brush_and_coco_rle_round_trip():
         mask = rng.random(shape) < 0.3
         mask[0, 0] = True
         assert (formats.brush_rle_decode(formats.brush_rle_encode(mask), *shape) == mask).all()
-        rle = formats.coco_rle_encode(mask)
-        assert rle["counts"][0] == 0 and sum(rle["counts"]) == mask.size  # starts with the (empty) zero run
-        assert (formats.coco_rle_decode(rle, *shape) == mask).all()
+        rle = formats.coco_rle_encode(mask)  # compressed, by pycocotools
+        assert isinstance(rle["counts"], str) and rle["size"] == list(shape)
+        assert (formats.coco_mask_decode(rle, *shape) == mask).all()
+        uncompressed = {"size": list(shape), "counts": _uncompressed_counts(mask)}
+        assert (formats.coco_mask_decode(uncompressed, *shape) == mask).all()
+
+
+def _uncompressed_counts(mask):
+    """COCO's uncompressed RLE of a mask: column-major run lengths, starting with a run of zeros."""
+    flat = np.asarray(mask, bool).T.ravel()
+    bounds = np.concatenate([[0], np.flatnonzero(np.diff(flat.astype(np.int8))) + 1, [flat.size]])
+    return ([0] if flat[0] else []) + np.diff(bounds).tolist()
+
+
+@pytest.mark.parametrize(
+    "segmentation, message",
+    [
+        ({"size": [5, 7], "counts": "03"}, "does not cover the 5x7 image exactly"),  # stops short
+        ({"size": [5, 7], "counts": "0g05b08J4M2N2"}, "Invalid RLE"),  # runs past the end
+        ({"size": [5, 7], "counts": [3, 40]}, "cover 43 pixels, not 35"),
+        ({"size": [5, 7], "counts": [3, -1, 33]}, "non-negative integers"),
+        ({"size": [7, 5], "counts": [35]}, "mask size [7, 5] is not the image's [5, 7]"),
+        ([[1, 1, 4, 1]], "at least 3 points"),
+        ([[1, 1, 4, 1, 4, float("nan")]], "at least 3 points"),
+        ("x", "a list of polygons or an RLE object"),
+    ],
+)
+def test_malformed_coco_masks_are_refused(segmentation, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        formats.coco_mask_decode(segmentation, 5, 7)
 
 
 @pytest.mark.parametrize("regions", [False, True], ids=["points", "regions"])
@@ -299,3 +326,75 @@ def test_cli_exports_and_imports_in_one_line_each(trial, tmp_path, capsys):
         == 2
     )
     assert capsys.readouterr().err.strip().splitlines() == [f"error: '{tmp_path / 'nothing.json'}' does not exist"]
+
+
+# --- a real round through COCO's own reader and writer (pycocotools) ------------------------------
+
+
+@pytest.mark.parametrize("regions", [False, True], ids=["keypoints", "masks"])
+def test_coco_round_trip_through_pycocotools_equals_the_oracle(tmp_path, regions, capsys):
+    """A round's queries (the synthetic target pool at 2.5-2.75x the grid) exported with the command,
+    read by pycocotools' COCO API as a COCO tool reads them, answered with the ground truth as COCO
+    tools write answers (polygons, compressed and uncompressed RLE, keypoints), imported with the
+    command: the label store then holds the simulated oracle's label at every queried pixel."""
+    from pycocotools import mask as coco_mask
+    from pycocotools.coco import COCO
+
+    from benchmarks.annotation_roundtrip import make_round, mismatches
+    from orchestrator.annotate import main
+
+    round_ = make_round(tmp_path, regions)
+    trial = ["--trial-dir", str(round_.trial_dir), "--round", "1"]
+    assert main(["export", *trial, "--format", "coco", "--out", str(tmp_path / "coco")]) == 0
+    coco = COCO(str(tmp_path / "coco" / "coco.json"))
+    names = {c["name"]: c["id"] for c in coco.loadCats(coco.getCatIds())}
+    assert list(names) == [*round_.classes, "unsure"]
+    answers = []
+    for image_id in coco.getImgIds():
+        (query,) = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
+        truth = round_.native_labels[image_id]
+        image = coco.loadImgs([image_id])[0]
+        assert (image["height"], image["width"]) == truth.shape
+        if regions:
+            asked = coco.annToMask(query).astype(bool)  # the query mask as a COCO tool shows it
+            assert asked.sum() == query["area"] > 0
+            # The annotator covers the image with its most common class (a polygon), then paints every
+            # other class over it, alternating compressed and uncompressed RLE.
+            height, width = truth.shape
+            common = int(np.bincount(truth[asked]).argmax())
+            answers.append(
+                {
+                    "image_id": image_id,
+                    "category_id": names[round_.classes[common]],
+                    "segmentation": [[0, 0, width, 0, width, height, 0, height]],
+                }
+            )
+            for k in sorted(set(np.unique(truth[asked]).tolist()) - {common}):
+                painted = np.asfortranarray((truth == k).astype(np.uint8))
+                if k % 2:
+                    rle = coco_mask.encode(painted)
+                    segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+                else:
+                    segmentation = {"size": [height, width], "counts": _uncompressed_counts(painted.astype(bool))}
+                answers.append(
+                    {"image_id": image_id, "category_id": names[round_.classes[k]], "segmentation": segmentation}
+                )
+        else:
+            points = list(zip(query["keypoints"][0::3], query["keypoints"][1::3]))
+            assert len(points) == query["num_keypoints"] > 0
+            by_class = {}
+            for x, y in points:  # the annotator looks at the image where the point is drawn
+                by_class.setdefault(int(truth[int(y), int(x)]), []).extend([x, y, 2])
+            answers += [
+                {"image_id": image_id, "category_id": names[round_.classes[k]], "keypoints": keypoints}
+                for k, keypoints in by_class.items()
+            ]
+    document = json.loads((tmp_path / "coco" / "coco.json").read_text())
+    document["annotations"] = [{"id": n + 1, "iscrowd": 0, **a} for n, a in enumerate(answers)]
+    answered = tmp_path / "answers.json"
+    answered.write_text(json.dumps(document))
+    COCO(str(answered))  # still a COCO file its own reader loads
+    capsys.readouterr()
+    assert main(["import", *trial, "--format", "coco", "--answers", str(answered)]) == 0
+    assert "recorded round 1" in capsys.readouterr().out
+    assert mismatches(round_) == []

@@ -47,12 +47,12 @@ def test_full_plan_runs_the_headline_pairs_on_every_seed_and_the_other_rows_on_t
             seed in FULL.other_seeds
         )
     rows = {r.id: r for r in plan_rows(FULL, 0, matched_fraction=0.013)}
-    assert rows["ppl"].keys == {"selection.selector": "labor_ppl", "selection.points_per_image": 40}
-    assert rows["spl_mask"].keys == {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"}
-    assert rows["random_mask"].keys == {"selection.selector": "random_regions", "selection.budget_fraction": 0.013}
+    assert rows["ppl"].keys == {"selection.rule": "labor_ppl", "selection.points_per_image": 40}
+    assert rows["spl_mask"].keys == {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask"}
+    assert rows["random_mask"].keys == {"selection.rule": "random_regions", "selection.budget_fraction": 0.013}
     # RIPU in its own procedure: the same total budget over 5 rounds (8 points, 0.44% per round).
     assert rows["ripu_points"].keys == {
-        "selection.selector": "region_impurity",
+        "selection.rule": "region_impurity",
         "selection.points_per_image": 8,
         "selection.rounds": 5,
     }
@@ -409,7 +409,7 @@ def test_a_trial_spread_by_score_is_not_mixed_into_the_default_spl_row(tmp_path,
     # earlier run in the same folder): it belongs to no row of this plan.
     cfg, stray = configs[0], tmp_path / "seed-0" / "quality" / "trials" / "stray"
     stray.mkdir(parents=True)
-    case = {"selection.selector": "labor_spl", "selection.budget_fraction": 0.022, "selection.region_spread": "score"}
+    case = {"selection.rule": "labor_spl", "selection.budget_fraction": 0.022, "selection.region_spread": "score"}
     (stray / "config.json").write_text(json.dumps(with_overrides(cfg, {"cases": case}).to_dict()))
     (stray / PROGRESS_FILE).write_text(
         json.dumps(

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pixel_selectors import (
-    SELECTOR_KIND,
-    SELECTORS,
+    POINTS,
+    RULES,
     GlobalBudget,
     PointQuery,
     RegionQuery,
@@ -178,7 +178,7 @@ if given is not None:
         height, width = draw(st.integers(1, 7)), draw(st.integers(1, 7))
         num_classes = draw(st.integers(1, 4))
         num_images = draw(st.integers(1, 4))
-        name = draw(st.sampled_from(sorted(SELECTORS)))
+        name = draw(st.sampled_from(sorted(RULES)))
         seed = draw(st.integers(0, 2**16))
         gen = torch.Generator().manual_seed(seed)
         images = []
@@ -193,10 +193,10 @@ if given is not None:
     @given(pools(), st.randoms(use_true_random=False))
     def test_merge_properties(case, rng):
         name, height, width, images, budget = case
-        select = SELECTORS[name]
+        select = RULES[name].select
         items = []
         for image_id, heads, labeled in images:
-            if SELECTOR_KIND[name] == "points":
+            if RULES[name].kind == POINTS:
                 query = select(heads, points_per_image(budget, height, width), labeled=labeled, seed=image_id)
                 items.append((image_id, points_to_regions(query, height, width)))
             else:
@@ -212,8 +212,8 @@ if given is not None:
         for image_id, pixels in result.by_image().items():
             assert len(np.unique(pixels)) == len(pixels)  # never the same pixel twice
             assert not labeled_of[image_id][pixels].any()  # never a labeled pixel
-        if SELECTOR_KIND[name] == "points":
-            # every unlabeled pixel is a candidate of a point selector asked for enough points
+        if RULES[name].kind == POINTS:
+            # every unlabeled pixel is a candidate of a point rule asked for enough points
             unlabeled = sum(int((~labeled).sum()) for _, _, labeled in images)
             assert result.spent_pixels == min(budget, unlabeled)
 else:  # pragma: no cover

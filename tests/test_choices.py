@@ -1,7 +1,7 @@
-"""The light name lists of ``orchestrator.choices`` (what --help shows and the config accepts without
-importing torch) name exactly what the registries implement."""
+"""The light name lists of ``experiment_config.choices`` (what --help shows and the config accepts without
+importing torch) name exactly what the registries implement. (The selection rules have no such list:
+the config reads their registry, ``pixel_selectors.rules``, itself; see tests/test_rules.py.)"""
 
-import pixel_selectors
 from experiment_config import choices
 from pixel_selectors.budget import REGION_SPREADS
 from trainers import data, losses, models
@@ -16,10 +16,6 @@ def _same(light, registry, what: str, registry_name: str) -> None:
 
 
 def test_light_lists_name_exactly_what_the_registries_hold():
-    _same(choices.SELECTORS, pixel_selectors.SELECTORS, "SELECTORS", "pixel_selectors.SELECTORS")
-    assert choices.SELECTOR_KIND == pixel_selectors.SELECTOR_KIND, (
-        "choices.SELECTOR_KIND != pixel_selectors.SELECTOR_KIND"
-    )
     _same(choices.REGION_SPREADS, REGION_SPREADS, "REGION_SPREADS", "pixel_selectors.budget.REGION_SPREADS")
     _same(choices.MODELS, models.MODELS, "MODELS", "trainers.models.MODELS")
     assert choices.MIN_BATCH_SIZE == models.MIN_BATCH_SIZE, "choices.MIN_BATCH_SIZE != trainers.models.MIN_BATCH_SIZE"

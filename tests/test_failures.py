@@ -2,6 +2,8 @@
 
 import traceback
 
+from experiment_config import load_config
+from trainers.job import TrainJob
 from trainers.train_loop import TrainingJobError, WorkerFailure, failure_log_path
 
 
@@ -16,7 +18,8 @@ def test_a_failed_job_is_one_line_and_the_traceback_is_in_the_log_it_names(tmp_p
         "[Rank 0 Error Snippet]: ...truncated...",
         {0: WorkerFailure(worker_traceback), 1: WorkerFailure(worker_traceback)},
     )
-    path = failure_log_path({"config": {"output_dir": str(tmp_path)}}, "round-001")
+    job = TrainJob(mode="adapt", config=load_config(None, {"output_dir": str(tmp_path)}))
+    path = failure_log_path(job, "round-001")
     error = TrainingJobError.from_failure(failure, "round-001", path)
     message = str(error)
     assert "\n" not in message

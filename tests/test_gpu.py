@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from pixel_selectors import SELECTOR_INPUTS, SELECTOR_KIND, SELECTORS, RegionQuery, select_image
+from pixel_selectors import POINTS, RULES, SEGMENTER, RegionQuery, select_image
 from pixel_selectors.regions import (
     components,
     components_by_propagation,
@@ -56,15 +56,15 @@ def same_query(a, b, exact=False):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("name", sorted(SELECTORS))
+@pytest.mark.parametrize("name", sorted(RULES))
 @pytest.mark.parametrize("levels", [0, 2])
 def test_a_selector_gives_the_same_queries_on_the_gpu_as_on_the_cpu(name, levels):
     probs = maps(7, levels=levels)
-    if SELECTOR_INPUTS[name] == "segmenter":
+    if RULES[name].reads == SEGMENTER:
         probs = probs[:1]
     labeled = torch.zeros(96, 160, dtype=torch.bool)
     labeled[10:20, 30:90] = True
-    settings = {"num_points": 40} if SELECTOR_KIND[name] == "points" else {"budget_pixels": 600}
+    settings = {"num_points": 40} if RULES[name].kind == POINTS else {"budget_pixels": 600}
     params = {"k": 9} if name == "region_impurity" else ({"k": 3} if "region" in name else {})
     on_cpu = select_image(name, probs, labeled=labeled, seed=5, params=params, **settings)
     on_gpu = select_image(name, [p.cuda() for p in probs], labeled=labeled.cuda(), seed=5, params=params, **settings)
@@ -146,7 +146,7 @@ def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
             "adapt.pseudo_label_weight": 1.0,
             "adapt.discrepancy_weight": 1.0,
         },
-    ).to_dict()
+    )
     weights = loss_weights(cfg, "adapt")
     models = build_adaptation_models(cfg, 9, weights)
     for name in ("segmenter", "selector", "discriminator", "domain_classifier", "soft_labels"):
@@ -160,7 +160,7 @@ def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
     selector_before = [p.detach().clone() for p in models.selector.parameters()]
     with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
         losses = adaptation_step(models, optimizers, (images, labels), (images.flip(-1), labels), weights)
-    # Every update ran: G's target CE and adversarial term, Dis, theta_D, and LabOR's selector
+    # Every update ran: G's target CE and adversarial term, Dis, theta_D, and LabOR's selector network S
     # (supervised, then MCD's two discrepancy steps: heads, then backbone).
     assert {
         "target_ce",
@@ -238,12 +238,14 @@ def test_the_gpu_check_runs_its_parts_on_the_cpu_without_ray_mlflow_or_hypothesi
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     figures = json.loads((tmp_path / "gpu-check.json").read_text())
     assert set(figures) == {"environment", "ranking", "train", "evaluate"}
-    assert set(figures["ranking"]["selectors"]) == set(SELECTORS) and figures["ranking"]["forward_ms"] > 0
+    assert set(figures["ranking"]["selectors"]) == set(RULES) and figures["ranking"]["forward_ms"] > 0
     assert figures["train"]["losses_finite"] and figures["evaluate"]["all_pixels_counted"]
     assert figures["train"]["losses_sane"] and (figures["train"]["recipe"], figures["train"]["optimizer"]) == (
         "gta5_to_cityscapes.yaml",
         "sgd",
     )  # the papers' recipe, not the CPU defaults
+    # the three step kinds a plan prices (orchestrator.sweep.plan.KINDS)
+    assert min(figures["train"][k] for k in ("seconds_per_step_without_s", "seconds_per_source_step")) > 0
     assert "done: 3 part(s) passed" in (tmp_path / "gpu-check.txt").read_text()
 
 
@@ -269,7 +271,7 @@ def test_the_selector_profile_breaks_each_selector_down_per_map_kind(tmp_path):
     figures = profile_selectors.profile_selectors(args, progress=lambda line: None)
     assert json.loads((tmp_path / "profile.json").read_text()) == figures
     for kind in profile_selectors.MAP_KINDS:
-        assert set(figures["selectors"][kind]) == set(SELECTORS)
+        assert set(figures["selectors"][kind]) == set(RULES)
         for name, entry in figures["selectors"][kind].items():
             assert entry["wall_ms"] > 0 and entry["select_host_ms"] > 0 and entry["query"] > 0, (kind, name)
             assert entry["greedy_rounds"] == 0  # the CPU takes the sequential pass

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from orchestrator.labels.oracle import Oracle
-from orchestrator.labels.store import LabeledPixels, LabelStore, LabelStoreError
+from orchestrator.labels.store import LabeledPixels, LabelReader, LabelStore, LabelStoreError
+from trainers.labels import NO_LABELS, InMemoryLabels, TargetLabels, labeled_coordinates
 
 
 def points(image_id, coords, labels, regions=False, clicks=None):
@@ -201,8 +202,9 @@ def test_a_reader_reads_only_the_images_asked_for_and_agrees_with_the_whole_stor
     assert sorted(got) == [7, 40]
     for image_id in (7, 40):
         assert all(np.array_equal(a, b) for a, b in zip(got[image_id], whole[image_id]))  # both rounds, in order
-    assert reader.coordinates([7])[7][1].tolist() == [0, 1, 2, 3, 4, 9]
-    assert reader.get(999) is None and reader.get(3)[2].tolist() == [3] * 5
+    assert labeled_coordinates(reader, [7])[7][1].tolist() == [0, 1, 2, 3, 4, 9]
+    assert reader.read([7], with_labels=False)[7][2] is None  # what a ranking actor reads: no classes
+    assert reader.read([999]) == {} and reader.read([3])[3][2].tolist() == [3] * 5
     assert store.reader(upto_round=1).read([40])[40][0].tolist() == [1] * 5  # round 2 is not in its view
     assert list(store.reader(only_round=2).read(range(100))) == [7, 40]
     # Only the row groups that can hold the ids are read: image 7's rows of round 1 are in one group.
@@ -224,7 +226,7 @@ def test_a_reader_is_the_same_few_bytes_whatever_was_bought(tmp_path):
         sent = pickle.dumps(reader)
         sizes.append(len(sent) - len(str(store.root.resolve())))
         copy = pickle.loads(sent)
-        assert np.array_equal(copy.get(49)[1], reader.get(49)[1])
+        assert np.array_equal(copy.read([49])[49][1], reader.read([49])[49][1])
     assert sizes[0] == sizes[1] < 400
 
 
@@ -234,7 +236,7 @@ def test_a_reader_refuses_a_missing_round_instead_of_training_without_it(tmp_pat
     reader = store.reader()
     (store.root / "round-0001.parquet").unlink()
     with pytest.raises(LabelStoreError, match="round 1 of the label store .* is missing on this node"):
-        reader.get(0)
+        reader.read([0])
 
 
 def test_totals_and_image_ids_read_single_columns(tmp_path):
@@ -252,3 +254,27 @@ def test_a_streamed_round_is_written_a_row_group_at_a_time_and_refused_out_of_or
     with pytest.raises(LabelStoreError, match="ascending id order"):
         store.append_round(2, "labor_spl", backwards)
     assert store.rounds() == [1] and sorted(p.name for p in store.root.iterdir()) == ["round-0001.parquet"]
+
+
+def test_the_label_reader_and_the_in_memory_labels_are_the_protocol_trainers_read(tmp_path):
+    import inspect
+
+    store = LabelStore(tmp_path / "labels")
+    store.append_round(1, "labor_ppl", [points(3, [(0, 1), (2, 2)], [4, 5])])
+    store.append_round(2, "labor_ppl", [points(3, [(5, 5)], [6])])
+    reader = store.reader()
+    # Declared in trainers/, implemented in orchestrator/: the same method, the same arguments.
+    assert issubclass(LabelReader, TargetLabels) and isinstance(pickle.loads(pickle.dumps(reader)), TargetLabels)
+    assert (
+        inspect.signature(LabelReader.read).parameters.keys() == inspect.signature(TargetLabels.read).parameters.keys()
+    )
+    assert isinstance(InMemoryLabels(), TargetLabels) and isinstance(NO_LABELS, TargetLabels)
+    assert not isinstance({3: ([0], [1], [4])}, TargetLabels)  # a plain dict is not labels
+    for labels in (reader, InMemoryLabels(store.sparse_labels())):
+        got = labels.read([5, 3])
+        assert list(got) == [3]  # an image without labels is absent
+        ys, xs, classes = got[3]
+        assert (ys.tolist(), xs.tolist(), classes.tolist()) == ([0, 2, 5], [1, 2, 5], [4, 5, 6])
+        assert ys.dtype == xs.dtype == np.int32 and classes.dtype == np.uint8
+        assert labels.read([3], with_labels=False)[3][2] is None
+    assert NO_LABELS.read(range(10)) == {}

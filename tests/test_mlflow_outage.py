@@ -206,7 +206,7 @@ def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_
         for run in runs:
             assert run.info.status == "FINISHED"
             # Every metric of every round exactly once: none logged twice, and those of every round
-            # (others come with some rounds only: the selector's losses not in the last) none missing.
+            # (others come with some rounds only: the selector network's losses not in the last) none missing.
             for key in run.data.metrics:
                 logged = steps(client, run.info.run_id, key)
                 assert len(logged) == len(set(logged)) and set(logged) <= set(range(ROUNDS + 1)), (key, logged)

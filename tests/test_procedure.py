@@ -6,6 +6,7 @@ The trial path runs in-process here (Ray Train and the ranking actors replaced b
 other sweep tests run.
 """
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -15,13 +16,16 @@ import torch
 
 import orchestrator.round.loop as experiment
 from experiment_config import ConfigError, load_config
+from experiment_config.schema import SelectionConfig
 from orchestrator.labels.store import LabelStore
 from orchestrator.round import selection, start_models
 from orchestrator.round.ranking import Ranker, RankingStats
-from pixel_selectors import inconsistency_mask, region_impurity, ripu_point_window, selector_params
+from pixel_selectors import RULES, inconsistency_mask, region_impurity, ripu_point_window
 from pixel_selectors.cost import clicks_for_region
 from trainers.checkpoint import load_checkpoint, save_checkpoint
-from trainers.engine import round_steps, run_job
+from trainers.engine import NO_AUGMENTATION, round_steps, run_job
+from trainers.job import TrainJob
+from trainers.labels import NO_LABELS
 from trainers.losses import IASTPseudoLabels, SoftLabels, iast_threshold_update
 from trainers.models import SegmentationNet
 from trainers.step import AdaptationModels, LossWeights, selector_backbone_update
@@ -76,11 +80,11 @@ def test_num_k_runs_that_many_backbone_updates():
 
 def test_ripu_point_window_scales_with_the_image_width():
     assert [ripu_point_window(w) for w in (2048, 1024, 1280, 128, 64, 16)] == [65, 33, 41, 5, 3, 3]
-    selection = {"region_size": 3, "point_window": 0}
-    assert selector_params("region_impurity", selection, 2048) == {"k": 65}
-    assert selector_params("region_impurity_regions", selection, 2048) == {"k": 3}  # RIPU's regions: 3x3
-    assert selector_params("region_impurity", {**selection, "point_window": 7}, 2048) == {"k": 7}
-    assert selector_params("labor_ppl", selection, 2048) == {}
+    selection = SelectionConfig(region_size=3, point_window=0)
+    assert RULES["region_impurity"].params(selection, 2048) == {"k": 65}
+    assert RULES["region_impurity_regions"].params(selection, 2048) == {"k": 3}  # RIPU's regions: 3x3
+    assert RULES["region_impurity"].params(dataclasses.replace(selection, point_window=7), 2048) == {"k": 7}
+    assert RULES["labor_ppl"].params(selection, 2048) == {}
 
 
 def test_ripu_points_keep_windows_of_earlier_rounds_blocked():
@@ -104,9 +108,9 @@ def test_ripu_points_keep_windows_of_earlier_rounds_blocked():
     "pairs, message",
     [
         ({"warmup.adversarial_weight": -1.0}, "config key 'warmup.adversarial_weight': must be >= 0"),
-        ({"selection.spl_mode": "whole_mask"}, "'whole_mask' is LabOR SPL's rule; selector 'labor_ppl'"),
+        ({"selection.spl_mode": "whole_mask"}, "'whole_mask' is labor_spl's mode; rule 'labor_ppl'"),
         (
-            {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.02},
+            {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask", "selection.budget_fraction": 0.02},
             "config key 'selection.budget_fraction': must be 0 with selection.spl_mode=whole_mask",
         ),
         ({"selection.point_window": 4}, "config key 'selection.point_window': must be odd"),
@@ -121,9 +125,9 @@ def test_procedure_keys_refuse_bad_values_naming_the_key(pairs, message):
 
 
 def test_round_steps_split_the_total_over_the_rounds():
-    cfg = load_config(None, {"adapt.total_steps": 10, "selection.rounds": 3}).to_dict()
+    cfg = load_config(None, {"adapt.total_steps": 10, "selection.rounds": 3})
     assert [round_steps(cfg, r) for r in (1, 2, 3)] == [3, 3, 4]
-    cfg = load_config(None, {"adapt.steps": 7, "selection.rounds": 2}).to_dict()
+    cfg = load_config(None, {"adapt.steps": 7, "selection.rounds": 2})
     assert [round_steps(cfg, r) for r in (1, 2)] == [7, 7]
 
 
@@ -148,7 +152,7 @@ def tiny(tmp_path_factory):
         },
         smoke=True,
     )
-    result = run_job({"mode": "source", "config": cfg.to_dict()})
+    result = run_job(TrainJob(mode="source", config=cfg))
     save_checkpoint(root / "source", result.state)
     return cfg, str(root / "source"), result.metrics
 
@@ -182,7 +186,7 @@ def in_process(monkeypatch):
         for image_id, query in ranker.rank(
             list(range(pool_size)),
             labeled,
-            cfg["selection"]["points_per_image"],
+            cfg.selection.points_per_image,
             round_index,
             budget_pixels,
             max_share=max_share,
@@ -215,10 +219,10 @@ def test_warmup_trains_the_selector_on_target_pixels_buys_nothing_and_round_1_ra
     cfg = load_config(None, {**cfg.flat(), "output_dir": str(tmp_path / "out")})  # a warm-up of its own, not cached
     reports = run_trial(cfg, tiny, tmp_path, "trial")
     warmup, round_1 = in_process[0], in_process[1]
-    assert warmup["stage"] == "warmup" and warmup["sparse_labels"] == {} and warmup["steps"] == 2
+    assert warmup.stage == "warmup" and warmup.labels is NO_LABELS and warmup.steps == 2
     assert LabelStore(Path(cfg.output_dir) / "trial" / "labels").rounds() == [1]  # the warm-up bought no label
     warmed = reports[0][1].model_checkpoint  # round 0 reports the warmed-up model
-    assert reports[0][0]["warmup/steps"] == 2 and round_1["init_checkpoint"] == warmed
+    assert reports[0][0]["warmup/steps"] == 2 and round_1.init_checkpoint == warmed
     # S learned the target: its target losses ran, and its heads are not the source model's.
     before, after = load_checkpoint(source)["modules"]["selector"], load_checkpoint(warmed)["modules"]["selector"]
     assert any(not torch.equal(before[k], after[k]) for k in before)
@@ -226,7 +230,7 @@ def test_warmup_trains_the_selector_on_target_pixels_buys_nothing_and_round_1_ra
     # Round 1's labels are what the warmed-up S picks (a source-model ranking differs).
     bought = LabelStore(Path(cfg.output_dir) / "trial" / "labels").sparse_labels(only_round=1)
     for checkpoint, same in ((warmed, True), (source, False)):
-        picks = dict(Ranker(checkpoint, cfg.to_dict()).rank(list(range(8)), {}, cfg.selection.points_per_image))
+        picks = dict(Ranker(checkpoint, cfg).rank(list(range(8)), NO_LABELS, cfg.selection.points_per_image))
         assert all(sorted(zip(q.ys, q.xs)) == sorted(zip(*bought[i][:2])) for i, q in picks.items()) is same
 
 
@@ -234,7 +238,7 @@ def test_every_trial_of_a_comparison_trains_the_same_total_steps(tiny, in_proces
     cfg, source, _ = tiny
     common = {"adapt.total_steps": 4}
     trials = [
-        load_config(None, {**cfg.flat(), **common, "selection.rounds": rounds, "selection.selector": selector})
+        load_config(None, {**cfg.flat(), **common, "selection.rounds": rounds, "selection.rule": selector})
         for rounds, selector in ((1, "labor_ppl"), (2, "random"), (3, "region_impurity"))
     ]
     final_steps = [
@@ -243,19 +247,19 @@ def test_every_trial_of_a_comparison_trains_the_same_total_steps(tiny, in_proces
     oracle_start = len(in_process)
     start_models.ensure_oracle_reference(trials[0], source, progress=lambda m: None)
     oracle_job = in_process[-1]
-    assert len(in_process) == oracle_start + 1 and oracle_job.get("full_target_labels")  # the warm-up was cached
+    assert len(in_process) == oracle_start + 1 and oracle_job.full_target_labels  # the warm-up was cached
     total = cfg.source.steps + cfg.warmup.steps + 4
     assert final_steps == [total] * 3
-    assert load_checkpoint(oracle_job["init_checkpoint"])["global_step"] + oracle_job["steps"] == total
+    assert load_checkpoint(oracle_job.init_checkpoint)["global_step"] + oracle_job.steps == total
 
 
 def test_spl_whole_mask_buys_every_pixel_of_every_mask_and_counts_its_clicks(tiny, in_process, tmp_path):
     cfg, _, _ = tiny
-    spl = load_config(None, {**cfg.flat(), "selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"})
+    spl = load_config(None, {**cfg.flat(), "selection.rule": "labor_spl", "selection.spl_mode": "whole_mask"})
     reports = run_trial(spl, tiny, tmp_path, "spl")
     warmed = reports[0][1].model_checkpoint
     bought = LabelStore(Path(spl.output_dir) / "spl" / "labels").sparse_labels(only_round=1)
-    ranker = Ranker(warmed, spl.to_dict())
+    ranker = Ranker(warmed, spl)
     expected_clicks = 0.0
     for image_id in range(8):
         image = ranker.pool[image_id][0][None]
@@ -265,7 +269,7 @@ def test_spl_whole_mask_buys_every_pixel_of_every_mask_and_counts_its_clicks(tin
         if image_id in bought:
             got[bought[image_id][0], bought[image_id][1]] = True
         assert np.array_equal(got, mask), image_id
-        query = dict(ranker.rank([image_id], {}, 0))[image_id]
+        query = dict(ranker.rank([image_id], NO_LABELS, 0))[image_id]
         expected_clicks += sum(clicks_for_region(query.region(r), *mask.shape) for r in range(len(query)))
     assert reports[-1][0]["budget/clicks"] == pytest.approx(expected_clicks)
     assert reports[-1][0]["budget/labeled_pixels"] == sum(len(v[0]) for v in bought.values()) > 0
@@ -273,19 +277,18 @@ def test_spl_whole_mask_buys_every_pixel_of_every_mask_and_counts_its_clicks(tin
 
 def test_source_set_soft_labels_are_the_average_over_the_source_set_and_stay_fixed(tiny):
     cfg, source, _ = tiny
-    fixed = load_config(None, {**cfg.flat(), "adapt.soft_label_estimate": "source_set"}).to_dict()
-    result = run_job({"mode": "adapt", "config": fixed, "init_checkpoint": source, "sparse_labels": {}, "round": 1})
+    fixed = load_config(None, {**cfg.flat(), "adapt.soft_label_estimate": "source_set"})
+    result = run_job(TrainJob(mode="adapt", config=fixed, init_checkpoint=source, round=1))
     from trainers.data import build_domains
     from trainers.engine import load_models
 
     models, _ = load_models(source, fixed, 9)
     soft = SoftLabels(9)
-    plain = {**fixed["data"], "augment": {"hflip": False, "scale_min": 1.0, "scale_max": 1.0}}
+    plain = dataclasses.replace(fixed.data, augment=NO_AUGMENTATION)
+    assert not (plain.augment.hflip or fixed.data.augment == NO_AUGMENTATION)  # the run's source set is augmented
     with torch.no_grad():
         totals = sum(
-            soft.class_totals(
-                models.segmenter.eval()(image[None])[0], label[None], fixed["adapt"]["soft_label_temperature"]
-            )
+            soft.class_totals(models.segmenter.eval()(image[None])[0], label[None], fixed.adapt.soft_label_temperature)
             for image, label in build_domains(plain).source
         )
     soft.assign(totals)
@@ -298,8 +301,8 @@ def test_a_case_that_sets_a_key_no_other_case_sets_gives_a_valid_trial_config():
     from experiment_config import ExperimentConfig, with_overrides
 
     cases = [
-        {"selection.selector": "labor_spl", "selection.spl_mode": "whole_mask"},
-        {"selection.selector": "labor_ppl", "selection.points_per_image": 40},
+        {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask"},
+        {"selection.rule": "labor_ppl", "selection.points_per_image": 40},
     ]
     sweep = with_overrides(ExperimentConfig(), {"sweep.search_space": {"cases": {"grid": cases}}})
     trial = with_overrides(sweep, {"cases": cases[0]})  # once refused: case 2 was validated on top of case 1

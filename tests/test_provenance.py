@@ -12,12 +12,12 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT
 from orchestrator.tracking.mlflow_runs import (
     CHECKPOINT_TAG,
-    MlflowTrialLogger,
     TrackingError,
     check_tracking_uri,
     display_uri,
     provenance_tags,
 )
+from orchestrator.tracking.trial_logger import MlflowTrialLogger
 
 
 def test_provenance_names_the_commit_and_the_user():
@@ -50,7 +50,7 @@ def test_a_finished_trial_run_carries_provenance_and_its_final_checkpoint(tmp_pa
         uri,
         "s",
         parent,
-        lambda cfg: ({"p": 1}, {"selector": "x", **provenance_tags()}),
+        lambda cfg: ({"p": 1}, {"rule": "x", **provenance_tags()}),
         trial_dir=lambda trial_id: tmp_path / "trials" / trial_id,
     )
     trial = SimpleNamespace(trial_id="t1", config={}, __str__=lambda self: "t1")

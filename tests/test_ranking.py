@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from experiment_config import load_config
+from experiment_config import load_config, with_overrides
 from orchestrator.round.ranking import Ranker, rank_pool, shard_ids
 from trainers.checkpoint import save_checkpoint
 from trainers.engine import build_adaptation_models, model_identity
+from trainers.labels import NO_LABELS, InMemoryLabels
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def setup(tmp_path, data_cache):
             "ranking.images_per_shard": 3,
             "selection.points_per_image": 6,
         }
-        return load_config(None, {**base, **overrides}, smoke=True).to_dict()
+        return load_config(None, {**base, **overrides}, smoke=True)
 
     torch.manual_seed(0)
     config = cfg()
@@ -42,8 +43,8 @@ def test_shards_do_not_depend_on_actor_count():
 def test_one_and_two_actors_agree(setup, ray_local):
     ckpt, cfg = setup
     one, two = {}, {}
-    stats_one = rank_pool(ckpt, cfg(**{"ranking.num_actors": 1}), 10, {}, one.__setitem__)
-    stats_two = rank_pool(ckpt, cfg(**{"ranking.num_actors": 2}), 10, {}, two.__setitem__)
+    stats_one = rank_pool(ckpt, cfg(**{"ranking.num_actors": 1}), 10, NO_LABELS, one.__setitem__)
+    stats_two = rank_pool(ckpt, cfg(**{"ranking.num_actors": 2}), 10, NO_LABELS, two.__setitem__)
     for stats, actors in ((stats_one, 1), (stats_two, 2)):
         assert (stats.images, stats.actors, stats.actors_replaced) == (10, actors, 0)
         assert stats.startup_s > 0 and stats.ranking_s > 0 and 0 <= stats.steady_images <= 10
@@ -60,8 +61,8 @@ def test_one_and_two_actors_agree(setup, ray_local):
 def test_labeled_pixels_are_excluded(setup):
     ckpt, cfg = setup
     ranker = Ranker(ckpt, cfg())
-    first = dict(ranker.rank([0, 1], {}, 6))
-    labeled = {0: (first[0].ys, first[0].xs)}
+    first = dict(ranker.rank([0, 1], NO_LABELS, 6))
+    labeled = InMemoryLabels({0: (first[0].ys, first[0].xs, np.zeros(len(first[0].ys)))})
     second = dict(ranker.rank([0, 1], labeled, 6))
     taken = set(zip(first[0].ys.tolist(), first[0].xs.tolist()))
     assert not taken & set(zip(second[0].ys.tolist(), second[0].xs.tolist()))
@@ -74,14 +75,17 @@ def test_an_actor_reads_the_labeled_pixels_of_its_own_images_from_the_store(setu
 
     ckpt, cfg = setup
     ranker = Ranker(ckpt, cfg())
-    first = dict(ranker.rank([0, 1, 2], {}, 6))
+    first = dict(ranker.rank([0, 1, 2], NO_LABELS, 6))
     store = LabelStore(tmp_path / "labels")
     oracle = Oracle(ranker.pool)
-    store.append_round(1, "labor_ppl", [oracle.reveal(i, first[i].ys, first[i].xs) for i in (0, 2)])
+    revealed = [oracle.reveal(i, first[i].ys, first[i].xs) for i in (0, 2)]
+    store.append_round(1, "labor_ppl", revealed)
     from_store = dict(ranker.rank([0, 1, 2], store.reader(), 6, round_index=2))
-    from_dict = dict(ranker.rank([0, 1, 2], {i: (first[i].ys, first[i].xs) for i in (0, 2)}, 6, round_index=2))
+    in_memory = InMemoryLabels({p.image_id: (p.ys, p.xs, p.labels) for p in revealed})
+    from_memory = dict(ranker.rank([0, 1, 2], in_memory, 6, round_index=2))
     for i in (0, 1, 2):
-        assert np.array_equal(from_store[i].ys, from_dict[i].ys) and np.array_equal(from_store[i].xs, from_dict[i].xs)
+        assert np.array_equal(from_store[i].ys, from_memory[i].ys)
+        assert np.array_equal(from_store[i].xs, from_memory[i].xs)
     assert not set(zip(first[0].ys.tolist(), first[0].xs.tolist())) & set(
         zip(from_store[0].ys.tolist(), from_store[0].xs.tolist())
     )
@@ -100,7 +104,7 @@ def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
 
     ckpt, cfg = setup
     reference = {}
-    rank_pool(ckpt, cfg(**{"ranking.num_actors": 1}), 10, {}, reference.__setitem__)
+    rank_pool(ckpt, cfg(**{"ranking.num_actors": 1}), 10, NO_LABELS, reference.__setitem__)
 
     killed = {}
     delivered = Counter()  # consume() calls per image id: a dict of queries would hide a second one
@@ -120,7 +124,7 @@ def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
 
     faulty = {}
     config = cfg(**{"ranking.num_actors": 2, "ranking.images_per_shard": 2})
-    stats = rank_pool(ckpt, config, 10, {}, consume_and_kill_once)
+    stats = rank_pool(ckpt, config, 10, NO_LABELS, consume_and_kill_once)
     assert killed
     # Every killed actor was noticed and replaced (each had a shard or its next shard waiting).
     assert stats.actors_replaced == len(killed) >= 1, (stats.actors_replaced, killed)
@@ -139,22 +143,20 @@ def test_share_spread_scores_squares_by_their_share_of_the_images_free_pixels(se
     ckpt, cfg = setup
     config = cfg(
         **{
-            "selection.selector": "random_regions",
+            "selection.rule": "random_regions",
             "selection.budget_fraction": 0.01,
             "selection.region_spread": "score",
         }
     )
-    height, width = config["data"]["height"], config["data"]["width"]
-    by_score = dict(Ranker(ckpt, config).rank([0, 1, 2], {}, 0, budget_pixels=40))
-    shared = Ranker(ckpt, {**config, "selection": {**config["selection"], "region_spread": "share"}})
-    by_share = dict(shared.rank([0, 1, 2], {}, 0, budget_pixels=40))
+    height, width = config.data.height, config.data.width
+    by_score = dict(Ranker(ckpt, config).rank([0, 1, 2], NO_LABELS, 0, budget_pixels=40))
+    shared = Ranker(ckpt, with_overrides(config, {"selection.region_spread": "share"}))
+    by_share = dict(shared.rank([0, 1, 2], NO_LABELS, 0, budget_pixels=40))
     for image_id in (0, 1, 2):
         # Squares tile the image: the share is of its free pixels (here all of them), which is known
         # before the greedy pass ends, not of all the squares the pass would take.
         probs = [torch.zeros(9, height, width)]
-        squares = random_regions(
-            probs, seed=image_seed(config["seed"], 1, image_id), k=config["selection"]["region_size"]
-        )
+        squares = random_regions(probs, seed=image_seed(config.seed, 1, image_id), k=config.selection.region_size)
         head = squares.head(40)
         assert squares.num_pixels > head.num_pixels  # the actor's pass stopped at what the budget can use
         assert np.array_equal(by_share[image_id].indices, head.indices)
@@ -167,7 +169,11 @@ def test_share_spread_scores_squares_by_their_share_of_the_images_free_pixels(se
 def test_the_next_shard_is_decoded_while_this_one_is_ranked(setup):
     ckpt, cfg = setup
     plain = Ranker(ckpt, cfg())
-    reference = {**dict(plain.rank([0, 1], {}, 6)), **dict(plain.rank([2, 3], {}, 6)), **dict(plain.rank([3], {}, 6))}
+    reference = {
+        **dict(plain.rank([0, 1], NO_LABELS, 6)),
+        **dict(plain.rank([2, 3], NO_LABELS, 6)),
+        **dict(plain.rank([3], NO_LABELS, 6)),
+    }
 
     class CountingPool:
         def __init__(self, inner):
@@ -179,15 +185,15 @@ def test_the_next_shard_is_decoded_while_this_one_is_ranked(setup):
 
     ranker = Ranker(ckpt, cfg())
     ranker.pool = CountingPool(ranker.pool)
-    got = dict(ranker.rank([0, 1], {}, 6, prefetch_ids=[2, 3]))
+    got = dict(ranker.rank([0, 1], NO_LABELS, 6, prefetch_ids=[2, 3]))
     ranker.prefetched[1].result()  # the next shard is decoded in the background
     assert sorted(ranker.pool.read) == [0, 1, 2, 3]
-    got.update(ranker.rank([2, 3], {}, 6, prefetch_ids=[1]))
+    got.update(ranker.rank([2, 3], NO_LABELS, 6, prefetch_ids=[1]))
     ranker.prefetched[1].result()
     assert sorted(ranker.pool.read) == [0, 1, 1, 2, 3]
     assert ranker.prefetch_hits == 1  # 2 and 3 came from the prefetch, not decoded again
     # A wrong guess (the driver sent another shard: an actor died) is dropped, and the shard decoded.
-    wrong = dict(ranker.rank([3], {}, 6))
+    wrong = dict(ranker.rank([3], NO_LABELS, 6))
     assert ranker.prefetch_hits == 1 and ranker.prefetched is None
     for image_id, query in [*got.items(), *wrong.items()]:
         assert np.array_equal(query.ys, reference[image_id].ys) and np.array_equal(query.xs, reference[image_id].xs)

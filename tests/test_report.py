@@ -1,4 +1,5 @@
-"""Reports: budget curves (PNG + offline HTML), per-trial summary, selection overlay, per-class IoU."""
+"""Reports: every trial's budget curve (an offline plotly page), per-trial summary, selection overlay,
+per-class IoU."""
 
 import math
 import re
@@ -11,6 +12,7 @@ import pytest
 from orchestrator.tracking.report import (
     SUMMARY_COLUMNS,
     budget_curve,
+    budget_figure,
     iou_table,
     selection_overlay,
     summary_table,
@@ -22,20 +24,20 @@ POOL = 8 * 32 * 32  # labeled fraction = pixels / POOL
 
 
 def _rows() -> pd.DataFrame:
-    """Three trials, two selectors, rows deliberately out of order; one NaN mIoU (a dropped metric)."""
-    spec = {  # trial: (selector, budget, points per round, mIoU per round)
+    """Three trials, two rules, rows deliberately out of order; one NaN mIoU (a dropped metric)."""
+    spec = {  # trial: (rule, budget, points per round, mIoU per round)
         "trialAAA_00000": ("labor_ppl", "2 points/image x 2 rounds", 16, [0.20, 0.25, 0.30]),
         "trialBBB_00001": ("labor_ppl", "5 points/image x 2 rounds", 40, [0.20, 0.27, 0.33]),
         "trialCCC_00002": ("random_pick", "5 points/image x 2 rounds", 40, [0.20, 0.22, math.nan]),
     }
     rows = []
-    for trial, (selector, budget, per_round, mious) in spec.items():
+    for trial, (rule, budget, per_round, mious) in spec.items():
         for rnd, miou in enumerate(mious):
             pixels = per_round * rnd
             rows.append(
                 {
                     "trial_id": trial,
-                    "selector": selector,
+                    "rule": rule,
                     "budget": budget,
                     "round": rnd,
                     "labeled_pixels": pixels,
@@ -47,56 +49,81 @@ def _rows() -> pd.DataFrame:
     return pd.DataFrame(rows).sample(frac=1.0, random_state=3).reset_index(drop=True)
 
 
-def test_budget_curve_writes_a_drawn_png_and_an_offline_html(tmp_path):
+def _trials_of(rule: str) -> set[str]:
     rows = _rows()
-    png, page = budget_curve(
-        rows, tmp_path / "curve.png", tmp_path / "curve.html", source_only=0.2, oracle=0.6, title="smoke <budgets>"
-    )
-    assert png.stat().st_size > 20_000
-    pixels = mpimg.imread(png)[..., :3]
-    assert pixels.shape == (616, 1430, 3)  # 13 x 5.6 inches at 110 dpi
-    not_white = (pixels < 0.95).any(axis=2).mean()
-    assert 0.02 < not_white < 0.6, not_white  # drawn, and not a solid block
-    assert pixels.std() > 0.05
-    # Coloured lines are drawn (not only black axes and text).
-    saturation = pixels.max(axis=2) - pixels.min(axis=2)
-    assert (saturation > 0.3).sum() > 500
+    return set(rows.loc[rows["rule"] == rule, "trial_id"])
 
+
+def test_budget_figure_draws_every_trial_in_both_panels_with_references_and_toggles():
+    rows = _rows()
+    fig = budget_figure(rows, source_only=0.2, oracle=0.6)
+    trials = [t for t in fig.data if t.legendgroup]
+    # One line per trial and panel; one point per finite (trial, round), sorted by x.
+    assert len(trials) == 3 * 2
+    assert sum(len(t.x) for t in trials) == 2 * int(rows["miou"].notna().sum())
+    assert {t.xaxis for t in trials} == {"x", "x2"} and all(list(t.x) == sorted(t.x) for t in trials)
+    by_trial = {(t.legendgroup, t.xaxis): t for t in trials}
+    a = by_trial["trialAAA_00000", "x2"]  # clicks
+    assert list(a.x) == [0.0, 16.0, 32.0] and list(a.y) == pytest.approx([0.20, 0.25, 0.30])
+    assert list(by_trial["trialAAA_00000", "x"].x) == pytest.approx([0.0, 100 * 16 / POOL, 100 * 32 / POOL])
+    assert list(by_trial["trialCCC_00002", "x"].y) == pytest.approx([0.20, 0.22])  # the NaN round is left out
+    # Hover gives the details of each point.
+    assert (
+        "trial trialAAA_00000<br>rule labor_ppl<br>budget 2 points/image x 2 rounds<br>round 2<br>mIoU 0.3000"
+        "<br>labeled 0.391 %<br>clicks 32" in a.hovertext
+    )
+    # One legend entry per trial (both panels share it), labeled rule and budget.
+    shown = [t.name for t in trials if t.showlegend]
+    assert shown == [
+        "labor_ppl \u00b7 2 points/image x 2 rounds",
+        "labor_ppl \u00b7 5 points/image x 2 rounds",
+        "random_pick \u00b7 5 points/image x 2 rounds",
+    ]
+    # Same rule and budget: same colour; another rule: another marker.
+    colour = {t.legendgroup: (t.line.color, t.marker.symbol) for t in trials}
+    assert colour["trialAAA_00000"][0] != colour["trialBBB_00001"][0]
+    assert colour["trialAAA_00000"][1] == colour["trialBBB_00001"][1] != colour["trialCCC_00002"][1]
+    # Axes.
+    layout = fig.layout
+    assert layout.xaxis.title.text == "labeled target pixels (%)" and layout.xaxis2.title.text.startswith("clicks")
+    assert layout.yaxis.title.text == "target mIoU" and layout.yaxis2.matches == "y"
+    # Source-only (dashed) and oracle (dotted) across both panels, labeled with their value.
+    lines = {(shape.y0, shape.y1, shape.line.dash, shape.xref) for shape in layout.shapes}
+    assert lines == {(v, v, dash, x) for v, dash in ((0.2, "dash"), (0.6, "dot")) for x in ("x domain", "x2 domain")}
+    assert {"source-only 0.200", "oracle 0.600"} <= {note.text for note in layout.annotations}
+    # A toggle per rule that hides (then shows) exactly its trials' lines in both panels.
+    buttons = {b.label: b for b in layout.updatemenus[0].buttons}
+    assert set(buttons) == {"labor_ppl: hide/show", "random_pick: hide/show"}
+    ppl = buttons["labor_ppl: hide/show"]
+    assert ppl.method == "restyle" and ppl.args[0] == {"visible": "legendonly"} and ppl.args2[0] == {"visible": True}
+    assert sorted(ppl.args[1]) == sorted(i for i, t in enumerate(fig.data) if t.legendgroup in _trials_of("labor_ppl"))
+
+
+def test_budget_curve_writes_one_offline_page_with_the_figure_and_the_summary(tmp_path):
+    page = budget_curve(_rows(), tmp_path / "curve.html", source_only=0.2, oracle=0.6, title="smoke <budgets>")
+    assert page == tmp_path / "curve.html" and [p.name for p in tmp_path.iterdir()] == ["curve.html"]
     text = page.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>")
-    for name in (
-        "trialAAA_00000",
-        "trialBBB_00001",
-        "trialCCC_00002",
-        "labor_ppl",
-        "random_pick",
-        "2 points/image x 2 rounds",
-        "source-only",
-        "oracle",
-    ):
-        assert name in text, name
     assert "smoke &lt;budgets&gt;" in text and "smoke <budgets>" not in text  # escaped
-    # Self-contained: no external resource of any kind, no URL at all.
-    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
-    assert "http://" not in text and "https://" not in text
-    assert "<link" not in text and "@import" not in text and "<script src" not in text
-    assert "<svg" in text and "<script>" in text
-    # One hoverable point per finite (trial, round) in each of the two panels, with its details.
-    finite = int(rows["miou"].notna().sum())
-    assert text.count('class="pt"') == 2 * finite
-    assert "trial trialAAA_00000\nselector labor_ppl\nbudget 2 points/image x 2 rounds\nround 2\nmIoU 0.3000" in text
-    # Legend: one toggle per trial, one per selector.
-    assert len(re.findall(r'<div class="entry" data-series="\d+"', text)) == 3
-    assert len(re.findall(r'<div class="selector" data-selector=', text)) == 2
+    # Self-contained: plotly's JavaScript inline, no script, style sheet or font loaded from anywhere.
+    assert not re.search(r"<script[^>]+src=", text, re.I) and not re.search(r"<link[^>]+href=", text, re.I)
+    assert "@import" not in text and len(text) > 1_000_000 and 'id="trials"' in text and "Plotly.newPlot" in text
+    # The figure's data is in the page, and the per-trial summary follows it.
+    for name in ("trialAAA_00000", "trialBBB_00001", "trialCCC_00002", "labor_ppl", "random_pick", "source-only"):
+        assert name in text, name
+    summary = text[text.index('id="summary"') :]
+    assert len(re.findall(r"<tr>", summary[: summary.index("</table>")])) == 1 + 3
 
 
 def test_budget_curve_without_references_and_with_bad_input(tmp_path):
-    png, page = budget_curve(_rows(), tmp_path / "a.png", tmp_path / "a.html", None, None, "no refs")
-    assert png.stat().st_size > 0 and "source-only" not in page.read_text()
+    fig = budget_figure(_rows(), None, None)
+    assert len(fig.layout.shapes) == 0 and not any("source-only" in (a.text or "") for a in fig.layout.annotations)
+    assert "source-only" not in budget_curve(_rows(), tmp_path / "a.html", None, None, "no refs").read_text()
     with pytest.raises(ValueError, match="lack column.*clicks"):
-        budget_curve(_rows().drop(columns=["clicks"]), tmp_path / "b.png", tmp_path / "b.html", None, None, "x")
+        budget_curve(_rows().drop(columns=["clicks"]), tmp_path / "b.html", None, None, "x")
     with pytest.raises(ValueError, match="empty"):
-        budget_curve(_rows().iloc[:0], tmp_path / "c.png", tmp_path / "c.html", None, None, "x")
+        budget_curve(_rows().iloc[:0], tmp_path / "c.html", None, None, "x")
+    assert not (tmp_path / "b.html").exists() and not (tmp_path / "c.html").exists()
 
 
 def test_summary_table_numbers_by_hand(tmp_path):
@@ -185,6 +212,7 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
 
     from orchestrator.labels.store import LabeledPixels, LabelStore
     from orchestrator.round import loop as experiment
+    from trainers.data.dataset_yaml import bundled_dataset
 
     drawn, styles = {}, []
     monkeypatch.setattr(
@@ -212,7 +240,8 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
     store.append_round(1, "labor_ppl", [pixels(0, 0, 0, 1)])
     store.append_round(2, "labor_ppl", [pixels(0, 1, 1, 2), pixels(2, 3, 3, 4)])
     classes = ("road", "sidewalk", "building", "pole", "traffic_sign")
-    domains = SimpleNamespace(target_pool=[(torch.zeros(3, 8, 8), None)] * 3, classes=classes)
+    class_set = bundled_dataset("cityscapes").class_set.subset("five", classes)
+    domains = SimpleNamespace(target_pool=[(torch.zeros(3, 8, 8), None)] * 3, classes=classes, class_set=class_set)
     experiment.write_round_artifacts(tmp_path / "round-002", domains, store, 2, {"target/iou/road": 0.5})
     assert drawn == {"selected-image00000.png": ([1], [1], [2]), "selected-image00002.png": ([3], [3], [4])}
     # Drawn in the Cityscapes palette, with a legend of the class names.

@@ -1,7 +1,8 @@
 """The sweep report in a real browser: headless Chromium (installed by
-scripts/install_browser_test_deps.sh when missing) opens report.html from a file, offline, and the
-curves, the Pareto front and the per-class IoU table render. The screenshot is kept under
-test-artifacts/ in the repo root."""
+scripts/install_browser_test_deps.sh when missing) opens report.html and budget_curve.html from a
+file with every network request refused, and the plotly figures (curves, Pareto front, reference
+levels, selector toggles) and the tables render. The screenshot is kept under test-artifacts/ in
+the repo root."""
 
 import os
 import re
@@ -11,10 +12,11 @@ import subprocess
 import time
 
 import pytest
+from test_report import _rows as trial_rows
 from test_report_methods import sweep_rows
 
 from conftest import ROOT
-from orchestrator.tracking.report import report_page
+from orchestrator.tracking.report import budget_curve, report_page
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -24,6 +26,10 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    # Offline: no name resolves and every http(s) request goes to a closed port, so a page that
+    # needed a CDN would render nothing.
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--proxy-server=http://127.0.0.1:9",
 ]
 
 
@@ -78,6 +84,13 @@ def test_report_page_renders_curves_pareto_front_and_class_table_offline(tmp_pat
         "Pareto front (clicks)",
     } <= set(legend), legend
     assert "mIoU vs clicks" in dom and "20 points/image" in dom
+    # Axis titles and the reference levels, drawn as lines with their labels.
+    titles = re.findall(r'class="[xy]\d*title"[^>]*>([^<]+)<', dom)
+    assert {"labeled target pixels (%)", "clicks (points, or outline corners of regions)", "target mIoU"} <= set(
+        titles
+    ), titles
+    assert "source-only 0.200" in dom and "oracle 0.600" in dom
+    assert len(re.findall(r'class="shapelayer"', dom)) >= 1
     # The per-class IoU table: a row per trial, a column per class.
     table = dom[dom.index('id="class-iou"') :]
     table = table[: table.index("</table>")]
@@ -91,3 +104,27 @@ def test_report_page_renders_curves_pareto_front_and_class_table_offline(tmp_pat
         ["--window-size=1400,1000", "--virtual-time-budget=15000", f"--screenshot={shot}", url],
     )
     assert shot.stat().st_size > 30_000
+
+
+@pytest.mark.browser
+def test_budget_curve_page_renders_every_trial_and_the_selector_toggles_offline(tmp_path):
+    chromium = _chromium()
+    page = budget_curve(trial_rows(), tmp_path / "budget_curve.html", source_only=0.2, oracle=0.6, title="trials")
+    dom = _run(
+        chromium,
+        tmp_path / f"profile-{time.monotonic_ns()}",
+        ["--window-size=1400,1000", "--virtual-time-budget=15000", "--dump-dom", page.as_uri()],
+    )
+    assert 'class="main-svg"' in dom
+    assert len(re.findall(r'class="trace scatter', dom)) >= 3 * 2  # three trials, two panels
+    legend = re.findall(r'class="legendtext"[^>]*>([^<]+)<', dom)
+    assert {
+        "labor_ppl · 2 points/image x 2 rounds",
+        "labor_ppl · 5 points/image x 2 rounds",
+        "random_pick · 5 points/image x 2 rounds",
+    } == set(legend), legend
+    buttons = re.findall(r'class="updatemenu-item-text"[^>]*>([^<]+)<', dom)
+    assert {"labor_ppl: hide/show", "random_pick: hide/show"} <= set(buttons), buttons
+    assert "source-only 0.200" in dom and "oracle 0.600" in dom
+    summary = dom[dom.index('id="summary"') :]
+    assert len(re.findall(r"<tr>", summary[: summary.index("</table>")])) == 1 + 3

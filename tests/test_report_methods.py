@@ -11,6 +11,7 @@ import pytest
 
 from orchestrator.tracking.report import (
     class_iou_table,
+    curves_figure,
     method_curves,
     method_curves_png,
     pareto_front,
@@ -25,7 +26,7 @@ POOL = 1000
 def sweep_rows() -> pd.DataFrame:
     """labor_ppl at 10 and 20 points (two seeds each, one round), random at 10 points with two settings
     (one seed), every trial with its round 0; per-class IoU for two classes."""
-    spec = [  # trial, selector, setting, budget, points, seed, mIoU after round 1
+    spec = [  # trial, rule, setting, budget, points, seed, mIoU after round 1
         ("t0", "labor_ppl", "", "10 points/image/round", 10, 0, 0.40),
         ("t1", "labor_ppl", "", "10 points/image/round", 10, 1, 0.44),
         ("t2", "labor_ppl", "", "20 points/image/round", 20, 0, 0.50),
@@ -34,12 +35,12 @@ def sweep_rows() -> pd.DataFrame:
         ("t5", "random", "confusion_weight=0.1", "10 points/image/round", 12, 0, 0.45),
     ]
     rows = []
-    for trial, selector, setting, budget, points, seed, miou in spec:
+    for trial, rule, setting, budget, points, seed, miou in spec:
         for rnd, value in ((0, 0.2 + 0.01 * seed), (1, miou)):
             rows.append(
                 {
                     "trial_id": trial,
-                    "selector": selector,
+                    "rule": rule,
                     "setting": setting,
                     "budget": budget,
                     "round": rnd,
@@ -90,10 +91,39 @@ def test_pareto_front_keeps_exactly_the_points_nothing_beats():
 
 def test_per_class_iou_of_every_trial_side_by_side():
     table = class_iou_table(sweep_rows())
-    assert list(table.columns) == ["trial_id", "selector", "setting", "budget", "rounds", "miou", "road", "pole"]
+    assert list(table.columns) == ["trial_id", "rule", "setting", "budget", "rounds", "miou", "road", "pole"]
     assert table["trial_id"].tolist() == ["t0", "t1", "t2", "t3", "t4", "t5"]
     row = table.set_index("trial_id").loc["t2"]
     assert (row["rounds"], row["miou"], row["road"], row["pole"]) == (1, 0.5, pytest.approx(0.8), pytest.approx(0.05))
+
+
+def test_curves_figure_draws_each_curve_in_both_panels_with_the_front_and_the_references():
+    curves = method_curves(sweep_rows())
+    fig = curves_figure(curves, source_only=0.2, oracle=0.6)
+    names = ["labor_ppl", "random \u00b7 confusion_weight=0", "random \u00b7 confusion_weight=0.1"]
+    traces = {(t.name, t.xaxis): t for t in fig.data}
+    assert set(traces) == {(n, x) for n in names for x in ("x", "x2")} | {("Pareto front (clicks)", "x2")}
+    assert [t.name for t in fig.data if t.showlegend is not False] == [*names, "Pareto front (clicks)"]
+    ppl = traces["labor_ppl", "x2"]  # clicks: source-only, then 10 and 20 points, averaged over two seeds
+    assert list(ppl.x) == [0.0, 10.0, 20.0] and list(ppl.y) == pytest.approx([0.205, 0.42, 0.51])
+    assert list(traces["labor_ppl", "x"].x) == pytest.approx([0.0, 1.0, 2.0])  # labeled %
+    assert list(ppl.text) == ["", "10 points/image", "20 points/image"]  # each point labeled with its budget
+    assert ppl.error_y.visible and list(ppl.error_y.array)[1] == pytest.approx(np.std([0.40, 0.44], ddof=1))
+    assert "mIoU 0.4200 \u00b1 0.0283 over 2 trial(s)" in ppl.hovertext[1]
+    assert ppl.legendgroup == traces["labor_ppl", "x"].legendgroup == "labor_ppl"  # one entry, both panels
+    front = traces["Pareto front (clicks)", "x2"]
+    assert list(front.x) == list(pareto_front(curves)["clicks"]) and front.line.shape == "hv"
+    assert front.line.dash == "dash"
+    layout = fig.layout
+    assert layout.xaxis.title.text == "labeled target pixels (%)"
+    assert layout.xaxis2.title.text == "clicks (points, or outline corners of regions)"
+    assert layout.yaxis.title.text == "target mIoU"
+    lines = {(shape.y0, shape.line.dash, shape.xref) for shape in layout.shapes}
+    assert lines == {(v, dash, x) for v, dash in ((0.2, "dash"), (0.6, "dot")) for x in ("x domain", "x2 domain")}
+    assert {"source-only 0.200", "oracle 0.600"} <= {note.text for note in layout.annotations}
+    assert {"mIoU vs labeled fraction", "mIoU vs clicks"} <= {note.text for note in layout.annotations}
+    with pytest.raises(ValueError, match="no trial reported a finite mIoU"):
+        curves_figure(curves.iloc[:0])
 
 
 def test_curve_png_and_interactive_page_are_written(tmp_path):

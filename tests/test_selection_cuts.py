@@ -1,5 +1,5 @@
 """Selection that stops at what a budget can use: the greedy pass with a pixel cover, the cut of a
-tiling selector at a share of its free pixels (and the driver's check that the cut changed nothing),
+tiling rule at a share of its free pixels (and the driver's check that the cut changed nothing),
 LabOR SPL's ranking, share and head on the maps' device."""
 
 import numpy as np
@@ -162,7 +162,7 @@ class _BlankTruth:
 
 
 def test_a_round_ranks_again_without_the_cut_when_the_merge_needed_more(monkeypatch, tmp_path):
-    """select_round asks tiling selectors for a share of each image; a share too small for the
+    """select_round asks tiling rules for a share of each image; a share too small for the
     budget is caught after the merge and the round is ranked again without the cut."""
     from experiment_config import load_config
     from orchestrator.labels.oracle import Oracle
@@ -173,7 +173,7 @@ def test_a_round_ranks_again_without_the_cut_when_the_merge_needed_more(monkeypa
     cfg = load_config(
         None,
         {
-            "selection.selector": "random_regions",
+            "selection.rule": "random_regions",
             "selection.budget_fraction": 0.05,
             "selection.region_size": 3,
             "data.height": 24,
@@ -184,7 +184,7 @@ def test_a_round_ranks_again_without_the_cut_when_the_merge_needed_more(monkeypa
     asked = []
 
     def rank_in_process(
-        checkpoint, cfg_dict, pool_size, labeled, consume, round_index, budget_pixels, progress, ranker, max_share=None
+        checkpoint, config, pool_size, labeled, consume, round_index, budget_pixels, progress, ranker, max_share=None
     ):  # the actors' select_image, without Ray
         asked.append(max_share)
         for image_id in range(pool_size):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixel_selectors import SELECTORS, allocate_evenly, inconsistency_mask, labor_ppl
+from pixel_selectors import POINTS, RULES, allocate_evenly, inconsistency_mask, labor_ppl
 
 # Known-answer maps: K=3 classes on a 2x4 image; per pixel (p1, p2).
 PIXELS = [
@@ -152,7 +152,7 @@ def test_allocate_evenly(capacities, total, expected):
 
 
 def test_registry_names():
-    assert SELECTORS["labor_ppl"] is labor_ppl
+    assert RULES["labor_ppl"].select is labor_ppl
 
 
 # --- baselines ------------------------------------------------------------------------------
@@ -190,8 +190,9 @@ def test_random_is_seeded_exact_and_skips_labeled():
 # --- registry ---------------------------------------------------------------------------------
 
 from pixel_selectors import (
-    SELECTOR_INPUTS,
-    SELECTOR_KIND,
+    REGIONS,
+    SEGMENTER,
+    SELECTOR_NETWORK,
     RegionQuery,
     labor_spl,
     random_regions,
@@ -200,13 +201,15 @@ from pixel_selectors import (
 )
 
 
-def test_registry_kinds_and_inputs_cover_every_selector():
-    assert set(SELECTOR_KIND) == set(SELECTORS) == set(SELECTOR_INPUTS)
-    assert set(SELECTOR_KIND.values()) == {"points", "regions"}
-    assert SELECTOR_KIND["labor_spl"] == "regions" and SELECTOR_INPUTS["labor_spl"] == "selector"
-    assert SELECTOR_KIND["region_impurity"] == "points" and SELECTOR_INPUTS["region_impurity"] == "segmenter"
-    assert SELECTOR_KIND["region_impurity_regions"] == "regions"
-    assert SELECTOR_KIND["random_regions"] == "regions"
+def test_registry_kinds_and_inputs_cover_every_rule():
+    assert {rule.kind for rule in RULES.values()} == {POINTS, REGIONS}
+    assert RULES["labor_spl"].kind == REGIONS and RULES["labor_spl"].reads == SELECTOR_NETWORK
+    assert RULES["region_impurity"].kind == POINTS and RULES["region_impurity"].reads == SEGMENTER
+    assert RULES["region_impurity_regions"].kind == REGIONS and RULES["region_impurity_regions"].select is (
+        region_impurity_regions
+    )
+    assert RULES["random_regions"].kind == REGIONS and RULES["random_regions"].select is random_regions
+    assert RULES["labor_spl"].select is labor_spl and RULES["region_impurity"].select is region_impurity
 
 
 def test_every_selector_honours_its_signature():
@@ -214,8 +217,9 @@ def test_every_selector_honours_its_signature():
     probs = (torch.randn(3, 6, 7).softmax(0), torch.randn(3, 6, 7).softmax(0))
     labeled = torch.zeros(6, 7, dtype=torch.bool)
     labeled[2, :] = True
-    for name, select in SELECTORS.items():
-        if SELECTOR_KIND[name] == "points":
+    for rule in RULES.values():
+        select = rule.select
+        if rule.kind == POINTS:
             query = select(probs, 5, labeled=labeled, seed=3)
             assert len(query) == 5 and query.shortfall == 0
             assert not labeled[

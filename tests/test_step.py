@@ -6,6 +6,7 @@ import operator
 import pytest
 import torch
 
+from experiment_config import load_config
 from trainers.discriminators import DomainClassifier, OutputSpaceDiscriminator
 from trainers.engine import build_optimizers
 from trainers.loader import batch_indices
@@ -33,11 +34,15 @@ ALL_ON = LossWeights(
     pseudo_label=1.0,
     discrepancy=1.0,
 )
-ADAM = {"optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0, "head_lr_factor": 1.0}
-CFG = {
-    "source": {"lr": 1e-2, **ADAM},
-    "adapt": {"lr": 1e-2, **ADAM, "discriminator_lr": 1e-2, "domain_classifier_lr": 1e-2},
-}
+ADAM = {"lr": 1e-2, "optimizer": "adam", "momentum": 0.9, "weight_decay": 0.0, "head_lr_factor": 1.0}
+CFG = load_config(
+    None,
+    {
+        **{f"{section}.{key}": value for section in ("source", "adapt") for key, value in ADAM.items()},
+        "adapt.discriminator_lr": 1e-2,
+        "adapt.domain_classifier_lr": 1e-2,
+    },
+)
 
 
 def make_models(weights=ALL_ON):
@@ -203,7 +208,7 @@ def test_step_without_selector_training_leaves_the_selector_untouched(setup):
     models, opt = setup
     source, target = batches()
     before = snapshot(models)
-    losses = adaptation_step(models, opt, source, target, ALL_ON, train_selector=False)
+    losses = adaptation_step(models, opt, source, target, ALL_ON, train_selector_network=False)
     after = snapshot(models)
     assert not changed(before, after, "selector")
     assert changed(before, after, "segmenter") and changed(before, after, "discriminator")

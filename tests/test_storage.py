@@ -348,7 +348,7 @@ def test_a_label_reader_on_a_node_without_the_rounds_fetches_them_from_storage(s
 
     from orchestrator.labels.store import LabeledPixels, LabelStore, storage_settings
 
-    cfg = _cfg(tmp_path, s3_server, prefix=f"unit-{tmp_path.name}").to_dict()
+    cfg = _cfg(tmp_path, s3_server, prefix=f"unit-{tmp_path.name}")
     store = LabelStore(tmp_path / "out" / "smoke" / "trials" / "t1" / "labels")
     store.append_round(
         1,
@@ -358,5 +358,5 @@ def test_a_label_reader_on_a_node_without_the_rounds_fetches_them_from_storage(s
     open_storage(cfg).push_folder(store.root, "round-*.parquet")
     reader = store.reader(storage=storage_settings(cfg))
     (store.root / "round-0001.parquet").unlink()  # a Train worker on another node: the folder is empty
-    assert [a.tolist() for a in reader.get(4)] == [[1], [2], [7]]
+    assert [a.tolist() for a in reader.read([4])[4]] == [[1], [2], [7]]
     assert (store.root / "round-0001.parquet").is_file()  # fetched once, read locally from then on

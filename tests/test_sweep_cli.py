@@ -31,7 +31,7 @@ def test_help_documents_options_and_config_keys(tmp_path):
 @pytest.mark.parametrize(
     "args, key",
     [
-        (["--set", "selection.selector=labor_pp"], "config key 'selection.selector': unknown selector 'labor_pp'"),
+        (["--set", "selection.rule=labor_pp"], "config key 'selection.rule': unknown rule 'labor_pp'"),
         (["--set", "adapt.steps=0"], "config key 'adapt.steps': must be >= 1"),
         (["--set", "data.source.format=kitti"], "config key 'data.source.format': unknown format 'kitti'"),
         (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
@@ -168,8 +168,8 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
     assert sorted(r.data.params["selection.points_per_image"] for r in children) == ["2", "5"]
     for run in children:
         assert run.info.status == "FINISHED"
-        assert run.data.params["selection.selector"] == "labor_ppl"
-        assert run.data.tags["selector"] == "labor_ppl"
+        assert run.data.params["selection.rule"] == "labor_ppl"
+        assert run.data.tags["rule"] == "labor_ppl"
         history = client.get_metric_history(run.info.run_id, "target/miou")
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
         assert all(0.0 <= m.value <= 1.0 for m in history)
@@ -194,7 +194,7 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
             for p, size in files.items()
         )
     report = artifact_sizes(parents[0].info.run_id)
-    for name in ("budget_curve.png", "budget_curve.html", "summary.csv", "summary.parquet"):
+    for name in ("report.html", "method_curves.png", "budget_curve.html", "summary.csv", "summary.parquet"):
         assert report[f"report/{name}"] > 0
 
     # Each trial's label store holds exactly the budget it reports.

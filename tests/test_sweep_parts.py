@@ -16,13 +16,13 @@ def test_param_space_kinds():
         {
             "adapt.lr": {"loguniform": [1e-4, 1e-2]},
             "seed": {"randint": [0, 5]},
-            "selection.selector": {"choice": ["random", "labor_ppl"]},
+            "selection.rule": {"choice": ["random", "labor_ppl"]},
             "selection.points_per_image": {"grid": [5, 10]},
         }
     )
     assert isinstance(space["adapt.lr"], tune.search.sample.Float)
     assert isinstance(space["seed"], tune.search.sample.Integer)
-    assert isinstance(space["selection.selector"], tune.search.sample.Categorical)
+    assert isinstance(space["selection.rule"], tune.search.sample.Categorical)
     assert space["selection.points_per_image"] == {"grid_search": [5, 10]}
 
 
@@ -43,17 +43,17 @@ def test_schedulers():
 
 def test_budget_labels():
     assert budget_label(ExperimentConfig()) == "10 points/image/round"
-    cfg = with_overrides(ExperimentConfig(), {"selection.selector": "labor_spl", "selection.budget_fraction": 0.022})
+    cfg = with_overrides(ExperimentConfig(), {"selection.rule": "labor_spl", "selection.budget_fraction": 0.022})
     assert budget_label(cfg) == "2.2% of pixels/round"
-    assert budget_label(with_overrides(ExperimentConfig(), {"selection.selector": "none"})) == "no labels"
+    assert budget_label(with_overrides(ExperimentConfig(), {"selection.rule": "none"})) == "no labels"
 
 
 CASES = {
     "cases": {
         "grid": [
-            {"selection.selector": "labor_spl", "selection.budget_fraction": 0.022},
-            {"selection.selector": "random", "selection.points_per_image": 40},
-            {"selection.selector": "none", "adapt.confusion_weight": 0.0},
+            {"selection.rule": "labor_spl", "selection.budget_fraction": 0.022},
+            {"selection.rule": "random", "selection.points_per_image": 40},
+            {"selection.rule": "none", "adapt.confusion_weight": 0.0},
         ]
     }
 }
@@ -64,11 +64,11 @@ def test_cases_axis_sets_several_keys_per_trial():
     space = build_param_space(cfg.sweep.search_space)
     assert space["cases"] == {"grid_search": CASES["cases"]["grid"]}
     spl = with_overrides(cfg, {"cases": CASES["cases"]["grid"][0]})
-    assert (spl.selection.selector, spl.selection.budget_fraction) == ("labor_spl", 0.022)
+    assert (spl.selection.rule, spl.selection.budget_fraction) == ("labor_spl", 0.022)
     unsupervised = with_overrides(cfg, {"cases": CASES["cases"]["grid"][2], "seed": 3})
-    assert (unsupervised.selection.selector, unsupervised.adapt.confusion_weight, unsupervised.seed) == ("none", 0.0, 3)
+    assert (unsupervised.selection.rule, unsupervised.adapt.confusion_weight, unsupervised.seed) == ("none", 0.0, 3)
     # Only keys every case sets: Tune's best-trial line looks each column up in the trial's config.
-    assert parameter_columns({"seed": {"grid": [1, 2]}, **CASES}) == ["seed", "cases/selection.selector"]
+    assert parameter_columns({"seed": {"grid": [1, 2]}, **CASES}) == ["seed", "cases/selection.rule"]
     assert parameter_columns({"cases": {"grid": [{"seed": 1}, {"adapt.lr": 0.1}]}}) == ["cases"]
 
 
@@ -82,9 +82,7 @@ def test_tunes_best_trial_line_finds_every_column_of_every_case():
     columns = parameter_columns({"seed": {"grid": [1, 2]}, **CASES})
     for case in CASES["cases"]["grid"]:
         trial = SimpleNamespace(trial_id="t1", last_result={"target/miou": 0.5, "config": {"cases": case, "seed": 1}})
-        assert f"'cases/selection.selector': '{case['selection.selector']}'" in _best_trial_str(
-            trial, "target/miou", columns
-        )
+        assert f"'cases/selection.rule': '{case['selection.rule']}'" in _best_trial_str(trial, "target/miou", columns)
 
 
 @pytest.mark.parametrize(
@@ -96,13 +94,13 @@ def test_tunes_best_trial_line_finds_every_column_of_every_case():
         ({"cases": {"grid": [{"selection.selectr": "random"}]}}, "case 1: 'selection.selectr' is not a tunable"),
         ({"cases": {"grid": [{"sweep.name": "x"}]}}, "is not a tunable"),
         (
-            {"cases": {"grid": [{"selection.points_per_image": 5}, {"selection.selector": "labor_spl"}]}},
+            {"cases": {"grid": [{"selection.points_per_image": 5}, {"selection.rule": "labor_spl"}]}},
             "case 2 is invalid: selection.budget_fraction",
         ),
         ({"cases": {"grid": [{"seed": 1}]}, "seed": {"grid": [1, 2]}}, "'seed' is also its own search-space axis"),
         (
             {
-                "cases": {"grid": [{"selection.selector": "labor_spl", "selection.budget_fraction": 0.3}]},
+                "cases": {"grid": [{"selection.rule": "labor_spl", "selection.budget_fraction": 0.3}]},
                 "selection.rounds": {"grid": [2, 5]},
             },
             "case 1 with selection.rounds=5 is invalid: selection.budget_fraction: 0.3 x 5 rounds",
@@ -134,19 +132,19 @@ def test_resume_refuses_changed_settings_but_not_resources(tmp_path):
     ],
 )
 def test_selector_trains_only_when_a_later_round_ranks_with_it(selector, scheduler, rounds, trains):
-    from orchestrator.round.loop import selector_trains
+    from orchestrator.round.loop import selector_network_trains
 
     cfg = with_overrides(
         ExperimentConfig(),
         {
-            "selection.selector": selector,
+            "selection.rule": selector,
             "sweep.scheduler": scheduler,
             "selection.rounds": rounds,
             "selection.budget_fraction": 0.01,
             "sweep.search_space": {"adapt.confusion_weight": {"choice": [0.1, 1.0]}},
         },
     )
-    assert [selector_trains(cfg, r) for r in range(1, rounds + 1)] == trains
+    assert [selector_network_trains(cfg, r) for r in range(1, rounds + 1)] == trains
 
 
 def test_a_trial_is_finished_at_its_own_number_of_rounds():
@@ -201,7 +199,7 @@ def test_the_summary_shows_each_trial_its_own_kind_of_budget():
     cfg = with_overrides(ExperimentConfig(), {"selection.points_per_image": 40})
     region_trial = SimpleNamespace(
         error=None,
-        config={"cases": {"selection.selector": "labor_spl", "selection.budget_fraction": 0.022}},
+        config={"cases": {"selection.rule": "labor_spl", "selection.budget_fraction": 0.022}},
         metrics={"round": 1, "trial_id": "r", "target/miou": 0.4},
     )
     point_trial = SimpleNamespace(error=None, config={}, metrics={"round": 1, "trial_id": "p", "target/miou": 0.3})

@@ -1,5 +1,5 @@
 """Paths of the sweep that a unit test cannot show, each run end to end once: ASHA stopping a trial
-(with a region budget, selector ``none`` and the oracle reference inside real trials), PBT cloning a
+(with a region budget, selection rule ``none`` and the oracle reference inside real trials), PBT cloning a
 trial with its labels, and the human-annotation loop. After each, no process of the run is left.
 
 The tests share one output folder holding the test session's source model (``smoke_source_models``),
@@ -106,12 +106,12 @@ def bought_once(labels_dir) -> bool:
 
 
 def test_asha_stops_a_weak_trial_as_a_result(shared):
-    # One trial buys 2% of the pool's pixels a round with LabOR's region selector; the other buys nothing
-    # (selector none: unsupervised adaptation) with a learning rate that ruins its model (mIoU near
+    # One trial buys 2% of the pool's pixels a round with LabOR's region rule; the other buys nothing
+    # (selection rule none: unsupervised adaptation) with a learning rate that ruins its model (mIoU near
     # chance), so ASHA, comparing the two at round 1, stops it.
     space = (
-        "{cases: {grid: [{selection.selector: labor_spl, selection.budget_fraction: 0.02}, "
-        "{selection.selector: none, adapt.lr: 1.0}]}}"
+        "{cases: {grid: [{selection.rule: labor_spl, selection.budget_fraction: 0.02}, "
+        "{selection.rule: none, adapt.lr: 1.0}]}}"
     )
     result = sweep(
         shared,
@@ -138,7 +138,7 @@ def test_asha_stops_a_weak_trial_as_a_result(shared):
     trials = shared / "runs" / "asha" / "trials"
     for trial_id, config in configs.items():
         labels = trials / trial_id / "labels"
-        if config["selection"]["selector"] == "none":
+        if config["selection"]["rule"] == "none":
             assert [pq.read_table(p).num_rows for p in sorted(labels.glob("round-*.parquet"))] == [0]
         else:
             budget = round(0.02 * POOL_PIXELS)
@@ -146,9 +146,7 @@ def test_asha_stops_a_weak_trial_as_a_result(shared):
             assert sizes == [budget, budget] and bought_once(labels)
     client, runs = trial_runs(shared, "asha")
     steps = {
-        r.data.params["selection.selector"]: sorted(
-            m.step for m in client.get_metric_history(r.info.run_id, "target/miou")
-        )
+        r.data.params["selection.rule"]: sorted(m.step for m in client.get_metric_history(r.info.run_id, "target/miou"))
         for r in runs
     }
     assert steps == {"labor_spl": [0, 1, 2], "none": [0, 1]} and all(r.info.status == "FINISHED" for r in runs)
@@ -330,7 +328,7 @@ def test_a_run_leaves_no_process_behind(shared):
         "--set",
         f"data.cache_dir={data_dir(shared)}",
         "--set",
-        "selection.selector=labor_spl",
+        "selection.rule=labor_spl",
         "--set",
         "selection.budget_fraction=0.022",
         "--tracking-uri",
@@ -345,4 +343,4 @@ def test_a_run_leaves_no_process_behind(shared):
     (run,) = client.search_runs(
         [client.get_experiment_by_name("one-run").experiment_id], "tags.`activeda.kind` = 'run'"
     )
-    assert run.info.status == "FINISHED" and run.data.tags["selector"] == "labor_spl"
+    assert run.info.status == "FINISHED" and run.data.tags["rule"] == "labor_spl"

@@ -57,8 +57,8 @@ def test_written_layouts_are_read_back_by_the_real_loaders(tmp_path):
             "data.width": 64,
             **{f"data.synthetic.{k}": v for k, v in settings.items()},
         },
-    ).to_dict()
-    domains = build_domains(cfg["data"])
+    )
+    domains = build_domains(cfg.data)
     assert (len(domains.source), len(domains.target_pool), len(domains.target_val)) == (3, 4, 2)
     _, expected = generate_sample(0, "target", "train", 2, 32, 64)
     assert np.array_equal(domains.target_pool.label(2).numpy(), expected)  # ids mapped back to classes

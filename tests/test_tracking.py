@@ -7,14 +7,8 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking.mlflow_runs import (
-    MlflowTrialLogger,
-    SweepTracking,
-    TrackingError,
-    finite_metrics,
-    replay_unsent,
-    resolve_tracking_uri,
-)
+from orchestrator.tracking.mlflow_runs import SweepTracking, TrackingError, finite_metrics, resolve_tracking_uri
+from orchestrator.tracking.trial_logger import MlflowTrialLogger, replay_unsent
 
 
 def test_non_finite_metrics_are_dropped(caplog):
@@ -34,7 +28,7 @@ def test_outage_is_buffered_then_flushed_and_leftovers_are_kept(tmp_path, monkey
     experiment = client.create_experiment("s")
     parent = client.create_run(experiment).info.run_id
     logger = MlflowTrialLogger(
-        uri, "s", parent, lambda cfg: ({"p": 1}, {"selector": "x"}), unsent_path=str(tmp_path / "unsent.jsonl")
+        uri, "s", parent, lambda cfg: ({"p": 1}, {"rule": "x"}), unsent_path=str(tmp_path / "unsent.jsonl")
     )
     trial = SimpleNamespace(trial_id="t1", config={}, __str__=lambda self: "t1")
     logger.on_trial_start(0, [], trial)
@@ -122,7 +116,7 @@ def test_unsent_operations_are_replayed_in_order_once_the_store_is_back(tmp_path
         uri,
         "s",
         parent,
-        lambda cfg: ({"p": cfg["p"]}, {"selector": "x"}),
+        lambda cfg: ({"p": cfg["p"]}, {"rule": "x"}),
         trial_dir=folders.get,
         unsent_path=str(unsent),
     )
@@ -362,7 +356,7 @@ def test_a_round_done_again_differently_is_logged_and_a_resent_one_is_not(tmp_pa
 def test_a_full_disk_does_not_stop_tracking(tmp_path, monkeypatch, caplog):
     import errno
 
-    import orchestrator.tracking.mlflow_runs as tracking
+    import orchestrator.tracking.trial_logger as tracking
 
     uri = f"sqlite:///{tmp_path}/m.db"
     client = MlflowClient(uri)

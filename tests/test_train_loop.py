@@ -4,6 +4,8 @@ import pytest
 
 from experiment_config import load_config
 from trainers.engine import run_job
+from trainers.job import TrainJob
+from trainers.labels import InMemoryLabels
 from trainers.train_loop import run_training
 
 pytestmark = pytest.mark.integration
@@ -21,22 +23,22 @@ def cfg(tmp_path_factory):
 
 
 def with_workers(cfg, workers):
-    return load_config(None, {**cfg.flat(), "train.num_workers": workers, "train.cpus_per_worker": 0.5}).to_dict()
+    return load_config(None, {**cfg.flat(), "train.num_workers": workers, "train.cpus_per_worker": 0.5})
 
 
 def test_two_workers_train_and_evaluate_exactly_like_one(cfg, ray_local, tmp_path):
     two = with_workers(cfg, 2)
-    source = run_training({"mode": "source", "config": two}, tmp_path, "source-2w")
+    source = run_training(TrainJob(mode="source", config=two), tmp_path, "source-2w")
     assert source.checkpoint_dir and 0 <= source.metrics["target/miou"] <= 1
 
     adapt = run_training(
-        {
-            "mode": "adapt",
-            "config": two,
-            "init_checkpoint": source.checkpoint_dir,
-            "round": 1,
-            "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])},
-        },
+        TrainJob(
+            mode="adapt",
+            config=two,
+            init_checkpoint=source.checkpoint_dir,
+            round=1,
+            labels=InMemoryLabels({0: ([1, 2], [3, 4], [0, 1])}),
+        ),
         tmp_path,
         "adapt-2w",
     )
@@ -44,13 +46,24 @@ def test_two_workers_train_and_evaluate_exactly_like_one(cfg, ray_local, tmp_pat
 
     results = {}
     for workers in (1, 2):
-        job = {"mode": "evaluate", "config": with_workers(cfg, workers), "init_checkpoint": adapt.checkpoint_dir}
+        job = TrainJob(mode="evaluate", config=with_workers(cfg, workers), init_checkpoint=adapt.checkpoint_dir)
         results[workers] = run_training(job, tmp_path, f"evaluate-{workers}w").metrics
     in_process = run_job(
-        {"mode": "evaluate", "config": with_workers(cfg, 1), "init_checkpoint": adapt.checkpoint_dir}
+        TrainJob(mode="evaluate", config=with_workers(cfg, 1), init_checkpoint=adapt.checkpoint_dir)
     ).metrics
     assert results[1]["target/miou"] == results[2]["target/miou"] == in_process["target/miou"]
     assert results[1]["target/iou/road"] == results[2]["target/iou/road"]
+    # With a storage filesystem (S3 in a cluster; the local one here) the start checkpoint travels as a
+    # ray.train.Checkpoint inside the pickled job, and each worker fetches it to a folder of its own.
+    import pyarrow.fs
+
+    fetched = run_training(
+        TrainJob(mode="evaluate", config=with_workers(cfg, 2), init_checkpoint=adapt.checkpoint_dir),
+        str(tmp_path / "on-storage"),
+        "evaluate-fetched",
+        filesystem=pyarrow.fs.LocalFileSystem(),
+    )
+    assert fetched.metrics["target/miou"] == in_process["target/miou"]
 
 
 def test_killed_train_worker_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(
@@ -66,15 +79,15 @@ def test_killed_train_worker_resumes_from_its_checkpoint_and_ends_where_an_unint
 
     from trainers.checkpoint import load_checkpoint
 
-    config = load_config(None, {**cfg.flat(), "adapt.steps": 6, "adapt.checkpoint_every": 2}).to_dict()
-    source = run_training({"mode": "source", "config": config}, tmp_path, "source")
-    job = {
-        "mode": "adapt",
-        "config": config,
-        "init_checkpoint": source.checkpoint_dir,
-        "round": 1,
-        "sparse_labels": {0: ([1, 2], [3, 4], [0, 1])},
-    }
+    config = load_config(None, {**cfg.flat(), "adapt.steps": 6, "adapt.checkpoint_every": 2})
+    source = run_training(TrainJob(mode="source", config=config), tmp_path, "source")
+    job = TrainJob(
+        mode="adapt",
+        config=config,
+        init_checkpoint=source.checkpoint_dir,
+        round=1,
+        labels=InMemoryLabels({0: ([1, 2], [3, 4], [0, 1])}),
+    )
     clean = run_training(job, tmp_path, "adapt-clean")
 
     killed = []

@@ -7,11 +7,12 @@ message instead of half-loading.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainers.files import staged
 
 STATE_FILE = "state.pt"
 FORMAT = "activeda-checkpoint"
@@ -24,14 +25,11 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``directory/state.pt`` via a temporary file and an atomic rename."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / STATE_FILE
-    tmp = directory / f".{STATE_FILE}.tmp-{os.getpid()}"
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+    final = Path(directory) / STATE_FILE
+    # Saved through a handle, the archive's inner folder is "archive" whatever the staging file is
+    # called, so the same state gives the same bytes in every process.
+    with staged(final, fsync=True) as tmp, open(tmp, "wb") as handle:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, handle)
     return final
 
 

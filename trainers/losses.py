@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 IGNORE_INDEX = 255
 
-# How G's target predictions become the pseudo labels of LabOR's selector (``adapt.pseudo_label_rule``).
+# How G's target predictions become the pseudo labels of LabOR's selector network S (``adapt.pseudo_label_rule``).
 PSEUDO_LABEL_RULES = ("iast", "class_balanced")
 # Where Tzeng's soft labels come from (``adapt.soft_label_estimate``).
 SOFT_LABEL_ESTIMATES = ("running", "source_set")
@@ -256,7 +256,7 @@ def soft_label_loss(
 
 
 # ---------------------------------------------------------------------------------------------
-# LabOR pixel selector (Shin et al., ICCV 2021): pseudo labels + MCD discrepancy
+# LabOR's selector network S (Shin et al., ICCV 2021): pseudo labels + MCD discrepancy
 # ---------------------------------------------------------------------------------------------
 
 
@@ -331,7 +331,7 @@ def iast_threshold_update(
 
 
 class IASTPseudoLabels(nn.Module):
-    """Pseudo labels of G for LabOR's selector by IAST's rule (Mei et al., ECCV 2020), which LabOR follows.
+    """Pseudo labels of G for LabOR's selector network S by IAST's rule (Mei et al., ECCV 2020), which LabOR follows.
 
     Keeps the class thresholds theta (K,) as a buffer (in the checkpoint), starting at 0.9 as in
     IAST's code. For each image of a batch, in order: theta is updated by ``iast_threshold_update``

@@ -1,6 +1,6 @@
 """One optimisation step of each kind, plain PyTorch: models and batches in, named losses out.
 
-Models (``AdaptationModels``): the segmenter G, LabOR's pixel selector S (backbone F, heads C1,
+Models (``AdaptationModels``): the segmenter G, LabOR's selector network S (backbone F, heads C1,
 C2), AdaptSeg's output-space discriminator Dis and Tzeng's domain classifier theta_D. Each
 alternating update is its own function with its own optimizer:
 
@@ -8,7 +8,7 @@ alternating update is its own function with its own optimizer:
    + Tzeng domain confusion (theta_D fixed) + Tzeng soft-label loss;
 2. ``discriminator_update``: Dis on G's detached softmax maps (source vs target);
 3. ``domain_classifier_update``: theta_D on G's detached features (source vs target);
-4. LabOR's selector, MCD style (Saito et al., CVPR 2018; Shin et al., ICCV 2021):
+4. LabOR's selector network S, MCD style (Saito et al., CVPR 2018; Shin et al., ICCV 2021):
    ``selector_supervised_update`` (A) F, C1, C2 on source CE, sparse target CE and pseudo labels
    from G; ``selector_heads_update`` (B) C1, C2 maximise their discrepancy on target while staying
    correct (F fixed); ``selector_backbone_update`` (C) F minimises the discrepancy (C1, C2 fixed),
@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from .labels import TargetLabels
 from .losses import (
     IGNORE_INDEX,
     IASTPseudoLabels,
@@ -222,7 +223,7 @@ def _batch(source, target) -> torch.Tensor:
 def selector_supervised_update(
     models: AdaptationModels, opt: Optimizers, source, target, pseudo_labels, w: LossWeights
 ) -> dict[str, float]:
-    """LabOR selector, step A: F, C1, C2 on the supervised terms (source, labeled target, pseudo labels)."""
+    """LabOR's selector network S, step A: F, C1, C2 on the supervised terms (source, labeled target, pseudo labels)."""
     losses, weights = _selector_supervised(models.selector(_batch(source, target)), source, target, pseudo_labels, w)
     total = weighted_total(losses, weights)
     _apply(total, [opt.selector_backbone, opt.selector_heads])
@@ -232,7 +233,7 @@ def selector_supervised_update(
 def selector_heads_update(
     models: AdaptationModels, opt: Optimizers, source, target, pseudo_labels, w: LossWeights
 ) -> dict[str, float]:
-    """LabOR selector, step B (MCD): C1, C2 maximise d(p1_t, p2_t) while staying correct; F fixed.
+    """LabOR's selector network S, step B (MCD): C1, C2 maximise d(p1_t, p2_t) while staying correct; F fixed.
 
     Loss = supervised terms - w_d * d(p1_t, p2_t), with F's output detached so F gets no gradient.
     """
@@ -247,7 +248,7 @@ def selector_heads_update(
 
 
 def selector_backbone_update(models: AdaptationModels, opt: Optimizers, target, w: LossWeights) -> dict[str, float]:
-    """LabOR selector, step C (MCD): F minimises w_d * d(p1_t, p2_t); C1, C2 fixed (their gradient is dropped).
+    """LabOR's selector network S, step C (MCD): F minimises w_d * d(p1_t, p2_t); C1, C2 fixed (their gradient is dropped).
 
     Repeated ``w.num_k`` times on the same target batch, each a fresh forward pass and optimizer
     step, as MCD_DA's ``num_k`` (4 in its segmentation code) does; reports the mean discrepancy.
@@ -269,11 +270,11 @@ def adaptation_step(
     target: tuple[torch.Tensor, torch.Tensor] | None,
     w: LossWeights,
     all_reduce: Callable | None = None,
-    train_selector: bool = True,
+    train_selector_network: bool = True,
 ) -> dict[str, float]:
     """One step of every update whose weight is non-zero; returns all losses by name.
 
-    ``train_selector=False`` skips LabOR's selector updates (A, B, C): S only ranks pixels, so they
+    ``train_selector_network=False`` skips LabOR's selector network S updates (A, B, C): S only ranks pixels, so they
     are wasted when nothing ranks with S after this job (they are most of a step's cost).
     """
     losses, outputs = segmenter_update(models, opt, source, target, w)
@@ -289,7 +290,7 @@ def adaptation_step(
         losses.update(discriminator_update(models, opt, outputs))
     if target is not None and models.domain_classifier is not None:
         losses.update(domain_classifier_update(models, opt, outputs))
-    if not train_selector:
+    if not train_selector_network:
         return losses
     pseudo = None
     if outputs.target_probs is not None and w.pseudo_label > 0:
@@ -304,7 +305,7 @@ def adaptation_step(
 def pseudo_labels(
     models: AdaptationModels, target_probs: torch.Tensor, w: LossWeights, all_reduce: Callable | None = None
 ) -> torch.Tensor:
-    """G's target pseudo labels for LabOR's selector by ``w.pseudo_label_rule``: (N, K, H, W) -> (N, H, W)."""
+    """G's target pseudo labels for LabOR's selector network S by ``w.pseudo_label_rule``: (N, K, H, W) -> (N, H, W)."""
     if w.pseudo_label_rule == "iast":
         if models.pseudo_labeler is None:
             raise ValueError("pseudo_label_rule 'iast' needs AdaptationModels.pseudo_labeler (IASTPseudoLabels)")
@@ -317,20 +318,17 @@ def pseudo_labels(
 class SparseTargetDataset(Dataset):
     """The whole target pool as (image, sparse label map): 255 except where the oracle revealed a class.
 
-    ``sparse_labels`` gives image id -> (ys, xs, classes) arrays through ``.get(image_id)``: a dict,
-    or a reader of the label store (``orchestrator.labels.LabelReader``, handed over by reference)
-    that reads each image's labels when the image is loaded, so a Train worker reads only the
+    ``labels`` (``trainers.labels.TargetLabels``: the label store's reader, handed over by
+    reference) is read image by image as the images are loaded, so a Train worker reads only the
     images it trains on. ``None`` means every pixel is revealed (the pool's own label maps: the
     oracle reference). Unlabeled images are included: the adversarial, confusion and pseudo-label
     losses use every target image. ``hflip`` flips the image and its sparse map together (the only
     augmentation that never invents labeled pixels).
     """
 
-    def __init__(self, pool: Dataset, sparse_labels, hflip: bool = False):
+    def __init__(self, pool: Dataset, labels: TargetLabels | None, hflip: bool = False):
         self.pool = pool
-        if isinstance(sparse_labels, dict):
-            sparse_labels = {int(k): v for k, v in sparse_labels.items()}
-        self.sparse_labels = sparse_labels
+        self.labels = labels
         self.hflip = hflip
 
     def __len__(self) -> int:
@@ -338,11 +336,11 @@ class SparseTargetDataset(Dataset):
 
     def __getitem__(self, index: int):
         image, truth = self.pool[index]
-        if self.sparse_labels is None:
+        if self.labels is None:
             sparse = truth.to(torch.int64)
         else:
             sparse = torch.full(truth.shape, IGNORE_INDEX, dtype=torch.int64)
-            revealed = self.sparse_labels.get(int(index))
+            revealed = self.labels.read([int(index)]).get(int(index))
             if revealed is not None:
                 ys, xs, classes = (np.asarray(a) for a in revealed)
                 sparse[torch.from_numpy(ys.astype(np.int64)), torch.from_numpy(xs.astype(np.int64))] = torch.from_numpy(

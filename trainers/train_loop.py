@@ -11,6 +11,7 @@ job, from which it continues exactly.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -26,12 +27,14 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import build_adaptation_models, load_models, model_identity, run_job
+from .job import TrainJob
 from .progress import StepProgress
 
 if TYPE_CHECKING:
     import pyarrow.fs
 
 __all__ = [
+    "TrainJob",
     "TrainingJobError",
     "TrainingResult",
     "build_adaptation_models",
@@ -42,21 +45,28 @@ __all__ = [
 ]
 
 
-def train_loop_per_worker(job: dict) -> dict | None:
+def train_loop_per_worker(config: dict) -> dict | None:
+    """What every Train worker runs: ``config["job"]`` is the ``TrainJob`` (Ray Train wants a dict)."""
+    import ray.train
+
+    _quiet_train_worker_logs()
+    job: TrainJob = config["job"]
+    cfg = job.config
+    torch.set_num_threads(cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)))
+    if isinstance(job.init_checkpoint, ray.train.Checkpoint):
+        # On shared storage (S3): every worker fetches the start checkpoint onto its own node.
+        with job.init_checkpoint.as_directory() as directory:
+            return _run_on_worker(dataclasses.replace(job, init_checkpoint=directory))
+    return _run_on_worker(job)
+
+
+def _run_on_worker(job: TrainJob) -> dict | None:
+    """``run_job`` with Ray's context: the restored checkpoint, DDP, periodic checkpoints, reports."""
     import ray.train
     import ray.train.torch
 
-    _quiet_train_worker_logs()
-    cfg = job["config"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    threads = cfg["train"]["torch_threads"] or max(1, int(cfg["train"]["cpus_per_worker"]))
-    torch.set_num_threads(threads)
-
-    if isinstance(job.get("init_checkpoint"), ray.train.Checkpoint):
-        # On shared storage (S3): every worker fetches the start checkpoint onto its own node.
-        with job["init_checkpoint"].as_directory() as directory:
-            return train_loop_per_worker({**job, "init_checkpoint": directory})
 
     resume_state = None
     restored = ray.train.get_checkpoint()
@@ -65,13 +75,13 @@ def train_loop_per_worker(job: dict) -> dict | None:
             resume_state = load_checkpoint(directory)
 
     def prepare(module: torch.nn.Module) -> torch.nn.Module:
-        # The selector's MCD step trains the heads alone, so some parameters get no gradient then.
+        # The selector network's MCD step trains the heads alone, so some parameters get no gradient then.
         return ray.train.torch.prepare_model(module, parallel_strategy_kwargs={"find_unused_parameters": True})
 
-    every = int(cfg["adapt"]["checkpoint_every"]) if job["mode"] == "adapt" else 0
+    every = job.config.adapt.checkpoint_every if job.mode == "adapt" else 0
 
     def on_step(done: int, state_fn) -> None:
-        if every and done % every == 0 and done < int(job.get("steps", cfg["adapt"]["steps"])):
+        if every and done % every == 0 and done < job.planned_steps:
             _report({"train/job_step": done}, state_fn() if rank == 0 else None)
 
     try:
@@ -93,22 +103,9 @@ def train_loop_per_worker(job: dict) -> dict | None:
     return result.metrics if rank == 0 else None
 
 
-def step_progress(job: dict, world: int) -> StepProgress:
+def step_progress(job: TrainJob, world: int) -> StepProgress:
     """Progress lines of this job (printed by rank 0 only; Ray forwards them to the driver)."""
-    cfg, mode = job["config"], job["mode"]
-    section = cfg["source" if mode == "source" else "adapt"]
-    label = (
-        "source model"
-        if mode == "source"
-        else "warm-up"
-        if job.get("stage") == "warmup"
-        else f"round {job.get('round', '?')}"
-    )
-    if job.get("trial"):
-        label = f"{job['trial']} {label}"
-    elif job.get("full_target_labels"):
-        label = "oracle reference"
-    return StepProgress(label, int(section["batch_size"]) * world, float(cfg["train"]["progress_every_s"]))
+    return StepProgress(job.describe(), job.section.batch_size * world, job.config.train.progress_every_s)
 
 
 def _quiet_train_worker_logs() -> None:
@@ -174,14 +171,14 @@ def _ctrl_c_stays_with_the_command():
 
 
 def run_training(
-    job: dict, storage_path: str | Path, name: str, filesystem: pyarrow.fs.FileSystem | None = None
+    job: TrainJob, storage_path: str | Path, name: str, filesystem: pyarrow.fs.FileSystem | None = None
 ) -> TrainingResult:
     """Run one job on Ray Train (``TorchTrainer``) and return its metrics and checkpoint directory.
 
-    ``job["config"]`` is the experiment config as a plain dict; its ``train`` section gives the
-    scaling (workers, GPU, CPUs per worker). With ``filesystem`` (e.g. an S3 filesystem),
-    ``storage_path`` and ``job["init_checkpoint"]`` are URIs on it (``s3://bucket/key``) and the
-    returned checkpoint directory is one too; otherwise all three are local paths.
+    The ``train`` section of ``job.config`` gives the scaling (workers, GPU, CPUs per worker). With
+    ``filesystem`` (e.g. an S3 filesystem), ``storage_path`` and ``job.init_checkpoint`` are URIs on
+    it (``s3://bucket/key``) and the returned checkpoint directory is one too; otherwise all three
+    are local paths.
     """
     from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
@@ -189,21 +186,21 @@ def run_training(
     if filesystem is not None:
         scheme = str(storage_path).partition("://")[0] if "://" in str(storage_path) else ""
         ray_storage_path = _without_scheme(str(storage_path))
-        if job.get("init_checkpoint"):
-            job = {**job, "init_checkpoint": Checkpoint(_without_scheme(job["init_checkpoint"]), filesystem)}
+        if job.init_checkpoint:
+            job = dataclasses.replace(job, init_checkpoint=Checkpoint(_without_scheme(job.init_checkpoint), filesystem))
     else:
         scheme, ray_storage_path = "", str(Path(storage_path).resolve())
 
-    train_cfg = job["config"]["train"]
-    resources = {"CPU": float(train_cfg["cpus_per_worker"])}
-    if train_cfg["use_gpu"]:
+    train_cfg = job.config.train
+    resources = {"CPU": float(train_cfg.cpus_per_worker)}
+    if train_cfg.use_gpu:
         resources["GPU"] = 1.0
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=job,
+        train_loop_config={"job": job},  # the TrainJob, pickled as it is
         scaling_config=ScalingConfig(
-            num_workers=int(train_cfg["num_workers"]),
-            use_gpu=bool(train_cfg["use_gpu"]),
+            num_workers=train_cfg.num_workers,
+            use_gpu=train_cfg.use_gpu,
             resources_per_worker=resources,
         ),
         # A run name that exists in storage resumes that run (Ray Train's own snapshot): names are
@@ -212,7 +209,7 @@ def run_training(
             storage_path=ray_storage_path,
             storage_filesystem=filesystem,
             name=name,
-            failure_config=FailureConfig(max_failures=int(train_cfg["max_failures"]), controller_failure_limit=3),
+            failure_config=FailureConfig(max_failures=train_cfg.max_failures, controller_failure_limit=3),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
@@ -222,7 +219,7 @@ def run_training(
             result = trainer.fit()
     except TrainingFailedError as err:  # the job failed for good, after train.max_failures retries
         raise TrainingJobError.from_failure(err, name, failure_log_path(job, name)) from None
-    if job["mode"] != "evaluate" and result.checkpoint is None:
+    if job.mode != "evaluate" and result.checkpoint is None:
         raise RuntimeError(f"training job '{name}' finished without a checkpoint")
     checkpoint_dir = None
     if result.checkpoint is not None:
@@ -258,10 +255,10 @@ def last_error_line(traceback_text: str) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def failure_log_path(job: dict, name: str) -> Path:
+def failure_log_path(job: TrainJob, name: str) -> Path:
     """Where a failed job's tracebacks go: ``output_dir/logs``, a local folder of the process that ran it."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path(job["config"]["output_dir"]).resolve() / "logs" / f"{stamp}-{name}-{os.getpid()}.log"
+    return Path(job.config.output_dir).resolve() / "logs" / f"{stamp}-{name}-{os.getpid()}.log"
 
 
 def _without_scheme(uri: str) -> str:

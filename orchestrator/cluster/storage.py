@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import shutil
 import tempfile
 import uuid
@@ -36,6 +35,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from experiment_config import S3_URI, ConfigError, storage_uri_problem
+from trainers.files import atomic_write_bytes, staged
 
 
 def _plain(cfg: Any) -> dict:
@@ -135,10 +135,7 @@ class Storage:
         """``write_text`` for bytes."""
         path = self.fs_path(location)
         if not self.remote:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}")
-            tmp.write_bytes(data)
-            os.replace(tmp, path)
+            atomic_write_bytes(path, data)
             return
         with self.filesystem.open_output_stream(path) as stream:
             stream.write(data)
@@ -153,31 +150,24 @@ class Storage:
 
     def download_file(self, location: str, local_file: str | Path) -> None:
         """Copy one file to the node, via a temporary name, so a crash never leaves half a file."""
-        local_file = Path(local_file)
-        local_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = local_file.with_name(f".{local_file.name}.tmp-{os.getpid()}")
-        pafs.copy_files(
-            self.fs_path(location),
-            str(tmp.resolve()),
-            source_filesystem=self.filesystem,
-            destination_filesystem=pafs.LocalFileSystem(),
-        )
-        os.replace(tmp, local_file)
+        with staged(local_file) as tmp:
+            pafs.copy_files(
+                self.fs_path(location),
+                str(tmp.resolve()),
+                source_filesystem=self.filesystem,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
 
     def download_dir(self, location: str, local_dir: str | Path) -> Path:
         """Copy a folder to the node: into a temporary sibling first, then renamed into place."""
         local_dir = Path(local_dir)
-        local_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = local_dir.with_name(f".{local_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-        staging.mkdir()
-        pafs.copy_files(
-            self.fs_path(location),
-            str(staging.resolve()),
-            source_filesystem=self.filesystem,
-            destination_filesystem=pafs.LocalFileSystem(),
-        )
-        shutil.rmtree(local_dir, ignore_errors=True)
-        os.replace(staging, local_dir)
+        with staged(local_dir, folder=True) as staging:
+            pafs.copy_files(
+                self.fs_path(location),
+                str(staging.resolve()),
+                source_filesystem=self.filesystem,
+                destination_filesystem=pafs.LocalFileSystem(),
+            )
         return local_dir
 
     def listdir(self, location: str) -> list[str]:
@@ -241,16 +231,13 @@ class Storage:
         """
         local_entry = Path(local_entry).resolve()
         if not self.remote:
-            staging = local_entry.with_name(f".{local_entry.name}.tmp-{os.getpid()}")
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            for name, source in folders.items():
-                shutil.copytree(source, staging / name)
-            for name, text in files.items():
-                (staging / name).write_text(text)
-            if local_entry.exists() and not (local_entry / marker).is_file():
-                shutil.rmtree(local_entry)  # an entry without its marker is unfinished: replace it
-            os.replace(staging, local_entry)
+            with staged(local_entry, folder=True, overwrite=False) as staging:
+                for name, source in folders.items():
+                    shutil.copytree(source, staging / name)
+                for name, text in files.items():
+                    (staging / name).write_text(text)
+                if local_entry.exists() and not (local_entry / marker).is_file():
+                    shutil.rmtree(local_entry)  # an entry without its marker is unfinished: replace it
             return str(local_entry)
         entry = self.location(local_entry)
         for name, source in folders.items():

@@ -13,8 +13,8 @@ File format (JSON, UTF-8; no pickle anywhere)::
      "images": [{"image_id": 3, "image": "<path of the pool image, for the annotation tool>",
                  "height": 64, "width": 128,
                  "original_height": 1024, "original_width": 2048,  # the original image's (and label's) size
-                 "points": [[y, x], ...]          # point selectors, in selection order
-                 or "mask_rle": [start, length, ...],  # region selectors: run-length mask
+                 "points": [[y, x], ...]          # point rules, in selection order
+                 or "mask_rle": [start, length, ...],  # region rules: run-length mask
                  "clicks": 4.0,
                  "labels": [...]}]}               # the answer: one class index per point, or per mask
                                                   # pixel in ascending row-major order; 255 = unsure
@@ -35,13 +35,13 @@ their exports back through the same checks (``orchestrator.labels.formats``).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from orchestrator.labels.store import LabeledPixels, LabelStore
 from pixel_selectors.encoding import rle_decode, rle_encode
+from trainers.files import atomic_write_json
 
 FORMAT, VERSION = "activeda-queries", 1
 IGNORE = 255
@@ -109,11 +109,7 @@ def export_queries(
         "classes": list(classes),
         "images": images,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, document, indent=1)
 
 
 def _original_size(image_path: str) -> dict:
@@ -127,7 +123,7 @@ def _original_size(image_path: str) -> dict:
         return {}
 
 
-def _read(path: Path) -> dict:
+def read_queries(path: Path) -> dict:
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -141,7 +137,7 @@ def _read(path: Path) -> dict:
 
 def import_answers(answers_path: Path, queries_file: Path, store: LabelStore, expected_round: int | None = None) -> int:
     """Check the answers against the exported queries and record them as that round; returns the round."""
-    answers, queries = _read(answers_path), _read(queries_file)
+    answers, queries = read_queries(answers_path), read_queries(queries_file)
     round_index, num_classes = queries.get("round"), len(queries["classes"])
     # The round names the label-store file it is recorded in (round-NNNN.parquet): a positive integer only.
     if (
@@ -233,13 +229,11 @@ def import_tool_answers(fmt: str, answers: Path, trial_dir: Path, round_index: i
     if fmt == "activeda":
         return import_answers(answers, queries_file, store, expected_round=round_index)
     try:
-        document = answers_from(fmt, answers, _read(queries_file))
+        document = answers_from(fmt, answers, read_queries(queries_file))
     except FormatError as err:
         raise AnnotationError(str(err)) from None
     converted = queries_file.with_name(f"{queries_file.stem}.{fmt}-answers.json")
-    tmp = converted.with_name(f".{converted.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(document, indent=1))
-    os.replace(tmp, converted)
+    atomic_write_json(converted, document, indent=1)
     try:
         return import_answers(converted, queries_file, store, expected_round=round_index)
     except BaseException:

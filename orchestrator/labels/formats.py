@@ -7,12 +7,13 @@ label with, **in the original image's coordinates**:
 - ``labelstudio``: ``tasks.json`` (one task per image, the queries as pre-annotations labeled
   ``unsure``: key points, or one brush mask in Label Studio's RLE) and ``labeling_config.xml``
   (the class names in the Cityscapes palette);
-- ``coco``: ``coco.json`` with the queries as keypoints (point selectors) or as an uncompressed
-  RLE mask (region selectors), category ``unsure``;
+- ``coco``: ``coco.json`` with the queries as keypoints (point rules) or as a compressed RLE
+  mask (region rules, written by pycocotools), category ``unsure``;
 - ``png``: ``masks/<image id>.png``, 255 on the queried pixels, 0 elsewhere, and ``images.csv``.
 
 Imports (``annotate import --format ...``) read what the tool exports after people labeled
-(a Label Studio JSON export, a COCO file with one category per class, or a folder of label-map PNGs
+(a Label Studio JSON export, a COCO file with one category per class whose masks pycocotools reads
+as polygons or RLE, or a folder of label-map PNGs
 ``<image id>.png`` holding class indices) and turn it into the activeda answers document, which then
 goes through the same checks as a hand-written one (``annotate.import_answers``). Every queried
 pixel needs an answer (a class, or ``unsure`` / 255); a point that moved off its queried pixel, an
@@ -28,19 +29,20 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from orchestrator.labels import FORMATS
 from pixel_selectors.encoding import rle_decode
 from trainers.data.coordinates import label_coordinates
+from trainers.data.palette import class_palette
+from trainers.files import atomic_write_json, atomic_write_text, staged
 
 UNSURE = "unsure"
 IGNORE = 255
-FORMATS = ("labelstudio", "coco", "png")
 
 
 class FormatError(ValueError):
@@ -178,30 +180,58 @@ def brush_rle_decode(rle: Sequence[int], height: int, width: int) -> np.ndarray:
     return out.reshape(height, width, 4)[..., 3] > 0
 
 
-# ----------------------------------------------------------------------------------- COCO RLE
+# ------------------------------------------------------------------------------- COCO masks
+# COCO's own reader and writer (pycocotools) handle every form of segmentation a COCO tool writes:
+# polygons, uncompressed RLE (a list of counts) and compressed RLE (a string).
 
 
 def coco_rle_encode(mask: np.ndarray) -> dict:
-    """COCO's uncompressed RLE: column-major run lengths, starting with a run of zeros."""
-    flat = np.asarray(mask, bool).T.ravel()
-    change = np.flatnonzero(np.diff(flat.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
+    """A bool (H, W) mask as COCO's compressed RLE (``counts`` a string), written by pycocotools."""
+    from pycocotools import mask as coco_mask
+
+    rle = coco_mask.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def coco_rle_decode(rle: dict, height: int, width: int) -> np.ndarray:
-    size, counts = rle.get("size"), rle.get("counts")
-    if list(size or []) != [height, width]:
+def coco_mask_decode(segmentation: Any, height: int, width: int) -> np.ndarray:
+    """A COCO segmentation -> bool (H, W) mask, read by pycocotools: polygons ``[[x, y, ...], ...]``,
+    uncompressed RLE ``{"size", "counts": [...]}`` or compressed RLE ``{"size", "counts": "..."}``.
+    Raises ValueError naming what is wrong (a size that is not the image's, counts that do not cover
+    it, a polygon with fewer than 3 points)."""
+    from pycocotools import mask as coco_mask
+
+    if isinstance(segmentation, list):
+        if not segmentation or not all(
+            isinstance(p, list)
+            and len(p) >= 6
+            and len(p) % 2 == 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+            for p in segmentation
+        ):
+            raise ValueError("polygons must be lists [x1, y1, x2, y2, ...] of at least 3 points")
+        rle = coco_mask.merge(coco_mask.frPyObjects([[float(v) for v in p] for p in segmentation], height, width))
+        return coco_mask.decode(rle).astype(bool)
+    if not isinstance(segmentation, dict):
+        raise ValueError("a segmentation is a list of polygons or an RLE object {size, counts}")
+    size, counts = segmentation.get("size"), segmentation.get("counts")
+    if not isinstance(size, list) or size != [height, width]:
         raise ValueError(f"mask size {size} is not the image's [{height}, {width}]")
-    if not isinstance(counts, list) or not all(isinstance(c, int) and c >= 0 for c in counts):
-        raise ValueError("only uncompressed RLE (a list of counts) is read")
-    if sum(counts) != height * width:
-        raise ValueError(f"the RLE counts cover {sum(counts)} pixels, not {height * width}")
-    values = np.repeat(np.arange(len(counts)) % 2 == 1, counts)
-    return values.reshape(width, height).T
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise ValueError("RLE counts must be non-negative integers")
+        if sum(counts) != height * width:
+            raise ValueError(f"the RLE counts cover {sum(counts)} pixels, not {height * width}")
+        rle = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+        return coco_mask.decode(rle).astype(bool)
+    if not isinstance(counts, str) or not counts.isascii():
+        raise ValueError("RLE counts must be a list of integers or a compressed RLE string")
+    rle = {"size": [height, width], "counts": counts.encode("ascii")}
+    mask = coco_mask.decode(rle)  # refuses counts that run past the image
+    # Counts that stop short of the image leave part of the decoded mask undefined: a string that
+    # covers the image exactly is the one pycocotools writes back for the mask it decoded.
+    if coco_mask.encode(np.asfortranarray(mask))["counts"] != rle["counts"]:
+        raise ValueError(f"the compressed RLE does not cover the {height}x{width} image exactly")
+    return mask.astype(bool)
 
 
 # -------------------------------------------------------------------------------------- exports
@@ -211,18 +241,8 @@ def _hex(rgb: Sequence[float]) -> str:
     return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
 
 
-def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def export_label_studio(queries: dict, out_dir: Path, image_url_prefix: str = "") -> list[Path]:
     """``tasks.json`` and ``labeling_config.xml`` for a Label Studio project."""
-    from trainers.data.palette import class_palette
-
     classes = list(queries["classes"])
     regions = any("mask_rle" in entry for entry in queries["images"])
     tag, kind = ("BrushLabels", "brushlabels") if regions else ("KeyPointLabels", "keypointlabels")
@@ -280,8 +300,8 @@ def export_label_studio(queries: dict, out_dir: Path, image_url_prefix: str = ""
             }
         )
     return [
-        _atomic_text(out_dir / "tasks.json", json.dumps(tasks, indent=1)),
-        _atomic_text(out_dir / "labeling_config.xml", config),
+        atomic_write_json(out_dir / "tasks.json", tasks, indent=1),
+        atomic_write_text(out_dir / "labeling_config.xml", config),
     ]
 
 
@@ -293,7 +313,7 @@ def _coco_categories(classes: Sequence[str]) -> list[dict]:
 
 
 def export_coco(queries: dict, out_dir: Path) -> list[Path]:
-    """``coco.json``: the queries as keypoints or an uncompressed RLE mask of category ``unsure``."""
+    """``coco.json``: the queries as keypoints or a compressed RLE mask of category ``unsure``."""
     classes = list(queries["classes"])
     unsure_id = len(classes) + 1
     images, annotations = [], []
@@ -304,12 +324,14 @@ def export_coco(queries: dict, out_dir: Path) -> list[Path]:
         )
         annotation = {"id": len(annotations) + 1, "image_id": entry["image_id"], "category_id": unsure_id, "iscrowd": 0}
         if "mask_rle" in entry:
-            mask = grid_mask_to_original(_grid_mask(entry), (big_h, big_w))
-            rows, cols = np.nonzero(mask)
+            from pycocotools import mask as coco_mask
+
+            rle = coco_rle_encode(grid_mask_to_original(_grid_mask(entry), (big_h, big_w)))
+            encoded = {**rle, "counts": rle["counts"].encode("ascii")}
             annotation.update(
-                segmentation=coco_rle_encode(mask),
-                area=int(mask.sum()),
-                bbox=[int(cols.min()), int(rows.min()), int(np.ptp(cols) + 1), int(np.ptp(rows) + 1)],
+                segmentation=rle,
+                area=int(coco_mask.area(encoded)),
+                bbox=[float(v) for v in coco_mask.toBbox(encoded)],
             )
         else:
             ys, xs = queried_pixels(entry)
@@ -332,7 +354,7 @@ def export_coco(queries: dict, out_dir: Path) -> list[Path]:
         "annotations": annotations,
         "categories": _coco_categories(classes),
     }
-    return [_atomic_text(out_dir / "coco.json", json.dumps(document))]
+    return [atomic_write_json(out_dir / "coco.json", document)]
 
 
 def export_png_masks(queries: dict, out_dir: Path) -> list[Path]:
@@ -343,18 +365,15 @@ def export_png_masks(queries: dict, out_dir: Path) -> list[Path]:
     for entry in queries["images"]:
         mask = grid_mask_to_original(_grid_mask(entry), original_size(entry))
         path = out_dir / "masks" / f"{entry['image_id']:05d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp)
-        os.replace(tmp, path)
+        with staged(path) as tmp:
+            Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp)
         written.append(path)
     listing = out_dir / "images.csv"
     rows = [["image_id", "mask", "image"]] + [
         [e["image_id"], f"masks/{e['image_id']:05d}.png", e.get("image", "")] for e in queries["images"]
     ]
-    with open(listing.with_name(".images.csv.tmp"), "w", newline="", encoding="utf-8") as handle:
+    with staged(listing) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         csv.writer(handle).writerows(rows)
-    os.replace(listing.with_name(".images.csv.tmp"), listing)
     return written + [listing]
 
 
@@ -514,7 +533,8 @@ def answers_from_label_studio(path: Path, queries: dict) -> dict:
 
 def answers_from_coco(path: Path, queries: dict) -> dict:
     """A COCO file whose categories are the classes (by name; ``unsure`` allowed) -> answers: keypoints
-    for point queries, uncompressed RLE masks for region queries (later annotations cover earlier)."""
+    for point queries; masks (polygons, uncompressed or compressed RLE) for region queries, later
+    annotations covering earlier ones."""
     document = _read_json(path)
     if not isinstance(document, dict) or not isinstance(document.get("annotations"), list):
         raise FormatError(f"'{path}' is not a COCO document (no 'annotations' list)")
@@ -562,8 +582,8 @@ def answers_from_coco(path: Path, queries: dict) -> dict:
             for annotation in per_image[image_id]:
                 label = _label_index(names.get(annotation.get("category_id")), classes, where)
                 try:
-                    mask = coco_rle_decode(annotation.get("segmentation") or {}, big_h, big_w)
-                except (ValueError, TypeError, AttributeError) as err:
+                    mask = coco_mask_decode(annotation.get("segmentation"), big_h, big_w)
+                except (ValueError, TypeError) as err:
                     raise FormatError(f"{where}: a mask cannot be read: {err}") from None
                 label_map[mask] = label
             labels[image_id] = _mask_labels(entry, label_map, where)

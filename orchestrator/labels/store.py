@@ -25,6 +25,7 @@ those row groups alone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -38,7 +39,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from experiment_config.schema import ExperimentConfig
 from pixel_selectors.encoding import rle_decode, rle_encode
+from trainers.files import staged
+from trainers.labels import LabeledArrays, TargetLabels
 
 SCHEMA = pa.schema(
     [
@@ -177,10 +181,8 @@ class LabelStore:
             raise LabelStoreError(f"round {round_index} is already in the label store at '{self.root}'")
         if isinstance(labeled, (list, tuple)):
             labeled = sorted(labeled, key=lambda p: p.image_id)
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".{final.name}.tmp-{os.getpid()}"
-        try:
-            with pq.ParquetWriter(tmp, SCHEMA) as writer:
+        try:  # never over a round that exists, even one another writer recorded meanwhile
+            with staged(final, fsync=True, overwrite=False) as tmp, pq.ParquetWriter(tmp, SCHEMA) as writer:
                 previous = None
                 for chunk in _chunks(labeled, ROWS_PER_GROUP):
                     for p in chunk:
@@ -192,12 +194,8 @@ class LabelStore:
                             )
                         previous = p.image_id
                     writer.write_table(_rows_table(chunk, round_index, strategy), row_group_size=ROWS_PER_GROUP)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, final)
+        except FileExistsError:
+            raise LabelStoreError(f"round {round_index} is already in the label store at '{self.root}'") from None
         return final
 
     def table(self, upto_round: int | None = None, only_round: int | None = None) -> pa.Table:
@@ -224,7 +222,7 @@ class LabelStore:
         return _join_rounds(_decode_rows(self.table(upto_round, only_round)))
 
     def labeled_coordinates(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """image id -> (ys, xs) already labeled, for selectors to exclude."""
+        """image id -> (ys, xs) already labeled, for rules to exclude."""
         return {i: (ys, xs) for i, (ys, xs, _) in self.sparse_labels().items()}
 
     def reader(
@@ -253,9 +251,8 @@ class LabelStore:
         target.root.mkdir(parents=True, exist_ok=True)
         for r in self.rounds():
             if upto_round is None or r <= upto_round:
-                tmp = target.root / f".{self._round_path(r).name}.tmp-{os.getpid()}"
-                shutil.copyfile(self._round_path(r), tmp)
-                os.replace(tmp, target._round_path(r))
+                with staged(target._round_path(r)) as tmp:
+                    shutil.copyfile(self._round_path(r), tmp)
 
     def set_aside(self, keep_if_same_as: LabelStore, folder: str = "superseded") -> list[Path]:
         """Move every round that ``keep_if_same_as`` does not hold byte for byte into ``root/folder``
@@ -287,10 +284,10 @@ class LabelStore:
         }
 
 
-def storage_settings(cfg: dict) -> dict[str, Any]:
+def storage_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """What a ``LabelReader`` on another node needs to fetch round files: ``output_dir`` and the
-    ``storage`` section of a config dict."""
-    return {"output_dir": cfg["output_dir"], "storage": dict(cfg.get("storage") or {})}
+    ``storage`` section (plain values: what ``orchestrator.cluster.storage.open_storage`` reads)."""
+    return {"output_dir": cfg.output_dir, "storage": dataclasses.asdict(cfg.storage)}
 
 
 def _decode_rows(
@@ -322,8 +319,11 @@ def _join_rounds(rows) -> dict[int, tuple]:
     return {i: tuple(np.concatenate(p) if p[0] is not None else None for p in entry) for i, entry in parts.items()}
 
 
-class LabelReader:
+class LabelReader(TargetLabels):
     """A trial's labels by reference: reads the rows of the images asked for, in the process that asks.
+
+    The implementation of ``trainers.labels.TargetLabels`` that Train workers (``TrainJob.labels``)
+    and ranking actors receive.
 
     What crosses Ray is this object's state: the store folder (a path under ``output_dir``, the same
     on every node), the round numbers and the storage settings -- never the labels, so a message to
@@ -371,7 +371,7 @@ class LabelReader:
         self._files, self._pid = files, os.getpid()
         return files
 
-    def read(self, image_ids: Iterable[int], with_labels: bool = True) -> dict[int, tuple]:
+    def read(self, image_ids: Iterable[int], with_labels: bool = True) -> dict[int, LabeledArrays]:
         """image id -> (ys, xs, labels) over the reader's rounds, for the ids that have labels; reads
         only the row groups that can hold them. ``with_labels=False``: labels are None."""
         wanted = np.unique(np.asarray(list(image_ids), dtype=np.int64))
@@ -387,14 +387,6 @@ class LabelReader:
             table = table.filter(pc.is_in(table["image_id"], value_set=pa.array(wanted, pa.int64())))
             rows.extend(_decode_rows(table, with_labels))
         return _join_rounds(rows)
-
-    def coordinates(self, image_ids: Iterable[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """image id -> (ys, xs) already labeled, for the ids that have any (what a selector excludes)."""
-        return {i: (ys, xs) for i, (ys, xs, _) in self.read(image_ids, with_labels=False).items()}
-
-    def get(self, image_id: int, default=None):
-        """(ys, xs, labels) of one image, or ``default``: the mapping interface ``SparseTargetDataset`` reads."""
-        return self.read([image_id]).get(int(image_id), default)
 
 
 def _image_id_ranges(handle: pq.ParquetFile) -> tuple[np.ndarray, np.ndarray]:

@@ -23,25 +23,27 @@ from orchestrator.labels.store import LabelStore, storage_settings
 from orchestrator.round.selection import select_round
 from orchestrator.round.start_models import ensure_warmup_model, round_metrics
 from orchestrator.tracking.report import selection_overlay, write_iou_csv
-from pixel_selectors import SELECTOR_INPUTS
+from pixel_selectors.rules import RULES, SELECTOR_NETWORK
 from trainers.data import build_domains
 from trainers.data.palette import class_palette
 from trainers.data.transforms import denormalize
 from trainers.engine import round_steps
+from trainers.job import TrainJob
 from trainers.train_loop import run_training
 
 
-def selector_trains(cfg: ExperimentConfig, round_index: int) -> bool:
-    """Whether round ``round_index``'s adaptation updates LabOR's pixel selector S.
+def selector_network_trains(cfg: ExperimentConfig, round_index: int) -> bool:
+    """Whether round ``round_index``'s adaptation updates LabOR's selector network S.
 
     S does nothing but rank pixels for a later round, and its three updates make an adaptation step
     2.4x as slow on the CPU (``python -m benchmarks.train_overhead``). So S trains only when a later round
-    of this trial ranks with it: not in the last round, and not for selectors that read G -- unless
-    PBT may switch a trial's selector between rounds.
+    of this trial ranks with it: not in the last round, and not for rules that read G -- unless
+    PBT may switch a trial's rule between rounds.
     """
     if round_index >= cfg.selection.rounds:
         return False
-    return SELECTOR_INPUTS.get(cfg.selection.selector) == "selector" or cfg.sweep.scheduler == "pbt"
+    rule = RULES.get(cfg.selection.rule)  # None: no selection
+    return (rule is not None and rule.reads == SELECTOR_NETWORK) or cfg.sweep.scheduler == "pbt"
 
 
 @dataclass
@@ -69,14 +71,13 @@ def run_experiment(
     the label store (the driver died after buying them) is trained on those labels instead of being
     ranked again: annotation is never bought twice.
     """
-    cfg_dict = cfg.to_dict()
     store = LabelStore(trial_dir / "labels")
     storage = open_storage(cfg)
-    domains = build_domains(cfg_dict["data"])
+    domains = build_domains(cfg.data)
     oracle = Oracle(domains.target_pool, [domains.classes.index(name) for name in cfg.selection.unlabeled_classes])
     pool_pixels = len(domains.target_pool) * cfg.data.height * cfg.data.width
     tags = {
-        "selector": cfg.selection.selector,
+        "rule": cfg.selection.rule,
         "points_per_image": cfg.selection.points_per_image,
         "budget_fraction": cfg.selection.budget_fraction,
     }
@@ -104,7 +105,7 @@ def run_experiment(
         shortfall = 0
         if round_index in store.rounds():
             progress(f"round {round_index}: labels already bought, not ranking again")
-        elif cfg.selection.selector == NO_SELECTION:
+        elif cfg.selection.rule == NO_SELECTION:
             store.append_round(round_index, NO_SELECTION, [])  # unsupervised adaptation: no labels bought
         elif cfg.selection.oracle == "human":
             wait_for_annotators(checkpoint, cfg, domains, store, trial_dir, round_index, pool_pixels, progress)
@@ -116,21 +117,21 @@ def run_experiment(
                 progress(
                     f"round {round_index}: {shortfall} pixels short of the budget (the pool ran out of candidates)"
                 )
-            store.append_round(round_index, cfg.selection.selector, labeled)
+            store.append_round(round_index, cfg.selection.rule, labeled)
         select_s = time.perf_counter() - started
 
         storage.push_folder(store.root, "round-*.parquet")  # bought labels survive this node
         # The labels go by reference: each Train worker reads the images it trains on itself.
-        job = {
-            "mode": "adapt",
-            "config": cfg_dict,
-            "init_checkpoint": checkpoint,
-            "label_reader": store.reader(upto_round=round_index, storage=storage_settings(cfg_dict)),
-            "round": round_index,
-            "train_selector": selector_trains(cfg, round_index),
-            "steps": round_steps(cfg_dict, round_index),
-            "trial": trial_id,
-        }
+        job = TrainJob(
+            mode="adapt",
+            config=cfg,
+            init_checkpoint=checkpoint,
+            labels=store.reader(upto_round=round_index, storage=storage_settings(cfg)),
+            round=round_index,
+            train_selector_network=selector_network_trains(cfg, round_index),
+            steps=round_steps(cfg, round_index),
+            trial=trial_id,
+        )
         result = run_training(job, name=f"round-{round_index:03d}", **storage.train_storage(trial_dir / "ray"))
         checkpoint = result.checkpoint_dir
         metrics = round_metrics(result.metrics)
@@ -186,7 +187,7 @@ def wait_for_annotators(
         export_queries(
             path,
             round_index,
-            cfg.selection.selector,
+            cfg.selection.rule,
             domains.classes,
             queries,
             {i: files[i][0] for i in range(len(files))},
@@ -203,7 +204,7 @@ def write_round_artifacts(folder: Path, domains, store: LabelStore, round_index:
     folder.mkdir(parents=True, exist_ok=True)
     shown = np.sort(store.image_ids(round_index))[:OVERLAY_IMAGES]
     bought = store.reader(only_round=round_index).read(shown)  # these images' pixels of this round only
-    palette = class_palette(domains.classes)  # Cityscapes colours, with a legend of the classes drawn
+    palette = class_palette(domains.classes, domains.class_set.colors)  # the target dataset YAML's colours
     for image_id in sorted(bought):
         ys, xs, classes = bought[image_id]
         image = denormalize(domains.target_pool[image_id][0]).permute(1, 2, 0).numpy()

@@ -7,11 +7,13 @@ compact queries (coordinates and scores), never probability maps. An actor with 
 the GPU: the probabilities never leave it, only the queries do.
 
 The pool is cut into fixed shards of consecutive ids (``ranking.images_per_shard``) whatever the
-actor count, each shard is forwarded as one batch, and a selector is a pure function of one image's
+actor count, each shard is forwarded as one batch, and a rule is a pure function of one image's
 outputs: so one actor or eight return identical queries.
 
 This module imports Ray only where it starts actors: ``Ranker`` and ``rank_images`` are plain
-PyTorch (the GPU check runs them on a machine without Ray).
+PyTorch (the GPU check runs them on a machine without Ray). ``rank_pool`` runs a pass over the pool
+with an ``ActorPool`` (start, replace a dead actor, kill), a ``ShardQueue`` (the shards left, one of
+lookahead per actor) and a ``RankingClock`` (where the time went: ``RankingStats``).
 """
 
 from __future__ import annotations
@@ -28,31 +30,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from experiment_config.schema import ExperimentConfig
 from orchestrator.cluster.storage import local_checkpoint
-from pixel_selectors import (
-    SELECTOR_INPUTS,
-    PointQuery,
-    RegionQuery,
-    labeled_mask,
-    select_image,
-    selector_params,
-)
+from pixel_selectors.apply import select_image
+from pixel_selectors.base import PointQuery, RegionQuery, labeled_mask
+from pixel_selectors.cost import counted
+from pixel_selectors.rules import RULES, SELECTOR_NETWORK
 from trainers.data import build_domains
 from trainers.engine import load_models
+from trainers.labels import TargetLabels, labeled_coordinates
 from trainers.loader import load_images
 
 log = logging.getLogger(__name__)
-
-
-def labeled_coordinates(labeled, image_ids: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """image id -> (ys, xs) already labeled, for the given images only. ``labeled``: a ``LabelReader``
-    (the product: each actor reads its own images from the store), a dict image id -> (ys, xs)
-    (tests and benchmarks), or None."""
-    if labeled is None:
-        return {}
-    if hasattr(labeled, "coordinates"):
-        return labeled.coordinates(image_ids)
-    return {i: labeled[i] for i in image_ids if i in labeled}
 
 
 @torch.no_grad()
@@ -61,7 +50,7 @@ def rank_images(
     images: torch.Tensor,
     image_ids: list[int],
     labeled: Mapping[int, tuple[np.ndarray, np.ndarray]],
-    selector: str,
+    rule: str,
     *,
     num_points: int,
     budget_pixels: int = 0,
@@ -85,7 +74,7 @@ def rank_images(
             ys, xs = labeled[image_id]
             mask = labeled_mask(ys, xs, height, width, device=images.device)
         query = select_image(
-            selector,
+            rule,
             probs,
             num_points=num_points,
             budget_pixels=budget_pixels,
@@ -95,31 +84,32 @@ def rank_images(
             region_spread=region_spread,
             max_share=max_share,
         )
+        if isinstance(query, RegionQuery) and not budget_pixels:
+            query = counted(query)  # no budget (SPL's whole mask): every region is bought whole, counted here
         out.append((image_id, query))
     return out
 
 
 class Ranker:
-    """Scores target images with the pixel selector S of one checkpoint (plain PyTorch)."""
+    """Scores target images with a selection rule on the network it reads (S or G) of one checkpoint (plain PyTorch)."""
 
-    def __init__(self, checkpoint_dir: str, cfg: dict, threads: int = 1):
+    def __init__(self, checkpoint_dir: str, cfg: ExperimentConfig, threads: int = 1):
         torch.set_num_threads(max(1, threads))
         self.cfg = cfg
-        domains = build_domains(cfg["data"])
+        domains = build_domains(cfg.data)
         self.pool = domains.target_pool
-        self.device = torch.device(
-            "cuda" if cfg["ranking"]["gpus_per_actor"] > 0 and torch.cuda.is_available() else "cpu"
-        )
+        self.device = torch.device("cuda" if cfg.ranking.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu")
         with local_checkpoint(checkpoint_dir, cfg) as directory:  # a checkpoint on S3 is fetched to this node
             models, _ = load_models(directory, cfg, len(domains.classes))
-        name = cfg["selection"]["selector"]
-        self.selector = name
-        self.network = getattr(models, SELECTOR_INPUTS[name]).to(self.device).eval()
+        rule = RULES[cfg.selection.rule]
+        self.rule_name = rule.name
+        network = models.selector if rule.reads == SELECTOR_NETWORK else models.segmenter
+        self.network = network.to(self.device).eval()
         if self.device.type == "cuda":
             self.network = self.network.to(memory_format=torch.channels_last)
-        self.params = selector_params(name, cfg["selection"], int(cfg["data"]["width"]))
-        self.region_spread = cfg["selection"]["region_spread"]
-        self.seed = int(cfg["seed"])
+        self.params = rule.params(cfg.selection, cfg.data.width)
+        self.region_spread = cfg.selection.region_spread
+        self.seed = cfg.seed
         # Decode a shard's images on all of the actor's CPUs at once (a 2048x1024 PNG: ~150 ms of one core).
         self.loading = concurrent.futures.ThreadPoolExecutor(max(1, threads), thread_name_prefix="load")
         # The next shard's images are decoded while this one is forwarded and selected (``prefetch_ids``):
@@ -151,21 +141,36 @@ class Ranker:
     def rank(
         self,
         image_ids: list[int],
-        labeled,
+        labeled: TargetLabels,
         num_points: int,
         round_index: int = 1,
         budget_pixels: int = 0,
         max_share: float | None = None,
         prefetch_ids: list[int] | None = None,
     ) -> list[tuple[int, PointQuery | RegionQuery]]:
-        """Queries of each image. Point selectors give ``num_points`` points, or with a global
-        ``budget_pixels`` as many as the budget could use from one image; region selectors give
+        """Queries of each image. Point rules give ``num_points`` points, or with a global
+        ``budget_pixels`` as many as the budget could use from one image; region rules give
         their best regions covering at most the budget (what the driver's merge can use), tiling
-        selectors at most ``max_share`` of the image's free pixels (``select_image``).
-        ``labeled``: a ``LabelReader`` (read here, for these images only) or a dict id -> (ys, xs).
+        rules at most ``max_share`` of the image's free pixels (``select_image``).
+        ``labeled``: the pixels already labeled (the label store's reader: read here, for these images only).
         ``prefetch_ids``: the shard this actor will most likely be sent next; its images are decoded
         while this shard is ranked (the queries do not depend on it)."""
         coordinates = labeled_coordinates(labeled, image_ids)
+        return self.rank_excluding(
+            image_ids, coordinates, num_points, round_index, budget_pixels, max_share, prefetch_ids
+        )
+
+    def rank_excluding(
+        self,
+        image_ids: list[int],
+        coordinates: Mapping[int, tuple[np.ndarray, np.ndarray]],
+        num_points: int,
+        round_index: int = 1,
+        budget_pixels: int = 0,
+        max_share: float | None = None,
+        prefetch_ids: list[int] | None = None,
+    ) -> list[tuple[int, PointQuery | RegionQuery]]:
+        """``rank`` with the labeled pixels already read: image id -> (ys, xs) never to return."""
         images = self._images(image_ids, prefetch_ids)
         images = images.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
@@ -177,7 +182,7 @@ class Ranker:
                 images,
                 image_ids,
                 coordinates,
-                self.selector,
+                self.rule_name,
                 num_points=num_points,
                 budget_pixels=budget_pixels,
                 seeds=[image_seed(self.seed, round_index, i) for i in image_ids],
@@ -196,7 +201,7 @@ class Ranker:
 
 
 def image_seed(seed: int, round_index: int, image_id: int) -> int:
-    """The seed a selector gets for one image in one round: the same image gets the same draw
+    """The seed a rule gets for one image in one round: the same image gets the same draw
     whichever actor ranks it, and a new one each round."""
     return (seed * 1_000_003 + round_index) * 1_000_003 + image_id
 
@@ -252,11 +257,170 @@ class RankingStats:
         return self.steady_images / self.steady_s if self.steady_images and self.steady_s > 0 else float("nan")
 
 
+class ShardQueue:
+    """The pool's shards not handed out yet, and each working actor's next shard: one shard of
+    lookahead, so an actor decodes that shard's images while it ranks the current one."""
+
+    def __init__(self, shards: list[list[int]]):
+        self.waiting = list(shards)
+        self.lookahead: dict = {}  # actor -> the shard it will be sent next
+
+    def __bool__(self) -> bool:
+        return bool(self.waiting)
+
+    def has_work_for(self, actor) -> bool:
+        return bool(self.waiting) or actor in self.lookahead
+
+    def take(self, actor) -> tuple[list[int], list[int] | None]:
+        """(the shard to send ``actor`` now, the one it will most likely get next or None)."""
+        shard = self.lookahead.pop(actor) if actor in self.lookahead else self.waiting.pop(0)
+        following = self.waiting.pop(0) if self.waiting else None
+        if following is not None:
+            self.lookahead[actor] = following
+        return shard, following
+
+    def give_back(self, actor, shard: list[int] | None) -> None:
+        """A dead actor's shards go back to the front: the one it was ranking first, then its lookahead."""
+        if actor in self.lookahead:
+            self.waiting.insert(0, self.lookahead.pop(actor))
+        if shard is not None:
+            self.waiting.insert(0, shard)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back first: an actor's start (``shard`` None) or the queries of the shard it ranked."""
+
+    ref: object
+    actor: object
+    shard: list[int] | None
+
+    @property
+    def start(self) -> bool:
+        return self.shard is None
+
+
+class ActorPool:
+    """One round's ranking actors (Ray), outside the trial's placement group (the trial reserves only
+    its own driver's share). An actor gets work only once it has started: on a busy cluster some
+    actors may not start before the others finish, and a shard waiting on such an actor would wait
+    forever. A dead actor is replaced, up to ``ranking.max_actor_restarts`` times in a round."""
+
+    def __init__(self, actor_class, checkpoint_dir: str, cfg: ExperimentConfig):
+        self.actor_class, self.checkpoint_dir, self.cfg = actor_class, checkpoint_dir, cfg
+        self.actors: list = []
+        self.originals: set = set()
+        self.started_originals: set = set()
+        self.dead: set = set()
+        self.replaced = 0
+        self.starting: dict = {}  # ready() ref -> actor
+        self.working: dict = {}  # rank() ref -> (actor, shard)
+
+    def _new(self):
+        rk = self.cfg.ranking
+        actor = self.actor_class.options(
+            num_cpus=rk.cpus_per_actor, num_gpus=rk.gpus_per_actor, scheduling_strategy="DEFAULT"
+        ).remote(self.checkpoint_dir, self.cfg, max(1, int(rk.cpus_per_actor)))
+        self.actors.append(actor)
+        self.starting[actor.ready.remote()] = actor
+        return actor
+
+    def start(self, count: int) -> None:
+        self.originals = {self._new() for _ in range(count)}
+
+    def busy(self) -> bool:
+        return bool(self.working)
+
+    def next_answer(self) -> Answer:
+        """The first start or ranked shard to come back (waits for it)."""
+        import ray
+
+        done, _ = ray.wait(list(self.working) + list(self.starting), num_returns=1)
+        ref = done[0]
+        if ref in self.starting:
+            return Answer(ref, self.starting.pop(ref), None)
+        return Answer(ref, *self.working.pop(ref))
+
+    def started(self, actor) -> bool:
+        """Record that ``actor`` started; True once every original actor has (a replacement's start
+        does not make the pool "all started")."""
+        if actor in self.originals:
+            self.started_originals.add(actor)
+        return len(self.started_originals) == len(self.originals)
+
+    def replace(self, answer: Answer, err: Exception) -> None:
+        """The actor process died (while starting or mid-shard): a new actor takes its place. A
+        constructor that always fails (bad checkpoint, bad data) uses up the restarts and then fails
+        the round with its own error."""
+        self.replaced += 1
+        self.dead.add(answer.actor)
+        if self.replaced > self.cfg.ranking.max_actor_restarts:
+            raise RuntimeError(
+                f"ranking actors died {self.replaced} times (ranking.max_actor_restarts="
+                f"{self.cfg.ranking.max_actor_restarts}); last: {err}"
+            ) from None
+        if answer.shard is not None:
+            log.warning(
+                "ranking actor died on images %s-%s; re-ranking them on a new actor", answer.shard[0], answer.shard[-1]
+            )
+        self._new()
+
+    def send(self, actor, shard: list[int], *args) -> None:
+        self.working[actor.rank.remote(shard, *args)] = (actor, shard)
+
+    def images_in_flight(self) -> int:
+        return sum(len(shard) for _, shard in self.working.values())
+
+    def live(self) -> list:
+        return [actor for actor in self.actors if actor not in self.dead]
+
+    def kill_all(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+
+
+@dataclass
+class RankingClock:
+    """Where one pass's wall time goes (``RankingStats``): start-up until the first actor is ready,
+    ranking after; the steady rate counts what was handed out once every original actor had started."""
+
+    called: float
+    first_ready: float | None = None
+    all_ready: float | None = None
+    counted_before_all_ready: int = 0
+
+    def answered(self) -> None:
+        if self.first_ready is None:
+            self.first_ready = time.perf_counter()
+
+    def all_started(self, counted_before: int) -> None:
+        if self.all_ready is None:
+            self.all_ready, self.counted_before_all_ready = time.perf_counter(), counted_before
+
+    def stats(self, ranked: int, actors: int, replaced: int, peaks: list[dict]) -> RankingStats:
+        finished = time.perf_counter()
+        first_ready = finished if self.first_ready is None else self.first_ready
+        all_ready = finished if self.all_ready is None else self.all_ready
+        return RankingStats(
+            images=ranked,
+            actors=actors,
+            startup_s=first_ready - self.called,
+            ranking_s=finished - first_ready,
+            actors_replaced=replaced,
+            steady_images=max(0, ranked - self.counted_before_all_ready),
+            steady_s=finished - all_ready,
+            actor_peak_rss_bytes=max((p.get("rss_bytes", 0) for p in peaks), default=0),
+            actor_peak_gpu_bytes=max((p.get("gpu_bytes", 0) for p in peaks), default=0),
+        )
+
+
 def rank_pool(
     checkpoint_dir: str,
-    cfg: dict,
+    cfg: ExperimentConfig,
     pool_size: int,
-    labeled,
+    labeled: TargetLabels,
     consume: Callable[[int, PointQuery | RegionQuery], None],
     round_index: int = 1,
     budget_pixels: int = 0,
@@ -270,8 +434,8 @@ def rank_pool(
     Each image's query is handed to ``consume(image_id, query)`` as soon as its shard comes back
     (in completion order), so the driver can merge a global budget without holding the pool.
 
-    ``labeled``: the label store's ``LabelReader`` (sent as it is: each actor reads the labeled
-    pixels of its own shard) or a dict image id -> (ys, xs) (each shard gets its part).
+    ``labeled``: the pixels already labeled, sent by reference (the label store's ``LabelReader``: each
+    actor reads the labeled pixels of its own shard).
 
     Actors live for one call: between rounds the trial's CPUs (or GPUs) go to the Ray Train
     workers, and an idle actor would hold them. Their start-up is paid once per round and reported
@@ -279,113 +443,41 @@ def rank_pool(
     """
     import ray
 
-    ranking_actor = ranking_actor_class(ranker)
-    rk = cfg["ranking"]
-    shards = shard_ids(list(range(pool_size)), rk["images_per_shard"])
-    num_actors = min(rk["num_actors"], len(shards))
-
-    def new_actor():
-        # Outside the trial's placement group: the trial reserves only its own driver's share.
-        return ranking_actor.options(
-            num_cpus=rk["cpus_per_actor"], num_gpus=rk["gpus_per_actor"], scheduling_strategy="DEFAULT"
-        ).remote(checkpoint_dir, cfg, max(1, int(rk["cpus_per_actor"])))
-
-    actors = [new_actor() for _ in range(num_actors)]
-    ranked, replaced = 0, 0
-    points = cfg["selection"]["points_per_image"]
-    queue = list(shards)
-    # Each working actor has the shard it will be sent next set by (one shard of lookahead), so it
-    # decodes that shard's images while it ranks the current one; a dead actor's lookahead goes back.
-    lookahead: dict = {}  # actor -> shard
-    # An actor gets work only once it has started: on a busy cluster some actors may not start
-    # before the others finish, and a shard waiting on such an actor would wait forever.
-    waiting_to_start = {actor.ready.remote(): actor for actor in actors}
-    working: dict = {}  # result ref -> (actor, shard)
-    called = time.perf_counter()
-    first_ready = all_ready = None
-    originals, started_originals, counted_before_all_ready = set(actors), set(), 0
-    dead: set = set()
-    peaks: list[dict] = []
+    shards = ShardQueue(shard_ids(list(range(pool_size)), cfg.ranking.images_per_shard))
+    num_actors = min(cfg.ranking.num_actors, len(shards.waiting))
+    actors = ActorPool(ranking_actor_class(ranker), checkpoint_dir, cfg)
+    clock = RankingClock(called=time.perf_counter())
+    ranked, peaks = 0, []
     try:
-        while queue or working:
-            done, _ = ray.wait(list(working) + list(waiting_to_start), num_returns=1)
-            ref = done[0]
-            starting = ref in waiting_to_start
-            actor, shard = (waiting_to_start.pop(ref), None) if starting else working.pop(ref)
+        actors.start(num_actors)
+        while shards or actors.busy():
+            answer = actors.next_answer()
             try:
-                results = ray.get(ref)
+                results = ray.get(answer.ref)
             except ray.exceptions.RayActorError as err:
-                # The actor process died (while starting or mid-shard): its shard goes back to the
-                # queue and a new actor takes its place; results do not depend on which actor ranks.
-                # A constructor that always fails (bad checkpoint, bad data) uses up the restarts and
-                # then fails the round with its own error.
-                replaced += 1
-                dead.add(actor)
-                if replaced > rk["max_actor_restarts"]:
-                    raise RuntimeError(
-                        f"ranking actors died {replaced} times (ranking.max_actor_restarts="
-                        f"{rk['max_actor_restarts']}); last: {err}"
-                    ) from None
-                if actor in lookahead:
-                    queue.insert(0, lookahead.pop(actor))
-                if shard is not None:
-                    log.warning(
-                        "ranking actor died on images %s-%s; re-ranking them on a new actor", shard[0], shard[-1]
-                    )
-                    queue.insert(0, shard)
-                replacement = new_actor()
-                actors.append(replacement)
-                waiting_to_start[replacement.ready.remote()] = replacement
+                # Its shard goes back to the queue (results do not depend on which actor ranks).
+                actors.replace(answer, err)
+                shards.give_back(answer.actor, answer.shard)
                 continue
-            if first_ready is None:
-                first_ready = time.perf_counter()
-            if starting:
-                if actor in originals:  # a replacement's start does not make the pool "all started"
-                    started_originals.add(actor)
-                if len(started_originals) == num_actors and all_ready is None:
-                    in_flight = sum(len(s) for _, s in working.values())
-                    all_ready, counted_before_all_ready = time.perf_counter(), ranked + in_flight
+            clock.answered()
+            if answer.start:
+                if actors.started(answer.actor):
+                    clock.all_started(ranked + actors.images_in_flight())
             else:
                 for image_id, query in results:
                     consume(image_id, query)
                     ranked += 1
                 if progress is not None:
-                    elapsed = time.perf_counter() - first_ready
+                    elapsed = time.perf_counter() - clock.first_ready
                     progress(f"ranked {ranked}/{pool_size} target images ({ranked / max(elapsed, 1e-9):.1f} images/s)")
-            if queue or actor in lookahead:
-                shard = lookahead.pop(actor) if actor in lookahead else queue.pop(0)
-                following = queue.pop(0) if queue else None
-                if following is not None:
-                    lookahead[actor] = following
-                ref = actor.rank.remote(
-                    shard, _for_shard(labeled, shard), points, round_index, budget_pixels, max_share, following
-                )
-                working[ref] = (actor, shard)
-        peaks = _peak_memories([a for a in actors if a not in dead])
+            if shards.has_work_for(answer.actor):
+                shard, following = shards.take(answer.actor)
+                points = cfg.selection.points_per_image
+                actors.send(answer.actor, shard, labeled, points, round_index, budget_pixels, max_share, following)
+        peaks = _peak_memories(actors.live())
     finally:
-        for actor in actors:
-            ray.kill(actor)
-    finished = time.perf_counter()
-    first_ready = finished if first_ready is None else first_ready
-    all_ready = finished if all_ready is None else all_ready
-    return RankingStats(
-        images=ranked,
-        actors=num_actors,
-        startup_s=first_ready - called,
-        ranking_s=finished - first_ready,
-        actors_replaced=replaced,
-        steady_images=max(0, ranked - counted_before_all_ready),
-        steady_s=finished - all_ready,
-        actor_peak_rss_bytes=max((p.get("rss_bytes", 0) for p in peaks), default=0),
-        actor_peak_gpu_bytes=max((p.get("gpu_bytes", 0) for p in peaks), default=0),
-    )
-
-
-def _for_shard(labeled, ids: list[int]):
-    """What one shard's call carries: the reader itself (a reference), or the shard's part of a dict."""
-    if labeled is None or hasattr(labeled, "coordinates"):
-        return labeled
-    return {i: labeled[i] for i in ids if i in labeled}
+        actors.kill_all()
+    return clock.stats(ranked, num_actors, actors.replaced, peaks)
 
 
 def _peak_memories(actors: list) -> list[dict]:

@@ -7,16 +7,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from experiment_config.choices import SELECTOR_KIND
 from experiment_config.schema import ExperimentConfig
 from orchestrator.cluster.storage import open_storage
 from orchestrator.labels.oracle import Oracle
 from orchestrator.labels.store import LabeledPixels, LabelStore, storage_settings
 from orchestrator.round.ranking import rank_pool
-from pixel_selectors import TILING_SELECTORS
 from pixel_selectors.base import PointQuery
 from pixel_selectors.budget import GlobalBudget, share_cap, within_share_cap
-from pixel_selectors.cost import clicks_for_points, clicks_for_region
+from pixel_selectors.cost import clicks_by_image, clicks_for_points
+from pixel_selectors.rules import REGIONS, RULES
 
 
 def select_round(
@@ -39,10 +38,10 @@ def select_round(
     and what it cost (pixels, clicks) is the outcome. ``ranker``: the ranking actors' class
     (``Ranker`` unless a benchmark brings its own pool and network).
     """
-    cfg_dict = cfg.to_dict()
     width = cfg.data.width
     budget_pixels = int(round(cfg.selection.budget_fraction * pool_pixels))
-    regions = SELECTOR_KIND[cfg.selection.selector] == "regions"
+    rule = RULES[cfg.selection.rule]
+    regions = rule.kind == REGIONS
     per_image: list[tuple[int, PointQuery]] = []
     merged = GlobalBudget(budget_pixels) if budget_pixels else None
 
@@ -57,21 +56,16 @@ def select_round(
     # Actors read the labeled pixels of their own images from the store (pushed to storage.uri first,
     # so an actor on another node finds every earlier round).
     open_storage(cfg).push_folder(store.root, "round-*.parquet")
-    labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg_dict))
+    labeled = store.reader(upto_round=round_index - 1, storage=storage_settings(cfg))
     # Squares that tile an image, spread by share: each image ranks only about the share the merge can
     # take (budget / the pool's free pixels, with a margin), not every square of the image.
     max_share = None
-    if (
-        merged is not None
-        and regions
-        and cfg.selection.region_spread == "share"
-        and cfg.selection.selector in TILING_SELECTORS
-    ):
+    if merged is not None and rule.tiles and cfg.selection.region_spread == "share":
         labeled_before = int(store.totals(upto_round=round_index - 1)["labeled_pixels"])
         max_share = share_cap(budget_pixels, pool_pixels - labeled_before)
     stats = rank_pool(
         checkpoint,
-        cfg_dict,
+        cfg,
         pool_size,
         labeled,
         consume,
@@ -90,7 +84,7 @@ def select_round(
         merged = GlobalBudget(budget_pixels)
         stats = rank_pool(
             checkpoint,
-            cfg_dict,
+            cfg,
             pool_size,
             labeled,
             consume,
@@ -106,23 +100,25 @@ def select_round(
         f"{stats.images_per_s:.1f} images/s after)"
     )
     if merged is None and regions:  # SPL's whole mask: every candidate region of every image
+        # Bought whole, so each region's clicks were counted on its ranking actor (``cost.counted``).
+        clicks = clicks_by_image(per_image, cfg.data.height, width)
         labeled = []
         for image_id, query in sorted(per_image, key=lambda item: item[0]):
             if query.num_pixels:
                 flat = query.indices.astype(np.int64)
-                clicks = sum(clicks_for_region(query.region(r), cfg.data.height, width) for r in range(len(query)))
-                labeled.append(oracle.reveal(image_id, flat // width, flat % width, clicks=clicks, regions=True))
+                labeled.append(
+                    oracle.reveal(image_id, flat // width, flat % width, clicks=clicks[image_id], regions=True)
+                )
         return labeled, 0
     if merged is None:
         labeled = [oracle.reveal(i, q.ys, q.xs) for i, q in sorted(per_image, key=lambda item: item[0])]
         return labeled, sum(q.shortfall for _, q in per_image)
     labeled = []
-    for image_id, pieces in result.regions_by_image().items():
+    bought = result.regions_by_image()
+    # What the merge took (whole regions, the last one possibly cut), counted for the whole round at once.
+    region_clicks = clicks_by_image(bought.items(), cfg.data.height, width) if regions else {}
+    for image_id, pieces in bought.items():
         flat = np.concatenate(pieces)
-        clicks = (
-            sum(clicks_for_region(p, cfg.data.height, width) for p in pieces)
-            if regions
-            else clicks_for_points(len(flat))
-        )
+        clicks = region_clicks[image_id] if regions else clicks_for_points(len(flat))
         labeled.append(oracle.reveal(image_id, flat // width, flat % width, clicks=clicks, regions=regions))
     return labeled, int(result.shortfall)

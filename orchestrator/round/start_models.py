@@ -13,6 +13,8 @@ from pathlib import Path
 from experiment_config.schema import ExperimentConfig
 from orchestrator.cluster.storage import open_storage
 from trainers.engine import planned_adapt_steps
+from trainers.job import TrainJob
+from trainers.labels import NO_LABELS
 from trainers.train_loop import run_training
 
 SOURCE_CACHE_SECTIONS = ("seed", "data", "model", "source")
@@ -50,12 +52,12 @@ def ensure_source_model(cfg: ExperimentConfig, progress: Callable[[str], None] =
 
     if cfg.source.checkpoint:
         progress(
-            f"source model: G from {cfg.source.checkpoint} (not trained); the selector S gets its backbone "
+            f"source model: G from {cfg.source.checkpoint} (not trained); the selector network S gets its backbone "
             f"and fresh heads, which LabOR's selection needs trained first"
         )
     else:
         progress(f"source model: training {cfg.source.steps} steps ({cfg.train.num_workers} Train worker(s))")
-    job = {"mode": "source", "config": cfg.to_dict(), "init_checkpoint": None, "round": 0}
+    job = TrainJob(mode="source", config=cfg)
     result = run_training(job, name=f"source-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = round_metrics(result.metrics)
     storage.publish_entry(
@@ -120,7 +122,7 @@ def ensure_warmup_model(
     """The models round 1 starts from: (checkpoint location, their target metrics).
 
     With ``warmup.steps`` > 0: one label-free adaptation job from the source model (G adapts with
-    the warm-up's loss weights, LabOR's selector S learns the target from G's pseudo labels and the MCD
+    the warm-up's loss weights, LabOR's selector network S learns the target from G's pseudo labels and the MCD
     discrepancy), trained once per ``warmup_cache_key`` and cached like the source model; the
     metrics carry ``warmup/steps``. With 0 steps: the source model itself.
     """
@@ -136,18 +138,18 @@ def ensure_warmup_model(
         return storage.join(entry_location, "checkpoint"), json.loads(cached)
     progress(
         f"warm-up: {cfg.warmup.steps} label-free steps (G: {warmup_losses(cfg)}; "
-        f"LabOR's selector: pseudo labels ({cfg.adapt.pseudo_label_rule}) + MCD discrepancy)"
+        f"LabOR's selector network S: pseudo labels ({cfg.adapt.pseudo_label_rule}) + MCD discrepancy)"
     )
-    job = {
-        "mode": "adapt",
-        "stage": "warmup",
-        "config": cfg.to_dict(),
-        "init_checkpoint": source_checkpoint,
-        "round": 0,
-        "steps": cfg.warmup.steps,
-        "sparse_labels": {},
-        "train_selector": True,
-    }
+    job = TrainJob(
+        mode="adapt",
+        stage="warmup",
+        config=cfg,
+        init_checkpoint=source_checkpoint,
+        round=0,
+        steps=cfg.warmup.steps,
+        labels=NO_LABELS,
+        train_selector_network=True,
+    )
     result = run_training(job, name=f"warmup-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = {**round_metrics(result.metrics), "warmup/steps": float(cfg.warmup.steps)}
     marker = storage.join(entry_location, "metrics.json")
@@ -173,9 +175,7 @@ ORACLE_CACHE_SECTIONS = ("seed", "data", "model", "source", "adapt", "warmup")
 
 def oracle_cache_key(cfg: ExperimentConfig) -> str:
     """The oracle's settings and the steps it trains (those of a whole trial after the warm-up)."""
-    return hashlib.sha256(
-        f"{cfg.hash(*ORACLE_CACHE_SECTIONS)}:{planned_adapt_steps(cfg.to_dict())}".encode()
-    ).hexdigest()[:16]
+    return hashlib.sha256(f"{cfg.hash(*ORACLE_CACHE_SECTIONS)}:{planned_adapt_steps(cfg)}".encode()).hexdigest()[:16]
 
 
 def ensure_oracle_reference(
@@ -200,17 +200,17 @@ def ensure_oracle_reference(
         progress(f"oracle reference: reusing {storage.location(entry)}")
         return json.loads(cached)
     start_checkpoint, _ = ensure_warmup_model(cfg, source_checkpoint, source_metrics or {}, progress)
-    steps = planned_adapt_steps(cfg.to_dict())
+    steps = planned_adapt_steps(cfg)
     progress(f"oracle reference: adapting with every pool pixel labeled ({steps} steps)")
-    job = {
-        "mode": "adapt",
-        "config": cfg.to_dict(),
-        "init_checkpoint": start_checkpoint,
-        "round": 1,
-        "full_target_labels": True,
-        "train_selector": False,
-        "steps": steps,
-    }
+    job = TrainJob(
+        mode="adapt",
+        config=cfg,
+        init_checkpoint=start_checkpoint,
+        round=1,
+        full_target_labels=True,
+        train_selector_network=False,
+        steps=steps,
+    )
     result = run_training(job, name=f"oracle-{entry.name}", **storage.train_storage(cache_root / "ray"))
     metrics = round_metrics(result.metrics)
     storage.write_text(metrics_location, json.dumps(metrics, indent=1, sort_keys=True))

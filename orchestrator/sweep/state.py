@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickletools
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from experiment_config import (
     ExperimentConfig,
     from_dict,
 )
+from trainers.files import atomic_write_json
 
 log = logging.getLogger("activeda")
 
@@ -67,13 +67,6 @@ def restorable_tune_state(storage, sweep_dir: Path, say=print) -> bool:
     state is replaced by the last readable copy (``TuneStateKeeper``), and without one the resume is
     refused while trials have started, rather than buying their labels again.
     """
-    from orchestrator.sweep.state import (
-        EXPERIMENT_STATE,
-        SEARCHER_STATE,
-        STATE_BACKUP,
-        readable_state,
-    )
-
     tune_dir = sweep_dir / "tune"
     names = storage.listdir(storage.location(tune_dir))
     if "tuner.pkl" in names and readable_state(storage, tune_dir) is not None:
@@ -100,9 +93,7 @@ def restorable_tune_state(storage, sweep_dir: Path, say=print) -> bool:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 # --- Tune's experiment state: kept readable ------------------------------------------------------

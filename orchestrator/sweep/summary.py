@@ -54,7 +54,7 @@ def trial_round_rows(trial_id: str, sampled: dict, history, cfg: ExperimentConfi
     return pd.DataFrame(
         {
             "trial_id": trial_id,
-            "selector": trial_cfg.selection.selector,
+            "rule": trial_cfg.selection.rule,
             "setting": trial_setting(sampled),
             "budget": budget_label(trial_cfg),
             "round": history["round"].astype(int),
@@ -70,11 +70,11 @@ def trial_round_rows(trial_id: str, sampled: dict, history, cfg: ExperimentConfi
 
 # Keys that make a trial's point on its method's curve, not its own curve: the method and the budget
 # (the x axis), and the seed (averaged over).
-NOT_A_SETTING = ("selection.selector", "selection.points_per_image", "selection.budget_fraction", "seed")
+NOT_A_SETTING = ("selection.rule", "selection.points_per_image", "selection.budget_fraction", "seed")
 
 
 def trial_setting(sampled: dict) -> str:
-    """The swept keys of a trial that set its curve apart from others of the same selector, e.g.
+    """The swept keys of a trial that set its curve apart from others of the same rule, e.g.
     ``confusion_weight=0.1, rounds=2`` ('' when the sweep varies nothing else)."""
     flat = {}
     for key, value in sampled.items():
@@ -85,7 +85,7 @@ def trial_setting(sampled: dict) -> str:
 
 
 def budget_label(cfg: ExperimentConfig) -> str:
-    if cfg.selection.selector == NO_SELECTION:
+    if cfg.selection.rule == NO_SELECTION:
         return "no labels"
     if cfg.selection.spl_mode == "whole_mask":
         return "whole mask/round"
@@ -98,8 +98,9 @@ def write_sweep_report(
     results, cfg: ExperimentConfig, sweep_dir: Path, source_only: float | None, oracle: float | None, say
 ) -> Path | None:
     """The sweep's report folder: ``report.html`` (interactive: curves per method and setting, Pareto
-    front in clicks, per-class IoU table), ``method_curves.png``, the per-trial budget curve (PNG +
-    HTML), and the tables ``summary``, ``class_iou``, ``curves`` and ``pareto`` (CSV + parquet)."""
+    front in clicks, per-class IoU table), ``method_curves.png`` (the same curves as the picture MLflow
+    shows), ``budget_curve.html`` (interactive: every trial on its own, round by round), the tables
+    ``summary``, ``class_iou``, ``curves`` and ``pareto`` (CSV + parquet) and ``rounds.csv``."""
     from orchestrator.tracking.report import (
         budget_curve,
         class_iou_table,
@@ -120,7 +121,6 @@ def write_sweep_report(
     title = f"{cfg.sweep.name}: target mIoU against the annotation budget"
     budget_curve(
         rows,
-        out / "budget_curve.png",
         out / "budget_curve.html",
         source_only=source_only,
         oracle=oracle,
@@ -128,11 +128,7 @@ def write_sweep_report(
     )
     curves = method_curves(rows)
     method_curves_png(curves, out / "method_curves.png", source_only=source_only, oracle=oracle, title=title)
-    try:
-        page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
-    except ImportError as err:  # plotly is a dependency; an environment without it still gets the rest
-        page = out / "method_curves.png"
-        say(f"report.html skipped: {err} (pip install plotly)")
+    page = report_page(rows, out / "report.html", source_only=source_only, oracle=oracle, title=title)
     write_summary(summary_table(rows, source_only=source_only, oracle=oracle), out)
     write_table(class_iou_table(rows), out, "class_iou")
     write_table(curves, out, "curves")
@@ -163,8 +159,8 @@ def summarize(
         rows.append(
             {
                 "trial": metrics.get("trial_id", "?"),
-                "selector": trial_cfg.selection.selector,
-                "budget": budget_label(trial_cfg),  # points for point selectors, a pixel share for regions
+                "rule": trial_cfg.selection.rule,
+                "budget": budget_label(trial_cfg),  # points for point rules, a pixel share for regions
                 "rounds": metrics.get("round", 0),
                 "labeled px": int(metrics.get("budget/labeled_pixels", 0)),
                 "labeled %": 100 * metrics.get("budget/labeled_fraction", 0.0),
@@ -189,7 +185,7 @@ def summarize(
 
 def format_table(rows: list[dict[str, Any]], source_metrics: dict, oracle_metrics: dict | None = None) -> str:
     header = (
-        f"{'trial':<12} {'selector':<23} {'budget':<21} {'rounds':>6} {'labeled px':>10} "
+        f"{'trial':<12} {'rule':<23} {'budget':<21} {'rounds':>6} {'labeled px':>10} "
         f"{'labeled %':>9} {'mIoU':>7} {'gain':>7} {'gap closed':>10}  status"
     )
     base = source_metrics.get("target/miou", math.nan)
@@ -201,7 +197,7 @@ def format_table(rows: list[dict[str, Any]], source_metrics: dict, oracle_metric
     for r in rows:
         closed = (r["mIoU"] - base) / (ceiling - base) if ceiling == ceiling and ceiling != base else math.nan
         lines.append(
-            f"{r['trial']:<12} {r['selector']:<23} {r['budget']:<21} {r['rounds']:>6} "
+            f"{r['trial']:<12} {r['rule']:<23} {r['budget']:<21} {r['rounds']:>6} "
             f"{r['labeled px']:>10} {r['labeled %']:>9.3f} {r['mIoU']:>7.4f} {r['mIoU'] - base:>+7.4f} "
             f"{closed:>10.2f}  {r['status']}"
         )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from experiment_config.loading import from_dict, with_overrides
 from orchestrator.cluster.storage import open_storage
 from orchestrator.labels.store import LabelStore
 from orchestrator.round.loop import TrialProgress, run_experiment
+from trainers.files import atomic_write_text
 
 PROGRESS_FILE = "progress.json"
 
@@ -84,9 +84,7 @@ def tune_trial(sampled: dict, base: dict, source_checkpoint: str, source_metrics
             (Path(tmp) / PROGRESS_FILE).write_text(record)
             LabelStore(trial_dir / "labels").copy_to(Path(tmp) / "labels", upto_round=state.round)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        staging = own_file.with_name(f".{PROGRESS_FILE}.tmp-{os.getpid()}")
-        staging.write_text(record)
-        os.replace(staging, own_file)
+        atomic_write_text(own_file, record)
         storage.push(own_file)
 
     if resume_record is not None and resume.round >= cfg.selection.rounds:

@@ -7,7 +7,7 @@ view of its latest trials, and serves until Ctrl-C (or SIGTERM), when the server
 group is stopped.
 
 The runs-table URL opens a saved *budget view* (trial runs only, best mIoU first, columns for mIoU,
-labeled fraction, clicks, labeled pixels, the swept parameters and the budget/selector tags). It is
+labeled fraction, clicks, labeled pixels, the swept parameters and the budget/rule tags). It is
 saved the way the MLflow UI's own "share view" does it: an experiment tag
 ``mlflow.sharedViewState.activeda-budgets`` (plain JSON; ``--no-view`` skips it). That tag is the only
 write the dashboard makes to the store.
@@ -39,7 +39,7 @@ HOST = "127.0.0.1"
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # where the MLflow 3.17 UI keeps shared runs-table views
 BUDGET_VIEW_KEY = "activeda-budgets"
 BUDGET_VIEW_METRICS = ("target/miou", "budget/labeled_fraction", "budget/clicks", "budget/labeled_pixels")
-BUDGET_VIEW_TAGS = ("budget", "selector", "activeda.trial_id")
+BUDGET_VIEW_TAGS = ("budget", "rule", "activeda.trial_id")
 MAX_VIEW_PARAMS = 20  # swept parameters shown as columns (keeps the tag far below MLflow's 20000-character cap)
 
 
@@ -132,7 +132,7 @@ def install_budget_view(uri: str, sweep_name: str, key: str = BUDGET_VIEW_KEY) -
     ``mlflow.sharedViewState.<key>``, plain JSON): trial runs only, flat (not folded under their
     sweep), best target mIoU first, with the columns that compare budgets: ``target/miou``,
     ``budget/labeled_fraction``, ``budget/clicks``, ``budget/labeled_pixels``, every parameter that
-    differs between the trials (at most ``MAX_VIEW_PARAMS``), and the ``budget``, ``selector`` and
+    differs between the trials (at most ``MAX_VIEW_PARAMS``), and the ``budget``, ``rule`` and
     ``activeda.trial_id`` tags. Rewritten on each call
     (idempotent); open it with ``sweep_url(..., view_key=key)``.
     """

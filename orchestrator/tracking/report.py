@@ -1,9 +1,10 @@
-"""Reports of a sweep: budget curves (PNG + self-contained interactive HTML), per-trial summary,
-selection overlays and per-class IoU tables.
+"""Reports of a sweep: curves per method and setting, every trial's budget curve, the Pareto front
+in clicks, per-trial summary, per-class IoU tables and selection overlays.
 
-Plain functions on plain data (pandas, numpy), no Ray, no MLflow, no network: matplotlib draws with
-the Agg backend, and the HTML page carries its own SVG, CSS and a little vanilla JS, so it works
-offline and from a file:// URL.
+Plain functions on plain data (pandas, numpy), no Ray, no MLflow, no network. Two stacks, one job
+each: the interactive pages (``report_page``, ``budget_curve``) are plotly figures written with
+plotly's JavaScript inline, so one HTML file works offline and from a file:// URL; matplotlib (Agg
+backend) draws the pictures MLflow shows as images (``method_curves_png``) and the overlays.
 
 The curve and summary inputs are one row per (trial, round) with the columns of ``ROW_COLUMNS``
 (``labeled_pixels`` is optional): what each trial reports per round, round 0 being the source-only
@@ -16,7 +17,6 @@ import csv
 import html
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -28,14 +28,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import to_hex
-from matplotlib.ticker import MaxNLocator
 
 from trainers.data.palette import fallback_colours
+from trainers.files import atomic_write_text, staged
 
-ROW_COLUMNS = ("trial_id", "selector", "budget", "round", "labeled_fraction", "clicks", "miou")
+ROW_COLUMNS = ("trial_id", "rule", "budget", "round", "labeled_fraction", "clicks", "miou")
 SUMMARY_COLUMNS = (
     "trial_id",
-    "selector",
+    "rule",
     "budget",
     "rounds",
     "labeled_pixels",
@@ -46,12 +46,14 @@ SUMMARY_COLUMNS = (
     "gap_closed",
 )
 
-# One colour family per selector (a matplotlib sequential colormap), darker for larger budgets; the
-# marker tells the selector too.
+# One colour family per rule (a matplotlib sequential colormap), darker for larger budgets; the
+# marker tells the rule too (matplotlib's code, and plotly's name for the same shape).
 _FAMILIES = ("Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr", "BuGn", "RdPu", "PuBu")
 _MARKERS = ("o", "s", "^", "D", "v", "P")
-_SOURCE_STYLE = {"color": "#555555", "linestyle": "--", "dash": "6 4"}
-_ORACLE_STYLE = {"color": "#000000", "linestyle": ":", "dash": "2 3"}
+_PLOTLY_SYMBOLS = {"o": "circle", "s": "square", "^": "triangle-up", "D": "diamond", "v": "triangle-down", "P": "cross"}
+# Reference levels: line style in matplotlib's words and in plotly's.
+_SOURCE_STYLE = {"color": "#555555", "linestyle": "--", "dash": "dash"}
+_ORACLE_STYLE = {"color": "#000000", "linestyle": ":", "dash": "dot"}
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -67,18 +69,6 @@ def _check_columns(rows: pd.DataFrame, needed: Sequence[str], what: str) -> None
 
 def _finite(value) -> bool:
     return value is not None and isinstance(value, (int, float, np.floating, np.integer)) and math.isfinite(value)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -104,14 +94,14 @@ class _Series:
         self,
         index: int,
         trial_id: str,
-        selector: str,
+        rule: str,
         budget: str,
         label: str,
         colour: str,
         marker: str,
         frame: pd.DataFrame,
     ):
-        self.index, self.trial_id, self.selector, self.budget = index, trial_id, selector, budget
+        self.index, self.trial_id, self.rule, self.budget = index, trial_id, rule, budget
         self.label, self.colour, self.marker, self.frame = label, colour, marker, frame
 
     def points(self, x_column: str) -> pd.DataFrame:
@@ -122,368 +112,147 @@ class _Series:
 
 
 def _series(rows: pd.DataFrame) -> list[_Series]:
-    """One series per trial; colour per (selector, budget), marker per selector; labels made unique."""
+    """One series per trial; colour per (rule, budget), marker per rule; labels made unique."""
     data = rows.copy()
-    for column in ("trial_id", "selector", "budget"):
+    for column in ("trial_id", "rule", "budget"):
         data[column] = data[column].astype(str)
     for column in ("round", "labeled_fraction", "clicks", "miou"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
     data["labeled_pct"] = 100.0 * data["labeled_fraction"]
     # Budgets in the order of their size, so the legend reads from small to large.
     final = data.sort_values("round").groupby("trial_id", sort=False).tail(1)
-    order = final.sort_values(["selector", "labeled_fraction", "clicks", "budget", "trial_id"], kind="stable")
-    selectors = list(dict.fromkeys(order["selector"]))
-    groups = list(dict.fromkeys(zip(order["selector"], order["budget"])))
-    group_sizes = order.groupby(["selector", "budget"]).size().to_dict()
+    order = final.sort_values(["rule", "labeled_fraction", "clicks", "budget", "trial_id"], kind="stable")
+    rules = list(dict.fromkeys(order["rule"]))
+    groups = list(dict.fromkeys(zip(order["rule"], order["budget"])))
+    group_sizes = order.groupby(["rule", "budget"]).size().to_dict()
     colours = {}
-    for k, selector in enumerate(selectors):
-        budgets = [g for g in groups if g[0] == selector]
+    for k, rule in enumerate(rules):
+        budgets = [g for g in groups if g[0] == rule]
         cmap = plt.get_cmap(_FAMILIES[k % len(_FAMILIES)])
         for j, group in enumerate(budgets):
             shade = 0.75 if len(budgets) == 1 else 0.45 + 0.5 * j / (len(budgets) - 1)
             colours[group] = to_hex(cmap(shade))
     series = []
-    for i, (trial_id, selector, budget) in enumerate(zip(order["trial_id"], order["selector"], order["budget"])):
-        label = f"{selector} \u00b7 {budget}"
-        if group_sizes[(selector, budget)] > 1:
+    for i, (trial_id, rule, budget) in enumerate(zip(order["trial_id"], order["rule"], order["budget"])):
+        label = f"{rule} \u00b7 {budget}"
+        if group_sizes[(rule, budget)] > 1:
             label += f" ({trial_id})"
         series.append(
             _Series(
                 i,
                 trial_id,
-                selector,
+                rule,
                 budget,
                 label,
-                colours[(selector, budget)],
-                _MARKERS[selectors.index(selector) % len(_MARKERS)],
+                colours[(rule, budget)],
+                _MARKERS[rules.index(rule) % len(_MARKERS)],
                 data[data["trial_id"] == trial_id],
             )
         )
     return series
 
 
-def _range(values: Sequence[float], pad: float = 0.05, floor: float | None = None) -> tuple[float, float]:
-    finite = [float(v) for v in values if _finite(v)]
-    if not finite:
-        return (0.0, 1.0)
-    lo, hi = min(finite), max(finite)
-    if floor is not None:
-        lo = min(lo, floor)
-    span = hi - lo
-    if span <= 0:
-        span = abs(hi) * 0.1 or 1.0
-        lo, hi = lo - span / 2, hi + span / 2
-    return lo - pad * span, hi + pad * span
-
-
-def _ticks(lo: float, hi: float, n: int = 6) -> list[float]:
-    return [float(t) for t in MaxNLocator(nbins=n).tick_values(lo, hi) if lo - 1e-12 <= t <= hi + 1e-12]
-
-
-def _tick_label(value: float) -> str:
-    text = f"{value:.6g}"
-    return "0" if text in ("-0", "0") else text
-
-
 # -------------------------------------------------------------------------------------- budget curve
 
 _PANELS = (
-    ("labeled_pct", "labeled target pixels (%)", "mIoU vs labeled fraction"),
-    ("clicks", "clicks (annotated points)", "mIoU vs clicks"),
+    ("labeled_pct", "labeled target pixels (%)"),
+    ("clicks", "clicks (annotated points)"),
 )
+
+
+def budget_figure(rows: pd.DataFrame, source_only: float | None = None, oracle: float | None = None):
+    """Every trial on its own, round by round: target mIoU against labeled fraction (%) and, in a
+    second panel, against clicks (a plotly ``Figure``).
+
+    ``rows``: one row per (trial, round) with ``trial_id, rule, budget, round, labeled_fraction,
+    clicks, miou``. One line per trial and panel, points sorted by x; the colour tells the (rule,
+    budget), the marker the rule (trials sharing both get their id in the legend). A legend entry
+    hides or shows its trial in both panels; one toggle button per rule hides or shows all of its
+    trials. Hover a point for trial, rule, budget, round, mIoU, labeled % and clicks. The
+    ``source_only`` and ``oracle`` levels are dashed and dotted lines across both panels when given.
+    """
+    import plotly.graph_objects as go
+
+    _check_columns(rows, ROW_COLUMNS, "budget_curve")
+    if rows.empty:
+        raise ValueError("budget_curve: rows is empty (no trial reported a round)")
+    e = html.escape
+    fig = _two_panels(("mIoU vs labeled fraction", "mIoU vs clicks"), [label for _, label in _PANELS])
+    of_selector: dict[str, list[int]] = {}
+    for s in _series(rows):
+        for col, (x_column, _) in enumerate(_PANELS, start=1):
+            pts = s.points(x_column)
+            if pts.empty:
+                continue
+            hover = [
+                f"trial {e(s.trial_id)}<br>rule {e(s.rule)}<br>budget {e(s.budget)}<br>round {int(p['round'])}"
+                f"<br>mIoU {_fmt(p['miou'])}<br>labeled {_pct(p['labeled_fraction'])}<br>clicks {_num(p['clicks'])}"
+                for _, p in pts.iterrows()
+            ]
+            of_selector.setdefault(s.rule, []).append(len(fig.data))
+            fig.add_trace(
+                go.Scatter(
+                    x=pts[x_column],
+                    y=pts["miou"],
+                    mode="lines+markers",
+                    name=e(s.label),
+                    legendgroup=s.trial_id,  # one entry hides the trial in both panels
+                    showlegend=col == 1,
+                    line={"color": s.colour, "width": 2},
+                    marker={"symbol": _PLOTLY_SYMBOLS[s.marker], "size": 8, "color": s.colour},
+                    hovertext=hover,
+                    hoverinfo="text",
+                ),
+                row=1,
+                col=col,
+            )
+    _reference_lines(fig, source_only, oracle)
+    fig.update_layout(
+        updatemenus=[
+            {
+                "type": "buttons",
+                "direction": "right",
+                "showactive": False,
+                "x": 0,
+                "xanchor": "left",
+                "y": 1.16,
+                "yanchor": "bottom",
+                "pad": {"r": 4, "t": 0},
+                # A toggle: the first click hides the rule's trials (kept in the legend), the next shows them.
+                "buttons": [
+                    {
+                        "label": f"{e(rule)}: hide/show",
+                        "method": "restyle",
+                        "args": [{"visible": "legendonly"}, traces],
+                        "args2": [{"visible": True}, traces],
+                    }
+                    for rule, traces in of_selector.items()
+                ],
+            }
+        ],
+        margin={"l": 60, "r": 20, "t": 90, "b": 40},
+    )
+    return fig
 
 
 def budget_curve(
     rows: pd.DataFrame,
-    png_path: str | os.PathLike,
     html_path: str | os.PathLike,
     source_only: float | None = None,
     oracle: float | None = None,
     title: str = "Target mIoU against the annotation budget",
-) -> tuple[Path, Path]:
-    """Draw target mIoU against labeled fraction (%) and, in a second panel, against clicks.
-
-    ``rows``: one row per (trial, round) with ``trial_id, selector, budget, round, labeled_fraction,
-    clicks, miou``. One line per trial, points sorted by x; the colour tells the (selector, budget),
-    the marker the selector (trials sharing both get their id in the label). Horizontal reference
-    lines for ``source_only`` and ``oracle`` when given. Writes a PNG and a self-contained HTML page
-    (inline SVG + vanilla JS, no external resource: hover a point for trial, selector, budget, round,
-    mIoU, labeled %, clicks; click a legend entry to hide/show a trial, a selector name to hide/show
-    all of its trials; the page ends with the per-trial summary table). Returns both paths.
-    """
-    _check_columns(rows, ROW_COLUMNS, "budget_curve")
-    if rows.empty:
-        raise ValueError("budget_curve: rows is empty (no trial reported a round)")
-    png_path, html_path = Path(png_path), Path(html_path)
-    series = _series(rows)
-    refs = [
-        (name, value, style)
-        for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE))
-        if _finite(value)
-    ]
-    all_miou = [v for s in series for v in s.frame["miou"]] + [value for _, value, _ in refs]
-    y_range = _range(all_miou, pad=0.08)
-    _budget_png(series, refs, y_range, png_path, title)
+) -> Path:
+    """Write ``budget_figure`` as one self-contained HTML page (plotly, its JavaScript inline: no
+    network, works from a file), followed by the per-trial summary table; returns its path."""
+    fig = budget_figure(rows, source_only, oracle)
     summary = summary_table(rows, source_only=source_only, oracle=oracle)
-    _atomic_write_bytes(html_path, _budget_html(series, refs, y_range, title, summary).encode("utf-8"))
-    return png_path, html_path
-
-
-def _budget_png(series: list[_Series], refs, y_range, png_path: Path, title: str) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), dpi=110, sharey=True)
-    try:
-        for ax, (x_column, x_label, panel_title) in zip(axes, _PANELS):
-            for s in series:
-                pts = s.points(x_column)
-                if pts.empty:
-                    continue
-                ax.plot(
-                    pts[x_column],
-                    pts["miou"],
-                    color=s.colour,
-                    marker=s.marker,
-                    markersize=6,
-                    linewidth=1.8,
-                    label=s.label,
-                )
-            for name, value, style in refs:
-                ax.axhline(
-                    value,
-                    color=style["color"],
-                    linestyle=style["linestyle"],
-                    linewidth=1.4,
-                    label=f"{name} ({value:.3f})",
-                )
-            all_x = [v for s in series for v in s.frame[x_column]]
-            ax.set_xlim(*_range(all_x, pad=0.05, floor=0.0))
-            ax.set_ylim(*y_range)
-            ax.set_xlabel(x_label)
-            ax.set_title(panel_title, fontsize=11)
-            ax.grid(True, alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(nbins=7))
-        axes[0].set_ylabel("target mIoU")
-        axes[1].tick_params(labelleft=True)
-        handles, labels = axes[0].get_legend_handles_labels()
-        ncol = min(4, max(1, len(labels)))
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, fontsize=9)
-        fig.suptitle(title, fontsize=13)
-        rows_of_legend = math.ceil(len(labels) / ncol)
-        fig.tight_layout(rect=(0, min(0.45, 0.04 + 0.045 * rows_of_legend), 1, 0.96))
-        png_path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(png_path, facecolor="white")
-    finally:
-        plt.close(fig)
-
-
-# SVG panel geometry (user units).
-_W, _H = 600, 400
-_ML, _MR, _MT, _MB = 64, 18, 34, 52
-
-
-def _svg_marker(shape: str, x: float, y: float, r: float, attrs: str) -> str:
-    if shape == "s":
-        return f'<rect x="{x - r:.1f}" y="{y - r:.1f}" width="{2 * r:.1f}" height="{2 * r:.1f}" {attrs}/>'
-    polygons = {
-        "^": [(0, -1.2), (1.1, 0.8), (-1.1, 0.8)],
-        "v": [(0, 1.2), (1.1, -0.8), (-1.1, -0.8)],
-        "D": [(0, -1.3), (1.2, 0), (0, 1.3), (-1.2, 0)],
-        "P": [
-            (-0.4, -1.2),
-            (0.4, -1.2),
-            (0.4, -0.4),
-            (1.2, -0.4),
-            (1.2, 0.4),
-            (0.4, 0.4),
-            (0.4, 1.2),
-            (-0.4, 1.2),
-            (-0.4, 0.4),
-            (-1.2, 0.4),
-            (-1.2, -0.4),
-            (-0.4, -0.4),
-        ],
-    }
-    if shape in polygons:
-        pts = " ".join(f"{x + dx * r:.1f},{y + dy * r:.1f}" for dx, dy in polygons[shape])
-        return f'<polygon points="{pts}" {attrs}/>'
-    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="{r:.1f}" {attrs}/>'
-
-
-def _svg_panel(series: list[_Series], refs, y_range, x_column: str, x_label: str, panel_title: str) -> str:
-    e = html.escape
-    all_x = [v for s in series for v in s.frame[x_column]]
-    x_lo, x_hi = _range(all_x, pad=0.05, floor=0.0)
-    y_lo, y_hi = y_range
-    pw, ph = _W - _ML - _MR, _H - _MT - _MB
-
-    def sx(v: float) -> float:
-        return _ML + (float(v) - x_lo) / (x_hi - x_lo) * pw
-
-    def sy(v: float) -> float:
-        return _MT + (1 - (float(v) - y_lo) / (y_hi - y_lo)) * ph
-
-    out = [
-        f'<svg class="panel" viewBox="0 0 {_W} {_H}" role="img" aria-label="{e(panel_title)}">',
-        f'<text class="ptitle" x="{_ML + pw / 2:.1f}" y="20" text-anchor="middle">{e(panel_title)}</text>',
-        f'<rect x="{_ML}" y="{_MT}" width="{pw}" height="{ph}" class="frame"/>',
-    ]
-    for t in _ticks(x_lo, x_hi, 7):
-        x = sx(t)
-        out.append(
-            f'<line class="grid" x1="{x:.1f}" y1="{_MT}" x2="{x:.1f}" y2="{_MT + ph}"/>'
-            f'<text class="tick" x="{x:.1f}" y="{_MT + ph + 16}" text-anchor="middle">{e(_tick_label(t))}</text>'
-        )
-    for t in _ticks(y_lo, y_hi, 6):
-        y = sy(t)
-        out.append(
-            f'<line class="grid" x1="{_ML}" y1="{y:.1f}" x2="{_ML + pw}" y2="{y:.1f}"/>'
-            f'<text class="tick" x="{_ML - 6}" y="{y + 4:.1f}" text-anchor="end">{e(_tick_label(t))}</text>'
-        )
-    out.append(f'<text class="axis" x="{_ML + pw / 2:.1f}" y="{_H - 10}" text-anchor="middle">{e(x_label)}</text>')
-    out.append(
-        f'<text class="axis" transform="translate(16 {_MT + ph / 2:.1f}) rotate(-90)" '
-        f'text-anchor="middle">target mIoU</text>'
+    note = (
+        f"{summary.shape[0]} trial(s), each on its own, round by round. Hover a point for its details; click a "
+        f"legend entry to hide or show a trial (double-click: that trial alone), a rule's button to hide "
+        f"or show all of its trials."
     )
-    for name, value, style in refs:
-        y = sy(value)
-        out.append(
-            f'<g class="ref"><line x1="{_ML}" y1="{y:.1f}" x2="{_ML + pw}" y2="{y:.1f}" stroke="{style["color"]}" '
-            f'stroke-width="1.5" stroke-dasharray="{style["dash"]}"/>'
-            f'<text class="reflabel" x="{_ML + pw - 4}" y="{y - 5:.1f}" text-anchor="end">'
-            f"{e(name)} {value:.3f}</text></g>"
-        )
-    for s in series:
-        pts = s.points(x_column)
-        if pts.empty:
-            continue
-        out.append(f'<g class="series" data-series="{s.index}" data-selector="{e(s.selector)}">')
-        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in zip(pts[x_column], pts["miou"]))
-        out.append(f'<polyline points="{coords}" fill="none" stroke="{s.colour}" stroke-width="2"/>')
-        for _, p in pts.iterrows():
-            tip = (
-                f"trial {s.trial_id}\nselector {s.selector}\nbudget {s.budget}\nround {int(p['round'])}\n"
-                f"mIoU {_fmt(p['miou'])}\nlabeled {_pct(p['labeled_fraction'])}\nclicks {_num(p['clicks'])}"
-            )
-            attrs = f'class="pt" fill="{s.colour}" stroke="#ffffff" stroke-width="1" data-tip="{e(tip)}"'
-            marker = _svg_marker(s.marker, sx(p[x_column]), sy(p["miou"]), 5, attrs)
-            out.append(marker[:-2] + f"><title>{e(tip)}</title></{marker.split()[0][1:]}>")
-        out.append("</g>")
-    out.append("</svg>")
-    return "\n".join(out)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:20px;color:#222;background:#fff}
-h1{font-size:1.3em;margin:0 0 4px}
-p.note{color:#555;margin:0 0 12px;font-size:.9em}
-.panels{display:flex;flex-wrap:wrap;gap:12px}
-svg.panel{width:600px;max-width:100%;height:auto;border:1px solid #ddd;background:#fff}
-.frame{fill:none;stroke:#999}
-.grid{stroke:#e6e6e6}
-.tick{font-size:11px;fill:#444}
-.axis{font-size:13px;fill:#222}
-.ptitle{font-size:14px;font-weight:600;fill:#222}
-.reflabel{font-size:11px;fill:#333}
-.pt{cursor:pointer}
-.pt:hover{stroke:#000;stroke-width:2}
-#legend{margin:12px 0;display:flex;flex-wrap:wrap;gap:6px 28px}
-#legend .group{min-width:220px}
-#legend .selector{font-weight:600;cursor:pointer;user-select:none;margin-bottom:2px}
-#legend .entry{cursor:pointer;user-select:none;font-size:.92em;padding:1px 0}
-#legend .swatch{display:inline-block;width:22px;height:4px;vertical-align:middle;margin-right:6px;border-radius:2px}
-#legend .off{opacity:.35;text-decoration:line-through}
-#legend .refs{font-size:.92em;color:#333}
-#tip{position:fixed;pointer-events:none;background:rgba(20,20,20,.92);color:#fff;padding:6px 8px;border-radius:4px;
-font-size:12px;white-space:pre;display:none;z-index:10;line-height:1.35}
-table.summary{border-collapse:collapse;font-size:.88em;margin-top:8px}
-table.summary th,table.summary td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-table.summary th{background:#f3f3f3}
-table.summary td:nth-child(-n+3){text-align:left}
-"""
-
-_JS = """
-(function(){
-  var tip=document.getElementById('tip');
-  document.querySelectorAll('.pt').forEach(function(el){
-    var t=el.querySelector('title'); if(t){el.removeChild(t);}
-    el.addEventListener('mouseenter',function(){tip.textContent=el.getAttribute('data-tip');tip.style.display='block';});
-    el.addEventListener('mousemove',function(ev){tip.style.left=(ev.clientX+14)+'px';tip.style.top=(ev.clientY+12)+'px';});
-    el.addEventListener('mouseleave',function(){tip.style.display='none';});
-  });
-  var hidden={};
-  function apply(){
-    document.querySelectorAll('g.series').forEach(function(g){
-      g.style.display=hidden[g.getAttribute('data-series')]?'none':'';});
-    document.querySelectorAll('#legend .entry').forEach(function(en){
-      en.classList.toggle('off',!!hidden[en.getAttribute('data-series')]);});
-    document.querySelectorAll('#legend .selector').forEach(function(h){
-      var ids=members(h.getAttribute('data-selector'));
-      h.classList.toggle('off',ids.every(function(i){return hidden[i];}));});
-  }
-  function members(sel){
-    var ids=[]; document.querySelectorAll('#legend .entry').forEach(function(en){
-      if(en.getAttribute('data-selector')===sel){ids.push(en.getAttribute('data-series'));}}); return ids;
-  }
-  document.querySelectorAll('#legend .entry').forEach(function(en){
-    en.addEventListener('click',function(){var i=en.getAttribute('data-series');hidden[i]=!hidden[i];apply();});
-  });
-  document.querySelectorAll('#legend .selector').forEach(function(h){
-    h.addEventListener('click',function(){
-      var ids=members(h.getAttribute('data-selector'));
-      var anyShown=ids.some(function(i){return !hidden[i];});
-      ids.forEach(function(i){hidden[i]=anyShown;}); apply();});
-  });
-})();
-"""
-
-
-def _budget_html(series: list[_Series], refs, y_range, title: str, summary: pd.DataFrame) -> str:
-    e = html.escape
-    panels = "\n".join(
-        _svg_panel(series, refs, y_range, x_column, x_label, panel_title) for x_column, x_label, panel_title in _PANELS
-    )
-    legend = []
-    for selector in dict.fromkeys(s.selector for s in series):
-        entries = "".join(
-            f'<div class="entry" data-series="{s.index}" data-selector="{e(s.selector)}" title="click: hide/show">'
-            f'<span class="swatch" style="background:{s.colour}"></span>{e(s.label)}'
-            f'<span style="color:#777"> \u2014 trial {e(s.trial_id)}</span></div>'
-            for s in series
-            if s.selector == selector
-        )
-        legend.append(
-            f'<div class="group"><div class="selector" data-selector="{e(selector)}" '
-            f'title="click: hide/show every trial of this selector">{e(selector)}</div>{entries}</div>'
-        )
-    if refs:
-        legend.append(
-            '<div class="group refs">'
-            + "".join(
-                f'<div><span class="swatch" style="background:{style["color"]}"></span>{e(name)}: {value:.4f}</div>'
-                for name, value, style in refs
-            )
-            + "</div>"
-        )
-    table = summary.copy()
-    table["labeled_fraction"] = table["labeled_fraction"].map(_pct)
-    for column in ("miou", "gain", "gap_closed"):
-        table[column] = table[column].map(_fmt)
-    table["clicks"] = table["clicks"].map(_num)
-    table["labeled_pixels"] = table["labeled_pixels"].map(lambda v: "n/a" if pd.isna(v) else f"{v:g}")
-    header = "".join(f"<th>{e(str(c))}</th>" for c in table.columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in table.itertuples(index=False)
-    )
-    return (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{e(title)}</title><style>{_CSS}</style></head><body>\n"
-        f'<h1>{e(title)}</h1>\n<p class="note">{len(series)} trial(s). Hover a point for its details; click a '
-        f"legend entry to hide or show a trial, a selector name to hide or show all of its trials.</p>\n"
-        f'<div class="panels">\n{panels}\n</div>\n<div id="legend">{"".join(legend)}</div>\n'
-        f'<h2 style="font-size:1.1em">Final round of each trial</h2>\n'
-        f'<table class="summary"><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>\n'
-        f'<div id="tip"></div>\n<script>{_JS}</script>\n</body></html>\n'
-    )
+    sections = [("Final round of each trial", _html_table(summary, "summary", _NUMBER_FORMATS))]
+    return _write_page(html_path, title, note, fig, "trials", sections)
 
 
 # -------------------------------------------------------------------------------------- summary table
@@ -495,7 +264,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     ``rounds`` is the final round number, ``gain`` = final mIoU - the trial's round-0 mIoU (NaN without
     a round 0), ``gap_closed`` = (mIoU - source_only) / (oracle - source_only) when both references are
     given and differ (else NaN). ``labeled_pixels`` is NaN when ``rows`` lacks that column. Sorted by
-    selector, then labeled fraction, then trial id.
+    rule, then labeled fraction, then trial id.
     """
     _check_columns(rows, ROW_COLUMNS, "summary_table")
     data = rows.copy()
@@ -506,10 +275,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
         data[column] = pd.to_numeric(data[column], errors="coerce")
     if data.empty:
         return pd.DataFrame(
-            {
-                c: pd.Series(dtype=float if c not in ("trial_id", "selector", "budget") else object)
-                for c in SUMMARY_COLUMNS
-            }
+            {c: pd.Series(dtype=float if c not in ("trial_id", "rule", "budget") else object) for c in SUMMARY_COLUMNS}
         )
     data = data.sort_values(["trial_id", "round"], kind="stable")
     final = data.groupby("trial_id", sort=False).tail(1).set_index("trial_id")
@@ -517,7 +283,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     out = pd.DataFrame(
         {
             "trial_id": final.index,
-            "selector": final["selector"].astype(str).to_numpy(),
+            "rule": final["rule"].astype(str).to_numpy(),
             "budget": final["budget"].astype(str).to_numpy(),
             "rounds": final["round"].astype(int).to_numpy(),
             "labeled_pixels": final["labeled_pixels"].to_numpy(dtype=float),
@@ -534,7 +300,7 @@ def summary_table(rows: pd.DataFrame, source_only: float | None = None, oracle: 
     pixels = out["labeled_pixels"]
     if pixels.notna().all() and np.all(np.mod(pixels, 1) == 0):
         out["labeled_pixels"] = pixels.astype(np.int64)
-    out = out.sort_values(["selector", "labeled_fraction", "trial_id"], kind="stable").reset_index(drop=True)
+    out = out.sort_values(["rule", "labeled_fraction", "trial_id"], kind="stable").reset_index(drop=True)
     return out[list(SUMMARY_COLUMNS)]
 
 
@@ -725,13 +491,13 @@ def write_iou_csv(per_class: Mapping[str, float], path: str | os.PathLike) -> Pa
 
 # ------------------------------------------------------------------------ curves per method and setting
 #
-# A trial is one (method, setting, budget, seed). What a reader compares is a *method* (the selector,
+# A trial is one (method, setting, budget, seed). What a reader compares is a *method* (the rule,
 # under one setting of the other swept keys) across budgets and rounds: one curve through every
 # budget and round of it, averaged over seeds, starting at the source-only model (round 0).
 
 CURVE_COLUMNS = (
     "curve",
-    "selector",
+    "rule",
     "setting",
     "budget",
     "round",
@@ -744,8 +510,8 @@ CURVE_COLUMNS = (
 )
 
 
-def _curve_name(selector: str, setting: str) -> str:
-    return f"{selector} \u00b7 {setting}" if setting else selector
+def _curve_name(rule: str, setting: str) -> str:
+    return f"{rule} \u00b7 {setting}" if setting else rule
 
 
 def _point_label(budget: str, round_index: int) -> str:
@@ -760,8 +526,8 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per point of each method's curve, with the columns of ``CURVE_COLUMNS``.
 
     ``rows``: one row per (trial, round) as for ``budget_curve``, optionally with ``setting`` (the
-    trial's swept keys other than the selector, the budget and the seed; '' when absent). A curve is
-    one (selector, setting); its points are every (budget, round >= 1) of its trials, with the
+    trial's swept keys other than the rule, the budget and the seed; '' when absent). A curve is
+    one (rule, setting); its points are every (budget, round >= 1) of its trials, with the
     labeled fraction, clicks and mIoU averaged over the trials that share them (seeds), and the
     source-only model (round 0) as the first point. ``miou_std`` is the standard deviation over
     those trials (NaN for one trial). Sorted by curve, then labeled fraction, then round.
@@ -769,7 +535,7 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
     _check_columns(rows, ROW_COLUMNS, "method_curves")
     data = rows.copy()
     data["setting"] = data["setting"].fillna("").astype(str) if "setting" in data.columns else ""
-    for column in ("selector", "budget"):
+    for column in ("rule", "budget"):
         data[column] = data[column].astype(str)
     for column in ("round", "labeled_fraction", "clicks", "miou"):
         data[column] = pd.to_numeric(data[column], errors="coerce")
@@ -779,7 +545,7 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
     data["round"] = data["round"].astype(int)
     # Round 0 is the same source model for every budget of a curve: one point, not one per budget.
     data.loc[data["round"] == 0, "budget"] = ""
-    keys = ["selector", "setting", "budget", "round"]
+    keys = ["rule", "setting", "budget", "round"]
     grouped = data.groupby(keys, sort=False, dropna=False)
     points = grouped.agg(
         trials=("miou", "size"),
@@ -788,7 +554,7 @@ def method_curves(rows: pd.DataFrame) -> pd.DataFrame:
         miou=("miou", "mean"),
         miou_std=("miou", "std"),
     ).reset_index()
-    points["curve"] = [_curve_name(s, t) for s, t in zip(points["selector"], points["setting"])]
+    points["curve"] = [_curve_name(s, t) for s, t in zip(points["rule"], points["setting"])]
     points["point_label"] = [_point_label(b, r) for b, r in zip(points["budget"], points["round"])]
     points = points.sort_values(["curve", "labeled_fraction", "round", "budget"], kind="stable").reset_index(drop=True)
     return points[list(CURVE_COLUMNS)]
@@ -811,8 +577,8 @@ def class_iou_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Per-class IoU of every trial at its final round, side by side (the papers' 19-column table).
 
     ``rows`` carries one ``iou/<class>`` column per class (classes in column order). Columns:
-    ``trial_id, selector, setting, budget, rounds, miou``, then one per class (bare class names).
-    Sorted by selector, setting, labeled fraction and trial id.
+    ``trial_id, rule, setting, budget, rounds, miou``, then one per class (bare class names).
+    Sorted by rule, setting, labeled fraction and trial id.
     """
     _check_columns(rows, ROW_COLUMNS, "class_iou_table")
     classes = [c for c in rows.columns if str(c).startswith("iou/")]
@@ -821,11 +587,11 @@ def class_iou_table(rows: pd.DataFrame) -> pd.DataFrame:
     data["setting"] = data["setting"].fillna("").astype(str) if "setting" in data.columns else ""
     data = data.sort_values(["trial_id", "round"], kind="stable")
     final = data.groupby("trial_id", sort=False).tail(1)
-    final = final.sort_values(["selector", "setting", "labeled_fraction", "trial_id"], kind="stable")
+    final = final.sort_values(["rule", "setting", "labeled_fraction", "trial_id"], kind="stable")
     out = pd.DataFrame(
         {
             "trial_id": final["trial_id"].to_numpy(),
-            "selector": final["selector"].astype(str).to_numpy(),
+            "rule": final["rule"].astype(str).to_numpy(),
             "setting": final["setting"].to_numpy(),
             "budget": final["budget"].astype(str).to_numpy(),
             "rounds": final["round"].astype(int).to_numpy(),
@@ -840,26 +606,19 @@ def class_iou_table(rows: pd.DataFrame) -> pd.DataFrame:
 def write_table(df: pd.DataFrame, out_dir: str | os.PathLike, stem: str) -> tuple[Path, Path]:
     """Write ``<stem>.csv`` and ``<stem>.parquet`` into ``out_dir`` (created), each atomically."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     csv_path, parquet_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet"
-    _atomic_write_bytes(csv_path, df.to_csv(index=False).encode("utf-8"))
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.parquet.", dir=out_dir)
-    os.close(fd)
-    try:
+    atomic_write_text(csv_path, df.to_csv(index=False))
+    with staged(parquet_path) as tmp:
         df.to_parquet(tmp, index=False)
-        os.replace(tmp, parquet_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return csv_path, parquet_path
 
 
 def _curve_styles(curves: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """(colour, matplotlib marker) per curve: one colour family per selector, a shade per setting."""
+    """(colour, matplotlib marker) per curve: one colour family per rule, a shade per setting."""
     styles = {}
-    selectors = list(dict.fromkeys(curves["selector"]))
-    for k, selector in enumerate(selectors):
-        names = list(dict.fromkeys(curves.loc[curves["selector"] == selector, "curve"]))
+    rules = list(dict.fromkeys(curves["rule"]))
+    for k, rule in enumerate(rules):
+        names = list(dict.fromkeys(curves.loc[curves["rule"] == rule, "curve"]))
         cmap = plt.get_cmap(_FAMILIES[k % len(_FAMILIES)])
         for j, name in enumerate(names):
             shade = 0.75 if len(names) == 1 else 0.5 + 0.45 * j / (len(names) - 1)
@@ -952,6 +711,41 @@ def method_curves_png(
     return png_path
 
 
+# ---------------------------------------------------------------------- interactive pages (plotly, offline)
+
+
+def _two_panels(titles: Sequence[str], x_titles: Sequence[str]):
+    """A plotly figure of two panels side by side sharing the mIoU axis, x axes from 0."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06, subplot_titles=tuple(titles))
+    for col, x_title in enumerate(x_titles, start=1):
+        fig.update_xaxes(title_text=x_title, rangemode="tozero", row=1, col=col)
+    fig.update_yaxes(title_text="target mIoU", row=1, col=1)
+    fig.update_layout(
+        height=560,
+        template="plotly_white",
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
+    )
+    return fig
+
+
+def _reference_lines(fig, source_only: float | None, oracle: float | None) -> None:
+    """The source-only (dashed) and oracle (dotted) levels across both panels, labeled with their value."""
+    for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE)):
+        if _finite(value):
+            for col in (1, 2):
+                fig.add_hline(
+                    y=value,
+                    line={"color": style["color"], "dash": style["dash"], "width": 1.3},
+                    annotation_text=f"{name} {value:.3f}",
+                    annotation_position="bottom right",
+                    row=1,
+                    col=col,
+                )
+
+
 def _html_table(
     df: pd.DataFrame, table_id: str, formats: Mapping[str, callable] | None = None, heat: Sequence[str] = ()
 ) -> str:
@@ -976,6 +770,16 @@ def _html_table(
     )
 
 
+_NUMBER_FORMATS = {
+    "miou": _fmt,
+    "miou_std": _fmt,
+    "labeled_fraction": _pct,
+    "clicks": _num,
+    "gain": _fmt,
+    "gap_closed": lambda v: _fmt(v, 2),
+    "labeled_pixels": _num,
+}
+
 _REPORT_CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:20px;color:#222;background:#fff}
 h1{font-size:1.3em;margin:0 0 4px} h2{font-size:1.1em;margin:22px 0 6px}
@@ -988,52 +792,41 @@ table.data td:nth-child(-n+4){text-align:left}
 """
 
 
-def report_page(
-    rows: pd.DataFrame,
-    html_path: str | os.PathLike,
-    source_only: float | None = None,
-    oracle: float | None = None,
-    title: str = "Target mIoU against the annotation budget",
+def _write_page(
+    html_path: str | os.PathLike, title: str, note: str, fig, div_id: str, sections: Sequence[tuple[str, str]]
 ) -> Path:
-    """The sweep's interactive report, one self-contained HTML file (plotly, its JavaScript inline:
-    no CDN, no network), with
+    """One self-contained HTML page: the title, a note, the figure with plotly's JavaScript inline (no
+    CDN, no network), then (heading, HTML) sections; written atomically."""
+    e = html.escape
+    plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id=div_id, config={"displaylogo": False})
+    parts = "".join(f'<h2>{e(heading)}</h2>\n<div class="scroll">{body}</div>\n' for heading, body in sections)
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{e(title)}</title>'
+        f"<style>{_REPORT_CSS}</style></head><body>\n<h1>{e(title)}</h1>\n"
+        f'<p class="note">{e(note)}</p>\n{plot}\n{parts}</body></html>\n'
+    )
+    return atomic_write_text(html_path, page)
 
-    - the curves of ``method_curves`` against labeled % and against clicks (hover a point for its
-      budget, round, trials and mIoU ± std; click a legend entry to hide a curve in both panels,
-      double-click to show it alone), the source-only and oracle levels, the Pareto front in clicks;
-    - the Pareto points as a table, the per-trial summary, and the per-class IoU of every trial at its
-      final round (``class_iou_table``, cells shaded by IoU).
-    """
+
+def curves_figure(curves: pd.DataFrame, source_only: float | None = None, oracle: float | None = None):
+    """The curves of ``method_curves`` as a plotly ``Figure``: mIoU against labeled % and against
+    clicks, each point labeled with its budget, error bars the standard deviation over seeds, the
+    Pareto front in clicks as a dashed black step line, the source-only and oracle levels."""
     import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
-    curves = method_curves(rows)
     if curves.empty:
         raise ValueError("report_page: no trial reported a finite mIoU")
-    html_path = Path(html_path)
+    e = html.escape
     data = curves.assign(labeled_pct=100.0 * curves["labeled_fraction"].astype(float))
     styles = _curve_styles(data)
-    plotly_markers = {
-        "o": "circle",
-        "s": "square",
-        "^": "triangle-up",
-        "D": "diamond",
-        "v": "triangle-down",
-        "P": "cross",
-    }
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        shared_yaxes=True,
-        horizontal_spacing=0.06,
-        subplot_titles=("mIoU vs labeled fraction", "mIoU vs clicks"),
-    )
+    fig = _two_panels(("mIoU vs labeled fraction", "mIoU vs clicks"), [label for _, label in _CURVE_PANELS])
     for name, points in data.groupby("curve", sort=False):
         colour, marker = styles[name]
         for col, (x_column, _) in enumerate(_CURVE_PANELS, start=1):
             pts = points.sort_values([x_column, "round"], kind="stable")
             hover = [
-                f"<b>{html.escape(name)}</b><br>{html.escape(p.point_label)} (round {int(p['round'])})<br>"
+                f"<b>{e(name)}</b><br>{e(p.point_label)} (round {int(p['round'])})<br>"
                 f"mIoU {p.miou:.4f}"
                 + (f" \u00b1 {p.miou_std:.4f}" if _finite(p.miou_std) else "")
                 + f" over {int(p.trials)} trial(s)<br>labeled {_pct(p.labeled_fraction)}<br>clicks {_num(p.clicks)}"
@@ -1044,12 +837,12 @@ def report_page(
                     x=pts[x_column],
                     y=pts["miou"],
                     mode="lines+markers+text",
-                    name=name,
-                    legendgroup=name,
+                    name=e(name),
+                    legendgroup=name,  # one entry hides the curve in both panels
                     showlegend=col == 1,
                     line={"color": colour, "width": 2},
-                    marker={"symbol": plotly_markers.get(marker, "circle"), "size": 8, "color": colour},
-                    text=[label if r > 0 else "" for label, r in zip(pts["point_label"], pts["round"])],
+                    marker={"symbol": _PLOTLY_SYMBOLS[marker], "size": 8, "color": colour},
+                    text=[e(label) if r > 0 else "" for label, r in zip(pts["point_label"], pts["round"])],
                     textposition="top center",
                     textfont={"size": 9, "color": colour},
                     error_y={
@@ -1076,68 +869,57 @@ def report_page(
                 name="Pareto front (clicks)",
                 line={"color": "black", "dash": "dash", "width": 1.3, "shape": "hv"},
                 marker={"symbol": "circle-open", "size": 13, "color": "black"},
-                hovertext=[
-                    f"Pareto: {html.escape(c)}, {html.escape(b)}" for c, b in zip(front["curve"], front["point_label"])
-                ],
+                hovertext=[f"Pareto: {e(c)}, {e(b)}" for c, b in zip(front["curve"], front["point_label"])],
                 hoverinfo="text",
             ),
             row=1,
             col=2,
         )
-    for name, value, style in (("source-only", source_only, _SOURCE_STYLE), ("oracle", oracle, _ORACLE_STYLE)):
-        if _finite(value):
-            for col in (1, 2):
-                fig.add_hline(
-                    y=value,
-                    line={"color": style["color"], "dash": "dash" if name == "source-only" else "dot", "width": 1.3},
-                    annotation_text=f"{name} {value:.3f}",
-                    annotation_position="bottom right",
-                    row=1,
-                    col=col,
-                )
-    fig.update_xaxes(title_text=_CURVE_PANELS[0][1], row=1, col=1)
-    fig.update_xaxes(title_text=_CURVE_PANELS[1][1], row=1, col=2)
-    fig.update_yaxes(title_text="target mIoU", row=1, col=1)
-    fig.update_layout(
-        height=560,
-        template="plotly_white",
-        margin={"l": 60, "r": 20, "t": 50, "b": 40},
-        legend={"orientation": "h", "yanchor": "top", "y": -0.15, "x": 0},
-    )
-    plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id="curves", config={"displaylogo": False})
+    _reference_lines(fig, source_only, oracle)
+    return fig
 
+
+def report_page(
+    rows: pd.DataFrame,
+    html_path: str | os.PathLike,
+    source_only: float | None = None,
+    oracle: float | None = None,
+    title: str = "Target mIoU against the annotation budget",
+) -> Path:
+    """The sweep's interactive report, one self-contained HTML file (plotly, its JavaScript inline:
+    no CDN, no network), with
+
+    - the curves of ``method_curves`` against labeled % and against clicks (``curves_figure``: hover
+      a point for its budget, round, trials and mIoU ± std; click a legend entry to hide a curve in
+      both panels, double-click to show it alone), the source-only and oracle levels, the Pareto
+      front in clicks;
+    - the Pareto points as a table, the per-class IoU of every trial at its final round
+      (``class_iou_table``, cells shaded by IoU), and the per-trial summary.
+    """
+    curves = method_curves(rows)
+    fig = curves_figure(curves, source_only, oracle)
+    front = pareto_front(curves)
     pareto_view = front[["curve", "point_label", "round", "trials", "clicks", "labeled_fraction", "miou"]].rename(
         columns={"point_label": "budget"}
     )
-    number = {
-        "miou": _fmt,
-        "miou_std": _fmt,
-        "labeled_fraction": _pct,
-        "clicks": _num,
-        "gain": _fmt,
-        "gap_closed": lambda v: _fmt(v, 2),
-        "labeled_pixels": _num,
-    }
     summary = summary_table(rows, source_only=source_only, oracle=oracle)
     classes = class_iou_table(rows)
     class_columns = list(classes.columns[6:])
-    class_formats = {**number, **dict.fromkeys(class_columns, _fmt)}
-    e = html.escape
-    page = (
-        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{e(title)}</title>'
-        f"<style>{_REPORT_CSS}</style></head><body>\n<h1>{e(title)}</h1>\n"
-        f'<p class="note">One curve per method (selector) and setting of the other swept keys, through every '
-        f"budget and round of its trials (averaged over seeds; error bars: standard deviation), from the "
-        f"source-only model. Each point is labeled with its budget. Hover a point for details; click a legend "
-        f"entry to hide a curve, double-click to show it alone. The dashed black step line is the Pareto front "
-        f"in clicks: the points no other point beats with as few clicks.</p>\n{plot}\n"
-        f'<h2>Pareto front in clicks</h2>\n<div class="scroll">{_html_table(pareto_view, "pareto", number)}</div>\n'
-        f'<h2>Per-class IoU at each trial\'s final round</h2>\n<p class="note">Cells shaded by IoU; n/a: a '
-        f"class absent from the validation images and never predicted.</p>\n"
-        f'<div class="scroll">{_html_table(classes, "class-iou", class_formats, heat=class_columns + ["miou"])}'
-        f"</div>\n<h2>Final round of each trial</h2>\n"
-        f'<div class="scroll">{_html_table(summary, "summary", number)}</div>\n</body></html>\n'
+    class_formats = {**_NUMBER_FORMATS, **dict.fromkeys(class_columns, _fmt)}
+    note = (
+        "One curve per method (rule) and setting of the other swept keys, through every budget and round "
+        "of its trials (averaged over seeds; error bars: standard deviation), from the source-only model. Each "
+        "point is labeled with its budget. Hover a point for details; click a legend entry to hide a curve, "
+        "double-click to show it alone. The dashed black step line is the Pareto front in clicks: the points "
+        "no other point beats with as few clicks."
     )
-    _atomic_write_bytes(html_path, page.encode("utf-8"))
-    return html_path
+    sections = [
+        ("Pareto front in clicks", _html_table(pareto_view, "pareto", _NUMBER_FORMATS)),
+        (
+            "Per-class IoU at each trial's final round",
+            '<p class="note">Cells shaded by IoU; n/a: a class absent from the validation images and never '
+            "predicted.</p>\n" + _html_table(classes, "class-iou", class_formats, heat=[*class_columns, "miou"]),
+        ),
+        ("Final round of each trial", _html_table(summary, "summary", _NUMBER_FORMATS)),
+    ]
+    return _write_page(html_path, title, note, fig, "curves", sections)

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from trainers.files import staged
 
 SYNTHETIC_CLASSES = ("road", "sidewalk", "building", "pole", "traffic_sign", "vegetation", "sky", "person", "car")
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, SKY, PERSON, CAR = range(len(SYNTHETIC_CLASSES))
@@ -319,14 +320,12 @@ def ensure_synthetic_domains(
     """
     final = synthetic_domain_folder(cache_dir, height, width, synthetic)
     if not (final / "complete").is_file():
-        staging = final.parent / f".{final.name}.tmp-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        write_synthetic_domains(staging, height, width, progress=progress, **synthetic)
-        (staging / "complete").write_text(json.dumps({"height": height, "width": width, **synthetic}))
-        if final.exists() and not (final / "complete").is_file():
-            shutil.rmtree(final, ignore_errors=True)  # damaged by hand or by a foreign tool: replace it
         try:
-            os.rename(staging, final)
-        except OSError:  # another process finished first
-            shutil.rmtree(staging, ignore_errors=True)
+            with staged(final, folder=True, overwrite=False) as staging:
+                write_synthetic_domains(staging, height, width, progress=progress, **synthetic)
+                (staging / "complete").write_text(json.dumps({"height": height, "width": width, **synthetic}))
+                if final.exists() and not (final / "complete").is_file():
+                    shutil.rmtree(final, ignore_errors=True)  # damaged by hand or by a foreign tool: replace it
+        except FileExistsError:  # another process finished first: its copy is the same, ours is discarded
+            pass
     return final / "source", final / "target"

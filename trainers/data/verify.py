@@ -21,6 +21,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from trainers.files import atomic_write_json
+
 from .segmentation_pairs import read_rgb_image
 
 VERIFIED_CACHE = "verified-files.json"
@@ -30,10 +32,11 @@ PROGRESS_EVERY_S = 10.0
 
 
 def _stamp(dataset: Dataset, path: str) -> str:
-    """What must not change for a file to count as verified: its loader (the id table), size and mtime."""
+    """What must not change for a file to count as verified: its loader, its id mapping (a dataset YAML
+    may change while the files stay), size and mtime."""
     info = os.stat(path)
     loader = getattr(dataset, "dataset", dataset)  # the loader under a SeededSubset
-    return f"{type(loader).__name__}:{info.st_size}:{info.st_mtime_ns}"
+    return f"{type(loader).__name__}:{loader.mapping.fingerprint}:{info.st_size}:{info.st_mtime_ns}"
 
 
 def _pairs(splits: dict[str, Dataset]) -> list[tuple[Dataset, int, str, str]]:
@@ -89,8 +92,5 @@ def verify_splits(
     finally:
         pool.shutdown(wait=True, cancel_futures=True)  # a bad file stops the check without decoding the rest
     if verified and cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        staging = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
-        staging.write_text(json.dumps({**known, **verified}, sort_keys=True), encoding="utf-8")
-        os.replace(staging, cache_path)
+        atomic_write_json(cache_path, {**known, **verified}, sort_keys=True)
     return len(todo), len(pairs) - len(todo)

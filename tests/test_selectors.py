@@ -44,24 +44,6 @@ def test_ppl_one_point_per_class_nearest_the_prototype():
     assert query.scores[0] == pytest.approx(1 / (1 + d0), rel=1e-5)
 
 
-def test_ppl_picks_the_pixel_nearest_the_prototype_not_the_first_one():
-    """The nearest pixel has the highest flat index and the farthest the lowest, so a rule that
-    ignores the distance (index order), or ranks it the wrong way round, picks other pixels."""
-    # K=2 on a 1x4 image, every pixel in M: p1 says class 0 (1.0), p2 says class 1, and the heads'
-    # mean for class 0 is m below (all > .5: class 0). Prototype mu_0 = mean(m) = .605.
-    means = [0.74, 0.52, 0.56, 0.60]  # distances to mu_0 (x sqrt 2): .135, .085, .045, .005
-    p1 = torch.tensor([[1.0] * 4, [0.0] * 4]).reshape(2, 1, 4)
-    p2_class0 = torch.tensor([2 * m - 1 for m in means])
-    p2 = torch.stack([p2_class0, 1 - p2_class0]).reshape(2, 1, 4)
-    assert inconsistency_mask(p1, p2).all()
-    picked = lambda n: (labor_ppl((p1, p2), n).xs.astype(int)).tolist()  # noqa: E731
-    assert picked(1) == [3]
-    assert picked(2) == [3, 2]
-    assert picked(3) == [3, 2, 1]
-    query = labor_ppl((p1, p2), 1)
-    assert query.scores[0] == pytest.approx(1 / (1 + 0.005 * math.sqrt(2)), rel=1e-4)
-
-
 def test_ppl_share_moves_to_classes_with_candidates_left():
     # 4 points over classes {0: 3 candidates, 2: 2}: equal split 2 + 2.
     assert flat(labor_ppl(heads(), 4)) == [0, 1, 4, 6]

@@ -208,7 +208,7 @@ from trainers.data import domain_roots
 # The config exactly as `orchestrator.sweep --smoke --output-dir OUT --set data.cache_dir=CACHE` has it.
 cfg = resolve_config(parse_args(build_parser(), ["--smoke", "--output-dir", sys.argv[1], "--set", f"data.cache_dir={sys.argv[2]}"]))
 start_ray(num_cpus=2, quiet=True, dashboard=False)
-domain_roots(cfg.to_dict()["data"])
+domain_roots(cfg.data)
 ensure_source_model(cfg, progress=lambda msg: None)
 import ray
 ray.shutdown()

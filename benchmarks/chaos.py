@@ -67,6 +67,8 @@ class Plan:
     workdir: Path
     overrides: list[str] = field(default_factory=list)
     timeout_s: float = 1800.0
+    # The kinds of process the kills are drawn from (default: all of ``VICTIMS``).
+    kinds: tuple[str, ...] = tuple(VICTIMS)
 
     @property
     def grid(self) -> list[int]:
@@ -264,11 +266,14 @@ class PlannedKill:
 
 
 def plan_kills(plan: Plan) -> list[PlannedKill]:
-    """``plan.kills`` kills drawn from ``plan.seed``: each kind once (when there are enough kills), the
-    rest by weight; spread evenly over the rounds, and in ``KIND_ORDER`` within a round."""
+    """``plan.kills`` kills of ``plan.kinds`` drawn from ``plan.seed``: each kind once (when there are
+    enough kills), the rest by weight; spread evenly over the rounds, and in ``KIND_ORDER`` within a round."""
     rng = random.Random(plan.seed)
-    kinds = rng.sample(list(VICTIMS), min(plan.kills, len(VICTIMS)))
-    kinds += rng.choices(list(VICTIMS), weights=list(VICTIMS.values()), k=plan.kills - len(kinds))
+    victims = [kind for kind in VICTIMS if kind in plan.kinds]
+    if not victims or set(plan.kinds) - set(VICTIMS):
+        raise ChaosError(f"kinds to kill: {', '.join(plan.kinds)}; known: {', '.join(VICTIMS)}")
+    kinds = rng.sample(victims, min(plan.kills, len(victims)))
+    kinds += rng.choices(victims, weights=[VICTIMS[k] for k in victims], k=plan.kills - len(kinds))
     rng.shuffle(kinds)
     kills = [PlannedKill(kind, 1 + i * plan.rounds // max(plan.kills, 1)) for i, kind in enumerate(kinds)]
     return sorted(kills, key=lambda k: (k.round, KIND_ORDER.index(k.kind)))

@@ -260,12 +260,15 @@ def smoke_output(tmp_path, smoke_source_models, data_cache):
 FAULT_FREE_TRIALS, FAULT_FREE_ROUNDS = 2, 2
 
 
-def fault_plan(workdir: Path, data_cache: Path, trials: int = FAULT_FREE_TRIALS, kills: int = 0, seed: int = 0):
+def fault_plan(
+    workdir: Path, data_cache: Path, trials: int = FAULT_FREE_TRIALS, kills: int = 0, seed: int = 0, kinds=None
+):
     """The chaos benchmark's plan of the fault tests' sweep, in ``workdir`` (its output folder is
-    ``workdir/runs``), with the session's data cache."""
-    from benchmarks.chaos import Plan
+    ``workdir/runs``), with the session's data cache; ``kills`` of ``kinds`` (default: every kind)."""
+    from benchmarks.chaos import VICTIMS, Plan
 
-    return Plan(trials, FAULT_FREE_ROUNDS, kills, seed, Path(workdir), [f"data.cache_dir={data_cache}"], timeout_s=1200)
+    overrides = [f"data.cache_dir={data_cache}"]
+    return Plan(trials, FAULT_FREE_ROUNDS, kills, seed, Path(workdir), overrides, 1200, tuple(kinds or VICTIMS))
 
 
 @pytest.fixture(scope="session")

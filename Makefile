@@ -43,7 +43,9 @@ lint: venv
 test: venv test-deps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The tests marked slow (a small chaos run: processes killed at random during a sweep), about 10 min alone.
+# The tests marked slow: the chaos benchmark's own small run end to end (its fault-free sweep, then the
+# same sweep while a ranking actor, a Train worker, the MLflow server and the driver are killed).
+# `make test` runs the same small case against the test session's shared fault-free sweep instead.
 test-slow: venv
 	$(PY) -m pytest --slow -m slow $(PYTEST_ARGS)
 

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return dry_run(args, "python -m orchestrator.run", single_trial=True)
     from orchestrator.cluster.processes import exit_on_sigterm
+    from orchestrator.cluster.ray_session import RayStartError
     from orchestrator.sweep.preflight import preflight
     from orchestrator.tracking.mlflow_runs import TrackingError, resolve_tracking_uri
     from trainers.data import DatasetError
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except TrainingJobError as err:
+    except (TrainingJobError, RayStartError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

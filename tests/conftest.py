@@ -15,6 +15,10 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # A test that takes the in-process Ray fixture starts Ray, marked or not.
+        if "ray_local" in getattr(item, "fixturenames", ()) and "ray" not in item.keywords:
+            item.add_marker(pytest.mark.ray)
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --slow (make test-slow)")
@@ -184,3 +188,115 @@ def stop(server: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     server.wait()
+
+
+# --- one source model, and one fault-free sweep, per test session ----------------------------------
+#
+# Every sweep test starts from the smoke config's source model. It is trained once here (a Ray Train
+# job: most of a minute on 2 CPUs) and copied into each test's output folder, where the sweep's own
+# cache finds it (``ensure_source_model``: "source model: reusing ..."). The cache key covers the
+# data section, data.cache_dir included, so the tests that use it also use the session's data cache.
+
+SOURCE_SCRIPT = r"""
+import sys
+from orchestrator.cluster.ray_session import start_ray
+from orchestrator.command_line import parse_args, resolve_config
+from orchestrator.round.start_models import ensure_source_model
+from orchestrator.sweep.command import build_parser
+from trainers.data import domain_roots
+
+# The config exactly as `orchestrator.sweep --smoke --output-dir OUT --set data.cache_dir=CACHE` has it.
+cfg = resolve_config(parse_args(build_parser(), ["--smoke", "--output-dir", sys.argv[1], "--set", f"data.cache_dir={sys.argv[2]}"]))
+start_ray(num_cpus=2, quiet=True, dashboard=False)
+domain_roots(cfg.data)
+ensure_source_model(cfg, progress=lambda msg: None)
+import ray
+ray.shutdown()
+"""
+
+
+@pytest.fixture(scope="session")
+def smoke_source_models(tmp_path_factory, data_cache) -> Path:
+    """The ``source-models`` folder holding the smoke config's source model (with ``data_cache``),
+    trained once per session; ``seed_source_models`` copies it into a sweep's output folder."""
+    out = tmp_path_factory.mktemp("smoke-source")
+    env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT), "ACTIVEDA_RAY_DASHBOARD": "0"})
+    result = subprocess.run(
+        [sys.executable, "-c", SOURCE_SCRIPT, str(out), str(data_cache)],
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert processes_left(tag) == [], "processes of the source-model training outlived it"
+    (entry,) = [p for p in (out / "source-models").iterdir() if (p / "metrics.json").is_file()]
+    return entry.parent
+
+
+def seed_source_models(source_models: Path, output_dir: Path) -> None:
+    """Copy the session's trained source model(s) into ``output_dir``'s cache (not its Ray Train
+    scratch folder)."""
+    import shutil
+
+    for entry in source_models.iterdir():
+        if (entry / "metrics.json").is_file():
+            shutil.copytree(entry, Path(output_dir) / "source-models" / entry.name, dirs_exist_ok=True)
+
+
+@pytest.fixture
+def smoke_output(tmp_path, smoke_source_models, data_cache):
+    """A sweep output folder that already holds the smoke source model, and the ``--set`` arguments
+    that make a smoke sweep use it (the session's data cache); returns (output_dir, args)."""
+    output = tmp_path / "runs"
+    seed_source_models(smoke_source_models, output)
+    return output, ["--set", f"data.cache_dir={data_cache}"]
+
+
+# The fault tests (a full disk, an MLflow outage, the small chaos case) compare their results with
+# one sweep run without faults: 2 trials (points_per_image 2 and 3) x 2 rounds, the chaos benchmark's
+# sweep (benchmarks.chaos.sweep_args), which each of them runs (or a trial of it) with its faults.
+FAULT_FREE_TRIALS, FAULT_FREE_ROUNDS = 2, 2
+
+
+def fault_plan(
+    workdir: Path, data_cache: Path, trials: int = FAULT_FREE_TRIALS, kills: int = 0, seed: int = 0, kinds=None
+):
+    """The chaos benchmark's plan of the fault tests' sweep, in ``workdir`` (its output folder is
+    ``workdir/runs``), with the session's data cache; ``kills`` of ``kinds`` (default: every kind)."""
+    from benchmarks.chaos import VICTIMS, Plan
+
+    overrides = [f"data.cache_dir={data_cache}"]
+    return Plan(trials, FAULT_FREE_ROUNDS, kills, seed, Path(workdir), overrides, 1200, tuple(kinds or VICTIMS))
+
+
+@pytest.fixture(scope="session")
+def fault_free_sweep(tmp_path_factory, smoke_source_models, data_cache):
+    """The fault tests' sweep, run once without faults; returns its ``benchmarks.chaos.SweepRun``
+    (sweep folder ``runs/reference``, sqlite store ``reference/mlflow.db``)."""
+    from benchmarks.chaos import reference_run, run_reference
+
+    workdir = tmp_path_factory.mktemp("fault-free")
+    plan = fault_plan(workdir, data_cache)
+    seed_source_models(smoke_source_models, workdir / "runs")
+    run_reference(plan)
+    run = reference_run(plan)
+    log = (workdir / "reference" / "sweep.log").read_text()
+    assert "source model: reusing" in log, log[-3000:]
+    return run
+
+
+def assert_same_as_fault_free(plan, reference, run, what: str = "", faults=None) -> dict:
+    """``run`` (a ``benchmarks.chaos.SweepRun`` of ``plan``'s sweep, or some of its trials) lost nothing,
+    bought nothing twice, and equals ``reference`` (the fault-free sweep) at every round: each trial's
+    labels pixel for pixel, its MLflow metrics bit for bit; returns the comparison."""
+    from benchmarks.chaos import LOSS_COUNTS, FaultLog, compare
+
+    result = compare(plan, faults or FaultLog(), reference, run)
+    for count in LOSS_COUNTS:
+        assert result[count] == 0, (count, result, what)
+    assert set(result["trials"]) == set(plan.grid), (result, what)
+    for key, row in result["trials"].items():
+        assert row["all_rounds_equal"], (f"trial points_per_image={key}", row["differences"][:10], what)
+    return result

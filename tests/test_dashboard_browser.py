@@ -1,9 +1,10 @@
-"""The dashboard end to end: a smoke sweep's MLflow store served by ``orchestrator.dashboard`` and
+"""The dashboard end to end: a real sweep's MLflow store served by ``orchestrator.dashboard`` and
 looked at through the REST API and a headless Chromium (installed with
 ``scripts/install_browser_test_deps.sh`` when missing).
 
-Tests marked ``browser`` run the smoke sweep once for the module (about 1.5 minutes here) and need
-Chromium; screenshots are kept under ``test-artifacts/`` in the repo root.
+Tests marked ``browser`` need Chromium; they look at a copy of the store of the test session's
+fault-free sweep (``fault_free_sweep``: smoke-size, 2 trials x 2 rounds), so they run no sweep of
+their own. Screenshots are kept under ``test-artifacts/`` in the repo root.
 """
 
 import json
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import FAULT_FREE_TRIALS, ROOT, run_cli
 from orchestrator.tracking.dashboard import (
     BUDGET_VIEW_KEY,
     DashboardError,
@@ -61,29 +62,24 @@ def chromium() -> str:
     return path
 
 
+# The sweep the store holds: the fault-free sweep's name, and its trials' points per image.
+SWEEP = "reference"
+POINTS = [str(points) for points in range(2, 2 + FAULT_FREE_TRIALS)]
+
+
 @pytest.fixture(scope="module")
-def smoke_store(tmp_path_factory) -> str:
-    """A store filled the way the sweep fills it: the real smoke sweep, in a subprocess."""
-    tmp = tmp_path_factory.mktemp("smoke-sweep")
-    store = tmp / "mlflow.db"
-    result = run_cli(
-        "orchestrator.sweep",
-        "--smoke",
-        "--quiet",
-        "--tracking-uri",
-        f"sqlite:///{store}",
-        "--output-dir",
-        str(tmp / "runs"),
-        cwd=tmp,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def sweep_store(tmp_path_factory, fault_free_sweep) -> str:
+    """A store filled the way the sweep fills it: a copy of the test session's fault-free sweep's
+    sqlite store (the tests write a view into it; the original stays as the sweep left it)."""
+    store = tmp_path_factory.mktemp("dashboard-store") / "mlflow.db"
+    shutil.copyfile(fault_free_sweep.store, store)
+    assert fault_free_sweep.name == SWEEP
     return f"sqlite:///{store}"
 
 
 @pytest.fixture
-def dashboard(smoke_store, tmp_path):
-    process, base_url = start_dashboard(smoke_store, timeout_s=180, log_path=tmp_path / "mlflow-server.log")
+def dashboard(sweep_store, tmp_path):
+    process, base_url = start_dashboard(sweep_store, timeout_s=180, log_path=tmp_path / "mlflow-server.log")
     try:
         yield base_url
     finally:
@@ -232,24 +228,24 @@ def _processes_mentioning(text: str) -> list[int]:
 
 
 @pytest.mark.browser
-def test_dashboard_shows_the_smoke_sweep_in_chromium(smoke_store, dashboard, chromium, tmp_path):
+def test_dashboard_shows_a_sweep_in_chromium(sweep_store, dashboard, chromium, tmp_path):
     started = time.perf_counter()
     base_url = dashboard
     assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base_url)
 
     # REST: one parent run, two trial runs under it, each with a target mIoU.
-    experiment, parents, children = _sweep_runs(base_url, "smoke")
+    experiment, parents, children = _sweep_runs(base_url, SWEEP)
     assert len(parents) == 1 and len(children) == 2
     assert {c["tags"]["mlflow.parentRunId"] for c in children} == {parents[0]["info"]["run_id"]}
     assert all("target/miou" in c["metrics"] for c in children)
-    assert sorted(c["params"]["selection.points_per_image"] for c in children) == ["2", "5"]
+    assert sorted(c["params"]["selection.points_per_image"] for c in children) == POINTS
 
     # The plain runs-table URL, and the budget view the dashboard prints by default.
-    plain = sweep_url(base_url, smoke_store, "smoke")
+    plain = sweep_url(base_url, sweep_store, SWEEP)
     assert plain == f"{base_url}/#/experiments/{experiment['experiment_id']}/runs"
-    key = install_budget_view(smoke_store, "smoke")
+    key = install_budget_view(sweep_store, SWEEP)
     assert key == BUDGET_VIEW_KEY
-    url = sweep_url(base_url, smoke_store, "smoke", view_key=key)
+    url = sweep_url(base_url, sweep_store, SWEEP, view_key=key)
     assert url == f"{plain}?viewStateShareKey={key}"
 
     shot = _screenshot(chromium, tmp_path, url, "dashboard-runs.png")
@@ -275,7 +271,7 @@ def test_dashboard_shows_the_smoke_sweep_in_chromium(smoke_store, dashboard, chr
     assert "2 matching runs" in re.sub(r"<[^>]+>", "", dom)
 
     # MLflow's own compare-runs page for the trials: names, the swept parameter and the mIoU metric.
-    compare = compare_runs_url(base_url, smoke_store, "smoke")
+    compare = compare_runs_url(base_url, sweep_store, SWEEP)
     assert compare.startswith(f"{base_url}/#/compare-runs?runs=")
     expected = [*names, "selection.points_per_image", "target/miou"]
     dom = _dump_dom(chromium, tmp_path, compare, expected, width=WINDOW[0])
@@ -285,11 +281,11 @@ def test_dashboard_shows_the_smoke_sweep_in_chromium(smoke_store, dashboard, chr
 
 
 @pytest.mark.browser
-def test_dashboard_cli_prints_urls_and_stops_its_server_on_ctrl_c(smoke_store, tmp_path):
+def test_dashboard_cli_prints_urls_and_stops_its_server_on_ctrl_c(sweep_store, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)}  # server log in tmp_path
     env.pop("MLFLOW_TRACKING_URI", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.dashboard", "--tracking-uri", smoke_store, "--sweep", "smoke"],
+        [sys.executable, "-m", "orchestrator.dashboard", "--tracking-uri", sweep_store, "--sweep", SWEEP],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

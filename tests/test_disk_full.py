@@ -1,6 +1,6 @@
 """The output folder's disk fills up in the middle of a sweep: one clear error, the finished round's
 labels and checkpoint intact and readable, nothing of the sweep left running, and the sweep resumes
-once there is space again.
+once there is space again, and ends with the labels and metrics of the same sweep run without faults.
 
 The disk is a real small filesystem: a tmpfs with a size limit, mounted by the test and removed after
 it (this needs root; the test is skipped where mounting is not allowed). Filling it makes every write
@@ -17,17 +17,18 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, processes_left, run_cli, tagged_env
+from benchmarks.chaos import SweepRun, sweep_args
+from conftest import (
+    ROOT,
+    assert_same_as_fault_free,
+    fault_plan,
+    processes_left,
+    run_cli,
+    seed_source_models,
+    tagged_env,
+)
 
 pytestmark = pytest.mark.integration
-
-ARGS = [
-    "--smoke",
-    "--set",
-    "selection.rounds=2",
-    "--set",
-    "sweep.search_space={selection.points_per_image: {grid: [3]}}",
-]
 
 
 @pytest.fixture
@@ -58,17 +59,15 @@ def fill(disk) -> None:
         (disk / "probe").write_bytes(b"\0" * 65536)
 
 
-def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(tmp_path, small_disk):
+def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(
+    tmp_path, small_disk, fault_free_sweep, smoke_source_models, data_cache
+):
+    # One trial of the fault-free sweep (points_per_image 2, 2 rounds); only its output folder (with
+    # the session's source model in it) is on the small disk.
+    plan = fault_plan(small_disk, data_cache, trials=1)
     output = small_disk / "runs"
-    common = [
-        *ARGS,
-        "--output-dir",
-        str(output),
-        "--set",
-        f"data.cache_dir={tmp_path / 'data'}",
-        "--tracking-uri",
-        f"sqlite:///{tmp_path / 'm.db'}",
-    ]  # only the output folder is on the small disk
+    seed_source_models(smoke_source_models, output)
+    common = [*sweep_args(plan, "smoke"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
     env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT)})
     env.pop("MLFLOW_TRACKING_URI", None)
     driver = subprocess.Popen(
@@ -114,6 +113,7 @@ def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(tmp_
     round_one = trial_dir / "labels" / "round-0001.parquet"
     bought = round_one.read_bytes()
     assert pq.read_table(round_one).num_rows == 8
+    assert "source model: reusing" in stdout, stdout[-3000:]
     record = json.loads((trial_dir / "progress.json").read_text())["progress"]
     assert record["round"] == 1 and load_checkpoint(record["model_checkpoint"])["round"] == 1
 
@@ -129,3 +129,6 @@ def test_a_full_disk_mid_sweep_is_one_error_and_resumes_once_there_is_space(tmp_
     ], (sorted(str(p) for p in trials.rglob("*.parquet")), resumed.stdout[-4000:])
     assert [d.name for d in trials.iterdir()] == [trial_dir.name]  # the same trial, not a new one
     assert processes_left(tag) == []
+    # What the full disk and the resume leave is what the sweep without faults bought and measured:
+    # every round's labels pixel for pixel, every round's metrics (mIoU, budget, losses) once, bit for bit.
+    assert_same_as_fault_free(plan, fault_free_sweep, SweepRun(output / "smoke", tmp_path / "m.db"), resumed.stdout)

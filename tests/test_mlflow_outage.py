@@ -9,7 +9,8 @@
 3. The server comes back; ``python -m orchestrator.tracking replay`` sends the rest.
 
 In the end every metric of every round is in MLflow exactly once, no label was bought again, label
-stores and checkpoints are intact, and no process of either driver is left.
+stores and checkpoints are intact, no process of either driver is left, and every trial's labels and
+metrics equal those of the same sweep run without faults, round by round.
 """
 
 import json
@@ -23,13 +24,25 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, processes_left, run_cli, start_server, stop, tagged_env
+from benchmarks.chaos import SweepRun, sweep_args
+from conftest import (
+    FAULT_FREE_ROUNDS,
+    ROOT,
+    assert_same_as_fault_free,
+    fault_plan,
+    free_port,
+    processes_left,
+    run_cli,
+    seed_source_models,
+    start_server,
+    stop,
+    tagged_env,
+)
 from orchestrator.tracking.mlflow_runs import read_outbox
 
 pytestmark = pytest.mark.integration
 
-ROUNDS = 2
-ARGS = ["--smoke", "--set", f"selection.rounds={ROUNDS}", "--max-concurrent", "1"]
+ROUNDS = FAULT_FREE_ROUNDS
 POOL_IMAGES = 8  # the smoke pool
 
 
@@ -52,9 +65,9 @@ def logged_runs(client: MlflowClient) -> dict[str, list[int]]:
         return {}
 
 
-def start_driver(tmp_path, uri, env, log, *extra):
+def start_driver(tmp_path, args, uri, env, log, *extra):
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.sweep", *ARGS, "--tracking-uri", uri, *extra],
+        [sys.executable, "-m", "orchestrator.sweep", *args, "--tracking-uri", uri, *extra],
         cwd=tmp_path,
         env=env,
         stdout=open(log.with_suffix(".out"), "wb"),
@@ -72,7 +85,13 @@ def wait_for(condition, driver, what: str, timeout: float = 400):
     raise AssertionError(f"{what} did not happen while the sweep ran (exit {driver.poll()})")
 
 
-def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_is_replayed(tmp_path, monkeypatch):
+def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_is_replayed(
+    tmp_path, monkeypatch, fault_free_sweep, smoke_source_models, data_cache
+):
+    # The fault-free sweep (its 2 trials x 2 rounds, from the session's source model), one trial at a time.
+    plan = fault_plan(tmp_path, data_cache)
+    seed_source_models(smoke_source_models, tmp_path / "runs")
+    args = [*sweep_args(plan, "smoke"), "--max-concurrent", "1"]
     # The test's own client must not sit in MLflow's default minutes of retries while polling.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
@@ -88,7 +107,7 @@ def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_
     # 1. Outage, and the driver killed during it.
     env, first_run = tagged_env(base_env)
     server = start_server(store, artifacts, port, server_log)
-    driver = start_driver(tmp_path, uri, env, tmp_path / "first")
+    driver = start_driver(tmp_path, args, uri, env, tmp_path / "first")
     try:
         wait_for(lambda: any(logged_runs(client).values()), driver, "a trial logging its round 0")
         stop(server)
@@ -109,7 +128,7 @@ def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_
     # 2. Back; resume; a second outage that lasts until the sweep has ended.
     env, second_run = tagged_env(base_env)
     server = start_server(store, artifacts, port, server_log)
-    driver = start_driver(tmp_path, uri, env, tmp_path / "second", "--resume")
+    driver = start_driver(tmp_path, args, uri, env, tmp_path / "second", "--resume")
     try:
         wait_for(
             lambda: len([s for s in logged_runs(client).values() if s]) == 2,
@@ -207,3 +226,6 @@ def test_driver_killed_in_an_outage_resumes_and_what_an_outage_at_the_end_keeps_
         assert "report/summary.csv" in [f.path for f in client.list_artifacts(parent.info.run_id, "report")]
     finally:
         stop(server)
+    # Both trials bought and measured what the sweep without faults did: every round's labels pixel
+    # for pixel, every round's metrics (mIoU, per-class IoU, budget, losses) once, bit for bit.
+    assert_same_as_fault_free(plan, fault_free_sweep, SweepRun(sweep_dir, store), stdout[-3000:])

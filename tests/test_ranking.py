@@ -39,6 +39,7 @@ def test_shards_do_not_depend_on_actor_count():
     assert shard_ids([4, 0, 3, 1, 2], 2) == [[0, 1], [2, 3], [4]]
 
 
+@pytest.mark.ray
 def test_one_and_two_actors_agree(setup, ray_local):
     ckpt, cfg = setup
     one, two = {}, {}
@@ -90,8 +91,14 @@ def test_an_actor_reads_the_labeled_pixels_of_its_own_images_from_the_store(setu
     )
 
 
+@pytest.mark.ray
 def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
+    """Every live ranking actor is killed once the first shard is back: new actors take their place,
+    the shards they held are ranked again, and every image reaches ``consume`` exactly once (a
+    re-ranked shard delivered twice would buy its pixels twice), with the queries of a run without
+    kills."""
     import os
+    from collections import Counter
 
     import psutil
 
@@ -100,9 +107,11 @@ def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
     rank_pool(ckpt, cfg(**{"ranking.num_actors": 1}), 10, NO_LABELS, reference.__setitem__)
 
     killed = {}
+    delivered = Counter()  # consume() calls per image id: a dict of queries would hide a second one
 
     def consume_and_kill_once(image_id, query):
-        faulty[image_id] = query
+        delivered[image_id] += 1
+        faulty.setdefault(image_id, query)
         if not killed:
             # Kill every live ranking actor process: the shards they hold must be ranked again.
             me = os.getpid()  # only actors of the Ray this test started (its raylet is our child)
@@ -115,8 +124,12 @@ def test_a_killed_actor_is_replaced_and_its_shard_reranked(setup, ray_local):
 
     faulty = {}
     config = cfg(**{"ranking.num_actors": 2, "ranking.images_per_shard": 2})
-    rank_pool(ckpt, config, 10, NO_LABELS, consume_and_kill_once)
+    stats = rank_pool(ckpt, config, 10, NO_LABELS, consume_and_kill_once)
     assert killed
+    # Every killed actor was noticed and replaced (each had a shard or its next shard waiting).
+    assert stats.actors_replaced == len(killed) >= 1, (stats.actors_replaced, killed)
+    assert delivered == Counter(range(10)), f"images delivered more than once: {delivered}"
+    assert stats.images == 10
     assert sorted(faulty) == sorted(reference) == list(range(10))
     for image_id, query in reference.items():
         assert np.array_equal(query.ys, faulty[image_id].ys) and np.array_equal(query.xs, faulty[image_id].xs)

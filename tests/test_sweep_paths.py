@@ -1,8 +1,9 @@
 """Paths of the sweep that a unit test cannot show, each run end to end once: ASHA stopping a trial
-(with a region budget, selector ``none`` and the oracle reference inside real trials), PBT cloning a
+(with a region budget, selection rule ``none`` and the oracle reference inside real trials), PBT cloning a
 trial with its labels, and the human-annotation loop. After each, no process of the run is left.
 
-The tests share one output folder, so the source model is trained once (it is cached by config).
+The tests share one output folder holding the test session's source model (``smoke_source_models``),
+and the session's data cache: no test here trains a source model.
 """
 
 import json
@@ -18,7 +19,19 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, processes_left, run_cli, tagged_env
+from benchmarks.chaos import SweepRun, sweep_args
+from conftest import (
+    ROOT,
+    assert_same_as_fault_free,
+    fault_plan,
+    processes_left,
+    run_cli,
+    seed_source_models,
+    tagged_env,
+)
+from orchestrator.cluster.folder_lock import check_sweep_folder_free
+from orchestrator.command_line import EXIT_INTERRUPTED
+from orchestrator.labels.store import LabelStore
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +39,17 @@ POOL_PIXELS = 8 * 32 * 64  # the smoke pool: 8 images of 32x64
 
 
 @pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return tmp_path_factory.mktemp("sweep-paths")
+def shared(tmp_path_factory, smoke_source_models, data_cache):
+    """The module's folder: ``runs`` holds the session's source model, ``data`` links to the session's
+    data cache (the source model's cache key holds the data cache's real path: use ``data_dir``)."""
+    folder = tmp_path_factory.mktemp("sweep-paths")
+    seed_source_models(smoke_source_models, folder / "runs")
+    (folder / "data").symlink_to(data_cache, target_is_directory=True)
+    return folder
+
+
+def data_dir(shared):
+    return (shared / "data").resolve()
 
 
 def sweep(shared, name: str, *args: str, timeout: float = 600):
@@ -40,7 +62,7 @@ def sweep(shared, name: str, *args: str, timeout: float = 600):
         "--output-dir",
         str(shared / "runs"),
         "--set",
-        f"data.cache_dir={shared / 'data'}",
+        f"data.cache_dir={data_dir(shared)}",
         "--tracking-uri",
         f"sqlite:///{shared / 'm.db'}",
         *args,
@@ -49,6 +71,7 @@ def sweep(shared, name: str, *args: str, timeout: float = 600):
         env=env,
     )
     assert processes_left(tag) == [], "processes of the sweep outlived it"
+    assert "source model: reusing" in result.stdout or result.returncode != 0, result.stdout[-3000:]
     return result
 
 
@@ -84,7 +107,7 @@ def bought_once(labels_dir) -> bool:
 
 def test_asha_stops_a_weak_trial_as_a_result(shared):
     # One trial buys 2% of the pool's pixels a round with LabOR's region rule; the other buys nothing
-    # (selector none: unsupervised adaptation) with a learning rate that ruins its model (mIoU near
+    # (selection rule none: unsupervised adaptation) with a learning rate that ruins its model (mIoU near
     # chance), so ASHA, comparing the two at round 1, stops it.
     space = (
         "{cases: {grid: [{selection.rule: labor_spl, selection.budget_fraction: 0.02}, "
@@ -219,48 +242,76 @@ def test_human_annotation_loop(shared):
     assert run.info.status == "FINISHED"
 
 
-def test_ctrl_c_leaves_no_process_behind(shared):
+INTERRUPTED_LINE = "interrupted; every process of the sweep has ended. To continue: the same command with --resume"
+
+
+def test_ctrl_c_ends_the_sweep_in_one_line_leaving_nothing_behind_and_it_resumes(shared, fault_free_sweep):
+    """Ctrl-C while the trials run (after round 1's labels are bought): exit 130 and one line saying
+    how to continue; no process left; the label store, progress records and sweep state readable and
+    the folder free; ``--resume`` then finishes the sweep without buying a round again, and it ends as
+    the sweep without faults does, round by round (labels pixel for pixel, metrics bit for bit)."""
+    plan = fault_plan(shared, data_dir(shared))
+    args = [*sweep_args(plan, "interrupted"), "--tracking-uri", f"sqlite:///{shared / 'm.db'}"]
     env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT)})
     env.pop("MLFLOW_TRACKING_URI", None)
-    trials = shared / "runs" / "interrupted" / "trials"
+    sweep_dir = shared / "runs" / "interrupted"
+    trials = sweep_dir / "trials"
     driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "orchestrator.sweep",
-            "--smoke",
-            "--name",
-            "interrupted",
-            "--output-dir",
-            str(shared / "runs"),
-            "--set",
-            f"data.cache_dir={shared / 'data'}",
-            "--tracking-uri",
-            f"sqlite:///{shared / 'm.db'}",
-        ],
+        [sys.executable, "-m", "orchestrator.sweep", *args],
         cwd=shared,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
+        # As in a terminal's foreground: a command started in the background inherits SIGINT ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        deadline = time.time() + 300
+        deadline = time.time() + 600
         while time.time() < deadline and driver.poll() is None and not list(trials.glob("*/labels/round-*")):
             time.sleep(0.5)
         if driver.poll() is not None:
             raise AssertionError(
                 f"the sweep ended (exit {driver.returncode}) before it could be interrupted:\n"
-                + driver.communicate()[0].decode(errors="replace")[-3000:]
+                + "".join(driver.communicate())[-3000:]
             )
         os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole foreground group
-        output, _ = driver.communicate(timeout=180)
+        stdout, stderr = driver.communicate(timeout=180)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
-    assert driver.returncode != 0, output.decode()[-3000:]
+
+    # What the user sees: exit 130, and the last line says how to continue; no traceback.
+    assert driver.returncode == EXIT_INTERRUPTED, stdout[-3000:] + stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert lines and lines[-1] == INTERRUPTED_LINE, stderr[-3000:]
+    assert stderr.count(INTERRUPTED_LINE) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    # What is true after: nothing left running, nothing half-written, the folder free again.
     assert processes_left(tag) == [], "processes of the interrupted sweep outlived it"
+    check_sweep_folder_free(sweep_dir)
+    json.loads((sweep_dir / "sweep.json").read_text())
+    assert not list(sweep_dir.rglob("*.tmp*")), list(sweep_dir.rglob("*.tmp*"))
+    bought = {}
+    for trial_dir in trials.iterdir():
+        if (trial_dir / "progress.json").exists():
+            json.loads((trial_dir / "progress.json").read_text())
+        store = LabelStore(trial_dir / "labels")
+        for round_index in store.rounds():
+            table = store.table(only_round=round_index)  # every round reads back whole
+            assert sorted(table["image_id"].to_pylist()) == list(range(8)), (trial_dir.name, round_index)
+        bought.update({p: p.read_bytes() for p in (trial_dir / "labels").glob("round-*.parquet")})
+    assert bought
+
+    # It resumes: no round bought again, and it ends where the sweep without faults does.
+    env, tag = tagged_env()
+    resumed = run_cli("orchestrator.sweep", *args, "--resume", cwd=shared, timeout=900, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "resuming the sweep" in resumed.stdout and "2 trial(s), 0 failed" in resumed.stdout
+    assert processes_left(tag) == []
+    assert all(path.read_bytes() == data for path, data in bought.items())
+    assert_same_as_fault_free(plan, fault_free_sweep, SweepRun(sweep_dir, shared / "m.db"), resumed.stdout[-3000:])
 
 
 def test_a_run_leaves_no_process_behind(shared):
@@ -275,7 +326,7 @@ def test_a_run_leaves_no_process_behind(shared):
         "--output-dir",
         str(shared / "runs"),
         "--set",
-        f"data.cache_dir={shared / 'data'}",
+        f"data.cache_dir={data_dir(shared)}",
         "--set",
         "selection.rule=labor_spl",
         "--set",

@@ -5,7 +5,7 @@ Tests marked ``database`` start Debian's servers themselves (installed by
 scripts/install_database_test_deps.sh, which ``make test`` runs): each in a temporary folder of its
 own, bound to 127.0.0.1 on a free port, as the server's unprivileged system user when the tests run
 as root (PostgreSQL refuses to run as root), and stopped and removed whatever the test's outcome.
-One smoke sweep per server, about 2-3 minutes each on 2 cores.
+One smoke sweep per server, from the test session's source model (``smoke_output``).
 """
 
 from __future__ import annotations
@@ -228,10 +228,14 @@ def _artifact_files(client: MlflowClient, run_id: str, path: str | None = None) 
     return out
 
 
-def _check_smoke_sweep(uri: str, cwd: Path) -> None:
-    """Run the smoke sweep against ``uri`` from ``cwd``, then read everything back through MLflow."""
-    result = run_cli("orchestrator.sweep", "--smoke", "--tracking-uri", uri, cwd=cwd, timeout=900)
+def _check_smoke_sweep(uri: str, cwd: Path, smoke_output) -> None:
+    """Run the smoke sweep against ``uri`` from ``cwd`` (its output folder ``cwd/runs``, holding the test
+    session's source model: ``smoke_output``), then read everything back through MLflow."""
+    output, extra = smoke_output
+    assert output == cwd / "runs"
+    result = run_cli("orchestrator.sweep", "--smoke", "--tracking-uri", uri, *extra, cwd=cwd, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "source model: reusing" in result.stdout, result.stdout[-3000:]
     assert URI_PASSWORD not in result.stdout + result.stderr  # the password is shown as ***
     cfg = load_config(None, smoke=True)
     rounds = cfg.selection.rounds
@@ -282,15 +286,15 @@ def _check_smoke_sweep(uri: str, cwd: Path) -> None:
 
 
 @pytest.mark.database
-def test_smoke_sweep_tracks_to_postgresql(postgres_server, tmp_path):
+def test_smoke_sweep_tracks_to_postgresql(postgres_server, tmp_path, smoke_output):
     check_tracking_uri(postgres_server)  # the preflight's check passes on the running server
-    _check_smoke_sweep(postgres_server, tmp_path)
+    _check_smoke_sweep(postgres_server, tmp_path, smoke_output)
 
 
 @pytest.mark.database
-def test_smoke_sweep_tracks_to_mariadb(mariadb_server, tmp_path):
+def test_smoke_sweep_tracks_to_mariadb(mariadb_server, tmp_path, smoke_output):
     check_tracking_uri(mariadb_server)
-    _check_smoke_sweep(mariadb_server, tmp_path)
+    _check_smoke_sweep(mariadb_server, tmp_path, smoke_output)
 
 
 @pytest.mark.database

@@ -10,10 +10,13 @@ job, from which it continues exactly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -136,6 +139,37 @@ class TrainingResult:
     seconds: float
 
 
+@contextlib.contextmanager
+def _ctrl_c_stays_with_the_command():
+    """Ray Train's ``fit`` in the main thread installs its own SIGINT handler (a graceful abort of its
+    run) and never removes it: a Ctrl-C after the job went to a finished run and was lost (the sweep
+    went on), and one during it ended as a failed job. So the command's handler comes back after
+    ``fit``, and a Ctrl-C that came during it is raised as ``KeyboardInterrupt`` once the run has
+    stopped (Python's wake-up fd is written for every signal, whichever Python handler runs)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # Ray Train installs no handler outside the main thread (as in a Tune trial)
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        if previous is not None:  # None: a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGINT, previous)
+        try:
+            seen = os.read(read_fd, 4096)
+        except BlockingIOError:
+            seen = b""
+        os.close(read_fd)
+        os.close(write_fd)
+        if signal.SIGINT in seen:
+            raise KeyboardInterrupt
+
+
 def run_training(
     job: TrainJob, storage_path: str | Path, name: str, filesystem: pyarrow.fs.FileSystem | None = None
 ) -> TrainingResult:
@@ -181,7 +215,8 @@ def run_training(
     )
     started = time.perf_counter()
     try:
-        result = trainer.fit()
+        with _ctrl_c_stays_with_the_command():
+            result = trainer.fit()
     except TrainingFailedError as err:  # the job failed for good, after train.max_failures retries
         raise TrainingJobError.from_failure(err, name, failure_log_path(job, name)) from None
     if job.mode != "evaluate" and result.checkpoint is None:

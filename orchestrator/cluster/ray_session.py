@@ -7,8 +7,9 @@ it; on a cluster the head node declares it (see cluster.yaml), and where it is m
 back to reserving 0.01 CPU.
 
 The environment switches below quiet Ray Train V2's per-worker chatter, shorten its end-of-run
-health-check wait, and let a worker group wait for resources while other trials hold them (the
-default 60 s start-up timeout would otherwise retry with a traceback every minute).
+health-check wait, let a worker group wait for resources while other trials hold them (the
+default 60 s start-up timeout would otherwise retry with a traceback every minute), and leave
+Ctrl-C to the command rather than to Tune.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import uuid
+
+from orchestrator.cluster.processes import end_processes, processes_with
 
 TRIAL_RESOURCE = "activeda_trial"
 LOCAL_TRIAL_SLOTS = 1000
@@ -27,6 +31,11 @@ RAY_ENV = {
     "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "1800",
     "RAY_AIR_NEW_OUTPUT": "0",
     "RAY_DEDUP_LOGS": "1",
+    # Ctrl-C ends a sweep at once, wherever it is, as the command promises: every process ended and
+    # one line saying to resume (--resume continues each trial after its last finished round). Tune's
+    # own handler would instead stop the trials and let the driver summarise a half-run sweep as
+    # failed trials, exit 1.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 
@@ -48,6 +57,31 @@ def dashboard_wanted(dashboard: bool | None) -> bool:
     return os.environ.get(DASHBOARD_ENV, "1") != "0" if dashboard is None else dashboard
 
 
+class RayStartError(RuntimeError):
+    """The local Ray did not start; the message is one line for the user."""
+
+
+# Ray 2.60 gives a starting local node fixed waits (not configurable from ray.init): 30 s for the
+# raylet to register with the GCS, which ends in a plain ``Exception`` ("The current node timed out
+# during startup ... or the GCS has become overloaded", ray/_private/node.py), and 30 s for the GCS
+# to write its port file, which ends in a ``RuntimeError`` ("Timed out waiting for file .../
+# gcs_server_port_...", ray._raylet.wait_for_persisted_port). Both were seen on a loaded 2-core
+# machine, and a second try then started.
+START_TIMEOUTS = (
+    (Exception, "timed out during startup"),
+    (RuntimeError, "Timed out waiting for file"),
+)
+START_ATTEMPTS = 2
+# Every process one start attempt spawns inherits this mark, so a failed attempt's half-started
+# daemons (GCS, raylet, agents) can be ended before the next one.
+START_MARK = "ACTIVEDA_RAY_START"
+
+
+def is_start_timeout(err: BaseException) -> bool:
+    """Whether ``err`` is one of Ray's start-up waits running out (exact type and message)."""
+    return any(type(err) is kind and text in str(err) for kind, text in START_TIMEOUTS)
+
+
 def start_ray(
     address: str | None = None, num_cpus: int | None = None, quiet: bool = False, dashboard: bool | None = None
 ) -> None:
@@ -57,6 +91,9 @@ def start_ray(
     A local Ray serves its dashboard on 127.0.0.1 only (port 8265, or the next free one) when
     ``dashboard`` (default: on unless ``$ACTIVEDA_RAY_DASHBOARD`` is 0) and Ray's dashboard packages
     (``ray[default]``) are installed; the URL is printed. A cluster's dashboard is the cluster's own.
+
+    A local start that runs out of one of Ray's fixed start-up waits (a loaded machine) is tried once
+    more, after ending what the first try started; a second time-out raises ``RayStartError``.
     """
     apply_ray_environment()
     import ray
@@ -73,32 +110,66 @@ def start_ray(
     if address:
         ray.init(address=address, **common)
     else:
-        # Ray Train's placement-group cleaner (in a worker) finds "its" cluster by address, and with
-        # two local Rays on one machine (two sweeps at once) it cannot tell which one and dies with a
-        # traceback. So the local GCS gets a port chosen here, and the workers are told the address.
-        port = free_port()
-        runtime_env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
         with_dashboard = dashboard_wanted(dashboard)
         missing = ray._private.utils.get_dashboard_dependency_error() if with_dashboard else None
         if missing:
             say(f"Ray dashboard off: its packages are missing ({missing}); pip install 'ray[default]'")
-        try:
-            context = ray.init(
-                num_cpus=num_cpus or os.cpu_count(),
-                include_dashboard=with_dashboard and not missing,
-                dashboard_host=DASHBOARD_HOST,
-                resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS},
-                **common,
-            )
-        finally:
-            os.environ.pop("RAY_GCS_SERVER_PORT", None)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            mark = uuid.uuid4().hex
+            os.environ[START_MARK] = mark
+            try:
+                context = _start_local(ray, num_cpus, with_dashboard and not missing, runtime_env, common)
+                break
+            except Exception as err:
+                if not is_start_timeout(err):
+                    raise
+                _end_attempt(ray, mark)
+                first_line = str(err).strip().splitlines()[0]
+                if attempt == START_ATTEMPTS:
+                    raise RayStartError(
+                        f"the local Ray did not start: Ray's start-up wait ran out {START_ATTEMPTS} times "
+                        f"({first_line}); the machine may be overloaded: try again when it is less busy"
+                    ) from None
+                say(f"the local Ray did not start in time ({first_line}); trying once more")
+            finally:
+                os.environ.pop(START_MARK, None)
         if with_dashboard and not missing and context.dashboard_url:
             say(
                 f"Ray dashboard: http://{context.dashboard_url} (bound to {DASHBOARD_HOST}; from another machine: "
                 f"ssh -L {context.dashboard_url.rpartition(':')[2]}:{context.dashboard_url} this-host)"
             )
     logging.getLogger().setLevel(driver_level)
+
+
+def _start_local(ray, num_cpus: int | None, with_dashboard: bool, runtime_env: dict, common: dict):
+    """One ``ray.init`` of a local Ray; returns its context."""
+    # Ray Train's placement-group cleaner (in a worker) finds "its" cluster by address, and with
+    # two local Rays on one machine (two sweeps at once) it cannot tell which one and dies with a
+    # traceback. So the local GCS gets a port chosen here (afresh for each try), and the workers are
+    # told the address.
+    port = free_port()
+    runtime_env["env_vars"]["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    try:
+        return ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            include_dashboard=with_dashboard,
+            dashboard_host=DASHBOARD_HOST,
+            resources={TRIAL_RESOURCE: LOCAL_TRIAL_SLOTS},
+            **common,
+        )
+    finally:
+        os.environ.pop("RAY_GCS_SERVER_PORT", None)
+
+
+def _end_attempt(ray, mark: str) -> None:
+    """End every process the failed start attempt ``mark`` spawned (``ray.shutdown`` does not know of
+    them: the node never finished starting)."""
+    try:
+        ray.shutdown()
+    except Exception:  # nothing was connected; what matters are the processes below
+        pass
+    end_processes(processes_with(START_MARK, mark))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.cluster.cluster_file import ClusterConfigError
     from orchestrator.cluster.folder_lock import SweepFolderBusy
     from orchestrator.cluster.processes import exit_on_sigterm
+    from orchestrator.cluster.ray_session import RayStartError
     from orchestrator.sweep.driver import run_sweep
     from orchestrator.sweep.preflight import preflight
     from orchestrator.tracking.mlflow_runs import TrackingError, resolve_tracking_uri
@@ -124,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RayStartError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_TRIALS_FAILED
     except TrainingJobError as err:  # the source model or the oracle reference (a trial's own shows in its row)
         problem = output_storage_problem(cfg)  # ... unless the disk is full
         print(storage_problem_line(problem, cfg) if problem else f"error: {err}", file=sys.stderr)

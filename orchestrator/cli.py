@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "annotate": ("orchestrator.annotate", "export a round's queries for people, import their answers"),
     "dashboard": ("orchestrator.dashboard", "serve the MLflow UI on 127.0.0.1 with each sweep's views"),
     "synth": ("orchestrator.synth", "write the bundled synthetic domains in the GTA5/Cityscapes layouts"),
-    "cluster": ("orchestrator.cluster.cluster_file", "check `ray up` cluster files offline"),
+    "cluster": ("orchestrator.cluster.cluster_file", "check `ray up` cluster files, stage datasets to every node"),
     "tracking": ("orchestrator.tracking.mlflow_runs", "send what an MLflow outage left unsent (replay)"),
 }
 

@@ -1,0 +1,476 @@
+"""A real Ray cluster of three nodes on this machine, brought up with `ray up` from cluster.local.yaml.
+
+The head and two workers are sshds on their own loopback addresses, each in its own mount namespace
+with its own home (``scripts/loopback_cluster.py`` says how they are kept apart from each other and
+from every other Ray of the machine). Storage shared between the nodes is S3 (a moto server on
+127.0.0.1): a node finds nothing of another node on its disk, so whatever a node needs from another
+(labels, checkpoints, Tune's state) has to go through the bucket.
+
+* `ray up` sets up every node: each has its own copy of the working tree and its own Ray, and the
+  head's commands from the file (Ray with the dashboard on 127.0.0.1, an MLflow server) ran.
+* ``python -m orchestrator.cluster stage`` copies two datasets in the real GTA5 and Cityscapes
+  layouts to every node; the run is killed part-way, the copies are damaged on purpose, and the
+  next run resumes: nothing verified is copied again, the damage is found and repaired.
+* A sweep runs through `ray exec` as a user would. Its two trials have the same experiment settings
+  (they differ only in the CPU fraction their Train workers and ranking actors reserve, so Ray's
+  records tell whose they are). Once a trial has bought its first labels and one of its Train
+  workers or ranking actors is alive on worker2, worker2 is killed (SIGKILL of its raylet, workers
+  and agents at once). The sweep must finish; the killed trial loses nothing, buys nothing twice
+  and ends with exactly the labels (coordinates and classes, every round) and the mIoU of the trial
+  the kill never touched. Ray's state API shows that trials, Train workers and ranking actors ran on
+  more than one node.
+
+Marked ``cluster``: needs root (mount namespaces, sshd on port 22 of loopback addresses), openssh-server
+and rsync (installed by scripts/install_cluster_test_deps.sh when missing). About 6-8 minutes on a
+2-core machine, most of it the sweep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+from test_data_loaders import make_cityscapes, make_gta5, plain_image, write_palette_ids, write_rgb
+
+from conftest import ROOT, S3_TEST_ENV
+
+pytestmark = pytest.mark.cluster
+
+INSTALL_DEPS = ROOT / "scripts" / "install_cluster_test_deps.sh"
+BUCKET = "activeda-test"
+SWEEP = "nodes"
+POINTS = 5  # per image per round; the smoke pool has 8 images
+ROUNDS = 2
+# The two trials: the same experiment, told apart by the CPU fraction of their workers and actors
+# (the source model's Train workers reserve the base config's 1.0).
+FRACTIONS = (0.99, 0.98)
+SWEEP_TIMEOUT_S = 1200
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("loopback_cluster", ROOT / "scripts" / "loopback_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["loopback_cluster"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+loopback = _harness()
+
+
+def ensure_deps() -> None:
+    why = loopback.can_isolate_nodes() if shutil.which("unshare") else "unshare (util-linux) is missing"
+    if why:
+        pytest.skip(why)
+    if not loopback.missing_tools():
+        return
+    if not shutil.which("apt-get"):
+        pytest.skip(f"needs {', '.join(loopback.missing_tools())}; apt-get is not available to install them")
+    result = subprocess.run(["bash", str(INSTALL_DEPS)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0 and not loopback.missing_tools(), (
+        f"{INSTALL_DEPS.name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_server, tmp_path_factory, request):
+    """Head (1 CPU) and two workers (1 CPU each); trials may run on the head and worker1 (one each),
+    never on worker2, the node the sweep test kills."""
+    ensure_deps()
+    logs = tmp_path_factory.mktemp("cluster")
+    failed_before = request.session.testsfailed
+    started = time.monotonic()
+    nodes = loopback.LoopbackCluster(
+        2,
+        resources={"head": {"activeda_trial": 1}, "worker1": {"activeda_trial": 1}, "worker2": {}},
+        node_env=dict(S3_TEST_ENV),
+    )
+    nodes.s3_endpoint = s3_server
+    nodes.logs = logs
+    try:
+        nodes.start()
+        nodes.write_config()
+        nodes.up(log=logs / "ray-up.log")
+        nodes.timings["up_total_s"] = time.monotonic() - started
+        yield nodes
+    finally:
+        left = nodes.close(log_dir=logs, keep_logs=request.session.testsfailed > failed_before)
+        nodes.timings["module_total_s"] = time.monotonic() - started
+        (logs / "timings.json").write_text(json.dumps(nodes.timings, indent=1))
+        print(f"\n[cluster test] timings: {json.dumps({k: round(v, 1) for k, v in nodes.timings.items()})}")
+        assert not left, f"processes left running: {left}"
+
+
+# --- ray up --------------------------------------------------------------------------------------
+
+
+def test_ray_up_sets_up_every_node_apart(cluster):
+    nodes = [n for n in cluster.state("nodes") if n["state"] == "ALIVE"]
+    assert sorted(n["node_ip"] for n in nodes) == sorted(node.ip for node in cluster.nodes)
+    for node in cluster.nodes:
+        # Its own copy of the working tree, synced by `ray up` (the head) or the head's autoscaler (workers).
+        assert (node.home / "activeda" / "orchestrator" / "sweep" / "driver.py").is_file(), node.name
+        assert (node.home / "activeda" / "cluster.local.yaml").is_file(), node.name  # --cluster-config reads it
+        assert (node.home / ".ray" / "auth_token").read_text() == cluster.token_file.read_text()
+        # Its own Ray: a session in its own temp dir.
+        assert list(node.ray_dir.glob("session_*/logs/raylet.out")), node.name
+    assert (cluster.head.home / "ray_bootstrap_key.pem").is_file()  # how the head's autoscaler reached the workers
+    assert not (cluster.workers[0].home / "ray_bootstrap_key.pem").exists()
+    up_log = (cluster.logs / "ray-up.log").read_text()
+    assert f"activeda-from {cluster.home}/activeda" in up_log  # the setup check ran the synced tree
+
+    # The file's MLflow command started a tracking server on the head: bound to 127.0.0.1, its sqlite
+    # store in the head's home. Answering takes 30-60 s of a loaded CPU here, so the command line is
+    # checked and the server stopped; the sweep logs to a sqlite store.
+    pid_file = cluster.head.home / "mlflow-server.pid"
+    deadline = time.monotonic() + 30
+    cmdline, pid = "", 0
+    while time.monotonic() < deadline and "mlflow" not in cmdline:
+        try:
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            time.sleep(0.5)
+    for part in (
+        "mlflow server",
+        f"--host 127.0.0.1 --port {cluster.mlflow_port}",
+        f"--backend-store-uri sqlite:///{cluster.home}/mlflow.db",
+    ):
+        assert part in cmdline, cmdline
+    os.killpg(pid, signal.SIGKILL)  # its own session (setsid): the server and its uvicorn worker
+
+
+# --- staging -------------------------------------------------------------------------------------
+
+
+def fake_datasets(root: Path) -> tuple[Path, Path]:
+    """GTA5 and Cityscapes folders in their real layouts: many small pairs (per-file work dominates,
+    so a copy takes long enough to be interrupted) and one full-size GTA5 image (more than one chunk)."""
+    ids = np.tile(np.arange(34, dtype=np.uint8), (8, 1))
+    gta5 = make_gta5(root / "gta5", {f"{i:05d}.png": ids for i in range(1, 121)})
+    write_rgb(gta5 / "images" / "00121.png", plain_image(1052, 1914, seed=7))  # GTA5's own size
+    write_palette_ids(gta5 / "labels" / "00121.png", np.zeros((1052, 1914), np.uint8))
+    cityscapes = root / "cityscapes"
+    for split, cities in (("train", ("aachen", "bochum")), ("val", ("frankfurt",))):
+        make_cityscapes(cityscapes, {(city, f): ids for city in cities for f in range(20)}, split=split)
+    return gta5, cityscapes
+
+
+def files_of(root: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under ``root`` (staging files included, by their names)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def stage_command(cluster, *data: Path, dest: str = "~/datasets") -> list[str]:
+    args = [sys.executable, "-m", "orchestrator.cluster", "stage", "--cluster-config", str(cluster.config_path)]
+    for folder in data:
+        args += ["--data", str(folder)]
+    return args + ["--dest", dest]
+
+
+def run_stage(cluster, *data: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**cluster.client_env, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        stage_command(cluster, *data), capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT
+    )
+
+
+def wait_for_no_staging(cluster, timeout: float = 60) -> None:
+    """Until no process of the cluster runs staging any more (the head's side, a worker's task)."""
+    markers = ("orchestrator.cluster stage-nodes", "ray::fill_copy", "ray::FileServer")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        running = [c for c in cluster._marked().values() if any(m in c for m in markers)]
+        if not running:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"staging still runs {timeout:.0f} s after its client was killed: {running}")
+
+
+def test_stage_copies_datasets_to_every_node_checked_and_resumable(cluster, tmp_path):
+    gta5, cityscapes = fake_datasets(tmp_path / "source")
+    copies = {node.name: node.home / "datasets" for node in cluster.nodes}
+
+    # 1. A run killed part-way, once a worker has some of the files (driven by the copy's progress).
+    started = time.monotonic()
+    env = {**cluster.client_env, "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(
+        stage_command(cluster, gta5, cityscapes),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and first.poll() is None:
+            copied = list((copies["worker1"] / "gta5").rglob("*.png")) if (copies["worker1"] / "gta5").is_dir() else []
+            if len(copied) >= 20:
+                break
+            time.sleep(0.05)
+        assert first.poll() is None, f"the first staging ended before it could be interrupted:\n{first.stdout.read()}"
+    finally:
+        if first.poll() is None:
+            # The command, its `ray exec` and ssh: the head's side loses its client.
+            os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    cluster.timings["stage_interrupted_s"] = time.monotonic() - started
+    assert (gta5 / "activeda.sha256").is_file() and (cityscapes / "activeda.sha256").is_file()
+    # The manifest is sha256sum's own format.
+    check = subprocess.run(["sha256sum", "--quiet", "-c", "activeda.sha256"], cwd=gta5, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    source = {"gta5": files_of(gta5), "cityscapes": files_of(cityscapes)}
+    wait_for_no_staging(cluster)  # the head's side notices that its client is gone, and stops
+
+    # 2. Damage on top of the interruption: on worker1 a file cut short and one with a byte flipped
+    # (same size, same modification time), an abandoned staging file; on the head a flipped byte.
+    def damage(path: Path, how: str) -> None:
+        stat = path.stat()
+        data = bytearray(path.read_bytes())
+        if how == "cut":
+            data = data[: len(data) // 2]
+        else:
+            data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    w1 = copies["worker1"] / "gta5"
+    finals = sorted(p for p in w1.rglob("*.png") if not p.name.startswith("."))
+    assert len(finals) >= 3, finals
+    damage(finals[0], "cut")
+    damage(finals[1], "flip")
+    (finals[2].parent / f".{finals[2].name}.tmp-1-abandoned.png").write_bytes(b"half a file")
+    head_file = copies["head"] / "gta5" / "labels" / "00005.png"
+    damage(head_file, "flip")
+
+    # What each node holds right now, file by file: the files that are right must never be copied again.
+    before = {}
+    for name, root in copies.items():
+        for dataset in ("gta5", "cityscapes"):
+            folder = root / dataset
+            for path in folder.rglob("*") if folder.is_dir() else []:
+                rel = path.relative_to(folder).as_posix()
+                if path.is_file() and source[dataset].get(rel) == hashlib.sha256(path.read_bytes()).hexdigest():
+                    before[(name, dataset, rel)] = path.stat().st_ino
+    assert any(k[0] == "worker1" for k in before), "the interrupted run had copied nothing to worker1"
+
+    # 3. The same command again: it resumes.
+    started = time.monotonic()
+    second = run_stage(cluster, gta5, cityscapes)
+    cluster.timings["stage_resumed_s"] = time.monotonic() - started
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-4000:]
+    for name, root in copies.items():
+        for dataset in ("gta5", "cityscapes"):
+            assert files_of(root / dataset) == source[dataset], (name, dataset)  # the manifest included
+    for (name, dataset, rel), inode in before.items():
+        assert (copies[name] / dataset / rel).stat().st_ino == inode, f"{name}: {dataset}/{rel} was copied again"
+    assert "did not match their checksum" in output and "abandoned staging file(s) removed" in output, output
+    assert "the head's copy lacked or differed in" in output, output  # the head's flipped byte went up again
+    assert "staged on every node: /root/datasets/gta5" in output.replace(str(cluster.home), "/root"), output
+
+    # 4. Bad input: one line and a non-zero exit, before anything is copied.
+    missing = run_stage(cluster, tmp_path / "no-such-dataset")
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode == 2 and len(lines) == 1 and "no such folder" in lines[0], missing.stderr
+
+
+# --- the sweep, and a worker node killed mid-round ---------------------------------------------------
+
+
+def alive_actors(cluster) -> list[dict]:
+    """ALIVE actors from the state API's REST endpoint (what ``list_actors`` calls): cheap enough to poll."""
+    query = urllib.parse.urlencode(
+        {
+            "limit": 10000,
+            "timeout": 10,
+            "detail": True,
+            "filter_keys": "state",
+            "filter_predicates": "=",
+            "filter_values": "ALIVE",
+        }
+    )
+    request = urllib.request.Request(
+        f"{cluster.dashboard_url}/api/v0/actors?{query}",
+        headers={"Authorization": f"Bearer {cluster.token_file.read_text().strip()}"},
+    )
+    with urllib.request.urlopen(request, timeout=15) as response:
+        return json.load(response)["data"]["result"]["result"]
+
+
+def cpu_fraction(actor: dict) -> float | None:
+    """The CPU an actor reserved (a Train worker's is inside its placement group's resource names)."""
+    for key, value in (actor.get("required_resources") or {}).items():
+        if key == "CPU" or key.startswith("CPU_group_"):
+            return round(float(value), 4)
+    return None
+
+
+KINDS = {"RayTrainWorker": "train", "RankingActor": "ranking", "ImplicitFunc": "trial"}
+
+
+def kind(actor: dict) -> str | None:
+    return next((k for name, k in KINDS.items() if actor["class_name"].endswith(name)), None)
+
+
+def s3_objects(fs, prefix: str) -> dict[str, pafs.FileInfo]:
+    infos = fs.get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True))
+    return {i.path.split(f"{prefix}/", 1)[1]: i for i in infos if i.type == pafs.FileType.File}
+
+
+def label_rows(fs, key: str) -> list[dict]:
+    """A round file of a label store, as rows sorted by image (coordinates, masks, classes, costs)."""
+    with fs.open_input_stream(key) as stream:
+        table = pq.read_table(io.BytesIO(stream.read()))
+    columns = ["image_id", "height", "width", "ys", "xs", "mask_rle", "labels", "num_pixels", "clicks"]
+    return sorted(table.select(columns).to_pylist(), key=lambda row: row["image_id"])
+
+
+def trial_fractions(cluster) -> dict[str, tuple[float, str]]:
+    """trial id -> (its CPU fraction, the node that ran it), from the config.json each trial writes in
+    its own folder on its own node."""
+    found = {}
+    for node in cluster.nodes:
+        for config in (node.home / "runs" / SWEEP / "trials").glob("*/config.json"):
+            found[config.parent.name] = (json.loads(config.read_text())["train"]["cpus_per_worker"], node.name)
+    return found
+
+
+def test_sweep_across_nodes_survives_a_worker_node_killed_mid_round(cluster, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    fs = pafs.S3FileSystem(endpoint_override=cluster.s3_endpoint, region="us-east-1")
+    prefix = f"nodes-{cluster.name}"
+    cases = ", ".join(f"{{train.cpus_per_worker: {f}, ranking.cpus_per_actor: {f}}}" for f in FRACTIONS)
+    sweep = (
+        "cd ~/activeda && python -m orchestrator.sweep --smoke --address auto "
+        "--cluster-config ~/activeda/cluster.local.yaml --output-dir ~/runs --tracking-uri sqlite:///$HOME/mlflow.db "
+        f"--name {SWEEP} --max-concurrent 2 --set selection.rounds={ROUNDS} --set train.num_workers=2 "
+        "--set ranking.num_actors=2 --set ranking.images_per_shard=2 --set adapt.checkpoint_every=5 "
+        f"--set data.cache_dir=$HOME/data --set storage.uri=s3://{BUCKET}/{prefix} "
+        f"--set storage.endpoint={cluster.s3_endpoint} "
+        f"--set 'sweep.search_space={{cases: {{grid: [{cases}]}}}}'"
+    )
+    worker2 = cluster.node("worker2")
+    worker2_id = next(
+        n["node_id"] for n in cluster.state("nodes") if n["node_ip"] == worker2.ip and n["state"] == "ALIVE"
+    )
+    started = time.monotonic()
+    driver = cluster.exec_background(sweep, tmp_path / "sweep.log")
+    killed, victim, seen_labels, kill_ms = [], None, {}, 0
+    try:
+        # Kill worker2 once a trial that has bought its first labels has a Train worker or a ranking
+        # actor alive there (worker2 has one CPU, so whatever runs there is that one trial's).
+        deadline = time.monotonic() + SWEEP_TIMEOUT_S
+        while time.monotonic() < deadline and driver.poll() is None and not killed:
+            time.sleep(0.5)
+            bought = {
+                k.split("/")[0] for k in s3_objects(fs, f"{prefix}/{SWEEP}/trials") if k.endswith("round-0001.parquet")
+            }
+            if not bought:
+                continue
+            fractions = trial_fractions(cluster)
+            try:
+                actors = alive_actors(cluster)
+            except OSError:
+                continue
+            for actor in actors:
+                trial = next((t for t, (f, _) in fractions.items() if f == cpu_fraction(actor)), None)
+                if actor["node_id"] == worker2_id and kind(actor) in ("train", "ranking") and trial in bought:
+                    victim = (trial, kind(actor))
+                    seen_labels = {
+                        k: (i.size, i.mtime_ns)
+                        for k, i in s3_objects(fs, f"{prefix}/{SWEEP}/trials").items()
+                        if "/labels/" in k
+                    }
+                    kill_ms = time.time() * 1000
+                    killed = cluster.kill_node("worker2")
+                    break
+        assert killed, (
+            f"no trial had work on worker2 after buying labels; sweep:\n{(tmp_path / 'sweep.log').read_text()[-4000:]}"
+        )
+        cluster.timings["kill_after_s"] = time.monotonic() - started
+        driver.wait(timeout=max(60, deadline - time.monotonic()))
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    cluster.timings["sweep_s"] = time.monotonic() - started
+    output = (tmp_path / "sweep.log").read_text()
+    shutil.copy(tmp_path / "sweep.log", cluster.logs / "sweep.log")
+    assert driver.returncode == 0, output[-6000:]
+    assert "2 trial(s), 0 failed" in output, output[-4000:]
+    assert any("raylet" in line for line in killed), killed
+
+    # --- Ray's own records: where trials, Train workers and ranking actors ran ---------------------
+    names = cluster.node_ids()
+    actors = cluster.state("actors")
+    fractions = trial_fractions(cluster)
+    assert len(fractions) == 2 and {f for f, _ in fractions.values()} == set(FRACTIONS), fractions
+    placed = {k: {names[a["node_id"]] for a in actors if kind(a) == k} for k in ("trial", "train", "ranking")}
+    for what, where in placed.items():
+        assert len(where) >= 2, f"{what}s ran on {where} only"
+    assert {node for _, node in fractions.values()} == placed["trial"] == {"head", "worker1"}
+    assert {n["node_id"]: n["state"] for n in cluster.state("nodes")}[worker2_id] == "DEAD"
+    victim_trial, victim_kind = victim
+    (spared_trial,) = set(fractions) - {victim_trial}
+    victim_fraction, spared_fraction = fractions[victim_trial][0], fractions[spared_trial][0]
+    on_killed = [a for a in actors if a["node_id"] == worker2_id and kind(a) in ("train", "ranking")]
+    assert any(cpu_fraction(a) == victim_fraction and (a.get("end_time_ms") or 0) >= kill_ms for a in on_killed)
+    # The kill never touched the other trial: whatever it had on worker2 had ended before.
+    assert all((a.get("end_time_ms") or 0) < kill_ms for a in on_killed if cpu_fraction(a) == spared_fraction)
+
+    # --- the labels: nothing lost, nothing bought twice, the same as the trial without the kill -------
+    objects = s3_objects(fs, f"{prefix}/{SWEEP}/trials")
+    rounds = [f"labels/round-{r:04d}.parquet" for r in range(1, ROUNDS + 1)]
+    for trial in fractions:
+        assert sorted(k.split("/", 1)[1] for k in objects if k.startswith(f"{trial}/labels/")) == rounds
+    for key, (size, mtime) in seen_labels.items():  # bought before the kill: never written again
+        assert (objects[key].size, objects[key].mtime_ns) == (size, mtime), key
+    for name in rounds:
+        victim_rows = label_rows(fs, f"{BUCKET}/{prefix}/{SWEEP}/trials/{victim_trial}/{name}")
+        spared_rows = label_rows(fs, f"{BUCKET}/{prefix}/{SWEEP}/trials/{spared_trial}/{name}")
+        assert victim_rows == spared_rows, f"{name}: the killed trial's labels differ from the untouched trial's"
+        assert sum(r["num_pixels"] for r in victim_rows) == POINTS * 8
+    # Nodes shared nothing but the bucket: a node that ran a trial's workers but not the trial holds a
+    # copy of its labels that came from S3.
+    for trial, (_, trial_node) in fractions.items():
+        pulled = [
+            n.name
+            for n in cluster.nodes
+            if n.name != trial_node and (n.home / "runs" / SWEEP / "trials" / trial / "labels" / rounds[0]).is_file()
+        ]
+        assert pulled, f"no other node read trial {trial}'s labels"
+
+    # --- MLflow (the head's sqlite store): both trials finished every round, with the same mIoU --------
+    client = MlflowClient(tracking_uri=f"sqlite:///{cluster.head.home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(SWEEP).experiment_id], "tags.`activeda.kind` = 'trial'")
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    histories = []
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "target/miou")
+        assert sorted(m.step for m in history) == list(range(ROUNDS + 1))
+        histories.append(sorted((m.step, m.value) for m in history))
+    assert histories[0] == histories[1], histories
+    print(f"\n[cluster test] killed worker2 during the {victim_kind} of trial {victim_trial}: {len(killed)} processes")

@@ -11,10 +11,11 @@ next one runs):
    bf16 and channels_last, then every selector on the GPU, each against the forward pass (goal:
    at most 0.25x), on the network's own maps and on trained-looking maps; ranking images/s through
    the actors' code (``orchestrator.round.ranking.rank_images``: forward + selection, on the GPU);
-2. ``train``: adaptation steps at 512 x 1024 (segmenter, AdaptSeg discriminator, Tzeng's domain
-   classifier and soft labels, LabOR's selector network S with its three MCD updates) with bf16 autocast and
-   channels_last, on batches already on the GPU: training images/s;
-3. ``evaluate``: mIoU at the labels' native 1024 x 2048 from predictions at 512 x 1024, upsampled
+2. ``train``: adaptation steps of the recipe at its size, 640 x 1280 (segmenter, AdaptSeg discriminator,
+   Tzeng's domain classifier and soft labels, LabOR's selector network S with its MCD updates) with
+   bf16 autocast and channels_last, on batches already on the GPU: training images/s; then steps that
+   leave S out, and source-only steps, each timed;
+3. ``evaluate``: mIoU at the labels' native 1024 x 2048 from predictions at 640 x 1280, upsampled
    (``evaluate_native``).
 
 Peak GPU memory is reported per part. ``--device cpu`` with a small model and sizes runs the same
@@ -250,24 +251,40 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
     return figures
 
 
-# The papers' recipe (AdaptSegNet, RIPU): DeepLab-V2, SGD 2.5e-4 with momentum 0.9 and weight decay
-# 5e-4, the classifier at 10x, polynomial decay, batch size 1, 512 x 1024 target crops.
+# The papers' recipe (RIPU's schedule, AdaptSegNet's adversarial weights): DeepLab-V2, SGD with momentum
+# 0.9 and weight decay 5e-4, the classifier at 10x, polynomial decay, 2 + 2 images a step, 640 x 1280.
 RECIPE = Path(__file__).resolve().parent.parent / "configs" / "gta5_to_cityscapes.yaml"
-# Every adaptation loss on, so a step costs what the full method costs (the recipe file sets none).
+# Every adaptation loss on, so a step costs what the full method costs (the recipe's LabOR rows set
+# Tzeng's off). The GPU machine has no network and its working tree no room for ImageNet weights: the
+# networks start from random weights, which the recipe's model.pretrained would otherwise refuse.
 ALL_LOSSES = {
     "adapt.adversarial_weight": 0.001,
     "adapt.confusion_weight": 0.1,
     "adapt.soft_label_weight": 0.1,
     "adapt.pseudo_label_weight": 1.0,
     "adapt.discrepancy_weight": 1.0,
+    "model.pretrained": "",
+    "model.allow_random_init": True,
 }
+
+
+def recipe_size() -> tuple[int, int]:
+    """The recipe's training input size (data.height x data.width): what the paper configs train at."""
+    from experiment_config import load_config
+
+    cfg = load_config(RECIPE)
+    return cfg.data.height, cfg.data.width
 
 
 def check_training(args, device, model_name: str, progress) -> dict:
     """Adaptation steps of the papers' recipe (``configs/gta5_to_cityscapes.yaml``: SGD with momentum,
     weight decay and polynomial decay at the recipe's batch size) with every loss on, bf16 autocast
     and channels_last, batches already on the device; the losses of the last step and whether they
-    stayed finite and within ``SANE_LOSS`` (a freshly initialised network starts near log K)."""
+    stayed finite and within ``SANE_LOSS`` (a freshly initialised network starts near log K).
+
+    Three step kinds are timed, the ones a plan prices (``orchestrator.sweep.plan.MEASURED``): an
+    adaptation step that trains S too (the warm-up, rounds before the last), one that leaves S out
+    (the last round, the oracle reference) and a source-only step."""
     import torch
 
     from experiment_config import load_config
@@ -314,15 +331,28 @@ def check_training(args, device, model_name: str, progress) -> dict:
     reset_peak(device)
     history: list[dict] = []
 
-    def steps(count: int) -> None:
+    def steps(count: int, with_selector: bool = True, source_only: bool = False) -> None:
         with autocast(device):
             for _ in range(count):
                 step = first + len(history)
                 apply_lr_schedule(optimizers, base_lrs, poly_lr_factor(step, first, planned, cfg.adapt.lr_power))
-                history.append(
-                    adaptation_step(models, optimizers, source, target, weights, train_selector_network=True)
-                )
+                if source_only:  # a source job's step: no target batch, the source stage's losses
+                    losses = adaptation_step(models, optimizers, source, None, source_weights)
+                else:
+                    losses = adaptation_step(
+                        models, optimizers, source, target, weights, train_selector_network=with_selector
+                    )
+                history.append(losses)
 
+    def timed(count: int, **kind) -> float:
+        steps(min(count, 2), **kind)  # untimed: a kind's first steps build its kernels
+        synchronize(device)
+        started = time.perf_counter()
+        steps(count, **kind)
+        synchronize(device)
+        return (time.perf_counter() - started) / count
+
+    source_weights = loss_weights(cfg, "source")
     steps(args.warmup_steps)
     synchronize(device)
     started = time.perf_counter()
@@ -331,13 +361,19 @@ def check_training(args, device, model_name: str, progress) -> dict:
     seconds = time.perf_counter() - started
     rate = args.train_steps * batch / seconds
     losses = history[-1]
+    without_selector = timed(args.train_steps, with_selector=False)
+    source_step = timed(args.train_steps, source_only=True)
     finite = all(math.isfinite(value) for step in history for value in step.values())
     sane = finite and all(abs(value) <= SANE_LOSS for step in history for value in step.values())
     progress(
         f"train: {args.train_steps} adaptation steps of {batch}+{batch} images at {height}x{width} "
-        f"(recipe {RECIPE.name}: {cfg.adapt.optimizer} lr {cfg.adapt.lr:g}): {rate:.2f} target "
-        f"images/s ({seconds / args.train_steps:.2f} s a step), losses finite: {finite}, "
+        f"(recipe {RECIPE.name}: {cfg.adapt.optimizer} lr {cfg.adapt.lr:g}, S with num_k {cfg.adapt.num_k}): "
+        f"{rate:.2f} target images/s ({seconds / args.train_steps:.3f} s a step), losses finite: {finite}, "
         f"all within {SANE_LOSS:g}: {sane}"
+    )
+    progress(
+        f"train: {without_selector:.3f} s a step without S (the last round, the oracle reference), "
+        f"{source_step:.3f} s a source-only step of {batch} images"
     )
     progress("train: last step's losses: " + ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
     return {
@@ -347,8 +383,11 @@ def check_training(args, device, model_name: str, progress) -> dict:
         "optimizer": cfg.adapt.optimizer,
         "lr": cfg.adapt.lr,
         "batch_size": batch,
+        "num_k": cfg.adapt.num_k,
         "steps": args.train_steps,
         "seconds_per_step": seconds / args.train_steps,
+        "seconds_per_step_without_s": without_selector,
+        "seconds_per_source_step": source_step,
         "images_per_s": rate,
         "losses_finite": finite,
         "losses_sane": sane,
@@ -431,7 +470,10 @@ def parse_args(argv):
     parser.add_argument("--rank-size", type=size_arg, default=(1024, 2048), help="ranking image size (1024x2048)")
     parser.add_argument("--rank-images", type=int, default=6, help="images the forward pass is timed on (6)")
     parser.add_argument(
-        "--train-size", type=size_arg, default=(512, 1024), help="training and evaluation input size (512x1024)"
+        "--train-size",
+        type=size_arg,
+        default=None,
+        help="training and evaluation input size (default: the recipe's data.height x data.width, 640x1280)",
     )
     parser.add_argument("--label-size", type=size_arg, default=(1024, 2048), help="evaluation label size (1024x2048)")
     parser.add_argument(
@@ -452,6 +494,7 @@ def parse_args(argv):
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.warmup_steps < 0 or args.batch_size < 0:
         parser.error("--warmup-steps and --batch-size must be >= 0")
+    args.train_size = args.train_size or recipe_size()
     return args
 
 

@@ -269,7 +269,12 @@ def paper_round(data_root: Path, workdir: Path, model: str, steps: int, scale: S
         "model.name": model,
         "source.steps": steps,
         "adapt.steps": steps,
+        "adapt.total_steps": 0,  # the config's 30,000 would replace adapt.steps
+        "warmup.steps": steps,
         "selection.rounds": 1,
+        # no network here: the small backbone starts from random weights, which the config must allow
+        "model.pretrained": "",
+        "model.allow_random_init": True,
         "train.use_gpu": torch.cuda.is_available(),
         "train.num_workers": 1,
         "train.cpus_per_worker": 1,

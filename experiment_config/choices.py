@@ -18,15 +18,19 @@ REGION_SPREADS: tuple[str, ...] = ("score", "share")
 MODELS: tuple[str, ...] = ("small_segnet", "deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv2_resnet101")
 # trainers.models.MIN_BATCH_SIZE: models that cannot train on fewer images per step (default 1)
 MIN_BATCH_SIZE: dict[str, int] = {"deeplabv3_resnet101": 2, "deeplabv3_mobilenet_v3_large": 2}
+# trainers.models.IMAGENET_WEIGHTS: models whose backbone has torchvision ImageNet weights (model.pretrained: imagenet)
+IMAGENET_MODELS: tuple[str, ...] = ("deeplabv3_resnet101", "deeplabv3_mobilenet_v3_large", "deeplabv2_resnet101")
 # trainers.models.DEEPLABV2_STYLES
 DEEPLABV2_STYLES: tuple[str, ...] = ("ripu", "adaptsegnet")
 # trainers.data.EVAL_RESOLUTIONS
 EVAL_RESOLUTIONS: tuple[str, ...] = ("native", "input")
-# trainers.data.SOURCE_FORMATS / TARGET_FORMATS
-SOURCE_FORMATS: tuple[str, ...] = ("gta5", "synthia", "cityscapes")
-TARGET_FORMATS: tuple[str, ...] = ("cityscapes",)
+# trainers.data.SOURCE_FORMATS / TARGET_FORMATS ('folder': images, label PNGs and a dataset.yaml)
+SOURCE_FORMATS: tuple[str, ...] = ("gta5", "synthia", "cityscapes", "folder")
+TARGET_FORMATS: tuple[str, ...] = ("cityscapes", "folder")
 # trainers.data.CLASS_SETS (names only: the class lists stay in trainers/data/labelmaps.py)
 CLASS_SETS: tuple[str, ...] = ("cityscapes19", "synthia16", "synthia13", "synthetic")
+# trainers.data.CLASS_SET_FROM_DATASET: data.class_set that takes the target dataset YAML's classes
+CLASS_SET_FROM_DATASET = "dataset"
 # trainers.data.cityscapes.CITYSCAPES_SPLITS
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 # trainers.losses.PSEUDO_LABEL_RULES / SOFT_LABEL_ESTIMATES

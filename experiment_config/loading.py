@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import typing
 from collections.abc import Mapping
@@ -21,13 +22,16 @@ from pixel_selectors.rules import REGIONS, RULES
 
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
-from .choices import MIN_BATCH_SIZE
+from .choices import IMAGENET_MODELS, MIN_BATCH_SIZE
 from .schema import (
     AWS_REGION,
     CASES_AXIS,
+    IMAGENET,
     S3_ENDPOINT,
+    S3_OBJECT,
     SEARCH_SPACE_KINDS,
     SMOKE_OVERRIDES,
+    URI,
     ConfigError,
     ExperimentConfig,
     field_meta,
@@ -100,6 +104,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+UniqueKeyLoader = _UniqueKeyLoader  # public for other YAML readers (dataset YAMLs): one duplicate-key rule
+
+
 def merge_layers(base: Mapping[str, Any], layer: Mapping[str, Any], cls: type | None = None) -> dict:
     """``layer`` over ``base`` (raw YAML dicts): sections merge key by key, values are replaced whole."""
     cls = cls or ExperimentConfig
@@ -136,8 +143,10 @@ def read_yaml(path: str | Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "malformed YAML"
         raise ConfigError("", f"config file '{path}' is not valid YAML{where}: {problem}") from None
-    if raw is None:
-        return {}
+    if raw is None:  # empty, or only comments: most likely the wrong file, never a wish for the defaults
+        raise ConfigError(
+            "", f"config file '{path}' holds no mapping of sections (it is empty); give at least one section"
+        )
     if not isinstance(raw, dict):
         raise ConfigError("", f"config file '{path}' must hold a mapping of sections, not {type(raw).__name__}")
     return raw
@@ -308,8 +317,9 @@ def validate(cfg: ExperimentConfig) -> None:
         )
     if not cfg.output_dir:
         raise ConfigError("output_dir", "must not be empty")
-    if cfg.model.pretrained and not Path(cfg.model.pretrained).is_file():
-        raise ConfigError("model.pretrained", f"file '{cfg.model.pretrained}' does not exist")
+    problem = pretrained_problem(cfg)
+    if problem:
+        raise ConfigError("model.pretrained", problem)
     if cfg.source.checkpoint and not Path(cfg.source.checkpoint).is_file():
         raise ConfigError("source.checkpoint", f"file '{cfg.source.checkpoint}' does not exist")
     min_batch = MIN_BATCH_SIZE.get(cfg.model.name, 1)
@@ -358,6 +368,7 @@ def validate(cfg: ExperimentConfig) -> None:
             "selection.oracle=human, people label what they are shown",
         )
     validate_storage(cfg)
+    validate_data_roots(cfg)
     validate_search_space(cfg)
     cases = next(iter(cfg.sweep.search_space[CASES_AXIS].values())) if CASES_AXIS in cfg.sweep.search_space else []
     varies_rounds = "selection.rounds" in cfg.sweep.search_space or any("selection.rounds" in c for c in cases)
@@ -374,6 +385,34 @@ def validate(cfg: ExperimentConfig) -> None:
             "pbt mutates hyperparameters: give sweep.search_space at least one "
             "choice, uniform, loguniform or randint axis",
         )
+
+
+def pretrained_problem(cfg: ExperimentConfig) -> str | None:
+    """Why ``model.pretrained`` cannot start the configured model (None when it can, or is '').
+
+    The form of a URI is checked here; whether its object exists is the pre-flight's (it needs the network).
+    """
+    value, name = cfg.model.pretrained, cfg.model.name
+    if value == "":
+        return None
+    if value == IMAGENET:
+        if name not in IMAGENET_MODELS:
+            return f"model '{name}' has no ImageNet weights; 'imagenet' is for: {', '.join(IMAGENET_MODELS)}"
+        if name == "deeplabv2_resnet101" and cfg.model.deeplabv2_style == "adaptsegnet":
+            # Same tensor names, other input: the ImageNet file of this layout is DeepLab's Caffe conversion.
+            return (
+                "'imagenet' is torchvision's ResNet-101 for RGB input; deeplabv2_style 'adaptsegnet' takes "
+                "Caffe BGR input: give DeepLab's ImageNet file (DeepLab_resnet_pretrained_init) as a path"
+            )
+        return None
+    if value.startswith("s3://"):
+        return None if S3_OBJECT.match(value) else f"must be s3://bucket/key of one object, got {value!r}"
+    if value.startswith("file://"):
+        local = value[len("file://") :]
+        return None if Path(local).is_file() else f"file '{local}' does not exist"
+    if URI.match(value):
+        return f"unsupported URI {value!r}; give 'imagenet', a file, file://PATH or s3://bucket/key"
+    return None if Path(value).is_file() else f"file '{value}' does not exist"
 
 
 def validate_procedure(cfg: ExperimentConfig) -> None:
@@ -401,6 +440,17 @@ def validate_procedure(cfg: ExperimentConfig) -> None:
             "selection.point_window",
             f"must be odd (a square centred on a pixel) or 0, got {cfg.selection.point_window}",
         )
+
+
+def validate_data_roots(cfg: ExperimentConfig) -> None:
+    """A folder dataset names its folder: it has no bundled synthetic stand-in (that one is written in
+    the GTA5 and Cityscapes layouts). Whether the folder and its dataset.yaml are good is preflight's."""
+    for side in ("source", "target"):
+        domain = getattr(cfg.data, side)
+        if domain.format == "folder" and not domain.root:
+            raise ConfigError(
+                f"data.{side}.root", "format 'folder' needs the dataset's folder (the one holding dataset.yaml)"
+            )
 
 
 def validate_storage(cfg: ExperimentConfig) -> None:
@@ -494,8 +544,6 @@ def _validate_cases(cfg: ExperimentConfig, spec: Any, where: str) -> None:
 
 def _axis_combinations(cfg: ExperimentConfig) -> list[dict]:
     """Every combination of the values of the grid and choice axes besides ``cases`` ([{}] if none)."""
-    import itertools
-
     axes = {
         key: spec[next(iter(spec))]
         for key, spec in cfg.sweep.search_space.items()
@@ -513,7 +561,8 @@ def _without_space(cfg: ExperimentConfig) -> ExperimentConfig:
 
 def with_absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -> ExperimentConfig:
     """Relative paths (every key of ``path_keys()``) resolved against ``base`` (default: the working
-    directory, where the command ran), once, in the driver.
+    directory, where the command ran), once, in the driver. Names (``model.pretrained: imagenet``) and
+    URIs (``s3://``, ``file://``) are left as they are.
 
     Ray Tune runs trials in their own working directories, so a relative path would mean
     something else in every process.
@@ -522,6 +571,8 @@ def with_absolute_paths(cfg: ExperimentConfig, base: str | Path | None = None) -
     pairs = {}
     for key in path_keys():
         value = get_key(cfg, key)
+        if (value == IMAGENET and key == "model.pretrained") or URI.match(value):
+            continue  # a name or a URI, not a relative path
         if value and not Path(value).is_absolute():
             pairs[key] = str((base / value).resolve())
     return with_overrides(cfg, pairs) if pairs else cfg

@@ -3,6 +3,7 @@ and docs/configuration.md, which a test keeps identical to ``markdown_reference`
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import yaml
@@ -18,8 +19,10 @@ def yaml_value(value: Any) -> str:
     return text[: -len("...")].strip() if text.endswith("...") else text
 
 
-def describe_keys() -> str:
-    """Every config key with its default (as YAML), help and allowed names, for ``--help``."""
+def describe_keys(width: int = 0) -> str:
+    """Every config key with its default (as YAML), help and allowed names, for ``--help``; with ``width``
+    each key's help is wrapped to that many columns, under its own column (or, on a narrow terminal,
+    on the lines below the key)."""
     lines = []
     for key, (f, value) in field_meta(ExperimentConfig()).items():
         shown = "{...}" if key == "sweep.search_space" else yaml_value(value)
@@ -27,7 +30,14 @@ def describe_keys() -> str:
         choices = f.metadata.get("choices")
         if choices is not None:
             text += f" (one of: {', '.join(choices)})"
-        lines.append(f"  {key:<28} {shown:<14} {text}")
+        head = f"  {key:<28} {shown:<14} "
+        if not width:
+            lines.append(head + text)
+        elif width - len(head) >= 30:
+            lines += textwrap.wrap(text, width, initial_indent=head, subsequent_indent=" " * len(head)) or [head]
+        else:  # too narrow for a column: the help goes under the key
+            lines.append(head.rstrip())
+            lines += textwrap.wrap(text, width, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from pixel_selectors.rules import RULES
 # Names only (no torch): `--help` must not wait seconds for torch to import. tests/test_choices.py
 # keeps these lists equal to the registries that implement them.
 from .choices import (
+    CLASS_SET_FROM_DATASET,
     CLASS_SETS,
     DEEPLABV2_STYLES,
     EVAL_RESOLUTIONS,
@@ -55,6 +56,11 @@ class ConfigError(ValueError):
 
 # selection.rule value for adaptation without any target labels (unsupervised adaptation rows).
 NO_SELECTION = "none"
+# model.pretrained value for torchvision's ImageNet weights of the model's backbone (a name, not a path).
+IMAGENET = "imagenet"
+# A value with a scheme (s3://, file://) is a URI, never made absolute as a relative path would be.
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+S3_OBJECT = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/(?P<key>[^?#\s]*[^/?#\s])$")
 
 
 def _opt(
@@ -80,7 +86,11 @@ def _opt(
 
 @dataclass
 class DomainConfig:
-    format: str = _opt("gta5", "on-disk layout of this domain", choices=SOURCE_FORMATS)
+    format: str = _opt(
+        "gta5",
+        "on-disk layout of this domain ('folder': images, label PNGs and ROOT/dataset.yaml)",
+        choices=SOURCE_FORMATS,
+    )
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
     height: int = _opt(
         0,
@@ -98,7 +108,11 @@ class DomainConfig:
 
 @dataclass
 class TargetDomainConfig:
-    format: str = _opt("cityscapes", "on-disk layout of this domain", choices=TARGET_FORMATS)
+    format: str = _opt(
+        "cityscapes",
+        "on-disk layout of this domain ('folder': images, label PNGs and ROOT/dataset.yaml)",
+        choices=TARGET_FORMATS,
+    )
     root: str = _opt("", "dataset root ('': the bundled synthetic domain, generated into data.cache_dir)", path=True)
     pool_split: str = _opt("train", "split whose images form the unlabeled pool", choices=SPLITS)
     val_split: str = _opt("val", "split on which target mIoU is measured", choices=SPLITS)
@@ -122,7 +136,12 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    class_set: str = _opt("synthetic", "classes every dataset is mapped into", choices=CLASS_SETS)
+    class_set: str = _opt(
+        "synthetic",
+        "classes every dataset is mapped into, by name: a named set of the target dataset's classes, or "
+        "'dataset' for the classes of the target's dataset YAML",
+        choices=(*CLASS_SETS, CLASS_SET_FROM_DATASET),
+    )
     height: int = _opt(
         64,
         "target image height for training, selection and evaluation input (images are "
@@ -156,7 +175,23 @@ class ModelConfig:
     name: str = _opt("small_segnet", "segmentation network", choices=MODELS)
     width: int = _opt(16, "base channel width of small_segnet (ignored by the DeepLab models)", min=4)
     pretrained: str = _opt(
-        "", "ImageNet backbone weights for DeepLab models ('': torch hub's cache if present)", path=True
+        "",
+        "initial backbone weights of the DeepLab models: 'imagenet' (torchvision's ImageNet weights "
+        "through its weights API, downloaded once per node into model.weights_cache), a model file, "
+        "file://PATH, or s3://bucket/key (fetched with storage.endpoint and storage.region, cached per "
+        "node); '': none, random weights (refused for these models unless model.allow_random_init)",
+        path=True,
+    )
+    weights_cache: str = _opt(
+        "",
+        "per-node folder where 'imagenet' and s3:// weights are kept after their first download "
+        "('': torch hub's, $TORCH_HOME/hub/checkpoints)",
+        path=True,
+    )
+    allow_random_init: bool = _opt(
+        False,
+        "let a DeepLab model train from random backbone weights (model.pretrained '' and no "
+        "source.checkpoint: tests, CPU demos); otherwise the sweep and run refuse it before any work",
     )
     deeplabv2_style: str = _opt(
         "ripu",

@@ -38,21 +38,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from orchestrator.labels.annotation import (
-    AnnotationError,
-    _read,
-    import_tool_answers,
-    queries_path,
-)
+from orchestrator.command_line import HelpFormatter
+from orchestrator.labels import FORMATS
 
 
-def main(argv: list[str] | None = None) -> int:
-    from orchestrator.labels.formats import FORMATS, FormatError, export
-
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.annotate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="activeda annotate",
+        description=__doc__.split("\n\nFile format")[0]
+        + "\n\nThe file format and the annotation tools: docs/annotation.md.",
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="write a round's queries for an annotation tool (original image coordinates)")
@@ -62,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         "--format",
         required=True,
         choices=FORMATS,
+        metavar="FORMAT",
         help="labelstudio: tasks.json + labeling_config.xml; coco: coco.json (keypoints or RLE masks); "
         "png: masks/<image id>.png",
     )
@@ -84,9 +80,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     imp.add_argument("--round", type=int, required=True, help="the round the answers are for")
     imp.add_argument(
-        "--format", default="activeda", choices=("activeda", *FORMATS), help="what --answers is (default: activeda)"
+        "--format",
+        default="activeda",
+        choices=("activeda", *FORMATS),
+        metavar="FORMAT",
+        help=f"what --answers is: one of activeda, {', '.join(FORMATS)} (default: activeda)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # The store, numpy and the image libraries load only once the arguments are good: --help answers at once.
+    from orchestrator.labels.annotation import AnnotationError, import_tool_answers, queries_path, read_queries
+    from orchestrator.labels.formats import FormatError, export
+
     if args.round < 1:
         print(f"error: --round must be >= 1, got {args.round}", file=sys.stderr)
         return 2
@@ -94,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             written = export(
-                _read(queries_path(trial_dir, args.round)), args.format, Path(args.out), args.image_url_prefix
+                read_queries(queries_path(trial_dir, args.round)), args.format, Path(args.out), args.image_url_prefix
             )
             print(f"wrote {len(written)} file(s) into {args.out} for round {args.round}")
             return 0

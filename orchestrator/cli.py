@@ -7,7 +7,9 @@ is chosen, so ``activeda --help`` answers at once.
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
+import textwrap
 
 # command -> (module whose main(argv) runs it, one line of help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -15,16 +17,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("orchestrator.run", "run one trial without Tune, on the same code path (debugging)"),
     "annotate": ("orchestrator.annotate", "export a round's queries for people, import their answers"),
     "dashboard": ("orchestrator.dashboard", "serve the MLflow UI on 127.0.0.1 with each sweep's views"),
-    "synth": ("orchestrator.synth", "write the bundled synthetic domains in the GTA5/Cityscapes layouts"),
+    "synth": ("orchestrator.synth", "write the bundled synthetic domains (GTA5/Cityscapes or folder layout)"),
+    "data": ("orchestrator.data", "check a dataset in the folder layout (dataset.yaml, images, labels)"),
     "cluster": ("orchestrator.cluster.cluster_file", "check `ray up` cluster files, stage datasets to every node"),
-    "tracking": ("orchestrator.tracking.mlflow_runs", "send what an MLflow outage left unsent (replay)"),
+    "tracking": ("orchestrator.tracking.command", "send what an MLflow outage left unsent (replay)"),
 }
 
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
+    columns = max(40, shutil.get_terminal_size().columns - 2)
     lines = ["usage: activeda COMMAND [ARGS ...]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
+    for name, (_, text) in COMMANDS.items():
+        head = f"  {name:<{width}}  "
+        lines += textwrap.wrap(text, columns, initial_indent=head, subsequent_indent=" " * len(head))
     lines += ["", "activeda COMMAND --help shows a command's options."]
     return "\n".join(lines)
 

@@ -16,6 +16,9 @@ ran in, because Ray runs trials in other working directories.
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
+import textwrap
 
 from experiment_config import (
     ConfigError,
@@ -83,11 +86,57 @@ def add_trial_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="less progress output")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's help, with descriptions and epilogs wrapped to the terminal's width too.
+
+    A paragraph of unindented lines is filled to the width; an indented line (an example command, a
+    key of the config table) keeps its indent and wraps under it. argparse takes the width from the
+    terminal (``$COLUMNS`` when set).
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        blocks = []
+        for block in text.split("\n\n"):
+            lines = block.split("\n")
+            if any(line.startswith(" ") for line in lines):
+                blocks.append("\n".join(self._wrap_indented(line, width, indent) for line in lines))
+                continue
+            # Unindented: a paragraph, or a list whose items ("- ", "1. ") start lines of their own.
+            items: list[list[str]] = []
+            for line in lines:
+                if not items or BULLET.match(line):
+                    items.append([])
+                items[-1].append(line.strip())
+            filled = []
+            for item in items:
+                bullet = BULLET.match(item[0])
+                hang = indent + " " * (len(bullet.group(0)) if bullet else 0)
+                filled.append(textwrap.fill(" ".join(item), width, initial_indent=indent, subsequent_indent=hang))
+            blocks.append("\n".join(filled))
+        return "\n\n".join(blocks)
+
+    @staticmethod
+    def _wrap_indented(line: str, width: int, indent: str) -> str:
+        if len(indent + line) <= width or not line.strip():
+            return indent + line
+        lead = indent + " " * (len(line) - len(line.lstrip()))
+        return "\n".join(textwrap.wrap(line.strip(), width, initial_indent=lead, subsequent_indent=lead + "    "))
+
+
+# A list item at the start of a help line: "- ", "* " or "1. ".
+BULLET = re.compile(r"^(?:[-*]|\d+\.) ")
+
+
+def help_width() -> int:
+    """The columns argparse wraps help to (the terminal's, less its margin of 2)."""
+    return max(40, shutil.get_terminal_size().columns - 2)
+
+
 def config_epilog(prog: str) -> str:
     """The ``--help`` epilog: every config key with its YAML default, and examples."""
     return (
         "config keys (section.name, default as YAML, meaning) for KEY=VALUE, --set and YAML files:\n"
-        + describe_keys()
+        + describe_keys(help_width())
         + "\n\nexamples:\n"
         f"  {prog} --smoke\n"
         f"  {prog} adapt.steps=200 selection.rounds=2\n"

@@ -22,6 +22,7 @@ import argparse
 import signal
 import sys
 
+from orchestrator.command_line import HelpFormatter
 from orchestrator.tracking.dashboard import (
     BUDGET_VIEW_KEY,
     EXIT_BAD_INPUT,
@@ -44,13 +45,13 @@ from orchestrator.tracking.mlflow_runs import resolve_tracking_uri
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.dashboard",
+        prog="activeda dashboard",
         description="Serve the MLflow UI for the project's store on 127.0.0.1 only, wait until it answers, and\n"
         "print the URLs of each sweep's comparison views: the runs table of its experiment (opened\n"
         "in a saved budget view: trials, mIoU, labeled fraction, clicks, swept parameters) and\n"
         "MLflow's compare-runs view of its latest trials. Ctrl-C stops the server.",
         epilog="example:\n  python -m orchestrator.dashboard --sweep smoke --port 5000",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "--tracking-uri",

@@ -16,6 +16,7 @@ from pathlib import Path
 from experiment_config import ConfigError
 from orchestrator.command_line import (
     EXIT_BAD_INPUT,
+    HelpFormatter,
     add_trial_arguments,
     config_epilog,
     parse_args,
@@ -25,12 +26,18 @@ from orchestrator.command_line import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.run",
+        prog="activeda run",
         description=__doc__,
-        epilog=config_epilog("python -m orchestrator.run"),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=config_epilog("activeda run"),
+        formatter_class=HelpFormatter,
     )
     add_trial_arguments(parser)  # the sweep's options, minus the sweep-only ones
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan of the run (steps, images, estimated GPU-hours from measured step times) "
+        "and exit: Ray is not started and nothing is written",
+    )
     return parser
 
 
@@ -38,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    if args.dry_run:
+        from orchestrator.sweep.command import dry_run
+
+        return dry_run(args, "python -m orchestrator.run", single_trial=True)
     from orchestrator.cluster.processes import exit_on_sigterm
     from orchestrator.sweep.preflight import preflight
     from orchestrator.tracking.mlflow_runs import TrackingError, resolve_tracking_uri

@@ -1,8 +1,12 @@
 """``python -m orchestrator.synth``: write the bundled synthetic domains to a folder.
 
-The source domain goes into ``OUT/source`` in the GTA5 layout and the target into ``OUT/target``
-in the Cityscapes layout, so any GTA5 -> Cityscapes tool (this one included, with
-``--set data.source.root=OUT/source --set data.target.root=OUT/target``) can read them.
+With ``--layout gta5-cityscapes`` (the default) the source domain goes into ``OUT/source`` in the
+GTA5 layout and the target into ``OUT/target`` in the Cityscapes layout, labels as Cityscapes ids,
+so any GTA5 -> Cityscapes tool (this one included, with ``--set data.source.root=OUT/source --set
+data.target.root=OUT/target``) can read them. With ``--layout folder`` both are written in the
+folder layout (``images/<split>/``, ``labels/<split>/`` of train ids, ``dataset.yaml`` with the
+classes and their Cityscapes colours), the format ``python -m orchestrator.data check`` checks and
+``data.source.format: folder`` / ``data.target.format: folder`` read.
 """
 
 from __future__ import annotations
@@ -11,13 +15,47 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainers.data.synthetic import write_synthetic_domains
+from orchestrator.command_line import HelpFormatter
+
+LAYOUTS = ("gta5-cityscapes", "folder")
+
+
+def write_folder_layout(out: Path, height: int, width: int, images: int, seed: int, difficulty: float, progress=print):
+    """The synthetic domains in the folder layout: ``out/source`` (split train) and ``out/target``
+    (splits train and val); labels are train ids of the generator's classes."""
+    import numpy as np
+
+    from trainers.data.dataset_yaml import bundled_dataset
+    from trainers.data.folder import write_folder_dataset
+    from trainers.data.synthetic import SYNTHETIC_CLASSES, generate_sample
+
+    # The generator's classes are Cityscapes classes: their colours are the bundled Cityscapes YAML's.
+    class_set = bundled_dataset("cityscapes").class_set.subset("synthetic", SYNTHETIC_CLASSES)
+    plan = {"source": [("train", images)], "target": [("train", images), ("val", images // 2)]}
+    total = sum(count for jobs in plan.values() for _, count in jobs)
+    written = [0]
+
+    def samples(domain):
+        for split, count in plan[domain]:
+            for index in range(count):
+                image, label = generate_sample(seed, domain, split, index, height, width, difficulty)
+                yield split, f"{index:06d}", (image * 255).round().astype(np.uint8), label
+
+    def tick(_):
+        written[0] += 1
+        if written[0] % 100 == 0 or written[0] == total:
+            progress(f"generated {written[0]}/{total} synthetic images")
+
+    roots = []
+    for domain in plan:
+        roots.append(
+            write_folder_dataset(out / domain, class_set, samples(domain), name=f"synthetic-{domain}", progress=tick)
+        )
+    return tuple(roots)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.synth", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(prog="activeda synth", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write (must not exist or be empty)")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument(
@@ -31,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=128, help="image width (default 128)")
     parser.add_argument(
         "--difficulty", type=float, default=1.0, help="target style strength, 0 (source-like) to 2 (harsh); default 1"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default=LAYOUTS[0],
+        help="gta5-cityscapes: source like GTA5, target like Cityscapes (Cityscapes label ids); folder: "
+        "both in the folder layout with a dataset.yaml (default: gta5-cityscapes)",
     )
     args = parser.parse_args(argv)
     problems = [
@@ -47,6 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             print(f"error: {message}", file=sys.stderr)
             return 2
+    if args.layout == "folder":
+        source, target = write_folder_layout(out, args.height, args.width, args.images, args.seed, args.difficulty)
+        print(
+            f"source (folder layout): {source}\ntarget (folder layout): {target}\n"
+            f"use them with: --set data.source.format=folder --set data.source.root={source} "
+            f"--set data.target.format=folder --set data.target.root={target} --set data.class_set=dataset"
+        )
+        return 0
+    from trainers.data.synthetic import write_synthetic_domains  # torch: only once the arguments are good
+
     source, target = write_synthetic_domains(
         out,
         args.height,

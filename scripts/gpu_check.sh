@@ -6,7 +6,7 @@
 # 1. the tests marked `gpu` (tests/test_gpu.py: selectors give the same queries on the GPU as on
 #    the CPU, an adaptation step in bf16 + channels_last, ranking through the actors' code);
 # 2. python -m benchmarks.gpu_check: forward pass vs every selector at 1024x2048 with 19 classes,
-#    ranking images/s, adaptation steps of the papers' recipe at 512x1024 (train images/s),
+#    ranking images/s, adaptation steps of the papers' recipe at its 640x1280 (train images/s),
 #    evaluation at the labels' native 1024x2048; peak GPU memory;
 # 3. python -m benchmarks.profile_selectors: where each selector's time goes (a torch.profiler table
 #    per selector and kind of maps: kernels, launches, copies, syncs, greedy rounds).

@@ -195,7 +195,9 @@ def test_real_dataset_configs_load_and_take_root_overrides(name, tmp_path):
     cfg = load_config(ROOT / "configs" / name, [f"data.source.root={tmp_path}/src", f"data.target.root={tmp_path}/tgt"])
     assert cfg.data.source.root == f"{tmp_path}/src" and cfg.data.target.format == "cityscapes"
     assert cfg.train.use_gpu and cfg.model.name == "deeplabv2_resnet101"  # the papers' protocol (issue 17)
-    assert cfg.adapt.batch_size == 1 and cfg.adapt.optimizer == "sgd" and cfg.data.eval_resolution == "native"
+    # RIPU's global batch of 2 (configs' comments cite it; tests/test_paper_configs.py checks the rest)
+    assert cfg.adapt.batch_size * cfg.train.num_workers == 2 and cfg.adapt.optimizer == "sgd"
+    assert cfg.data.eval_resolution == "native" and cfg.model.pretrained == "imagenet"
 
 
 def test_a_config_error_survives_pickling():
@@ -226,3 +228,14 @@ def test_a_pbt_trial_with_a_case_keeps_the_axes_pbt_mutates():
     trial = with_overrides(base, {"cases": space["cases"]["grid"][1], "adapt.confusion_weight": 0.3})
     assert trial.sweep.search_space == {"adapt.confusion_weight": {"uniform": [0.0, 1.0]}}
     assert (trial.adapt.lr, trial.selection.points_per_image, trial.adapt.confusion_weight) == (1.0, 3, 0.3)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_a_config_file_that_holds_no_mapping_is_refused_in_one_line(tmp_path, text):
+    (tmp_path / "empty.yaml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "empty.yaml")
+    assert (
+        str(err.value)
+        == f"config file '{tmp_path / 'empty.yaml'}' holds no mapping of sections (it is empty); give at least one section"
+    )

@@ -244,6 +244,8 @@ def test_the_gpu_check_runs_its_parts_on_the_cpu_without_ray_mlflow_or_hypothesi
         "gta5_to_cityscapes.yaml",
         "sgd",
     )  # the papers' recipe, not the CPU defaults
+    # the three step kinds a plan prices (orchestrator.sweep.plan.KINDS)
+    assert min(figures["train"][k] for k in ("seconds_per_step_without_s", "seconds_per_source_step")) > 0
     assert "done: 3 part(s) passed" in (tmp_path / "gpu-check.txt").read_text()
 
 

@@ -12,12 +12,12 @@ from mlflow.tracking import MlflowClient
 from conftest import ROOT
 from orchestrator.tracking.mlflow_runs import (
     CHECKPOINT_TAG,
-    MlflowTrialLogger,
     TrackingError,
     check_tracking_uri,
     display_uri,
     provenance_tags,
 )
+from orchestrator.tracking.trial_logger import MlflowTrialLogger
 
 
 def test_provenance_names_the_commit_and_the_user():

@@ -212,6 +212,7 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
 
     from orchestrator.labels.store import LabeledPixels, LabelStore
     from orchestrator.round import loop as experiment
+    from trainers.data.dataset_yaml import bundled_dataset
 
     drawn, styles = {}, []
     monkeypatch.setattr(
@@ -239,7 +240,8 @@ def test_round_artifacts_draw_only_that_rounds_pixels(tmp_path, monkeypatch):
     store.append_round(1, "labor_ppl", [pixels(0, 0, 0, 1)])
     store.append_round(2, "labor_ppl", [pixels(0, 1, 1, 2), pixels(2, 3, 3, 4)])
     classes = ("road", "sidewalk", "building", "pole", "traffic_sign")
-    domains = SimpleNamespace(target_pool=[(torch.zeros(3, 8, 8), None)] * 3, classes=classes)
+    class_set = bundled_dataset("cityscapes").class_set.subset("five", classes)
+    domains = SimpleNamespace(target_pool=[(torch.zeros(3, 8, 8), None)] * 3, classes=classes, class_set=class_set)
     experiment.write_round_artifacts(tmp_path / "round-002", domains, store, 2, {"target/iou/road": 0.5})
     assert drawn == {"selected-image00000.png": ([1], [1], [2]), "selected-image00002.png": ([3], [3], [4])}
     # Drawn in the Cityscapes palette, with a legend of the class names.

@@ -1,11 +1,13 @@
 """The scale benchmark's own parts: its arguments, its generated pool, the actors' reuse of a repeated
 scene's query, and its goal checks. The round it measures is the product's (tested elsewhere);
-``python -m benchmarks.scale --quick`` runs the whole of it."""
+``python -m benchmarks.scale --quick`` runs the whole of it. And the click-counting benchmark on a tiny pool."""
+
+import json
 
 import numpy as np
 import pytest
 
-from benchmarks import scale
+from benchmarks import click_counting, scale
 from benchmarks.scale_scene import GeneratedPool
 from orchestrator.labels.store import LabelStore
 from orchestrator.round.ranking import Ranker
@@ -67,9 +69,12 @@ def test_the_report_judges_each_goal():
         "actor_peak_rss_bytes": 10,
         "train_job_bytes": 1800,
         "labels_in_job_bytes_before": 9000,
+        "ranking_startup_s": 3.0,
+        "ranking_s": 40.0,
         "merge_s": 0.1,
         "reveal_s": 0.5,
         "clicks_s": 2.0,
+        "write_round_s": 0.25,
         "select_round_s": 1.0,
         "worker_label_read_s": 0.001,
         "budget_pixels": 500,
@@ -90,6 +95,42 @@ def test_the_report_judges_each_goal():
     )
     assert any("1.09x (goal: within 1.10x: met)" in line for line in met)
     assert any("independent of them: met" in line for line in met)
-    missed = scale.report(args, [row, {**row, "driver_traced_peak_bytes": 150, "train_job_bytes": 9000}], None)
+    assert any("counting clicks at 128 images: 2.00 s, 5.0% of the ranking's 40.0 s" in line for line in met)
+    assert any("at most 10%: met" in line for line in met)
+    assert "| 8 | 3.0 | 40.0 | 0.1 | 2.00 | 0.5 | 0.2 | 1.0 | 5.0% |" in met  # every part side by side
+    missed = scale.report(
+        args, [row, {**row, "driver_traced_peak_bytes": 150, "train_job_bytes": 9000, "clicks_s": 4.4}], None
+    )
     assert any("1.50x (goal: within 1.10x: MISSED)" in line for line in missed)
     assert any("independent of them: MISSED" in line for line in missed)
+    assert any("11.0% of the ranking's 40.0 s (goal: at most 10%: MISSED)" in line for line in missed)
+
+
+def test_the_click_counting_benchmark_counts_the_same_bought_regions_both_ways(capsys, tmp_path):
+    figures = tmp_path / "clicks.json"
+    argv = [
+        "--quick",
+        "--pool",
+        "6",
+        "--height",
+        "48",
+        "--width",
+        "96",
+        "--budget-pixels",
+        "600",
+        "--json",
+        str(figures),
+    ]
+    assert click_counting.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "every image's clicks the same both ways: yes" in out and "| ratio |" in out
+    result = json.loads(figures.read_text())
+    assert result["same_clicks"] and result["bought_pixels"] == result["budget_pixels"] == 600
+    assert result["bought_images"] == 6 and result["old_wall_s"] > 0 and result["new_wall_s"] > 0
+
+
+def test_the_click_counting_benchmark_refuses_bad_arguments_in_one_line(capsys):
+    assert click_counting.main(["--pool", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --pool must be >= 1"
+    assert click_counting.main(["--quick", "--budget-pixels", str(10**9)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --budget-pixels must be at most the pool's 16777216 pixels"

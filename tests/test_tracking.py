@@ -7,14 +7,8 @@ from types import SimpleNamespace
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking.mlflow_runs import (
-    MlflowTrialLogger,
-    SweepTracking,
-    TrackingError,
-    finite_metrics,
-    replay_unsent,
-    resolve_tracking_uri,
-)
+from orchestrator.tracking.mlflow_runs import SweepTracking, TrackingError, finite_metrics, resolve_tracking_uri
+from orchestrator.tracking.trial_logger import MlflowTrialLogger, replay_unsent
 
 
 def test_non_finite_metrics_are_dropped(caplog):
@@ -362,7 +356,7 @@ def test_a_round_done_again_differently_is_logged_and_a_resent_one_is_not(tmp_pa
 def test_a_full_disk_does_not_stop_tracking(tmp_path, monkeypatch, caplog):
     import errno
 
-    import orchestrator.tracking.mlflow_runs as tracking
+    import orchestrator.tracking.trial_logger as tracking
 
     uri = f"sqlite:///{tmp_path}/m.db"
     client = MlflowClient(uri)

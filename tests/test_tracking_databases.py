@@ -277,7 +277,7 @@ def _check_smoke_sweep(uri: str, cwd: Path) -> None:
         assert f"labels/round-{rounds:04d}.parquet" in files
 
     report = _artifact_files(client, parent.info.run_id)
-    for name in ("report.html", "summary.csv", "summary.parquet", "budget_curve.png"):
+    for name in ("report.html", "summary.csv", "summary.parquet", "budget_curve.html"):
         assert report[f"report/{name}"] > 0, name
 
 

@@ -38,8 +38,8 @@ from .discriminators import DomainClassifier, OutputSpaceDiscriminator
 from .job import TrainJob, stage_section
 from .loader import SOURCE_STREAM, TARGET_STREAM, training_loader
 from .losses import IASTPseudoLabels, SoftLabels
-from .metrics import iou_per_class, mean_iou, predict_confusion
-from .models import build_model, load_start_checkpoint
+from .metrics import iou_per_class, mean_iou, mean_iou_over, predict_confusion
+from .models import build_model, load_start_checkpoint, pretrained_weights_file
 from .step import AdaptationModels, LossWeights, Optimizers, SparseTargetDataset, adaptation_step
 
 SELECTOR_HEADS = 2
@@ -127,7 +127,8 @@ def build_adaptation_models(
 ) -> AdaptationModels:
     """G and S always; Dis, theta_D and the soft labels only when their loss is switched on."""
     weights = weights or LossWeights()
-    name, width, pretrained, style = cfg.model.name, cfg.model.width, cfg.model.pretrained, cfg.model.deeplabv2_style
+    name, width, style = cfg.model.name, cfg.model.width, cfg.model.deeplabv2_style
+    pretrained = pretrained_weights_file(cfg)  # 'imagenet' and s3:// weights: fetched once per node
     torch.manual_seed(cfg.seed)  # identical initial weights on every worker and every run
     models = AdaptationModels(
         segmenter=build_model(name, num_classes, width, 1, pretrained, style),
@@ -536,9 +537,10 @@ def evaluate(models: AdaptationModels, domains, batch_size: int, workers: int, w
 
 
 def job_metrics(
-    trajectory: Trajectory, confusion: torch.Tensor, classes, train_seconds: float, world: int
+    trajectory: Trajectory, confusion: torch.Tensor, classes, train_seconds: float, world: int, mious=None
 ) -> dict[str, Any]:
-    """Target mIoU and per-class IoU, steps, throughput and the mean of each loss over the job."""
+    """Target mIoU and per-class IoU, steps, throughput and the mean of each loss over the job; ``mious``
+    (metric name -> class indices, ``ClassSet.miou_indices()``) adds mIoUs over subsets, e.g. ``target/miou13``."""
     steps = trajectory.job.planned_steps
     # train/start_step: where this attempt began (> 0 only when Ray Train restarted it from a checkpoint).
     metrics: dict[str, Any] = {
@@ -552,6 +554,8 @@ def job_metrics(
         metrics["train/images_per_s"] = steps * trajectory.job.section.batch_size * world / max(train_seconds, 1e-9)
     for name, value in zip(classes, iou_per_class(confusion).tolist()):
         metrics[f"target/iou/{name}"] = value
+    for name, indices in (mious or {}).items():
+        metrics[f"target/{name}"] = mean_iou_over(confusion, indices)
     for name, total in trajectory.loss_sums.items():
         metrics[f"train/loss/{name}"] = total / max(steps, 1)
     return metrics
@@ -588,5 +592,7 @@ def run_job(
     train(trajectory, domains, target_data, weights, where, on_step, progress)
     train_seconds = time.perf_counter() - started
     confusion = evaluate(models, domains, job.section.batch_size, job.config.train.loader_workers, where)
-    metrics = job_metrics(trajectory, confusion, domains.classes, train_seconds, world)
+    metrics = job_metrics(
+        trajectory, confusion, domains.classes, train_seconds, world, domains.class_set.miou_indices()
+    )
     return JobResult(metrics=metrics, state=trajectory.state() if job.mode != "evaluate" else None, confusion=confusion)

@@ -13,12 +13,18 @@ lists how each layout's keys map onto ours (``docs/protocol.md`` shows it as a t
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from experiment_config.schema import S3_OBJECT
+
+from .files import staged
 
 
 def _conv_block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -93,36 +99,139 @@ class SegmentationNet(MultiHeadSegmenter):
         return self.fuse(torch.cat([up, half], dim=1))
 
 
-# torchvision DeepLabV3 variants: builder, ImageNet backbone weights file name (torch hub cache),
-# and how the classification checkpoint's keys map onto the segmentation backbone.
+# torchvision DeepLabV3 variants: builder, and how the classification checkpoint's keys map onto the
+# segmentation backbone.
 _DEEPLAB = {
-    "deeplabv3_resnet101": ("deeplabv3_resnet101", "resnet101-63fe2227.pth", ""),
-    "deeplabv3_mobilenet_v3_large": ("deeplabv3_mobilenet_v3_large", "mobilenet_v3_large-8738ca79.pth", "features."),
-    # DeepLab-V2's backbone is torchvision's ResNet-101 (RIPU starts from the same ImageNet file).
-    "deeplabv2_resnet101": ("resnet101", "resnet101-63fe2227.pth", ""),
+    "deeplabv3_resnet101": ("deeplabv3_resnet101", ""),
+    "deeplabv3_mobilenet_v3_large": ("deeplabv3_mobilenet_v3_large", "features."),
+}
+
+# model.pretrained: imagenet -- the ImageNet weights of each model's backbone, by the name torchvision's
+# weights API gives them (``torchvision.models.get_weight``): the weights torchvision's own DeepLabV3
+# builders take as ``weights_backbone``. DeepLab-V2's backbone is torchvision's ResNet-101, and RIPU
+# starts from torchvision's ImageNet ResNet-101 file (its configs' MODEL.WEIGHTS).
+IMAGENET_WEIGHTS = {
+    "deeplabv3_resnet101": "ResNet101_Weights.IMAGENET1K_V1",
+    "deeplabv3_mobilenet_v3_large": "MobileNet_V3_Large_Weights.IMAGENET1K_V1",
+    "deeplabv2_resnet101": "ResNet101_Weights.IMAGENET1K_V1",
 }
 
 
-def pretrained_backbone_file(name: str, pretrained: str = "") -> Path | None:
-    """The local ImageNet weights for ``name``'s backbone: ``pretrained`` if given, else torch hub's cache."""
-    if name not in _DEEPLAB:
-        return None
-    if pretrained:
-        return Path(pretrained)
-    return Path(torch.hub.get_dir()) / "checkpoints" / _DEEPLAB[name][1]
+class PretrainedWeightsError(ValueError):
+    """``model.pretrained`` could not be made a local file on this node; the message is one line."""
 
 
-def pretrained_status(name: str, pretrained: str = "") -> str:
-    """One line saying where the backbone's initial weights come from (for the user, at start-up)."""
-    path = pretrained_backbone_file(name, pretrained)
-    if path is None:
-        return f"model '{name}' starts from random weights (it has no pretrained variant)"
+def weights_cache_dir(cache: str = "") -> Path:
+    """Where this node keeps downloaded and fetched weights: ``model.weights_cache``, else torch hub's."""
+    return Path(cache) if cache else Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def imagenet_weights(name: str):
+    """torchvision's ``WeightsEnum`` member of ``name``'s ImageNet backbone weights."""
+    from torchvision.models import get_weight
+
+    if name not in IMAGENET_WEIGHTS:
+        raise PretrainedWeightsError(
+            f"model '{name}' has no ImageNet weights; 'imagenet' is for: {', '.join(IMAGENET_WEIGHTS)}"
+        )
+    return get_weight(IMAGENET_WEIGHTS[name])
+
+
+def imagenet_file(name: str, cache: str = "") -> Path:
+    """The file torchvision's weights API keeps ``name``'s ImageNet weights in (it may not exist yet)."""
+    return weights_cache_dir(cache) / Path(urlparse(imagenet_weights(name).url).path).name
+
+
+def download_imagenet(name: str, cache: str = "") -> Path:
+    """``name``'s ImageNet backbone weights as a local file: from the cache, else downloaded there once
+    through torchvision's weights API (``WeightsEnum.get_state_dict``, which checks the file's SHA-256
+    prefix against its name). Raises ``PretrainedWeightsError`` (one line) when it cannot download."""
+    weights, path = imagenet_weights(name), imagenet_file(name, cache)
     if path.is_file():
-        return f"model '{name}': ImageNet backbone weights from {path}"
-    return (
-        f"model '{name}': no pretrained backbone weights at {path}; the backbone starts from random weights "
-        f"(put the file there, or set model.pretrained)"
+        return path
+    try:
+        weights.get_state_dict(progress=False, check_hash=True, model_dir=str(path.parent))
+    except Exception as err:  # URLError, OSError, a hash mismatch (RuntimeError): all mean "no file"
+        raise PretrainedWeightsError(
+            f"model.pretrained 'imagenet': cannot download {weights.url} into {path.parent} "
+            f"({type(err).__name__}: {_one_line(err)}); offline, copy {path.name} there on every node, "
+            f"or set model.pretrained to a file or an s3:// URI"
+        ) from None
+    return path
+
+
+def fetch_s3_weights(uri: str, cache: str = "", endpoint: str = "", region: str = "") -> Path:
+    """``s3://bucket/key`` as a local file in this node's weights cache, fetched once (written whole,
+    then renamed: workers of one node that fetch at once each leave a complete file). The cached copy
+    is named after the URI: a file replaced under the same URI needs a new URI (or the cache cleared)."""
+    import pyarrow.fs as pafs
+
+    match = S3_OBJECT.match(uri)
+    if match is None:
+        raise PretrainedWeightsError(f"model.pretrained must be s3://bucket/key of one object, got {uri!r}")
+    name = Path(match["key"]).name
+    path = weights_cache_dir(cache) / f"{hashlib.sha256(uri.encode()).hexdigest()[:12]}-{name}"
+    if path.is_file():
+        return path
+    try:
+        # As orchestrator.cluster.storage opens storage.uri: an S3-compatible server needs its endpoint.
+        region = region or ("us-east-1" if endpoint else pafs.resolve_s3_region(match["bucket"]))
+        filesystem = pafs.S3FileSystem(endpoint_override=endpoint or None, region=region)
+        with (
+            filesystem.open_input_stream(f"{match['bucket']}/{match['key']}") as remote,
+            staged(path) as staging,
+            open(staging, "wb") as local,
+        ):
+            while block := remote.read(1 << 22):
+                local.write(block)
+    except OSError as err:
+        raise PretrainedWeightsError(f"model.pretrained '{uri}': cannot fetch it ({_one_line(err)})") from None
+    return path
+
+
+def resolve_pretrained(name: str, spec: str, cache: str = "", endpoint: str = "", region: str = "") -> str:
+    """A ``model.pretrained`` value as a local file on this node ('' for none): 'imagenet' and
+    ``s3://`` are downloaded into the node's weights cache on first use, ``file://`` is its path."""
+    if not spec:
+        return ""
+    if spec == "imagenet":
+        return str(download_imagenet(name, cache))
+    if spec.startswith("s3://"):
+        return str(fetch_s3_weights(spec, cache, endpoint, region))
+    return spec.removeprefix("file://")
+
+
+def pretrained_weights_file(cfg) -> str:
+    """``cfg.model.pretrained`` as a local file on this node ('' for none): ``resolve_pretrained`` with
+    the config's cache folder and storage endpoint. Every Train worker calls it where it builds models."""
+    return resolve_pretrained(
+        cfg.model.name, cfg.model.pretrained, cfg.model.weights_cache, cfg.storage.endpoint, cfg.storage.region
     )
+
+
+def pretrained_status(name: str, pretrained: str = "", cache: str = "") -> str:
+    """One line saying where the backbone's initial weights come from (for the user, at start-up)."""
+    if name not in IMAGENET_WEIGHTS:
+        unused = " (model.pretrained is not used)" if pretrained else ""
+        return f"model '{name}' starts from random weights: it has no pretrained variant{unused}"
+    if not pretrained:
+        return (
+            f"model '{name}': the backbone starts from random weights (model.pretrained is ''), "
+            f"unless source.checkpoint gives the model"
+        )
+    if pretrained == "imagenet":
+        path = imagenet_file(name, cache)
+        where = f"from {path}" if path.is_file() else f"not in {path.parent} yet: each node downloads it there once"
+        return f"model '{name}': torchvision's ImageNet backbone weights ({IMAGENET_WEIGHTS[name]}), {where}"
+    if pretrained.startswith("s3://"):
+        return (
+            f"model '{name}': backbone weights from {pretrained}, fetched once per node into {weights_cache_dir(cache)}"
+        )
+    return f"model '{name}': backbone weights from {pretrained.removeprefix('file://')}"
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 class TorchvisionDeepLab(MultiHeadSegmenter):
@@ -130,14 +239,15 @@ class TorchvisionDeepLab(MultiHeadSegmenter):
 
     f(x) is the output of the DeepLab head before its last 1x1 convolution (ASPP + 3x3 conv, 256
     channels, 1/8 or 1/16 resolution); each head is a 1x1 convolution to K classes. Nothing is
-    downloaded: ImageNet backbone weights load from a local file when there is one.
+    downloaded here: ``pretrained`` is a local file of ImageNet backbone weights ('' for none;
+    ``resolve_pretrained`` makes one of a ``model.pretrained`` value).
     """
 
     def __init__(self, arch: str, num_classes: int, num_heads: int = 1, pretrained: str = ""):
         super().__init__()
         from torchvision.models import segmentation
 
-        builder, _, key_prefix = _DEEPLAB[arch]
+        builder, key_prefix = _DEEPLAB[arch]
         net = getattr(segmentation, builder)(
             weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=False
         )
@@ -145,11 +255,8 @@ class TorchvisionDeepLab(MultiHeadSegmenter):
         self.neck = nn.Sequential(*list(net.classifier.children())[:-1])
         self.feature_channels = 256
         self.heads = nn.ModuleList(nn.Conv2d(256, num_classes, 1) for _ in range(num_heads))
-        path = pretrained_backbone_file(arch, pretrained)
-        if path is not None and path.is_file():
-            self._load_backbone(path, key_prefix)
-        elif pretrained:
-            raise FileNotFoundError(f"model.pretrained '{pretrained}' does not exist")
+        if pretrained:
+            self._load_backbone(_existing(pretrained), key_prefix)
 
     def _load_backbone(self, path: Path, key_prefix: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -253,11 +360,10 @@ class DeepLabV2(MultiHeadSegmenter):
         self.feature_channels = 2048
         branches = 2 if style == "adaptsegnet" else len(ASPP_DILATIONS)
         self.heads = nn.ModuleList(ASPPClassifier(2048, num_classes, branches) for _ in range(num_heads))
-        path = pretrained_backbone_file("deeplabv2_resnet101", pretrained)
-        if path is not None and path.is_file():
-            load_start_checkpoint(self, path, "deeplabv2_resnet101", include_heads=False, what="pretrained weights")
-        elif pretrained:
-            raise FileNotFoundError(f"model.pretrained '{pretrained}' does not exist")
+        if pretrained:
+            load_start_checkpoint(
+                self, _existing(pretrained), "deeplabv2_resnet101", include_heads=False, what="pretrained weights"
+            )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.style == "adaptsegnet":
@@ -265,6 +371,13 @@ class DeepLabV2(MultiHeadSegmenter):
         net = self.backbone
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+def _existing(pretrained: str) -> Path:
+    path = Path(pretrained)
+    if not path.is_file():
+        raise FileNotFoundError(f"model.pretrained '{pretrained}' does not exist")
+    return path
 
 
 def build_small_segnet(num_classes: int, width: int, num_heads: int, pretrained: str = "", **_) -> nn.Module:

@@ -451,7 +451,7 @@ def format_shapes(shapes: list[dict[str, Any]]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.cluster",
+        prog="activeda cluster",
         description="Check `ray up` cluster files offline against Ray's own schema, show what their "
         "node types offer, and stage datasets to every node of a running cluster.",
     )

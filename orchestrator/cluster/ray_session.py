@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 TRIAL_RESOURCE = "activeda_trial"
 LOCAL_TRIAL_SLOTS = 1000
@@ -102,8 +103,6 @@ def start_ray(
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port on ``host`` that nothing listens on right now."""
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

@@ -123,7 +123,7 @@ def _original_size(image_path: str) -> dict:
         return {}
 
 
-def _read(path: Path) -> dict:
+def read_queries(path: Path) -> dict:
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -137,7 +137,7 @@ def _read(path: Path) -> dict:
 
 def import_answers(answers_path: Path, queries_file: Path, store: LabelStore, expected_round: int | None = None) -> int:
     """Check the answers against the exported queries and record them as that round; returns the round."""
-    answers, queries = _read(answers_path), _read(queries_file)
+    answers, queries = read_queries(answers_path), read_queries(queries_file)
     round_index, num_classes = queries.get("round"), len(queries["classes"])
     # The round names the label-store file it is recorded in (round-NNNN.parquet): a positive integer only.
     if (
@@ -229,7 +229,7 @@ def import_tool_answers(fmt: str, answers: Path, trial_dir: Path, round_index: i
     if fmt == "activeda":
         return import_answers(answers, queries_file, store, expected_round=round_index)
     try:
-        document = answers_from(fmt, answers, _read(queries_file))
+        document = answers_from(fmt, answers, read_queries(queries_file))
     except FormatError as err:
         raise AnnotationError(str(err)) from None
     converted = queries_file.with_name(f"{queries_file.stem}.{fmt}-answers.json")

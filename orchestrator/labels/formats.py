@@ -35,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.labels import FORMATS
 from pixel_selectors.encoding import rle_decode
 from trainers.data.coordinates import label_coordinates
+from trainers.data.palette import class_palette
 from trainers.files import atomic_write_json, atomic_write_text, staged
 
 UNSURE = "unsure"
 IGNORE = 255
-FORMATS = ("labelstudio", "coco", "png")
 
 
 class FormatError(ValueError):
@@ -242,8 +243,6 @@ def _hex(rgb: Sequence[float]) -> str:
 
 def export_label_studio(queries: dict, out_dir: Path, image_url_prefix: str = "") -> list[Path]:
     """``tasks.json`` and ``labeling_config.xml`` for a Label Studio project."""
-    from trainers.data.palette import class_palette
-
     classes = list(queries["classes"])
     regions = any("mask_rle" in entry for entry in queries["images"])
     tag, kind = ("BrushLabels", "brushlabels") if regions else ("KeyPointLabels", "keypointlabels")

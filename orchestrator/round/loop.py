@@ -204,7 +204,7 @@ def write_round_artifacts(folder: Path, domains, store: LabelStore, round_index:
     folder.mkdir(parents=True, exist_ok=True)
     shown = np.sort(store.image_ids(round_index))[:OVERLAY_IMAGES]
     bought = store.reader(only_round=round_index).read(shown)  # these images' pixels of this round only
-    palette = class_palette(domains.classes)  # Cityscapes colours, with a legend of the classes drawn
+    palette = class_palette(domains.classes, domains.class_set.colors)  # the target dataset YAML's colours
     for image_id in sorted(bought):
         ys, xs, classes = bought[image_id]
         image = denormalize(domains.target_pool[image_id][0]).permute(1, 2, 0).numpy()

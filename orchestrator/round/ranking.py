@@ -34,6 +34,7 @@ from experiment_config.schema import ExperimentConfig
 from orchestrator.cluster.storage import local_checkpoint
 from pixel_selectors.apply import select_image
 from pixel_selectors.base import PointQuery, RegionQuery, labeled_mask
+from pixel_selectors.cost import counted
 from pixel_selectors.rules import RULES, SELECTOR_NETWORK
 from trainers.data import build_domains
 from trainers.engine import load_models
@@ -83,6 +84,8 @@ def rank_images(
             region_spread=region_spread,
             max_share=max_share,
         )
+        if isinstance(query, RegionQuery) and not budget_pixels:
+            query = counted(query)  # no budget (SPL's whole mask): every region is bought whole, counted here
         out.append((image_id, query))
     return out
 

@@ -14,7 +14,7 @@ from orchestrator.labels.store import LabeledPixels, LabelStore, storage_setting
 from orchestrator.round.ranking import rank_pool
 from pixel_selectors.base import PointQuery
 from pixel_selectors.budget import GlobalBudget, share_cap, within_share_cap
-from pixel_selectors.cost import clicks_for_points, clicks_for_region
+from pixel_selectors.cost import clicks_by_image, clicks_for_points
 from pixel_selectors.rules import REGIONS, RULES
 
 
@@ -100,23 +100,25 @@ def select_round(
         f"{stats.images_per_s:.1f} images/s after)"
     )
     if merged is None and regions:  # SPL's whole mask: every candidate region of every image
+        # Bought whole, so each region's clicks were counted on its ranking actor (``cost.counted``).
+        clicks = clicks_by_image(per_image, cfg.data.height, width)
         labeled = []
         for image_id, query in sorted(per_image, key=lambda item: item[0]):
             if query.num_pixels:
                 flat = query.indices.astype(np.int64)
-                clicks = sum(clicks_for_region(query.region(r), cfg.data.height, width) for r in range(len(query)))
-                labeled.append(oracle.reveal(image_id, flat // width, flat % width, clicks=clicks, regions=True))
+                labeled.append(
+                    oracle.reveal(image_id, flat // width, flat % width, clicks=clicks[image_id], regions=True)
+                )
         return labeled, 0
     if merged is None:
         labeled = [oracle.reveal(i, q.ys, q.xs) for i, q in sorted(per_image, key=lambda item: item[0])]
         return labeled, sum(q.shortfall for _, q in per_image)
     labeled = []
-    for image_id, pieces in result.regions_by_image().items():
+    bought = result.regions_by_image()
+    # What the merge took (whole regions, the last one possibly cut), counted for the whole round at once.
+    region_clicks = clicks_by_image(bought.items(), cfg.data.height, width) if regions else {}
+    for image_id, pieces in bought.items():
         flat = np.concatenate(pieces)
-        clicks = (
-            sum(clicks_for_region(p, cfg.data.height, width) for p in pieces)
-            if regions
-            else clicks_for_points(len(flat))
-        )
+        clicks = region_clicks[image_id] if regions else clicks_for_points(len(flat))
         labeled.append(oracle.reveal(image_id, flat // width, flat % width, clicks=clicks, regions=regions))
     return labeled, int(result.shortfall)

@@ -15,6 +15,7 @@ from orchestrator.command_line import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
     EXIT_TRIALS_FAILED,
+    HelpFormatter,
     add_trial_arguments,
     config_epilog,
     parse_args,
@@ -30,16 +31,13 @@ from orchestrator.sweep.state import SWEEP_STATE
 log = logging.getLogger("activeda")
 
 
-log = logging.getLogger("activeda")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.sweep",
+        prog="activeda sweep",
         description="Run a Ray Tune sweep of active domain-adaptation trials (LabOR pixel selection, "
         "Ray Train adaptation) and log every trial to MLflow.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=config_epilog("python -m orchestrator.sweep"),
+        formatter_class=HelpFormatter,
+        epilog=config_epilog("activeda sweep"),
     )
     add_trial_arguments(parser)
     parser.add_argument(
@@ -54,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="shortcut for --set sweep.max_concurrent=N (default: derived from the cluster)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (trials, rounds, steps, images, estimated GPU-hours from measured step times) "
+        "and exit: Ray is not started and nothing is written",
     )
     parser.add_argument(
         "--resume",
@@ -89,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         StartCheckpointError,
         SweepFolderBusy,
     )
+    if args.dry_run:
+        return dry_run(args, "python -m orchestrator.sweep")
     try:
         cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
@@ -136,3 +142,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+
+
+def dry_run(args: argparse.Namespace, command: str, *, single_trial: bool = False) -> int:
+    """``--dry-run``: the config checked (its initial weights too), the plan printed; no Ray, no writes."""
+    from orchestrator.sweep.plan import format_plan, make_plan
+    from orchestrator.sweep.preflight import check_initial_weights
+
+    try:
+        cfg = resolve_config(args)
+        check_initial_weights(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(format_plan(make_plan(cfg, single_trial=single_trial), cfg, command))
+    return 0

@@ -48,14 +48,13 @@ from orchestrator.sweep.tune_setup import (
     parameter_columns,
     read_early_stops,
 )
-from orchestrator.tracking.mlflow_runs import MlflowTrialLogger, SweepTracking, display_uri, provenance_tags
+from orchestrator.tracking.mlflow_runs import UNSENT_FILE, SweepTracking, display_uri, provenance_tags
 from orchestrator.tracking.tensorboard import RoundTensorBoard
+from orchestrator.tracking.trial_logger import MlflowTrialLogger
 from trainers.data import domain_roots
 from trainers.models import pretrained_status
 
 log = logging.getLogger("activeda")
-
-UNSENT_FILE = "mlflow-unsent.jsonl"  # in the sweep folder: MLflow operations not sent yet
 
 
 def run_sweep(
@@ -161,7 +160,7 @@ def _prepare_data_and_start_models(sweep: _Sweep) -> _StartModels:
     cfg, say = sweep.cfg, sweep.say
     roots = domain_roots(cfg.data, progress=say)
     say(f"data: source {cfg.data.source.format} at {roots[0]}, target {cfg.data.target.format} at {roots[1]}")
-    say(pretrained_status(cfg.model.name, cfg.model.pretrained))
+    say(pretrained_status(cfg.model.name, cfg.model.pretrained, cfg.model.weights_cache))
     source_checkpoint, source_metrics = ensure_source_model(cfg, progress=say)
     # Once here, before the trials, which all start from it (a trial whose settings change it trains its own).
     _, warmup_metrics = ensure_warmup_model(cfg, source_checkpoint, {}, progress=say)

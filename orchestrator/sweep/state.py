@@ -67,13 +67,6 @@ def restorable_tune_state(storage, sweep_dir: Path, say=print) -> bool:
     state is replaced by the last readable copy (``TuneStateKeeper``), and without one the resume is
     refused while trials have started, rather than buying their labels again.
     """
-    from orchestrator.sweep.state import (
-        EXPERIMENT_STATE,
-        SEARCHER_STATE,
-        STATE_BACKUP,
-        readable_state,
-    )
-
     tune_dir = sweep_dir / "tune"
     names = storage.listdir(storage.location(tune_dir))
     if "tuner.pkl" in names and readable_state(storage, tune_dir) is not None:

@@ -17,6 +17,7 @@ from experiment_config import (
     CASES_AXIS,
     ExperimentConfig,
 )
+from orchestrator.cluster.storage import open_storage
 from orchestrator.sweep.state import readable_local_state, readable_state
 
 log = logging.getLogger("activeda")
@@ -35,8 +36,6 @@ def build_scheduler(cfg: ExperimentConfig, early_stops: Path | None = None):
     if kind == "fifo":
         return None
     if kind == "asha":
-        from orchestrator.sweep.tune_setup import RecordingASHA
-
         return RecordingASHA(
             time_attr="round",
             max_t=cfg.selection.rounds,
@@ -141,8 +140,6 @@ class TuneStateKeeper(Callback):
         self.storage_config, self.tune_dir, self.backup_dir = storage_config, tune_dir, backup_dir
 
     def _keep(self, trial) -> None:
-        from orchestrator.cluster.storage import open_storage
-
         storage = open_storage(self.storage_config)
         staging = getattr(getattr(trial, "storage", None), "experiment_driver_staging_path", None)
         try:

@@ -1,7 +1,7 @@
-"""``python -m orchestrator.tracking replay FILE``: send what an MLflow outage left unsent."""
+"""``python -m orchestrator.tracking replay FILE``."""
 
 import sys
 
-from orchestrator.tracking.mlflow_runs import main
+from orchestrator.tracking.command import main
 
 sys.exit(main())

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from torchvision.datasets import Cityscapes
 
+from .dataset_yaml import ClassSet
 from .errors import DatasetError
 from .labelmaps import cityscapes_mapping
 from .segmentation_pairs import PairedSegmentationDataset, check_folder, check_root, inside_root
@@ -72,7 +73,7 @@ class CityscapesSegmentation(PairedSegmentationDataset):
         self,
         root: str | os.PathLike,
         split: str,
-        class_set: str = "cityscapes19",
+        class_set: str | ClassSet = "cityscapes19",
         size: tuple[int, int] | None = None,
         augment: Callable | None = None,
         native_labels: bool = False,

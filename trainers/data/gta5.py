@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from .dataset_yaml import ClassSet
 from .labelmaps import cityscapes_mapping
 from .segmentation_pairs import PairedSegmentationDataset, check_root, inside_root, list_flat_pairs
 
@@ -30,7 +31,7 @@ class GTA5Segmentation(PairedSegmentationDataset):
     def __init__(
         self,
         root: str | os.PathLike,
-        class_set: str = "cityscapes19",
+        class_set: str | ClassSet = "cityscapes19",
         size: tuple[int, int] | None = None,
         augment: Callable | None = None,
     ) -> None:

@@ -1,125 +1,40 @@
-"""Raw label ids of Cityscapes, GTA5 and SYNTHIA-RAND-CITYSCAPES, and their mapping to class sets.
+"""Class sets, and the mapping of a dataset's raw label ids to a class set.
 
 A label PNG stores a dataset's own *raw ids*; a model is trained on *class indices* 0..K-1 of a class
 set (plus ``IGNORE_INDEX``). Domain adaptation needs the same class set on both sides (GTA5 ->
 Cityscapes uses the 19 Cityscapes evaluation classes, SYNTHIA -> Cityscapes the 16 or 13 classes
 SYNTHIA has), so the mapping is built from class *names*: the class set decides which names exist
-and their order; each dataset's id table says which raw id carries which name.
+and their order; each dataset's YAML (``dataset_yaml``) says which raw id carries which class.
+
+The named class sets below are lists of names, drawn from the classes of the target dataset's YAML
+(their colours come from it); ``data.class_set: dataset`` takes the target YAML's classes whole.
 
 Every raw id a dataset defines is either a class of the set or ignored (void, or a class the set
-leaves out). An id the table does not define at all means the file is not what we think it is (a
+leaves out). An id the YAML does not define at all means the file is not what we think it is (a
 colour label, a trainId label, another dataset), so it is refused with ``DatasetError`` rather than
 silently ignored.
 
-Sources of the facts below:
-
-- Cityscapes ids: cityscapesScripts ``cityscapesscripts/helpers/labels.py`` (mcordts/cityscapesScripts
-  on GitHub; the same table is ``torchvision.datasets.Cityscapes.classes``). gtFine ``*_labelIds.png``
-  use ids 0..33; 'license plate' has id -1 and never appears in a PNG. GTA5 (Richter et al., "Playing
-  for Data", ECCV 2016) labels use the same ids.
-- SYNTHIA-RAND-CITYSCAPES ids: the README.txt shipped with the dataset, as reproduced in the
-  m-birke/automotive-segmentation-datasets table ``synthia_rand_cityscapes.md`` (ids 0..22) and used by
-  the DAFormer conversion script (lhoyer/DAFormer ``tools/convert_datasets/synthia.py``), which maps
-  the same ids to Cityscapes trainIds and ignores void, parking-slot, road-work and lane-marking.
+The id tables of Cityscapes (also GTA5's) and SYNTHIA-RAND-CITYSCAPES are the bundled YAMLs
+``datasets/cityscapes.yaml`` and ``datasets/synthia.yaml``; their sources are named in them.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .dataset_yaml import ClassSet, DatasetSpec, bundled_dataset
 from .errors import DatasetError
 
 IGNORE_INDEX = 255
+# data.class_set value that takes the classes of the target dataset's YAML whole.
+CLASS_SET_FROM_DATASET = "dataset"
 
-# Cityscapes label ids in id order (index = id), names as in labels.py in snake_case.
-CITYSCAPES_ID_NAMES: tuple[str, ...] = (
-    "unlabeled",
-    "ego_vehicle",
-    "rectification_border",
-    "out_of_roi",
-    "static",
-    "dynamic",
-    "ground",
-    "road",
-    "sidewalk",
-    "parking",
-    "rail_track",
-    "building",
-    "wall",
-    "fence",
-    "guard_rail",
-    "bridge",
-    "tunnel",
-    "pole",
-    "polegroup",
-    "traffic_light",
-    "traffic_sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "caravan",
-    "trailer",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
-
-# SYNTHIA-RAND-CITYSCAPES class ids in id order (index = id). 'pedestrian' is Cityscapes' 'person'.
-SYNTHIA_ID_NAMES: tuple[str, ...] = (
-    "void",
-    "sky",
-    "building",
-    "road",
-    "sidewalk",
-    "fence",
-    "vegetation",
-    "pole",
-    "car",
-    "traffic_sign",
-    "person",
-    "bicycle",
-    "motorcycle",
-    "parking_slot",
-    "road_work",
-    "traffic_light",
-    "terrain",
-    "rider",
-    "truck",
-    "bus",
-    "train",
-    "wall",
-    "lane_marking",
-)
-
-_CITYSCAPES19 = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic_light",
-    "traffic_sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
+# The 19 Cityscapes evaluation classes in trainId order: the classes of the bundled Cityscapes YAML.
+_CITYSCAPES19 = bundled_dataset("cityscapes").class_set.names
 _SYNTHIA16 = tuple(name for name in _CITYSCAPES19 if name not in ("terrain", "truck", "train"))
 _SYNTHIA13 = tuple(name for name in _SYNTHIA16 if name not in ("wall", "fence", "pole"))
 
@@ -135,19 +50,29 @@ CLASS_SETS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Further mIoU metrics of a named class set: metric -> the classes it averages, taken from the same
+# confusion matrix. SYNTHIA -> Cityscapes tables report mIoU over SYNTHIA's 16 classes and over 13
+# (without wall, fence and pole): the 16-class model's IoUs of those 13 classes, averaged (the
+# synthia_set_16_to_13 selection of the public SYNTHIA -> Cityscapes evaluation code).
+CLASS_SET_MIOUS: dict[str, dict[str, tuple[str, ...]]] = {"synthia16": {"miou13": _SYNTHIA13}}
+
+
 @dataclass(frozen=True)
 class LabelMapping:
     """Raw id -> class index of one dataset's id table and one class set.
 
     ``lut[raw_id]`` is the class index (``IGNORE_INDEX`` for ignored ids); ``defined[raw_id]`` says
-    whether the dataset defines that id at all. Both have 256 entries: every id table here is far
-    below 256, and a wider raw id (a 16-bit label) is undefined by construction.
+    whether the dataset defines that id at all. Both have at least 256 entries (more when the dataset
+    declares larger ids, up to 65535 for 16-bit labels); a wider raw id is undefined by construction.
+    ``fingerprint`` changes whenever the mapping does (the verification cache keys files by it).
     """
 
     table_name: str
     class_set: str
+    classes: tuple[str, ...]
     lut: np.ndarray
     defined: np.ndarray
+    fingerprint: str
 
     def apply(self, raw_ids: np.ndarray, path: str | Path) -> np.ndarray:
         """Map a (H, W) array of raw ids to uint8 class indices; undefined ids raise ``DatasetError``.
@@ -171,9 +96,23 @@ class LabelMapping:
             shown = ", ".join(str(i) for i in undefined[:10]) + (", ..." if len(undefined) > 10 else "")
             raise DatasetError(
                 f"label '{path}' has ids not in the {self.table_name} id table "
-                f"(defined: 0..{int(np.flatnonzero(self.defined).max())}): {shown}"
+                f"(defined: {id_ranges(np.flatnonzero(self.defined))}): {shown}"
             )
         return self.lut[raw]
+
+
+def id_ranges(ids) -> str:
+    """Sorted ids as compact ranges: [0, 1, 2, 3, 7, 255] -> '0..3, 7, 255'."""
+    parts, ids = [], [int(i) for i in ids]
+    start = 0
+    for k in range(1, len(ids) + 1):
+        if k == len(ids) or ids[k] != ids[k - 1] + 1:
+            first, last = ids[start], ids[k - 1]
+            parts.append(
+                str(first) if first == last else f"{first}..{last}" if last > first + 1 else f"{first}, {last}"
+            )
+            start = k
+    return ", ".join(parts)
 
 
 def _class_names(class_set: str) -> tuple[str, ...]:
@@ -183,31 +122,64 @@ def _class_names(class_set: str) -> tuple[str, ...]:
         raise ValueError(f"unknown class set '{class_set}'; choose one of: {', '.join(CLASS_SETS)}") from None
 
 
-def _build_mapping(table_name: str, id_names: tuple[str, ...], class_set: str) -> LabelMapping:
-    names = _class_names(class_set)
-    id_of_name = {name: raw_id for raw_id, name in enumerate(id_names)}
-    missing = [name for name in names if name not in id_of_name]
-    if missing:
-        # Cannot happen for the built-in sets; guards a class set added later without its ids.
-        raise ValueError(f"class set '{class_set}' has classes the {table_name} id table lacks: {missing}")
-    lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
-    for class_index, name in enumerate(names):
-        lut[id_of_name[name]] = class_index
-    defined = np.zeros(256, dtype=bool)
-    defined[: len(id_names)] = True
+def named_class_set(name: str, dataset: DatasetSpec) -> ClassSet:
+    """The named class set ``name`` (``CLASS_SETS``) with the colours ``dataset``'s YAML gives its classes.
+
+    ``ValueError`` for an unknown name or when the dataset lacks one of its classes.
+    """
+    return dataset.class_set.subset(name, _class_names(name), CLASS_SET_MIOUS.get(name))
+
+
+def build_label_mapping(dataset: DatasetSpec, class_set: ClassSet) -> LabelMapping:
+    """Raw id -> index in ``class_set`` for ``dataset``'s id table, matched by class name.
+
+    A class of the dataset that the class set leaves out is ignored; a class of the set that the
+    dataset lacks is a ``DatasetError`` (it could never be learned from this dataset).
+    """
+    lacking = dataset.class_set.lacking(class_set.names)
+    if lacking:
+        raise DatasetError(
+            f"class set '{class_set.name}' has classes the {dataset.name} dataset ('{dataset.path}') lacks: "
+            f"{', '.join(lacking)}"
+        )
+    index_of = {name: index for index, name in enumerate(class_set.names)}
+    class_of_train_id = [index_of.get(name, IGNORE_INDEX) for name in dataset.class_set.names]
+    table = dataset.id_table()
+    size = max(256, max(table) + 1)
+    lut = np.full(size, IGNORE_INDEX, dtype=np.uint8)
+    defined = np.zeros(size, dtype=bool)
+    for raw_id, train_id in table.items():
+        defined[raw_id] = True
+        if train_id != dataset.ignore_index:
+            lut[raw_id] = class_of_train_id[train_id]
     lut.setflags(write=False)
     defined.setflags(write=False)
-    return LabelMapping(table_name=table_name, class_set=class_set, lut=lut, defined=defined)
+    digest = hashlib.sha256(lut.tobytes() + np.packbits(defined).tobytes()).hexdigest()[:16]
+    return LabelMapping(
+        table_name=dataset.name,
+        class_set=class_set.name,
+        classes=class_set.names,
+        lut=lut,
+        defined=defined,
+        fingerprint=digest,
+    )
 
 
-def cityscapes_mapping(class_set: str) -> LabelMapping:
-    """Mapping of Cityscapes label ids (also GTA5's) to ``class_set``."""
-    return _build_mapping("Cityscapes", CITYSCAPES_ID_NAMES, class_set)
+def _mapping(bundled: str, class_set: str | ClassSet) -> LabelMapping:
+    dataset = bundled_dataset(bundled)
+    if not isinstance(class_set, ClassSet):
+        class_set = named_class_set(class_set, dataset)
+    return build_label_mapping(dataset, class_set)
 
 
-def synthia_mapping(class_set: str) -> LabelMapping:
-    """Mapping of SYNTHIA-RAND-CITYSCAPES class ids to ``class_set``."""
-    return _build_mapping("SYNTHIA-RAND-CITYSCAPES", SYNTHIA_ID_NAMES, class_set)
+def cityscapes_mapping(class_set: str | ClassSet) -> LabelMapping:
+    """Mapping of Cityscapes label ids (also GTA5's) to ``class_set`` (a name of ``CLASS_SETS`` or a ``ClassSet``)."""
+    return _mapping("cityscapes", class_set)
+
+
+def synthia_mapping(class_set: str | ClassSet) -> LabelMapping:
+    """Mapping of SYNTHIA-RAND-CITYSCAPES class ids to ``class_set`` (a name of ``CLASS_SETS`` or a ``ClassSet``)."""
+    return _mapping("synthia", class_set)
 
 
 def cityscapes_id_lut(class_set: str) -> np.ndarray:

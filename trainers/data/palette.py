@@ -1,36 +1,21 @@
 """Class colours for overlays, annotation exports and reports.
 
-A class set's palette gives each class id an RGB colour: the Cityscapes colour of each class name it
-knows (cityscapesScripts' label table), and for names it lacks, matplotlib's ``tab20`` colours in
-order (their values written out here, so this module needs neither matplotlib nor torch).
+A dataset's YAML gives each class its RGB colour (``dataset_yaml``; the Cityscapes colours are those
+of the bundled ``datasets/cityscapes.yaml``), and ``class_palette`` takes that palette. Without one,
+each class name takes its Cityscapes colour, and names Cityscapes lacks take matplotlib's ``tab20``
+colours in order (their values written out here, so this module needs neither matplotlib nor torch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-# The Cityscapes palette, by this project's class names (0-255 RGB).
-CITYSCAPES_PALETTE: dict[str, tuple[int, int, int]] = {
-    "road": (128, 64, 128),
-    "sidewalk": (244, 35, 232),
-    "building": (70, 70, 70),
-    "wall": (102, 102, 156),
-    "fence": (190, 153, 153),
-    "pole": (153, 153, 153),
-    "traffic_light": (250, 170, 30),
-    "traffic_sign": (220, 220, 0),
-    "vegetation": (107, 142, 35),
-    "terrain": (152, 251, 152),
-    "sky": (70, 130, 180),
-    "person": (220, 20, 60),
-    "rider": (255, 0, 0),
-    "car": (0, 0, 142),
-    "truck": (0, 0, 70),
-    "bus": (0, 60, 100),
-    "train": (0, 80, 100),
-    "motorcycle": (0, 0, 230),
-    "bicycle": (119, 11, 32),
-}
+from .dataset_yaml import bundled_dataset
+
+# The Cityscapes palette, by this project's class names (0-255 RGB): the bundled Cityscapes YAML's.
+CITYSCAPES_PALETTE: dict[str, tuple[int, int, int]] = dict(
+    zip(bundled_dataset("cityscapes").class_set.names, bundled_dataset("cityscapes").class_set.colors)
+)
 
 # matplotlib's qualitative colormap tab20 (0-255 RGB), the fallback for classes Cityscapes lacks.
 TAB20: tuple[tuple[int, int, int], ...] = (
@@ -62,8 +47,15 @@ def fallback_colours(n: int) -> list[tuple[float, float, float]]:
     return [tuple(c / 255.0 for c in TAB20[i % len(TAB20)]) for i in range(max(n, 1))]
 
 
-def class_palette(class_names: Sequence[str]) -> list[tuple[float, float, float]]:
-    """RGB in [0, 1] per class id: the Cityscapes colour of each name, tab20 for names it lacks."""
+def class_palette(
+    class_names: Sequence[str], colors: Sequence[Sequence[int]] | None = None
+) -> list[tuple[float, float, float]]:
+    """RGB in [0, 1] per class id: ``colors`` (0-255 RGB per class id: a dataset YAML's palette,
+    ``ClassSet.colors``) when given; else the Cityscapes colour of each name, tab20 for names it lacks."""
+    if colors is not None:
+        if len(colors) != len(class_names):
+            raise ValueError(f"{len(colors)} colours for {len(class_names)} classes")
+        return [tuple(c / 255.0 for c in colour) for colour in colors]
     fallback = fallback_colours(len(class_names))
     return [
         tuple(c / 255.0 for c in CITYSCAPES_PALETTE[name]) if name in CITYSCAPES_PALETTE else fallback[i]

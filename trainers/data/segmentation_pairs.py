@@ -1,9 +1,9 @@
-"""What the Cityscapes, GTA5 and SYNTHIA loaders share: a sorted list of (image, label) files, a raw-id
+"""What the Cityscapes, GTA5, SYNTHIA and folder loaders share: a sorted list of (image, label) files, a raw-id
 -> class mapping, PNG readers that fail with one clear line, and the common item contract.
 
 Each dataset module only knows its folder layout (and, for SYNTHIA, its label encoding); everything
 that must behave identically across datasets (validation, decoding, mapping, resizing, the oracle's
-``label(i)``) lives here once, so the three cannot drift apart.
+``label(i)``) lives here once, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
 from .errors import DatasetError
-from .labelmaps import CLASS_SETS, LabelMapping
+from .labelmaps import LabelMapping
 from .transforms import ResizeInput, check_size, image_to_model_tensor, to_model_tensors
 
 # What PIL raises for files it cannot identify or decode: UnidentifiedImageError is an OSError,
@@ -153,7 +153,7 @@ class PairedSegmentationDataset(Dataset):
     ) -> None:
         self.files = list(files)
         self.mapping = mapping
-        self.classes: tuple[str, ...] = CLASS_SETS[mapping.class_set]
+        self.classes: tuple[str, ...] = mapping.classes
         self.size = check_size(size, allow_aspect=True)
         self.augment = augment
         self.native_labels = native_labels

@@ -6,7 +6,7 @@ Layout under ``root``::
     GT/LABELS/NAME.png   (same file name)
 
 The label PNGs are 16 bits per channel with several channels: the class id (0..22, see
-``labelmaps.SYNTHIA_ID_NAMES``) is in the first channel, the instance id in the second. PIL cannot
+``datasets/synthia.yaml``) is in the first channel, the instance id in the second. PIL cannot
 read them: it opens 16-bit RGB as 8-bit RGB keeping only the high byte of each value, which turns
 every class id below 256 into 0 (checked with Pillow 13). ``torchvision.io.decode_png`` with
 ``ImageReadMode.UNCHANGED`` keeps all 16 bits, so multi-channel 16-bit labels go through it; anything
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .dataset_yaml import ClassSet
 from .errors import DatasetError
 from .labelmaps import synthia_mapping
 from .segmentation_pairs import (
@@ -97,7 +98,7 @@ class SynthiaSegmentation(PairedSegmentationDataset):
     def __init__(
         self,
         root: str | os.PathLike,
-        class_set: str = "synthia16",
+        class_set: str | ClassSet = "synthia16",
         size: tuple[int, int] | None = None,
         augment: Callable | None = None,
     ) -> None:

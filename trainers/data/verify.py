@@ -32,10 +32,11 @@ PROGRESS_EVERY_S = 10.0
 
 
 def _stamp(dataset: Dataset, path: str) -> str:
-    """What must not change for a file to count as verified: its loader (the id table), size and mtime."""
+    """What must not change for a file to count as verified: its loader, its id mapping (a dataset YAML
+    may change while the files stay), size and mtime."""
     info = os.stat(path)
     loader = getattr(dataset, "dataset", dataset)  # the loader under a SeededSubset
-    return f"{type(loader).__name__}:{info.st_size}:{info.st_mtime_ns}"
+    return f"{type(loader).__name__}:{loader.mapping.fingerprint}:{info.st_size}:{info.st_mtime_ns}"
 
 
 def _pairs(splits: dict[str, Dataset]) -> list[tuple[Dataset, int, str, str]]:

@@ -221,8 +221,15 @@ class FileServer:
             handle.seek(offset)
             return handle.read(length)
 
-    def size(self, name: str) -> int:
-        return (self.root / name).stat().st_size
+    def sizes(self, names: list[str]) -> dict[str, int | None]:
+        """name -> size in bytes (None when the head lacks it), for many files in one call."""
+        out: dict[str, int | None] = {}
+        for name in names:
+            try:
+                out[name] = (self.root / name).stat().st_size
+            except OSError:
+                out[name] = None
+        return out
 
 
 def fill_copy(root: str, manifest_text: str, server, node: str) -> dict:
@@ -236,9 +243,17 @@ def fill_copy(root: str, manifest_text: str, server, node: str) -> dict:
     report = NodeReport(node)
     verified, missing, differing, report.abandoned = check_copy(folder, manifest)
     report.verified = len(verified)
-    for name in missing + differing:
+    wanted = missing + differing
+    try:
+        sizes = ray.get(server.sizes.remote(wanted)) if wanted else {}
+    except ray.exceptions.RayError as err:
+        report.problems.append(f"{node}: cannot reach the head's copy: {str(err).splitlines()[0]}")
+        return asdict(report)
+    for name in wanted:
         try:
-            size = ray.get(server.size.remote(name))
+            size = sizes[name]
+            if size is None:
+                raise StagingError(f"{node}: '{name}' is missing on the head; run the command again")
             with staged(folder / name) as tmp:
                 digest = hashlib.sha256()
                 with open(tmp, "wb") as out:

@@ -108,6 +108,16 @@ def free_port(hosts: tuple[str, ...] = ("127.0.0.1",)) -> int:
     raise ClusterError(f"no port is free on all of {', '.join(hosts)}")
 
 
+def free_ports(host: str, count: int) -> list[int]:
+    """``count`` different TCP ports that nothing listens on at ``host``."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port((host,))
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def free_block(count: int) -> list[str]:
     """``count`` loopback addresses ``127.A.B.1``, ``127.A.B.2``, ... (A, B random) whose port 22 is free."""
     for _ in range(50):
@@ -135,6 +145,11 @@ class Node:
     ip: str
     folder: Path  # <base>/nodes/<name>: sshd's files, the Ray temp dir, the home
     agent_port: int
+    # The agents' other ports, fixed: with 0, each raylet waits for its agent to write the port it
+    # chose into a file, and gives up (a fatal check) when a loaded machine starts the agent too slowly.
+    grpc_port: int = 0
+    metrics_port: int = 0
+    runtime_env_port: int = 0
     sshd: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)
 
@@ -186,7 +201,7 @@ class LoopbackCluster:
             for i, ip in enumerate(ips)
         ]
         for node in self.nodes:
-            node.agent_port = free_port((node.ip,))
+            node.agent_port, node.grpc_port, node.metrics_port, node.runtime_env_port = free_ports(node.ip, 4)
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.client_port = free_port()
@@ -261,6 +276,10 @@ class LoopbackCluster:
             "RAY_TMPDIR": str(node.folder),
             "ACTIVEDA_NODE_IP": node.ip,
             "ACTIVEDA_NODE_AGENT_PORT": str(node.agent_port),
+            "ACTIVEDA_NODE_PORTS": (
+                f"--dashboard-agent-grpc-port={node.grpc_port} --metrics-export-port={node.metrics_port} "
+                f"--runtime-env-agent-port={node.runtime_env_port}"
+            ),
             MARK: str(self.base),
             # The dashboard agent of each node reads every process of the machine for its node view,
             # every 5 s by default: a cost three nodes on one shared machine need not pay so often.
@@ -296,7 +315,7 @@ class LoopbackCluster:
             "X11Forwarding no\n"
             "MaxSessions 50\n"
             "MaxStartups 50\n"
-            "SetEnv " + " ".join(f"{k}={v}" for k, v in node.env.items()) + "\n"
+            "SetEnv " + " ".join(f'"{k}={v}"' for k, v in node.env.items()) + "\n"  # quoted: values with spaces
         )
         # The node's own mount namespace: the user's home is the node's own folder there, and only there.
         # What this machine's Python needs from the real home (pyenv keeps the interpreter there) is
@@ -378,7 +397,7 @@ class LoopbackCluster:
         stop = f"{self.python} {STOP_PROCESSES} $RAY_TMPDIR/ray"
         own = (
             "--node-ip-address=$ACTIVEDA_NODE_IP --temp-dir=$RAY_TMPDIR/ray "
-            "--dashboard-agent-listen-port=$ACTIVEDA_NODE_AGENT_PORT "
+            "--dashboard-agent-listen-port=$ACTIVEDA_NODE_AGENT_PORT $ACTIVEDA_NODE_PORTS "
             f"--min-worker-port=0 --max-worker-port=0 --object-store-memory={OBJECT_STORE_BYTES} "
             '--num-cpus=$(cat ~/.loopback/cpus) --resources="$(cat ~/.loopback/resources)"'
         )

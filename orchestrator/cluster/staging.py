@@ -42,10 +42,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from trainers.files import atomic_write_text, is_staging_name, staged
 
 MANIFEST = "activeda.sha256"
-DEFAULT_DEST = "~/datasets"
+DEFAULT_DEST = "/data"  # what the paper configs read; scripts/cluster_setup.sh makes it writable
 CHUNK_BYTES = 4 << 20  # what one call to the head's file server returns (IN_FLIGHT of them fit a small object store)
 IN_FLIGHT = 8  # calls to the file server a node keeps waiting at once
 HASH_THREADS = min(8, os.cpu_count() or 1)
@@ -316,6 +318,7 @@ def stage_nodes(roots: list[str], address: str, progress: Callable[[str], None] 
         head_id = ray.get_runtime_context().get_node_id()
         workers = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != head_id]
         progress(f"{len(workers)} worker node(s) alive")
+        result["workers"] = len(workers)
         pin = NodeAffinitySchedulingStrategy  # soft=False: on that node or not at all
         server_class = ray.remote(FileServer)
         fill = ray.remote(fill_copy)
@@ -410,9 +413,31 @@ def stage(cluster_config: Path, data: list[Path], dest: str, progress: Callable[
         where = result.get("home", "")
         for path in remote.values():
             shown = path.replace("~", where, 1) if where and path.startswith("~") else path
-            progress(f"staged on every node: {shown}")
+            progress(f"staged on every node: {shown} (the head and {result.get('workers', 0)} worker node(s))")
+        later = autoscaled_types(cluster_config)
+        if later:
+            progress(
+                f"note: node type(s) {', '.join(later)} may start more workers later (min_workers < max_workers); "
+                "they will lack the datasets: run this command again once they are up, or raise min_workers"
+            )
         return 0
     return EXIT_PROBLEMS  # not reached: the second attempt returns
+
+
+def autoscaled_types(cluster_config: Path) -> list[str]:
+    """Worker node types of a cluster file that the autoscaler may start after staging (their
+    ``min_workers`` below ``max_workers``); empty for fixed hosts (the ``local`` provider)."""
+    try:
+        raw = yaml.safe_load(cluster_config.read_text()) or {}
+        types = raw.get("available_node_types") or {}
+        return [
+            name
+            for name, spec in types.items()
+            if name != raw.get("head_node_type")
+            and int(spec.get("max_workers", raw.get("max_workers", 0)) or 0) > int(spec.get("min_workers", 0) or 0)
+        ]
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return []  # `ray` itself reads the file and says what is wrong with it
 
 
 def _remote_path(path: str) -> str:

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from orchestrator.cluster import staging
 from orchestrator.cluster.staging import MANIFEST, StagingError, check_copy, ensure_manifest, read_manifest
 
@@ -146,3 +146,9 @@ def test_stage_refuses_bad_input_in_one_line(tmp_path):
         result = run_cli("orchestrator.cluster", "stage", *args, cwd=tmp_path, timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_node_types_the_autoscaler_may_start_after_staging_are_named():
+    # cluster.yaml's GPU types scale from 0; cluster.local.yaml's hosts are fixed.
+    assert staging.autoscaled_types(ROOT / "cluster.yaml") == ["gpu_single", "gpu_multi"]
+    assert staging.autoscaled_types(ROOT / "cluster.local.yaml") == []

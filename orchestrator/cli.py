@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("orchestrator.dashboard", "serve the MLflow UI on 127.0.0.1 with each sweep's views"),
     "synth": ("orchestrator.synth", "write the bundled synthetic domains (GTA5/Cityscapes or folder layout)"),
     "data": ("orchestrator.data", "check a dataset in the folder layout (dataset.yaml, images, labels)"),
-    "cluster": ("orchestrator.cluster.cluster_file", "check `ray up` cluster files offline"),
+    "cluster": ("orchestrator.cluster.cluster_file", "check `ray up` cluster files, stage datasets to every node"),
     "tracking": ("orchestrator.tracking.command", "send what an MLflow outage left unsent (replay)"),
 }
 

@@ -13,6 +13,8 @@
 #   ACTIVEDA_SHARED_NFS  NFS export to mount, e.g. fs-0123456789abcdef0.efs.us-west-2.amazonaws.com:/
 #                        (empty: no mount; then use a single node or mount storage yourself)
 #   ACTIVEDA_SHARED_DIR  where to mount it (default /mnt/activeda); pass --output-dir $DIR/runs to sweeps
+#   ACTIVEDA_DATA_DIR    the datasets' folder, made writable for this user (default /data; empty: skip):
+#                        `activeda cluster stage --dest` copies datasets there, at the same path on every node
 #   ACTIVEDA_VENV        the venv (default ~/activeda-venv)
 #   ACTIVEDA_PYTHON      the interpreter that creates the venv (default python3; must be >= 3.10)
 set -euo pipefail
@@ -22,6 +24,7 @@ venv="${ACTIVEDA_VENV:-$HOME/activeda-venv}"
 python="${ACTIVEDA_PYTHON:-python3}"
 shared_nfs="${ACTIVEDA_SHARED_NFS:-}"
 shared_dir="${ACTIVEDA_SHARED_DIR:-/mnt/activeda}"
+data_dir="${ACTIVEDA_DATA_DIR-/data}"
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi; }
 apt_install() {
@@ -39,6 +42,12 @@ if [ -n "$shared_nfs" ]; then
     fi
     [ -w "$shared_dir" ] || as_root chown "$(id -u):$(id -g)" "$shared_dir"
     echo "cluster_setup: shared storage $shared_nfs at $shared_dir"
+fi
+
+# 1b. The datasets' folder: the same path on every node as in the configs (data.source.root: /data/gta5).
+if [ -n "$data_dir" ] && [ ! -w "$data_dir" ]; then
+    as_root mkdir -p "$data_dir"
+    as_root chown "$(id -u):$(id -g)" "$data_dir"
 fi
 
 # 2. The venv and the project, pinned.

@@ -3,7 +3,10 @@ run on it with `ray exec`, its result read back from MLflow, and everything torn
 
 Marked ``cluster`` (run it with ``pytest -m cluster tests/test_ray_up.py``). It needs sshd, ssh and
 rsync; when they are missing it runs ``scripts/install_cluster_test_deps.sh`` (apt-get) and is skipped
-only where that is impossible (no apt-get, or neither root nor sudo).
+only where that is impossible (no apt-get, or neither root nor sudo). As root it is skipped:
+tests/test_cluster_nodes.py then brings up the same file with a head and two workers and checks all
+that this test checks (this one is for machines where that cannot run), and the suite pays for one
+cluster, not two.
 
 How the cluster is kept to itself on a machine that other people's Ray may share:
 
@@ -280,7 +283,18 @@ def keep_logs(base: Path, dest: Path) -> None:
             pass
 
 
+def three_node_test_runs_here() -> bool:
+    """Whether tests/test_cluster_nodes.py can run on this machine (root, mount namespaces): it
+    brings up cluster.local.yaml with two workers and checks all that this test checks."""
+    spec = importlib.util.spec_from_file_location("loopback_cluster", ROOT / "scripts" / "loopback_cluster.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return shutil.which("unshare") is not None and module.can_isolate_nodes() is None
+
+
 def test_ray_up_runs_the_smoke_sweep_on_a_local_cluster(tmp_path):
+    if three_node_test_runs_here():
+        pytest.skip("tests/test_cluster_nodes.py runs `ray up` of cluster.local.yaml with two workers here")
     ensure_deps()
     stopper = _stopper()
     test_started = time.monotonic()

@@ -34,6 +34,8 @@ from typing import Any
 
 import yaml
 
+from orchestrator.cluster import staging
+
 EXIT_BAD_INPUT = 2
 
 # vCPUs and GPUs of the AWS instance types cluster.yaml uses and their usual neighbours (from AWS's
@@ -450,19 +452,22 @@ def format_shapes(shapes: list[dict[str, Any]]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="activeda cluster",
-        description="Check `ray up` cluster files offline against Ray's own schema, and show what their "
-        "node types offer.",
+        description="Check `ray up` cluster files offline against Ray's own schema, show what their "
+        "node types offer, and stage datasets to every node of a running cluster.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     validate = sub.add_parser("validate", help="fill in Ray's defaults and validate each file; exit 2 if any is wrong")
     validate.add_argument("files", nargs="+", metavar="FILE")
     shapes = sub.add_parser("shapes", help="the CPU/GPU/custom resources each node type can offer")
     shapes.add_argument("files", nargs="+", metavar="FILE")
+    staging.add_subcommands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command.startswith("stage"):
+        return staging.run(args)
     status = 0
     for path in args.files:
         try:

@@ -37,7 +37,10 @@ def test_the_labor_ppl_run_plan_counts_every_step_and_image():
     assert plan.trials == 1 and plan.rounds == [1]
     assert (rows["source model"].steps, rows["source model"].source_images) == (20_000, 40_000)
     assert rows["source model"].target_images == 0
-    assert (rows["warm-up (label-free)"].steps, rows["warm-up (label-free)"].target_images) == (10_000, 20_000)
+    # The warm-up at AdaptSegNet's batch of 1 + 1: G's 10,000 steps, then S's 10,000 on the frozen G.
+    assert (rows["warm-up G (label-free)"].steps, rows["warm-up G (label-free)"].target_images) == (10_000, 10_000)
+    assert rows["warm-up S (G's labels)"].steps == 10_000
+    assert rows["warm-up S (G's labels)"].hours == pytest.approx(10_000 * H200_STEP / 2 * SCALE / 3600)
     assert (rows["round adaptation"].steps, rows["round adaptation"].source_images) == (30_000, 60_000)
     assert rows["ranking"].ranked == 2975 and rows["evaluation"].evaluated == 3 * 500
     step = H200_STEP * SCALE  # 2 images a worker, one worker: the measured batch, 1.56x the pixels
@@ -52,7 +55,7 @@ def test_the_grid_shares_the_source_model_and_the_warm_up():
     plan = make_plan(load_config(PAPER / "gta5_to_cityscapes.yaml"))
     rows = {row.name: row for row in plan.rows}
     assert plan.trials == 6 and "3 cases x 2 selection.points_per_image" in plan.trial_note
-    assert rows["source model"].jobs == 1 and rows["warm-up (label-free)"].jobs == 1
+    assert rows["source model"].jobs == 1 and rows["warm-up G (label-free)"].jobs == 1
     assert rows["round adaptation"].jobs == 6 and rows["ranking"].ranked == 6 * 2975
 
 

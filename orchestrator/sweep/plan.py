@@ -293,7 +293,8 @@ def make_plan(cfg: ExperimentConfig, *, oracle_reference: bool | None = None, si
     device = "gpu" if cfg.train.use_gpu else "cpu"
     _, pool, val, sizes = dataset_sizes(cfg)
     basis: dict[str, str] = {}
-    source, warmup, adapt = JobRow("source model"), JobRow("warm-up (label-free)"), JobRow("round adaptation")
+    source, adapt = JobRow("source model"), JobRow("round adaptation")
+    warmup, warmup_s = JobRow("warm-up G (label-free)"), JobRow("warm-up S (G's labels)")
     ranking, evaluation, oracle = JobRow("ranking"), JobRow("evaluation"), JobRow("oracle reference")
 
     def cost(kind: str, c: ExperimentConfig, images: int = 1, rule: str = "") -> float | None:
@@ -304,8 +305,9 @@ def make_plan(cfg: ExperimentConfig, *, oracle_reference: bool | None = None, si
     def add(hours: float | None, seconds: float | None, times: float) -> float | None:
         return None if hours is None or seconds is None else hours + seconds * times / 3600
 
-    def train_row(row: JobRow, c: ExperimentConfig, steps: int, batch: int, kind: str) -> None:
-        """One training job of steps of ``kind`` (and the evaluation every job ends with) added to ``row``."""
+    def train_row(row: JobRow, c: ExperimentConfig, steps: int, batch: int, kind: str, evaluate: bool = True) -> None:
+        """One training job of steps of ``kind`` (and, with ``evaluate``, the evaluation every job ends
+        with) added to ``row``."""
         target = kind != "source_step"
         global_batch = batch * c.train.num_workers
         row.jobs += 1
@@ -316,9 +318,20 @@ def make_plan(cfg: ExperimentConfig, *, oracle_reference: bool | None = None, si
         row.source_images += steps * global_batch
         row.target_images += steps * global_batch if target else 0
         row.hours = add(row.hours, cost(kind, c, batch), steps * c.train.num_workers)
+        if not evaluate:
+            return
         evaluation.jobs += 1
         evaluation.evaluated += val
         evaluation.hours = add(evaluation.hours, cost("eval_image", c), val)
+
+    def warmup_rows(c: ExperimentConfig) -> None:
+        """The warm-up job's two phases, at ``warmup.batch_size``: G (and its discriminator) without S,
+        then S on the frozen G's pseudo labels, priced as a step that trains G and S (it errs high:
+        G only predicts). The job ends with one evaluation."""
+        with_s = c.warmup.selector_steps > 0
+        train_row(warmup, c, c.warmup.steps, c.warmup.batch_size, "adapt_step_without_s", evaluate=not with_s)
+        if with_s:
+            train_row(warmup_s, c, c.warmup.selector_steps, c.warmup.batch_size, "adapt_step")
 
     # The driver trains the source model, the warm-up and the oracle reference once, from the sweep's
     # own config; a trial whose settings change the warm-up trains its own (cached by setting).
@@ -328,7 +341,7 @@ def make_plan(cfg: ExperimentConfig, *, oracle_reference: bool | None = None, si
     warmup_keys: set = set()
     if cfg.warmup.steps:
         warmup_keys.add(warmup_cache_key(cfg))
-        train_row(warmup, cfg, cfg.warmup.steps, cfg.adapt.batch_size, "adapt_step")
+        warmup_rows(cfg)
     if oracle_reference:
         train_row(oracle, cfg, planned_adapt_steps(cfg), cfg.adapt.batch_size, "adapt_step_without_s")
     rounds = []
@@ -340,7 +353,7 @@ def make_plan(cfg: ExperimentConfig, *, oracle_reference: bool | None = None, si
             new = _count(options, warmup_cache_key, number) - warmup_keys
             if new:
                 warmup_keys |= new
-                train_row(warmup, c, c.warmup.steps, c.adapt.batch_size, "adapt_step")
+                warmup_rows(c)
         for index in range(1, c.selection.rounds + 1):
             # S trains only where a later round ranks with it (orchestrator.round.loop).
             kind = "adapt_step" if selector_network_trains(c, index) else "adapt_step_without_s"
@@ -354,7 +367,7 @@ def make_plan(cfg: ExperimentConfig, *, oracle_reference: bool | None = None, si
         what_if = make_plan(cfg, oracle_reference=True)
         row = next(r for r in what_if.rows if r.name == "oracle reference")
         oracle_off_hours = add(row.hours, cost("eval_image", cfg), val)
-    rows = [row for row in (source, warmup, adapt, ranking, evaluation, oracle) if row.jobs]
+    rows = [row for row in (source, warmup, warmup_s, adapt, ranking, evaluation, oracle) if row.jobs]
     return Plan(
         len(trials), note, rounds, rows, sizes, device, oracle_off_hours, planned_adapt_steps(cfg), list(basis.values())
     )
@@ -424,6 +437,10 @@ def format_plan(plan: Plan, cfg: ExperimentConfig, command: str) -> str:
             f"{plan.oracle_steps:,} steps with every pool pixel labeled: about {_hours(plan.oracle_off_hours)} {unit}"
         )
     lines.append("images/step: source + target images of one optimizer step, all workers; images seen: steps x that")
+    if any(row.name == "warm-up S (G's labels)" for row in plan.rows):
+        lines.append(
+            "warm-up: G adapts first (label-free), then LabOR's selector network S trains on the frozen G's pseudo labels"
+        )
     lines.append(f"estimate ({unit}: device time summed over every worker and actor, not wall-clock), from:")
     lines.extend(f"  {text}" for text in plan.basis)
     return "\n".join(lines)

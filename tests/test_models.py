@@ -157,6 +157,7 @@ def test_deeplabv2_trains_a_step_at_batch_size_one():
             "adapt.head_lr_factor": 10.0,
             "adapt.weight_decay": 5e-4,
             "data.class_set": "cityscapes19",
+            "adapt.selector_backbone_step": True,  # MCD's step C too: every part of S's update runs
         },
     )
     weights = loss_weights(cfg, "adapt")

@@ -263,6 +263,7 @@ ALL_LOSSES = {
     "adapt.soft_label_weight": 0.1,
     "adapt.pseudo_label_weight": 1.0,
     "adapt.discrepancy_weight": 1.0,
+    "adapt.selector_backbone_step": True,  # MCD's step C, off in LabOR's reading: on here, every update
     "model.pretrained": "",
     "model.allow_random_init": True,
 }

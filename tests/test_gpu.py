@@ -145,6 +145,7 @@ def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
             "adapt.soft_label_weight": 0.1,
             "adapt.pseudo_label_weight": 1.0,
             "adapt.discrepancy_weight": 1.0,
+            "adapt.selector_backbone_step": True,  # MCD's step C (off by default): every update runs
         },
     )
     weights = loss_weights(cfg, "adapt")

@@ -7,6 +7,7 @@ import torch
 from experiment_config import load_config, with_overrides
 from orchestrator.round.ranking import Ranker, rank_pool, shard_ids
 from trainers.checkpoint import save_checkpoint
+from trainers.data.labelmaps import CLASS_SETS
 from trainers.engine import build_adaptation_models, model_identity
 from trainers.labels import NO_LABELS, InMemoryLabels
 
@@ -24,11 +25,12 @@ def setup(tmp_path, data_cache):
 
     torch.manual_seed(0)
     config = cfg()
-    models = build_adaptation_models(config, 9)
+    num_classes = len(CLASS_SETS[config.data.class_set])  # the bundled domains' version decides it
+    models = build_adaptation_models(config, num_classes)
     save_checkpoint(
         tmp_path / "ckpt",
         {
-            "model": model_identity(config, 9),
+            "model": model_identity(config, num_classes),
             "modules": {"segmenter": models.segmenter.state_dict(), "selector": models.selector.state_dict()},
         },
     )

@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, run_cli
 from orchestrator.cluster.folder_lock import LOCK_FILE, SweepFolderBusy, SweepFolderLock, check_sweep_folder_free
 from orchestrator.cluster.processes import RUN_MARK, end_run_processes, processes_with
+from trainers.data.labelmaps import CLASS_SETS
 
 HOLD_LOCK = (
     "import sys, time; from pathlib import Path; from orchestrator.cluster.folder_lock import SweepFolderLock; "
@@ -154,9 +155,12 @@ def test_a_resume_whose_mlflow_outbox_is_damaged_is_refused_before_anything(tmp_
 @pytest.mark.parametrize(
     "withheld, message",
     [
-        (["pole", "polo"], "config key 'selection.unlabeled_classes': unknown class 'polo' in class set 'synthetic'"),
         (
-            ["road", "sidewalk", "building", "pole", "traffic_sign", "vegetation", "sky", "person", "car"],
+            ["pole", "polo"],
+            "config key 'selection.unlabeled_classes': unknown class 'polo' in class set 'synthetic_v2'",
+        ),
+        (
+            list(CLASS_SETS["synthetic_v2"]),  # every class of the bundled domains' default version
             "config key 'selection.unlabeled_classes': withholds every class",
         ),
     ],

@@ -121,7 +121,7 @@ def _run_chromium(chromium: str, profile: Path, args: list[str], timeout: float 
     return stdout
 
 
-def _dump_dom(chromium: str, tmp_path: Path, url: str, expected: list[str], width: int = 2400) -> str:
+def _dump_dom(chromium: str, tmp_path: Path, url: str, expected: list[str], width: int = 2400, height: int = 0) -> str:
     """The rendered DOM of ``url``; retried once with a longer virtual-time budget if it lacks ``expected``.
 
     The runs table is an ag-grid that renders only the columns in view, so the DOM is taken from a wide
@@ -132,7 +132,7 @@ def _dump_dom(chromium: str, tmp_path: Path, url: str, expected: list[str], widt
         dom = _run_chromium(
             chromium,
             tmp_path / f"profile-dom-{attempt}-{time.monotonic_ns()}",
-            [f"--window-size={width},{WINDOW[1]}", f"--virtual-time-budget={budget}", "--dump-dom", url],
+            [f"--window-size={width},{height or WINDOW[1]}", f"--virtual-time-budget={budget}", "--dump-dom", url],
         )
         if all(text in dom for text in expected):
             break
@@ -274,7 +274,9 @@ def test_dashboard_shows_a_sweep_in_chromium(sweep_store, dashboard, chromium, t
     compare = compare_runs_url(base_url, sweep_store, SWEEP)
     assert compare.startswith(f"{base_url}/#/compare-runs?runs=")
     expected = [*names, "selection.points_per_image", "target/miou"]
-    dom = _dump_dom(chromium, tmp_path, compare, expected, width=WINDOW[0])
+    # A tall window: the run-details table, whose metrics rows list target/miou, renders below the plots.
+    dom = _dump_dom(chromium, tmp_path, compare, expected, width=WINDOW[0], height=4000)
+    (ARTIFACTS / "dashboard-compare.html").write_text(dom, encoding="utf-8")
     assert all(text in dom for text in expected), [t for t in expected if t not in dom]
     _screenshot(chromium, tmp_path, compare, "dashboard-compare.png")
     print(f"\nbrowser checks took {time.perf_counter() - started:.0f} s; screenshot {shot}")

@@ -190,3 +190,21 @@ def test_the_sweep_command_ends_in_one_line_when_ray_does_not_start(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: the local Ray did not start"), result.stderr[-3000:]
     assert "GCS has become overloaded" in lines[0]
+
+
+def test_a_failed_start_attempt_ends_a_daemon_that_shows_its_mark_only_on_a_later_scan(monkeypatch):
+    """A process caught between fork and exec reads as an empty environment in /proc, so the first
+    scan misses it; the attempt's clean-up scans again and ends it."""
+    import ray
+
+    daemon = subprocess.Popen(["sleep", "300"])
+    scans = []
+
+    def scan(name, value):
+        scans.append(value)
+        return [] if len(scans) == 1 else ([daemon.pid] if daemon.poll() is None else [])
+
+    monkeypatch.setattr(ray_session, "processes_with", scan)
+    ray_session._end_attempt(ray, "mark")
+    assert ended(daemon, wait_s=5), "a daemon missed by the first scan was left running"
+    assert len(scans) >= 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import uuid
 
 from orchestrator.cluster.processes import end_processes, processes_with
@@ -75,6 +76,7 @@ START_ATTEMPTS = 2
 # Every process one start attempt spawns inherits this mark, so a failed attempt's half-started
 # daemons (GCS, raylet, agents) can be ended before the next one.
 START_MARK = "ACTIVEDA_RAY_START"
+END_SCANS, END_SCAN_PAUSE_S = 5, 0.2
 
 
 def is_start_timeout(err: BaseException) -> bool:
@@ -169,7 +171,17 @@ def _end_attempt(ray, mark: str) -> None:
         ray.shutdown()
     except Exception:  # nothing was connected; what matters are the processes below
         pass
-    end_processes(processes_with(START_MARK, mark))
+    # A process caught between fork and exec shows an empty environment in /proc for a moment (the
+    # kernel sets the new environment's bounds last), so one scan can miss a daemon the attempt was
+    # just starting: scan again after a pause, until a scan finds nothing new.
+    ended: set[int] = set()
+    for scan in range(END_SCANS):
+        found = [pid for pid in processes_with(START_MARK, mark) if pid not in ended]
+        if not found and scan > 0:
+            break
+        end_processes(found)
+        ended.update(found)
+        time.sleep(END_SCAN_PAUSE_S)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         from orchestrator.sweep.command import dry_run
 
         return dry_run(args, "python -m orchestrator.run", single_trial=True)
+    # A config error is said before Torch, Ray and MLflow are imported (seconds of a user's time).
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from orchestrator.cluster.processes import exit_on_sigterm
     from orchestrator.cluster.ray_session import RayStartError
     from orchestrator.sweep.preflight import preflight
@@ -59,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
 
     exit_on_sigterm()
     try:
-        cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         preflight(cfg, uri, sweep=False, progress=None if args.quiet else print)
     except (ConfigError, TrackingError, DatasetError, StartCheckpointError) as err:

@@ -207,9 +207,9 @@ from trainers.data import domain_roots
 
 # The config exactly as `orchestrator.sweep --smoke --output-dir OUT --set data.cache_dir=CACHE` has it.
 cfg = resolve_config(parse_args(build_parser(), ["--smoke", "--output-dir", sys.argv[1], "--set", f"data.cache_dir={sys.argv[2]}"]))
-start_ray(num_cpus=2, quiet=True, dashboard=False)
+start_ray(num_cpus=2, quiet=False, dashboard=False)
 domain_roots(cfg.data)
-ensure_source_model(cfg, progress=lambda msg: None)
+ensure_source_model(cfg, progress=lambda msg: print(f"[activeda] {msg}", flush=True))
 import ray
 ray.shutdown()
 """
@@ -218,7 +218,8 @@ ray.shutdown()
 @pytest.fixture(scope="session")
 def smoke_source_models(tmp_path_factory, data_cache) -> Path:
     """The ``source-models`` folder holding the smoke config's source model (with ``data_cache``),
-    trained once per session; ``seed_source_models`` copies it into a sweep's output folder."""
+    trained once per session; ``seed_source_models`` copies it into a sweep's output folder. What the
+    training printed (the Train worker's progress among it) is kept beside it, in ``training.log``."""
     out = tmp_path_factory.mktemp("smoke-source")
     env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT), "ACTIVEDA_RAY_DASHBOARD": "0"})
     result = subprocess.run(
@@ -229,6 +230,7 @@ def smoke_source_models(tmp_path_factory, data_cache) -> Path:
         text=True,
         timeout=600,
     )
+    (out / "training.log").write_text(result.stdout + result.stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert processes_left(tag) == [], "processes of the source-model training outlived it"
     (entry,) = [p for p in (out / "source-models").iterdir() if (p / "metrics.json").is_file()]

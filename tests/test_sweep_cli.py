@@ -143,39 +143,48 @@ def test_gpu_request_without_gpus_fails_before_training(tmp_path):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "m.db").exists()
 
 
+def test_the_source_model_training_shows_its_progress(smoke_source_models):
+    """The session's source model was trained as the smoke sweep trains it (Ray Train, one worker):
+    its progress reached the driver, at least the last step."""
+    output = (smoke_source_models.parent / "training.log").read_text()
+    assert "[source model] step 20/20 (100%) | loss: " in output, output[-3000:]
+    assert re.search(r"source model: target mIoU [0-9.]+", output), output[-3000:]
+
+
 @pytest.mark.integration
-def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
-    store = tmp_path / "mlflow.db"
-    result = run_cli("orchestrator.sweep", "--smoke", "--tracking-uri", f"sqlite:///{store}", cwd=tmp_path, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "source-only target mIoU" in result.stdout
-    assert "2 trial(s), 0 failed" in result.stdout
+def test_smoke_sweep_logs_every_trial_to_mlflow(fault_free_sweep):
+    """The smoke sweep as the fault tests run it without faults (2 trials, points_per_image 2 and 3,
+    2 rounds, a sqlite store): what it printed, logged to MLflow and wrote, and the API's view of it."""
+    sweep_dir, store = fault_free_sweep.sweep_dir, fault_free_sweep.store
+    output = (store.parent / "sweep.log").read_text()
+    assert "source-only target mIoU" in output
+    assert "2 trial(s), 0 failed" in output
     # Training progress from the first Train worker of each job (at least its last step).
-    output = result.stdout + result.stderr
-    assert "[source model] step 20/20 (100%) | loss: " in output
-    assert re.search(
-        r"round 1\] step 10/10 \(100%\) \| loss: .*source_ce [0-9.]+.* \| [0-9.]+ images/s \| 0 s left", output
-    )
+    for round_index in (1, 2):
+        assert re.search(
+            rf"round {round_index}\] step 10/10 \(100%\) \| loss: .*source_ce [0-9.]+.* \| [0-9.]+ images/s \| 0 s left",
+            output,
+        ), output[-3000:]
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name("smoke")
+    experiment = client.get_experiment_by_name(fault_free_sweep.name)
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("activeda.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("activeda.kind") == "trial"]
     assert len(parents) == 1 and len(children) == 2
     assert "source_only/target/miou" in parents[0].data.metrics
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert sorted(r.data.params["selection.points_per_image"] for r in children) == ["2", "5"]
+    assert sorted(r.data.params["selection.points_per_image"] for r in children) == ["2", "3"]
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.params["selection.rule"] == "labor_ppl"
         assert run.data.tags["rule"] == "labor_ppl"
         history = client.get_metric_history(run.info.run_id, "target/miou")
-        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1]
+        assert [m.step for m in sorted(history, key=lambda m: m.step)] == [0, 1, 2]
         assert all(0.0 <= m.value <= 1.0 for m in history)
         pixels = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "budget/labeled_pixels")}
         points = int(run.data.params["selection.points_per_image"])
-        assert pixels == {0: 0.0, 1: float(points * 8)}  # 8 target images in the smoke pool
+        assert pixels == {0: 0.0, 1: float(points * 8), 2: float(2 * points * 8)}  # 8 images in the smoke pool
         assert client.get_metric_history(run.info.run_id, "target/iou/road")
 
     # Artifacts: per trial the config, label store and per-round overlays; per sweep the report.
@@ -187,12 +196,13 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
 
     for run in children:
         files = artifact_sizes(run.info.run_id)
-        assert files["config.json"] > 0 and files["labels/round-0001.parquet"] > 0
-        assert files["rounds/round-001/iou.csv"] > 0
-        assert any(
-            p.startswith("rounds/round-001/selected-") and p.endswith(".png") and size > 1000
-            for p, size in files.items()
-        )
+        assert files["config.json"] > 0
+        for index in (1, 2):
+            assert files[f"labels/round-{index:04d}.parquet"] > 0 and files[f"rounds/round-{index:03d}/iou.csv"] > 0
+            assert any(
+                p.startswith(f"rounds/round-{index:03d}/selected-") and p.endswith(".png") and size > 1000
+                for p, size in files.items()
+            )
     report = artifact_sizes(parents[0].info.run_id)
     for name in ("report.html", "method_curves.png", "budget_curve.html", "summary.csv", "summary.parquet"):
         assert report[f"report/{name}"] > 0
@@ -200,28 +210,30 @@ def test_smoke_sweep_logs_every_trial_to_mlflow(tmp_path):
     # Each trial's label store holds exactly the budget it reports.
     import pyarrow.parquet as pq
 
-    stores = sorted((tmp_path / "runs" / "smoke" / "trials").glob("*/labels/round-0001.parquet"))
-    assert len(stores) == 2
-    assert sorted(pq.read_table(p)["num_pixels"].to_pylist()[0] for p in stores) == [2, 5]
+    for round_file in ("round-0001.parquet", "round-0002.parquet"):
+        stores = sorted((sweep_dir / "trials").glob(f"*/labels/{round_file}"))
+        assert len(stores) == 2
+        assert sorted(pq.read_table(p)["num_pixels"].to_pylist()[0] for p in stores) == [2, 3]
 
     # Provenance: the commit and the user on every run, the final checkpoint on each trial's.
     for run in [*parents, *children]:
         assert len(run.data.tags["mlflow.source.git.commit"]) == 40 and run.data.tags["mlflow.user"]
     for run in children:
         finished = client.get_run(run.info.run_id).data.tags
-        assert "checkpoint" in finished["activeda.checkpoint"] and "round-001" in finished["activeda.checkpoint"]
+        assert "checkpoint" in finished["activeda.checkpoint"] and "round-002" in finished["activeda.checkpoint"]
         # The round's overlays in MLflow's per-step image view.
         images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
-        assert any(p.startswith("images/selection~image") and "+step+1+" in p for p in images), images
+        for step in (1, 2):
+            assert any(p.startswith("images/selection~image") and f"+step+{step}+" in p for p in images), images
     for name in ("report.html", "method_curves.png", "class_iou.csv", "class_iou.parquet", "pareto.csv"):
         assert report[f"report/{name}"] > 0, name
 
     # The Python API reads the same sweep from disk.
     from orchestrator import api
 
-    results = api.load_sweep(tmp_path / "runs" / "smoke")
-    assert sorted(results.trials["selection.points_per_image"]) == [2, 5]
-    assert sorted(results.rounds.groupby("trial_id")["round"].max()) == [1, 1]
+    results = api.load_sweep(sweep_dir)
+    assert sorted(results.trials["selection.points_per_image"]) == [2, 3]
+    assert sorted(results.rounds.groupby("trial_id")["round"].max()) == [2, 2]
     by_trial = {r.data.tags["activeda.trial_id"]: r for r in children}
     for row in results.trials.itertuples():
         assert row.miou == pytest.approx(by_trial[row.trial_id].data.metrics["target/miou"])

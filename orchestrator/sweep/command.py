@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # table-creation notices on a new store
+    if args.dry_run:
+        return dry_run(args, "python -m orchestrator.sweep")
+    # A config error is said before Torch, Ray and MLflow are imported (seconds of a user's time).
+    try:
+        cfg = resolve_config(args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     from orchestrator.cluster.cluster_file import ClusterConfigError
     from orchestrator.cluster.folder_lock import SweepFolderBusy
     from orchestrator.cluster.processes import exit_on_sigterm
@@ -94,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         StartCheckpointError,
         SweepFolderBusy,
     )
-    if args.dry_run:
-        return dry_run(args, "python -m orchestrator.sweep")
     try:
-        cfg = resolve_config(args)
         uri = resolve_tracking_uri(args.tracking_uri, cfg.tracking.uri)
         preflight(cfg, uri, resume=args.resume, progress=None if args.quiet else print)
     except bad_input as err:

@@ -40,8 +40,10 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
+# -n auto: one pytest worker per CPU (pytest-xdist); tests/conftest.py keeps every test that runs Ray
+# or a sweep on one worker, in order, and spreads the rest over the others.
 test: venv test-deps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 
 # The tests marked slow: the chaos benchmark's own small run end to end (its fault-free sweep, then the
 # same sweep while a ranking actor, a Train worker, the MLflow server and the driver are killed).

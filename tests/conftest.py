@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from serial_group import group_serial_tests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -14,24 +15,13 @@ def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", help="also run the tests marked slow (the chaos run)")
 
 
-# Under pytest-xdist (`make test` runs `pytest -n auto --dist loadgroup`) the tests that run Ray, or
-# share the session's trained source model and fault-free sweep, stay together on one worker, one at a
-# time, in file order: two sweeps at once on a small machine only slow each other down, and the
-# session fixtures are built once. The other tests share the remaining workers meanwhile.
-SERIAL_GROUP = "ray-and-sweeps"
-SERIAL_MARKERS = ("ray", "integration", "cluster", "database", "browser", "slow")
-SERIAL_FIXTURES = ("ray_local", "smoke_source_models", "smoke_output", "fault_free_sweep", "s3_server")
-
-
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        fixtures = getattr(item, "fixturenames", ())
         # A test that takes the in-process Ray fixture starts Ray, marked or not.
-        if "ray_local" in fixtures and "ray" not in item.keywords:
+        if "ray_local" in getattr(item, "fixturenames", ()) and "ray" not in item.keywords:
             item.add_marker(pytest.mark.ray)
-        if any(m in item.keywords for m in SERIAL_MARKERS) or any(f in fixtures for f in SERIAL_FIXTURES):
-            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+    group_serial_tests(items)
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --slow (make test-slow)")

@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,10 +53,29 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: float = 600, env: dict 
     )
 
 
+def run_wide_folder(tmp_path_factory, name: str, build) -> Path:
+    """The folder ``name``, built once by ``build(folder)`` for the whole test run: under pytest-xdist,
+    the workers share it (the first to need it builds it while the others wait on a file lock)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder above every worker's own
+    folder = root / name
+    with FileLock(str(folder) + ".lock"):
+        if not (folder / ".built").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a failed build's leftovers
+            folder.mkdir()
+            build(folder)
+            (folder / ".built").touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory):
-    """One cache of generated synthetic domains for the whole test session."""
-    return tmp_path_factory.mktemp("synthetic-cache")
+    """One cache of generated synthetic domains for the whole test run (its workers share it: the
+    session's source model is cached under the cache's path)."""
+    return run_wide_folder(tmp_path_factory, "synthetic-cache", lambda folder: None)
 
 
 S3_TEST_ENV = {
@@ -221,21 +241,24 @@ ray.shutdown()
 @pytest.fixture(scope="session")
 def smoke_source_models(tmp_path_factory, data_cache) -> Path:
     """The ``source-models`` folder holding the smoke config's source model (with ``data_cache``),
-    trained once per session; ``seed_source_models`` copies it into a sweep's output folder. What the
+    trained once per test run; ``seed_source_models`` copies it into a sweep's output folder. What the
     training printed (the Train worker's progress among it) is kept beside it, in ``training.log``."""
-    out = tmp_path_factory.mktemp("smoke-source")
-    env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT), "ACTIVEDA_RAY_DASHBOARD": "0"})
-    result = subprocess.run(
-        [sys.executable, "-c", SOURCE_SCRIPT, str(out), str(data_cache)],
-        cwd=out,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    (out / "training.log").write_text(result.stdout + result.stderr)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert processes_left(tag) == [], "processes of the source-model training outlived it"
+
+    def train(out: Path) -> None:
+        env, tag = tagged_env({**os.environ, "PYTHONPATH": str(ROOT), "ACTIVEDA_RAY_DASHBOARD": "0"})
+        result = subprocess.run(
+            [sys.executable, "-c", SOURCE_SCRIPT, str(out), str(data_cache)],
+            cwd=out,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        (out / "training.log").write_text(result.stdout + result.stderr)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert processes_left(tag) == [], "processes of the source-model training outlived it"
+
+    out = run_wide_folder(tmp_path_factory, "smoke-source", train)
     (entry,) = [p for p in (out / "source-models").iterdir() if (p / "metrics.json").is_file()]
     return entry.parent
 
@@ -243,8 +266,6 @@ def smoke_source_models(tmp_path_factory, data_cache) -> Path:
 def seed_source_models(source_models: Path, output_dir: Path) -> None:
     """Copy the session's trained source model(s) into ``output_dir``'s cache (not its Ray Train
     scratch folder)."""
-    import shutil
-
     for entry in source_models.iterdir():
         if (entry / "metrics.json").is_file():
             shutil.copytree(entry, Path(output_dir) / "source-models" / entry.name, dirs_exist_ok=True)

@@ -1,4 +1,5 @@
-"""The suite's grouping under pytest-xdist works: tests that run Ray share one worker."""
+"""The suite's grouping under pytest-xdist works: the tests of each group share one worker, the
+fault-free sweep's users are a group of their own, and the rest are spread."""
 
 import os
 import re
@@ -22,7 +23,14 @@ def test_marked_integration():
 def test_with_the_source_model(smoke_source_models):
     time.sleep(0.5)
 
-@pytest.mark.parametrize("n", range(6))
+def test_against_the_fault_free_sweep(fault_free_sweep):
+    time.sleep(0.5)
+
+@pytest.mark.ray
+def test_marked_ray_against_the_fault_free_sweep(fault_free_sweep):
+    time.sleep(0.5)
+
+@pytest.mark.parametrize("n", range(8))
 def test_plain(n):
     time.sleep(0.5)
 """
@@ -33,6 +41,10 @@ from serial_group import group_serial_tests
 
 @pytest.fixture
 def smoke_source_models():
+    return None
+
+@pytest.fixture
+def fault_free_sweep():
     return None
 
 @pytest.hookimpl(tryfirst=True)
@@ -58,5 +70,10 @@ def test_ray_and_sweep_tests_run_on_one_worker_and_the_rest_are_spread(tmp_path)
     worker_of = {name: worker for worker, name in passed}
     serial = {worker_of[name] for name in ("test_marked_ray", "test_marked_integration", "test_with_the_source_model")}
     assert len(serial) == 1, (worker_of, result.stdout[-3000:])
+    fault_free = {
+        worker_of[name]
+        for name in ("test_against_the_fault_free_sweep", "test_marked_ray_against_the_fault_free_sweep")
+    }
+    assert len(fault_free) == 1 and fault_free != serial, (worker_of, result.stdout[-3000:])
     plain = {worker for worker, name in passed if name == "test_plain"}
     assert plain == {"gw0", "gw1"}, result.stdout[-3000:]

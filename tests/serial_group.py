@@ -4,7 +4,8 @@
 groups, each on one worker, in file order:
 
 - ``fault-free-sweep``: the tests that compare with the fault-free sweep (a full disk, an MLflow
-  outage, the small chaos case, Ctrl-C, the dashboard): that session fixture is then built once;
+  outage, the small chaos case, Ctrl-C, the dashboard): that session fixture is then built once.
+  The Ray Train tests of ``test_train_loop.py`` join them, so that the two groups take about as long;
 - ``ray-and-sweeps``: every other test that starts Ray or a sweep (markers ``ray``, ``integration``,
   ``cluster``, ``database``, ``browser``, ``slow``, or the session's source model, the in-process Ray,
   the S3 server).
@@ -26,6 +27,9 @@ FAULT_FREE_GROUP = "fault-free-sweep"
 SERIAL_GROUP = "ray-and-sweeps"
 SERIAL_MARKERS = ("ray", "integration", "cluster", "database", "browser", "slow")
 SERIAL_FIXTURES = ("ray_local", "smoke_source_models", "smoke_output", "s3_server")
+# Serial tests that go with the fault-free sweep's group, to balance the two workers of a 2-CPU machine
+# (about 19 and 21 minutes of work otherwise).
+BALANCING_FILES = ("test_train_loop.py",)
 
 
 def group_serial_tests(items: list[pytest.Item]) -> None:
@@ -33,7 +37,8 @@ def group_serial_tests(items: list[pytest.Item]) -> None:
     serial marker or uses a serial fixture in the serial group."""
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
-        if "fault_free_sweep" in fixtures:
+        serial = any(m in item.keywords for m in SERIAL_MARKERS) or any(f in fixtures for f in SERIAL_FIXTURES)
+        if "fault_free_sweep" in fixtures or (serial and item.path.name in BALANCING_FILES):
             item.add_marker(pytest.mark.xdist_group(FAULT_FREE_GROUP))
-        elif any(m in item.keywords for m in SERIAL_MARKERS) or any(f in fixtures for f in SERIAL_FIXTURES):
+        elif serial:
             item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))

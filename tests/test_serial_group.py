@@ -35,6 +35,16 @@ def test_plain(n):
     time.sleep(0.5)
 """
 
+# A serial test in a file that balances the groups (serial_group.BALANCING_FILES)
+BALANCING = """
+import time
+import pytest
+
+@pytest.mark.ray
+def test_marked_ray_in_a_balancing_file():
+    time.sleep(0.5)
+"""
+
 CONFTEST = """
 import pytest
 from serial_group import group_serial_tests
@@ -55,6 +65,7 @@ def pytest_collection_modifyitems(config, items):
 
 def test_ray_and_sweep_tests_run_on_one_worker_and_the_rest_are_spread(tmp_path):
     (tmp_path / "test_probe.py").write_text(TESTS)
+    (tmp_path / "test_train_loop.py").write_text(BALANCING)
     (tmp_path / "conftest.py").write_text(CONFTEST)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     result = subprocess.run(
@@ -66,13 +77,17 @@ def test_ray_and_sweep_tests_run_on_one_worker_and_the_rest_are_spread(tmp_path)
         timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    passed = re.findall(r"\[(gw\d+)\] \[ *\d+%\] PASSED test_probe.py::(\w+)", result.stdout)
+    passed = re.findall(r"\[(gw\d+)\] \[ *\d+%\] PASSED test_\w+.py::(\w+)", result.stdout)
     worker_of = {name: worker for worker, name in passed}
     serial = {worker_of[name] for name in ("test_marked_ray", "test_marked_integration", "test_with_the_source_model")}
     assert len(serial) == 1, (worker_of, result.stdout[-3000:])
     fault_free = {
         worker_of[name]
-        for name in ("test_against_the_fault_free_sweep", "test_marked_ray_against_the_fault_free_sweep")
+        for name in (
+            "test_against_the_fault_free_sweep",
+            "test_marked_ray_against_the_fault_free_sweep",
+            "test_marked_ray_in_a_balancing_file",
+        )
     }
     assert len(fault_free) == 1 and fault_free != serial, (worker_of, result.stdout[-3000:])
     plain = {worker for worker, name in passed if name == "test_plain"}

@@ -44,26 +44,27 @@ def test_two_workers_train_and_evaluate_exactly_like_one(cfg, ray_local, tmp_pat
     )
     assert adapt.metrics["train/loss/selector_discrepancy_heads"] >= 0  # the DDP path ran every update
 
-    results = {}
-    for workers in (1, 2):
-        job = TrainJob(mode="evaluate", config=with_workers(cfg, workers), init_checkpoint=adapt.checkpoint_dir)
-        results[workers] = run_training(job, tmp_path, f"evaluate-{workers}w").metrics
+    # One worker on Ray, two workers fetching the start checkpoint from a storage filesystem (S3 in a
+    # cluster; the local one here: the checkpoint travels as a ray.train.Checkpoint inside the pickled
+    # job, and each worker fetches it to a folder of its own), and the engine in this process.
+    import pyarrow.fs
+
+    one = run_training(
+        TrainJob(mode="evaluate", config=with_workers(cfg, 1), init_checkpoint=adapt.checkpoint_dir),
+        tmp_path,
+        "evaluate-1w",
+    ).metrics
+    two_fetched = run_training(
+        TrainJob(mode="evaluate", config=with_workers(cfg, 2), init_checkpoint=adapt.checkpoint_dir),
+        str(tmp_path / "on-storage"),
+        "evaluate-2w-fetched",
+        filesystem=pyarrow.fs.LocalFileSystem(),
+    ).metrics
     in_process = run_job(
         TrainJob(mode="evaluate", config=with_workers(cfg, 1), init_checkpoint=adapt.checkpoint_dir)
     ).metrics
-    assert results[1]["target/miou"] == results[2]["target/miou"] == in_process["target/miou"]
-    assert results[1]["target/iou/road"] == results[2]["target/iou/road"]
-    # With a storage filesystem (S3 in a cluster; the local one here) the start checkpoint travels as a
-    # ray.train.Checkpoint inside the pickled job, and each worker fetches it to a folder of its own.
-    import pyarrow.fs
-
-    fetched = run_training(
-        TrainJob(mode="evaluate", config=with_workers(cfg, 2), init_checkpoint=adapt.checkpoint_dir),
-        str(tmp_path / "on-storage"),
-        "evaluate-fetched",
-        filesystem=pyarrow.fs.LocalFileSystem(),
-    )
-    assert fetched.metrics["target/miou"] == in_process["target/miou"]
+    assert one["target/miou"] == two_fetched["target/miou"] == in_process["target/miou"]
+    assert one["target/iou/road"] == two_fetched["target/iou/road"] == in_process["target/iou/road"]
 
 
 def test_killed_train_worker_resumes_from_its_checkpoint_and_ends_where_an_uninterrupted_run_does(

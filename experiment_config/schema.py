@@ -390,9 +390,9 @@ class WarmupConfig(TrainingStageConfig):
         min=0,
     )
     adversarial_weight: float = _opt(
-        0.001,
-        "G's AdaptSeg output-space adversarial loss in the warm-up (LabOR's UDA model; AdaptSegNet: "
-        "0.001 at the output level; 0: off)",
+        0.01,
+        "G's AdaptSeg output-space adversarial loss in the warm-up (LabOR's UDA model; AdaptSegNet and the "
+        "paper configs: 0.001 at the output level; the bundled default 10x that, for 300 steps; 0: off)",
         min=0.0,
     )
     discriminator_lr: float = _opt(

@@ -126,12 +126,13 @@ class SyntheticConfig:
     seed: int = _opt(0, "seed of the procedural domain generator", min=0)
     difficulty: float = _opt(1.0, "strength of the target style (0: source-like, 1: default)", min=0.0, max=2.0)
     version: int = _opt(
-        2,
-        "generator version: 2 (13 classes, textured, several looks per class, long-tailed; "
-        "data.class_set synthetic_v2) or 1 (the earlier 9 flat-coloured classes; data.class_set "
-        "synthetic), kept so earlier results reproduce",
+        3,
+        "generator version: 3 (13 classes, textured, several looks per class, long-tailed; "
+        "data.class_set synthetic_v2), 2 (version 3's scenes with walls that share a facade's look) or 1 "
+        "(the earlier 9 flat-coloured classes; data.class_set synthetic); 1 and 2 are kept so earlier "
+        "results reproduce",
         min=1,
-        max=2,
+        max=3,
     )
 
 
@@ -389,9 +390,9 @@ class WarmupConfig(TrainingStageConfig):
         min=0,
     )
     adversarial_weight: float = _opt(
-        0.001,
-        "G's AdaptSeg output-space adversarial loss in the warm-up (LabOR's UDA model; AdaptSegNet: "
-        "0.001 at the output level; 0: off)",
+        0.01,
+        "G's AdaptSeg output-space adversarial loss in the warm-up (LabOR's UDA model; AdaptSegNet and the "
+        "paper configs: 0.001 at the output level; the bundled default 10x that, for 300 steps; 0: off)",
         min=0.0,
     )
     discriminator_lr: float = _opt(

@@ -8,9 +8,9 @@ folder layout (``images/<split>/``, ``labels/<split>/`` of train ids, ``dataset.
 classes and their Cityscapes colours), the format ``python -m orchestrator.data check`` checks and
 ``data.source.format: folder`` / ``data.target.format: folder`` read.
 
-``--version`` picks the generator version (``data.synthetic.version``): 2, the default, draws 13
-textured, long-tailed classes (class set ``synthetic_v2``); 1 the earlier 9 flat-coloured ones
-(class set ``synthetic``).
+``--version`` picks the generator version (``data.synthetic.version``): 3, the default, draws 13
+textured, long-tailed classes (class set ``synthetic_v2``); 2 the same scenes with walls that share
+a facade's look; 1 the earlier 9 flat-coloured classes (class set ``synthetic``).
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         choices=VERSIONS,
         default=DEFAULT_VERSION,
-        help="generator version: 2 (13 textured, long-tailed classes) or 1 (the earlier 9 flat-coloured "
-        f"classes); default {DEFAULT_VERSION}",
+        help="generator version: 3 (13 textured, long-tailed classes), 2 (3's scenes with walls that share a "
+        f"facade's look) or 1 (the earlier 9 flat-coloured classes); default {DEFAULT_VERSION}",
     )
     args = parser.parse_args(argv)
     problems = [

@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from experiment_config import ConfigError, load_config
-from trainers.data import CLASS_SETS, build_domains
+from trainers.data import CLASS_SETS, build_domains, synthetic_v2
 from trainers.data.synthetic import (
     CITYSCAPES_IDS_OF_VERSION,
     CLASSES_OF_VERSION,
@@ -157,11 +157,58 @@ def test_version_1_is_byte_for_byte_what_it_was():
         assert hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest()[:16] == digest, args
 
 
+# Digests of version 2's images and labels as generated before version 3 existed (commit 21ebce8).
+VERSION_2_DIGESTS = {
+    (0, "source", "train", 0, 64, 128, 1.0): "9cc9ec58badabbc5",
+    (3, "target", "train", 5, 64, 128, 1.0): "46e262284841bc6b",
+    (7, "target", "val", 2, 64, 128, 2.0): "c5c96f4e443d5c91",
+    (101, "target", "train", 11, 32, 64, 0.5): "b44f96ab2f06f8a5",
+}
+
+
+def test_version_2_is_byte_for_byte_what_it_was():
+    for args, digest in VERSION_2_DIGESTS.items():
+        image, label = generate_sample(*args, version=2)
+        assert hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest()[:16] == digest, args
+
+
+def test_version_3_is_version_2_but_for_the_walls():
+    wall, walls_seen = CLASSES.index("wall"), 0
+    for args in [
+        (seed, domain, "train", i, 64, 128, 1.0) for seed in (0, 9) for domain in ("source", "target") for i in range(6)
+    ]:
+        image2, label2 = generate_sample(*args, version=2)
+        image3, label3 = generate_sample(*args, version=3)
+        assert np.array_equal(label2, label3), args
+        on_wall = label3 == wall
+        # (the target camera's 3 x 3 blur carries a wall's colour one pixel beyond it)
+        near_wall = ndimage.binary_dilation(on_wall, structure=np.ones((3, 3), bool))
+        assert np.array_equal(image2[~near_wall], image3[~near_wall]), args
+        if on_wall.any():
+            walls_seen += 1
+            assert not np.allclose(image2[on_wall], image3[on_wall]), args
+    assert walls_seen >= 4
+
+
+def test_a_version_3_wall_shares_no_colour_with_a_facade():
+    """Version 2's second wall look was a facade's brick red; in version 3 every wall look is at
+    least 0.1 (RGB, 0-1) from every facade look, in both domains (texture still tells grey walls
+    from grey pavements and facades)."""
+    for looks in synthetic_v2.LOOKS_OF_VERSION[3]:
+        walls = np.array([look[0] for look in looks[CLASSES.index("wall")]])
+        facades = np.array([look[0] for look in looks[CLASSES.index("building")]])
+        assert np.abs(walls[:, None] - facades[None]).max(axis=2).min() >= 0.1
+    v2_walls = np.array([look[0] for look in synthetic_v2.LOOKS_OF_VERSION[2][0][CLASSES.index("wall")]])
+    v2_facades = np.array([look[0] for look in synthetic_v2.LOOKS_OF_VERSION[2][0][CLASSES.index("building")]])
+    assert np.abs(v2_walls[:, None] - v2_facades[None]).max(axis=2).min() < 0.1  # what version 3 mends
+
+
 def test_caches_are_keyed_by_version_and_labels_read_back_in_the_versions_class_set(tmp_path):
     settings = dict(source_images=2, target_train_images=3, target_val_images=2, seed=0, difficulty=1.0)
-    assert domain_hash(32, 64, {**settings, "version": 1}) != domain_hash(32, 64, {**settings, "version": 2})
-    assert domain_hash(32, 64, settings) == domain_hash(32, 64, {**settings, "version": 2})  # the default
-    for version, class_set in ((1, "synthetic"), (2, "synthetic_v2")):
+    hashes = {v: domain_hash(32, 64, {**settings, "version": v}) for v in (1, 2, 3)}
+    assert len(set(hashes.values())) == 3
+    assert domain_hash(32, 64, settings) == hashes[3]  # the default
+    for version, class_set in ((1, "synthetic"), (2, "synthetic_v2"), (3, "synthetic_v2")):
         assert CLASS_SETS[class_set] == CLASSES_OF_VERSION[version]
         assert len(CITYSCAPES_IDS_OF_VERSION[version]) == len(CLASSES_OF_VERSION[version])
         ensure_synthetic_domains(tmp_path, 32, 64, {**settings, "version": version})
@@ -179,7 +226,7 @@ def test_caches_are_keyed_by_version_and_labels_read_back_in_the_versions_class_
         _, expected = generate_sample(0, "target", "train", 1, 32, 64, version=version)
         assert np.array_equal(domains.target_pool.label(1).numpy(), expected)
         assert domains.classes == CLASSES_OF_VERSION[version]
-    assert len([p for p in tmp_path.iterdir() if p.name.startswith("synthetic-")]) == 2
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("synthetic-")]) == 3
 
 
 def test_the_class_set_must_match_the_bundled_version():
@@ -187,7 +234,8 @@ def test_the_class_set_must_match_the_bundled_version():
     load_config(None, {"data.synthetic.version": 1, "data.class_set": "synthetic"})
     with pytest.raises(ConfigError, match="data.synthetic.version=1 are labeled in class set 'synthetic'"):
         load_config(None, {"data.synthetic.version": 1})
-    with pytest.raises(ConfigError, match="'data.synthetic.version': must be <= 2"):
-        load_config(None, {"data.synthetic.version": 3})
-    with pytest.raises(ValueError, match="unknown generator version 3"):
-        generate_sample(0, "source", "train", 0, 32, 64, version=3)
+    with pytest.raises(ConfigError, match="'data.synthetic.version': must be <= 3"):
+        load_config(None, {"data.synthetic.version": 4})
+    load_config(None, {"data.synthetic.version": 2})
+    with pytest.raises(ValueError, match="unknown generator version 4"):
+        generate_sample(0, "source", "train", 0, 32, 64, version=4)

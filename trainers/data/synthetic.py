@@ -1,8 +1,9 @@
 """Procedurally generated street scenes: a game-like source domain and a camera-like target domain.
 
-Two generator versions (``data.synthetic.version``): version 2 (``synthetic_v2``: 13 classes,
-textured, long-tailed, the default) and version 1, described below and kept byte for byte so that
-earlier results reproduce. Caches are keyed by the version.
+Three generator versions (``data.synthetic.version``): versions 3 (the default) and 2 (class set
+``synthetic_v2``: 13 classes, textured, long-tailed; 3 is 2 with walls that no longer share a look
+with facades) and version 1, described below. Each is kept byte for byte so that earlier results
+reproduce; caches are keyed by the version.
 
 Version 1: both domains draw the same kind of layout (sky, buildings, vegetation, road, sidewalk, poles with
 traffic signs, persons, cars) with Cityscapes class semantics, and differ in how the layout is
@@ -44,11 +45,15 @@ TARGET_CITY = "synthtown"
 # Part of every cache key. Bump only if the cache's layout changes: the content of a generator version
 # never changes (a new look is a new version), so old results reproduce.
 CACHE_REVISION = 2
-GENERATOR_VERSIONS = (1, 2)
-DEFAULT_VERSION = 2
+GENERATOR_VERSIONS = (1, 2, 3)
+DEFAULT_VERSION = 3
 # Per version: the class names (a class set of trainers/data/labelmaps.py) and their Cityscapes ids on disk.
-CLASSES_OF_VERSION = {1: SYNTHETIC_CLASSES, 2: synthetic_v2.CLASSES}
-CITYSCAPES_IDS_OF_VERSION = {1: CITYSCAPES_ID_OF_CLASS, 2: synthetic_v2.CITYSCAPES_IDS}
+CLASSES_OF_VERSION = {1: SYNTHETIC_CLASSES, 2: synthetic_v2.CLASSES, 3: synthetic_v2.CLASSES}
+CITYSCAPES_IDS_OF_VERSION = {
+    1: CITYSCAPES_ID_OF_CLASS,
+    2: synthetic_v2.CITYSCAPES_IDS,
+    3: synthetic_v2.CITYSCAPES_IDS,
+}
 
 # Flat game palette (RGB 0..1).
 _SOURCE_PALETTE = np.array(
@@ -269,10 +274,11 @@ def generate_sample(
     if split not in _SPLIT_CODE:
         raise ValueError(f"unknown split '{split}'; choose train or val")
     if version not in GENERATOR_VERSIONS:
-        raise ValueError(f"unknown generator version {version!r}; choose one of: 1, 2")
-    if version == 2:
-        rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index, version])
-        return synthetic_v2.generate(rng, height, width, domain, difficulty)
+        raise ValueError(f"unknown generator version {version!r}; choose one of: 1, 2, 3")
+    if version in (2, 3):
+        # Version 3 draws version 2's scenes (the same random numbers): only the walls look different.
+        rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index, 2])
+        return synthetic_v2.generate(rng, height, width, domain, difficulty, version)
     rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index])
     label, instance = generate_layout(rng, height, width, domain)
     return render(rng, label, domain, difficulty, instance), label

@@ -40,8 +40,8 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# -n auto: one pytest worker per CPU (pytest-xdist); tests/conftest.py keeps every test that runs Ray
-# or a sweep on one worker, in order, and spreads the rest over the others.
+# -n auto: one pytest worker per CPU (pytest-xdist); tests/serial_group.py puts the tests that run Ray
+# or a sweep in two groups, each on one worker in order, and the rest fill in on any worker.
 test: venv test-deps lint
 	$(PY) -m pytest -n auto --dist loadgroup $(PYTEST_ARGS)
 

@@ -28,7 +28,7 @@ SERIAL_GROUP = "ray-and-sweeps"
 SERIAL_MARKERS = ("ray", "integration", "cluster", "database", "browser", "slow")
 SERIAL_FIXTURES = ("ray_local", "smoke_source_models", "smoke_output", "s3_server")
 # Serial tests that go with the fault-free sweep's group, to balance the two workers of a 2-CPU machine
-# (about 19 and 21 minutes of work otherwise).
+# (otherwise about 16 and 22 minutes of work, measured side by side on 2 CPUs).
 BALANCING_FILES = ("test_train_loop.py",)
 
 

@@ -126,13 +126,13 @@ class SyntheticConfig:
     seed: int = _opt(0, "seed of the procedural domain generator", min=0)
     difficulty: float = _opt(1.0, "strength of the target style (0: source-like, 1: default)", min=0.0, max=2.0)
     version: int = _opt(
-        3,
-        "generator version: 3 (13 classes, textured, several looks per class, long-tailed; "
-        "data.class_set synthetic_v2), 2 (version 3's scenes with walls that share a facade's look) or 1 "
-        "(the earlier 9 flat-coloured classes; data.class_set synthetic); 1 and 2 are kept so earlier "
-        "results reproduce",
+        4,
+        "generator version: 4 (13 classes, textured, several looks per class, long-tailed; "
+        "data.class_set synthetic_v2), 3 (version 4's scenes with traffic lights in a pole's or a sign's "
+        "colours), 2 (version 3's with walls that share a facade's look) or 1 (the earlier 9 flat-coloured "
+        "classes; data.class_set synthetic); 1-3 are kept so earlier results reproduce",
         min=1,
-        max=3,
+        max=4,
     )
 
 

@@ -101,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         choices=VERSIONS,
         default=DEFAULT_VERSION,
-        help="generator version: 3 (13 textured, long-tailed classes), 2 (3's scenes with walls that share a "
-        f"facade's look) or 1 (the earlier 9 flat-coloured classes); default {DEFAULT_VERSION}",
+        help="generator version: 4 (13 textured, long-tailed classes), 3 (4's scenes with traffic lights in a "
+        "pole's or a sign's colours), 2 (3's with walls that share a facade's look) or 1 (the earlier 9 "
+        f"flat-coloured classes); default {DEFAULT_VERSION}",
     )
     args = parser.parse_args(argv)
     problems = [

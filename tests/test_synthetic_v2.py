@@ -141,7 +141,8 @@ def test_difficulty_zero_renders_the_target_in_the_source_looks():
 
 
 # Digests of earlier versions' images and labels, as generated before the next version existed:
-# version 1 before version 2 (commit 80f2826), version 2 before version 3 (commit 21ebce8).
+# version 1 before version 2 (commit 80f2826), version 2 before version 3 (commit 21ebce8), version 3
+# before version 4 (commit 82dfc20; each of these images holds walls and traffic lights).
 EARLIER_VERSION_DIGESTS = {
     1: {
         (0, "source", "train", 0, 64, 128, 1.0): "ae665677eb54a2db",
@@ -157,6 +158,12 @@ EARLIER_VERSION_DIGESTS = {
         (7, "target", "val", 2, 64, 128, 2.0): "c5c96f4e443d5c91",
         (101, "target", "train", 11, 32, 64, 0.5): "b44f96ab2f06f8a5",
     },
+    3: {
+        (0, "source", "train", 5, 64, 128, 1.0): "cdeb8c837e947f0c",
+        (4, "target", "train", 0, 64, 128, 1.0): "c8ed2883ace9689e",
+        (8, "target", "val", 1, 48, 96, 2.0): "98bd267fa0161ecf",
+        (102, "target", "train", 5, 32, 64, 0.5): "45ed2635d93a2830",
+    },
 }
 
 
@@ -167,22 +174,23 @@ def test_an_earlier_version_is_byte_for_byte_what_it_was(version):
         assert hashlib.sha256(image.tobytes() + label.tobytes()).hexdigest()[:16] == digest, args
 
 
-def test_version_3_is_version_2_but_for_the_walls():
-    wall, walls_seen = CLASSES.index("wall"), 0
+@pytest.mark.parametrize("version, changed_class", [(3, "wall"), (4, "traffic_light")])
+def test_a_version_is_the_one_before_but_for_the_class_it_mends(version, changed_class):
+    cls, seen = CLASSES.index(changed_class), 0
     for args in [
         (seed, domain, "train", i, 64, 128, 1.0) for seed in (0, 9) for domain in ("source", "target") for i in range(6)
     ]:
-        image2, label2 = generate_sample(*args, version=2)
-        image3, label3 = generate_sample(*args, version=3)
-        assert np.array_equal(label2, label3), args
-        on_wall = label3 == wall
-        # (the target camera's 3 x 3 blur carries a wall's colour one pixel beyond it)
-        near_wall = ndimage.binary_dilation(on_wall, structure=np.ones((3, 3), bool))
-        assert np.array_equal(image2[~near_wall], image3[~near_wall]), args
-        if on_wall.any():
-            walls_seen += 1
-            assert not np.allclose(image2[on_wall], image3[on_wall]), args
-    assert walls_seen >= 4
+        before, label_before = generate_sample(*args, version=version - 1)
+        image, label = generate_sample(*args, version=version)
+        assert np.array_equal(label_before, label), args
+        on_class = label == cls
+        # (the target camera's 3 x 3 blur carries an object's colour one pixel beyond it)
+        near_class = ndimage.binary_dilation(on_class, structure=np.ones((3, 3), bool))
+        assert np.array_equal(before[~near_class], image[~near_class]), args
+        if on_class.any():
+            seen += 1
+            assert not np.allclose(before[on_class], image[on_class]), args
+    assert seen >= 4
 
 
 def test_a_version_3_wall_shares_no_colour_with_a_facade():
@@ -200,10 +208,10 @@ def test_a_version_3_wall_shares_no_colour_with_a_facade():
 
 def test_caches_are_keyed_by_version_and_labels_read_back_in_the_versions_class_set(tmp_path):
     settings = dict(source_images=2, target_train_images=3, target_val_images=2, seed=0, difficulty=1.0)
-    hashes = {v: domain_hash(32, 64, {**settings, "version": v}) for v in (1, 2, 3)}
-    assert len(set(hashes.values())) == 3
-    assert domain_hash(32, 64, settings) == hashes[3]  # the default
-    for version, class_set in ((1, "synthetic"), (2, "synthetic_v2"), (3, "synthetic_v2")):
+    hashes = {v: domain_hash(32, 64, {**settings, "version": v}) for v in (1, 2, 3, 4)}
+    assert len(set(hashes.values())) == 4
+    assert domain_hash(32, 64, settings) == hashes[4]  # the default
+    for version, class_set in ((1, "synthetic"), (2, "synthetic_v2"), (3, "synthetic_v2"), (4, "synthetic_v2")):
         assert CLASS_SETS[class_set] == CLASSES_OF_VERSION[version]
         assert len(CITYSCAPES_IDS_OF_VERSION[version]) == len(CLASSES_OF_VERSION[version])
         ensure_synthetic_domains(tmp_path, 32, 64, {**settings, "version": version})
@@ -221,7 +229,7 @@ def test_caches_are_keyed_by_version_and_labels_read_back_in_the_versions_class_
         _, expected = generate_sample(0, "target", "train", 1, 32, 64, version=version)
         assert np.array_equal(domains.target_pool.label(1).numpy(), expected)
         assert domains.classes == CLASSES_OF_VERSION[version]
-    assert len([p for p in tmp_path.iterdir() if p.name.startswith("synthetic-")]) == 3
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("synthetic-")]) == 4
 
 
 def test_the_class_set_must_match_the_bundled_version():
@@ -229,8 +237,36 @@ def test_the_class_set_must_match_the_bundled_version():
     load_config(None, {"data.synthetic.version": 1, "data.class_set": "synthetic"})
     with pytest.raises(ConfigError, match="data.synthetic.version=1 are labeled in class set 'synthetic'"):
         load_config(None, {"data.synthetic.version": 1})
-    with pytest.raises(ConfigError, match="'data.synthetic.version': must be <= 3"):
-        load_config(None, {"data.synthetic.version": 4})
+    with pytest.raises(ConfigError, match="'data.synthetic.version': must be <= 4"):
+        load_config(None, {"data.synthetic.version": 5})
     load_config(None, {"data.synthetic.version": 2})
-    with pytest.raises(ValueError, match="unknown generator version 4"):
-        generate_sample(0, "source", "train", 0, 32, 64, version=4)
+    load_config(None, {"data.synthetic.version": 3})
+    with pytest.raises(ValueError, match="unknown generator version 5; choose one of: 1, 2, 3, 4"):
+        generate_sample(0, "source", "train", 0, 32, 64, version=5)
+
+
+def test_a_version_4_light_wears_no_pole_or_sign_colour_and_shows_three_lenses():
+    """In versions 2 and 3 a light's housings were a pole's dark grey and dark green and a yellow
+    sign's yellow; in version 4 every housing is at least 0.1 (RGB, 0-1) from every pole and sign look,
+    in both domains, and a light shows red over amber over green."""
+    light, pole, sign = (CLASSES.index(name) for name in ("traffic_light", "pole", "traffic_sign"))
+    for looks in synthetic_v2.LOOKS_OF_VERSION[4]:
+        housings = np.array([look[0] for look in looks[light]])
+        others = np.array([look[0] for look in looks[pole] + looks[sign]])
+        assert np.abs(housings[:, None] - others[None]).max(axis=2).min() >= 0.1
+    v3 = synthetic_v2.LOOKS_OF_VERSION[3][0]
+    v3_housings = np.array([look[0] for look in v3[light]])
+    v3_others = np.array([look[0] for look in v3[pole] + v3[sign]])
+    assert np.abs(v3_housings[:, None] - v3_others[None]).max(axis=2).min() < 0.1  # what version 4 mends
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((6, 2), bool)
+    mask[:, :] = True
+    yy, xx = np.mgrid[0:6, 0:2]
+    look = synthetic_v2.LIGHT_LOOKS_V4["source"][0]
+    rgb = synthetic_v2._texture(rng, look, mask, yy, xx, {}).reshape(6, 2, 3)
+    bands = [rgb[2 * i : 2 * i + 2].mean(axis=(0, 1)) for i in range(3)]
+    assert bands[0].argmax() == 0 and bands[2].argmax() == 1  # red on top, green at the bottom
+    assert bands[1][0] > bands[1][2] and bands[1][1] > bands[1][2]  # amber between
+    brightest = max(range(3), key=lambda i: bands[i].sum())
+    assert sum(bands[brightest]) > 1.5 * max(sum(bands[i]) for i in range(3) if i != brightest)  # one lit

@@ -45,14 +45,15 @@ TARGET_CITY = "synthtown"
 # Part of every cache key. Bump only if the cache's layout changes: the content of a generator version
 # never changes (a new look is a new version), so old results reproduce.
 CACHE_REVISION = 2
-GENERATOR_VERSIONS = (1, 2, 3)
-DEFAULT_VERSION = 3
+GENERATOR_VERSIONS = (1, 2, 3, 4)
+DEFAULT_VERSION = 4
 # Per version: the class names (a class set of trainers/data/labelmaps.py) and their Cityscapes ids on disk.
-CLASSES_OF_VERSION = {1: SYNTHETIC_CLASSES, 2: synthetic_v2.CLASSES, 3: synthetic_v2.CLASSES}
+CLASSES_OF_VERSION = {1: SYNTHETIC_CLASSES, 2: synthetic_v2.CLASSES, 3: synthetic_v2.CLASSES, 4: synthetic_v2.CLASSES}
 CITYSCAPES_IDS_OF_VERSION = {
     1: CITYSCAPES_ID_OF_CLASS,
     2: synthetic_v2.CITYSCAPES_IDS,
     3: synthetic_v2.CITYSCAPES_IDS,
+    4: synthetic_v2.CITYSCAPES_IDS,
 }
 
 # Flat game palette (RGB 0..1).
@@ -274,9 +275,9 @@ def generate_sample(
     if split not in _SPLIT_CODE:
         raise ValueError(f"unknown split '{split}'; choose train or val")
     if version not in GENERATOR_VERSIONS:
-        raise ValueError(f"unknown generator version {version!r}; choose one of: 1, 2, 3")
-    if version in (2, 3):
-        # Version 3 draws version 2's scenes (the same random numbers): only the walls look different.
+        raise ValueError(f"unknown generator version {version!r}; choose one of: {', '.join(map(str, GENERATOR_VERSIONS))}")
+    if version >= 2:
+        # Versions 3 and 4 draw version 2's scenes (the same random numbers): only looks differ.
         rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index, 2])
         return synthetic_v2.generate(rng, height, width, domain, difficulty, version)
     rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index])

@@ -1,6 +1,8 @@
-"""Versions 2 and 3 of the bundled street scenes: 13 Cityscapes classes, long-tailed, textured, several
-looks per class, and a target that differs from the source in style (``data.synthetic.version``: 3,
-the default, is version 2 with walls that do not share a look with facades; see ``WALL_LOOKS_V3``).
+"""Versions 2-4 of the bundled street scenes: 13 Cityscapes classes, long-tailed, textured, several
+looks per class, and a target that differs from the source in style (``data.synthetic.version``: 4,
+the default, is version 3 with traffic lights that wear no pole's or sign's colours, see
+``LIGHT_LOOKS_V4``; version 3 is version 2 with walls that do not share a facade's look, see
+``WALL_LOOKS_V3``).
 
 What it is built to be (each property has a test in ``tests/test_synthetic_v2.py``):
 
@@ -198,7 +200,7 @@ TARGET_LOOKS: dict[int, list[tuple]] = {
 }
 
 
-# Version 3 (the default): version 2's scenes, drawn from the same random numbers, with walls a model
+# Version 3: version 2's scenes, drawn from the same random numbers, with walls a model
 # can tell from facades. In version 2 a wall's second look was a facade's brick red, the target's
 # grey wall was the target's grey facade, and the panel seams were faint: the oracle (every target
 # pixel labeled) reached a wall IoU of 0.13-0.27 on calibration seeds 100-104, below every other
@@ -217,10 +219,33 @@ WALL_LOOKS_V3 = {
         ((0.58, 0.60, 0.66), "panels", {"seam": 10, "seam_shade": 0.45, "coping_light": 1.35}),
     ],
 }
+# Version 4: version 3's scenes, drawn from the same random numbers, with traffic lights a model can
+# tell from the poles they hang on and the signs above them. In versions 2 and 3 a light's housings
+# were a pole's dark grey and dark green and a yellow sign's yellow, and one lens band was lit: the
+# oracle reached a light IoU of 0.23-0.26 on three of the calibration seeds, the lowest class. A
+# version 4 light shows all three lenses, red over amber over green, the lit one bright and the other
+# two dim, in a housing no pole or sign wears. Every pixel that is not a light (or next to one,
+# through the target camera's blur) is version 3's.
+LIGHT_LOOKS_V4 = {
+    "source": [
+        ((0.04, 0.04, 0.05), "lenses", {"red": (0.95, 0.15, 0.10), "amber": (1.00, 0.65, 0.05), "green": (0.10, 0.90, 0.30), "unlit": 0.35}),
+        ((0.08, 0.10, 0.30), "lenses", {"red": (0.95, 0.15, 0.10), "amber": (1.00, 0.65, 0.05), "green": (0.10, 0.90, 0.30), "unlit": 0.35}),
+        ((0.30, 0.20, 0.08), "lenses", {"red": (0.95, 0.15, 0.10), "amber": (1.00, 0.65, 0.05), "green": (0.10, 0.90, 0.30), "unlit": 0.35}),
+    ],
+    "target": [
+        ((0.08, 0.08, 0.10), "lenses", {"red": (0.85, 0.30, 0.25), "amber": (0.90, 0.65, 0.25), "green": (0.35, 0.85, 0.45), "unlit": 0.4}),
+        ((0.12, 0.14, 0.36), "lenses", {"red": (0.85, 0.30, 0.25), "amber": (0.90, 0.65, 0.25), "green": (0.35, 0.85, 0.45), "unlit": 0.4}),
+        ((0.36, 0.26, 0.12), "lenses", {"red": (0.85, 0.30, 0.25), "amber": (0.90, 0.65, 0.25), "green": (0.35, 0.85, 0.45), "unlit": 0.4}),
+    ],
+}
 # (source looks, target looks) of each version this module draws
 LOOKS_OF_VERSION: dict[int, tuple[dict, dict]] = {
     2: (SOURCE_LOOKS, TARGET_LOOKS),
     3: ({**SOURCE_LOOKS, WALL: WALL_LOOKS_V3["source"]}, {**TARGET_LOOKS, WALL: WALL_LOOKS_V3["target"]}),
+    4: (
+        {**SOURCE_LOOKS, WALL: WALL_LOOKS_V3["source"], LIGHT: LIGHT_LOOKS_V4["source"]},
+        {**TARGET_LOOKS, WALL: WALL_LOOKS_V3["target"], LIGHT: LIGHT_LOOKS_V4["target"]},
+    ),
 }
 
 
@@ -434,6 +459,13 @@ def _texture(
         third = rng.integers(3)
         band = (ys - top) * 3 // max(bottom - top + 1, 1) == third
         out[band] = np.asarray(params["lamp"])
+    elif kind == "lenses":  # red over amber over green; one lit (drawn as ``lamp`` draws it), two dim
+        top, bottom = ys.min(), ys.max()
+        third = rng.integers(3)
+        band = (ys - top) * 3 // max(bottom - top + 1, 1)
+        for index, lens in enumerate(("red", "amber", "green")):
+            shade = 1.0 if index == third else params["unlit"]
+            out[band == index] = shade * np.asarray(params[lens]) + (1 - shade) * out[band == index]
     elif kind == "person":
         top, bottom = ys.min(), ys.max()
         rel = (ys - top) / max(bottom - top + 1, 1)
@@ -477,7 +509,7 @@ def render(
     classes: dict,
     domain: str,
     difficulty: float = 1.0,
-    version: int = 3,
+    version: int = 4,
 ) -> np.ndarray:
     """RGB float32 (H, W, 3) in [0, 1] of a layout in the domain's style, with ``version``'s looks
     (``LOOKS_OF_VERSION``).
@@ -547,8 +579,9 @@ def _blend_looks(source: tuple, target: tuple, mix: float) -> tuple:
     return colour, kind, params
 
 
-def generate(rng: np.random.Generator, height: int, width: int, domain: str, difficulty: float, version: int = 3):
+def generate(rng: np.random.Generator, height: int, width: int, domain: str, difficulty: float, version: int = 4):
     """(image float32 (H, W, 3) in [0, 1], label uint8 (H, W) of class indices) of one scene, in
-    generator ``version`` 2 or 3 (the same scene from the same ``rng``; only the walls' looks differ)."""
+    generator ``version`` 2, 3 or 4 (the same scene from the same ``rng``; only looks differ: version 3's
+    walls, version 4's traffic lights)."""
     label, instance, classes = layout(rng, height, width, domain)
     return render(rng, label, instance, classes, domain, difficulty, version), label

@@ -8,26 +8,41 @@ trained on G's pseudo labels with the MCD discrepancy: LabOR's order of work) an
 adaptation steps in all (``adapt.total_steps``), whatever its number of rounds, so a difference in
 mIoU is the selection's doing.
 
-Rows (P = points per image, 40 by default, the papers' count of clicks per image):
+Seeds: the evaluation seeds 0-7, each drawing its own domains (``data.synthetic.seed``) as well as its own
+models and selections (``seed``). The calibration of the domains ran on seeds 100-109
+(``benchmarks.calibrate_domains``), which never appear here. The plan below is fixed before any result:
+no seed or setting is added after the results are seen.
 
-- headline pairs, on every seed: LabOR PPL (P points, one round) against random points; LabOR SPL
-  labeling the whole inconsistency mask of every image (one round; its cost is the outcome) against
-  random squares buying the same number of pixels (measured per seed from the warmed-up selector
-  before the sweep);
-- the other rows, on the first seeds only: LabOR SPL at 2.2% against random squares at 2.2%; RIPU
-  points (P per image over 5 rounds) and RIPU regions (2.2% over 5 rounds), as RIPU acquires during
-  training; entropy at P points; PPL and random at the curve's other point budgets;
-- references per seed: source only, the warm-up alone (no label), the oracle (every pool pixel
-  labeled, the same steps from the same warmed-up models).
+Rows (P = points per image, 10: the default config's ``selection.points_per_image``, the budget at which
+the calibration's gates are stated):
 
-Gap closed = (mIoU - source-only) / (oracle - source-only), per seed. A method beats random when the
-95% confidence interval of its paired margin (its gap closed minus random's, seed by seed; Student's
-t over the seeds both ran) lies above 0; at least 5 seeds are needed to judge. Writes
-``docs/BENCHMARKS.md`` (``--quick``: ``docs/BENCHMARKS-quick.md``) and the budget curve next to it,
-and logs both to MLflow (experiment ``quality``).
+- headline pairs, on every seed: LabOR PPL by the paper's rule (``selection.ppl_rule: per_piece``; P
+  points, one round) against random points at P; LabOR SPL labeling the whole inconsistency mask of
+  every image (one round; its cost is the outcome) against random squares buying the same number of
+  pixels (measured per seed from the warmed-up selector before the sweep);
+- the other rows, on the first seed(s) only: RIPU points (P per image over 5 rounds) and RIPU regions
+  (2.2% over 5 rounds), as RIPU acquires during training; entropy at P points;
+- the arm, on the first seed(s) only: PPL's rule (``per_piece``, the paper's, against ``nearest_k``, the
+  earlier one) crossed with the domains (the default version 4 against version 1, the earlier 9 classes),
+  each cell against random points at P on the same domains, to separate the implementation from the
+  regime. Version 4's ``per_piece`` cell is the headline PPL row (not run twice); version 1 is a sweep
+  of its own per seed (its own source model, warm-up and oracle);
+- references per seed and domains: source only, the warm-up alone (no label), the oracle (every pool
+  pixel labeled, the same steps from the same warmed-up models).
 
-    python -m benchmarks.quality            # 5 seeds: headline pairs on all, other rows on 2 (about an hour, 2 CPUs)
-    python -m benchmarks.quality --quick    # 1 seed, the headline pairs only (about 10 minutes)
+Gap closed = (mIoU - source-only) / (oracle - source-only), per seed and domains. A row's paired margin is
+its gap closed minus its random rival's, seed by seed. The two headline comparisons (PPL against random
+points, SPL's whole mask against random squares) are one family: each gets a one-sided paired t-test
+(H1: margin > 0) over the seeds both ran, and Holm's step-down procedure at family-wise alpha 0.05
+decides whether it beats random (at least 5 seeds are needed to judge); the report gives each one's
+adjusted p-value, paired 95% interval and verdict, whichever way it falls. The other rows' intervals are
+plain (unadjusted) 95% intervals. Writes ``docs/BENCHMARKS.md`` (``--quick``: ``docs/BENCHMARKS-quick.md``)
+and the budget curve next to it, and logs both to MLflow (experiment ``quality``).
+
+    python -m benchmarks.quality            # seeds 0-7; other rows and the arm on seed 0 (about an hour, 2 CPUs)
+    python -m benchmarks.quality --quick    # seed 0, the headline pairs only (about 6 minutes)
+
+Both print the plan and its estimated duration before they start.
 """
 
 from __future__ import annotations
@@ -35,45 +50,56 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from benchmarks.calibrate_domains import EVALUATION_SEEDS
 from benchmarks.common import machine_line
 from experiment_config import ConfigError, ExperimentConfig, from_dict, load_config, with_absolute_paths, with_overrides
+from experiment_config.choices import SYNTHETIC_CLASS_SET_OF_VERSION
 from trainers.data import CLASS_SETS
 from trainers.files import atomic_write_text, staged
 
 ROOT = Path(__file__).resolve().parents[1]
 # Never labeled in the Tzeng ablation's semi-supervised rows: thin or small things.
 WITHHELD_CLASSES = ("pole", "traffic_sign", "person")
-# Seeds needed before a paired margin's interval may decide "beats random" (the issue's rule).
+# Seeds needed before a headline comparison may be judged (the issue's rule).
 MIN_SEEDS_TO_JUDGE = 5
 GOAL_GAP_CLOSED = 0.90
+# Holm's family: the two headline comparisons (row id, its random rival's id), judged together at this
+# family-wise error rate. Fixed here, before any result, whatever a run measures.
+HEADLINE_COMPARISONS = (("ppl", "random"), ("spl_mask", "random_mask"))
+FAMILY_ALPHA = 0.05
+# The arm crosses PPL's rules with the configured domains (version 4 by default) and these earlier ones.
+ARM_VERSION = 1
+PPL_RULES = ("per_piece", "nearest_k")  # the paper's reading (the default), the earlier one
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What one benchmark run covers."""
+    """What one benchmark run covers. Every seed is an evaluation seed (0-7)."""
 
     seeds: tuple[int, ...]  # the headline pairs run on every seed
-    other_seeds: tuple[int, ...] = ()  # the other rows run on these seeds only
-    points: int = 40  # points per image of the point rows
-    curve_points: tuple[int, ...] = (10,)  # more point budgets of PPL and random (other seeds)
-    pixel_fraction: float = 0.022  # the region rows' budget (SPL at 2.2%, RIPU regions)
+    other_seeds: tuple[int, ...] = ()  # RIPU points, RIPU regions and entropy run on these seeds only
+    arm_seeds: tuple[int, ...] = ()  # PPL's rule x the domains' version, on these seeds only
+    points: int = 10  # points per image of the point rows: the default config's, the calibration's
+    curve_points: tuple[int, ...] = ()  # more point budgets of PPL and random (other seeds)
+    pixel_fraction: float = 0.022  # RIPU regions' budget (the papers' 2.2%)
     ripu_rounds: int = 5  # RIPU acquires in 5 rounds during training
     total_steps: int = 300  # adaptation steps of every trial after the warm-up
     tzeng: bool = False  # Tzeng et al.'s ablation, on the first seed
     ablation_points: int = 10  # its PPL budget
 
 
-# Sized for 2 CPUs (per seed on a quiet machine: source model about 1.5 min, warm-up about 3, oracle
-# about 2, a one-round trial about 45 s of which two run at once, a 5-round RIPU trial about 2.5 min):
-# five seeds of the four headline trials and two seeds of the other rows fit an hour.
-FULL = Plan(seeds=(0, 1, 2, 3, 4), other_seeds=(0, 1))
-QUICK = Plan(seeds=(0,), curve_points=())
+# Sized for the hour on 2 CPUs by ``estimate``: the headline pairs alone take about 51 min over the 8 seeds
+# (43-59 over the references' cost range), so the other rows and the arm go on one seed, the first, chosen
+# before any result (60.5 min in all at the central figure, 52-70; a second seed of both would make it 70).
+FULL = Plan(seeds=EVALUATION_SEEDS, other_seeds=EVALUATION_SEEDS[:1], arm_seeds=EVALUATION_SEEDS[:1])
+QUICK = Plan(seeds=EVALUATION_SEEDS[:1])
 
 # Settings of every benchmark sweep (on top of configs/default.yaml and the user's --set).
 SWEEP_SETTINGS = {
@@ -87,7 +113,7 @@ SWEEP_SETTINGS = {
 
 
 def budget_label(points: int | None = None, fraction: float | None = None, rounds: int = 1) -> str:
-    """How a budget reads: "40 pts/img", "2.2%", or per round "5 x 8 pts/img"."""
+    """How a budget reads: "10 pts/img", "2.2%", or per round "5 x 2 pts/img"."""
     per_round = f"{points} pts/img" if points is not None else f"{100 * fraction:.3g}%"
     return f"{rounds} x {per_round}" if rounds > 1 else per_round
 
@@ -101,34 +127,39 @@ class Row:
     procedure: str
     budget: str
     keys: dict
-    rival: str | None = None  # the id of the random row at the same budget
+    rival: str | None = None  # the id of the random row at the same budget (on the same domains)
     goal: bool = False  # a headline row with the issue's goals
-    table: str = "main"  # "main" | "confusion" | "temperature" | "semi"
+    table: str = "main"  # "main" | "arm" | "confusion" | "temperature" | "semi"
     value: float | None = None  # the ablated setting, in the ablation tables
+    domain_version: int | None = None  # the sweep it runs in: None, the configured domains; else that version's
 
     def case(self) -> dict:
         return dict(self.keys)
 
+    @property
+    def rounds(self) -> int:
+        return self.keys.get("selection.rounds", 1)
 
-def ppl_keys(points: int) -> dict:
-    return {"selection.rule": "labor_ppl", "selection.points_per_image": points}
+
+def ppl_keys(points: int, rule: str = "per_piece") -> dict:
+    """LabOR PPL at ``points`` per image; the rule is always set, so no row leans on the default."""
+    return {"selection.rule": "labor_ppl", "selection.points_per_image": points, "selection.ppl_rule": rule}
+
+
+def random_point_keys(points: int) -> dict:
+    return {"selection.rule": "random", "selection.points_per_image": points}
 
 
 def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | None = None) -> list[Row]:
-    """The rows of the plan that run on ``seed`` (all rows when None). ``matched_fraction`` is the pixel
-    share of the pool that LabOR SPL's whole mask buys on that seed: the budget of its random rival
-    (the rival is left out while it is unknown)."""
+    """The rows of the plan that run on ``seed`` (all rows when None), in every sweep of that seed (each
+    row's ``domain_version`` says which). ``matched_fraction`` is the pixel share of the pool that LabOR
+    SPL's whole mask buys on that seed: the budget of its random rival (the rival is left out while it
+    is unknown)."""
     p, frac, rounds = plan.points, plan.pixel_fraction, plan.ripu_rounds
     one_round = "warm-up, 1 round"
     rows = [
         Row("ppl", "LabOR PPL", one_round, budget_label(points=p), ppl_keys(p), rival="random", goal=True),
-        Row(
-            "random",
-            "random points",
-            one_round,
-            budget_label(points=p),
-            {"selection.rule": "random", "selection.points_per_image": p},
-        ),
+        Row("random", "random points", one_round, budget_label(points=p), random_point_keys(p)),
         Row(
             "spl_mask",
             "LabOR SPL, whole mask",
@@ -149,24 +180,8 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 {"selection.rule": "random_regions", "selection.budget_fraction": matched_fraction},
             )
         )
-    others = seed is None or seed in plan.other_seeds
-    if others:
+    if seed is None or seed in plan.other_seeds:
         rows += [
-            Row(
-                "spl",
-                "LabOR SPL",
-                one_round,
-                budget_label(fraction=frac),
-                {"selection.rule": "labor_spl", "selection.budget_fraction": frac},
-                rival="random_squares",
-            ),
-            Row(
-                "random_squares",
-                "random squares",
-                one_round,
-                budget_label(fraction=frac),
-                {"selection.rule": "random_regions", "selection.budget_fraction": frac},
-            ),
             Row(
                 "ripu_points",
                 "RIPU points",
@@ -179,6 +194,8 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                 },
                 rival="random",
             ),
+            # No random rival: squares at 2.2% would cost the plan a seed of its hour. RIPU regions read
+            # against SPL's whole mask and the budget curve instead.
             Row(
                 "ripu_regions",
                 "RIPU regions",
@@ -189,7 +206,6 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                     "selection.budget_fraction": frac / rounds,
                     "selection.rounds": rounds,
                 },
-                rival="random_squares",
             ),
             Row(
                 "entropy",
@@ -215,18 +231,155 @@ def plan_rows(plan: Plan, seed: int | None = None, matched_fraction: float | Non
                     "random points",
                     one_round,
                     budget_label(points=points),
-                    {"selection.rule": "random", "selection.points_per_image": points},
+                    random_point_keys(points),
                 ),
             ]
+    if seed is None or seed in plan.arm_seeds:
+        rows += arm_rows(plan)
     if plan.tzeng and (seed is None or seed == plan.seeds[0]):
         rows += tzeng_rows(plan)
     unique, seen = [], set()
-    for row in rows:  # one trial per distinct case (e.g. the ablation's default is a curve row)
-        signature = json.dumps(row.keys, sort_keys=True)
+    for row in rows:  # one trial per distinct case and sweep (e.g. the ablation's default is the PPL row)
+        signature = (row.domain_version, json.dumps(row.keys, sort_keys=True))
         if signature not in seen:
             seen.add(signature)
             unique.append(row)
     return unique
+
+
+def arm_rows(plan: Plan) -> list[Row]:
+    """PPL's rule crossed with the domains' version, every cell at the headline budget against random points
+    on its own domains. On the configured domains the paper's rule is the headline row ("ppl") and its
+    rival the headline's ("random"), so only the earlier rule is added there; version ``ARM_VERSION`` gets
+    all three trials in a sweep of its own."""
+    p, one_round, budget = plan.points, "warm-up, 1 round", budget_label(points=plan.points)
+    label = {"per_piece": "LabOR PPL", "nearest_k": "LabOR PPL, nearest_k rule"}
+    prefix = f"v{ARM_VERSION}/"
+    rows = [
+        Row("ppl_nearest_k", label["nearest_k"], one_round, budget, ppl_keys(p, "nearest_k"), "random", table="arm")
+    ]
+    for rule in PPL_RULES:
+        rows.append(
+            Row(
+                prefix + ("ppl" if rule == "per_piece" else f"ppl_{rule}"),
+                label[rule],
+                one_round,
+                budget,
+                ppl_keys(p, rule),
+                rival=prefix + "random",
+                table="arm",
+                domain_version=ARM_VERSION,
+            )
+        )
+    rows.append(
+        Row(
+            prefix + "random",
+            "random points",
+            one_round,
+            budget,
+            random_point_keys(p),
+            table="arm",
+            domain_version=ARM_VERSION,
+        )
+    )
+    return rows
+
+
+def sweep_rows(
+    plan: Plan, seed: int, domain_version: int | None = None, matched_fraction: float | None = None
+) -> list[Row]:
+    """The rows of one sweep: ``seed`` on the configured domains (None) or on version ``domain_version``."""
+    return [row for row in plan_rows(plan, seed, matched_fraction) if row.domain_version == domain_version]
+
+
+def plan_sweeps(plan: Plan) -> list[tuple[int, int | None]]:
+    """Every sweep of the plan as (seed, domain version), in the order they run: the headline seeds
+    first (a run cut short still has its headline pairs), then the arm's other domains."""
+    return [(seed, None) for seed in plan.seeds] + [(seed, ARM_VERSION) for seed in plan.arm_seeds]
+
+
+def seed_list(seeds) -> str:
+    """Seeds as they read: "0-7", "0, 2", or "(none)"."""
+    seeds = sorted(seeds)
+    if not seeds:
+        return "(none)"
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def on_seeds(seeds) -> str:
+    """Where a row group runs, as a phrase: "on seeds 0-7", "on seed 0", "on no seed"."""
+    return f"on seed{'s' if len(seeds) > 1 else ''} {seed_list(seeds)}" if seeds else "on no seed"
+
+
+def plan_text(plan: Plan) -> str:
+    """The plan in one sentence, as the report and the command line state it."""
+    return (
+        f"headline pairs (LabOR PPL by the paper's rule and random points at {plan.points} per image; LabOR "
+        f"SPL's whole mask and random squares of the same pixels) {on_seeds(plan.seeds)}; RIPU points, RIPU "
+        f"regions and entropy {on_seeds(plan.other_seeds)}; the arm, PPL's rule (per_piece, nearest_k) x the "
+        f"domains (the configured ones, version {ARM_VERSION}), {on_seeds(plan.arm_seeds)}"
+    )
+
+
+@dataclass(frozen=True)
+class CostFigures:
+    """Rough wall-clock seconds of a run's parts on 2 CPUs at the default config, on a quiet machine
+    (timed by hand, not here): what ``estimate`` builds on. Other settings (``--set``) or a busy machine
+    make them wrong."""
+
+    references: tuple[float, float] = (200.0, 320.0)  # per sweep: source model, warm-up, oracle (low, high)
+    one_round_trial: float = 60.0
+    five_round_trial: float = 150.0  # RIPU's
+    trials_at_once: int = 2
+
+    def trial(self, rounds: int) -> float:
+        """A line through the two timed figures (one round, five rounds)."""
+        return self.one_round_trial + (rounds - 1) * (self.five_round_trial - self.one_round_trial) / 4
+
+
+COSTS = CostFigures()
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A plan's duration estimated from ``CostFigures``, before anything runs (not a measurement)."""
+
+    sweeps: int
+    trials: int
+    minutes: tuple[float, float, float]  # at the references' low, central and high cost
+
+    def text(self) -> str:
+        low, central, high = self.minutes
+        return (
+            f"{self.sweeps} sweep(s), {self.trials} trials: estimated {central:.1f} min on 2 CPUs at the default "
+            f"config ({low:.0f}-{high:.0f} over the per-sweep reference cost's range; an estimate from rough "
+            f"timings, not a measurement)"
+        )
+
+
+def makespan(durations: list[float], slots: int) -> float:
+    """Wall time of trials started in this order, each on the first slot to come free (as Tune starts
+    a grid when a trial ends)."""
+    free = [0.0] * slots
+    for duration in durations:
+        free[free.index(min(free))] += duration
+    return max(free)
+
+
+def estimate(plan: Plan, costs: CostFigures = COSTS) -> Estimate:
+    """The plan's duration: per sweep its references, then its trials two at a time, longest first (as
+    ``sweep_config`` orders them). The random squares at SPL's cost count as a one-round trial."""
+    trials, trial_seconds = 0, 0.0
+    sweeps = plan_sweeps(plan)
+    for seed, version in sweeps:
+        rows = sweep_rows(plan, seed, version, matched_fraction=1.0)
+        trials += len(rows)
+        durations = sorted((costs.trial(row.rounds) for row in rows), reverse=True)
+        trial_seconds += makespan(durations, costs.trials_at_once)
+    low, high = (len(sweeps) * seconds for seconds in costs.references)
+    return Estimate(len(sweeps), trials, tuple((trial_seconds + refs) / 60 for refs in (low, (low + high) / 2, high)))
 
 
 def tzeng_rows(plan: Plan) -> list[Row]:
@@ -270,8 +423,17 @@ def tzeng_rows(plan: Plan) -> list[Row]:
     return out
 
 
-def base_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str]) -> ExperimentConfig:
-    """One seed's settings before its cases: what the source model, warm-up and oracle caches depend on."""
+def sweep_folder(seed: int, domain_version: int | None = None) -> str:
+    """A sweep's folder under the output folder: ``seed-0`` on the configured domains, ``seed-0-v1`` on version 1."""
+    return f"seed-{seed}" + (f"-v{domain_version}" if domain_version is not None else "")
+
+
+def base_config(
+    plan: Plan, seed: int, output_dir: Path, overrides: list[str], domain_version: int | None = None
+) -> ExperimentConfig:
+    """One sweep's settings before its cases: what its source model, warm-up and oracle caches depend on.
+    The seed draws the domains (``data.synthetic.seed``) as well as the models and selections (``seed``);
+    ``domain_version`` swaps the configured domains for that generator version, in its class set."""
     cfg = load_config(None, overrides)
     if cfg.storage.uri:
         raise ConfigError(
@@ -284,13 +446,23 @@ def base_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str]) -
         if any(pair.startswith("adapt.total_steps=") for pair in overrides)
         else {"adapt.total_steps": plan.total_steps}
     )  # the user's --set wins (e.g. a small run to try the path)
+    domains = (
+        {}
+        if domain_version is None
+        else {
+            "data.synthetic.version": domain_version,
+            "data.class_set": SYNTHETIC_CLASS_SET_OF_VERSION[domain_version],
+        }
+    )
     cfg = with_overrides(
         cfg,
         {
             **SWEEP_SETTINGS,
             **steps,
+            **domains,
             "seed": seed,
-            "output_dir": str(output_dir / f"seed-{seed}"),
+            "data.synthetic.seed": seed,
+            "output_dir": str(output_dir / sweep_folder(seed, domain_version)),
             "sweep.search_space": {},
         },
     )
@@ -298,12 +470,17 @@ def base_config(plan: Plan, seed: int, output_dir: Path, overrides: list[str]) -
 
 
 def sweep_config(
-    plan: Plan, seed: int, output_dir: Path, overrides: list[str], matched_fraction: float | None = None
+    plan: Plan,
+    seed: int,
+    output_dir: Path,
+    overrides: list[str],
+    matched_fraction: float | None = None,
+    domain_version: int | None = None,
 ) -> ExperimentConfig:
-    """The seed's sweep: every row as a case of the ``cases`` axis, the longest trials first (Tune starts a
+    """The sweep's config: every row as a case of the ``cases`` axis, the longest trials first (Tune starts a
     grid in order; two trials run at once, and a long trial started last would leave a slot idle)."""
-    cfg = base_config(plan, seed, output_dir, overrides)
-    rows = sorted(plan_rows(plan, seed, matched_fraction), key=lambda row: -row.keys.get("selection.rounds", 1))
+    cfg = base_config(plan, seed, output_dir, overrides, domain_version)
+    rows = sorted(sweep_rows(plan, seed, domain_version, matched_fraction), key=lambda row: -row.rounds)
     return with_overrides(cfg, {"sweep.search_space": {"cases": {"grid": [row.case() for row in rows]}}})
 
 
@@ -382,23 +559,38 @@ class Measured:
 REFERENCES = ("source", "warmup", "oracle")
 
 
-def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Measured], dict[str, list[float]]]:
-    """Every row's figures over the seeds of ``configs``, and the references per seed (mIoU; the
-    withheld classes' mIoU under ``<name>_withheld``; the warm-up's gap closed under ``warmup_gap``)."""
+def reference_name(name: str, domain_version: int | None = None) -> str:
+    """A reference's key in ``collect``'s references: "oracle" on the configured domains, "v1/oracle" on version 1."""
+    return name if domain_version is None else f"v{domain_version}/{name}"
+
+
+def collect(
+    plan: Plan, configs: dict[int, ExperimentConfig], arm_configs: dict[int, ExperimentConfig] | None = None
+) -> tuple[list[Measured], dict[str, list[float]]]:
+    """Every row's figures over the sweeps of ``configs`` (by seed, on the configured domains) and
+    ``arm_configs`` (by seed, the arm's sweeps on version ``ARM_VERSION``), and the references per seed
+    (mIoU; the withheld classes' mIoU under ``<name>_withheld``; the warm-up's gap closed under
+    ``warmup_gap``; the arm's domains' under the same names, prefixed as ``reference_name`` does). Each
+    trial's gap closed is measured against its own sweep's references."""
     measured: dict[str, Measured] = {}
     references: dict[str, list[float]] = {
-        name: [] for name in (*REFERENCES, *(f"{r}_withheld" for r in REFERENCES), "warmup_gap")
+        reference_name(name, version): []
+        for version in (None, ARM_VERSION)
+        for name in (*REFERENCES, *(f"{r}_withheld" for r in REFERENCES), "warmup_gap")
     }
     pool_images = None
-    for seed, cfg in configs.items():
-        rows = plan_rows(plan, seed, matched_fraction_of(cfg))
+    sweeps = [(seed, None, cfg) for seed, cfg in configs.items()]
+    sweeps += [(seed, ARM_VERSION, cfg) for seed, cfg in (arm_configs or {}).items()]
+    for seed, version, cfg in sweeps:
+        rows = sweep_rows(plan, seed, version, matched_fraction_of(cfg))
         for row in rows:
             measured.setdefault(row.id, Measured(row))
         refs = reference_metrics(cfg)
         low, high = refs["source"]["target/miou"], refs["oracle"]["target/miou"]
         if high <= low:
+            where = "" if version is None else f" (domains version {version})"
             print(
-                f"[quality] seed {seed}: the oracle ({high:.3f}) is not above source-only ({low:.3f}); "
+                f"[quality] seed {seed}{where}: the oracle ({high:.3f}) is not above source-only ({low:.3f}); "
                 f"gap closed is undefined for this seed",
                 file=sys.stderr,
             )
@@ -407,10 +599,10 @@ def collect(plan: Plan, configs: dict[int, ExperimentConfig]) -> tuple[list[Meas
             return (miou - low) / (high - low) if high > low else float("nan")
 
         for name in REFERENCES:
-            references[name].append(refs[name]["target/miou"])
-            references[f"{name}_withheld"].append(_class_mean(refs[name], WITHHELD_CLASSES))
-        references["warmup_gap"].append(gap(refs["warmup"]["target/miou"]))
-        # A trial is a row's when its whole config is the seed's with the row's keys set: a stray trial
+            references[reference_name(name, version)].append(refs[name]["target/miou"])
+            references[reference_name(f"{name}_withheld", version)].append(_class_mean(refs[name], WITHHELD_CLASSES))
+        references[reference_name("warmup_gap", version)].append(gap(refs["warmup"]["target/miou"]))
+        # A trial is a row's when its whole config is the sweep's with the row's keys set: a stray trial
         # (e.g. an earlier run in the same folder with other settings) belongs to no row.
         expected = {row.id: with_overrides(cfg, row.case()).flat() for row in rows}
         for config, metrics in trial_results(cfg):
@@ -476,7 +668,7 @@ class Margin:
 
     values: tuple[float, ...]
     mean: float
-    low: float  # the 95% t-interval; NaN with fewer than 2 seeds
+    low: float  # the plain (unadjusted) 95% t-interval; NaN with fewer than 2 seeds
     high: float
 
     @property
@@ -489,13 +681,6 @@ class Margin:
         if self.seeds < 2:
             return f"{self.mean:+.2f} (1 seed)"
         return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
-
-    def verdict(self) -> bool | None:
-        """True when the whole interval lies above 0, False when it does not; None with fewer seeds
-        than ``MIN_SEEDS_TO_JUDGE`` (or an undefined margin)."""
-        if self.seeds < MIN_SEEDS_TO_JUDGE or self.low != self.low:
-            return None
-        return self.low > 0
 
 
 def paired_margin(ours: Measured, rival: Measured) -> Margin:
@@ -511,6 +696,132 @@ def paired_margin(ours: Measured, rival: Measured) -> Margin:
     return Margin(values, mean, mean - half, mean + half)
 
 
+def one_sided_p(values: tuple[float, ...]) -> float:
+    """The paired t-test's p-value for the margins ``values`` (one per seed), one-sided, H1: the mean
+    margin > 0. NaN with fewer than 2 values or an undefined one; with no spread at all, 0 for a
+    positive mean and 1 otherwise (the t statistic is infinite or undefined)."""
+    from scipy import stats
+
+    mean, spread = mean_spread(list(values))
+    if len(values) < 2 or mean != mean:
+        return float("nan")
+    if spread == 0:
+        return 0.0 if mean > 0 else 1.0
+    return float(stats.ttest_1samp(values, 0.0, alternative="greater").pvalue)
+
+
+@dataclass(frozen=True)
+class HolmStep:
+    """One hypothesis's place in Holm's step-down procedure."""
+
+    p_value: float
+    adjusted: float  # Holm-adjusted p-value (NaN for a NaN p)
+    step: int  # 1 for the smallest p, m for the largest
+    level: float  # alpha / (m - step + 1): what this step's p is compared with
+    rejected: bool
+
+
+def holm(p_values: list[float], alpha: float = FAMILY_ALPHA) -> list[HolmStep]:
+    """Holm's step-down procedure over ``p_values`` (results in the same order). Sorted from the smallest,
+    the i-th of m is rejected when its p <= alpha / (m - i + 1) and every earlier one was rejected; the
+    first that fails stops the procedure. Adjusted p = the running maximum of min(1, (m - i + 1) p), so a
+    hypothesis is rejected exactly when its adjusted p <= alpha. A NaN p (a comparison that cannot be
+    judged) keeps its place in the family (m counts it, as planned), comes last and is never rejected."""
+    m = len(p_values)
+
+    def place(index: int) -> tuple[bool, float]:  # NaN last
+        p = p_values[index]
+        return (p != p, p if p == p else 0.0)
+
+    order = sorted(range(m), key=place)
+    steps: list[HolmStep | None] = [None] * m
+    running, rejecting = 0.0, True
+    for step, index in enumerate(order, start=1):
+        p, level = p_values[index], alpha / (m - step + 1)
+        if p != p:
+            steps[index] = HolmStep(p, float("nan"), step, level, False)
+            rejecting = False
+            continue
+        running = max(running, min(1.0, (m - step + 1) * p))
+        rejecting = rejecting and p <= level
+        steps[index] = HolmStep(p, running, step, level, rejecting)
+    return steps
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One headline comparison, judged with the other in Holm's family."""
+
+    row_id: str
+    name: str  # the row as it reads, with its budget
+    rival: str  # its random rival as it reads
+    margin: Margin  # over the seeds both ran, with its plain 95% interval
+    holm: HolmStep  # its p-value: NaN when not judged
+    family: int  # how many comparisons Holm's family holds
+
+    @property
+    def judged(self) -> bool:
+        return self.margin.seeds >= MIN_SEEDS_TO_JUDGE and self.holm.p_value == self.holm.p_value
+
+    @property
+    def beats(self) -> bool | None:
+        """True: beats random; False: does not; None: cannot be judged."""
+        return self.holm.rejected if self.judged else None
+
+    def verdict(self) -> str:
+        if self.margin.seeds < MIN_SEEDS_TO_JUDGE:
+            return f"cannot be judged: fewer than {MIN_SEEDS_TO_JUDGE} seeds ({self.margin.seeds} ran both)"
+        if not self.judged:
+            return "cannot be judged: the margin is undefined on a seed"
+        return "beats random" if self.holm.rejected else "does not beat random"
+
+    def text(self) -> str:
+        """The verdict in words, then the figures it rests on."""
+        parts = [f"{self.name} against {self.rival}: {self.verdict()}."]
+        margin = self.margin
+        if margin.values and margin.mean == margin.mean:
+            interval = f", 95% interval [{margin.low:+.2f}, {margin.high:+.2f}]" if margin.seeds >= 2 else ""
+            per_seed = ", ".join(f"{v:+.2f}" for v in margin.values)
+            parts.append(
+                f"Paired margin {margin.mean:+.2f} of the gap{interval} over {margin.seeds} seed(s) "
+                f"(per seed {per_seed})."
+            )
+        elif margin.values:
+            parts.append("Paired margin undefined (a seed's gap closed is undefined).")
+        if self.judged:
+            step = f"Holm step {self.holm.step} of {self.family}, its p compared with {self.holm.level:.3g}"
+            if not self.holm.rejected and self.holm.p_value <= self.holm.level:
+                step += "; not rejected all the same, as Holm stops at the first step not rejected"
+            parts.append(
+                f"One-sided paired t-test p = {self.holm.p_value:.3g}, Holm-adjusted p = {self.holm.adjusted:.3g} "
+                f"({step})."
+            )
+        return " ".join(parts)
+
+
+def headline_comparisons(measured: list[Measured], alpha: float = FAMILY_ALPHA) -> list[Comparison]:
+    """The two headline comparisons (``HEADLINE_COMPARISONS``), each a one-sided paired t-test over the
+    seeds both rows ran, judged together by Holm's procedure at family-wise ``alpha``. A comparison with
+    fewer than ``MIN_SEEDS_TO_JUDGE`` seeds stays in the family, never rejected."""
+    by_id = {m.row.id: m for m in measured}
+    pending = []
+    for ours_id, rival_id in HEADLINE_COMPARISONS:
+        ours, rival = by_id.get(ours_id), by_id.get(rival_id)
+        margin = (
+            paired_margin(ours, rival)
+            if ours is not None and rival is not None
+            else Margin((), float("nan"), float("nan"), float("nan"))
+        )
+        p = one_sided_p(margin.values) if margin.seeds >= MIN_SEEDS_TO_JUDGE else float("nan")
+        name = f"{ours.row.label} ({ours.row.budget})" if ours is not None else ours_id
+        pending.append((ours_id, name, rival.row.label if rival is not None else "its random rival", margin, p))
+    steps = holm([p for *_, p in pending], alpha)
+    return [
+        Comparison(row_id, name, rival, margin, step, len(pending))
+        for (row_id, name, rival, margin, _), step in zip(pending, steps)
+    ]
+
+
 @dataclass(frozen=True)
 class GoalCheck:
     text: str
@@ -519,8 +830,8 @@ class GoalCheck:
 
 def goal_checks(measured: list[Measured]) -> list[GoalCheck]:
     """The issue's goals for the headline rows (LabOR PPL and SPL in their own procedure): each closes at
-    least 0.90 of the gap, and beats random at the same budget (the paired margin's interval above 0)."""
-    by_id = {m.row.id: m for m in measured}
+    least 0.90 of the gap, and beats random at the same budget (Holm's verdict, ``headline_comparisons``)."""
+    comparisons = {c.row_id: c for c in headline_comparisons(measured)}
     checks = []
     for m in measured:
         if not m.row.goal or not m.gap:
@@ -533,20 +844,11 @@ def goal_checks(measured: list[Measured]) -> list[GoalCheck]:
                 mean >= GOAL_GAP_CLOSED if mean == mean else None,
             )
         )
-        rival = by_id.get(m.row.rival)
-        if rival is None or not rival.gap:
+        comparison = comparisons.get(m.row.id)
+        if comparison is None or not comparison.margin.values:  # its rival never ran beside it
             continue
-        margin = paired_margin(m, rival)
-        why = [f"95% interval over {margin.seeds} seeds"] if margin.seeds >= 2 else []
-        if margin.verdict() is None:
-            why.append(f"at least {MIN_SEEDS_TO_JUDGE} seeds are needed to judge")
-        why.append(f"per seed {', '.join(f'{v:+.2f}' for v in margin.values)}")
-        checks.append(
-            GoalCheck(
-                f"{name} beats {rival.row.label}: paired margin {margin.text()} of the gap ({'; '.join(why)})",
-                margin.verdict(),
-            )
-        )
+        adjusted = f" (Holm-adjusted p = {comparison.holm.adjusted:.3g})" if comparison.judged else ""
+        checks.append(GoalCheck(f"{name} beats {comparison.rival}: {comparison.verdict()}{adjusted}", comparison.beats))
     return checks
 
 
@@ -629,40 +931,54 @@ def render_markdown(
         "# Benchmarks: quality on the bundled synthetic domains",
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d')} ({machine_line()}); the sweeps took "
-        f"{minutes:.0f} minutes. {'A quick run: one seed, the headline pairs only. ' if quick else ''}"
-        f"Headline pairs on seeds {', '.join(map(str, plan.seeds))}; the other rows on seeds "
-        f"{', '.join(map(str, plan.other_seeds)) or '(none)'}. Figures are mean ± sample standard deviation over "
-        f"the seeds a row ran on.",
+        f"{minutes:.0f} minutes (estimated beforehand at {estimate(plan).minutes[1]:.0f}). "
+        f"{'A quick run: one seed, the headline pairs only. ' if quick else ''}"
+        f"Figures are mean ± sample standard deviation over the seeds a row ran on.",
+        "",
+        f"The plan, fixed before any result: {plan_text(plan)}. Every seed is an evaluation seed (0-7) and draws "
+        f"its own domains (`data.synthetic.seed`), models and selections (`seed`); the calibration of the "
+        f"domains ran on seeds 100-109, none of which is used here.",
         "",
         "## What ran",
         "",
-        f"- Domains: the bundled synthetic source (game style) and target (camera style), {height}x{width} "
-        f"pixels, {pool} target pool images, {cfg.data.synthetic.target_val_images} target validation images, "
-        f"{len(CLASS_SETS[cfg.data.class_set])} classes. Model `{cfg.model.name}` (width {cfg.model.width}); "
-        f"source training {cfg.source.steps} steps.",
+        f"- Domains: the bundled synthetic source (game style) and target (camera style), generator version "
+        f"{cfg.data.synthetic.version}, {height}x{width} pixels, {pool} target pool images, "
+        f"{cfg.data.synthetic.target_val_images} target validation images, {len(CLASS_SETS[cfg.data.class_set])} "
+        f"classes. Model `{cfg.model.name}` (width {cfg.model.width}); source training {cfg.source.steps} steps.",
         f"- Every trial starts from the same warmed-up models (cached per seed): {cfg.warmup.steps} label-free "
         f"steps in which G adapts with {warmup_losses(cfg)} and LabOR's selector network S "
         f"learns the target from G's pseudo labels (`{cfg.adapt.pseudo_label_rule}`) and the MCD discrepancy "
         f"(num_k {cfg.adapt.num_k}). Then every trial adapts {cfg.adapt.total_steps} steps in all "
         f"(`adapt.total_steps`), split over its rounds, through the product's own path (one Tune sweep per "
-        f"seed, Ray actors ranking, Ray Train adapting, MLflow experiment `quality`). Total optimizer steps of "
-        f"every trial (source + warm-up + rounds): {', '.join(map(str, sorted(steps))) or 'n/a'}.",
-        f"- Budgets: {plan.points} points per image is the papers' number of clicks per image, kept as a count "
-        f"(by area, 40 points on LabOR's 1280x640 crops would be {40 * height * width / (1280 * 640):.1f} point(s) "
-        f"on a {height}x{width} image): here a point is {100 / (height * width):.4f}% of an image. Region budgets "
+        f"seed and domains, Ray actors ranking, Ray Train adapting, MLflow experiment `quality`). Total optimizer "
+        f"steps of every trial (source + warm-up + rounds): {', '.join(map(str, sorted(steps))) or 'n/a'}.",
+        f"- Budgets: {plan.points} points per image, the default config's `selection.points_per_image`, the "
+        f"budget at which the calibration of the domains states its gates; LabOR PPL places them by the "
+        f"paper's rule (`selection.ppl_rule: per_piece`). The papers click 40 points per image on LabOR's "
+        f"1280x640 crops; by area that would be {40 * height * width / (1280 * 640):.1f} point(s) on a "
+        f"{height}x{width} image, where a point is {100 / (height * width):.4f}% of an image. Region budgets "
         f"are a share of the pool's pixels (`selection.region_spread={cfg.selection.region_spread}`); LabOR SPL's "
         f"whole mask buys what the mask holds, and its random rival buys the same number of pixels.",
         f"- References: source only {src}; the warm-up alone (no label) {warm} "
         f"(gap closed {fmt(references['warmup_gap'], 2)}); the oracle (every pool pixel labeled, the same steps "
         f"from the same warm-up) {ora}. Gap closed = (mIoU - source-only) / (oracle - source-only), per seed.",
-        f"- Against random: the paired margin is a row's gap closed minus that of random selection at the same "
-        f"budget, seed by seed, with its 95% confidence interval (Student's t over the seeds both ran, shown in "
-        f"brackets); a method beats random when the whole interval lies above 0, judged with at least "
-        f"{MIN_SEEDS_TO_JUDGE} seeds.",
+        "- Against random: the paired margin is a row's gap closed minus that of random selection at the same "
+        "budget on the same domains, seed by seed; the tables give its plain (unadjusted) 95% confidence "
+        "interval in brackets (Student's t over the seeds both ran). Only the two headline comparisons have "
+        "a verdict, Holm's (below); elsewhere a margin is a direction, not a verdict.",
         "",
-        "## Goals",
+        "## Verdicts",
+        "",
+        f"Holm's procedure over the {len(HEADLINE_COMPARISONS)} headline comparisons: each gets a one-sided "
+        f"paired t-test (H1: its margin over random > 0) over the seeds both rows ran, the smaller p-value is "
+        f"compared with {FAMILY_ALPHA:g}/{len(HEADLINE_COMPARISONS)} = {FAMILY_ALPHA / len(HEADLINE_COMPARISONS):g} "
+        f'and, only if that rejects, the other with {FAMILY_ALPHA:g}, which keeps the chance of any false "beats '
+        f'random" at most {FAMILY_ALPHA:g} (adjusted p-value = the p-value at which a comparison would just be '
+        f"rejected); a comparison needs at least {MIN_SEEDS_TO_JUDGE} seeds to be judged.",
         "",
     ]
+    lines += [f"- {comparison.text()}" for comparison in headline_comparisons(measured)]
+    lines += ["", "## Goals", ""]
     verdicts = {True: "met", False: "MISSED", None: "n/a"}
     lines += [f"- {verdicts[c.met]}: {c.text}" for c in checks] or ["- (no goal rows in this run)"]
     lines += [
@@ -672,7 +988,7 @@ def render_markdown(
         f"![budget curve]({image_name})",
         "",
         "| method | procedure | budget | labeled pixels | clicks per image | target mIoU | gap closed | "
-        "margin vs random [95% CI] | seeds |",
+        "margin vs random [plain 95% CI] | seeds |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| source only | - | 0 | 0% | 0 | {src} | 0 | - | {len(references['source'])} |",
         f"| warm-up alone | {cfg.warmup.steps} label-free steps | 0 | 0% | 0 | {warm} | "
@@ -689,6 +1005,7 @@ def render_markdown(
             f"{fmt(m.gap, 2)} | {margin} | {len(m.seeds)} |"
         )
     lines += [f"| oracle | every pool pixel | - | 100% | - | {ora} | 1 | - | {len(references['oracle'])} |", ""]
+    lines += _arm_table(plan, measured, references, cfg)
     lines += _tzeng_tables(plan, measured, references, cfg, src, ora)
     lines += [
         "## What these figures do and do not show",
@@ -698,18 +1015,79 @@ def render_markdown(
         "Cityscapes with DeepLab-V2, LabOR SPL (2.2%) closes about 0.88 of the gap (66.6 mIoU against "
         "source-only 36.6 and an oracle of 70.5) and RIPU regions about 0.97 (69.6).",
         f"- Each row is one procedure at one budget: the headline pairs ran on {len(plan.seeds)} seed(s), the "
-        f"other rows on {len(plan.other_seeds)} (their intervals are wide or missing: a margin there is a "
-        f"direction, not a verdict). Spread is over seeds (each its own source model, warm-up, training and "
-        f"selection draws; the generated domains are the same, `data.synthetic.seed`).",
+        f"other rows on {len(plan.other_seeds)} and the arm on {len(plan.arm_seeds)} (their intervals are wide "
+        f"or missing: a margin there is a direction, not a verdict). Spread is over seeds (each its own "
+        f"generated domains, source model, warm-up, training and selection draws).",
         "- RIPU acquires in 5 rounds of equal length here (its code selects at 10k, 12k, ..., 18k of 40k "
         "iterations, after 10k label-free ones); the warm-up plays its first 10k, the rounds split the rest "
-        "evenly.",
+        "evenly. RIPU regions have no random rival in this plan (it would not fit the hour).",
         "",
         f"Reproduce: `{command}` (results under the printed output folder; each seed's sweep keeps its own "
         f"report and MLflow runs).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _on_seeds(m: Measured, seeds) -> Measured:
+    """``m`` with only the given seeds' entries: the arm's cells compared over the same seeds."""
+    keep = [index for index, seed in enumerate(m.seeds) if seed in seeds]
+
+    def pick(values: list) -> list:
+        return [values[index] for index in keep]
+
+    return Measured(
+        m.row,
+        pick(m.seeds),
+        pick(m.miou),
+        pick(m.gap),
+        pick(m.labeled_fraction),
+        pick(m.clicks_per_image),
+        pick(m.withheld_miou),
+        pick(m.global_step),
+    )
+
+
+def _arm_table(plan: Plan, measured: list[Measured], references: dict, cfg: ExperimentConfig) -> list[str]:
+    """PPL's rule x the domains' version, every cell against random points on its own domains, over the
+    arm's seeds only (the headline row's other seeds left out, so the four cells share their seeds)."""
+    by_id = {m.row.id: _on_seeds(m, plan.arm_seeds) for m in measured}
+    old = f"v{ARM_VERSION}/"
+    cells = [
+        (f"version {cfg.data.synthetic.version} ({len(CLASS_SETS[cfg.data.class_set])} classes)", rule, ours, "random")
+        for rule, ours in (("per_piece", "ppl"), ("nearest_k", "ppl_nearest_k"))
+    ] + [
+        (
+            f"version {ARM_VERSION} ({len(CLASS_SETS[SYNTHETIC_CLASS_SET_OF_VERSION[ARM_VERSION]])} classes)",
+            rule,
+            old + ours,
+            old + "random",
+        )
+        for rule, ours in (("per_piece", "ppl"), ("nearest_k", "ppl_nearest_k"))
+    ]
+    if not any(by_id.get(ours) is not None and by_id[ours].gap for _, _, ours, _ in cells):
+        return []
+    lines = [
+        "## PPL's rule x the domains",
+        "",
+        f"LabOR PPL at {plan.points} points per image by the paper's rule (`per_piece`) and by the earlier "
+        f"one (`nearest_k`), on the configured domains and on version {ARM_VERSION}'s, each against random "
+        f"points at the same count on the same domains, {on_seeds(plan.arm_seeds)}: whether a "
+        f"difference follows the rule (the implementation) or the domains (the regime). Version "
+        f"{ARM_VERSION}'s references: source only {fmt(references[reference_name('source', ARM_VERSION)])}, "
+        f"the oracle {fmt(references[reference_name('oracle', ARM_VERSION)])}.",
+        "",
+        "| domains | PPL rule | PPL gap closed | random points' gap closed | margin vs random [plain 95% CI] | seeds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for domains, rule, ours_id, rival_id in cells:
+        ours, rival = by_id.get(ours_id), by_id.get(rival_id)
+        if ours is None:
+            continue
+        margin = paired_margin(ours, rival).text() if rival is not None and rival.gap else "-"
+        rival_gap = fmt(rival.gap, 2) if rival is not None else "n/a"
+        lines.append(f"| {domains} | `{rule}` | {fmt(ours.gap, 2)} | {rival_gap} | {margin} | {len(ours.seeds)} |")
+    return lines + [""]
 
 
 def _tzeng_tables(
@@ -783,10 +1161,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="one seed, the headline pairs only (about 10 minutes)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds of the headline pairs (default: 5, quick: 1)")
+    parser.add_argument("--quick", action="store_true", help="seed 0, the headline pairs only (about 6 minutes)")
     parser.add_argument(
-        "--other-seeds", type=int, default=None, help="seeds of the other rows, the first ones (default: 2, quick: 0)"
+        "--seeds", type=int, default=None, help="seeds of the headline pairs, the first of 0-7 (default: 8, quick: 1)"
+    )
+    parser.add_argument(
+        "--other-seeds",
+        type=int,
+        default=None,
+        help="seeds of RIPU points, RIPU regions and entropy, the first ones (default: 1, quick: 0)",
+    )
+    parser.add_argument(
+        "--arm-seeds",
+        type=int,
+        default=None,
+        help="seeds of the arm (PPL's rule x the domains' version), the first ones (default: 1, quick: 0)",
     )
     parser.add_argument("--tzeng", action="store_true", help="also Tzeng et al.'s ablation, on the first seed")
     parser.add_argument("--output-dir", default="runs/benchmarks", help="sweeps go here (default runs/benchmarks)")
@@ -805,23 +1194,51 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    if (args.seeds is not None and args.seeds < 1) or (args.other_seeds is not None and args.other_seeds < 0):
-        print("error: --seeds must be >= 1 and --other-seeds >= 0", file=sys.stderr)
+    if (
+        (args.seeds is not None and not 1 <= args.seeds <= len(EVALUATION_SEEDS))
+        or (args.other_seeds is not None and args.other_seeds < 0)
+        or (args.arm_seeds is not None and args.arm_seeds < 0)
+    ):
+        print(
+            f"error: --seeds must be 1-{len(EVALUATION_SEEDS)} (the evaluation seeds "
+            f"{seed_list(EVALUATION_SEEDS)}), --other-seeds and --arm-seeds >= 0",
+            file=sys.stderr,
+        )
         return 2
-    seeds = plan.seeds if args.seeds is None else tuple(range(args.seeds))
-    others = plan.other_seeds if args.other_seeds is None else tuple(range(args.other_seeds))
-    plan = replace(plan, seeds=seeds, other_seeds=tuple(s for s in others if s in seeds) or (), tzeng=args.tzeng)
+    seeds = plan.seeds if args.seeds is None else EVALUATION_SEEDS[: args.seeds]
+    others = plan.other_seeds if args.other_seeds is None else EVALUATION_SEEDS[: args.other_seeds]
+    arm = plan.arm_seeds if args.arm_seeds is None else EVALUATION_SEEDS[: args.arm_seeds]
+    plan = replace(
+        plan,
+        seeds=seeds,
+        other_seeds=tuple(s for s in others if s in seeds),
+        arm_seeds=tuple(s for s in arm if s in seeds),
+        tzeng=args.tzeng,
+    )
     output_dir = Path(args.output_dir).resolve() / ("quick" if args.quick else "full")
+    sweeps = plan_sweeps(plan)
     try:
-        bases = {seed: base_config(plan, seed, output_dir, args.overrides) for seed in plan.seeds}
-        sweep_config(plan, plan.seeds[0], output_dir, args.overrides, 0.01)  # every case valid, before anything runs
+        bases = {
+            (seed, version): base_config(plan, seed, output_dir, args.overrides, version) for seed, version in sweeps
+        }
+        for seed, version in sweeps:  # every case of every sweep valid, before anything runs
+            sweep_config(plan, seed, output_dir, args.overrides, 0.01, version)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    configs = {seed: bases[seed, None] for seed in plan.seeds}
+    arm_configs = {seed: bases[seed, ARM_VERSION] for seed in plan.arm_seeds}
+    if arm_configs and configs[plan.seeds[0]].data.synthetic.version == ARM_VERSION:
+        print(
+            f"error: the arm compares the configured domains with version {ARM_VERSION}'s, and they are version "
+            f"{ARM_VERSION}; run it on other domains or with --arm-seeds 0",
+            file=sys.stderr,
+        )
         return 2
 
     from orchestrator.tracking.mlflow_runs import TrackingError, check_tracking_uri, resolve_tracking_uri
 
-    tracking_uri = resolve_tracking_uri(args.tracking_uri, bases[plan.seeds[0]].tracking.uri)
+    tracking_uri = resolve_tracking_uri(args.tracking_uri, configs[plan.seeds[0]].tracking.uri)
     try:
         check_tracking_uri(tracking_uri)
     except TrackingError as err:
@@ -831,7 +1248,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainers.data import DatasetError, check_domains
 
         try:
-            check_domains(bases[plan.seeds[0]].data, progress=print)
+            check_domains(configs[plan.seeds[0]].data, progress=print)
         except DatasetError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -840,15 +1257,24 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         from orchestrator.sweep.driver import run_sweep
 
+        print(f"[quality] plan: {plan_text(plan)}", flush=True)
+        print(
+            f"[quality] {estimate(plan).text()}; the timing holds only with nothing else running "
+            f"(load average now {os.getloadavg()[0]:.1f})",
+            flush=True,
+        )
         output_dir.mkdir(parents=True, exist_ok=True)
         timing.write_text(json.dumps({"started": time.time()}))
-        for number, (seed, base) in enumerate(bases.items(), start=1):
+        for number, (seed, version) in enumerate(sweeps, start=1):
             seed_started = time.perf_counter()
-            matched = prepare_seed(base, args.num_cpus, args.quiet)
-            cfg = sweep_config(plan, seed, output_dir, args.overrides, matched)
-            rows = plan_rows(plan, seed, matched)
+            base = bases[seed, version]
+            # The whole-mask rival's budget is measured on the configured domains only (the arm has no SPL row).
+            matched = prepare_seed(base, args.num_cpus, args.quiet) if version is None else None
+            cfg = sweep_config(plan, seed, output_dir, args.overrides, matched, version)
+            rows = sweep_rows(plan, seed, version, matched)
+            where = f"seed {seed}" + ("" if version is None else f", domains version {version}")
             print(
-                f"[quality] seed {seed} ({number}/{len(bases)}): {len(rows)} trials, {cfg.adapt.total_steps} "
+                f"[quality] {where} ({number}/{len(sweeps)}): {len(rows)} trials, {cfg.adapt.total_steps} "
                 f"adaptation steps each after a {cfg.warmup.steps}-step warm-up, into {cfg.output_dir}",
                 flush=True,
             )
@@ -859,20 +1285,19 @@ def main(argv: list[str] | None = None) -> int:
             )  # no dashboard process taking CPU from the timed run
             if code not in (0,):
                 print(
-                    f"[quality] seed {seed}: the sweep exited with {code}; rows of failed trials show n/a",
+                    f"[quality] {where}: the sweep exited with {code}; rows of failed trials show n/a",
                     file=sys.stderr,
                 )
             print(
-                f"[quality] seed {seed} done in {(time.perf_counter() - seed_started) / 60:.1f} min "
+                f"[quality] {where} done in {(time.perf_counter() - seed_started) / 60:.1f} min "
                 f"({(time.perf_counter() - started) / 60:.1f} min in all)",
                 flush=True,
             )
         timing.write_text(json.dumps({**json.loads(timing.read_text()), "finished": time.time()}))
     minutes = run_minutes(output_dir)
 
-    configs = bases
     try:
-        measured, references = collect(plan, configs)
+        measured, references = collect(plan, configs, arm_configs)
     except FileNotFoundError as err:
         print(
             f"error: no finished benchmark sweep under '{output_dir}' ({Path(err.filename).name} missing); "

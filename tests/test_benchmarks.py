@@ -7,20 +7,29 @@ gap closed, mean and spread exactly.
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
 from benchmarks import quality
+from benchmarks.calibrate_domains import CALIBRATION_SEEDS
 from benchmarks.quality import (
+    ARM_VERSION,
     FULL,
     QUICK,
     Plan,
     base_config,
     collect,
+    estimate,
     goal_checks,
+    headline_comparisons,
+    holm,
+    makespan,
     plan_rows,
+    plan_sweeps,
     render_markdown,
     sweep_config,
+    sweep_rows,
 )
 from experiment_config import with_overrides
 from orchestrator.round.start_models import oracle_cache_key, source_cache_key, warmup_cache_key
@@ -35,70 +44,176 @@ SMALL_DATA = [
 ]
 
 
-def test_full_plan_runs_the_headline_pairs_on_every_seed_and_the_other_rows_on_two():
-    assert len(FULL.seeds) >= quality.MIN_SEEDS_TO_JUDGE and FULL.other_seeds == (0, 1)
+def test_full_plan_runs_the_headline_pairs_on_the_eight_evaluation_seeds_and_never_a_calibration_seed(tmp_path):
+    assert FULL.seeds == (0, 1, 2, 3, 4, 5, 6, 7) and QUICK.seeds == (0,)
+    assert FULL.other_seeds == (0,) and FULL.arm_seeds == (0,)  # the first seed, chosen before any result
+    assert QUICK.other_seeds == () and QUICK.arm_seeds == ()
+    for plan in (FULL, QUICK):
+        used = {*plan.seeds, *plan.other_seeds, *plan.arm_seeds}
+        assert used <= set(plan.seeds) and not used & set(CALIBRATION_SEEDS)
+        for seed, version in plan_sweeps(plan):
+            cfg = base_config(plan, seed, tmp_path, [], version)
+            # Each seed draws its own domains, not seed 0's, and none is a calibration seed.
+            assert cfg.seed == seed and cfg.data.synthetic.seed == seed and seed not in CALIBRATION_SEEDS
     for seed in FULL.seeds:
         rows = plan_rows(FULL, seed, matched_fraction=0.013)
-        cases = [json.dumps(r.keys, sort_keys=True) for r in rows]
-        assert len(cases) == len(set(cases))  # a trial is never run twice for one seed
+        for version in {row.domain_version for row in rows}:  # a trial is never run twice in one sweep
+            cases = [json.dumps(r.keys, sort_keys=True) for r in rows if r.domain_version == version]
+            assert len(cases) == len(set(cases))
         ids = {r.id for r in rows}
         assert {"ppl", "random", "spl_mask", "random_mask"} <= ids
-        assert ({"spl", "random_squares", "ripu_points", "ripu_regions", "entropy", "ppl@10", "random@10"} <= ids) is (
-            seed in FULL.other_seeds
-        )
+        assert ({"ripu_points", "ripu_regions", "entropy"} <= ids) is (seed in FULL.other_seeds)
+        assert ({"ppl_nearest_k", "v1/ppl", "v1/ppl_nearest_k", "v1/random"} <= ids) is (seed in FULL.arm_seeds)
     rows = {r.id: r for r in plan_rows(FULL, 0, matched_fraction=0.013)}
-    assert rows["ppl"].keys == {"selection.rule": "labor_ppl", "selection.points_per_image": 40}
+    # The headline PPL row: the paper's rule, set explicitly, at the default config's 10 points per image.
+    assert rows["ppl"].keys == {
+        "selection.rule": "labor_ppl",
+        "selection.points_per_image": 10,
+        "selection.ppl_rule": "per_piece",
+    }
+    assert rows["random"].keys == {"selection.rule": "random", "selection.points_per_image": 10}
     assert rows["spl_mask"].keys == {"selection.rule": "labor_spl", "selection.spl_mode": "whole_mask"}
     assert rows["random_mask"].keys == {"selection.rule": "random_regions", "selection.budget_fraction": 0.013}
-    # RIPU in its own procedure: the same total budget over 5 rounds (8 points, 0.44% per round).
+    # RIPU in its own procedure: the same total budget over 5 rounds (2 points, 0.44% per round).
     assert rows["ripu_points"].keys == {
         "selection.rule": "region_impurity",
-        "selection.points_per_image": 8,
+        "selection.points_per_image": 2,
         "selection.rounds": 5,
     }
     assert rows["ripu_regions"].keys["selection.budget_fraction"] == pytest.approx(0.0044)
     assert {r.id: r.rival for r in rows.values() if r.rival} == {
         "ppl": "random",
         "spl_mask": "random_mask",
-        "spl": "random_squares",
         "ripu_points": "random",
-        "ripu_regions": "random_squares",
         "entropy": "random",
-        "ppl@10": "random@10",
+        "ppl_nearest_k": "random",
+        "v1/ppl": "v1/random",
+        "v1/ppl_nearest_k": "v1/random",
     }
     assert [r.id for r in rows.values() if r.goal] == ["ppl", "spl_mask"]
     assert "random_mask" not in {r.id for r in plan_rows(FULL, 0)}  # its budget is unknown until measured
     assert {r.table for r in plan_rows(Plan(**{**FULL.__dict__, "tzeng": True}), 0)} == {
         "main",
+        "arm",
         "confusion",
         "temperature",
         "semi",
     }
 
 
+def test_the_arm_crosses_ppls_two_rules_with_two_domain_versions_without_running_a_cell_twice(tmp_path):
+    rows = plan_rows(FULL, 0, matched_fraction=0.013)
+    ppl = [r for r in rows if r.keys.get("selection.rule") == "labor_ppl"]
+    cells = {(r.domain_version, r.keys["selection.ppl_rule"]): r.id for r in ppl}
+    # Four cells: on the configured domains (version 4) the paper's rule is the headline row itself.
+    assert cells == {
+        (None, "per_piece"): "ppl",
+        (None, "nearest_k"): "ppl_nearest_k",
+        (ARM_VERSION, "per_piece"): "v1/ppl",
+        (ARM_VERSION, "nearest_k"): "v1/ppl_nearest_k",
+    }
+    assert all(r.keys["selection.points_per_image"] == 10 for r in ppl)
+    v4 = sweep_config(FULL, 0, tmp_path, [], 0.013)
+    v4_cases = v4.sweep.search_space["cases"]["grid"]
+    assert v4.data.synthetic.version == 4 and v4.data.class_set == "synthetic_v2"
+    per_piece = [
+        c
+        for c in v4_cases
+        if c["selection.rule"] == "labor_ppl" and c.get("selection.ppl_rule", "per_piece") == "per_piece"
+    ]
+    assert per_piece == [plan_rows(FULL, 0, 0.013)[0].keys]  # one trial: the headline row is the arm's cell
+    assert sum(c == {"selection.rule": "random", "selection.points_per_image": 10} for c in v4_cases) == 1
+    v1 = sweep_config(FULL, 0, tmp_path, [], None, ARM_VERSION)
+    assert v1.data.synthetic.version == 1 and v1.data.class_set == "synthetic"  # the loader's pairing
+    assert v1.output_dir == str(tmp_path / "seed-0-v1") and v4.output_dir == str(tmp_path / "seed-0")
+    assert sorted(json.dumps(c, sort_keys=True) for c in v1.sweep.search_space["cases"]["grid"]) == sorted(
+        json.dumps(c, sort_keys=True)
+        for c in (
+            {"selection.rule": "labor_ppl", "selection.points_per_image": 10, "selection.ppl_rule": "per_piece"},
+            {"selection.rule": "labor_ppl", "selection.points_per_image": 10, "selection.ppl_rule": "nearest_k"},
+            {"selection.rule": "random", "selection.points_per_image": 10},
+        )
+    )
+    assert plan_sweeps(FULL) == [(seed, None) for seed in range(8)] + [(0, ARM_VERSION)]
+    assert [r.id for r in sweep_rows(FULL, 1, ARM_VERSION)] == []  # the arm on its seeds only
+
+
 def test_sweeps_start_the_longest_trials_first_and_train_equal_steps(tmp_path):
-    cfg = sweep_config(FULL, 1, tmp_path, [], matched_fraction=0.013)
+    cfg = sweep_config(FULL, 0, tmp_path, [], matched_fraction=0.013)
     cases = cfg.sweep.search_space["cases"]["grid"]
     rounds = [case.get("selection.rounds", 1) for case in cases]
     assert rounds == sorted(rounds, reverse=True) and rounds[:2] == [5, 5]
     assert sorted(json.dumps(c, sort_keys=True) for c in cases) == sorted(
-        json.dumps(r.case(), sort_keys=True) for r in plan_rows(FULL, 1, 0.013)
+        json.dumps(r.case(), sort_keys=True) for r in sweep_rows(FULL, 0, None, 0.013)
     )  # the same trials, reordered
     assert cfg.adapt.total_steps == FULL.total_steps and cfg.warmup.steps > 0
 
 
-def test_every_case_is_a_valid_config(tmp_path):
-    for plan in (FULL, QUICK):
-        for seed in plan.seeds:
-            cfg = sweep_config(plan, seed, tmp_path, [], 0.02)  # validates every case of the cases axis
-            assert cfg.seed == seed and cfg.output_dir == str(tmp_path / f"seed-{seed}")
-            assert len(cfg.sweep.search_space["cases"]["grid"]) == len(plan_rows(plan, seed, 0.02))
+def test_every_case_of_every_sweep_is_a_valid_config(tmp_path):
+    for plan in (FULL, QUICK, Plan(seeds=FULL.seeds, other_seeds=FULL.seeds, arm_seeds=FULL.seeds, tzeng=True)):
+        for seed, version in plan_sweeps(plan):
+            # Loading validates every case of the cases axis; a bad combination (e.g. version 1's domains in
+            # version 4's class set) would raise ConfigError here.
+            cfg = sweep_config(plan, seed, tmp_path, [], 0.02, version)
+            folder = f"seed-{seed}" if version is None else f"seed-{seed}-v{version}"
+            assert cfg.seed == seed and cfg.output_dir == str(tmp_path / folder)
+            assert len(cfg.sweep.search_space["cases"]["grid"]) == len(sweep_rows(plan, seed, version, 0.02))
 
 
-def _finished_sweep(plan, seed, root, data_cache, mious, source, oracle, warmup=None, matched=0.013, unfinished=()):
+def test_holm_rejects_neither_when_the_smaller_p_misses_its_halved_level():
+    # Plain 0.05 would reject both; Holm tests 0.03 at 0.05 / 2 = 0.025, fails, and stops.
+    steps = holm([0.04, 0.03])
+    assert [s.rejected for s in steps] == [False, False]
+    assert [s.step for s in steps] == [2, 1] and [s.level for s in steps] == pytest.approx([0.05, 0.025])
+    assert [s.adjusted for s in steps] == pytest.approx([0.06, 0.06])  # max(2 x 0.03, 0.04); 2 x 0.03
+
+
+def test_holm_rejects_both_when_each_step_passes():
+    steps = holm([0.01, 0.04])
+    assert [s.rejected for s in steps] == [True, True]  # 0.01 <= 0.025, then 0.04 <= 0.05
+    assert [s.adjusted for s in steps] == pytest.approx([0.02, 0.04])  # 2 x 0.01; max(0.02, 1 x 0.04)
+    one = holm([0.01, 0.2])  # the second fails its step: only the first is rejected
+    assert [s.rejected for s in one] == [True, False] and [s.adjusted for s in one] == pytest.approx([0.02, 0.2])
+    # A comparison that cannot be judged stays in the family: the other is still tested at 0.025.
+    nan = float("nan")
+    undecided = holm([nan, 0.03])
+    assert [s.rejected for s in undecided] == [False, False] and undecided[1].adjusted == pytest.approx(0.06)
+    assert undecided[0].adjusted != undecided[0].adjusted and undecided[0].step == 2
+    assert holm([0.6, 0.7])[0].adjusted == 1.0  # capped at 1
+
+
+def test_the_plans_estimated_durations_follow_the_cost_figures():
+    assert makespan([150, 150, 60, 60, 60, 60, 60, 60], 2) == 330
+    assert makespan([60, 60, 60], 2) == 120
+    quick = estimate(QUICK)  # one sweep: references, then 4 one-round trials two at a time
+    assert (quick.sweeps, quick.trials) == (1, 4)
+    assert quick.minutes == pytest.approx(((200 + 120) / 60, (260 + 120) / 60, (320 + 120) / 60))
+    assert max(quick.minutes) <= 10
+    full = estimate(FULL)
+    # 7 seeds of 4 one-round trials (120 s each), seed 0's 2 RIPU + 6 one-round (330 s), version 1's 3 (120 s);
+    # 9 sweeps' references.
+    trials = 7 * 120 + 330 + 120
+    assert (full.sweeps, full.trials) == (9, 7 * 4 + 8 + 3)
+    assert full.minutes == pytest.approx(tuple((trials + 9 * refs) / 60 for refs in (200, 260, 320)))
+    assert "estimated 60.5 min on 2 CPUs at the default config (52-70" in full.text()
+
+
+def _finished_sweep(
+    plan,
+    seed,
+    root,
+    data_cache,
+    mious,
+    source,
+    oracle,
+    warmup=None,
+    matched=0.013,
+    unfinished=(),
+    domain_version=None,
+):
     """Lay out what a finished benchmark sweep leaves on disk, with the given final mIoUs per row id."""
-    cfg = base_config(plan, seed, root, [*SMALL_DATA, f"data.cache_dir={data_cache}"])
-    out = root / f"seed-{seed}"
+    cfg = base_config(plan, seed, root, [*SMALL_DATA, f"data.cache_dir={data_cache}"], domain_version)
+    out = Path(cfg.output_dir)
     for folder, metrics in (
         (out / "source-models" / source_cache_key(cfg), source),
         (out / "warmup-models" / warmup_cache_key(cfg), warmup or source),
@@ -108,7 +223,7 @@ def _finished_sweep(plan, seed, root, data_cache, mious, source, oracle, warmup=
         (folder / "metrics.json").write_text(json.dumps(metrics))
     if matched is not None:
         (out / quality.MATCH_FILE).write_text(json.dumps({"pixels": 10, "fraction": matched}))
-    for number, row in enumerate(plan_rows(plan, seed, matched)):
+    for number, row in enumerate(sweep_rows(plan, seed, domain_version, matched)):
         if row.id not in mious:
             continue
         trial = out / "quality" / "trials" / f"trial{number:03d}"
@@ -132,11 +247,19 @@ def _finished_sweep(plan, seed, root, data_cache, mious, source, oracle, warmup=
     return cfg
 
 
-PLAN = Plan(seeds=(0, 1, 2, 3, 4), other_seeds=(0, 1), curve_points=())
+PLAN = Plan(seeds=(0, 1, 2, 3, 4), other_seeds=(0, 1))
 SOURCE, ORACLE = {"target/miou": 0.1}, {"target/miou": 0.5}
 
 
-def test_collect_computes_gap_closed_and_paired_margins_with_t_intervals(tmp_path, data_cache):
+def _one_sided_t_p(values):
+    """The one-sided paired t-test's p-value from its formula: t = mean / (sd / sqrt(n)), n - 1 degrees."""
+    from scipy import stats
+
+    t = statistics.fmean(values) / (statistics.stdev(values) / len(values) ** 0.5)
+    return float(stats.t.sf(t, len(values) - 1))
+
+
+def test_collect_computes_gap_closed_and_paired_margins_and_holm_judges_the_headline(tmp_path, data_cache):
     # Gap closed = (mIoU - 0.1) / 0.4. PPL leads random by 0.10, 0.20, 0.15, 0.05, 0.10 of the gap;
     # SPL's whole mask leads its matched random squares by 0.10, -0.10, 0.05, 0.00, 0.05.
     ppl_lead, spl_lead = [0.10, 0.20, 0.15, 0.05, 0.10], [0.10, -0.10, 0.05, 0.00, 0.05]
@@ -157,26 +280,44 @@ def test_collect_computes_gap_closed_and_paired_margins_with_t_intervals(tmp_pat
     by_id = {m.row.id: m for m in measured}
     assert by_id["ppl"].gap == pytest.approx([0.9, 1.0, 0.95, 0.85, 0.9]) and by_id["ppl"].seeds == [0, 1, 2, 3, 4]
     assert by_id["ppl"].clicks_per_image == [10.0] * 5  # 80 clicks over the 8 pool images
-    assert by_id["ripu_points"].seeds == [0, 1] and by_id["spl"].miou == []  # other rows: two seeds, if run
+    assert by_id["ripu_points"].seeds == [0, 1] and by_id["ripu_regions"].miou == []  # other rows: two seeds, if run
     assert references["warmup_gap"] == pytest.approx([0.25] * 5) and references["source"] == [0.1] * 5
 
     margin = quality.paired_margin(by_id["ppl"], by_id["random"])
     mean, sd = statistics.fmean(ppl_lead), statistics.stdev(ppl_lead)
     half = 2.7764451 * sd / 5**0.5  # Student's t, 4 degrees of freedom, 97.5%
     assert margin.mean == pytest.approx(mean) and (margin.low, margin.high) == pytest.approx((mean - half, mean + half))
-    assert margin.verdict() is True
     spl = quality.paired_margin(by_id["spl_mask"], by_id["random_mask"])
-    assert spl.low < 0 < spl.high and spl.verdict() is False  # the interval straddles 0: not beaten
-    assert quality.paired_margin(by_id["ripu_points"], by_id["random"]).verdict() is None  # 2 seeds: not judged
+    assert spl.low < 0 < spl.high  # the interval straddles 0
+
+    # Holm: PPL's p (about 0.005) is the smaller, tested at 0.025 and rejected; SPL's (about 0.29) at 0.05, not.
+    ppl_p, spl_p = _one_sided_t_p(ppl_lead), _one_sided_t_p(spl_lead)
+    assert ppl_p < 0.025 and spl_p > 0.05
+    ppl_c, spl_c = headline_comparisons(measured)
+    assert (ppl_c.holm.p_value, spl_c.holm.p_value) == pytest.approx((ppl_p, spl_p))
+    assert (ppl_c.holm.adjusted, spl_c.holm.adjusted) == pytest.approx((2 * ppl_p, spl_p))
+    assert (ppl_c.holm.step, ppl_c.holm.level, spl_c.holm.step, spl_c.holm.level) == (1, 0.025, 2, 0.05)
+    assert (ppl_c.beats, spl_c.beats) == (True, False)
+    assert ppl_c.verdict() == "beats random" and spl_c.verdict() == "does not beat random"
+    assert ppl_c.text() == (
+        f"LabOR PPL (10 pts/img) against random points: beats random. Paired margin +0.12 of the gap, 95% "
+        f"interval [{mean - half:+.2f}, {mean + half:+.2f}] over 5 seed(s) (per seed +0.10, +0.20, +0.15, +0.05, "
+        f"+0.10). One-sided paired t-test p = {ppl_p:.3g}, Holm-adjusted p = {2 * ppl_p:.3g} (Holm step 1 of 2, "
+        f"its p compared with 0.025)."
+    )
 
     checks = [(c.text, c.met) for c in goal_checks(measured)]
-    assert checks[0] == ("LabOR PPL (40 pts/img) closes 0.92 of the gap (goal >= 0.90; 5 seed(s))", True)
-    assert checks[1][1] is True and checks[1][0].startswith(
-        f"LabOR PPL (40 pts/img) beats random points: paired margin +0.12 [{mean - half:+.2f}, {mean + half:+.2f}] "
-        f"of the gap (95% interval over 5 seeds; per seed +0.10, +0.20, +0.15, +0.05, +0.10)"
+    assert checks[0] == ("LabOR PPL (10 pts/img) closes 0.92 of the gap (goal >= 0.90; 5 seed(s))", True)
+    assert checks[1] == (
+        f"LabOR PPL (10 pts/img) beats random points: beats random (Holm-adjusted p = {2 * ppl_p:.3g})",
+        True,
     )
     assert checks[2] == ("LabOR SPL, whole mask (whole mask) closes 0.92 of the gap (goal >= 0.90; 5 seed(s))", True)
-    assert checks[3][1] is False
+    assert checks[3] == (
+        f"LabOR SPL, whole mask (whole mask) beats random squares at SPL's cost: does not beat random "
+        f"(Holm-adjusted p = {spl_p:.3g})",
+        False,
+    )
 
     text = render_markdown(
         PLAN,
@@ -190,22 +331,69 @@ def test_collect_computes_gap_closed_and_paired_margins_with_t_intervals(tmp_pat
         "python -m benchmarks.quality",
     )
     assert (
-        f"| **LabOR PPL** | warm-up, 1 round | 40 pts/img | 1% | 10.0 | 0.468 ± 0.023 | 0.92 ± 0.06 | "
+        f"| **LabOR PPL** | warm-up, 1 round | 10 pts/img | 1% | 10.0 | 0.468 ± 0.023 | 0.92 ± 0.06 | "
         f"+0.12 [{mean - half:+.2f}, {mean + half:+.2f}] | 5 |" in text
     )
     assert (
-        "| RIPU points | warm-up, 5 rounds | 5 x 8 pts/img | 1% | 10.0 | 0.400 ± 0.000 | 0.75 ± 0.00 | "
+        "| RIPU points | warm-up, 5 rounds | 5 x 2 pts/img | 1% | 10.0 | 0.400 ± 0.000 | 0.75 ± 0.00 | "
         "-0.05 [-0.05, -0.05] | 2 |" in text
     )
     assert "| warm-up alone | 300 label-free steps | 0 | 0% | 0 | 0.200 ± 0.000 | 0.25 ± 0.00 | - | 5 |" in text
-    assert "| random points | warm-up, 1 round | 40 pts/img | 1% | 10.0 | 0.420 ± 0.000 | 0.80 ± 0.00 | - | 5 |" in text
-    assert "- met: LabOR PPL (40 pts/img) closes 0.92" in text and "- MISSED: LabOR SPL, whole mask" in text
+    assert "| random points | warm-up, 1 round | 10 pts/img | 1% | 10.0 | 0.420 ± 0.000 | 0.80 ± 0.00 | - | 5 |" in text
+    assert "margin vs random [plain 95% CI] |" in text  # the other rows' intervals are unadjusted, and say so
+    assert "- met: LabOR PPL (10 pts/img) closes 0.92" in text and "- MISSED: LabOR SPL, whole mask" in text
+    # The plan, Holm's procedure and both verdicts, whichever way they fall.
+    assert (
+        "The plan, fixed before any result: headline pairs (LabOR PPL by the paper's rule and random points at 10 "
+        "per image; LabOR SPL's whole mask and random squares of the same pixels) on seeds 0-4; RIPU points, RIPU "
+        "regions and entropy on seeds 0, 1; the arm, PPL's rule (per_piece, nearest_k) x the domains (the "
+        "configured ones, version 1), on no seed." in text
+    )
+    assert "## Verdicts\n\nHolm's procedure over the 2 headline comparisons" in text
+    assert f"- {ppl_c.text()}" in text and f"- {spl_c.text()}" in text
+    assert "against random squares at SPL's cost: does not beat random." in text
     assert "Total optimizer steps of every trial (source + warm-up + rounds): 1000." in text
     assert "![budget curve](curve.png)" in text
 
 
-def test_a_margin_needs_five_seeds_to_be_judged(tmp_path, data_cache):
-    two = Plan(seeds=(0, 1), curve_points=())
+def test_the_arms_cells_are_measured_on_their_own_domains_and_seeds(tmp_path, data_cache):
+    plan = Plan(seeds=(0, 1), arm_seeds=(0,))
+    configs, arm_configs = {}, {}
+    for seed in plan.seeds:
+        mious = {"ppl": 0.42 + 0.02 * seed, "random": 0.38}
+        if seed in plan.arm_seeds:
+            mious["ppl_nearest_k"] = 0.34
+        configs[seed] = _finished_sweep(plan, seed, tmp_path, data_cache, mious, SOURCE, ORACLE)
+    # Version 1's sweep has its own references: gap closed = (mIoU - 0.2) / 0.4.
+    arm_configs[0] = _finished_sweep(
+        plan,
+        0,
+        tmp_path,
+        data_cache,
+        {"v1/ppl": 0.46, "v1/ppl_nearest_k": 0.50, "v1/random": 0.40},
+        {"target/miou": 0.2},
+        {"target/miou": 0.6},
+        matched=None,
+        domain_version=ARM_VERSION,
+    )
+    measured, references = collect(plan, configs, arm_configs)
+    by_id = {m.row.id: m for m in measured}
+    assert by_id["ppl"].seeds == [0, 1] and by_id["ppl_nearest_k"].gap == pytest.approx([0.6])
+    assert by_id["v1/ppl"].gap == pytest.approx([0.65]) and by_id["v1/random"].gap == pytest.approx([0.5])
+    assert by_id["v1/ppl_nearest_k"].gap == pytest.approx([0.75])
+    assert references["v1/source"] == [0.2] and references["v1/oracle"] == [0.6] and references["source"] == [0.1] * 2
+    text = render_markdown(plan, False, measured, references, goal_checks(measured), configs[0], 1.0, "c.png", "cmd")
+    # The configured domains' cells over the arm's seed only (seed 1's PPL trial is left out of the arm).
+    assert "| version 4 (13 classes) | `per_piece` | 0.80 | 0.70 | +0.10 (1 seed) | 1 |" in text
+    assert "| version 4 (13 classes) | `nearest_k` | 0.60 | 0.70 | -0.10 (1 seed) | 1 |" in text
+    assert "| version 1 (9 classes) | `per_piece` | 0.65 | 0.50 | +0.15 (1 seed) | 1 |" in text
+    assert "| version 1 (9 classes) | `nearest_k` | 0.75 | 0.50 | +0.25 (1 seed) | 1 |" in text
+    assert "Version 1's references: source only 0.200, the oracle 0.600." in text
+    assert "LabOR PPL, nearest_k rule" not in text.split("## PPL's rule x the domains")[0]  # not in the main table
+
+
+def test_a_headline_comparison_needs_five_seeds_to_be_judged(tmp_path, data_cache):
+    two = Plan(seeds=(0, 1))
     configs = {
         seed: _finished_sweep(
             two, seed, tmp_path, data_cache, {"ppl": 0.46 + 0.01 * seed, "random": 0.38}, SOURCE, ORACLE
@@ -215,10 +403,18 @@ def test_a_margin_needs_five_seeds_to_be_judged(tmp_path, data_cache):
     measured, _ = collect(two, configs)
     checks = goal_checks(measured)
     assert [c.met for c in checks] == [True, None]
-    assert "95% interval over 2 seeds; at least 5 seeds are needed to judge" in checks[1].text
+    assert (
+        checks[1].text
+        == "LabOR PPL (10 pts/img) beats random points: cannot be judged: fewer than 5 seeds (2 ran both)"
+    )
+    ppl, spl = headline_comparisons(measured)
+    assert ppl.beats is None and "95% interval [" in ppl.text() and "over 2 seed(s)" in ppl.text()
+    assert "Holm" not in ppl.text()  # no p-value, no step: nothing was tested
+    assert spl.verdict() == "cannot be judged: fewer than 5 seeds (0 ran both)"  # no rival ran: still in the family
     one = {0: configs[0]}
-    measured, _ = collect(Plan(seeds=(0,), curve_points=()), one)
-    assert "+0.20 (1 seed)" in goal_checks(measured)[1].text and goal_checks(measured)[1].met is None
+    measured, _ = collect(Plan(seeds=(0,)), one)
+    assert "Paired margin +0.20 of the gap over 1 seed(s) (per seed +0.20)." in headline_comparisons(measured)[0].text()
+    assert goal_checks(measured)[1].met is None
 
 
 def test_budget_curve_is_drawn(tmp_path, data_cache):
@@ -259,9 +455,36 @@ def test_every_benchmark_refuses_a_bad_key_in_one_line_before_running(module, ca
     assert err == [err[0]] and err[0].startswith("error: config key 'adapt.lrr': unknown key")
 
 
-def test_quality_refuses_a_bad_seed_count(capsys):
-    assert quality.main(["--seeds", "0"]) == 2
-    assert capsys.readouterr().err.strip() == "error: --seeds must be >= 1 and --other-seeds >= 0"
+def _nothing_runs(tmp_path):
+    """Arguments that keep ``quality.main`` from training anything should the refusal under test be broken:
+    it would then only look for finished sweeps in an empty folder (and fail the test, not start a run)."""
+    return [
+        "--report-only",
+        "--output-dir",
+        str(tmp_path),
+        "--docs",
+        str(tmp_path / "docs"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+    ]
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "9"], ["--other-seeds", "-1"], ["--arm-seeds", "-1"]])
+def test_quality_refuses_a_bad_seed_count(argv, tmp_path, capsys):
+    # Nine seeds would add a seed beyond the evaluation seeds 0-7, fixed before any result.
+    assert quality.main([*argv, *_nothing_runs(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --seeds must be 1-8 (the evaluation seeds 0-7), --other-seeds and --arm-seeds >= 0"
+    )
+
+
+def test_quality_refuses_an_arm_whose_two_domains_are_the_same(tmp_path, capsys):
+    argv = ["--set", "data.synthetic.version=1", "--set", "data.class_set=synthetic", *_nothing_runs(tmp_path)]
+    assert quality.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: the arm compares the configured domains with version 1's, and they are version 1; run it on "
+        "other domains or with --arm-seeds 0"
+    )
 
 
 def test_quality_refuses_remote_storage(capsys):
@@ -402,24 +625,25 @@ def test_paired_margins_compare_only_the_seeds_both_rows_ran():
     assert paired_margin(ours, Measured(row, seeds=[5], gap=[0.1])).text() == "n/a"
 
 
-def test_a_trial_spread_by_score_is_not_mixed_into_the_default_spl_row(tmp_path, data_cache):
-    plan = Plan(seeds=(0,), other_seeds=(0,), curve_points=())
-    configs = {0: _finished_sweep(plan, 0, tmp_path, data_cache, {"spl": 0.42}, SOURCE, ORACLE)}
-    # A stray finished trial of the same selector and budget, but spread by score (e.g. from an
+def test_a_trial_spread_by_score_is_not_mixed_into_the_default_ripu_regions_row(tmp_path, data_cache):
+    plan = Plan(seeds=(0,), other_seeds=(0,))
+    configs = {0: _finished_sweep(plan, 0, tmp_path, data_cache, {"ripu_regions": 0.42}, SOURCE, ORACLE)}
+    # A stray finished trial of the same selector, budget and rounds, but spread by score (e.g. from an
     # earlier run in the same folder): it belongs to no row of this plan.
     cfg, stray = configs[0], tmp_path / "seed-0" / "quality" / "trials" / "stray"
     stray.mkdir(parents=True)
-    case = {"selection.rule": "labor_spl", "selection.budget_fraction": 0.022, "selection.region_spread": "score"}
+    ripu = next(r for r in plan_rows(plan, 0) if r.id == "ripu_regions")
+    case = {**ripu.keys, "selection.region_spread": "score"}
     (stray / "config.json").write_text(json.dumps(with_overrides(cfg, {"cases": case}).to_dict()))
     (stray / PROGRESS_FILE).write_text(
         json.dumps(
             {
-                "progress": {"round": 1, "model_checkpoint": "x", "trial_id": "s"},
+                "progress": {"round": 5, "model_checkpoint": "x", "trial_id": "s"},
                 "metrics": {"target/miou": 0.30, "budget/labeled_fraction": 0.022, "budget/clicks": 80.0},
             }
         )
     )
     measured, references = collect(plan, configs)
-    assert next(m for m in measured if m.row.id == "spl").miou == [0.42]  # share, the default spread, only
+    assert next(m for m in measured if m.row.id == "ripu_regions").miou == [0.42]  # share, the default spread, only
     text = render_markdown(plan, False, measured, references, [], configs[0], 1.0, "c.png", "cmd")
     assert "`selection.region_spread=share`" in text

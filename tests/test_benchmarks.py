@@ -537,20 +537,7 @@ def test_a_goal_that_cannot_be_measured_is_neither_met_nor_missed():
 
 
 def test_report_only_without_finished_sweeps_is_one_line(tmp_path, capsys):
-    assert (
-        quality.main(
-            [
-                "--report-only",
-                "--output-dir",
-                str(tmp_path),
-                "--docs",
-                str(tmp_path / "docs"),
-                "--tracking-uri",
-                f"sqlite:///{tmp_path / 'm.db'}",
-            ]
-        )
-        == 2
-    )
+    assert quality.main(_nothing_runs(tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: no finished benchmark sweep under '{tmp_path / 'full'}'") and "\n" not in err
     assert not (tmp_path / "docs").exists()

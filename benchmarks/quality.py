@@ -95,9 +95,9 @@ class Plan:
     ablation_points: int = 10  # its PPL budget
 
 
-# Sized for the hour on 2 CPUs by ``estimate``: the headline pairs alone take about 51 min over the 8 seeds
-# (43-59 over the references' cost range), so the other rows and the arm go on one seed, the first, chosen
-# before any result (60.5 min in all at the central figure, 52-70; a second seed of both would make it 70).
+# The other rows and the arm go on one seed, the first, chosen before any result. Measured on 2 CPUs
+# (2026-12-04): 89.5 min in all, over the hour the plan was sized for; the references (source model,
+# warm-up, oracle: about 6 minutes a sweep, one sweep at a time) are most of it.
 FULL = Plan(seeds=EVALUATION_SEEDS, other_seeds=EVALUATION_SEEDS[:1], arm_seeds=EVALUATION_SEEDS[:1])
 QUICK = Plan(seeds=EVALUATION_SEEDS[:1])
 
@@ -325,13 +325,13 @@ def plan_text(plan: Plan) -> str:
 
 @dataclass(frozen=True)
 class CostFigures:
-    """Rough wall-clock seconds of a run's parts on 2 CPUs at the default config, on a quiet machine
-    (timed by hand, not here): what ``estimate`` builds on. Other settings (``--set``) or a busy machine
-    make them wrong."""
+    """Wall-clock seconds of a run's parts on 2 CPUs at the default config, on a quiet machine: what
+    ``estimate`` builds on, fitted to the full run of 2026-12-04 (a headline sweep 8.6-9.7 min, seed 0's
+    with 8 trials 16.0, the whole plan 89.5). Other settings (``--set``) or a busy machine make them wrong."""
 
-    references: tuple[float, float] = (200.0, 320.0)  # per sweep: source model, warm-up, oracle (low, high)
-    one_round_trial: float = 60.0
-    five_round_trial: float = 150.0  # RIPU's
+    references: tuple[float, float] = (330.0, 400.0)  # per sweep: source model, warm-up, oracle (low, high)
+    one_round_trial: float = 90.0
+    five_round_trial: float = 310.0  # RIPU's
     trials_at_once: int = 2
 
     def trial(self, rounds: int) -> float:

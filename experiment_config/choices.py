@@ -30,7 +30,12 @@ TARGET_FORMATS: tuple[str, ...] = ("cityscapes", "folder")
 # trainers.data.CLASS_SETS (names only: the class lists stay in trainers/data/labelmaps.py)
 CLASS_SETS: tuple[str, ...] = ("cityscapes19", "synthia16", "synthia13", "synthetic", "synthetic_v2")
 # trainers.data.synthetic: the class set each generator version of the bundled domains is labeled in
-SYNTHETIC_CLASS_SET_OF_VERSION: dict[int, str] = {1: "synthetic", 2: "synthetic_v2", 3: "synthetic_v2", 4: "synthetic_v2"}
+SYNTHETIC_CLASS_SET_OF_VERSION: dict[int, str] = {
+    1: "synthetic",
+    2: "synthetic_v2",
+    3: "synthetic_v2",
+    4: "synthetic_v2",
+}
 # trainers.data.CLASS_SET_FROM_DATASET: data.class_set that takes the target dataset YAML's classes
 CLASS_SET_FROM_DATASET = "dataset"
 # trainers.data.cityscapes.CITYSCAPES_SPLITS

@@ -187,15 +187,15 @@ def test_the_plans_estimated_durations_follow_the_cost_figures():
     assert makespan([60, 60, 60], 2) == 120
     quick = estimate(QUICK)  # one sweep: references, then 4 one-round trials two at a time
     assert (quick.sweeps, quick.trials) == (1, 4)
-    assert quick.minutes == pytest.approx(((200 + 120) / 60, (260 + 120) / 60, (320 + 120) / 60))
+    assert quick.minutes == pytest.approx(((330 + 180) / 60, (365 + 180) / 60, (400 + 180) / 60))
     assert max(quick.minutes) <= 10
     full = estimate(FULL)
-    # 7 seeds of 4 one-round trials (120 s each), seed 0's 2 RIPU + 6 one-round (330 s), version 1's 3 (120 s);
+    # 7 seeds of 4 one-round trials (180 s each), seed 0's 2 RIPU + 6 one-round (580 s), version 1's 3 (180 s);
     # 9 sweeps' references.
-    trials = 7 * 120 + 330 + 120
+    trials = 7 * 180 + 580 + 180
     assert (full.sweeps, full.trials) == (9, 7 * 4 + 8 + 3)
-    assert full.minutes == pytest.approx(tuple((trials + 9 * refs) / 60 for refs in (200, 260, 320)))
-    assert "estimated 60.5 min on 2 CPUs at the default config (52-70" in full.text()
+    assert full.minutes == pytest.approx(tuple((trials + 9 * refs) / 60 for refs in (330, 365, 400)))
+    assert "estimated 88.4 min on 2 CPUs at the default config (83-94" in full.text()
 
 
 def _finished_sweep(

@@ -275,7 +275,9 @@ def generate_sample(
     if split not in _SPLIT_CODE:
         raise ValueError(f"unknown split '{split}'; choose train or val")
     if version not in GENERATOR_VERSIONS:
-        raise ValueError(f"unknown generator version {version!r}; choose one of: {', '.join(map(str, GENERATOR_VERSIONS))}")
+        raise ValueError(
+            f"unknown generator version {version!r}; choose one of: {', '.join(map(str, GENERATOR_VERSIONS))}"
+        )
     if version >= 2:
         # Versions 3 and 4 draw version 2's scenes (the same random numbers): only looks differ.
         rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index, 2])

@@ -226,41 +226,18 @@ WALL_LOOKS_V3 = {
 # version 4 light shows all three lenses, red over amber over green, the lit one bright and the other
 # two dim, in a housing no pole or sign wears. Every pixel that is not a light (or next to one,
 # through the target camera's blur) is version 3's.
+# The lenses as a game draws them and as the camera sees them (duller), the same for every housing.
+_LENSES_V4 = {
+    "source": {"red": (0.95, 0.15, 0.10), "amber": (1.00, 0.65, 0.05), "green": (0.10, 0.90, 0.30), "unlit": 0.35},
+    "target": {"red": (0.85, 0.30, 0.25), "amber": (0.90, 0.65, 0.25), "green": (0.35, 0.85, 0.45), "unlit": 0.4},
+}
+_HOUSINGS_V4 = {
+    "source": [(0.04, 0.04, 0.05), (0.08, 0.10, 0.30), (0.30, 0.20, 0.08)],
+    "target": [(0.08, 0.08, 0.10), (0.12, 0.14, 0.36), (0.36, 0.26, 0.12)],
+}
 LIGHT_LOOKS_V4 = {
-    "source": [
-        (
-            (0.04, 0.04, 0.05),
-            "lenses",
-            {"red": (0.95, 0.15, 0.10), "amber": (1.00, 0.65, 0.05), "green": (0.10, 0.90, 0.30), "unlit": 0.35},
-        ),
-        (
-            (0.08, 0.10, 0.30),
-            "lenses",
-            {"red": (0.95, 0.15, 0.10), "amber": (1.00, 0.65, 0.05), "green": (0.10, 0.90, 0.30), "unlit": 0.35},
-        ),
-        (
-            (0.30, 0.20, 0.08),
-            "lenses",
-            {"red": (0.95, 0.15, 0.10), "amber": (1.00, 0.65, 0.05), "green": (0.10, 0.90, 0.30), "unlit": 0.35},
-        ),
-    ],
-    "target": [
-        (
-            (0.08, 0.08, 0.10),
-            "lenses",
-            {"red": (0.85, 0.30, 0.25), "amber": (0.90, 0.65, 0.25), "green": (0.35, 0.85, 0.45), "unlit": 0.4},
-        ),
-        (
-            (0.12, 0.14, 0.36),
-            "lenses",
-            {"red": (0.85, 0.30, 0.25), "amber": (0.90, 0.65, 0.25), "green": (0.35, 0.85, 0.45), "unlit": 0.4},
-        ),
-        (
-            (0.36, 0.26, 0.12),
-            "lenses",
-            {"red": (0.85, 0.30, 0.25), "amber": (0.90, 0.65, 0.25), "green": (0.35, 0.85, 0.45), "unlit": 0.4},
-        ),
-    ],
+    domain: [(housing, "lenses", _LENSES_V4[domain]) for housing in housings]
+    for domain, housings in _HOUSINGS_V4.items()
 }
 # (source looks, target looks) of each version this module draws
 LOOKS_OF_VERSION: dict[int, tuple[dict, dict]] = {

@@ -217,7 +217,10 @@ def check_ranking(args, device, model_name: str, progress) -> dict:
         "selectors": {},
     }
     for label, maps in (("trained_like", trained_like), ("network_output", own)):
-        for timing in time_selectors(maps, names, progress=lambda line: progress(f"ranking: {label}: {line}")):
+        # Five calls per map (ten per selector): one or two calls of a few milliseconds are noisy.
+        for timing in time_selectors(
+            maps, names, repeats=SELECTOR_REPEATS, progress=lambda line: progress(f"ranking: {label}: {line}")
+        ):
             entry = figures["selectors"].setdefault(timing.name, {})
             entry[f"{label}_ms"] = 1000 * timing.seconds_per_image
             entry[f"{label}_ratio"] = timing.seconds_per_image / forward_s
@@ -267,6 +270,9 @@ ALL_LOSSES = {
     "model.pretrained": "",
     "model.allow_random_init": True,
 }
+
+
+SELECTOR_REPEATS = 5
 
 
 def recipe_size() -> tuple[int, int]:

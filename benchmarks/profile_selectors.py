@@ -2,7 +2,8 @@
 
 The GPU check (``scripts/gpu_check.sh``) runs this as its third part, so a run on a lent GPU brings
 back, beside each selector's time, what it was spent on: kernels and their counts, host-device copies,
-synchronisations, the greedy rounds (``greedy round`` rows), the phases marked in the selectors
+synchronisations, the greedy rounds and label-propagation passes (``greedy rounds`` and
+``propagation passes`` rows, ``(graph)`` where a CUDA graph replays them), the phases marked in the selectors
 (``select:`` rows). Plain PyTorch: no Ray, MLflow or hypothesis.
 
 For each kind of probability maps (``trained_like``: the scale benchmark's cheap network, heads
@@ -13,7 +14,7 @@ untimed call, then ``--repeats`` calls timed (wall clock, device synchronised) a
 
 Writes to ``--out``: ``profile-<maps>-<selector>.txt`` (the tables, by device time and by host
 time) and ``profile.json`` (per selector: wall ms, the profiled call's host and device ms, kernel
-launches, synchronisations, host-device copies, greedy rounds).
+launches, synchronisations, host-device copies, greedy rounds, propagation passes, graph replays).
 
     python -m benchmarks.profile_selectors --device cuda --out DIR
     python -m benchmarks.profile_selectors --device cpu --size 256x512 --maps-from noise --out DIR
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from benchmarks.gpu_check import refuse_absent_packages, size_arg
+from pixel_selectors.regions import PROPAGATION_PASSES_PER_CHECK, ROUNDS_PER_CHECK
 from trainers.files import atomic_write_json
 
 MAP_KINDS = ("trained_like", "network_output")
@@ -69,6 +71,9 @@ def _summary(events, name: str) -> dict:
     def count(*names):
         return sum(e.count for e in events if e.key in names)
 
+    def host_count(*names):  # a scope shows twice: on the host and, around its kernels, on the device
+        return sum(e.count for e in events if e.key in names and str(e.device_type).endswith("CPU"))
+
     scope = [e for e in events if e.key == f"select:{name}"]
     device_us = sum(getattr(e, "self_device_time_total", 0) or 0 for e in events)
     copies = [e for e in events if e.key.startswith("Memcpy")]
@@ -79,7 +84,11 @@ def _summary(events, name: str) -> dict:
         "kernel_launches": count("cudaLaunchKernel", "cudaLaunchKernelExC"),
         "synchronisations": count("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy"),
         "copies": {e.key: e.count for e in copies},
-        "greedy_rounds": count("greedy round"),
+        # Rounds and passes run in blocks between two checks, counted per block (graph replays too).
+        "greedy_rounds": ROUNDS_PER_CHECK * host_count("greedy rounds", "greedy rounds (graph)"),
+        "propagation_passes": PROPAGATION_PASSES_PER_CHECK
+        * host_count("propagation passes", "propagation passes (graph)"),
+        "graph_replays": host_count("greedy rounds (graph)", "propagation passes (graph)"),
     }
 
 
@@ -143,7 +152,8 @@ def profile_selectors(args, progress=print) -> dict:
             (out / f"profile-{kind}-{name}.txt").write_text("\n".join(tables))
             progress(
                 f"profile: {kind}: {name}: {wall_ms:.2f} ms, {summary['kernel_launches']} launches, "
-                f"{summary['synchronisations']} syncs, {summary['greedy_rounds']} greedy rounds"
+                f"{summary['synchronisations']} syncs, {summary['greedy_rounds']} greedy rounds, "
+                f"{summary['propagation_passes']} propagation passes, {summary['graph_replays']} graph replays"
             )
             atomic_write_json(out / "profile.json", figures, indent=1)
     return figures

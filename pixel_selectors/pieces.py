@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
+
+from .device_loops import run_passes
+from .regions import PROPAGATION_PASSES_PER_CHECK
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # The eight neighbours of a pixel, as (row, column) offsets.
@@ -63,6 +67,35 @@ def pieces_by_scipy(mask: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, 
     return pixels[order].astype(np.int64), offsets
 
 
+def _piece_pass(height: int, width: int):
+    """One pass of ``pieces_by_propagation`` over (labels, inside, index, same, changed), in place;
+    ``same`` is (8, H, W): whether each neighbour (``NEIGHBOURS``) is in the mask with the pixel's class.
+
+    A non-mask pixel hands its own ``none`` to itself, which changes nothing: the scatter takes every
+    pixel and needs no mask indexing (which waits for the device), and no two non-mask pixels write to
+    one place (millions of writes to one address would queue up)."""
+    count = height * width
+
+    def named(values: torch.Tensor) -> torch.Tensor:  # the pixel each label names (non-mask: any pixel)
+        return values.clamp_max(count - 1)
+
+    def one_pass(labels, inside, index, same, changed):
+        padded = F.pad(labels.reshape(1, height, width), (1, 1, 1, 1), value=count)[0]
+        smallest = labels.reshape(height, width)
+        for (dy, dx), allowed in zip(NEIGHBOURS, same):
+            neighbour = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+            smallest = torch.where(allowed, torch.minimum(smallest, neighbour), smallest)
+        smallest = smallest.reshape(-1)
+        hooked = labels.clone().scatter_reduce_(0, torch.where(inside, named(labels), index), smallest, reduce="amin")
+        updated = torch.minimum(hooked, smallest)
+        for _ in range(2):
+            updated = torch.where(inside, updated[named(updated)], updated)
+        changed.copy_((updated != labels).any().reshape(1))
+        labels.copy_(updated)
+
+    return one_pass
+
+
 def pieces_by_propagation(mask: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``class_pieces`` as tensor operations, on any device (what a GPU runs).
 
@@ -88,28 +121,22 @@ def pieces_by_propagation(mask: torch.Tensor, classes: torch.Tensor) -> tuple[to
         mask, classes.to(torch.int64), torch.full_like(classes, -1, dtype=torch.int64)
     )
     own_class = padded_classes[1:-1, 1:-1]
-    same = [
-        (padded_classes[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] == own_class) & mask for dy, dx in NEIGHBOURS
-    ]
-
-    def named(values: torch.Tensor) -> torch.Tensor:  # the pixel each label names (non-mask: any pixel)
-        return values.clamp_max(count - 1)
-
-    padded = torch.full((height + 2, width + 2), none, dtype=torch.int64, device=device)
-    while True:
-        padded[1:-1, 1:-1] = labels.reshape(height, width)
-        smallest = labels.reshape(height, width)
-        for (dy, dx), allowed in zip(NEIGHBOURS, same):
-            neighbour = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
-            smallest = torch.where(allowed, torch.minimum(smallest, neighbour), smallest)
-        smallest = smallest.reshape(-1)
-        hooked = labels.clone().scatter_reduce_(0, named(labels)[inside], smallest[inside], reduce="amin")
-        updated = torch.minimum(hooked, smallest)
-        for _ in range(2):
-            updated = torch.where(inside, updated[named(updated)], updated)
-        if torch.equal(updated, labels):
-            break
-        labels = updated
+    same = torch.stack(
+        [
+            (padded_classes[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width] == own_class) & mask
+            for dy, dx in NEIGHBOURS
+        ]
+    )
+    changed = torch.ones(1, dtype=torch.bool, device=device)
+    run_passes(
+        ("class pieces", height, width),
+        (labels, inside, index, same, changed),
+        _piece_pass(height, width),
+        lambda labels, inside, index, same, changed: changed,
+        lambda figures: not figures[0],  # a pass that changed nothing: every later one changes nothing
+        passes=PROPAGATION_PASSES_PER_CHECK,
+        label="propagation passes",
+    )
     pixels = inside.nonzero().squeeze(1)  # ascending flat index
     piece_label = labels[pixels]
     order = torch.sort(piece_label, stable=True).indices  # by piece, pixels ascending inside

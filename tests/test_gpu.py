@@ -132,6 +132,46 @@ def test_components_and_greedy_rounds_on_the_gpu_match_the_cpu():
 
 @pytest.mark.gpu
 @needs_cuda
+def test_loops_replayed_as_cuda_graphs_give_what_the_uncaptured_loops_give(monkeypatch):
+    from pixel_selectors import device_loops
+    from pixel_selectors.pieces import class_pieces, pieces_by_scipy
+
+    generator = torch.Generator().manual_seed(11)
+    mask = torch.rand(300, 500, generator=generator) < 0.45
+    classes = torch.randint(0, 3, (300, 500), generator=generator)
+    score = torch.randint(0, 4, (300 * 500,), generator=generator).double()
+    order = priority_order(score, torch.ones(300, 500, dtype=torch.bool)).cuda()
+    weights = torch.randint(1, 10, (300 * 500,), generator=generator).cuda()
+
+    def every_loop():
+        return [
+            [t.cpu() for t in components_by_propagation(mask.cuda())],
+            [t.cpu() for t in class_pieces(mask.cuda(), classes.cuda())],
+            greedy_spread_rounds(order, 300, 500, 2).cpu(),
+            greedy_spread_rounds(order, 300, 500, 2, weights=weights, cover=3000).cpu(),
+        ]
+
+    monkeypatch.setenv(device_loops.GRAPHS_ENV, "0")
+    uncaptured = every_loop()
+    monkeypatch.setenv(device_loops.GRAPHS_ENV, "1")
+    device_loops._graphs.clear()
+    captured = every_loop()
+    assert len(device_loops._graphs) == 4  # one graph per loop kind and setting
+    again = every_loop()  # replays the cached graphs on new copies of the inputs
+    assert len(device_loops._graphs) == 4
+    for got in (captured, again):
+        assert all(
+            torch.equal(a, b) for a, b in zip(got[0] + got[1] + got[2:], uncaptured[0] + uncaptured[1] + uncaptured[2:])
+        )
+    indices, offsets = pieces_by_scipy(mask.numpy(), classes.numpy())
+    assert np.array_equal(captured[1][0].numpy(), indices) and np.array_equal(captured[1][1].numpy(), offsets)
+    # Another size captures its own graph; the cached ones stay.
+    components_by_propagation(mask[:200].cuda())
+    assert len(device_loops._graphs) == 5
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_an_adaptation_step_runs_in_bf16_and_channels_last_on_the_gpu():
     from experiment_config import load_config
     from trainers.engine import build_adaptation_models, build_optimizers, loss_weights
@@ -279,3 +319,16 @@ def test_the_selector_profile_breaks_each_selector_down_per_map_kind(tmp_path):
             assert (tmp_path / f"profile-{kind}-{name}.txt").read_text().startswith(f"{kind} {name}: ")
     with pytest.raises(SystemExit):
         profile_selectors.parse_args(["--out", str(tmp_path), "--selectors", "labor_pp"])
+
+
+def test_the_window_maximum_benchmark_compares_both_poolings_on_the_cpu():
+    def window_max(*args):  # a process of its own: the benchmark refuses Ray, MLflow and hypothesis imports
+        command = [sys.executable, "-m", "benchmarks.window_max", "--device", "cpu", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    done = window_max("--size", "32x64", "--calls", "1")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 6 and all("one pooling" in line and "one per axis" in line for line in lines)
+    refused = window_max("--calls", "0")
+    assert refused.returncode == 2 and "--calls must be >= 1" in refused.stderr

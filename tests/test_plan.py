@@ -9,9 +9,14 @@ from orchestrator.sweep import command
 from orchestrator.sweep.plan import MEASURED, Measured, format_plan, make_plan, price
 
 PAPER = ROOT / "configs"
-# The H200 adaptation step the estimate scales: 2 + 2 images at 512x1024 in 2 / 7.23 s.
-H200_STEP = 2 / 7.23
-SCALE = (640 * 1280) / (512 * 1024)  # the paper configs' 640x1280 against the measured 512x1024
+
+
+def h200_seconds(kind: str) -> float:
+    """The measured H200 figure of ``kind`` for DeepLab-V2 (measured at the paper configs' 640x1280;
+    steps of 2 + 2 images)."""
+    (figure,) = [f for f in MEASURED if f.kind == kind and f.device == "gpu" and not f.rule]
+    assert (figure.height, figure.width) == (640, 1280) and figure.model == "deeplabv2_resnet101"
+    return figure.seconds
 
 
 def test_every_measured_figure_names_where_it_came_from():
@@ -40,14 +45,17 @@ def test_the_labor_ppl_run_plan_counts_every_step_and_image():
     # The warm-up at AdaptSegNet's batch of 1 + 1: G's 10,000 steps, then S's 10,000 on the frozen G.
     assert (rows["warm-up G (label-free)"].steps, rows["warm-up G (label-free)"].target_images) == (10_000, 10_000)
     assert rows["warm-up S (G's labels)"].steps == 10_000
-    assert rows["warm-up S (G's labels)"].hours == pytest.approx(10_000 * H200_STEP / 2 * SCALE / 3600)
+    # S's phase is priced as a step that trains G and S, at 1 + 1 images: half the measured 2 + 2.
+    assert rows["warm-up S (G's labels)"].hours == pytest.approx(10_000 * h200_seconds("adapt_step") / 2 / 3600)
     assert (rows["round adaptation"].steps, rows["round adaptation"].source_images) == (30_000, 60_000)
     assert rows["ranking"].ranked == 2975 and rows["evaluation"].evaluated == 3 * 500
-    step = H200_STEP * SCALE  # 2 images a worker, one worker: the measured batch, 1.56x the pixels
-    assert rows["source model"].hours == pytest.approx(20_000 * step / 3600)
-    assert rows["round adaptation"].hours == pytest.approx(30_000 * step / 3600)
+    # 2 images a worker, one worker: the measured batch and size. One round: the last, S left out.
+    assert rows["source model"].hours == pytest.approx(20_000 * h200_seconds("source_step") / 3600)
+    last_round_step = h200_seconds("adapt_step_without_s")
+    assert rows["round adaptation"].hours == pytest.approx(30_000 * last_round_step / 3600)
     assert "oracle reference" not in rows
-    assert plan.oracle_off_hours == pytest.approx(30_000 * step / 3600 + 500 * SCALE / 32.2 / 3600)
+    evaluation = 500 * h200_seconds("eval_image")
+    assert plan.oracle_off_hours == pytest.approx((30_000 * last_round_step + evaluation) / 3600)
     assert plan.hours == pytest.approx(sum(row.hours for row in plan.rows))
 
 
@@ -101,7 +109,7 @@ def test_dry_run_prints_the_plan_without_starting_ray_or_writing(tmp_path, monke
     assert code == 0 and not ray.is_initialized()
     assert "the plan of 'gta5-to-cityscapes-labor-spl' (nothing started, nothing written)" in out
     assert "oracle reference: off (sweep.oracle_reference: false); on, it adds one adaptation of 30,000 steps" in out
-    assert "GPU-h" in out and "commit a3e47fb" in out
+    assert "GPU-h" in out and "2026-12-04, commit a22b766" in out
     assert list(tmp_path.iterdir()) == []
 
 

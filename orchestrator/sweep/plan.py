@@ -55,18 +55,40 @@ KINDS = {
 }
 STAND_IN = {"source_step": "adapt_step_without_s", "adapt_step_without_s": "adapt_step"}
 
-_H200 = "bash scripts/gpu_check.sh, NVIDIA H200, torch 2.11.0+cu130, 2026-11-27, commit a3e47fb"
+_H200 = "bash scripts/gpu_check.sh, NVIDIA H200, torch 2.11.0+cu130, 2026-12-04, commit a22b766"
 MEASURED: tuple[Measured, ...] = (
     Measured(
         "adapt_step",
         "deeplabv2_resnet101",
         "gpu",
-        512,
-        1024,
+        640,
+        1280,
         2,
-        2 / 7.23,
-        "a step of 2 + 2 images, every loss on, bf16, S's MCD backbone update once (adapt.num_k 4 makes it "
-        "4 times: low for S): 7.23 target images/s",
+        0.890,
+        "a step of configs/gta5_to_cityscapes.yaml's recipe, 2 + 2 images, every loss on, bf16, channels_last, "
+        "S's MCD updates adapt.num_k 4 times: 0.890 s (2.25 target images/s)",
+        _H200,
+    ),
+    Measured(
+        "adapt_step_without_s",
+        "deeplabv2_resnet101",
+        "gpu",
+        640,
+        1280,
+        2,
+        0.137,
+        "the same step leaving S out (what a last round trains): 0.137 s",
+        _H200,
+    ),
+    Measured(
+        "source_step",
+        "deeplabv2_resnet101",
+        "gpu",
+        640,
+        1280,
+        2,
+        0.149,
+        "a source-only step of 2 images: 0.149 s",
         _H200,
     ),
     Measured(
@@ -87,8 +109,8 @@ MEASURED: tuple[Measured, ...] = (
         1024,
         2048,
         1,
-        1 / 2.77,
-        "forward (two heads) + labor_ppl in the ranking actors' code, untrained weights: 2.77 images/s",
+        1 / 19.75,
+        "forward (two heads) + labor_ppl (40 points) in the ranking actors' code, untrained weights: 19.75 images/s",
         _H200,
         rule="labor_ppl",
     ),
@@ -99,8 +121,8 @@ MEASURED: tuple[Measured, ...] = (
         1024,
         2048,
         1,
-        1 / 8.38,
-        "forward (two heads) + labor_spl in the ranking actors' code, untrained weights: 8.38 images/s",
+        1 / 16.87,
+        "forward (two heads) + labor_spl (2.2%) in the ranking actors' code, untrained weights: 16.87 images/s",
         _H200,
         rule="labor_spl",
     ),
@@ -108,11 +130,11 @@ MEASURED: tuple[Measured, ...] = (
         "eval_image",
         "deeplabv2_resnet101",
         "gpu",
-        512,
-        1024,
+        640,
+        1280,
         1,
-        1 / 32.2,
-        "predicted at 512x1024, scored at the labels' native 1024x2048: 32.2 images/s",
+        1 / 23.4,
+        "predicted at 640x1280, scored at the labels' native 1024x2048: 23.4 images/s",
         _H200,
     ),
 )

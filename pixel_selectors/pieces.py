@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from .device_loops import run_passes
-from .regions import PROPAGATION_PASSES_PER_CHECK
+from .regions import PROPAGATION_PASSES_PER_CHECK, hook_and_jump
 
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 # The eight neighbours of a pixel, as (row, column) offsets.
@@ -70,10 +70,7 @@ def pieces_by_scipy(mask: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, 
 def _piece_pass(height: int, width: int):
     """One pass of ``pieces_by_propagation`` over (labels, inside, index, same, changed), in place;
     ``same`` is (8, H, W): whether each neighbour (``NEIGHBOURS``) is in the mask with the pixel's class.
-
-    A non-mask pixel hands its own ``none`` to itself, which changes nothing: the scatter takes every
-    pixel and needs no mask indexing (which waits for the device), and no two non-mask pixels write to
-    one place (millions of writes to one address would queue up)."""
+    The smallest label among the pixel and its allowed neighbours, then ``regions.hook_and_jump``."""
     count = height * width
 
     def named(values: torch.Tensor) -> torch.Tensor:  # the pixel each label names (non-mask: any pixel)
@@ -86,12 +83,7 @@ def _piece_pass(height: int, width: int):
             neighbour = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
             smallest = torch.where(allowed, torch.minimum(smallest, neighbour), smallest)
         smallest = smallest.reshape(-1)
-        hooked = labels.clone().scatter_reduce_(0, torch.where(inside, named(labels), index), smallest, reduce="amin")
-        updated = torch.minimum(hooked, smallest)
-        for _ in range(2):
-            updated = torch.where(inside, updated[named(updated)], updated)
-        changed.copy_((updated != labels).any().reshape(1))
-        labels.copy_(updated)
+        hook_and_jump(labels, inside, index, smallest, named, changed)
 
     return one_pass
 

@@ -61,13 +61,25 @@ def connected_components(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 PROPAGATION_PASSES_PER_CHECK = 2
 
 
-def _component_pass(height: int, width: int, none: float):
-    """One pass of ``components_by_propagation`` over (labels, inside, index, changed), in place.
+def hook_and_jump(labels, inside, index, smallest, named, changed) -> None:
+    """The end of a label-propagation pass, in place: every mask pixel hands ``smallest`` (its
+    neighbourhood's smallest label) to the pixel its label ``named``, takes it itself, and jumps twice
+    to the label of the pixel its label names; ``changed`` (1,) says whether any label moved.
 
-    Every mask pixel hands its neighbourhood's smallest label to the pixel its label names; a
-    non-mask pixel hands its own ``none`` to itself, which changes nothing. So the scatter takes every
+    A non-mask pixel hands its own ``none`` to itself, which changes nothing. So the scatter takes every
     pixel and needs no mask indexing (which would wait for the device), and no two non-mask pixels
     write to one place (millions of writes to one address would queue up)."""
+    hooked = labels.clone().scatter_reduce_(0, torch.where(inside, named(labels), index), smallest, reduce="amin")
+    updated = torch.minimum(hooked, smallest)
+    for _ in range(2):
+        updated = torch.where(inside, updated[named(updated)], updated)
+    changed.copy_((updated != labels).any().reshape(1))
+    labels.copy_(updated)
+
+
+def _component_pass(height: int, width: int, none: float):
+    """One pass of ``components_by_propagation`` over (labels, inside, index, changed), in place:
+    the smallest label of each 3 x 3 neighbourhood, then ``hook_and_jump``."""
 
     def named(values: torch.Tensor) -> torch.Tensor:  # the pixel each label names (non-mask: any pixel)
         return values.clamp_max(none - 1).long()
@@ -75,12 +87,7 @@ def _component_pass(height: int, width: int, none: float):
     def one_pass(labels, inside, index, changed):
         smallest = -F.max_pool2d(-labels.reshape(1, 1, height, width), kernel_size=3, stride=1, padding=1)
         smallest = torch.where(inside, smallest.reshape(-1), labels)
-        hooked = labels.clone().scatter_reduce_(0, torch.where(inside, named(labels), index), smallest, reduce="amin")
-        updated = torch.minimum(hooked, smallest)
-        for _ in range(2):
-            updated = torch.where(inside, updated[named(updated)], updated)
-        changed.copy_((updated != labels).any().reshape(1))
-        labels.copy_(updated)
+        hook_and_jump(labels, inside, index, smallest, named, changed)
 
     return one_pass
 

@@ -122,7 +122,7 @@ def trainer(in_process: bool, cfg, workdir: Path):
 
         return train
 
-    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.cluster.ray_connection import start_ray
     from trainers.train_loop import run_training
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured

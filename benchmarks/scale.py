@@ -233,7 +233,7 @@ def timed_calls(owner, names: tuple[str, ...], totals: dict[str, float]):
 def measure_round(args: argparse.Namespace, pool_size: int, store_root: Path, budget_pixels: int) -> dict:
     """One selection round on a pool of ``pool_size`` images, in this (fresh) driver process."""
     import orchestrator.round.selection as experiment
-    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.cluster.ray_connection import start_ray
     from pixel_selectors.budget import GlobalBudget
     from trainers.step import SparseTargetDataset
 

@@ -104,7 +104,7 @@ def _measure_selection(cfg: ExperimentConfig, images: int, source_steps: int, sc
         ranker.rank(shard, NO_LABELS, points)
     select_s = time.perf_counter() - started
 
-    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.cluster.ray_connection import start_ray
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured
     figures = {

@@ -48,7 +48,7 @@ def measure_driver_memory(
     budget, for ``images`` and ``factor`` x ``images`` pool images and the *same* budget in pixels
     (LabOR SPL regions: the largest candidates any selector sends). A warm-up pass first, so one-time
     imports and caches count in neither figure."""
-    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.cluster.ray_connection import start_ray
     from orchestrator.round.ranking import rank_pool
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured

@@ -54,7 +54,7 @@ def _measure_training(cfg: ExperimentConfig, steps: int, workdir: Path) -> dict[
     # The same job as a trial's last round runs it: LabOR's selector network S carried over untrained.
     last_round = run_job(dataclasses.replace(job, train_selector_network=False)).metrics
 
-    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.cluster.ray_connection import start_ray
     from trainers.train_loop import run_training
 
     start_ray(quiet=True, dashboard=False)  # the dashboard would take CPU from what is measured

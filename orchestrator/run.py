@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     from orchestrator.cluster.processes import exit_on_sigterm
-    from orchestrator.cluster.ray_session import RayStartError
+    from orchestrator.cluster.ray_connection import RayStartError
     from orchestrator.sweep.preflight import preflight
     from orchestrator.tracking.mlflow_runs import TrackingError, resolve_tracking_uri
     from trainers.data import DatasetError
@@ -104,7 +104,7 @@ def run_trial(
     """One trial of a checked config (``cli.resolve_config``), logged to one MLflow run at ``uri``:
     returns its folder and every round's metrics (round 0: the source-only model)."""
     from orchestrator.cluster.processes import end_run_processes, mark_this_run
-    from orchestrator.cluster.ray_session import start_ray
+    from orchestrator.cluster.ray_connection import start_ray
     from orchestrator.round.loop import run_experiment
     from orchestrator.round.start_models import ensure_source_model, no_warmup_line
     from orchestrator.sweep.resources import plan_resources

@@ -222,7 +222,7 @@ def stop(server: subprocess.Popen) -> None:
 
 SOURCE_SCRIPT = r"""
 import sys
-from orchestrator.cluster.ray_session import start_ray
+from orchestrator.cluster.ray_connection import start_ray
 from orchestrator.command_line import parse_args, resolve_config
 from orchestrator.round.start_models import ensure_source_model
 from orchestrator.sweep.command import build_parser

@@ -16,7 +16,7 @@ from orchestrator.cluster.cluster_file import (
     ray_start_resources,
     validate_cluster_file,
 )
-from orchestrator.cluster.ray_session import TRIAL_RESOURCE
+from orchestrator.cluster.ray_connection import TRIAL_RESOURCE
 
 FILES = ["cluster.yaml", "cluster.local.yaml"]
 

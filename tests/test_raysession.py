@@ -8,12 +8,12 @@ import types
 import pytest
 
 from conftest import ROOT
-from orchestrator.cluster import ray_session
-from orchestrator.cluster.ray_session import RayStartError, start_ray
+from orchestrator.cluster import ray_connection
+from orchestrator.cluster.ray_connection import RayStartError, start_ray
 
 PROBE = r"""
 import os, sys, urllib.request, ray
-from orchestrator.cluster.ray_session import start_ray
+from orchestrator.cluster.ray_connection import start_ray
 
 start_ray(num_cpus=1, quiet=True, dashboard=sys.argv[1] == "on")
 start_ray(num_cpus=1, quiet=True)  # already connected: a no-op, not "ray.init twice"
@@ -127,7 +127,7 @@ def test_start_ray_tries_once_more_after_a_start_timeout(stub_ray, error, capsys
     assert ended(stub.spawned[0]), "the failed start's processes were left running"
     assert "trying once more" in capsys.readouterr().out
     # The start's temporary variables do not leak into the driver.
-    assert ray_session.START_MARK not in os.environ and "RAY_GCS_SERVER_PORT" not in os.environ
+    assert ray_connection.START_MARK not in os.environ and "RAY_GCS_SERVER_PORT" not in os.environ
 
 
 def test_start_ray_ends_in_one_line_after_a_second_timeout(stub_ray):
@@ -204,7 +204,7 @@ def test_a_failed_start_attempt_ends_a_daemon_that_shows_its_mark_only_on_a_late
         scans.append(value)
         return [] if len(scans) == 1 else ([daemon.pid] if daemon.poll() is None else [])
 
-    monkeypatch.setattr(ray_session, "processes_with", scan)
-    ray_session._end_attempt(ray, "mark")
+    monkeypatch.setattr(ray_connection, "processes_with", scan)
+    ray_connection._end_attempt(ray, "mark")
     assert ended(daemon, wait_s=5), "a daemon missed by the first scan was left running"
     assert len(scans) >= 2

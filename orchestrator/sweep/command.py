@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from orchestrator.cluster.cluster_file import ClusterConfigError
     from orchestrator.cluster.folder_lock import SweepFolderBusy
     from orchestrator.cluster.processes import exit_on_sigterm
-    from orchestrator.cluster.ray_session import RayStartError
+    from orchestrator.cluster.ray_connection import RayStartError
     from orchestrator.sweep.driver import run_sweep
     from orchestrator.sweep.preflight import preflight
     from orchestrator.tracking.mlflow_runs import TrackingError, resolve_tracking_uri

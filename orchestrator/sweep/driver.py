@@ -23,7 +23,7 @@ from ray import tune
 from experiment_config import ExperimentConfig, with_overrides
 from orchestrator.cluster.folder_lock import SweepFolderLock
 from orchestrator.cluster.processes import end_run_processes, mark_this_run
-from orchestrator.cluster.ray_session import start_ray
+from orchestrator.cluster.ray_connection import start_ray
 from orchestrator.cluster.storage import Storage, open_storage
 from orchestrator.command_line import EXIT_AWAITING_ANNOTATION, EXIT_TRIALS_FAILED
 from orchestrator.labels.annotation import pending_annotations
@@ -86,6 +86,9 @@ def run_sweep(
     sweep = _open_sweep(cfg, tracking_uri, quiet, resume)
     run_mark = mark_this_run()  # before Ray starts: every process of this run inherits it
     lock = None
+    # A caller that connected Ray itself (a benchmark training the next sweep's references beside this
+    # one, a notebook) keeps it: only a Ray this run started is shut down at its end.
+    ray_started_here = not ray.is_initialized()
     start_ray(address, num_cpus, quiet, dashboard=dashboard)
     try:
         plan = _plan_resources(sweep, node_types)
@@ -99,7 +102,8 @@ def run_sweep(
         outcome = _summarise_and_report(sweep, results, models, tracking, parent)
         return _print_outcome(sweep, results, models, outcome)
     finally:
-        ray.shutdown()
+        if ray_started_here:
+            ray.shutdown()
         end_run_processes(run_mark)
         if lock is not None:
             lock.release()

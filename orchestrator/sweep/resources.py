@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 
 from experiment_config import ConfigError, ExperimentConfig
-from orchestrator.cluster.ray_session import TRIAL_RESOURCE
+from orchestrator.cluster.ray_connection import TRIAL_RESOURCE
 
 TRIAL_CPU = 0.01  # what a trial's own process reserves where the cluster has no trial resource
 EPS = 1e-9

@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import quote, urlparse
 
-from orchestrator.cluster.ray_session import free_port
+from orchestrator.cluster.ray_connection import free_port
 
 EXIT_BAD_INPUT = 2
 EXIT_SERVER_FAILED = 1

@@ -99,10 +99,11 @@ class Plan:
 
 
 # The other rows and the arm go on one seed, the first, chosen before any result. Sized for the hour on 2
-# CPUs with each sweep's references trained in the background lane (``ReferenceLane``) beside the
-# trials of the sweep before it (``estimate``).
+# CPUs with the sweeps' references trained in background lanes (``ReferenceLanes``) beside the trials
+# of the sweeps before them (``estimate``).
 FULL = Plan(seeds=EVALUATION_SEEDS, other_seeds=EVALUATION_SEEDS[:1], arm_seeds=EVALUATION_SEEDS[:1])
 QUICK = Plan(seeds=EVALUATION_SEEDS[:1])
+REFERENCE_LANES = 2  # sweeps whose references train at once (``ReferenceLanes``)
 
 # Settings of every benchmark sweep (on top of configs/default.yaml and the user's --set).
 SWEEP_SETTINGS = {
@@ -358,10 +359,12 @@ class Estimate:
 
     def text(self) -> str:
         low, central, high = self.minutes
+        spread = (
+            "" if round(low) == round(high) else f"{low:.0f}-{high:.0f} over the per-sweep reference cost's range; "
+        )
         return (
             f"{self.sweeps} sweep(s), {self.trials} trials: estimated {central:.1f} min on 2 CPUs at the default "
-            f"config ({low:.0f}-{high:.0f} over the per-sweep reference cost's range; an estimate from rough "
-            f"timings, not a measurement)"
+            f"config ({spread}an estimate from rough timings, not a measurement)"
         )
 
 
@@ -374,31 +377,39 @@ def makespan(durations: list[float], slots: int) -> float:
     return max(free)
 
 
-def pipeline_end(reference_seconds: list[float], trial_seconds: list[float]) -> float:
-    """When the last sweep ends, as ``main`` runs them: the references of every sweep one after another in
-    one background lane from the start, and each sweep's trials once its references are ready and the
-    sweep before it has ended."""
-    references_ready, sweep_end = 0.0, 0.0
+def pipeline_end(reference_seconds: list[float], trial_seconds: list[float], lanes: int = 1) -> float:
+    """When the last sweep ends, as ``main`` runs them: the references of the sweeps in the plan's order, each
+    on the first of ``lanes`` background lanes to come free, from the start; and each sweep's trials once its
+    references are ready and the sweep before it has ended."""
+    lane_free, sweep_end = [0.0] * max(1, lanes), 0.0
     for refs, trials in zip(reference_seconds, trial_seconds):
-        references_ready += refs
-        sweep_end = max(sweep_end, references_ready) + trials
+        lane = lane_free.index(min(lane_free))
+        lane_free[lane] += refs
+        sweep_end = max(sweep_end, lane_free[lane]) + trials
     return sweep_end
 
 
-def estimate(plan: Plan, costs: CostFigures = COSTS) -> Estimate:
-    """The plan's duration: per sweep its references (in the background lane, ahead of the trials), then
-    its trials two at a time, longest first (as ``sweep_config`` orders them). The random squares at SPL's
-    cost count as a one-round trial."""
-    trials, trial_seconds = 0, []
+def estimate(plan: Plan, costs: CostFigures = COSTS, lanes: int = REFERENCE_LANES) -> Estimate:
+    """The plan's duration: per sweep its references (in the background lanes, ahead of the trials), then
+    its trials two at a time, longest first (as ``sweep_config`` orders them); the first sweeps' references,
+    one per lane, with nothing beside them, later ones beside trials. Never less than the CPU time of all
+    the work (every sweep's references as alone, every trial as one of two at once) spread over the CPUs:
+    with several lanes the machine, not the order, sets the pace. The random squares at SPL's cost count
+    as a one-round trial."""
+    trials, trial_seconds, work = 0, [], 0.0
     sweeps = plan_sweeps(plan)
     for seed, version in sweeps:
         rows = sweep_rows(plan, seed, version, matched_fraction=1.0)
         trials += len(rows)
         durations = sorted((costs.trial(row.rounds) for row in rows), reverse=True)
         trial_seconds.append(makespan(durations, costs.trials_at_once))
+        work += costs.references_alone + sum(durations)  # CPU-seconds: one CPU per job
+    busy = work / costs.trials_at_once
     low, high = costs.references
+    first = min(max(1, lanes), len(sweeps))
     minutes = tuple(
-        pipeline_end([costs.references_alone] + [refs] * (len(sweeps) - 1), trial_seconds) / 60
+        max(busy, pipeline_end([costs.references_alone] * first + [refs] * (len(sweeps) - first), trial_seconds, lanes))
+        / 60
         for refs in (low, (low + high) / 2, high)
     )
     return Estimate(len(sweeps), trials, minutes)
@@ -1214,24 +1225,38 @@ def prepare_sweep(cfg: ExperimentConfig, measure_mask: bool, say: Callable[[str]
     return matched
 
 
-class ReferenceLane:
-    """Every sweep's references (``prepare_sweep``), one sweep after another, in a background thread that
-    starts at once: while one sweep's trials run, the next sweep's references train beside them.
+class ReferenceLanes:
+    """Every sweep's references (``prepare_sweep``) in background threads that start at once, each lane
+    taking the next sweep of the plan when it is free: while one sweep's trials run, the next sweeps'
+    references train beside them.
 
-    Why: a sweep's references are three Train jobs of one CPU each, one after another, and two trials at
-    once leave part of a 2-CPU machine idle (process start-ups, Ray's scheduling); side by side the two
-    fill it. Ray is started with one logical CPU more than the machine has, the lane's Train job, and
-    each sweep runs as many trials at once as the machine has CPUs. The thread is a daemon: a benchmark
-    that stops (Ctrl-C, an error) does not wait for it, and the caches count only once complete.
+    Why: a sweep's references are three Train jobs of one CPU each, one after another, and take longer
+    than the sweep's trials (about 300 s against 180 s on 2 CPUs), so a single lane keeps every later
+    sweep waiting with a CPU idle; two lanes supply references faster than the trials use them, and the
+    machine stays busy. Ray is started with one logical CPU more per lane than the machine has (each lane's
+    Train job), and each sweep runs as many trials at once as the machine has CPUs. The threads are
+    daemons: a benchmark that stops (Ctrl-C, an error) does not wait for them, and the caches count only
+    once complete.
     """
 
-    def __init__(self, jobs: list[tuple[tuple, Callable[[], float | None]]]):
+    def __init__(self, jobs: list[tuple[tuple, Callable[[], float | None]]], lanes: int = REFERENCE_LANES):
         self._futures: dict[tuple, Future] = {key: Future() for key, _ in jobs}
-        self._thread = threading.Thread(target=self._work, args=(jobs,), name="quality-references", daemon=True)
-        self._thread.start()
+        self._jobs = iter(jobs)
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"quality-references-{lane}", daemon=True)
+            for lane in range(1, max(1, lanes) + 1)
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def _work(self, jobs) -> None:
-        for key, job in jobs:
+    def _next(self) -> tuple[tuple, Callable[[], float | None]] | None:
+        with self._lock:  # the plan's order: the sweep that runs next gets its references first
+            return next(self._jobs, None)
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            key, job = item
             try:
                 self._futures[key].set_result(job())
             except BaseException as err:  # handed to the sweep that waits for it
@@ -1275,6 +1300,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", default=str(ROOT / "docs"), help="where BENCHMARKS.md and the image go")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: as the sweep's)")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance")
+    parser.add_argument(
+        "--reference-lanes",
+        type=int,
+        default=REFERENCE_LANES,
+        metavar="N",
+        help=f"sweeps whose references (source model, warm-up, oracle) train at once in the background, "
+        f"beside the trials (default {REFERENCE_LANES}: one sweep's references take longer than its trials)",
+    )
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from finished sweeps")
     parser.add_argument("-q", "--quiet", action="store_true", help="no per-sweep progress (Tune's table, trial lines)")
     parser.add_argument(
@@ -1291,10 +1324,11 @@ def main(argv: list[str] | None = None) -> int:
         (args.seeds is not None and not 1 <= args.seeds <= len(EVALUATION_SEEDS))
         or (args.other_seeds is not None and args.other_seeds < 0)
         or (args.arm_seeds is not None and args.arm_seeds < 0)
+        or args.reference_lanes < 1
     ):
         print(
             f"error: --seeds must be 1-{len(EVALUATION_SEEDS)} (the evaluation seeds "
-            f"{seed_list(EVALUATION_SEEDS)}), --other-seeds and --arm-seeds >= 0",
+            f"{seed_list(EVALUATION_SEEDS)}), --other-seeds and --arm-seeds >= 0, --reference-lanes >= 1",
             file=sys.stderr,
         )
         return 2
@@ -1352,34 +1386,39 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"[quality] plan: {plan_text(plan)}", flush=True)
         print(
-            f"[quality] {estimate(plan).text()}; the timing holds only with nothing else running "
+            f"[quality] {estimate(plan, lanes=args.reference_lanes).text()}; the timing holds only with nothing else running "
             f"(load average now {os.getloadavg()[0]:.1f})",
             flush=True,
         )
         output_dir.mkdir(parents=True, exist_ok=True)
-        timing.write_text(json.dumps({"started": time.time(), "estimated_minutes": estimate(plan).minutes[1]}))
+        timing.write_text(
+            json.dumps(
+                {"started": time.time(), "estimated_minutes": estimate(plan, lanes=args.reference_lanes).minutes[1]}
+            )
+        )
         from orchestrator.cluster.ray_connection import start_ray
 
         trials_at_once = args.num_cpus or machine_cpus()
-        start_ray(None, trials_at_once + 1, args.quiet)  # + 1: the reference lane's Train job
+        start_ray(None, trials_at_once + args.reference_lanes, args.quiet)  # + each lane's Train job
 
         def lane_progress(seed: int, version: int | None) -> Callable[[str], None]:
             where = f"seed {seed}" + ("" if version is None else f", domains version {version}")
             return (lambda msg: None) if args.quiet else (lambda msg: print(f"[quality] {where}: {msg}", flush=True))
 
-        lane = ReferenceLane(
+        lanes = ReferenceLanes(
             [
                 (
                     (seed, version),
                     partial(prepare_sweep, bases[seed, version], version is None, lane_progress(seed, version)),
                 )
                 for seed, version in sweeps
-            ]
+            ],
+            args.reference_lanes,
         )
         for number, (seed, version) in enumerate(sweeps, start=1):
             seed_started = time.perf_counter()
             # The whole-mask rival's budget is measured on the configured domains only (the arm has no SPL row).
-            matched = lane.result((seed, version))
+            matched = lanes.result((seed, version))
             cfg = with_overrides(
                 sweep_config(plan, seed, output_dir, args.overrides, matched, version),
                 {"sweep.max_concurrent": trials_at_once},

@@ -191,6 +191,9 @@ def test_the_plans_estimated_durations_follow_the_cost_figures():
     # and for the sweep before it.
     assert pipeline_end([300, 300, 300], [500, 100, 100]) == 300 + 500 + 100 + 100
     assert pipeline_end([300, 300, 300], [100, 100, 100]) == 900 + 100
+    # Two lanes: the second sweep's references train beside the first's, the third's after the first's.
+    assert pipeline_end([300, 300, 300], [100, 100, 100], lanes=2) == 600 + 100
+    assert pipeline_end([300, 300, 300], [500, 100, 100], lanes=2) == 300 + 500 + 100 + 100
     quick = estimate(QUICK)  # one sweep: its references alone, then 4 one-round trials two at a time
     assert (quick.sweeps, quick.trials) == (1, 4)
     assert quick.minutes == pytest.approx(((300 + 180) / 60,) * 3)
@@ -493,12 +496,16 @@ def _nothing_runs(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "9"], ["--other-seeds", "-1"], ["--arm-seeds", "-1"]])
-def test_quality_refuses_a_bad_seed_count(argv, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "argv",
+    [["--seeds", "0"], ["--seeds", "9"], ["--other-seeds", "-1"], ["--arm-seeds", "-1"], ["--reference-lanes", "0"]],
+)
+def test_quality_refuses_a_bad_seed_or_lane_count(argv, tmp_path, capsys):
     # Nine seeds would add a seed beyond the evaluation seeds 0-7, fixed before any result.
     assert quality.main([*argv, *_nothing_runs(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: --seeds must be 1-8 (the evaluation seeds 0-7), --other-seeds and --arm-seeds >= 0"
+        "error: --seeds must be 1-8 (the evaluation seeds 0-7), --other-seeds and --arm-seeds >= 0, "
+        "--reference-lanes >= 1"
     )
 
 
@@ -658,11 +665,7 @@ def test_a_trial_spread_by_score_is_not_mixed_into_the_default_ripu_regions_row(
     assert "`selection.region_spread=share`" in text
 
 
-def test_the_reference_lane_prepares_sweeps_in_order_in_the_background_and_hands_each_its_error():
-    import threading
-
-    started, release = [], threading.Event()
-
+def _reference_jobs(started, release):
     def job(key, fails=False):
         def run():
             started.append(key)
@@ -673,17 +676,45 @@ def test_the_reference_lane_prepares_sweeps_in_order_in_the_background_and_hands
 
         return run
 
-    lane = quality.ReferenceLane([((1,), job(1)), ((2,), job(2, fails=True)), ((3,), job(3))])
+    return [((1,), job(1)), ((2,), job(2, fails=True)), ((3,), job(3))]
+
+
+def _wait_until(condition):
     deadline = time.monotonic() + 10
-    while not started and time.monotonic() < deadline:
+    while not condition() and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def test_one_reference_lane_prepares_sweeps_in_order_in_the_background_and_hands_each_its_error():
+    import threading
+
+    started, release = [], threading.Event()
+    lanes = quality.ReferenceLanes(_reference_jobs(started, release), lanes=1)
+    _wait_until(lambda: started)
+    time.sleep(0.1)
     assert started == [1]  # one sweep's references at a time, in the plan's order, without waiting for the caller
     release.set()
-    assert lane.result((1,)) == pytest.approx(0.1)
+    assert lanes.result((1,)) == pytest.approx(0.1)
     with pytest.raises(RuntimeError, match="references of 2 failed"):
-        lane.result((2,))
-    assert lane.result((3,)) == pytest.approx(0.3)  # a failed sweep does not stop the next one's references
+        lanes.result((2,))
+    assert lanes.result((3,)) == pytest.approx(0.3)  # a failed sweep does not stop the next one's references
     assert started == [1, 2, 3]
+
+
+def test_two_reference_lanes_prepare_the_next_two_sweeps_at_once_in_the_plans_order():
+    import threading
+
+    started, release = [], threading.Event()
+    lanes = quality.ReferenceLanes(_reference_jobs(started, release), lanes=2)
+    _wait_until(lambda: len(started) >= 2)
+    time.sleep(0.1)
+    assert sorted(started) == [1, 2]  # the first two sweeps at once; the third waits for a free lane
+    release.set()
+    assert lanes.result((3,)) == pytest.approx(0.3)
+    assert lanes.result((1,)) == pytest.approx(0.1)
+    with pytest.raises(RuntimeError, match="references of 2 failed"):
+        lanes.result((2,))
+    assert sorted(started) == [1, 2, 3]
 
 
 def test_the_warmup_beats_source_only_only_when_its_whole_interval_is_above_zero():

@@ -330,13 +330,14 @@ def plan_text(plan: Plan) -> str:
 @dataclass(frozen=True)
 class CostFigures:
     """Wall-clock seconds of a run's parts on 2 CPUs at the default config, on a quiet machine: what
-    ``estimate`` builds on. A sweep's references (source model, warm-up, oracle: three Train jobs of one
-    CPU each) took 294 s alone; in the lane, beside two trials, 410-460 s (the full run of 2026-12-04,
-    66.7 min in all). Trials: a sweep of 4 one-round trials took 176 s two at a time. Other settings
-    (``--set``) or a busy machine make them wrong."""
+    ``estimate`` builds on, fitted to the full run of 2026-12-05 (57.0 min, Intel Xeon, 2 CPUs). A sweep's
+    references (source model, warm-up, oracle: three Train jobs of one CPU each, one after another) took
+    294 s in each of the two lanes side by side with nothing else running, and 730-735 s in each lane later,
+    beside two trials. Trials: about 85 s a one-round trial, two at a time. Other settings (``--set``),
+    another machine or a busy one make them wrong."""
 
-    references_alone: float = 300.0  # the first sweep's, with nothing beside them
-    references: tuple[float, float] = (410.0, 460.0)  # every later sweep's, in the lane beside trials (low, high)
+    references_alone: float = 294.0  # the first sweeps', one per lane, with no trial beside them
+    references: tuple[float, float] = (700.0, 760.0)  # every later sweep's, in a lane beside trials (low, high)
     one_round_trial: float = 90.0
     five_round_trial: float = 310.0  # RIPU's
     trials_at_once: int = 2

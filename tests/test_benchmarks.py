@@ -18,6 +18,7 @@ from benchmarks.quality import (
     ARM_VERSION,
     FULL,
     QUICK,
+    CostFigures,
     Plan,
     base_config,
     collect,
@@ -196,15 +197,22 @@ def test_the_plans_estimated_durations_follow_the_cost_figures():
     assert pipeline_end([300, 300, 300], [500, 100, 100], lanes=2) == 300 + 500 + 100 + 100
     quick = estimate(QUICK)  # one sweep: its references alone, then 4 one-round trials two at a time
     assert (quick.sweeps, quick.trials) == (1, 4)
-    assert quick.minutes == pytest.approx(((300 + 180) / 60,) * 3)
+    assert quick.minutes == pytest.approx(((294 + 180) / 60,) * 3)
     assert max(quick.minutes) <= 10
     full = estimate(FULL)
     # Seed 0's 2 RIPU + 6 one-round trials (580 s), 7 seeds of 4 one-round trials (180 s each), version 1's
-    # 3 (180 s). The first sweep's references alone (300 s), the 8 others' in the lane beside trials, which
-    # the trials outpace after the first sweeps: the run ends one sweep's trials after the last references.
+    # 3 (180 s). Two lanes: sweeps 1 and 2's references side by side alone (294 s), the 7 others' beside
+    # trials, so lane 1 (sweeps 1, 3, 5, 7, 9) ends after 294 + 4 x refs and the run one sweep's trials later.
     assert (full.sweeps, full.trials) == (9, 7 * 4 + 8 + 3)
-    assert full.minutes == pytest.approx(tuple((300 + 8 * refs + 180) / 60 for refs in (410, 435, 460)))
-    assert "estimated 66.0 min on 2 CPUs at the default config (63-69" in full.text()
+    assert full.minutes == pytest.approx(tuple(max(3298, 294 + 4 * refs + 180) / 60 for refs in (700, 730, 760)))
+    assert "estimated 56.6 min on 2 CPUs at the default config (55-59" in full.text()
+    # With the CPU time of all the work spread over 2 CPUs (9 x 294 s of references, 37 x 90 + 2 x 310 s of
+    # trials) above the lanes' pace, the machine sets the estimate.
+    busy = estimate(FULL, CostFigures(references=(100.0, 100.0)))
+    assert busy.minutes == pytest.approx(((9 * 294 + 37 * 90 + 2 * 310) / 2 / 60,) * 3)
+    # One lane: every sweep after the first waits for its references; the last ends its trials after them.
+    one_lane = estimate(FULL, lanes=1)
+    assert one_lane.minutes == pytest.approx(tuple((294 + 8 * refs + 180) / 60 for refs in (700, 730, 760)))
 
 
 def _finished_sweep(

@@ -333,7 +333,7 @@ class CostFigures:
     ``estimate`` builds on, fitted to the full run of 2026-12-05 (57.0 min, Intel Xeon, 2 CPUs). A sweep's
     references (source model, warm-up, oracle: three Train jobs of one CPU each, one after another) took
     294 s in each of the two lanes side by side with nothing else running, and 730-735 s in each lane later,
-    beside two trials. Trials: about 85 s a one-round trial, two at a time. Other settings (``--set``),
+    beside two trials. Trials: 85-90 s a one-round trial, two at a time. Other settings (``--set``),
     another machine or a busy one make them wrong."""
 
     references_alone: float = 294.0  # the first sweeps', one per lane, with no trial beside them

@@ -39,7 +39,7 @@ adjusted p-value, paired 95% interval and verdict, whichever way it falls. The o
 plain (unadjusted) 95% intervals. Writes ``docs/BENCHMARKS.md`` (``--quick``: ``docs/BENCHMARKS-quick.md``)
 and the budget curve next to it, and logs both to MLflow (experiment ``quality``).
 
-    python -m benchmarks.quality            # seeds 0-7; other rows and the arm on seed 0 (about 67 minutes, 2 CPUs)
+    python -m benchmarks.quality            # seeds 0-7; other rows and the arm on seed 0 (about 57 minutes, 2 CPUs)
     python -m benchmarks.quality --quick    # seed 0, the headline pairs only (about 8 minutes)
 
 Both print the plan and its estimated duration before they start.
